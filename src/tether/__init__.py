@@ -1,0 +1,92 @@
+"""tether: durable execution for Python AI agents.
+
+Decorate the steps of an agent with `@tether.checkpoint` and the agent with
+`@tether.flow`. Each checkpoint's result is recorded the moment it returns; if
+the process dies, the execution resumes by running the flow again from the top,
+and finished checkpoints return their recorded results instead of running.
+
+```python
+import tether
+
+@tether.checkpoint
+def search(query: str) -> list[str]: ...
+
+@tether.flow
+def research(topic: str) -> str:
+    hits = search(topic)
+    return summarize(hits)
+
+print(research.run("durable execution").result())
+```
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._checkpoint import Checkpoint, checkpoint
+from ._config import configure
+from ._context import Current, current, log
+from ._flow import Flow, Handle, flow
+from ._records import Attempt, CheckpointRecord, ErrorInfo, Event, ExecutionRecord
+from ._status import CheckpointStatus, Status
+from .client import Client
+from .errors import (
+    Cancelled,
+    CheckpointError,
+    CheckpointTimeout,
+    ConfigurationError,
+    DivergenceError,
+    ExecutionCancelled,
+    ExecutionFailed,
+    ExecutionLocked,
+    ExecutionNotFound,
+    FlowNotFoundError,
+    InvalidStateError,
+    NotInFlowError,
+    ResultTimeout,
+    SerializationError,
+    StoreError,
+    TetherError,
+    UsageError,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Attempt",
+    "Cancelled",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointRecord",
+    "CheckpointStatus",
+    "CheckpointTimeout",
+    "Client",
+    "ConfigurationError",
+    "Current",
+    "DivergenceError",
+    "ErrorInfo",
+    "Event",
+    "ExecutionCancelled",
+    "ExecutionFailed",
+    "ExecutionLocked",
+    "ExecutionNotFound",
+    "ExecutionRecord",
+    "Flow",
+    "FlowNotFoundError",
+    "Handle",
+    "InvalidStateError",
+    "NotInFlowError",
+    "ResultTimeout",
+    "SerializationError",
+    "Status",
+    "StoreError",
+    "TetherError",
+    "UsageError",
+    "__version__",
+    "checkpoint",
+    "configure",
+    "current",
+    "errors",
+    "flow",
+    "log",
+]

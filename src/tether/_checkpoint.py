@@ -1,0 +1,385 @@
+"""@checkpoint: call identity, recorded-result lookup, retries, and the commit.
+
+A checkpoint call inside a flow takes the next position at the moment it is
+called (not when an async call is first awaited), so `asyncio.gather(a(), b())`
+numbers `a` before `b` on every run. If the position holds a recorded result
+under the same name, the result is returned without running the function;
+otherwise the function runs, and its result (or final error) is committed in
+one fenced write before it is returned.
+
+Sync and async checkpoints share every decision (`_Call`); only the two small
+loops that call the function, sleep between attempts and enforce timeouts
+differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import inspect
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+
+from . import _serde
+from ._context import Frame, Run, current_frame, current_run
+from ._status import CheckpointStatus
+from .errors import (
+    CheckpointTimeout,
+    ControlSignal,
+    DivergenceError,
+    LeaseLost,
+    SerializationError,
+    UsageError,
+)
+from .store import CheckpointRow
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_MAX_BACKOFF = 60.0
+_SUCCEEDED = CheckpointStatus.SUCCEEDED.value
+_FAILED = CheckpointStatus.FAILED.value
+_RETRYING = CheckpointStatus.RETRYING.value
+
+# Test hook: called after each committed checkpoint with (run, position). Lets crash tests
+# kill a process exactly between a commit and the code that follows it.
+_after_commit: Callable[[Run, int], None] | None = None
+
+_pool_lock = threading.Lock()
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _submit_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=32, thread_name_prefix="tether-submit"
+                )
+    return _pool
+
+
+class Checkpoint(Generic[P, R]):
+    """A function whose result is recorded durably when it is called inside a flow."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None,
+        retries: int,
+        backoff: float,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...],
+        timeout: float | None,
+    ) -> None:
+        if retries < 0:
+            raise UsageError(f"retries must be 0 or more, not {retries}")
+        if backoff < 0:
+            raise UsageError(f"backoff must be 0 or more seconds, not {backoff}")
+        if timeout is not None and timeout <= 0:
+            raise UsageError(f"timeout must be a positive number of seconds, not {timeout}")
+        self.fn = fn
+        self.name = name or fn.__qualname__
+        self.retries = retries
+        self.backoff = backoff
+        self.retry_on = retry_on
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<tether.checkpoint {self.name}>"
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        # Decorated methods: bind like a function would.
+        if instance is None:
+            return self
+        return functools.partial(self.__call__, instance)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        run = current_run.get()
+        if run is None or current_frame.get() is not None:
+            # Outside a flow, or nested in another checkpoint: a plain call.
+            return self.fn(*args, **kwargs)
+        position = run.take_position()
+        if self.is_async:
+            return cast(R, self._call_async(run, position, args, kwargs))
+        return self._call_sync(run, position, args, kwargs)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
+        """Run a sync checkpoint in a thread; its position is taken now, in program order."""
+        if self.is_async:
+            raise UsageError(
+                f"{self.name} is async; use asyncio.gather() or a TaskGroup instead of .submit()"
+            )
+        run = current_run.get()
+        context = contextvars.copy_context()
+        if run is None or current_frame.get() is not None:
+            return _submit_pool().submit(context.run, self.fn, *args, **kwargs)  # type: ignore[arg-type]
+        position = run.take_position()
+        return _submit_pool().submit(context.run, self._call_sync, run, position, args, kwargs)
+
+    def map(self, *iterables: Iterable[Any]) -> list[R]:
+        """Call the checkpoint once per item, concurrently, and return the results in order."""
+        futures = [self.submit(*items) for items in zip(*iterables, strict=False)]  # type: ignore[call-arg]
+        return [future.result() for future in futures]
+
+    # --- the two loops ------------------------------------------------------------------
+
+    def _call_sync(self, run: Run, position: int, args: Any, kwargs: Any) -> R:
+        call = _Call(self, run, position, args, kwargs)
+        if call.replayed:
+            return cast(R, call.replay())
+        while True:
+            token = current_frame.set(call.frame)
+            try:
+                if self.timeout is None:
+                    value = self.fn(*args, **kwargs)
+                else:
+                    value = self._with_thread_timeout(args, kwargs)
+            except ControlSignal:
+                raise
+            except Exception as exc:
+                delay = call.failed(exc)
+                if delay is None:
+                    raise
+                run.cancel_event.wait(delay)
+                continue
+            finally:
+                current_frame.reset(token)
+            return cast(R, call.succeeded(value))
+
+    async def _call_async(self, run: Run, position: int, args: Any, kwargs: Any) -> Any:
+        call = _Call(self, run, position, args, kwargs)
+        if call.replayed:
+            return call.replay()
+        fn = cast(Callable[..., Awaitable[Any]], self.fn)
+        while True:
+            token = current_frame.set(call.frame)
+            try:
+                if self.timeout is None:
+                    value = await fn(*args, **kwargs)
+                else:
+                    try:
+                        async with asyncio.timeout(self.timeout):
+                            value = await fn(*args, **kwargs)
+                    except TimeoutError as exc:
+                        raise self._timeout_error() from exc
+            except ControlSignal:
+                raise
+            except Exception as exc:
+                delay = call.failed(exc)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                current_frame.reset(token)
+            return call.succeeded(value)
+
+    def _with_thread_timeout(self, args: Any, kwargs: Any) -> Any:
+        # Python cannot stop a thread: on timeout the attempt is abandoned and keeps running
+        # in the background; its result is discarded.
+        context = contextvars.copy_context()
+        future = _submit_pool().submit(context.run, self.fn, *args, **kwargs)
+        try:
+            return future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            raise self._timeout_error() from None
+
+    def _timeout_error(self) -> CheckpointTimeout:
+        return CheckpointTimeout(f"checkpoint {self.name!r} ran longer than {self.timeout}s")
+
+
+class _Call:
+    """One checkpoint call at one position: replay or live, shared by sync and async."""
+
+    __slots__ = (
+        "args_fp",
+        "attempts",
+        "checkpoint",
+        "frame",
+        "kwargs",
+        "prior",
+        "replayed",
+        "run",
+        "started",
+    )
+
+    def __init__(
+        self, checkpoint: Checkpoint[Any, Any], run: Run, position: int, args: Any, kwargs: Any
+    ) -> None:
+        run.boundary()
+        self.checkpoint = checkpoint
+        self.run = run
+        self.args_fp = _serde.fingerprint(args, kwargs)
+        self.kwargs = kwargs
+        prior = run.recorded.get(position)
+        self.prior = prior
+        self.attempts: list[dict[str, Any]] = []
+        self.replayed = False
+        if prior is not None:
+            if prior.name != checkpoint.name:
+                raise run.diverge(DivergenceError(position, prior.name, checkpoint.name))
+            if prior.fingerprint != self.args_fp:
+                self._arguments_changed(position)
+            if prior.status == _RETRYING:
+                self.attempts = _serde.loads(prior.attempts) if prior.attempts else []
+            else:
+                self.replayed = True
+        self.frame = Frame(run, position, checkpoint.name, len(self.attempts) + 1)
+        self.started = time.time()
+
+    def _arguments_changed(self, position: int) -> None:
+        message = (
+            f"checkpoint {self.checkpoint.name!r} at position {position} was called with "
+            "different arguments than when its result was recorded; the recorded result is used"
+        )
+        if self.run.strict:
+            raise self.run.diverge(
+                DivergenceError(
+                    position,
+                    self.checkpoint.name,
+                    self.checkpoint.name,
+                    detail=message + " (strict mode makes this an error)",
+                )
+            )
+        self.run.warn(position, message, {"checkpoint": self.checkpoint.name})
+
+    def replay(self) -> Any:
+        prior = cast(CheckpointRow, self.prior)
+        if prior.status == _SUCCEEDED:
+            return _serde.loads(prior.result) if prior.result is not None else None
+        raise _serde.error_from_text(prior.error or "{}")
+
+    def succeeded(self, value: Any) -> Any:
+        finished = time.time()
+        checkpoint = self.checkpoint
+        try:
+            text = _serde.dumps(
+                value,
+                allow_pickle=self.run.allow_pickle,
+                root=f"result of checkpoint {checkpoint.name!r}",
+            )
+        except SerializationError as exc:
+            # Not retried: the same code would produce the same unstorable value.
+            self.attempts.append(self._attempt(finished, exc))
+            self._commit(_FAILED, None, exc, finished)
+            raise
+        if self.attempts:
+            self.attempts.append(self._attempt(finished, None))
+        self._commit(_SUCCEEDED, text, None, finished)
+        return value
+
+    def failed(self, exc: Exception) -> float | None:
+        """Record a failed attempt. Returns the delay before the next one, or None if spent."""
+        finished = time.time()
+        self.attempts.append(self._attempt(finished, exc))
+        checkpoint = self.checkpoint
+        attempt = self.frame.attempt
+        if attempt <= checkpoint.retries and isinstance(exc, checkpoint.retry_on):
+            self._commit(_RETRYING, None, exc, finished)
+            self.frame.attempt = attempt + 1
+            self.started = time.time()
+            base = min(_MAX_BACKOFF, checkpoint.backoff * 2 ** (attempt - 1))
+            return float(base * random.uniform(0.5, 1.0))
+        self._commit(_FAILED, None, exc, finished)
+        return None
+
+    def _attempt(self, finished: float, exc: BaseException | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "attempt": self.frame.attempt,
+            "started_at": self.started,
+            "finished_at": finished,
+        }
+        if exc is not None:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        return entry
+
+    def _commit(
+        self, status: str, result: str | None, exc: BaseException | None, finished: float
+    ) -> None:
+        run = self.run
+        frame = self.frame
+        row = CheckpointRow(
+            position=frame.position,
+            name=frame.name,
+            fingerprint=self.args_fp,
+            status=status,
+            result=result,
+            error=_serde.error_to_text(exc, allow_pickle=run.allow_pickle) if exc else None,
+            attempts=_serde.dumps(self.attempts) if self.attempts else None,
+            started_at=self.attempts[0]["started_at"] if self.attempts else self.started,
+            finished_at=finished,
+            metadata=_serde.dumps(frame.metadata) if frame.metadata else None,
+        )
+        if not run.store.record_checkpoint(run.execution_id, run.token, row):
+            run.lease_lost = True
+            raise LeaseLost(run.execution_id)
+        if _after_commit is not None:
+            _after_commit(run, frame.position)
+
+
+@overload
+def checkpoint(fn: Callable[P, R], /) -> Checkpoint[P, R]: ...
+
+
+@overload
+def checkpoint(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float = 1.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    timeout: float | None = None,
+) -> Callable[[Callable[P, R]], Checkpoint[P, R]]: ...
+
+
+def checkpoint(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float = 1.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    timeout: float | None = None,
+) -> Checkpoint[P, R] | Callable[[Callable[P, R]], Checkpoint[P, R]]:
+    """Record a function's result durably when it is called inside a flow.
+
+    ```python
+    @tether.checkpoint(retries=3, backoff=0.5, timeout=30)
+    async def ask_model(prompt: str) -> str: ...
+    ```
+
+    - `name`: the call's recorded name (default: the function's qualified name). Renaming a
+      checkpoint while executions are in flight makes them diverge; pin the name to rename
+      the function freely.
+    - `retries`: extra attempts after a failure whose type matches `retry_on`; the wait
+      before attempt n+1 is `backoff * 2**(n-1)` seconds (at most 60), with jitter.
+      Every attempt is recorded with its error and timing; the last error is recorded and
+      raised into the flow, which may catch it.
+    - `timeout`: seconds one attempt may take (CheckpointTimeout after that).
+
+    Outside a flow the function runs as a plain call, nothing recorded. Called inside
+    another checkpoint it runs inline, as part of the outer one.
+    """
+
+    def wrap(f: Callable[P, R]) -> Checkpoint[P, R]:
+        if isinstance(f, Checkpoint):
+            raise UsageError(f"{f.name} is already a checkpoint; decorate it once")
+        if not callable(f):
+            raise UsageError(f"@tether.checkpoint decorates a function, not {f!r}")
+        return Checkpoint(
+            f, name=name, retries=retries, backoff=backoff, retry_on=retry_on, timeout=timeout
+        )
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap

@@ -1,0 +1,121 @@
+"""Process settings. The environment is read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from .errors import ConfigurationError
+from .store import Store, open_store
+
+DEFAULT_DB: Final = "sqlite:///.tether/tether.db"
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db: str
+    pickle: bool = True
+    strict: bool = False
+    durability: str = "normal"
+    max_workers: int = 32
+    lease_seconds: float = 30.0
+
+
+def _from_env() -> Settings:
+    return Settings(db=os.environ.get("TETHER_DB") or DEFAULT_DB)
+
+
+_lock = threading.RLock()
+_settings: Settings | None = None
+_stores: dict[tuple[str, str], Store] = {}
+
+
+def settings() -> Settings:
+    global _settings
+    current = _settings
+    if current is None:
+        with _lock:
+            if _settings is None:
+                _settings = _from_env()
+            current = _settings
+    return current
+
+
+def configure(
+    *,
+    db: str | _Unset = UNSET,
+    pickle: bool | _Unset = UNSET,
+    strict: bool | _Unset = UNSET,
+    durability: str | _Unset = UNSET,
+    max_workers: int | _Unset = UNSET,
+    lease_seconds: float | _Unset = UNSET,
+) -> None:
+    """Set process-wide options. Only the options given change.
+
+    - `db`: store URL, e.g. `sqlite:///.tether/tether.db` (default; `TETHER_DB` overrides it).
+    - `pickle`: allow the pickle fallback for values that are not JSON, dataclasses or
+      Pydantic models (default True). Off, such values raise SerializationError.
+    - `strict`: a resumed checkpoint call whose arguments changed fails with DivergenceError
+      instead of recording a warning (default False).
+    - `durability`: `"normal"` survives process crashes; `"full"` also survives power loss,
+      at the cost of a disk sync per checkpoint.
+    - `max_workers`: executions this process runs at once (default 32).
+    - `lease_seconds`: how long a lease lasts without a heartbeat (default 30).
+    """
+    changes: dict[str, Any] = {}
+    for key, value in (
+        ("db", db),
+        ("pickle", pickle),
+        ("strict", strict),
+        ("durability", durability),
+        ("max_workers", max_workers),
+        ("lease_seconds", lease_seconds),
+    ):
+        if value is not UNSET:
+            changes[key] = value
+    if "db" in changes and (not isinstance(changes["db"], str) or "://" not in changes["db"]):
+        raise ConfigurationError(
+            f"db must be a store URL such as sqlite:///path/to/tether.db, not {changes['db']!r}"
+        )
+    if "max_workers" in changes and changes["max_workers"] < 1:
+        raise ConfigurationError("max_workers must be at least 1")
+    if "lease_seconds" in changes and changes["lease_seconds"] <= 0:
+        raise ConfigurationError("lease_seconds must be positive")
+    global _settings
+    with _lock:
+        _settings = replace(settings(), **changes)
+
+
+def store_for(url: str | None = None) -> Store:
+    """The process's shared store for a URL (the configured one by default), opened once."""
+    current = settings()
+    key = (url or current.db, current.durability)
+    found = _stores.get(key)
+    if found is not None:
+        return found
+    with _lock:
+        found = _stores.get(key)
+        if found is None:
+            found = open_store(key[0], durability=current.durability)
+            _stores[key] = found
+        return found
+
+
+def reset() -> None:
+    """Forget settings and close stores (tests, and processes that fork)."""
+    global _settings
+    with _lock:
+        for store in _stores.values():
+            store.close()
+        _stores.clear()
+        _settings = None

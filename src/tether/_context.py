@@ -1,0 +1,173 @@
+"""The running execution's context, carried by contextvars.
+
+A `Run` is one executor's hold on one execution: the store, the lease token,
+the recorded checkpoint calls loaded once at start, and the position counter.
+Async tasks and threads started through `.submit()` copy the context, so they
+share the same `Run` object (and its counter), which is what keeps positions
+in program order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _serde
+from .errors import Cancelled, DivergenceError, LeaseLost, NotInFlowError
+from .store import CheckpointRow, EventRow, Store
+
+
+class Run:
+    """One executor's hold on one running execution."""
+
+    __slots__ = (
+        "_counter",
+        "allow_pickle",
+        "cancel_event",
+        "diverged",
+        "execution_id",
+        "flow",
+        "lease_lost",
+        "metadata",
+        "recorded",
+        "store",
+        "strict",
+        "token",
+    )
+
+    def __init__(
+        self,
+        store: Store,
+        execution_id: str,
+        flow: str,
+        token: str,
+        recorded: dict[int, CheckpointRow],
+        *,
+        allow_pickle: bool,
+        strict: bool,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.execution_id = execution_id
+        self.flow = flow
+        self.token = token
+        self.recorded = recorded
+        self.allow_pickle = allow_pickle
+        self.strict = strict
+        self.metadata: dict[str, Any] = metadata or {}
+        self.cancel_event = threading.Event()
+        self.lease_lost = False
+        self.diverged: DivergenceError | None = None
+        # itertools.count's next() is atomic under the GIL: safe from .submit() threads.
+        self._counter = itertools.count()
+
+    def take_position(self) -> int:
+        return next(self._counter)
+
+    def boundary(self) -> None:
+        """Checked at every checkpoint call: stop here if cancelled or no longer the owner."""
+        if self.lease_lost:
+            raise LeaseLost(self.execution_id)
+        if self.cancel_event.is_set():
+            raise Cancelled(self.execution_id)
+
+    def diverge(self, error: DivergenceError) -> DivergenceError:
+        # Remembered so the execution fails even if user code catches the error.
+        if self.diverged is None:
+            self.diverged = error
+        return error
+
+    def warn(self, position: int | None, message: str, data: dict[str, Any] | None = None) -> None:
+        self.store.add_event(
+            EventRow(
+                execution_id=self.execution_id,
+                position=position,
+                at=time.time(),
+                level="warning",
+                kind="warning",
+                message=message,
+                data=_serde.dumps(data) if data else None,
+            )
+        )
+
+
+@dataclass(slots=True)
+class Frame:
+    """The checkpoint call being executed right now."""
+
+    run: Run
+    position: int
+    name: str
+    attempt: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+current_run: ContextVar[Run | None] = ContextVar("tether_run", default=None)
+current_frame: ContextVar[Frame | None] = ContextVar("tether_frame", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """What `tether.current()` tells about the code that is running.
+
+    `checkpoint`, `position`, `attempt` and `idempotency_key` are None in flow code
+    outside a checkpoint. `idempotency_key` is stable across the attempts and resumes of
+    one checkpoint call: pass it to external APIs so a call that runs again after a crash
+    is not charged twice.
+    """
+
+    execution_id: str
+    flow: str
+    checkpoint: str | None
+    position: int | None
+    attempt: int | None
+    idempotency_key: str | None
+
+
+def current() -> Current:
+    """The running execution and checkpoint. Raises NotInFlowError outside a flow."""
+    run = current_run.get()
+    if run is None:
+        raise NotInFlowError(
+            "tether.current() was called outside a running flow; call it from code that runs "
+            "inside a @tether.flow (or a @tether.checkpoint called from one)"
+        )
+    frame = current_frame.get()
+    if frame is None:
+        return Current(run.execution_id, run.flow, None, None, None, None)
+    return Current(
+        run.execution_id,
+        run.flow,
+        frame.name,
+        frame.position,
+        frame.attempt,
+        f"{run.execution_id}:{frame.position}",
+    )
+
+
+def log(**metadata: Any) -> None:
+    """Attach JSON metadata to the running checkpoint, or to the execution outside one.
+
+    Keys merge into what was logged before. Outside a flow this does nothing, so tools that
+    log stay callable as plain functions in unit tests.
+    """
+    run = current_run.get()
+    if run is None:
+        return
+    for key, value in metadata.items():
+        # Fail here, at the call, rather than when the checkpoint commits.
+        _serde.dumps(value, allow_pickle=False, root=f"tether.log({key}=...)")
+    frame = current_frame.get()
+    if frame is not None:
+        frame.metadata.update(metadata)
+        return
+    run.metadata.update(metadata)
+    if not run.store.set_metadata(
+        run.execution_id, run.token, _serde.dumps(run.metadata), time.time()
+    ):
+        run.lease_lost = True
+        raise LeaseLost(run.execution_id)

@@ -1,0 +1,220 @@
+"""@flow, Flow and Handle: starting executions and waiting for their outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+
+from . import _imports, _serde
+from ._config import store_for
+from ._context import current_frame, current_run
+from ._executor import executor
+from ._status import Status
+from .errors import (
+    ExecutionCancelled,
+    ExecutionFailed,
+    ExecutionNotFound,
+    ResultTimeout,
+    UsageError,
+)
+from .store import ExecutionRow, Store
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+# How often result() looks at the store for an execution finished by another process; one
+# finished in this process wakes it at once.
+_POLL_MIN = 0.005
+_POLL_MAX = 0.25
+
+
+def new_execution_id() -> str:
+    # Time-ordered prefix so ids sort by creation, random suffix for uniqueness.
+    return f"{int(time.time() * 1000):011x}-{uuid.uuid4().hex[:12]}"
+
+
+class Handle(Generic[R]):
+    """A started execution. `await handle` is `await handle.result_async()`."""
+
+    def __init__(self, execution_id: str, store: Store) -> None:
+        self.id = execution_id
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"<tether.Handle {self.id}>"
+
+    def status(self) -> Status:
+        """The execution's current status, read from the store."""
+        return Status(self._row().status)
+
+    def result(self, timeout: float | None = None) -> R:
+        """Block until the execution finishes and return its value.
+
+        Raises ExecutionFailed (with the original error's type, message and traceback),
+        ExecutionCancelled, or ResultTimeout when `timeout` seconds pass first (the
+        execution keeps running).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = _POLL_MIN
+        runner = executor()
+        while True:
+            row = self._row()
+            if Status(row.status).finished:
+                return cast(R, _outcome(row))
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ResultTimeout(f"execution {self.id} is still {row.status} after {timeout}s")
+            wait = pause if remaining is None else min(pause, remaining)
+            if runner.holds(self._store, self.id):
+                runner.wait_for_change(wait)
+            else:
+                time.sleep(wait)
+            pause = min(pause * 2, _POLL_MAX)
+
+    async def result_async(self, timeout: float | None = None) -> R:  # noqa: ASYNC109
+        """The awaitable form of `result()`; does not block the event loop."""
+        return await asyncio.to_thread(self.result, timeout)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.result_async().__await__()
+
+    def _row(self) -> ExecutionRow:
+        row = self._store.get_execution(self.id)
+        if row is None:
+            raise ExecutionNotFound(f"no execution {self.id} in {self._store.url}")
+        return row
+
+
+def _outcome(row: ExecutionRow) -> Any:
+    if row.status == Status.SUCCEEDED:
+        return _serde.loads(row.result) if row.result is not None else None
+    if row.status == Status.CANCELLED:
+        raise ExecutionCancelled(f"execution {row.id} was cancelled")
+    info = _serde.error_info(row.error or "{}")
+    raise ExecutionFailed(row.id, info["type"], info["message"], info["traceback"])
+
+
+class Flow(Generic[P, R]):
+    """A durable function: each `run()` is an execution that survives crashes."""
+
+    def __init__(self, fn: Callable[P, R], *, name: str | None) -> None:
+        self.fn = fn
+        self.name = name or fn.__qualname__
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<tether.flow {self.name}>"
+
+    @overload
+    def run(
+        self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Handle[T]: ...
+
+    @overload
+    def run(self: Flow[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
+
+    def run(self, *args: Any, **kwargs: Any) -> Handle[Any]:
+        """Record a new execution and start it in the background; returns at once.
+
+        `handle.result()` (or `await handle`) gives the flow's return value; for an async
+        flow that is the awaited value.
+        """
+        return self._start(args, kwargs, store_for())
+
+    def _start(self, args: tuple[Any, ...], kwargs: dict[str, Any], store: Store) -> Handle[Any]:
+        import_path, script = _imports.path_of(self.fn)
+        if "<locals>" in import_path:
+            raise UsageError(
+                f"flow {self.name!r} is defined inside a function; define flows at module level "
+                "so that another process can find them to resume"
+            )
+        encoded = _serde.dumps(
+            {"args": list(args), "kwargs": kwargs}, root=f"arguments of flow {self.name!r}"
+        )
+        runner = executor()
+        claim = runner.claim()
+        now = time.time()
+        execution_id = new_execution_id()
+        store.create_execution(
+            ExecutionRow(
+                id=execution_id,
+                flow=self.name,
+                import_path=import_path,
+                script=script,
+                args=encoded,
+                status=Status.QUEUED,
+                owner=claim.owner,
+                lease_token=claim.token,
+                lease_expires=claim.expires,
+                created_at=now,
+                updated_at=now,
+                parent_id=_parent_id(),
+            )
+        )
+        runner.start(store, execution_id, claim.token, self)
+        return Handle(execution_id, store)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Inside a flow: run inline, as part of the calling execution. Outside: start an
+        execution and wait for its result (await it for an async flow)."""
+        if current_run.get() is not None:
+            if current_frame.get() is not None:
+                raise UsageError(
+                    f"flow {self.name!r} was called inside a checkpoint; call it from flow code"
+                )
+            return self.fn(*args, **kwargs)
+        handle: Handle[Any] = self._start(args, kwargs, store_for())
+        if self.is_async:
+            return cast(R, handle.result_async())
+        return cast(R, handle.result())
+
+
+def _parent_id() -> str | None:
+    run = current_run.get()
+    return run.execution_id if run is not None else None
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+
+
+@overload
+def flow(*, name: str | None = None) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(
+    fn: Callable[P, R] | None = None, /, *, name: str | None = None
+) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
+    """Make a function durable: each `.run(...)` is an execution recorded in the store.
+
+    ```python
+    @tether.flow
+    async def research_agent(topic: str) -> str:
+        notes = await ask_model(f"Research {topic}")
+        return await ask_model(f"Write a report from {notes}")
+
+    handle = research_agent.run("durable execution")
+    print(handle.result())
+    ```
+
+    Define flows at module level (or in a script): an execution records the flow's import
+    path, and the process that resumes it imports the flow from there.
+    """
+
+    def wrap(f: Callable[P, R]) -> Flow[P, R]:
+        if isinstance(f, Flow):
+            raise UsageError(f"{f.name} is already a flow; decorate it once")
+        if not callable(f):
+            raise UsageError(f"@tether.flow decorates a function, not {f!r}")
+        return Flow(f, name=name)
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap

@@ -1,0 +1,205 @@
+"""What `Client` returns: read-only views of stored executions and checkpoint calls.
+
+Stored values are decoded on first access (`.result`), so listing or inspecting
+an execution never needs the user's types to be importable until a value is
+actually read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from . import _serde
+from ._status import CheckpointStatus, Status
+from .store import CheckpointRow, EventRow, ExecutionRow
+
+
+def _time(value: float | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A recorded error: the original type name, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def from_text(cls, text: str | None) -> ErrorInfo | None:
+        if text is None:
+            return None
+        info = _serde.error_info(text)
+        return cls(info["type"], info["message"], info["traceback"])
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of a checkpoint call. `error` is None for the one that succeeded."""
+
+    attempt: int
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    error: str | None
+
+    @property
+    def duration(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One recorded checkpoint call of an execution."""
+
+    position: int
+    name: str
+    status: CheckpointStatus
+    attempts: tuple[Attempt, ...]
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    metadata: dict[str, Any]
+    error: ErrorInfo | None
+    fingerprint: str
+    result_json: str | None = field(repr=False)
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first attempt's start to the recorded outcome."""
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @cached_property
+    def result(self) -> Any:
+        """The recorded value, decoded (None when the call failed)."""
+        return None if self.result_json is None else _serde.loads(self.result_json)
+
+    @classmethod
+    def from_row(cls, row: CheckpointRow) -> CheckpointRecord:
+        started = _time(row.started_at) or dt.datetime.now(dt.UTC)
+        finished = _time(row.finished_at) or started
+        if row.attempts:
+            attempts = tuple(
+                Attempt(
+                    int(a["attempt"]),
+                    _time(a["started_at"]) or started,
+                    _time(a["finished_at"]) or finished,
+                    a.get("error"),
+                )
+                for a in _serde.loads(row.attempts)
+            )
+        else:
+            attempts = (Attempt(1, started, finished, None),)
+        return cls(
+            position=row.position,
+            name=row.name,
+            status=CheckpointStatus(row.status),
+            attempts=attempts,
+            started_at=started,
+            finished_at=finished,
+            metadata=_serde.loads(row.metadata) if row.metadata else {},
+            error=ErrorInfo.from_text(row.error),
+            fingerprint=row.fingerprint,
+            result_json=row.result,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something noted on an execution: a warning (changed arguments, say) or a message."""
+
+    at: dt.datetime
+    position: int | None
+    level: str
+    kind: str
+    message: str
+
+    @classmethod
+    def from_row(cls, row: EventRow) -> Event:
+        return cls(
+            _time(row.at) or dt.datetime.now(dt.UTC), row.position, row.level, row.kind, row.message
+        )
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    """One execution as stored. `checkpoints` and `events` are filled by `Client.get()`;
+    `Client.list()` leaves them empty to stay cheap."""
+
+    id: str
+    flow: str
+    status: Status
+    import_path: str
+    attempt: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    owner: str | None
+    lease_expires: dt.datetime | None
+    cancel_requested: bool
+    parent_id: str | None
+    replay_of: str | None
+    metadata: dict[str, Any]
+    error: ErrorInfo | None
+    checkpoints: tuple[CheckpointRecord, ...] = ()
+    events: tuple[Event, ...] = ()
+    result_json: str | None = field(default=None, repr=False)
+    args_json: str = field(default="", repr=False)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Messages of the warning events (arguments changed on resume, and so on)."""
+        return [e.message for e in self.events if e.level == "warning"]
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from first start to finish (or to now, while unfinished)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or dt.datetime.now(dt.UTC)
+        return (end - self.started_at).total_seconds()
+
+    @cached_property
+    def result(self) -> Any:
+        """The flow's return value, decoded (None unless it succeeded)."""
+        return None if self.result_json is None else _serde.loads(self.result_json)
+
+    @cached_property
+    def args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The positional and keyword arguments the execution was started with."""
+        decoded = _serde.loads(self.args_json)
+        return tuple(decoded["args"]), dict(decoded["kwargs"])
+
+    @classmethod
+    def from_row(
+        cls,
+        row: ExecutionRow,
+        checkpoints: list[CheckpointRow] | None = None,
+        events: list[EventRow] | None = None,
+    ) -> ExecutionRecord:
+        created = _time(row.created_at) or dt.datetime.now(dt.UTC)
+        return cls(
+            id=row.id,
+            flow=row.flow,
+            status=Status(row.status),
+            import_path=row.import_path,
+            attempt=row.attempt,
+            created_at=created,
+            updated_at=_time(row.updated_at) or created,
+            started_at=_time(row.started_at),
+            finished_at=_time(row.finished_at),
+            owner=row.owner,
+            lease_expires=_time(row.lease_expires),
+            cancel_requested=row.cancel_requested,
+            parent_id=row.parent_id,
+            replay_of=row.replay_of,
+            metadata=_serde.loads(row.metadata) if row.metadata else {},
+            error=ErrorInfo.from_text(row.error),
+            checkpoints=tuple(CheckpointRecord.from_row(c) for c in checkpoints or ()),
+            events=tuple(Event.from_row(e) for e in events or ()),
+            result_json=row.result,
+            args_json=row.args,
+        )

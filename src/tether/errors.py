@@ -1,0 +1,186 @@
+"""Every error tether raises, in one tree.
+
+```
+Exception
+└── TetherError                     base of everything a user can catch
+    ├── UsageError                  the API was used the wrong way (fix the code)
+    │   ├── NotInFlowError          a flow-only call made outside a running flow
+    │   └── FlowNotFoundError       a recorded flow can no longer be imported
+    ├── ConfigurationError          a bad store URL or setting
+    ├── StoreError                  the database failed or is from a newer tether
+    ├── SerializationError          a value cannot be stored (names the path)
+    ├── DivergenceError             resumed code calls a different checkpoint
+    ├── CheckpointError             a recorded failure whose type cannot be rebuilt
+    ├── CheckpointTimeout           a checkpoint attempt ran past its timeout
+    ├── ExecutionNotFound           no execution has that id
+    ├── ExecutionLocked             another live process holds the execution
+    ├── InvalidStateError           the operation does not fit the execution's status
+    ├── ExecutionFailed             Handle.result() of a failed execution
+    ├── ExecutionCancelled          Handle.result() of a cancelled execution
+    └── ResultTimeout               Handle.result(timeout=...) ran out (also a TimeoutError)
+
+BaseException
+└── ControlSignal                   unwinds a flow; user `except Exception` cannot swallow it
+    ├── Cancelled                   Client.cancel() reached a checkpoint boundary
+    └── LeaseLost                   another executor took the execution over
+```
+
+Errors that are recorded in the store define `__reduce__` so that they survive
+a pickle round trip with their fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Cancelled",
+    "CheckpointError",
+    "CheckpointTimeout",
+    "ConfigurationError",
+    "ControlSignal",
+    "DivergenceError",
+    "ExecutionCancelled",
+    "ExecutionFailed",
+    "ExecutionLocked",
+    "ExecutionNotFound",
+    "FlowNotFoundError",
+    "InvalidStateError",
+    "LeaseLost",
+    "NotInFlowError",
+    "ResultTimeout",
+    "SerializationError",
+    "StoreError",
+    "TetherError",
+    "UsageError",
+]
+
+
+class TetherError(Exception):
+    """Base class of every error tether raises on purpose."""
+
+
+class UsageError(TetherError):
+    """The API was used in a way that cannot work; the message says how to fix it."""
+
+
+class NotInFlowError(UsageError):
+    """A call that only makes sense inside a running flow was made outside one."""
+
+
+class FlowNotFoundError(UsageError):
+    """The flow recorded for an execution cannot be imported in this process."""
+
+
+class ConfigurationError(TetherError):
+    """A store URL or setting is invalid."""
+
+
+class StoreError(TetherError):
+    """The store failed, or its schema is newer than this version of tether."""
+
+
+class SerializationError(TetherError):
+    """A value cannot be stored.
+
+    `path` names the offending value, e.g. `result['items'][3].client`.
+    """
+
+    def __init__(self, message: str, *, path: str = "", type_name: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.type_name = type_name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), {"path": self.path, "type_name": self.type_name}))
+
+
+class DivergenceError(TetherError):
+    """On resume, the code called a different checkpoint than the one recorded at a position."""
+
+    def __init__(self, position: int, recorded: str, current: str, detail: str = "") -> None:
+        self.position = position
+        self.recorded = recorded
+        self.current = current
+        message = detail or (
+            f"checkpoint position {position} was recorded as {recorded!r} but the code now "
+            f"calls {current!r} there. The flow's code changed in a way that reorders "
+            "checkpoints; finish or cancel executions started with the old code before "
+            "deploying, or replay them."
+        )
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.position, self.recorded, self.current, str(self)))
+
+
+class CheckpointError(TetherError):
+    """A checkpoint failed with an error whose original type cannot be rebuilt here."""
+
+    def __init__(self, error_type: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.error_type, self.message, self.traceback))
+
+
+class CheckpointTimeout(TetherError, TimeoutError):
+    """A checkpoint attempt ran longer than its `timeout`."""
+
+
+class ExecutionNotFound(TetherError, LookupError):
+    """No execution with that id exists in the store."""
+
+
+class ExecutionLocked(TetherError):
+    """Another live executor holds the execution's lease."""
+
+
+class InvalidStateError(TetherError):
+    """The operation does not apply to the execution in its current status."""
+
+
+class ExecutionFailed(TetherError):
+    """The execution failed. Carries the original error's type name, message and traceback."""
+
+    def __init__(
+        self, execution_id: str, error_type: str, message: str, traceback: str = ""
+    ) -> None:
+        super().__init__(f"execution {execution_id} failed: {error_type}: {message}")
+        self.execution_id = execution_id
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.execution_id, self.error_type, self.message, self.traceback))
+
+
+class ExecutionCancelled(TetherError):
+    """The execution was cancelled before it finished."""
+
+
+class ResultTimeout(TetherError, TimeoutError):
+    """`Handle.result(timeout=...)` returned before the execution finished."""
+
+
+class ControlSignal(BaseException):
+    """Unwinds a running flow. A BaseException so user `except Exception` cannot swallow it."""
+
+
+class Cancelled(ControlSignal):
+    """The execution was cancelled; raised at the next checkpoint boundary."""
+
+
+class LeaseLost(ControlSignal):
+    """Another executor owns the execution now; this one must stop without writing."""
+
+
+def _rebuild(cls: type[Exception], message: str, fields: dict[str, Any]) -> Exception:
+    error = cls(message)
+    for key, value in fields.items():
+        setattr(error, key, value)
+    return error

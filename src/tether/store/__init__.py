@@ -1,0 +1,27 @@
+"""Stores: where executions live. `open_store(url)` picks one from the URL."""
+
+from __future__ import annotations
+
+from ..errors import ConfigurationError
+from ._base import CheckpointRow, Claim, EventRow, ExecutionRow, Store
+
+__all__ = ["CheckpointRow", "Claim", "EventRow", "ExecutionRow", "Store", "open_store"]
+
+
+def open_store(url: str, *, durability: str = "normal") -> Store:
+    """Open the store a URL names: `sqlite:///relative.db`, `sqlite:////abs/path.db`."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ConfigurationError(
+            f"store URL {url!r} has no scheme; use sqlite:///path/to/tether.db"
+        )
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(url, durability=durability)
+    if scheme in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            "the PostgreSQL store is not available in this version of tether yet; "
+            "use sqlite:///path/to/tether.db"
+        )
+    raise ConfigurationError(f"unknown store scheme {scheme!r} in {url!r}; use sqlite:///path")

@@ -1,0 +1,167 @@
+"""The store interface: what the engine and the client need from a database.
+
+Nothing above `store/` knows which database it talks to. Every store passes
+the conformance suite in `tests/store/`. Rows are plain data; decoding stored
+values is the caller's business (see `_serde`), so a store never imports user
+types.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class ExecutionRow:
+    id: str
+    flow: str
+    import_path: str
+    script: str | None
+    args: str
+    status: str
+    result: str | None = None
+    error: str | None = None
+    owner: str | None = None
+    lease_token: str | None = None
+    lease_expires: float | None = None
+    attempt: int = 0
+    cancel_requested: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    parent_id: str | None = None
+    replay_of: str | None = None
+    metadata: str | None = None
+    options: str | None = None
+
+
+@dataclass(slots=True)
+class CheckpointRow:
+    position: int
+    name: str
+    fingerprint: str
+    status: str
+    result: str | None = None
+    error: str | None = None
+    attempts: str | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    metadata: str | None = None
+
+
+@dataclass(slots=True)
+class EventRow:
+    execution_id: str
+    position: int | None
+    at: float
+    level: str
+    kind: str
+    message: str
+    data: str | None = None
+
+
+@dataclass(slots=True)
+class Claim:
+    """A lease: who holds an execution, the fencing token, and until when."""
+
+    owner: str
+    token: str
+    expires: float
+
+
+class Store(abc.ABC):
+    """A durable home for executions, their checkpoints and events."""
+
+    url: str
+
+    # --- executions ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_execution(self, row: ExecutionRow) -> None:
+        """Insert a new execution (status `queued`, or `running` with a claim already set)."""
+
+    @abc.abstractmethod
+    def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
+
+    @abc.abstractmethod
+    def list_executions(
+        self, *, statuses: Sequence[str] | None, flow: str | None, limit: int
+    ) -> list[ExecutionRow]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def claim(
+        self,
+        execution_id: str,
+        claim: Claim,
+        *,
+        from_statuses: Sequence[str],
+        expected_token: str | None,
+        now: float,
+        status: str = "running",
+    ) -> bool:
+        """Take the lease if the status is one of `from_statuses` and the current token is
+        `expected_token` (compare and swap), and set `status`. Moving to `running` counts
+        an attempt."""
+
+    @abc.abstractmethod
+    def renew(
+        self, execution_ids: Sequence[str], token_by_id: dict[str, str], expires: float
+    ) -> list[tuple[str, bool]]:
+        """Extend the leases still held; returns (id, cancel_requested) for each one held."""
+
+    @abc.abstractmethod
+    def finish(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        """Record the outcome and release the lease. False if the token no longer holds it."""
+
+    @abc.abstractmethod
+    def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
+        """Give the lease back without an outcome (status back to `queued`, say)."""
+
+    @abc.abstractmethod
+    def request_cancel(self, execution_id: str, *, now: float) -> str | None:
+        """Cancel at once if nobody runs it (returns `cancelled`); else flag it for the holder
+        and return the current status. None if the id is unknown."""
+
+    @abc.abstractmethod
+    def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    def orphans(self, *, statuses: Sequence[str]) -> list[ExecutionRow]:
+        """Executions in `statuses` that have an owner recorded (candidates for recovery)."""
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
+        """All recorded checkpoint calls of an execution, by position."""
+
+    @abc.abstractmethod
+    def record_checkpoint(self, execution_id: str, token: str, row: CheckpointRow) -> bool:
+        """Commit one checkpoint call atomically, fenced by the lease token.
+        False (nothing written) when the token no longer holds the execution."""
+
+    # --- events -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_event(self, event: EventRow) -> None: ...
+
+    @abc.abstractmethod
+    def get_events(self, execution_id: str) -> list[EventRow]: ...
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

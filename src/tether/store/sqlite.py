@@ -1,0 +1,413 @@
+"""The embedded store: one SQLite file in WAL mode, shared safely by threads and processes.
+
+Durability: WAL with `synchronous=NORMAL` (the default) makes every commit
+survive the death of the process (SIGKILL, OOM kill), which is the failure a
+durable runtime exists for; a power cut may lose the last commits but never
+corrupts the file. `durability="full"` syncs every commit to disk instead.
+
+Concurrency: each thread gets its own connection. Multi-statement writes take
+the write lock up front (`BEGIN IMMEDIATE`) so two writers never deadlock on a
+read-to-write upgrade, and a generous busy timeout rides out lock contention
+between processes instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from importlib import resources
+from typing import Any
+
+from ..errors import ConfigurationError, StoreError
+from ._base import CheckpointRow, Claim, EventRow, ExecutionRow, Store
+
+_BUSY_TIMEOUT_MS = 60_000
+
+_EXECUTION_COLUMNS = (
+    "id, flow, import_path, script, args, status, result, error, owner, lease_token, "
+    "lease_expires, attempt, cancel_requested, created_at, updated_at, started_at, "
+    "finished_at, parent_id, replay_of, metadata, options"
+)
+_CHECKPOINT_COLUMNS = (
+    "position, name, fingerprint, status, result, error, attempts, started_at, finished_at, "
+    "metadata"
+)
+
+# Fenced: the row is written only while the lease token still holds the execution, in the
+# same statement (one implicit transaction), so a process that lost its lease writes nothing.
+# A row left by failed attempts ('retrying') is replaced; a final one is never overwritten.
+_RECORD_CHECKPOINT = f"""
+INSERT INTO checkpoints (execution_id, {_CHECKPOINT_COLUMNS})
+SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+WHERE EXISTS (SELECT 1 FROM executions WHERE id = ? AND lease_token = ?)
+ON CONFLICT (execution_id, position) DO UPDATE SET
+    name = excluded.name, fingerprint = excluded.fingerprint, status = excluded.status,
+    result = excluded.result, error = excluded.error, attempts = excluded.attempts,
+    started_at = excluded.started_at, finished_at = excluded.finished_at,
+    metadata = excluded.metadata
+WHERE checkpoints.status = 'retrying'
+"""
+
+
+def path_from_url(url: str) -> str:
+    rest = url.partition("://")[2]
+    path = rest[1:] if rest.startswith("/") else rest
+    if not path or path == ":memory:" or path.startswith("file::memory:"):
+        raise ConfigurationError(
+            f"{url!r} names no file; an in-memory database is not durable. "
+            "Use sqlite:///path/to/tether.db"
+        )
+    return os.path.abspath(path)
+
+
+class SQLiteStore(Store):
+    def __init__(self, url: str, *, durability: str = "normal") -> None:
+        if durability not in ("normal", "full"):
+            raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
+        self.url = url
+        self.path = path_from_url(url)
+        self._synchronous = "FULL" if durability == "full" else "NORMAL"
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._closed = False
+        directory = os.path.dirname(self.path)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot create the directory for {self.path}: {exc}") from exc
+        self._migrate()
+
+    # --- connections --------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise StoreError(f"the store {self.url} is closed")
+            try:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=60
+                )
+                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_lock:
+            for conn in self._all:
+                with suppress(sqlite3.Error):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # --- schema -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        migrations = sorted(
+            (entry.name, entry.read_text())
+            for entry in resources.files("tether.store").joinpath("migrations/sqlite").iterdir()
+            if entry.name.endswith(".sql")
+        )
+        known = len(migrations)
+        with self._write() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS tether_schema ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM tether_schema").fetchone()
+            current = int(row[0])
+            if current > known:
+                raise StoreError(
+                    f"{self.path} has schema version {current}, but this tether knows only "
+                    f"{known}; upgrade tether to open it"
+                )
+            for version, (name, sql) in enumerate(migrations, start=1):
+                if version <= current:
+                    continue
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO tether_schema (version, name, applied_at) "
+                    "VALUES (?, ?, julianday('now'))",
+                    (version, name),
+                )
+
+    # --- executions ---------------------------------------------------------------------
+
+    def create_execution(self, row: ExecutionRow) -> None:
+        self._conn().execute(
+            f"INSERT INTO executions ({_EXECUTION_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                row.flow,
+                row.import_path,
+                row.script,
+                row.args,
+                row.status,
+                row.result,
+                row.error,
+                row.owner,
+                row.lease_token,
+                row.lease_expires,
+                row.attempt,
+                int(row.cancel_requested),
+                row.created_at,
+                row.updated_at,
+                row.started_at,
+                row.finished_at,
+                row.parent_id,
+                row.replay_of,
+                row.metadata,
+                row.options,
+            ),
+        )
+
+    def get_execution(self, execution_id: str) -> ExecutionRow | None:
+        found = (
+            self._conn()
+            .execute(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE id = ?", (execution_id,))
+            .fetchone()
+        )
+        return _execution(found) if found else None
+
+    def list_executions(
+        self, *, statuses: Sequence[str] | None, flow: str | None, limit: int
+    ) -> list[ExecutionRow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if flow is not None:
+            where.append("flow = ?")
+            params.append(flow)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        params.append(limit)
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions {clause} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                params,
+            )
+            .fetchall()
+        )
+        return [_execution(r) for r in rows]
+
+    def claim(
+        self,
+        execution_id: str,
+        claim: Claim,
+        *,
+        from_statuses: Sequence[str],
+        expected_token: str | None,
+        now: float,
+        status: str = "running",
+    ) -> bool:
+        marks = ", ".join("?" * len(from_statuses))
+        running = status == "running"
+        cursor = self._conn().execute(
+            "UPDATE executions SET status = ?, owner = ?, lease_token = ?, lease_expires = ?, "
+            "attempt = attempt + ?, started_at = CASE WHEN ? THEN coalesce(started_at, ?) "
+            "ELSE started_at END, cancel_requested = cancel_requested, updated_at = ? "
+            f"WHERE id = ? AND status IN ({marks}) AND lease_token IS ?",
+            (
+                status,
+                claim.owner,
+                claim.token,
+                claim.expires,
+                int(running),
+                running,
+                now,
+                now,
+                execution_id,
+                *from_statuses,
+                expected_token,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    def renew(
+        self, execution_ids: Sequence[str], token_by_id: dict[str, str], expires: float
+    ) -> list[tuple[str, bool]]:
+        held: list[tuple[str, bool]] = []
+        with self._write() as conn:
+            for execution_id in execution_ids:
+                found = conn.execute(
+                    "UPDATE executions SET lease_expires = ? WHERE id = ? AND lease_token = ? "
+                    "RETURNING cancel_requested",
+                    (expires, execution_id, token_by_id[execution_id]),
+                ).fetchone()
+                if found is not None:
+                    held.append((execution_id, bool(found[0])))
+        return held
+
+    def finish(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        cursor = self._conn().execute(
+            "UPDATE executions SET status = ?, result = ?, error = ?, owner = NULL, "
+            "lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ? "
+            "WHERE id = ? AND lease_token = ?",
+            (status, result, error, now, now, execution_id, token),
+        )
+        return cursor.rowcount == 1
+
+    def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
+        cursor = self._conn().execute(
+            "UPDATE executions SET status = ?, owner = NULL, lease_token = NULL, "
+            "lease_expires = NULL, updated_at = ? WHERE id = ? AND lease_token = ?",
+            (status, now, execution_id, token),
+        )
+        return cursor.rowcount == 1
+
+    def request_cancel(self, execution_id: str, *, now: float) -> str | None:
+        with self._write() as conn:
+            found = conn.execute(
+                "SELECT status, lease_token FROM executions WHERE id = ?", (execution_id,)
+            ).fetchone()
+            if found is None:
+                return None
+            status, token = found
+            if status in ("succeeded", "failed", "cancelled"):
+                return str(status)
+            if token is None:
+                conn.execute(
+                    "UPDATE executions SET status = 'cancelled', cancel_requested = 1, "
+                    "finished_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, execution_id),
+                )
+                return "cancelled"
+            conn.execute(
+                "UPDATE executions SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                (now, execution_id),
+            )
+            return str(status)
+
+    def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool:
+        cursor = self._conn().execute(
+            "UPDATE executions SET metadata = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
+            (metadata, now, execution_id, token),
+        )
+        return cursor.rowcount == 1
+
+    def orphans(self, *, statuses: Sequence[str]) -> list[ExecutionRow]:
+        marks = ", ".join("?" * len(statuses))
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE status IN ({marks}) "
+                "ORDER BY created_at",
+                tuple(statuses),
+            )
+            .fetchall()
+        )
+        return [_execution(r) for r in rows]
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ? "
+                "ORDER BY position",
+                (execution_id,),
+            )
+            .fetchall()
+        )
+        return [CheckpointRow(*r) for r in rows]
+
+    def record_checkpoint(self, execution_id: str, token: str, row: CheckpointRow) -> bool:
+        cursor = self._conn().execute(
+            _RECORD_CHECKPOINT,
+            (
+                execution_id,
+                row.position,
+                row.name,
+                row.fingerprint,
+                row.status,
+                row.result,
+                row.error,
+                row.attempts,
+                row.started_at,
+                row.finished_at,
+                row.metadata,
+                execution_id,
+                token,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    # --- events -------------------------------------------------------------------------
+
+    def add_event(self, event: EventRow) -> None:
+        self._conn().execute(
+            "INSERT INTO events (execution_id, position, at, level, kind, message, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.execution_id,
+                event.position,
+                event.at,
+                event.level,
+                event.kind,
+                event.message,
+                event.data,
+            ),
+        )
+
+    def get_events(self, execution_id: str) -> list[EventRow]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT execution_id, position, at, level, kind, message, data FROM events "
+                "WHERE execution_id = ? ORDER BY id",
+                (execution_id,),
+            )
+            .fetchall()
+        )
+        return [EventRow(*r) for r in rows]
+
+
+def _execution(r: tuple[Any, ...]) -> ExecutionRow:
+    row = ExecutionRow(*r)
+    row.cancel_requested = bool(row.cancel_requested)
+    return row
+
+
+def _statements(sql: str) -> Iterator[str]:
+    # Migration files hold plain DDL with no semicolons inside statements.
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    for statement in "\n".join(lines).split(";"):
+        if statement.strip():
+            yield statement

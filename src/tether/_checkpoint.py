@@ -36,7 +36,7 @@ from .errors import (
     SerializationError,
     UsageError,
 )
-from .store import CheckpointRow
+from .store import CheckpointRow, Commit
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -319,9 +319,12 @@ class _Call:
             finished_at=finished,
             metadata=_serde.dumps(frame.metadata) if frame.metadata else None,
         )
-        if not run.store.record_checkpoint(run.execution_id, run.token, row):
+        outcome = run.store.record_checkpoint(run.execution_id, run.token, row)
+        if not outcome:
             run.lease_lost = True
             raise LeaseLost(run.execution_id)
+        if outcome is Commit.CANCEL_REQUESTED:
+            run.cancel_event.set()
         if _after_commit is not None:
             _after_commit(run, frame.position)
 

@@ -78,6 +78,12 @@ def _module(module_name: str, script: str | None, import_path: str) -> ModuleTyp
             ) from exc
     main = sys.modules.get("__main__")
     main_file = getattr(main, "__file__", None)
+    if script is None:
+        # A stored value's class recorded as `__main__:Name`: in a process that loaded the
+        # script under the alias (to resume one of its flows), that is where it lives.
+        alias = sys.modules.get(MAIN_ALIAS)
+        if alias is not None and hasattr(alias, import_path.partition(":")[2].split(".")[0]):
+            return alias
     if main is not None and (script is None or _same_file(main_file, script)):
         return main
     if script is None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..errors import ConfigurationError
-from ._base import CheckpointRow, Claim, EventRow, ExecutionRow, Store
+from ._base import CheckpointRow, Claim, Commit, EventRow, ExecutionRow, Store
 
-__all__ = ["CheckpointRow", "Claim", "EventRow", "ExecutionRow", "Store", "open_store"]
+__all__ = ["CheckpointRow", "Claim", "Commit", "EventRow", "ExecutionRow", "Store", "open_store"]
 
 
 def open_store(url: str, *, durability: str = "normal") -> Store:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 
 
 @dataclass(slots=True)
@@ -61,6 +62,15 @@ class EventRow:
     kind: str
     message: str
     data: str | None = None
+
+
+class Commit(IntEnum):
+    """What a fenced checkpoint commit found. LOST is falsy: nothing was written."""
+
+    LOST = 0
+    COMMITTED = 1
+    # Committed, and a cancel was requested: the holder learns it without an extra read.
+    CANCEL_REQUESTED = 2
 
 
 @dataclass(slots=True)
@@ -149,9 +159,10 @@ class Store(abc.ABC):
         """All recorded checkpoint calls of an execution, by position."""
 
     @abc.abstractmethod
-    def record_checkpoint(self, execution_id: str, token: str, row: CheckpointRow) -> bool:
-        """Commit one checkpoint call atomically, fenced by the lease token.
-        False (nothing written) when the token no longer holds the execution."""
+    def record_checkpoint(self, execution_id: str, token: str, row: CheckpointRow) -> Commit:
+        """Commit one checkpoint call atomically, fenced by the lease token. LOST (nothing
+        written) when the token no longer holds the execution, or when a final row is
+        already recorded at that position."""
 
     # --- events -------------------------------------------------------------------------
 

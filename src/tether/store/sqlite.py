@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
-from ._base import CheckpointRow, Claim, EventRow, ExecutionRow, Store
+from ._base import CheckpointRow, Claim, Commit, EventRow, ExecutionRow, Store
 
 _BUSY_TIMEOUT_MS = 60_000
 
@@ -49,6 +49,7 @@ ON CONFLICT (execution_id, position) DO UPDATE SET
     started_at = excluded.started_at, finished_at = excluded.finished_at,
     metadata = excluded.metadata
 WHERE checkpoints.status = 'retrying'
+RETURNING (SELECT cancel_requested FROM executions WHERE id = checkpoints.execution_id)
 """
 
 
@@ -348,26 +349,32 @@ class SQLiteStore(Store):
         )
         return [CheckpointRow(*r) for r in rows]
 
-    def record_checkpoint(self, execution_id: str, token: str, row: CheckpointRow) -> bool:
-        cursor = self._conn().execute(
-            _RECORD_CHECKPOINT,
-            (
-                execution_id,
-                row.position,
-                row.name,
-                row.fingerprint,
-                row.status,
-                row.result,
-                row.error,
-                row.attempts,
-                row.started_at,
-                row.finished_at,
-                row.metadata,
-                execution_id,
-                token,
-            ),
+    def record_checkpoint(self, execution_id: str, token: str, row: CheckpointRow) -> Commit:
+        found = (
+            self._conn()
+            .execute(
+                _RECORD_CHECKPOINT,
+                (
+                    execution_id,
+                    row.position,
+                    row.name,
+                    row.fingerprint,
+                    row.status,
+                    row.result,
+                    row.error,
+                    row.attempts,
+                    row.started_at,
+                    row.finished_at,
+                    row.metadata,
+                    execution_id,
+                    token,
+                ),
+            )
+            .fetchone()
         )
-        return cursor.rowcount == 1
+        if found is None:
+            return Commit.LOST
+        return Commit.CANCEL_REQUESTED if found[0] else Commit.COMMITTED
 
     # --- events -------------------------------------------------------------------------
 

@@ -1,0 +1,311 @@
+"""Crash safety with real processes: SIGKILL, resume from another process, leases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import tether
+from helpers import child_env, retry_until, run_child
+from tether import Status
+
+START = textwrap.dedent(
+    """
+    import agent_flows
+    handle = agent_flows.research_agent.run("durability")
+    print(handle.id, flush=True)
+    print(repr(handle.result(timeout=60)), flush=True)
+    """
+)
+RESUME = textwrap.dedent(
+    """
+    import sys, tether
+    print(repr(tether.Client().resume(sys.argv[1]).result(timeout=60)), flush=True)
+    """
+)
+EXPECTED = "REPORT: durability history #0; durability theory #0; durability practice #0"
+
+
+def _ran(side_effects: Path) -> Counter[int]:
+    if not side_effects.exists():
+        return Counter()
+    return Counter(int(line.split()[0]) for line in side_effects.read_text().splitlines())
+
+
+@pytest.mark.parametrize("phase", ["before", "inside", "after"])
+@pytest.mark.parametrize("position", range(6))
+def test_kill_at_every_checkpoint_boundary_then_resume_elsewhere(
+    db_url: str, tmp_path: Path, position: int, phase: str
+) -> None:
+    side_effects = tmp_path / "effects.log"
+    crashed = run_child(
+        START, db_url, SIDE_EFFECTS=str(side_effects), CRASH_AT=str(position), CRASH_PHASE=phase
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    # The child may die before it prints the id, so take it from the store.
+    (execution,) = tether.Client().list()
+    execution_id = execution.id
+    before = _ran(side_effects)
+
+    resumed = subprocess.run(
+        [sys.executable, "-c", RESUME, execution_id],
+        env=child_env(db_url, SIDE_EFFECTS=str(side_effects)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(Path(__file__).parent),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == repr(EXPECTED)
+
+    ran = _ran(side_effects)
+    for pos in range(6):
+        if pos < position or (pos == position and phase == "after"):
+            assert ran[pos] == 1, f"committed checkpoint {pos} ran again: {ran}"
+        elif pos == position and phase == "inside":
+            assert before[pos] == 1 and ran[pos] == 2, "the in-flight call runs once more"
+        else:
+            assert ran[pos] == 1, f"checkpoint {pos} should have run once: {ran}"
+    record = tether.Client().get(execution_id)
+    assert record.status is Status.SUCCEEDED
+    assert record.attempt == 2
+    assert [c.position for c in record.checkpoints] == list(range(6))
+
+
+def test_resume_is_refused_while_the_owner_lives(db_url: str, tmp_path: Path) -> None:
+    release = tmp_path / "release.txt"
+    side_effects = tmp_path / "effects.log"
+    code = textwrap.dedent(
+        f"""
+        import agent_flows
+        handle = agent_flows.blocking_flow.run({str(release)!r})
+        print(handle.id, flush=True)
+        print(handle.result(timeout=60), flush=True)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=child_env(db_url, SIDE_EFFECTS=str(side_effects)),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).parent),
+    )
+    try:
+        assert child.stdout is not None
+        execution_id = child.stdout.readline().strip()
+        client = tether.Client()
+        retry_until(lambda: side_effects.exists(), what="the child to enter the checkpoint")
+        with pytest.raises(tether.ExecutionLocked, match="held by the live process"):
+            client.resume(execution_id)
+        assert client.recover() == []
+        assert client.get(execution_id).status is Status.RUNNING
+
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        release.write_text("done")
+        assert client.resume(execution_id).result(timeout=30) == "DONE"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_recover_resumes_every_execution_of_a_killed_process(db_url: str, tmp_path: Path) -> None:
+    release = tmp_path / "release.txt"
+    code = textwrap.dedent(
+        f"""
+        import agent_flows
+        ids = [agent_flows.blocking_flow.run({str(release)!r}).id for _ in range(3)]
+        print(" ".join(ids), flush=True)
+        import time
+        time.sleep(60)
+        """
+    )
+    side_effects = tmp_path / "effects.log"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=child_env(db_url, SIDE_EFFECTS=str(side_effects)),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).parent),
+    )
+    assert child.stdout is not None
+    ids = child.stdout.readline().split()
+    retry_until(
+        lambda: len(_ran(side_effects)) == 1 and sum(_ran(side_effects).values()) == 3,
+        what="three executions in their first checkpoint",
+    )
+    child.kill()
+    child.wait(timeout=10)
+    release.write_text("ok")
+    client = tether.Client()
+    assert sorted(client.recover()) == sorted(ids)
+    for execution_id in ids:
+        assert client.handle(execution_id).result(timeout=30) == "OK"
+    assert client.recover() == []
+
+
+def test_two_processes_run_executions_on_one_sqlite_file(db_url: str) -> None:
+    code = textwrap.dedent(
+        """
+        import agent_flows, json
+        handles = [agent_flows.many_ticks.run(50) for _ in range(20)]
+        print(json.dumps([h.result(timeout=120) for h in handles]), flush=True)
+        """
+    )
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=child_env(db_url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(Path(__file__).parent),
+        )
+        for _ in range(2)
+    ]
+    for child in children:
+        out, err = child.communicate(timeout=180)
+        assert child.returncode == 0, err
+        assert "database is locked" not in err
+        assert json.loads(out) == [sum(range(50))] * 20
+    records = tether.Client().list(limit=100)
+    assert len(records) == 40
+    assert all(r.status is Status.SUCCEEDED for r in records)
+    assert all(len(tether.Client().get(r.id).checkpoints) == 50 for r in records[:5])
+
+
+def test_cancel_from_another_process_stops_a_running_execution(db_url: str, tmp_path: Path) -> None:
+    release = tmp_path / "release.txt"
+    side_effects = tmp_path / "effects.log"
+    code = textwrap.dedent(
+        f"""
+        import agent_flows, tether
+        handle = agent_flows.blocking_flow.run({str(release)!r})
+        print(handle.id, flush=True)
+        try:
+            handle.result(timeout=60)
+        except tether.ExecutionCancelled:
+            print("cancelled", flush=True)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=child_env(db_url, SIDE_EFFECTS=str(side_effects)),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).parent),
+    )
+    assert child.stdout is not None
+    execution_id = child.stdout.readline().strip()
+    retry_until(lambda: side_effects.exists(), what="the child to enter the checkpoint")
+    client = tether.Client()
+    assert client.cancel(execution_id) is Status.RUNNING
+    # The running process learns of the request through its lease heartbeat.
+    retry_until(lambda: client.get(execution_id).cancel_requested, what="the cancel flag")
+    release.write_text("go")
+    out, _ = child.communicate(timeout=30)
+    assert out.strip().endswith("cancelled")
+    record = client.get(execution_id)
+    assert record.status is Status.CANCELLED
+    assert [c.name for c in record.checkpoints] == ["wait_for_file"]
+    assert _ran(side_effects) == Counter({0: 1})
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, os, signal, sys
+    import tether
+
+    @dataclasses.dataclass
+    class Note:
+        text: str
+
+    @tether.checkpoint
+    def first(topic: str) -> Note:
+        return Note(f"notes on {topic}")
+
+    @tether.checkpoint
+    def second(note: Note) -> str:
+        if os.environ.get("CRASH") == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return note.text.upper()
+
+    @tether.flow
+    def script_agent(topic: str) -> tuple[Note, str]:
+        note = first(topic)
+        return note, second(note)
+
+    if __name__ == "__main__":
+        handle = script_agent.run(sys.argv[1])
+        print(handle.id, flush=True)
+        print(handle.result(timeout=30), flush=True)
+    """
+)
+
+
+def test_flow_defined_in_a_script_resumes_from_another_process(db_url: str, tmp_path: Path) -> None:
+    script = tmp_path / "my_agent.py"
+    script.write_text(SCRIPT)
+    crashed = subprocess.run(
+        [sys.executable, str(script), "tides"],
+        env=child_env(db_url, CRASH="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    (execution,) = tether.Client().list()
+    execution_id = execution.id
+    resumed = run_child(
+        textwrap.dedent(
+            """
+            import sys, tether
+            note, text = tether.Client().resume(sys.argv[-1]).result(timeout=30)
+            print(type(note).__name__, note.text, text)
+            """
+        ).replace("sys.argv[-1]", repr(execution_id)),
+        db_url,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == "Note notes on tides NOTES ON TIDES"
+
+
+def test_resume_of_a_flow_that_cannot_be_imported_changes_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "gone.py"
+    script.write_text(SCRIPT)
+    crashed = subprocess.run(
+        [sys.executable, str(script), "x"],
+        env=child_env(db_url, CRASH="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    (execution,) = tether.Client().list()
+    execution_id = execution.id
+    os.remove(script)
+    client = tether.Client()
+    before = client.get(execution_id)
+    with pytest.raises(tether.FlowNotFoundError, match="no longer exists"):
+        client.resume(execution_id)
+    after = client.get(execution_id)
+    assert (after.status, after.owner, after.attempt) == (
+        before.status,
+        before.owner,
+        before.attempt,
+    )
+    assert client.recover() == []
+    assert any("recover skipped it" in w for w in client.get(execution_id).warnings)

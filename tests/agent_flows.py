@@ -129,3 +129,43 @@ def tick(i: int) -> int:
 @tether.flow
 def many_ticks(n: int) -> int:
     return sum(tick(i) for i in range(n))
+
+
+# --- code that "changes" between a crash and its resume, chosen by $VARIANT -------------
+
+
+@tether.checkpoint
+def fetch(x: int) -> int:
+    _side_effect("fetch")
+    return x * 10
+
+
+@tether.checkpoint
+def enrich(x: int) -> int:
+    _side_effect("enrich")
+    return x + 1
+
+
+@tether.checkpoint
+def renamed_step(x: int) -> int:
+    _side_effect("renamed_step")
+    return x + 2
+
+
+@tether.flow
+def evolving_flow(x: int) -> Any:
+    variant = os.environ.get("VARIANT", "original")
+    first = fetch(x)
+    if variant == "renamed":
+        second = renamed_step(first)
+    elif variant == "new-args":
+        second = enrich(first + 5)
+    elif variant == "swallow":
+        try:
+            second = renamed_step(first)
+        except tether.DivergenceError:
+            return "swallowed"
+    else:
+        second = enrich(first)
+    _maybe_crash(2, "before")
+    return [first, second, fetch(second)]

@@ -41,14 +41,22 @@ _MAX_PLAIN_DEPTH = 64
 # One encoder built once: json.dumps() with options builds a new encoder per call.
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _encode_json = _encoder.encode
+_encode_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _decode_json = json.loads
 
 
 def dumps(value: Any, *, allow_pickle: bool = True, root: str = "value") -> str:
     """Encode `value` as stored text. Raises SerializationError with the path on failure."""
-    if _plain(value, 0):
-        return _encode_json(value)
-    return _encode_json(_Encoder(allow_pickle).encode(value, root))
+    tree = value if _plain(value, 0) else _Encoder(allow_pickle).encode(value, root)
+    text = _encode_json(tree)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates (from undecodable file names, say) are not UTF-8: escape them,
+            # which json.loads reverses exactly.
+            text = _encode_ascii(tree)
+    return text
 
 
 def loads(text: str) -> Any:
@@ -61,24 +69,40 @@ def loads(text: str) -> Any:
 
 def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """A short stable hash of call arguments: a resumed call with other arguments is noted."""
-    try:
-        text = json.dumps([args, kwargs], default=_fingerprint_default, sort_keys=True)
-    except (TypeError, ValueError):
-        text = repr((tuple(_fingerprint_default(a) for a in args), sorted(kwargs)))
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    if not kwargs and _plain(list(args), 0):
+        text = _encode_json(args)
+    else:
+        text = _encode_json(_canonical([list(args), kwargs]))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
-def _fingerprint_default(obj: Any) -> Any:
+def _canonical(obj: Any, depth: int = 0) -> Any:
+    """A JSON tree that is equal for equal arguments in any process and any run: no memory
+    addresses, no set or dict ordering."""
+    t = type(obj)
+    if t is str or t is int or t is bool or obj is None:
+        return obj
+    if t is float:
+        return obj if math.isfinite(obj) else repr(obj)
+    if depth > _MAX_PLAIN_DEPTH:
+        return "<deep>"
+    if isinstance(obj, dict):
+        items = [[_canonical(k, depth + 1), _canonical(v, depth + 1)] for k, v in obj.items()]
+        return {"dict": sorted(items, key=_encode_json)}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v, depth + 1) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return {"set": sorted((_canonical(v, depth + 1) for v in obj), key=_encode_json)}
     if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
+        return {type(obj).__qualname__: _canonical(dict(obj), depth + 1)}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (tuple, set, frozenset)):
-        return sorted(map(repr, obj)) if not isinstance(obj, tuple) else list(obj)
-    cls = type(obj)
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return {t.__qualname__: _canonical(fields, depth + 1)}
+    if isinstance(obj, (bytes, bytearray)):
+        return {"bytes": hashlib.blake2b(obj, digest_size=8).hexdigest()}
     # Default reprs carry memory addresses, which differ on every run.
-    if cls.__repr__ is object.__repr__:  # type: ignore[comparison-overlap]
-        return f"<{cls.__module__}.{cls.__qualname__}>"
+    if t.__repr__ is object.__repr__:  # type: ignore[comparison-overlap]
+        return f"<{t.__module__}.{t.__qualname__}>"
     return repr(obj)
 
 
@@ -152,6 +176,9 @@ class _Encoder:
             kind = "bytes" if t is bytes else "bytearray"
             return {TAG: kind, "v": base64.b64encode(value).decode("ascii")}
         if t is dt.datetime:
+            zone = getattr(value.tzinfo, "key", None)  # a ZoneInfo keeps its rules by name
+            if zone:
+                return {TAG: "datetime", "v": value.isoformat(), "z": zone}
             return {TAG: "datetime", "v": value.isoformat()}
         if t is dt.date:
             return {TAG: "date", "v": value.isoformat()}
@@ -181,19 +208,20 @@ class _Encoder:
         return self._pickle(value, path)
 
     def _model(self, value: BaseModel, path: str) -> Any:
-        cls = self._class(value, path)
-        try:
-            data = value.model_dump(mode="json")
-        except Exception as exc:
-            if self.allow_pickle:
-                return self._pickle(value, path)
-            raise SerializationError(
-                f"cannot store {path}: the Pydantic model {_type_name(value)} does not "
-                f"serialize to JSON ({exc})",
-                path=path,
-                type_name=_type_name(value),
-            ) from exc
-        return {TAG: "model", "c": cls, "v": data}
+        # Field by field through this encoder (not model_dump): values keep their exact
+        # types (a tuple in an `Any` field stays a tuple), aliases do not matter, and a
+        # field that cannot be stored is named by its path.
+        cls = type(value)
+        fields = {
+            name: self.encode(getattr(value, name), f"{path}.{name}") for name in cls.model_fields
+        }
+        encoded: dict[str, Any] = {TAG: "model", "c": self._class(value, path), "v": fields}
+        if value.model_fields_set != set(fields):
+            encoded["set"] = sorted(value.model_fields_set)
+        extra = value.__pydantic_extra__
+        if extra:
+            encoded["x"] = self.encode(dict(extra), f"{path}.__pydantic_extra__")
+        return encoded
 
     def _class(self, value: Any, path: str) -> str:
         import_path, _ = _imports.path_of(type(value))
@@ -285,7 +313,12 @@ def _decode_tagged(kind: str, value: dict[str, Any], data: Any, path: str) -> An
     if kind == "bytearray":
         return bytearray(base64.b64decode(data))
     if kind == "datetime":
-        return dt.datetime.fromisoformat(data)
+        moment = dt.datetime.fromisoformat(data)
+        if "z" in value:
+            from zoneinfo import ZoneInfo
+
+            moment = moment.astimezone(ZoneInfo(value["z"]))
+        return moment
     if kind == "date":
         return dt.date.fromisoformat(data)
     if kind == "time":
@@ -304,7 +337,12 @@ def _decode_tagged(kind: str, value: dict[str, Any], data: Any, path: str) -> An
     if kind == "enum":
         return cls(_decode(data, path))
     if kind == "model":
-        return cls.model_validate(data)
+        # The stored values are already of the right types: construct, do not re-validate.
+        values = {k: _decode(v, path) for k, v in data.items()}
+        if "x" in value:
+            values.update(_decode(value["x"], path))
+        fields_set = set(value["set"]) if "set" in value else None
+        return cls.model_construct(_fields_set=fields_set, **values)
     if kind == "namedtuple":
         return cls(*(_decode(v, path) for v in data))
     if kind == "dataclass":

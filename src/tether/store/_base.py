@@ -150,7 +150,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def orphans(self, *, statuses: Sequence[str]) -> list[ExecutionRow]:
-        """Executions in `statuses` that have an owner recorded (candidates for recovery)."""
+        """Executions in `statuses`, oldest first: candidates for recovery, whose owner (if any)
+        the caller checks."""
 
     # --- checkpoints --------------------------------------------------------------------
 

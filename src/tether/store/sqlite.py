@@ -80,7 +80,11 @@ class SQLiteStore(Store):
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise ConfigurationError(f"cannot create the directory for {self.path}: {exc}") from exc
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     # --- connections --------------------------------------------------------------------
 

@@ -1,0 +1,834 @@
+"""The conformance suite every Store implementation must pass.
+
+Written against the abstract `tether.store.Store` interface only: the `store` fixture
+(tests/store/conftest.py) is parametrized over the available implementations. Tests that
+need one implementation's internals sit at the end, clearly separated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tether.errors import ConfigurationError, StoreError
+from tether.store import (
+    CheckpointRow,
+    Claim,
+    Commit,
+    EventRow,
+    ExecutionRow,
+    Store,
+    open_store,
+)
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+T0 = 1_700_000_000.0
+LEASE = 30.0
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def execution(
+    execution_id: str = "e1", *, flow: str = "flow", status: str = "queued", created_at: float = T0
+) -> ExecutionRow:
+    return ExecutionRow(
+        id=execution_id,
+        flow=flow,
+        import_path=f"agents:{flow}",
+        script=None,
+        args='{"args":[],"kwargs":{}}',
+        status=status,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+def checkpoint(
+    position: int,
+    *,
+    name: str = "step",
+    status: str = "succeeded",
+    result: str | None = '{"v":1}',
+    error: str | None = None,
+    attempts: str | None = None,
+) -> CheckpointRow:
+    return CheckpointRow(
+        position=position,
+        name=name,
+        fingerprint=f"fp{position}",
+        status=status,
+        result=result,
+        error=error,
+        attempts=attempts,
+        started_at=T0 + position,
+        finished_at=T0 + position + 0.5,
+        metadata=None,
+    )
+
+
+def lease(token: str, owner: str = "host:1:a", expires: float = T0 + LEASE) -> Claim:
+    return Claim(owner=owner, token=token, expires=expires)
+
+
+def start(store: Store, execution_id: str = "e1", token: str = "tok-1") -> str:
+    """Create an execution and claim it to `running`; returns the lease token."""
+    store.create_execution(execution(execution_id))
+    taken = store.claim(
+        execution_id, lease(token), from_statuses=["queued"], expected_token=None, now=T0 + 1
+    )
+    assert taken
+    return token
+
+
+def snapshot(store: Store, execution_id: str) -> tuple[object, ...]:
+    """Everything stored about an execution, to compare before and after."""
+    row = store.get_execution(execution_id)
+    return (
+        dataclasses.replace(row) if row else None,
+        [dataclasses.replace(c) for c in store.get_checkpoints(execution_id)],
+        [dataclasses.replace(e) for e in store.get_events(execution_id)],
+    )
+
+
+# --- executions: create, get, list ------------------------------------------------------------
+
+
+def test_created_execution_reads_back_field_for_field(store: Store) -> None:
+    row = ExecutionRow(
+        id="e1",
+        flow="research",
+        import_path="__main__:research",
+        script="/srv/agent.py",
+        args='{"args":[1],"kwargs":{"q":"x"}}',
+        status="running",
+        result=None,
+        error=None,
+        owner="host:42:abc",
+        lease_token="tok",
+        lease_expires=T0 + 30.25,
+        attempt=1,
+        cancel_requested=False,
+        created_at=T0 + 0.125,
+        updated_at=T0 + 0.5,
+        started_at=T0 + 0.5,
+        finished_at=None,
+        parent_id="p1",
+        replay_of="r1",
+        metadata='{"k":"v"}',
+        options='{"retries":3}',
+    )
+    store.create_execution(row)
+    assert store.get_execution("e1") == row
+
+
+def test_get_of_unknown_execution_returns_none(store: Store) -> None:
+    assert store.get_execution("nope") is None
+
+
+def test_creating_a_duplicate_id_fails_and_keeps_the_original(store: Store) -> None:
+    store.create_execution(execution("e1", flow="first"))
+    with pytest.raises(Exception):  # noqa: B017 - the interface names no type for this
+        store.create_execution(execution("e1", flow="second"))
+    row = store.get_execution("e1")
+    assert row is not None
+    assert row.flow == "first"
+
+
+def test_list_executions_is_newest_first(store: Store) -> None:
+    for i, eid in enumerate(["b", "c", "a"]):
+        store.create_execution(execution(eid, created_at=T0 + i))
+    listed = store.list_executions(statuses=None, flow=None, limit=10)
+    assert [r.id for r in listed] == ["a", "c", "b"]
+
+
+def test_list_executions_filters_by_statuses(store: Store) -> None:
+    store.create_execution(execution("q", status="queued", created_at=T0))
+    store.create_execution(execution("r", status="running", created_at=T0 + 1))
+    store.create_execution(execution("s", status="succeeded", created_at=T0 + 2))
+    store.create_execution(execution("f", status="failed", created_at=T0 + 3))
+    listed = store.list_executions(statuses=["succeeded", "queued"], flow=None, limit=10)
+    assert [r.id for r in listed] == ["s", "q"]
+    assert [r.id for r in store.list_executions(statuses=["running"], flow=None, limit=10)] == ["r"]
+
+
+def test_list_executions_filters_by_flow(store: Store) -> None:
+    store.create_execution(execution("a1", flow="alpha", created_at=T0))
+    store.create_execution(execution("b1", flow="beta", created_at=T0 + 1))
+    store.create_execution(execution("a2", flow="alpha", created_at=T0 + 2))
+    listed = store.list_executions(statuses=None, flow="alpha", limit=10)
+    assert [r.id for r in listed] == ["a2", "a1"]
+    assert store.list_executions(statuses=None, flow="gamma", limit=10) == []
+
+
+def test_list_executions_limit_keeps_the_newest(store: Store) -> None:
+    for i in range(5):
+        store.create_execution(execution(f"e{i}", created_at=T0 + i))
+    listed = store.list_executions(statuses=None, flow=None, limit=2)
+    assert [r.id for r in listed] == ["e4", "e3"]
+
+
+def test_list_executions_combines_status_flow_and_limit(store: Store) -> None:
+    rows = [
+        ("a1", "alpha", "succeeded"),
+        ("b1", "beta", "succeeded"),
+        ("a2", "alpha", "failed"),
+        ("a3", "alpha", "succeeded"),
+        ("a4", "alpha", "succeeded"),
+    ]
+    for i, (eid, flow, status) in enumerate(rows):
+        store.create_execution(execution(eid, flow=flow, status=status, created_at=T0 + i))
+    listed = store.list_executions(statuses=["succeeded"], flow="alpha", limit=2)
+    assert [r.id for r in listed] == ["a4", "a3"]
+
+
+# --- claim (compare and swap) -----------------------------------------------------------------
+
+
+def test_claim_of_queued_execution_takes_lease_and_counts_an_attempt(store: Store) -> None:
+    store.create_execution(execution("e1"))
+    claim = Claim(owner="host:1:a", token="tok-1", expires=T0 + 30)
+    assert store.claim("e1", claim, from_statuses=["queued"], expected_token=None, now=T0 + 1)
+    row = store.get_execution("e1")
+    assert row is not None
+    assert (row.status, row.owner, row.lease_token, row.lease_expires) == (
+        "running",
+        "host:1:a",
+        "tok-1",
+        T0 + 30,
+    )
+    assert row.attempt == 1
+    assert row.started_at == T0 + 1
+    assert row.updated_at == T0 + 1
+
+
+def test_claim_from_a_status_not_listed_fails_and_changes_nothing(store: Store) -> None:
+    store.create_execution(execution("e1", status="succeeded"))
+    before = snapshot(store, "e1")
+    taken = store.claim(
+        "e1", lease("tok"), from_statuses=["queued", "running"], expected_token=None, now=T0 + 5
+    )
+    assert not taken
+    assert snapshot(store, "e1") == before
+
+
+def test_claim_with_wrong_expected_token_fails_and_changes_nothing(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    before = snapshot(store, "e1")
+    for expected in (None, "tok-other"):
+        taken = store.claim(
+            "e1",
+            lease("tok-2", owner="host:2:b"),
+            from_statuses=["queued", "running"],
+            expected_token=expected,
+            now=T0 + 9,
+        )
+        assert not taken
+    assert snapshot(store, "e1") == before
+
+
+def test_claim_with_the_current_token_takes_the_lease_over(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    taken = store.claim(
+        "e1",
+        lease("tok-2", owner="host:2:b", expires=T0 + 100),
+        from_statuses=["running"],
+        expected_token="tok-1",
+        now=T0 + 50,
+    )
+    assert taken
+    row = store.get_execution("e1")
+    assert row is not None
+    assert (row.owner, row.lease_token, row.lease_expires) == ("host:2:b", "tok-2", T0 + 100)
+    assert row.attempt == 2
+    assert row.started_at == T0 + 1, "started_at is set by the first start only"
+    assert row.updated_at == T0 + 50
+
+
+def test_claim_to_a_status_other_than_running_counts_no_attempt(store: Store) -> None:
+    store.create_execution(execution("e1"))
+    assert store.claim(
+        "e1",
+        lease("tok-1"),
+        from_statuses=["queued", "running"],
+        expected_token=None,
+        now=T0 + 1,
+        status="queued",
+    )
+    row = store.get_execution("e1")
+    assert row is not None
+    assert (row.status, row.lease_token, row.attempt, row.started_at) == (
+        "queued",
+        "tok-1",
+        0,
+        None,
+    )
+    # Moving on to running with that token counts the first attempt and starts it.
+    assert store.claim(
+        "e1", lease("tok-2"), from_statuses=["queued"], expected_token="tok-1", now=T0 + 2
+    )
+    row = store.get_execution("e1")
+    assert row is not None
+    assert (row.status, row.attempt, row.started_at) == ("running", 1, T0 + 2)
+
+
+def test_claim_of_unknown_execution_returns_false(store: Store) -> None:
+    assert not store.claim(
+        "nope", lease("tok"), from_statuses=["queued"], expected_token=None, now=T0
+    )
+
+
+def test_only_one_of_many_concurrent_claims_wins(store: Store) -> None:
+    store.create_execution(execution("e1"))
+    contenders = 8
+    barrier = threading.Barrier(contenders)
+    results: dict[str, bool] = {}
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        results[f"tok-{i}"] = store.claim(
+            "e1",
+            lease(f"tok-{i}", owner=f"host:{i}:x"),
+            from_statuses=["queued"],
+            expected_token=None,
+            now=T0 + 1,
+        )
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [token for token, won in results.items() if won]
+    assert len(winners) == 1
+    row = store.get_execution("e1")
+    assert row is not None
+    assert row.lease_token == winners[0]
+    assert row.attempt == 1
+
+
+# --- renew ------------------------------------------------------------------------------------
+
+
+def test_renew_extends_only_the_leases_still_held(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    start(store, "e2", token="tok-2")
+    held = store.renew(["e1", "e2"], {"e1": "tok-1", "e2": "stale"}, T0 + 500)
+    assert held == [("e1", False)]
+    e1, e2 = store.get_execution("e1"), store.get_execution("e2")
+    assert e1 is not None and e2 is not None
+    assert e1.lease_expires == T0 + 500
+    assert e2.lease_expires == T0 + LEASE
+
+
+def test_renew_skips_finished_executions(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    assert store.finish("e1", "tok-1", status="succeeded", result="1", error=None, now=T0 + 2)
+    assert store.renew(["e1"], {"e1": "tok-1"}, T0 + 500) == []
+
+
+def test_renew_reports_a_requested_cancel(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    start(store, "e2", token="tok-2")
+    store.request_cancel("e2", now=T0 + 3)
+    held = store.renew(["e1", "e2"], {"e1": "tok-1", "e2": "tok-2"}, T0 + 500)
+    assert sorted(held) == [("e1", False), ("e2", True)]
+
+
+# --- finish and release -----------------------------------------------------------------------
+
+
+def test_finish_records_the_outcome_and_releases_the_lease(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    assert store.finish("e1", "tok-1", status="succeeded", result='"ok"', error=None, now=T0 + 7)
+    row = store.get_execution("e1")
+    assert row is not None
+    assert (row.status, row.result, row.error) == ("succeeded", '"ok"', None)
+    assert (row.owner, row.lease_token, row.lease_expires) == (None, None, None)
+    assert row.finished_at == T0 + 7
+    assert row.updated_at == T0 + 7
+    assert row.attempt == 1
+
+
+def test_finish_of_a_failure_keeps_the_error_text(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    error = '{"type":"ValueError","message":"bad"}'
+    assert store.finish("e1", "tok-1", status="failed", result=None, error=error, now=T0 + 7)
+    row = store.get_execution("e1")
+    assert row is not None
+    assert (row.status, row.result, row.error) == ("failed", None, error)
+
+
+def test_finish_with_stale_token_changes_nothing(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    before = snapshot(store, "e1")
+    assert not store.finish(
+        "e1", "stale", status="succeeded", result='"late"', error=None, now=T0 + 9
+    )
+    assert snapshot(store, "e1") == before
+
+
+def test_finish_a_second_time_is_rejected(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    assert store.finish("e1", "tok-1", status="succeeded", result='"first"', error=None, now=T0)
+    before = snapshot(store, "e1")
+    assert not store.finish("e1", "tok-1", status="failed", result=None, error="x", now=T0 + 1)
+    assert snapshot(store, "e1") == before
+
+
+def test_release_gives_the_lease_back_without_an_outcome(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    assert store.release("e1", "tok-1", status="queued", now=T0 + 4)
+    row = store.get_execution("e1")
+    assert row is not None
+    assert (row.status, row.owner, row.lease_token, row.lease_expires) == (
+        "queued",
+        None,
+        None,
+        None,
+    )
+    assert (row.result, row.error, row.finished_at) == (None, None, None)
+    assert row.updated_at == T0 + 4
+    # Released means anyone may claim it again, as from scratch.
+    assert store.claim(
+        "e1", lease("tok-2"), from_statuses=["queued"], expected_token=None, now=T0 + 5
+    )
+
+
+def test_release_with_stale_token_changes_nothing(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    before = snapshot(store, "e1")
+    assert not store.release("e1", "stale", status="queued", now=T0 + 4)
+    assert snapshot(store, "e1") == before
+
+
+# --- request_cancel ---------------------------------------------------------------------------
+
+
+def test_cancel_of_an_unowned_execution_cancels_it_at_once(store: Store) -> None:
+    store.create_execution(execution("e1"))
+    assert store.request_cancel("e1", now=T0 + 3) == "cancelled"
+    row = store.get_execution("e1")
+    assert row is not None
+    assert row.status == "cancelled"
+    assert row.finished_at == T0 + 3
+
+
+def test_cancel_of_an_owned_execution_flags_it_and_keeps_its_status(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    assert store.request_cancel("e1", now=T0 + 3) == "running"
+    row = store.get_execution("e1")
+    assert row is not None
+    assert row.cancel_requested is True
+    assert (row.status, row.lease_token, row.finished_at) == ("running", "tok-1", None)
+
+
+def test_cancel_of_an_owned_queued_execution_waits_for_its_holder(store: Store) -> None:
+    store.create_execution(execution("e1"))
+    assert store.claim(
+        "e1",
+        lease("tok-1"),
+        from_statuses=["queued"],
+        expected_token=None,
+        now=T0 + 1,
+        status="queued",
+    )
+    assert store.request_cancel("e1", now=T0 + 3) == "queued"
+    row = store.get_execution("e1")
+    assert row is not None
+    assert (row.status, row.cancel_requested, row.lease_token) == ("queued", True, "tok-1")
+
+
+@pytest.mark.parametrize("final", ["succeeded", "failed", "cancelled"])
+def test_cancel_of_a_finished_execution_changes_nothing(store: Store, final: str) -> None:
+    start(store, "e1", token="tok-1")
+    assert store.finish("e1", "tok-1", status=final, result=None, error=None, now=T0 + 2)
+    before = snapshot(store, "e1")
+    assert store.request_cancel("e1", now=T0 + 3) == final
+    assert snapshot(store, "e1") == before
+
+
+def test_cancel_of_unknown_execution_returns_none(store: Store) -> None:
+    assert store.request_cancel("nope", now=T0) is None
+
+
+# --- metadata and orphans ---------------------------------------------------------------------
+
+
+def test_set_metadata_with_held_token_stores_it(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    assert store.set_metadata("e1", "tok-1", '{"progress":0.5}', T0 + 2)
+    row = store.get_execution("e1")
+    assert row is not None
+    assert row.metadata == '{"progress":0.5}'
+    assert row.updated_at == T0 + 2
+
+
+def test_set_metadata_with_stale_token_changes_nothing(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    assert store.set_metadata("e1", "tok-1", '{"v":1}', T0 + 2)
+    before = snapshot(store, "e1")
+    assert not store.set_metadata("e1", "stale", '{"v":2}', T0 + 3)
+    assert snapshot(store, "e1") == before
+
+
+def test_orphans_lists_executions_in_the_given_statuses_only(store: Store) -> None:
+    start(store, "running", token="t1")
+    store.create_execution(execution("owned-queued"))
+    assert store.claim(
+        "owned-queued",
+        lease("t2"),
+        from_statuses=["queued"],
+        expected_token=None,
+        now=T0,
+        status="queued",
+    )
+    start(store, "done", token="t3")
+    assert store.finish("done", "t3", status="succeeded", result="1", error=None, now=T0 + 2)
+    store.create_execution(execution("cancelled"))
+    store.request_cancel("cancelled", now=T0 + 2)
+
+    found = store.orphans(statuses=["queued", "running"])
+    assert {r.id for r in found} == {"running", "owned-queued"}
+    assert {r.id: r.owner for r in found} == {"running": "host:1:a", "owned-queued": "host:1:a"}
+    assert [r.id for r in store.orphans(statuses=["running"])] == ["running"]
+
+
+def test_orphans_include_a_released_execution_so_another_process_can_recover_it(
+    store: Store,
+) -> None:
+    # The engine releases an execution it cannot import the flow for, "leaving it runnable
+    # for a process that can"; Client.recover() finds such executions through orphans().
+    start(store, "e1", token="tok-1")
+    assert store.release("e1", "tok-1", status="queued", now=T0 + 2)
+    assert [r.id for r in store.orphans(statuses=["queued", "running"])] == ["e1"]
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def test_recorded_checkpoint_reads_back_field_for_field(store: Store) -> None:
+    token = start(store)
+    row = CheckpointRow(
+        position=0,
+        name="search",
+        fingerprint="abc123",
+        status="succeeded",
+        result='{"hits":[1,2]}',
+        error=None,
+        attempts='[{"error":"timeout"}]',
+        started_at=T0 + 0.25,
+        finished_at=T0 + 1.75,
+        metadata='{"tokens":12}',
+    )
+    assert store.record_checkpoint("e1", token, row) == Commit.COMMITTED
+    assert store.get_checkpoints("e1") == [row]
+
+
+def test_get_checkpoints_orders_by_position(store: Store) -> None:
+    token = start(store)
+    for position in (2, 0, 3, 1):
+        assert store.record_checkpoint("e1", token, checkpoint(position, name=f"s{position}"))
+    assert [c.position for c in store.get_checkpoints("e1")] == [0, 1, 2, 3]
+    assert [c.name for c in store.get_checkpoints("e1")] == ["s0", "s1", "s2", "s3"]
+
+
+def test_checkpoints_of_unknown_execution_are_empty(store: Store) -> None:
+    assert store.get_checkpoints("nope") == []
+
+
+def test_checkpoints_belong_to_their_own_execution(store: Store) -> None:
+    t1 = start(store, "e1", token="tok-1")
+    t2 = start(store, "e2", token="tok-2")
+    assert store.record_checkpoint("e1", t1, checkpoint(0, result='"one"'))
+    assert store.record_checkpoint("e2", t2, checkpoint(0, result='"two"'))
+    assert [c.result for c in store.get_checkpoints("e1")] == ['"one"']
+    assert [c.result for c in store.get_checkpoints("e2")] == ['"two"']
+    # A token fences only its own execution.
+    assert not store.record_checkpoint("e2", t1, checkpoint(1))
+
+
+def test_record_checkpoint_with_stale_token_writes_nothing(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    assert store.record_checkpoint("e1", "stale", checkpoint(0)) == Commit.LOST
+    assert store.get_checkpoints("e1") == []
+
+
+def test_record_checkpoint_with_stale_token_leaves_prior_rows_byte_identical(
+    store: Store,
+) -> None:
+    token = start(store)
+    assert store.record_checkpoint("e1", token, checkpoint(0, result='{"a":"é\\u0000"}'))
+    assert store.record_checkpoint(
+        "e1", token, checkpoint(1, status="retrying", result=None, attempts='[{"n":1}]')
+    )
+    before = snapshot(store, "e1")
+    # Neither a new position nor a replacement of the retrying row gets in.
+    assert not store.record_checkpoint("e1", "stale", checkpoint(1, result='"evil"'))
+    assert not store.record_checkpoint("e1", "stale", checkpoint(2, result='"evil"'))
+    assert not store.record_checkpoint("e1", "stale", checkpoint(0, result='"evil"'))
+    assert snapshot(store, "e1") == before
+
+
+def test_rejected_checkpoint_row_leaves_prior_rows_intact_and_the_store_usable(
+    store: Store,
+) -> None:
+    token = start(store)
+    assert store.record_checkpoint("e1", token, checkpoint(0))
+    before = snapshot(store, "e1")
+    broken = dataclasses.replace(checkpoint(1), name=None)  # violates the row's types
+    with pytest.raises(Exception):  # noqa: B017 - the interface names no type for this
+        store.record_checkpoint("e1", token, broken)
+    assert snapshot(store, "e1") == before
+    # No half-open transaction is left behind: the next write lands and is seen elsewhere.
+    assert store.record_checkpoint("e1", token, checkpoint(1))
+    reader = open_store(store.url)
+    try:
+        assert [c.position for c in reader.get_checkpoints("e1")] == [0, 1]
+    finally:
+        reader.close()
+
+
+def test_checkpoint_from_a_previous_lease_holder_is_fenced_after_takeover(store: Store) -> None:
+    old = start(store, "e1", token="tok-old")
+    assert store.record_checkpoint("e1", old, checkpoint(0))
+    assert store.claim(
+        "e1", lease("tok-new"), from_statuses=["running"], expected_token=old, now=T0 + 60
+    )
+    assert not store.record_checkpoint("e1", old, checkpoint(1))
+    assert store.record_checkpoint("e1", "tok-new", checkpoint(1))
+    assert [c.position for c in store.get_checkpoints("e1")] == [0, 1]
+
+
+def test_record_checkpoint_after_finish_writes_nothing(store: Store) -> None:
+    token = start(store)
+    assert store.finish("e1", token, status="succeeded", result="1", error=None, now=T0 + 2)
+    assert not store.record_checkpoint("e1", token, checkpoint(0))
+    assert store.get_checkpoints("e1") == []
+
+
+def test_record_checkpoint_for_unknown_execution_writes_nothing(store: Store) -> None:
+    assert not store.record_checkpoint("nope", "tok", checkpoint(0))
+    assert store.get_checkpoints("nope") == []
+
+
+def test_retrying_checkpoint_row_is_replaced_by_a_later_record(store: Store) -> None:
+    token = start(store)
+    retrying = checkpoint(0, status="retrying", result=None, attempts='[{"error":"e1"}]')
+    assert store.record_checkpoint("e1", token, retrying)
+    final = dataclasses.replace(
+        checkpoint(0, result='"done"', attempts='[{"error":"e1"},{"ok":true}]'),
+        finished_at=T0 + 99,
+    )
+    assert store.record_checkpoint("e1", token, final) == Commit.COMMITTED
+    assert store.get_checkpoints("e1") == [final]
+
+
+@pytest.mark.parametrize("final_status", ["succeeded", "failed"])
+@pytest.mark.parametrize("second_status", ["succeeded", "failed", "retrying"])
+def test_final_checkpoint_row_is_never_overwritten(
+    store: Store, final_status: str, second_status: str
+) -> None:
+    token = start(store)
+    first = checkpoint(0, status=final_status, result='"first"', error='"err"')
+    assert store.record_checkpoint("e1", token, first)
+    before = snapshot(store, "e1")
+    second = checkpoint(0, name="other", status=second_status, result='"second"')
+    assert store.record_checkpoint("e1", token, second) == Commit.LOST
+    assert snapshot(store, "e1") == before
+    assert store.get_checkpoints("e1") == [first]
+
+
+def test_record_checkpoint_reports_a_requested_cancel(store: Store) -> None:
+    token = start(store)
+    assert store.record_checkpoint("e1", token, checkpoint(0)) == Commit.COMMITTED
+    assert store.request_cancel("e1", now=T0 + 2) == "running"
+    assert store.record_checkpoint("e1", token, checkpoint(1)) == Commit.CANCEL_REQUESTED
+    assert [c.position for c in store.get_checkpoints("e1")] == [0, 1]
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def test_events_read_back_in_the_order_added(store: Store) -> None:
+    events = [
+        EventRow("e1", None, T0, "info", "start", "started", None),
+        EventRow("e1", 0, T0, "warning", "retry", "retrying step", '{"n":1}'),
+        EventRow("e2", 0, T0, "info", "other", "another execution", None),
+        EventRow("e1", 3, T0 - 5, "error", "fail", "clock went back", None),
+        EventRow("e1", 1, T0 + 1, "info", "log", "ünïcode ✓", '{"k":[1,2]}'),
+    ]
+    for event in events:
+        store.add_event(event)
+    assert store.get_events("e1") == [e for e in events if e.execution_id == "e1"]
+    assert store.get_events("e2") == [events[2]]
+    assert store.get_events("nope") == []
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+
+def test_reopened_store_sees_the_data_and_migrating_again_is_harmless(store_url: str) -> None:
+    first = open_store(store_url)
+    try:
+        token = start(first)
+        assert first.record_checkpoint("e1", token, checkpoint(0))
+        first.add_event(EventRow("e1", 0, T0, "info", "k", "m"))
+        expected = snapshot(first, "e1")
+        second = open_store(store_url)  # while the first is still open
+        try:
+            assert snapshot(second, "e1") == expected
+            assert second.record_checkpoint("e1", token, checkpoint(1))
+        finally:
+            second.close()
+        assert [c.position for c in first.get_checkpoints("e1")] == [0, 1]
+    finally:
+        first.close()
+    third = open_store(store_url)
+    try:
+        assert [c.position for c in third.get_checkpoints("e1")] == [0, 1]
+        assert third.get_events("e1") == expected[2]
+    finally:
+        third.close()
+
+
+def test_closed_store_refuses_further_use(store_url: str) -> None:
+    opened = open_store(store_url)
+    opened.create_execution(execution("e1"))
+    opened.close()
+    opened.close()  # closing twice is harmless
+    with pytest.raises(StoreError):
+        opened.get_execution("e1")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///:memory:", "sqlite://", "sqlite:///", "mysql://localhost/db", "tether.db", ""],
+)
+def test_open_store_rejects_urls_that_name_no_durable_store(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        open_store(url)
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+def test_threads_recording_checkpoints_concurrently_all_land(store: Store) -> None:
+    workers, per_worker = 6, 200
+    tokens = {f"e{w}": start(store, f"e{w}", token=f"tok-{w}") for w in range(workers)}
+    barrier = threading.Barrier(workers)
+    failures: list[BaseException] = []
+
+    def record(execution_id: str) -> None:
+        try:
+            barrier.wait()
+            for position in range(per_worker):
+                committed = store.record_checkpoint(
+                    execution_id, tokens[execution_id], checkpoint(position)
+                )
+                assert committed, (execution_id, position)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=record, args=(eid,)) for eid in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    for execution_id in tokens:
+        assert [c.position for c in store.get_checkpoints(execution_id)] == list(range(per_worker))
+
+
+_CHILD = """
+import sys
+from tether.store import CheckpointRow, open_store
+
+url, execution_id, token, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+store = open_store(url)
+print("ready", flush=True)
+sys.stdin.readline()  # wait for "go", so that both processes write at the same time
+written = 0
+for position in range(count):
+    row = CheckpointRow(position, f"step{position}", "fp", "succeeded", '"x"', None, None,
+                        1.0, 2.0, None)
+    if store.record_checkpoint(execution_id, token, row):
+        written += 1
+store.close()
+print(written, flush=True)
+"""
+
+
+def test_processes_recording_checkpoints_into_one_store_all_land(
+    store: Store, store_url: str
+) -> None:
+    count = 500
+    tokens = {eid: start(store, eid, token=f"tok-{eid}") for eid in ("p1", "p2")}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, store_url, eid, token, str(count)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for eid, token in tokens.items()
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready", child.stderr
+        outputs = [child.communicate("go\n", timeout=60) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    for child, (out, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, err
+        assert out.strip() == str(count), err
+    for eid in tokens:
+        assert [c.position for c in store.get_checkpoints(eid)] == list(range(count))
+
+
+# --- SQLite only: schema versions ---------------------------------------------------------------
+# These reach under the interface (the sqlite file itself) and do not run for other stores.
+
+
+def test_sqlite_store_with_a_newer_schema_version_refuses_to_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    opened = open_store(url)
+    opened.create_execution(execution("e1"))
+    opened.close()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute(
+            "INSERT INTO tether_schema (version, name, applied_at) VALUES (999, 'future', 0)"
+        )
+    conn.close()
+    with pytest.raises(StoreError, match="999"):
+        open_store(url)
+
+
+def test_sqlite_migrations_are_recorded_once_however_often_the_store_opens(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    for _ in range(3):
+        open_store(url).close()
+    conn = sqlite3.connect(tmp_path / "s.db")
+    try:
+        versions = [v for (v,) in conn.execute("SELECT version FROM tether_schema ORDER BY 1")]
+    finally:
+        conn.close()
+    assert versions == list(range(1, len(versions) + 1))
+    assert versions, "at least one migration is applied"

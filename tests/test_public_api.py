@@ -15,6 +15,9 @@ PUBLIC = {
     "Handle", "InvalidStateError", "NotInFlowError", "ResultTimeout", "SerializationError",
     "Status", "StoreError", "TetherError", "UsageError", "__version__", "checkpoint",
     "configure", "current", "errors", "flow", "log",
+    # waits and workers
+    "InputTooLarge", "InputValidationError", "WaitAlreadyResolved", "WaitNotFound",
+    "WaitRecord", "WaitTimeout", "Worker", "sleep", "wait",
 }  # fmt: skip
 
 
@@ -46,5 +49,7 @@ def test_status_values_are_the_documented_strings() -> None:
 def test_public_callables_have_docstrings() -> None:
     for name in ("checkpoint", "flow", "configure", "current", "log", "Client"):
         assert inspect.getdoc(getattr(tether, name)), name
-    for method in ("get", "list", "resume", "cancel", "recover"):
+    for name in ("wait", "sleep", "Worker"):
+        assert inspect.getdoc(getattr(tether, name)), name
+    for method in ("get", "list", "resume", "cancel", "recover", "input", "pending_waits"):
         assert inspect.getdoc(getattr(tether.Client, method)), method

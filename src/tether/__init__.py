@@ -27,8 +27,10 @@ from ._checkpoint import Checkpoint, checkpoint
 from ._config import configure
 from ._context import Current, current, log
 from ._flow import Flow, Handle, flow
-from ._records import Attempt, CheckpointRecord, ErrorInfo, Event, ExecutionRecord
+from ._records import Attempt, CheckpointRecord, ErrorInfo, Event, ExecutionRecord, WaitRecord
 from ._status import CheckpointStatus, Status
+from ._waits import sleep, wait
+from ._worker import Worker
 from .client import Client
 from .errors import (
     Cancelled,
@@ -41,6 +43,8 @@ from .errors import (
     ExecutionLocked,
     ExecutionNotFound,
     FlowNotFoundError,
+    InputTooLarge,
+    InputValidationError,
     InvalidStateError,
     NotInFlowError,
     ResultTimeout,
@@ -48,6 +52,9 @@ from .errors import (
     StoreError,
     TetherError,
     UsageError,
+    WaitAlreadyResolved,
+    WaitNotFound,
+    WaitTimeout,
 )
 
 __version__ = "0.1.0.dev0"
@@ -74,6 +81,8 @@ __all__ = [
     "Flow",
     "FlowNotFoundError",
     "Handle",
+    "InputTooLarge",
+    "InputValidationError",
     "InvalidStateError",
     "NotInFlowError",
     "ResultTimeout",
@@ -82,6 +91,11 @@ __all__ = [
     "StoreError",
     "TetherError",
     "UsageError",
+    "WaitAlreadyResolved",
+    "WaitNotFound",
+    "WaitRecord",
+    "WaitTimeout",
+    "Worker",
     "__version__",
     "checkpoint",
     "configure",
@@ -89,4 +103,6 @@ __all__ = [
     "errors",
     "flow",
     "log",
+    "sleep",
+    "wait",
 ]

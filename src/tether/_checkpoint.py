@@ -221,6 +221,10 @@ class _Call:
         self.args_fp = _serde.fingerprint(args, kwargs)
         self.kwargs = kwargs
         prior = run.recorded.get(position)
+        if prior is None and run.wait_positions:
+            wait = run.wait_positions.get(position)
+            if wait is not None:
+                raise run.diverge(DivergenceError(position, f"wait {wait!r}", checkpoint.name))
         self.prior = prior
         self.attempts: list[dict[str, Any]] = []
         self.replayed = False

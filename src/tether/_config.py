@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -29,10 +31,17 @@ class Settings:
     durability: str = "normal"
     max_workers: int = 32
     lease_seconds: float = 30.0
+    executor: bool = True
+    max_input_bytes: int = 16 * 1024 * 1024
+    clock: Callable[[], float] = time.time
+
+
+_OFF = {"0", "off", "false", "no"}
 
 
 def _from_env() -> Settings:
-    return Settings(db=os.environ.get("TETHER_DB") or DEFAULT_DB)
+    executor = os.environ.get("TETHER_EXECUTOR", "on").strip().lower() not in _OFF
+    return Settings(db=os.environ.get("TETHER_DB") or DEFAULT_DB, executor=executor)
 
 
 _lock = threading.RLock()
@@ -59,6 +68,9 @@ def configure(
     durability: str | _Unset = UNSET,
     max_workers: int | _Unset = UNSET,
     lease_seconds: float | _Unset = UNSET,
+    executor: bool | _Unset = UNSET,
+    max_input_bytes: int | _Unset = UNSET,
+    clock: Callable[[], float] | _Unset = UNSET,
 ) -> None:
     """Set process-wide options. Only the options given change.
 
@@ -71,6 +83,10 @@ def configure(
       at the cost of a disk sync per checkpoint.
     - `max_workers`: executions this process runs at once (default 32).
     - `lease_seconds`: how long a lease lasts without a heartbeat (default 30).
+    - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
+      and operates executions but never runs one; `tether worker` processes do.
+    - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
+    - `clock`: the time source for wait deadlines and timers (tests inject a fake one).
     """
     changes: dict[str, Any] = {}
     for key, value in (
@@ -80,6 +96,9 @@ def configure(
         ("durability", durability),
         ("max_workers", max_workers),
         ("lease_seconds", lease_seconds),
+        ("executor", executor),
+        ("max_input_bytes", max_input_bytes),
+        ("clock", clock),
     ):
         if value is not UNSET:
             changes[key] = value

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _serde
-from .errors import Cancelled, DivergenceError, LeaseLost, NotInFlowError
-from .store import CheckpointRow, EventRow, Store
+from .errors import Cancelled, DivergenceError, LeaseLost, NotInFlowError, Released
+from .store import CheckpointRow, EventRow, Store, WaitRow
 
 
 class Run:
@@ -34,9 +34,13 @@ class Run:
         "lease_lost",
         "metadata",
         "recorded",
+        "release_event",
         "store",
         "strict",
         "token",
+        "wait_names",
+        "wait_positions",
+        "waits",
     )
 
     def __init__(
@@ -50,6 +54,7 @@ class Run:
         allow_pickle: bool,
         strict: bool,
         metadata: dict[str, Any] | None = None,
+        waits: list[WaitRow] | None = None,
     ) -> None:
         self.store = store
         self.execution_id = execution_id
@@ -59,7 +64,11 @@ class Run:
         self.allow_pickle = allow_pickle
         self.strict = strict
         self.metadata: dict[str, Any] = metadata or {}
+        self.waits: dict[str, WaitRow] = {w.name: w for w in waits or ()}
+        self.wait_positions: dict[int, str] = {w.position: w.name for w in waits or ()}
+        self.wait_names: dict[str, int] = {}
         self.cancel_event = threading.Event()
+        self.release_event = threading.Event()
         self.lease_lost = False
         self.diverged: DivergenceError | None = None
         # itertools.count's next() is atomic under the GIL: safe from .submit() threads.
@@ -74,6 +83,8 @@ class Run:
             raise LeaseLost(self.execution_id)
         if self.cancel_event.is_set():
             raise Cancelled(self.execution_id)
+        if self.release_event.is_set():
+            raise Released(self.execution_id)
 
     def diverge(self, error: DivergenceError) -> DivergenceError:
         # Remembered so the execution fails even if user code catches the error.

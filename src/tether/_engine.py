@@ -1,26 +1,34 @@
 """Runs one execution: load what is recorded, re-enter the flow from the top, finish.
 
 Resuming is running again: the flow function is called from the top with its
-recorded arguments, and every checkpoint call that already has a recorded
-result returns it (see `_checkpoint`). The outcome is committed fenced by the
-lease token, so an executor that lost the execution writes nothing.
+recorded arguments, and every checkpoint call (and wait) that already has a
+recorded outcome returns it (see `_checkpoint`, `_waits`). The outcome is
+committed fenced by the lease token, so an executor that lost the execution
+writes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import enum
 from typing import TYPE_CHECKING, Any
 
 from . import _imports, _serde
 from ._config import settings
 from ._context import Run, current_run
 from ._status import Status
-from .errors import Cancelled, FlowNotFoundError, LeaseLost
+from .errors import Cancelled, FlowNotFoundError, LeaseLost, Released, Suspended
 from .store import Store
 
 if TYPE_CHECKING:
     from ._flow import Flow
+
+
+class Outcome(enum.Enum):
+    FINISHED = "finished"  # succeeded, failed or cancelled: recorded
+    SUSPENDED = "suspended"  # waiting for input or a timer; nobody holds it
+    RELEASED = "released"  # handed back (queued) for another executor
+    LOST = "lost"  # someone else holds it now; nothing was written
 
 
 def load_flow(import_path: str, script: str | None) -> Flow[Any, Any]:
@@ -36,27 +44,38 @@ def load_flow(import_path: str, script: str | None) -> Flow[Any, Any]:
 
 
 def execute(
-    store: Store, execution_id: str, token: str, flow: Flow[Any, Any] | None, run_holder: list[Run]
-) -> None:
+    store: Store, execution_id: str, token: str, flow: Flow[Any, Any] | None, runs: list[Run]
+) -> Outcome:
     """Run the execution this token holds, to its end or to the point where it must stop."""
+    while True:
+        outcome = _attempt(store, execution_id, token, flow, runs)
+        if outcome is not None:
+            return outcome
+        # The wait it suspended on got its input while suspending: run again, now.
+
+
+def _attempt(
+    store: Store, execution_id: str, token: str, flow: Flow[Any, Any] | None, runs: list[Run]
+) -> Outcome | None:
     row = store.get_execution(execution_id)
     if row is None or row.lease_token != token:
-        return  # cancelled or taken over before it started
+        return Outcome.LOST  # cancelled or taken over before it started
     config = settings()
-    recorded = {c.position: c for c in store.get_checkpoints(execution_id)}
     run = Run(
         store,
         execution_id,
         row.flow,
         token,
-        recorded,
+        {c.position: c for c in store.get_checkpoints(execution_id)},
         allow_pickle=config.pickle,
         strict=config.strict,
         metadata=_serde.loads(row.metadata) if row.metadata else None,
+        waits=store.get_waits(execution_id),
     )
-    run_holder.append(run)
+    runs.append(run)
     if row.cancel_requested:
         run.cancel_event.set()
+    clock = config.clock
     try:
         target = flow if flow is not None else load_flow(row.import_path, row.script)
         decoded = _serde.loads(row.args)
@@ -77,34 +96,50 @@ def execute(
         result = _serde.dumps(
             value, allow_pickle=config.pickle, root=f"result of flow {row.flow!r}"
         )
+    except Suspended as signal:
+        if run.diverged is not None:
+            return _fail(store, run, run.diverged)
+        if store.suspend(
+            execution_id, token, wait=signal.wait, wake_at=signal.wake_at, now=clock()
+        ):
+            return Outcome.SUSPENDED
+        fresh = store.get_execution(execution_id)
+        return None if fresh is not None and fresh.lease_token == token else Outcome.LOST
     except LeaseLost:
-        return
+        return Outcome.LOST
+    except Released:
+        store.release(execution_id, token, status=Status.QUEUED, now=clock())
+        return Outcome.RELEASED
     except FlowNotFoundError as exc:
         # Where the code lives is this process's problem, not the execution's: leave it
         # runnable for a process that can import the flow.
-        store.release(execution_id, token, status=Status.QUEUED, now=time.time())
+        store.release(execution_id, token, status=Status.QUEUED, now=clock())
         run.warn(None, f"could not be resumed here: {exc}")
-        return
+        return Outcome.RELEASED
     except Cancelled:
         store.finish(
-            execution_id, token, status=Status.CANCELLED, result=None, error=None, now=time.time()
+            execution_id, token, status=Status.CANCELLED, result=None, error=None, now=clock()
         )
-        return
+        return Outcome.FINISHED
     except Exception as exc:
-        error = run.diverged if run.diverged is not None else exc
-        store.finish(
-            execution_id,
-            token,
-            status=Status.FAILED,
-            result=None,
-            error=_serde.error_to_text(error, allow_pickle=config.pickle),
-            now=time.time(),
-        )
-        return
+        return _fail(store, run, run.diverged if run.diverged is not None else exc)
     except BaseException:
         # SystemExit, KeyboardInterrupt: not the flow's failure. Give it back to be resumed.
-        store.release(execution_id, token, status=Status.QUEUED, now=time.time())
+        store.release(execution_id, token, status=Status.QUEUED, now=clock())
         raise
     store.finish(
-        execution_id, token, status=Status.SUCCEEDED, result=result, error=None, now=time.time()
+        execution_id, token, status=Status.SUCCEEDED, result=result, error=None, now=clock()
     )
+    return Outcome.FINISHED
+
+
+def _fail(store: Store, run: Run, error: BaseException) -> Outcome:
+    store.finish(
+        run.execution_id,
+        run.token,
+        status=Status.FAILED,
+        result=None,
+        error=_serde.error_to_text(error, allow_pickle=run.allow_pickle),
+        now=settings().clock(),
+    )
+    return Outcome.FINISHED

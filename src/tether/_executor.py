@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 from . import _engine
 from ._config import settings
 from ._context import Run
+from ._status import Status
 from .store import Claim, Store
 
 if TYPE_CHECKING:
     from ._flow import Flow
 
 _HEARTBEAT_SECONDS = 1.0
+# How often parked executions are checked for input from other processes and due timers.
+_WAKER_SECONDS = 0.2
 
 _HOST = socket.gethostname()
 
@@ -64,17 +67,26 @@ class _Held:
 
 
 class Executor:
-    """Runs executions in this process and keeps their leases alive."""
+    """Runs executions in this process and keeps their leases alive.
+
+    An execution that suspends (a wait) is *parked*: nothing is held, but this process
+    remembers it and resumes it here when its input arrives or its timer is due, as long as
+    the process lives. A `tether worker` does the same for every execution in the store.
+    """
 
     def __init__(self) -> None:
         self.owner = new_owner_id()
+        self.parking = True
         self._held: dict[tuple[int, str], _Held] = {}
+        self._parked: dict[tuple[int, str], Store] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings().max_workers, thread_name_prefix="tether-exec"
         )
         self._heartbeat: threading.Thread | None = None
+        self._waker: threading.Thread | None = None
+        self._poke = threading.Event()
         self._stopping = threading.Event()
 
     def claim(self) -> Claim:
@@ -96,32 +108,53 @@ class Executor:
         with self._lock:
             return (id(store), execution_id) in self._held
 
+    def held_count(self) -> int:
+        with self._lock:
+            return len(self._held)
+
     def start(
-        self, store: Store, execution_id: str, token: str, flow: Flow[Any, Any] | None
+        self,
+        store: Store,
+        execution_id: str,
+        token: str,
+        flow: Flow[Any, Any] | None,
+        *,
+        claimed: bool = False,
     ) -> None:
-        """Run an execution whose lease this process holds with `token`."""
+        """Run an execution whose lease this process holds with `token`. `claimed`: it is
+        already `running` under that token (else it is `queued` and moves to running here)."""
         held = _Held(store, token)
         with self._lock:
             self._held[(id(store), execution_id)] = held
+            self._parked.pop((id(store), execution_id), None)
         self._ensure_heartbeat()
-        self._pool.submit(self._run, held, execution_id, flow)
+        self._pool.submit(self._run, held, execution_id, flow, claimed)
 
-    def _run(self, held: _Held, execution_id: str, flow: Flow[Any, Any] | None) -> None:
+    def _run(
+        self, held: _Held, execution_id: str, flow: Flow[Any, Any] | None, claimed: bool
+    ) -> None:
         store = held.store
+        outcome = None
         try:
-            claimed = store.claim(
-                execution_id,
-                Claim(self.owner, held.token, time.time() + settings().lease_seconds),
-                from_statuses=("queued",),
-                expected_token=held.token,
-                now=time.time(),
-            )
+            if not claimed:
+                claimed = store.claim(
+                    execution_id,
+                    Claim(self.owner, held.token, time.time() + settings().lease_seconds),
+                    from_statuses=("queued",),
+                    expected_token=held.token,
+                    now=time.time(),
+                )
             if claimed:
-                _engine.execute(store, execution_id, held.token, flow, held.runs)
+                outcome = _engine.execute(store, execution_id, held.token, flow, held.runs)
         finally:
             with self._changed:
-                self._held.pop((id(store), execution_id), None)
+                key = (id(store), execution_id)
+                self._held.pop(key, None)
+                if outcome is _engine.Outcome.SUSPENDED and self.parking:
+                    self._parked[key] = store
                 self._changed.notify_all()
+            if outcome is _engine.Outcome.SUSPENDED and self.parking:
+                self._ensure_waker()
 
     def cancel_local(self, store: Store, execution_id: str) -> bool:
         """Signal an execution running in this process to stop at its next boundary."""
@@ -133,10 +166,64 @@ class Executor:
             run.cancel_event.set()
         return True
 
+    def release_all(self) -> None:
+        """Ask every execution running here to hand itself back at its next boundary."""
+        with self._lock:
+            runs = [run for held in self._held.values() for run in held.runs]
+        for run in runs:
+            run.release_event.set()
+
     def wait_for_change(self, timeout: float) -> None:
-        """Block until some execution of this process finishes, or `timeout` passes."""
+        """Block until some execution of this process finishes or parks, or `timeout` passes."""
         with self._changed:
             self._changed.wait(timeout)
+
+    def poke(self) -> None:
+        """Input was given or a timer changed in this process: look at parked executions now."""
+        self._poke.set()
+
+    def is_parked(self, store: Store, execution_id: str) -> bool:
+        with self._lock:
+            return (id(store), execution_id) in self._parked
+
+    # --- parked executions ----------------------------------------------------------------
+
+    def _ensure_waker(self) -> None:
+        with self._lock:
+            if self._waker is None or not self._waker.is_alive():
+                self._waker = threading.Thread(target=self._wake, name="tether-waker", daemon=True)
+                self._waker.start()
+
+    def _wake(self) -> None:
+        rounds = 0
+        while not self._stopping.is_set():
+            self._poke.wait(_WAKER_SECONDS)
+            self._poke.clear()
+            rounds += 1
+            with self._lock:
+                by_store: dict[int, tuple[Store, list[str]]] = {}
+                for (key, execution_id), store in self._parked.items():
+                    by_store.setdefault(key, (store, []))[1].append(execution_id)
+            for store, ids in by_store.values():
+                try:
+                    self._resume_parked(store, ids, forget_finished=rounds % 25 == 0)
+                except Exception:
+                    continue  # a busy database: the next round tries again
+
+    def _resume_parked(self, store: Store, ids: list[str], *, forget_finished: bool) -> None:
+        while True:
+            claim = self.claim()
+            row = store.claim_runnable(claim, now=time.time(), due=settings().clock(), ids=ids)
+            if row is None:
+                break
+            ids.remove(row.id)
+            self.start(store, row.id, claim.token, None, claimed=True)
+        if forget_finished:
+            for execution_id in ids:
+                row = store.get_execution(execution_id)
+                if row is None or Status(row.status).finished or row.owner is not None:
+                    with self._lock:
+                        self._parked.pop((id(store), execution_id), None)
 
     # --- heartbeat ----------------------------------------------------------------------
 

@@ -11,9 +11,10 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from . import _imports, _serde
-from ._config import store_for
+from ._config import settings, store_for
 from ._context import current_frame, current_run
 from ._executor import executor
+from ._records import WaitRecord
 from ._status import Status
 from .errors import (
     ExecutionCancelled,
@@ -53,8 +54,18 @@ class Handle(Generic[R]):
         """The execution's current status, read from the store."""
         return Status(self._row().status)
 
+    def pending_waits(self) -> list[WaitRecord]:
+        """What the execution waits for while its status is `waiting` (empty otherwise)."""
+        flow = self._row().flow
+        return [
+            WaitRecord.from_row(w, flow)
+            for w in self._store.get_waits(self.id)
+            if w.status == "pending" and w.kind == "input"
+        ]
+
     def result(self, timeout: float | None = None) -> R:
-        """Block until the execution finishes and return its value.
+        """Block until the execution finishes and return its value. A waiting execution is
+        waited for too: give it input from anywhere and this returns when it finishes.
 
         Raises ExecutionFailed (with the original error's type, message and traceback),
         ExecutionCancelled, or ResultTimeout when `timeout` seconds pass first (the
@@ -124,11 +135,26 @@ class Flow(Generic[P, R]):
         """Record a new execution and start it in the background; returns at once.
 
         `handle.result()` (or `await handle`) gives the flow's return value; for an async
-        flow that is the awaited value.
+        flow that is the awaited value. In a client-only process
+        (`configure(executor=False)`, `TETHER_EXECUTOR=off`) this is `enqueue()`.
         """
-        return self._start(args, kwargs, store_for())
+        return self._start(args, kwargs, store_for(), local=settings().executor)
 
-    def _start(self, args: tuple[Any, ...], kwargs: dict[str, Any], store: Store) -> Handle[Any]:
+    @overload
+    def enqueue(
+        self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Handle[T]: ...
+
+    @overload
+    def enqueue(self: Flow[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Handle[Any]:
+        """Record a new execution for a `tether worker` to run; nothing runs in this process."""
+        return self._start(args, kwargs, store_for(), local=False)
+
+    def _start(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], store: Store, *, local: bool
+    ) -> Handle[Any]:
         import_path, script = _imports.path_of(self.fn)
         if "<locals>" in import_path:
             raise UsageError(
@@ -138,26 +164,28 @@ class Flow(Generic[P, R]):
         encoded = _serde.dumps(
             {"args": list(args), "kwargs": kwargs}, root=f"arguments of flow {self.name!r}"
         )
-        runner = executor()
-        claim = runner.claim()
         now = time.time()
         execution_id = new_execution_id()
-        store.create_execution(
-            ExecutionRow(
-                id=execution_id,
-                flow=self.name,
-                import_path=import_path,
-                script=script,
-                args=encoded,
-                status=Status.QUEUED,
-                owner=claim.owner,
-                lease_token=claim.token,
-                lease_expires=claim.expires,
-                created_at=now,
-                updated_at=now,
-                parent_id=_parent_id(),
-            )
+        row = ExecutionRow(
+            id=execution_id,
+            flow=self.name,
+            import_path=import_path,
+            script=script,
+            args=encoded,
+            status=Status.QUEUED,
+            created_at=now,
+            updated_at=now,
+            parent_id=_parent_id(),
         )
+        if not local:
+            store.create_execution(row)
+            return Handle(execution_id, store)
+        # Recorded already leased to this process: one write, and no worker can grab it
+        # between the insert and the start.
+        runner = executor()
+        claim = runner.claim()
+        row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
+        store.create_execution(row)
         runner.start(store, execution_id, claim.token, self)
         return Handle(execution_id, store)
 
@@ -170,7 +198,7 @@ class Flow(Generic[P, R]):
                     f"flow {self.name!r} was called inside a checkpoint; call it from flow code"
                 )
             return self.fn(*args, **kwargs)
-        handle: Handle[Any] = self._start(args, kwargs, store_for())
+        handle: Handle[Any] = self._start(args, kwargs, store_for(), local=settings().executor)
         if self.is_async:
             return cast(R, handle.result_async())
         return cast(R, handle.result())

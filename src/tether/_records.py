@@ -14,7 +14,7 @@ from typing import Any
 
 from . import _serde
 from ._status import CheckpointStatus, Status
-from .store import CheckpointRow, EventRow, ExecutionRow
+from .store import CheckpointRow, EventRow, ExecutionRow, WaitRow
 
 
 def _time(value: float | None) -> dt.datetime | None:
@@ -106,6 +106,54 @@ class CheckpointRecord:
         )
 
 
+@dataclass(frozen=True)
+class WaitRecord:
+    """A wait (or sleep) of an execution: what it asks, and the input it got.
+
+    `status` is `pending`, `resolved` (input recorded), `timed_out` or `cancelled`.
+    `json_schema` describes the input expected; `deadline` is when it times out.
+    """
+
+    execution_id: str
+    flow: str | None
+    name: str
+    position: int
+    kind: str
+    status: str
+    question: Any
+    json_schema: dict[str, Any] | None
+    metadata: dict[str, Any]
+    deadline: dt.datetime | None
+    created_at: dt.datetime
+    resolved_at: dt.datetime | None
+    resolved_by: str | None
+    value_json: str | None = field(default=None, repr=False)
+
+    @cached_property
+    def value(self) -> Any:
+        """The input given (decoded), or None."""
+        return None if self.value_json is None else _serde.loads(self.value_json)
+
+    @classmethod
+    def from_row(cls, row: WaitRow, flow: str | None = None) -> WaitRecord:
+        return cls(
+            execution_id=row.execution_id,
+            flow=flow,
+            name=row.name,
+            position=row.position,
+            kind=row.kind,
+            status=row.status,
+            question=_serde.loads(row.question) if row.question else None,
+            json_schema=_serde.loads(row.json_schema) if row.json_schema else None,
+            metadata=_serde.loads(row.metadata) if row.metadata else {},
+            deadline=_time(row.deadline),
+            created_at=_time(row.created_at) or dt.datetime.now(dt.UTC),
+            resolved_at=_time(row.resolved_at),
+            resolved_by=row.resolved_by,
+            value_json=row.value,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something noted on an execution: a warning (changed arguments, say) or a message."""
@@ -146,8 +194,15 @@ class ExecutionRecord:
     error: ErrorInfo | None
     checkpoints: tuple[CheckpointRecord, ...] = ()
     events: tuple[Event, ...] = ()
+    waits: tuple[WaitRecord, ...] = ()
+    wake_at: dt.datetime | None = None
     result_json: str | None = field(default=None, repr=False)
     args_json: str = field(default="", repr=False)
+
+    @property
+    def pending_waits(self) -> list[WaitRecord]:
+        """The waits that have no input yet (filled by `Client.get()`)."""
+        return [w for w in self.waits if w.status == "pending"]
 
     @property
     def warnings(self) -> list[str]:
@@ -179,6 +234,7 @@ class ExecutionRecord:
         row: ExecutionRow,
         checkpoints: list[CheckpointRow] | None = None,
         events: list[EventRow] | None = None,
+        waits: list[WaitRow] | None = None,
     ) -> ExecutionRecord:
         created = _time(row.created_at) or dt.datetime.now(dt.UTC)
         return cls(
@@ -200,6 +256,8 @@ class ExecutionRecord:
             error=ErrorInfo.from_text(row.error),
             checkpoints=tuple(CheckpointRecord.from_row(c) for c in checkpoints or ()),
             events=tuple(Event.from_row(e) for e in events or ()),
+            waits=tuple(WaitRecord.from_row(w, row.flow) for w in waits or ()),
+            wake_at=_time(row.wake_at),
             result_json=row.result,
             args_json=row.args,
         )

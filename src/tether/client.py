@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import json
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from ._config import store_for
+from pydantic import ValidationError
+
+from . import _schema, _serde
+from ._config import settings, store_for
 from ._engine import load_flow
 from ._executor import executor
 from ._flow import Handle
-from ._records import ExecutionRecord
+from ._records import ExecutionRecord, WaitRecord
 from ._status import Status
-from .errors import ExecutionLocked, ExecutionNotFound, InvalidStateError, UsageError
-from .store import ExecutionRow, Store
+from .errors import (
+    ExecutionLocked,
+    ExecutionNotFound,
+    InputTooLarge,
+    InputValidationError,
+    InvalidStateError,
+    UsageError,
+    WaitAlreadyResolved,
+    WaitNotFound,
+)
+from .store import EventRow, ExecutionRow, Store, WaitRow
 
-_RESUMABLE = (Status.QUEUED.value, Status.RUNNING.value)
+_TAKEABLE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 
 
 class Client:
@@ -28,6 +41,7 @@ class Client:
     record = client.get(execution_id)
     for cp in record.checkpoints:
         print(cp.position, cp.name, cp.status, cp.duration)
+    client.input(execution_id, "approve", True)
     client.recover()                      # resume everything whose process died
     ```
     """
@@ -39,13 +53,16 @@ class Client:
     def db(self) -> str:
         return self._store.url
 
+    # --- reading ------------------------------------------------------------------------
+
     def get(self, execution_id: str) -> ExecutionRecord:
-        """One execution with its checkpoint calls and events."""
+        """One execution with its checkpoint calls, waits and events."""
         row = self._row(execution_id)
         return ExecutionRecord.from_row(
             row,
             self._store.get_checkpoints(execution_id),
             self._store.get_events(execution_id),
+            self._store.get_waits(execution_id),
         )
 
     def list(
@@ -55,25 +72,135 @@ class Client:
         limit: int = 100,
     ) -> builtins.list[ExecutionRecord]:
         """Executions, newest first, filtered by status (one or several) and flow name."""
-        if limit < 1:
-            raise UsageError(f"limit must be at least 1, not {limit}")
-        statuses: list[str] | None = None
+        _check_limit(limit)
+        statuses: builtins.list[str] | None = None
         if status is not None:
-            items = [status] if isinstance(status, str) else list(status)
+            items = [status] if isinstance(status, str) else builtins.list(status)
             statuses = [_status(s) for s in items]
         rows = self._store.list_executions(statuses=statuses, flow=flow, limit=limit)
         return [ExecutionRecord.from_row(r) for r in rows]
+
+    def pending_waits(self, flow: str | None = None, limit: int = 100) -> builtins.list[WaitRecord]:
+        """Waits that need input, oldest first: execution, name, question, `json_schema` of
+        the expected value, deadline, and since when (`created_at`)."""
+        _check_limit(limit)
+        rows = self._store.pending_waits(flow=flow, limit=limit)
+        return [WaitRecord.from_row(r.wait, r.flow) for r in rows]
 
     def handle(self, execution_id: str) -> Handle[Any]:
         """A Handle on an existing execution (to wait for its result)."""
         self._row(execution_id)
         return Handle(execution_id, self._store)
 
+    # --- input --------------------------------------------------------------------------
+
+    def input(
+        self,
+        execution_id: str,
+        name: str | None = None,
+        value: Any = None,
+        *,
+        by: str | None = None,
+    ) -> WaitRecord:
+        """Give a waiting execution its input. The execution becomes runnable at once, and an
+        executor (the process that started it, if alive, or a worker) resumes it.
+
+        `name` may be left out when the execution has exactly one pending wait. The value is
+        validated against the wait's schema: InputValidationError (nothing stored, the
+        execution untouched) when it does not match. Of two inputs to one wait exactly one
+        wins; the other raises WaitAlreadyResolved.
+        """
+        return self._give(execution_id, name, value, by=by, from_json=False)
+
+    def input_json(
+        self, execution_id: str, name: str | None, value_json: str | bytes, *, by: str | None = None
+    ) -> WaitRecord:
+        """`input()` with the value as JSON text (from a CLI or an HTTP body), validated as
+        JSON against the wait's schema."""
+        limit = settings().max_input_bytes
+        if len(value_json) > limit:
+            raise InputTooLarge(_too_large(len(value_json), limit))
+        return self._give(execution_id, name, value_json, by=by, from_json=True)
+
+    def _give(
+        self, execution_id: str, name: str | None, value: Any, *, by: str | None, from_json: bool
+    ) -> WaitRecord:
+        row = self._row(execution_id)
+        if Status(row.status).finished:
+            raise InvalidStateError(
+                f"execution {execution_id} already {row.status}; it takes no more input"
+            )
+        wait = self._pending_wait(execution_id, name)
+        try:
+            validated = _schema.validate(wait.schema_ref, value, from_json=from_json)
+        except ValidationError as exc:
+            errors = _schema.errors_of(exc)
+            details = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors
+            )
+            raise InputValidationError(
+                f"input for wait {wait.name!r} of execution {execution_id} does not match its "
+                f"schema: {details}",
+                errors,
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise InputValidationError(f"input is not valid JSON: {exc}") from None
+        text = _serde.dumps(validated, root=f"input for wait {wait.name!r}")
+        limit = settings().max_input_bytes
+        if len(text) > limit:
+            raise InputTooLarge(_too_large(len(text), limit))
+        now = settings().clock()
+        if not self._store.resolve_wait(
+            execution_id, wait.name, status="resolved", value=text, by=by, now=now
+        ):
+            raise WaitAlreadyResolved(
+                f"wait {wait.name!r} of execution {execution_id} already has its input "
+                "(another input won, or it timed out)"
+            )
+        self._store.add_event(
+            EventRow(execution_id, wait.position, time.time(), "info", "input",
+                     f"input given to wait {wait.name!r}" + (f" by {by}" if by else ""))
+        )  # fmt: skip
+        executor().poke()
+        wait.status, wait.value, wait.resolved_by, wait.resolved_at = "resolved", text, by, now
+        return WaitRecord.from_row(wait, row.flow)
+
+    def _pending_wait(self, execution_id: str, name: str | None) -> WaitRow:
+        waits = self._store.get_waits(execution_id)
+        pending = [w for w in waits if w.status == "pending" and w.kind == "input"]
+        if name is None:
+            if len(pending) == 1:
+                return pending[0]
+            if not pending:
+                raise WaitNotFound(f"execution {execution_id} has no pending wait")
+            names = ", ".join(repr(w.name) for w in pending)
+            raise UsageError(
+                f"execution {execution_id} has {len(pending)} pending waits ({names}); "
+                "say which one gets the input"
+            )
+        for wait in waits:
+            if wait.name == name:
+                if wait.kind != "input":
+                    raise UsageError(f"{name!r} is a durable sleep; it takes no input")
+                if wait.status != "pending":
+                    raise WaitAlreadyResolved(
+                        f"wait {name!r} of execution {execution_id} is already {wait.status}"
+                    )
+                return wait
+        known = ", ".join(repr(w.name) for w in pending) or "none"
+        raise WaitNotFound(
+            f"execution {execution_id} has no wait {name!r} (pending waits: {known})"
+        )
+
+    # --- running ------------------------------------------------------------------------
+
     def resume(self, execution_id: str) -> Handle[Any]:
         """Continue an unfinished execution in this process, re-entering its flow from the top.
 
         Refused with ExecutionLocked while another live process holds it. Raises
-        FlowNotFoundError, changing nothing, when its flow cannot be imported here.
+        FlowNotFoundError, changing nothing, when its flow cannot be imported here. In a
+        client-only process (`configure(executor=False)`) the execution is handed to the
+        workers instead.
         """
         row = self._row(execution_id)
         status = Status(row.status)
@@ -87,19 +214,24 @@ class Client:
         now = time.time()
         if not runner.owner_gone(row.owner, row.lease_expires, now):
             raise ExecutionLocked(_locked_message(row, now))
-        flow = load_flow(row.import_path, row.script)
+        local = settings().executor
+        flow = load_flow(row.import_path, row.script) if local else None
         token = self._take(row, now)
         if token is None:
             raise ExecutionLocked(
                 f"execution {execution_id} was taken by another process just now; "
                 "check Client.get(id).owner"
             )
-        runner.start(self._store, execution_id, token, flow)
+        if local:
+            runner.start(self._store, execution_id, token, flow)
+        else:
+            self._store.release(execution_id, token, status=Status.QUEUED, now=now)
         return Handle(execution_id, self._store)
 
     def cancel(self, execution_id: str) -> Status:
         """Cancel an execution. One that runs stops at its next checkpoint boundary; one that
-        nobody runs is cancelled at once. Returns the status after the request."""
+        nobody runs (queued, waiting, sleeping) is cancelled at once. Returns the status after
+        the request."""
         self._row(execution_id)
         executor().cancel_local(self._store, execution_id)
         status = self._store.request_cancel(execution_id, now=time.time())
@@ -108,28 +240,60 @@ class Client:
         return Status(status)
 
     def recover(self) -> builtins.list[str]:
-        """Resume in this process every unfinished execution whose owner is gone (killed,
-        or its lease expired). Returns the ids resumed."""
+        """Resume in this process every execution that should be running and is not: its
+        owner died or its lease expired, it is queued with nobody on it, or its input or
+        timer arrived. Returns the ids resumed. (A `tether worker` does this continuously.)
+        """
         runner = executor()
         now = time.time()
-        resumed: list[str] = []
-        for row in self._store.orphans(statuses=_RESUMABLE):
-            if runner.holds(self._store, row.id):
+        resumed: builtins.list[str] = []
+        # Owners killed on this host still have unexpired leases: take those over first.
+        for row in self._store.orphans(statuses=(Status.QUEUED, Status.RUNNING)):
+            if row.owner is None or runner.holds(self._store, row.id):
                 continue
-            if not runner.owner_gone(row.owner, row.lease_expires, now):
+            expired = row.lease_expires is not None and row.lease_expires < now
+            if expired or not runner.owner_gone(row.owner, row.lease_expires, now):
+                continue  # expired ones are found below with everything else runnable
+            if self._can_import(row):
+                token = self._take(row, now)
+                if token is not None:
+                    self._run_or_requeue(row.id, token, now)
+                    resumed.append(row.id)
+        for row in self._store.runnable(now=now, due=settings().clock(), limit=10_000):
+            if row.id in resumed or runner.holds(self._store, row.id):
                 continue
-            try:
-                flow = load_flow(row.import_path, row.script)
-            except UsageError as exc:
-                self._store_warning(row.id, f"recover skipped it: {exc}")
+            if not self._can_import(row):
                 continue
-            token = self._take(row, now)
-            if token is not None:
-                runner.start(self._store, row.id, token, flow)
+            claim = runner.claim()
+            taken = self._store.claim_runnable(claim, now=now, due=settings().clock(), ids=[row.id])
+            if taken is not None:
+                if settings().executor:
+                    runner.start(self._store, row.id, claim.token, None, claimed=True)
+                else:
+                    self._store.release(row.id, claim.token, status=Status.QUEUED, now=now)
                 resumed.append(row.id)
         return resumed
 
     # --- internals ----------------------------------------------------------------------
+
+    def _run_or_requeue(self, execution_id: str, token: str, now: float) -> None:
+        if settings().executor:
+            executor().start(self._store, execution_id, token, None)
+        else:
+            self._store.release(execution_id, token, status=Status.QUEUED, now=now)
+
+    def _can_import(self, row: ExecutionRow) -> bool:
+        if not settings().executor:
+            return True  # not run here: the workers import it
+        try:
+            load_flow(row.import_path, row.script)
+        except UsageError as exc:
+            self._store.add_event(
+                EventRow(row.id, None, time.time(), "warning", "recover",
+                         f"recover skipped it: {exc}")
+            )  # fmt: skip
+            return False
+        return True
 
     def _row(self, execution_id: str) -> ExecutionRow:
         if not isinstance(execution_id, str) or not execution_id:
@@ -145,19 +309,17 @@ class Client:
         taken = self._store.claim(
             row.id,
             claim,
-            from_statuses=_RESUMABLE,
+            from_statuses=_TAKEABLE,
             expected_token=row.lease_token,
             now=now,
             status=Status.QUEUED,
         )
         return claim.token if taken else None
 
-    def _store_warning(self, execution_id: str, message: str) -> None:
-        from .store import EventRow
 
-        self._store.add_event(
-            EventRow(execution_id, None, time.time(), "warning", "recover", message)
-        )
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise UsageError(f"limit must be at least 1, not {limit}")
 
 
 def _status(value: Status | str) -> str:
@@ -166,6 +328,14 @@ def _status(value: Status | str) -> str:
     except ValueError:
         choices = ", ".join(s.value for s in Status)
         raise UsageError(f"unknown status {value!r}; choose from {choices}") from None
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"input is {size:,} bytes, over the limit of {limit:,} "
+        "(tether.configure(max_input_bytes=...) raises it); store large data elsewhere and "
+        "pass a reference"
+    )
 
 
 def _locked_message(row: ExecutionRow, now: float) -> str:

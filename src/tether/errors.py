@@ -15,6 +15,11 @@ Exception
     ├── ExecutionNotFound           no execution has that id
     ├── ExecutionLocked             another live process holds the execution
     ├── InvalidStateError           the operation does not fit the execution's status
+    ├── WaitTimeout                 a wait's deadline passed with no input and no default
+    ├── WaitNotFound                no pending wait of that name (or none at all)
+    ├── WaitAlreadyResolved         the wait already has its input (another one won)
+    ├── InputValidationError        input does not match the wait's schema (has .errors)
+    │   └── InputTooLarge           input over the size limit
     ├── ExecutionFailed             Handle.result() of a failed execution
     ├── ExecutionCancelled          Handle.result() of a cancelled execution
     └── ResultTimeout               Handle.result(timeout=...) ran out (also a TimeoutError)
@@ -22,7 +27,9 @@ Exception
 BaseException
 └── ControlSignal                   unwinds a flow; user `except Exception` cannot swallow it
     ├── Cancelled                   Client.cancel() reached a checkpoint boundary
-    └── LeaseLost                   another executor took the execution over
+    ├── LeaseLost                   another executor took the execution over
+    ├── Suspended                   the flow waits for input or a timer; nothing is held
+    └── Released                    the executor is shutting down; hand the execution back
 ```
 
 Errors that are recorded in the store define `__reduce__` so that they survive
@@ -45,14 +52,21 @@ __all__ = [
     "ExecutionLocked",
     "ExecutionNotFound",
     "FlowNotFoundError",
+    "InputTooLarge",
+    "InputValidationError",
     "InvalidStateError",
     "LeaseLost",
     "NotInFlowError",
+    "Released",
     "ResultTimeout",
     "SerializationError",
     "StoreError",
+    "Suspended",
     "TetherError",
     "UsageError",
+    "WaitAlreadyResolved",
+    "WaitNotFound",
+    "WaitTimeout",
 ]
 
 
@@ -163,6 +177,41 @@ class ExecutionCancelled(TetherError):
     """The execution was cancelled before it finished."""
 
 
+class WaitTimeout(TetherError, TimeoutError):
+    """Raised inside the flow by `tether.wait(timeout=...)` when the deadline passed with no
+    input and no `default` was given. The flow may catch it."""
+
+    def __init__(self, name: str, message: str = "") -> None:
+        super().__init__(message or f"wait {name!r} timed out with no input")
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, str(self)))
+
+
+class WaitNotFound(TetherError, LookupError):
+    """The execution has no pending wait of that name."""
+
+
+class WaitAlreadyResolved(TetherError):
+    """The wait already has its input (or timed out): the other input won."""
+
+
+class InputValidationError(TetherError, ValueError):
+    """Input does not match the wait's schema. `errors` lists what is wrong, where."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.errors))
+
+
+class InputTooLarge(InputValidationError):
+    """Input is larger than the configured limit (`configure(max_input_bytes=...)`)."""
+
+
 class ResultTimeout(TetherError, TimeoutError):
     """`Handle.result(timeout=...)` returned before the execution finished."""
 
@@ -177,6 +226,19 @@ class Cancelled(ControlSignal):
 
 class LeaseLost(ControlSignal):
     """Another executor owns the execution now; this one must stop without writing."""
+
+
+class Suspended(ControlSignal):
+    """The flow reached a wait with no input yet: unwind, store `waiting`, hold nothing."""
+
+    def __init__(self, execution_id: str, wait: str, wake_at: float | None) -> None:
+        super().__init__(execution_id, wait)
+        self.wait = wait
+        self.wake_at = wake_at
+
+
+class Released(ControlSignal):
+    """The executor is stopping: hand the execution back (status `queued`) to run elsewhere."""
 
 
 def _rebuild(cls: type[Exception], message: str, fields: dict[str, Any]) -> Exception:

@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 from ..errors import ConfigurationError
-from ._base import CheckpointRow, Claim, Commit, EventRow, ExecutionRow, Store
+from ._base import (
+    CheckpointRow,
+    Claim,
+    Commit,
+    EventRow,
+    ExecutionRow,
+    PendingWaitRow,
+    Store,
+    WaitRow,
+)
 
-__all__ = ["CheckpointRow", "Claim", "Commit", "EventRow", "ExecutionRow", "Store", "open_store"]
+__all__ = [
+    "CheckpointRow",
+    "Claim",
+    "Commit",
+    "EventRow",
+    "ExecutionRow",
+    "PendingWaitRow",
+    "Store",
+    "WaitRow",
+    "open_store",
+]
 
 
 def open_store(url: str, *, durability: str = "normal") -> Store:

@@ -37,6 +37,7 @@ class ExecutionRow:
     replay_of: str | None = None
     metadata: str | None = None
     options: str | None = None
+    wake_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -51,6 +52,30 @@ class CheckpointRow:
     started_at: float = 0.0
     finished_at: float = 0.0
     metadata: str | None = None
+
+
+@dataclass(slots=True)
+class WaitRow:
+    execution_id: str
+    name: str
+    position: int
+    kind: str  # "input" or "sleep"
+    status: str  # "pending", "resolved", "timed_out" or "cancelled"
+    schema_ref: str | None = None
+    json_schema: str | None = None
+    question: str | None = None
+    metadata: str | None = None
+    deadline: float | None = None
+    value: str | None = None
+    resolved_by: str | None = None
+    created_at: float = 0.0
+    resolved_at: float | None = None
+
+
+@dataclass(slots=True)
+class PendingWaitRow:
+    wait: WaitRow
+    flow: str
 
 
 @dataclass(slots=True)
@@ -152,6 +177,57 @@ class Store(abc.ABC):
     def orphans(self, *, statuses: Sequence[str]) -> list[ExecutionRow]:
         """Executions in `statuses`, oldest first: candidates for recovery, whose owner (if any)
         the caller checks."""
+
+    @abc.abstractmethod
+    def suspend(
+        self, execution_id: str, token: str, *, wait: str, wake_at: float | None, now: float
+    ) -> bool:
+        """Park the execution (`waiting`, no owner) until input or `wake_at`, in one atomic
+        step that is refused (False) if the lease is gone or if `wait` got its input in the
+        meantime: then the holder must run the flow again instead."""
+
+    @abc.abstractmethod
+    def claim_runnable(
+        self, claim: Claim, *, now: float, due: float, ids: Sequence[str] | None = None
+    ) -> ExecutionRow | None:
+        """Take one runnable execution (oldest first), or None. Runnable: queued and not
+        leased (or its lease expired at `now`), waiting and due (`wake_at <= due`, by the
+        timer clock), or running with a lease expired at `now`. With `ids`, only among those.
+        Sets `running` and counts an attempt."""
+
+    @abc.abstractmethod
+    def runnable(self, *, now: float, due: float, limit: int) -> list[ExecutionRow]:
+        """Runnable executions (see `claim_runnable`), oldest first, without claiming them."""
+
+    # --- waits --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_wait(self, token: str, row: WaitRow) -> bool:
+        """Record a pending wait, fenced by the lease token. An existing row of that name is
+        kept as it is (True). False when the token no longer holds the execution."""
+
+    @abc.abstractmethod
+    def get_waits(self, execution_id: str) -> list[WaitRow]:
+        """All waits of an execution, by position."""
+
+    @abc.abstractmethod
+    def resolve_wait(
+        self,
+        execution_id: str,
+        name: str,
+        *,
+        status: str,
+        value: str | None,
+        by: str | None,
+        now: float,
+    ) -> bool:
+        """Resolve a pending wait (`resolved` with input, or `timed_out`) and make a waiting
+        execution runnable, atomically. False if the wait was not pending: exactly one of
+        concurrent resolutions wins."""
+
+    @abc.abstractmethod
+    def pending_waits(self, *, flow: str | None, limit: int) -> list[PendingWaitRow]:
+        """Pending input waits of unfinished executions, oldest first."""
 
     # --- checkpoints --------------------------------------------------------------------
 

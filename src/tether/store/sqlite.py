@@ -22,14 +22,33 @@ from importlib import resources
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
-from ._base import CheckpointRow, Claim, Commit, EventRow, ExecutionRow, Store
+from ._base import (
+    CheckpointRow,
+    Claim,
+    Commit,
+    EventRow,
+    ExecutionRow,
+    PendingWaitRow,
+    Store,
+    WaitRow,
+)
 
 _BUSY_TIMEOUT_MS = 60_000
 
 _EXECUTION_COLUMNS = (
     "id, flow, import_path, script, args, status, result, error, owner, lease_token, "
     "lease_expires, attempt, cancel_requested, created_at, updated_at, started_at, "
-    "finished_at, parent_id, replay_of, metadata, options"
+    "finished_at, parent_id, replay_of, metadata, options, wake_at"
+)
+_WAIT_COLUMNS = (
+    "execution_id, name, position, kind, status, schema_ref, json_schema, question, metadata, "
+    "deadline, value, resolved_by, created_at, resolved_at"
+)
+# Runnable: queued and not (validly) leased, waiting and due, or running with a dead lease.
+_RUNNABLE = (
+    "((status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)) "
+    "OR (status = 'waiting' AND wake_at <= :due) "
+    "OR (status = 'running' AND lease_expires < :now))"
 )
 _CHECKPOINT_COLUMNS = (
     "position, name, fingerprint, status, result, error, attempts, started_at, finished_at, "
@@ -164,7 +183,7 @@ class SQLiteStore(Store):
     def create_execution(self, row: ExecutionRow) -> None:
         self._conn().execute(
             f"INSERT INTO executions ({_EXECUTION_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.id,
                 row.flow,
@@ -187,6 +206,7 @@ class SQLiteStore(Store):
                 row.replay_of,
                 row.metadata,
                 row.options,
+                row.wake_at,
             ),
         )
 
@@ -282,7 +302,8 @@ class SQLiteStore(Store):
     ) -> bool:
         cursor = self._conn().execute(
             "UPDATE executions SET status = ?, result = ?, error = ?, owner = NULL, "
-            "lease_token = NULL, lease_expires = NULL, finished_at = ?, updated_at = ? "
+            "lease_token = NULL, lease_expires = NULL, wake_at = NULL, finished_at = ?, "
+            "updated_at = ? "
             "WHERE id = ? AND lease_token = ?",
             (status, result, error, now, now, execution_id, token),
         )
@@ -309,8 +330,13 @@ class SQLiteStore(Store):
             if token is None:
                 conn.execute(
                     "UPDATE executions SET status = 'cancelled', cancel_requested = 1, "
-                    "finished_at = ?, updated_at = ? WHERE id = ?",
+                    "wake_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
                     (now, now, execution_id),
+                )
+                conn.execute(
+                    "UPDATE waits SET status = 'cancelled', resolved_at = ? "
+                    "WHERE execution_id = ? AND status = 'pending'",
+                    (now, execution_id),
                 )
                 return "cancelled"
             conn.execute(
@@ -338,6 +364,135 @@ class SQLiteStore(Store):
             .fetchall()
         )
         return [_execution(r) for r in rows]
+
+    def suspend(
+        self, execution_id: str, token: str, *, wait: str, wake_at: float | None, now: float
+    ) -> bool:
+        cursor = self._conn().execute(
+            "UPDATE executions SET status = 'waiting', wake_at = ?, owner = NULL, "
+            "lease_token = NULL, lease_expires = NULL, updated_at = ? "
+            "WHERE id = ? AND lease_token = ? AND NOT EXISTS (SELECT 1 FROM waits "
+            "WHERE execution_id = ? AND name = ? AND status != 'pending')",
+            (wake_at, now, execution_id, token, execution_id, wait),
+        )
+        return cursor.rowcount == 1
+
+    def claim_runnable(
+        self, claim: Claim, *, now: float, due: float, ids: Sequence[str] | None = None
+    ) -> ExecutionRow | None:
+        params: dict[str, Any] = {
+            "owner": claim.owner, "token": claim.token, "expires": claim.expires, "now": now,
+            "due": due,
+        }  # fmt: skip
+        among = ""
+        if ids is not None:
+            if not ids:
+                return None
+            marks = ", ".join(f":id{i}" for i in range(len(ids)))
+            among = f"AND id IN ({marks})"
+            params.update({f"id{i}": v for i, v in enumerate(ids)})
+        # One statement: SQLite serializes writers, so two claimers never get the same row.
+        found = (
+            self._conn()
+            .execute(
+                "UPDATE executions SET status = 'running', owner = :owner, lease_token = :token, "
+                "lease_expires = :expires, attempt = attempt + 1, wake_at = NULL, "
+                "started_at = coalesce(started_at, :now), updated_at = :now "
+                "WHERE id = (SELECT id FROM executions WHERE "
+                f"{_RUNNABLE} {among} ORDER BY created_at LIMIT 1) "
+                f"RETURNING {_EXECUTION_COLUMNS}",
+                params,
+            )
+            .fetchone()
+        )
+        return _execution(found) if found else None
+
+    def runnable(self, *, now: float, due: float, limit: int) -> list[ExecutionRow]:
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE {_RUNNABLE} "
+                "ORDER BY created_at LIMIT :limit",
+                {"now": now, "due": due, "limit": limit},
+            )
+            .fetchall()
+        )
+        return [_execution(r) for r in rows]
+
+    # --- waits --------------------------------------------------------------------------
+
+    def create_wait(self, token: str, row: WaitRow) -> bool:
+        with self._write() as conn:
+            held = conn.execute(
+                "SELECT 1 FROM executions WHERE id = ? AND lease_token = ?",
+                (row.execution_id, token),
+            ).fetchone()
+            if held is None:
+                return False
+            conn.execute(
+                f"INSERT INTO waits ({_WAIT_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (execution_id, name) DO NOTHING",
+                (
+                    row.execution_id, row.name, row.position, row.kind, row.status,
+                    row.schema_ref, row.json_schema, row.question, row.metadata, row.deadline,
+                    row.value, row.resolved_by, row.created_at, row.resolved_at,
+                ),
+            )  # fmt: skip
+            return True
+
+    def get_waits(self, execution_id: str) -> list[WaitRow]:
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {_WAIT_COLUMNS} FROM waits WHERE execution_id = ? ORDER BY position",
+                (execution_id,),
+            )
+            .fetchall()
+        )
+        return [WaitRow(*r) for r in rows]
+
+    def resolve_wait(
+        self,
+        execution_id: str,
+        name: str,
+        *,
+        status: str,
+        value: str | None,
+        by: str | None,
+        now: float,
+    ) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE waits SET status = ?, value = ?, resolved_by = ?, resolved_at = ? "
+                "WHERE execution_id = ? AND name = ? AND status = 'pending'",
+                (status, value, by, now, execution_id, name),
+            )
+            if cursor.rowcount != 1:
+                return False
+            conn.execute(
+                "UPDATE executions SET status = 'queued', wake_at = NULL, updated_at = ? "
+                "WHERE id = ? AND status = 'waiting'",
+                (now, execution_id),
+            )
+            return True
+
+    def pending_waits(self, *, flow: str | None, limit: int) -> list[PendingWaitRow]:
+        columns = ", ".join(f"w.{c.strip()}" for c in _WAIT_COLUMNS.split(","))
+        clause = "AND e.flow = ?" if flow is not None else ""
+        params: tuple[Any, ...] = (flow, limit) if flow is not None else (limit,)
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {columns}, e.flow FROM waits w JOIN executions e ON e.id = w.execution_id "
+                "WHERE w.status = 'pending' AND w.kind = 'input' "
+                f"AND e.status NOT IN ('succeeded', 'failed', 'cancelled') {clause} "
+                "ORDER BY w.created_at LIMIT ?",
+                params,
+            )
+            .fetchall()
+        )
+        return [PendingWaitRow(WaitRow(*r[:-1]), r[-1]) for r in rows]
 
     # --- checkpoints --------------------------------------------------------------------
 

@@ -1,0 +1,215 @@
+"""wait() and sleep(): pausing a flow without holding anything.
+
+A wait takes a position like a checkpoint call. If its input is recorded, it
+returns the input; if its deadline has passed, it returns the default (or
+raises WaitTimeout into the flow). Otherwise the wait is recorded as pending
+and the flow unwinds with `Suspended`, a control signal: the engine stores the
+execution as `waiting` and releases it. Input (or the timer) makes it runnable
+again, and whichever executor picks it up resumes it by replay, which comes
+back to this call and finds the input recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final
+
+from . import _schema, _serde
+from ._config import settings
+from ._context import Run, current_frame, current_run
+from .errors import (
+    DivergenceError,
+    LeaseLost,
+    NotInFlowError,
+    Suspended,
+    UsageError,
+    WaitTimeout,
+)
+from .store import WaitRow
+
+
+class _NoDefault:
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+NO_DEFAULT: Final = _NoDefault()
+
+PENDING = "pending"
+RESOLVED = "resolved"
+TIMED_OUT = "timed_out"
+INPUT = "input"
+SLEEP = "sleep"
+
+
+def wait(
+    name: str | None = None,
+    *,
+    schema: Any = None,
+    question: Any = None,
+    timeout: float | dt.timedelta | None = None,
+    default: Any = NO_DEFAULT,
+    metadata: dict[str, Any] | None = None,
+) -> Any:
+    """Wait for input from outside the flow: a human approval, another agent's answer, a
+    webhook. Returns the input, validated against `schema`.
+
+    ```python
+    @tether.flow
+    def publish(draft: str) -> str:
+        if not tether.wait("approve", schema=bool, question=f"Publish this? {draft}"):
+            return "rejected"
+        ...
+    ```
+
+    While no input is recorded the execution is suspended: status `waiting`, and no process,
+    thread or coroutine is held. `Client().input(execution_id, "approve", True)` (or the CLI)
+    records the input and makes the execution runnable again.
+
+    - `name`: unique within the execution (default: `wait-<position>`). In a loop, make it
+      unique per item: `tether.wait(f"approve-{item.id}")`.
+    - `schema`: a type the input must match (`bool`, a Pydantic model, `list[str]`,
+      `Literal[...]`), validated with Pydantic. None accepts any JSON value.
+    - `question`: JSON shown to whoever gives the input.
+    - `timeout`: seconds (or a timedelta) until the wait returns `default`, or raises
+      WaitTimeout inside the flow when no default is given.
+    - `metadata`: JSON stored with the wait, for UIs and routing.
+    """
+    return _wait(name, INPUT, schema, question, timeout, default, metadata)
+
+
+def sleep(duration: float | dt.timedelta, name: str | None = None) -> None:
+    """A durable timer: the execution is suspended, holding nothing, until `duration` has
+    passed since the first time this call was reached; then it resumes.
+
+    The wake-up time is recorded the first time, so a resumed flow does not sleep again.
+    """
+    if _seconds(duration) < 0:
+        raise UsageError(f"tether.sleep() needs a duration of 0 or more, not {duration!r}")
+    _wait(name, SLEEP, None, None, duration, None, None)
+
+
+def _wait(
+    name: str | None,
+    kind: str,
+    schema: Any,
+    question: Any,
+    timeout: float | dt.timedelta | None,
+    default: Any,
+    metadata: dict[str, Any] | None,
+) -> Any:
+    call = "tether.sleep()" if kind == SLEEP else "tether.wait()"
+    run = current_run.get()
+    if run is None:
+        raise NotInFlowError(f"{call} was called outside a running flow; call it in flow code")
+    if current_frame.get() is not None:
+        raise UsageError(
+            f"{call} was called inside a checkpoint; wait in flow code, between checkpoints "
+            "(a checkpoint must finish in one go to be recorded)"
+        )
+    if name is not None and (not isinstance(name, str) or not name):
+        raise UsageError(f"a wait name is a non-empty string, not {name!r}")
+    position = run.take_position()
+    run.boundary()
+    name = name or f"{kind}-{position}"
+    row = _recorded(run, name, position)
+    now = settings().clock()
+    if row is None:
+        row = _create(run, name, position, kind, schema, question, timeout, metadata, now)
+    if row.status == PENDING and row.deadline is not None and row.deadline <= now:
+        row = _time_out(run, row, now)
+    if row.status == RESOLVED:
+        return _serde.loads(row.value) if row.value is not None else None
+    if row.status == TIMED_OUT:
+        if kind == SLEEP:
+            return None
+        if default is NO_DEFAULT:
+            raise WaitTimeout(name)
+        return default
+    raise Suspended(run.execution_id, name, row.deadline)
+
+
+def _recorded(run: Run, name: str, position: int) -> WaitRow | None:
+    used = run.wait_names.get(name)
+    if used is not None and used != position:
+        raise UsageError(
+            f"the wait name {name!r} is used twice in this execution (positions {used} and "
+            f"{position}); names are unique per execution: in a loop, add the item to the "
+            f"name, e.g. tether.wait(f'{name}-{{item}}')"
+        )
+    run.wait_names[name] = position
+    checkpoint = run.recorded.get(position)
+    if checkpoint is not None:
+        raise run.diverge(DivergenceError(position, checkpoint.name, f"wait {name!r}"))
+    row = run.waits.get(name)
+    if row is not None and row.position != position:
+        raise run.diverge(
+            DivergenceError(
+                position,
+                f"wait {name!r} at position {row.position}",
+                f"wait {name!r}",
+                detail=f"wait {name!r} was recorded at position {row.position} but is now "
+                f"reached at position {position}; the flow's code changed around it",
+            )
+        )
+    return row
+
+
+def _create(
+    run: Run,
+    name: str,
+    position: int,
+    kind: str,
+    schema: Any,
+    question: Any,
+    timeout: float | dt.timedelta | None,
+    metadata: dict[str, Any] | None,
+    now: float,
+) -> WaitRow:
+    schema_ref, json_schema = _schema.describe(schema)
+    deadline = None
+    if timeout is not None:
+        seconds = _seconds(timeout)
+        if seconds < 0:
+            raise UsageError(f"a wait timeout must be 0 or more seconds, not {timeout!r}")
+        deadline = now + seconds
+    row = WaitRow(
+        execution_id=run.execution_id,
+        name=name,
+        position=position,
+        kind=kind,
+        status=PENDING,
+        schema_ref=schema_ref,
+        json_schema=json_schema,
+        question=None if question is None else _serde.dumps(question, root="question"),
+        metadata=None if not metadata else _serde.dumps(metadata, root="metadata"),
+        deadline=deadline,
+        created_at=now,
+    )
+    if not run.store.create_wait(run.token, row):
+        run.lease_lost = True
+        raise LeaseLost(run.execution_id)
+    run.waits[name] = row
+    return row
+
+
+def _time_out(run: Run, row: WaitRow, now: float) -> WaitRow:
+    if run.store.resolve_wait(
+        run.execution_id, row.name, status=TIMED_OUT, value=None, by="deadline", now=now
+    ):
+        row.status = TIMED_OUT
+        return row
+    # Input won the race against the deadline: use it.
+    for fresh in run.store.get_waits(run.execution_id):
+        if fresh.name == row.name:
+            run.waits[row.name] = fresh
+            return fresh
+    return row
+
+
+def _seconds(value: float | dt.timedelta) -> float:
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"expected seconds (a number) or a timedelta, not {value!r}")
+    return float(value)

@@ -1,0 +1,163 @@
+"""The worker: a long-running process that runs whatever is runnable in the store.
+
+Runnable means: queued with nobody on it (enqueued, or given back), waiting with
+its input recorded or its timer due, or held by an owner that is gone (lease
+expired, or a killed process on this host). The worker claims such executions
+one at a time with a compare-and-swap in the store, runs them on the embedded
+executor's threads (same engine, same leases and heartbeat), and on SIGTERM
+stops claiming and hands back what it holds at the next checkpoint boundary.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+
+from ._config import configure, settings, store_for
+from ._engine import load_flow
+from ._executor import Executor, executor
+from ._status import Status
+from .errors import UsageError
+from .store import EventRow, ExecutionRow, Store
+
+log = logging.getLogger("tether.worker")
+
+# An execution whose flow cannot be imported here is skipped for this long before retrying.
+_SKIP_SECONDS = 60.0
+
+
+class Worker:
+    """Runs runnable executions until stopped.
+
+    ```python
+    tether.Worker(concurrency=8, imports=["myapp.agents"]).run()   # blocks; SIGTERM stops it
+    ```
+    """
+
+    def __init__(
+        self,
+        db: str | None = None,
+        *,
+        concurrency: int = 8,
+        poll: float = 0.02,
+        imports: Sequence[str] = (),
+        recover_every: float = 1.0,
+    ) -> None:
+        if concurrency < 1:
+            raise UsageError(f"concurrency must be at least 1, not {concurrency}")
+        if poll <= 0:
+            raise UsageError(f"poll must be a positive number of seconds, not {poll}")
+        for module in imports:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise UsageError(f"--import {module}: {exc}") from exc
+        if settings().max_workers < concurrency:
+            configure(max_workers=concurrency)
+        self.concurrency = concurrency
+        self.poll = poll
+        self.recover_every = recover_every
+        self._store: Store = store_for(db)
+        self._executor: Executor = executor()
+        # The worker looks at the whole store; parking per process would only duplicate it.
+        self._executor.parking = False
+        self._stop = threading.Event()
+        self._skip: dict[str, float] = {}
+        self._last_recover = 0.0
+
+    @property
+    def owner(self) -> str:
+        return self._executor.owner
+
+    def run(self, *, grace: float = 30.0) -> None:
+        """Run until `stop()` or SIGTERM/SIGINT; then hand back what is held and return."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self._stop.set())
+        log.info("worker %s on %s, concurrency %d", self.owner, self._store.url, self.concurrency)
+        try:
+            while not self._stop.is_set():
+                if not self.run_once():
+                    self._stop.wait(self.poll)
+        finally:
+            self.shutdown(grace)
+
+    def stop(self) -> None:
+        """Ask `run()` to return (thread-safe)."""
+        self._stop.set()
+
+    def shutdown(self, grace: float = 30.0) -> None:
+        """Hand back every execution held here at its next boundary, waiting up to `grace`
+        seconds; anything still running after that is left to its lease."""
+        self._executor.release_all()
+        deadline = time.monotonic() + grace
+        while self._executor.held_count() and time.monotonic() < deadline:
+            self._executor.wait_for_change(0.05)
+            self._executor.release_all()
+        log.info("worker %s stopped", self.owner)
+
+    def run_once(self) -> list[str]:
+        """Claim and start what is runnable, up to the free slots. Returns the ids started."""
+        free = self.concurrency - self._executor.held_count()
+        if free <= 0:
+            return []
+        now = time.time()
+        due = settings().clock()
+        started: list[str] = []
+        if now - self._last_recover >= self.recover_every:
+            self._last_recover = now
+            started.extend(self._take_over_dead_owners(now, free))
+            free -= len(started)
+        if free <= 0:
+            return started
+        skip = {eid for eid, until in self._skip.items() if until > now}
+        rows = self._store.runnable(now=now, due=due, limit=free + len(skip))
+        for row in rows:
+            if len(started) >= free:
+                break
+            if row.id in skip or not self._importable(row, now):
+                continue
+            claim = self._executor.claim()
+            taken = self._store.claim_runnable(claim, now=now, due=due, ids=[row.id])
+            if taken is not None:
+                self._executor.start(self._store, taken.id, claim.token, None, claimed=True)
+                started.append(taken.id)
+        return started
+
+    def _take_over_dead_owners(self, now: float, free: int) -> list[str]:
+        # Leases of processes killed on this host have not expired yet; their pid tells.
+        started: list[str] = []
+        for row in self._store.orphans(statuses=(Status.QUEUED, Status.RUNNING)):
+            if len(started) >= free:
+                break
+            if row.owner is None or row.lease_expires is None or row.lease_expires < now:
+                continue
+            if not self._executor.owner_gone(row.owner, row.lease_expires, now):
+                continue
+            if not self._importable(row, now):
+                continue
+            claim = self._executor.claim()
+            if self._store.claim(
+                row.id, claim, from_statuses=(Status.QUEUED, Status.RUNNING),
+                expected_token=row.lease_token, now=now,
+            ):  # fmt: skip
+                self._executor.start(self._store, row.id, claim.token, None, claimed=True)
+                started.append(row.id)
+        return started
+
+    def _importable(self, row: ExecutionRow, now: float) -> bool:
+        try:
+            load_flow(row.import_path, row.script)
+        except UsageError as exc:
+            self._skip[row.id] = now + _SKIP_SECONDS
+            self._store.add_event(
+                EventRow(row.id, None, now, "warning", "worker",
+                         f"worker {self.owner} cannot run it: {exc}")
+            )  # fmt: skip
+            log.warning("skipping %s: %s", row.id, exc)
+            return False
+        return True

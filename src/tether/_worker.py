@@ -63,8 +63,6 @@ class Worker:
         self.recover_every = recover_every
         self._store: Store = store_for(db)
         self._executor: Executor = executor()
-        # The worker looks at the whole store; parking per process would only duplicate it.
-        self._executor.parking = False
         self._stop = threading.Event()
         self._skip: dict[str, float] = {}
         self._last_recover = 0.0
@@ -79,12 +77,17 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stop.set())
         log.info("worker %s on %s, concurrency %d", self.owner, self._store.url, self.concurrency)
+        # While the loop runs it looks at the whole store, so the executor need not park
+        # suspended executions (and poll each of them) as a plain process does.
+        parking = self._executor.parking
+        self._executor.parking = False
         try:
             while not self._stop.is_set():
                 if not self.run_once():
                     self._stop.wait(self.poll)
         finally:
             self.shutdown(grace)
+            self._executor.parking = parking
 
     def stop(self) -> None:
         """Ask `run()` to return (thread-safe)."""

@@ -1,0 +1,195 @@
+"""Waits across processes, and the worker: input from anywhere, SIGKILL, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tether
+from helpers import TESTS, child_env, retry_until, run_child
+from tether import Status
+
+
+def _ran(path: Path) -> Counter[str]:
+    if not path.exists():
+        return Counter()
+    return Counter(line.split()[1] for line in path.read_text().splitlines())
+
+
+def _pids(path: Path) -> set[str]:
+    return {line.split()[2] for line in path.read_text().splitlines()}
+
+
+class Workers:
+    """Worker processes started by a test, stopped (SIGKILL) at teardown whatever happens."""
+
+    def __init__(self, db_url: str, **env: str) -> None:
+        self.db_url = db_url
+        self.env = env
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, *extra: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tether", "worker", "--import", "approval_flows",
+             "--poll", "0.01", *extra],
+            env=child_env(self.db_url, **self.env),
+            cwd=str(TESTS),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def workers(db_url: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(db_url, SIDE_EFFECTS=str(tmp_path / "effects.log"))
+    yield pool
+    pool.kill_all()
+
+
+def test_approval_across_processes_with_a_worker(
+    db_url: str, tmp_path: Path, workers: Workers
+) -> None:
+    effects = tmp_path / "effects.log"
+    # 1. A process starts the agent; it suspends at the wait; the process exits.
+    started = run_child(
+        textwrap.dedent(
+            """
+            import time, approval_flows, tether
+            handle = approval_flows.approval_flow.run("tides")
+            while handle.status() != "waiting":
+                time.sleep(0.01)
+            print(handle.id)
+            """
+        ),
+        db_url,
+        SIDE_EFFECTS=str(effects),
+    )
+    assert started.returncode == 0, started.stderr
+    execution_id = started.stdout.strip()
+    client = tether.Client()
+    assert client.get(execution_id).status is Status.WAITING
+    assert client.get(execution_id).owner is None
+
+    # 2. A worker is up; 3. another process gives the input through the CLI.
+    workers.start()
+    given = subprocess.run(
+        [sys.executable, "-m", "tether", "executions", "input", execution_id,
+         "--value", "true", "--by", "alice"],
+        env=child_env(db_url), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert given.returncode == 0, given.stderr
+    assert client.handle(execution_id).result(timeout=30) == "published draft on tides"
+    assert _ran(effects) == Counter(write_draft=1, publish=1)
+    assert client.get(execution_id).waits[0].resolved_by == "alice"
+
+
+def test_cli_input_errors_exit_1_with_plain_messages(db_url: str, workers: Workers) -> None:
+    handle = approval_flows_run(db_url)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tether", "executions", "input", handle, "--value", '"maybe"'],
+        env=child_env(db_url), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert "does not match its schema" in bad.stderr and "Traceback" not in bad.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "tether", "executions", "input", "nope", "--value", "true"],
+        env=child_env(db_url), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "no execution nope" in missing.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "tether", "executions", "waits", "--json"],
+        env=child_env(db_url), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert listed.returncode == 0
+    import json
+
+    (wait,) = json.loads(listed.stdout)
+    assert wait["execution_id"] == handle and wait["json_schema"] == {"type": "boolean"}
+
+
+def approval_flows_run(db_url: str) -> str:
+    """Start approval_flow in a client-only child process (a worker-less enqueue)."""
+    tether.configure(executor=False)
+    import approval_flows
+
+    handle = approval_flows.approval_flow.enqueue("x")
+    tether.configure(executor=True)
+    tether.Worker(poll=0.01).run_once()
+    retry_until(lambda: handle.status() is Status.WAITING, what="the flow to wait")
+    return handle.id
+
+
+def test_a_running_process_resumes_its_own_execution_on_input_from_elsewhere(
+    db_url: str, tmp_path: Path
+) -> None:
+    import approval_flows
+
+    handle = approval_flows.approval_flow.run("local")
+    retry_until(lambda: handle.status() is Status.WAITING, what="the flow to wait")
+    given = run_child(
+        f"import tether; tether.Client().input({handle.id!r}, 'approve', True)", db_url
+    )
+    assert given.returncode == 0, given.stderr
+    # No worker and no resume call: the process that started it picks it up again.
+    assert handle.result(timeout=10) == "published draft on local"
+
+
+def test_sigkill_a_worker_mid_execution_and_another_finishes_it(
+    db_url: str, tmp_path: Path, workers: Workers
+) -> None:
+    effects = tmp_path / "effects.log"
+    tether.configure(executor=False)
+    import approval_flows
+
+    handle = approval_flows.slow_flow.enqueue(4, 0.3)
+    first = workers.start()
+    retry_until(lambda: _ran(effects)["slow_step-1"] == 1, what="step 1 to start")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert handle.status() is Status.RUNNING  # its lease is still there, its owner dead
+    workers.start()
+    assert handle.result(timeout=60) == 0 + 1 + 2 + 3
+    ran = _ran(effects)
+    assert ran["slow_step-0"] == 1, "a committed step never runs again"
+    assert ran["slow_step-1"] == 2, "the step in flight at the kill runs once more"
+    assert ran["slow_step-2"] == ran["slow_step-3"] == 1
+    assert len(_pids(effects)) == 2
+    assert tether.Client().get(handle.id).attempt == 2
+
+
+def test_sigterm_stops_a_worker_cleanly_and_hands_work_back(
+    db_url: str, tmp_path: Path, workers: Workers
+) -> None:
+    effects = tmp_path / "effects.log"
+    tether.configure(executor=False)
+    import approval_flows
+
+    handle = approval_flows.slow_flow.enqueue(3, 0.5)
+    worker = workers.start("--grace", "10")
+    retry_until(lambda: _ran(effects)["slow_step-0"] == 1, what="step 0 to start")
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr
+    record = tether.Client().get(handle.id)
+    assert record.status is Status.QUEUED, "handed back, not left running"
+    assert record.owner is None
+    assert [c.name for c in record.checkpoints] == ["slow_step"]  # step 0 finished, recorded
+    workers.start()
+    assert handle.result(timeout=60) == 0 + 1 + 2
+    assert _ran(effects)["slow_step-0"] == 1

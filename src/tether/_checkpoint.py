@@ -237,6 +237,7 @@ class _Call:
                 self.attempts = _serde.loads(prior.attempts) if prior.attempts else []
             else:
                 self.replayed = True
+                return  # the hot replay path needs no frame and no clock
         self.frame = Frame(run, position, checkpoint.name, len(self.attempts) + 1)
         self.started = time.time()
 

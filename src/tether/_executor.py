@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 _HEARTBEAT_SECONDS = 1.0
 # How often parked executions are checked for input from other processes and due timers.
 _WAKER_SECONDS = 0.2
+_MAINTAIN_BEATS = 10
+_RUNNABLE_BATCH = 1000
 
 _HOST = socket.gethostname()
 
@@ -211,17 +213,21 @@ class Executor:
                     continue  # a busy database: the next round tries again
 
     def _resume_parked(self, store: Store, ids: list[str], *, forget_finished: bool) -> None:
-        while True:
+        # One indexed query for what is runnable at all, then claims for the ones parked
+        # here: cheaper than a claim query listing every parked id, of which few are due.
+        now, due = time.time(), settings().clock()
+        parked = set(ids)
+        for row in store.runnable(now=now, due=due, limit=_RUNNABLE_BATCH):
+            if row.id not in parked:
+                continue
             claim = self.claim()
-            row = store.claim_runnable(claim, now=time.time(), due=settings().clock(), ids=ids)
-            if row is None:
-                break
-            ids.remove(row.id)
-            self.start(store, row.id, claim.token, None, claimed=True)
+            if store.claim_runnable(claim, now=now, due=due, ids=[row.id]) is not None:
+                ids.remove(row.id)
+                self.start(store, row.id, claim.token, None, claimed=True)
         if forget_finished:
             for execution_id in ids:
-                row = store.get_execution(execution_id)
-                if row is None or Status(row.status).finished or row.owner is not None:
+                found = store.get_execution(execution_id)
+                if found is None or Status(found.status).finished or found.owner is not None:
                     with self._lock:
                         self._parked.pop((id(store), execution_id), None)
 
@@ -238,13 +244,20 @@ class Executor:
                 self._heartbeat.start()
 
     def _beat(self) -> None:
+        beats = 0
         while not self._stopping.wait(_HEARTBEAT_SECONDS):
+            beats += 1
             with self._lock:
                 by_store: dict[int, list[tuple[str, _Held]]] = {}
                 for (store_key, execution_id), held in self._held.items():
                     by_store.setdefault(store_key, []).append((execution_id, held))
+                stores = {id(h.store): h.store for h in self._held.values()}
+                stores.update({id(s): s for s in self._parked.values()})
             for entries in by_store.values():
                 self._renew(entries)
+            if beats % _MAINTAIN_BEATS == 0:
+                for store in stores.values():
+                    store.maintain()
 
     def _renew(self, entries: list[tuple[str, _Held]]) -> None:
         store = entries[0][1].store

@@ -184,7 +184,8 @@ class Store(abc.ABC):
     ) -> bool:
         """Park the execution (`waiting`, no owner) until input or `wake_at`, in one atomic
         step that is refused (False) if the lease is gone or if `wait` got its input in the
-        meantime: then the holder must run the flow again instead."""
+        meantime: then the holder must run the flow again instead. If a cancel was requested
+        while it ran, it is parked as `cancelled` (its pending waits too)."""
 
     @abc.abstractmethod
     def claim_runnable(
@@ -250,6 +251,9 @@ class Store(abc.ABC):
     def get_events(self, execution_id: str) -> list[EventRow]: ...
 
     # --- lifecycle ----------------------------------------------------------------------
+
+    def maintain(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Housekeeping that executors call now and then; a no-op unless a store needs it."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

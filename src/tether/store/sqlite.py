@@ -13,6 +13,7 @@ between processes instead of failing with "database is locked".
 
 from __future__ import annotations
 
+import atexit
 import os
 import sqlite3
 import threading
@@ -34,6 +35,9 @@ from ._base import (
 )
 
 _BUSY_TIMEOUT_MS = 60_000
+# Readers that overlap without pause keep SQLite from restarting the WAL, so it can grow
+# large under a burst of work; past this size `maintain()` checkpoints and truncates it.
+_WAL_LIMIT = 64 * 1024 * 1024
 
 _EXECUTION_COLUMNS = (
     "id, flow, import_path, script, args, status, result, error, owner, lease_token, "
@@ -94,6 +98,9 @@ class SQLiteStore(Store):
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._closed = False
+        # Closing the last connection checkpoints the WAL and removes it: do it at exit
+        # rather than leave a large -wal file behind.
+        atexit.register(self.close)
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
@@ -119,6 +126,7 @@ class SQLiteStore(Store):
                 conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
             self._local.conn = conn
@@ -145,6 +153,23 @@ class SQLiteStore(Store):
                     conn.close()
             self._all.clear()
         self._local = threading.local()
+
+    def maintain(self) -> None:
+        try:
+            if os.path.getsize(self.path + "-wal") < _WAL_LIMIT:
+                return
+        except OSError:
+            return
+        # A separate connection with a short busy timeout: if readers are in the way, the
+        # next call tries again rather than stalling the caller.
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=0.2)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass
 
     # --- schema -------------------------------------------------------------------------
 
@@ -368,14 +393,28 @@ class SQLiteStore(Store):
     def suspend(
         self, execution_id: str, token: str, *, wait: str, wake_at: float | None, now: float
     ) -> bool:
-        cursor = self._conn().execute(
-            "UPDATE executions SET status = 'waiting', wake_at = ?, owner = NULL, "
-            "lease_token = NULL, lease_expires = NULL, updated_at = ? "
-            "WHERE id = ? AND lease_token = ? AND NOT EXISTS (SELECT 1 FROM waits "
-            "WHERE execution_id = ? AND name = ? AND status != 'pending')",
-            (wake_at, now, execution_id, token, execution_id, wait),
-        )
-        return cursor.rowcount == 1
+        with self._write() as conn:
+            # A cancel requested while it ran wins: park it as cancelled, not waiting.
+            found = conn.execute(
+                "UPDATE executions SET "
+                "status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'waiting' END, "
+                "wake_at = CASE WHEN cancel_requested THEN NULL ELSE ? END, "
+                "finished_at = CASE WHEN cancel_requested THEN ? ELSE finished_at END, "
+                "owner = NULL, lease_token = NULL, lease_expires = NULL, updated_at = ? "
+                "WHERE id = ? AND lease_token = ? AND NOT EXISTS (SELECT 1 FROM waits "
+                "WHERE execution_id = ? AND name = ? AND status != 'pending') "
+                "RETURNING status",
+                (wake_at, now, now, execution_id, token, execution_id, wait),
+            ).fetchone()
+            if found is None:
+                return False
+            if found[0] == "cancelled":
+                conn.execute(
+                    "UPDATE waits SET status = 'cancelled', resolved_at = ? "
+                    "WHERE execution_id = ? AND status = 'pending'",
+                    (now, execution_id),
+                )
+            return True
 
     def claim_runnable(
         self, claim: Claim, *, now: float, due: float, ids: Sequence[str] | None = None
@@ -462,6 +501,8 @@ class SQLiteStore(Store):
         by: str | None,
         now: float,
     ) -> bool:
+        if status not in ("resolved", "timed_out"):
+            raise ValueError(f"a wait resolves as 'resolved' or 'timed_out', not {status!r}")
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE waits SET status = ?, value = ?, resolved_by = ?, resolved_at = ? "

@@ -57,3 +57,10 @@ def slow_step(i: int, seconds: float) -> int:
 @tether.flow
 def slow_flow(steps: int, seconds: float) -> int:
     return sum(slow_step(i, seconds) for i in range(steps))
+
+
+@tether.flow
+def nap_flow(seconds: float) -> str:
+    before = write_draft("nap")
+    tether.sleep(seconds)
+    return f"{before} then woke"

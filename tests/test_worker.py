@@ -193,3 +193,42 @@ def test_sigterm_stops_a_worker_cleanly_and_hands_work_back(
     workers.start()
     assert handle.result(timeout=60) == 0 + 1 + 2
     assert _ran(effects)["slow_step-0"] == 1
+
+
+def test_client_only_process_from_the_environment_runs_nothing(
+    db_url: str, tmp_path: Path, workers: Workers
+) -> None:
+    effects = tmp_path / "effects.log"
+    started = run_child(
+        textwrap.dedent(
+            """
+            import approval_flows
+            handle = approval_flows.approval_flow.run("remote")
+            print(handle.id, handle.status())
+            """
+        ),
+        db_url,
+        TETHER_EXECUTOR="off",
+        SIDE_EFFECTS=str(effects),
+    )
+    assert started.returncode == 0, started.stderr
+    execution_id, status = started.stdout.split()
+    assert status == "queued" and not effects.exists(), "a client-only process runs nothing"
+    workers.start()
+    client = tether.Client()
+    retry_until(lambda: client.get(execution_id).status is Status.WAITING, what="the wait")
+    client.input(execution_id, "approve", True)
+    assert client.handle(execution_id).result(timeout=30) == "published draft on remote"
+
+
+def test_a_worker_fires_a_due_timer(db_url: str, tmp_path: Path, workers: Workers) -> None:
+    tether.configure(executor=False)
+    import approval_flows
+
+    handle = approval_flows.nap_flow.enqueue(0.3)
+    workers.start()
+    retry_until(lambda: handle.status() is not Status.QUEUED, what="the worker to start it")
+    assert handle.result(timeout=30) == "draft on nap then woke"
+    record = tether.Client().get(handle.id)
+    assert record.waits[0].kind == "sleep" and record.waits[0].status == "timed_out"
+    assert _ran(tmp_path / "effects.log")["write_draft"] == 1

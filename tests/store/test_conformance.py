@@ -667,9 +667,17 @@ def test_events_read_back_in_the_order_added(store: Store) -> None:
     ]
     for event in events:
         store.add_event(event)
-    assert store.get_events("e1") == [e for e in events if e.execution_id == "e1"]
-    assert store.get_events("e2") == [events[2]]
+
+    def without_id(rows: list[EventRow]) -> list[EventRow]:
+        return [dataclasses.replace(r, id=None) for r in rows]
+
+    e1 = store.get_events("e1")
+    assert without_id(e1) == [e for e in events if e.execution_id == "e1"]
+    assert [r.id for r in e1] == sorted(r.id for r in e1 if r.id is not None), "ids increase"
+    assert without_id(store.get_events("e2")) == [events[2]]
     assert store.get_events("nope") == []
+    assert without_id(store.get_events("e1", after=e1[1].id or 0)) == without_id(e1[2:])
+    assert [r.kind for r in store.get_events("e1", kinds=["retry", "log"])] == ["retry", "log"]
 
 
 # --- lifecycle --------------------------------------------------------------------------------

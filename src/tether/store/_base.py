@@ -38,6 +38,10 @@ class ExecutionRow:
     metadata: str | None = None
     options: str | None = None
     wake_at: float | None = None
+    progress: str | None = None
+    # Filled by list_executions only: succeeded checkpoint calls, and a pending wait's name.
+    checkpoints_done: int | None = None
+    pending_wait: str | None = None
 
 
 @dataclass(slots=True)
@@ -87,6 +91,7 @@ class EventRow:
     kind: str
     message: str
     data: str | None = None
+    id: int | None = None  # assigned by the store, increasing
 
 
 class Commit(IntEnum):
@@ -115,8 +120,15 @@ class Store(abc.ABC):
     # --- executions ---------------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_execution(self, row: ExecutionRow) -> None:
-        """Insert a new execution (status `queued`, or `running` with a claim already set)."""
+    def create_execution(
+        self,
+        row: ExecutionRow,
+        *,
+        checkpoints: Sequence[CheckpointRow] = (),
+        waits: Sequence[WaitRow] = (),
+    ) -> None:
+        """Insert a new execution, with recorded checkpoint calls and waits to start from
+        (a replay's copy of its source), in one transaction."""
 
     @abc.abstractmethod
     def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
@@ -125,7 +137,7 @@ class Store(abc.ABC):
     def list_executions(
         self, *, statuses: Sequence[str] | None, flow: str | None, limit: int
     ) -> list[ExecutionRow]:
-        """Newest first."""
+        """Newest first, with `checkpoints_done` and `pending_wait` filled in."""
 
     @abc.abstractmethod
     def claim(
@@ -144,9 +156,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def renew(
-        self, execution_ids: Sequence[str], token_by_id: dict[str, str], expires: float
+        self,
+        execution_ids: Sequence[str],
+        token_by_id: dict[str, str],
+        expires: float,
+        progress: dict[str, str | None] | None = None,
     ) -> list[tuple[str, bool]]:
-        """Extend the leases still held; returns (id, cancel_requested) for each one held."""
+        """Extend the leases still held (and record their progress JSON); returns
+        (id, cancel_requested) for each one held."""
 
     @abc.abstractmethod
     def finish(
@@ -237,10 +254,22 @@ class Store(abc.ABC):
         """All recorded checkpoint calls of an execution, by position."""
 
     @abc.abstractmethod
-    def record_checkpoint(self, execution_id: str, token: str, row: CheckpointRow) -> Commit:
-        """Commit one checkpoint call atomically, fenced by the lease token. LOST (nothing
-        written) when the token no longer holds the execution, or when a final row is
-        already recorded at that position."""
+    def reset_for_retry(self, execution_id: str, *, from_position: int, now: float) -> bool:
+        """Make a failed execution runnable again (`queued`, outcome cleared), forgetting its
+        checkpoint calls and waits from `from_position` on. False unless it was failed."""
+
+    @abc.abstractmethod
+    def prune(self, *, before: float, statuses: Sequence[str], dry_run: bool) -> int:
+        """Delete executions in `statuses` that finished before `before`, with everything
+        recorded about them. Returns how many (that would be) deleted."""
+
+    @abc.abstractmethod
+    def record_checkpoint(
+        self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
+    ) -> Commit:
+        """Commit one checkpoint call atomically, fenced by the lease token, with the output
+        it logged (`events`). LOST (nothing written) when the token no longer holds the
+        execution, or when a final row is already recorded at that position."""
 
     # --- events -------------------------------------------------------------------------
 
@@ -248,7 +277,11 @@ class Store(abc.ABC):
     def add_event(self, event: EventRow) -> None: ...
 
     @abc.abstractmethod
-    def get_events(self, execution_id: str) -> list[EventRow]: ...
+    def get_events(
+        self, execution_id: str, *, after: int = 0, kinds: Sequence[str] | None = None
+    ) -> list[EventRow]:
+        """Events in the order they were added; only those with an id above `after`, and of
+        the given kinds."""
 
     # --- lifecycle ----------------------------------------------------------------------
 

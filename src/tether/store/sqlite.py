@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from importlib import resources
 from typing import Any
 
@@ -42,7 +42,7 @@ _WAL_LIMIT = 64 * 1024 * 1024
 _EXECUTION_COLUMNS = (
     "id, flow, import_path, script, args, status, result, error, owner, lease_token, "
     "lease_expires, attempt, cancel_requested, created_at, updated_at, started_at, "
-    "finished_at, parent_id, replay_of, metadata, options, wake_at"
+    "finished_at, parent_id, replay_of, metadata, options, wake_at, progress"
 )
 _WAIT_COLUMNS = (
     "execution_id, name, position, kind, status, schema_ref, json_schema, question, metadata, "
@@ -205,35 +205,41 @@ class SQLiteStore(Store):
 
     # --- executions ---------------------------------------------------------------------
 
-    def create_execution(self, row: ExecutionRow) -> None:
-        self._conn().execute(
-            f"INSERT INTO executions ({_EXECUTION_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.id,
-                row.flow,
-                row.import_path,
-                row.script,
-                row.args,
-                row.status,
-                row.result,
-                row.error,
-                row.owner,
-                row.lease_token,
-                row.lease_expires,
-                row.attempt,
-                int(row.cancel_requested),
-                row.created_at,
-                row.updated_at,
-                row.started_at,
-                row.finished_at,
-                row.parent_id,
-                row.replay_of,
-                row.metadata,
-                row.options,
-                row.wake_at,
-            ),
-        )
+    def create_execution(
+        self,
+        row: ExecutionRow,
+        *,
+        checkpoints: Sequence[CheckpointRow] = (),
+        waits: Sequence[WaitRow] = (),
+    ) -> None:
+        # Without seeds (every plain start) one statement is its own transaction.
+        with self._write() if checkpoints or waits else nullcontext(self._conn()) as conn:
+            conn.execute(
+                f"INSERT INTO executions ({_EXECUTION_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.id, row.flow, row.import_path, row.script, row.args, row.status,
+                    row.result, row.error, row.owner, row.lease_token, row.lease_expires,
+                    row.attempt, int(row.cancel_requested), row.created_at, row.updated_at,
+                    row.started_at, row.finished_at, row.parent_id, row.replay_of, row.metadata,
+                    row.options, row.wake_at, row.progress,
+                ),
+            )  # fmt: skip
+            for c in checkpoints:
+                conn.execute(
+                    f"INSERT INTO checkpoints (execution_id, {_CHECKPOINT_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row.id, c.position, c.name, c.fingerprint, c.status, c.result, c.error,
+                     c.attempts, c.started_at, c.finished_at, c.metadata),
+                )  # fmt: skip
+            for w in waits:
+                conn.execute(
+                    f"INSERT INTO waits ({_WAIT_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row.id, w.name, w.position, w.kind, w.status, w.schema_ref, w.json_schema,
+                     w.question, w.metadata, w.deadline, w.value, w.resolved_by, w.created_at,
+                     w.resolved_at),
+                )  # fmt: skip
 
     def get_execution(self, execution_id: str) -> ExecutionRow | None:
         found = (
@@ -259,13 +265,22 @@ class SQLiteStore(Store):
         rows = (
             self._conn()
             .execute(
-                f"SELECT {_EXECUTION_COLUMNS} FROM executions {clause} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                f"SELECT {_EXECUTION_COLUMNS}, "
+                "(SELECT count(*) FROM checkpoints c WHERE c.execution_id = e.id "
+                " AND c.status = 'succeeded'), "
+                "(SELECT w.name FROM waits w WHERE w.execution_id = e.id AND w.status = 'pending' "
+                " AND w.kind = 'input' ORDER BY w.position LIMIT 1) "
+                f"FROM executions e {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
                 params,
             )
             .fetchall()
         )
-        return [_execution(r) for r in rows]
+        found = []
+        for r in rows:
+            row = _execution(r[:-2])
+            row.checkpoints_done, row.pending_wait = r[-2], r[-1]
+            found.append(row)
+        return found
 
     def claim(
         self,
@@ -301,16 +316,22 @@ class SQLiteStore(Store):
         return cursor.rowcount == 1
 
     def renew(
-        self, execution_ids: Sequence[str], token_by_id: dict[str, str], expires: float
+        self,
+        execution_ids: Sequence[str],
+        token_by_id: dict[str, str],
+        expires: float,
+        progress: dict[str, str | None] | None = None,
     ) -> list[tuple[str, bool]]:
         held: list[tuple[str, bool]] = []
+        progress = progress or {}
         with self._write() as conn:
             for execution_id in execution_ids:
                 found = conn.execute(
-                    "UPDATE executions SET lease_expires = ? WHERE id = ? AND lease_token = ? "
-                    "RETURNING cancel_requested",
-                    (expires, execution_id, token_by_id[execution_id]),
-                ).fetchone()
+                    "UPDATE executions SET lease_expires = ?, progress = ? "
+                    "WHERE id = ? AND lease_token = ? RETURNING cancel_requested",
+                    (expires, progress.get(execution_id), execution_id,
+                     token_by_id[execution_id]),
+                ).fetchone()  # fmt: skip
                 if found is not None:
                     held.append((execution_id, bool(found[0])))
         return held
@@ -549,61 +570,91 @@ class SQLiteStore(Store):
         )
         return [CheckpointRow(*r) for r in rows]
 
-    def record_checkpoint(self, execution_id: str, token: str, row: CheckpointRow) -> Commit:
-        found = (
-            self._conn()
-            .execute(
-                _RECORD_CHECKPOINT,
-                (
-                    execution_id,
-                    row.position,
-                    row.name,
-                    row.fingerprint,
-                    row.status,
-                    row.result,
-                    row.error,
-                    row.attempts,
-                    row.started_at,
-                    row.finished_at,
-                    row.metadata,
-                    execution_id,
-                    token,
-                ),
-            )
-            .fetchone()
-        )
+    def record_checkpoint(
+        self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
+    ) -> Commit:
+        params = (
+            execution_id, row.position, row.name, row.fingerprint, row.status, row.result,
+            row.error, row.attempts, row.started_at, row.finished_at, row.metadata,
+            execution_id, token,
+        )  # fmt: skip
+        if not events:
+            # The hot path: one statement, its own transaction.
+            found = self._conn().execute(_RECORD_CHECKPOINT, params).fetchone()
+        else:
+            with self._write() as conn:
+                found = conn.execute(_RECORD_CHECKPOINT, params).fetchone()
+                if found is not None:
+                    conn.executemany(_INSERT_EVENT, [_event_params(e) for e in events])
         if found is None:
             return Commit.LOST
         return Commit.CANCEL_REQUESTED if found[0] else Commit.COMMITTED
 
+    def reset_for_retry(self, execution_id: str, *, from_position: int, now: float) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE executions SET status = 'queued', result = NULL, error = NULL, "
+                "owner = NULL, lease_token = NULL, lease_expires = NULL, wake_at = NULL, "
+                "cancel_requested = 0, finished_at = NULL, progress = NULL, updated_at = ? "
+                "WHERE id = ? AND status = 'failed'",
+                (now, execution_id),
+            )
+            if cursor.rowcount != 1:
+                return False
+            for table in ("checkpoints", "waits"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE execution_id = ? AND position >= ?",
+                    (execution_id, from_position),
+                )
+            return True
+
+    def prune(self, *, before: float, statuses: Sequence[str], dry_run: bool) -> int:
+        marks = ", ".join("?" * len(statuses))
+        where = f"status IN ({marks}) AND finished_at < ?"
+        params = (*statuses, before)
+        with self._write() as conn:
+            if dry_run:
+                found = conn.execute(
+                    f"SELECT count(*) FROM executions WHERE {where}", params
+                ).fetchone()
+                return int(found[0])
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM executions WHERE {where}", params)]
+            for table, column in (
+                ("checkpoints", "execution_id"), ("waits", "execution_id"),
+                ("events", "execution_id"), ("executions", "id"),
+            ):  # fmt: skip
+                conn.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in ids])
+            return len(ids)
+
     # --- events -------------------------------------------------------------------------
 
     def add_event(self, event: EventRow) -> None:
-        self._conn().execute(
-            "INSERT INTO events (execution_id, position, at, level, kind, message, data) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                event.execution_id,
-                event.position,
-                event.at,
-                event.level,
-                event.kind,
-                event.message,
-                event.data,
-            ),
-        )
+        self._conn().execute(_INSERT_EVENT, _event_params(event))
 
-    def get_events(self, execution_id: str) -> list[EventRow]:
+    def get_events(
+        self, execution_id: str, *, after: int = 0, kinds: Sequence[str] | None = None
+    ) -> list[EventRow]:
+        clause = f"AND kind IN ({', '.join('?' * len(kinds))})" if kinds else ""
         rows = (
             self._conn()
             .execute(
-                "SELECT execution_id, position, at, level, kind, message, data FROM events "
-                "WHERE execution_id = ? ORDER BY id",
-                (execution_id,),
+                "SELECT execution_id, position, at, level, kind, message, data, id FROM events "
+                f"WHERE execution_id = ? AND id > ? {clause} ORDER BY id",
+                (execution_id, after, *(kinds or ())),
             )
             .fetchall()
         )
         return [EventRow(*r) for r in rows]
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (execution_id, position, at, level, kind, message, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _event_params(e: EventRow) -> tuple[Any, ...]:
+    return (e.execution_id, e.position, e.at, e.level, e.kind, e.message, e.data)
 
 
 def _execution(r: tuple[Any, ...]) -> ExecutionRow:

@@ -18,6 +18,8 @@ PUBLIC = {
     # waits and workers
     "InputTooLarge", "InputValidationError", "WaitAlreadyResolved", "WaitNotFound",
     "WaitRecord", "WaitTimeout", "Worker", "sleep", "wait",
+    # operating executions
+    "LogRecord",
 }  # fmt: skip
 
 

@@ -27,7 +27,15 @@ from ._checkpoint import Checkpoint, checkpoint
 from ._config import configure
 from ._context import Current, current, log
 from ._flow import Flow, Handle, flow
-from ._records import Attempt, CheckpointRecord, ErrorInfo, Event, ExecutionRecord, WaitRecord
+from ._records import (
+    Attempt,
+    CheckpointRecord,
+    ErrorInfo,
+    Event,
+    ExecutionRecord,
+    LogRecord,
+    WaitRecord,
+)
 from ._status import CheckpointStatus, Status
 from ._waits import sleep, wait
 from ._worker import Worker
@@ -84,6 +92,7 @@ __all__ = [
     "InputTooLarge",
     "InputValidationError",
     "InvalidStateError",
+    "LogRecord",
     "NotInFlowError",
     "ResultTimeout",
     "SerializationError",

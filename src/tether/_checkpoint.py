@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from . import _serde
+from ._capture import MAX_LOG_BYTES, CapturedLog
 from ._context import Frame, Run, current_frame, current_run
 from ._status import CheckpointStatus
 from .errors import (
@@ -36,7 +37,7 @@ from .errors import (
     SerializationError,
     UsageError,
 )
-from .store import CheckpointRow, Commit
+from .store import CheckpointRow, Commit, EventRow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -240,6 +241,7 @@ class _Call:
                 return  # the hot replay path needs no frame and no clock
         self.frame = Frame(run, position, checkpoint.name, len(self.attempts) + 1)
         self.started = time.time()
+        run.live[position] = (checkpoint.name, self.started)
 
     def _arguments_changed(self, position: int) -> None:
         message = (
@@ -324,7 +326,10 @@ class _Call:
             finished_at=finished,
             metadata=_serde.dumps(frame.metadata) if frame.metadata else None,
         )
-        outcome = run.store.record_checkpoint(run.execution_id, run.token, row)
+        events = _log_events(run, frame) if frame.log is not None else ()
+        if status != _RETRYING:
+            run.live.pop(frame.position, None)
+        outcome = run.store.record_checkpoint(run.execution_id, run.token, row, events)
         if not outcome:
             run.lease_lost = True
             raise LeaseLost(run.execution_id)
@@ -332,6 +337,34 @@ class _Call:
             run.cancel_event.set()
         if _after_commit is not None:
             _after_commit(run, frame.position)
+
+
+def _log_events(run: Run, frame: Frame) -> list[EventRow]:
+    """What the attempt printed and logged, as events to commit with it; then start afresh."""
+    log: CapturedLog = frame.log
+    frame.log = None
+    events = [
+        EventRow(
+            execution_id=run.execution_id,
+            position=frame.position,
+            at=at,
+            level=level,
+            kind="output" if logger is None else "log",
+            message=text,
+            data=_serde.dumps({"attempt": frame.attempt, "logger": logger}),
+        )
+        for at, level, text, logger in log.entries
+    ]
+    if log.dropped:
+        events.append(
+            EventRow(
+                run.execution_id, frame.position, time.time(), "warning", "truncated",
+                f"[tether: output truncated: {log.dropped:,} more characters were not kept; "
+                f"a checkpoint call keeps at most {MAX_LOG_BYTES:,}]",
+                _serde.dumps({"attempt": frame.attempt}),
+            )
+        )  # fmt: skip
+    return events
 
 
 @overload

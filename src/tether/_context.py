@@ -32,6 +32,7 @@ class Run:
         "execution_id",
         "flow",
         "lease_lost",
+        "live",
         "metadata",
         "recorded",
         "release_event",
@@ -70,6 +71,9 @@ class Run:
         self.cancel_event = threading.Event()
         self.release_event = threading.Event()
         self.lease_lost = False
+        # Checkpoint calls running now, position -> (name, started): published by the
+        # heartbeat as the execution's progress.
+        self.live: dict[int, tuple[str, float]] = {}
         self.diverged: DivergenceError | None = None
         # itertools.count's next() is atomic under the GIL: safe from .submit() threads.
         self._counter = itertools.count()
@@ -115,6 +119,7 @@ class Frame:
     name: str
     attempt: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    log: Any = None  # a _capture.CapturedLog once the call prints or logs
 
 
 current_run: ContextVar[Run | None] = ContextVar("tether_run", default=None)

@@ -13,7 +13,7 @@ import asyncio
 import enum
 from typing import TYPE_CHECKING, Any
 
-from . import _imports, _serde
+from . import _capture, _imports, _serde
 from ._config import settings
 from ._context import Run, current_run
 from ._status import Status
@@ -61,6 +61,7 @@ def _attempt(
     if row is None or row.lease_token != token:
         return Outcome.LOST  # cancelled or taken over before it started
     config = settings()
+    _capture.install()
     run = Run(
         store,
         execution_id,

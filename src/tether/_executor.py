@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import _engine
+from . import _engine, _serde
 from ._config import settings
 from ._context import Run
 from ._status import Status
@@ -262,8 +262,10 @@ class Executor:
     def _renew(self, entries: list[tuple[str, _Held]]) -> None:
         store = entries[0][1].store
         tokens = {execution_id: held.token for execution_id, held in entries}
+        progress = {execution_id: _progress(held) for execution_id, held in entries}
         try:
-            still = dict(store.renew(list(tokens), tokens, time.time() + settings().lease_seconds))
+            expires = time.time() + settings().lease_seconds
+            still = dict(store.renew(list(tokens), tokens, expires, progress))
         except Exception:
             # A busy or briefly unavailable database: try again on the next beat; the lease
             # is long enough to ride out a few missed beats.
@@ -275,6 +277,15 @@ class Executor:
                     run.lease_lost = True
                 elif cancel:
                     run.cancel_event.set()
+
+
+def _progress(held: _Held) -> str | None:
+    live = [
+        {"position": position, "name": name, "since": since}
+        for run in held.runs
+        for position, (name, since) in sorted(run.live.copy().items())
+    ]
+    return _serde.dumps(live) if live else None
 
 
 _executor_lock = threading.Lock()

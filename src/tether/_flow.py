@@ -7,7 +7,7 @@ import functools
 import inspect
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from . import _imports, _serde
@@ -23,7 +23,7 @@ from .errors import (
     ResultTimeout,
     UsageError,
 )
-from .store import ExecutionRow, Store
+from .store import CheckpointRow, ExecutionRow, Store, WaitRow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -177,17 +177,28 @@ class Flow(Generic[P, R]):
             updated_at=now,
             parent_id=_parent_id(),
         )
-        if not local:
-            store.create_execution(row)
-            return Handle(execution_id, store)
-        # Recorded already leased to this process: one write, and no worker can grab it
-        # between the insert and the start.
-        runner = executor()
-        claim = runner.claim()
-        row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
-        store.create_execution(row)
-        runner.start(store, execution_id, claim.token, self)
-        return Handle(execution_id, store)
+        return launch(store, row, self if local else None)
+
+    def replay(
+        self,
+        execution_id: str,
+        *,
+        from_: str | int,
+        overrides: Mapping[str, Any] | None = None,
+        args: Sequence[Any] | Mapping[str, Any] | None = None,
+        db: str | None = None,
+    ) -> Handle[Any]:
+        """Fork an execution of this flow: `Client(db).replay(...)`, checked to be this flow's."""
+        from .client import Client
+
+        client = Client(db)
+        source = client.get(execution_id)
+        if source.flow != self.name:
+            raise UsageError(
+                f"execution {execution_id} is of flow {source.flow!r}, not {self.name!r}; "
+                f"use {source.flow}.replay() or Client().replay()"
+            )
+        return client.replay(execution_id, from_=from_, overrides=overrides, args=args)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Inside a flow: run inline, as part of the calling execution. Outside: start an
@@ -202,6 +213,29 @@ class Flow(Generic[P, R]):
         if self.is_async:
             return cast(R, handle.result_async())
         return cast(R, handle.result())
+
+
+def launch(
+    store: Store,
+    row: ExecutionRow,
+    flow: Flow[Any, Any] | None,
+    *,
+    checkpoints: Sequence[CheckpointRow] = (),
+    waits: Sequence[WaitRow] = (),
+) -> Handle[Any]:
+    """Record a new execution (seeded with recorded calls, for a replay) and, given the
+    flow, run it in this process; without it, leave it queued for a worker."""
+    if flow is None:
+        store.create_execution(row, checkpoints=checkpoints, waits=waits)
+        return Handle(row.id, store)
+    # Recorded already leased to this process: one write, and no worker can grab it between
+    # the insert and the start.
+    runner = executor()
+    claim = runner.claim()
+    row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
+    store.create_execution(row, checkpoints=checkpoints, waits=waits)
+    runner.start(store, row.id, claim.token, flow)
+    return Handle(row.id, store)
 
 
 def _parent_id() -> str | None:

@@ -155,6 +155,38 @@ class WaitRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class LogRecord:
+    """Output a checkpoint call printed (`stream` stdout/stderr) or a logging record
+    (`stream` "log", with `level` and `logger`), in the order it happened."""
+
+    id: int
+    at: dt.datetime
+    position: int | None
+    checkpoint: str | None
+    stream: str
+    level: str
+    message: str
+    logger: str | None
+    attempt: int | None
+
+    @classmethod
+    def from_row(cls, row: EventRow, checkpoint: str | None) -> LogRecord:
+        data = _serde.loads(row.data) if row.data else {}
+        stream = "log" if row.kind == "log" else row.level if row.kind == "output" else "tether"
+        return cls(
+            id=row.id or 0,
+            at=_time(row.at) or dt.datetime.now(dt.UTC),
+            position=row.position,
+            checkpoint=checkpoint,
+            stream=stream,
+            level=row.level,
+            message=row.message,
+            logger=data.get("logger"),
+            attempt=data.get("attempt"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """Something noted on an execution: a warning (changed arguments, say) or a message."""
 
@@ -196,6 +228,11 @@ class ExecutionRecord:
     events: tuple[Event, ...] = ()
     waits: tuple[WaitRecord, ...] = ()
     wake_at: dt.datetime | None = None
+    # What runs right now: [{"position", "name", "since"}] (refreshed every second or so).
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    # Filled by Client.list(): succeeded checkpoint calls, and the first pending wait.
+    checkpoints_done: int | None = None
+    pending_wait: str | None = None
     result_json: str | None = field(default=None, repr=False)
     args_json: str = field(default="", repr=False)
 
@@ -258,6 +295,13 @@ class ExecutionRecord:
             events=tuple(Event.from_row(e) for e in events or ()),
             waits=tuple(WaitRecord.from_row(w, row.flow) for w in waits or ()),
             wake_at=_time(row.wake_at),
+            progress=_serde.loads(row.progress) if row.progress else [],
+            checkpoints_done=(
+                row.checkpoints_done
+                if checkpoints is None
+                else sum(1 for c in checkpoints if c.status == "succeeded")
+            ),
+            pending_wait=row.pending_wait,
             result_json=row.result,
             args_json=row.args,
         )

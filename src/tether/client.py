@@ -6,17 +6,17 @@ import builtins
 import datetime as dt
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from . import _schema, _serde
+from . import _replay, _schema, _serde
 from ._config import settings, store_for
 from ._engine import load_flow
 from ._executor import executor
-from ._flow import Handle
-from ._records import ExecutionRecord, WaitRecord
+from ._flow import Handle, launch, new_execution_id
+from ._records import ExecutionRecord, LogRecord, WaitRecord
 from ._status import Status
 from .errors import (
     ExecutionLocked,
@@ -274,6 +274,130 @@ class Client:
                 resumed.append(row.id)
         return resumed
 
+    def retry(self, execution_id: str) -> Handle[Any]:
+        """Run a failed execution again, same id: recorded results are reused; the failed
+        checkpoint call and everything after it run again, with the current code."""
+        row = self._row(execution_id)
+        if row.status != Status.FAILED:
+            raise InvalidStateError(
+                f"execution {execution_id} is {row.status}; only a failed execution can be "
+                "retried (replay makes a new execution from any other)"
+            )
+        calls = self._store.get_checkpoints(execution_id)
+        failed = [c.position for c in calls if c.status == "failed"]
+        from_position = min(failed) if failed else max((c.position + 1 for c in calls), default=0)
+        flow = load_flow(row.import_path, row.script) if settings().executor else None
+        now = time.time()
+        if not self._store.reset_for_retry(execution_id, from_position=from_position, now=now):
+            raise InvalidStateError(f"execution {execution_id} changed while retrying it")
+        self._store.add_event(
+            EventRow(execution_id, from_position, now, "info", "retry",
+                     f"retried from position {from_position}")
+        )  # fmt: skip
+        if flow is not None:
+            token = self._take(self._row(execution_id), now)
+            if token is not None:
+                executor().start(self._store, execution_id, token, flow)
+        return Handle(execution_id, self._store)
+
+    def replay(
+        self,
+        execution_id: str,
+        *,
+        from_: str | int,
+        overrides: Mapping[str, Any] | None = None,
+        args: Sequence[Any] | Mapping[str, Any] | None = None,
+    ) -> Handle[Any]:
+        """Fork an execution into a new one: recorded results are reused for every checkpoint
+        call before `from_`, `overrides` replace the results of the named calls there, and
+        from `from_` on it runs live with the current code. The source is untouched; the new
+        execution's `replay_of` links to it.
+
+        - `from_`: a checkpoint name (its first call), `name#k` (its k-th call, from 1), or a
+          position; ambiguous or unknown selectors raise UsageError listing the candidates.
+        - `overrides`: `{selector: value}`; a bare name overrides every call of that name
+          before the fork point.
+        - `args`: new arguments for the flow: a list (positional) or a dict (keywords).
+        """
+        source = self._row(execution_id)
+        calls = self._store.get_checkpoints(execution_id)
+        position = _replay.select(calls, from_, allow_end=True)
+        seeded, waits = _replay.fork(
+            calls, self._store.get_waits(execution_id), position, overrides or {}
+        )
+        encoded = source.args if args is None else _encode_args(args, source.flow)
+        flow = load_flow(source.import_path, source.script) if settings().executor else None
+        now = time.time()
+        row = ExecutionRow(
+            id=new_execution_id(),
+            flow=source.flow,
+            import_path=source.import_path,
+            script=source.script,
+            args=encoded,
+            status=Status.QUEUED,
+            created_at=now,
+            updated_at=now,
+            replay_of=source.id,
+        )
+        handle = launch(self._store, row, flow, checkpoints=seeded, waits=waits)
+        self._store.add_event(
+            EventRow(row.id, position, now, "info", "replay",
+                     f"replay of {source.id} from position {position}"
+                     + (f" with overrides for {', '.join(overrides)}" if overrides else ""))
+        )  # fmt: skip
+        return handle
+
+    def prune(
+        self,
+        older_than: float | dt.timedelta,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Delete finished executions (and all that is recorded about them) that finished more
+        than `older_than` (seconds or a timedelta) ago. `status` narrows which finished ones
+        (default: succeeded, failed and cancelled). Returns how many were (or, with
+        `dry_run`, would be) deleted."""
+        seconds = older_than.total_seconds() if isinstance(older_than, dt.timedelta) else older_than
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise UsageError(f"older_than must be 0 or more seconds, not {older_than!r}")
+        finished = [s.value for s in Status if s.finished]
+        if status is None:
+            statuses = finished
+        else:
+            items = [status] if isinstance(status, str) else builtins.list(status)
+            statuses = [_status(s) for s in items]
+            unfinished = [s for s in statuses if s not in finished]
+            if unfinished:
+                raise UsageError(
+                    f"prune deletes finished executions only, not {', '.join(unfinished)}; "
+                    "cancel them first"
+                )
+        return self._store.prune(before=time.time() - seconds, statuses=statuses, dry_run=dry_run)
+
+    def logs(
+        self, execution_id: str, *, checkpoint: str | None = None, after: int = 0
+    ) -> builtins.list[LogRecord]:
+        """What the execution's checkpoint calls printed and logged, in order. `checkpoint`
+        keeps one checkpoint's calls (a name, `name#k` or a position); `after` keeps only
+        records after that `LogRecord.id` (to follow a running execution)."""
+        self._row(execution_id)
+        calls = self._store.get_checkpoints(execution_id)
+        names = {c.position: c.name for c in calls}
+        positions: set[int] = set()
+        if checkpoint is not None:
+            if _is_position(checkpoint) or "#" in str(checkpoint):
+                positions = {_replay.select(calls, checkpoint, allow_end=False)}
+            else:
+                _replay.select(calls, checkpoint, allow_end=False)  # unknown name: clear error
+                positions = {c.position for c in calls if c.name == checkpoint}
+        events = self._store.get_events(execution_id, after=after, kinds=_LOG_KINDS)
+        return [
+            LogRecord.from_row(e, names.get(e.position) if e.position is not None else None)
+            for e in events
+            if checkpoint is None or e.position in positions
+        ]
+
     # --- internals ----------------------------------------------------------------------
 
     def _run_or_requeue(self, execution_id: str, token: str, now: float) -> None:
@@ -315,6 +439,23 @@ class Client:
             status=Status.QUEUED,
         )
         return claim.token if taken else None
+
+
+_LOG_KINDS = ("output", "log", "truncated")
+
+
+def _is_position(selector: str | int) -> bool:
+    return isinstance(selector, int) or selector.isdigit()
+
+
+def _encode_args(args: Sequence[Any] | Mapping[str, Any], flow: str) -> str:
+    if isinstance(args, Mapping):
+        payload = {"args": [], "kwargs": dict(args)}
+    elif isinstance(args, (list, tuple)):
+        payload = {"args": builtins.list(args), "kwargs": {}}
+    else:
+        raise UsageError(f"args is a list (positional) or a dict (keywords), not {args!r}")
+    return _serde.dumps(payload, root=f"arguments of flow {flow!r}")
 
 
 def _check_limit(limit: int) -> None:

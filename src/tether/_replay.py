@@ -1,0 +1,104 @@
+"""Replay and fork: a new execution that starts from another one's recorded calls.
+
+The new execution is seeded with copies of the source's recorded checkpoint calls
+(and resolved waits) *before* the fork point, with override values put in place
+of the named calls' results; it then runs like any resumed execution: the copies
+return their recorded results, and everything from the fork point on runs live,
+with the current code. The source is not touched; the new record keeps a link to
+it (`replay_of`).
+
+Selectors name a checkpoint call: a name (its first call), `name#k` (its k-th
+call, counting from 1), or a position (an int, or digits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import _serde
+from .errors import UsageError
+from .store import CheckpointRow, WaitRow
+
+_FINAL_WAITS = ("resolved", "timed_out")
+
+
+def select(calls: Sequence[CheckpointRow], selector: str | int, *, allow_end: bool) -> int:
+    """The position a selector names. `allow_end`: the position after the last call is valid
+    (replay everything recorded, then go on live)."""
+    positions = [c.position for c in calls]
+    end = (max(positions) + 1) if positions else 0
+    if isinstance(selector, bool):
+        raise UsageError(f"a checkpoint selector is a name, name#k or a position, not {selector!r}")
+    if isinstance(selector, int) or (isinstance(selector, str) and selector.isdigit()):
+        position = int(selector)
+        if position in positions or (allow_end and position == end):
+            return position
+        raise UsageError(
+            f"no checkpoint call at position {position}; recorded positions are "
+            f"0..{end - 1}" + (f" (or {end}, after the last)" if allow_end else "")
+            if positions
+            else "the execution has no recorded checkpoint calls"
+        )
+    name, sep, nth = selector.partition("#")
+    matches = [c.position for c in calls if c.name == name]
+    if not matches:
+        raise UsageError(f"no checkpoint named {name!r}; candidates: {_candidates(calls)}")
+    if not sep:
+        return matches[0]
+    if not nth.isdigit() or not 1 <= int(nth) <= len(matches):
+        raise UsageError(
+            f"{selector!r}: {name!r} was called {len(matches)} time(s), at positions "
+            f"{matches}; use {name}#1 to {name}#{len(matches)}"
+        )
+    return matches[int(nth) - 1]
+
+
+def fork(
+    calls: Sequence[CheckpointRow],
+    waits: Sequence[WaitRow],
+    position: int,
+    overrides: Mapping[str, Any],
+) -> tuple[list[CheckpointRow], list[WaitRow]]:
+    """The recorded calls and waits a fork at `position` starts with, overrides applied."""
+    copied = [
+        dataclasses.replace(c) for c in calls if c.position < position and c.status != "retrying"
+    ]
+    for selector, value in overrides.items():
+        targets = _override_targets(copied, selector, position)
+        text = _serde.dumps(value, root=f"override {selector!r}")
+        for call in targets:
+            metadata = _serde.loads(call.metadata) if call.metadata else {}
+            metadata["override"] = True
+            call.status, call.result, call.error = "succeeded", text, None
+            call.metadata = _serde.dumps(metadata)
+    kept_waits = [
+        dataclasses.replace(w) for w in waits if w.position < position and w.status in _FINAL_WAITS
+    ]
+    return copied, kept_waits
+
+
+def _override_targets(
+    copied: list[CheckpointRow], selector: str, position: int
+) -> list[CheckpointRow]:
+    name, sep, _ = selector.partition("#")
+    if sep or selector.isdigit():
+        chosen = select(copied, selector, allow_end=False)
+        return [c for c in copied if c.position == chosen]
+    targets = [c for c in copied if c.name == name]
+    if not targets:
+        raise UsageError(
+            f"override {selector!r} matches no checkpoint call before the fork point "
+            f"(position {position}); candidates: {_candidates(copied)}"
+        )
+    return targets
+
+
+def _candidates(calls: Sequence[CheckpointRow]) -> str:
+    if not calls:
+        return "none"
+    seen: dict[str, list[int]] = {}
+    for c in calls:
+        seen.setdefault(c.name, []).append(c.position)
+    return ", ".join(f"{name} (positions {ps})" for name, ps in seen.items())

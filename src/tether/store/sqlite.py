@@ -348,7 +348,8 @@ class SQLiteStore(Store):
     ) -> bool:
         cursor = self._conn().execute(
             "UPDATE executions SET status = ?, result = ?, error = ?, owner = NULL, "
-            "lease_token = NULL, lease_expires = NULL, wake_at = NULL, finished_at = ?, "
+            "lease_token = NULL, lease_expires = NULL, wake_at = NULL, progress = NULL, "
+            "finished_at = ?, "
             "updated_at = ? "
             "WHERE id = ? AND lease_token = ?",
             (status, result, error, now, now, execution_id, token),
@@ -358,7 +359,8 @@ class SQLiteStore(Store):
     def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
         cursor = self._conn().execute(
             "UPDATE executions SET status = ?, owner = NULL, lease_token = NULL, "
-            "lease_expires = NULL, updated_at = ? WHERE id = ? AND lease_token = ?",
+            "lease_expires = NULL, progress = NULL, updated_at = ? "
+            "WHERE id = ? AND lease_token = ?",
             (status, now, execution_id, token),
         )
         return cursor.rowcount == 1
@@ -421,9 +423,9 @@ class SQLiteStore(Store):
                 "status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'waiting' END, "
                 "wake_at = CASE WHEN cancel_requested THEN NULL ELSE ? END, "
                 "finished_at = CASE WHEN cancel_requested THEN ? ELSE finished_at END, "
-                "owner = NULL, lease_token = NULL, lease_expires = NULL, updated_at = ? "
-                "WHERE id = ? AND lease_token = ? AND NOT EXISTS (SELECT 1 FROM waits "
-                "WHERE execution_id = ? AND name = ? AND status != 'pending') "
+                "owner = NULL, lease_token = NULL, lease_expires = NULL, progress = NULL, "
+                "updated_at = ? WHERE id = ? AND lease_token = ? AND NOT EXISTS "
+                "(SELECT 1 FROM waits WHERE execution_id = ? AND name = ? AND status != 'pending') "
                 "RETURNING status",
                 (wake_at, now, now, execution_id, token, execution_id, wait),
             ).fetchone()

@@ -1,7 +1,14 @@
-"""Shared fixtures: a fresh SQLite store per test."""
+"""Shared fixtures: a fresh store per test, on SQLite or PostgreSQL.
+
+`TETHER_TEST_DB=postgres` runs every test that uses `db_url` against PostgreSQL: one
+throwaway cluster per session (see pg_cluster.py), a fresh database per test. The default
+is SQLite: a fresh file per test.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +17,35 @@ import pytest
 import tether
 from tether import _config
 
+BACKEND = os.environ.get("TETHER_TEST_DB", "sqlite").strip().lower()
+if BACKEND not in ("sqlite", "postgres"):
+    raise pytest.UsageError(f"TETHER_TEST_DB must be sqlite or postgres, not {BACKEND!r}")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[object]:
+    """A PostgreSQL server for the whole session (started only when a test asks for it)."""
+    import pg_cluster as pg
+
+    if pg.server_bin() is None:
+        pytest.fail("PostgreSQL is not installed: apt-get install postgresql (see README)")
+    cluster = pg.start_cluster()
+    yield cluster
+    pg.remove(cluster)
+
+
+def fresh_database(request: pytest.FixtureRequest) -> str:
+    cluster = request.getfixturevalue("pg_cluster")
+    return str(cluster.create_database(f"t_{uuid.uuid4().hex[:16]}"))
+
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh SQLite file, configured as the process's store for the test."""
-    url = f"sqlite:///{tmp_path / 'tether.db'}"
+def db_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh store, configured as the process's store for the test."""
+    if BACKEND == "postgres":
+        url = fresh_database(request)
+    else:
+        url = f"sqlite:///{tmp_path / 'tether.db'}"
     _config.reset()
     tether.configure(db=url)
     yield url

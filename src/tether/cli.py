@@ -1,7 +1,11 @@
 """The `tether` command: a thin layer over `tether.Client` and `tether.Worker`.
 
-Exit codes: 0 success, 1 the operation failed (unknown id, invalid input...), 2 a usage
-error (bad arguments). Errors are printed in plain words; `--debug` shows tracebacks.
+Exit codes: 0 success, 1 the operation failed (unknown id, invalid state, a failed
+execution with `--wait`...), 2 a usage error (bad arguments). Errors are printed in plain
+words; `tether --debug ...` shows tracebacks. Every command takes `--json` (output for
+scripts: records as plain dicts, ISO timestamps) and `--db URL` (or `TETHER_DB`).
+
+What is printed, and how records become JSON, lives in `_cli_render`.
 """
 
 from __future__ import annotations
@@ -9,19 +13,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.live import Live
+from rich.text import Text
 
+from . import _cli_render as render
 from . import _config
-from ._records import WaitRecord
+from ._records import ExecutionRecord
+from ._status import Status
 from .client import Client
-from .errors import ConfigurationError, TetherError, UsageError
+from .errors import ConfigurationError, ResultTimeout, TetherError, UsageError
 
 app = typer.Typer(
     name="tether",
@@ -32,7 +42,11 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 executions_app = typer.Typer(
-    help="Inspect and operate executions.",
+    help=(
+        "Inspect and operate executions. An *execution* is one run of a `@tether.flow`; each "
+        "`@tether.checkpoint` call inside it is recorded with its result, so an execution can "
+        "be resumed after a crash, retried, or replayed from any step."
+    ),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="markdown",
@@ -42,13 +56,41 @@ app.add_typer(executions_app, name="executions")
 out = Console()
 err = Console(stderr=True)
 
+# How often `watch` and `logs --follow` look at the store, and `--wait` checks for a wait.
+POLL_SECONDS = 0.25
+
 DbOption = Annotated[
     str | None,
     typer.Option(
-        "--db", envvar="TETHER_DB", help="Store URL (default sqlite:///.tether/tether.db)."
+        "--db",
+        envvar="TETHER_DB",
+        help="Store URL (default sqlite:///.tether/tether.db, or $TETHER_DB).",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+IdArgument = Annotated[
+    str, typer.Argument(help="The execution id (see `tether executions list`).", show_default=False)
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="Wait for it to finish and print its result (exit 1 if it failed). Stops early "
+        "if it waits for input.",
+    ),
+]
+QueueOption = Annotated[
+    bool,
+    typer.Option(
+        "--queue",
+        help="Leave it queued for a `tether worker` instead of running it in this process "
+        "(for machines that cannot import the flow's code).",
+    ),
+]
+StatusOption = Annotated[
+    list[Status] | None,
+    typer.Option("--status", "-s", help="Only executions with this status (repeatable)."),
+]
 
 
 class _State:
@@ -60,19 +102,28 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     _State.debug = debug
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out.width = 120  # piped output is not cut at Rich's default of 80 columns
+    # Flows (and the classes of stored values) are imported by their recorded paths; the
+    # working directory is importable, as it would be for `python -m`.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+# --- plumbing ---------------------------------------------------------------------------------
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Turn tether errors into plain messages and exit codes (2 for usage, 1 otherwise)."""
+    """Turn errors into plain messages and exit codes (2 for usage, 1 otherwise)."""
     try:
         yield
-    except typer.Exit:
+    except (click.exceptions.Exit, click.Abort, click.ClickException):
         raise
     except (UsageError, ConfigurationError) as exc:
         if _State.debug:
@@ -82,6 +133,15 @@ def _errors() -> Iterator[None]:
         if _State.debug:
             raise
         _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        if _State.debug:
+            raise
+        err.print("interrupted", style="dim")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if _State.debug:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (run `tether --debug ...` for details)", 1)
 
 
 def _client(db: str | None) -> Client:
@@ -90,56 +150,545 @@ def _client(db: str | None) -> Client:
     return Client(db)
 
 
+@contextmanager
+def _running_here(queue: bool, as_json: bool) -> Iterator[None]:
+    """Around commands that start executions: `--queue` makes this process a client only
+    (the workers run them); with `--json`, what flows running here print goes to stderr so
+    that stdout holds only the JSON."""
+    previous = _config.settings().executor
+    saved = sys.stdout
+    if queue:
+        _config.configure(executor=False)
+    if as_json:
+        sys.stdout = sys.__stderr__ or sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = saved
+        if queue:
+            _config.configure(executor=previous)
+
+
 def _dump(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
 
 
-def _wait_json(w: WaitRecord) -> dict[str, Any]:
-    return {
-        "execution_id": w.execution_id,
-        "flow": w.flow,
-        "name": w.name,
-        "kind": w.kind,
-        "status": w.status,
-        "question": w.question,
-        "json_schema": w.json_schema,
-        "metadata": w.metadata,
-        "deadline": w.deadline.isoformat() if w.deadline else None,
-        "since": w.created_at.isoformat(),
-        "resolved_by": w.resolved_by,
-        "value": json.loads(w.value_json) if w.value_json else None,
-    }
+def _json_line(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _settled(record: ExecutionRecord) -> bool:
+    return record.status.finished or record.status is Status.WAITING
+
+
+def _settle(client: Client, execution_id: str) -> ExecutionRecord:
+    """Wait until the execution finishes or waits (for input or a timer). An execution run by
+    this process is handed back at its next checkpoint boundary on Ctrl-C."""
+    handle = client.handle(execution_id)
+    try:
+        while True:
+            try:
+                handle.result(timeout=POLL_SECONDS)
+            except ResultTimeout:
+                if handle.status() is Status.WAITING:
+                    break
+                continue
+            except TetherError:
+                pass  # failed or cancelled: the record says which
+            break
+    except KeyboardInterrupt:
+        if _State.debug:
+            raise
+        from ._executor import executor
+
+        executor().release_all()
+        err.print(
+            f"interrupted: execution {execution_id} is handed back at its next checkpoint "
+            "boundary and stays queued; a `tether worker` or `tether executions resume` "
+            "continues it",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
+    return client.get(execution_id)
+
+
+def _outcome(client: Client, execution_id: str, *, wait: bool, queue: bool, as_json: bool) -> None:
+    """After resume, retry or replay: report where the execution got to. It runs in this
+    process unless `--queue`, so the process stays until it finishes or waits anyway."""
+    if queue and not wait:
+        record = client.get(execution_id)
+        if as_json:
+            _dump(render.execution_json(record))
+        else:
+            out.print("Queued for a worker (`tether worker`).", highlight=False)
+        return
+    if queue and not as_json:
+        err.print("Waiting for a worker (`tether worker`) to run it…", style="dim")
+    record = _settle(client, execution_id)
+    failed = record.status in (Status.FAILED, Status.CANCELLED)
+    if as_json:
+        _dump(render.execution_json(record))
+    elif record.status is Status.SUCCEEDED and wait:
+        result = render.plain(lambda: record.result, record.result_json)
+        if isinstance(result, str):
+            out.print(result, markup=False, highlight=False)
+        else:
+            _dump(result)
+    elif record.status is Status.WAITING:
+        out.print(render.input_hint(record) or f"Execution {record.id} is waiting (a timer).")
+    elif failed and wait:
+        error = render.error_line(record.error) if record.status is Status.FAILED else ""
+        _fail(f"execution {record.id} {record.status.value}" + (f": {error}" if error else ""), 1)
+    else:
+        line = Text(f"Execution {record.id} ")
+        line.append_text(render.status_text(record.status))
+        if record.error is not None:
+            line.append(f": {render.error_line(record.error)}")
+        out.print(line)
+    if failed and wait:
+        raise typer.Exit(1)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+@executions_app.command("list")
+def list_command(
+    status: StatusOption = None,
+    flow: Annotated[
+        str | None, typer.Option(help="Only executions of this flow (its name).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List executions, newest first: status, when they started, how long they ran, how many
+    checkpoints finished, and the input each waits for.
+
+    Example: `tether executions list --status failed --status waiting --flow research_agent`
+    """
+    with _errors():
+        client = _client(db)
+        records = client.list(status=status, flow=flow, limit=limit)
+    if as_json:
+        _dump([render.execution_json(r) for r in records])
+    elif records:
+        out.print(render.executions_table(records))
+    elif status or flow:
+        out.print("No executions match.")
+    else:
+        out.print(f"No executions yet in {client.db}. Run a @tether.flow to record one.")
+
+
+@executions_app.command("get")
+def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Show one execution: its status, timing, result or error, then every step in order:
+    each checkpoint call with its status, attempts, duration and a preview of its result,
+    the waits for input where they happened, and what runs right now.
+
+    `--json` prints everything, including full results, tracebacks and events.
+    """
+    with _errors():
+        record = _client(db).get(execution_id)
+        if as_json:
+            _dump(render.execution_json(record, full=True))
+        else:
+            out.print(render.execution_view(record))
+
+
+@executions_app.command("logs")
+def logs_command(
+    execution_id: IdArgument,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="Only this checkpoint: a name (all its calls), `name#k` (its k-th call) or "
+            "a position.",
+        ),
+    ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing new output until the execution finishes or waits."
+        ),
+    ] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print what an execution's checkpoints printed (stdout, stderr) and logged (`logging`),
+    in order, each line prefixed with the checkpoint's position and name.
+
+    With `--json`: a list of records; with `--follow --json`, one record per line.
+    """
+    with _errors():
+        client = _client(db)
+        if not follow:
+            records = client.logs(execution_id, checkpoint=checkpoint)
+            if as_json:
+                _dump([render.log_json(r) for r in records])
+            elif records:
+                for r in records:
+                    out.print(render.log_line(r), highlight=False, soft_wrap=True)
+            else:
+                out.print(_no_output(execution_id, checkpoint))
+            return
+        handle = client.handle(execution_id)
+        last, printed = 0, False
+        while True:
+            status = handle.status()  # before reading: output of a finished run is all in
+            for r in client.logs(execution_id, checkpoint=checkpoint, after=last):
+                if as_json:
+                    _json_line(render.log_json(r))
+                else:
+                    out.print(render.log_line(r), highlight=False, soft_wrap=True)
+                last, printed = r.id, True
+            if status.finished or status is Status.WAITING:
+                break
+            time.sleep(POLL_SECONDS)
+        if not printed and not as_json:
+            out.print(_no_output(execution_id, checkpoint))
+
+
+def _no_output(execution_id: str, checkpoint: str | None) -> str:
+    where = f"checkpoint {checkpoint!r} of execution" if checkpoint else "execution"
+    return f"No output recorded for {where} {execution_id}."
+
+
+@executions_app.command("watch")
+def watch_command(
+    execution_id: IdArgument, db: DbOption = None, as_json: JsonOption = False
+) -> None:
+    """Follow an execution live: its steps so far and what runs now, refreshed 4 times a
+    second until it finishes or waits for input; then its final state, as `get` shows it.
+
+    Exits 0 when it succeeded or waits, 1 when it failed or was cancelled. With `--json`
+    (or when the output is not a terminal) it prints one line per change instead: JSON
+    objects with `--json`, short text lines otherwise.
+    """
+    with _errors():
+        client = _client(db)
+        record = client.get(execution_id)
+        if as_json or not out.is_terminal:
+            record = _watch_lines(client, record, as_json)
+        else:
+            with Live(
+                render.live_view(record), console=out, refresh_per_second=4, transient=True
+            ) as live:
+                while not _settled(record):
+                    time.sleep(POLL_SECONDS)
+                    record = client.get(execution_id)
+                    live.update(render.live_view(record))
+        if not as_json:
+            out.print(render.execution_view(record))
+    if record.status in (Status.FAILED, Status.CANCELLED):
+        raise typer.Exit(1)
+
+
+def _watch_lines(client: Client, record: ExecutionRecord, as_json: bool) -> ExecutionRecord:
+    seen: tuple[Any, ...] | None = None
+    while True:
+        key = render.watch_key(record)
+        if key != seen:
+            if as_json:
+                _json_line(render.watch_state(record))
+            else:
+                out.print(render.watch_line(record), highlight=False, soft_wrap=True)
+            seen = key
+        if _settled(record):
+            return record
+        time.sleep(POLL_SECONDS)
+        record = client.get(record.id)
+
+
+# --- operating --------------------------------------------------------------------------------
+
+
+@executions_app.command("resume")
+def resume_command(
+    execution_id: IdArgument,
+    wait: WaitOption = False,
+    queue: QueueOption = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Continue an unfinished execution (its process died, or nobody runs it): the flow runs
+    again from the top in this process, recorded checkpoints return their recorded results,
+    and the rest runs live. This process stays until it finishes or waits for input.
+
+    Refused (exit 1) while a live process still runs it, or when it already finished.
+    """
+    with _errors(), _running_here(queue, as_json):
+        client = _client(db)
+        handle = client.resume(execution_id)
+        if not as_json:
+            out.print(f"Resumed execution {handle.id}.", highlight=False)
+        _outcome(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+
+
+@executions_app.command("retry")
+def retry_command(
+    execution_id: IdArgument,
+    wait: WaitOption = False,
+    queue: QueueOption = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a failed execution again under the same id, with the current code: recorded
+    results are reused, and the checkpoint that failed and everything after it run again.
+
+    Only failed executions can be retried; `replay` makes a new execution from any other.
+    """
+    with _errors(), _running_here(queue, as_json):
+        client = _client(db)
+        handle = client.retry(execution_id)
+        if not as_json:
+            out.print(f"Retrying execution {handle.id}.", highlight=False)
+        _outcome(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+
+
+@executions_app.command("replay")
+def replay_command(
+    execution_id: IdArgument,
+    from_: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Where the new execution starts running live: a checkpoint name (its first "
+            "call), `name#k` (its k-th call) or a position. Calls before it reuse their "
+            "recorded results.",
+            show_default=False,
+        ),
+    ],
+    override: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--override",
+            "-o",
+            metavar="NAME=JSON",
+            help="Use this value as the recorded result of checkpoint NAME (a call before "
+            "--from), e.g. `draft='\"an edited draft\"'`. Repeatable.",
+        ),
+    ] = None,
+    args: Annotated[
+        str | None,
+        typer.Option(
+            "--args",
+            metavar="JSON",
+            help="New arguments for the flow: a JSON list (positional) or object (keywords).",
+        ),
+    ] = None,
+    wait: WaitOption = False,
+    queue: QueueOption = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fork an execution into a new one that reuses its recorded results up to a step and
+    runs live from there, with the current code. The original is not changed.
+
+    Example: `tether executions replay ID --from write_report --override
+    draft='"an edited draft"' --wait`
+    """
+    overrides = _parse_overrides(override or [])
+    new_args = _parse_args(args)
+    with _errors(), _running_here(queue, as_json):
+        client = _client(db)
+        handle = client.replay(execution_id, from_=from_, overrides=overrides, args=new_args)
+        if not as_json:
+            out.print(
+                f"Replaying {execution_id} from {from_} as new execution {handle.id}.",
+                highlight=False,
+            )
+        _outcome(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(
+                f"expected NAME=JSON, e.g. draft='\"an edited draft\"', not {item!r}",
+                param_hint="'--override'",
+            )
+        try:
+            overrides[name.strip()] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(
+                f"the value for {name.strip()!r} is not valid JSON ({exc.msg}); expected "
+                "NAME=JSON, and a string needs JSON quotes: draft='\"an edited draft\"'",
+                param_hint="'--override'",
+            ) from None
+    return overrides
+
+
+def _parse_args(text: str | None) -> list[Any] | dict[str, Any] | None:
+    if text is None:
+        return None
+    hint = 'a JSON list (positional) or object (keywords), e.g. \'["topic"]\' or \'{"topic": "x"}\''
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"not valid JSON ({exc.msg}); expected {hint}", param_hint="'--args'"
+        ) from None
+    if not isinstance(value, list | dict):
+        raise typer.BadParameter(f"expected {hint}, not {text!r}", param_hint="'--args'")
+    return value
+
+
+@executions_app.command("cancel")
+def cancel_command(
+    execution_id: IdArgument, db: DbOption = None, as_json: JsonOption = False
+) -> None:
+    """Cancel an execution. One that nobody runs (queued, waiting for input or a timer) is
+    cancelled at once; a running one stops at its next checkpoint boundary.
+
+    Exit 1 if it had already succeeded or failed.
+    """
+    with _errors():
+        status = _client(db).cancel(execution_id)
+    if status in (Status.SUCCEEDED, Status.FAILED):
+        _fail(f"execution {execution_id} already {status.value}; there is nothing to cancel", 1)
+    if as_json:
+        _dump({"id": execution_id, "status": status.value, "cancelled": status is Status.CANCELLED})
+    elif status is Status.CANCELLED:
+        out.print(f"Execution {execution_id} is cancelled.", highlight=False)
+    else:
+        out.print(
+            f"Cancel requested: execution {execution_id} ({status.value}) stops at its next "
+            "checkpoint boundary.",
+            highlight=False,
+        )
+
+
+@executions_app.command("recover")
+def recover_command(
+    queue: QueueOption = False, db: DbOption = None, as_json: JsonOption = False
+) -> None:
+    """Resume every execution that should be running and is not: its process died, it is
+    queued with nobody on it, or its input or timer arrived. They run in this process, which
+    stays until each finishes or waits. (A `tether worker` does this continuously.)
+    """
+    with _errors(), _running_here(queue, as_json):
+        client = _client(db)
+        ids = client.recover()
+        if not ids:
+            if as_json:
+                _dump([])
+            else:
+                out.print("Nothing to recover: no execution is stranded.")
+            return
+        if not as_json:
+            where = "queued for the workers" if queue else "running them here"
+            out.print(f"Recovered {len(ids)} execution(s), {where}.", highlight=False)
+        records = [client.get(i) if queue else _settle(client, i) for i in ids]
+    if as_json:
+        _dump([render.execution_json(r) for r in records])
+    else:
+        out.print(render.executions_table(records))
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _parse_age(text: str) -> float:
+    """`30d`, `12h`, `15m`, `90s`, `2w`, or combined: `1d12h`."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact or _AGE.sub("", compact):
+        raise typer.BadParameter(
+            f"expected an age such as 30d, 12h, 15m, 90s or 2w (or combined: 1d12h), not {text!r}",
+            param_hint="'--older-than'",
+        )
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _AGE.findall(compact))
+
+
+@executions_app.command("prune")
+def prune_command(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="AGE",
+            help="Only executions that finished longer ago than this: 30d, 12h, 15m, 90s, 2w.",
+            show_default=False,
+        ),
+    ],
+    status: Annotated[
+        list[Status] | None,
+        typer.Option(
+            "--status",
+            "-s",
+            help="Only finished executions with this status (repeatable; default: succeeded, "
+            "failed and cancelled).",
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete finished executions, and everything recorded about them, to keep the store
+    small. First prints how many match; deletes them only with `--yes` or when you confirm.
+
+    Example: `tether executions prune --older-than 30d --status succeeded --yes`
+    """
+    seconds = _parse_age(older_than)
+    with _errors():
+        client = _client(db)
+        matched = client.prune(seconds, status=status, dry_run=True)
+        which = ", ".join(s.value for s in status) if status else "finished"
+        summary: dict[str, Any] = {
+            "older_than_seconds": seconds,
+            "statuses": [s.value for s in status] if status else None,
+            "matched": matched,
+            "deleted": 0,
+        }
+        if not as_json:
+            noun = "execution" if matched == 1 else "executions"
+            out.print(
+                f"{matched} {which} {noun} finished more than {older_than} ago.", highlight=False
+            )
+        if matched and not yes:
+            if as_json or not sys.stdin.isatty():
+                if not as_json:
+                    out.print("Nothing deleted; run again with --yes to delete them.")
+                else:
+                    _dump(summary)
+                return
+            if not typer.confirm("Delete them, with everything recorded about them?"):
+                out.print("Nothing deleted.")
+                return
+        if matched:
+            summary["deleted"] = client.prune(seconds, status=status)
+            if not as_json:
+                out.print(f"Deleted {summary['deleted']}.", highlight=False)
+    if as_json:
+        _dump(summary)
+
+
+# --- waits, input and workers -----------------------------------------------------------------
 
 
 @executions_app.command("waits")
 def waits_command(
     db: DbOption = None,
     flow: Annotated[str | None, typer.Option(help="Only waits of this flow.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """List the waits that need input, oldest first."""
+    """List the waits that need input (a flow called `tether.wait(...)`), oldest first: the
+    question, the JSON it expects, and its deadline. Answer one with `executions input`."""
     with _errors():
         pending = _client(db).pending_waits(flow=flow, limit=limit)
     if as_json:
-        _dump([_wait_json(w) for w in pending])
-        return
-    if not pending:
+        _dump([render.wait_json(w) for w in pending])
+    elif pending:
+        out.print(render.waits_table(pending))
+    else:
         out.print("No pending waits.")
-        return
-    table = Table("execution", "flow", "wait", "question", "expects", "deadline", "since")
-    for w in pending:
-        expects = json.dumps(w.json_schema) if w.json_schema else "any JSON"
-        table.add_row(
-            w.execution_id,
-            w.flow or "",
-            w.name,
-            _preview(w.question),
-            _preview(expects),
-            w.deadline.strftime("%Y-%m-%d %H:%M:%S") if w.deadline else "",
-            w.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-        )
-    out.print(table)
 
 
 @executions_app.command("input")
@@ -154,13 +703,17 @@ def input_command(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Give a waiting execution its input; a live executor or worker resumes it."""
+    """Give a waiting execution its input (validated against the wait's schema); the process
+    that started it, if alive, or a `tether worker` then continues it."""
     with _errors():
         record = _client(db).input_json(execution_id, wait, value, by=by or _who())
     if as_json:
-        _dump(_wait_json(record))
+        _dump(render.wait_json(record))
     else:
-        out.print(f"Input recorded for wait [bold]{record.name}[/] of {record.execution_id}.")
+        line = Text("Input recorded for wait ")
+        line.append(record.name, style="bold")
+        line.append(f" of {record.execution_id}.")
+        out.print(line)
 
 
 @app.command("worker")
@@ -189,19 +742,10 @@ def worker_command(
     from ._worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    # Flows are imported by their recorded paths; the working directory is importable,
-    # as it would be for `python -m`.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     with _errors():
         if db:
             _config.configure(db=db)
         Worker(db, concurrency=concurrency, poll=poll, imports=imports or ()).run(grace=grace)
-
-
-def _preview(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _who() -> str:

@@ -28,7 +28,8 @@ __all__ = [
 
 
 def open_store(url: str, *, durability: str = "normal") -> Store:
-    """Open the store a URL names: `sqlite:///relative.db`, `sqlite:////abs/path.db`."""
+    """Open the store a URL names: `sqlite:///relative.db`, `sqlite:////abs/path.db`, or
+    `postgresql://user:password@host:5432/dbname` (needs `pip install 'tether[postgres]'`)."""
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ConfigurationError(
@@ -39,8 +40,9 @@ def open_store(url: str, *, durability: str = "normal") -> Store:
 
         return SQLiteStore(url, durability=durability)
     if scheme in ("postgresql", "postgres"):
-        raise ConfigurationError(
-            "the PostgreSQL store is not available in this version of tether yet; "
-            "use sqlite:///path/to/tether.db"
-        )
-    raise ConfigurationError(f"unknown store scheme {scheme!r} in {url!r}; use sqlite:///path")
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigurationError(
+        f"unknown store scheme {scheme!r} in {url!r}; use sqlite:///path or postgresql://..."
+    )

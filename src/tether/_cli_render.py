@@ -1,0 +1,560 @@
+"""What the `tether` command prints: records as JSON-ready dicts, and as Rich tables.
+
+Nothing here reads the store or changes anything; `cli.py` fetches records through
+`Client` and hands them here. Text that comes from users (results, questions, output,
+error messages) is always wrapped in `Text`, never parsed as Rich markup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pydantic_core
+from rich.console import Group, RenderableType
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from ._records import CheckpointRecord, ErrorInfo, Event, ExecutionRecord, LogRecord, WaitRecord
+from ._status import Status
+
+STATUS_STYLES = {
+    "queued": "cyan",
+    "running": "bold blue",
+    "waiting": "bold yellow",
+    "succeeded": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+    "retrying": "yellow",
+    "pending": "bold yellow",
+    "resolved": "green",
+    "timed_out": "magenta",
+}
+_LEVEL_STYLES = {
+    "stderr": "red",
+    "warning": "yellow",
+    "error": "bold red",
+    "critical": "bold red",
+    "debug": "dim",
+}
+
+# --- small formatting helpers -----------------------------------------------------------------
+
+
+def iso(moment: dt.datetime | None) -> str | None:
+    """A timestamp for JSON output (UTC, ISO 8601)."""
+    return moment.isoformat() if moment is not None else None
+
+
+def when(moment: dt.datetime | None) -> str:
+    """A timestamp for people: local time, to the second."""
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment is not None else ""
+
+
+def short_when(moment: dt.datetime | None) -> str:
+    """Local time: `15:09:13` today, `2026-11-25 15:09` before."""
+    if moment is None:
+        return ""
+    local = moment.astimezone()
+    if local.date() == dt.datetime.now().astimezone().date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def duration(seconds: float | None) -> str:
+    """`0.40s`, `12.3s`, `4m05s`, `2h03m`, `3d04h`."""
+    if seconds is None:
+        return ""
+    seconds = max(seconds, 0.0)
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def preview(value: Any, width: int = 60) -> str:
+    """One line of a value: strings as they are, anything else as compact JSON."""
+    text = value if isinstance(value, str) else compact(value)
+    text = " ".join(text.split()) if "\n" in text else text
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def plain(decode: Callable[[], Any], stored: str | None) -> Any:
+    """A stored value as plain JSON data: decoded with its types and converted back to
+    JSON (tuples and sets as lists, dates as ISO strings, models and dataclasses as dicts).
+    If it cannot be decoded here (its class is not importable, say), the stored JSON as is."""
+    if stored is None:
+        return None
+    try:
+        value = decode()
+    except Exception:
+        return json.loads(stored)
+    return pydantic_core.to_jsonable_python(value, fallback=repr, bytes_mode="base64")
+
+
+def one_line(text: str | Text, style: str = "") -> Text:
+    """A table cell that is cut with … instead of wrapping."""
+    cell = Text(text, style=style) if isinstance(text, str) else text
+    cell.no_wrap, cell.overflow = True, "ellipsis"
+    return cell
+
+
+def status_text(status: str) -> Text:
+    return Text(str(status), style=STATUS_STYLES.get(str(status), ""))
+
+
+def error_line(error: ErrorInfo | None) -> str:
+    return f"{error.type}: {error.message}" if error is not None else ""
+
+
+# --- records as JSON-ready dicts --------------------------------------------------------------
+
+
+def error_json(error: ErrorInfo | None) -> dict[str, str] | None:
+    if error is None:
+        return None
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
+
+
+def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, Any]:
+    """An execution as plain data. `full` adds its arguments, checkpoint calls, waits and
+    events (what `Client.get()` returns)."""
+    data: dict[str, Any] = {
+        "id": record.id,
+        "flow": record.flow,
+        "status": record.status.value,
+        "attempts": record.attempt,
+        "created_at": iso(record.created_at),
+        "started_at": iso(record.started_at),
+        "finished_at": iso(record.finished_at),
+        "duration": record.duration,
+        "owner": record.owner,
+        "cancel_requested": record.cancel_requested,
+        "replay_of": record.replay_of,
+        "parent_id": record.parent_id,
+        "result": plain(lambda: record.result, record.result_json),
+        "error": error_json(record.error),
+        "running": progress_json(record),
+        "wake_at": iso(record.wake_at),
+    }
+    if not full:
+        data["checkpoints_done"] = record.checkpoints_done
+        data["pending_wait"] = record.pending_wait
+        return data
+    data.update(
+        import_path=record.import_path,
+        updated_at=iso(record.updated_at),
+        lease_expires=iso(record.lease_expires),
+        metadata=record.metadata,
+        args=plain(lambda: _args(record), record.args_json) if record.args_json else None,
+        checkpoints_done=record.checkpoints_done,
+        checkpoints=[checkpoint_json(cp) for cp in record.checkpoints],
+        waits=[wait_json(w) for w in record.waits],
+        warnings=record.warnings,
+        events=[event_json(e) for e in record.events],
+    )
+    return data
+
+
+def _args(record: ExecutionRecord) -> dict[str, Any]:
+    args, kwargs = record.args
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def checkpoint_json(cp: CheckpointRecord) -> dict[str, Any]:
+    return {
+        "position": cp.position,
+        "name": cp.name,
+        "status": cp.status.value,
+        "attempts": [
+            {
+                "attempt": a.attempt,
+                "started_at": iso(a.started_at),
+                "finished_at": iso(a.finished_at),
+                "duration": a.duration,
+                "error": a.error,
+            }
+            for a in cp.attempts
+        ],
+        "started_at": iso(cp.started_at),
+        "finished_at": iso(cp.finished_at),
+        "duration": cp.duration,
+        "result": plain(lambda: cp.result, cp.result_json),
+        "error": error_json(cp.error),
+        "metadata": cp.metadata,
+    }
+
+
+def wait_json(w: WaitRecord) -> dict[str, Any]:
+    return {
+        "execution_id": w.execution_id,
+        "flow": w.flow,
+        "name": w.name,
+        "position": w.position,
+        "kind": w.kind,
+        "status": w.status,
+        "question": pydantic_core.to_jsonable_python(w.question, fallback=repr),
+        "json_schema": w.json_schema,
+        "metadata": w.metadata,
+        "deadline": iso(w.deadline),
+        "since": iso(w.created_at),
+        "resolved_at": iso(w.resolved_at),
+        "resolved_by": w.resolved_by,
+        "value": plain(lambda: w.value, w.value_json),
+    }
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    return {
+        "at": iso(e.at),
+        "position": e.position,
+        "level": e.level,
+        "kind": e.kind,
+        "message": e.message,
+    }
+
+
+def log_json(r: LogRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "at": iso(r.at),
+        "position": r.position,
+        "checkpoint": r.checkpoint,
+        "stream": r.stream,
+        "level": r.level,
+        "logger": r.logger,
+        "attempt": r.attempt,
+        "message": r.message,
+    }
+
+
+def progress_json(record: ExecutionRecord) -> list[dict[str, Any]]:
+    """The checkpoint calls running now (only while the execution is running)."""
+    if record.status is not Status.RUNNING:
+        return []
+    return [
+        {"position": p.get("position"), "name": p.get("name"), "since": iso(_since(p))}
+        for p in record.progress
+    ]
+
+
+def _since(entry: dict[str, Any]) -> dt.datetime | None:
+    since = entry.get("since")
+    return dt.datetime.fromtimestamp(since, dt.UTC) if isinstance(since, int | float) else None
+
+
+def watch_state(record: ExecutionRecord) -> dict[str, Any]:
+    """One line of `watch --json`: where the execution is now."""
+    state: dict[str, Any] = {
+        "id": record.id,
+        "flow": record.flow,
+        "status": record.status.value,
+        "checkpoints_done": sum(1 for cp in record.checkpoints if cp.status == "succeeded"),
+        "last_checkpoint": _last_checkpoint(record),
+        "running": progress_json(record),
+        "pending_waits": [w.name for w in record.pending_waits],
+        "duration": record.duration,
+    }
+    if record.status.finished:
+        state["result"] = plain(lambda: record.result, record.result_json)
+        state["error"] = error_json(record.error)
+    return state
+
+
+def _last_checkpoint(record: ExecutionRecord) -> dict[str, Any] | None:
+    if not record.checkpoints:
+        return None
+    cp = max(record.checkpoints, key=lambda c: c.position)
+    return {"position": cp.position, "name": cp.name, "status": cp.status.value}
+
+
+def watch_key(record: ExecutionRecord) -> tuple[Any, ...]:
+    """What counts as a change for `watch` (time passing does not)."""
+    return (
+        record.status.value,
+        tuple((cp.position, cp.status.value, len(cp.attempts)) for cp in record.checkpoints),
+        tuple((p.get("position"), p.get("name")) for p in progress_json(record)),
+        tuple((w.name, w.status) for w in record.waits),
+    )
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def executions_table(records: Iterable[ExecutionRecord]) -> Table:
+    """One line per execution. `done` counts the checkpoint calls that succeeded."""
+    table = Table(box=None, pad_edge=False)
+    # Flow and wait names are cut (…) when the terminal is narrow; the rest never is.
+    table.add_column("id", no_wrap=True)
+    table.add_column("flow", min_width=6)
+    table.add_column("status", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    table.add_column("duration", no_wrap=True, justify="right")
+    table.add_column("done", no_wrap=True, justify="right")
+    table.add_column("waiting for", min_width=6)
+    for r in records:
+        table.add_row(
+            Text(r.id),
+            one_line(r.flow),
+            status_text(r.status),
+            short_when(r.started_at) or Text("-", style="dim"),
+            duration(r.duration),
+            "" if r.checkpoints_done is None else str(r.checkpoints_done),
+            one_line(r.pending_wait or ""),
+        )
+    return table
+
+
+def waits_table(waits: Iterable[WaitRecord]) -> Table:
+    table = Table("execution", "flow", "wait", "question", "expects", "deadline", "since")
+    table.columns[0].no_wrap = True
+    for w in waits:
+        expects = compact(w.json_schema) if w.json_schema else "any JSON"
+        table.add_row(
+            Text(w.execution_id),
+            Text(w.flow or ""),
+            Text(w.name),
+            Text(preview(w.question) if w.question is not None else ""),
+            Text(preview(expects)),
+            when(w.deadline),
+            when(w.created_at),
+        )
+    return table
+
+
+def header(record: ExecutionRecord) -> Table:
+    """The execution's facts, one per line."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    status = status_text(record.status)
+    if record.cancel_requested and not record.status.finished:
+        status.append("  (cancel requested)", style="magenta")
+    rows: list[tuple[str, RenderableType | None]] = [
+        ("execution", Text(record.id)),
+        ("flow", Text(f"{record.flow}  ({record.import_path})")),
+        ("status", status),
+        ("attempts", str(record.attempt)),
+        ("created", when(record.created_at)),
+        ("started", when(record.started_at) or None),
+        ("finished", when(record.finished_at) or None),
+        ("duration", duration(record.duration) or None),
+        ("owner", _owner(record)),
+        ("replay of", Text(record.replay_of) if record.replay_of else None),
+        ("started by", Text(record.parent_id) if record.parent_id else None),
+        ("arguments", _arguments(record)),
+    ]
+    if record.status is Status.SUCCEEDED:
+        rows.append(
+            ("result", Text(preview(plain(lambda: record.result, record.result_json), 200)))
+        )
+    if record.error is not None:
+        rows.append(("error", Text(error_line(record.error), style="red")))
+    if record.status is Status.WAITING and record.wake_at is not None:
+        rows.append(("wakes at", when(record.wake_at)))
+    for i, warning in enumerate(record.warnings):
+        rows.append(("warnings" if i == 0 else "", Text(warning, style="yellow")))
+    for label, value in rows:
+        if value is not None:
+            grid.add_row(label, value)
+    return grid
+
+
+def _owner(record: ExecutionRecord) -> Text | None:
+    if record.owner is None:
+        return None
+    text = Text(record.owner)
+    if record.lease_expires is not None:
+        text.append(f"  (lease until {when(record.lease_expires)})", style="dim")
+    return text
+
+
+def _arguments(record: ExecutionRecord) -> Text | None:
+    if not record.args_json:
+        return None
+    data = plain(lambda: _args(record), record.args_json)
+    if isinstance(data, dict) and set(data) == {"args", "kwargs"}:
+        parts = [compact(a) for a in data["args"]]
+        parts += [f"{k}={compact(v)}" for k, v in data["kwargs"].items()]
+        return Text(preview(", ".join(parts), 200))
+    return Text(preview(data, 200))
+
+
+def timeline(record: ExecutionRecord) -> Table:
+    """Checkpoint calls, waits and the calls running now, in position order."""
+    table = Table(box=None)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("step", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("attempts", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("result / error")  # the one column that gives way (cells are one line)
+    rows: list[tuple[int, int, list[RenderableType]]] = []
+    for cp in record.checkpoints:
+        rows.append((cp.position, 0, _checkpoint_row(cp)))
+    for w in record.waits:
+        rows.append((w.position, 1, _wait_row(w)))
+    recorded = {cp.position for cp in record.checkpoints if cp.status != "retrying"}
+    now = time.time()
+    for entry in record.progress if record.status is Status.RUNNING else ():
+        position = entry.get("position")
+        if not isinstance(position, int) or position in recorded:
+            continue
+        since = entry.get("since")
+        took = now - since if isinstance(since, int | float) else None
+        cells: list[RenderableType] = [
+            Text(str(entry.get("name", "?"))),
+            Text("running", style=STATUS_STYLES["running"]),
+            "",
+            duration(took),
+            one_line("running now…", "dim"),
+        ]
+        rows.append((position, 2, cells))
+    for position, _, cells in sorted(rows, key=lambda r: (r[0], r[1])):
+        table.add_row(str(position), *cells)
+    return table
+
+
+def _checkpoint_row(cp: CheckpointRecord) -> list[RenderableType]:
+    if cp.status == "succeeded":
+        value = preview(plain(lambda: cp.result, cp.result_json))
+        detail = Text("override → ", style="yellow") if cp.metadata.get("override") else Text()
+        detail.append(value)
+    else:
+        detail = Text(preview(error_line(cp.error) or _last_error(cp)), style="red")
+    return [
+        Text(cp.name),
+        status_text(cp.status),
+        str(len(cp.attempts)),
+        duration(cp.duration),
+        one_line(detail),
+    ]
+
+
+def _last_error(cp: CheckpointRecord) -> str:
+    errors = [a.error for a in cp.attempts if a.error]
+    return errors[-1] if errors else ""
+
+
+def _wait_row(w: WaitRecord) -> list[RenderableType]:
+    detail = Text()
+    if w.kind == "sleep":
+        name = Text("sleep", style="italic")
+        if w.deadline is not None:
+            detail.append(f"until {when(w.deadline)}")
+    else:
+        name = Text(f"wait {w.name}", style="italic")
+        if w.question is not None:
+            detail.append(preview(w.question, 40))
+        if w.status == "resolved":
+            detail.append(" → ", style="dim")
+            detail.append(preview(plain(lambda: w.value, w.value_json), 30), style="green")
+            if w.resolved_by:
+                detail.append(f" by {w.resolved_by}", style="dim")
+        elif w.status == "pending" and w.deadline is not None:
+            detail.append(f" (until {when(w.deadline)})", style="dim")
+    end = w.resolved_at or (None if w.status != "pending" else dt.datetime.now(dt.UTC))
+    took = (end - w.created_at).total_seconds() if end is not None else None
+    return [name, status_text(w.status), "", duration(took), one_line(detail)]
+
+
+def execution_view(record: ExecutionRecord) -> Group:
+    """What `get` prints: the header, then the timeline."""
+    parts: list[RenderableType] = [header(record), Text()]
+    if record.checkpoints or record.waits or record.progress:
+        parts.append(timeline(record))
+    else:
+        parts.append(Text("No checkpoint calls recorded yet.", style="dim"))
+    hint = input_hint(record)
+    if hint is not None:
+        parts += [Text(), hint]
+    return Group(*parts)
+
+
+def input_hint(record: ExecutionRecord) -> Text | None:
+    """How to give a waiting execution its input."""
+    pending = [w for w in record.pending_waits if w.kind == "input"]
+    if record.status is not Status.WAITING or not pending:
+        return None
+    w = pending[0]
+    text = Text("Waiting for input ", style="yellow")
+    text.append(repr(w.name), style="bold yellow")
+    if w.json_schema:
+        text.append(f" (expects {preview(w.json_schema, 80)})")
+    text.append(". Give it with:\n  ")
+    option = "" if len(pending) == 1 else f" --wait {w.name}"
+    example = "true" if (w.json_schema or {}).get("type") == "boolean" else "JSON"
+    text.append(f"tether executions input {record.id}{option} --value {example}", style="bold")
+    return text
+
+
+def live_view(record: ExecutionRecord) -> Group:
+    """What `watch` shows while the execution runs."""
+    line = Text()
+    line.append(record.id, style="bold")
+    line.append(f"  {record.flow}  ")
+    line.append_text(status_text(record.status))
+    done = sum(1 for cp in record.checkpoints if cp.status == "succeeded")
+    line.append(f"  {done} checkpoint{'s' if done != 1 else ''} done")
+    if record.duration is not None:
+        line.append(f"  {duration(record.duration)}", style="dim")
+    now = _running_now(record)
+    if record.status is Status.QUEUED:
+        now = "queued: waiting for a process to run it (tether worker, or executions resume)"
+    parts: list[RenderableType] = [line, Text()]
+    if record.checkpoints or record.waits or record.progress:
+        parts += [timeline(record), Text()]
+    parts.append(Spinner("dots", text=Text(now or "running…")))
+    return Group(*parts)
+
+
+def _running_now(record: ExecutionRecord) -> str:
+    running = progress_json(record)
+    return ("running " + ", ".join(f"{p['name']} (#{p['position']})" for p in running)) if running else ""
+
+
+def watch_line(record: ExecutionRecord) -> Text:
+    """One line per change, for `watch` when the output is not a terminal."""
+    line = Text(dt.datetime.now().strftime("%H:%M:%S "), style="dim")
+    line.append_text(status_text(record.status))
+    done = sum(1 for cp in record.checkpoints if cp.status == "succeeded")
+    line.append(f"  {done} checkpoint{'s' if done != 1 else ''} done")
+    running = progress_json(record)
+    if running:
+        line.append("  now: " + ", ".join(f"{p['name']} (#{p['position']})" for p in running))
+    if record.pending_waits:
+        line.append("  waiting for: " + ", ".join(w.name for w in record.pending_waits))
+    return line
+
+
+def log_line(r: LogRecord) -> Text:
+    """`#3 search  stdout  the text` (each line of multi-line output gets the prefix)."""
+    where = f"#{r.position} {r.checkpoint or '?'}" if r.position is not None else "(flow)"
+    kind = r.level if r.stream == "log" else r.stream
+    prefix = Text(f"{where}  ", style="cyan")
+    prefix.append(kind, style=_LEVEL_STYLES.get(kind, "dim"))
+    prefix.append("  ")
+    body = r.message[:-1] if r.message.endswith("\n") else r.message
+    if r.stream == "log" and r.logger:
+        body = f"{r.logger}: {body}"
+    line = Text()
+    for i, part in enumerate(body.split("\n") or [""]):
+        if i:
+            line.append("\n")
+        line.append_text(prefix)
+        line.append(part)
+    return line

@@ -1,0 +1,658 @@
+"""The SQL store, written once for every database.
+
+`SqlStore` holds every query of the `Store` interface in portable SQL (written
+with `?` and `:name` placeholders). A dialect subclass (`sqlite.py`,
+`postgres.py`) supplies only what differs: how to get a connection, how to open
+a write transaction, its placeholder style, row locking for claims, and its DDL
+migrations. No `if sqlite:` branches live here.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Protocol
+
+from ..errors import StoreError
+from ._base import (
+    CheckpointRow,
+    Claim,
+    Commit,
+    EventRow,
+    ExecutionRow,
+    PendingWaitRow,
+    Store,
+    WaitRow,
+)
+
+EXECUTION_COLUMNS = (
+    "id, flow, import_path, script, args, status, result, error, owner, lease_token, "
+    "lease_expires, attempt, cancel_requested, created_at, updated_at, started_at, "
+    "finished_at, parent_id, replay_of, metadata, options, wake_at, progress"
+)
+CHECKPOINT_COLUMNS = (
+    "position, name, fingerprint, status, result, error, attempts, started_at, finished_at, "
+    "metadata"
+)
+WAIT_COLUMNS = (
+    "execution_id, name, position, kind, status, schema_ref, json_schema, question, metadata, "
+    "deadline, value, resolved_by, created_at, resolved_at"
+)
+_FINISHED = ("succeeded", "failed", "cancelled")
+
+# Runnable: queued and not (validly) leased, waiting and due, or running with a dead lease.
+RUNNABLE = (
+    "((status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)) "
+    "OR (status = 'waiting' AND wake_at <= :due) "
+    "OR (status = 'running' AND lease_expires < :now))"
+)
+
+# Fenced: the row is written only while the lease token still holds the execution, in the
+# same statement (one implicit transaction), so a process that lost its lease writes nothing.
+# A row left by failed attempts ('retrying') is replaced; a final one is never overwritten.
+# RETURNING reports a pending cancel, so the holder learns of it with no extra read.
+RECORD_CHECKPOINT = f"""
+INSERT INTO checkpoints (execution_id, {CHECKPOINT_COLUMNS})
+SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+WHERE EXISTS (SELECT 1 FROM executions WHERE id = ? AND lease_token = ?)
+ON CONFLICT (execution_id, position) DO UPDATE SET
+    name = excluded.name, fingerprint = excluded.fingerprint, status = excluded.status,
+    result = excluded.result, error = excluded.error, attempts = excluded.attempts,
+    started_at = excluded.started_at, finished_at = excluded.finished_at,
+    metadata = excluded.metadata
+WHERE checkpoints.status = 'retrying'
+RETURNING (SELECT cancel_requested FROM executions WHERE id = checkpoints.execution_id)
+"""
+
+INSERT_EVENT = (
+    "INSERT INTO events (execution_id, position, at, level, kind, message, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What SqlStore needs of a DB-API connection (sqlite3 and psycopg both fit)."""
+
+    def execute(self, sql: Any, params: Any = ...) -> Any: ...
+
+
+class SqlStore(Store, abc.ABC):
+    """Every query, once. Subclasses provide connections and the dialect."""
+
+    #: appended to a SELECT of one row about to be updated (Postgres: FOR UPDATE)
+    lock_row: str = ""
+    #: appended to the row-picking subquery of a claim (Postgres: FOR UPDATE SKIP LOCKED)
+    skip_locked: str = ""
+    #: the folder under store/migrations/ holding this dialect's DDL
+    dialect: str = ""
+
+    # --- dialect hooks ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _connection(self) -> AbstractContextManager[Connection]:
+        """A connection in autocommit mode: each statement is its own transaction."""
+
+    @abc.abstractmethod
+    def _transaction(self) -> AbstractContextManager[Connection]:
+        """A connection inside a write transaction, committed on exit (rolled back on error)."""
+
+    @abc.abstractmethod
+    def _executemany(self, conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def _sql(self, text: str) -> str:
+        """Translate `?` / `:name` placeholders to the driver's style (identity by default)."""
+        return text
+
+    def _lock_for_migration(self, conn: Connection) -> None:
+        """Serialize migrations between processes starting at once."""
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _run(self, conn: Connection, sql: str, params: Any = ()) -> Any:
+        return conn.execute(self._sql(sql), params)
+
+    def _one(self, sql: str, params: Any = ()) -> Any:
+        with self._connection() as conn:
+            return self._run(conn, sql, params).fetchone()
+
+    def _all(self, sql: str, params: Any = ()) -> list[Any]:
+        with self._connection() as conn:
+            return list(self._run(conn, sql, params).fetchall())
+
+    def _count(self, sql: str, params: Any = ()) -> int:
+        with self._connection() as conn:
+            return int(self._run(conn, sql, params).rowcount)
+
+    # --- schema -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        folder = resources.files("tether.store").joinpath(f"migrations/{self.dialect}")
+        migrations = sorted(
+            (entry.name, entry.read_text()) for entry in folder.iterdir()
+            if entry.name.endswith(".sql")
+        )  # fmt: skip
+        known = len(migrations)
+        with self._transaction() as conn:
+            self._lock_for_migration(conn)
+            self._run(
+                conn,
+                "CREATE TABLE IF NOT EXISTS tether_schema ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION "
+                "NOT NULL)",
+            )
+            found = self._run(conn, "SELECT coalesce(max(version), 0) FROM tether_schema")
+            current = int(found.fetchone()[0])
+            if current > known:
+                raise StoreError(
+                    f"{self.url} has schema version {current}, but this tether knows only "
+                    f"{known}; upgrade tether to open it"
+                )
+            for version, (name, sql) in enumerate(migrations, start=1):
+                if version <= current:
+                    continue
+                for statement in statements(sql):
+                    self._run(conn, statement)
+                self._run(
+                    conn,
+                    "INSERT INTO tether_schema (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, time.time()),
+                )
+
+    # --- executions ---------------------------------------------------------------------
+
+    def create_execution(
+        self,
+        row: ExecutionRow,
+        *,
+        checkpoints: Sequence[CheckpointRow] = (),
+        waits: Sequence[WaitRow] = (),
+    ) -> None:
+        # Without seeds (every plain start) one statement is its own transaction.
+        scope = self._transaction() if checkpoints or waits else self._connection()
+        with scope as conn:
+            self._run(
+                conn,
+                f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.id, row.flow, row.import_path, row.script, row.args, row.status,
+                    row.result, row.error, row.owner, row.lease_token, row.lease_expires,
+                    row.attempt, int(row.cancel_requested), row.created_at, row.updated_at,
+                    row.started_at, row.finished_at, row.parent_id, row.replay_of, row.metadata,
+                    row.options, row.wake_at, row.progress,
+                ),
+            )  # fmt: skip
+            if checkpoints:
+                self._executemany(
+                    conn,
+                    f"INSERT INTO checkpoints (execution_id, {CHECKPOINT_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(row.id, c.position, c.name, c.fingerprint, c.status, c.result, c.error,
+                      c.attempts, c.started_at, c.finished_at, c.metadata) for c in checkpoints],
+                )  # fmt: skip
+            if waits:
+                self._executemany(
+                    conn,
+                    f"INSERT INTO waits ({WAIT_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(row.id, w.name, w.position, w.kind, w.status, w.schema_ref, w.json_schema,
+                      w.question, w.metadata, w.deadline, w.value, w.resolved_by, w.created_at,
+                      w.resolved_at) for w in waits],
+                )  # fmt: skip
+
+    def get_execution(self, execution_id: str) -> ExecutionRow | None:
+        found = self._one(
+            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?", (execution_id,)
+        )
+        return execution_row(found) if found else None
+
+    def list_executions(
+        self, *, statuses: Sequence[str] | None, flow: str | None, limit: int
+    ) -> list[ExecutionRow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if statuses:
+            where.append(f"status IN ({marks(statuses)})")
+            params.extend(statuses)
+        if flow is not None:
+            where.append("flow = ?")
+            params.append(flow)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        params.append(limit)
+        rows = self._all(
+            f"SELECT {EXECUTION_COLUMNS}, "
+            "(SELECT count(*) FROM checkpoints c WHERE c.execution_id = e.id "
+            " AND c.status = 'succeeded'), "
+            "(SELECT w.name FROM waits w WHERE w.execution_id = e.id AND w.status = 'pending' "
+            " AND w.kind = 'input' ORDER BY w.position LIMIT 1) "
+            f"FROM executions e {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+            params,
+        )
+        found = []
+        for r in rows:
+            row = execution_row(r[:-2])
+            row.checkpoints_done, row.pending_wait = int(r[-2]), r[-1]
+            found.append(row)
+        return found
+
+    def claim(
+        self,
+        execution_id: str,
+        claim: Claim,
+        *,
+        from_statuses: Sequence[str],
+        expected_token: str | None,
+        now: float,
+        status: str = "running",
+    ) -> bool:
+        running = status == "running"
+        token_test = "lease_token IS NULL" if expected_token is None else "lease_token = ?"
+        params: list[Any] = [
+            status, claim.owner, claim.token, claim.expires, int(running), running, now, now,
+            execution_id, *from_statuses,
+        ]  # fmt: skip
+        if expected_token is not None:
+            params.append(expected_token)
+        return (
+            self._count(
+                "UPDATE executions SET status = ?, owner = ?, lease_token = ?, lease_expires = ?, "
+                "attempt = attempt + ?, started_at = CASE WHEN ? "
+                "THEN coalesce(started_at, CAST(? AS DOUBLE PRECISION)) "
+                "ELSE started_at END, updated_at = ? "
+                f"WHERE id = ? AND status IN ({marks(from_statuses)}) AND {token_test}",
+                params,
+            )
+            == 1
+        )
+
+    def renew(
+        self,
+        execution_ids: Sequence[str],
+        token_by_id: dict[str, str],
+        expires: float,
+        progress: dict[str, str | None] | None = None,
+    ) -> list[tuple[str, bool]]:
+        held: list[tuple[str, bool]] = []
+        progress = progress or {}
+        with self._transaction() as conn:
+            for execution_id in execution_ids:
+                found = self._run(
+                    conn,
+                    "UPDATE executions SET lease_expires = ?, progress = ? "
+                    "WHERE id = ? AND lease_token = ? RETURNING cancel_requested",
+                    (expires, progress.get(execution_id), execution_id,
+                     token_by_id[execution_id]),
+                ).fetchone()  # fmt: skip
+                if found is not None:
+                    held.append((execution_id, bool(found[0])))
+        return held
+
+    def finish(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        return (
+            self._count(
+                "UPDATE executions SET status = ?, result = ?, error = ?, owner = NULL, "
+                "lease_token = NULL, lease_expires = NULL, wake_at = NULL, progress = NULL, "
+                "finished_at = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
+                (status, result, error, now, now, execution_id, token),
+            )
+            == 1
+        )
+
+    def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
+        return (
+            self._count(
+                "UPDATE executions SET status = ?, owner = NULL, lease_token = NULL, "
+                "lease_expires = NULL, progress = NULL, updated_at = ? "
+                "WHERE id = ? AND lease_token = ?",
+                (status, now, execution_id, token),
+            )
+            == 1
+        )
+
+    def request_cancel(self, execution_id: str, *, now: float) -> str | None:
+        with self._transaction() as conn:
+            found = self._run(
+                conn,
+                f"SELECT status, lease_token FROM executions WHERE id = ?{self.lock_row}",
+                (execution_id,),
+            ).fetchone()
+            if found is None:
+                return None
+            status, token = found
+            if status in _FINISHED:
+                return str(status)
+            if token is None:
+                self._run(
+                    conn,
+                    "UPDATE executions SET status = 'cancelled', cancel_requested = 1, "
+                    "wake_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, execution_id),
+                )
+                self._run(
+                    conn,
+                    "UPDATE waits SET status = 'cancelled', resolved_at = ? "
+                    "WHERE execution_id = ? AND status = 'pending'",
+                    (now, execution_id),
+                )
+                return "cancelled"
+            self._run(
+                conn,
+                "UPDATE executions SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                (now, execution_id),
+            )
+            return str(status)
+
+    def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool:
+        return (
+            self._count(
+                "UPDATE executions SET metadata = ?, updated_at = ? "
+                "WHERE id = ? AND lease_token = ?",
+                (metadata, now, execution_id, token),
+            )
+            == 1
+        )
+
+    def orphans(self, *, statuses: Sequence[str]) -> list[ExecutionRow]:
+        rows = self._all(
+            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ({marks(statuses)}) "
+            "ORDER BY created_at",
+            tuple(statuses),
+        )
+        return [execution_row(r) for r in rows]
+
+    def suspend(
+        self, execution_id: str, token: str, *, wait: str, wake_at: float | None, now: float
+    ) -> bool:
+        # Lock the execution row first, then read the wait with a fresh statement: input
+        # (resolve_wait) takes the same lock, so one of the two always sees the other. A
+        # single UPDATE ... NOT EXISTS would read the wait from a snapshot that can predate
+        # an input committed meanwhile (Postgres, READ COMMITTED) and park it forever.
+        with self._transaction() as conn:
+            held = self._run(
+                conn,
+                "SELECT cancel_requested FROM executions WHERE id = ? AND lease_token = ?"
+                f"{self.lock_row}",
+                (execution_id, token),
+            ).fetchone()
+            if held is None:
+                return False
+            answered = self._run(
+                conn,
+                "SELECT 1 FROM waits WHERE execution_id = ? AND name = ? AND status != 'pending'",
+                (execution_id, wait),
+            ).fetchone()
+            if answered is not None:
+                return False  # the holder runs the flow again and finds the input
+            release = "owner = NULL, lease_token = NULL, lease_expires = NULL, progress = NULL"
+            if held[0]:
+                # A cancel requested while it ran wins: park it as cancelled, not waiting.
+                self._run(
+                    conn,
+                    f"UPDATE executions SET status = 'cancelled', wake_at = NULL, {release}, "
+                    "finished_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, execution_id),
+                )
+                self._run(
+                    conn,
+                    "UPDATE waits SET status = 'cancelled', resolved_at = ? "
+                    "WHERE execution_id = ? AND status = 'pending'",
+                    (now, execution_id),
+                )
+            else:
+                self._run(
+                    conn,
+                    f"UPDATE executions SET status = 'waiting', wake_at = ?, {release}, "
+                    "updated_at = ? WHERE id = ?",
+                    (wake_at, now, execution_id),
+                )
+            return True
+
+    def claim_runnable(
+        self, claim: Claim, *, now: float, due: float, ids: Sequence[str] | None = None
+    ) -> ExecutionRow | None:
+        params: dict[str, Any] = {
+            "owner": claim.owner, "token": claim.token, "expires": claim.expires, "now": now,
+            "due": due,
+        }  # fmt: skip
+        among = ""
+        if ids is not None:
+            if not ids:
+                return None
+            among = f"AND id IN ({', '.join(f':id{i}' for i in range(len(ids)))})"
+            params.update({f"id{i}": v for i, v in enumerate(ids)})
+        # One statement: the row is picked and taken atomically (SQLite serializes writers;
+        # Postgres locks the picked row and skips rows other claimers hold).
+        found = self._one(
+            "UPDATE executions SET status = 'running', owner = :owner, lease_token = :token, "
+            "lease_expires = :expires, attempt = attempt + 1, wake_at = NULL, "
+            "started_at = coalesce(started_at, :now), updated_at = :now "
+            "WHERE id = (SELECT id FROM executions WHERE "
+            f"{RUNNABLE} {among} ORDER BY created_at LIMIT 1{self.skip_locked}) "
+            f"RETURNING {EXECUTION_COLUMNS}",
+            params,
+        )
+        return execution_row(found) if found else None
+
+    def runnable(self, *, now: float, due: float, limit: int) -> list[ExecutionRow]:
+        rows = self._all(
+            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE {RUNNABLE} "
+            "ORDER BY created_at LIMIT :limit",
+            {"now": now, "due": due, "limit": limit},
+        )
+        return [execution_row(r) for r in rows]
+
+    # --- waits --------------------------------------------------------------------------
+
+    def create_wait(self, token: str, row: WaitRow) -> bool:
+        with self._transaction() as conn:
+            held = self._run(
+                conn,
+                f"SELECT 1 FROM executions WHERE id = ? AND lease_token = ?{self.lock_row}",
+                (row.execution_id, token),
+            ).fetchone()
+            if held is None:
+                return False
+            self._run(
+                conn,
+                f"INSERT INTO waits ({WAIT_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (execution_id, name) DO NOTHING",
+                (
+                    row.execution_id, row.name, row.position, row.kind, row.status,
+                    row.schema_ref, row.json_schema, row.question, row.metadata, row.deadline,
+                    row.value, row.resolved_by, row.created_at, row.resolved_at,
+                ),
+            )  # fmt: skip
+            return True
+
+    def get_waits(self, execution_id: str) -> list[WaitRow]:
+        rows = self._all(
+            f"SELECT {WAIT_COLUMNS} FROM waits WHERE execution_id = ? ORDER BY position",
+            (execution_id,),
+        )
+        return [WaitRow(*r) for r in rows]
+
+    def resolve_wait(
+        self,
+        execution_id: str,
+        name: str,
+        *,
+        status: str,
+        value: str | None,
+        by: str | None,
+        now: float,
+    ) -> bool:
+        if status not in ("resolved", "timed_out"):
+            raise ValueError(f"a wait resolves as 'resolved' or 'timed_out', not {status!r}")
+        with self._transaction() as conn:
+            # The execution row's lock orders this against suspend() (see there).
+            self._run(
+                conn, f"SELECT 1 FROM executions WHERE id = ?{self.lock_row}", (execution_id,)
+            )
+            cursor = self._run(
+                conn,
+                "UPDATE waits SET status = ?, value = ?, resolved_by = ?, resolved_at = ? "
+                "WHERE execution_id = ? AND name = ? AND status = 'pending'",
+                (status, value, by, now, execution_id, name),
+            )
+            if cursor.rowcount != 1:
+                return False
+            self._run(
+                conn,
+                "UPDATE executions SET status = 'queued', wake_at = NULL, updated_at = ? "
+                "WHERE id = ? AND status = 'waiting'",
+                (now, execution_id),
+            )
+            return True
+
+    def pending_waits(self, *, flow: str | None, limit: int) -> list[PendingWaitRow]:
+        columns = ", ".join(f"w.{c.strip()}" for c in WAIT_COLUMNS.split(","))
+        clause = "AND e.flow = ?" if flow is not None else ""
+        params: tuple[Any, ...] = (flow, limit) if flow is not None else (limit,)
+        rows = self._all(
+            f"SELECT {columns}, e.flow FROM waits w JOIN executions e ON e.id = w.execution_id "
+            "WHERE w.status = 'pending' AND w.kind = 'input' "
+            f"AND e.status NOT IN ('succeeded', 'failed', 'cancelled') {clause} "
+            "ORDER BY w.created_at LIMIT ?",
+            params,
+        )
+        return [PendingWaitRow(WaitRow(*r[:-1]), r[-1]) for r in rows]
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
+        rows = self._all(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ? "
+            "ORDER BY position",
+            (execution_id,),
+        )
+        return [CheckpointRow(*r) for r in rows]
+
+    def record_checkpoint(
+        self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
+    ) -> Commit:
+        params = (
+            execution_id, row.position, row.name, row.fingerprint, row.status, row.result,
+            row.error, row.attempts, row.started_at, row.finished_at, row.metadata,
+            execution_id, token,
+        )  # fmt: skip
+        if not events:
+            # The hot path: one statement, its own transaction.
+            found = self._one(RECORD_CHECKPOINT, params)
+        else:
+            with self._transaction() as conn:
+                found = self._run(conn, RECORD_CHECKPOINT, params).fetchone()
+                if found is not None:
+                    self._executemany(conn, INSERT_EVENT, [event_params(e) for e in events])
+        if found is None:
+            return Commit.LOST
+        return Commit.CANCEL_REQUESTED if found[0] else Commit.COMMITTED
+
+    def reset_for_retry(self, execution_id: str, *, from_position: int, now: float) -> bool:
+        with self._transaction() as conn:
+            cursor = self._run(
+                conn,
+                "UPDATE executions SET status = 'queued', result = NULL, error = NULL, "
+                "owner = NULL, lease_token = NULL, lease_expires = NULL, wake_at = NULL, "
+                "cancel_requested = 0, finished_at = NULL, progress = NULL, updated_at = ? "
+                "WHERE id = ? AND status = 'failed'",
+                (now, execution_id),
+            )
+            if cursor.rowcount != 1:
+                return False
+            for table in ("checkpoints", "waits"):
+                self._run(
+                    conn,
+                    f"DELETE FROM {table} WHERE execution_id = ? AND position >= ?",
+                    (execution_id, from_position),
+                )
+            return True
+
+    def prune(self, *, before: float, statuses: Sequence[str], dry_run: bool) -> int:
+        where = f"status IN ({marks(statuses)}) AND finished_at < ?"
+        params = (*statuses, before)
+        with self._transaction() as conn:
+            if dry_run:
+                found = self._run(conn, f"SELECT count(*) FROM executions WHERE {where}", params)
+                return int(found.fetchone()[0])
+            ids = [
+                (r[0],)
+                for r in self._run(conn, f"SELECT id FROM executions WHERE {where}", params)
+                .fetchall()
+            ]  # fmt: skip
+            for table, column in (
+                ("checkpoints", "execution_id"), ("waits", "execution_id"),
+                ("events", "execution_id"), ("executions", "id"),
+            ):  # fmt: skip
+                self._executemany(conn, f"DELETE FROM {table} WHERE {column} = ?", ids)
+            return len(ids)
+
+    # --- events -------------------------------------------------------------------------
+
+    def add_event(self, event: EventRow) -> None:
+        with self._connection() as conn:
+            self._run(conn, INSERT_EVENT, event_params(event))
+
+    def get_events(
+        self, execution_id: str, *, after: int = 0, kinds: Sequence[str] | None = None
+    ) -> list[EventRow]:
+        clause = f"AND kind IN ({marks(kinds)})" if kinds else ""
+        rows = self._all(
+            "SELECT execution_id, position, at, level, kind, message, data, id FROM events "
+            f"WHERE execution_id = ? AND id > ? {clause} ORDER BY id",
+            (execution_id, after, *(kinds or ())),
+        )
+        return [EventRow(*r) for r in rows]
+
+
+def marks(items: Sequence[Any]) -> str:
+    return ", ".join("?" * len(items))
+
+
+def event_params(e: EventRow) -> tuple[Any, ...]:
+    return (e.execution_id, e.position, e.at, e.level, e.kind, e.message, e.data)
+
+
+def execution_row(r: Sequence[Any]) -> ExecutionRow:
+    row = ExecutionRow(*r)
+    row.cancel_requested = bool(row.cancel_requested)
+    return row
+
+
+def statements(sql: str) -> Iterator[str]:
+    # Migration files hold plain DDL with no semicolons inside statements.
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    for statement in "\n".join(lines).split(";"):
+        if statement.strip():
+            yield statement
+
+
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+@lru_cache(maxsize=512)
+def to_format_style(sql: str) -> str:
+    """`?` -> `%s`, `:name` -> `%(name)s` (the pyformat style of psycopg)."""
+    return _NAMED.sub(r"%(\1)s", sql.replace("%", "%%").replace("?", "%s"))

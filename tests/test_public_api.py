@@ -20,6 +20,8 @@ PUBLIC = {
     "WaitRecord", "WaitTimeout", "Worker", "sleep", "wait",
     # operating executions
     "LogRecord",
+    # queues and the fleet
+    "Queue", "Starter", "StoreUnavailable",
 }  # fmt: skip
 
 

@@ -26,7 +26,8 @@ from . import errors
 from ._checkpoint import Checkpoint, checkpoint
 from ._config import configure
 from ._context import Current, current, log
-from ._flow import Flow, Handle, flow
+from ._flow import Flow, Handle, Starter, flow
+from ._queues import Queue
 from ._records import (
     Attempt,
     CheckpointRecord,
@@ -58,6 +59,7 @@ from .errors import (
     ResultTimeout,
     SerializationError,
     StoreError,
+    StoreUnavailable,
     TetherError,
     UsageError,
     WaitAlreadyResolved,
@@ -94,10 +96,13 @@ __all__ = [
     "InvalidStateError",
     "LogRecord",
     "NotInFlowError",
+    "Queue",
     "ResultTimeout",
     "SerializationError",
+    "Starter",
     "Status",
     "StoreError",
+    "StoreUnavailable",
     "TetherError",
     "UsageError",
     "WaitAlreadyResolved",

@@ -28,6 +28,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 from . import _serde
 from ._capture import MAX_LOG_BYTES, CapturedLog
 from ._context import Frame, Run, current_frame, current_run
+from ._persist import persist
 from ._status import CheckpointStatus
 from .errors import (
     CheckpointTimeout,
@@ -35,6 +36,7 @@ from .errors import (
     DivergenceError,
     LeaseLost,
     SerializationError,
+    StoreUnavailable,
     UsageError,
 )
 from .store import CheckpointRow, Commit, EventRow
@@ -329,7 +331,16 @@ class _Call:
         events = _log_events(run, frame) if frame.log is not None else ()
         if status != _RETRYING:
             run.live.pop(frame.position, None)
-        outcome = run.store.record_checkpoint(run.execution_id, run.token, row, events)
+        try:
+            outcome = run.store.record_checkpoint(run.execution_id, run.token, row, events)
+        except StoreUnavailable:
+            try:
+                outcome = persist(
+                    lambda: run.store.record_checkpoint(run.execution_id, run.token, row, events)
+                )
+            except StoreUnavailable:
+                # Not the flow's error: unwind, hold nothing, and let recovery resume it.
+                outcome = Commit.LOST
         if not outcome:
             run.lease_lost = True
             raise LeaseLost(run.execution_id)

@@ -502,6 +502,15 @@ def input_hint(record: ExecutionRecord) -> Text | None:
     return text
 
 
+def timer_hint(record: ExecutionRecord) -> Text:
+    """A waiting execution with no input to give: it sleeps (`tether.sleep`)."""
+    text = Text(f"Execution {record.id} is sleeping", style="yellow")
+    if record.wake_at is not None:
+        text.append(f" until {when(record.wake_at)}")
+    text.append("; a `tether worker` continues it then.")
+    return text
+
+
 def live_view(record: ExecutionRecord) -> Group:
     """What `watch` shows while the execution runs."""
     line = Text()
@@ -524,7 +533,11 @@ def live_view(record: ExecutionRecord) -> Group:
 
 def _running_now(record: ExecutionRecord) -> str:
     running = progress_json(record)
-    return ("running " + ", ".join(f"{p['name']} (#{p['position']})" for p in running)) if running else ""
+    return (
+        ("running " + ", ".join(f"{p['name']} (#{p['position']})" for p in running))
+        if running
+        else ""
+    )
 
 
 def watch_line(record: ExecutionRecord) -> Text:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import _capture, _imports, _serde
 from ._config import settings
 from ._context import Run, current_run
+from ._persist import persist
 from ._status import Status
 from .errors import Cancelled, FlowNotFoundError, LeaseLost, Released, Suspended
 from .store import Store
@@ -100,16 +101,17 @@ def _attempt(
     except Suspended as signal:
         if run.diverged is not None:
             return _fail(store, run, run.diverged)
-        if store.suspend(
-            execution_id, token, wait=signal.wait, wake_at=signal.wake_at, now=clock()
+        wait, wake_at = signal.wait, signal.wake_at
+        if persist(
+            lambda: store.suspend(execution_id, token, wait=wait, wake_at=wake_at, now=clock())
         ):
             return Outcome.SUSPENDED
-        fresh = store.get_execution(execution_id)
+        fresh = persist(lambda: store.get_execution(execution_id))
         return None if fresh is not None and fresh.lease_token == token else Outcome.LOST
     except LeaseLost:
         return Outcome.LOST
     except Released:
-        store.release(execution_id, token, status=Status.QUEUED, now=clock())
+        persist(lambda: store.release(execution_id, token, status=Status.QUEUED, now=clock()))
         return Outcome.RELEASED
     except FlowNotFoundError as exc:
         # Where the code lives is this process's problem, not the execution's: leave it
@@ -118,8 +120,10 @@ def _attempt(
         run.warn(None, f"could not be resumed here: {exc}")
         return Outcome.RELEASED
     except Cancelled:
-        store.finish(
-            execution_id, token, status=Status.CANCELLED, result=None, error=None, now=clock()
+        persist(
+            lambda: store.finish(
+                execution_id, token, status=Status.CANCELLED, result=None, error=None, now=clock()
+            )
         )
         return Outcome.FINISHED
     except Exception as exc:
@@ -128,19 +132,24 @@ def _attempt(
         # SystemExit, KeyboardInterrupt: not the flow's failure. Give it back to be resumed.
         store.release(execution_id, token, status=Status.QUEUED, now=clock())
         raise
-    store.finish(
-        execution_id, token, status=Status.SUCCEEDED, result=result, error=None, now=clock()
+    persist(
+        lambda: store.finish(
+            execution_id, token, status=Status.SUCCEEDED, result=result, error=None, now=clock()
+        )
     )
     return Outcome.FINISHED
 
 
 def _fail(store: Store, run: Run, error: BaseException) -> Outcome:
-    store.finish(
-        run.execution_id,
-        run.token,
-        status=Status.FAILED,
-        result=None,
-        error=_serde.error_to_text(error, allow_pickle=run.allow_pickle),
-        now=settings().clock(),
+    text = _serde.error_to_text(error, allow_pickle=run.allow_pickle)
+    persist(
+        lambda: store.finish(
+            run.execution_id,
+            run.token,
+            status=Status.FAILED,
+            result=None,
+            error=text,
+            now=settings().clock(),
+        )
     )
     return Outcome.FINISHED

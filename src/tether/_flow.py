@@ -8,12 +8,14 @@ import inspect
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from . import _imports, _serde
+from . import _imports, _queues, _serde
 from ._config import settings, store_for
 from ._context import current_frame, current_run
 from ._executor import executor
+from ._queues import Queue
 from ._records import WaitRecord
 from ._status import Status
 from .errors import (
@@ -114,10 +116,17 @@ def _outcome(row: ExecutionRow) -> Any:
 class Flow(Generic[P, R]):
     """A durable function: each `run()` is an execution that survives crashes."""
 
-    def __init__(self, fn: Callable[P, R], *, name: str | None) -> None:
+    def __init__(
+        self, fn: Callable[P, R], *, name: str | None, queue: Queue | str | None = None
+    ) -> None:
         self.fn = fn
         self.name = name or fn.__qualname__
+        self.queue = _queues.name_of(queue)
         self.is_async = inspect.iscoroutinefunction(fn)
+        # Start options given as keywords to run()/enqueue(), unless the function takes
+        # a parameter of that name itself (then use .options()).
+        params = inspect.signature(fn).parameters
+        self._reserved = tuple(k for k in _START_OPTIONS if k not in params)
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
@@ -140,6 +149,21 @@ class Flow(Generic[P, R]):
         """
         return self._start(args, kwargs, store_for(), local=settings().executor)
 
+    def options(
+        self, *, queue: Queue | str | None = None, key: str | None = None, priority: int = 0
+    ) -> Starter[P, R]:
+        """Start options, typed: `flow.options(key="order-42").run(order)`.
+
+        - `queue`: the queue this execution waits in for a worker (default: the flow's).
+        - `key`: a deduplication key: starting the flow again with the same key returns the
+          existing execution (whatever its status) instead of starting a second one.
+        - `priority`: higher runs first among runnable executions of its queue.
+
+        `run()` and `enqueue()` also take these as keywords when the flow function has no
+        parameter of that name.
+        """
+        return Starter(self, _StartOptions(queue, key, priority))
+
     @overload
     def enqueue(
         self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
@@ -153,8 +177,23 @@ class Flow(Generic[P, R]):
         return self._start(args, kwargs, store_for(), local=False)
 
     def _start(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], store: Store, *, local: bool
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        store: Store,
+        *,
+        local: bool,
+        options: _StartOptions | None = None,
     ) -> Handle[Any]:
+        if options is None:
+            options = _StartOptions()
+            if self._reserved and any(k in kwargs for k in self._reserved):
+                kwargs = dict(kwargs)
+                options = _StartOptions(**{k: kwargs.pop(k) for k in self._reserved if k in kwargs})
+        if options.key is not None and (not isinstance(options.key, str) or not options.key):
+            raise UsageError(f"a deduplication key is a non-empty string, not {options.key!r}")
+        if isinstance(options.priority, bool) or not isinstance(options.priority, int):
+            raise UsageError(f"priority is a whole number, not {options.priority!r}")
         import_path, script = _imports.path_of(self.fn)
         if "<locals>" in import_path:
             raise UsageError(
@@ -176,6 +215,9 @@ class Flow(Generic[P, R]):
             created_at=now,
             updated_at=now,
             parent_id=_parent_id(),
+            queue=self.queue if options.queue is None else _queues.name_of(options.queue),
+            priority=options.priority,
+            dedup_key=options.key,
         )
         return launch(store, row, self if local else None)
 
@@ -226,16 +268,62 @@ def launch(
     """Record a new execution (seeded with recorded calls, for a replay) and, given the
     flow, run it in this process; without it, leave it queued for a worker."""
     if flow is None:
-        store.create_execution(row, checkpoints=checkpoints, waits=waits)
-        return Handle(row.id, store)
+        recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
+        return Handle(recorded, store)
     # Recorded already leased to this process: one write, and no worker can grab it between
     # the insert and the start.
     runner = executor()
     claim = runner.claim()
     row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
-    store.create_execution(row, checkpoints=checkpoints, waits=waits)
-    runner.start(store, row.id, claim.token, flow)
-    return Handle(row.id, store)
+    recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
+    if recorded == row.id:
+        runner.start(store, row.id, claim.token, flow)
+    # else: the key names an existing execution; whoever holds it runs it.
+    return Handle(recorded, store)
+
+
+_START_OPTIONS = ("queue", "key", "priority")
+
+
+@dataclass(frozen=True)
+class _StartOptions:
+    queue: Queue | str | None = None
+    key: str | None = None
+    priority: int = 0
+
+
+class Starter(Generic[P, R]):
+    """A flow with start options bound (from `Flow.options()`)."""
+
+    def __init__(self, flow: Flow[P, R], options: _StartOptions) -> None:
+        self._flow = flow
+        self._options = options
+
+    @overload
+    def run(
+        self: Starter[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Handle[T]: ...
+
+    @overload
+    def run(self: Starter[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
+
+    def run(self, *args: Any, **kwargs: Any) -> Handle[Any]:
+        """`Flow.run()` with these options."""
+        return self._flow._start(
+            args, kwargs, store_for(), local=settings().executor, options=self._options
+        )
+
+    @overload
+    def enqueue(
+        self: Starter[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Handle[T]: ...
+
+    @overload
+    def enqueue(self: Starter[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Handle[Any]:
+        """`Flow.enqueue()` with these options."""
+        return self._flow._start(args, kwargs, store_for(), local=False, options=self._options)
 
 
 def _parent_id() -> str | None:
@@ -248,11 +336,17 @@ def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 
 
 @overload
-def flow(*, name: str | None = None) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+def flow(
+    *, name: str | None = None, queue: Queue | str | None = None
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
 def flow(
-    fn: Callable[P, R] | None = None, /, *, name: str | None = None
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: Queue | str | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function durable: each `.run(...)` is an execution recorded in the store.
 
@@ -267,7 +361,8 @@ def flow(
     ```
 
     Define flows at module level (or in a script): an execution records the flow's import
-    path, and the process that resumes it imports the flow from there.
+    path, and the process that resumes it imports the flow from there. `queue` (a name or
+    a `tether.Queue`) is where its executions wait for a worker.
     """
 
     def wrap(f: Callable[P, R]) -> Flow[P, R]:
@@ -275,7 +370,7 @@ def flow(
             raise UsageError(f"{f.name} is already a flow; decorate it once")
         if not callable(f):
             raise UsageError(f"@tether.flow decorates a function, not {f!r}")
-        return Flow(f, name=name)
+        return Flow(f, name=name, queue=queue)
 
     if fn is not None:
         return wrap(fn)

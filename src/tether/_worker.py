@@ -17,9 +17,11 @@ import threading
 import time
 from collections.abc import Sequence
 
+from . import _queues
 from ._config import configure, settings, store_for
 from ._engine import load_flow
 from ._executor import Executor, executor
+from ._queues import Queue
 from ._status import Status
 from .errors import UsageError
 from .store import EventRow, ExecutionRow, Store
@@ -46,6 +48,7 @@ class Worker:
         poll: float = 0.02,
         imports: Sequence[str] = (),
         recover_every: float = 1.0,
+        queues: Sequence[Queue | str] | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, not {concurrency}")
@@ -66,6 +69,38 @@ class Worker:
         self._stop = threading.Event()
         self._skip: dict[str, float] = {}
         self._last_recover = 0.0
+        # None serves every queue; else only these names.
+        self.queues = None if queues is None else [_queues.name_of(q) for q in queues]
+        if self.queues is not None and not self.queues:
+            raise UsageError("a worker needs at least one queue to serve (or none: all)")
+        self._started_in: dict[str, str] = {}  # execution id -> queue, for per-worker limits
+        self._publish_limits()
+
+    def _publish_limits(self) -> None:
+        """Write the fleet-wide limits of the queues this worker knows to the store."""
+        names = self.queues if self.queues is not None else []
+        for name in names:
+            queue = _queues.declared(name)
+            if queue is not None:
+                self._store.set_queue_limits(
+                    name,
+                    concurrency=queue.concurrency,
+                    rate_limit=queue.rate_limit,
+                    rate_period=queue.rate_period if queue.rate_limit else None,
+                    now=time.time(),
+                )
+
+    def _full(self, queue: str) -> bool:
+        """This worker runs as many of the queue's executions as it may."""
+        declared = _queues.declared(queue)
+        if declared is None or declared.worker_concurrency is None:
+            return False
+        running = sum(
+            1
+            for eid, q in self._started_in.items()
+            if q == queue and self._executor.holds(self._store, eid)
+        )
+        return running >= declared.worker_concurrency
 
     @property
     def owner(self) -> str:
@@ -118,15 +153,24 @@ class Worker:
         if free <= 0:
             return started
         skip = {eid for eid, until in self._skip.items() if until > now}
-        rows = self._store.runnable(now=now, due=due, limit=free + len(skip))
+        self._started_in = {
+            eid: q for eid, q in self._started_in.items() if self._executor.holds(self._store, eid)
+        }
+        rows = self._store.runnable(
+            now=now, due=due, limit=2 * free + len(skip), queues=self.queues
+        )
         for row in rows:
             if len(started) >= free:
                 break
-            if row.id in skip or not self._importable(row, now):
+            if row.id in skip or self._full(row.queue) or not self._importable(row, now):
                 continue
             claim = self._executor.claim()
-            taken = self._store.claim_runnable(claim, now=now, due=due, ids=[row.id])
+            # The claim re-checks the queue's fleet-wide limits atomically.
+            taken = self._store.claim_runnable(
+                claim, now=now, due=due, ids=[row.id], queues=[row.queue]
+            )
             if taken is not None:
+                self._started_in[taken.id] = taken.queue
                 self._executor.start(self._store, taken.id, claim.token, None, claimed=True)
                 started.append(taken.id)
         return started

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -69,7 +68,10 @@ DbOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 IdArgument = Annotated[
-    str, typer.Argument(help="The execution id (see `tether executions list`).", show_default=False)
+    str,
+    typer.Argument(
+        metavar="ID", help="The execution id (see `tether executions list`).", show_default=False
+    ),
 ]
 WaitOption = Annotated[
     bool,
@@ -87,9 +89,15 @@ QueueOption = Annotated[
         "(for machines that cannot import the flow's code).",
     ),
 ]
+_STATUSES = ", ".join(s.value for s in Status)
 StatusOption = Annotated[
     list[Status] | None,
-    typer.Option("--status", "-s", help="Only executions with this status (repeatable)."),
+    typer.Option(
+        "--status",
+        "-s",
+        metavar="STATUS",
+        help=f"Only executions with this status ({_STATUSES}); repeatable.",
+    ),
 ]
 
 
@@ -123,8 +131,8 @@ def _errors() -> Iterator[None]:
     """Turn errors into plain messages and exit codes (2 for usage, 1 otherwise)."""
     try:
         yield
-    except (click.exceptions.Exit, click.Abort, click.ClickException):
-        raise
+    except (typer.Exit, typer.Abort, typer.BadParameter):
+        raise  # Typer prints these and exits itself
     except (UsageError, ConfigurationError) as exc:
         if _State.debug:
             raise
@@ -136,12 +144,29 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         if _State.debug:
             raise
-        err.print("interrupted", style="dim")
+        _hand_back()
         raise typer.Exit(130) from None
     except Exception as exc:
         if _State.debug:
             raise
         _fail(f"unexpected {type(exc).__name__}: {exc} (run `tether --debug ...` for details)", 1)
+
+
+def _hand_back() -> None:
+    """On Ctrl-C: executions this process runs (resume, retry, replay, recover) stop at their
+    next checkpoint boundary and go back to `queued`, for a worker or a later resume."""
+    from ._executor import executor
+
+    runner = executor()
+    if not runner.held_count():
+        err.print("interrupted", style="dim")
+        return
+    runner.release_all()
+    err.print(
+        "interrupted: what runs in this process stops at its next checkpoint boundary and "
+        "stays queued; a `tether worker` or `tether executions resume ID` continues it",
+        highlight=False,
+    )
 
 
 def _client(db: str | None) -> Client:
@@ -169,6 +194,11 @@ def _running_here(queue: bool, as_json: bool) -> Iterator[None]:
             _config.configure(executor=previous)
 
 
+def _say(text: str) -> None:
+    """Print plain text (ids, names and messages are never read as Rich markup)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _dump(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
 
@@ -183,60 +213,49 @@ def _settled(record: ExecutionRecord) -> bool:
 
 
 def _settle(client: Client, execution_id: str) -> ExecutionRecord:
-    """Wait until the execution finishes or waits (for input or a timer). An execution run by
-    this process is handed back at its next checkpoint boundary on Ctrl-C."""
+    """Wait until the execution finishes or waits (for input or a timer)."""
     handle = client.handle(execution_id)
-    try:
-        while True:
-            try:
-                handle.result(timeout=POLL_SECONDS)
-            except ResultTimeout:
-                if handle.status() is Status.WAITING:
-                    break
-                continue
-            except TetherError:
-                pass  # failed or cancelled: the record says which
-            break
-    except KeyboardInterrupt:
-        if _State.debug:
-            raise
-        from ._executor import executor
-
-        executor().release_all()
-        err.print(
-            f"interrupted: execution {execution_id} is handed back at its next checkpoint "
-            "boundary and stays queued; a `tether worker` or `tether executions resume` "
-            "continues it",
-            highlight=False,
-        )
-        raise typer.Exit(130) from None
+    while True:
+        try:
+            handle.result(timeout=POLL_SECONDS)
+        except ResultTimeout:
+            if handle.status() is Status.WAITING:
+                break
+            continue
+        except TetherError:
+            pass  # failed or cancelled: the record says which
+        break
     return client.get(execution_id)
 
 
-def _outcome(client: Client, execution_id: str, *, wait: bool, queue: bool, as_json: bool) -> None:
-    """After resume, retry or replay: report where the execution got to. It runs in this
-    process unless `--queue`, so the process stays until it finishes or waits anyway."""
+def _follow_through(
+    client: Client, execution_id: str, *, wait: bool, queue: bool, as_json: bool
+) -> ExecutionRecord:
+    """After resume, retry or replay: the execution once it finishes or waits. It runs in this
+    process (unless `--queue`), so the process stays until then, `--wait` or not."""
     if queue and not wait:
-        record = client.get(execution_id)
-        if as_json:
-            _dump(render.execution_json(record))
-        else:
-            out.print("Queued for a worker (`tether worker`).", highlight=False)
-        return
+        return client.get(execution_id)
     if queue and not as_json:
         err.print("Waiting for a worker (`tether worker`) to run it…", style="dim")
-    record = _settle(client, execution_id)
+    return _settle(client, execution_id)
+
+
+def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:
+    """Print where a started execution got to; with `--wait`, its result (exit 1 if it
+    failed or was cancelled)."""
     failed = record.status in (Status.FAILED, Status.CANCELLED)
     if as_json:
         _dump(render.execution_json(record))
+    elif record.status is Status.QUEUED:
+        _say("Queued for a worker (`tether worker`).")
     elif record.status is Status.SUCCEEDED and wait:
         result = render.plain(lambda: record.result, record.result_json)
         if isinstance(result, str):
-            out.print(result, markup=False, highlight=False)
+            _say(result)
         else:
             _dump(result)
     elif record.status is Status.WAITING:
-        out.print(render.input_hint(record) or f"Execution {record.id} is waiting (a timer).")
+        out.print(render.input_hint(record) or render.timer_hint(record))
     elif failed and wait:
         error = render.error_line(record.error) if record.status is Status.FAILED else ""
         _fail(f"execution {record.id} {record.status.value}" + (f": {error}" if error else ""), 1)
@@ -276,9 +295,9 @@ def list_command(
     elif records:
         out.print(render.executions_table(records))
     elif status or flow:
-        out.print("No executions match.")
+        _say("No executions match.")
     else:
-        out.print(f"No executions yet in {client.db}. Run a @tether.flow to record one.")
+        _say(f"No executions yet in {client.db}. Run a @tether.flow to record one.")
 
 
 @executions_app.command("get")
@@ -319,7 +338,8 @@ def logs_command(
     as_json: JsonOption = False,
 ) -> None:
     """Print what an execution's checkpoints printed (stdout, stderr) and logged (`logging`),
-    in order, each line prefixed with the checkpoint's position and name.
+    in order, each line prefixed with the checkpoint's position and name. A call's output is
+    recorded when the call finishes.
 
     With `--json`: a list of records; with `--follow --json`, one record per line.
     """
@@ -333,7 +353,7 @@ def logs_command(
                 for r in records:
                     out.print(render.log_line(r), highlight=False, soft_wrap=True)
             else:
-                out.print(_no_output(execution_id, checkpoint))
+                _say(_no_output(execution_id, checkpoint))
             return
         handle = client.handle(execution_id)
         last, printed = 0, False
@@ -349,7 +369,7 @@ def logs_command(
                 break
             time.sleep(POLL_SECONDS)
         if not printed and not as_json:
-            out.print(_no_output(execution_id, checkpoint))
+            _say(_no_output(execution_id, checkpoint))
 
 
 def _no_output(execution_id: str, checkpoint: str | None) -> str:
@@ -424,8 +444,9 @@ def resume_command(
         client = _client(db)
         handle = client.resume(execution_id)
         if not as_json:
-            out.print(f"Resumed execution {handle.id}.", highlight=False)
-        _outcome(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+            _say(f"Resumed execution {handle.id}.")
+        record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+    _report(record, wait=wait, as_json=as_json)
 
 
 @executions_app.command("retry")
@@ -445,8 +466,9 @@ def retry_command(
         client = _client(db)
         handle = client.retry(execution_id)
         if not as_json:
-            out.print(f"Retrying execution {handle.id}.", highlight=False)
-        _outcome(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+            _say(f"Retrying execution {handle.id}.")
+        record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+    _report(record, wait=wait, as_json=as_json)
 
 
 @executions_app.command("replay")
@@ -497,11 +519,9 @@ def replay_command(
         client = _client(db)
         handle = client.replay(execution_id, from_=from_, overrides=overrides, args=new_args)
         if not as_json:
-            out.print(
-                f"Replaying {execution_id} from {from_} as new execution {handle.id}.",
-                highlight=False,
-            )
-        _outcome(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+            _say(f"Replaying {execution_id} from {from_} as new execution {handle.id}.")
+        record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+    _report(record, wait=wait, as_json=as_json)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -555,12 +575,11 @@ def cancel_command(
     if as_json:
         _dump({"id": execution_id, "status": status.value, "cancelled": status is Status.CANCELLED})
     elif status is Status.CANCELLED:
-        out.print(f"Execution {execution_id} is cancelled.", highlight=False)
+        _say(f"Execution {execution_id} is cancelled.")
     else:
-        out.print(
+        _say(
             f"Cancel requested: execution {execution_id} ({status.value}) stops at its next "
-            "checkpoint boundary.",
-            highlight=False,
+            "checkpoint boundary."
         )
 
 
@@ -575,20 +594,20 @@ def recover_command(
     with _errors(), _running_here(queue, as_json):
         client = _client(db)
         ids = client.recover()
-        if not ids:
-            if as_json:
-                _dump([])
-            else:
-                out.print("Nothing to recover: no execution is stranded.")
-            return
-        if not as_json:
+        if ids and not as_json:
             where = "queued for the workers" if queue else "running them here"
-            out.print(f"Recovered {len(ids)} execution(s), {where}.", highlight=False)
+            _say(f"Recovered {len(ids)} execution(s), {where}.")
         records = [client.get(i) if queue else _settle(client, i) for i in ids]
     if as_json:
         _dump([render.execution_json(r) for r in records])
-    else:
+    elif records:
         out.print(render.executions_table(records))
+    else:
+        _say("Nothing to recover: no execution is stranded.")
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -622,8 +641,9 @@ def prune_command(
         typer.Option(
             "--status",
             "-s",
-            help="Only finished executions with this status (repeatable; default: succeeded, "
-            "failed and cancelled).",
+            metavar="STATUS",
+            help="Only finished executions with this status: succeeded, failed or cancelled "
+            "(repeatable; default: all three).",
         ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
@@ -648,23 +668,21 @@ def prune_command(
         }
         if not as_json:
             noun = "execution" if matched == 1 else "executions"
-            out.print(
-                f"{matched} {which} {noun} finished more than {older_than} ago.", highlight=False
-            )
+            _say(f"{matched} {which} {noun} finished more than {older_than} ago.")
         if matched and not yes:
-            if as_json or not sys.stdin.isatty():
+            if as_json or not _stdin_is_terminal():
                 if not as_json:
-                    out.print("Nothing deleted; run again with --yes to delete them.")
+                    _say("Nothing deleted; run again with --yes to delete them.")
                 else:
                     _dump(summary)
                 return
             if not typer.confirm("Delete them, with everything recorded about them?"):
-                out.print("Nothing deleted.")
+                _say("Nothing deleted.")
                 return
         if matched:
             summary["deleted"] = client.prune(seconds, status=status)
             if not as_json:
-                out.print(f"Deleted {summary['deleted']}.", highlight=False)
+                _say(f"Deleted {summary['deleted']}.")
     if as_json:
         _dump(summary)
 
@@ -688,12 +706,12 @@ def waits_command(
     elif pending:
         out.print(render.waits_table(pending))
     else:
-        out.print("No pending waits.")
+        _say("No pending waits.")
 
 
 @executions_app.command("input")
 def input_command(
-    execution_id: Annotated[str, typer.Argument(help="The execution that waits.")],
+    execution_id: Annotated[str, typer.Argument(metavar="ID", help="The execution that waits.")],
     value: Annotated[str, typer.Option("--value", help="The input, as JSON (e.g. true).")],
     wait: Annotated[
         str | None,

@@ -8,6 +8,7 @@ Exception
     │   └── FlowNotFoundError       a recorded flow can no longer be imported
     ├── ConfigurationError          a bad store URL or setting
     ├── StoreError                  the database failed or is from a newer tether
+    │   └── StoreUnavailable        the database cannot be reached right now (retry later)
     ├── SerializationError          a value cannot be stored (names the path)
     ├── DivergenceError             resumed code calls a different checkpoint
     ├── CheckpointError             a recorded failure whose type cannot be rebuilt
@@ -61,6 +62,7 @@ __all__ = [
     "ResultTimeout",
     "SerializationError",
     "StoreError",
+    "StoreUnavailable",
     "Suspended",
     "TetherError",
     "UsageError",
@@ -92,6 +94,11 @@ class ConfigurationError(TetherError):
 
 class StoreError(TetherError):
     """The store failed, or its schema is newer than this version of tether."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now (restarting, network down). Executors retry
+    their writes for a while before giving the execution up to be recovered."""
 
 
 class SerializationError(TetherError):

@@ -39,6 +39,9 @@ class ExecutionRow:
     options: str | None = None
     wake_at: float | None = None
     progress: str | None = None
+    queue: str = "default"
+    priority: int = 0
+    dedup_key: str | None = None
     # Filled by list_executions only: succeeded checkpoint calls, and a pending wait's name.
     checkpoints_done: int | None = None
     pending_wait: str | None = None
@@ -126,9 +129,11 @@ class Store(abc.ABC):
         *,
         checkpoints: Sequence[CheckpointRow] = (),
         waits: Sequence[WaitRow] = (),
-    ) -> None:
+    ) -> str:
         """Insert a new execution, with recorded checkpoint calls and waits to start from
-        (a replay's copy of its source), in one transaction."""
+        (a replay's copy of its source), in one transaction. Returns its id; when an
+        execution of the same flow already has `row.dedup_key`, nothing is inserted and
+        that execution's id is returned."""
 
     @abc.abstractmethod
     def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
@@ -206,16 +211,42 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def claim_runnable(
-        self, claim: Claim, *, now: float, due: float, ids: Sequence[str] | None = None
+        self,
+        claim: Claim,
+        *,
+        now: float,
+        due: float,
+        ids: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
     ) -> ExecutionRow | None:
         """Take one runnable execution (oldest first), or None. Runnable: queued and not
         leased (or its lease expired at `now`), waiting and due (`wake_at <= due`, by the
-        timer clock), or running with a lease expired at `now`. With `ids`, only among those.
-        Sets `running` and counts an attempt."""
+        timer clock), or running with a lease expired at `now`. With `ids`, only among those;
+        with `queues`, only from those. Highest priority first, then oldest. A queue's limits
+        (`set_queue_limits`) hold across all claimers. Sets `running` and counts an attempt."""
 
     @abc.abstractmethod
-    def runnable(self, *, now: float, due: float, limit: int) -> list[ExecutionRow]:
-        """Runnable executions (see `claim_runnable`), oldest first, without claiming them."""
+    def set_queue_limits(
+        self,
+        name: str,
+        *,
+        concurrency: int | None,
+        rate_limit: int | None,
+        rate_period: float | None,
+        now: float,
+    ) -> None:
+        """Set (or, with no limits, remove) the fleet-wide limits of a queue."""
+
+    @abc.abstractmethod
+    def running_by_queue(self, *, now: float) -> dict[str, int]:
+        """How many executions run (with a live lease) in each queue."""
+
+    @abc.abstractmethod
+    def runnable(
+        self, *, now: float, due: float, limit: int, queues: Sequence[str] | None = None
+    ) -> list[ExecutionRow]:
+        """Runnable executions (see `claim_runnable`), highest priority and oldest first,
+        without claiming them; with `queues`, only from those."""
 
     # --- waits --------------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ from ._base import (
 EXECUTION_COLUMNS = (
     "id, flow, import_path, script, args, status, result, error, owner, lease_token, "
     "lease_expires, attempt, cancel_requested, created_at, updated_at, started_at, "
-    "finished_at, parent_id, replay_of, metadata, options, wake_at, progress"
+    "finished_at, parent_id, replay_of, metadata, options, wake_at, progress, queue, priority, "
+    "dedup_key"
 )
 CHECKPOINT_COLUMNS = (
     "position, name, fingerprint, status, result, error, attempts, started_at, finished_at, "
@@ -50,6 +51,16 @@ RUNNABLE = (
     "((status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)) "
     "OR (status = 'waiting' AND wake_at <= :due) "
     "OR (status = 'running' AND lease_expires < :now))"
+)
+
+# A queue's limits (if any) allow one more start: fewer running than its concurrency, and
+# fewer starts in the last rate period than its rate limit.
+UNDER_LIMITS = (
+    "NOT EXISTS (SELECT 1 FROM queue_limits q WHERE q.name = e.queue AND ("
+    "(q.concurrency IS NOT NULL AND (SELECT count(*) FROM executions r WHERE r.queue = e.queue "
+    "AND r.status = 'running' AND r.lease_expires >= :now) >= q.concurrency) OR "
+    "(q.rate_limit IS NOT NULL AND (SELECT count(*) FROM executions s WHERE s.queue = e.queue "
+    "AND s.started_at >= :now - q.rate_period) >= q.rate_limit)))"
 )
 
 # Fenced: the row is written only while the lease token still holds the execution, in the
@@ -116,6 +127,10 @@ class SqlStore(Store, abc.ABC):
         """Translate `?` / `:name` placeholders to the driver's style (identity by default)."""
         return text
 
+    def _lock_queue(self, conn: Connection, name: str) -> None:
+        """Serialize claims from one queue until the transaction ends (SQLite: its write
+        transactions are serialized already)."""
+
     def _lock_for_migration(self, conn: Connection) -> None:
         """Serialize migrations between processes starting at once."""
 
@@ -179,22 +194,31 @@ class SqlStore(Store, abc.ABC):
         *,
         checkpoints: Sequence[CheckpointRow] = (),
         waits: Sequence[WaitRow] = (),
-    ) -> None:
-        # Without seeds (every plain start) one statement is its own transaction.
-        scope = self._transaction() if checkpoints or waits else self._connection()
-        with scope as conn:
-            self._run(
+    ) -> str:
+        # Without seeds or a key (every plain start) one statement is its own transaction.
+        atomic = bool(checkpoints or waits or row.dedup_key)
+        with self._transaction() if atomic else self._connection() as conn:
+            inserted = self._run(
                 conn,
                 f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (flow, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING",
                 (
                     row.id, row.flow, row.import_path, row.script, row.args, row.status,
                     row.result, row.error, row.owner, row.lease_token, row.lease_expires,
                     row.attempt, int(row.cancel_requested), row.created_at, row.updated_at,
                     row.started_at, row.finished_at, row.parent_id, row.replay_of, row.metadata,
-                    row.options, row.wake_at, row.progress,
+                    row.options, row.wake_at, row.progress, row.queue, row.priority,
+                    row.dedup_key,
                 ),
-            )  # fmt: skip
+            ).rowcount  # fmt: skip
+            if inserted != 1:
+                existing = self._run(
+                    conn,
+                    "SELECT id FROM executions WHERE flow = ? AND dedup_key = ?",
+                    (row.flow, row.dedup_key),
+                ).fetchone()
+                return str(existing[0])
             if checkpoints:
                 self._executemany(
                     conn,
@@ -212,6 +236,7 @@ class SqlStore(Store, abc.ABC):
                       w.question, w.metadata, w.deadline, w.value, w.resolved_by, w.created_at,
                       w.resolved_at) for w in waits],
                 )  # fmt: skip
+            return row.id
 
     def get_execution(self, execution_id: str) -> ExecutionRow | None:
         found = self._one(
@@ -430,36 +455,120 @@ class SqlStore(Store, abc.ABC):
             return True
 
     def claim_runnable(
-        self, claim: Claim, *, now: float, due: float, ids: Sequence[str] | None = None
+        self,
+        claim: Claim,
+        *,
+        now: float,
+        due: float,
+        ids: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> ExecutionRow | None:
+        if ids is not None and not ids:
+            return None
+        limited = {name for (name,) in self._all("SELECT name FROM queue_limits")}
+        wanted = None if queues is None else set(queues)
+        # Queues without limits need no coordination: one atomic statement claims.
+        found = self._claim(claim, now, due, ids, queues=wanted, exclude=limited)
+        if found is not None:
+            return found
+        # A limited queue is claimed from under a per-queue lock, so that concurrent
+        # claimers count each other's claims against its concurrency and rate limits.
+        for name in sorted(limited if wanted is None else limited & wanted):
+            with self._transaction() as conn:
+                self._lock_queue(conn, name)
+                found = self._claim(claim, now, due, ids, queues={name}, exclude=set(), conn=conn)
+            if found is not None:
+                return found
+        return None
+
+    def _claim(
+        self,
+        claim: Claim,
+        now: float,
+        due: float,
+        ids: Sequence[str] | None,
+        *,
+        queues: set[str] | None,
+        exclude: set[str],
+        conn: Connection | None = None,
     ) -> ExecutionRow | None:
         params: dict[str, Any] = {
             "owner": claim.owner, "token": claim.token, "expires": claim.expires, "now": now,
             "due": due,
         }  # fmt: skip
-        among = ""
-        if ids is not None:
-            if not ids:
+        where = [RUNNABLE]
+        for label, values, negate in (("id", ids, False), ("q", queues, False),
+                                      ("x", exclude, True)):  # fmt: skip
+            if values is None or (negate and not values):
+                continue
+            if not values:
                 return None
-            among = f"AND id IN ({', '.join(f':id{i}' for i in range(len(ids)))})"
-            params.update({f"id{i}": v for i, v in enumerate(ids)})
+            names = [f":{label}{i}" for i in range(len(values))]
+            params.update(zip((n[1:] for n in names), values, strict=True))
+            column = "id" if label == "id" else "queue"
+            where.append(f"{column} {'NOT IN' if negate else 'IN'} ({', '.join(names)})")
         # One statement: the row is picked and taken atomically (SQLite serializes writers;
         # Postgres locks the picked row and skips rows other claimers hold).
-        found = self._one(
+        sql = (
             "UPDATE executions SET status = 'running', owner = :owner, lease_token = :token, "
             "lease_expires = :expires, attempt = attempt + 1, wake_at = NULL, "
             "started_at = coalesce(started_at, :now), updated_at = :now "
-            "WHERE id = (SELECT id FROM executions WHERE "
-            f"{RUNNABLE} {among} ORDER BY created_at LIMIT 1{self.skip_locked}) "
-            f"RETURNING {EXECUTION_COLUMNS}",
-            params,
+            "WHERE id = (SELECT id FROM executions e WHERE "
+            f"{' AND '.join(where)} AND {UNDER_LIMITS} "
+            f"ORDER BY priority DESC, created_at LIMIT 1{self.skip_locked}) "
+            f"RETURNING {EXECUTION_COLUMNS}"
         )
+        if conn is not None:
+            found = self._run(conn, sql, params).fetchone()
+        else:
+            found = self._one(sql, params)
         return execution_row(found) if found else None
 
-    def runnable(self, *, now: float, due: float, limit: int) -> list[ExecutionRow]:
+    def set_queue_limits(
+        self,
+        name: str,
+        *,
+        concurrency: int | None,
+        rate_limit: int | None,
+        rate_period: float | None,
+        now: float,
+    ) -> None:
+        with self._connection() as conn:
+            if concurrency is None and rate_limit is None:
+                self._run(conn, "DELETE FROM queue_limits WHERE name = ?", (name,))
+                return
+            self._run(
+                conn,
+                "INSERT INTO queue_limits (name, concurrency, rate_limit, rate_period, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "concurrency = excluded.concurrency, rate_limit = excluded.rate_limit, "
+                "rate_period = excluded.rate_period, updated_at = excluded.updated_at",
+                (name, concurrency, rate_limit, rate_period, now),
+            )
+
+    def running_by_queue(self, *, now: float) -> dict[str, int]:
         rows = self._all(
-            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE {RUNNABLE} "
-            "ORDER BY created_at LIMIT :limit",
-            {"now": now, "due": due, "limit": limit},
+            "SELECT queue, count(*) FROM executions WHERE status = 'running' "
+            "AND lease_expires >= ? GROUP BY queue",
+            (now,),
+        )
+        return {str(q): int(n) for q, n in rows}
+
+    def runnable(
+        self, *, now: float, due: float, limit: int, queues: Sequence[str] | None = None
+    ) -> list[ExecutionRow]:
+        params: dict[str, Any] = {"now": now, "due": due, "limit": limit}
+        among = ""
+        if queues is not None:
+            if not queues:
+                return []
+            names = [f":q{i}" for i in range(len(queues))]
+            params.update(zip((n[1:] for n in names), queues, strict=True))
+            among = f"AND queue IN ({', '.join(names)})"
+        rows = self._all(
+            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE {RUNNABLE} {among} "
+            "ORDER BY priority DESC, created_at LIMIT :limit",
+            params,
         )
         return [execution_row(r) for r in rows]
 

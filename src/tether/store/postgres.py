@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, StoreError
+from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ._sql import Connection, SqlStore, to_format_style
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ class PostgresStore(SqlStore):
                 f"{url!r} needs the PostgreSQL driver: pip install 'tether[postgres]' ({exc})"
             ) from exc
         self.url = url
-        self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        # Connection-level failures (server restart, network) mean "try again later";
+        # anything else (a constraint, a bug) is a real error and propagates as it is.
+        self._unavailable: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
         self._pool: ConnectionPool[Any] = ConnectionPool(
             conninfo=url,
             min_size=1,
@@ -63,13 +65,25 @@ class PostgresStore(SqlStore):
             self.close()
             raise
 
-    def _connection(self) -> Any:
-        return self._pool.connection()
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except self._unavailable as exc:
+            raise self._down(exc) from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        with self._pool.connection() as conn, conn.transaction():
-            yield conn
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except self._unavailable as exc:
+            raise self._down(exc) from exc
+
+    def _down(self, exc: BaseException) -> StoreUnavailable:
+        # The pool replaces broken connections by itself; callers retry the operation.
+        return StoreUnavailable(f"PostgreSQL at {_redact(self.url)} is unavailable: {exc}")
 
     def _executemany(self, conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -78,6 +92,9 @@ class PostgresStore(SqlStore):
 
     def _sql(self, text: str) -> str:
         return to_format_style(text)
+
+    def _lock_queue(self, conn: Connection, name: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tether-queue:{name}",))
 
     def _lock_for_migration(self, conn: Connection) -> None:
         conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")

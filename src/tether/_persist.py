@@ -1,0 +1,31 @@
+"""Riding out a database that is briefly unavailable (a restart, a failover, a blip).
+
+Executors retry their writes while the lease would still be theirs; past that, another
+executor may take the execution over anyway, so they give up and leave it to recovery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from ._config import settings
+from .errors import StoreUnavailable
+
+T = TypeVar("T")
+
+
+def persist(operation: Callable[[], T]) -> T:
+    """Run a store operation, retrying while the store is unavailable, for at most the
+    lease duration; then re-raise StoreUnavailable."""
+    deadline = time.monotonic() + settings().lease_seconds
+    pause = 0.05
+    while True:
+        try:
+            return operation()
+        except StoreUnavailable:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)

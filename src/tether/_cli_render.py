@@ -100,10 +100,9 @@ def plain(decode: Callable[[], Any], stored: str | None) -> Any:
     if stored is None:
         return None
     try:
-        value = decode()
+        return pydantic_core.to_jsonable_python(decode(), fallback=repr, bytes_mode="base64")
     except Exception:
         return json.loads(stored)
-    return pydantic_core.to_jsonable_python(value, fallback=repr, bytes_mode="base64")
 
 
 def one_line(text: str | Text, style: str = "") -> Text:
@@ -164,10 +163,25 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         checkpoints_done=record.checkpoints_done,
         checkpoints=[checkpoint_json(cp) for cp in record.checkpoints],
         waits=[wait_json(w) for w in record.waits],
-        warnings=record.warnings,
+        warnings=warnings(record),
         events=[event_json(e) for e in record.events],
     )
     return data
+
+
+# Events that are captured output, not notes about the execution.
+_OUTPUT_KINDS = ("output", "log", "truncated")
+
+
+def warnings(record: ExecutionRecord) -> list[str]:
+    """The warnings noted on the execution (changed arguments on resume, a flow that could
+    not be imported...). Not `record.warnings`: that also counts captured `logging` records
+    of level warning, which `logs` shows."""
+    return [
+        e.message.strip()
+        for e in record.events
+        if e.level == "warning" and e.kind not in _OUTPUT_KINDS
+    ]
 
 
 def _args(record: ExecutionRecord) -> dict[str, Any]:
@@ -366,7 +380,7 @@ def header(record: ExecutionRecord) -> Table:
         rows.append(("error", Text(error_line(record.error), style="red")))
     if record.status is Status.WAITING and record.wake_at is not None:
         rows.append(("wakes at", when(record.wake_at)))
-    for i, warning in enumerate(record.warnings):
+    for i, warning in enumerate(warnings(record)):
         rows.append(("warnings" if i == 0 else "", Text(warning, style="yellow")))
     for label, value in rows:
         if value is not None:
@@ -431,11 +445,11 @@ def timeline(record: ExecutionRecord) -> Table:
 
 def _checkpoint_row(cp: CheckpointRecord) -> list[RenderableType]:
     if cp.status == "succeeded":
-        value = preview(plain(lambda: cp.result, cp.result_json))
+        value = preview(plain(lambda: cp.result, cp.result_json), 200)
         detail = Text("override → ", style="yellow") if cp.metadata.get("override") else Text()
         detail.append(value)
     else:
-        detail = Text(preview(error_line(cp.error) or _last_error(cp)), style="red")
+        detail = Text(preview(error_line(cp.error) or _last_error(cp), 200), style="red")
     return [
         Text(cp.name),
         status_text(cp.status),

@@ -23,7 +23,7 @@ from ._engine import load_flow
 from ._executor import Executor, executor
 from ._queues import Queue
 from ._status import Status
-from .errors import UsageError
+from .errors import StoreError, UsageError
 from .store import EventRow, ExecutionRow, Store
 
 log = logging.getLogger("tether.worker")
@@ -116,13 +116,39 @@ class Worker:
         # suspended executions (and poll each of them) as a plain process does.
         parking = self._executor.parking
         self._executor.parking = False
+        # Hand work back the moment a stop is asked for, even while the loop below waits on
+        # a notification; a thread does it, because a signal handler must not take locks.
+        releaser = threading.Thread(target=self._release_on_stop, daemon=True)
+        releaser.start()
         try:
             while not self._stop.is_set():
-                if not self.run_once():
-                    self._stop.wait(self.poll)
+                try:
+                    if not self.run_once():
+                        self._idle()
+                except StoreError as exc:
+                    # A restart or a network blip: keep going; the claims are retried.
+                    log.warning("store unavailable, retrying: %s", exc)
+                    self._stop.wait(min(1.0, self.recover_every))
         finally:
             self.shutdown(grace)
             self._executor.parking = parking
+
+    def _release_on_stop(self) -> None:
+        self._stop.wait()
+        self._executor.release_all()
+
+    def _idle(self) -> None:
+        """Wait for work: a notification (Postgres), the poll interval (SQLite), the next
+        due timer, or a free slot, whichever comes first."""
+        if self._executor.held_count() >= self.concurrency:
+            self._executor.wait_for_change(self.recover_every)
+            return
+        timeout = self.recover_every if self._store.notifies else self.poll
+        due = self._store.next_due()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - settings().clock()))
+        if timeout > 0:
+            self._store.wait_for_work(timeout)
 
     def stop(self) -> None:
         """Ask `run()` to return (thread-safe)."""

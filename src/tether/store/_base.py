@@ -9,6 +9,7 @@ types.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -318,6 +319,18 @@ class Store(abc.ABC):
 
     def maintain(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Housekeeping that executors call now and then; a no-op unless a store needs it."""
+
+    #: True when wait_for_work() returns as soon as work arrives (workers then poll rarely)
+    notifies: bool = False
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block until an execution may have become runnable, or `timeout` seconds. Without
+        notifications (the default) this just sleeps; workers then poll often."""
+        time.sleep(timeout)
+
+    @abc.abstractmethod
+    def next_due(self) -> float | None:
+        """The earliest wake-up time (timer clock) of a waiting execution, if any."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -127,6 +127,12 @@ class SqlStore(Store, abc.ABC):
         """Translate `?` / `:name` placeholders to the driver's style (identity by default)."""
         return text
 
+    def next_due(self) -> float | None:
+        found = self._one(
+            "SELECT min(wake_at) FROM executions WHERE status = 'waiting' AND wake_at IS NOT NULL"
+        )
+        return None if found is None or found[0] is None else float(found[0])
+
     def _lock_queue(self, conn: Connection, name: str) -> None:
         """Serialize claims from one queue until the transaction ends (SQLite: its write
         transactions are serialized already)."""
@@ -751,11 +757,23 @@ def execution_row(r: Sequence[Any]) -> ExecutionRow:
 
 
 def statements(sql: str) -> Iterator[str]:
-    # Migration files hold plain DDL with no semicolons inside statements.
+    """Split a migration file into statements: on semicolons, except inside $$ bodies."""
     lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
-    for statement in "\n".join(lines).split(";"):
-        if statement.strip():
-            yield statement
+    text = "\n".join(lines)
+    current: list[str] = []
+    for i, chunk in enumerate(text.split("$$")):
+        if i % 2:  # inside a $$ ... $$ body
+            current.append(f"$${chunk}$$")
+            continue
+        parts = chunk.split(";")
+        current.append(parts[0])
+        for part in parts[1:]:
+            statement = "".join(current)
+            if statement.strip():
+                yield statement
+            current = [part]
+    if "".join(current).strip():
+        yield "".join(current)
 
 
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")

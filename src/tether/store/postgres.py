@@ -11,8 +11,10 @@ Install the driver with `pip install 'tether[postgres]'`.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
@@ -39,6 +41,8 @@ class PostgresStore(SqlStore):
                 f"{url!r} needs the PostgreSQL driver: pip install 'tether[postgres]' ({exc})"
             ) from exc
         self.url = url
+        self._listen: Any = None
+        self._listen_lock = threading.Lock()
         # Connection-level failures (server restart, network) mean "try again later";
         # anything else (a constraint, a bug) is a real error and propagates as it is.
         self._unavailable: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
@@ -99,7 +103,42 @@ class PostgresStore(SqlStore):
     def _lock_for_migration(self, conn: Connection) -> None:
         conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
 
+    # --- notifications ------------------------------------------------------------------
+
+    notifies = True
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block on LISTEN until the trigger reports a runnable execution, or `timeout`."""
+        deadline = time.monotonic() + timeout
+        try:
+            listener = self._listener()
+            for _ in listener.notifies(timeout=max(0.0, timeout), stop_after=1):
+                break
+        except self._unavailable:
+            # The server went away: drop the connection (a new one is made next time) and
+            # fall back to waiting out the timeout, as a polling worker would.
+            self._close_listener()
+            time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def _listener(self) -> Any:
+        with self._listen_lock:
+            if self._listen is None or self._listen.closed:
+                import psycopg
+
+                conn = psycopg.connect(self.url, autocommit=True)
+                conn.execute("LISTEN tether_runnable")
+                self._listen = conn
+            return self._listen
+
+    def _close_listener(self) -> None:
+        with self._listen_lock:
+            if self._listen is not None:
+                with suppress(Exception):
+                    self._listen.close()
+                self._listen = None
+
     def close(self) -> None:
+        self._close_listener()
         self._pool.close()
 
 

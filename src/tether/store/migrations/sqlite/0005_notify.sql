@@ -1,0 +1,2 @@
+-- tether schema v5: nothing for SQLite. (PostgreSQL adds a NOTIFY trigger here; SQLite has
+-- no notifications, so its workers poll.) Kept so both dialects share version numbers.

@@ -38,29 +38,39 @@ import importlib.metadata
 import importlib.util
 import json
 import math
-import os
-import platform
 import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _harness import (
+    Child,
+    Unavailable,
+    child_env,
+    child_main,
+    dist_version,
+    emit,
+    loadavg,
+    log,
+    machine_info,
+    machine_was_busy,
+    quantile,
+    spawn,
+    table,
+    tether_source,
+    unavailable_on_error,
+)
 from _payload import payload, payload_size
 
-BENCH_DIR = Path(__file__).resolve().parent
-SRC_DIR = BENCH_DIR.parent / "src"
 US = "\u00b5s"  # micro sign, escaped so the source stays ASCII
-MARKER = "@@tether-bench@@ "  # prefixes the child's JSON result lines among any library output
 INSTALL_HINT = "not installed (pip install -e '.[bench]')"
 WARMUP_STEPS = 20
 KILL_AT_ENV = "TETHER_BENCH_KILL_AT"  # read by _tether_flows; duplicated so tether stays optional
@@ -105,24 +115,6 @@ VERSION_DISTS = ("dbos", "langgraph", "langgraph-checkpoint-sqlite", "sqlalchemy
 # ==================================================================================================
 
 
-class Unavailable(Exception):
-    """The engine cannot be imported or set up: reported as a row, not as a failure."""
-
-
-@contextlib.contextmanager
-def _unavailable_on_error() -> Iterator[None]:
-    # Anything raised while importing or configuring an engine (a missing module, an API that the
-    # package in development does not have yet) means "unavailable", not "slow" or "broken".
-    try:
-        yield
-    except Exception as exc:
-        raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _emit(data: dict[str, Any]) -> None:
-    print(MARKER + json.dumps(data, default=str), flush=True)
-
-
 def _sqlite_settings(conn: Any) -> dict[str, str]:
     """journal_mode and synchronous as the connection doing the writes sees them."""
     journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -146,6 +138,31 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
+def _warm_then_time(
+    args: argparse.Namespace, execute: Callable[[str, int], Any]
+) -> tuple[str, float, Any]:
+    """An untimed warm-up execution, then one timed execution under a fresh id: id, s, result."""
+    execute("warmup", args.warmup)
+    run_id = uuid.uuid4().hex
+    elapsed, result = _timed(lambda: execute(run_id, args.steps))
+    return run_id, elapsed, result
+
+
+def _measure_on(
+    conn: sqlite3.Connection,
+    count_sql: str,
+    args: argparse.Namespace,
+    execute: Callable[[str, int], Any],
+) -> dict[str, Any]:
+    """Time execute() as _warm_then_time does; then, on conn (the connection doing the writes),
+    count the timed id's rows with count_sql and read its settings. Closes conn."""
+    run_id, elapsed, result = _warm_then_time(args, execute)
+    rows = conn.execute(count_sql, (run_id,)).fetchone()
+    settings = _sqlite_settings(conn)
+    conn.close()
+    return {"elapsed_s": elapsed, "result": result, "rows": rows[0], **settings}
+
+
 def _worker_raw(args: argparse.Namespace) -> dict[str, Any]:
     path = Path(args.db_dir) / "raw.sqlite"
     # Autocommit: each INSERT is its own implicit transaction and commit, as one checkpoint is.
@@ -164,19 +181,13 @@ def _worker_raw(args: argparse.Namespace) -> dict[str, Any]:
             conn.execute(insert, (run_id, i, json.dumps(payload(i))))
         return n
 
-    execute("warmup", args.warmup)
-    run_id = uuid.uuid4().hex
-    elapsed, result = _timed(lambda: execute(run_id, args.steps))
-    rows = conn.execute("SELECT count(*) FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
-    settings = _sqlite_settings(conn)
-    conn.close()
-    return {"elapsed_s": elapsed, "result": result, "rows": rows[0], **settings}
+    return _measure_on(conn, "SELECT count(*) FROM checkpoints WHERE run_id = ?", args, execute)
 
 
 def _worker_dbos(args: argparse.Namespace, stock: bool) -> dict[str, Any]:
     import logging
 
-    with _unavailable_on_error():
+    with unavailable_on_error():
         import sqlalchemy as sa
         from dbos import DBOS, SetWorkflowID
 
@@ -220,9 +231,7 @@ def _worker_dbos(args: argparse.Namespace, stock: bool) -> dict[str, Any]:
         return handle.get_result()
 
     try:
-        execute("warmup", args.warmup)
-        workflow_id = uuid.uuid4().hex
-        elapsed, result = _timed(lambda: execute(workflow_id, args.steps))
+        workflow_id, elapsed, result = _warm_then_time(args, execute)
     finally:
         DBOS.destroy()
     with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -233,7 +242,7 @@ def _worker_dbos(args: argparse.Namespace, stock: bool) -> dict[str, Any]:
 
 
 def _worker_langgraph(args: argparse.Namespace, stock: bool) -> dict[str, Any]:
-    with _unavailable_on_error():
+    with unavailable_on_error():
         from langgraph.checkpoint.sqlite import SqliteSaver
         from langgraph.func import entrypoint, task
 
@@ -258,13 +267,7 @@ def _worker_langgraph(args: argparse.Namespace, stock: bool) -> dict[str, Any]:
     def execute(thread_id: str, n: int) -> Any:
         return bench_flow.invoke(n, config={"configurable": {"thread_id": thread_id}})
 
-    execute("warmup", args.warmup)
-    thread_id = uuid.uuid4().hex
-    elapsed, result = _timed(lambda: execute(thread_id, args.steps))
-    rows = conn.execute("SELECT count(*) FROM writes WHERE thread_id = ?", (thread_id,)).fetchone()
-    settings = _sqlite_settings(conn)
-    conn.close()
-    return {"elapsed_s": elapsed, "result": result, "rows": rows[0], **settings}
+    return _measure_on(conn, "SELECT count(*) FROM writes WHERE thread_id = ?", args, execute)
 
 
 def _drive(flow: Any, n: int) -> Any:
@@ -287,7 +290,7 @@ def _tether_version(tether: Any) -> str | None:
 
 def _worker_tether(args: argparse.Namespace, is_async: bool) -> dict[str, Any]:
     url = _tether_url(args)
-    with _unavailable_on_error():
+    with unavailable_on_error():
         import tether
 
         tether.configure(db=url)
@@ -306,7 +309,7 @@ def _worker_tether(args: argparse.Namespace, is_async: bool) -> dict[str, Any]:
 
 
 def _worker_tether_crash(args: argparse.Namespace) -> dict[str, Any]:
-    with _unavailable_on_error():
+    with unavailable_on_error():
         import tether
 
         tether.configure(db=_tether_url(args))
@@ -314,7 +317,7 @@ def _worker_tether_crash(args: argparse.Namespace) -> dict[str, Any]:
     handle = flows.resume_flow.run(args.steps)
     # run() returns at once, so the id is out before the kill; should it ever not be, the resume
     # worker finds the execution with Client.list().
-    _emit({"id": str(handle.id)})
+    emit({"id": str(handle.id)})
     handle.result(timeout=RESULT_TIMEOUT_S)
     raise RuntimeError(f"the flow finished: {KILL_AT_ENV} did not kill the process")
 
@@ -329,7 +332,7 @@ def _find_execution_id(client: Any, flow: Any) -> str:
 
 def _worker_tether_resume(args: argparse.Namespace) -> dict[str, Any]:
     url = _tether_url(args)
-    with _unavailable_on_error():
+    with unavailable_on_error():
         # Registers the flows under the same module name as in the crashed process.
         import _tether_flows as flows
         import tether
@@ -364,38 +367,9 @@ WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 
-def _worker_main(args: argparse.Namespace) -> int:
-    try:
-        _emit(WORKERS[args.worker](args))
-    except Unavailable as exc:
-        _emit({"unavailable": str(exc)})
-    except Exception as exc:
-        traceback.print_exc()
-        _emit({"error": f"{type(exc).__name__}: {exc}"})
-        return 1
-    return 0
-
-
 # ==================================================================================================
 # Parent side: spawns the workers, aggregates and prints.
 # ==================================================================================================
-
-
-@dataclass
-class Child:
-    data: dict[str, Any]
-    returncode: int
-    wall_s: float
-    stderr: str
-
-    def failure(self) -> str | None:
-        """Why this child produced no usable result, or None."""
-        if "error" in self.data:
-            return str(self.data["error"])
-        if "elapsed_s" not in self.data:
-            tail = self.stderr.strip().splitlines()[-1:] or [f"exit code {self.returncode}"]
-            return f"no result ({tail[0]})"
-        return None
 
 
 @dataclass
@@ -420,54 +394,32 @@ class Context:
     progress: bool
 
 
-def _child_env(tether_from_src: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    # Nothing may leave the machine: no DBOS Conductor / cloud mode or OTLP export, no LangSmith
-    # tracing, whatever the calling shell has set.
-    for name in (
-        "DBOS__CLOUD",
-        "DBOS__CONDUCTOR_KEY",
-        "DBOS__CONDUCTOR_URL",
-        "DBOS__CONDUCTOR_APP_NAME",
-        "DBOS__OTLP_TRACES_ENDPOINT",
-        "DBOS__OTLP_LOGS_ENDPOINT",
-        "DBOS_SYSTEM_DATABASE_URL",
-        "DBOS_APP_NAME",
-        "LANGCHAIN_API_KEY",
-        "LANGSMITH_API_KEY",
-        "LANGSMITH_ENDPOINT",
-    ):
-        env.pop(name, None)
-    env.update(LANGSMITH_TRACING="false", LANGCHAIN_TRACING_V2="false", OTEL_SDK_DISABLED="true")
-    # benchmarks/ so children import _tether_flows by one stable module name; src/ when tether is
-    # a checkout that is not installed.
-    paths = [str(BENCH_DIR)] + ([str(SRC_DIR)] if tether_from_src else [])
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
+# Nothing may leave the machine: no DBOS Conductor / cloud mode or OTLP export, no LangSmith
+# tracing, whatever the calling shell has set.
+OFFLINE_DROP = (
+    "DBOS__CLOUD",
+    "DBOS__CONDUCTOR_KEY",
+    "DBOS__CONDUCTOR_URL",
+    "DBOS__CONDUCTOR_APP_NAME",
+    "DBOS__OTLP_TRACES_ENDPOINT",
+    "DBOS__OTLP_LOGS_ENDPOINT",
+    "DBOS_SYSTEM_DATABASE_URL",
+    "DBOS_APP_NAME",
+    "LANGCHAIN_API_KEY",
+    "LANGSMITH_API_KEY",
+    "LANGSMITH_ENDPOINT",
+)
+OFFLINE_SET = {
+    "LANGSMITH_TRACING": "false",
+    "LANGCHAIN_TRACING_V2": "false",
+    "OTEL_SDK_DISABLED": "true",
+}
 
 
 def _spawn(ctx: Context, worker: str, *extra: str, env: dict[str, str] | None = None) -> Child:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker]
-    cmd += ["--steps", str(ctx.steps), "--warmup", str(ctx.warmup), *extra]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            cmd,
-            env={**ctx.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=ctx.timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return Child({"error": f"timed out after {ctx.timeout_s:.0f} s"}, -1, ctx.timeout_s, "")
-    data: dict[str, Any] = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARKER):
-            data.update(json.loads(line[len(MARKER) :]))
-    return Child(data, proc.returncode, time.perf_counter() - t0, proc.stderr)
+    # Children import _tether_flows by one stable module name from benchmarks/ (child_env).
+    args = ["--steps", str(ctx.steps), "--warmup", str(ctx.warmup), *extra]
+    return spawn(__file__, worker, args, env={**ctx.env, **(env or {})}, timeout_s=ctx.timeout_s)
 
 
 @contextlib.contextmanager
@@ -479,19 +431,8 @@ def _fresh_dir(ctx: Context) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _log(ctx: Context, message: str) -> None:
-    if ctx.progress:
-        print(message, file=sys.stderr, flush=True)
-
-
-def _p90(xs: list[float]) -> float:
-    if len(xs) < 2:
-        return xs[0]
-    return statistics.quantiles(xs, n=10, method="inclusive")[-1]
-
-
 def _summary(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "p90": _p90(xs)}
+    return {"median": statistics.median(xs), "min": min(xs), "p90": quantile(xs, 9, 10)}
 
 
 def _storage_text(data: dict[str, Any]) -> str:
@@ -514,21 +455,21 @@ def _bench_rows(ctx: Context, rows: list[Row], runs: int, peer_budget_s: float) 
                 if row.engine.peer and reason.startswith("ModuleNotFoundError"):
                     reason = f"{INSTALL_HINT}: {reason}"
                 row.status, row.reason = "unavailable", reason
-                _log(ctx, f"[{key}] unavailable: {row.reason}")
+                log(ctx, f"[{key}] unavailable: {row.reason}")
                 continue
-            failure = child.failure()
+            failure = child.failure("elapsed_s")
             if failure is None and child.data.get("result") != ctx.steps:
                 failure = f"flow returned {child.data.get('result')!r}, expected {ctx.steps}"
             if failure is None and child.data.get("rows", ctx.steps) < ctx.steps:
                 failure = f"only {child.data['rows']} of {ctx.steps} steps were recorded"
             if failure is not None:
                 row.status, row.reason = "error", failure
-                _log(ctx, f"[{key}] error: {failure}\n{child.stderr.strip()[-2000:]}")
+                log(ctx, f"[{key}] error: {failure}\n{child.stderr.strip()[-2000:]}")
                 continue
             row.samples_us.append(child.data["elapsed_s"] * 1e6 / ctx.steps)
             row.storage = _storage_text(child.data)
             row.version = child.data.get("version") or row.version
-            _log(
+            log(
                 ctx,
                 f"[{key} {run_idx + 1}/{row.runs_target}] {row.samples_us[-1]:9.1f} {US}/checkpoint"
                 f"  (process {child.wall_s:.1f} s)",
@@ -571,7 +512,7 @@ def _resume_once(ctx: Context, variant: ResumeVariant) -> str | None:
         child = _spawn(ctx, "tether-resume", *extra)
     if "unavailable" in child.data:
         raise Unavailable(str(child.data["unavailable"]))
-    failure = child.failure()
+    failure = child.failure("elapsed_s")
     if failure is not None:
         return f"resume: {failure}\n{child.stderr.strip()[-2000:]}"
     if child.data.get("result") != ctx.steps:
@@ -597,83 +538,25 @@ def _bench_resume(ctx: Context, runs: int) -> ResumeReport:
                 error = _resume_once(ctx, variant)
                 if error is not None:
                     report.status, report.reason = "error", error.splitlines()[0]
-                    _log(ctx, f"[resume] error: {error}")
+                    log(ctx, f"[resume] error: {error}")
                     return report
-                _log(
+                log(
                     ctx,
                     f"[resume {run_idx + 1}/{runs}] kill at {variant.kill_at}: resume->result"
                     f" {variant.samples_s[-1] * 1e3:8.1f} ms, live steps {variant.live_steps[-1]}",
                 )
     except Unavailable as exc:
         report.status, report.reason = "unavailable", str(exc)
-        _log(ctx, f"[resume] unavailable: {exc}")
+        log(ctx, f"[resume] unavailable: {exc}")
     return report
 
 
 # --- machine info and output ----------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _mem_gib() -> float | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    return None
-
-
-def _fs_type(path: Path) -> str:
-    """Filesystem of path, from /proc/mounts (fsync costs differ wildly: tmpfs vs ext4)."""
-    best, fstype = "", "?"
-    with contextlib.suppress(OSError):
-        resolved = str(path.resolve())
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            if len(parts) < 3:
-                continue
-            mount = parts[1]
-            under = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-            if under and len(mount) > len(best):
-                best, fstype = mount, parts[2]
-    return fstype
-
-
-def _loadavg() -> float | None:
-    """1-minute load average: other work on a 2-core box skews every number here."""
-    with contextlib.suppress(OSError, AttributeError):
-        return round(os.getloadavg()[0], 2)
-    return None
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def _machine_info(tmp_base: Path) -> dict[str, Any]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "mem_gib": _mem_gib(),
-        "os": platform.platform(),
-        "python": f"{platform.python_version()} ({platform.python_implementation()})",
-        "sqlite": sqlite3.sqlite_version,
-        "tmp_dir": str(tmp_base),
-        "tmp_fs": _fs_type(tmp_base),
-        "loadavg_start": _loadavg(),
-        "packages": {dist: _version(dist) for dist in VERSION_DISTS},
-    }
+    packages = {dist: dist_version(dist) for dist in VERSION_DISTS}
+    return machine_info(tmp_base, mem=True, packages=packages)
 
 
 def _ratio(value: float, base: float) -> str:
@@ -717,43 +600,25 @@ def _render(
     ]
     raw_median = _medians(rows).get("raw", 0.0)
     header = ["engine", "runs", f"median {US}", f"min {US}", f"p90 {US}", "vs raw", "sqlite"]
-    table: list[list[str]] = []
+    cells_by_row: list[list[str]] = []
     notes: list[str] = []
     for row in rows:
         label = _row_label(row, pkgs)
         if row.status != "ok" or not row.samples_us:
             install = row.reason.startswith(INSTALL_HINT)
             reason = row.reason if install else f"{row.status}: {row.reason}"
-            table.append([label, "-", reason])
+            cells_by_row.append([label, "-", reason])  # the reason spans the other columns
             continue
         s = _summary(row.samples_us)
         runs_text = f"{len(row.samples_us)}" + ("*" if row.capped else "")
         vs_raw = _ratio(s["median"], raw_median)
         cells = [f"{s['median']:.1f}", f"{s['min']:.1f}", f"{s['p90']:.1f}"]
-        table.append([label, runs_text, *cells, vs_raw, row.storage])
+        cells_by_row.append([label, runs_text, *cells, vs_raw, row.storage])
         if row.capped:
             notes.append(f"* {row.engine.label}: runs capped at {row.runs_target} (slow peer).")
         if row.engine.note:
             notes.append(f"{row.engine.label}: {row.engine.note}.")
-    widths = [len(h) for h in header]
-    for cells in table:
-        widths[0] = max(widths[0], len(cells[0]))
-        if len(cells) == len(header):
-            widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
-    numeric = {1, 2, 3, 4, 5}
-
-    def fmt(cells: list[str]) -> str:
-        if len(cells) != len(header):  # label, "-", reason: the reason spans the other columns
-            return f"{cells[0]:<{widths[0]}}  {cells[1]:>{widths[1]}}  {cells[2]}"
-        parts = [
-            f"{c:>{w}}" if i in numeric else f"{c:<{w}}"
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    lines.append(fmt(header))
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [fmt(cells) for cells in table]
+    lines += table(header, cells_by_row, numeric={1, 2, 3, 4, 5})
     lines.append("")
     lines += _speedup_lines(rows)
     lines += notes
@@ -764,8 +629,7 @@ def _render(
         )
     if resume is not None:
         lines += ["", *_render_resume(ctx, resume, runs)]
-    loads = [x for x in (info["loadavg_start"], info["loadavg_end"]) if x is not None]
-    if loads and max(loads) > 0.5 * (info["usable_cores"] or 1):
+    if machine_was_busy(info):
         lines.append(
             "WARNING: the machine was busy with other work during the run (load average above);"
             " expect noisy numbers and compare ratios rather than absolute times."
@@ -811,22 +675,15 @@ def _render_resume(ctx: Context, resume: ResumeReport, runs: int) -> list[str]:
         f" interpreter start and imports; runs: {runs}.",
     ]
     header = ["execution", "median ms", "min ms", "p90 ms", "live steps"]
-    table = []
+    cells_by_row = []
     for v in resume.variants:
         s = _summary([x * 1e3 for x in v.samples_s])
         live = sorted(set(v.live_steps))
         expected = ctx.steps - v.kill_at
         live_text = "/".join(map(str, live)) + ("" if live == [expected] else f" (!={expected})")
         cells = [f"{s['median']:.1f}", f"{s['min']:.1f}", f"{s['p90']:.1f}"]
-        table.append([v.label, *cells, live_text])
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
-    for cells in [header, ["-" * w for w in widths], *table]:
-        lines.append(
-            "  ".join(
-                f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            )
-        )
+        cells_by_row.append([v.label, *cells, live_text])
+    lines += table(header, cells_by_row, numeric={1, 2, 3, 4})
     crash, replay = resume.variants
     replay_us = statistics.median(replay.samples_s) * 1e6 / replay.kill_at
     bound_us = statistics.median(crash.samples_s) * 1e6 / crash.kill_at
@@ -919,15 +776,6 @@ def _selected(only: str) -> list[str]:
     return keys
 
 
-def _tether_source() -> tuple[bool, str | None]:
-    """(import it from src/, reason it is unavailable): decided without importing tether."""
-    if importlib.util.find_spec("tether") is not None:
-        return False, None
-    if (SRC_DIR / "tether" / "__init__.py").exists():
-        return True, None
-    return False, "ModuleNotFoundError: No module named 'tether'"
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Per-checkpoint overhead: tether vs raw sqlite3, DBOS and LangGraph.",
@@ -966,18 +814,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.worker:
-        return _worker_main(args)
+        return child_main(lambda: WORKERS[args.worker](args))
 
     started = time.perf_counter()
     keys = _selected(args.only)
     tmp_base = (args.tmpdir or Path(tempfile.gettempdir())).resolve()
-    tether_from_src, tether_missing = _tether_source()
+    tether_from_src, tether_missing = tether_source()
     ctx = Context(
         steps=args.steps,
         warmup=min(WARMUP_STEPS, args.steps),
         timeout_s=args.timeout,
         tmp_base=tmp_base,
-        env=_child_env(tether_from_src),
+        env=child_env(tether_from_src, drop=OFFLINE_DROP, set_vars=OFFLINE_SET),
         progress=not args.quiet,
     )
     info = _machine_info(tmp_base)
@@ -996,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
             row.status, row.reason = "unavailable", INSTALL_HINT
         rows.append(row)
     if args.runs < 5:
-        _log(ctx, f"note: --runs {args.runs} is below the 5 runs the medians are meant to use")
+        log(ctx, f"note: --runs {args.runs} is below the 5 runs the medians are meant to use")
 
     _bench_rows(ctx, rows, args.runs, args.peer_budget)
     resume: ResumeReport | None = None
@@ -1007,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
             resume = _bench_resume(ctx, args.runs)
 
     elapsed = time.perf_counter() - started
-    info["loadavg_end"] = _loadavg()
+    info["loadavg_end"] = loadavg()
     if args.json:
         print(json.dumps(_to_json(info, ctx, args.runs, rows, resume, elapsed), indent=2))
     else:

@@ -44,11 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
-import importlib.util
 import json
-import os
-import platform
 import random
 import shutil
 import signal
@@ -58,15 +54,26 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-SRC_DIR = BENCH_DIR.parent / "src"
-MARKER = "@@tether-bench@@ "  # prefixes the child's JSON result lines among any library output
+from _harness import (
+    Child,
+    child_env,
+    child_main,
+    dist_version,
+    loadavg,
+    log,
+    machine_info,
+    machine_was_busy,
+    quantile,
+    spawn,
+    table,
+    tether_source,
+)
+
 FLOW_MODULE = "_wait_flows"
 WAIT_NAME = "approve"
 
@@ -86,10 +93,6 @@ WORKER_CONCURRENCY = 8
 # ==================================================================================================
 # Child side: runs inside a child process, prints MARKER + JSON lines, and exits.
 # ==================================================================================================
-
-
-def _emit(data: dict[str, Any]) -> None:
-    print(MARKER + json.dumps(data, default=str), flush=True)
 
 
 def _db_path(url: str) -> Path:
@@ -241,35 +244,9 @@ CHILDREN: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 
-def _child_main(args: argparse.Namespace) -> int:
-    try:
-        _emit(CHILDREN[args.worker](args))
-    except Exception as exc:
-        traceback.print_exc()
-        _emit({"error": f"{type(exc).__name__}: {exc}"})
-        return 1
-    return 0
-
-
 # ==================================================================================================
 # Parent side: owns the temp dir and the worker process, spawns the phases, prints.
 # ==================================================================================================
-
-
-@dataclass
-class Child:
-    data: dict[str, Any]
-    returncode: int
-    wall_s: float
-    stderr: str
-
-    def failure(self) -> str | None:
-        if "error" in self.data:
-            return str(self.data["error"])
-        if not self.data:
-            tail = self.stderr.strip().splitlines()[-1:] or [f"exit code {self.returncode}"]
-            return f"no result ({tail[0]})"
-        return None
 
 
 @dataclass
@@ -293,68 +270,25 @@ class Context:
     progress: bool
 
 
-def _log(ctx: Context, message: str) -> None:
-    if ctx.progress:
-        print(message, file=sys.stderr, flush=True)
-
-
-def _child_env(tether_from_src: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    # The store and the executor mode come from the command lines here, never the shell.
-    for name in ("TETHER_DB", "TETHER_EXECUTOR"):
-        env.pop(name, None)
-    # benchmarks/ so every process imports the flows as _wait_flows; src/ when tether is a
-    # checkout that is not installed.
-    paths = [str(BENCH_DIR)] + ([str(SRC_DIR)] if tether_from_src else [])
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
-
-
 def _spawn(ctx: Context, child: str, timeout_s: float, *extra: str) -> Child:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", child, "--db", ctx.url]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            [*cmd, *extra],
-            env=ctx.env,
-            cwd=ctx.tmp,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-        return Child({"error": f"{child}: timed out after {timeout_s:.0f} s"}, -1, timeout_s, err)
-    data: dict[str, Any] = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARKER):
-            data.update(json.loads(line[len(MARKER) :]))
-    return Child(data, proc.returncode, time.perf_counter() - t0, proc.stderr)
+    # Every process imports the flows as _wait_flows from benchmarks/ (child_env).
+    args = ["--db", ctx.url, *extra]
+    return spawn(__file__, child, args, env=ctx.env, timeout_s=timeout_s, cwd=ctx.tmp)
 
 
 def _fail(ctx: Context, report: Report, phase: str, message: str, stderr: str = "") -> None:
     report.errors.append(f"{phase}: {message}")
     detail = f"\n{stderr.strip()[-3000:]}" if stderr.strip() else ""
-    _log(ctx, f"[{phase}] error: {message}{detail}")
+    log(ctx, f"[{phase}] error: {message}{detail}")
 
 
 # --- phase 1: start, storage ----------------------------------------------------------------------
 
 
 def _phase_start(ctx: Context, report: Report, timeout_s: float) -> bool:
-    _log(ctx, f"[start] starting {report.count} executions until all are waiting ...")
-    child = _spawn(
-        ctx,
-        "start",
-        timeout_s + 60,
-        "--count",
-        str(report.count),
-        "--phase-timeout",
-        str(timeout_s),
-    )
+    log(ctx, f"[start] starting {report.count} executions until all are waiting ...")
+    extra = ["--count", str(report.count), "--phase-timeout", str(timeout_s)]
+    child = _spawn(ctx, "start", timeout_s + 60, *extra)
     report.start = {"wall_s": child.wall_s, **child.data}
     failure = child.failure()
     if failure is not None:
@@ -362,9 +296,7 @@ def _phase_start(ctx: Context, report: Report, timeout_s: float) -> bool:
         return False
     rate = report.count / child.data["elapsed_s"]
     report.start["rate_per_s"] = rate
-    _log(
-        ctx, f"[start] {report.count} waiting after {child.data['elapsed_s']:.1f} s ({rate:.0f}/s)"
-    )
+    log(ctx, f"[start] {report.count} waiting after {child.data['elapsed_s']:.1f} s ({rate:.0f}/s)")
     return True
 
 
@@ -436,14 +368,14 @@ def _phase_storage(ctx: Context, report: Report) -> None:
         _fail(
             ctx, report, "storage", "wal_checkpoint(TRUNCATE) was busy: another connection is open"
         )
-    _log(ctx, f"[storage] {total:,} B in db + wal: {total / report.count:.0f} B per execution")
+    log(ctx, f"[storage] {total:,} B in db + wal: {total / report.count:.0f} B per execution")
 
 
 # --- phase 2: listing -----------------------------------------------------------------------------
 
 
 def _phase_list(ctx: Context, report: Report, runs: int) -> None:
-    _log(ctx, f"[list] Client.pending_waits(), {runs} runs per limit ...")
+    log(ctx, f"[list] Client.pending_waits(), {runs} runs per limit ...")
     child = _spawn(ctx, "list", LIST_TIMEOUT_S, "--list-runs", str(runs))
     failure = child.failure()
     if failure is not None:
@@ -452,11 +384,28 @@ def _phase_list(ctx: Context, report: Report, runs: int) -> None:
     report.listing = child.data
     for limit, entry in child.data.items():
         median_ms = statistics.median(entry["samples_s"]) * 1e3
-        _log(ctx, f"[list] limit={limit}: {entry['rows']} rows, median {median_ms:.1f} ms")
+        log(ctx, f"[list] limit={limit}: {entry['rows']} rows, median {median_ms:.1f} ms")
     expected = min(100, report.count)
     if child.data["100"]["rows"] != expected:
         got = child.data["100"]["rows"]
         _fail(ctx, report, "list", f"pending_waits(limit=100) returned {got} rows, not {expected}")
+
+
+def _run_timed(
+    ctx: Context, cmd: list[str], *, check: bool
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Wall time of one CLI process, from spawn to exit, and its outcome."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        cmd,
+        env=ctx.env,
+        cwd=ctx.tmp,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=check,
+    )
+    return time.perf_counter() - t0, proc
 
 
 def _phase_cli(ctx: Context, report: Report) -> None:
@@ -465,27 +414,8 @@ def _phase_cli(ctx: Context, report: Report) -> None:
     baseline = [sys.executable, "-c", "import tether.cli"]
     out: dict[str, Any] = {"command": "tether executions waits --json --limit 100 --db URL"}
     try:
-        t0 = time.perf_counter()
-        subprocess.run(
-            baseline,
-            env=ctx.env,
-            cwd=ctx.tmp,
-            capture_output=True,
-            timeout=CLI_TIMEOUT_S,
-            check=True,
-        )
-        out["import_wall_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            cmd,
-            env=ctx.env,
-            cwd=ctx.tmp,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT_S,
-            check=False,
-        )
-        out["wall_s"] = time.perf_counter() - t0
+        out["import_wall_s"], _ = _run_timed(ctx, baseline, check=True)
+        out["wall_s"], proc = _run_timed(ctx, cmd, check=False)
     except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as exc:
         _fail(ctx, report, "cli", f"{type(exc).__name__}: {exc}")
         report.cli = out
@@ -499,7 +429,7 @@ def _phase_cli(ctx: Context, report: Report) -> None:
     if proc.returncode != 0:
         _fail(ctx, report, "cli", f"exit code {proc.returncode}", proc.stderr)
     report.cli = out
-    _log(ctx, f"[cli] {out['wall_s'] * 1e3:.0f} ms wall, {out.get('rows')} rows")
+    log(ctx, f"[cli] {out['wall_s'] * 1e3:.0f} ms wall, {out.get('rows')} rows")
 
 
 # --- phase 3: latency with a worker up ------------------------------------------------------------
@@ -552,7 +482,7 @@ def _phase_latency(ctx: Context, report: Report) -> None:
         if problem is not None:
             _fail(ctx, report, "worker", problem, log_path.read_text(errors="replace"))
             return
-        _log(ctx, f"[latency] worker up; {report.samples} inputs, one at a time ...")
+        log(ctx, f"[latency] worker up; {report.samples} inputs, one at a time ...")
         timeout_s = 60 + (report.samples + 1) * (SAMPLE_TIMEOUT_S / 4)
         child = _spawn(ctx, "latency", timeout_s, "--samples", str(report.samples))
         report.latency = child.data
@@ -562,7 +492,7 @@ def _phase_latency(ctx: Context, report: Report) -> None:
             _fail(ctx, report, "latency", failure, child.stderr + "\nworker log:\n" + worker_log)
         if child.data.get("running_s"):
             run_ms = [x * 1e3 for x in child.data["running_s"]]
-            _log(ctx, f"[latency] input -> running: median {statistics.median(run_ms):.1f} ms")
+            log(ctx, f"[latency] input -> running: median {statistics.median(run_ms):.1f} ms")
     finally:
         if proc is not None:
             report.worker.update(_stop_worker(proc))
@@ -573,84 +503,20 @@ def _phase_latency(ctx: Context, report: Report) -> None:
     if w.get("killed"):
         _fail(ctx, report, "worker", f"did not exit {WORKER_EXIT_TIMEOUT_S:.0f} s after SIGTERM")
     elif w.get("returncode") != 0:
-        _fail(
-            ctx,
-            report,
-            "worker",
-            f"exit code {w.get('returncode')} after SIGTERM",
-            w.get("log_tail", ""),
-        )
+        message = f"exit code {w.get('returncode')} after SIGTERM"
+        _fail(ctx, report, "worker", message, w.get("log_tail", ""))
     else:
-        _log(ctx, f"[worker] exited 0, {w['exit_s'] * 1e3:.0f} ms after SIGTERM")
+        log(ctx, f"[worker] exited 0, {w['exit_s'] * 1e3:.0f} ms after SIGTERM")
 
 
-# --- machine info and output ----------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _fs_type(path: Path) -> str:
-    best, fstype = "", "?"
-    with contextlib.suppress(OSError):
-        resolved = str(path.resolve())
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            if len(parts) < 3:
-                continue
-            mount = parts[1]
-            if (resolved == mount or resolved.startswith(mount.rstrip("/") + "/")) and len(
-                mount
-            ) > len(best):
-                best, fstype = mount, parts[2]
-    return fstype
-
-
-def _loadavg() -> float | None:
-    with contextlib.suppress(OSError, AttributeError):
-        return round(os.getloadavg()[0], 2)
-    return None
-
-
-def _tether_version() -> str:
-    try:
-        return importlib.metadata.version("tether")
-    except importlib.metadata.PackageNotFoundError:
-        return "src checkout, not installed"
-
-
-def _machine_info(tmp_base: Path) -> dict[str, Any]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "os": platform.platform(),
-        "python": f"{platform.python_version()} ({platform.python_implementation()})",
-        "sqlite": sqlite3.sqlite_version,
-        "tether": _tether_version(),
-        "tmp_dir": str(tmp_base),
-        "tmp_fs": _fs_type(tmp_base),
-        "loadavg_start": _loadavg(),
-    }
-
-
-def _pct(xs: list[float], q: int) -> float:
-    if len(xs) < 2:
-        return xs[0]
-    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1]
+# --- output ---------------------------------------------------------------------------------------
 
 
 def _ms_summary(xs_s: list[float]) -> dict[str, float]:
     xs = [x * 1e3 for x in xs_s]
     return {
         "median_ms": statistics.median(xs),
-        "p99_ms": _pct(xs, 99),
+        "p99_ms": quantile(xs, 99, 100),
         "min_ms": min(xs),
         "max_ms": max(xs),
     }
@@ -658,18 +524,6 @@ def _ms_summary(xs_s: list[float]) -> dict[str, float]:
 
 def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
-
-
-def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(
-            f"{c:>{w}}" if i in numeric else f"{c:<{w}}"
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
 
 
 def _missing(report: Report, phase: str) -> str:
@@ -829,7 +683,7 @@ def _render(info: dict[str, Any], report: Report, elapsed_s: float) -> str:
         "",
     ]
     header = ["measurement", "value", "spread", "detail", "target"]
-    lines += _table(header, _main_rows(report), numeric={1, 2})
+    lines += table(header, _main_rows(report), numeric={1, 2})
     st = report.storage
     if st:
         lines.append("")
@@ -839,7 +693,7 @@ def _render(info: dict[str, Any], report: Report, elapsed_s: float) -> str:
                 " bytes of row data, the rest is page headers, cell pointers and free space):"
             )
             header = ["object", "kind", "rows", "pages", "KiB", "B/exec", "payload B/exec"]
-            lines += _table(header, _storage_rows(report), numeric={2, 3, 4, 5, 6})
+            lines += table(header, _storage_rows(report), numeric={2, 3, 4, 5, 6})
         else:
             rows = ", ".join(f"{k} {v:,}" for k, v in st["rows"].items())
             lines.append(f"Storage breakdown unavailable ({st['dbstat_error']}); rows: {rows}")
@@ -857,8 +711,7 @@ def _render(info: dict[str, Any], report: Report, elapsed_s: float) -> str:
         )
     if report.errors:
         lines += ["", "FAILURES:", *(f"  - {e}" for e in report.errors)]
-    loads = [x for x in (info["loadavg_start"], info["loadavg_end"]) if x is not None]
-    if loads and max(loads) > 0.5 * (info["usable_cores"] or 1):
+    if machine_was_busy(info):
         lines.append(
             "WARNING: the machine was busy with other work during the run (load average"
             " above); expect noisy numbers."
@@ -912,15 +765,6 @@ def _to_json(info: dict[str, Any], report: Report, elapsed_s: float) -> dict[str
     }
 
 
-def _tether_source() -> tuple[bool, str | None]:
-    """(import it from src/, reason it is unavailable): decided without importing tether."""
-    if importlib.util.find_spec("tether") is not None:
-        return False, None
-    if (SRC_DIR / "tether" / "__init__.py").exists():
-        return True, None
-    return False, "ModuleNotFoundError: No module named 'tether'"
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="tether.wait() at scale: storage per waiting execution, listing pending "
@@ -953,26 +797,27 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.worker:
-        return _child_main(args)
+        return child_main(lambda: CHILDREN[args.worker](args))
 
     started = time.perf_counter()
     tmp_base = (args.tmpdir or Path(tempfile.gettempdir())).resolve()
-    tether_from_src, tether_missing = _tether_source()
+    tether_from_src, tether_missing = tether_source()
     if tether_missing:
         print(f"tether is unavailable: {tether_missing}", file=sys.stderr)
         return 1
-    info = _machine_info(tmp_base)
+    info = machine_info(tmp_base, tether=dist_version("tether") or "src checkout, not installed")
     samples = min(args.samples, args.count - 1)  # one more execution is the warm-up sample
     report = Report(count=args.count, samples=samples)
     tmp = Path(tempfile.mkdtemp(prefix="tether-waits-", dir=tmp_base))
     ctx = Context(
         url=f"sqlite:///{tmp / 'tether.db'}",
         tmp=tmp,
-        env=_child_env(tether_from_src),
+        # The store and the executor mode come from the command lines here, never the shell.
+        env=child_env(tether_from_src, drop=("TETHER_DB", "TETHER_EXECUTOR")),
         progress=not args.quiet,
     )
     if samples < args.samples:
-        _log(ctx, f"note: --samples lowered to {samples} (--count {args.count} minus 1 warm-up)")
+        log(ctx, f"note: --samples lowered to {samples} (--count {args.count} minus 1 warm-up)")
     try:
         if _phase_start(ctx, report, args.timeout):
             _phase_storage(ctx, report)
@@ -984,12 +829,12 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         if args.keep:
-            _log(ctx, f"kept {tmp}")
+            log(ctx, f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
     elapsed = time.perf_counter() - started
-    info["loadavg_end"] = _loadavg()
+    info["loadavg_end"] = loadavg()
     if args.json:
         print(json.dumps(_to_json(info, report, elapsed), indent=2, default=str))
     else:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import tether
+from helpers import record_side_effect
 from tether import _checkpoint
 
 
@@ -43,13 +44,7 @@ if _crash_point() is not None:
 
 
 def _side_effect(label: str) -> None:
-    path = os.environ.get("SIDE_EFFECTS")
-    position = tether.current().position
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{position} {label}\n")
-            f.flush()
-            os.fsync(f.fileno())
+    position = record_side_effect(label)
     assert position is not None
     _maybe_crash(position, "inside")
 

@@ -1,6 +1,6 @@
 """Flows with waits, for tests that run workers and clients in separate processes.
 
-Every live checkpoint run appends a line to $SIDE_EFFECTS (position and name), so
+Every live checkpoint run appends a line to $SIDE_EFFECTS (position, name and pid), so
 tests can count how often each step really ran, across processes.
 """
 
@@ -11,15 +11,11 @@ import time
 from pathlib import Path
 
 import tether
+from helpers import record_side_effect
 
 
 def _side_effect(label: str) -> None:
-    path = os.environ.get("SIDE_EFFECTS")
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{tether.current().position} {label} {os.getpid()}\n")
-            f.flush()
-            os.fsync(f.fileno())
+    record_side_effect(label, pid=True)
 
 
 @tether.checkpoint

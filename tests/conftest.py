@@ -55,3 +55,15 @@ def db_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def client(db_url: str) -> tether.Client:
     return tether.Client(db_url)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On PostgreSQL, run only the tests that use a store: the rest ran on SQLite already."""
+    if BACKEND != "postgres":
+        return
+    uses_store = {"db_url", "client", "store", "store_url"}
+    keep = [i for i in items if uses_store & set(getattr(i, "fixturenames", ()))]
+    dropped = [i for i in items if i not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

@@ -1,4 +1,4 @@
-"""Helpers for tests that run real processes."""
+"""Helpers for tests that run real processes, and for the flow modules those processes import."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
+import tether
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -26,22 +26,61 @@ def child_env(db_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_child(
-    code: str, db_url: str, *, timeout: float = 60, **extra: str
+def run_python(
+    argv: Sequence[str], db_url: str, *, timeout: float = 60, cwd: Path = TESTS, **extra: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run Python code in a new process against the same store; returns when it exits."""
+    """Run `python *argv` in a new process against the same store; returns when it exits."""
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, *argv],
         env=child_env(db_url, **extra),
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=str(cwd),
+    )
+
+
+def run_child(
+    code: str, db_url: str, *args: str, timeout: float = 60, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run Python code (with `args` as sys.argv[1:]) in a new process against the same store."""
+    return run_python(["-c", code, *args], db_url, timeout=timeout, **extra)
+
+
+def run_cli(db_url: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m tether *args` against the store; returns when it exits."""
+    return run_python(["-m", "tether", *args], db_url, **extra)
+
+
+def spawn_python(
+    argv: Sequence[str], db_url: str, *, stderr: int | None = None, **extra: str
+) -> subprocess.Popen[str]:
+    """Start `python *argv` against the same store, its stdout piped as text; returns at once.
+
+    `stderr=subprocess.PIPE` pipes stderr too; by default it goes to the test's own.
+    """
+    return subprocess.Popen(
+        [sys.executable, *argv],
+        env=child_env(db_url, **extra),
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
         cwd=str(TESTS),
     )
 
 
+def spawn_child(
+    code: str, db_url: str, *, stderr: int | None = None, **extra: str
+) -> subprocess.Popen[str]:
+    """Start Python code in a new process against the same store (see `spawn_python`)."""
+    return spawn_python(["-c", code], db_url, stderr=stderr, **extra)
+
+
 def retry_until(check: Callable[[], T | None], timeout: float = 20.0, what: str = "") -> T:
     """Poll `check` until it returns something truthy; fail the test after `timeout`."""
+    # Imported here: child processes import this module (record_side_effect) without pytest.
+    import pytest
+
     deadline = time.monotonic() + timeout
     pause = 0.01
     while True:
@@ -52,3 +91,18 @@ def retry_until(check: Callable[[], T | None], timeout: float = 20.0, what: str 
             pytest.fail(f"timed out after {timeout}s waiting for {what or check}")
         time.sleep(pause)
         pause = min(pause * 2, 0.2)
+
+
+def record_side_effect(label: str, *, pid: bool = False) -> int | None:
+    """Inside a checkpoint: append `<position> <label>` (with `pid`, `<position> <label> <pid>`)
+    to the file named by $SIDE_EFFECTS, if set, fsynced before the step goes on, so a test can
+    count how often each step really ran, across processes and crashes. Returns the position."""
+    position = tether.current().position
+    path = os.environ.get("SIDE_EFFECTS")
+    if path:
+        line = f"{position} {label} {os.getpid()}" if pid else f"{position} {label}"
+        with open(path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    return position

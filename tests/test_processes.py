@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import tether
-from helpers import child_env, retry_until, run_child
+from helpers import retry_until, run_child, run_python, spawn_child
 from tether import Status
 
 START = textwrap.dedent(
@@ -55,14 +54,7 @@ def test_kill_at_every_checkpoint_boundary_then_resume_elsewhere(
     execution_id = execution.id
     before = _ran(side_effects)
 
-    resumed = subprocess.run(
-        [sys.executable, "-c", RESUME, execution_id],
-        env=child_env(db_url, SIDE_EFFECTS=str(side_effects)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=str(Path(__file__).parent),
-    )
+    resumed = run_child(RESUME, db_url, execution_id, SIDE_EFFECTS=str(side_effects))
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == repr(EXPECTED)
 
@@ -91,13 +83,7 @@ def test_resume_is_refused_while_the_owner_lives(db_url: str, tmp_path: Path) ->
         print(handle.result(timeout=60), flush=True)
         """
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=child_env(db_url, SIDE_EFFECTS=str(side_effects)),
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=str(Path(__file__).parent),
-    )
+    child = spawn_child(code, db_url, SIDE_EFFECTS=str(side_effects))
     try:
         assert child.stdout is not None
         execution_id = child.stdout.readline().strip()
@@ -130,13 +116,7 @@ def test_recover_resumes_every_execution_of_a_killed_process(db_url: str, tmp_pa
         """
     )
     side_effects = tmp_path / "effects.log"
-    child = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=child_env(db_url, SIDE_EFFECTS=str(side_effects)),
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=str(Path(__file__).parent),
-    )
+    child = spawn_child(code, db_url, SIDE_EFFECTS=str(side_effects))
     assert child.stdout is not None
     ids = child.stdout.readline().split()
     retry_until(
@@ -161,17 +141,7 @@ def test_two_processes_run_executions_on_one_sqlite_file(db_url: str) -> None:
         print(json.dumps([h.result(timeout=120) for h in handles]), flush=True)
         """
     )
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            env=child_env(db_url),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=str(Path(__file__).parent),
-        )
-        for _ in range(2)
-    ]
+    children = [spawn_child(code, db_url, stderr=subprocess.PIPE) for _ in range(2)]
     for child in children:
         out, err = child.communicate(timeout=180)
         assert child.returncode == 0, err
@@ -197,13 +167,7 @@ def test_cancel_from_another_process_stops_a_running_execution(db_url: str, tmp_
             print("cancelled", flush=True)
         """
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=child_env(db_url, SIDE_EFFECTS=str(side_effects)),
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=str(Path(__file__).parent),
-    )
+    child = spawn_child(code, db_url, SIDE_EFFECTS=str(side_effects))
     assert child.stdout is not None
     execution_id = child.stdout.readline().strip()
     retry_until(lambda: side_effects.exists(), what="the child to enter the checkpoint")
@@ -252,20 +216,17 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_flow_defined_in_a_script_resumes_from_another_process(db_url: str, tmp_path: Path) -> None:
-    script = tmp_path / "my_agent.py"
+def _crash_script(db_url: str, script: Path, topic: str) -> str:
+    """Run SCRIPT as `script` until it SIGKILLs itself in its second step; the execution's id."""
     script.write_text(SCRIPT)
-    crashed = subprocess.run(
-        [sys.executable, str(script), "tides"],
-        env=child_env(db_url, CRASH="1"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=str(tmp_path),
-    )
+    crashed = run_python([str(script), topic], db_url, cwd=script.parent, CRASH="1")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     (execution,) = tether.Client().list()
-    execution_id = execution.id
+    return execution.id
+
+
+def test_flow_defined_in_a_script_resumes_from_another_process(db_url: str, tmp_path: Path) -> None:
+    execution_id = _crash_script(db_url, tmp_path / "my_agent.py", "tides")
     resumed = run_child(
         textwrap.dedent(
             """
@@ -273,8 +234,9 @@ def test_flow_defined_in_a_script_resumes_from_another_process(db_url: str, tmp_
             note, text = tether.Client().resume(sys.argv[-1]).result(timeout=30)
             print(type(note).__name__, note.text, text)
             """
-        ).replace("sys.argv[-1]", repr(execution_id)),
+        ),
         db_url,
+        execution_id,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == "Note notes on tides NOTES ON TIDES"
@@ -284,18 +246,7 @@ def test_resume_of_a_flow_that_cannot_be_imported_changes_nothing(
     db_url: str, tmp_path: Path
 ) -> None:
     script = tmp_path / "gone.py"
-    script.write_text(SCRIPT)
-    crashed = subprocess.run(
-        [sys.executable, str(script), "x"],
-        env=child_env(db_url, CRASH="1"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=str(tmp_path),
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-    (execution,) = tether.Client().list()
-    execution_id = execution.id
+    execution_id = _crash_script(db_url, script, "x")
     os.remove(script)
     client = tether.Client()
     before = client.get(execution_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import textwrap
 from collections import Counter
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tether
-from helpers import TESTS, child_env, retry_until, run_child
+from helpers import retry_until, run_child, run_cli, spawn_python
 from tether import Status
 
 
@@ -36,15 +35,8 @@ class Workers:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, *extra: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tether", "worker", "--import", "approval_flows",
-             "--poll", "0.01", *extra],
-            env=child_env(self.db_url, **self.env),
-            cwd=str(TESTS),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        argv = ["-m", "tether", "worker", "--import", "approval_flows", "--poll", "0.01", *extra]
+        proc = spawn_python(argv, self.db_url, stderr=subprocess.PIPE, **self.env)
         self.procs.append(proc)
         return proc
 
@@ -88,11 +80,7 @@ def test_approval_across_processes_with_a_worker(
 
     # 2. A worker is up; 3. another process gives the input through the CLI.
     workers.start()
-    given = subprocess.run(
-        [sys.executable, "-m", "tether", "executions", "input", execution_id,
-         "--value", "true", "--by", "alice"],
-        env=child_env(db_url), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    given = run_cli(db_url, "executions", "input", execution_id, "--value", "true", "--by", "alice")
     assert given.returncode == 0, given.stderr
     assert client.handle(execution_id).result(timeout=30) == "published draft on tides"
     assert _ran(effects) == Counter(write_draft=1, publish=1)
@@ -101,21 +89,12 @@ def test_approval_across_processes_with_a_worker(
 
 def test_cli_input_errors_exit_1_with_plain_messages(db_url: str, workers: Workers) -> None:
     handle = approval_flows_run(db_url)
-    bad = subprocess.run(
-        [sys.executable, "-m", "tether", "executions", "input", handle, "--value", '"maybe"'],
-        env=child_env(db_url), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    bad = run_cli(db_url, "executions", "input", handle, "--value", '"maybe"')
     assert bad.returncode == 1
     assert "does not match its schema" in bad.stderr and "Traceback" not in bad.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "tether", "executions", "input", "nope", "--value", "true"],
-        env=child_env(db_url), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    missing = run_cli(db_url, "executions", "input", "nope", "--value", "true")
     assert missing.returncode == 1 and "no execution nope" in missing.stderr
-    listed = subprocess.run(
-        [sys.executable, "-m", "tether", "executions", "waits", "--json"],
-        env=child_env(db_url), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    listed = run_cli(db_url, "executions", "waits", "--json")
     assert listed.returncode == 0
     import json
 

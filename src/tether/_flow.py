@@ -23,6 +23,7 @@ from .errors import (
     ExecutionFailed,
     ExecutionNotFound,
     ResultTimeout,
+    StoreUnavailable,
     UsageError,
 )
 from .store import CheckpointRow, ExecutionRow, Store, WaitRow
@@ -77,7 +78,14 @@ class Handle(Generic[R]):
         pause = _POLL_MIN
         runner = executor()
         while True:
-            row = self._row()
+            try:
+                row = self._row()
+            except StoreUnavailable:
+                # A database restart is not the execution's outcome: keep waiting.
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+                time.sleep(_POLL_MAX)
+                continue
             if Status(row.status).finished:
                 return cast(R, _outcome(row))
             remaining = None if deadline is None else deadline - time.monotonic()

@@ -12,10 +12,10 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from _rows import LEASE, T0, execution, get, lease, race, start
 
 from tether.errors import ConfigurationError, StoreError
 from tether.store import (
@@ -29,26 +29,9 @@ from tether.store import (
 )
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-T0 = 1_700_000_000.0
-LEASE = 30.0
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def execution(
-    execution_id: str = "e1", *, flow: str = "flow", status: str = "queued", created_at: float = T0
-) -> ExecutionRow:
-    return ExecutionRow(
-        id=execution_id,
-        flow=flow,
-        import_path=f"agents:{flow}",
-        script=None,
-        args='{"args":[],"kwargs":{}}',
-        status=status,
-        created_at=created_at,
-        updated_at=created_at,
-    )
 
 
 def checkpoint(
@@ -72,20 +55,6 @@ def checkpoint(
         finished_at=T0 + position + 0.5,
         metadata=None,
     )
-
-
-def lease(token: str, owner: str = "host:1:a", expires: float = T0 + LEASE) -> Claim:
-    return Claim(owner=owner, token=token, expires=expires)
-
-
-def start(store: Store, execution_id: str = "e1", token: str = "tok-1") -> str:
-    """Create an execution and claim it to `running`; returns the lease token."""
-    store.create_execution(execution(execution_id))
-    taken = store.claim(
-        execution_id, lease(token), from_statuses=["queued"], expected_token=None, now=T0 + 1
-    )
-    assert taken
-    return token
 
 
 def snapshot(store: Store, execution_id: str) -> tuple[object, ...]:
@@ -137,8 +106,7 @@ def test_creating_a_duplicate_id_fails_and_keeps_the_original(store: Store) -> N
     store.create_execution(execution("e1", flow="first"))
     with pytest.raises(Exception):  # noqa: B017 - the interface names no type for this
         store.create_execution(execution("e1", flow="second"))
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert row.flow == "first"
 
 
@@ -196,8 +164,7 @@ def test_claim_of_queued_execution_takes_lease_and_counts_an_attempt(store: Stor
     store.create_execution(execution("e1"))
     claim = Claim(owner="host:1:a", token="tok-1", expires=T0 + 30)
     assert store.claim("e1", claim, from_statuses=["queued"], expected_token=None, now=T0 + 1)
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert (row.status, row.owner, row.lease_token, row.lease_expires) == (
         "running",
         "host:1:a",
@@ -244,8 +211,7 @@ def test_claim_with_the_current_token_takes_the_lease_over(store: Store) -> None
         now=T0 + 50,
     )
     assert taken
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert (row.owner, row.lease_token, row.lease_expires) == ("host:2:b", "tok-2", T0 + 100)
     assert row.attempt == 2
     assert row.started_at == T0 + 1, "started_at is set by the first start only"
@@ -262,8 +228,7 @@ def test_claim_to_a_status_other_than_running_counts_no_attempt(store: Store) ->
         now=T0 + 1,
         status="queued",
     )
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert (row.status, row.lease_token, row.attempt, row.started_at) == (
         "queued",
         "tok-1",
@@ -274,8 +239,7 @@ def test_claim_to_a_status_other_than_running_counts_no_attempt(store: Store) ->
     assert store.claim(
         "e1", lease("tok-2"), from_statuses=["queued"], expected_token="tok-1", now=T0 + 2
     )
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert (row.status, row.attempt, row.started_at) == ("running", 1, T0 + 2)
 
 
@@ -287,12 +251,9 @@ def test_claim_of_unknown_execution_returns_false(store: Store) -> None:
 
 def test_only_one_of_many_concurrent_claims_wins(store: Store) -> None:
     store.create_execution(execution("e1"))
-    contenders = 8
-    barrier = threading.Barrier(contenders)
     results: dict[str, bool] = {}
 
     def contend(i: int) -> None:
-        barrier.wait()
         results[f"tok-{i}"] = store.claim(
             "e1",
             lease(f"tok-{i}", owner=f"host:{i}:x"),
@@ -301,15 +262,10 @@ def test_only_one_of_many_concurrent_claims_wins(store: Store) -> None:
             now=T0 + 1,
         )
 
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    race(8, contend)
     winners = [token for token, won in results.items() if won]
     assert len(winners) == 1
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert row.lease_token == winners[0]
     assert row.attempt == 1
 
@@ -348,8 +304,7 @@ def test_renew_reports_a_requested_cancel(store: Store) -> None:
 def test_finish_records_the_outcome_and_releases_the_lease(store: Store) -> None:
     start(store, "e1", token="tok-1")
     assert store.finish("e1", "tok-1", status="succeeded", result='"ok"', error=None, now=T0 + 7)
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert (row.status, row.result, row.error) == ("succeeded", '"ok"', None)
     assert (row.owner, row.lease_token, row.lease_expires) == (None, None, None)
     assert row.finished_at == T0 + 7
@@ -361,8 +316,7 @@ def test_finish_of_a_failure_keeps_the_error_text(store: Store) -> None:
     start(store, "e1", token="tok-1")
     error = '{"type":"ValueError","message":"bad"}'
     assert store.finish("e1", "tok-1", status="failed", result=None, error=error, now=T0 + 7)
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert (row.status, row.result, row.error) == ("failed", None, error)
 
 
@@ -386,8 +340,7 @@ def test_finish_a_second_time_is_rejected(store: Store) -> None:
 def test_release_gives_the_lease_back_without_an_outcome(store: Store) -> None:
     start(store, "e1", token="tok-1")
     assert store.release("e1", "tok-1", status="queued", now=T0 + 4)
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert (row.status, row.owner, row.lease_token, row.lease_expires) == (
         "queued",
         None,
@@ -415,8 +368,7 @@ def test_release_with_stale_token_changes_nothing(store: Store) -> None:
 def test_cancel_of_an_unowned_execution_cancels_it_at_once(store: Store) -> None:
     store.create_execution(execution("e1"))
     assert store.request_cancel("e1", now=T0 + 3) == "cancelled"
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert row.status == "cancelled"
     assert row.finished_at == T0 + 3
 
@@ -424,8 +376,7 @@ def test_cancel_of_an_unowned_execution_cancels_it_at_once(store: Store) -> None
 def test_cancel_of_an_owned_execution_flags_it_and_keeps_its_status(store: Store) -> None:
     start(store, "e1", token="tok-1")
     assert store.request_cancel("e1", now=T0 + 3) == "running"
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert row.cancel_requested is True
     assert (row.status, row.lease_token, row.finished_at) == ("running", "tok-1", None)
 
@@ -441,8 +392,7 @@ def test_cancel_of_an_owned_queued_execution_waits_for_its_holder(store: Store) 
         status="queued",
     )
     assert store.request_cancel("e1", now=T0 + 3) == "queued"
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert (row.status, row.cancel_requested, row.lease_token) == ("queued", True, "tok-1")
 
 
@@ -465,8 +415,7 @@ def test_cancel_of_unknown_execution_returns_none(store: Store) -> None:
 def test_set_metadata_with_held_token_stores_it(store: Store) -> None:
     start(store, "e1", token="tok-1")
     assert store.set_metadata("e1", "tok-1", '{"progress":0.5}', T0 + 2)
-    row = store.get_execution("e1")
-    assert row is not None
+    row = get(store, "e1")
     assert row.metadata == '{"progress":0.5}'
     assert row.updated_at == T0 + 2
 
@@ -731,26 +680,16 @@ def test_open_store_rejects_urls_that_name_no_durable_store(url: str) -> None:
 def test_threads_recording_checkpoints_concurrently_all_land(store: Store) -> None:
     workers, per_worker = 6, 200
     tokens = {f"e{w}": start(store, f"e{w}", token=f"tok-{w}") for w in range(workers)}
-    barrier = threading.Barrier(workers)
-    failures: list[BaseException] = []
 
-    def record(execution_id: str) -> None:
-        try:
-            barrier.wait()
-            for position in range(per_worker):
-                committed = store.record_checkpoint(
-                    execution_id, tokens[execution_id], checkpoint(position)
-                )
-                assert committed, (execution_id, position)
-        except BaseException as exc:
-            failures.append(exc)
+    def record(w: int) -> None:
+        execution_id = f"e{w}"
+        for position in range(per_worker):
+            committed = store.record_checkpoint(
+                execution_id, tokens[execution_id], checkpoint(position)
+            )
+            assert committed, (execution_id, position)
 
-    threads = [threading.Thread(target=record, args=(eid,)) for eid in tokens]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert failures == []
+    race(workers, record)
     for execution_id in tokens:
         assert [c.position for c in store.get_checkpoints(execution_id)] == list(range(per_worker))
 

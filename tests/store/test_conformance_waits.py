@@ -11,62 +11,18 @@ request_cancel), never by writing a row in a status a store need not accept on i
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from _rows import LEASE, NOW, T0, execution, get, lease, race, start
 
 from tether.store import Claim, ExecutionRow, Store, WaitRow
 
-T0 = 1_700_000_000.0
-LEASE = 30.0
-NOW = T0 + 1  # the lease clock of most tests: every lease taken below is live at NOW
 FINAL = ("succeeded", "failed", "cancelled")
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def execution(
-    execution_id: str = "e1", *, flow: str = "flow", created_at: float = T0
-) -> ExecutionRow:
-    return ExecutionRow(
-        id=execution_id,
-        flow=flow,
-        import_path=f"agents:{flow}",
-        script=None,
-        args='{"args":[],"kwargs":{}}',
-        status="queued",
-        created_at=created_at,
-        updated_at=created_at,
-    )
-
-
-def lease(token: str, owner: str = "host:1:a", expires: float = T0 + LEASE) -> Claim:
-    return Claim(owner=owner, token=token, expires=expires)
-
-
-def start(
-    store: Store,
-    execution_id: str = "e1",
-    token: str = "tok-1",
-    *,
-    flow: str = "flow",
-    created_at: float = T0,
-    now: float = NOW,
-    expires: float = T0 + LEASE,
-) -> str:
-    """Create an execution and claim it to `running`; returns the lease token."""
-    store.create_execution(execution(execution_id, flow=flow, created_at=created_at))
-    taken = store.claim(
-        execution_id,
-        lease(token, expires=expires),
-        from_statuses=["queued"],
-        expected_token=None,
-        now=now,
-    )
-    assert taken
-    return token
 
 
 def wait_row(
@@ -77,7 +33,9 @@ def wait_row(
     kind: str = "input",
     created_at: float = T0 + 2,
     question: str | None = '"approve?"',
+    **fields: Any,
 ) -> WaitRow:
+    """A pending wait; `fields` sets any other WaitRow field (schema_ref, deadline, ...)."""
     return WaitRow(
         execution_id=execution_id,
         name=name,
@@ -86,6 +44,7 @@ def wait_row(
         status="pending",
         question=question,
         created_at=created_at,
+        **fields,
     )
 
 
@@ -103,12 +62,6 @@ def waiting(
     token = start(store, execution_id, f"tok-{execution_id}", flow=flow, created_at=created_at)
     assert store.create_wait(token, wait_row(execution_id, wait, kind=kind))
     assert store.suspend(execution_id, token, wait=wait, wake_at=wake_at, now=T0 + 3)
-
-
-def get(store: Store, execution_id: str = "e1") -> ExecutionRow:
-    row = store.get_execution(execution_id)
-    assert row is not None
-    return row
 
 
 def wait_named(store: Store, execution_id: str, name: str) -> WaitRow:
@@ -129,26 +82,6 @@ def snapshot(store: Store, execution_id: str) -> tuple[object, ...]:
 
 def runnable_ids(store: Store, *, now: float = NOW, due: float = NOW, limit: int = 100) -> set[str]:
     return {r.id for r in store.runnable(now=now, due=due, limit=limit)}
-
-
-def race(contenders: int, contend: Callable[[int], None]) -> None:
-    """Run `contend(i)` on `contenders` threads released together; re-raise any failure."""
-    barrier = threading.Barrier(contenders)
-    failures: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            contend(i)
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(contenders)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert failures == []
 
 
 # --- create_wait and get_waits ----------------------------------------------------------------
@@ -252,15 +185,12 @@ def test_create_wait_keeps_an_existing_row_of_that_name_unchanged(store: Store) 
     token = start(store)
     first = wait_row(question='"first"', created_at=T0 + 2)
     assert store.create_wait(token, first)
-    second = WaitRow(
-        execution_id="e1",
-        name="w",
+    second = wait_row(
         position=7,
         kind="sleep",
-        status="pending",
+        question='"second"',
         schema_ref="x:Y",
         json_schema="{}",
-        question='"second"',
         metadata='{"m":1}',
         deadline=T0 + 99,
         created_at=T0 + 9,
@@ -408,18 +338,13 @@ def test_resolve_wait_records_the_value_and_wakes_a_waiting_execution(store: Sto
 
 def test_resolve_wait_keeps_the_other_fields_of_the_wait(store: Store) -> None:
     token = start(store)
-    created = WaitRow(
-        execution_id="e1",
-        name="w",
+    created = wait_row(
         position=4,
-        kind="input",
-        status="pending",
+        question='"q"',
         schema_ref="a:B",
         json_schema='{"type":"string"}',
-        question='"q"',
         metadata='{"k":1}',
         deadline=T0 + 90,
-        created_at=T0 + 2,
     )
     assert store.create_wait(token, created)
     assert store.resolve_wait("e1", "w", status="resolved", value='"v"', by="bob", now=T0 + 7)
@@ -564,15 +489,11 @@ def test_pending_waits_lists_pending_input_waits_of_unfinished_executions_oldest
 
 def test_pending_waits_rows_carry_the_full_wait(store: Store) -> None:
     token = start(store, "e1", flow="research")
-    row = WaitRow(
-        execution_id="e1",
-        name="w",
+    row = wait_row(
         position=2,
-        kind="input",
-        status="pending",
+        question='"how many?"',
         schema_ref="a:B",
         json_schema='{"type":"integer"}',
-        question='"how many?"',
         metadata='{"m":true}',
         deadline=T0 + 30.5,
         created_at=T0 + 2.125,

@@ -7,19 +7,14 @@ is SQLite: a fresh file per test.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tether
+from backend import BACKEND, fresh_database
 from tether import _config
-
-BACKEND = os.environ.get("TETHER_TEST_DB", "sqlite").strip().lower()
-if BACKEND not in ("sqlite", "postgres"):
-    raise pytest.UsageError(f"TETHER_TEST_DB must be sqlite or postgres, not {BACKEND!r}")
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +27,6 @@ def pg_cluster() -> Iterator[object]:
     cluster = pg.start_cluster()
     yield cluster
     pg.remove(cluster)
-
-
-def fresh_database(request: pytest.FixtureRequest) -> str:
-    cluster = request.getfixturevalue("pg_cluster")
-    return str(cluster.create_database(f"t_{uuid.uuid4().hex[:16]}"))
 
 
 @pytest.fixture

@@ -390,7 +390,7 @@ def test_retry_with_wait_exits_1_when_it_fails_again(client: tether.Client, db_u
     assert json.loads(record.stdout)["error"]["type"] == "ValueError"
 
 
-def test_cancel(client: tether.Client, db_url: str) -> None:
+def test_cancel(client: tether.Client, db_url: str, tmp_path: Path) -> None:
     execution_id = waiting(client)
     result = cli(db_url, "executions", "cancel", execution_id)
     assert result.exit_code == 0, result.output
@@ -403,6 +403,15 @@ def test_cancel(client: tether.Client, db_url: str) -> None:
     }
     done = finished(client, cli_flows.greeting, "ada")
     assert_plain_error(cli(db_url, "executions", "cancel", done), 1, "already succeeded")
+
+    gate = tmp_path / "gate"
+    running = cli_flows.gated.run(str(gate))
+    retry_until(lambda: client.get(running.id).checkpoints, what="the first step")
+    requested = cli(db_url, "executions", "cancel", running.id)
+    assert requested.exit_code == 0 and "stops at its next checkpoint boundary" in requested.stdout
+    gate.touch()
+    with pytest.raises(tether.ExecutionCancelled):
+        running.result(timeout=30)
 
 
 def test_recover_runs_stranded_executions(client: tether.Client, db_url: str) -> None:
@@ -517,11 +526,13 @@ def test_prune_counts_first_and_deletes_only_with_yes(client: tether.Client, db_
     done.append(finished(client, cli_flows.broken, "c"))
 
     nothing = cli(db_url, "executions", "prune", "--older-than", "30d")
-    assert nothing.exit_code == 0 and "0 finished executions" in nothing.stdout
+    assert nothing.exit_code == 0 and "0 executions finished more than 30d ago" in nothing.stdout
 
     dry = cli(db_url, "executions", "prune", "--older-than", "0s")
     assert dry.exit_code == 0, dry.output
-    assert "3 finished executions" in dry.stdout and "Nothing deleted" in dry.stdout
+    assert (
+        "3 executions finished more than 0s ago" in dry.stdout and "Nothing deleted" in dry.stdout
+    )
     assert len(client.list()) == 4
     assert cli_json(db_url, "executions", "prune", "--older-than", "0s") == {
         "older_than_seconds": 0.0, "statuses": None, "matched": 3, "deleted": 0,

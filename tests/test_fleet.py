@@ -18,7 +18,7 @@ import pytest
 
 import fleet_flows
 import tether
-from conftest import BACKEND
+from backend import postgres_only
 from helpers import retry_until, run_child, spawn_python
 from tether import Status
 
@@ -154,8 +154,6 @@ def test_higher_priority_runs_first(db_url: str) -> None:
 
 
 # --- failures of the fleet and the database --------------------------------------------------
-
-postgres_only = pytest.mark.skipif(BACKEND != "postgres", reason="needs TETHER_TEST_DB=postgres")
 
 
 @postgres_only

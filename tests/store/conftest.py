@@ -1,27 +1,26 @@
-"""Fixtures for the store conformance suite: one `store` per available implementation.
+"""Fixtures for the store conformance suite: one `store` per backend under test.
 
-Adding an implementation is one entry in `STORE_URLS` (a name and how to build a fresh,
-empty store URL for one test); every conformance test then runs against it too.
+The backend follows `TETHER_TEST_DB` (see tests/conftest.py): SQLite by default, PostgreSQL
+with `TETHER_TEST_DB=postgres`, each test on a fresh, empty database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from backend import BACKEND, fresh_database
 from tether.store import Store, open_store
 
-STORE_URLS: dict[str, Callable[[Path], str]] = {
-    "sqlite": lambda tmp_path: f"sqlite:///{tmp_path}/s.db",
-}
 
-
-@pytest.fixture(params=sorted(STORE_URLS))
+@pytest.fixture
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of a fresh, empty store of each available kind."""
-    return STORE_URLS[request.param](tmp_path)
+    """The URL of a fresh, empty store of the backend under test."""
+    if BACKEND == "postgres":
+        return fresh_database(request)
+    return f"sqlite:///{tmp_path}/s.db"
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -260,9 +259,12 @@ def progress_json(record: ExecutionRecord) -> list[dict[str, Any]]:
     """The checkpoint calls running now (only while the execution is running)."""
     if record.status is not Status.RUNNING:
         return []
+    # Progress is published about once a second: drop calls recorded since.
+    done = {cp.position for cp in record.checkpoints if cp.status != "retrying"}
     return [
         {"position": p.get("position"), "name": p.get("name"), "since": iso(_since(p))}
         for p in record.progress
+        if p.get("position") not in done
     ]
 
 
@@ -422,16 +424,15 @@ def timeline(record: ExecutionRecord) -> Table:
         rows.append((cp.position, 0, _checkpoint_row(cp)))
     for w in record.waits:
         rows.append((w.position, 1, _wait_row(w)))
-    recorded = {cp.position for cp in record.checkpoints if cp.status != "retrying"}
-    now = time.time()
-    for entry in record.progress if record.status is Status.RUNNING else ():
-        position = entry.get("position")
-        if not isinstance(position, int) or position in recorded:
+    now = dt.datetime.now(dt.UTC)
+    for entry in progress_json(record):
+        position = entry["position"]
+        if not isinstance(position, int):
             continue
-        since = entry.get("since")
-        took = now - since if isinstance(since, int | float) else None
+        since = entry["since"]
+        took = (now - dt.datetime.fromisoformat(since)).total_seconds() if since else None
         cells: list[RenderableType] = [
-            Text(str(entry.get("name", "?"))),
+            Text(str(entry["name"])),
             Text("running", style=STATUS_STYLES["running"]),
             "",
             duration(took),

@@ -207,6 +207,11 @@ class Executor:
                 for (key, execution_id), store in self._parked.items():
                     by_store.setdefault(key, (store, []))[1].append(execution_id)
             for store, ids in by_store.values():
+                if store.closed:
+                    with self._lock:
+                        for execution_id in ids:
+                            self._parked.pop((id(store), execution_id), None)
+                    continue
                 try:
                     self._resume_parked(store, ids, forget_finished=rounds % 25 == 0)
                 except Exception:

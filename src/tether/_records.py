@@ -243,8 +243,13 @@ class ExecutionRecord:
 
     @property
     def warnings(self) -> list[str]:
-        """Messages of the warning events (arguments changed on resume, and so on)."""
-        return [e.message for e in self.events if e.level == "warning"]
+        """Messages of tether's warnings about the execution (arguments changed on resume, a
+        flow that could not be imported...), not what its checkpoints logged."""
+        return [
+            e.message
+            for e in self.events
+            if e.level == "warning" and e.kind not in ("output", "log", "truncated")
+        ]
 
     @property
     def duration(self) -> float | None:

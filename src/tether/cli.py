@@ -282,8 +282,8 @@ def list_command(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List executions, newest first: status, when they started, how long they ran, how many
-    checkpoints finished, and the input each waits for.
+    """List executions, newest first: status, when each started, how long it ran, how many
+    of its checkpoint calls are done, and the input it waits for, if any.
 
     Example: `tether executions list --status failed --status waiting --flow research_agent`
     """
@@ -659,7 +659,7 @@ def prune_command(
     with _errors():
         client = _client(db)
         matched = client.prune(seconds, status=status, dry_run=True)
-        which = ", ".join(s.value for s in status) if status else "finished"
+        which = " or ".join(s.value for s in status) + " " if status else ""
         summary: dict[str, Any] = {
             "older_than_seconds": seconds,
             "statuses": [s.value for s in status] if status else None,
@@ -668,7 +668,7 @@ def prune_command(
         }
         if not as_json:
             noun = "execution" if matched == 1 else "executions"
-            _say(f"{matched} {which} {noun} finished more than {older_than} ago.")
+            _say(f"{matched} {which}{noun} finished more than {older_than} ago.")
         if matched and not yes:
             if as_json or not _stdin_is_terminal():
                 if not as_json:

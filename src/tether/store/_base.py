@@ -317,6 +317,11 @@ class Store(abc.ABC):
 
     # --- lifecycle ----------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """True once close() was called: executors forget work of a closed store."""
+        return False
+
     def maintain(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Housekeeping that executors call now and then; a no-op unless a store needs it."""
 

@@ -137,6 +137,10 @@ class PostgresStore(SqlStore):
                     self._listen.close()
                 self._listen = None
 
+    @property
+    def closed(self) -> bool:
+        return bool(self._pool.closed)
+
     def close(self) -> None:
         self._close_listener()
         self._pool.close()

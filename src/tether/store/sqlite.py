@@ -53,7 +53,9 @@ class SQLiteStore(SqlStore):
         self.path = path_from_url(url)
         self._synchronous = "FULL" if durability == "full" else "NORMAL"
         self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
+        # Each connection with the thread that owns it: only that thread may close it while
+        # it lives (closing a connection another thread is using crashes the interpreter).
+        self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._opened_lock = threading.Lock()
         self._closed = False
         # Closing the last connection checkpoints the WAL and removes it: do it at exit
@@ -74,8 +76,12 @@ class SQLiteStore(SqlStore):
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or self._closed:
             if self._closed:
+                if conn is not None:
+                    self._local.conn = None
+                    with suppress(sqlite3.Error):
+                        conn.close()
                 raise StoreError(f"the store {self.url} is closed")
             try:
                 conn = sqlite3.connect(
@@ -89,7 +95,7 @@ class SQLiteStore(SqlStore):
                 raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
             self._local.conn = conn
             with self._opened_lock:
-                self._opened.append(conn)
+                self._opened.append((threading.current_thread(), conn))
         return conn
 
     def _connection(self) -> _Borrowed:
@@ -109,14 +115,26 @@ class SQLiteStore(SqlStore):
     def _executemany(self, conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         conn.executemany(sql, rows)  # type: ignore[attr-defined]
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        """Close this thread's connection and those of finished threads; connections of
+        threads still running are closed by those threads, at their next use."""
         self._closed = True
+        me = threading.current_thread()
         with self._opened_lock:
-            for conn in self._opened:
-                with suppress(sqlite3.Error):
-                    conn.close()
-            self._opened.clear()
-        self._local = threading.local()
+            keep = []
+            for owner, conn in self._opened:
+                if owner is me or not owner.is_alive():
+                    with suppress(sqlite3.Error):
+                        conn.close()
+                else:
+                    keep.append((owner, conn))
+            self._opened = keep
+        if getattr(self._local, "conn", None) is not None:
+            self._local.conn = None
 
     def maintain(self) -> None:
         try:

@@ -21,11 +21,10 @@ limited = tether.Queue("limited", concurrency=2)
 throttled = tether.Queue("throttled", rate_limit=2, rate_period=1.0)
 
 
-def _write(kind: str, position: int | None) -> None:
+def _write(kind: str, execution: str, position: int | None) -> None:
     path = os.environ.get("SIDE_EFFECTS")
     if not path:
         return
-    execution = tether.current().execution_id
     line = f"{kind} {execution} {position} {os.getpid()} {time.time():.6f}\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -35,19 +34,13 @@ def _write(kind: str, position: int | None) -> None:
 
 
 def after_commit(run: Any, position: int) -> None:
-    path = os.environ.get("SIDE_EFFECTS")
-    if path:
-        line = f"commit {run.execution_id} {position} {os.getpid()} {time.time():.6f}\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+    _write("commit", run.execution_id, position)
 
 
 @tether.checkpoint
 def work(i: int, seconds: float) -> int:
-    _write("start", tether.current().position)
+    now = tether.current()
+    _write("start", now.execution_id, now.position)
     time.sleep(seconds)
     return i * i
 

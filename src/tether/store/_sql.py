@@ -381,12 +381,7 @@ class SqlStore(Store, abc.ABC):
                     "wake_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
                     (now, now, execution_id),
                 )
-                self._run(
-                    conn,
-                    "UPDATE waits SET status = 'cancelled', resolved_at = ? "
-                    "WHERE execution_id = ? AND status = 'pending'",
-                    (now, execution_id),
-                )
+                self._cancel_waits(conn, execution_id, now)
                 return "cancelled"
             self._run(
                 conn,
@@ -394,6 +389,14 @@ class SqlStore(Store, abc.ABC):
                 (now, execution_id),
             )
             return str(status)
+
+    def _cancel_waits(self, conn: Connection, execution_id: str, now: float) -> None:
+        self._run(
+            conn,
+            "UPDATE waits SET status = 'cancelled', resolved_at = ? "
+            "WHERE execution_id = ? AND status = 'pending'",
+            (now, execution_id),
+        )
 
     def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool:
         return (
@@ -445,12 +448,7 @@ class SqlStore(Store, abc.ABC):
                     "finished_at = ?, updated_at = ? WHERE id = ?",
                     (now, now, execution_id),
                 )
-                self._run(
-                    conn,
-                    "UPDATE waits SET status = 'cancelled', resolved_at = ? "
-                    "WHERE execution_id = ? AND status = 'pending'",
-                    (now, execution_id),
-                )
+                self._cancel_waits(conn, execution_id, now)
             else:
                 self._run(
                     conn,

@@ -37,6 +37,11 @@ _RUNNABLE_BATCH = 1000
 _HOST = socket.gethostname()
 
 
+def host_prefix() -> str:
+    """The start of every owner id of this host."""
+    return f"{_HOST}:"
+
+
 def new_owner_id() -> str:
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 

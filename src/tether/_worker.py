@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from . import _queues
 from ._config import configure, settings, store_for
 from ._engine import load_flow
-from ._executor import Executor, executor
+from ._executor import Executor, executor, host_prefix
 from ._queues import Queue
 from ._status import Status
 from .errors import StoreError, UsageError
@@ -204,7 +204,7 @@ class Worker:
     def _take_over_dead_owners(self, now: float, free: int) -> list[str]:
         # Leases of processes killed on this host have not expired yet; their pid tells.
         started: list[str] = []
-        for row in self._store.orphans(statuses=(Status.QUEUED, Status.RUNNING)):
+        for row in self._store.leased_on_host(prefix=host_prefix(), now=now):
             if len(started) >= free:
                 break
             if row.owner is None or row.lease_expires is None or row.lease_expires < now:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from . import _replay, _schema, _serde
 from ._config import settings, store_for
 from ._engine import load_flow
-from ._executor import executor
+from ._executor import executor, host_prefix
 from ._flow import Handle, launch, new_execution_id
 from ._records import ExecutionRecord, LogRecord, WaitRecord
 from ._status import Status
@@ -248,7 +248,7 @@ class Client:
         now = time.time()
         resumed: builtins.list[str] = []
         # Owners killed on this host still have unexpired leases: take those over first.
-        for row in self._store.orphans(statuses=(Status.QUEUED, Status.RUNNING)):
+        for row in self._store.leased_on_host(prefix=host_prefix(), now=now):
             if row.owner is None or runner.holds(self._store, row.id):
                 continue
             expired = row.lease_expires is not None and row.lease_expires < now

@@ -428,8 +428,8 @@ def test_set_metadata_with_stale_token_changes_nothing(store: Store) -> None:
     assert snapshot(store, "e1") == before
 
 
-def test_orphans_lists_executions_in_the_given_statuses_only(store: Store) -> None:
-    start(store, "running", token="t1")
+def test_leased_on_host_lists_live_leases_of_owners_on_that_host(store: Store) -> None:
+    start(store, "running", token="t1")  # owner host:1:a, lease until T0 + LEASE
     store.create_execution(execution("owned-queued"))
     assert store.claim(
         "owned-queued",
@@ -441,23 +441,21 @@ def test_orphans_lists_executions_in_the_given_statuses_only(store: Store) -> No
     )
     start(store, "done", token="t3")
     assert store.finish("done", "t3", status="succeeded", result="1", error=None, now=T0 + 2)
-    store.create_execution(execution("cancelled"))
-    store.request_cancel("cancelled", now=T0 + 2)
+    store.create_execution(execution("unowned"))
 
-    found = store.orphans(statuses=["queued", "running"])
+    found = store.leased_on_host(prefix="host:", now=T0 + 1)
     assert {r.id for r in found} == {"running", "owned-queued"}
-    assert {r.id: r.owner for r in found} == {"running": "host:1:a", "owned-queued": "host:1:a"}
-    assert [r.id for r in store.orphans(statuses=["running"])] == ["running"]
+    assert {r.owner for r in found} == {"host:1:a"}
+    assert store.leased_on_host(prefix="elsewhere:", now=T0 + 1) == []
+    assert store.leased_on_host(prefix="host:", now=T0 + 10_000) == [], "expired: runnable"
 
 
-def test_orphans_include_a_released_execution_so_another_process_can_recover_it(
-    store: Store,
-) -> None:
+def test_a_released_execution_is_runnable_for_another_process(store: Store) -> None:
     # The engine releases an execution it cannot import the flow for, "leaving it runnable
-    # for a process that can"; Client.recover() finds such executions through orphans().
+    # for a process that can"; recovery and workers find it through runnable().
     start(store, "e1", token="tok-1")
     assert store.release("e1", "tok-1", status="queued", now=T0 + 2)
-    assert [r.id for r in store.orphans(statuses=["queued", "running"])] == ["e1"]
+    assert [r.id for r in store.runnable(now=T0 + 3, due=T0 + 3, limit=10)] == ["e1"]
 
 
 # --- checkpoints ------------------------------------------------------------------------------

@@ -197,9 +197,10 @@ class Store(abc.ABC):
     def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool: ...
 
     @abc.abstractmethod
-    def orphans(self, *, statuses: Sequence[str]) -> list[ExecutionRow]:
-        """Executions in `statuses`, oldest first: candidates for recovery, whose owner (if any)
-        the caller checks."""
+    def leased_on_host(self, *, prefix: str, now: float) -> list[ExecutionRow]:
+        """Queued or running executions under a lease not expired at `now`, whose owner id
+        starts with `prefix` (owners on one host): the ones a process on that host can find
+        dead early, by their pid. Everything else unowned or expired is in `runnable()`."""
 
     @abc.abstractmethod
     def suspend(

@@ -408,11 +408,11 @@ class SqlStore(Store, abc.ABC):
             == 1
         )
 
-    def orphans(self, *, statuses: Sequence[str]) -> list[ExecutionRow]:
+    def leased_on_host(self, *, prefix: str, now: float) -> list[ExecutionRow]:
         rows = self._all(
-            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ({marks(statuses)}) "
-            "ORDER BY created_at",
-            tuple(statuses),
+            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ('queued', 'running') "
+            "AND lease_expires >= ? AND substr(owner, 1, ?) = ? ORDER BY created_at",
+            (now, len(prefix), prefix),
         )
         return [execution_row(r) for r in rows]
 
@@ -569,11 +569,19 @@ class SqlStore(Store, abc.ABC):
             names = [f":q{i}" for i in range(len(queues))]
             params.update(zip((n[1:] for n in names), queues, strict=True))
             among = f"AND queue IN ({', '.join(names)})"
-        rows = self._all(
-            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE {RUNNABLE} {among} "
-            "ORDER BY priority DESC, created_at LIMIT :limit",
-            params,
+        # One branch per way of being runnable, each ordered and limited on its own index,
+        # instead of one OR that makes the database scan and sort every execution.
+        branches = [
+            "status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)",
+            "status = 'waiting' AND wake_at <= :due",
+            "status = 'running' AND lease_expires < :now",
+        ]
+        union = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT {EXECUTION_COLUMNS} FROM executions WHERE {branch} {among} "
+            f"ORDER BY priority DESC, created_at LIMIT :limit) AS b{i}"
+            for i, branch in enumerate(branches)
         )
+        rows = self._all(f"{union} ORDER BY priority DESC, created_at LIMIT :limit", params)
         return [execution_row(r) for r in rows]
 
     # --- waits --------------------------------------------------------------------------

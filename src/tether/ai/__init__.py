@@ -1,0 +1,47 @@
+"""tether.ai: durable Pydantic AI agents.
+
+```python
+import tether
+from pydantic_ai import Agent
+
+agent = tether.ai.durable(Agent("openai:gpt-4o", tools=[search]))
+
+
+@tether.flow
+async def research(topic: str) -> str:
+    return (await agent.run(f"Research {topic}")).output
+```
+
+Inside a flow, each model request is recorded as a `model_request` checkpoint call and each
+tool call as `tool:<name>`; after a crash the flow resumes and the agent gets the recorded
+responses and results back instead of calling the model and the tools again. Tools that need
+approval suspend the flow on a `tether.wait` until someone answers. Outside a flow the agent
+behaves exactly like the plain one.
+
+Built on Pydantic AI's durable-execution capability interface: `TetherDurability` can also be
+passed to `Agent(capabilities=[...])` directly. Needs `pip install 'tether[ai]'`.
+"""
+
+from __future__ import annotations
+
+try:
+    import pydantic_ai  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "tether.ai needs Pydantic AI: pip install 'tether[ai]' (or pydantic-ai-slim)"
+    ) from exc
+
+from ._agent import DurableAgent, durable
+from ._deferred import Approval
+from ._durability import TetherDurability, TetherOperationBackend
+from ._units import CheckpointOptions, TetherOperationNamer
+
+__all__ = [
+    "Approval",
+    "CheckpointOptions",
+    "DurableAgent",
+    "TetherDurability",
+    "TetherOperationBackend",
+    "TetherOperationNamer",
+    "durable",
+]

@@ -1,0 +1,123 @@
+"""durable(agent): an existing Pydantic AI agent, made durable inside tether flows."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic_ai import AgentRun
+from pydantic_ai.agent import AbstractAgent, WrapperAgent
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.messages import UserContent
+from pydantic_ai.output import OutputDataT
+from pydantic_ai.tools import AgentDepsT
+
+from tether.errors import ControlSignal
+
+from ._durability import TetherDurability
+
+
+class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
+    """An agent that runs like the one it wraps, with its model requests and tool calls
+    recorded as checkpoints when it runs inside a `@tether.flow`.
+
+    `run`, `run_sync`, `iter`, `run_stream`, `run_stream_events` and `override` work as on the
+    wrapped agent (they all go through `iter`). Each run gets the bound `TetherDurability`
+    capability added to it; outside a flow that capability does nothing.
+    """
+
+    def __init__(
+        self,
+        wrapped: AbstractAgent[AgentDepsT, OutputDataT],
+        durability: TetherDurability[AgentDepsT] | None = None,
+    ) -> None:
+        super().__init__(wrapped)
+        attached = TetherDurability.from_agent(wrapped)
+        if attached is not None:
+            if durability is not None:
+                raise ValueError(
+                    "this agent was built with a TetherDurability capability already; "
+                    "call durable(agent) without one"
+                )
+            self._durability: TetherDurability[AgentDepsT] = attached
+            self._run_capability: AbstractCapability[AgentDepsT] | None = None
+        else:
+            capability = (durability or TetherDurability[AgentDepsT]()).for_agent(wrapped)
+            self._durability = _bound_durability(capability)
+            self._run_capability = capability
+
+    @property
+    def durability(self) -> TetherDurability[AgentDepsT]:
+        """The bound capability this agent's runs use."""
+        return self._durability
+
+    @asynccontextmanager
+    async def iter(
+        self,
+        user_prompt: str | Sequence[UserContent] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AgentRun[AgentDepsT, Any]]:
+        if self._run_capability is not None:
+            kwargs["capabilities"] = [*(kwargs.get("capabilities") or ()), self._run_capability]
+        try:
+            async with self.wrapped.iter(user_prompt, **kwargs) as run:
+                yield run
+        except BaseExceptionGroup as group:
+            # A wait or a cancellation unwinds the flow from inside the agent's task groups;
+            # hand the flow the bare signal, which its engine knows how to treat.
+            signal = _first_signal(group)
+            if signal is None:
+                raise
+            raise signal from None
+
+    def __repr__(self) -> str:
+        return f"DurableAgent({self.wrapped!r})"
+
+
+def _bound_durability(capability: AbstractCapability[AgentDepsT]) -> TetherDurability[AgentDepsT]:
+    found: list[TetherDurability[AgentDepsT]] = []
+
+    def visit(leaf: AbstractCapability[AgentDepsT]) -> None:
+        if isinstance(leaf, TetherDurability):
+            found.append(leaf)
+
+    capability.apply(visit)
+    assert len(found) == 1, f"expected one bound TetherDurability in {capability!r}"
+    return found[0]
+
+
+def _first_signal(group: BaseExceptionGroup[BaseException]) -> ControlSignal | None:
+    for error in group.exceptions:
+        if isinstance(error, ControlSignal):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            found = _first_signal(error)
+            if found is not None:
+                return found
+    return None
+
+
+def durable(
+    agent: AbstractAgent[AgentDepsT, OutputDataT],
+    durability: TetherDurability[AgentDepsT] | None = None,
+) -> DurableAgent[AgentDepsT, OutputDataT]:
+    """Make a Pydantic AI agent durable inside `@tether.flow`s.
+
+    ```python
+    agent = tether.ai.durable(Agent("openai:gpt-4o", tools=[search, fetch]))
+
+    @tether.flow
+    async def research(topic: str) -> str:
+        return (await agent.run(f"Research {topic}")).output
+    ```
+
+    Inside a flow every model request is a `model_request` checkpoint call and every tool call
+    a `tool:<name>` one: after a crash, `Client().resume(id)` runs the flow again and the
+    agent gets the recorded responses and results back without calling the model or the
+    tools again. Tools that need approval make the flow wait for input (see
+    `TetherDurability`). Outside a flow the returned agent behaves exactly like `agent`.
+
+    Pass a configured `TetherDurability(...)` for checkpoint options (retries, timeouts).
+    """
+    return DurableAgent(agent, durability)

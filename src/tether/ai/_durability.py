@@ -1,0 +1,324 @@
+"""TetherDurability: Pydantic AI's durable-execution capability, on tether checkpoints."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic_ai import CallToolsNode, DeferredToolRequests, DeferredToolResults, ToolApproved
+from pydantic_ai.capabilities.abstract import (
+    AgentNode,
+    WrapRunHandler,
+)
+from pydantic_ai.durable_exec import (
+    JSON_CODEC,
+    BaseDurabilityCapability,
+    CallableOperationBackend,
+    DurabilityEngineSpec,
+    DurableOperationConfig,
+    DurableOperationId,
+    ModelRequestId,
+    OperationConfigRole,
+    ToolsetCallToolId,
+    ToolsetValidateToolArgumentsId,
+    conversation_id_from_run_id,
+)
+from pydantic_ai.models import Model
+from pydantic_ai.run import AgentRunResult
+from pydantic_ai.tools import AgentDepsT, RunContext, ToolDefinition
+
+import tether
+from tether.errors import SerializationError
+
+from ._deferred import wait_for_deferred
+from ._units import (
+    CheckpointOptions,
+    DispatchOrder,
+    Slot,
+    TetherOperationNamer,
+    in_flow,
+    options_from_metadata,
+    request_key,
+    unit_checkpoint,
+)
+
+
+@tether.checkpoint(name="agent_run")
+def _agent_run() -> dict[str, str]:
+    """Recorded once per agent run inside a flow, so a resumed run keeps its run id (and the
+    conversation id and start time derived from it)."""
+    return {"run_id": str(uuid.uuid4()), "started_at": datetime.now(UTC).isoformat()}
+
+
+def _not_storable(error: Exception) -> BaseException:
+    return SerializationError(f"a result of an agent operation cannot be stored as JSON: {error}")
+
+
+def _run_context(values: tuple[object, ...]) -> RunContext[Any] | None:
+    for value in values:
+        if isinstance(value, RunContext):
+            return value
+    return None
+
+
+def _scope(ctx: RunContext[Any]) -> str:
+    return f"{tether.current().execution_id}:{ctx.run_id}"
+
+
+class _OperationConfig(DurableOperationConfig[CheckpointOptions]):
+    """Checkpoint options per operation: the model's, the tools' (with per-tool metadata),
+    tether's defaults for the rest. Tool argument validators run inline, in flow code."""
+
+    def __init__(
+        self,
+        *,
+        model: CheckpointOptions,
+        tool: CheckpointOptions,
+        resolve_tool: Callable[[object | None, str], CheckpointOptions | Literal[False]],
+    ) -> None:
+        self._model = model
+        self._tool = tool
+        self._resolve_tool = resolve_tool
+
+    def base(
+        self, role: OperationConfigRole, *, operation_id: DurableOperationId
+    ) -> CheckpointOptions:
+        if role == "model":
+            return self._model
+        if role == "tool":
+            return self._tool
+        return {}
+
+    def for_tool(
+        self,
+        role: OperationConfigRole,
+        *,
+        operation_id: DurableOperationId,
+        tool: object | None,
+        tool_name: str,
+    ) -> CheckpointOptions | Literal[False]:
+        if isinstance(operation_id, ToolsetValidateToolArgumentsId):
+            # A validator is ordinary code: it runs again on resume like the rest of the flow,
+            # and a checkpoint per validation would only add positions.
+            return False
+        return self._resolve_tool(tool, tool_name)
+
+
+class TetherOperationBackend(CallableOperationBackend[CheckpointOptions]):
+    """Runs each durable operation's body as one call of a tether checkpoint."""
+
+    def __init__(self, *, config: _OperationConfig, order: DispatchOrder) -> None:
+        super().__init__(namer=TetherOperationNamer(), config=config)
+        self._order = order
+
+    async def execute(
+        self,
+        *,
+        operation_id: DurableOperationId,
+        name: str,
+        body: Callable[[], Awaitable[object]],
+        cache_key: tuple[object, ...],
+        config: CheckpointOptions,
+    ) -> object:
+        key: object = None
+        if isinstance(operation_id, ToolsetCallToolId):
+            ctx = _run_context(cache_key)
+            if ctx is not None and ctx.tool_call_id is not None:
+                # Named as the model called it (a prefixed toolset's tools too), like the
+                # reservation made for it.
+                if ctx.tool_name:
+                    name = f"tool:{ctx.tool_name}"
+                key = ctx.tool_call_id
+                if in_flow():
+                    reserved = self._order.take(_scope(ctx), ctx.tool_call_id, name)
+                    if reserved is not None:
+                        return await reserved.run(body)
+        elif isinstance(operation_id, ModelRequestId):
+            key = request_key(cache_key[1] if len(cache_key) > 1 else None)
+        # Outside a flow (or inside a checkpoint) the checkpoint is a plain call.
+        return await unit_checkpoint(name, config)(key, Slot(body))
+
+
+@dataclass(init=False, kw_only=True)
+class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
+    """Makes an agent durable inside `@tether.flow`s: each model request and each tool call is
+    one recorded checkpoint call.
+
+    ```python
+    agent = Agent(model, tools=[search], capabilities=[TetherDurability()])
+    # or, for an agent that exists already:  agent = tether.ai.durable(agent)
+    ```
+
+    Inside a flow, model requests are recorded as `model_request` (`model_request_stream` when
+    streamed) and tool calls as `tool:<name>`; a resumed flow gets their recorded results
+    back without calling the model or the tool again. The tool calls of one turn run
+    concurrently but take their positions in the order the model made them. Deferred tool
+    calls (`requires_approval=True`, `ApprovalRequired`, `CallDeferred`) become
+    `tether.wait`s named `approve:<tool_call_id>` (input: `True`, `False` or an `Approval`)
+    or `result:<tool_call_id>` (input: the tool's result). Outside a flow the agent behaves
+    exactly as without this capability and nothing is recorded.
+
+    - `model_checkpoint` / `tool_checkpoint`: checkpoint options (`retries`, `backoff`,
+      `timeout`, `retry_on`) for model requests and tool calls. One tool's options come from
+      its metadata: `Tool(..., metadata={'tether': {'retries': 3}})`, or
+      `{'tether': False}` to run it inline, unrecorded (it then runs again on resume).
+    - `wait_for_deferred`: answer deferred tool calls with waits (default). With False, the
+      run ends with `DeferredToolRequests` output as it does without the capability.
+    - `deferred_timeout`: seconds a deferred call may wait; an approval then counts as
+      denied and an external call as failed.
+    - `models`: extra `Model` instances a run may select by key or instance inside a flow.
+    """
+
+    engine_spec = DurabilityEngineSpec(
+        engine_name="tether",
+        durable_unit_noun="checkpoint",
+        durable_container_noun="flow",
+        # Recorded results are plain JSON: readable in `tether executions show`, no pickle, and
+        # decoded by the same typed adapters live and on resume.
+        codec=JSON_CODEC,
+        serialization_failure=_not_storable,
+        wrapped_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
+        toolset_lifecycles={
+            "function": "enter-always",
+            "mcp": "enter-in-durable-unit",
+            "dynamic": "enter-never",
+        },
+        tool_call_result_upgrade_lenient=False,
+        journal_discovery=True,
+        sequential_tools_in_durable_context=False,
+        # A toolset passed to one run was never wrapped: its calls would not be recorded.
+        unsupported_runtime_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
+        tool_config_key="tether",
+    )
+
+    def __init__(
+        self,
+        *,
+        model_checkpoint: CheckpointOptions | None = None,
+        tool_checkpoint: CheckpointOptions | None = None,
+        wait_for_deferred: bool = True,
+        deferred_timeout: float | None = None,
+        models: Mapping[str, Model] | None = None,
+    ) -> None:
+        # The name only labels error messages: checkpoint names do not include it.
+        super().__init__(models=models, event_stream_handler=None, name="agent")
+        self._model_checkpoint: CheckpointOptions = dict(model_checkpoint or {})  # type: ignore[assignment]
+        self._tool_checkpoint: CheckpointOptions = dict(tool_checkpoint or {})  # type: ignore[assignment]
+        self._wait_for_deferred = wait_for_deferred
+        if deferred_timeout is not None and deferred_timeout < 0:
+            raise tether.UsageError(f"deferred_timeout must be 0 or more, not {deferred_timeout}")
+        self._deferred_timeout = deferred_timeout
+        self._backend: TetherOperationBackend | None = None
+        self._order = DispatchOrder()
+        self._run_starts: dict[str, datetime] = {}
+
+    # --- binding ----------------------------------------------------------------------
+
+    def _bind_to_agent(self, agent: Any) -> None:
+        # Per bound copy: `for_agent` copies this object, and copies must not share state.
+        self._order = DispatchOrder()
+        self._run_starts = {}
+        base = self._tool_checkpoint
+
+        def resolve_tool(tool: object | None, tool_name: str) -> CheckpointOptions | Literal[False]:
+            tool_def = getattr(tool, "tool_def", None)
+            metadata = tool_def.metadata if isinstance(tool_def, ToolDefinition) else None
+            return options_from_metadata(base, metadata, tool_name)
+
+        self._backend = TetherOperationBackend(
+            config=_OperationConfig(
+                model=self._model_checkpoint, tool=self._tool_checkpoint, resolve_tool=resolve_tool
+            ),
+            order=self._order,
+        )
+        super()._bind_to_agent(agent)
+
+    def get_durable_operation_backend(self) -> TetherOperationBackend:
+        if self._backend is None:
+            raise tether.UsageError(
+                "TetherDurability is not bound to an agent: pass it to Agent(capabilities=[...]) "
+                "or use tether.ai.durable(agent)"
+            )
+        return self._backend
+
+    # --- the durable container is a flow ----------------------------------------------
+
+    @property
+    def in_durable_context(self) -> bool:
+        return in_flow()
+
+    def get_default_run_id(self) -> str | None:
+        if not in_flow():
+            return None
+        recorded = _agent_run()
+        run_id = recorded["run_id"]
+        self._run_starts[run_id] = datetime.fromisoformat(recorded["started_at"])
+        return run_id
+
+    def get_default_conversation_id(self, run_id: str) -> str | None:
+        return conversation_id_from_run_id(run_id) if in_flow() else None
+
+    async def get_run_start_time(self, run_id: str) -> datetime | None:
+        return self._run_starts.get(run_id) if in_flow() else None
+
+    async def wrap_run(
+        self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler
+    ) -> AgentRunResult[Any]:
+        if not in_flow():
+            return await handler()
+        try:
+            return await super().wrap_run(ctx, handler=handler)
+        finally:
+            self._order.release(_scope(ctx))
+            if ctx.run_id is not None:
+                self._run_starts.pop(ctx.run_id, None)
+
+    # --- positions of concurrent tool calls -------------------------------------------
+
+    async def before_node_run(
+        self, ctx: RunContext[AgentDepsT], *, node: AgentNode[AgentDepsT]
+    ) -> AgentNode[AgentDepsT]:
+        if not in_flow():
+            return node
+        scope = _scope(ctx)
+        self._order.release(scope)  # what the previous node reserved and did not use
+        if not isinstance(node, CallToolsNode):
+            return node
+        # The turn's tool calls run as concurrent tasks, which reach their checkpoints in
+        # whatever order they are scheduled. Their positions are taken here instead, before
+        # any of them starts (also under `run_stream`, which runs the node while streaming
+        # it), in the order of the model's response.
+        results = node.tool_call_results
+        for call in node.model_response.tool_calls:
+            if results is not None and not isinstance(results.get(call.tool_call_id), ToolApproved):
+                continue  # resuming deferred calls: only the approved ones run
+            tool_def = ctx.tool_manager.get_tool_def(call.tool_name) if ctx.tool_manager else None
+            if tool_def is None or (results is None and tool_def.kind != "function"):
+                continue  # output, external or unapproved tools are not called now
+            self._reserve(scope, call.tool_call_id, call.tool_name, tool_def)
+        return node
+
+    def _reserve(
+        self, scope: str, tool_call_id: str, tool_name: str, tool_def: ToolDefinition
+    ) -> None:
+        options = options_from_metadata(self._tool_checkpoint, tool_def.metadata, tool_name)
+        if options is not False:
+            self._order.reserve(scope, tool_call_id, f"tool:{tool_name}", options)
+
+    # --- deferred tool calls: tether waits --------------------------------------------
+
+    async def handle_deferred_tool_calls(
+        self, ctx: RunContext[AgentDepsT], *, requests: DeferredToolRequests
+    ) -> DeferredToolResults | None:
+        if not self._wait_for_deferred or not in_flow():
+            return None
+        results, approved = wait_for_deferred(requests, timeout=self._deferred_timeout)
+        scope = _scope(ctx)
+        for call in approved:
+            tool_def = ctx.tool_manager.get_tool_def(call.tool_name) if ctx.tool_manager else None
+            if tool_def is not None:
+                self._reserve(scope, call.tool_call_id, call.tool_name, tool_def)
+        return results

@@ -1,0 +1,273 @@
+"""Durable units as tether checkpoint calls: names, options, and the call itself.
+
+Each Pydantic AI durable operation (a model request, a tool call, ...) runs as one call of a
+tether checkpoint named after the operation. One `Checkpoint` object is kept per name and
+options; its function runs whatever body it is handed, so the same checkpoint serves every
+call of that name. A call can also be *reserved*: the checkpoint is called (which takes its
+position, in program order) before the body is known, and the body is supplied when the
+operation actually runs, possibly in another asyncio task. That is how parallel tool calls get
+positions in the order the model made them, whatever order their tasks reach the tool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeAlias, TypedDict
+
+from pydantic_ai.durable_exec import (
+    CapabilityOperationId,
+    DurableOperationId,
+    DurableOperationNamer,
+    EventStreamHandlerId,
+    ModelCancelSuspendedResponseId,
+    ModelCompactMessagesId,
+    ModelRequestId,
+    ToolsetCallToolId,
+    ToolsetGetInstructionsId,
+    ToolsetGetToolsId,
+    ToolsetValidateToolArgumentsId,
+)
+from pydantic_ai.durable_exec._operation_names import DurableInvocationName
+from pydantic_ai.messages import ModelMessagesTypeAdapter
+
+import tether
+from tether.errors import NotInFlowError
+
+Body: TypeAlias = Callable[[], Awaitable[object]]
+
+
+class CheckpointOptions(TypedDict, total=False):
+    """Options of the checkpoints an agent's model requests or tool calls run as.
+
+    The same options as `@tether.checkpoint(...)`: `retries` extra attempts after a failure
+    whose type matches `retry_on`, `backoff` seconds before the second attempt (doubling), and
+    `timeout` seconds per attempt.
+    """
+
+    retries: int
+    backoff: float
+    timeout: float | None
+    retry_on: type[BaseException] | tuple[type[BaseException], ...]
+
+
+OPTION_KEYS = frozenset(CheckpointOptions.__annotations__)
+
+
+def in_flow() -> bool:
+    """True in flow code: inside a running flow and not inside one of its checkpoints.
+
+    Inside a checkpoint (a tool that runs another agent, say) everything runs inline as part
+    of that checkpoint, exactly as a nested `@tether.checkpoint` call does.
+    """
+    try:
+        return tether.current().checkpoint is None
+    except NotInFlowError:
+        return False
+
+
+class TetherOperationNamer(DurableOperationNamer):
+    """Checkpoint names of Pydantic AI's durable operations.
+
+    Recorded names are compatibility data: an execution recorded under one name diverges when
+    resumed by code that calls another name at the same position. They are short and readable
+    (`model_request`, `tool:search`) and do not include the agent's name.
+    """
+
+    def operation_name(self, operation_id: DurableOperationId) -> str:
+        match operation_id:
+            case ModelRequestId(streaming=True):
+                return "model_request_stream"
+            case ModelRequestId():
+                return "model_request"
+            case ModelCompactMessagesId():
+                return "compact_messages"
+            case ModelCancelSuspendedResponseId():
+                return "cancel_suspended_response"
+            case EventStreamHandlerId():
+                return "event_stream_handler"
+            case CapabilityOperationId(capability_id=capability_id, operation=operation):
+                return f"capability:{capability_id}.{operation}"
+            case ToolsetGetToolsId(toolset_id=toolset_id):
+                return f"get_tools:{toolset_id}"
+            case ToolsetGetInstructionsId(toolset_id=toolset_id):
+                return f"get_instructions:{toolset_id}"
+            case ToolsetValidateToolArgumentsId():
+                return "validate"
+            case ToolsetCallToolId():
+                return "tool"
+            case _:  # the union grows in minor releases of Pydantic AI
+                return type(operation_id).__name__
+
+    def invocation_name(
+        self, operation_id: DurableOperationId, *, label: str | None
+    ) -> DurableInvocationName:
+        name = self.operation_name(operation_id)
+        if label is not None and isinstance(
+            operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId
+        ):
+            name = f"{name}:{label}"
+        return DurableInvocationName(name)
+
+
+# --- the checkpoint every unit runs as ---------------------------------------------------
+
+
+class Slot:
+    """Carries a unit's body into its checkpoint call. Its default repr keeps the call's
+    argument fingerprint stable across processes (tether fingerprints it by type name)."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: Body | None = None) -> None:
+        self.body = body
+
+
+async def _run_unit(key: object, slot: Slot) -> object:
+    # `key` only feeds the argument fingerprint (tether warns when a resumed call's differs).
+    body = slot.body
+    assert body is not None, "a reserved unit ran before its body was supplied"
+    return await body()
+
+
+UnitCheckpoint: TypeAlias = tether.Checkpoint[[object, Slot], Coroutine[Any, Any, object]]
+_checkpoints: dict[tuple[Any, ...], UnitCheckpoint] = {}
+_checkpoints_lock = threading.Lock()
+
+
+def unit_checkpoint(name: str, options: CheckpointOptions) -> UnitCheckpoint:
+    """The checkpoint that runs units called `name` with these options (one per pair)."""
+    cache_key = (
+        name,
+        options.get("retries", 0),
+        options.get("backoff", 1.0),
+        options.get("timeout"),
+        options.get("retry_on", Exception),
+    )
+    found = _checkpoints.get(cache_key)
+    if found is None:
+        with _checkpoints_lock:
+            found = _checkpoints.get(cache_key)
+            if found is None:
+                found = tether.checkpoint(
+                    name=name,
+                    retries=cache_key[1],
+                    backoff=cache_key[2],
+                    timeout=cache_key[3],
+                    retry_on=cache_key[4],
+                )(_run_unit)
+                _checkpoints[cache_key] = found
+    return found
+
+
+def request_key(messages: object) -> str | None:
+    """A stable digest of what a model request adds to the conversation: its last message,
+    without timestamps and run ids (which differ on every run). Only this turn's message is
+    hashed, so a long conversation costs the same per request as a short one."""
+    if not isinstance(messages, list) or not messages:
+        return None
+    try:
+        dumped = ModelMessagesTypeAdapter.dump_python([messages[-1]], mode="json")
+        text = json.dumps(_stable(dumped), sort_keys=True, default=str)
+    except Exception:  # a value Pydantic cannot dump: no argument check for this request
+        return None
+    digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return f"{len(messages)}:{digest}"
+
+
+_VOLATILE = frozenset({"timestamp", "run_id", "conversation_id"})
+
+
+def _stable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
+# --- reservations: positions in the model's order for calls that run concurrently ------
+
+
+class Reserved:
+    """A checkpoint call whose position is taken and whose body comes later."""
+
+    __slots__ = ("call", "name", "slot")
+
+    def __init__(self, name: str, slot: Slot, call: Coroutine[Any, Any, object]) -> None:
+        self.name = name
+        self.slot = slot
+        self.call = call
+
+    async def run(self, body: Body) -> object:
+        self.slot.body = body
+        return await self.call
+
+    def close(self) -> None:
+        self.call.close()  # never started: nothing was recorded at its position
+
+
+class DispatchOrder:
+    """Reserved tool-call checkpoints, by (scope, tool call id), consumed first in first out.
+
+    A scope is one agent run of one execution. Reservations are made in program order (when a
+    turn's tool calls are about to run, and when approvals arrive); each tool call that reaches
+    the backend takes its own. Whatever is left when the turn ends is closed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], deque[Reserved]] = {}
+
+    def reserve(self, scope: str, tool_call_id: str, name: str, options: CheckpointOptions) -> None:
+        slot = Slot()
+        call = unit_checkpoint(name, options)(tool_call_id, slot)  # the position is taken here
+        with self._lock:
+            self._pending.setdefault((scope, tool_call_id), deque()).append(
+                Reserved(name, slot, call)
+            )
+
+    def take(self, scope: str, tool_call_id: str, name: str) -> Reserved | None:
+        with self._lock:
+            queue = self._pending.get((scope, tool_call_id))
+            if not queue:
+                return None
+            reserved = queue.popleft()
+            if not queue:
+                del self._pending[(scope, tool_call_id)]
+        if reserved.name != name:  # not the call it was reserved for: leave its position empty
+            reserved.close()
+            return None
+        return reserved
+
+    def release(self, scope: str) -> None:
+        with self._lock:
+            keys = [key for key in self._pending if key[0] == scope]
+            dropped = [self._pending.pop(key) for key in keys]
+        for queue in dropped:
+            for reserved in queue:
+                reserved.close()
+
+
+def options_from_metadata(
+    base: CheckpointOptions, metadata: dict[str, Any] | None, tool_name: str
+) -> CheckpointOptions | Literal[False]:
+    """A tool's checkpoint options: `base`, updated by its `{'tether': {...}}` metadata, or
+    False when the metadata is `{'tether': False}` (the tool then runs inline, unrecorded)."""
+    from pydantic_ai.exceptions import UserError
+
+    value = (metadata or {}).get("tether")
+    if value is None:
+        return base
+    if value is False:
+        return False
+    if not isinstance(value, dict) or not set(value) <= OPTION_KEYS:
+        raise UserError(
+            f"tool {tool_name!r} has invalid 'tether' metadata {value!r}: use False (run inline, "
+            f"not recorded) or a dict of checkpoint options ({', '.join(sorted(OPTION_KEYS))})"
+        )
+    merged: CheckpointOptions = {**base, **value}
+    return merged

@@ -17,7 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from pydantic_ai import Agent, ApprovalRequired, CallDeferred, RunContext
+from pydantic_ai import Agent, ApprovalRequired, CallDeferred, FunctionToolset, RunContext
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.messages import (
     ModelMessage,
@@ -169,6 +169,15 @@ async def research_streamed(topic: str) -> str:
         return await stream.get_output()
 
 
+@tether.flow
+async def research_iter(topic: str) -> str:
+    async with durable_research.iter(f"Research {topic}") as run:
+        async for _node in run:
+            pass
+    assert run.result is not None
+    return run.result.output
+
+
 @tether.checkpoint
 def research_in_one_step(topic: str) -> str:
     """The durable agent run inside a checkpoint: it runs inline, as part of the step."""
@@ -221,6 +230,14 @@ async def clean_up(folder: str) -> str:
     return (await approval_agent.run(f"Clean up {folder}")).output
 
 
+impatient_agent = tether.ai.durable(janitor, tether.ai.TetherDurability(deferred_timeout=0))
+
+
+@tether.flow
+async def clean_up_now(folder: str) -> str:
+    return (await impatient_agent.run(f"Clean up {folder}")).output
+
+
 # --- a tool that asks for approval itself, only for some arguments -----------------------
 
 
@@ -255,6 +272,38 @@ transfer_agent = tether.ai.durable(bank)
 @tether.flow
 async def pay(note: str) -> str:
     return (await transfer_agent.run(note)).output
+
+
+# --- a prefixed toolset: tools are named as the model calls them ---------------------------
+
+
+def mirror_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if len(messages) == 1:
+        names = sorted(tool.name for tool in info.function_tools)
+        return ModelResponse(parts=[ToolCallPart(name, {"n": i}) for i, name in enumerate(names)])
+    return ModelResponse(parts=[TextPart(" ".join(_tool_returns(messages)))])
+
+
+web = FunctionToolset[None](id="web")
+
+
+@web.tool_plain
+def get(n: int) -> str:
+    return f"got {n}"
+
+
+@web.tool_plain
+async def put(n: int) -> str:
+    await asyncio.sleep(0.01)  # finishes after `get`, started before it: order is by position
+    return f"put {n}"
+
+
+mirror = tether.ai.durable(Agent(scripted(mirror_model), toolsets=[web.prefixed("web")]))
+
+
+@tether.flow
+async def mirror_calls(note: str) -> str:
+    return (await mirror.run(note)).output
 
 
 # --- an agent built with the capability itself -----------------------------------------

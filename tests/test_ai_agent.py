@@ -77,7 +77,7 @@ def _recorded(execution_id: str) -> list[tuple[int, str]]:
 @pytest.mark.parametrize(
     "crash",
     [
-        "tool:3",  # inside the second of three concurrent tool calls
+        "tool:3",  # inside the second of three concurrent tool calls to start
         "model:3",  # inside a model request, after a turn of tools was recorded
         "tool:5",  # inside the last tool call
     ],
@@ -122,11 +122,15 @@ def test_killed_agent_resumes_without_repeating_recorded_calls(
 # --- names and positions ---------------------------------------------------------------
 
 
-def test_checkpoints_are_named_and_ordered_deterministically(db_url: str) -> None:
-    """Jitter delays each tool call at random, so the three concurrent calls of turn 2 reach
-    their checkpoints in a different order from run to run; their positions do not move."""
+def test_checkpoints_are_named_and_ordered_deterministically(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jitter delays each tool call at random, so the three concurrent calls of turn 2 start
+    in a different order from run to run; their positions do not move."""
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("AI_CALLS", str(log))
     runs = []
-    for _ in range(4):
+    for _ in range(6):
         handle = ai_flows.research.run("durability")
         assert handle.result(timeout=60) == EXPECTED
         runs.append(tether.Client().get(handle.id).checkpoints)
@@ -138,16 +142,32 @@ def test_checkpoints_are_named_and_ordered_deterministically(db_url: str) -> Non
         assert results[5] == {"result": "page 2", "kind": "tool_return"}
         assert results[6]["result"] == ["crash recovery result 0", "crash recovery result 1"]
         assert all(c.status == "succeeded" for c in checkpoints)
+    # The order the concurrent calls actually started in did vary.
+    labels = [label for _, label in _calls(log)]
+    starts = {tuple(labels[i * 9 + 3 : i * 9 + 6]) for i in range(6)}
+    assert len(starts) > 1, starts
 
 
-@pytest.mark.parametrize("flow", ["research_sync", "research_streamed"])
-def test_run_sync_and_run_stream_record_the_same_calls(db_url: str, flow: str) -> None:
+@pytest.mark.parametrize("flow", ["research_sync", "research_streamed", "research_iter"])
+def test_run_sync_iter_and_run_stream_record_the_same_calls(db_url: str, flow: str) -> None:
     handle = getattr(ai_flows, flow).run("durability")
     assert handle.result(timeout=60) == EXPECTED
     names = NAMES
     if flow == "research_streamed":
         names = [n.replace("model_request", "model_request_stream") for n in NAMES]
     assert _recorded(handle.id) == list(enumerate(names))
+
+
+def test_tools_of_a_prefixed_toolset_are_named_as_the_model_calls_them(db_url: str) -> None:
+    handle = ai_flows.mirror_calls.run("mirror")
+    assert handle.result(timeout=30) == "got 0 put 1"
+    assert _recorded(handle.id) == [
+        (0, "agent_run"),
+        (1, "model_request"),
+        (2, "tool:web_get"),
+        (3, "tool:web_put"),
+        (4, "model_request"),
+    ]
 
 
 def test_recorded_results_are_plain_json(db_url: str) -> None:
@@ -206,6 +226,14 @@ def test_inside_a_checkpoint_the_agent_runs_inline(db_url: str) -> None:
 def test_an_agent_built_with_the_capability_needs_no_wrapper(db_url: str) -> None:
     agent = ai_flows.oracle
     assert tether.ai.durable(agent).durability is tether.ai.TetherDurability.from_agent(agent)
+    with pytest.raises(tether.UsageError, match="already"):
+        tether.ai.durable(agent, tether.ai.TetherDurability())
+    durable = ai_flows.durable_research
+    assert tether.ai.durable(durable) is durable
+    with pytest.raises(tether.UsageError, match="durable already"):
+        tether.ai.durable(durable, tether.ai.TetherDurability())
+    with pytest.raises(tether.UsageError, match="unknown checkpoint options"):
+        tether.ai.TetherDurability(tool_checkpoint={"retry": 3})  # type: ignore[typeddict-unknown-key]
     handle = ai_flows.ask_oracle.run("?")
     assert handle.result(timeout=30) == "42"
     assert _recorded(handle.id) == [(0, "agent_run"), (1, "model_request")]
@@ -290,6 +318,14 @@ def test_a_denial_can_tell_the_model_why(db_url: str) -> None:
     retry_until(lambda: client.get(handle.id).status is Status.WAITING, what="the flow to wait")
     client.input(handle.id, value={"approved": False, "message": "Over budget"})
     assert handle.result(timeout=30) == "sent 50 | Over budget"
+
+
+def test_an_approval_that_does_not_come_in_time_is_a_denial(db_url: str) -> None:
+    handle = ai_flows.clean_up_now.run("/data")
+    output = handle.result(timeout=30)
+    assert output.startswith("The tool call was not approved within 0s. | ")
+    (wait,) = tether.Client().get(handle.id).waits
+    assert wait.status == "timed_out"
 
 
 def test_bad_approval_input_is_refused_and_changes_nothing(db_url: str) -> None:

@@ -13,7 +13,7 @@ from pydantic_ai.messages import UserContent
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.tools import AgentDepsT
 
-from tether.errors import ControlSignal
+from tether.errors import ControlSignal, UsageError
 
 from ._durability import TetherDurability
 
@@ -32,11 +32,13 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         wrapped: AbstractAgent[AgentDepsT, OutputDataT],
         durability: TetherDurability[AgentDepsT] | None = None,
     ) -> None:
+        if isinstance(wrapped, DurableAgent):
+            raise UsageError("this agent is durable already; configure it once")
         super().__init__(wrapped)
         attached = TetherDurability.from_agent(wrapped)
         if attached is not None:
             if durability is not None:
-                raise ValueError(
+                raise UsageError(
                     "this agent was built with a TetherDurability capability already; "
                     "call durable(agent) without one"
                 )
@@ -120,4 +122,6 @@ def durable(
 
     Pass a configured `TetherDurability(...)` for checkpoint options (retries, timeouts).
     """
+    if isinstance(agent, DurableAgent) and durability is None:
+        return agent
     return DurableAgent(agent, durability)

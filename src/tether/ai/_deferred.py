@@ -5,6 +5,18 @@ suspended (status `waiting`, nothing held) until input arrives from any process,
 the agent run continues where it was, as Pydantic AI's `handle_deferred_tool_calls`
 hook intends. All the waits of one turn are created before the flow suspends, so every
 pending call of the turn is visible at once in `Client().pending_waits()`.
+
+```python
+client = tether.Client()
+for wait in client.pending_waits():  # wait.question: {"kind", "tool", "args", "tool_call_id"}
+    client.input(wait.execution_id, wait.name, True)                 # approve:<id>
+    client.input(wait.execution_id, wait.name, False)                # ...or deny
+    client.input(wait.execution_id, wait.name,
+                 {"approved": False, "message": "Use the archive instead"})
+    client.input(wait.execution_id, wait.name,
+                 {"approved": True, "override_args": {"query": "narrower"}})
+```
+A `result:<id>` wait (a `CallDeferred` tool, run elsewhere) takes the tool's result as input.
 """
 
 from __future__ import annotations
@@ -30,6 +42,10 @@ class Approval(BaseModel):
     override_args: dict[str, Any] | None = None
     """For an approval: the arguments to call the tool with instead of the model's."""
 
+
+# Waits store their schema as an import path: keep it the public one, whatever module
+# the class lives in.
+Approval.__module__ = "tether.ai"
 
 APPROVAL_SCHEMA = bool | Approval
 

@@ -39,6 +39,7 @@ from ._units import (
     DispatchOrder,
     Slot,
     TetherOperationNamer,
+    checked_options,
     in_flow,
     options_from_metadata,
     request_key,
@@ -127,17 +128,15 @@ class TetherOperationBackend(CallableOperationBackend[CheckpointOptions]):
         if isinstance(operation_id, ToolsetCallToolId):
             ctx = _run_context(cache_key)
             if ctx is not None and ctx.tool_call_id is not None:
-                # Named as the model called it (a prefixed toolset's tools too), like the
-                # reservation made for it.
-                if ctx.tool_name:
-                    name = f"tool:{ctx.tool_name}"
                 key = ctx.tool_call_id
                 if in_flow():
-                    reserved = self._order.take(_scope(ctx), ctx.tool_call_id, name)
+                    # Reserved under the name the model called it by (a prefixed toolset's
+                    # tool too), in the model's order: see `before_node_run`.
+                    reserved = self._order.take(_scope(ctx), ctx.tool_call_id)
                     if reserved is not None:
                         return await reserved.run(body)
         elif isinstance(operation_id, ModelRequestId):
-            key = request_key(cache_key[1] if len(cache_key) > 1 else None)
+            key = request_key(next((v for v in cache_key if isinstance(v, list)), None))
         # Outside a flow (or inside a checkpoint) the checkpoint is a plain call.
         return await unit_checkpoint(name, config)(key, Slot(body))
 
@@ -205,8 +204,8 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
     ) -> None:
         # The name only labels error messages: checkpoint names do not include it.
         super().__init__(models=models, event_stream_handler=None, name="agent")
-        self._model_checkpoint: CheckpointOptions = dict(model_checkpoint or {})  # type: ignore[assignment]
-        self._tool_checkpoint: CheckpointOptions = dict(tool_checkpoint or {})  # type: ignore[assignment]
+        self._model_checkpoint = checked_options(model_checkpoint, "model_checkpoint")
+        self._tool_checkpoint = checked_options(tool_checkpoint, "tool_checkpoint")
         self._wait_for_deferred = wait_for_deferred
         if deferred_timeout is not None and deferred_timeout < 0:
             raise tether.UsageError(f"deferred_timeout must be 0 or more, not {deferred_timeout}")

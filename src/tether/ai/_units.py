@@ -195,10 +195,9 @@ def _stable(value: Any) -> Any:
 class Reserved:
     """A checkpoint call whose position is taken and whose body comes later."""
 
-    __slots__ = ("call", "name", "slot")
+    __slots__ = ("call", "slot")
 
-    def __init__(self, name: str, slot: Slot, call: Coroutine[Any, Any, object]) -> None:
-        self.name = name
+    def __init__(self, slot: Slot, call: Coroutine[Any, Any, object]) -> None:
         self.slot = slot
         self.call = call
 
@@ -226,11 +225,9 @@ class DispatchOrder:
         slot = Slot()
         call = unit_checkpoint(name, options)(tool_call_id, slot)  # the position is taken here
         with self._lock:
-            self._pending.setdefault((scope, tool_call_id), deque()).append(
-                Reserved(name, slot, call)
-            )
+            self._pending.setdefault((scope, tool_call_id), deque()).append(Reserved(slot, call))
 
-    def take(self, scope: str, tool_call_id: str, name: str) -> Reserved | None:
+    def take(self, scope: str, tool_call_id: str) -> Reserved | None:
         with self._lock:
             queue = self._pending.get((scope, tool_call_id))
             if not queue:
@@ -238,9 +235,6 @@ class DispatchOrder:
             reserved = queue.popleft()
             if not queue:
                 del self._pending[(scope, tool_call_id)]
-        if reserved.name != name:  # not the call it was reserved for: leave its position empty
-            reserved.close()
-            return None
         return reserved
 
     def release(self, scope: str) -> None:
@@ -250,6 +244,17 @@ class DispatchOrder:
         for queue in dropped:
             for reserved in queue:
                 reserved.close()
+
+
+def checked_options(options: CheckpointOptions | None, what: str) -> CheckpointOptions:
+    """A copy of `options`, refusing keys that are not checkpoint options."""
+    unknown = set(options or {}) - OPTION_KEYS
+    if unknown:
+        raise tether.UsageError(
+            f"{what} has unknown checkpoint options {sorted(unknown)}; "
+            f"use {', '.join(sorted(OPTION_KEYS))}"
+        )
+    return CheckpointOptions(**(options or {}))
 
 
 def options_from_metadata(

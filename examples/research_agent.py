@@ -1,0 +1,193 @@
+"""A Pydantic AI research agent that survives crashes and waits for a human's approval.
+
+    python examples/research_agent.py "durable execution"             # offline, scripted model
+    python examples/research_agent.py "durable execution" --crash     # killed mid-run (SIGKILL)
+    python examples/research_agent.py --resume EXECUTION_ID           # ...and resumed
+    TETHER_MODEL=openai:gpt-4o OPENAI_API_KEY=sk-... python examples/research_agent.py "..."
+
+The agent searches, reads pages (two at once) and asks to publish its report; publishing
+needs a human's approval. Every model request and tool call is a checkpoint: after a crash,
+`--resume` runs the flow again and the agent gets the recorded responses and results back
+instead of calling the model and the tools again. While it waits for approval the execution
+holds no process; the approval can come from this script's prompt, another process
+(`tether.Client().input(...)`) or the CLI (`tether executions waits`, then
+`tether executions input EXECUTION_ID --value true`).
+
+Without TETHER_MODEL the model is a scripted `FunctionModel`: no network, no API key. With
+it, the agent talks to that provider (the tools stay offline fakes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import cast
+
+from pydantic_ai import Agent
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+import tether
+import tether.ai
+
+PAGES = {
+    "https://example.org/durable-execution": "Durable execution records each step's result "
+    "so that a crashed program resumes where it stopped.",
+    "https://example.org/agents-crash": "Agents run for minutes and call paid APIs; a crash "
+    "halfway wastes both unless finished steps are kept.",
+    "https://example.org/human-in-the-loop": "Risky actions wait for a person to approve them, "
+    "sometimes for days.",
+}
+
+
+# --- the offline model: a script that plays the part of an LLM -------------------------
+
+
+def scripted_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    turn = sum(isinstance(m, ModelResponse) for m in messages) + 1
+    last = messages[-1]
+    returns = (
+        [p for p in last.parts if isinstance(p, ToolReturnPart)]
+        if isinstance(last, ModelRequest)
+        else []
+    )
+    if turn == 1:
+        prompt = next(p.content for p in messages[0].parts if isinstance(p, UserPromptPart))
+        topic = str(prompt).removeprefix("Research ")
+        return ModelResponse(parts=[ToolCallPart("search_web", {"query": topic})])
+    if turn == 2:
+        urls = cast(list[str], returns[0].content)[:2]
+        return ModelResponse(parts=[ToolCallPart("read_page", {"url": url}) for url in urls])
+    if turn == 3:
+        body = " ".join(str(r.content) for r in returns)
+        return ModelResponse(
+            parts=[
+                ToolCallPart(
+                    "publish_report", {"title": "Why agents need durability", "body": body}
+                )
+            ]
+        )
+    return ModelResponse(parts=[TextPart(f"Done: {returns[0].content}")])
+
+
+def build_agent() -> Agent[None, str]:
+    model = os.environ.get("TETHER_MODEL")  # e.g. openai:gpt-4o, with OPENAI_API_KEY set
+    agent = Agent(
+        model or FunctionModel(scripted_model),
+        instructions=(
+            "Research the topic: search the web, read the two most relevant pages (at once), "
+            "then publish a short report with publish_report and say what you published."
+        ),
+        name="researcher",
+    )
+
+    @agent.tool_plain
+    def search_web(query: str) -> list[str]:
+        """Search the web; returns the URLs of the best matches."""
+        print(f"    [pid {os.getpid()}] search_web({query!r})", flush=True)
+        return list(PAGES)
+
+    @agent.tool_plain
+    async def read_page(url: str) -> str:
+        """Read a web page."""
+        print(f"    [pid {os.getpid()}] read_page({url!r})", flush=True)
+        if os.environ.get("RESEARCH_CRASH") == url:
+            print(f"    [pid {os.getpid()}] ...and the process is killed (SIGKILL)", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return PAGES.get(url, "404: no such page")
+
+    @agent.tool_plain(requires_approval=True)
+    def publish_report(title: str, body: str) -> str:
+        """Publish the report (a person must approve it first)."""
+        print(f"    [pid {os.getpid()}] publish_report({title!r})", flush=True)
+        return f"published {title!r} ({len(body)} characters)"
+
+    return agent
+
+
+researcher = tether.ai.durable(build_agent())
+
+
+@tether.flow
+async def research(topic: str) -> str:
+    result = await researcher.run(f"Research {topic}")
+    return result.output
+
+
+# --- running it --------------------------------------------------------------------------
+
+
+def approve_pending(execution_id: str, answer: str | None) -> None:
+    """Answer the execution's pending approvals, asking on the terminal unless told."""
+    client = tether.Client()
+    for wait in client.pending_waits():
+        if wait.execution_id != execution_id:
+            continue
+        question = wait.question or {}
+        print(f"\n  The agent wants to call {question.get('tool')} with {question.get('args')}")
+        reply = answer or input("  Approve? [y/n] ").strip().lower()
+        approved = reply.startswith("y")
+        if approved:
+            value: object = True
+        else:
+            value = {"approved": False, "message": "Not now: the report needs more sources."}
+        client.input(execution_id, wait.name, value, by="terminal")
+        print(f"  -> {'approved' if approved else 'denied'}\n")
+
+
+def follow(handle: tether.Handle[str], answer: str | None) -> None:
+    client = tether.Client()
+    while True:
+        status = client.get(handle.id).status
+        if status is tether.Status.WAITING:
+            approve_pending(handle.id, answer)
+        elif status.finished:
+            break
+        time.sleep(0.1)
+    print(f"\nResult: {handle.result()}")
+    record = client.get(handle.id)
+    steps = [(c.position, c.name) for c in record.checkpoints]
+    steps += [(w.position, f"wait {w.name} ({w.status})") for w in record.waits]
+    print("\nRecorded, by position:")
+    for position, name in sorted(steps):
+        print(f"  {position:>2}  {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("topic", nargs="?", default="durable execution for AI agents")
+    parser.add_argument("--resume", metavar="EXECUTION_ID", help="resume a killed execution")
+    parser.add_argument("--crash", action="store_true", help="SIGKILL inside the 2nd read_page")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--approve", action="store_const", const="y", dest="answer")
+    group.add_argument("--deny", action="store_const", const="n", dest="answer")
+    args = parser.parse_args()
+    if args.answer is None and not sys.stdin.isatty():
+        args.answer = "y"
+
+    if args.resume:
+        print(f"Resuming {args.resume} in a new process (pid {os.getpid()})")
+        follow(tether.Client().resume(args.resume), args.answer)
+        return
+    if args.crash:
+        os.environ["RESEARCH_CRASH"] = list(PAGES)[1]
+    handle = research.run(args.topic)
+    print(f"Started execution {handle.id} (pid {os.getpid()})")
+    if args.crash:
+        print(f"  after the crash: python {sys.argv[0]} --resume {handle.id}")
+    follow(handle, args.answer)
+
+
+if __name__ == "__main__":
+    main()

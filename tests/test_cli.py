@@ -28,6 +28,20 @@ COMMANDS = ["list", "get", "logs", "watch", "resume", "cancel", "retry", "recove
             "prune", "waits", "input"]  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _store_exists(db_url: str) -> None:
+    """The operating commands refuse a database that does not exist: make the test's."""
+    tether.Client(db_url)
+
+
+def test_a_database_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    missing = f"sqlite:///{tmp_path / 'typo' / 'tether.db'}"
+    result = cli(missing, "executions", "list")
+    assert result.exit_code == 2
+    assert "no tether database at" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "typo").exists(), "nothing was created"
+
+
 def cli(db_url: str, *args: str) -> Result:
     return CliRunner().invoke(app, list(args), env={"TETHER_DB": db_url, "COLUMNS": "200"})
 

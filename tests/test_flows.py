@@ -436,3 +436,19 @@ def test_calling_a_flow_runs_it_and_returns_the_result(client: tether.Client) ->
     assert sync_flow(2) == [0, 2]
     assert asyncio.run(async_flow(2)) == [0, 2]  # type: ignore[arg-type]
     assert len(client.list()) == 2
+
+
+@tether.checkpoint
+def where_am_i() -> bool:
+    return tether.in_flow()
+
+
+@tether.flow
+def in_flow_flow() -> list[bool]:
+    return [tether.in_flow(), where_am_i()]
+
+
+def test_in_flow_tells_flow_code_from_plain_calls(client: tether.Client) -> None:
+    assert in_flow_flow.run().result(timeout=10) == [True, True]
+    assert tether.in_flow() is False
+    assert where_am_i() is False

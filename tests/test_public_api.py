@@ -21,7 +21,7 @@ PUBLIC = {
     # operating executions
     "LogRecord",
     # queues and the fleet
-    "Queue", "Starter", "StoreUnavailable",
+    "Queue", "Starter", "StoreUnavailable", "in_flow",
 }  # fmt: skip
 
 

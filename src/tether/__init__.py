@@ -25,7 +25,7 @@ from __future__ import annotations
 from . import errors
 from ._checkpoint import Checkpoint, checkpoint
 from ._config import configure
-from ._context import Current, current, log
+from ._context import Current, current, in_flow, log
 from ._flow import Flow, Handle, Starter, flow
 from ._queues import Queue
 from ._records import (
@@ -116,6 +116,7 @@ __all__ = [
     "current",
     "errors",
     "flow",
+    "in_flow",
     "log",
     "sleep",
     "wait",

@@ -165,6 +165,12 @@ def current() -> Current:
     )
 
 
+def in_flow() -> bool:
+    """True in code run by a flow (flow code, or a checkpoint called from it): where
+    `tether.current()`, `tether.wait()` and recording apply."""
+    return current_run.get() is not None
+
+
 def log(**metadata: Any) -> None:
     """Attach JSON metadata to the running checkpoint, or to the execution outside one.
 

@@ -31,6 +31,7 @@ from ._records import ExecutionRecord
 from ._status import Status
 from .client import Client
 from .errors import ConfigurationError, ResultTimeout, TetherError, UsageError
+from .store import exists as store_exists
 
 app = typer.Typer(
     name="tether",
@@ -172,6 +173,14 @@ def _hand_back() -> None:
 def _client(db: str | None) -> Client:
     if db:
         _config.configure(db=db)
+    url = db or _config.settings().db
+    # Operating commands never need a new database: a typo in --db (or running from the wrong
+    # directory) should say so, not create an empty one and report "no executions".
+    if not store_exists(url):
+        raise ConfigurationError(
+            f"no tether database at {url}; run from the directory your agents run in, or "
+            "pass --db / set TETHER_DB"
+        )
     return Client(db)
 
 

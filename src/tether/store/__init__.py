@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..errors import ConfigurationError
 from ._base import (
     CheckpointRow,
@@ -23,8 +25,19 @@ __all__ = [
     "PendingWaitRow",
     "Store",
     "WaitRow",
+    "exists",
     "open_store",
 ]
+
+
+def exists(url: str) -> bool:
+    """False when the URL names a SQLite file that does not exist (opening would create it);
+    True otherwise (a server store is checked by connecting to it)."""
+    if url.partition("://")[0] == "sqlite":
+        from .sqlite import path_from_url
+
+        return os.path.exists(path_from_url(url))
+    return True
 
 
 def open_store(url: str, *, durability: str = "normal") -> Store:

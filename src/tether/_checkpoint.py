@@ -208,7 +208,6 @@ class _Call:
         "attempts",
         "checkpoint",
         "frame",
-        "kwargs",
         "prior",
         "replayed",
         "run",
@@ -222,7 +221,6 @@ class _Call:
         self.checkpoint = checkpoint
         self.run = run
         self.args_fp = _serde.fingerprint(args, kwargs)
-        self.kwargs = kwargs
         prior = run.recorded.get(position)
         if prior is None and run.wait_positions:
             wait = run.wait_positions.get(position)

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from . import _engine, _serde
 from ._config import settings
 from ._context import Run
 from ._status import Status
-from .store import Claim, Store
+from .store import Claim, ExecutionRow, Store
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -111,6 +112,28 @@ class Executor:
             return not pid_alive(int(pid_text))
         return False
 
+    def take_over_dead(
+        self, store: Store, now: float, runnable_here: Callable[[ExecutionRow], bool], limit: int
+    ) -> list[tuple[str, str]]:
+        """Take the executions whose owner was a process on this host that is gone, before
+        their leases run out. Each is left `running` under a new token of this process;
+        returns (execution id, token) pairs, at most `limit`."""
+        taken: list[tuple[str, str]] = []
+        for row in store.leased_on_host(prefix=host_prefix(), now=now):
+            if len(taken) >= limit:
+                break
+            if self.holds(store, row.id) or not self.owner_gone(row.owner, row.lease_expires, now):
+                continue
+            if not runnable_here(row):
+                continue
+            claim = self.claim()
+            if store.claim(
+                row.id, claim, from_statuses=("queued", "running"),
+                expected_token=row.lease_token, now=now,
+            ):  # fmt: skip
+                taken.append((row.id, claim.token))
+        return taken
+
     def holds(self, store: Store, execution_id: str) -> bool:
         with self._lock:
             return (id(store), execution_id) in self._held
@@ -188,10 +211,6 @@ class Executor:
     def poke(self) -> None:
         """Input was given or a timer changed in this process: look at parked executions now."""
         self._poke.set()
-
-    def is_parked(self, store: Store, execution_id: str) -> bool:
-        with self._lock:
-            return (id(store), execution_id) in self._parked
 
     # --- parked executions ----------------------------------------------------------------
 

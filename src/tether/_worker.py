@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from . import _queues
 from ._config import configure, settings, store_for
 from ._engine import load_flow
-from ._executor import Executor, executor, host_prefix
+from ._executor import Executor, executor
 from ._queues import Queue
-from ._status import Status
 from .errors import StoreError, UsageError
 from .store import EventRow, ExecutionRow, Store
 
@@ -202,25 +201,12 @@ class Worker:
         return started
 
     def _take_over_dead_owners(self, now: float, free: int) -> list[str]:
-        # Leases of processes killed on this host have not expired yet; their pid tells.
-        started: list[str] = []
-        for row in self._store.leased_on_host(prefix=host_prefix(), now=now):
-            if len(started) >= free:
-                break
-            if row.owner is None or row.lease_expires is None or row.lease_expires < now:
-                continue
-            if not self._executor.owner_gone(row.owner, row.lease_expires, now):
-                continue
-            if not self._importable(row, now):
-                continue
-            claim = self._executor.claim()
-            if self._store.claim(
-                row.id, claim, from_statuses=(Status.QUEUED, Status.RUNNING),
-                expected_token=row.lease_token, now=now,
-            ):  # fmt: skip
-                self._executor.start(self._store, row.id, claim.token, None, claimed=True)
-                started.append(row.id)
-        return started
+        taken = self._executor.take_over_dead(
+            self._store, now, lambda row: self._importable(row, now), free
+        )
+        for execution_id, token in taken:
+            self._executor.start(self._store, execution_id, token, None, claimed=True)
+        return [execution_id for execution_id, _ in taken]
 
     def _importable(self, row: ExecutionRow, now: float) -> bool:
         try:

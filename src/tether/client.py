@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from . import _replay, _schema, _serde
 from ._config import settings, store_for
 from ._engine import load_flow
-from ._executor import executor, host_prefix
+from ._executor import executor
 from ._flow import Handle, launch, new_execution_id
 from ._records import ExecutionRecord, LogRecord, WaitRecord
 from ._status import Status
@@ -245,34 +245,18 @@ class Client:
         timer arrived. Returns the ids resumed. (A `tether worker` does this continuously.)
         """
         runner = executor()
-        now = time.time()
-        resumed: builtins.list[str] = []
+        now, due = time.time(), settings().clock()
         # Owners killed on this host still have unexpired leases: take those over first.
-        for row in self._store.leased_on_host(prefix=host_prefix(), now=now):
-            if row.owner is None or runner.holds(self._store, row.id):
-                continue
-            expired = row.lease_expires is not None and row.lease_expires < now
-            if expired or not runner.owner_gone(row.owner, row.lease_expires, now):
-                continue  # expired ones are found below with everything else runnable
-            if self._can_import(row):
-                token = self._take(row, now)
-                if token is not None:
-                    self._run_or_requeue(row.id, token, now)
-                    resumed.append(row.id)
-        for row in self._store.runnable(now=now, due=settings().clock(), limit=10_000):
-            if row.id in resumed or runner.holds(self._store, row.id):
-                continue
-            if not self._can_import(row):
+        taken = runner.take_over_dead(self._store, now, self._can_import, limit=10_000)
+        for row in self._store.runnable(now=now, due=due, limit=10_000):
+            if runner.holds(self._store, row.id) or not self._can_import(row):
                 continue
             claim = runner.claim()
-            taken = self._store.claim_runnable(claim, now=now, due=settings().clock(), ids=[row.id])
-            if taken is not None:
-                if settings().executor:
-                    runner.start(self._store, row.id, claim.token, None, claimed=True)
-                else:
-                    self._store.release(row.id, claim.token, status=Status.QUEUED, now=now)
-                resumed.append(row.id)
-        return resumed
+            if self._store.claim_runnable(claim, now=now, due=due, ids=[row.id]) is not None:
+                taken.append((row.id, claim.token))
+        for execution_id, token in taken:
+            self._run_or_requeue(execution_id, token, now)
+        return [execution_id for execution_id, _ in taken]
 
     def retry(self, execution_id: str) -> Handle[Any]:
         """Run a failed execution again, same id: recorded results are reused; the failed
@@ -401,8 +385,10 @@ class Client:
     # --- internals ----------------------------------------------------------------------
 
     def _run_or_requeue(self, execution_id: str, token: str, now: float) -> None:
+        """An execution this process just took (`running` under `token`): run it here, or,
+        in a client-only process, hand it to the workers."""
         if settings().executor:
-            executor().start(self._store, execution_id, token, None)
+            executor().start(self._store, execution_id, token, None, claimed=True)
         else:
             self._store.release(execution_id, token, status=Status.QUEUED, now=now)
 

@@ -240,10 +240,6 @@ class Store(abc.ABC):
         """Set (or, with no limits, remove) the fleet-wide limits of a queue."""
 
     @abc.abstractmethod
-    def running_by_queue(self, *, now: float) -> dict[str, int]:
-        """How many executions run (with a live lease) in each queue."""
-
-    @abc.abstractmethod
     def runnable(
         self, *, now: float, due: float, limit: int, queues: Sequence[str] | None = None
     ) -> list[ExecutionRow]:

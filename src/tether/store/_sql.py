@@ -550,14 +550,6 @@ class SqlStore(Store, abc.ABC):
                 (name, concurrency, rate_limit, rate_period, now),
             )
 
-    def running_by_queue(self, *, now: float) -> dict[str, int]:
-        rows = self._all(
-            "SELECT queue, count(*) FROM executions WHERE status = 'running' "
-            "AND lease_expires >= ? GROUP BY queue",
-            (now,),
-        )
-        return {str(q): int(n) for q, n in rows}
-
     def runnable(
         self, *, now: float, due: float, limit: int, queues: Sequence[str] | None = None
     ) -> list[ExecutionRow]:

@@ -119,7 +119,8 @@ def build_agent() -> Agent[None, str]:
 researcher = tether.ai.durable(build_agent())
 
 
-@tether.flow
+# A budget stops the run before a model request that would take it over the limit.
+@tether.flow(budget=tether.Budget(max_tokens=200_000))
 async def research(topic: str) -> str:
     result = await researcher.run(f"Research {topic}")
     return result.output
@@ -162,6 +163,17 @@ def follow(handle: tether.Handle[str], answer: str | None) -> None:
     print("\nRecorded, by position:")
     for position, name in sorted(steps):
         print(f"  {position:>2}  {name}")
+    usage = record.usage
+    if usage is not None:
+        cost = (
+            "unknown (no price for this model)"
+            if usage.cost_usd is None
+            else f"${usage.cost_usd:.4f}"
+        )
+        print(
+            f"\nModel usage: {usage.requests} requests, {usage.input_tokens:,} input and "
+            f"{usage.output_tokens:,} output tokens, cost {cost}"
+        )
 
 
 def main() -> None:

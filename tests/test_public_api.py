@@ -22,6 +22,10 @@ PUBLIC = {
     "LogRecord",
     # queues and the fleet
     "Queue", "Starter", "StoreUnavailable", "in_flow",
+    # model calls: usage, cost, budgets
+    "Budget", "BudgetExceeded", "ModelPrice", "Usage", "llm", "llm_async", "record_usage",
+    # durable memory
+    "memory",
 }  # fmt: skip
 
 
@@ -54,6 +58,8 @@ def test_public_callables_have_docstrings() -> None:
     for name in ("checkpoint", "flow", "configure", "current", "log", "Client"):
         assert inspect.getdoc(getattr(tether, name)), name
     for name in ("wait", "sleep", "Worker"):
+        assert inspect.getdoc(getattr(tether, name)), name
+    for name in ("llm", "llm_async", "record_usage", "Budget", "ModelPrice", "Usage"):
         assert inspect.getdoc(getattr(tether, name)), name
     for method in ("get", "list", "resume", "cancel", "recover", "input", "pending_waits"):
         assert inspect.getdoc(getattr(tether.Client, method)), method

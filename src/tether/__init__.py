@@ -22,11 +22,15 @@ print(research.run("durable execution").result())
 
 from __future__ import annotations
 
-from . import errors
+from typing import TYPE_CHECKING, Any
+
+from . import errors, memory
+from ._budget import Budget
 from ._checkpoint import Checkpoint, checkpoint
 from ._config import configure
 from ._context import Current, current, in_flow, log
 from ._flow import Flow, Handle, Starter, flow
+from ._prices import ModelPrice
 from ._queues import Queue
 from ._records import (
     Attempt,
@@ -38,10 +42,12 @@ from ._records import (
     WaitRecord,
 )
 from ._status import CheckpointStatus, Status
+from ._usage import Usage, record_usage
 from ._waits import sleep, wait
 from ._worker import Worker
 from .client import Client
 from .errors import (
+    BudgetExceeded,
     Cancelled,
     CheckpointError,
     CheckpointTimeout,
@@ -67,10 +73,15 @@ from .errors import (
     WaitTimeout,
 )
 
+if TYPE_CHECKING:
+    from .ai._llm import llm, llm_async
+
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Attempt",
+    "Budget",
+    "BudgetExceeded",
     "Cancelled",
     "Checkpoint",
     "CheckpointError",
@@ -95,6 +106,7 @@ __all__ = [
     "InputValidationError",
     "InvalidStateError",
     "LogRecord",
+    "ModelPrice",
     "NotInFlowError",
     "Queue",
     "ResultTimeout",
@@ -104,6 +116,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TetherError",
+    "Usage",
     "UsageError",
     "WaitAlreadyResolved",
     "WaitNotFound",
@@ -117,7 +130,24 @@ __all__ = [
     "errors",
     "flow",
     "in_flow",
+    "llm",
+    "llm_async",
     "log",
+    "memory",
+    "record_usage",
     "sleep",
     "wait",
 ]
+
+# tether.llm lives in tether.ai, which needs Pydantic AI (the `ai` extra): imported on first
+# use, so `import tether` stays light.
+_LAZY = {"llm": "tether.ai._llm", "llm_async": "tether.ai._llm"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tether' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

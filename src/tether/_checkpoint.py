@@ -25,12 +25,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from . import _serde
+from . import _serde, _usage
 from ._capture import MAX_LOG_BYTES, CapturedLog
 from ._context import Frame, Run, current_frame, current_run
 from ._persist import persist
 from ._status import CheckpointStatus
 from .errors import (
+    BudgetExceeded,
     CheckpointTimeout,
     ControlSignal,
     DivergenceError,
@@ -240,6 +241,9 @@ class _Call:
                 self.replayed = True
                 return  # the hot replay path needs no frame and no clock
         self.frame = Frame(run, position, checkpoint.name, len(self.attempts) + 1)
+        if prior is not None:
+            # Resuming a call whose earlier attempts failed: what they spent stays counted.
+            self.frame.usage = _usage.from_metadata(prior.metadata)
         self.started = time.time()
         run.live[position] = (checkpoint.name, self.started)
 
@@ -290,7 +294,12 @@ class _Call:
         self.attempts.append(self._attempt(finished, exc))
         checkpoint = self.checkpoint
         attempt = self.frame.attempt
-        if attempt <= checkpoint.retries and isinstance(exc, checkpoint.retry_on):
+        if (
+            attempt <= checkpoint.retries
+            and isinstance(exc, checkpoint.retry_on)
+            # Another attempt would meet the same budget.
+            and not isinstance(exc, BudgetExceeded)
+        ):
             self._commit(_RETRYING, None, exc, finished)
             self.frame.attempt = attempt + 1
             self.started = time.time()
@@ -314,6 +323,10 @@ class _Call:
     ) -> None:
         run = self.run
         frame = self.frame
+        metadata = frame.metadata
+        if frame.usage is not None:
+            metadata = _usage.with_usage(metadata, frame.usage)
+            run.committed_usage[frame.position] = frame.usage
         row = CheckpointRow(
             position=frame.position,
             name=frame.name,
@@ -324,7 +337,7 @@ class _Call:
             attempts=_serde.dumps(self.attempts) if self.attempts else None,
             started_at=self.attempts[0]["started_at"] if self.attempts else self.started,
             finished_at=finished,
-            metadata=_serde.dumps(frame.metadata) if frame.metadata else None,
+            metadata=_serde.dumps(metadata) if metadata else None,
         )
         events = _log_events(run, frame) if frame.log is not None else ()
         if status != _RETRYING:

@@ -18,8 +18,10 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from . import _usage
 from ._records import CheckpointRecord, ErrorInfo, Event, ExecutionRecord, LogRecord, WaitRecord
 from ._status import Status
+from ._usage import Usage
 
 STATUS_STYLES = {
     "queued": "cyan",
@@ -119,6 +121,44 @@ def error_line(error: ErrorInfo | None) -> str:
     return f"{error.type}: {error.message}" if error is not None else ""
 
 
+def cost_text(usage: Usage) -> str:
+    """`$0.0123`; `$0.0123 + unknown (2 requests unpriced)` when partly known."""
+    if usage.cost_usd is None:
+        return "cost unknown" if usage.requests else "$0"
+    text = f"${usage.cost_usd:.4f}" if usage.cost_usd < 100 else f"${usage.cost_usd:,.2f}"
+    if usage.unpriced_requests:
+        plural = "s" if usage.unpriced_requests != 1 else ""
+        text += f" + unknown ({usage.unpriced_requests} request{plural} unpriced)"
+    return text
+
+
+def usage_line(usage: Usage) -> str:
+    """`1,234 tokens (1,000 in, 200 of them cached, 234 out), 3 requests, $0.0123`."""
+    cached = usage.cache_read_tokens + usage.cache_write_tokens
+    detail = f"{usage.input_tokens:,} in"
+    if cached:
+        detail += f", {cached:,} of them cached"
+    detail += f", {usage.output_tokens:,} out"
+    plural = "s" if usage.requests != 1 else ""
+    return (
+        f"{usage.total_tokens:,} tokens ({detail}), {usage.requests:,} request{plural}, "
+        f"{cost_text(usage)}"
+    )
+
+
+def usage_json(usage: Usage | None) -> dict[str, Any] | None:
+    """Usage as plain data; `cost_complete` says whether `cost_usd` is the whole cost."""
+    if usage is None:
+        return None
+    data = _usage.encode(usage)
+    data.setdefault("cache_read_tokens", 0)
+    data.setdefault("cache_write_tokens", 0)
+    data.setdefault("unpriced_requests", 0)
+    data["total_tokens"] = usage.total_tokens
+    data["cost_complete"] = usage.cost_complete
+    return data
+
+
 # --- records as JSON-ready dicts --------------------------------------------------------------
 
 
@@ -162,6 +202,15 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         checkpoints_done=record.checkpoints_done,
         checkpoints=[checkpoint_json(cp) for cp in record.checkpoints],
         waits=[wait_json(w) for w in record.waits],
+        usage=usage_json(record.usage),
+        budget=(
+            None
+            if record.budget is None
+            else {
+                "max_tokens": record.budget.max_tokens,
+                "max_cost_usd": record.budget.max_cost_usd,
+            }
+        ),
         warnings=warnings(record),
         events=[event_json(e) for e in record.events],
     )
@@ -209,6 +258,7 @@ def checkpoint_json(cp: CheckpointRecord) -> dict[str, Any]:
         "result": plain(lambda: cp.result, cp.result_json),
         "error": error_json(cp.error),
         "metadata": cp.metadata,
+        "usage": usage_json(cp.usage),
     }
 
 
@@ -373,6 +423,8 @@ def header(record: ExecutionRecord) -> Table:
         ("replay of", Text(record.replay_of) if record.replay_of else None),
         ("started by", Text(record.parent_id) if record.parent_id else None),
         ("arguments", _arguments(record)),
+        ("usage", Text(usage_line(record.usage)) if record.usage else None),
+        ("budget", Text(str(record.budget)) if record.budget is not None else None),
     ]
     if record.status is Status.SUCCEEDED:
         rows.append(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .errors import ConfigurationError
 from .store import Store, open_store
+
+if TYPE_CHECKING:
+    from ._prices import ModelPrice
 
 DEFAULT_DB: Final = "sqlite:///.tether/tether.db"
 
@@ -34,6 +37,9 @@ class Settings:
     executor: bool = True
     max_input_bytes: int = 16 * 1024 * 1024
     clock: Callable[[], float] = time.time
+    # The model `tether.llm` uses when given none (`TETHER_MODEL`), and user-given prices.
+    model: str | None = None
+    prices: Mapping[str, ModelPrice] | None = None
 
 
 _OFF = {"0", "off", "false", "no"}
@@ -41,7 +47,11 @@ _OFF = {"0", "off", "false", "no"}
 
 def _from_env() -> Settings:
     executor = os.environ.get("TETHER_EXECUTOR", "on").strip().lower() not in _OFF
-    return Settings(db=os.environ.get("TETHER_DB") or DEFAULT_DB, executor=executor)
+    return Settings(
+        db=os.environ.get("TETHER_DB") or DEFAULT_DB,
+        executor=executor,
+        model=os.environ.get("TETHER_MODEL") or None,
+    )
 
 
 _lock = threading.RLock()
@@ -71,6 +81,8 @@ def configure(
     executor: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
     clock: Callable[[], float] | _Unset = UNSET,
+    model: str | _Unset | None = UNSET,
+    prices: Mapping[str, ModelPrice] | _Unset | None = UNSET,
 ) -> None:
     """Set process-wide options. Only the options given change.
 
@@ -87,6 +99,11 @@ def configure(
       and operates executions but never runs one; `tether worker` processes do.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
     - `clock`: the time source for wait deadlines and timers (tests inject a fake one).
+    - `model`: the model `tether.llm()` calls when it is given none, as Pydantic AI names it
+      (`"openai:gpt-4o"`); `TETHER_MODEL` sets it too.
+    - `prices`: `{model: tether.ModelPrice(...)}`, prices of models genai-prices does not know
+      (or overrides of the ones it does), keyed by model name or `provider:model`. Replaces
+      the prices given before.
     """
     changes: dict[str, Any] = {}
     for key, value in (
@@ -99,6 +116,8 @@ def configure(
         ("executor", executor),
         ("max_input_bytes", max_input_bytes),
         ("clock", clock),
+        ("model", model),
+        ("prices", prices),
     ):
         if value is not UNSET:
             changes[key] = value
@@ -110,9 +129,32 @@ def configure(
         raise ConfigurationError("max_workers must be at least 1")
     if "lease_seconds" in changes and changes["lease_seconds"] <= 0:
         raise ConfigurationError("lease_seconds must be positive")
+    chosen = changes.get("model")
+    if chosen is not None and (not isinstance(chosen, str) or not chosen):
+        raise ConfigurationError(f"model is a model name such as 'openai:gpt-4o', not {chosen!r}")
+    if changes.get("prices") is not None:
+        changes["prices"] = _checked_prices(changes["prices"])
     global _settings
     with _lock:
         _settings = replace(settings(), **changes)
+
+
+def _checked_prices(prices: Any) -> dict[str, ModelPrice]:
+    from ._prices import ModelPrice
+
+    if not isinstance(prices, Mapping):
+        raise ConfigurationError(
+            f"prices is a mapping of model name to tether.ModelPrice, not {prices!r}"
+        )
+    for name, price in prices.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a price's key is a model name, not {name!r}")
+        if not isinstance(price, ModelPrice):
+            raise ConfigurationError(
+                f"the price of {name!r} must be a tether.ModelPrice(input_per_mtok=..., "
+                f"output_per_mtok=...), not {price!r}"
+            )
+    return dict(prices)
 
 
 def store_for(url: str | None = None) -> Store:

@@ -14,11 +14,15 @@ import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _serde
 from .errors import Cancelled, DivergenceError, LeaseLost, NotInFlowError, Released
 from .store import CheckpointRow, EventRow, Store, WaitRow
+
+if TYPE_CHECKING:
+    from ._budget import Budget
+    from ._usage import Usage
 
 
 class Run:
@@ -27,14 +31,18 @@ class Run:
     __slots__ = (
         "_counter",
         "allow_pickle",
+        "budget",
         "cancel_event",
+        "committed_usage",
         "diverged",
         "execution_id",
         "flow",
+        "forgotten_usage",
         "lease_lost",
         "live",
         "metadata",
         "recorded",
+        "recorded_usage",
         "release_event",
         "store",
         "strict",
@@ -56,6 +64,7 @@ class Run:
         strict: bool,
         metadata: dict[str, Any] | None = None,
         waits: list[WaitRow] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.store = store
         self.execution_id = execution_id
@@ -77,6 +86,13 @@ class Run:
         self.diverged: DivergenceError | None = None
         # itertools.count's next() is atomic under the GIL: safe from .submit() threads.
         self._counter = itertools.count()
+        # Spend, for the budget (see _budget.spent): usage of the calls recorded before this
+        # run (decoded only when a budget asks), usage committed by this run per position,
+        # and usage of calls a retry forgot.
+        self.budget = budget
+        self.recorded_usage: dict[int, Usage] | None = None
+        self.committed_usage: dict[int, Usage] = {}
+        self.forgotten_usage: Usage | None = None
 
     def take_position(self) -> int:
         return next(self._counter)
@@ -120,6 +136,9 @@ class Frame:
     attempt: int
     metadata: dict[str, Any] = field(default_factory=dict)
     log: Any = None  # a _capture.CapturedLog once the call prints or logs
+    # Model usage of the call so far, all attempts (see _usage); None until a model call adds
+    # some, so calls without usage pay nothing for it.
+    usage: Usage | None = None
 
 
 current_run: ContextVar[Run | None] = ContextVar("tether_run", default=None)

@@ -13,7 +13,7 @@ import asyncio
 import enum
 from typing import TYPE_CHECKING, Any
 
-from . import _capture, _imports, _serde
+from . import _budget, _capture, _imports, _serde
 from ._config import settings
 from ._context import Run, current_run
 from ._persist import persist
@@ -73,6 +73,7 @@ def _attempt(
         strict=config.strict,
         metadata=_serde.loads(row.metadata) if row.metadata else None,
         waits=store.get_waits(execution_id),
+        budget=_budget.from_options(row.options),
     )
     runs.append(run)
     if row.cancel_requested:

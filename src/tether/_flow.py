@@ -11,7 +11,8 @@ from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from . import _imports, _queues, _serde
+from . import _budget, _imports, _queues, _serde
+from ._budget import Budget
 from ._config import settings, store_for
 from ._context import current_frame, current_run
 from ._executor import executor
@@ -125,11 +126,17 @@ class Flow(Generic[P, R]):
     """A durable function: each `run()` is an execution that survives crashes."""
 
     def __init__(
-        self, fn: Callable[P, R], *, name: str | None, queue: Queue | str | None = None
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None,
+        queue: Queue | str | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__qualname__
         self.queue = _queues.name_of(queue)
+        self.budget = _budget.checked(budget)
         self.is_async = inspect.iscoroutinefunction(fn)
         # Start options given as keywords to run()/enqueue(), unless the function takes
         # a parameter of that name itself (then use .options()).
@@ -158,7 +165,12 @@ class Flow(Generic[P, R]):
         return self._start(args, kwargs, store_for(), local=settings().executor)
 
     def options(
-        self, *, queue: Queue | str | None = None, key: str | None = None, priority: int = 0
+        self,
+        *,
+        queue: Queue | str | None = None,
+        key: str | None = None,
+        priority: int = 0,
+        budget: Budget | None = None,
     ) -> Starter[P, R]:
         """Start options, typed: `flow.options(key="order-42").run(order)`.
 
@@ -166,11 +178,12 @@ class Flow(Generic[P, R]):
         - `key`: a deduplication key: starting the flow again with the same key returns the
           existing execution (whatever its status) instead of starting a second one.
         - `priority`: higher runs first among runnable executions of its queue.
+        - `budget`: a `tether.Budget` for this execution's model calls (default: the flow's).
 
         `run()` and `enqueue()` also take these as keywords when the flow function has no
         parameter of that name.
         """
-        return Starter(self, _StartOptions(queue, key, priority))
+        return Starter(self, _StartOptions(queue, key, priority, budget))
 
     @overload
     def enqueue(
@@ -202,6 +215,7 @@ class Flow(Generic[P, R]):
             raise UsageError(f"a deduplication key is a non-empty string, not {options.key!r}")
         if isinstance(options.priority, bool) or not isinstance(options.priority, int):
             raise UsageError(f"priority is a whole number, not {options.priority!r}")
+        budget = self.budget if options.budget is None else _budget.checked(options.budget)
         import_path, script = _imports.path_of(self.fn)
         if "<locals>" in import_path:
             raise UsageError(
@@ -226,6 +240,7 @@ class Flow(Generic[P, R]):
             queue=self.queue if options.queue is None else _queues.name_of(options.queue),
             priority=options.priority,
             dedup_key=options.key,
+            options=_serde.dumps(_budget.to_options({}, budget)) if budget is not None else None,
         )
         return launch(store, row, self if local else None)
 
@@ -237,6 +252,7 @@ class Flow(Generic[P, R]):
         overrides: Mapping[str, Any] | None = None,
         args: Sequence[Any] | Mapping[str, Any] | None = None,
         db: str | None = None,
+        budget: Budget | None = None,
     ) -> Handle[Any]:
         """Fork an execution of this flow: `Client(db).replay(...)`, checked to be this flow's."""
         from .client import Client
@@ -248,7 +264,9 @@ class Flow(Generic[P, R]):
                 f"execution {execution_id} is of flow {source.flow!r}, not {self.name!r}; "
                 f"use {source.flow}.replay() or Client().replay()"
             )
-        return client.replay(execution_id, from_=from_, overrides=overrides, args=args)
+        return client.replay(
+            execution_id, from_=from_, overrides=overrides, args=args, budget=budget
+        )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Inside a flow: run inline, as part of the calling execution. Outside: start an
@@ -290,7 +308,7 @@ def launch(
     return Handle(recorded, store)
 
 
-_START_OPTIONS = ("queue", "key", "priority")
+_START_OPTIONS = ("queue", "key", "priority", "budget")
 
 
 @dataclass(frozen=True)
@@ -298,6 +316,7 @@ class _StartOptions:
     queue: Queue | str | None = None
     key: str | None = None
     priority: int = 0
+    budget: Budget | None = None
 
 
 class Starter(Generic[P, R]):
@@ -345,7 +364,7 @@ def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 
 @overload
 def flow(
-    *, name: str | None = None, queue: Queue | str | None = None
+    *, name: str | None = None, queue: Queue | str | None = None, budget: Budget | None = None
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -355,6 +374,7 @@ def flow(
     *,
     name: str | None = None,
     queue: Queue | str | None = None,
+    budget: Budget | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function durable: each `.run(...)` is an execution recorded in the store.
 
@@ -370,7 +390,9 @@ def flow(
 
     Define flows at module level (or in a script): an execution records the flow's import
     path, and the process that resumes it imports the flow from there. `queue` (a name or
-    a `tether.Queue`) is where its executions wait for a worker.
+    a `tether.Queue`) is where its executions wait for a worker. `budget` (a
+    `tether.Budget`) limits what each execution may spend on model calls: a request that
+    would go over it raises `tether.BudgetExceeded` in the flow instead of being made.
     """
 
     def wrap(f: Callable[P, R]) -> Flow[P, R]:
@@ -378,7 +400,7 @@ def flow(
             raise UsageError(f"{f.name} is already a flow; decorate it once")
         if not callable(f):
             raise UsageError(f"@tether.flow decorates a function, not {f!r}")
-        return Flow(f, name=name, queue=queue)
+        return Flow(f, name=name, queue=queue, budget=budget)
 
     if fn is not None:
         return wrap(fn)

@@ -8,12 +8,15 @@ actually read.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from . import _serde
+from . import _budget, _serde, _usage
+from ._budget import Budget
 from ._status import CheckpointStatus, Status
+from ._usage import Usage
 from .store import CheckpointRow, EventRow, ExecutionRow, WaitRow
 
 
@@ -53,7 +56,8 @@ class Attempt:
 
 @dataclass(frozen=True)
 class CheckpointRecord:
-    """One recorded checkpoint call of an execution."""
+    """One recorded checkpoint call of an execution. `usage` is what the model calls made in
+    it spent, all attempts together (None when it made none)."""
 
     position: int
     name: str
@@ -65,6 +69,7 @@ class CheckpointRecord:
     error: ErrorInfo | None
     fingerprint: str
     result_json: str | None = field(repr=False)
+    usage: Usage | None = None
 
     @property
     def duration(self) -> float:
@@ -92,6 +97,7 @@ class CheckpointRecord:
             )
         else:
             attempts = (Attempt(1, started, finished, None),)
+        metadata, usage = _usage.split(_serde.loads(row.metadata) if row.metadata else {})
         return cls(
             position=row.position,
             name=row.name,
@@ -99,10 +105,11 @@ class CheckpointRecord:
             attempts=attempts,
             started_at=started,
             finished_at=finished,
-            metadata=_serde.loads(row.metadata) if row.metadata else {},
+            metadata=metadata,
             error=ErrorInfo.from_text(row.error),
             fingerprint=row.fingerprint,
             result_json=row.result,
+            usage=usage,
         )
 
 
@@ -206,7 +213,12 @@ class Event:
 @dataclass(frozen=True)
 class ExecutionRecord:
     """One execution as stored. `checkpoints` and `events` are filled by `Client.get()`;
-    `Client.list()` leaves them empty to stay cheap."""
+    `Client.list()` leaves them empty to stay cheap.
+
+    `usage` (filled by `Client.get()`, None from `Client.list()`) is what the execution's
+    model calls spent: the sum over its checkpoint calls, failed attempts included; replayed
+    calls ran nothing and count once. `budget` is the limit it runs under, if any.
+    """
 
     id: str
     flow: str
@@ -235,6 +247,8 @@ class ExecutionRecord:
     pending_wait: str | None = None
     result_json: str | None = field(default=None, repr=False)
     args_json: str = field(default="", repr=False)
+    usage: Usage | None = None
+    budget: Budget | None = None
 
     @property
     def pending_waits(self) -> list[WaitRecord]:
@@ -309,4 +323,14 @@ class ExecutionRecord:
             pending_wait=row.pending_wait,
             result_json=row.result,
             args_json=row.args,
+            usage=None if checkpoints is None else _total_usage(checkpoints, events or ()),
+            budget=_budget.from_options(row.options),
         )
+
+
+def _total_usage(checkpoints: list[CheckpointRow], events: Iterable[EventRow]) -> Usage:
+    recorded = _usage.total(_usage.from_metadata(c.metadata) for c in checkpoints)
+    forgotten = _usage.total(
+        _usage.from_event(e.data) for e in events if e.kind == _usage.RETRY_EVENT
+    )
+    return recorded + forgotten

@@ -27,6 +27,7 @@ from rich.text import Text
 
 from . import _cli_render as render
 from . import _config
+from ._cli_memory import memory_app
 from ._records import ExecutionRecord
 from ._status import Status
 from .client import Client
@@ -52,6 +53,7 @@ executions_app = typer.Typer(
     rich_markup_mode="markdown",
 )
 app.add_typer(executions_app, name="executions")
+app.add_typer(memory_app, name="memory")
 
 out = Console()
 err = Console(stderr=True)

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import _replay, _schema, _serde
+from . import _budget, _replay, _schema, _serde, _usage
+from ._budget import Budget
 from ._config import settings, store_for
 from ._engine import load_flow
 from ._executor import executor
@@ -274,9 +275,14 @@ class Client:
         now = time.time()
         if not self._store.reset_for_retry(execution_id, from_position=from_position, now=now):
             raise InvalidStateError(f"execution {execution_id} changed while retrying it")
+        # What the forgotten calls spent was spent: keep it in the event, for the totals.
+        forgotten = _usage.total(
+            _usage.from_metadata(c.metadata) for c in calls if c.position >= from_position
+        )
         self._store.add_event(
-            EventRow(execution_id, from_position, now, "info", "retry",
-                     f"retried from position {from_position}")
+            EventRow(execution_id, from_position, now, "info", _usage.RETRY_EVENT,
+                     f"retried from position {from_position}",
+                     _serde.dumps({_usage.KEY: _usage.encode(forgotten)}) if forgotten else None)
         )  # fmt: skip
         if flow is not None:
             token = self._take(self._row(execution_id), now)
@@ -291,6 +297,7 @@ class Client:
         from_: str | int,
         overrides: Mapping[str, Any] | None = None,
         args: Sequence[Any] | Mapping[str, Any] | None = None,
+        budget: Budget | None = None,
     ) -> Handle[Any]:
         """Fork an execution into a new one: recorded results are reused for every checkpoint
         call before `from_`, `overrides` replace the results of the named calls there, and
@@ -302,6 +309,9 @@ class Client:
         - `overrides`: `{selector: value}`; a bare name overrides every call of that name
           before the fork point.
         - `args`: new arguments for the flow: a list (positional) or a dict (keywords).
+        - `budget`: the new execution's `tether.Budget` (default: the source's). The new
+          execution's usage counts only the calls it makes itself: the copied calls were paid
+          for by the source.
         """
         source = self._row(execution_id)
         calls = self._store.get_checkpoints(execution_id)
@@ -309,6 +319,9 @@ class Client:
         seeded, waits = _replay.fork(
             calls, self._store.get_waits(execution_id), position, overrides or {}
         )
+        for copy in seeded:
+            copy.metadata = _usage.without_usage(copy.metadata)
+        budget = _budget.checked(budget) or _budget.from_options(source.options)
         encoded = source.args if args is None else _encode_args(args, source.flow)
         flow = load_flow(source.import_path, source.script) if settings().executor else None
         now = time.time()
@@ -322,6 +335,7 @@ class Client:
             created_at=now,
             updated_at=now,
             replay_of=source.id,
+            options=_serde.dumps(_budget.to_options({}, budget)) if budget is not None else None,
         )
         handle = launch(self._store, row, flow, checkpoints=seeded, waits=waits)
         self._store.add_event(

@@ -5,7 +5,8 @@ Exception
 └── TetherError                     base of everything a user can catch
     ├── UsageError                  the API was used the wrong way (fix the code)
     │   ├── NotInFlowError          a flow-only call made outside a running flow
-    │   └── FlowNotFoundError       a recorded flow can no longer be imported
+    │   ├── FlowNotFoundError       a recorded flow can no longer be imported
+    │   └── MemoryScopeError        a memory call names no scope it can use (says what to pass)
     ├── ConfigurationError          a bad store URL or setting
     ├── StoreError                  the database failed or is from a newer tether
     │   └── StoreUnavailable        the database cannot be reached right now (retry later)
@@ -21,9 +22,13 @@ Exception
     ├── WaitAlreadyResolved         the wait already has its input (another one won)
     ├── InputValidationError        input does not match the wait's schema (has .errors)
     │   └── InputTooLarge           input over the size limit
+    ├── BudgetExceeded              the next model call would go over the flow's Budget
     ├── ExecutionFailed             Handle.result() of a failed execution
     ├── ExecutionCancelled          Handle.result() of a cancelled execution
-    └── ResultTimeout               Handle.result(timeout=...) ran out (also a TimeoutError)
+    ├── ResultTimeout               Handle.result(timeout=...) ran out (also a TimeoutError)
+    ├── MemoryKeyError              no such memory key or version (also a LookupError)
+    ├── MemoryConflictError         set(if_version=) found a newer version: read it again
+    └── MemoryValidationError       a memory value does not match `type=` (has .errors)
 
 BaseException
 └── ControlSignal                   unwinds a flow; user `except Exception` cannot swallow it
@@ -42,6 +47,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BudgetExceeded",
     "Cancelled",
     "CheckpointError",
     "CheckpointTimeout",
@@ -57,6 +63,10 @@ __all__ = [
     "InputValidationError",
     "InvalidStateError",
     "LeaseLost",
+    "MemoryConflictError",
+    "MemoryKeyError",
+    "MemoryScopeError",
+    "MemoryValidationError",
     "NotInFlowError",
     "Released",
     "ResultTimeout",
@@ -219,8 +229,78 @@ class InputTooLarge(InputValidationError):
     """Input is larger than the configured limit (`configure(max_input_bytes=...)`)."""
 
 
+class BudgetExceeded(TetherError):
+    """A model call was not made: with it, the execution would spend more than its
+    `tether.Budget` allows. Raised inside the flow (where code may catch it to return a
+    partial result); never retried. The fields say what was spent and what the limit is.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        spent_tokens: int = 0,
+        spent_cost_usd: float | None = None,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.spent_tokens = spent_tokens
+        self.spent_cost_usd = spent_cost_usd
+        self.max_tokens = max_tokens
+        self.max_cost_usd = max_cost_usd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {
+            "spent_tokens": self.spent_tokens,
+            "spent_cost_usd": self.spent_cost_usd,
+            "max_tokens": self.max_tokens,
+            "max_cost_usd": self.max_cost_usd,
+        }
+        return (_rebuild, (type(self), str(self), fields))
+
+
 class ResultTimeout(TetherError, TimeoutError):
     """`Handle.result(timeout=...)` returned before the execution finished."""
+
+
+class MemoryScopeError(UsageError):
+    """A `tether.memory` call names no scope it can use: outside a flow, the execution or
+    flow whose memory is meant must be given. The message says what to pass."""
+
+
+class MemoryKeyError(TetherError, LookupError):
+    """No memory key (or no version of it) matches."""
+
+
+class MemoryConflictError(TetherError):
+    """`tether.memory.set(..., if_version=n)` found the key at another version: someone
+    wrote it since it was read. Read it again (`tether.memory.latest()`) and retry."""
+
+    def __init__(self, key: str, expected: int, actual: int, message: str = "") -> None:
+        super().__init__(
+            message
+            or f"memory key {key!r} is at version {actual}, not {expected}: another writer "
+            "wrote it since it was read; read it again and retry"
+        )
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.expected, self.actual, str(self)))
+
+
+class MemoryValidationError(TetherError, ValueError):
+    """A stored memory value does not match the `type=` it was read as. `errors` lists what
+    is wrong, where."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.errors))
 
 
 class ControlSignal(BaseException):

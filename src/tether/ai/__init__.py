@@ -18,6 +18,10 @@ responses and results back instead of calling the model and the tools again. Too
 approval suspend the flow on a `tether.wait` until someone answers. Outside a flow the agent
 behaves exactly like the plain one.
 
+`tether.llm()` / `tether.llm_async()` (also importable from here) make one model call as one
+checkpoint call. Model requests record their usage and cost with the checkpoint call that
+made them, and are checked against the flow's `tether.Budget` before they are made.
+
 Built on Pydantic AI's durable-execution capability interface: `TetherDurability` can also be
 passed to `Agent(capabilities=[...])` directly. Needs `pip install 'tether[ai]'`.
 """
@@ -34,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._agent import DurableAgent, durable
 from ._deferred import Approval
 from ._durability import TetherDurability, TetherOperationBackend
+from ._llm import llm, llm_async
 from ._units import CheckpointOptions, TetherOperationNamer
 
 __all__ = [
@@ -44,4 +49,6 @@ __all__ = [
     "TetherOperationBackend",
     "TetherOperationNamer",
     "durable",
+    "llm",
+    "llm_async",
 ]

@@ -20,6 +20,7 @@ from pydantic_ai.durable_exec import (
     DurabilityEngineSpec,
     DurableOperationConfig,
     DurableOperationId,
+    ModelCompactMessagesId,
     ModelRequestId,
     OperationConfigRole,
     ToolsetCallToolId,
@@ -34,6 +35,7 @@ import tether
 from tether.errors import SerializationError
 
 from ._deferred import wait_for_deferred
+from ._metering import metered_unit
 from ._units import (
     CheckpointOptions,
     DispatchOrder,
@@ -137,6 +139,13 @@ class TetherOperationBackend(CallableOperationBackend[CheckpointOptions]):
                         return await reserved.run(body)
         elif isinstance(operation_id, ModelRequestId):
             key = request_key(next((v for v in cache_key if isinstance(v, list)), None))
+            # Checked against the budget before it starts, metered when it returns: only a
+            # live request runs the body, so a replayed one is neither.
+            body = metered_unit(body, operation_id.model_name, cache_key)
+        elif isinstance(operation_id, ModelCompactMessagesId):
+            # Compaction is a model request too (its response carries usage); its input is
+            # not in the cache key, so the budget check counts only what was spent.
+            body = metered_unit(body, operation_id.model_name, ())
         # Outside a flow (or inside a checkpoint) the checkpoint is a plain call.
         return await unit_checkpoint(name, config)(key, Slot(body))
 

@@ -336,3 +336,69 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # --- memory (tether.memory) ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_memory(
+        self,
+        row: MemoryRow,
+        blobs: Sequence[tuple[str, str]] = (),
+        *,
+        fence: tuple[str, str] | None = None,
+        if_version: int | None = None,
+    ) -> MemoryRow | None:
+        """Store the (hash, data) `blobs` not stored yet and `row` as the next version of its
+        key, in one transaction. Versions are numbered from 1 without gaps, atomically under
+        concurrent writers; `row.version` is ignored. When a version with the same
+        `idempotency_key` exists, nothing is written and that version is returned. With
+        `fence` (execution id, lease token) nothing is written and None is returned unless
+        the token still holds the execution. With `if_version`, nothing is written unless
+        the key's latest version is that one (0: the key has no version), else
+        MemoryConflictError. Returns the row as stored."""
+
+    @abc.abstractmethod
+    def get_memory(
+        self, scope: str, scope_id: str, key: str, version: int | None = None
+    ) -> MemoryRow | None:
+        """One version of a key (the latest when `version` is None), tombstones included."""
+
+    @abc.abstractmethod
+    def memory_versions(
+        self, scope: str, scope_id: str, key: str, *, up_to: int | None = None
+    ) -> list[MemoryRow]:
+        """The versions of a key, newest first; only those up to `up_to` when given."""
+
+    @abc.abstractmethod
+    def list_memory(
+        self, *, scope: str | None, scope_id: str | None, prefix: str | None, limit: int
+    ) -> list[MemoryRow]:
+        """The latest version of every key whose latest version is not a tombstone, ordered
+        by scope, scope id and key: only in `scope` (and `scope_id`) when given, only keys
+        that start with `prefix` when given."""
+
+    @abc.abstractmethod
+    def get_blobs(self, hashes: Sequence[str]) -> dict[str, str]:
+        """The data of the stored blobs among `hashes`, by hash."""
+
+
+@dataclass(slots=True)
+class MemoryRow:
+    """One version of a memory key. A value is one blob (`blob`), or a list: the item hashes
+    (`items`, a JSON array) that follow the items of version `base_version` (None: from the
+    start); `length` is then the list's length. `size` is the value's JSON size in bytes."""
+
+    scope: str
+    scope_id: str
+    key: str
+    version: int
+    deleted: bool = False
+    blob: str | None = None
+    base_version: int | None = None
+    items: str | None = None
+    length: int | None = None
+    size: int = 0
+    created_at: float = 0.0
+    writer_execution: str | None = None
+    writer_position: int | None = None
+    idempotency_key: str | None = None

@@ -1,0 +1,378 @@
+"""`tether memory ...`: read and write durable memory (`tether.memory`) from a shell.
+
+A thin layer over `tether.memory`; the plumbing (error messages and exit codes, `--db`,
+printing) is `cli.py`'s, imported when a command runs (`cli.py` imports this module to
+register it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import ModuleType
+from typing import Annotated, Any
+
+import pydantic_core
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from . import _cli_render as render
+from . import _config, memory
+from .errors import MemoryKeyError, MemoryScopeError
+from .memory import MemoryVersion
+
+memory_app = typer.Typer(
+    help=(
+        "Read and write durable memory (`tether.memory`): versioned values kept per "
+        "*execution*, per *flow* (shared by all its executions) or per *namespace* (a user, a "
+        "conversation...). Every write is a new version; `delete` writes a tombstone."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+
+
+def _cli() -> ModuleType:
+    # Imported when a command runs: cli.py imports this module to register it.
+    from . import cli
+
+    return cli
+
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="TETHER_DB",
+        help="Store URL (default sqlite:///.tether/tether.db, or $TETHER_DB).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+KeyArgument = Annotated[
+    str, typer.Argument(metavar="KEY", help="The memory key.", show_default=False)
+]
+ScopeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--scope",
+        metavar="SCOPE",
+        help="execution, flow or namespace; implied by --execution, --flow or --namespace "
+        "(`--scope namespace` alone means the namespace `default`).",
+        show_default=False,
+    ),
+]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option("--namespace", "-n", help="A namespace's memory (scope namespace)."),
+]
+FlowOption = Annotated[
+    str | None,
+    typer.Option("--flow", help="A flow's shared memory, by the flow's name (scope flow)."),
+]
+ExecutionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--execution", "-e", metavar="ID", help="One execution's memory (scope execution)."
+    ),
+]
+
+_NO_SCOPE = (
+    "say whose memory: --namespace NAME (or --scope namespace for the namespace 'default'), "
+    "--flow NAME or --execution ID"
+)
+
+
+def _scope(
+    scope: str | None, namespace: str | None, flow: str | None, execution: str | None
+) -> dict[str, Any]:
+    if scope is None and namespace is None and flow is None and execution is None:
+        raise MemoryScopeError(_NO_SCOPE)
+    return {"scope": scope, "namespace": namespace, "flow": flow, "execution_id": execution}
+
+
+def _open(db: str | None, *, create: bool = False) -> None:
+    """Point tether.memory at the store; unless `create`, refuse one that does not exist."""
+    if create:
+        if db:
+            _config.configure(db=db)
+        _config.store_for()
+    else:
+        _cli()._client(db)
+
+
+def _plain(version: MemoryVersion) -> Any:
+    """The value as plain JSON data; the stored JSON when it cannot be decoded here."""
+    try:
+        return pydantic_core.to_jsonable_python(version.value, fallback=repr, bytes_mode="base64")
+    except Exception:
+        stored = memory._stored_json(version)
+        return None if stored is None else json.loads(stored)
+
+
+def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "key": version.key,
+        "scope": version.scope,
+        "scope_id": version.scope_id,
+        "version": version.version,
+        "deleted": version.deleted,
+        "created_at": render.iso(version.created_at),
+        "size": version.size,
+        "length": version.length,
+        "execution_id": version.execution_id,
+        "position": version.position,
+    }
+    if value:
+        data["value"] = _plain(version)
+    return data
+
+
+def _written_by(version: MemoryVersion) -> Text:
+    if version.execution_id is None:
+        return Text("-", style="dim")
+    return Text(f"{version.execution_id} @{version.position}")
+
+
+def _size(version: MemoryVersion) -> str:
+    if version.deleted:
+        return ""
+    items = f", {version.length} items" if version.length is not None else ""
+    return f"{version.size:,} B{items}"
+
+
+def _where(version: MemoryVersion) -> str:
+    return f"{version.scope} {version.scope_id!r}"
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@memory_app.command("list")
+def list_command(
+    prefix: Annotated[
+        str | None,
+        typer.Argument(metavar="[PREFIX]", help="Only keys that start with this."),
+    ] = None,
+    scope: ScopeOption = None,
+    namespace: NamespaceOption = None,
+    flow: FlowOption = None,
+    execution: ExecutionOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 1000,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the keys that exist (not deleted), with their latest version, when it was
+    written and its size. Without --scope, --namespace, --flow or --execution: the keys
+    of every scope.
+
+    Example: `tether memory list user: --namespace acme`
+    """
+    cli = _cli()
+    with cli._errors():
+        _open(db)
+        if scope is None and namespace is None and flow is None and execution is None:
+            rows = _config.store_for().list_memory(
+                scope=None, scope_id=None, prefix=prefix, limit=limit
+            )
+            entries = [memory._version(_config.store_for(), row, None) for row in rows]
+        else:
+            entries = memory.entries(
+                prefix, **_scope(scope, namespace, flow, execution), limit=limit
+            )
+    if as_json:
+        cli._dump([_version_json(e, value=False) for e in entries])
+        return
+    if not entries:
+        cli._say("No memory keys match." if prefix else "No memory keys yet.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("scope", "id", "key", "version", "written", "size"):
+        table.add_column(column, no_wrap=column != "key")
+    for e in entries:
+        table.add_row(
+            e.scope,
+            render.one_line(e.scope_id),
+            Text(e.key),
+            str(e.version),
+            render.short_when(e.created_at),
+            _size(e),
+        )
+    cli.out.print(table)
+
+
+@memory_app.command("get")
+def get_command(
+    key: KeyArgument,
+    version: Annotated[
+        int | None, typer.Option("--version", "-v", min=1, help="This version, not the latest.")
+    ] = None,
+    scope: ScopeOption = None,
+    namespace: NamespaceOption = None,
+    flow: FlowOption = None,
+    execution: ExecutionOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the value of a key (its latest version, or --version N) as JSON; a string is
+    printed as it is. Exit 1 when the key does not exist or was deleted.
+
+    `--json` prints the version's details with the value.
+    """
+    cli = _cli()
+    with cli._errors():
+        _open(db)
+        where = _scope(scope, namespace, flow, execution)
+        found = memory._find(key, version=version, **where)
+        if found is None or found.deleted:
+            scope_name, scope_id = memory._scope(scope, namespace, flow, execution, None)
+            place = f"{scope_name} {scope_id!r}"
+            if version is None:
+                gone = " (it was deleted; `tether memory history` shows it)" if found else ""
+                raise MemoryKeyError(f"no memory key {key!r} in {place}{gone}")
+            if found is None:
+                raise MemoryKeyError(
+                    f"memory key {key!r} has no version {version} in {place}; "
+                    f"`tether memory history {key}` lists its versions"
+                )
+            raise MemoryKeyError(f"version {version} of {key!r} in {place} is its deletion")
+        value = _plain(found)
+    if as_json:
+        cli._dump(_version_json(found, value=True) | {"value": value})
+    elif isinstance(value, str):
+        cli._say(value)
+    else:
+        cli._dump(value)
+
+
+@memory_app.command("set")
+def set_command(
+    key: KeyArgument,
+    value: Annotated[
+        str | None,
+        typer.Option(
+            "--value",
+            metavar="JSON",
+            help="The value, as JSON (a string needs JSON quotes: '\"hello\"'). Without it, "
+            "the JSON is read from stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    if_version: Annotated[
+        int | None,
+        typer.Option(
+            "--if-version",
+            metavar="N",
+            min=0,
+            help="Store it only if the key's latest version is N (0: only if the key is new); "
+            "exit 1 if someone wrote it since.",
+        ),
+    ] = None,
+    scope: ScopeOption = None,
+    namespace: NamespaceOption = None,
+    flow: FlowOption = None,
+    execution: ExecutionOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Store a JSON value as the next version of a key (creating the database if needed).
+
+    Example: `tether memory set theme --namespace alice --value '{"dark": true}'`, or
+    `cat notes.json | tether memory set notes --namespace alice`
+    """
+    cli = _cli()
+    text = value
+    if text is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise typer.BadParameter(
+                "give the value with --value JSON, or pipe JSON into the command",
+                param_hint="'--value'",
+            )
+        text = sys.stdin.read()
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); a string "
+            "needs JSON quotes, e.g. --value '\"hello\"'. Nothing was stored.",
+            param_hint="'--value'",
+        ) from None
+    with cli._errors():
+        where = _scope(scope, namespace, flow, execution)
+        _open(db, create=True)
+        written = memory.set(key, parsed, **where, if_version=if_version)
+        found = memory._find(key, version=written, **where)
+    assert found is not None
+    if as_json:
+        cli._dump(_version_json(found, value=False))
+    else:
+        cli._say(f"Stored version {written} of {key!r} ({_where(found)}).")
+
+
+@memory_app.command("history")
+def history_command(
+    key: KeyArgument,
+    values: Annotated[
+        bool, typer.Option("--values", help="Show each version's value (a preview in the table).")
+    ] = False,
+    scope: ScopeOption = None,
+    namespace: NamespaceOption = None,
+    flow: FlowOption = None,
+    execution: ExecutionOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List every version of a key, oldest first, deletions included: when it was written,
+    its size, and the execution and position that wrote it (when a flow did)."""
+    cli = _cli()
+    with cli._errors():
+        _open(db)
+        versions = memory.history(key, **_scope(scope, namespace, flow, execution))
+        shown = [_version_json(v, value=values) for v in versions]
+    if as_json:
+        cli._dump(shown)
+        return
+    if not versions:
+        cli._fail(f"memory key {key!r} has no versions here", 1)
+    table = Table(box=None, pad_edge=False)
+    for column in ("version", "written", "size", "by"):
+        table.add_column(column, no_wrap=True)
+    if values:
+        table.add_column("value")
+    for v, data in zip(versions, shown, strict=True):
+        cells: list[Any] = [
+            str(v.version),
+            render.short_when(v.created_at),
+            Text("deleted", style="magenta") if v.deleted else _size(v),
+            _written_by(v),
+        ]
+        if values:
+            cells.append(render.one_line("" if v.deleted else render.preview(data["value"], 80)))
+        table.add_row(*cells)
+    cli.out.print(table)
+
+
+@memory_app.command("delete")
+def delete_command(
+    key: KeyArgument,
+    scope: ScopeOption = None,
+    namespace: NamespaceOption = None,
+    flow: FlowOption = None,
+    execution: ExecutionOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a key: a tombstone version is written, so `history` still shows every value
+    it had. Exit 1 when the key does not exist (or is deleted already)."""
+    cli = _cli()
+    with cli._errors():
+        _open(db)
+        where = _scope(scope, namespace, flow, execution)
+        written = memory.delete(key, **where)
+        found = memory._find(key, version=written, **where)
+    assert found is not None
+    if as_json:
+        cli._dump(_version_json(found, value=False))
+    else:
+        cli._say(f"Deleted {key!r} ({_where(found)}): version {written} is its tombstone.")

@@ -1,0 +1,142 @@
+"""What model calls cost: prices given with `configure(prices=...)`, else genai-prices.
+
+genai-prices (which Pydantic AI uses for its own cost figures) knows the public prices of
+the major providers. A price given in `configure(prices=...)` wins over it, so a model it
+does not know (a self-hosted one, a fine-tune) or a negotiated rate can be priced too.
+Pricing never fails a call: an unknown model costs None (unknown), never a silent 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ._config import settings
+from .errors import UsageError
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """A model's price in US dollars per million tokens.
+
+    ```python
+    llama = tether.ModelPrice(input_per_mtok=0.2, output_per_mtok=0.6)
+    tether.configure(prices={"my-llama": llama, "vllm:qwen-72b": ...})
+    ```
+
+    Cached input tokens cost `cache_read_per_mtok` / `cache_write_per_mtok` when given, else
+    the input price.
+    """
+
+    input_per_mtok: float
+    output_per_mtok: float
+    cache_read_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
+
+    def __post_init__(self) -> None:
+        for label in (
+            "input_per_mtok",
+            "output_per_mtok",
+            "cache_read_per_mtok",
+            "cache_write_per_mtok",
+        ):
+            value = getattr(self, label)
+            if value is None and label.startswith("cache"):
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise UsageError(
+                    f"{label} is dollars per million tokens, a number 0 or more, not {value!r}"
+                )
+
+    def cost(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> float:
+        """Dollars for this many tokens (`input_tokens` includes the cached ones)."""
+        read = self.input_per_mtok if self.cache_read_per_mtok is None else self.cache_read_per_mtok
+        write = (
+            self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        )
+        uncached = max(input_tokens - cache_read_tokens - cache_write_tokens, 0)
+        return (
+            uncached * self.input_per_mtok
+            + cache_read_tokens * read
+            + cache_write_tokens * write
+            + output_tokens * self.output_per_mtok
+        ) / 1_000_000
+
+
+def configured_price(model: str, provider: str | None) -> ModelPrice | None:
+    """The price given for `model` (or `provider:model`) in `configure(prices=...)`."""
+    prices = settings().prices
+    if not prices:
+        return None
+    if provider:
+        found = prices.get(f"{provider}:{model}")
+        if found is not None:
+            return found
+    return prices.get(model)
+
+
+def cost_of(
+    model: str,
+    provider: str | None,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    usage: Any = None,
+    provider_url: str | None = None,
+) -> float | None:
+    """Dollars for a request, or None when the model's price is unknown.
+
+    `usage` may be a richer usage object genai-prices understands (Pydantic AI's
+    `RequestUsage`, with audio tokens and the like); otherwise the counts are used.
+    """
+    price = configured_price(model, provider)
+    if price is not None:
+        return price.cost(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
+        )
+    try:
+        import genai_prices
+    except ImportError:  # the `ai` extra is not installed: only configured prices
+        return None
+    if usage is None:
+        usage = genai_prices.Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cache_read_tokens or None,
+            cache_write_tokens=cache_write_tokens or None,
+        )
+    name = model.split(":", 1)[1] if provider is None and ":" in model else model
+    if provider is None and ":" in model:
+        provider = model.split(":", 1)[0]
+    attempts: list[dict[str, Any]] = []
+    if provider_url:
+        attempts.append({"provider_api_url": provider_url})
+    if provider:
+        attempts.append({"provider_id": provider})
+    attempts.append({})
+    for where in attempts:
+        try:
+            return float(genai_prices.calc_price(usage, name, **where).total_price)
+        except (LookupError, ValueError):
+            continue
+        except Exception:  # pricing data is best effort: never fail a call over it
+            return None
+    return None

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from . import _cli_render as render
 from . import _config, memory
+from ._cli_options import DbOption, JsonOption
 from .errors import MemoryKeyError, MemoryScopeError
 from .memory import MemoryVersion
 
@@ -41,15 +42,6 @@ def _cli() -> ModuleType:
     return cli
 
 
-DbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        envvar="TETHER_DB",
-        help="Store URL (default sqlite:///.tether/tether.db, or $TETHER_DB).",
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 KeyArgument = Annotated[
     str, typer.Argument(metavar="KEY", help="The memory key.", show_default=False)
 ]

@@ -28,6 +28,7 @@ from rich.text import Text
 from . import _cli_render as render
 from . import _config
 from ._cli_memory import memory_app
+from ._cli_options import DbOption, JsonOption
 from ._records import ExecutionRecord
 from ._status import Status
 from .client import Client
@@ -61,15 +62,6 @@ err = Console(stderr=True)
 # How often `watch` and `logs --follow` look at the store, and `--wait` checks for a wait.
 POLL_SECONDS = 0.25
 
-DbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        envvar="TETHER_DB",
-        help="Store URL (default sqlite:///.tether/tether.db, or $TETHER_DB).",
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 IdArgument = Annotated[
     str,
     typer.Argument(

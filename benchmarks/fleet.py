@@ -21,10 +21,18 @@ Method, and why:
     * Each row gets a fresh database (CREATE DATABASE). The E executions are enqueued first by a
       client-only process (tether: ``configure(executor=False)`` + ``flow.enqueue``; DBOS:
       ``DBOSClient.enqueue`` on a queue registered with ``DBOSClient.register_queue``), then W
-      worker processes are started, and the clock runs from their start until every execution
-      succeeded (the parent polls a COUNT every 50 ms). The time therefore includes interpreter
-      start, imports and connecting; "startup s" says how long it took until the first
-      checkpoint was committed.
+      worker processes are started and run until every execution succeeded (the parent polls a
+      COUNT every 50 ms). Between the two, ANALYZE gives the planner the statistics that
+      autovacuum keeps on any live database (same for every engine).
+    * The headline rates are steady-state: the window runs from the moment the 10th percentile
+      of all checkpoints was recorded to the moment of the 90th percentile, read afterwards
+      from the time each engine stored with each step result (tether: ``finished_at``; DBOS:
+      ``completed_at_epoch_ms``; the floor stores ``time.time()`` with its row, as tether
+      does); checkpoints/s = the 80 % of checkpoints in between / the window's length. So
+      worker start-up (interpreter, imports, connecting) and the tail, when the last
+      executions run with slots to spare, are left out alike for every engine. The end-to-end
+      time (workers started -> all succeeded, start-up included) is reported beside it, and
+      "startup s" says how long it took until the first checkpoint was recorded.
     * tether workers: ``python -m tether worker --db URL --import _fleet_flows --concurrency K``.
       DBOS workers: this script in a child process, ``DBOS.launch()`` with a unique executor id,
       serving the queue with ``worker_concurrency=K``; DBOS drains one queue from several
@@ -33,17 +41,21 @@ Method, and why:
       ``--dbos-poll`` (0.05 s by default; DBOS's own default of 1 s measured ~25% slower here,
       0.02 s no faster).
     * The floor: W processes x K threads with raw psycopg committing the same step results
-      (one row per checkpoint: text execution id, position, JSON result; one INSERT each in
-      autocommit, plus one per finished execution; no claims, leases, fencing or framework):
-      what this server and machine can do at all at this durability, one commit per step.
-    * CPU columns: CPU seconds of the worker processes (including their start) and of the
-      PostgreSQL server processes during the timed window, per checkpoint. On a small machine
-      they tell whether the fleet is bound by the client, the server, or neither.
+      (one row per checkpoint: text execution id, position, JSON result, time; one INSERT
+      each in autocommit, plus one per finished execution; no claims, leases, fencing or
+      framework): what this server and machine can do at this durability with one commit per
+      step. It is not a ceiling: an engine that commits several steps at once (tether groups
+      the concurrent commits of each worker process) needs fewer commits than steps.
+    * CPU columns: CPU seconds of the worker processes and of the PostgreSQL server processes
+      during the steady window (from /proc samples taken at every poll), per checkpoint
+      recorded in it. On a small machine they tell whether the fleet is bound by the client,
+      the server, or neither.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
 import os
@@ -110,10 +122,12 @@ OFFLINE_SET = {"OTEL_SDK_DISABLED": "true"}
 class Engine:
     key: str
     label: str
-    # (succeeded, failed) executions; is any checkpoint committed; committed checkpoints.
+    # (succeeded, failed) executions; is any checkpoint committed; committed checkpoints;
+    # the time (s since the epoch) each committed checkpoint's step finished, ascending.
     done_sql: str
     first_sql: str
     checkpoints_sql: str
+    times_sql: str
 
 
 ENGINES: dict[str, Engine] = {
@@ -124,6 +138,7 @@ ENGINES: dict[str, Engine] = {
         " count(*) FILTER (WHERE status IN ('failed', 'cancelled')) FROM executions",
         "SELECT EXISTS (SELECT 1 FROM checkpoints)",
         "SELECT count(*) FROM checkpoints WHERE status = 'succeeded'",
+        "SELECT finished_at FROM checkpoints WHERE status = 'succeeded' ORDER BY 1",
     ),
     "dbos": Engine(
         "dbos",
@@ -133,6 +148,8 @@ ENGINES: dict[str, Engine] = {
         " 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')) FROM dbos.workflow_status",
         "SELECT EXISTS (SELECT 1 FROM dbos.operation_outputs)",
         "SELECT count(*) FROM dbos.operation_outputs WHERE error IS NULL",
+        "SELECT completed_at_epoch_ms / 1000.0 FROM dbos.operation_outputs"
+        " WHERE error IS NULL AND completed_at_epoch_ms IS NOT NULL ORDER BY 1",
     ),
     "floor": Engine(
         "floor",
@@ -140,6 +157,7 @@ ENGINES: dict[str, Engine] = {
         "SELECT count(*), 0 FROM finished",
         "SELECT EXISTS (SELECT 1 FROM checkpoints)",
         "SELECT count(*) FROM checkpoints",
+        "SELECT done_at FROM checkpoints ORDER BY 1",
     ),
 }
 
@@ -259,10 +277,11 @@ def _floor_worker(args: argparse.Namespace) -> dict[str, Any]:
                     number = int(execution.rpartition("-")[2], 16)
                     for i in range(args.checkpoints):
                         conn.execute(
-                            "INSERT INTO checkpoints (execution_id, position, result)"
-                            " VALUES (%s, %s, %s)",
-                            (execution, i, json.dumps(_fleet_flows.payload(number, i))),
-                        )
+                            "INSERT INTO checkpoints (execution_id, position, result, done_at)"
+                            " VALUES (%s, %s, %s, %s)",
+                            (execution, i, json.dumps(_fleet_flows.payload(number, i)),
+                             time.time()),
+                        )  # fmt: skip
                     conn.execute("INSERT INTO finished (execution_id) VALUES (%s)", (execution,))
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
@@ -279,7 +298,8 @@ def _floor_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 FLOOR_SCHEMA = (
     "CREATE TABLE checkpoints (execution_id TEXT NOT NULL, position INTEGER NOT NULL,"
-    " result TEXT NOT NULL, PRIMARY KEY (execution_id, position))",
+    " result TEXT NOT NULL, done_at DOUBLE PRECISION NOT NULL,"
+    " PRIMARY KEY (execution_id, position))",
     "CREATE TABLE finished (execution_id TEXT PRIMARY KEY)",
 )
 
@@ -316,9 +336,12 @@ class Row:
     workers: int
     status: str = "ok"  # ok | error | unavailable
     reason: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # end to end: workers started -> all executions succeeded
     startup_s: float | None = None
+    window_s: float = 0.0  # the steady window: 10th -> 90th percentile of checkpoint times
+    window_checkpoints: int = 0
     enqueue_s: float | None = None
+    # CPU seconds per checkpoint in the steady window, of the workers and of the server
     worker_cpu_s: float | None = None
     server_cpu_s: float | None = None
     other_cpu: float | None = None  # share of the machine's CPU used by anything else meanwhile
@@ -326,7 +349,7 @@ class Row:
     version: str | None = None
 
     def ok(self) -> bool:
-        return self.status == "ok" and self.seconds > 0
+        return self.status == "ok" and self.window_s > 0
 
 
 @dataclass
@@ -336,6 +359,7 @@ class Fleet:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     files: list[IO[bytes]] = field(default_factory=list)
+    cpu: dict[int, float] = field(default_factory=dict)
 
     def start(self, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
         out = log_path.open("wb")
@@ -355,7 +379,12 @@ class Fleet:
         return None
 
     def cpu_seconds(self) -> float:
-        return sum(_proc_cpu_s(p.pid) or 0.0 for p in self.procs)
+        """CPU seconds of the workers so far (a worker that exited keeps its last reading)."""
+        for proc in self.procs:
+            seen = _proc_cpu_s(proc.pid)
+            if seen is not None:
+                self.cpu[proc.pid] = seen
+        return sum(self.cpu.values())
 
     def stop(self, grace_s: float = 10.0) -> None:
         for proc in self.procs:
@@ -505,16 +534,39 @@ def _worker_cmd(ctx: Context, engine: Engine, url: str, index: int, of: int) -> 
 
 
 def _prepare(ctx: Context, row: Row, url: str) -> None:
-    """Record the executions to run (or, for the floor, the tables)."""
+    """Record the executions to run (or, for the floor, the tables), then ANALYZE."""
     if row.engine.key == "floor":
         with _connect(url) as conn:
             for statement in FLOOR_SCHEMA:
                 conn.execute(statement)
-        return
-    data = _spawn_child(ctx, "tether-enqueue" if row.engine.key == "tether" else "dbos-setup", url)
-    row.enqueue_s = float(data["enqueue_s"])
-    row.version = data.get("version")
-    ctx.payload_bytes = data.get("payload_bytes") or ctx.payload_bytes
+    else:
+        script = "tether-enqueue" if row.engine.key == "tether" else "dbos-setup"
+        data = _spawn_child(ctx, script, url)
+        row.enqueue_s = float(data["enqueue_s"])
+        row.version = data.get("version")
+        ctx.payload_bytes = data.get("payload_bytes") or ctx.payload_bytes
+    # Table statistics, as autovacuum gathers on any live database: without them the planner
+    # treats the freshly filled tables as empty and may scan a whole queue where an index
+    # lookup would do. Every engine gets the same.
+    with _connect(url) as conn:
+        conn.execute("ANALYZE")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """CPU counters at one poll (wall time in seconds since the epoch, like the step times)."""
+
+    at: float
+    workers: float
+    server: float
+    machine: float
+    own: float
+
+
+def _sample(fleet: Fleet, postmaster: int) -> Sample:
+    return Sample(
+        time.time(), fleet.cpu_seconds(), _server_cpu_s(postmaster), _machine_busy_s(), _own_cpu_s()
+    )
 
 
 def _run_row(ctx: Context, row: Row) -> None:
@@ -525,7 +577,7 @@ def _run_row(ctx: Context, row: Row) -> None:
     postmaster = _postmaster_pid(ctx.cluster)
     try:
         with _connect(url) as conn:
-            server0, busy0, own0 = _server_cpu_s(postmaster), _machine_busy_s(), _own_cpu_s()
+            samples = [_sample(fleet, postmaster)]
             t0 = time.perf_counter()
             for i in range(workers):
                 log_path = ctx.logs / f"{engine.key}-w{workers}-{i}.log"
@@ -533,6 +585,7 @@ def _run_row(ctx: Context, row: Row) -> None:
             while True:
                 succeeded, failed = conn.execute(engine.done_sql).fetchone()
                 now = time.perf_counter() - t0
+                samples.append(_sample(fleet, postmaster))
                 if row.startup_s is None and conn.execute(engine.first_sql).fetchone()[0]:
                     row.startup_s = now
                 if succeeded >= ctx.executions:
@@ -548,20 +601,40 @@ def _run_row(ctx: Context, row: Row) -> None:
                     )
                 time.sleep(POLL_S)
             row.seconds = time.perf_counter() - t0
-            row.server_cpu_s = _server_cpu_s(postmaster) - server0
-            row.worker_cpu_s = fleet.cpu_seconds()
-            # What neither this benchmark, its workers nor the server used: other work.
-            ours = row.server_cpu_s + row.worker_cpu_s + _own_cpu_s() - own0
-            other = max(0.0, _machine_busy_s() - busy0 - ours)
-            row.other_cpu = other / (row.seconds * _usable_cores())
+            times = [float(t) for (t,) in conn.execute(engine.times_sql).fetchall()]
             row.checkpoints_recorded = int(conn.execute(engine.checkpoints_sql).fetchone()[0])
         expected = ctx.executions * ctx.checkpoints
         if row.checkpoints_recorded != expected:
             raise RuntimeError(
                 f"{row.checkpoints_recorded} checkpoints recorded, expected {expected}"
             )
+        if len(times) != expected:
+            raise RuntimeError(
+                f"{len(times)} checkpoints have a recorded time, expected {expected}"
+            )
+        _steady_window(row, times, samples)
     finally:
         fleet.stop()
+
+
+def _steady_window(row: Row, times: list[float], samples: list[Sample]) -> None:
+    """The rate between the 10th and 90th percentile of the checkpoint times, and the CPU used
+    between the polls that enclose that window, per checkpoint recorded between them."""
+    lo, hi = times[len(times) // 10], times[(len(times) * 9) // 10]
+    row.window_s = hi - lo
+    row.window_checkpoints = (len(times) * 9) // 10 - len(times) // 10
+    first = max((s for s in samples if s.at <= lo), key=lambda s: s.at, default=samples[0])
+    last = min((s for s in samples if s.at >= hi), key=lambda s: s.at, default=samples[-1])
+    in_cpu_window = bisect.bisect_right(times, last.at) - bisect.bisect_left(times, first.at)
+    span = last.at - first.at
+    if in_cpu_window <= 0 or span <= 0:
+        return
+    row.worker_cpu_s = (last.workers - first.workers) / in_cpu_window
+    row.server_cpu_s = (last.server - first.server) / in_cpu_window
+    # What neither this benchmark, its workers nor the server used: other work.
+    ours = (last.workers - first.workers) + (last.server - first.server) + (last.own - first.own)
+    other = max(0.0, last.machine - first.machine - ours)
+    row.other_cpu = other / (span * _usable_cores())
 
 
 def _bench(ctx: Context, rows: list[Row]) -> None:
@@ -577,7 +650,7 @@ def _bench(ctx: Context, rows: list[Row]) -> None:
                 row.reason = f"{INSTALL_HINT}: {row.reason}"
             log(ctx, f"{name} unavailable: {row.reason}")
             for other in rows:  # the same engine is unavailable in every row
-                if other.engine is row.engine and other.status == "ok" and not other.seconds:
+                if other.engine is row.engine and other.status == "ok" and not other.window_s:
                     other.status, other.reason = row.status, row.reason
             continue
         except Exception as exc:
@@ -586,8 +659,9 @@ def _bench(ctx: Context, rows: list[Row]) -> None:
             continue
         log(
             ctx,
-            f"{name} {row.seconds:6.2f} s, {_ckpt_rate(ctx, row):7.0f} checkpoints/s"
-            f" (startup {row.startup_s or 0:.2f} s, enqueue {row.enqueue_s or 0:.2f} s)",
+            f"{name} {_ckpt_rate(row):7.0f} checkpoints/s steady ({row.window_s:.2f} s window),"
+            f" {row.seconds:6.2f} s end to end (startup {row.startup_s or 0:.2f} s,"
+            f" enqueue {row.enqueue_s or 0:.2f} s)",
         )
 
 
@@ -598,18 +672,21 @@ def _payload_text(ctx: Context) -> str:
     return f"a {ctx.payload_bytes} B" if ctx.payload_bytes else "a ~200 B"
 
 
-def _ckpt_rate(ctx: Context, row: Row) -> float:
+def _ckpt_rate(row: Row) -> float:
+    """Checkpoints per second in the steady window (the headline number)."""
+    return row.window_checkpoints / row.window_s
+
+
+def _end_to_end_rate(ctx: Context, row: Row) -> float:
     return ctx.executions * ctx.checkpoints / row.seconds
 
 
-def _per_ckpt_us(ctx: Context, seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1e6 / (ctx.executions * ctx.checkpoints):.0f}"
+def _per_ckpt_us(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e6:.0f}"
 
 
 def _rates(ctx: Context, rows: list[Row], key: str) -> dict[int, float]:
-    return {r.workers: _ckpt_rate(ctx, r) for r in rows if r.engine.key == key and r.ok()}
+    return {r.workers: _ckpt_rate(r) for r in rows if r.engine.key == key and r.ok()}
 
 
 def _verdict(ctx: Context, rows: list[Row]) -> tuple[bool | None, str]:
@@ -651,13 +728,16 @@ def _render(
         f" ({_payload_text(ctx)} dict each) = {n_ckpt:,} checkpoints, enqueued before the"
         f" workers start; each worker process runs {ctx.concurrency} executions at once;"
         " fresh database per row;",
-        "seconds = worker processes started -> all executions succeeded (interpreter start and"
-        " imports included; startup s = until the first checkpoint was committed).",
+        "checkpoints/s and executions/s: steady state, over the window from the 10th to the 90th"
+        " percentile of the checkpoints' recorded times (window s; 80% of the checkpoints);"
+        " end to end = worker processes started -> all executions succeeded (interpreter start"
+        " and imports included; startup s = until the first checkpoint was recorded).",
         "",
     ]
     header = [
-        "engine", "workers", "executions", "checkpoints", "seconds", "checkpoints/s",
-        "executions/s", "startup s", f"worker CPU {US}/ckpt", f"pg CPU {US}/ckpt", "other CPU",
+        "engine", "workers", "checkpoints/s", "executions/s", "window s", "end to end s",
+        "end to end ckpt/s", "startup s", f"worker CPU {US}/ckpt", f"pg CPU {US}/ckpt",
+        "other CPU",
     ]  # fmt: skip
     cells: list[list[str]] = []
     for row in rows:
@@ -668,11 +748,11 @@ def _render(
             cells.append([label, str(row.workers), reason])
             continue
         cells.append([
-            label, str(row.workers), f"{ctx.executions:,}", f"{n_ckpt:,}",
-            f"{row.seconds:.2f}", f"{_ckpt_rate(ctx, row):,.0f}",
-            f"{ctx.executions / row.seconds:,.1f}",
+            label, str(row.workers), f"{_ckpt_rate(row):,.0f}",
+            f"{_ckpt_rate(row) / ctx.checkpoints:,.1f}", f"{row.window_s:.2f}",
+            f"{row.seconds:.2f}", f"{_end_to_end_rate(ctx, row):,.0f}",
             "-" if row.startup_s is None else f"{row.startup_s:.2f}",
-            _per_ckpt_us(ctx, row.worker_cpu_s), _per_ckpt_us(ctx, row.server_cpu_s),
+            _per_ckpt_us(row.worker_cpu_s), _per_ckpt_us(row.server_cpu_s),
             "-" if row.other_cpu is None else f"{row.other_cpu:.0%}",
         ])  # fmt: skip
     lines += table(header, cells, numeric=set(range(1, len(header))))
@@ -700,8 +780,8 @@ def _render(
         " processes drain it (FOR UPDATE SKIP LOCKED), each with its own executor id.",
         "raw psycopg floor: W processes x K threads commit the same step results with one INSERT"
         " per checkpoint and one per execution; no claims, leases, fencing or framework.",
-        "CPU per checkpoint: worker processes (start included) and PostgreSQL server processes"
-        f" during the timed window, over {info['usable_cores']} usable cores; other CPU: the share"
+        "CPU per checkpoint: worker processes and PostgreSQL server processes during the steady"
+        f" window, over {info['usable_cores']} usable cores; other CPU: the share"
         " of the machine used meanwhile by anything outside this benchmark (other processes,"
         " hypervisor steal; from /proc/stat).",
     ]
@@ -731,21 +811,19 @@ def _to_json(
             "reason": row.reason or None,
         }
         if row.ok():
-            n = ctx.executions * ctx.checkpoints
             entry.update(
-                seconds=round(row.seconds, 3),
-                checkpoints_per_s=round(n / row.seconds, 1),
-                executions_per_s=round(ctx.executions / row.seconds, 2),
+                checkpoints_per_s=round(_ckpt_rate(row), 1),
+                executions_per_s=round(_ckpt_rate(row) / ctx.checkpoints, 2),
+                window="10th to 90th percentile of the checkpoints' recorded times",
+                window_s=round(row.window_s, 3),
+                window_checkpoints=row.window_checkpoints,
+                end_to_end_s=round(row.seconds, 3),
+                end_to_end_checkpoints_per_s=round(_end_to_end_rate(ctx, row), 1),
                 startup_s=None if row.startup_s is None else round(row.startup_s, 3),
                 enqueue_s=None if row.enqueue_s is None else round(row.enqueue_s, 3),
-                worker_cpu_s=None if row.worker_cpu_s is None else round(row.worker_cpu_s, 3),
-                server_cpu_s=None if row.server_cpu_s is None else round(row.server_cpu_s, 3),
+                worker_cpu_us_per_checkpoint=_us(row.worker_cpu_s),
+                server_cpu_us_per_checkpoint=_us(row.server_cpu_s),
                 other_cpu_share=None if row.other_cpu is None else round(row.other_cpu, 3),
-                checkpoints_per_s_after_startup=(
-                    None
-                    if row.startup_s is None or row.seconds <= row.startup_s
-                    else round(n / (row.seconds - row.startup_s), 1)
-                ),
                 checkpoints_recorded=row.checkpoints_recorded,
             )
         out_rows.append(entry)
@@ -771,6 +849,10 @@ def _to_json(
         },
         "elapsed_s": round(elapsed_s, 1),
     }
+
+
+def _us(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e6, 1)
 
 
 # --- arguments and main --------------------------------------------------------------------------

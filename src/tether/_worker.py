@@ -184,20 +184,24 @@ class Worker:
         rows = self._store.runnable(
             now=now, due=due, limit=2 * free + len(skip), queues=self.queues
         )
-        for row in rows:
-            if len(started) >= free:
+        candidates = [row for row in rows if row.id not in skip and self._importable(row, now)]
+        while len(started) < free:
+            among = [row for row in candidates if not self._full(row.queue)]
+            if not among:
                 break
-            if row.id in skip or self._full(row.queue) or not self._importable(row, now):
-                continue
             claim = self._executor.claim()
-            # The claim re-checks the queue's fleet-wide limits atomically.
+            # One statement takes the best of them that is still runnable (other workers
+            # may have taken some meanwhile), re-checking the queues' fleet-wide limits.
             taken = self._store.claim_runnable(
-                claim, now=now, due=due, ids=[row.id], queues=[row.queue]
-            )
-            if taken is not None:
-                self._started_in[taken.id] = taken.queue
-                self._executor.start(self._store, taken.id, claim.token, None, claimed=True)
-                started.append(taken.id)
+                claim, now=now, due=due, ids=[row.id for row in among],
+                queues=sorted({row.queue for row in among}),
+            )  # fmt: skip
+            if taken is None:
+                break
+            candidates = [row for row in candidates if row.id != taken.id]
+            self._started_in[taken.id] = taken.queue
+            self._executor.start(self._store, taken.id, claim.token, None, claimed=True)
+            started.append(taken.id)
         return started
 
     def _take_over_dead_owners(self, now: float, free: int) -> list[str]:

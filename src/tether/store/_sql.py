@@ -470,18 +470,19 @@ class SqlStore(Store, abc.ABC):
     ) -> ExecutionRow | None:
         if ids is not None and not ids:
             return None
-        limited = {name for (name,) in self._all("SELECT name FROM queue_limits")}
         wanted = None if queues is None else set(queues)
-        # Queues without limits need no coordination: one atomic statement claims.
-        found = self._claim(claim, now, due, ids, queues=wanted, exclude=limited)
+        # Queues without limits need no coordination: one atomic statement claims (and
+        # leaves the limited queues out by itself, so the usual claim is one round trip).
+        found = self._claim(claim, now, due, ids, queues=wanted, unlimited=True)
         if found is not None:
             return found
         # A limited queue is claimed from under a per-queue lock, so that concurrent
         # claimers count each other's claims against its concurrency and rate limits.
+        limited = {name for (name,) in self._all("SELECT name FROM queue_limits")}
         for name in sorted(limited if wanted is None else limited & wanted):
             with self._transaction() as conn:
                 self._lock_queue(conn, name)
-                found = self._claim(claim, now, due, ids, queues={name}, exclude=set(), conn=conn)
+                found = self._claim(claim, now, due, ids, queues={name}, conn=conn)
             if found is not None:
                 return found
         return None
@@ -494,7 +495,7 @@ class SqlStore(Store, abc.ABC):
         ids: Sequence[str] | None,
         *,
         queues: set[str] | None,
-        exclude: set[str],
+        unlimited: bool = False,
         conn: Connection | None = None,
     ) -> ExecutionRow | None:
         params: dict[str, Any] = {
@@ -502,16 +503,16 @@ class SqlStore(Store, abc.ABC):
             "due": due,
         }  # fmt: skip
         where = [RUNNABLE]
-        for label, values, negate in (("id", ids, False), ("q", queues, False),
-                                      ("x", exclude, True)):  # fmt: skip
-            if values is None or (negate and not values):
+        if unlimited:
+            where.append("queue NOT IN (SELECT name FROM queue_limits)")
+        for label, values in (("id", ids), ("q", queues)):
+            if values is None:
                 continue
             if not values:
                 return None
             names = [f":{label}{i}" for i in range(len(values))]
             params.update(zip((n[1:] for n in names), values, strict=True))
-            column = "id" if label == "id" else "queue"
-            where.append(f"{column} {'NOT IN' if negate else 'IN'} ({', '.join(names)})")
+            where.append(f"{'id' if label == 'id' else 'queue'} IN ({', '.join(names)})")
         # One statement: the row is picked and taken atomically (SQLite serializes writers;
         # Postgres locks the picked row and skips rows other claimers hold).
         sql = (

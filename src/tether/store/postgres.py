@@ -6,25 +6,140 @@ the `%s` placeholder style, row locks (`FOR UPDATE`, and `FOR UPDATE SKIP
 LOCKED` so that claimers never wait on each other), and an advisory lock that
 serializes schema migrations when several workers start at once.
 
+Checkpoint commits and executions' ends are the one query written here: those
+of the executions this process runs are *group committed* (`_group_commit.py`),
+many in one fenced statement, because a statement and its commit cost far more
+than a row (round trip, transaction, WAL flush), and the time one commit takes
+is what lets the next batch gather.
+
 Install the driver with `pip install 'tether[postgres]'`.
 """
 
 from __future__ import annotations
 
+import json
+import operator
 import threading
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
-from ._sql import Connection, SqlStore, to_format_style
+from ._base import CheckpointRow, Commit, EventRow
+from ._group_commit import GroupCommit
+from ._sql import CHECKPOINT_COLUMNS, Connection, SqlStore, to_format_style
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 # pg_advisory_xact_lock key for migrations: any constant unique to tether.
 _MIGRATION_LOCK = 0x7E7E_7E01
+
+
+@dataclass(slots=True)
+class _Checkpoint:
+    """One checkpoint commit, with the events logged during the call."""
+
+    execution_id: str
+    token: str
+    row: CheckpointRow
+    events: tuple[EventRow, ...]
+
+
+@dataclass(slots=True)
+class _Finish:
+    """One execution's end (SqlStore.finish)."""
+
+    execution_id: str
+    token: str
+    status: str
+    result: str | None
+    error: str | None
+    now: float
+
+
+# The stored fields of a checkpoint and of an event, in column order; a batch travels as one
+# JSON array per row: [execution id, token, *checkpoint fields] / [*event fields].
+_CHECKPOINT_FIELDS = [c.strip() for c in CHECKPOINT_COLUMNS.split(",")]
+_EVENT_FIELDS = [f.name for f in fields(EventRow) if f.name != "id"]
+_checkpoint_values = operator.attrgetter(*_CHECKPOINT_FIELDS)
+_event_values = operator.attrgetter(*_EVENT_FIELDS)
+_PG_TYPES = {int: "bigint", float: "double precision"}  # anything else is text
+
+
+def _from_json(row_type: type, names: Sequence[str], *, first: int = 0) -> str:
+    """`(r->>i)::type AS name` for each field: the i-th element of the JSON array `r`, typed
+    after the row dataclass's annotation."""
+    hints = typing.get_type_hints(row_type)
+    out = []
+    for i, name in enumerate(names, start=first):
+        kinds = [t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None)]
+        cast = _PG_TYPES.get(kinds[0])
+        out.append(f"(r->>{i})::{cast} AS {name}" if cast else f"r->>{i} AS {name}")
+    return ", ".join(out)
+
+
+@lru_cache(maxsize=4)
+def _group_statement(*, events: bool, finishes: bool) -> str:
+    """One statement for a batch of checkpoint commits (as `_sql.RECORD_CHECKPOINT` is for
+    one) and of executions' ends (as `SqlStore.finish`; keep the two in step).
+
+    Rows come in as JSON arrays (measured cheaper for the client than an array parameter per
+    column), so the text does not change with the batch size and stays a prepared statement.
+    Each checkpoint row is fenced by the join on its execution's lease token; a 'retrying' row
+    is replaced, a final one never; a checkpoint's events are written only if its row is; an
+    execution finishes only under its token. It is one statement, so one transaction. The
+    result names the checkpoint rows written with their executions' cancel requests, then the
+    executions finished (position NULL). Columns come from CHECKPOINT_COLUMNS and types from
+    CheckpointRow/EventRow, so a new field needs no edit here."""
+    columns = ", ".join(_CHECKPOINT_FIELDS)
+    sql = (
+        "WITH batch AS (SELECT r->>0 AS execution_id, r->>1 AS token, "
+        f"{_from_json(CheckpointRow, _CHECKPOINT_FIELDS, first=2)} "
+        "FROM jsonb_array_elements(%(rows)s::jsonb) r), "
+        f"written AS (INSERT INTO checkpoints (execution_id, {columns}) "
+        f"SELECT b.execution_id, {', '.join(f'b.{c}' for c in _CHECKPOINT_FIELDS)} FROM batch b "
+        # The fence: one primary-key probe per row (LIMIT 1 keeps it a nested loop).
+        "CROSS JOIN LATERAL (SELECT 1 FROM executions e WHERE e.id = b.execution_id "
+        "AND e.lease_token = b.token LIMIT 1) held "
+        "ON CONFLICT (execution_id, position) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in _CHECKPOINT_FIELDS if c != "position")
+        + " WHERE checkpoints.status = 'retrying' RETURNING execution_id, position, "
+        "(SELECT cancel_requested FROM executions e WHERE e.id = checkpoints.execution_id))"
+    )
+    if events:
+        sql += (
+            f", logged AS (INSERT INTO events ({', '.join(_EVENT_FIELDS)}) "
+            f"SELECT {', '.join(f'v.{c}' for c in _EVENT_FIELDS)} FROM (SELECT n, "
+            f"{_from_json(EventRow, _EVENT_FIELDS)} "
+            "FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS x(r, n)) v "
+            "JOIN written w ON w.execution_id = v.execution_id AND w.position = v.position "
+            "ORDER BY v.n)"  # ids (the events' order) follow the order they were logged in
+        )
+    if finishes:
+        sql += (
+            ", finished AS (UPDATE executions x SET status = f.status, result = f.result, "
+            "error = f.error, owner = NULL, lease_token = NULL, lease_expires = NULL, "
+            "wake_at = NULL, progress = NULL, finished_at = f.now, updated_at = f.now "
+            f"FROM (SELECT {_from_json(_Finish, [f.name for f in fields(_Finish)])} "
+            "FROM jsonb_array_elements(%(finishes)s::jsonb) r) f "
+            "WHERE x.id = f.execution_id AND x.lease_token = f.token RETURNING x.id)"
+        )
+    sql += " SELECT * FROM written"
+    return sql + (" UNION ALL SELECT id, NULL, NULL FROM finished" if finishes else "")
+
+
+def _json(rows: list[tuple[Any, ...]]) -> str:
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+
+def _group_key(item: _Checkpoint | _Finish) -> tuple[str, int | None]:
+    """A batch writes each checkpoint row and each execution's end at most once."""
+    return (item.execution_id, item.row.position if isinstance(item, _Checkpoint) else None)
 
 
 class PostgresStore(SqlStore):
@@ -43,6 +158,11 @@ class PostgresStore(SqlStore):
         self.url = url
         self._listen: Any = None
         self._listen_lock = threading.Lock()
+        # Kept by the group committer: only its leader of the moment uses it.
+        self._commit_conn: Any = None
+        self._group: GroupCommit[_Checkpoint | _Finish, Commit] = GroupCommit(
+            self._write_group, key=_group_key, shared=(StoreUnavailable,)
+        )
         # Connection-level failures (server restart, network) mean "try again later";
         # anything else (a constraint, a bug) is a real error and propagates as it is.
         self._unavailable: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
@@ -97,6 +217,67 @@ class PostgresStore(SqlStore):
     def _sql(self, text: str) -> str:
         return to_format_style(text)
 
+    # --- group commits: checkpoints and finishes ----------------------------------------
+
+    def record_checkpoint(
+        self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
+    ) -> Commit:
+        return self._group.commit(_Checkpoint(execution_id, token, row, tuple(events)))
+
+    def finish(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        # An execution ends in the same statement as other executions' checkpoints: one
+        # commit less per execution.
+        return bool(self._group.commit(_Finish(execution_id, token, status, result, error, now)))
+
+    def _write_group(self, batch: list[_Checkpoint | _Finish]) -> list[Commit]:
+        commits = [c for c in batch if isinstance(c, _Checkpoint)]
+        finishes = [(f.execution_id, f.token, f.status, f.result, f.error, f.now)
+                    for f in batch if isinstance(f, _Finish)]  # fmt: skip
+        params = {
+            "rows": _json([(c.execution_id, c.token, *_checkpoint_values(c.row)) for c in commits])
+        }
+        events = [_event_values(e) for c in commits for e in c.events]
+        if events:
+            params["events"] = _json(events)
+        if finishes:
+            params["finishes"] = _json(finishes)
+        sql = _group_statement(events=bool(events), finishes=bool(finishes))
+        # Autocommit: the statement is its own transaction. The group committer's connection
+        # is kept rather than checked out of the pool for every batch.
+        conn = self._commit_conn
+        try:
+            if conn is None or conn.closed:
+                conn = self._commit_conn = self._pool.getconn()
+            rows = conn.execute(sql, params).fetchall()
+        except self._unavailable as exc:
+            self._drop_commit_connection()
+            raise self._down(exc) from exc
+        written = {(r[0], r[1]): bool(r[2]) for r in rows}
+        outcomes = []
+        for item in batch:
+            position = item.row.position if isinstance(item, _Checkpoint) else None
+            cancel = written.get((item.execution_id, position))
+            outcomes.append(
+                Commit.LOST if cancel is None else Commit.CANCEL_REQUESTED if cancel
+                else Commit.COMMITTED
+            )  # fmt: skip
+        return outcomes
+
+    def _drop_commit_connection(self) -> None:
+        conn, self._commit_conn = self._commit_conn, None
+        if conn is not None:
+            with suppress(Exception):
+                self._pool.putconn(conn)  # the pool discards it if it is broken
+
     def _lock_queue(self, conn: Connection, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tether-queue:{name}",))
 
@@ -143,6 +324,7 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         self._close_listener()
+        self._drop_commit_connection()
         self._pool.close()
 
 

@@ -1,0 +1,167 @@
+"""Group commit: concurrent writes from the threads of one process share one statement.
+
+Each caller blocks until its own item is durably written, as if it wrote alone. The first
+caller to find no write in flight becomes the *leader* and writes at once, on its own thread
+(a lone caller pays no hand-off to another thread). Callers arriving while a write is in
+flight queue up; when it ends, the leader wakes the first of them, which becomes the next
+leader and writes everything queued by then in one batch. So the batch grows by itself with
+the load: one item when the store is idle, everything that arrived during one commit when it
+is busy.
+
+One refinement keeps batches whole when the callers move in step (executions whose steps are
+short all come back to commit right after the batch that released them): a caller that finds
+no write in flight, right after a batch of n, waits for the n - 1 others to queue up, but no
+longer than that batch took to write. The wait is never longer than the others would wait
+behind it if it wrote alone at once, and it saves a commit per round. After a batch of one
+(a lone execution, or steps that take a while) nobody waits.
+"""
+
+from __future__ import annotations
+
+import _thread
+import copy
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+from ..errors import StoreUnavailable
+
+T = TypeVar("T")
+R = TypeVar("R")
+_UNSET: Any = object()
+# The longest a leader waits for the rest of the previous batch, whatever that batch took.
+_MAX_GATHER_SECONDS = 0.005
+
+
+class _Waiter(Generic[T, R]):
+    __slots__ = ("done", "error", "item", "key", "result", "wake")
+
+    def __init__(self, item: T, key: Hashable) -> None:
+        self.item = item
+        self.key = key
+        # Held from the start; released once, when the waiter is done or made the leader.
+        self.wake = _thread.allocate_lock()
+        self.wake.acquire()
+        self.done = False
+        self.result: R = _UNSET
+        self.error: BaseException | None = None
+
+
+class GroupCommit(Generic[T, R]):
+    """Calls `write(items) -> results` (one result per item, in order) for batches of items
+    submitted concurrently with `commit(item)`.
+
+    `key(item)`: items with equal keys never share a batch (a later one waits for the next),
+    so a batch never writes the same row twice. `shared`: errors that concern the whole batch
+    (the database is unreachable) and are raised to every caller in it; any other error is
+    taken to concern one item, so each item of the failed batch is written again alone and
+    only the faulty one fails.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[T]], list[R]],
+        *,
+        key: Callable[[T], Hashable],
+        shared: tuple[type[BaseException], ...],
+    ) -> None:
+        self._write = write
+        self._key = key
+        self._shared = shared
+        self._lock = threading.Lock()
+        self._queue: list[_Waiter[T, R]] = []
+        self._leading = False
+        # The previous batch: its size and how long it took to write.
+        self._last_size = 0
+        self._last_seconds = 0.0
+        # While a leader gathers: how many it waits for, and where it waits.
+        self._gather = 0
+        self._gathered = threading.Condition(self._lock)
+
+    def commit(self, item: T) -> R:
+        """Write `item` (with whatever else is queued) and return its result once durable."""
+        me: _Waiter[T, R] = _Waiter(item, self._key(item))
+        with self._lock:
+            self._queue.append(me)
+            follow = self._leading
+            self._leading = True
+            if self._gather and len(self._queue) >= self._gather:
+                self._gathered.notify()
+        if follow:
+            me.wake.acquire()  # until a leader has written our item, or hands us the lead
+        if not me.done:
+            self._lead(gather=not follow)
+        if me.error is not None:
+            raise me.error
+        return me.result
+
+    def _lead(self, *, gather: bool) -> None:
+        # The leader is always first in the queue: the queue is empty when nobody leads, and
+        # a leader hands over to the first caller still queued.
+        with self._lock:
+            if gather and self._last_size > 1:
+                self._gather = self._last_size
+                deadline = time.monotonic() + min(self._last_seconds, _MAX_GATHER_SECONDS)
+                while len(self._queue) < self._gather:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._gathered.wait(left)
+                self._gather = 0
+            batch: list[_Waiter[T, R]] = []
+            later: list[_Waiter[T, R]] = []
+            keys: set[Hashable] = set()
+            for waiter in self._queue:
+                (later if waiter.key in keys else batch).append(waiter)
+                keys.add(waiter.key)
+            self._queue = later
+        started = time.monotonic()
+        try:
+            self._write_batch(batch)
+        finally:
+            self._last_size, self._last_seconds = len(batch), time.monotonic() - started
+            for waiter in batch:
+                if waiter.result is _UNSET and waiter.error is None:
+                    # The leader was interrupted (not by the database) and re-raises that;
+                    # whether these items were written is unknown: the store did not answer.
+                    waiter.error = StoreUnavailable("a group commit was interrupted")
+                waiter.done = True
+                if waiter is not batch[0]:
+                    waiter.wake.release()
+            with self._lock:
+                if self._queue:
+                    self._queue[0].wake.release()  # the next leader
+                else:
+                    self._leading = False
+
+    def _write_batch(self, batch: list[_Waiter[T, R]]) -> None:
+        try:
+            results = self._write([w.item for w in batch])
+        except self._shared as exc:
+            _fail(batch, exc)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+            # Nothing of the batch was written: find the faulty item by writing each alone.
+            for waiter in batch:
+                self._write_batch([waiter])
+            return
+        for waiter, result in zip(batch, results, strict=True):
+            waiter.result = result
+
+
+def _fail(batch: list[_Waiter[T, R]], exc: BaseException) -> None:
+    """Every caller raises its own copy: one exception object raised in several threads at
+    once would collect all their tracebacks."""
+    for i, waiter in enumerate(batch):
+        if i == 0:
+            waiter.error = exc
+            continue
+        try:
+            waiter.error = copy.copy(exc)
+            waiter.error.__cause__ = exc
+        except Exception:
+            waiter.error = exc

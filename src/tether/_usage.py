@@ -10,6 +10,7 @@ become a column later without touching anything else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -107,16 +108,7 @@ def of_request(
         cost_usd=cost_usd,
         unpriced_requests=unpriced,
     )
-    return Usage(
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=cache_read_tokens,
-        cache_write_tokens=cache_write_tokens,
-        requests=requests,
-        cost_usd=cost_usd,
-        unpriced_requests=unpriced,
-        by_model={model: part},
-    )
+    return dataclasses.replace(part, by_model={model: part})
 
 
 # --- recording ------------------------------------------------------------------------

@@ -237,3 +237,53 @@ def test_chaos_workers_killed_all_the_time(db_url: str, fleet: Fleet) -> None:
 def test_fleet_flows_module_is_importable_by_workers() -> None:
     assert fleet_flows.limited.concurrency == 2
     assert Status.SUCCEEDED.finished
+
+
+# --- the worker's claims ---------------------------------------------------------------------
+
+
+def test_a_worker_hands_back_an_execution_whose_flow_it_cannot_import(db_url: str) -> None:
+    from tether._config import store_for
+    from tether.store import ExecutionRow
+
+    client_only()
+    store = store_for()
+    now = time.time()
+    store.create_execution(
+        ExecutionRow(
+            id="stranger", flow="stranger", import_path="no_such_module:stranger", script=None,
+            args='{"args":[],"kwargs":{}}', status="queued", created_at=now - 60,
+            updated_at=now - 60,
+        )
+    )  # fmt: skip
+    known = fleet_flows.work_flow.enqueue(1)
+    tether.configure(executor=True)
+    worker = tether.Worker(concurrency=1)
+    # The older execution is claimed first, handed straight back, and the next one runs.
+    assert worker.run_once() == [known.id]
+    assert known.result(timeout=10) == 1
+    stranger = tether.Client().get("stranger")
+    assert stranger.status == Status.QUEUED
+    assert stranger.owner is None
+    warnings = [e.message for e in store.get_events("stranger") if e.kind == "worker"]
+    assert any("cannot run it" in m for m in warnings)
+    # The worker leaves that flow alone from now on.
+    assert worker.run_once() == []
+    assert tether.Client().get("stranger").status == Status.QUEUED
+
+
+def test_a_worker_thread_runs_the_next_execution_itself(db_url: str) -> None:
+    client_only()
+    handles = [fleet_flows.work_flow.enqueue(i) for i in range(6)]
+    tether.configure(executor=True)
+    worker = tether.Worker(concurrency=2)
+    runner = threading.Thread(target=worker.run, kwargs={"grace": 5})
+    runner.start()
+    try:
+        assert [h.result(timeout=30) for h in handles] == [i * i for i in range(6)]
+    finally:
+        worker.stop()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert worker._executor.refill is None  # the hook ends with the loop
+    assert worker._executor.held_count() == 0

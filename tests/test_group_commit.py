@@ -129,6 +129,28 @@ def test_items_with_the_same_key_never_share_a_batch() -> None:
     assert results == {item: f"done {item}" for item in items}
 
 
+def test_the_next_batch_waits_only_for_callers_that_come_back() -> None:
+    # An execution's end is its caller's last item: gathering the next batch does not count
+    # on it (that thread is busy claiming other work meanwhile).
+    gate = Gate()
+    group: GroupCommit[Any, Any] = GroupCommit(
+        gate.write, key=lambda item: item, shared=(),
+        rejoins=lambda item: not str(item).startswith("end"),
+    )  # fmt: skip
+    calls = Calls(group)
+    calls.start(0)
+    assert gate.entered.wait(30)
+    items = [1, 2, "end-a", 3, "end-b"]
+    for item in items:
+        calls.start(item)
+    wait_for(lambda: queued(group) == len(items), "every caller queued")
+    gate.open.set()
+    results = calls.join()
+    assert gate.batches == [[0], items]
+    assert results == {item: f"done {item}" for item in [0, *items]}
+    assert group._last_size == 3
+
+
 def test_a_store_error_reaches_every_caller_of_the_batch_each_with_its_own_exception() -> None:
     def fail(items: list[Any]) -> None:
         raise StoreUnavailable("the database went away")

@@ -19,7 +19,7 @@ from ._context import Run, current_run
 from ._persist import persist
 from ._status import Status
 from .errors import Cancelled, FlowNotFoundError, LeaseLost, Released, Suspended
-from .store import Store
+from .store import CheckpointRow, ExecutionRow, Store, WaitRow
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -45,22 +45,44 @@ def load_flow(import_path: str, script: str | None) -> Flow[Any, Any]:
 
 
 def execute(
-    store: Store, execution_id: str, token: str, flow: Flow[Any, Any] | None, runs: list[Run]
+    store: Store,
+    execution_id: str,
+    token: str,
+    flow: Flow[Any, Any] | None,
+    runs: list[Run],
+    claimed: ExecutionRow | None = None,
 ) -> Outcome:
-    """Run the execution this token holds, to its end or to the point where it must stop."""
+    """Run the execution this token holds, to its end or to the point where it must stop.
+    `claimed`: the row as the claim that took it returned it (saves reading it again)."""
     while True:
-        outcome = _attempt(store, execution_id, token, flow, runs)
+        outcome = _attempt(store, execution_id, token, flow, runs, claimed)
         if outcome is not None:
             return outcome
         # The wait it suspended on got its input while suspending: run again, now.
+        claimed = None
 
 
 def _attempt(
-    store: Store, execution_id: str, token: str, flow: Flow[Any, Any] | None, runs: list[Run]
+    store: Store,
+    execution_id: str,
+    token: str,
+    flow: Flow[Any, Any] | None,
+    runs: list[Run],
+    claimed: ExecutionRow | None,
 ) -> Outcome | None:
-    row = store.get_execution(execution_id)
-    if row is None or row.lease_token != token:
-        return Outcome.LOST  # cancelled or taken over before it started
+    row = claimed if claimed is not None and claimed.lease_token == token else None
+    if row is None:
+        row = store.get_execution(execution_id)
+        if row is None or row.lease_token != token:
+            return Outcome.LOST  # cancelled or taken over before it started
+    if row.has_history is False:
+        # The claim saw no checkpoint call and no wait: nothing to load (a first run). Only
+        # this lease's holder can record any from now on.
+        recorded: dict[int, CheckpointRow] = {}
+        waits: list[WaitRow] = []
+    else:
+        recorded = {c.position: c for c in store.get_checkpoints(execution_id)}
+        waits = store.get_waits(execution_id)
     config = settings()
     _capture.install()
     run = Run(
@@ -68,11 +90,11 @@ def _attempt(
         execution_id,
         row.flow,
         token,
-        {c.position: c for c in store.get_checkpoints(execution_id)},
+        recorded,
         allow_pickle=config.pickle,
         strict=config.strict,
         metadata=_serde.loads(row.metadata) if row.metadata else None,
-        waits=store.get_waits(execution_id),
+        waits=waits,
         budget=_budget.from_options(row.options),
     )
     runs.append(run)

@@ -68,6 +68,17 @@ def pid_alive(pid: int) -> bool:
 
 
 @dataclass(slots=True)
+class Refill:
+    """An execution claimed (`running` under `token`) for a thread that just became free."""
+
+    store: Store
+    execution_id: str
+    token: str
+    flow: Flow[Any, Any] | None
+    row: ExecutionRow | None
+
+
+@dataclass(slots=True)
 class _Held:
     store: Store
     token: str
@@ -89,6 +100,10 @@ class Executor:
         self._parked: dict[tuple[int, str], Store] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._freed = threading.Condition(self._lock)
+        # Set by a Worker: claims the next execution for a thread whose execution ended, so
+        # that the thread runs it at once (no hand-off to another thread), or returns None.
+        self.refill: Callable[[Store], Refill | None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings().max_workers, thread_name_prefix="tether-exec"
         )
@@ -150,41 +165,73 @@ class Executor:
         flow: Flow[Any, Any] | None,
         *,
         claimed: bool = False,
+        row: ExecutionRow | None = None,
     ) -> None:
         """Run an execution whose lease this process holds with `token`. `claimed`: it is
-        already `running` under that token (else it is `queued` and moves to running here)."""
+        already `running` under that token (else it is `queued` and moves to running here).
+        `row`: the execution as the claim returned it, if it did."""
         held = _Held(store, token)
         with self._lock:
             self._held[(id(store), execution_id)] = held
             self._parked.pop((id(store), execution_id), None)
         self._ensure_heartbeat()
-        self._pool.submit(self._run, held, execution_id, flow, claimed)
+        self._pool.submit(self._run, held, execution_id, flow, claimed, row)
 
     def _run(
-        self, held: _Held, execution_id: str, flow: Flow[Any, Any] | None, claimed: bool
+        self,
+        held: _Held,
+        execution_id: str,
+        flow: Flow[Any, Any] | None,
+        claimed: bool,
+        row: ExecutionRow | None,
     ) -> None:
-        store = held.store
-        outcome = None
-        try:
-            if not claimed:
-                claimed = store.claim(
-                    execution_id,
-                    Claim(self.owner, held.token, time.time() + settings().lease_seconds),
-                    from_statuses=("queued",),
-                    expected_token=held.token,
-                    now=time.time(),
-                )
-            if claimed:
-                outcome = _engine.execute(store, execution_id, held.token, flow, held.runs)
-        finally:
-            with self._changed:
-                key = (id(store), execution_id)
-                self._held.pop(key, None)
+        while True:
+            store = held.store
+            outcome = None
+            nxt: Refill | None = None
+            try:
+                if not claimed:
+                    claimed = store.claim(
+                        execution_id,
+                        Claim(self.owner, held.token, time.time() + settings().lease_seconds),
+                        from_statuses=("queued",),
+                        expected_token=held.token,
+                        now=time.time(),
+                    )
+                if claimed:
+                    outcome = _engine.execute(store, execution_id, held.token, flow, held.runs, row)
+                nxt = self._next(store)
+            finally:
+                with self._changed:
+                    key = (id(store), execution_id)
+                    self._held.pop(key, None)
+                    if outcome is _engine.Outcome.SUSPENDED and self.parking:
+                        self._parked[key] = store
+                    if nxt is not None:
+                        # The slot passes straight to the next execution: no free slot shows.
+                        held = _Held(nxt.store, nxt.token)
+                        self._held[(id(nxt.store), nxt.execution_id)] = held
+                        self._parked.pop((id(nxt.store), nxt.execution_id), None)
+                    else:
+                        self._freed.notify_all()
+                    self._changed.notify_all()
                 if outcome is _engine.Outcome.SUSPENDED and self.parking:
-                    self._parked[key] = store
-                self._changed.notify_all()
-            if outcome is _engine.Outcome.SUSPENDED and self.parking:
-                self._ensure_waker()
+                    self._ensure_waker()
+            if nxt is None:
+                return
+            execution_id, flow, claimed, row = nxt.execution_id, nxt.flow, True, nxt.row
+
+    def _next(self, store: Store) -> Refill | None:
+        """The execution this thread runs next, claimed by the `refill` hook, if any."""
+        refill = self.refill
+        if refill is None:
+            return None
+        try:
+            return refill(store)
+        except Exception:
+            # A busy or unavailable database: the thread ends; whoever waits for a free slot
+            # (the worker's loop) claims again and handles the error.
+            return None
 
     def cancel_local(self, store: Store, execution_id: str) -> bool:
         """Signal an execution running in this process to stop at its next boundary."""
@@ -207,6 +254,12 @@ class Executor:
         """Block until some execution of this process finishes or parks, or `timeout` passes."""
         with self._changed:
             self._changed.wait(timeout)
+
+    def wait_for_free(self, timeout: float) -> None:
+        """Block until an execution of this process ends without a successor taking its thread
+        (one fewer held), or `timeout` passes."""
+        with self._freed:
+            self._freed.wait(timeout)
 
     def poke(self) -> None:
         """Input was given or a timer changed in this process: look at parked executions now."""
@@ -250,9 +303,10 @@ class Executor:
             if row.id not in parked:
                 continue
             claim = self.claim()
-            if store.claim_runnable(claim, now=now, due=due, ids=[row.id]) is not None:
+            taken = store.claim_runnable(claim, now=now, due=due, ids=[row.id])
+            if taken is not None:
                 ids.remove(row.id)
-                self.start(store, row.id, claim.token, None, claimed=True)
+                self.start(store, row.id, claim.token, None, claimed=True, row=taken)
         if forget_finished:
             for execution_id in ids:
                 found = store.get_execution(execution_id)

@@ -16,18 +16,23 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import _queues
 from ._config import configure, settings, store_for
 from ._engine import load_flow
-from ._executor import Executor, executor
+from ._executor import Executor, Refill, executor
 from ._queues import Queue
+from ._status import Status
 from .errors import StoreError, UsageError
 from .store import EventRow, ExecutionRow, Store
 
+if TYPE_CHECKING:
+    from ._flow import Flow
+
 log = logging.getLogger("tether.worker")
 
-# An execution whose flow cannot be imported here is skipped for this long before retrying.
+# A flow that cannot be imported here is skipped for this long before trying again.
 _SKIP_SECONDS = 60.0
 
 
@@ -66,13 +71,16 @@ class Worker:
         self._store: Store = store_for(db)
         self._executor: Executor = executor()
         self._stop = threading.Event()
-        self._skip: dict[str, float] = {}
+        # Flows (import path, script) this worker cannot import -> until when it skips them.
+        self._skip: dict[tuple[str, str | None], float] = {}
         self._last_recover = 0.0
         # None serves every queue; else only these names.
         self.queues = None if queues is None else [_queues.name_of(q) for q in queues]
         if self.queues is not None and not self.queues:
             raise UsageError("a worker needs at least one queue to serve (or none: all)")
         self._started_in: dict[str, str] = {}  # execution id -> queue, for per-worker limits
+        # Guards _skip and _started_in: executor threads claim too (see _refill).
+        self._claiming = threading.Lock()
         self._publish_limits()
 
     def _publish_limits(self) -> None:
@@ -115,6 +123,9 @@ class Worker:
         # suspended executions (and poll each of them) as a plain process does.
         parking = self._executor.parking
         self._executor.parking = False
+        # A thread whose execution ends claims the next one itself and runs it: no wake-up
+        # of this loop and no hand-off to another thread per execution.
+        self._executor.refill = self._refill
         # Hand work back the moment a stop is asked for, even while the loop below waits on
         # a notification; a thread does it, because a signal handler must not take locks.
         releaser = threading.Thread(target=self._release_on_stop, daemon=True)
@@ -129,6 +140,7 @@ class Worker:
                     log.warning("store unavailable, retrying: %s", exc)
                     self._stop.wait(min(1.0, self.recover_every))
         finally:
+            self._executor.refill = None
             self.shutdown(grace)
             self._executor.parking = parking
 
@@ -140,7 +152,7 @@ class Worker:
         """Wait for work: a notification (Postgres), the poll interval (SQLite), the next
         due timer, or a free slot, whichever comes first."""
         if self._executor.held_count() >= self.concurrency:
-            self._executor.wait_for_change(self.recover_every)
+            self._executor.wait_for_free(self.recover_every)
             return
         timeout = self.recover_every if self._store.notifies else self.poll
         due = self._store.next_due()
@@ -159,7 +171,7 @@ class Worker:
         self._executor.release_all()
         deadline = time.monotonic() + grace
         while self._executor.held_count() and time.monotonic() < deadline:
-            self._executor.wait_for_change(0.05)
+            self._executor.wait_for_free(0.05)
             self._executor.release_all()
         log.info("worker %s stopped", self.owner)
 
@@ -169,58 +181,77 @@ class Worker:
         if free <= 0:
             return []
         now = time.time()
-        due = settings().clock()
         started: list[str] = []
         if now - self._last_recover >= self.recover_every:
             self._last_recover = now
             started.extend(self._take_over_dead_owners(now, free))
             free -= len(started)
-        if free <= 0:
-            return started
-        skip = {eid for eid, until in self._skip.items() if until > now}
-        self._started_in = {
-            eid: q for eid, q in self._started_in.items() if self._executor.holds(self._store, eid)
-        }
-        rows = self._store.runnable(
-            now=now, due=due, limit=2 * free + len(skip), queues=self.queues
-        )
-        candidates = [row for row in rows if row.id not in skip and self._importable(row, now)]
         while len(started) < free:
-            among = [row for row in candidates if not self._full(row.queue)]
-            if not among:
+            found = self._claim_next(now)
+            if found is None:
                 break
+            self._executor.start(
+                self._store, found.execution_id, found.token, found.flow, claimed=True,
+                row=found.row,
+            )  # fmt: skip
+            started.append(found.execution_id)
+        return started
+
+    def _refill(self, store: Store) -> Refill | None:
+        """The executor's hook: a thread of ours is free; claim its next execution."""
+        if store is not self._store or self._stop.is_set():
+            return None
+        return self._claim_next(time.time())
+
+    def _claim_next(self, now: float) -> Refill | None:
+        """Claim the best runnable execution this worker may run, or None. One statement
+        (SKIP LOCKED: never one another worker is taking) re-checks the queues' fleet-wide
+        limits and leaves out the queues this worker runs its share of and the flows it
+        cannot import. Called from the loop and from executor threads at once."""
+        due = settings().clock()
+        while True:
+            with self._claiming:
+                self._skip = {flow: until for flow, until in self._skip.items() if until > now}
+                self._started_in = {
+                    eid: q for eid, q in self._started_in.items()
+                    if self._executor.holds(self._store, eid)
+                }  # fmt: skip
+                full = sorted(q for q in set(self._started_in.values()) if self._full(q))
+                skip = list(self._skip)
             claim = self._executor.claim()
-            # One statement takes the best of them that is still runnable (other workers
-            # may have taken some meanwhile), re-checking the queues' fleet-wide limits.
             taken = self._store.claim_runnable(
-                claim, now=now, due=due, ids=[row.id for row in among],
-                queues=sorted({row.queue for row in among}),
+                claim, now=now, due=due, queues=self.queues, exclude_queues=full,
+                exclude_flows=skip,
             )  # fmt: skip
             if taken is None:
-                break
-            candidates = [row for row in candidates if row.id != taken.id]
-            self._started_in[taken.id] = taken.queue
-            self._executor.start(self._store, taken.id, claim.token, None, claimed=True)
-            started.append(taken.id)
-        return started
+                return None
+            flow = self._importable(taken, now)
+            if flow is None:
+                # Rare (a fleet serving different code from one queue): hand it straight
+                # back for a worker that can import it; this one leaves the flow alone a while.
+                self._store.release(taken.id, claim.token, status=Status.QUEUED, now=now)
+                continue
+            with self._claiming:
+                self._started_in[taken.id] = taken.queue
+            return Refill(self._store, taken.id, claim.token, flow, taken)
 
     def _take_over_dead_owners(self, now: float, free: int) -> list[str]:
         taken = self._executor.take_over_dead(
-            self._store, now, lambda row: self._importable(row, now), free
+            self._store, now, lambda row: self._importable(row, now) is not None, free
         )
         for execution_id, token in taken:
             self._executor.start(self._store, execution_id, token, None, claimed=True)
         return [execution_id for execution_id, _ in taken]
 
-    def _importable(self, row: ExecutionRow, now: float) -> bool:
+    def _importable(self, row: ExecutionRow, now: float) -> Flow[Any, Any] | None:
         try:
-            load_flow(row.import_path, row.script)
+            return load_flow(row.import_path, row.script)
         except UsageError as exc:
-            self._skip[row.id] = now + _SKIP_SECONDS
+            with self._claiming:
+                self._skip[(row.import_path, row.script)] = now + _SKIP_SECONDS
             self._store.add_event(
                 EventRow(row.id, None, now, "warning", "worker",
                          f"worker {self.owner} cannot run it: {exc}")
             )  # fmt: skip
             log.warning("skipping %s: %s", row.id, exc)
-            return False
-        return True
+            return None

@@ -777,3 +777,15 @@ def test_sqlite_migrations_are_recorded_once_however_often_the_store_opens(
         conn.close()
     assert versions == list(range(1, len(versions) + 1))
     assert versions, "at least one migration is applied"
+
+
+def test_renew_records_progress_and_keeps_the_order_asked(store: Store) -> None:
+    for n in range(3):
+        start(store, f"e{n}", token=f"tok-{n}")
+    ids = ["e2", "e0", "e1"]
+    tokens = {"e0": "tok-0", "e1": "tok-1", "e2": "tok-2"}
+    held = store.renew(ids, tokens, T0 + 500, {"e0": '[{"position": 3}]', "e2": None})
+    assert held == [("e2", False), ("e0", False), ("e1", False)]
+    assert get(store, "e0").progress == '[{"position": 3}]'
+    assert get(store, "e1").progress is None
+    assert get(store, "e2").lease_expires == T0 + 500

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from _rows import LEASE, NOW, T0, execution, get, lease, race, start
 
-from tether.store import Claim, ExecutionRow, Store, WaitRow
+from tether.store import CheckpointRow, Claim, ExecutionRow, Store, WaitRow
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -949,3 +949,79 @@ def test_a_cancel_requested_while_running_is_not_lost_when_the_holder_suspends(
         assert row.status == "cancelled" or "e1" in runnable_ids(store, now=T0 + 5, due=T0 + 5)
         if row.status == "cancelled":
             assert store.pending_waits(flow=None, limit=10) == []
+
+
+# --- claim_runnable: exclusions and history ---------------------------------------------------
+
+
+def test_claim_runnable_leaves_out_excluded_queues(store: Store) -> None:
+    store.create_execution(dataclasses.replace(execution("a", created_at=T0), queue="busy"))
+    store.create_execution(dataclasses.replace(execution("b", created_at=T0 + 1), queue="free"))
+    row = store.claim_runnable(lease("t1"), now=NOW, due=NOW, exclude_queues=["busy"])
+    assert row is not None
+    assert row.id == "b"
+    assert store.claim_runnable(lease("t2"), now=NOW, due=NOW, exclude_queues=["busy"]) is None
+    assert get(store, "a").status == "queued"
+    # Excluding wins over naming the queue.
+    assert (
+        store.claim_runnable(
+            lease("t3"), now=NOW, due=NOW, queues=["busy"], exclude_queues=["busy"]
+        )
+        is None
+    )
+
+
+def test_claim_runnable_leaves_out_excluded_queues_with_limits(store: Store) -> None:
+    store.set_queue_limits("capped", concurrency=5, rate_limit=None, rate_period=None, now=T0)
+    store.create_execution(dataclasses.replace(execution("a"), queue="capped"))
+    assert store.claim_runnable(lease("t1"), now=NOW, due=NOW, exclude_queues=["capped"]) is None
+    row = store.claim_runnable(lease("t2"), now=NOW, due=NOW)
+    assert row is not None
+    assert row.id == "a"
+
+
+def test_claim_runnable_leaves_out_excluded_flows(store: Store) -> None:
+    def flow_execution(eid: str, import_path: str, script: str | None, n: int) -> ExecutionRow:
+        row = execution(eid, created_at=T0 + n)
+        return dataclasses.replace(row, import_path=import_path, script=script)
+
+    store.create_execution(flow_execution("plain", "agents:a", None, 0))
+    store.create_execution(flow_execution("script", "__main__:a", "/x/one.py", 1))
+    store.create_execution(flow_execution("other-script", "__main__:a", "/x/two.py", 2))
+    store.create_execution(flow_execution("ok", "agents:b", None, 3))
+    excluded = [("agents:a", None), ("__main__:a", "/x/one.py")]
+    taken = []
+    for n in range(3):
+        row = store.claim_runnable(lease(f"t{n}"), now=NOW, due=NOW, exclude_flows=excluded)
+        if row is None:
+            break
+        taken.append(row.id)
+    assert taken == ["other-script", "ok"]
+    assert get(store, "plain").status == "queued"
+    assert get(store, "script").status == "queued"
+
+
+def test_claim_runnable_says_whether_anything_is_recorded(store: Store) -> None:
+    store.create_execution(execution("fresh", created_at=T0))
+    store.create_execution(execution("with-calls", created_at=T0 + 1))
+    store.create_execution(execution("with-wait", created_at=T0 + 2))
+    fresh = store.claim_runnable(lease("t1"), now=NOW, due=NOW)
+    assert fresh is not None
+    assert (fresh.id, fresh.has_history) == ("fresh", False)
+    # A holder records a call, then loses its lease; the next claimer must load it.
+    calls = store.claim_runnable(lease("t2", expires=T0 + 5), now=NOW, due=NOW)
+    assert calls is not None
+    assert calls.id == "with-calls"
+    assert store.record_checkpoint("with-calls", "t2", CheckpointRow(0, "step", "fp", "succeeded"))
+    waits = store.claim_runnable(lease("t3", expires=T0 + 5), now=NOW, due=NOW)
+    assert waits is not None
+    assert waits.id == "with-wait"
+    assert store.create_wait("t3", wait_row("with-wait", "w"))
+    again = {}
+    for n in range(2):
+        row = store.claim_runnable(lease(f"t{n + 4}"), now=T0 + 6, due=T0 + 6)
+        assert row is not None
+        again[row.id] = row.has_history
+    assert again == {"with-calls": True, "with-wait": True}
+    # Not a stored field: rows read back compare equal whatever it says.
+    assert get(store, "fresh") == fresh

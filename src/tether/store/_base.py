@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 
@@ -46,6 +46,10 @@ class ExecutionRow:
     # Filled by list_executions only: succeeded checkpoint calls, and a pending wait's name.
     checkpoints_done: int | None = None
     pending_wait: str | None = None
+    # Filled by claim_runnable only: whether any checkpoint call or wait of the execution is
+    # recorded. False lets the claimer skip loading them (an execution's first run). Not a
+    # stored column, so not compared.
+    has_history: bool | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -220,12 +224,16 @@ class Store(abc.ABC):
         due: float,
         ids: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
+        exclude_queues: Sequence[str] = (),
+        exclude_flows: Sequence[tuple[str, str | None]] = (),
     ) -> ExecutionRow | None:
         """Take one runnable execution (oldest first), or None. Runnable: queued and not
         leased (or its lease expired at `now`), waiting and due (`wake_at <= due`, by the
         timer clock), or running with a lease expired at `now`. With `ids`, only among those;
-        with `queues`, only from those. Highest priority first, then oldest. A queue's limits
-        (`set_queue_limits`) hold across all claimers. Sets `running` and counts an attempt."""
+        with `queues`, only from those; never from `exclude_queues`, nor of the flows in
+        `exclude_flows` ((import path, script) pairs). Highest priority first, then oldest. A
+        queue's limits (`set_queue_limits`) hold across all claimers. Sets `running` and
+        counts an attempt. The row returned has `has_history` filled in."""
 
     @abc.abstractmethod
     def set_queue_limits(

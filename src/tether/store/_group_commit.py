@@ -10,10 +10,10 @@ is busy.
 
 One refinement keeps batches whole when the callers move in step (executions whose steps are
 short all come back to commit right after the batch that released them): a caller that finds
-no write in flight, right after a batch of n, waits for the n - 1 others to queue up, but no
-longer than that batch took to write. The wait is never longer than the others would wait
-behind it if it wrote alone at once, and it saves a commit per round. After a batch of one
-(a lone execution, or steps that take a while) nobody waits.
+no write in flight, right after a batch of n callers that come back (`rejoins`), waits for
+the n - 1 others to queue up, but no longer than that batch took to write. The wait is never
+longer than the others would wait behind it if it wrote alone at once, and it saves a commit
+per round. After a batch of one (a lone execution, or steps that take a while) nobody waits.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ class GroupCommit(Generic[T, R]):
     submitted concurrently with `commit(item)`.
 
     `key(item)`: items with equal keys never share a batch (a later one waits for the next),
-    so a batch never writes the same row twice. `shared`: errors that concern the whole batch
+    so a batch never writes the same row twice. `rejoins(item)`: whether the caller of this
+    item is expected back with another item right after it is written (a checkpoint commit:
+    the execution goes on; its end: it does not); only those are waited for when gathering
+    the next batch (default: every caller). `shared`: errors that concern the whole batch
     (the database is unreachable) and are raised to every caller in it; any other error is
     taken to concern one item, so each item of the failed batch is written again alone and
     only the faulty one fails.
@@ -65,9 +68,11 @@ class GroupCommit(Generic[T, R]):
         *,
         key: Callable[[T], Hashable],
         shared: tuple[type[BaseException], ...],
+        rejoins: Callable[[T], bool] | None = None,
     ) -> None:
         self._write = write
         self._key = key
+        self._rejoins = rejoins
         self._shared = shared
         self._lock = threading.Lock()
         self._queue: list[_Waiter[T, R]] = []
@@ -120,7 +125,11 @@ class GroupCommit(Generic[T, R]):
         try:
             self._write_batch(batch)
         finally:
-            self._last_size, self._last_seconds = len(batch), time.monotonic() - started
+            rejoins = self._rejoins
+            self._last_size = (
+                len(batch) if rejoins is None else sum(1 for w in batch if rejoins(w.item))
+            )
+            self._last_seconds = time.monotonic() - started
             for waiter in batch:
                 if waiter.result is _UNSET and waiter.error is None:
                     # The leader was interrupted (not by the database) and re-raises that;

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import MemoryConflictError, StoreError
 from ._base import (
@@ -48,10 +48,17 @@ WAIT_COLUMNS = (
 _FINISHED = ("succeeded", "failed", "cancelled")
 
 # Runnable: queued and not (validly) leased, waiting and due, or running with a dead lease.
-RUNNABLE = (
-    "((status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)) "
-    "OR (status = 'waiting' AND wake_at <= :due) "
-    "OR (status = 'running' AND lease_expires < :now))"
+# Queries take the three branches one by one, each on its index, rather than as one OR.
+RUNNABLE_BRANCHES = (
+    "status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)",
+    "status = 'waiting' AND wake_at <= :due",
+    "status = 'running' AND lease_expires < :now",
+)
+
+# Whether an execution (the row of an UPDATE ... RETURNING) has checkpoint calls or waits.
+HAS_HISTORY = (
+    "(EXISTS (SELECT 1 FROM checkpoints c WHERE c.execution_id = executions.id) "
+    "OR EXISTS (SELECT 1 FROM waits w WHERE w.execution_id = executions.id))"
 )
 
 # A queue's limits (if any) allow one more start: fewer running than its concurrency, and
@@ -85,6 +92,15 @@ INSERT_EVENT = (
     "INSERT INTO events (execution_id, position, at, level, kind, message, data) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+class _Pick(NamedTuple):
+    """Which runnable executions a claim may take (see Store.claim_runnable)."""
+
+    ids: Sequence[str] | None
+    queues: set[str] | None
+    exclude_queues: tuple[str, ...]
+    exclude_flows: tuple[tuple[str, str | None], ...]
 
 
 class Cursor(Protocol):
@@ -317,20 +333,31 @@ class SqlStore(Store, abc.ABC):
         expires: float,
         progress: dict[str, str | None] | None = None,
     ) -> list[tuple[str, bool]]:
-        held: list[tuple[str, bool]] = []
         progress = progress or {}
-        with self._transaction() as conn:
-            for execution_id in execution_ids:
-                found = self._run(
+        found: dict[str, bool] = {}
+        with self._connection() as conn:
+            # One statement (one transaction) per batch of leases: a heartbeat costs one round
+            # trip, whatever the number of executions it holds.
+            for start in range(0, len(execution_ids), _RENEW_BATCH):
+                batch = execution_ids[start : start + _RENEW_BATCH]
+                cases = " ".join("WHEN ? THEN CAST(? AS TEXT)" for _ in batch)
+                pairs = ", ".join("(?, ?)" for _ in batch)
+                params: list[Any] = [expires]
+                for execution_id in batch:
+                    params += [execution_id, progress.get(execution_id)]
+                params += batch
+                for execution_id in batch:
+                    params += [execution_id, token_by_id[execution_id]]
+                # `id IN` finds the rows by primary key; the pairs then check the tokens.
+                rows = self._run(
                     conn,
-                    "UPDATE executions SET lease_expires = ?, progress = ? "
-                    "WHERE id = ? AND lease_token = ? RETURNING cancel_requested",
-                    (expires, progress.get(execution_id), execution_id,
-                     token_by_id[execution_id]),
-                ).fetchone()  # fmt: skip
-                if found is not None:
-                    held.append((execution_id, bool(found[0])))
-        return held
+                    f"UPDATE executions SET lease_expires = ?, progress = CASE id {cases} END "
+                    f"WHERE id IN ({marks(batch)}) AND (id, lease_token) IN (VALUES {pairs}) "
+                    "RETURNING id, cancel_requested",
+                    params,
+                ).fetchall()
+                found.update((str(r[0]), bool(r[1])) for r in rows)
+        return [(i, found[i]) for i in execution_ids if i in found]
 
     def finish(
         self,
@@ -467,22 +494,26 @@ class SqlStore(Store, abc.ABC):
         due: float,
         ids: Sequence[str] | None = None,
         queues: Sequence[str] | None = None,
+        exclude_queues: Sequence[str] = (),
+        exclude_flows: Sequence[tuple[str, str | None]] = (),
     ) -> ExecutionRow | None:
         if ids is not None and not ids:
             return None
-        wanted = None if queues is None else set(queues)
+        wanted = None if queues is None else set(queues) - set(exclude_queues)
+        pick = _Pick(ids, wanted, tuple(exclude_queues), tuple(exclude_flows))
         # Queues without limits need no coordination: one atomic statement claims (and
         # leaves the limited queues out by itself, so the usual claim is one round trip).
-        found = self._claim(claim, now, due, ids, queues=wanted, unlimited=True)
+        found = self._claim(claim, now, due, pick, unlimited=True)
         if found is not None:
             return found
         # A limited queue is claimed from under a per-queue lock, so that concurrent
         # claimers count each other's claims against its concurrency and rate limits.
         limited = {name for (name,) in self._all("SELECT name FROM queue_limits")}
+        limited -= set(exclude_queues)
         for name in sorted(limited if wanted is None else limited & wanted):
             with self._transaction() as conn:
                 self._lock_queue(conn, name)
-                found = self._claim(claim, now, due, ids, queues={name}, conn=conn)
+                found = self._claim(claim, now, due, pick._replace(queues={name}), conn=conn)
             if found is not None:
                 return found
         return None
@@ -492,9 +523,8 @@ class SqlStore(Store, abc.ABC):
         claim: Claim,
         now: float,
         due: float,
-        ids: Sequence[str] | None,
+        pick: _Pick,
         *,
-        queues: set[str] | None,
         unlimited: bool = False,
         conn: Connection | None = None,
     ) -> ExecutionRow | None:
@@ -502,33 +532,54 @@ class SqlStore(Store, abc.ABC):
             "owner": claim.owner, "token": claim.token, "expires": claim.expires, "now": now,
             "due": due,
         }  # fmt: skip
-        where = [RUNNABLE]
+        where: list[str] = []
         if unlimited:
             where.append("queue NOT IN (SELECT name FROM queue_limits)")
-        for label, values in (("id", ids), ("q", queues)):
-            if values is None:
+        for label, column, values, negate in (
+            ("id", "id", pick.ids, False), ("q", "queue", pick.queues, False),
+            ("xq", "queue", pick.exclude_queues, True),
+        ):  # fmt: skip
+            if values is None or (negate and not values):
                 continue
             if not values:
                 return None
             names = [f":{label}{i}" for i in range(len(values))]
             params.update(zip((n[1:] for n in names), values, strict=True))
-            where.append(f"{'id' if label == 'id' else 'queue'} IN ({', '.join(names)})")
-        # One statement: the row is picked and taken atomically (SQLite serializes writers;
-        # Postgres locks the picked row and skips rows other claimers hold).
+            where.append(f"{column} {'NOT ' if negate else ''}IN ({', '.join(names)})")
+        for i, (import_path, script) in enumerate(pick.exclude_flows):
+            params[f"xp{i}"], params[f"xs{i}"] = import_path, script or ""
+            where.append(f"NOT (import_path = :xp{i} AND coalesce(script, '') = :xs{i})")
+        if not unlimited:
+            where.append(UNDER_LIMITS)  # the unlimited claim leaves limited queues out
+        # One branch per way of being runnable, each walking its index in claim order and
+        # locking the first row it can take (Postgres: skipping rows other claimers hold), so
+        # a claim never scans or sorts the whole table; the best of the (at most three) rows
+        # is taken. One statement: the row is picked and taken atomically (SQLite serializes
+        # writers). RETURNING says whether anything is recorded for the execution, so its
+        # first run need not load its (no) checkpoint calls and waits.
+        filters = " AND ".join(where)
+        branches = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT id, priority, created_at FROM executions e WHERE {branch} "
+            f"AND {filters} ORDER BY priority DESC, created_at LIMIT 1{self.skip_locked}) AS b{i}"
+            for i, branch in enumerate(RUNNABLE_BRANCHES)
+        )
         sql = (
             "UPDATE executions SET status = 'running', owner = :owner, lease_token = :token, "
             "lease_expires = :expires, attempt = attempt + 1, wake_at = NULL, "
             "started_at = coalesce(started_at, :now), updated_at = :now "
-            "WHERE id = (SELECT id FROM executions e WHERE "
-            f"{' AND '.join(where)} AND {UNDER_LIMITS} "
-            f"ORDER BY priority DESC, created_at LIMIT 1{self.skip_locked}) "
-            f"RETURNING {EXECUTION_COLUMNS}"
+            f"WHERE id = (SELECT id FROM ({branches}) AS c "
+            "ORDER BY priority DESC, created_at LIMIT 1) "
+            f"RETURNING {EXECUTION_COLUMNS}, {HAS_HISTORY}"
         )
         if conn is not None:
             found = self._run(conn, sql, params).fetchone()
         else:
             found = self._one(sql, params)
-        return execution_row(found) if found else None
+        if not found:
+            return None
+        row = execution_row(found[:-1])
+        row.has_history = bool(found[-1])
+        return row
 
     def set_queue_limits(
         self,
@@ -565,15 +616,10 @@ class SqlStore(Store, abc.ABC):
             among = f"AND queue IN ({', '.join(names)})"
         # One branch per way of being runnable, each ordered and limited on its own index,
         # instead of one OR that makes the database scan and sort every execution.
-        branches = [
-            "status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)",
-            "status = 'waiting' AND wake_at <= :due",
-            "status = 'running' AND lease_expires < :now",
-        ]
         union = " UNION ALL ".join(
             f"SELECT * FROM (SELECT {EXECUTION_COLUMNS} FROM executions WHERE {branch} {among} "
             f"ORDER BY priority DESC, created_at LIMIT :limit) AS b{i}"
-            for i, branch in enumerate(branches)
+            for i, branch in enumerate(RUNNABLE_BRANCHES)
         )
         rows = self._all(f"{union} ORDER BY priority DESC, created_at LIMIT :limit", params)
         return [execution_row(r) for r in rows]
@@ -933,6 +979,8 @@ RETURNING {MEMORY_COLUMNS}
 """
 
 _MEMORY_WRITE_TRIES = 1000
+# Leases renewed per statement (3 parameters each: well under SQLite's parameter limit).
+_RENEW_BATCH = 200
 _BLOB_BATCH = 500
 
 

@@ -22,6 +22,7 @@ import operator
 import threading
 import time
 import typing
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
@@ -127,14 +128,32 @@ def _group_statement(*, events: bool, finishes: bool) -> str:
             "wake_at = NULL, progress = NULL, finished_at = f.now, updated_at = f.now "
             f"FROM (SELECT {_from_json(_Finish, [f.name for f in fields(_Finish)])} "
             "FROM jsonb_array_elements(%(finishes)s::jsonb) r) f "
-            "WHERE x.id = f.execution_id AND x.lease_token = f.token RETURNING x.id)"
+            "WHERE x.id = f.execution_id AND x.lease_token = f.token "
+            # The ids again as an array: the planner then finds the rows by primary key
+            # instead of hashing the batch against a scan of every execution.
+            "AND x.id = ANY(ARRAY(SELECT r->>0 FROM jsonb_array_elements(%(finishes)s::jsonb) r)) "
+            "RETURNING x.id)"
         )
     sql += " SELECT * FROM written"
     return sql + (" UNION ALL SELECT id, NULL, NULL FROM finished" if finishes else "")
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _json(rows: list[tuple[Any, ...]]) -> str:
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(rows)
+
+
+@lru_cache(maxsize=4)
+def _prepared_group_statement(*, events: bool, finishes: bool) -> tuple[bytes, bytes, list[str]]:
+    """`_group_statement` for libpq: its name when prepared, its text with `$n` parameters,
+    and the names of the parameters in that order."""
+    sql = _group_statement(events=events, finishes=finishes)
+    order = ["rows", *(["events"] if events else []), *(["finishes"] if finishes else [])]
+    for i, key in enumerate(order, start=1):
+        sql = sql.replace(f"%({key})s", f"${i}")
+    return f"tether_group_{int(events)}{int(finishes)}".encode(), sql.encode(), order
 
 
 def _group_key(item: _Checkpoint | _Finish) -> tuple[str, int | None]:
@@ -158,14 +177,27 @@ class PostgresStore(SqlStore):
         self.url = url
         self._listen: Any = None
         self._listen_lock = threading.Lock()
-        # Kept by the group committer: only its leader of the moment uses it.
+        # Kept by the group committer, with the statements prepared on it: only its leader of
+        # the moment uses them.
         self._commit_conn: Any = None
+        self._commit_prepared: set[bytes] = set()
+        # One cursor per pooled connection for single-row statements: creating a psycopg
+        # cursor costs about as much client CPU as running a short statement.
+        self._cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._cursors_lock = threading.Lock()
         self._group: GroupCommit[_Checkpoint | _Finish, Commit] = GroupCommit(
-            self._write_group, key=_group_key, shared=(StoreUnavailable,)
+            self._write_group,
+            key=_group_key,
+            shared=(StoreUnavailable,),
+            # An execution's end is its caller's last write: the next batch does not wait
+            # for it (its thread is claiming another execution meanwhile).
+            rejoins=lambda item: isinstance(item, _Checkpoint),
         )
         # Connection-level failures (server restart, network) mean "try again later";
         # anything else (a constraint, a bug) is a real error and propagates as it is.
         self._unavailable: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+        self._pq: Any = psycopg.pq
+        self._errors: Any = psycopg.errors
         self._pool: ConnectionPool[Any] = ConnectionPool(
             conninfo=url,
             min_size=1,
@@ -209,6 +241,21 @@ class PostgresStore(SqlStore):
         # The pool replaces broken connections by itself; callers retry the operation.
         return StoreUnavailable(f"PostgreSQL at {_redact(self.url)} is unavailable: {exc}")
 
+    def _cursor(self, conn: Any) -> Any:
+        with self._cursors_lock:
+            cursor = self._cursors.get(conn)
+            if cursor is None:
+                cursor = self._cursors[conn] = conn.cursor()
+            return cursor
+
+    def _one(self, sql: str, params: Any = ()) -> Any:
+        with self._connection() as conn:
+            return self._cursor(conn).execute(self._sql(sql), params).fetchone()
+
+    def _count(self, sql: str, params: Any = ()) -> int:
+        with self._connection() as conn:
+            return int(self._cursor(conn).execute(self._sql(sql), params).rowcount)
+
     def _executemany(self, conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             with conn.cursor() as cursor:  # type: ignore[attr-defined]
@@ -250,21 +297,19 @@ class PostgresStore(SqlStore):
             params["events"] = _json(events)
         if finishes:
             params["finishes"] = _json(finishes)
-        sql = _group_statement(events=bool(events), finishes=bool(finishes))
+        name, sql, order = _prepared_group_statement(events=bool(events), finishes=bool(finishes))
         # Autocommit: the statement is its own transaction. The group committer's connection
         # is kept rather than checked out of the pool for every batch.
-        conn = self._commit_conn
         try:
-            if conn is None or conn.closed:
-                conn = self._commit_conn = self._pool.getconn()
-            rows = conn.execute(sql, params).fetchall()
+            rows = self._execute_prepared(name, sql, [params[key] for key in order])
         except self._unavailable as exc:
             self._drop_commit_connection()
             raise self._down(exc) from exc
-        written = {(r[0], r[1]): bool(r[2]) for r in rows}
+        # Text results: (execution id, position or NULL for a finish, cancel_requested).
+        written = {(r[0], r[1]): r[2] not in (None, "0") for r in rows}
         outcomes = []
         for item in batch:
-            position = item.row.position if isinstance(item, _Checkpoint) else None
+            position = str(item.row.position) if isinstance(item, _Checkpoint) else None
             cancel = written.get((item.execution_id, position))
             outcomes.append(
                 Commit.LOST if cancel is None else Commit.CANCEL_REQUESTED if cancel
@@ -272,11 +317,47 @@ class PostgresStore(SqlStore):
             )  # fmt: skip
         return outcomes
 
+    def _execute_prepared(self, name: bytes, sql: bytes, params: list[str]) -> list[list[Any]]:
+        """Run the committer's statement on its kept connection through libpq directly: the
+        statement is prepared once per connection, and each batch is one blocking call (the
+        GIL is released while it waits) with text parameters and text results. That skips
+        psycopg's per-call machinery (cursor, query conversion, adaptation, row making),
+        which costs more client CPU than the call itself. Errors are raised as psycopg
+        raises them: OperationalError when the connection is lost."""
+        conn = self._commit_conn
+        if conn is None or conn.closed:
+            conn = self._commit_conn = self._pool.getconn()
+            self._commit_prepared = set()
+        pgconn, encoding = conn.pgconn, conn.info.encoding
+        if name not in self._commit_prepared:
+            self._check(pgconn.prepare(name, sql), pgconn, encoding)
+            self._commit_prepared.add(name)
+        result = pgconn.exec_prepared(name, [p.encode(encoding) for p in params])
+        self._check(result, pgconn, encoding)
+        rows = []
+        for i in range(result.ntuples):
+            values = [result.get_value(i, j) for j in range(result.nfields)]
+            rows.append([None if v is None else v.decode(encoding) for v in values])
+        return rows
+
+    def _check(self, result: Any, pgconn: Any, encoding: str) -> None:
+        """Raise what psycopg would for a failed libpq call."""
+        pq = self._pq
+        if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+            return
+        if pgconn.status != pq.ConnStatus.OK:
+            message = (result.error_message or pgconn.error_message).decode(encoding, "replace")
+            raise self._unavailable[0](message.strip() or "the connection to the server was lost")
+        raise self._errors.error_from_result(result, encoding=encoding)
+
     def _drop_commit_connection(self) -> None:
         conn, self._commit_conn = self._commit_conn, None
         if conn is not None:
+            # Closed first: its prepared statements must not follow it back into the pool.
             with suppress(Exception):
-                self._pool.putconn(conn)  # the pool discards it if it is broken
+                conn.close()
+            with suppress(Exception):
+                self._pool.putconn(conn)  # the pool replaces a closed connection
 
     def _lock_queue(self, conn: Connection, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tether-queue:{name}",))

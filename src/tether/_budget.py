@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from . import _usage
+from . import _serde, _usage
 from ._context import Frame, Run, current_frame, current_run
 from .errors import BudgetExceeded, UsageError
 
@@ -89,10 +89,13 @@ def checked(budget: Any) -> Budget | None:
 # --- stored with the execution ---------------------------------------------------------
 
 
-def to_options(options: dict[str, Any], budget: Budget | None) -> dict[str, Any]:
-    if budget is not None:
-        options[_OPTION] = {"max_tokens": budget.max_tokens, "max_cost_usd": budget.max_cost_usd}
-    return options
+def to_options(budget: Budget | None) -> str | None:
+    """The execution's stored options for this budget (None: no budget)."""
+    if budget is None:
+        return None
+    return _serde.dumps(
+        {_OPTION: {"max_tokens": budget.max_tokens, "max_cost_usd": budget.max_cost_usd}}
+    )
 
 
 def from_options(text: str | None) -> Budget | None:
@@ -128,7 +131,7 @@ def spent(run: Run, frame: Frame | None) -> _usage.Usage:
     if run.forgotten_usage is None:
         # Calls a `Client.retry()` forgot were still paid for: their usage is in the event.
         events = run.store.get_events(run.execution_id, kinds=(_usage.RETRY_EVENT,))
-        run.forgotten_usage = _usage.total(_usage.from_event(e.data) for e in events)
+        run.forgotten_usage = _usage.forgotten(events)
     total = _usage.total(usage_at.values()) + run.forgotten_usage
     if frame is not None and frame.usage is not None:
         total = total + frame.usage

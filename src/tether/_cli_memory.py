@@ -231,7 +231,7 @@ def get_command(
             raise MemoryKeyError(f"version {version} of {key!r} in {place} is its deletion")
         value = _plain(found)
     if as_json:
-        cli._dump(_version_json(found, value=True) | {"value": value})
+        cli._dump(_version_json(found, value=False) | {"value": value})
     elif isinstance(value, str):
         cli._say(value)
     else:

@@ -217,19 +217,10 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
     return data
 
 
-# Events that are captured output, not notes about the execution.
-_OUTPUT_KINDS = ("output", "log", "truncated")
-
-
 def warnings(record: ExecutionRecord) -> list[str]:
     """The warnings noted on the execution (changed arguments on resume, a flow that could
-    not be imported...). Not `record.warnings`: that also counts captured `logging` records
-    of level warning, which `logs` shows."""
-    return [
-        e.message.strip()
-        for e in record.events
-        if e.level == "warning" and e.kind not in _OUTPUT_KINDS
-    ]
+    not be imported...), trimmed for display."""
+    return [message.strip() for message in record.warnings]
 
 
 def _args(record: ExecutionRecord) -> dict[str, Any]:
@@ -329,7 +320,7 @@ def watch_state(record: ExecutionRecord) -> dict[str, Any]:
         "id": record.id,
         "flow": record.flow,
         "status": record.status.value,
-        "checkpoints_done": sum(1 for cp in record.checkpoints if cp.status == "succeeded"),
+        "checkpoints_done": record.checkpoints_done or 0,
         "last_checkpoint": _last_checkpoint(record),
         "running": progress_json(record),
         "pending_waits": [w.name for w in record.pending_waits],
@@ -584,7 +575,7 @@ def live_view(record: ExecutionRecord) -> Group:
     line.append(record.id, style="bold")
     line.append(f"  {record.flow}  ")
     line.append_text(status_text(record.status))
-    done = sum(1 for cp in record.checkpoints if cp.status == "succeeded")
+    done = record.checkpoints_done or 0
     line.append(f"  {done} checkpoint{'s' if done != 1 else ''} done")
     if record.duration is not None:
         line.append(f"  {duration(record.duration)}", style="dim")
@@ -611,7 +602,7 @@ def watch_line(record: ExecutionRecord) -> Text:
     """One line per change, for `watch` when the output is not a terminal."""
     line = Text(dt.datetime.now().strftime("%H:%M:%S "), style="dim")
     line.append_text(status_text(record.status))
-    done = sum(1 for cp in record.checkpoints if cp.status == "succeeded")
+    done = record.checkpoints_done or 0
     line.append(f"  {done} checkpoint{'s' if done != 1 else ''} done")
     running = progress_json(record)
     if running:

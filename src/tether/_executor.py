@@ -69,9 +69,9 @@ def pid_alive(pid: int) -> bool:
 
 @dataclass(slots=True)
 class Refill:
-    """An execution claimed (`running` under `token`) for a thread that just became free."""
+    """An execution claimed (`running` under `token`), in the store the hook was called
+    with, for a thread that just became free."""
 
-    store: Store
     execution_id: str
     token: str
     flow: Flow[Any, Any] | None
@@ -209,9 +209,9 @@ class Executor:
                         self._parked[key] = store
                     if nxt is not None:
                         # The slot passes straight to the next execution: no free slot shows.
-                        held = _Held(nxt.store, nxt.token)
-                        self._held[(id(nxt.store), nxt.execution_id)] = held
-                        self._parked.pop((id(nxt.store), nxt.execution_id), None)
+                        held = _Held(store, nxt.token)
+                        self._held[(id(store), nxt.execution_id)] = held
+                        self._parked.pop((id(store), nxt.execution_id), None)
                     else:
                         self._freed.notify_all()
                     self._changed.notify_all()

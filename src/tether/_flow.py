@@ -240,7 +240,7 @@ class Flow(Generic[P, R]):
             queue=self.queue if options.queue is None else _queues.name_of(options.queue),
             priority=options.priority,
             dedup_key=options.key,
-            options=_serde.dumps(_budget.to_options({}, budget)) if budget is not None else None,
+            options=_budget.to_options(budget),
         )
         return launch(store, row, self if local else None)
 

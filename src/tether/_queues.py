@@ -53,11 +53,6 @@ class Queue:
         with _lock:
             _declared[self.name] = self
 
-    @property
-    def limited(self) -> bool:
-        """True when the queue has fleet-wide limits to publish."""
-        return self.concurrency is not None or self.rate_limit is not None
-
 
 def declared(name: str) -> Queue | None:
     """The queue declared under that name in this process, if any."""

@@ -8,7 +8,6 @@ actually read.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -22,6 +21,10 @@ from .store import CheckpointRow, EventRow, ExecutionRow, WaitRow
 
 def _time(value: float | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+
+
+# Event kinds that are what checkpoints printed or logged, not notes about the execution.
+OUTPUT_KINDS = ("output", "log", "truncated")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +263,7 @@ class ExecutionRecord:
         """Messages of tether's warnings about the execution (arguments changed on resume, a
         flow that could not be imported...), not what its checkpoints logged."""
         return [
-            e.message
-            for e in self.events
-            if e.level == "warning" and e.kind not in ("output", "log", "truncated")
+            e.message for e in self.events if e.level == "warning" and e.kind not in OUTPUT_KINDS
         ]
 
     @property
@@ -293,6 +294,7 @@ class ExecutionRecord:
         waits: list[WaitRow] | None = None,
     ) -> ExecutionRecord:
         created = _time(row.created_at) or dt.datetime.now(dt.UTC)
+        calls = tuple(CheckpointRecord.from_row(c) for c in checkpoints or ())
         return cls(
             id=row.id,
             flow=row.flow,
@@ -310,7 +312,7 @@ class ExecutionRecord:
             replay_of=row.replay_of,
             metadata=_serde.loads(row.metadata) if row.metadata else {},
             error=ErrorInfo.from_text(row.error),
-            checkpoints=tuple(CheckpointRecord.from_row(c) for c in checkpoints or ()),
+            checkpoints=calls,
             events=tuple(Event.from_row(e) for e in events or ()),
             waits=tuple(WaitRecord.from_row(w, row.flow) for w in waits or ()),
             wake_at=_time(row.wake_at),
@@ -323,14 +325,9 @@ class ExecutionRecord:
             pending_wait=row.pending_wait,
             result_json=row.result,
             args_json=row.args,
-            usage=None if checkpoints is None else _total_usage(checkpoints, events or ()),
+            # Each call's usage is decoded once, by CheckpointRecord.from_row.
+            usage=None
+            if checkpoints is None
+            else _usage.total(c.usage for c in calls) + _usage.forgotten(events or ()),
             budget=_budget.from_options(row.options),
         )
-
-
-def _total_usage(checkpoints: list[CheckpointRow], events: Iterable[EventRow]) -> Usage:
-    recorded = _usage.total(_usage.from_metadata(c.metadata) for c in checkpoints)
-    forgotten = _usage.total(
-        _usage.from_event(e.data) for e in events if e.kind == _usage.RETRY_EVENT
-    )
-    return recorded + forgotten

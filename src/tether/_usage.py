@@ -14,10 +14,13 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._context import current_frame, current_run
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .store import EventRow
 
 # The reserved metadata key. A dot keeps it out of reach of `tether.log(**metadata)`.
 KEY = "tether.usage"
@@ -114,14 +117,12 @@ def of_request(
 # --- recording ------------------------------------------------------------------------
 
 
-def add(usage: Usage) -> bool:
-    """Add usage to the checkpoint call running now. False when none runs (outside a flow, or
-    in flow code between checkpoints), in which case nothing is recorded."""
+def add(usage: Usage) -> None:
+    """Add usage to the checkpoint call running now. Nothing is recorded when none runs
+    (outside a flow, or in flow code between checkpoints)."""
     frame = current_frame.get()
-    if frame is None:
-        return False
-    frame.usage = usage if frame.usage is None else frame.usage + usage
-    return True
+    if frame is not None:
+        frame.usage = usage if frame.usage is None else frame.usage + usage
 
 
 def record_usage(
@@ -275,9 +276,9 @@ def without_usage(text: str | None) -> str | None:
     return json.dumps(data) if data else None
 
 
-def from_event(data: str | None) -> Usage | None:
-    """The usage kept in an event's data (a `retry` event), or None."""
-    return from_metadata(data)
+def forgotten(events: Iterable[EventRow]) -> Usage:
+    """What the calls a `Client.retry()` forgot had spent: kept in its `retry` events' data."""
+    return total(from_metadata(e.data) for e in events if e.kind == RETRY_EVENT)
 
 
 def total(usages: Iterable[Usage | None]) -> Usage:

@@ -233,7 +233,7 @@ class Worker:
                 continue
             with self._claiming:
                 self._started_in[taken.id] = taken.queue
-            return Refill(self._store, taken.id, claim.token, flow, taken)
+            return Refill(taken.id, claim.token, flow, taken)
 
     def _take_over_dead_owners(self, now: float, free: int) -> list[str]:
         taken = self._executor.take_over_dead(

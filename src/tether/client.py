@@ -17,7 +17,7 @@ from ._config import settings, store_for
 from ._engine import load_flow
 from ._executor import executor
 from ._flow import Handle, launch, new_execution_id
-from ._records import ExecutionRecord, LogRecord, WaitRecord
+from ._records import OUTPUT_KINDS, ExecutionRecord, LogRecord, WaitRecord
 from ._status import Status
 from .errors import (
     ExecutionLocked,
@@ -335,7 +335,7 @@ class Client:
             created_at=now,
             updated_at=now,
             replay_of=source.id,
-            options=_serde.dumps(_budget.to_options({}, budget)) if budget is not None else None,
+            options=_budget.to_options(budget),
         )
         handle = launch(self._store, row, flow, checkpoints=seeded, waits=waits)
         self._store.add_event(
@@ -389,7 +389,7 @@ class Client:
             else:
                 _replay.select(calls, checkpoint, allow_end=False)  # unknown name: clear error
                 positions = {c.position for c in calls if c.name == checkpoint}
-        events = self._store.get_events(execution_id, after=after, kinds=_LOG_KINDS)
+        events = self._store.get_events(execution_id, after=after, kinds=OUTPUT_KINDS)
         return [
             LogRecord.from_row(e, names.get(e.position) if e.position is not None else None)
             for e in events
@@ -439,9 +439,6 @@ class Client:
             status=Status.QUEUED,
         )
         return claim.token if taken else None
-
-
-_LOG_KINDS = ("output", "log", "truncated")
 
 
 def _is_position(selector: str | int) -> bool:

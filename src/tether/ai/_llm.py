@@ -25,11 +25,10 @@ from pydantic_ai.settings import ModelSettings
 
 import tether
 from tether._config import settings as tether_settings
-from tether._context import current_frame, current_run
 from tether.errors import UsageError
 
 from ._metering import MeteredModel
-from ._units import Slot, _stable, unit_checkpoint
+from ._units import Slot, _stable, in_flow, unit_checkpoint
 
 T = TypeVar("T")
 
@@ -193,10 +192,6 @@ def _sync_checkpoint(name: str) -> tether.Checkpoint[[object, _SyncSlot], object
     return found
 
 
-def _in_checkpoint_or_outside() -> bool:
-    return current_run.get() is None or current_frame.get() is not None
-
-
 @overload
 def llm(
     prompt_or_messages: str | Sequence[ModelMessage],
@@ -263,7 +258,7 @@ def llm(
             "tether.llm() was called in async code (an event loop is running); "
             "use `await tether.llm_async(...)` there"
         )
-    if _in_checkpoint_or_outside():
+    if not in_flow():
         data = request.body_sync()
     else:
         data = _sync_checkpoint(request.name)(request.key(), _SyncSlot(request.body_sync))
@@ -308,7 +303,7 @@ def llm_async(
     awaited, so `asyncio.gather(tether.llm_async(a), tether.llm_async(b))` records `a` first.
     """
     request = _Request(prompt_or_messages, model, system, output_type, name, settings)
-    if _in_checkpoint_or_outside():
+    if not in_flow():
         return _validated(request, request.body())
     return _validated(request, unit_checkpoint(request.name, {})(request.key(), Slot(request.body)))
 

@@ -35,7 +35,7 @@ from pydantic_ai.durable_exec._operation_names import DurableInvocationName
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 
 import tether
-from tether.errors import NotInFlowError
+from tether._context import current_frame, current_run
 
 Body: TypeAlias = Callable[[], Awaitable[object]]
 
@@ -63,10 +63,8 @@ def in_flow() -> bool:
     Inside a checkpoint (a tool that runs another agent, say) everything runs inline as part
     of that checkpoint, exactly as a nested `@tether.checkpoint` call does.
     """
-    try:
-        return tether.current().checkpoint is None
-    except NotInFlowError:
-        return False
+    # Called by Pydantic AI on every node and operation: two lookups, no Current built.
+    return current_run.get() is not None and current_frame.get() is None
 
 
 class TetherOperationNamer(DurableOperationNamer):

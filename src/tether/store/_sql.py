@@ -10,6 +10,7 @@ migrations. No `if sqlite:` branches live here.
 from __future__ import annotations
 
 import abc
+import operator
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,9 @@ CHECKPOINT_COLUMNS = (
     "position, name, fingerprint, status, result, error, attempts, started_at, finished_at, "
     "metadata"
 )
+CHECKPOINT_FIELDS = [c.strip() for c in CHECKPOINT_COLUMNS.split(",")]
+# A CheckpointRow's values in CHECKPOINT_COLUMNS order: every insert builds its rows with it.
+checkpoint_values = operator.attrgetter(*CHECKPOINT_FIELDS)
 WAIT_COLUMNS = (
     "execution_id, name, position, kind, status, schema_ref, json_schema, question, metadata, "
     "deadline, value, resolved_by, created_at, resolved_at"
@@ -247,9 +251,8 @@ class SqlStore(Store, abc.ABC):
                     conn,
                     f"INSERT INTO checkpoints (execution_id, {CHECKPOINT_COLUMNS}) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(row.id, c.position, c.name, c.fingerprint, c.status, c.result, c.error,
-                      c.attempts, c.started_at, c.finished_at, c.metadata) for c in checkpoints],
-                )  # fmt: skip
+                    [(row.id, *checkpoint_values(c)) for c in checkpoints],
+                )
             if waits:
                 self._executemany(
                     conn,
@@ -714,11 +717,7 @@ class SqlStore(Store, abc.ABC):
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
     ) -> Commit:
-        params = (
-            execution_id, row.position, row.name, row.fingerprint, row.status, row.result,
-            row.error, row.attempts, row.started_at, row.finished_at, row.metadata,
-            execution_id, token,
-        )  # fmt: skip
+        params = (execution_id, *checkpoint_values(row), execution_id, token)
         if not events:
             # The hot path: one statement, its own transaction.
             found = self._one(RECORD_CHECKPOINT, params)

@@ -18,7 +18,6 @@ Install the driver with `pip install 'tether[postgres]'`.
 from __future__ import annotations
 
 import json
-import operator
 import threading
 import time
 import typing
@@ -32,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import GroupCommit
-from ._sql import CHECKPOINT_COLUMNS, Connection, SqlStore, to_format_style
+from ._sql import (
+    CHECKPOINT_FIELDS,
+    Connection,
+    SqlStore,
+    checkpoint_values,
+    event_params,
+    to_format_style,
+)
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -65,10 +71,7 @@ class _Finish:
 
 # The stored fields of a checkpoint and of an event, in column order; a batch travels as one
 # JSON array per row: [execution id, token, *checkpoint fields] / [*event fields].
-_CHECKPOINT_FIELDS = [c.strip() for c in CHECKPOINT_COLUMNS.split(",")]
 _EVENT_FIELDS = [f.name for f in fields(EventRow) if f.name != "id"]
-_checkpoint_values = operator.attrgetter(*_CHECKPOINT_FIELDS)
-_event_values = operator.attrgetter(*_EVENT_FIELDS)
 _PG_TYPES = {int: "bigint", float: "double precision"}  # anything else is text
 
 
@@ -97,18 +100,18 @@ def _group_statement(*, events: bool, finishes: bool) -> str:
     result names the checkpoint rows written with their executions' cancel requests, then the
     executions finished (position NULL). Columns come from CHECKPOINT_COLUMNS and types from
     CheckpointRow/EventRow, so a new field needs no edit here."""
-    columns = ", ".join(_CHECKPOINT_FIELDS)
+    columns = ", ".join(CHECKPOINT_FIELDS)
     sql = (
         "WITH batch AS (SELECT r->>0 AS execution_id, r->>1 AS token, "
-        f"{_from_json(CheckpointRow, _CHECKPOINT_FIELDS, first=2)} "
+        f"{_from_json(CheckpointRow, CHECKPOINT_FIELDS, first=2)} "
         "FROM jsonb_array_elements(%(rows)s::jsonb) r), "
         f"written AS (INSERT INTO checkpoints (execution_id, {columns}) "
-        f"SELECT b.execution_id, {', '.join(f'b.{c}' for c in _CHECKPOINT_FIELDS)} FROM batch b "
+        f"SELECT b.execution_id, {', '.join(f'b.{c}' for c in CHECKPOINT_FIELDS)} FROM batch b "
         # The fence: one primary-key probe per row (LIMIT 1 keeps it a nested loop).
         "CROSS JOIN LATERAL (SELECT 1 FROM executions e WHERE e.id = b.execution_id "
         "AND e.lease_token = b.token LIMIT 1) held "
         "ON CONFLICT (execution_id, position) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in _CHECKPOINT_FIELDS if c != "position")
+        + ", ".join(f"{c} = excluded.{c}" for c in CHECKPOINT_FIELDS if c != "position")
         + " WHERE checkpoints.status = 'retrying' RETURNING execution_id, position, "
         "(SELECT cancel_requested FROM executions e WHERE e.id = checkpoints.execution_id))"
     )
@@ -290,9 +293,9 @@ class PostgresStore(SqlStore):
         finishes = [(f.execution_id, f.token, f.status, f.result, f.error, f.now)
                     for f in batch if isinstance(f, _Finish)]  # fmt: skip
         params = {
-            "rows": _json([(c.execution_id, c.token, *_checkpoint_values(c.row)) for c in commits])
+            "rows": _json([(c.execution_id, c.token, *checkpoint_values(c.row)) for c in commits])
         }
-        events = [_event_values(e) for c in commits for e in c.events]
+        events = [event_params(e) for c in commits for e in c.events]
         if events:
             params["events"] = _json(events)
         if finishes:

@@ -11,6 +11,7 @@ DbOption = Annotated[
     typer.Option(
         "--db",
         envvar="TETHER_DB",
+        metavar="URL",
         help="Store URL (default sqlite:///.tether/tether.db, or $TETHER_DB).",
     ),
 ]

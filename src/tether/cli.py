@@ -741,24 +741,47 @@ def input_command(
 def worker_command(
     db: DbOption = None,
     concurrency: Annotated[
-        int, typer.Option(min=1, help="Executions run at once by this worker.")
+        int, typer.Option(min=1, metavar="N", help="Executions run at once by this worker.")
     ] = 8,
     imports: Annotated[
         list[str] | None,
-        typer.Option("--import", help="Module to import first (repeatable), e.g. myapp.flows."),
+        typer.Option(
+            "--import",
+            metavar="MODULE",
+            help="Module to import first, so its flows and queues are known (repeatable), "
+            "e.g. myapp.flows.",
+        ),
+    ] = None,
+    queues: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue",
+            metavar="NAME",
+            help="Serve only this queue (repeatable); default: every queue. The limits of "
+            "a queue declared in an imported module (tether.Queue) are published to the store.",
+        ),
     ] = None,
     poll: Annotated[
-        float, typer.Option(min=0.001, help="Seconds between looks for runnable work.")
+        float,
+        typer.Option(
+            min=0.001,
+            metavar="SECONDS",
+            help="Seconds between looks for runnable work when no wake-up arrives "
+            "(PostgreSQL wakes workers through LISTEN/NOTIFY).",
+        ),
     ] = 0.02,
     grace: Annotated[
-        float, typer.Option(help="On SIGTERM, seconds to wait for executions to hand back.")
+        float,
+        typer.Option(
+            metavar="SECONDS", help="On SIGTERM, seconds to wait for executions to hand back."
+        ),
     ] = 30.0,
 ) -> None:
     """Run executions from the store until SIGTERM.
 
     A worker runs queued executions, waits whose input arrived, due timers, and executions
-    whose process died. On SIGTERM it stops taking work and hands back what it holds at the
-    next checkpoint boundary.
+    whose process died (of the queues it serves: `--queue`, or all). On SIGTERM it stops
+    taking work and hands back what it holds at the next checkpoint boundary.
     """
     from ._worker import Worker
 
@@ -766,7 +789,9 @@ def worker_command(
     with _errors():
         if db:
             _config.configure(db=db)
-        Worker(db, concurrency=concurrency, poll=poll, imports=imports or ()).run(grace=grace)
+        Worker(
+            db, concurrency=concurrency, poll=poll, imports=imports or (), queues=queues or None
+        ).run(grace=grace)
 
 
 def _who() -> str:

@@ -153,9 +153,9 @@ def test_higher_priority_runs_first(db_url: str) -> None:
     assert starts == sorted(starts)  # type: ignore[type-var]
 
 
-def test_the_worker_command_serves_only_the_queues_it_is_given(
-    db_url: str, tmp_path: Path
-) -> None:
+def test_the_worker_command_serves_only_the_queues_it_is_given(db_url: str) -> None:
+    from tether._config import store_for
+
     client_only()
     other = fleet_flows.work_flow.options(queue="other").enqueue(3)
     mine = [fleet_flows.work_flow.options(queue="mine").enqueue(i) for i in range(3)]
@@ -167,9 +167,8 @@ def test_the_worker_command_serves_only_the_queues_it_is_given(
         time.sleep(0.3)  # time enough to have taken the other queue's execution, had it served it
         assert other.status() is Status.QUEUED
         # `limited` is declared in the imported module: its fleet-wide limit was published.
-        from tether._config import store_for
-
-        assert store_for()._all("SELECT concurrency FROM queue_limits WHERE name = 'limited'") == [(2,)]
+        published = store_for()._all("SELECT concurrency FROM queue_limits WHERE name = 'limited'")
+        assert published == [(2,)]
     finally:
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=30)

@@ -78,10 +78,18 @@ def layout(store: Store, prepared: Prepared, latest: MemoryRow | None) -> Layout
     if not prepared.is_list:
         hashed = prepared.hashes[0]
         return Layout(hashed, None, None, None, [(hashed, prepared.texts[hashed])])
-    hashes = prepared.hashes
+    return list_layout(store, prepared.hashes, latest, prepared.texts)
+
+
+def list_layout(
+    store: Store, hashes: list[str], latest: MemoryRow | None, texts: dict[str, str] | None = None
+) -> Layout:
+    """Lay a list of item hashes out against the key's latest version (see `extend`).
+    `texts` (hash -> JSON text) gives the blobs of the appended items; without it (a copy
+    of a list already stored) there are no new blobs."""
     base, appended = extend(store, hashes, latest)
     # Only the appended items can be new blobs: the base's items were stored with it.
-    blobs = [(h, prepared.texts[h]) for h in dict.fromkeys(appended)]
+    blobs = [] if texts is None else [(h, texts[h]) for h in dict.fromkeys(appended)]
     return Layout(None, base, compact(appended), len(hashes), blobs)
 
 

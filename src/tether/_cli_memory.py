@@ -12,7 +12,6 @@ import sys
 from types import ModuleType
 from typing import Annotated, Any
 
-import pydantic_core
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -94,15 +93,6 @@ def _open(db: str | None, *, create: bool = False) -> None:
         _cli()._client(db)
 
 
-def _plain(version: MemoryVersion) -> Any:
-    """The value as plain JSON data; the stored JSON when it cannot be decoded here."""
-    try:
-        return pydantic_core.to_jsonable_python(version.value, fallback=repr, bytes_mode="base64")
-    except Exception:
-        stored = memory._stored_json(version)
-        return None if stored is None else json.loads(stored)
-
-
 def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
     data: dict[str, Any] = {
         "key": version.key,
@@ -117,7 +107,7 @@ def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
         "position": version.position,
     }
     if value:
-        data["value"] = _plain(version)
+        data["value"] = render.plain(lambda: version.value, lambda: memory._stored_json(version))
     return data
 
 
@@ -229,9 +219,10 @@ def get_command(
                     f"`tether memory history {key}` lists its versions"
                 )
             raise MemoryKeyError(f"version {version} of {key!r} in {place} is its deletion")
-        value = _plain(found)
+        shown = _version_json(found, value=True)
+        value = shown["value"]
     if as_json:
-        cli._dump(_version_json(found, value=False) | {"value": value})
+        cli._dump(shown)
     elif isinstance(value, str):
         cli._say(value)
     else:

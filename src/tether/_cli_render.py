@@ -94,16 +94,20 @@ def compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def plain(decode: Callable[[], Any], stored: str | None) -> Any:
+def plain(decode: Callable[[], Any], stored: str | Callable[[], str | None] | None) -> Any:
     """A stored value as plain JSON data: decoded with its types and converted back to
     JSON (tuples and sets as lists, dates as ISO strings, models and dataclasses as dicts).
-    If it cannot be decoded here (its class is not importable, say), the stored JSON as is."""
+    If it cannot be decoded here (its class is not importable, say), the stored JSON as is.
+
+    `stored` is the stored JSON (None: no value), or a function that reads it, called only
+    when the value cannot be decoded."""
     if stored is None:
         return None
     try:
         return pydantic_core.to_jsonable_python(decode(), fallback=repr, bytes_mode="base64")
     except Exception:
-        return json.loads(stored)
+        text = stored() if callable(stored) else stored
+        return None if text is None else json.loads(text)
 
 
 def one_line(text: str | Text, style: str = "") -> Text:

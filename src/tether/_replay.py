@@ -44,7 +44,7 @@ def select(calls: Sequence[CheckpointRow], selector: str | int, *, allow_end: bo
     name, sep, nth = selector.partition("#")
     matches = [c.position for c in calls if c.name == name]
     if not matches:
-        raise UsageError(f"no checkpoint named {name!r}; candidates: {_candidates(calls)}")
+        raise _unknown(calls, f"no checkpoint named {name!r}")
     if not sep:
         return matches[0]
     if not nth.isdigit() or not 1 <= int(nth) <= len(matches):
@@ -53,6 +53,21 @@ def select(calls: Sequence[CheckpointRow], selector: str | int, *, allow_end: bo
             f"{matches}; use {name}#1 to {name}#{len(matches)}"
         )
     return matches[int(nth) - 1]
+
+
+def select_all(
+    calls: Sequence[CheckpointRow], selector: str | int, *, unknown: str | None = None
+) -> list[CheckpointRow]:
+    """The calls a selector names, a bare name naming every call of that name (`select`
+    takes its first): `name#k` and a position name one call. A name that matches no call
+    raises UsageError: `unknown` (default: `select`'s message), then the candidates."""
+    if isinstance(selector, int) or "#" in selector or selector.isdigit():
+        chosen = select(calls, selector, allow_end=False)
+        return [c for c in calls if c.position == chosen]
+    targets = [c for c in calls if c.name == selector]
+    if not targets:
+        raise _unknown(calls, unknown or f"no checkpoint named {selector!r}")
+    return targets
 
 
 def fork(
@@ -66,7 +81,12 @@ def fork(
         dataclasses.replace(c) for c in calls if c.position < position and c.status != "retrying"
     ]
     for selector, value in overrides.items():
-        targets = _override_targets(copied, selector, position)
+        targets = select_all(
+            copied,
+            selector,
+            unknown=f"override {selector!r} matches no checkpoint call before the fork point "
+            f"(position {position})",
+        )
         text = _serde.dumps(value, root=f"override {selector!r}")
         for call in targets:
             metadata = _serde.loads(call.metadata) if call.metadata else {}
@@ -79,20 +99,8 @@ def fork(
     return copied, kept_waits
 
 
-def _override_targets(
-    copied: list[CheckpointRow], selector: str, position: int
-) -> list[CheckpointRow]:
-    name, sep, _ = selector.partition("#")
-    if sep or selector.isdigit():
-        chosen = select(copied, selector, allow_end=False)
-        return [c for c in copied if c.position == chosen]
-    targets = [c for c in copied if c.name == name]
-    if not targets:
-        raise UsageError(
-            f"override {selector!r} matches no checkpoint call before the fork point "
-            f"(position {position}); candidates: {_candidates(copied)}"
-        )
-    return targets
+def _unknown(calls: Sequence[CheckpointRow], message: str) -> UsageError:
+    return UsageError(f"{message}; candidates: {_candidates(calls)}")
 
 
 def _candidates(calls: Sequence[CheckpointRow]) -> str:

@@ -384,11 +384,7 @@ class Client:
         names = {c.position: c.name for c in calls}
         positions: set[int] = set()
         if checkpoint is not None:
-            if _is_position(checkpoint) or "#" in str(checkpoint):
-                positions = {_replay.select(calls, checkpoint, allow_end=False)}
-            else:
-                _replay.select(calls, checkpoint, allow_end=False)  # unknown name: clear error
-                positions = {c.position for c in calls if c.name == checkpoint}
+            positions = {c.position for c in _replay.select_all(calls, checkpoint)}
         events = self._store.get_events(execution_id, after=after, kinds=OUTPUT_KINDS)
         return [
             LogRecord.from_row(e, names.get(e.position) if e.position is not None else None)
@@ -439,10 +435,6 @@ class Client:
             status=Status.QUEUED,
         )
         return claim.token if taken else None
-
-
-def _is_position(selector: str | int) -> bool:
-    return isinstance(selector, int) or selector.isdigit()
 
 
 def _encode_args(args: Sequence[Any] | Mapping[str, Any], flow: str) -> str:

@@ -429,9 +429,8 @@ def _copy(
         )  # fmt: skip
         if source.items is not None:
             hashes = _blobs.item_hashes(store, source)
-            latest = store.get_memory(scope, scope_id, key)
-            row.base_version, appended = _blobs.extend(store, hashes, latest)
-            row.items, row.length = _blobs.compact(appended), len(hashes)
+            laid = _blobs.list_layout(store, hashes, store.get_memory(scope, scope_id, key))
+            row.base_version, row.items, row.length = laid.base_version, laid.items, laid.length
         return store.put_memory(row, (), fence=(run.execution_id, run.token))
 
     stored = _read(run, attempt)

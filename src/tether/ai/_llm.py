@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar, Unpack, cast, overload
 
@@ -28,7 +27,7 @@ from tether._config import settings as tether_settings
 from tether.errors import UsageError
 
 from ._metering import MeteredModel
-from ._units import Slot, _stable, in_flow, unit_checkpoint
+from ._units import CheckpointCache, Slot, _stable, in_flow, unit_checkpoint
 
 T = TypeVar("T")
 
@@ -178,18 +177,13 @@ def _run_sync_unit(key: object, slot: _SyncSlot) -> object:
     return slot.body()
 
 
-_sync_checkpoints: dict[str, tether.Checkpoint[[object, _SyncSlot], object]] = {}
-_sync_lock = threading.Lock()
+_sync_checkpoints: CheckpointCache[str, tether.Checkpoint[[object, _SyncSlot], object]] = (
+    CheckpointCache()
+)
 
 
 def _sync_checkpoint(name: str) -> tether.Checkpoint[[object, _SyncSlot], object]:
-    found = _sync_checkpoints.get(name)
-    if found is None:
-        with _sync_lock:
-            found = _sync_checkpoints.get(name)
-            if found is None:
-                found = _sync_checkpoints[name] = tether.checkpoint(name=name)(_run_sync_unit)
-    return found
+    return _sync_checkpoints.get(name, lambda: tether.checkpoint(name=name)(_run_sync_unit))
 
 
 @overload

@@ -16,7 +16,7 @@ import json
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Literal, TypeAlias, TypedDict
+from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar
 
 from pydantic_ai.durable_exec import (
     CapabilityOperationId,
@@ -38,6 +38,8 @@ import tether
 from tether._context import current_frame, current_run
 
 Body: TypeAlias = Callable[[], Awaitable[object]]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class CheckpointOptions(TypedDict, total=False):
@@ -131,9 +133,25 @@ async def _run_unit(key: object, slot: Slot) -> object:
     return await body()
 
 
+class CheckpointCache(Generic[K, V]):
+    """Checkpoints made once per key, the first time one is asked for (from any thread)."""
+
+    def __init__(self) -> None:
+        self._found: dict[K, V] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        found = self._found.get(key)
+        if found is None:
+            with self._lock:
+                found = self._found.get(key)
+                if found is None:
+                    found = self._found[key] = make()
+        return found
+
+
 UnitCheckpoint: TypeAlias = tether.Checkpoint[[object, Slot], Coroutine[Any, Any, object]]
-_checkpoints: dict[tuple[Any, ...], UnitCheckpoint] = {}
-_checkpoints_lock = threading.Lock()
+_checkpoints: CheckpointCache[tuple[Any, ...], UnitCheckpoint] = CheckpointCache()
 
 
 def unit_checkpoint(name: str, options: CheckpointOptions) -> UnitCheckpoint:
@@ -145,20 +163,16 @@ def unit_checkpoint(name: str, options: CheckpointOptions) -> UnitCheckpoint:
         options.get("timeout"),
         options.get("retry_on", Exception),
     )
-    found = _checkpoints.get(cache_key)
-    if found is None:
-        with _checkpoints_lock:
-            found = _checkpoints.get(cache_key)
-            if found is None:
-                found = tether.checkpoint(
-                    name=name,
-                    retries=cache_key[1],
-                    backoff=cache_key[2],
-                    timeout=cache_key[3],
-                    retry_on=cache_key[4],
-                )(_run_unit)
-                _checkpoints[cache_key] = found
-    return found
+    return _checkpoints.get(
+        cache_key,
+        lambda: tether.checkpoint(
+            name=name,
+            retries=cache_key[1],
+            backoff=cache_key[2],
+            timeout=cache_key[3],
+            retry_on=cache_key[4],
+        )(_run_unit),
+    )
 
 
 def request_key(messages: object) -> str | None:

@@ -28,6 +28,9 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import PydanticSerializationError
+from pydantic_core import to_json as _to_json
+
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import GroupCommit
@@ -141,11 +144,17 @@ def _group_statement(*, events: bool, finishes: bool) -> str:
     return sql + (" UNION ALL SELECT id, NULL, NULL FROM finished" if finishes else "")
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-def _json(rows: list[tuple[Any, ...]]) -> str:
-    return _ENCODER.encode(rows)
+def _json(rows: list[tuple[Any, ...]]) -> bytes:
+    """A batch as UTF-8 JSON, the bytes libpq sends. pydantic_core (already a dependency)
+    encodes a batch about 4x faster than the json module; the json module (ASCII escapes)
+    takes what Rust strings cannot hold (lone surrogates)."""
+    try:
+        return _to_json(rows)
+    except (PydanticSerializationError, UnicodeError):
+        return _ENCODER.encode(rows).encode()
 
 
 @lru_cache(maxsize=4)
@@ -320,7 +329,7 @@ class PostgresStore(SqlStore):
             )  # fmt: skip
         return outcomes
 
-    def _execute_prepared(self, name: bytes, sql: bytes, params: list[str]) -> list[list[Any]]:
+    def _execute_prepared(self, name: bytes, sql: bytes, params: list[bytes]) -> list[list[Any]]:
         """Run the committer's statement on its kept connection through libpq directly: the
         statement is prepared once per connection, and each batch is one blocking call (the
         GIL is released while it waits) with text parameters and text results. That skips
@@ -335,7 +344,9 @@ class PostgresStore(SqlStore):
         if name not in self._commit_prepared:
             self._check(pgconn.prepare(name, sql), pgconn, encoding)
             self._commit_prepared.add(name)
-        result = pgconn.exec_prepared(name, [p.encode(encoding) for p in params])
+        if encoding != "utf-8":  # a database not in UTF8: re-encode the JSON text for it
+            params = [p.decode().encode(encoding) for p in params]
+        result = pgconn.exec_prepared(name, params)
         self._check(result, pgconn, encoding)
         rows = []
         for i in range(result.ntuples):

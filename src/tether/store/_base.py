@@ -171,9 +171,13 @@ class Store(abc.ABC):
         token_by_id: dict[str, str],
         expires: float,
         progress: dict[str, str | None] | None = None,
+        *,
+        refresh_before: float | None = None,
     ) -> list[tuple[str, bool]]:
-        """Extend the leases still held (and record their progress JSON); returns
-        (id, cancel_requested) for each one held."""
+        """Extend the leases still held to `expires` (and record their progress JSON);
+        returns (id, cancel_requested) for each one held. With `refresh_before`, a lease
+        that runs past it is left as it is (still checked and reported): a heartbeat can
+        beat often without rewriting every lease's expiry each time."""
 
     @abc.abstractmethod
     def finish(
@@ -231,9 +235,11 @@ class Store(abc.ABC):
         leased (or its lease expired at `now`), waiting and due (`wake_at <= due`, by the
         timer clock), or running with a lease expired at `now`. With `ids`, only among those;
         with `queues`, only from those; never from `exclude_queues`, nor of the flows in
-        `exclude_flows` ((import path, script) pairs). Highest priority first, then oldest. A
-        queue's limits (`set_queue_limits`) hold across all claimers. Sets `running` and
-        counts an attempt. The row returned has `has_history` filled in."""
+        `exclude_flows` ((import path, script) pairs). Highest priority first, then oldest
+        (among due timers and expired leases: among the earliest `_sql.CLAIM_WINDOW` of
+        them, so a backlog of thousands costs a claim a bounded read). A queue's limits
+        (`set_queue_limits`) hold across all claimers. Sets `running` and counts an attempt.
+        The row returned has `has_history` filled in."""
 
     @abc.abstractmethod
     def set_queue_limits(

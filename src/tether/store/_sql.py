@@ -52,12 +52,20 @@ WAIT_COLUMNS = (
 _FINISHED = ("succeeded", "failed", "cancelled")
 
 # Runnable: queued and not (validly) leased, waiting and due, or running with a dead lease.
-# Queries take the three branches one by one, each on its index, rather than as one OR.
+# Queries take the three branches one by one, each on its own partial index (migration 0008),
+# rather than as one OR. The status is a literal so that the planner can prove the index's
+# WHERE. Each branch: its condition, and the time its index orders it by (None: the index is
+# in claim order).
 RUNNABLE_BRANCHES = (
-    "status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)",
-    "status = 'waiting' AND wake_at <= :due",
-    "status = 'running' AND lease_expires < :now",
+    ("status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)", None),
+    ("status = 'waiting' AND wake_at <= :due", "wake_at"),
+    ("status = 'running' AND lease_expires < :now", "lease_expires"),
 )
+# Due timers and expired leases are found by time, not in claim order, so a claim takes the
+# CLAIM_WINDOW earliest of them and the best of those (priority, then oldest): a backlog of
+# thousands costs a claim this many rows, not the backlog. The order is exact while no more
+# are due (or expired) at once; past that, timers are served about in the order they fell due.
+CLAIM_WINDOW = 100
 
 # Whether an execution (the row of an UPDATE ... RETURNING) has checkpoint calls or waits.
 HAS_HISTORY = (
@@ -335,8 +343,15 @@ class SqlStore(Store, abc.ABC):
         token_by_id: dict[str, str],
         expires: float,
         progress: dict[str, str | None] | None = None,
+        *,
+        refresh_before: float | None = None,
     ) -> list[tuple[str, bool]]:
         progress = progress or {}
+        # lease_expires is indexed (the claim's expired-lease branch): an UPDATE that leaves
+        # it alone stays HOT (no index writes), so it is moved only when due.
+        expiry = "lease_expires = ?" if refresh_before is None else (
+            "lease_expires = CASE WHEN lease_expires < ? THEN ? ELSE lease_expires END"
+        )  # fmt: skip
         found: dict[str, bool] = {}
         with self._connection() as conn:
             # One statement (one transaction) per batch of leases: a heartbeat costs one round
@@ -345,7 +360,9 @@ class SqlStore(Store, abc.ABC):
                 batch = execution_ids[start : start + _RENEW_BATCH]
                 cases = " ".join("WHEN ? THEN CAST(? AS TEXT)" for _ in batch)
                 pairs = ", ".join("(?, ?)" for _ in batch)
-                params: list[Any] = [expires]
+                params: list[Any] = [expires] if refresh_before is None else [
+                    refresh_before, expires,
+                ]  # fmt: skip
                 for execution_id in batch:
                     params += [execution_id, progress.get(execution_id)]
                 params += batch
@@ -354,7 +371,7 @@ class SqlStore(Store, abc.ABC):
                 # `id IN` finds the rows by primary key; the pairs then check the tokens.
                 rows = self._run(
                     conn,
-                    f"UPDATE executions SET lease_expires = ?, progress = CASE id {cases} END "
+                    f"UPDATE executions SET {expiry}, progress = CASE id {cases} END "
                     f"WHERE id IN ({marks(batch)}) AND (id, lease_token) IN (VALUES {pairs}) "
                     "RETURNING id, cancel_requested",
                     params,
@@ -554,18 +571,32 @@ class SqlStore(Store, abc.ABC):
             where.append(f"NOT (import_path = :xp{i} AND coalesce(script, '') = :xs{i})")
         if not unlimited:
             where.append(UNDER_LIMITS)  # the unlimited claim leaves limited queues out
-        # One branch per way of being runnable, each walking its index in claim order and
-        # locking the first row it can take (Postgres: skipping rows other claimers hold), so
-        # a claim never scans or sorts the whole table; the best of the (at most three) rows
-        # is taken. One statement: the row is picked and taken atomically (SQLite serializes
-        # writers). RETURNING says whether anything is recorded for the execution, so its
-        # first run need not load its (no) checkpoint calls and waits.
+        # One branch per way of being runnable, each on its partial index: queued rows are
+        # walked in claim order and the first row it can take is locked (Postgres: skipping
+        # rows other claimers hold); due timers and expired leases are taken from a window of
+        # the earliest ones. So a claim never scans or sorts the whole table, nor every
+        # waiting or running row; the best of the (at most three) rows is taken. One
+        # statement: the row is picked and taken atomically (SQLite serializes writers).
+        # RETURNING says whether anything is recorded for the execution, so its first run
+        # need not load its (no) checkpoint calls and waits.
         filters = " AND ".join(where)
-        branches = " UNION ALL ".join(
-            f"SELECT * FROM (SELECT id, priority, created_at FROM executions e WHERE {branch} "
-            f"AND {filters} ORDER BY priority DESC, created_at LIMIT 1{self.skip_locked}) AS b{i}"
-            for i, branch in enumerate(RUNNABLE_BRANCHES)
-        )
+        picks = []
+        for i, (branch, by_time) in enumerate(RUNNABLE_BRANCHES):
+            rows = f"executions e WHERE {branch} AND {filters}"
+            if by_time is not None:
+                # The window (see CLAIM_WINDOW). Postgres applies the lock to the window's own
+                # rows (FOR UPDATE reaches into a subquery in FROM): it locks them in index
+                # order, skipping those other claimers hold, so a claim locks as many rows as
+                # are due, up to the window, and takes one.
+                rows = (
+                    f"(SELECT id, priority, created_at FROM {rows} ORDER BY {by_time} "
+                    f"LIMIT {CLAIM_WINDOW}) AS w"
+                )
+            picks.append(
+                f"SELECT * FROM (SELECT id, priority, created_at FROM {rows} "
+                f"ORDER BY priority DESC, created_at LIMIT 1{self.skip_locked}) AS b{i}"
+            )
+        branches = " UNION ALL ".join(picks)
         sql = (
             "UPDATE executions SET status = 'running', owner = :owner, lease_token = :token, "
             "lease_expires = :expires, attempt = attempt + 1, wake_at = NULL, "
@@ -622,7 +653,7 @@ class SqlStore(Store, abc.ABC):
         union = " UNION ALL ".join(
             f"SELECT * FROM (SELECT {EXECUTION_COLUMNS} FROM executions WHERE {branch} {among} "
             f"ORDER BY priority DESC, created_at LIMIT :limit) AS b{i}"
-            for i, branch in enumerate(RUNNABLE_BRANCHES)
+            for i, (branch, _) in enumerate(RUNNABLE_BRANCHES)
         )
         rows = self._all(f"{union} ORDER BY priority DESC, created_at LIMIT :limit", params)
         return [execution_row(r) for r in rows]

@@ -2,7 +2,7 @@
 """Throughput of a fleet of worker processes on PostgreSQL: tether against DBOS, one table.
 
 Usage:
-    python benchmarks/fleet.py [--executions 400] [--checkpoints 20] [--workers 1,2,4]
+    python benchmarks/fleet.py [--executions 1000] [--checkpoints 20] [--workers 1,2,4]
                                [--concurrency 8] [--json] [--skip-dbos] [--skip-floor]
 
 Needs a PostgreSQL server installed (the one tests/pg_cluster.py finds: Debian's ``postgresql``
@@ -16,8 +16,9 @@ Method, and why:
       at the server's default durability: each commit waits for its WAL to reach the disk. The
       settings in force are read back with SHOW and printed. The cluster is stopped and removed
       at the end, whatever happens.
-    * Workload: E executions of a flow making C sequential checkpoints, each returning a fresh
-      ~200 B dict (_fleet_flows.py holds both engines' versions side by side).
+    * Workload: E executions (1,000 by default) of a flow making C (20) sequential checkpoints,
+      each returning a fresh ~200 B dict (_fleet_flows.py holds both engines' versions side by
+      side). DBOS rows take about two minutes each at this size.
     * Each row gets a fresh database (CREATE DATABASE). The E executions are enqueued first by a
       client-only process (tether: ``configure(executor=False)`` + ``flow.enqueue``; DBOS:
       ``DBOSClient.enqueue`` on a queue registered with ``DBOSClient.register_queue``), then W
@@ -874,7 +875,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Fleet throughput on PostgreSQL: tether workers vs DBOS vs a raw floor."
     )
-    parser.add_argument("--executions", type=int, default=400, help="executions per row")
+    # 1,000 by default: with 400, four tether workers' steady window lasted about 1.4 s and
+    # overlapped the start-up of the slowest workers, so the rate moved by +-20% run to run.
+    parser.add_argument("--executions", type=int, default=1000, help="executions per row (1000)")
     parser.add_argument("--checkpoints", type=int, default=20, help="checkpoints per execution")
     parser.add_argument(
         "--workers", type=_worker_counts, default=[1, 2, 4], help="worker processes (1,2,4)"
@@ -888,7 +891,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dbos-poll", type=float, default=0.05, help="DBOS queue polling interval, s (0.05)"
     )
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per row at most")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per row at most")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     # Child mode: how the parent runs enqueuers and workers in other processes.
     parser.add_argument("--worker", choices=sorted(CHILDREN), help=argparse.SUPPRESS)

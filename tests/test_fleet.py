@@ -309,3 +309,31 @@ def test_a_worker_thread_runs_the_next_execution_itself(db_url: str) -> None:
     assert not runner.is_alive()
     assert worker._executor.refill is None  # the hook ends with the loop
     assert worker._executor.held_count() == 0
+
+
+def test_a_worker_takes_over_dead_local_owners_only_in_the_queues_it_serves(
+    db_url: str,
+) -> None:
+    from tether._config import store_for
+    from tether._executor import host_prefix
+    from tether.store import ExecutionRow
+
+    client_only()
+    store = store_for()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = time.time()
+    for queue in ("a", "b"):
+        store.create_execution(
+            ExecutionRow(
+                id=f"orphan-{queue}", flow="work_flow", import_path="fleet_flows:work_flow",
+                script=None, args='{"args":[7],"kwargs":{}}', status="running",
+                created_at=now - 60, updated_at=now - 60, queue=queue,
+                owner=f"{host_prefix()}{gone.pid}:dead", lease_token="old",
+                lease_expires=now + 600,  # the lease would last: only the dead pid tells
+            )
+        )  # fmt: skip
+    tether.configure(executor=True)
+    assert tether.Worker(concurrency=2, queues=["a"]).run_once() == ["orphan-a"]
+    assert tether.Client().handle("orphan-a").result(timeout=10) == 49
+    assert tether.Client().get("orphan-b").status == Status.RUNNING  # not this worker's queue

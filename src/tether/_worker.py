@@ -236,10 +236,24 @@ class Worker:
             return Refill(taken.id, claim.token, flow, taken)
 
     def _take_over_dead_owners(self, now: float, free: int) -> list[str]:
-        taken = self._executor.take_over_dead(
-            self._store, now, lambda row: self._importable(row, now) is not None, free
-        )
+        queue_of: dict[str, str] = {}
+
+        def runnable_here(row: ExecutionRow) -> bool:
+            # As for a claim: a queue this worker serves and is not at its own limit in.
+            if self.queues is not None and row.queue not in self.queues:
+                return False
+            with self._claiming:
+                if self._full(row.queue):
+                    return False
+            if self._importable(row, now) is None:
+                return False
+            queue_of[row.id] = row.queue
+            return True
+
+        taken = self._executor.take_over_dead(self._store, now, runnable_here, free)
         for execution_id, token in taken:
+            with self._claiming:  # counted against the queue's per-worker limit, as a claim is
+                self._started_in[execution_id] = queue_of[execution_id]
             self._executor.start(self._store, execution_id, token, None, claimed=True)
         return [execution_id for execution_id, _ in taken]
 

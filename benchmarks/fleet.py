@@ -3,7 +3,8 @@
 
 Usage:
     python benchmarks/fleet.py [--executions 1000] [--checkpoints 20] [--workers 1,2,4]
-                               [--concurrency 8] [--json] [--skip-dbos] [--skip-floor]
+                               [--concurrency 8] [--repeat 3] [--dbos-repeat 1] [--json]
+                               [--skip-dbos] [--skip-floor]
 
 Needs a PostgreSQL server installed (the one tests/pg_cluster.py finds: Debian's ``postgresql``
 package), psycopg 3 (``pip install -e '.[postgres]'``) and, for the DBOS rows, dbos
@@ -25,6 +26,11 @@ Method, and why:
       worker processes are started and run until every execution succeeded (the parent polls a
       COUNT every 50 ms). Between the two, ANALYZE gives the planner the statistics that
       autovacuum keeps on any live database (same for every engine).
+    * Each tether and floor row is run ``--repeat`` times (3), DBOS rows ``--dbos-repeat``
+      times (1), in rounds over all the rows, each run on a fresh database; a row shows its
+      median run and lists every run's rate. A fast row's steady window lasts a few seconds
+      and moved by 10-20% run to run on the 2-core VM this was written on; a DBOS row's lasts
+      about 100 s, which averages as much by itself.
     * The headline rates are steady-state: the window runs from the moment the 10th percentile
       of all checkpoints was recorded to the moment of the 90th percentile, read afterwards
       from the time each engine stored with each step result (tether: ``finished_at``; DBOS:
@@ -58,6 +64,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -348,6 +355,8 @@ class Row:
     other_cpu: float | None = None  # share of the machine's CPU used by anything else meanwhile
     checkpoints_recorded: int = 0
     version: str | None = None
+    repeat: int = 1  # how many runs this row gets; the row shows the median one
+    trials: list[float] = field(default_factory=list)  # checkpoints/s of each run
 
     def ok(self) -> bool:
         return self.status == "ok" and self.window_s > 0
@@ -639,31 +648,50 @@ def _steady_window(row: Row, times: list[float], samples: list[Sample]) -> None:
 
 
 def _bench(ctx: Context, rows: list[Row]) -> None:
+    """Run every row `row.repeat` times: round after round over all the rows (so drift on the
+    machine hits every engine alike), each run on a fresh database. A row then shows its
+    median run (by checkpoints/s) and keeps the rate of every run."""
+    runs: dict[int, list[Row]] = {id(row): [] for row in rows}
+    for round_ in range(max((row.repeat for row in rows), default=1)):
+        for row in rows:
+            if row.status != "ok" or round_ >= row.repeat:
+                continue
+            trial = dataclasses.replace(row, trials=[])
+            name = f"[{row.engine.key} x{row.workers}" + (
+                f" run {round_ + 1}/{row.repeat}]" if row.repeat > 1 else "]"
+            )
+            try:
+                _run_row(ctx, trial)
+            except Unavailable as exc:
+                row.status, row.reason = "unavailable", str(exc)
+                if row.engine.key == "dbos" and "ModuleNotFoundError" in row.reason:
+                    row.reason = f"{INSTALL_HINT}: {row.reason}"
+                log(ctx, f"{name} unavailable: {row.reason}")
+                for other in rows:  # the same engine is unavailable in every row
+                    if other.engine is row.engine and other.status == "ok":
+                        other.status, other.reason = row.status, row.reason
+                continue
+            except Exception as exc:
+                row.status = "error"
+                row.reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log(ctx, f"{name} error: {exc}")
+                continue
+            runs[id(row)].append(trial)
+            log(
+                ctx,
+                f"{name} {_ckpt_rate(trial):7.0f} checkpoints/s steady ({trial.window_s:.2f} s"
+                f" window), {trial.seconds:6.2f} s end to end (startup {trial.startup_s or 0:.2f}"
+                f" s, enqueue {trial.enqueue_s or 0:.2f} s)",
+            )
     for row in rows:
-        if row.status != "ok":
+        done = sorted(runs[id(row)], key=_ckpt_rate)
+        if row.status != "ok" or not done:
             continue
-        name = f"[{row.engine.key} x{row.workers}]"
-        try:
-            _run_row(ctx, row)
-        except Unavailable as exc:
-            row.status, row.reason = "unavailable", str(exc)
-            if row.engine.key == "dbos" and "ModuleNotFoundError" in row.reason:
-                row.reason = f"{INSTALL_HINT}: {row.reason}"
-            log(ctx, f"{name} unavailable: {row.reason}")
-            for other in rows:  # the same engine is unavailable in every row
-                if other.engine is row.engine and other.status == "ok" and not other.window_s:
-                    other.status, other.reason = row.status, row.reason
-            continue
-        except Exception as exc:
-            row.status, row.reason = "error", f"{type(exc).__name__}: {exc}".splitlines()[0]
-            log(ctx, f"{name} error: {exc}")
-            continue
-        log(
-            ctx,
-            f"{name} {_ckpt_rate(row):7.0f} checkpoints/s steady ({row.window_s:.2f} s window),"
-            f" {row.seconds:6.2f} s end to end (startup {row.startup_s or 0:.2f} s,"
-            f" enqueue {row.enqueue_s or 0:.2f} s)",
-        )
+        median = done[(len(done) - 1) // 2]  # the lower middle run of an even count
+        for f in dataclasses.fields(Row):
+            if f.name not in ("engine", "workers", "repeat", "trials"):
+                setattr(row, f.name, getattr(median, f.name))
+        row.trials = [_ckpt_rate(r) for r in runs[id(row)]]
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -733,12 +761,16 @@ def _render(
         " percentile of the checkpoints' recorded times (window s; 80% of the checkpoints);"
         " end to end = worker processes started -> all executions succeeded (interpreter start"
         " and imports included; startup s = until the first checkpoint was recorded).",
+        "Each row is the median of its runs (runs column, in the order run; rounds over all the"
+        " rows, so drift on the machine hits every engine alike): the steady window of a fast"
+        " row lasts a few seconds and moves +-10-20% run to run on a small VM; a DBOS row's"
+        " window lasts ~100 s.",
         "",
     ]
     header = [
         "engine", "workers", "checkpoints/s", "executions/s", "window s", "end to end s",
         "end to end ckpt/s", "startup s", f"worker CPU {US}/ckpt", f"pg CPU {US}/ckpt",
-        "other CPU",
+        "other CPU", "runs: checkpoints/s",
     ]  # fmt: skip
     cells: list[list[str]] = []
     for row in rows:
@@ -755,8 +787,9 @@ def _render(
             "-" if row.startup_s is None else f"{row.startup_s:.2f}",
             _per_ckpt_us(row.worker_cpu_s), _per_ckpt_us(row.server_cpu_s),
             "-" if row.other_cpu is None else f"{row.other_cpu:.0%}",
+            " / ".join(f"{t:,.0f}" for t in row.trials),
         ])  # fmt: skip
-    lines += table(header, cells, numeric=set(range(1, len(header))))
+    lines += table(header, cells, numeric=set(range(1, len(header) - 1)))
     lines.append("")
     tether, dbos = _rates(ctx, rows, "tether"), _rates(ctx, rows, "dbos")
     floor = _rates(ctx, rows, "floor")
@@ -826,6 +859,7 @@ def _to_json(
                 server_cpu_us_per_checkpoint=_us(row.server_cpu_s),
                 other_cpu_share=None if row.other_cpu is None else round(row.other_cpu, 3),
                 checkpoints_recorded=row.checkpoints_recorded,
+                runs_checkpoints_per_s=[round(t, 1) for t in row.trials],
             )
         out_rows.append(entry)
     tether, dbos = _rates(ctx, rows, "tether"), _rates(ctx, rows, "dbos")
@@ -885,6 +919,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, default=8, help="executions at once per worker process (8)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=3,
+        help="runs of each tether and floor row; the median run is shown (3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dbos-repeat", type=int, default=1,
+        help="runs of each DBOS row (1: its steady window is already ~100 s long)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--skip-dbos", action="store_true", help="no DBOS rows")
     parser.add_argument("--skip-floor", action="store_true", help="no raw psycopg floor rows")
@@ -899,8 +941,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--of", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.executions < 1 or args.checkpoints < 1 or args.concurrency < 1:
-        parser.error("--executions, --checkpoints and --concurrency must be at least 1")
+    if min(args.executions, args.checkpoints, args.concurrency, args.repeat, args.dbos_repeat) < 1:
+        parser.error(
+            "--executions, --checkpoints, --concurrency, --repeat and --dbos-repeat must be at"
+            " least 1"
+        )
     if args.dbos_poll <= 0:
         parser.error("--dbos-poll must be positive")
     return args
@@ -917,7 +962,9 @@ def _rows(args: argparse.Namespace, tether_missing: str | None) -> list[Row]:
     rows = []
     for workers in args.workers:  # interleaved, so drift on the machine hits every engine alike
         for engine in engines:
-            row = Row(engine, workers)
+            row = Row(
+                engine, workers, repeat=args.dbos_repeat if engine.key == "dbos" else args.repeat
+            )
             if engine.key == "tether" and tether_missing:
                 row.status, row.reason = "unavailable", tether_missing
             elif engine.key == "dbos" and importlib.util.find_spec("dbos") is None:

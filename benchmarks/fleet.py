@@ -667,13 +667,14 @@ def _bench(ctx: Context, rows: list[Row]) -> None:
                 if row.engine.key == "dbos" and "ModuleNotFoundError" in row.reason:
                     row.reason = f"{INSTALL_HINT}: {row.reason}"
                 log(ctx, f"{name} unavailable: {row.reason}")
-                for other in rows:  # the same engine is unavailable in every row
-                    if other.engine is row.engine and other.status == "ok":
+                for other in rows:  # the same engine is unavailable in every row not yet run
+                    if other.engine is row.engine and other.status == "ok" and not runs[id(other)]:
                         other.status, other.reason = row.status, row.reason
                 continue
             except Exception as exc:
                 row.status = "error"
                 row.reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                row.trials = [_ckpt_rate(r) for r in runs[id(row)]]  # the runs that did finish
                 log(ctx, f"{name} error: {exc}")
                 continue
             runs[id(row)].append(trial)
@@ -921,7 +922,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--repeat", type=int, default=3,
-        help="runs of each tether and floor row; the median run is shown (3)",
+        help="runs of each tether and floor row; the median run is shown (the slower middle"
+        " one of an even count) (3)",
     )  # fmt: skip
     parser.add_argument(
         "--dbos-repeat", type=int, default=1,

@@ -19,6 +19,7 @@ from tether import _checkpoint
 
 limited = tether.Queue("limited", concurrency=2)
 throttled = tether.Queue("throttled", rate_limit=2, rate_period=1.0)
+solo = tether.Queue("solo", worker_concurrency=1)
 
 
 def _write(kind: str, execution: str, position: int | None) -> None:

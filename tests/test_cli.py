@@ -109,6 +109,20 @@ def test_bad_arguments_are_usage_errors(db_url: str) -> None:
     assert_plain_error(bad_db, 2, "db must be a store URL")
 
 
+def test_the_worker_command_explains_itself_and_refuses_bad_options(db_url: str) -> None:
+    shown = CliRunner().invoke(app, ["worker", "--help"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    for option in ("--db", "--concurrency", "--import", "--queue", "--poll", "--grace"):
+        assert option in shown.stdout, option
+    assert "MODULE" in shown.stdout and "NAME" in shown.stdout
+    empty = cli(db_url, "worker", "--queue", " ")
+    assert empty.exit_code == 2 and "a queue name is a non-empty string" in empty.output
+    assert cli(db_url, "worker", "--concurrency", "0").exit_code == 2
+    assert cli(db_url, "worker", "--grace", "-1").exit_code == 2
+    missing = cli(db_url, "worker", "--import", "no_such_module_here")
+    assert missing.exit_code == 2 and "no_such_module_here" in missing.output
+
+
 def test_unknown_ids_exit_1_with_a_plain_message(db_url: str) -> None:
     for args in (["get"], ["logs"], ["logs", "--follow"], ["watch"], ["resume"], ["cancel"],
                  ["retry"], ["replay", "--from", "greet"]):  # fmt: skip

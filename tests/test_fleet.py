@@ -337,3 +337,43 @@ def test_a_worker_takes_over_dead_local_owners_only_in_the_queues_it_serves(
     assert tether.Worker(concurrency=2, queues=["a"]).run_once() == ["orphan-a"]
     assert tether.Client().handle("orphan-a").result(timeout=10) == 49
     assert tether.Client().get("orphan-b").status == Status.RUNNING  # not this worker's queue
+
+
+def test_take_overs_count_against_a_queues_per_worker_limit(db_url: str) -> None:
+    from tether._config import store_for
+    from tether._executor import host_prefix
+    from tether.store import ExecutionRow
+
+    client_only()
+    store = store_for()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = time.time()
+    for i in range(3):
+        store.create_execution(
+            ExecutionRow(
+                id=f"orphan-{i}", flow="work_flow", import_path="fleet_flows:work_flow",
+                script=None, args=f'{{"args":[{i}],"kwargs":{{}}}}', status="running",
+                created_at=now - 60 + i, updated_at=now - 60, queue="solo",
+                owner=f"{host_prefix()}{gone.pid}:dead", lease_token="old",
+                lease_expires=now + 600,
+            )
+        )  # fmt: skip
+    tether.configure(executor=True)
+    # solo: worker_concurrency=1; recover_every=0: look for dead owners on every pass
+    worker = tether.Worker(concurrency=4, queues=["solo"], recover_every=0.0)
+    taken = worker.run_once()
+    assert len(taken) == 1, taken
+    tether.Client().handle(taken[0]).result(timeout=10)
+    # Once that one is done, the queue has room for the next (and only the next) one.
+    retry_until(lambda: len(worker.run_once()) == 1 or None, what="the next take-over")
+
+
+def test_a_worker_serving_every_queue_publishes_every_declared_limit(db_url: str) -> None:
+    from tether._config import store_for
+
+    client_only()
+    tether.Worker(concurrency=1)  # queues=None: all of them; fleet_flows declares some
+    published = dict(store_for()._all("SELECT name, concurrency FROM queue_limits"))
+    assert published["limited"] == 2
+    assert "throttled" in published

@@ -114,6 +114,10 @@ def test_replay_selector_errors_list_the_candidates(client: tether.Client) -> No
         client.replay(source.id, from_="draft", overrides={"publish": "x"})
     with pytest.raises(tether.UsageError, match="is of flow 'writer', not 'failing_once'"):
         failing_once.replay(source.id, from_=0)
+    with pytest.raises(tether.UsageError, match=r"override keys are .* as text, not 0"):
+        client.replay(source.id, from_="draft", overrides={0: "x"})  # type: ignore[dict-item]
+    with pytest.raises(tether.UsageError, match=r"a checkpoint selector is .* not 1\.5"):
+        client.replay(source.id, from_=1.5)  # type: ignore[arg-type]
     assert len(client.list()) == 1, "a refused replay records nothing"
 
 

@@ -54,6 +54,12 @@ class Queue:
             _declared[self.name] = self
 
 
+def all_declared() -> list[Queue]:
+    """Every queue declared in this process (by the modules imported so far)."""
+    with _lock:
+        return list(_declared.values())
+
+
 def declared(name: str) -> Queue | None:
     """The queue declared under that name in this process, if any."""
     return _declared.get(name)

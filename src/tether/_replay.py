@@ -29,7 +29,7 @@ def select(calls: Sequence[CheckpointRow], selector: str | int, *, allow_end: bo
     (replay everything recorded, then go on live)."""
     positions = [c.position for c in calls]
     end = (max(positions) + 1) if positions else 0
-    if isinstance(selector, bool):
+    if isinstance(selector, bool) or not isinstance(selector, (str, int)):
         raise UsageError(f"a checkpoint selector is a name, name#k or a position, not {selector!r}")
     if isinstance(selector, int) or (isinstance(selector, str) and selector.isdigit()):
         position = int(selector)
@@ -81,6 +81,10 @@ def fork(
         dataclasses.replace(c) for c in calls if c.position < position and c.status != "retrying"
     ]
     for selector, value in overrides.items():
+        if not isinstance(selector, str):  # the recorded replay names them as text
+            raise UsageError(
+                f"override keys are checkpoint names, name#k or positions as text, not {selector!r}"
+            )
         targets = select_all(
             copied,
             selector,

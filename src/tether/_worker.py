@@ -84,21 +84,24 @@ class Worker:
         self._publish_limits()
 
     def _publish_limits(self) -> None:
-        """Write the fleet-wide limits of the queues this worker knows to the store."""
-        names = self.queues if self.queues is not None else []
-        for name in names:
-            queue = _queues.declared(name)
-            if queue is not None:
-                self._store.set_queue_limits(
-                    name,
-                    concurrency=queue.concurrency,
-                    rate_limit=queue.rate_limit,
-                    rate_period=queue.rate_period if queue.rate_limit else None,
-                    now=time.time(),
-                )
+        """Write the fleet-wide limits of the queues this worker serves (serving all: every
+        queue declared in this process) to the store."""
+        if self.queues is None:
+            declared = _queues.all_declared()
+        else:
+            declared = [q for q in map(_queues.declared, self.queues) if q is not None]
+        for queue in declared:
+            self._store.set_queue_limits(
+                queue.name,
+                concurrency=queue.concurrency,
+                rate_limit=queue.rate_limit,
+                rate_period=queue.rate_period if queue.rate_limit else None,
+                now=time.time(),
+            )
 
-    def _full(self, queue: str) -> bool:
-        """This worker runs as many of the queue's executions as it may."""
+    def _full(self, queue: str, pending: int = 0) -> bool:
+        """This worker runs as many of the queue's executions as it may (`pending`: more
+        about to start)."""
         declared = _queues.declared(queue)
         if declared is None or declared.worker_concurrency is None:
             return False
@@ -107,7 +110,7 @@ class Worker:
             for eid, q in self._started_in.items()
             if q == queue and self._executor.holds(self._store, eid)
         )
-        return running >= declared.worker_concurrency
+        return running + pending >= declared.worker_concurrency
 
     @property
     def owner(self) -> str:
@@ -118,7 +121,10 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stop.set())
-        log.info("worker %s on %s, concurrency %d", self.owner, self._store.url, self.concurrency)
+        log.info(
+            "worker %s on %s, concurrency %d, queues: %s", self.owner, self._store.url,
+            self.concurrency, ", ".join(self.queues) if self.queues is not None else "all",
+        )  # fmt: skip
         # While the loop runs it looks at the whole store, so the executor need not park
         # suspended executions (and poll each of them) as a plain process does.
         parking = self._executor.parking
@@ -239,11 +245,13 @@ class Worker:
         queue_of: dict[str, str] = {}
 
         def runnable_here(row: ExecutionRow) -> bool:
-            # As for a claim: a queue this worker serves and is not at its own limit in.
+            # As for a claim: a queue this worker serves and is not at its own limit in
+            # (counting those taken in this pass), a flow it has not given up importing.
             if self.queues is not None and row.queue not in self.queues:
                 return False
             with self._claiming:
-                if self._full(row.queue):
+                pending = sum(1 for q in queue_of.values() if q == row.queue)
+                if self._full(row.queue, pending) or (row.import_path, row.script) in self._skip:
                     return False
             if self._importable(row, now) is None:
                 return False
@@ -252,9 +260,9 @@ class Worker:
 
         taken = self._executor.take_over_dead(self._store, now, runnable_here, free)
         for execution_id, token in taken:
+            self._executor.start(self._store, execution_id, token, None, claimed=True)
             with self._claiming:  # counted against the queue's per-worker limit, as a claim is
                 self._started_in[execution_id] = queue_of[execution_id]
-            self._executor.start(self._store, execution_id, token, None, claimed=True)
         return [execution_id for execution_id, _ in taken]
 
     def _importable(self, row: ExecutionRow, now: float) -> Flow[Any, Any] | None:

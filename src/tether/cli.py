@@ -758,7 +758,8 @@ def worker_command(
             "--queue",
             metavar="NAME",
             help="Serve only this queue (repeatable); default: every queue. The limits of "
-            "a queue declared in an imported module (tether.Queue) are published to the store.",
+            "the queues served that an imported module declares (tether.Queue) are published "
+            "to the store, where they hold across the fleet.",
         ),
     ] = None,
     poll: Annotated[
@@ -766,26 +767,31 @@ def worker_command(
         typer.Option(
             min=0.001,
             metavar="SECONDS",
-            help="Seconds between looks for runnable work when no wake-up arrives "
-            "(PostgreSQL wakes workers through LISTEN/NOTIFY).",
+            help="SQLite: seconds between looks for runnable work (PostgreSQL workers are "
+            "woken through LISTEN/NOTIFY and look at least every second).",
         ),
     ] = 0.02,
     grace: Annotated[
         float,
         typer.Option(
-            metavar="SECONDS", help="On SIGTERM, seconds to wait for executions to hand back."
+            min=0,
+            metavar="SECONDS",
+            help="On SIGTERM, seconds to wait for executions to hand back.",
         ),
     ] = 30.0,
 ) -> None:
     """Run executions from the store until SIGTERM.
 
-    A worker runs queued executions, waits whose input arrived, due timers, and executions
-    whose process died (of the queues it serves: `--queue`, or all). On SIGTERM it stops
+    A worker runs, from the queues it serves (`--queue`, or all), queued executions, waits
+    whose input arrived, due timers, and executions whose process died. On SIGTERM it stops
     taking work and hands back what it holds at the next checkpoint boundary.
     """
     from ._worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name in queues or ():
+        if not name.strip():
+            raise typer.BadParameter("a queue name is a non-empty string", param_hint="--queue")
     with _errors():
         if db:
             _config.configure(db=db)

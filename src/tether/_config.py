@@ -94,7 +94,8 @@ def configure(
     - `durability`: `"normal"` survives process crashes; `"full"` also survives power loss,
       at the cost of a disk sync per checkpoint.
     - `max_workers`: executions this process runs at once (default 32).
-    - `lease_seconds`: how long a lease lasts without a heartbeat (default 30).
+    - `lease_seconds`: how long a lease lasts at least without a heartbeat (default 30;
+      heartbeats keep it between 1 and 4/3 of this ahead).
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
       and operates executions but never runs one; `tether worker` processes do.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).

@@ -349,14 +349,15 @@ class Executor:
         try:
             lease = settings().lease_seconds
             now = time.time()
-            # Beats come every second; a lease is moved on once a third of it has passed, so
-            # most beats leave the indexed expiry alone (and the row update HOT).
+            # Beats come every second. A lease always keeps at least `lease_seconds` ahead of
+            # it: once less is left it is extended to 4/3 of that, so about two beats in three
+            # leave the indexed expiry alone (and the row update HOT). A dead owner's lease
+            # thus runs out within 4/3 of `lease_seconds`.
             still = dict(
                 store.renew(
-                    list(tokens), tokens, now + lease, progress,
-                    refresh_before=now + lease * 2 / 3,
+                    list(tokens), tokens, now + lease * 4 / 3, progress, refresh_before=now + lease
                 )
-            )  # fmt: skip
+            )
         except Exception:
             # A busy or briefly unavailable database: try again on the next beat; the lease
             # is long enough to ride out a few missed beats.

@@ -288,16 +288,23 @@ def test_renew_moves_only_the_leases_due_for_it_with_refresh_before(store: Store
     start(store, "e1", token="tok-1")  # expires at T0 + LEASE
     start(store, "e2", token="tok-2")
     store.renew(["e2"], {"e2": "tok-2"}, T0 + 900)
-    held = store.renew(
-        ["e1", "e2"], {"e1": "tok-1", "e2": "tok-2"}, T0 + 1000, refresh_before=T0 + 800
-    )
+    tokens = {"e1": "tok-1", "e2": "tok-2"}
+    live = {"e2": '[{"position": 1}]'}
+    held = store.renew(["e1", "e2"], tokens, T0 + 1000, live, refresh_before=T0 + 800)
     assert sorted(held) == [("e1", False), ("e2", False)]  # both still held and reported
     e1, e2 = store.get_execution("e1"), store.get_execution("e2")
     assert e1 is not None and e2 is not None
+    assert e2.progress == live["e2"]  # progress is written either way
     assert e1.lease_expires == T0 + 1000  # ran out before T0 + 800: moved on
     assert e2.lease_expires == T0 + 900  # runs past it: left as it was
     lost = store.renew(["e1"], {"e1": "stale"}, T0 + 2000, refresh_before=T0 + 3000)
     assert lost == []
+    e1 = store.get_execution("e1")
+    assert e1 is not None and e1.lease_expires == T0 + 1000  # a stale token moves nothing
+    # A lease beyond the new expiry (the clock went back) is brought back to it.
+    store.renew(["e2"], {"e2": "tok-2"}, T0 + 850, refresh_before=T0 + 800)
+    e2 = store.get_execution("e2")
+    assert e2 is not None and e2.lease_expires == T0 + 850
 
 
 def test_renew_skips_finished_executions(store: Store) -> None:

@@ -249,6 +249,44 @@ def test_the_highest_priority_of_the_due_timers_goes_first_however_late_it_fell_
     assert claim_next(store, 1) == "due000"
 
 
+def test_the_window_holds_the_earliest_due_timers(store: Store) -> None:
+    # More due than the window, all alike but for when they fell due (and were created): the
+    # claim takes the first to fall due, not one of the latest.
+    insert(
+        store,
+        [
+            row(f"due{n:03d}", "waiting", created_at=T0 + n, wake_at=NOW - 500 + n)
+            for n in range(CLAIM_WINDOW + 50)
+        ],
+    )
+    assert claim_next(store) == "due000"
+
+
+@postgres_only
+def test_postgres_a_claim_in_flight_holds_one_due_timer_not_the_window(
+    store: Store, store_url: str
+) -> None:
+    # Another claimer's transaction holds the row it picked, and only that row: a concurrent
+    # claim takes the next due timer instead of finding the window locked.
+    import psycopg
+
+    insert(
+        store,
+        [
+            row(f"due{n:02d}", "waiting", created_at=T0 + n, wake_at=NOW - 100 + n)
+            for n in range(20)
+        ],
+    )
+    sql, params = claim_statement(store)  # took due00, committed
+    with closing(psycopg.connect(store_url)) as other:
+        other.execute("SET lock_timeout = '5s'")
+        held = other.execute(to_format_style(sql), params).fetchone()  # due01, not committed
+        assert held is not None and held[0] == "due01"
+        assert claim_next(store, 7) == "due02"
+        other.rollback()
+    assert claim_next(store, 8) == "due01"
+
+
 # --- plans: PostgreSQL ------------------------------------------------------------------------
 
 _PG_TYPES = {str: "text", float: "double precision", int: "bigint"}

@@ -176,8 +176,8 @@ class Store(abc.ABC):
     ) -> list[tuple[str, bool]]:
         """Extend the leases still held to `expires` (and record their progress JSON);
         returns (id, cancel_requested) for each one held. With `refresh_before`, a lease
-        that runs past it is left as it is (still checked and reported): a heartbeat can
-        beat often without rewriting every lease's expiry each time."""
+        that runs past it (and not past `expires`) is left as it is, still checked and
+        reported: a heartbeat can beat often without rewriting every lease's expiry."""
 
     @abc.abstractmethod
     def finish(

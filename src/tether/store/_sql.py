@@ -74,11 +74,13 @@ HAS_HISTORY = (
 )
 
 # A queue's limits (if any) allow one more start: fewer running than its concurrency, and
-# fewer starts in the last rate period than its rate limit.
+# fewer starts in the last rate period than its rate limit. `+r.lease_expires` keeps the
+# running count off the lease-expiry index (which holds every queue's running rows): SQLite
+# would otherwise read them all per candidate instead of the queue's through executions_by_queue.
 UNDER_LIMITS = (
     "NOT EXISTS (SELECT 1 FROM queue_limits q WHERE q.name = e.queue AND ("
     "(q.concurrency IS NOT NULL AND (SELECT count(*) FROM executions r WHERE r.queue = e.queue "
-    "AND r.status = 'running' AND r.lease_expires >= :now) >= q.concurrency) OR "
+    "AND r.status = 'running' AND +r.lease_expires >= :now) >= q.concurrency) OR "
     "(q.rate_limit IS NOT NULL AND (SELECT count(*) FROM executions s WHERE s.queue = e.queue "
     "AND s.started_at >= :now - q.rate_period) >= q.rate_limit)))"
 )
@@ -136,6 +138,8 @@ class SqlStore(Store, abc.ABC):
     lock_row: str = ""
     #: appended to the row-picking subquery of a claim (Postgres: FOR UPDATE SKIP LOCKED)
     skip_locked: str = ""
+    # `e.id` among the ids a subquery returns, in a form the planner answers by primary key.
+    in_window: str = "e.id IN ({})"
     #: the folder under store/migrations/ holding this dialect's DDL
     dialect: str = ""
 
@@ -349,8 +353,10 @@ class SqlStore(Store, abc.ABC):
         progress = progress or {}
         # lease_expires is indexed (the claim's expired-lease branch): an UPDATE that leaves
         # it alone stays HOT (no index writes), so it is moved only when due.
+        # (A lease beyond `expires`, after the clock jumped back, is brought back to it.)
         expiry = "lease_expires = ?" if refresh_before is None else (
-            "lease_expires = CASE WHEN lease_expires < ? THEN ? ELSE lease_expires END"
+            "lease_expires = CASE WHEN lease_expires IS NULL OR lease_expires < ? "
+            "OR lease_expires > ? THEN ? ELSE lease_expires END"
         )  # fmt: skip
         found: dict[str, bool] = {}
         with self._connection() as conn:
@@ -361,7 +367,7 @@ class SqlStore(Store, abc.ABC):
                 cases = " ".join("WHEN ? THEN CAST(? AS TEXT)" for _ in batch)
                 pairs = ", ".join("(?, ?)" for _ in batch)
                 params: list[Any] = [expires] if refresh_before is None else [
-                    refresh_before, expires,
+                    refresh_before, expires, expires,
                 ]  # fmt: skip
                 for execution_id in batch:
                     params += [execution_id, progress.get(execution_id)]
@@ -584,14 +590,14 @@ class SqlStore(Store, abc.ABC):
         for i, (branch, by_time) in enumerate(RUNNABLE_BRANCHES):
             rows = f"executions e WHERE {branch} AND {filters}"
             if by_time is not None:
-                # The window (see CLAIM_WINDOW). Postgres applies the lock to the window's own
-                # rows (FOR UPDATE reaches into a subquery in FROM): it locks them in index
-                # order, skipping those other claimers hold, so a claim locks as many rows as
-                # are due, up to the window, and takes one.
-                rows = (
-                    f"(SELECT id, priority, created_at FROM {rows} ORDER BY {by_time} "
-                    f"LIMIT {CLAIM_WINDOW}) AS w"
-                )
+                # The window (see CLAIM_WINDOW) is read without locking anything; then its
+                # best row that no other claimer holds is locked (and the branch's condition
+                # checked again on it, in case it changed meanwhile). Locking inside the
+                # window would lock all its rows and leave concurrent claimers nothing.
+                window = (
+                    f"SELECT e.id FROM {rows} ORDER BY {by_time} LIMIT {CLAIM_WINDOW}"
+                )  # fmt: skip
+                rows = f"executions e WHERE {self.in_window.format(window)} AND {branch}"
             picks.append(
                 f"SELECT * FROM (SELECT id, priority, created_at FROM {rows} "
                 f"ORDER BY priority DESC, created_at LIMIT 1{self.skip_locked}) AS b{i}"

@@ -39,8 +39,8 @@ CREATE INDEX IF NOT EXISTS executions_due
 -- Running executions by when their lease expires: a claim reads the expired ones (dead
 -- owners) only. The price: lease_expires is now an indexed column, so a renewal that moves it
 -- is not a HOT update (an entry into each index that is not partial, and into this one). The
--- heartbeat beats every second but moves a lease on only once a third of it has passed
--- (renew's refresh_before), so most beats leave it alone and stay HOT.
+-- heartbeat beats every second but moves a lease on only once less than lease_seconds is
+-- left (renew's refresh_before; it extends it to 4/3 of that), so most beats stay HOT.
 CREATE INDEX IF NOT EXISTS executions_lease_expiry
     ON executions (lease_expires) WHERE status = 'running';
 

@@ -34,6 +34,8 @@ log = logging.getLogger("tether.worker")
 
 # A flow that cannot be imported here is skipped for this long before trying again.
 _SKIP_SECONDS = 60.0
+# A claimed execution the executor has not started within this long never will be.
+_STARTING_SECONDS = 5.0
 
 
 class Worker:
@@ -79,6 +81,9 @@ class Worker:
         if self.queues is not None and not self.queues:
             raise UsageError("a worker needs at least one queue to serve (or none: all)")
         self._started_in: dict[str, str] = {}  # execution id -> queue, for per-worker limits
+        # Claimed here but not yet held by the executor (it starts them after the claim
+        # returns): counted as running, and not pruned, until it holds them.
+        self._starting: dict[str, float] = {}
         # Guards _skip and _started_in: executor threads claim too (see _refill).
         self._claiming = threading.Lock()
         self._publish_limits()
@@ -108,7 +113,7 @@ class Worker:
         running = sum(
             1
             for eid, q in self._started_in.items()
-            if q == queue and self._executor.holds(self._store, eid)
+            if q == queue and (eid in self._starting or self._executor.holds(self._store, eid))
         )
         return running + pending >= declared.worker_concurrency
 
@@ -218,9 +223,15 @@ class Worker:
         while True:
             with self._claiming:
                 self._skip = {flow: until for flow, until in self._skip.items() if until > now}
+                moment = time.monotonic()
+                self._starting = {
+                    eid: since for eid, since in self._starting.items()
+                    if not self._executor.holds(self._store, eid)
+                    and moment - since < _STARTING_SECONDS
+                }  # fmt: skip
                 self._started_in = {
                     eid: q for eid, q in self._started_in.items()
-                    if self._executor.holds(self._store, eid)
+                    if eid in self._starting or self._executor.holds(self._store, eid)
                 }  # fmt: skip
                 full = sorted(q for q in set(self._started_in.values()) if self._full(q))
                 skip = list(self._skip)
@@ -239,6 +250,7 @@ class Worker:
                 continue
             with self._claiming:
                 self._started_in[taken.id] = taken.queue
+                self._starting[taken.id] = time.monotonic()
             return Refill(taken.id, claim.token, flow, taken)
 
     def _take_over_dead_owners(self, now: float, free: int) -> list[str]:

@@ -57,6 +57,12 @@ def limited_job(seconds: float) -> str:
     return "done"
 
 
+@tether.flow(queue=solo)
+def solo_job(seconds: float) -> str:
+    work(0, seconds)
+    return "done"
+
+
 @tether.flow(queue=throttled)
 def throttled_job() -> str:
     work(0, 0.0)

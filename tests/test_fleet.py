@@ -4,6 +4,7 @@ database restart, and chaos (workers killed with SIGKILL all the time)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -119,6 +120,28 @@ def test_a_queue_concurrency_limit_holds_across_the_fleet(db_url: str, fleet: Fl
         running += delta
         peak = max(peak, running)
     assert peak == 2, f"at most 2 at once across 3 workers, saw {peak}"
+
+
+def test_a_queue_per_worker_limit_holds_within_one_worker(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    effects = tmp_path / "effects.log"
+    monkeypatch.setenv("SIDE_EFFECTS", str(effects))
+    client_only()
+    handles = [fleet_flows.solo_job.enqueue(0.2) for _ in range(4)]
+    tether.configure(executor=True)
+    worker = tether.Worker(concurrency=4, queues=["solo"])  # solo: worker_concurrency=1
+    runner = threading.Thread(target=worker.run, kwargs={"grace": 5})
+    runner.start()
+    try:
+        assert [h.result(timeout=30) for h in handles] == ["done"] * 4
+    finally:
+        worker.stop()
+        runner.join(timeout=30)
+    starts = sorted(at for kind, _, _, _, at in events(effects) if kind == "start")
+    assert len(starts) == 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.2, f"two ran at once on one worker: {gaps}"
 
 
 def test_a_queue_rate_limit_spaces_starts(db_url: str, fleet: Fleet) -> None:

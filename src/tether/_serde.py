@@ -49,11 +49,16 @@ _to_json = pydantic_core.to_json
 _from_json = pydantic_core.from_json
 
 
-def _encode_json(tree: Any) -> str:
+def json_bytes(tree: Any) -> bytes:
+    """A tree of JSON types as UTF-8 JSON (what a database driver sends)."""
     try:
-        return _to_json(tree).decode()
+        return _to_json(tree)
     except (pydantic_core.PydanticSerializationError, UnicodeError):
-        return _encode_ascii(tree)
+        return _encode_ascii(tree).encode()
+
+
+def _encode_json(tree: Any) -> str:
+    return json_bytes(tree).decode()
 
 
 def _decode_json(text: str) -> Any:

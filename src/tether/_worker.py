@@ -34,7 +34,8 @@ log = logging.getLogger("tether.worker")
 
 # A flow that cannot be imported here is skipped for this long before trying again.
 _SKIP_SECONDS = 60.0
-# A claimed execution the executor has not started within this long never will be.
+# A claimed execution the executor has not started within this long never will be (say, a
+# take-over accepted here that another worker won).
 _STARTING_SECONDS = 5.0
 
 
@@ -104,9 +105,8 @@ class Worker:
                 now=time.time(),
             )
 
-    def _full(self, queue: str, pending: int = 0) -> bool:
-        """This worker runs as many of the queue's executions as it may (`pending`: more
-        about to start)."""
+    def _full(self, queue: str) -> bool:
+        """This worker runs (or is starting) as many of the queue's executions as it may."""
         declared = _queues.declared(queue)
         if declared is None or declared.worker_concurrency is None:
             return False
@@ -115,7 +115,13 @@ class Worker:
             for eid, q in self._started_in.items()
             if q == queue and (eid in self._starting or self._executor.holds(self._store, eid))
         )
-        return running + pending >= declared.worker_concurrency
+        return running >= declared.worker_concurrency
+
+    def _starts(self, execution_id: str, queue: str) -> None:
+        """Count an execution claimed or taken over here against its queue's per-worker limit
+        from now on (the executor holds it a moment later). Call with `_claiming` held."""
+        self._started_in[execution_id] = queue
+        self._starting[execution_id] = time.monotonic()
 
     @property
     def owner(self) -> str:
@@ -249,32 +255,28 @@ class Worker:
                 self._store.release(taken.id, claim.token, status=Status.QUEUED, now=now)
                 continue
             with self._claiming:
-                self._started_in[taken.id] = taken.queue
-                self._starting[taken.id] = time.monotonic()
+                self._starts(taken.id, taken.queue)
             return Refill(taken.id, claim.token, flow, taken)
 
     def _take_over_dead_owners(self, now: float, free: int) -> list[str]:
-        queue_of: dict[str, str] = {}
-
         def runnable_here(row: ExecutionRow) -> bool:
             # As for a claim: a queue this worker serves and is not at its own limit in
-            # (counting those taken in this pass), a flow it has not given up importing.
+            # (those taken earlier in this pass count as starting), a flow it has not given
+            # up importing.
             if self.queues is not None and row.queue not in self.queues:
                 return False
             with self._claiming:
-                pending = sum(1 for q in queue_of.values() if q == row.queue)
-                if self._full(row.queue, pending) or (row.import_path, row.script) in self._skip:
+                if self._full(row.queue) or (row.import_path, row.script) in self._skip:
                     return False
             if self._importable(row, now) is None:
                 return False
-            queue_of[row.id] = row.queue
+            with self._claiming:
+                self._starts(row.id, row.queue)
             return True
 
         taken = self._executor.take_over_dead(self._store, now, runnable_here, free)
         for execution_id, token in taken:
             self._executor.start(self._store, execution_id, token, None, claimed=True)
-            with self._claiming:  # counted against the queue's per-worker limit, as a claim is
-                self._started_in[execution_id] = queue_of[execution_id]
         return [execution_id for execution_id, _ in taken]
 
     def _importable(self, row: ExecutionRow, now: float) -> Flow[Any, Any] | None:

@@ -17,7 +17,6 @@ Install the driver with `pip install 'tether[postgres]'`.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import typing
@@ -28,9 +27,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from pydantic_core import PydanticSerializationError
-from pydantic_core import to_json as _to_json
-
+from .._serde import json_bytes as _json
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import GroupCommit
@@ -142,20 +139,6 @@ def _group_statement(*, events: bool, finishes: bool) -> str:
         )
     sql += " SELECT * FROM written"
     return sql + (" UNION ALL SELECT id, NULL, NULL FROM finished" if finishes else "")
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def _json(rows: list[tuple[Any, ...]]) -> bytes:
-    """A batch as UTF-8 JSON, the bytes libpq sends. pydantic_core (already a dependency;
-    the store does not import `_serde`, which sits above it) encodes a batch about 4x faster
-    than the json module. The json module takes what Rust strings cannot hold (lone
-    surrogates, escaped): PostgreSQL then refuses that item, and only its caller fails."""
-    try:
-        return _to_json(rows)
-    except (PydanticSerializationError, UnicodeError):
-        return _ENCODER.encode(rows).encode()
 
 
 @lru_cache(maxsize=4)

@@ -51,6 +51,10 @@ WAIT_COLUMNS = (
 )
 _FINISHED = ("succeeded", "failed", "cancelled")
 
+# What an UPDATE sets when an execution stops being held (it ends, is handed back, parks or
+# is reset): every write that lets go of a lease uses this, the group commit's finish too.
+RELEASED = "owner = NULL, lease_token = NULL, lease_expires = NULL, progress = NULL"
+
 # Runnable: queued and not (validly) leased, waiting and due, or running with a dead lease.
 # Queries take the three branches one by one, each on its own partial index (migration 0008),
 # rather than as one OR. The status is a literal so that the planner can prove the index's
@@ -397,9 +401,8 @@ class SqlStore(Store, abc.ABC):
     ) -> bool:
         return (
             self._count(
-                "UPDATE executions SET status = ?, result = ?, error = ?, owner = NULL, "
-                "lease_token = NULL, lease_expires = NULL, wake_at = NULL, progress = NULL, "
-                "finished_at = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
+                f"UPDATE executions SET status = ?, result = ?, error = ?, {RELEASED}, "
+                "wake_at = NULL, finished_at = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
                 (status, result, error, now, now, execution_id, token),
             )
             == 1
@@ -408,8 +411,7 @@ class SqlStore(Store, abc.ABC):
     def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
         return (
             self._count(
-                "UPDATE executions SET status = ?, owner = NULL, lease_token = NULL, "
-                "lease_expires = NULL, progress = NULL, updated_at = ? "
+                f"UPDATE executions SET status = ?, {RELEASED}, updated_at = ? "
                 "WHERE id = ? AND lease_token = ?",
                 (status, now, execution_id, token),
             )
@@ -493,12 +495,11 @@ class SqlStore(Store, abc.ABC):
             ).fetchone()
             if answered is not None:
                 return False  # the holder runs the flow again and finds the input
-            release = "owner = NULL, lease_token = NULL, lease_expires = NULL, progress = NULL"
             if held[0]:
                 # A cancel requested while it ran wins: park it as cancelled, not waiting.
                 self._run(
                     conn,
-                    f"UPDATE executions SET status = 'cancelled', wake_at = NULL, {release}, "
+                    f"UPDATE executions SET status = 'cancelled', wake_at = NULL, {RELEASED}, "
                     "finished_at = ?, updated_at = ? WHERE id = ?",
                     (now, now, execution_id),
                 )
@@ -506,7 +507,7 @@ class SqlStore(Store, abc.ABC):
             else:
                 self._run(
                     conn,
-                    f"UPDATE executions SET status = 'waiting', wake_at = ?, {release}, "
+                    f"UPDATE executions SET status = 'waiting', wake_at = ?, {RELEASED}, "
                     "updated_at = ? WHERE id = ?",
                     (wake_at, now, execution_id),
                 )
@@ -771,9 +772,9 @@ class SqlStore(Store, abc.ABC):
         with self._transaction() as conn:
             cursor = self._run(
                 conn,
-                "UPDATE executions SET status = 'queued', result = NULL, error = NULL, "
-                "owner = NULL, lease_token = NULL, lease_expires = NULL, wake_at = NULL, "
-                "cancel_requested = 0, finished_at = NULL, progress = NULL, updated_at = ? "
+                f"UPDATE executions SET status = 'queued', result = NULL, error = NULL, "
+                f"{RELEASED}, wake_at = NULL, cancel_requested = 0, finished_at = NULL, "
+                "updated_at = ? "
                 "WHERE id = ? AND status = 'failed'",
                 (now, execution_id),
             )

@@ -33,6 +33,7 @@ from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import GroupCommit
 from ._sql import (
     CHECKPOINT_FIELDS,
+    RELEASED,
     Connection,
     SqlStore,
     checkpoint_values,
@@ -127,8 +128,8 @@ def _group_statement(*, events: bool, finishes: bool) -> str:
     if finishes:
         sql += (
             ", finished AS (UPDATE executions x SET status = f.status, result = f.result, "
-            "error = f.error, owner = NULL, lease_token = NULL, lease_expires = NULL, "
-            "wake_at = NULL, progress = NULL, finished_at = f.now, updated_at = f.now "
+            f"error = f.error, {RELEASED}, wake_at = NULL, finished_at = f.now, "
+            "updated_at = f.now "
             f"FROM (SELECT {_from_json(_Finish, [f.name for f in fields(_Finish)])} "
             "FROM jsonb_array_elements(%(finishes)s::jsonb) r) f "
             "WHERE x.id = f.execution_id AND x.lease_token = f.token "

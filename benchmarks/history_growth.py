@@ -47,7 +47,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 import tether
 import tether.ai
-from tether import _config
+from tether._core import config as _config
 
 VARIANTS = ("memory list", "memory one value", "checkpoint result")
 ANSWER = "Durable execution keeps each step's result, so a crash costs one step, not the run. "

@@ -17,7 +17,7 @@ from typing import Any
 
 import tether
 from helpers import record_side_effect
-from tether import _checkpoint
+from tether._core import checkpoint as _checkpoint
 
 
 def _kill() -> None:

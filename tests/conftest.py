@@ -14,7 +14,7 @@ import pytest
 
 import tether
 from backend import BACKEND, fresh_database
-from tether import _config
+from tether._core import config as _config
 
 
 @pytest.fixture(scope="session")

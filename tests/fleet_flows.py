@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import tether
-from tether import _checkpoint
+from tether._core import checkpoint as _checkpoint
 
 limited = tether.Queue("limited", concurrency=2)
 throttled = tether.Queue("throttled", rate_limit=2, rate_period=1.0)

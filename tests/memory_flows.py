@@ -21,7 +21,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 import tether
 import tether.ai
-from tether import _checkpoint
+from tether._core import checkpoint as _checkpoint
 from tether.store import _sql
 
 _CRASH = os.environ.get("MEMORY_CRASH", "")

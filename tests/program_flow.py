@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tether
-from tether import _checkpoint
+from tether._core import checkpoint as _checkpoint
 
 RETRIES = 3
 

@@ -21,7 +21,7 @@ import cli_flows
 import tether
 from helpers import TESTS, child_env, retry_until, run_cli
 from tether import Status
-from tether.cli import _parse_age, app
+from tether.cli._app import _parse_age, app
 from tether.errors import ExecutionNotFound
 
 COMMANDS = ["list", "get", "logs", "watch", "resume", "cancel", "retry", "recover", "replay",
@@ -505,7 +505,7 @@ def test_replay_queued_for_a_worker_runs_on_recover(client: tether.Client, db_ur
     source = finished(client, cli_flows.greeting, "ada")
     record = cli_json(db_url, "executions", "replay", source, "--from", "shout", "--queue")
     assert record["status"] == "queued"
-    assert tether._config.settings().executor, "--queue leaves the process setting alone"
+    assert tether._core.config.settings().executor, "--queue leaves the process setting alone"
     (recovered,) = cli_json(db_url, "executions", "recover")
     assert recovered["id"] == record["id"] and recovered["result"] == "HELLO ADA!"
 
@@ -579,7 +579,7 @@ def test_prune_asks_before_deleting_on_a_terminal(
 ) -> None:
     finished(client, cli_flows.greeting, "ada")
     runner = CliRunner()
-    monkeypatch.setattr("tether.cli._stdin_is_terminal", lambda: True)
+    monkeypatch.setattr("tether.cli._app._stdin_is_terminal", lambda: True)
     no = runner.invoke(app, ["executions", "prune", "--older-than", "0s"], input="n\n")
     assert no.exit_code == 0 and "Nothing deleted" in no.stdout
     assert len(client.list()) == 1

@@ -12,7 +12,7 @@ from typer.testing import CliRunner, Result
 import memory_flows
 import tether
 from helpers import run_cli
-from tether import memory
+from tether._memory import api as memory
 from tether.cli import app
 
 COMMANDS = ["list", "get", "set", "history", "delete"]

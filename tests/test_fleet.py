@@ -177,7 +177,7 @@ def test_higher_priority_runs_first(db_url: str) -> None:
 
 
 def test_the_worker_command_serves_only_the_queues_it_is_given(db_url: str) -> None:
-    from tether._config import store_for
+    from tether._core.config import store_for
 
     client_only()
     other = fleet_flows.work_flow.options(queue="other").enqueue(3)
@@ -288,7 +288,7 @@ def test_fleet_flows_module_is_importable_by_workers() -> None:
 
 
 def test_a_worker_hands_back_an_execution_whose_flow_it_cannot_import(db_url: str) -> None:
-    from tether._config import store_for
+    from tether._core.config import store_for
     from tether.store import ExecutionRow
 
     client_only()
@@ -337,8 +337,8 @@ def test_a_worker_thread_runs_the_next_execution_itself(db_url: str) -> None:
 def test_a_worker_takes_over_dead_local_owners_only_in_the_queues_it_serves(
     db_url: str,
 ) -> None:
-    from tether._config import store_for
-    from tether._executor import host_prefix
+    from tether._core.config import store_for
+    from tether._runtime.executor import host_prefix
     from tether.store import ExecutionRow
 
     client_only()
@@ -363,8 +363,8 @@ def test_a_worker_takes_over_dead_local_owners_only_in_the_queues_it_serves(
 
 
 def test_take_overs_count_against_a_queues_per_worker_limit(db_url: str) -> None:
-    from tether._config import store_for
-    from tether._executor import host_prefix
+    from tether._core.config import store_for
+    from tether._runtime.executor import host_prefix
     from tether.store import ExecutionRow
 
     client_only()
@@ -393,7 +393,7 @@ def test_take_overs_count_against_a_queues_per_worker_limit(db_url: str) -> None
 
 
 def test_a_worker_serving_every_queue_publishes_every_declared_limit(db_url: str) -> None:
-    from tether._config import store_for
+    from tether._core.config import store_for
 
     client_only()
     tether.Worker(concurrency=1)  # queues=None: all of them; fleet_flows declares some

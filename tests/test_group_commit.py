@@ -19,7 +19,7 @@ import pytest
 
 from backend import postgres_only
 from store._rows import NOW, start
-from tether._persist import persist
+from tether._core.persist import persist
 from tether.errors import StoreUnavailable
 from tether.store import CheckpointRow, Commit, EventRow
 from tether.store._group_commit import GroupCommit

@@ -21,9 +21,10 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse
 import memory_flows
 import tether
 from helpers import retry_until, run_child
-from tether import Status, memory
-from tether._config import store_for
-from tether._context import Run, current_run
+from tether import Status
+from tether._core.config import store_for
+from tether._core.context import Run, current_run
+from tether._memory import api as memory
 from tether.errors import (
     LeaseLost,
     MemoryConflictError,

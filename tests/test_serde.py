@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
-from tether._serde import dumps, error_from_text, error_info, error_to_text, fingerprint, loads
+from tether._core.serde import dumps, error_from_text, error_info, error_to_text, fingerprint, loads
 from tether.errors import CheckpointError, DivergenceError, ExecutionFailed, SerializationError
 
 # --- module-level types the tests store -------------------------------------------------------

@@ -25,14 +25,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import errors, memory
-from ._budget import Budget
-from ._checkpoint import Checkpoint, checkpoint
-from ._config import configure
-from ._context import Current, current, in_flow, log
-from ._flow import Flow, Handle, Starter, flow
-from ._prices import ModelPrice
-from ._queues import Queue
-from ._records import (
+from ._core.checkpoint import Checkpoint, checkpoint
+from ._core.config import configure
+from ._core.context import Current, current, in_flow, log
+from ._core.status import CheckpointStatus, Status
+from ._core.waits import sleep, wait
+from ._ops.client import Client
+from ._runtime.flow import Flow, Handle, Starter, flow
+from ._runtime.queues import Queue
+from ._runtime.records import (
     Attempt,
     CheckpointRecord,
     ErrorInfo,
@@ -41,11 +42,10 @@ from ._records import (
     LogRecord,
     WaitRecord,
 )
-from ._status import CheckpointStatus, Status
-from ._usage import Usage, record_usage
-from ._waits import sleep, wait
-from ._worker import Worker
-from .client import Client
+from ._runtime.worker import Worker
+from ._spend.budget import Budget
+from ._spend.prices import ModelPrice
+from ._spend.usage import Usage, record_usage
 from .errors import (
     BudgetExceeded,
     Cancelled,

@@ -23,7 +23,7 @@ from pydantic_ai.models import Model
 from pydantic_ai.settings import ModelSettings
 
 import tether
-from tether._config import settings as tether_settings
+from tether._core.config import settings as tether_settings
 from tether.errors import UsageError
 
 from ._metering import MeteredModel

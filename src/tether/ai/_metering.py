@@ -19,9 +19,10 @@ from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage
 
-from tether import _budget, _usage
-from tether._context import current_frame
-from tether._prices import configured_price, cost_of
+from tether._core.context import current_frame
+from tether._spend import budget as _budget
+from tether._spend import usage as _usage
+from tether._spend.prices import configured_price, cost_of
 
 _request_usage: TypeAdapter[RequestUsage] = TypeAdapter(RequestUsage)
 

@@ -35,7 +35,7 @@ from pydantic_ai.durable_exec._operation_names import DurableInvocationName
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 
 import tether
-from tether._context import current_frame, current_run
+from tether._core.context import current_frame, current_run
 
 Body: TypeAlias = Callable[[], Awaitable[object]]
 K = TypeVar("K")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .._serde import json_bytes as _json
+from .._core.serde import json_bytes as _json
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import GroupCommit

@@ -14,18 +14,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
-from . import _schema, _serde
-from ._config import settings
-from ._context import Run, current_frame, current_run
-from .errors import (
-    DivergenceError,
-    LeaseLost,
-    NotInFlowError,
-    Suspended,
-    UsageError,
-    WaitTimeout,
-)
-from .store import WaitRow
+from ..errors import DivergenceError, LeaseLost, NotInFlowError, Suspended, UsageError, WaitTimeout
+from ..store import WaitRow
+from . import schema as _schema
+from . import serde as _serde
+from .config import settings
+from .context import Run, current_frame, current_run
 
 
 class _NoDefault:

@@ -19,9 +19,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from . import _serde
-from .errors import StoreError
-from .store import MemoryRow, Store
+from .._core import serde as _serde
+from ..errors import StoreError
+from ..store import MemoryRow, Store
 
 _DIGEST_SIZE = 16
 

@@ -9,11 +9,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import ConfigurationError
-from .store import Store, open_store
+from ..errors import ConfigurationError
+from ..store import Store, open_store
 
 if TYPE_CHECKING:
-    from ._prices import ModelPrice
+    from .._spend.prices import ModelPrice
 
 DEFAULT_DB: Final = "sqlite:///.tether/tether.db"
 
@@ -141,7 +141,7 @@ def configure(
 
 
 def _checked_prices(prices: Any) -> dict[str, ModelPrice]:
-    from ._prices import ModelPrice
+    from .._spend.prices import ModelPrice
 
     if not isinstance(prices, Mapping):
         raise ConfigurationError(

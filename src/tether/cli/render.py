@@ -18,10 +18,17 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from . import _usage
-from ._records import CheckpointRecord, ErrorInfo, Event, ExecutionRecord, LogRecord, WaitRecord
-from ._status import Status
-from ._usage import Usage
+from .._core.status import Status
+from .._runtime.records import (
+    CheckpointRecord,
+    ErrorInfo,
+    Event,
+    ExecutionRecord,
+    LogRecord,
+    WaitRecord,
+)
+from .._spend import usage as _usage
+from .._spend.usage import Usage
 
 STATUS_STYLES = {
     "queued": "cyan",

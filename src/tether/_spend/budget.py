@@ -24,9 +24,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from . import _serde, _usage
-from ._context import Frame, Run, current_frame, current_run
-from .errors import BudgetExceeded, UsageError
+from .._core import serde as _serde
+from .._core.context import Frame, Run, current_frame, current_run
+from ..errors import BudgetExceeded, UsageError
+from . import usage as _usage
 
 _OPTION = "budget"
 
@@ -163,7 +164,7 @@ def check(
                 f"{input_tokens + output_tokens:,} more, over the limit of {budget.max_tokens:,}"
             )
     if problem is None and budget.max_cost_usd is not None:
-        from ._prices import cost_of
+        from .prices import cost_of
 
         if not used.cost_complete:
             problem = (

@@ -16,11 +16,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from . import _cli_render as render
-from . import _config, memory
-from ._cli_options import DbOption, JsonOption
-from .errors import MemoryKeyError, MemoryScopeError
-from .memory import MemoryVersion
+from .._core import config as _config
+from .._memory import api as memory
+from .._memory.api import MemoryVersion
+from ..errors import MemoryKeyError, MemoryScopeError
+from . import render
+from .options import DbOption, JsonOption
 
 memory_app = typer.Typer(
     help=(
@@ -36,7 +37,7 @@ memory_app = typer.Typer(
 
 def _cli() -> ModuleType:
     # Imported when a command runs: cli.py imports this module to register it.
-    from . import cli
+    from . import _app as cli
 
     return cli
 

@@ -13,16 +13,19 @@ import asyncio
 import enum
 from typing import TYPE_CHECKING, Any
 
-from . import _budget, _capture, _imports, _serde
-from ._config import settings
-from ._context import Run, current_run
-from ._persist import persist
-from ._status import Status
-from .errors import Cancelled, FlowNotFoundError, LeaseLost, Released, Suspended
-from .store import CheckpointRow, ExecutionRow, Store, WaitRow
+from .._core import capture as _capture
+from .._core import imports as _imports
+from .._core import serde as _serde
+from .._core.config import settings
+from .._core.context import Run, current_run
+from .._core.persist import persist
+from .._core.status import Status
+from .._spend import budget as _budget
+from ..errors import Cancelled, FlowNotFoundError, LeaseLost, Released, Suspended
+from ..store import CheckpointRow, ExecutionRow, Store, WaitRow
 
 if TYPE_CHECKING:
-    from ._flow import Flow
+    from .flow import Flow
 
 
 class Outcome(enum.Enum):
@@ -33,7 +36,7 @@ class Outcome(enum.Enum):
 
 
 def load_flow(import_path: str, script: str | None) -> Flow[Any, Any]:
-    from ._flow import Flow
+    from .flow import Flow
 
     found = _imports.resolve(import_path, script)
     if not isinstance(found, Flow):

@@ -16,13 +16,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import _serde
-from .errors import Cancelled, DivergenceError, LeaseLost, NotInFlowError, Released
-from .store import CheckpointRow, EventRow, Store, WaitRow
+from ..errors import Cancelled, DivergenceError, LeaseLost, NotInFlowError, Released
+from ..store import CheckpointRow, EventRow, Store, WaitRow
+from . import serde as _serde
 
 if TYPE_CHECKING:
-    from ._budget import Budget
-    from ._usage import Usage
+    from .._spend.budget import Budget
+    from .._spend.usage import Usage
 
 
 class Run:

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from . import _imports
-from .errors import UsageError
+from ..errors import UsageError
+from . import imports as _imports
 
 
 def type_ref(tp: Any) -> Any:

@@ -17,9 +17,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import _serde
-from .errors import UsageError
-from .store import CheckpointRow, WaitRow
+from .._core import serde as _serde
+from ..errors import UsageError
+from ..store import CheckpointRow, WaitRow
 
 _FINAL_WAITS = ("resolved", "timed_out")
 

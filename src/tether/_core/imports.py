@@ -20,7 +20,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from .errors import FlowNotFoundError
+from ..errors import FlowNotFoundError
 
 MAIN_ALIAS = "__tether_main__"
 

@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._context import current_frame, current_run
-from .errors import UsageError
+from .._core.context import current_frame, current_run
+from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from .store import EventRow
+    from ..store import EventRow
 
 # The reserved metadata key. A dot keeps it out of reach of `tether.log(**metadata)`.
 KEY = "tether.usage"
@@ -181,7 +181,7 @@ def record_usage(
             "its result and a resumed flow does not count it twice"
         )
     if cost_usd is None:
-        from ._prices import cost_of
+        from .prices import cost_of
 
         cost_usd = cost_of(
             model,

@@ -25,12 +25,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from . import _serde, _usage
-from ._capture import MAX_LOG_BYTES, CapturedLog
-from ._context import Frame, Run, current_frame, current_run
-from ._persist import persist
-from ._status import CheckpointStatus
-from .errors import (
+from .._spend import usage as _usage
+from ..errors import (
     BudgetExceeded,
     CheckpointTimeout,
     ControlSignal,
@@ -40,7 +36,12 @@ from .errors import (
     StoreUnavailable,
     UsageError,
 )
-from .store import CheckpointRow, Commit, EventRow
+from ..store import CheckpointRow, Commit, EventRow
+from . import serde as _serde
+from .capture import MAX_LOG_BYTES, CapturedLog
+from .context import Frame, Run, current_frame, current_run
+from .persist import persist
+from .status import CheckpointStatus
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -11,15 +11,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import _budget, _replay, _schema, _serde, _usage
-from ._budget import Budget
-from ._config import settings, store_for
-from ._engine import load_flow
-from ._executor import executor
-from ._flow import Handle, launch, new_execution_id
-from ._records import OUTPUT_KINDS, ExecutionRecord, LogRecord, WaitRecord
-from ._status import Status
-from .errors import (
+from .._core import schema as _schema
+from .._core import serde as _serde
+from .._core.config import settings, store_for
+from .._core.status import Status
+from .._runtime import replay as _replay
+from .._runtime.engine import load_flow
+from .._runtime.executor import executor
+from .._runtime.flow import Handle, launch, new_execution_id
+from .._runtime.records import OUTPUT_KINDS, ExecutionRecord, LogRecord, WaitRecord
+from .._spend import budget as _budget
+from .._spend import usage as _usage
+from .._spend.budget import Budget
+from ..errors import (
     ExecutionLocked,
     ExecutionNotFound,
     InputTooLarge,
@@ -29,7 +33,7 @@ from .errors import (
     WaitAlreadyResolved,
     WaitNotFound,
 )
-from .store import EventRow, ExecutionRow, Store, WaitRow
+from ..store import EventRow, ExecutionRow, Store, WaitRow
 
 _TAKEABLE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 

@@ -11,15 +11,14 @@ from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from . import _budget, _imports, _queues, _serde
-from ._budget import Budget
-from ._config import settings, store_for
-from ._context import current_frame, current_run
-from ._executor import executor
-from ._queues import Queue
-from ._records import WaitRecord
-from ._status import Status
-from .errors import (
+from .._core import imports as _imports
+from .._core import serde as _serde
+from .._core.config import settings, store_for
+from .._core.context import current_frame, current_run
+from .._core.status import Status
+from .._spend import budget as _budget
+from .._spend.budget import Budget
+from ..errors import (
     ExecutionCancelled,
     ExecutionFailed,
     ExecutionNotFound,
@@ -27,7 +26,11 @@ from .errors import (
     StoreUnavailable,
     UsageError,
 )
-from .store import CheckpointRow, ExecutionRow, Store, WaitRow
+from ..store import CheckpointRow, ExecutionRow, Store, WaitRow
+from . import queues as _queues
+from .executor import executor
+from .queues import Queue
+from .records import WaitRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -255,7 +258,7 @@ class Flow(Generic[P, R]):
         budget: Budget | None = None,
     ) -> Handle[Any]:
         """Fork an execution of this flow: `Client(db).replay(...)`, checked to be this flow's."""
-        from .client import Client
+        from .._ops.client import Client
 
         client = Client(db)
         source = client.get(execution_id)

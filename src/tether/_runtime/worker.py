@@ -18,17 +18,17 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _queues
-from ._config import configure, settings, store_for
-from ._engine import load_flow
-from ._executor import Executor, Refill, executor
-from ._queues import Queue
-from ._status import Status
-from .errors import StoreError, UsageError
-from .store import EventRow, ExecutionRow, Store
+from .._core.config import configure, settings, store_for
+from .._core.status import Status
+from ..errors import StoreError, UsageError
+from ..store import EventRow, ExecutionRow, Store
+from . import queues as _queues
+from .engine import load_flow
+from .executor import Executor, Refill, executor
+from .queues import Queue
 
 if TYPE_CHECKING:
-    from ._flow import Flow
+    from .flow import Flow
 
 log = logging.getLogger("tether.worker")
 

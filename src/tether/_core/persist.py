@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from ._config import settings
-from .errors import StoreUnavailable
+from ..errors import StoreUnavailable
+from .config import settings
 
 T = TypeVar("T")
 

@@ -32,8 +32,8 @@ from typing import Any
 import pydantic_core
 from pydantic import BaseModel
 
-from . import _imports
-from .errors import CheckpointError, SerializationError
+from ..errors import CheckpointError, SerializationError
+from . import imports as _imports
 
 TAG = "$t"
 _TAG_MARK = '"$t"'

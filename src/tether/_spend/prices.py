@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._config import settings
-from .errors import UsageError
+from .._core.config import settings
+from ..errors import UsageError
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,14 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import _engine, _serde
-from ._config import settings
-from ._context import Run
-from ._status import Status
-from .store import Claim, ExecutionRow, Store
+from .._core import serde as _serde
+from .._core.config import settings
+from .._core.context import Run
+from .._core.status import Status
+from ..store import Claim, ExecutionRow, Store
+from . import engine as _engine
 
 if TYPE_CHECKING:
-    from ._flow import Flow
+    from .flow import Flow
 
 _HEARTBEAT_SECONDS = 1.0
 # How often parked executions are checked for input from other processes and due timers.

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from . import _budget, _serde, _usage
-from ._budget import Budget
-from ._status import CheckpointStatus, Status
-from ._usage import Usage
-from .store import CheckpointRow, EventRow, ExecutionRow, WaitRow
+from .._core import serde as _serde
+from .._core.status import CheckpointStatus, Status
+from .._spend import budget as _budget
+from .._spend import usage as _usage
+from .._spend.budget import Budget
+from .._spend.usage import Usage
+from ..store import CheckpointRow, EventRow, ExecutionRow, WaitRow
 
 
 def _time(value: float | None) -> dt.datetime | None:

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from ._context import Frame, current_frame
+from .context import Frame, current_frame
 
 MAX_LOG_BYTES = 64 * 1024
 

@@ -25,15 +25,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from . import _cli_render as render
-from . import _config
-from ._cli_memory import memory_app
-from ._cli_options import DbOption, JsonOption
-from ._records import ExecutionRecord
-from ._status import Status
-from .client import Client
-from .errors import ConfigurationError, ResultTimeout, TetherError, UsageError
-from .store import exists as store_exists
+from .._core import config as _config
+from .._core.status import Status
+from .._ops.client import Client
+from .._runtime.records import ExecutionRecord
+from ..errors import ConfigurationError, ResultTimeout, TetherError, UsageError
+from ..store import exists as store_exists
+from . import render
+from .memory import memory_app
+from .options import DbOption, JsonOption
 
 app = typer.Typer(
     name="tether",
@@ -150,7 +150,7 @@ def _errors() -> Iterator[None]:
 def _hand_back() -> None:
     """On Ctrl-C: executions this process runs (resume, retry, replay, recover) stop at their
     next checkpoint boundary and go back to `queued`, for a worker or a later resume."""
-    from ._executor import executor
+    from .._runtime.executor import executor
 
     runner = executor()
     if not runner.held_count():
@@ -786,7 +786,7 @@ def worker_command(
     whose input arrived, due timers, and executions whose process died. On SIGTERM it stops
     taking work and hands back what it holds at the next checkpoint boundary.
     """
-    from ._worker import Worker
+    from .._runtime.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in queues or ():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from .errors import UsageError
+from ..errors import UsageError
 
 DEFAULT = "default"
 

@@ -1,0 +1,1 @@
+"""The memory layer: durable memory (`tether.memory`) and its content-addressed blobs."""

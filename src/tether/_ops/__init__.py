@@ -1,0 +1,1 @@
+"""The operations layer: `Client`, operating on what is recorded."""

@@ -21,7 +21,8 @@ import cli_flows
 import tether
 from helpers import TESTS, child_env, retry_until, run_cli
 from tether import Status
-from tether.cli._app import _parse_age, app
+from tether.cli import app
+from tether.cli.executions import _parse_age
 from tether.errors import ExecutionNotFound
 
 COMMANDS = ["list", "get", "logs", "watch", "resume", "cancel", "retry", "recover", "replay",
@@ -579,7 +580,7 @@ def test_prune_asks_before_deleting_on_a_terminal(
 ) -> None:
     finished(client, cli_flows.greeting, "ada")
     runner = CliRunner()
-    monkeypatch.setattr("tether.cli._app._stdin_is_terminal", lambda: True)
+    monkeypatch.setattr("tether.cli.executions._stdin_is_terminal", lambda: True)
     no = runner.invoke(app, ["executions", "prune", "--older-than", "0s"], input="n\n")
     assert no.exit_code == 0 and "Nothing deleted" in no.stdout
     assert len(client.list()) == 1

@@ -28,10 +28,12 @@ from . import errors, memory
 from ._core.checkpoint import Checkpoint, checkpoint
 from ._core.config import configure
 from ._core.context import Current, current, in_flow, log
+from ._core.model_price import ModelPrice
 from ._core.status import CheckpointStatus, Status
 from ._core.waits import sleep, wait
 from ._ops.client import Client
-from ._runtime.flow import Flow, Handle, Starter, flow
+from ._runtime.flow import Flow, Starter, flow
+from ._runtime.handle import Handle
 from ._runtime.queues import Queue
 from ._runtime.records import (
     Attempt,
@@ -44,7 +46,6 @@ from ._runtime.records import (
 )
 from ._runtime.worker import Worker
 from ._spend.budget import Budget
-from ._spend.prices import ModelPrice
 from ._spend.usage import Usage, record_usage
 from .errors import (
     BudgetExceeded,

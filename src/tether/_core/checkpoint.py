@@ -25,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from .._spend import usage as _usage
 from ..errors import (
     BudgetExceeded,
     CheckpointTimeout,
@@ -242,9 +241,9 @@ class _Call:
                 self.replayed = True
                 return  # the hot replay path needs no frame and no clock
         self.frame = Frame(run, position, checkpoint.name, len(self.attempts) + 1)
-        if prior is not None:
+        if prior is not None and run.spend is not None:
             # Resuming a call whose earlier attempts failed: what they spent stays counted.
-            self.frame.usage = _usage.from_metadata(prior.metadata)
+            run.spend.resume_call(self.frame, prior.metadata)
         self.started = time.time()
         run.live[position] = (checkpoint.name, self.started)
 
@@ -325,9 +324,8 @@ class _Call:
         run = self.run
         frame = self.frame
         metadata = frame.metadata
-        if frame.usage is not None:
-            metadata = _usage.with_usage(metadata, frame.usage)
-            run.committed_usage[frame.position] = frame.usage
+        if frame.usage is not None and run.spend is not None:
+            metadata = run.spend.commit_call(frame, metadata)
         row = CheckpointRow(
             position=frame.position,
             name=frame.name,

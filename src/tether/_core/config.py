@@ -7,13 +7,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from ..errors import ConfigurationError
 from ..store import Store, open_store
-
-if TYPE_CHECKING:
-    from .._spend.prices import ModelPrice
+from .model_price import ModelPrice
 
 DEFAULT_DB: Final = "sqlite:///.tether/tether.db"
 
@@ -141,8 +139,6 @@ def configure(
 
 
 def _checked_prices(prices: Any) -> dict[str, ModelPrice]:
-    from .._spend.prices import ModelPrice
-
     if not isinstance(prices, Mapping):
         raise ConfigurationError(
             f"prices is a mapping of model name to tether.ModelPrice, not {prices!r}"

@@ -14,15 +14,23 @@ import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import Cancelled, DivergenceError, LeaseLost, NotInFlowError, Released
 from ..store import CheckpointRow, EventRow, Store, WaitRow
 from . import serde as _serde
 
-if TYPE_CHECKING:
-    from .._spend.budget import Budget
-    from .._spend.usage import Usage
+
+class Spending(Protocol):
+    """A run's spending (model usage and its budget), kept by `tether._spend` in the run's
+    `spend` slot. The core calls it where a checkpoint call's spend is read or stored, and
+    knows nothing else of it: spending sits above the core, which never imports it."""
+
+    def resume_call(self, frame: Frame, prior_metadata: str | None) -> None:
+        """A call resumes after failed attempts: what they spent stays counted."""
+
+    def commit_call(self, frame: Frame, metadata: dict[str, Any]) -> dict[str, Any]:
+        """The metadata to store with the call: `metadata` with its spend put in."""
 
 
 class Run:
@@ -31,19 +39,16 @@ class Run:
     __slots__ = (
         "_counter",
         "allow_pickle",
-        "budget",
         "cancel_event",
-        "committed_usage",
         "diverged",
         "execution_id",
         "flow",
-        "forgotten_usage",
         "lease_lost",
         "live",
         "metadata",
         "recorded",
-        "recorded_usage",
         "release_event",
+        "spend",
         "store",
         "strict",
         "token",
@@ -64,7 +69,7 @@ class Run:
         strict: bool,
         metadata: dict[str, Any] | None = None,
         waits: list[WaitRow] | None = None,
-        budget: Budget | None = None,
+        spend: Spending | None = None,
     ) -> None:
         self.store = store
         self.execution_id = execution_id
@@ -86,13 +91,9 @@ class Run:
         self.diverged: DivergenceError | None = None
         # itertools.count's next() is atomic under the GIL: safe from .submit() threads.
         self._counter = itertools.count()
-        # Spend, for the budget (see _budget.spent): usage of the calls recorded before this
-        # run (decoded only when a budget asks), usage committed by this run per position,
-        # and usage of calls a retry forgot.
-        self.budget = budget
-        self.recorded_usage: dict[int, Usage] | None = None
-        self.committed_usage: dict[int, Usage] = {}
-        self.forgotten_usage: Usage | None = None
+        # What the execution spends on model calls, and its budget: the spending layer's
+        # (tether._spend.budget.RunSpend); None when nothing keeps track (a bare Run in tests).
+        self.spend = spend
 
     def take_position(self) -> int:
         return next(self._counter)
@@ -136,9 +137,10 @@ class Frame:
     attempt: int
     metadata: dict[str, Any] = field(default_factory=dict)
     log: Any = None  # a _capture.CapturedLog once the call prints or logs
-    # Model usage of the call so far, all attempts (see _usage); None until a model call adds
-    # some, so calls without usage pay nothing for it.
-    usage: Usage | None = None
+    # Model usage of the call so far, all attempts: a tether._spend.usage.Usage, opaque here
+    # (the run's `spend` stores it). None until a model call adds some, so calls without
+    # usage pay nothing for it.
+    usage: Any = None
 
 
 current_run: ContextVar[Run | None] = ContextVar("tether_run", default=None)

@@ -33,6 +33,7 @@ import pydantic_core
 from pydantic import BaseModel
 
 from ..errors import CheckpointError, SerializationError
+from ..store._json_bytes import json_bytes
 from . import imports as _imports
 
 TAG = "$t"
@@ -42,19 +43,10 @@ _MAX_PLAIN_DEPTH = 64
 # The hot path encodes and decodes with pydantic_core (Rust, already a dependency through
 # Pydantic): measured ~10x faster than the json module for a 1 KB dict. Trees handed to it
 # hold only JSON types (plain values, or the tagged trees built below), so its output is
-# standard JSON. The json module remains the fallback for what Rust strings cannot hold
-# (lone surrogates), escaped as \\uXXXX.
-_encode_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-_to_json = pydantic_core.to_json
+# standard JSON. The encoder (`json_bytes`, with its json-module fallback for lone
+# surrogates) lives with the store, which sends such trees to PostgreSQL itself; the json
+# module is the decoder's fallback too.
 _from_json = pydantic_core.from_json
-
-
-def json_bytes(tree: Any) -> bytes:
-    """A tree of JSON types as UTF-8 JSON (what a database driver sends)."""
-    try:
-        return _to_json(tree)
-    except (pydantic_core.PydanticSerializationError, UnicodeError):
-        return _encode_ascii(tree).encode()
 
 
 def _encode_json(tree: Any) -> str:

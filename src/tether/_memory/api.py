@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -18,6 +18,7 @@ from .._core.checkpoint import Checkpoint
 from .._core.config import settings, store_for
 from .._core.context import Run, current_frame, current_run
 from .._core.persist import persist
+from .._runtime.flow import Flow
 from ..errors import (
     DivergenceError,
     LeaseLost,
@@ -29,9 +30,6 @@ from ..errors import (
 )
 from ..store import MemoryRow, Store
 from . import blobs as _blobs
-
-if TYPE_CHECKING:
-    from .._runtime.flow import Flow
 
 __all__ = [
     "SCOPES",

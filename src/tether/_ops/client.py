@@ -18,9 +18,8 @@ from .._core.status import Status
 from .._runtime import replay as _replay
 from .._runtime.engine import load_flow
 from .._runtime.executor import executor
-from .._runtime.flow import Handle, launch, new_execution_id
+from .._runtime.handle import Handle, stored_execution
 from .._runtime.records import OUTPUT_KINDS, ExecutionRecord, LogRecord, WaitRecord
-from .._spend import budget as _budget
 from .._spend import usage as _usage
 from .._spend.budget import Budget
 from ..errors import (
@@ -317,37 +316,9 @@ class Client:
           execution's usage counts only the calls it makes itself: the copied calls were paid
           for by the source.
         """
-        source = self._row(execution_id)
-        calls = self._store.get_checkpoints(execution_id)
-        position = _replay.select(calls, from_, allow_end=True)
-        seeded, waits = _replay.fork(
-            calls, self._store.get_waits(execution_id), position, overrides or {}
+        return _replay.replay(
+            self._store, execution_id, from_=from_, overrides=overrides, args=args, budget=budget
         )
-        for copy in seeded:
-            copy.metadata = _usage.without_usage(copy.metadata)
-        budget = _budget.checked(budget) or _budget.from_options(source.options)
-        encoded = source.args if args is None else _encode_args(args, source.flow)
-        flow = load_flow(source.import_path, source.script) if settings().executor else None
-        now = time.time()
-        row = ExecutionRow(
-            id=new_execution_id(),
-            flow=source.flow,
-            import_path=source.import_path,
-            script=source.script,
-            args=encoded,
-            status=Status.QUEUED,
-            created_at=now,
-            updated_at=now,
-            replay_of=source.id,
-            options=_budget.to_options(budget),
-        )
-        handle = launch(self._store, row, flow, checkpoints=seeded, waits=waits)
-        self._store.add_event(
-            EventRow(row.id, position, now, "info", "replay",
-                     f"replay of {source.id} from position {position}"
-                     + (f" with overrides for {', '.join(overrides)}" if overrides else ""))
-        )  # fmt: skip
-        return handle
 
     def prune(
         self,
@@ -420,12 +391,7 @@ class Client:
         return True
 
     def _row(self, execution_id: str) -> ExecutionRow:
-        if not isinstance(execution_id, str) or not execution_id:
-            raise UsageError(f"an execution id is a non-empty string, not {execution_id!r}")
-        row = self._store.get_execution(execution_id)
-        if row is None:
-            raise ExecutionNotFound(f"no execution {execution_id} in {self._store.url}")
-        return row
+        return stored_execution(self._store, execution_id)
 
     def _take(self, row: ExecutionRow, now: float) -> str | None:
         """Compare-and-swap the lease to this process; the new token, or None if we lost."""
@@ -439,16 +405,6 @@ class Client:
             status=Status.QUEUED,
         )
         return claim.token if taken else None
-
-
-def _encode_args(args: Sequence[Any] | Mapping[str, Any], flow: str) -> str:
-    if isinstance(args, Mapping):
-        payload = {"args": [], "kwargs": dict(args)}
-    elif isinstance(args, (list, tuple)):
-        payload = {"args": builtins.list(args), "kwargs": {}}
-    else:
-        raise UsageError(f"args is a list (positional) or a dict (keywords), not {args!r}")
-    return _serde.dumps(payload, root=f"arguments of flow {flow!r}")
 
 
 def _check_limit(limit: int) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 from .._core import capture as _capture
 from .._core import imports as _imports
@@ -24,8 +25,16 @@ from .._spend import budget as _budget
 from ..errors import Cancelled, FlowNotFoundError, LeaseLost, Released, Suspended
 from ..store import CheckpointRow, ExecutionRow, Store, WaitRow
 
-if TYPE_CHECKING:
-    from .flow import Flow
+
+@runtime_checkable
+class Runnable(Protocol):
+    """What the engine runs: a `@tether.flow` (`tether._runtime.flow.Flow`). Named by what
+    it has rather than imported, because a Flow starts executions through the executor,
+    which runs them through this module: the arrow points from flows to the engine."""
+
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
 
 
 class Outcome(enum.Enum):
@@ -35,11 +44,9 @@ class Outcome(enum.Enum):
     LOST = "lost"  # someone else holds it now; nothing was written
 
 
-def load_flow(import_path: str, script: str | None) -> Flow[Any, Any]:
-    from .flow import Flow
-
+def load_flow(import_path: str, script: str | None) -> Runnable:
     found = _imports.resolve(import_path, script)
-    if not isinstance(found, Flow):
+    if not isinstance(found, Runnable):
         raise FlowNotFoundError(
             f"{import_path} is {type(found).__name__}, not a @tether.flow; was the decorator "
             "removed since the execution started?"
@@ -51,7 +58,7 @@ def execute(
     store: Store,
     execution_id: str,
     token: str,
-    flow: Flow[Any, Any] | None,
+    flow: Runnable | None,
     runs: list[Run],
     claimed: ExecutionRow | None = None,
 ) -> Outcome:
@@ -69,7 +76,7 @@ def _attempt(
     store: Store,
     execution_id: str,
     token: str,
-    flow: Flow[Any, Any] | None,
+    flow: Runnable | None,
     runs: list[Run],
     claimed: ExecutionRow | None,
 ) -> Outcome | None:
@@ -98,7 +105,7 @@ def _attempt(
         strict=config.strict,
         metadata=_serde.loads(row.metadata) if row.metadata else None,
         waits=waits,
-        budget=_budget.from_options(row.options),
+        spend=_budget.RunSpend(_budget.from_options(row.options)),
     )
     runs.append(run)
     if row.cancel_requested:

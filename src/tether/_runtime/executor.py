@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from .._core import serde as _serde
 from .._core.config import settings
@@ -26,9 +25,7 @@ from .._core.context import Run
 from .._core.status import Status
 from ..store import Claim, ExecutionRow, Store
 from . import engine as _engine
-
-if TYPE_CHECKING:
-    from .flow import Flow
+from .engine import Runnable
 
 _HEARTBEAT_SECONDS = 1.0
 # How often parked executions are checked for input from other processes and due timers.
@@ -75,7 +72,7 @@ class Refill:
 
     execution_id: str
     token: str
-    flow: Flow[Any, Any] | None
+    flow: Runnable | None
     row: ExecutionRow | None
 
 
@@ -163,7 +160,7 @@ class Executor:
         store: Store,
         execution_id: str,
         token: str,
-        flow: Flow[Any, Any] | None,
+        flow: Runnable | None,
         *,
         claimed: bool = False,
         row: ExecutionRow | None = None,
@@ -182,7 +179,7 @@ class Executor:
         self,
         held: _Held,
         execution_id: str,
-        flow: Flow[Any, Any] | None,
+        flow: Runnable | None,
         claimed: bool,
         row: ExecutionRow | None,
     ) -> None:

@@ -1,13 +1,11 @@
-"""@flow, Flow and Handle: starting executions and waiting for their outcome."""
+"""@flow, Flow and Starter: defining flows and starting their executions."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import time
-import uuid
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
@@ -18,111 +16,16 @@ from .._core.context import current_frame, current_run
 from .._core.status import Status
 from .._spend import budget as _budget
 from .._spend.budget import Budget
-from ..errors import (
-    ExecutionCancelled,
-    ExecutionFailed,
-    ExecutionNotFound,
-    ResultTimeout,
-    StoreUnavailable,
-    UsageError,
-)
-from ..store import CheckpointRow, ExecutionRow, Store, WaitRow
+from ..errors import UsageError
+from ..store import ExecutionRow, Store
 from . import queues as _queues
-from .executor import executor
+from . import replay as _replay
+from .handle import Handle, launch, new_execution_id
 from .queues import Queue
-from .records import WaitRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-# How often result() looks at the store for an execution finished by another process; one
-# finished in this process wakes it at once.
-_POLL_MIN = 0.005
-_POLL_MAX = 0.25
-
-
-def new_execution_id() -> str:
-    # Time-ordered prefix so ids sort by creation, random suffix for uniqueness.
-    return f"{int(time.time() * 1000):011x}-{uuid.uuid4().hex[:12]}"
-
-
-class Handle(Generic[R]):
-    """A started execution. `await handle` is `await handle.result_async()`."""
-
-    def __init__(self, execution_id: str, store: Store) -> None:
-        self.id = execution_id
-        self._store = store
-
-    def __repr__(self) -> str:
-        return f"<tether.Handle {self.id}>"
-
-    def status(self) -> Status:
-        """The execution's current status, read from the store."""
-        return Status(self._row().status)
-
-    def pending_waits(self) -> list[WaitRecord]:
-        """What the execution waits for while its status is `waiting` (empty otherwise)."""
-        flow = self._row().flow
-        return [
-            WaitRecord.from_row(w, flow)
-            for w in self._store.get_waits(self.id)
-            if w.status == "pending" and w.kind == "input"
-        ]
-
-    def result(self, timeout: float | None = None) -> R:
-        """Block until the execution finishes and return its value. A waiting execution is
-        waited for too: give it input from anywhere and this returns when it finishes.
-
-        Raises ExecutionFailed (with the original error's type, message and traceback),
-        ExecutionCancelled, or ResultTimeout when `timeout` seconds pass first (the
-        execution keeps running).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = _POLL_MIN
-        runner = executor()
-        while True:
-            try:
-                row = self._row()
-            except StoreUnavailable:
-                # A database restart is not the execution's outcome: keep waiting.
-                if deadline is not None and time.monotonic() > deadline:
-                    raise
-                time.sleep(_POLL_MAX)
-                continue
-            if Status(row.status).finished:
-                return cast(R, _outcome(row))
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ResultTimeout(f"execution {self.id} is still {row.status} after {timeout}s")
-            wait = pause if remaining is None else min(pause, remaining)
-            if runner.holds(self._store, self.id):
-                runner.wait_for_change(wait)
-            else:
-                time.sleep(wait)
-            pause = min(pause * 2, _POLL_MAX)
-
-    async def result_async(self, timeout: float | None = None) -> R:  # noqa: ASYNC109
-        """The awaitable form of `result()`; does not block the event loop."""
-        return await asyncio.to_thread(self.result, timeout)
-
-    def __await__(self) -> Generator[Any, None, R]:
-        return self.result_async().__await__()
-
-    def _row(self) -> ExecutionRow:
-        row = self._store.get_execution(self.id)
-        if row is None:
-            raise ExecutionNotFound(f"no execution {self.id} in {self._store.url}")
-        return row
-
-
-def _outcome(row: ExecutionRow) -> Any:
-    if row.status == Status.SUCCEEDED:
-        return _serde.loads(row.result) if row.result is not None else None
-    if row.status == Status.CANCELLED:
-        raise ExecutionCancelled(f"execution {row.id} was cancelled")
-    info = _serde.error_info(row.error or "{}")
-    raise ExecutionFailed(row.id, info["type"], info["message"], info["traceback"])
 
 
 class Flow(Generic[P, R]):
@@ -258,17 +161,14 @@ class Flow(Generic[P, R]):
         budget: Budget | None = None,
     ) -> Handle[Any]:
         """Fork an execution of this flow: `Client(db).replay(...)`, checked to be this flow's."""
-        from .._ops.client import Client
-
-        client = Client(db)
-        source = client.get(execution_id)
-        if source.flow != self.name:
-            raise UsageError(
-                f"execution {execution_id} is of flow {source.flow!r}, not {self.name!r}; "
-                f"use {source.flow}.replay() or Client().replay()"
-            )
-        return client.replay(
-            execution_id, from_=from_, overrides=overrides, args=args, budget=budget
+        return _replay.replay(
+            store_for(db),
+            execution_id,
+            from_=from_,
+            overrides=overrides,
+            args=args,
+            budget=budget,
+            flow_name=self.name,
         )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -284,31 +184,6 @@ class Flow(Generic[P, R]):
         if self.is_async:
             return cast(R, handle.result_async())
         return cast(R, handle.result())
-
-
-def launch(
-    store: Store,
-    row: ExecutionRow,
-    flow: Flow[Any, Any] | None,
-    *,
-    checkpoints: Sequence[CheckpointRow] = (),
-    waits: Sequence[WaitRow] = (),
-) -> Handle[Any]:
-    """Record a new execution (seeded with recorded calls, for a replay) and, given the
-    flow, run it in this process; without it, leave it queued for a worker."""
-    if flow is None:
-        recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
-        return Handle(recorded, store)
-    # Recorded already leased to this process: one write, and no worker can grab it between
-    # the insert and the start.
-    runner = executor()
-    claim = runner.claim()
-    row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
-    recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
-    if recorded == row.id:
-        runner.start(store, row.id, claim.token, flow)
-    # else: the key names an existing execution; whoever holds it runs it.
-    return Handle(recorded, store)
 
 
 _START_OPTIONS = ("queue", "key", "priority", "budget")

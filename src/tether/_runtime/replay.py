@@ -13,15 +13,82 @@ call, counting from 1), or a position (an int, or digits).
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._core import serde as _serde
+from .._core.config import settings
+from .._core.status import Status
+from .._spend import budget as _budget
+from .._spend import usage as _usage
+from .._spend.budget import Budget
 from ..errors import UsageError
-from ..store import CheckpointRow, WaitRow
+from ..store import CheckpointRow, EventRow, ExecutionRow, Store, WaitRow
+from .engine import load_flow
+from .handle import Handle, launch, new_execution_id, stored_execution
 
 _FINAL_WAITS = ("resolved", "timed_out")
+
+
+def replay(
+    store: Store,
+    execution_id: str,
+    *,
+    from_: str | int,
+    overrides: Mapping[str, Any] | None = None,
+    args: Sequence[Any] | Mapping[str, Any] | None = None,
+    budget: Budget | None = None,
+    flow_name: str | None = None,
+) -> Handle[Any]:
+    """Fork an execution into a new one (`Client.replay`, `Flow.replay`). `flow_name`: the
+    source must be an execution of that flow (UsageError otherwise)."""
+    source = stored_execution(store, execution_id)
+    if flow_name is not None and source.flow != flow_name:
+        raise UsageError(
+            f"execution {execution_id} is of flow {source.flow!r}, not {flow_name!r}; "
+            f"use {source.flow}.replay() or Client().replay()"
+        )
+    calls = store.get_checkpoints(execution_id)
+    position = select(calls, from_, allow_end=True)
+    seeded, waits = fork(calls, store.get_waits(execution_id), position, overrides or {})
+    for copy in seeded:
+        copy.metadata = _usage.without_usage(copy.metadata)
+    budget = _budget.checked(budget) or _budget.from_options(source.options)
+    encoded = source.args if args is None else _encode_args(args, source.flow)
+    flow = load_flow(source.import_path, source.script) if settings().executor else None
+    now = time.time()
+    row = ExecutionRow(
+        id=new_execution_id(),
+        flow=source.flow,
+        import_path=source.import_path,
+        script=source.script,
+        args=encoded,
+        status=Status.QUEUED,
+        created_at=now,
+        updated_at=now,
+        replay_of=source.id,
+        options=_budget.to_options(budget),
+    )
+    handle = launch(store, row, flow, checkpoints=seeded, waits=waits)
+    store.add_event(
+        EventRow(row.id, position, now, "info", "replay",
+                 f"replay of {source.id} from position {position}"
+                 + (f" with overrides for {', '.join(overrides)}" if overrides else ""))
+    )  # fmt: skip
+    return handle
+
+
+def _encode_args(args: Sequence[Any] | Mapping[str, Any], flow: str) -> str:
+    if isinstance(args, Mapping):
+        payload = {"args": [], "kwargs": dict(args)}
+    elif isinstance(args, (list, tuple)):
+        payload = {"args": builtins.list(args), "kwargs": {}}
+    else:
+        raise UsageError(f"args is a list (positional) or a dict (keywords), not {args!r}")
+    return _serde.dumps(payload, root=f"arguments of flow {flow!r}")
 
 
 def select(calls: Sequence[CheckpointRow], selector: str | int, *, allow_end: bool) -> int:

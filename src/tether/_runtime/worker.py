@@ -16,19 +16,15 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from .._core.config import configure, settings, store_for
 from .._core.status import Status
 from ..errors import StoreError, UsageError
 from ..store import EventRow, ExecutionRow, Store
 from . import queues as _queues
-from .engine import load_flow
+from .engine import Runnable, load_flow
 from .executor import Executor, Refill, executor
 from .queues import Queue
-
-if TYPE_CHECKING:
-    from .flow import Flow
 
 log = logging.getLogger("tether.worker")
 
@@ -279,7 +275,7 @@ class Worker:
             self._executor.start(self._store, execution_id, token, None, claimed=True)
         return [execution_id for execution_id, _ in taken]
 
-    def _importable(self, row: ExecutionRow, now: float) -> Flow[Any, Any] | None:
+    def _importable(self, row: ExecutionRow, now: float) -> Runnable | None:
         try:
             return load_flow(row.import_path, row.script)
         except UsageError as exc:

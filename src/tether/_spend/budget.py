@@ -28,6 +28,7 @@ from .._core import serde as _serde
 from .._core.context import Frame, Run, current_frame, current_run
 from ..errors import BudgetExceeded, UsageError
 from . import usage as _usage
+from .prices import cost_of
 
 _OPTION = "budget"
 
@@ -108,32 +109,66 @@ def from_options(text: str | None) -> Budget | None:
     return Budget(max_tokens=data.get("max_tokens"), max_cost_usd=data.get("max_cost_usd"))
 
 
+# --- the run's spend slot --------------------------------------------------------------
+
+
+class RunSpend:
+    """What one run spends, in its `spend` slot (`tether._core.context.Spending`): the
+    budget, and the usage it is checked against: of the calls recorded before this run
+    (decoded only when a budget asks), committed by this run per position, and of calls a
+    retry forgot."""
+
+    __slots__ = ("budget", "committed_usage", "forgotten_usage", "recorded_usage")
+
+    def __init__(self, budget: Budget | None) -> None:
+        self.budget = budget
+        self.recorded_usage: dict[int, _usage.Usage] | None = None
+        self.committed_usage: dict[int, _usage.Usage] = {}
+        self.forgotten_usage: _usage.Usage | None = None
+
+    def resume_call(self, frame: Frame, prior_metadata: str | None) -> None:
+        frame.usage = _usage.from_metadata(prior_metadata)
+
+    def commit_call(self, frame: Frame, metadata: dict[str, Any]) -> dict[str, Any]:
+        usage: _usage.Usage = frame.usage
+        self.committed_usage[frame.position] = usage
+        return _usage.with_usage(metadata, usage)
+
+
+def _spend_of(run: Run | None) -> RunSpend | None:
+    spend = run.spend if run is not None else None
+    return spend if isinstance(spend, RunSpend) else None
+
+
 # --- the check before a live model request ---------------------------------------------
 
 
 def active() -> bool:
-    """True when a model request made now is under a budget (cheap: two lookups)."""
-    run = current_run.get()
-    return run is not None and run.budget is not None
+    """True when a model request made now is under a budget (cheap: a few lookups)."""
+    spend = _spend_of(current_run.get())
+    return spend is not None and spend.budget is not None
 
 
 def spent(run: Run, frame: Frame | None) -> _usage.Usage:
     """What the execution has spent: its recorded calls, and the call running now."""
-    if run.recorded_usage is None:
+    spend = _spend_of(run)
+    if spend is None:  # a run nothing keeps track of: only the call running now counts
+        return frame.usage if frame is not None and frame.usage is not None else _usage.Usage()
+    if spend.recorded_usage is None:
         recorded = {
             position: usage
             for position, row in list(run.recorded.items())
             if (usage := _usage.from_metadata(row.metadata)) is not None
         }
-        run.recorded_usage = recorded
-    usage_at = {**run.recorded_usage, **run.committed_usage}
+        spend.recorded_usage = recorded
+    usage_at = {**spend.recorded_usage, **spend.committed_usage}
     if frame is not None:
         usage_at.pop(frame.position, None)
-    if run.forgotten_usage is None:
+    if spend.forgotten_usage is None:
         # Calls a `Client.retry()` forgot were still paid for: their usage is in the event.
         events = run.store.get_events(run.execution_id, kinds=(_usage.RETRY_EVENT,))
-        run.forgotten_usage = _usage.forgotten(events)
-    total = _usage.total(usage_at.values()) + run.forgotten_usage
+        spend.forgotten_usage = _usage.forgotten(events)
+    total = _usage.total(usage_at.values()) + spend.forgotten_usage
     if frame is not None and frame.usage is not None:
         total = total + frame.usage
     return total
@@ -149,9 +184,10 @@ def check(
     """Raise BudgetExceeded if a request of this size to `model` would go over the running
     execution's budget. Does nothing outside a flow or without a budget."""
     run = current_run.get()
-    if run is None or run.budget is None:
+    spend = _spend_of(run)
+    if run is None or spend is None or spend.budget is None:
         return
-    budget: Budget = run.budget
+    budget = spend.budget
     frame = current_frame.get()
     used = spent(run, frame)
     output_tokens = max_output_tokens or 0
@@ -164,8 +200,6 @@ def check(
                 f"{input_tokens + output_tokens:,} more, over the limit of {budget.max_tokens:,}"
             )
     if problem is None and budget.max_cost_usd is not None:
-        from .prices import cost_of
-
         if not used.cost_complete:
             problem = (
                 f"the cost of {used.unpriced_requests} model request(s) is unknown, so the limit "

@@ -14,13 +14,12 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._core.context import current_frame, current_run
 from ..errors import UsageError
-
-if TYPE_CHECKING:
-    from ..store import EventRow
+from ..store import EventRow
+from .prices import cost_of
 
 # The reserved metadata key. A dot keeps it out of reach of `tether.log(**metadata)`.
 KEY = "tether.usage"
@@ -181,8 +180,6 @@ def record_usage(
             "its result and a resumed flow does not count it twice"
         )
     if cost_usd is None:
-        from .prices import cost_of
-
         cost_usd = cost_of(
             model,
             provider,

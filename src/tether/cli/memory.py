@@ -1,15 +1,13 @@
 """`tether memory ...`: read and write durable memory (`tether.memory`) from a shell.
 
 A thin layer over `tether.memory`; the plumbing (error messages and exit codes, `--db`,
-printing) is `cli.py`'s, imported when a command runs (`cli.py` imports this module to
-register it).
+printing) is `_common`'s, shared with the other sub-apps; `_app` registers this one.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from types import ModuleType
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +19,7 @@ from .._memory import api as memory
 from .._memory.api import MemoryVersion
 from ..errors import MemoryKeyError, MemoryScopeError
 from . import render
+from ._common import cli_errors, client_for, dump, fail, out, say
 from .options import DbOption, JsonOption
 
 memory_app = typer.Typer(
@@ -33,13 +32,6 @@ memory_app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-
-
-def _cli() -> ModuleType:
-    # Imported when a command runs: cli.py imports this module to register it.
-    from . import _app as cli
-
-    return cli
 
 
 KeyArgument = Annotated[
@@ -91,7 +83,7 @@ def _open(db: str | None, *, create: bool = False) -> None:
             _config.configure(db=db)
         _config.store_for()
     else:
-        _cli()._client(db)
+        client_for(db)
 
 
 def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
@@ -152,8 +144,7 @@ def list_command(
 
     Example: `tether memory list user: --namespace acme`
     """
-    cli = _cli()
-    with cli._errors():
+    with cli_errors():
         _open(db)
         if scope is None and namespace is None and flow is None and execution is None:
             rows = _config.store_for().list_memory(
@@ -165,10 +156,10 @@ def list_command(
                 prefix, **_scope(scope, namespace, flow, execution), limit=limit
             )
     if as_json:
-        cli._dump([_version_json(e, value=False) for e in entries])
+        dump([_version_json(e, value=False) for e in entries])
         return
     if not entries:
-        cli._say("No memory keys match." if prefix else "No memory keys yet.")
+        say("No memory keys match." if prefix else "No memory keys yet.")
         return
     table = Table(box=None, pad_edge=False)
     for column in ("scope", "id", "key", "version", "written", "size"):
@@ -182,7 +173,7 @@ def list_command(
             render.short_when(e.created_at),
             _size(e),
         )
-    cli.out.print(table)
+    out.print(table)
 
 
 @memory_app.command("get")
@@ -203,8 +194,7 @@ def get_command(
 
     `--json` prints the version's details with the value.
     """
-    cli = _cli()
-    with cli._errors():
+    with cli_errors():
         _open(db)
         where = _scope(scope, namespace, flow, execution)
         found = memory._find(key, version=version, **where)
@@ -223,11 +213,11 @@ def get_command(
         shown = _version_json(found, value=True)
         value = shown["value"]
     if as_json:
-        cli._dump(shown)
+        dump(shown)
     elif isinstance(value, str):
-        cli._say(value)
+        say(value)
     else:
-        cli._dump(value)
+        dump(value)
 
 
 @memory_app.command("set")
@@ -265,7 +255,6 @@ def set_command(
     Example: `tether memory set theme --namespace alice --value '{"dark": true}'`, or
     `cat notes.json | tether memory set notes --namespace alice`
     """
-    cli = _cli()
     text = value
     if text is None:
         if sys.stdin is None or sys.stdin.isatty():
@@ -282,16 +271,16 @@ def set_command(
             "needs JSON quotes, e.g. --value '\"hello\"'. Nothing was stored.",
             param_hint="'--value'",
         ) from None
-    with cli._errors():
+    with cli_errors():
         where = _scope(scope, namespace, flow, execution)
         _open(db, create=True)
         written = memory.set(key, parsed, **where, if_version=if_version)
         found = memory._find(key, version=written, **where)
     assert found is not None
     if as_json:
-        cli._dump(_version_json(found, value=False))
+        dump(_version_json(found, value=False))
     else:
-        cli._say(f"Stored version {written} of {key!r} ({_where(found)}).")
+        say(f"Stored version {written} of {key!r} ({_where(found)}).")
 
 
 @memory_app.command("history")
@@ -309,16 +298,15 @@ def history_command(
 ) -> None:
     """List every version of a key, oldest first, deletions included: when it was written,
     its size, and the execution and position that wrote it (when a flow did)."""
-    cli = _cli()
-    with cli._errors():
+    with cli_errors():
         _open(db)
         versions = memory.history(key, **_scope(scope, namespace, flow, execution))
         shown = [_version_json(v, value=values) for v in versions]
     if as_json:
-        cli._dump(shown)
+        dump(shown)
         return
     if not versions:
-        cli._fail(f"memory key {key!r} has no versions here", 1)
+        fail(f"memory key {key!r} has no versions here", 1)
     table = Table(box=None, pad_edge=False)
     for column in ("version", "written", "size", "by"):
         table.add_column(column, no_wrap=True)
@@ -334,7 +322,7 @@ def history_command(
         if values:
             cells.append(render.one_line("" if v.deleted else render.preview(data["value"], 80)))
         table.add_row(*cells)
-    cli.out.print(table)
+    out.print(table)
 
 
 @memory_app.command("delete")
@@ -349,14 +337,13 @@ def delete_command(
 ) -> None:
     """Delete a key: a tombstone version is written, so `history` still shows every value
     it had. Exit 1 when the key does not exist (or is deleted already)."""
-    cli = _cli()
-    with cli._errors():
+    with cli_errors():
         _open(db)
         where = _scope(scope, namespace, flow, execution)
         written = memory.delete(key, **where)
         found = memory._find(key, version=written, **where)
     assert found is not None
     if as_json:
-        cli._dump(_version_json(found, value=False))
+        dump(_version_json(found, value=False))
     else:
-        cli._say(f"Deleted {key!r} ({_where(found)}): version {written} is its tombstone.")
+        say(f"Deleted {key!r} ({_where(found)}): version {written} is its tombstone.")

@@ -1,4 +1,4 @@
-"""Typer option types shared by the `tether` command's sub-apps (`cli.py`, `_cli_memory.py`)."""
+"""Typer option types shared by the `tether` command's sub-apps."""
 
 from __future__ import annotations
 

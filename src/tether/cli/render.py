@@ -1,6 +1,6 @@
 """What the `tether` command prints: records as JSON-ready dicts, and as Rich tables.
 
-Nothing here reads the store or changes anything; `cli.py` fetches records through
+Nothing here reads the store or changes anything; `executions` fetches records through
 `Client` and hands them here. Text that comes from users (results, questions, output,
 error messages) is always wrapped in `Text`, never parsed as Rich markup.
 """

@@ -27,10 +27,10 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .._core.serde import json_bytes as _json
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import GroupCommit
+from ._json_bytes import json_bytes as _json
 from ._sql import (
     CHECKPOINT_FIELDS,
     RELEASED,

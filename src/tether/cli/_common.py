@@ -1,0 +1,125 @@
+"""Plumbing shared by the `tether` command's sub-apps: the consoles, plain error messages
+and exit codes, the client for `--db`, printing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from .._core import config as _config
+from .._ops.client import Client
+from .._runtime.executor import executor
+from ..errors import ConfigurationError, TetherError, UsageError
+from ..store import exists as store_exists
+
+out = Console()
+err = Console(stderr=True)
+
+
+class State:
+    debug = False
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn errors into plain messages and exit codes (2 for usage, 1 otherwise)."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.BadParameter):
+        raise  # Typer prints these and exits itself
+    except (UsageError, ConfigurationError) as exc:
+        if State.debug:
+            raise
+        fail(str(exc), 2)
+    except TetherError as exc:
+        if State.debug:
+            raise
+        fail(str(exc), 1)
+    except KeyboardInterrupt:
+        if State.debug:
+            raise
+        hand_back()
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if State.debug:
+            raise
+        fail(f"unexpected {type(exc).__name__}: {exc} (run `tether --debug ...` for details)", 1)
+
+
+def hand_back() -> None:
+    """On Ctrl-C: executions this process runs (resume, retry, replay, recover) stop at their
+    next checkpoint boundary and go back to `queued`, for a worker or a later resume."""
+    runner = executor()
+    if not runner.held_count():
+        err.print("interrupted", style="dim")
+        return
+    runner.release_all()
+    err.print(
+        "interrupted: what runs in this process stops at its next checkpoint boundary and "
+        "stays queued; a `tether worker` or `tether executions resume ID` continues it",
+        highlight=False,
+    )
+
+
+def client_for(db: str | None) -> Client:
+    if db:
+        _config.configure(db=db)
+    url = db or _config.settings().db
+    # Operating commands never need a new database: a typo in --db (or running from the wrong
+    # directory) should say so, not create an empty one and report "no executions".
+    if not store_exists(url):
+        raise ConfigurationError(
+            f"no tether database at {url}; run from the directory your agents run in, or "
+            "pass --db / set TETHER_DB"
+        )
+    return Client(db)
+
+
+@contextmanager
+def running_here(queue: bool, as_json: bool) -> Iterator[None]:
+    """Around commands that start executions: `--queue` makes this process a client only
+    (the workers run them); with `--json`, what flows running here print goes to stderr so
+    that stdout holds only the JSON."""
+    previous = _config.settings().executor
+    saved = sys.stdout
+    if queue:
+        _config.configure(executor=False)
+    if as_json:
+        sys.stdout = sys.__stderr__ or sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = saved
+        if queue:
+            _config.configure(executor=previous)
+
+
+def say(text: str) -> None:
+    """Print plain text (ids, names and messages are never read as Rich markup)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def dump(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def json_line(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def who() -> str:
+    return os.environ.get("USER") or os.environ.get("USERNAME") or "cli"

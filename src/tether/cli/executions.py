@@ -1,0 +1,604 @@
+"""`tether executions ...`: inspect and operate executions, over `tether.Client`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.text import Text
+
+from .._core.status import Status
+from .._ops.client import Client
+from .._runtime.records import ExecutionRecord
+from ..errors import ResultTimeout, TetherError
+from . import render
+from ._common import (
+    cli_errors,
+    client_for,
+    dump,
+    err,
+    fail,
+    json_line,
+    out,
+    running_here,
+    say,
+    who,
+)
+from .options import DbOption, JsonOption
+
+executions_app = typer.Typer(
+    help=(
+        "Inspect and operate executions. An *execution* is one run of a `@tether.flow`; each "
+        "`@tether.checkpoint` call inside it is recorded with its result, so an execution can "
+        "be resumed after a crash, retried, or replayed from any step."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+# How often `watch` and `logs --follow` look at the store, and `--wait` checks for a wait.
+POLL_SECONDS = 0.25
+
+IdArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="ID", help="The execution id (see `tether executions list`).", show_default=False
+    ),
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="Wait for it to finish and print its result (exit 1 if it failed). Stops early "
+        "if it waits for input.",
+    ),
+]
+QueueOption = Annotated[
+    bool,
+    typer.Option(
+        "--queue",
+        help="Leave it queued for a `tether worker` instead of running it in this process "
+        "(for machines that cannot import the flow's code).",
+    ),
+]
+_STATUSES = ", ".join(s.value for s in Status)
+StatusOption = Annotated[
+    list[Status] | None,
+    typer.Option(
+        "--status",
+        "-s",
+        metavar="STATUS",
+        help=f"Only executions with this status ({_STATUSES}); repeatable.",
+    ),
+]
+
+
+def _settled(record: ExecutionRecord) -> bool:
+    return record.status.finished or record.status is Status.WAITING
+
+
+def _settle(client: Client, execution_id: str) -> ExecutionRecord:
+    """Wait until the execution finishes or waits (for input or a timer)."""
+    handle = client.handle(execution_id)
+    while True:
+        try:
+            handle.result(timeout=POLL_SECONDS)
+        except ResultTimeout:
+            if handle.status() is Status.WAITING:
+                break
+            continue
+        except TetherError:
+            pass  # failed or cancelled: the record says which
+        break
+    return client.get(execution_id)
+
+
+def _follow_through(
+    client: Client, execution_id: str, *, wait: bool, queue: bool, as_json: bool
+) -> ExecutionRecord:
+    """After resume, retry or replay: the execution once it finishes or waits. It runs in this
+    process (unless `--queue`), so the process stays until then, `--wait` or not."""
+    if queue and not wait:
+        return client.get(execution_id)
+    if queue and not as_json:
+        err.print("Waiting for a worker (`tether worker`) to run it…", style="dim")
+    return _settle(client, execution_id)
+
+
+def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:
+    """Print where a started execution got to; with `--wait`, its result (exit 1 if it
+    failed or was cancelled)."""
+    failed = record.status in (Status.FAILED, Status.CANCELLED)
+    if as_json:
+        dump(render.execution_json(record))
+    elif record.status is Status.QUEUED:
+        say("Queued for a worker (`tether worker`).")
+    elif record.status is Status.SUCCEEDED and wait:
+        result = render.plain(lambda: record.result, record.result_json)
+        if isinstance(result, str):
+            say(result)
+        else:
+            dump(result)
+    elif record.status is Status.WAITING:
+        out.print(render.input_hint(record) or render.timer_hint(record))
+    elif failed and wait:
+        error = render.error_line(record.error) if record.status is Status.FAILED else ""
+        fail(f"execution {record.id} {record.status.value}" + (f": {error}" if error else ""), 1)
+    else:
+        line = Text(f"Execution {record.id} ")
+        line.append_text(render.status_text(record.status))
+        if record.error is not None:
+            line.append(f": {render.error_line(record.error)}")
+        out.print(line)
+    if failed and wait:
+        raise typer.Exit(1)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+@executions_app.command("list")
+def list_command(
+    status: StatusOption = None,
+    flow: Annotated[
+        str | None, typer.Option(help="Only executions of this flow (its name).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List executions, newest first: status, when each started, how long it ran, how many
+    of its checkpoint calls are done, and the input it waits for, if any.
+
+    Example: `tether executions list --status failed --status waiting --flow research_agent`
+    """
+    with cli_errors():
+        client = client_for(db)
+        records = client.list(status=status, flow=flow, limit=limit)
+    if as_json:
+        dump([render.execution_json(r) for r in records])
+    elif records:
+        out.print(render.executions_table(records))
+    elif status or flow:
+        say("No executions match.")
+    else:
+        say(f"No executions yet in {client.db}. Run a @tether.flow to record one.")
+
+
+@executions_app.command("get")
+def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Show one execution: its status, timing, result or error, then every step in order:
+    each checkpoint call with its status, attempts, duration and a preview of its result,
+    the waits for input where they happened, and what runs right now.
+
+    `--json` prints everything, including full results, tracebacks and events.
+    """
+    with cli_errors():
+        record = client_for(db).get(execution_id)
+        if as_json:
+            dump(render.execution_json(record, full=True))
+        else:
+            out.print(render.execution_view(record))
+
+
+@executions_app.command("logs")
+def logs_command(
+    execution_id: IdArgument,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="Only this checkpoint: a name (all its calls), `name#k` (its k-th call) or "
+            "a position.",
+        ),
+    ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing new output until the execution finishes or waits."
+        ),
+    ] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print what an execution's checkpoints printed (stdout, stderr) and logged (`logging`),
+    in order, each line prefixed with the checkpoint's position and name. A call's output is
+    recorded when the call finishes.
+
+    With `--json`: a list of records; with `--follow --json`, one record per line.
+    """
+    with cli_errors():
+        client = client_for(db)
+        if not follow:
+            records = client.logs(execution_id, checkpoint=checkpoint)
+            if as_json:
+                dump([render.log_json(r) for r in records])
+            elif records:
+                for r in records:
+                    out.print(render.log_line(r), highlight=False, soft_wrap=True)
+            else:
+                say(_no_output(execution_id, checkpoint))
+            return
+        handle = client.handle(execution_id)
+        last, printed = 0, False
+        while True:
+            status = handle.status()  # before reading: output of a finished run is all in
+            for r in client.logs(execution_id, checkpoint=checkpoint, after=last):
+                if as_json:
+                    json_line(render.log_json(r))
+                else:
+                    out.print(render.log_line(r), highlight=False, soft_wrap=True)
+                last, printed = r.id, True
+            if status.finished or status is Status.WAITING:
+                break
+            time.sleep(POLL_SECONDS)
+        if not printed and not as_json:
+            say(_no_output(execution_id, checkpoint))
+
+
+def _no_output(execution_id: str, checkpoint: str | None) -> str:
+    where = f"checkpoint {checkpoint!r} of execution" if checkpoint else "execution"
+    return f"No output recorded for {where} {execution_id}."
+
+
+@executions_app.command("watch")
+def watch_command(
+    execution_id: IdArgument, db: DbOption = None, as_json: JsonOption = False
+) -> None:
+    """Follow an execution live: its steps so far and what runs now, refreshed 4 times a
+    second until it finishes or waits for input; then its final state, as `get` shows it.
+
+    Exits 0 when it succeeded or waits, 1 when it failed or was cancelled. With `--json`
+    (or when the output is not a terminal) it prints one line per change instead: JSON
+    objects with `--json`, short text lines otherwise.
+    """
+    with cli_errors():
+        client = client_for(db)
+        record = client.get(execution_id)
+        if as_json or not out.is_terminal:
+            record = _watch_lines(client, record, as_json)
+        else:
+            with Live(
+                render.live_view(record), console=out, refresh_per_second=4, transient=True
+            ) as live:
+                while not _settled(record):
+                    time.sleep(POLL_SECONDS)
+                    record = client.get(execution_id)
+                    live.update(render.live_view(record))
+        if not as_json:
+            out.print(render.execution_view(record))
+    if record.status in (Status.FAILED, Status.CANCELLED):
+        raise typer.Exit(1)
+
+
+def _watch_lines(client: Client, record: ExecutionRecord, as_json: bool) -> ExecutionRecord:
+    seen: tuple[Any, ...] | None = None
+    while True:
+        key = render.watch_key(record)
+        if key != seen:
+            if as_json:
+                json_line(render.watch_state(record))
+            else:
+                out.print(render.watch_line(record), highlight=False, soft_wrap=True)
+            seen = key
+        if _settled(record):
+            return record
+        time.sleep(POLL_SECONDS)
+        record = client.get(record.id)
+
+
+# --- operating --------------------------------------------------------------------------------
+
+
+@executions_app.command("resume")
+def resume_command(
+    execution_id: IdArgument,
+    wait: WaitOption = False,
+    queue: QueueOption = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Continue an unfinished execution (its process died, or nobody runs it): the flow runs
+    again from the top in this process, recorded checkpoints return their recorded results,
+    and the rest runs live. This process stays until it finishes or waits for input.
+
+    Refused (exit 1) while a live process still runs it, or when it already finished.
+    """
+    with cli_errors(), running_here(queue, as_json):
+        client = client_for(db)
+        handle = client.resume(execution_id)
+        if not as_json:
+            say(f"Resumed execution {handle.id}.")
+        record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+    _report(record, wait=wait, as_json=as_json)
+
+
+@executions_app.command("retry")
+def retry_command(
+    execution_id: IdArgument,
+    wait: WaitOption = False,
+    queue: QueueOption = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a failed execution again under the same id, with the current code: recorded
+    results are reused, and the checkpoint that failed and everything after it run again.
+
+    Only failed executions can be retried; `replay` makes a new execution from any other.
+    """
+    with cli_errors(), running_here(queue, as_json):
+        client = client_for(db)
+        handle = client.retry(execution_id)
+        if not as_json:
+            say(f"Retrying execution {handle.id}.")
+        record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+    _report(record, wait=wait, as_json=as_json)
+
+
+@executions_app.command("replay")
+def replay_command(
+    execution_id: IdArgument,
+    from_: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Where the new execution starts running live: a checkpoint name (its first "
+            "call), `name#k` (its k-th call) or a position. Calls before it reuse their "
+            "recorded results.",
+            show_default=False,
+        ),
+    ],
+    override: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--override",
+            "-o",
+            metavar="NAME=JSON",
+            help="Use this value as the recorded result of checkpoint NAME (a call before "
+            "--from), e.g. `draft='\"an edited draft\"'`. Repeatable.",
+        ),
+    ] = None,
+    args: Annotated[
+        str | None,
+        typer.Option(
+            "--args",
+            metavar="JSON",
+            help="New arguments for the flow: a JSON list (positional) or object (keywords).",
+        ),
+    ] = None,
+    wait: WaitOption = False,
+    queue: QueueOption = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fork an execution into a new one that reuses its recorded results up to a step and
+    runs live from there, with the current code. The original is not changed.
+
+    Example: `tether executions replay ID --from write_report --override
+    draft='"an edited draft"' --wait`
+    """
+    overrides = _parse_overrides(override or [])
+    new_args = _parse_args(args)
+    with cli_errors(), running_here(queue, as_json):
+        client = client_for(db)
+        handle = client.replay(execution_id, from_=from_, overrides=overrides, args=new_args)
+        if not as_json:
+            say(f"Replaying {execution_id} from {from_} as new execution {handle.id}.")
+        record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+    _report(record, wait=wait, as_json=as_json)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(
+                f"expected NAME=JSON, e.g. draft='\"an edited draft\"', not {item!r}",
+                param_hint="'--override'",
+            )
+        try:
+            overrides[name.strip()] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(
+                f"the value for {name.strip()!r} is not valid JSON ({exc.msg}); expected "
+                "NAME=JSON, and a string needs JSON quotes: draft='\"an edited draft\"'",
+                param_hint="'--override'",
+            ) from None
+    return overrides
+
+
+def _parse_args(text: str | None) -> list[Any] | dict[str, Any] | None:
+    if text is None:
+        return None
+    hint = 'a JSON list (positional) or object (keywords), e.g. \'["topic"]\' or \'{"topic": "x"}\''
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"not valid JSON ({exc.msg}); expected {hint}", param_hint="'--args'"
+        ) from None
+    if not isinstance(value, list | dict):
+        raise typer.BadParameter(f"expected {hint}, not {text!r}", param_hint="'--args'")
+    return value
+
+
+@executions_app.command("cancel")
+def cancel_command(
+    execution_id: IdArgument, db: DbOption = None, as_json: JsonOption = False
+) -> None:
+    """Cancel an execution. One that nobody runs (queued, waiting for input or a timer) is
+    cancelled at once; a running one stops at its next checkpoint boundary.
+
+    Exit 1 if it had already succeeded or failed.
+    """
+    with cli_errors():
+        status = client_for(db).cancel(execution_id)
+    if status in (Status.SUCCEEDED, Status.FAILED):
+        fail(f"execution {execution_id} already {status.value}; there is nothing to cancel", 1)
+    if as_json:
+        dump({"id": execution_id, "status": status.value, "cancelled": status is Status.CANCELLED})
+    elif status is Status.CANCELLED:
+        say(f"Execution {execution_id} is cancelled.")
+    else:
+        say(
+            f"Cancel requested: execution {execution_id} ({status.value}) stops at its next "
+            "checkpoint boundary."
+        )
+
+
+@executions_app.command("recover")
+def recover_command(
+    queue: QueueOption = False, db: DbOption = None, as_json: JsonOption = False
+) -> None:
+    """Resume every execution that should be running and is not: its process died, it is
+    queued with nobody on it, or its input or timer arrived. They run in this process, which
+    stays until each finishes or waits. (A `tether worker` does this continuously.)
+    """
+    with cli_errors(), running_here(queue, as_json):
+        client = client_for(db)
+        ids = client.recover()
+        if ids and not as_json:
+            where = "queued for the workers" if queue else "running them here"
+            say(f"Recovered {len(ids)} execution(s), {where}.")
+        records = [client.get(i) if queue else _settle(client, i) for i in ids]
+    if as_json:
+        dump([render.execution_json(r) for r in records])
+    elif records:
+        out.print(render.executions_table(records))
+    else:
+        say("Nothing to recover: no execution is stranded.")
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _parse_age(text: str) -> float:
+    """`30d`, `12h`, `15m`, `90s`, `2w`, or combined: `1d12h`."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact or _AGE.sub("", compact):
+        raise typer.BadParameter(
+            f"expected an age such as 30d, 12h, 15m, 90s or 2w (or combined: 1d12h), not {text!r}",
+            param_hint="'--older-than'",
+        )
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _AGE.findall(compact))
+
+
+@executions_app.command("prune")
+def prune_command(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="AGE",
+            help="Only executions that finished longer ago than this: 30d, 12h, 15m, 90s, 2w.",
+            show_default=False,
+        ),
+    ],
+    status: Annotated[
+        list[Status] | None,
+        typer.Option(
+            "--status",
+            "-s",
+            metavar="STATUS",
+            help="Only finished executions with this status: succeeded, failed or cancelled "
+            "(repeatable; default: all three).",
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete finished executions, and everything recorded about them, to keep the store
+    small. First prints how many match; deletes them only with `--yes` or when you confirm.
+
+    Example: `tether executions prune --older-than 30d --status succeeded --yes`
+    """
+    seconds = _parse_age(older_than)
+    with cli_errors():
+        client = client_for(db)
+        matched = client.prune(seconds, status=status, dry_run=True)
+        which = " or ".join(s.value for s in status) + " " if status else ""
+        summary: dict[str, Any] = {
+            "older_than_seconds": seconds,
+            "statuses": [s.value for s in status] if status else None,
+            "matched": matched,
+            "deleted": 0,
+        }
+        if not as_json:
+            noun = "execution" if matched == 1 else "executions"
+            say(f"{matched} {which}{noun} finished more than {older_than} ago.")
+        if matched and not yes:
+            if as_json or not _stdin_is_terminal():
+                if not as_json:
+                    say("Nothing deleted; run again with --yes to delete them.")
+                else:
+                    dump(summary)
+                return
+            if not typer.confirm("Delete them, with everything recorded about them?"):
+                say("Nothing deleted.")
+                return
+        if matched:
+            summary["deleted"] = client.prune(seconds, status=status)
+            if not as_json:
+                say(f"Deleted {summary['deleted']}.")
+    if as_json:
+        dump(summary)
+
+
+# --- waits, input and workers -----------------------------------------------------------------
+
+
+@executions_app.command("waits")
+def waits_command(
+    db: DbOption = None,
+    flow: Annotated[str | None, typer.Option(help="Only waits of this flow.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List the waits that need input (a flow called `tether.wait(...)`), oldest first: the
+    question, the JSON it expects, and its deadline. Answer one with `executions input`."""
+    with cli_errors():
+        pending = client_for(db).pending_waits(flow=flow, limit=limit)
+    if as_json:
+        dump([render.wait_json(w) for w in pending])
+    elif pending:
+        out.print(render.waits_table(pending))
+    else:
+        say("No pending waits.")
+
+
+@executions_app.command("input")
+def input_command(
+    execution_id: Annotated[str, typer.Argument(metavar="ID", help="The execution that waits.")],
+    value: Annotated[str, typer.Option("--value", help="The input, as JSON (e.g. true).")],
+    wait: Annotated[
+        str | None,
+        typer.Option("--wait", help="Which wait; found by itself when only one is pending."),
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="Who gives the input (recorded).")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Give a waiting execution its input (validated against the wait's schema); the process
+    that started it, if alive, or a `tether worker` then continues it."""
+    with cli_errors():
+        record = client_for(db).input_json(execution_id, wait, value, by=by or who())
+    if as_json:
+        dump(render.wait_json(record))
+    else:
+        line = Text("Input recorded for wait ")
+        line.append(record.name, style="bold")
+        line.append(f" of {record.execution_id}.")
+        out.print(line)

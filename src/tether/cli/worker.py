@@ -1,0 +1,73 @@
+"""`tether worker`: run executions from the store until SIGTERM, over `tether.Worker`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from .._core import config as _config
+from .._runtime.worker import Worker
+from ._common import cli_errors
+from .options import DbOption
+
+
+def worker_command(
+    db: DbOption = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Executions run at once by this worker.")
+    ] = 8,
+    imports: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--import",
+            metavar="MODULE",
+            help="Module to import first, so its flows and queues are known (repeatable), "
+            "e.g. myapp.flows.",
+        ),
+    ] = None,
+    queues: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue",
+            metavar="NAME",
+            help="Serve only this queue (repeatable); default: every queue. The limits of "
+            "the queues served that an imported module declares (tether.Queue) are published "
+            "to the store, where they hold across the fleet.",
+        ),
+    ] = None,
+    poll: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            metavar="SECONDS",
+            help="SQLite: seconds between looks for runnable work (PostgreSQL workers are "
+            "woken through LISTEN/NOTIFY and look at least every second).",
+        ),
+    ] = 0.02,
+    grace: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            metavar="SECONDS",
+            help="On SIGTERM, seconds to wait for executions to hand back.",
+        ),
+    ] = 30.0,
+) -> None:
+    """Run executions from the store until SIGTERM.
+
+    A worker runs, from the queues it serves (`--queue`, or all), queued executions, waits
+    whose input arrived, due timers, and executions whose process died. On SIGTERM it stops
+    taking work and hands back what it holds at the next checkpoint boundary.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name in queues or ():
+        if not name.strip():
+            raise typer.BadParameter("a queue name is a non-empty string", param_hint="--queue")
+    with cli_errors():
+        if db:
+            _config.configure(db=db)
+        Worker(
+            db, concurrency=concurrency, poll=poll, imports=imports or (), queues=queues or None
+        ).run(grace=grace)

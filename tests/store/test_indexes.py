@@ -21,7 +21,15 @@ import pytest
 from _rows import LEASE, NOW, T0, execution, get, lease, race, start
 
 from backend import BACKEND, postgres_only
-from tether.store import CheckpointRow, EventRow, ExecutionRow, Store, WaitRow, _sql, open_store
+from tether.store import (
+    CheckpointRow,
+    EventRow,
+    ExecutionRow,
+    Store,
+    WaitRow,
+    _sql_migrations,
+    open_store,
+)
 from tether.store._sql import CLAIM_WINDOW, EXECUTION_COLUMNS, to_format_style
 from tether.store.sqlite import path_from_url
 
@@ -119,7 +127,7 @@ def claim_next(store: Store, n: int = 0, *, now: float = NOW, due: float = NOW) 
 
 @contextmanager
 def statements(store: Store) -> Iterator[list[tuple[str, Any]]]:
-    """Every (sql, params) the store runs meanwhile, as written in _sql.py."""
+    """Every (sql, params) the store runs meanwhile, as written in the _sql_* modules."""
     seen: list[tuple[str, Any]] = []
     target: Any = store
 
@@ -472,9 +480,8 @@ def everything(store: Store, ids: Sequence[str]) -> dict[str, tuple[object, ...]
 def test_a_database_with_data_at_schema_7_migrates_to_8_and_keeps_working(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        _sql, "resources", SimpleNamespace(files=lambda pkg: _Before8(resources.files(pkg)))
-    )
+    before8 = SimpleNamespace(files=lambda pkg: _Before8(resources.files(pkg)))
+    monkeypatch.setattr(_sql_migrations, "resources", before8)
     old = open_store(store_url)
     try:
         assert schema_versions(old)[-1] == 7

@@ -1,0 +1,103 @@
+"""The SQL store's checkpoint calls and events (and pruning what is finished)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._base import (
+    CheckpointRow,
+    Commit,
+    EventRow,
+)
+from ._sql_common import (
+    CHECKPOINT_COLUMNS,
+    INSERT_EVENT,
+    RECORD_CHECKPOINT,
+    RELEASED,
+    SqlBase,
+    checkpoint_values,
+    event_params,
+    marks,
+)
+
+
+class CheckpointsSql(SqlBase):
+    """The SQL store's checkpoint calls and events (and pruning what is finished)."""
+
+    def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
+        rows = self._all(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ? "
+            "ORDER BY position",
+            (execution_id,),
+        )
+        return [CheckpointRow(*r) for r in rows]
+
+    def record_checkpoint(
+        self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
+    ) -> Commit:
+        params = (execution_id, *checkpoint_values(row), execution_id, token)
+        if not events:
+            # The hot path: one statement, its own transaction.
+            found = self._one(RECORD_CHECKPOINT, params)
+        else:
+            with self._transaction() as conn:
+                found = self._run(conn, RECORD_CHECKPOINT, params).fetchone()
+                if found is not None:
+                    self._executemany(conn, INSERT_EVENT, [event_params(e) for e in events])
+        if found is None:
+            return Commit.LOST
+        return Commit.CANCEL_REQUESTED if found[0] else Commit.COMMITTED
+
+    def reset_for_retry(self, execution_id: str, *, from_position: int, now: float) -> bool:
+        with self._transaction() as conn:
+            cursor = self._run(
+                conn,
+                f"UPDATE executions SET status = 'queued', result = NULL, error = NULL, "
+                f"{RELEASED}, wake_at = NULL, cancel_requested = 0, finished_at = NULL, "
+                "updated_at = ? "
+                "WHERE id = ? AND status = 'failed'",
+                (now, execution_id),
+            )
+            if cursor.rowcount != 1:
+                return False
+            for table in ("checkpoints", "waits"):
+                self._run(
+                    conn,
+                    f"DELETE FROM {table} WHERE execution_id = ? AND position >= ?",
+                    (execution_id, from_position),
+                )
+            return True
+
+    def prune(self, *, before: float, statuses: Sequence[str], dry_run: bool) -> int:
+        where = f"status IN ({marks(statuses)}) AND finished_at < ?"
+        params = (*statuses, before)
+        with self._transaction() as conn:
+            if dry_run:
+                found = self._run(conn, f"SELECT count(*) FROM executions WHERE {where}", params)
+                return int(found.fetchone()[0])
+            ids = [
+                (r[0],)
+                for r in self._run(conn, f"SELECT id FROM executions WHERE {where}", params)
+                .fetchall()
+            ]  # fmt: skip
+            for table, column in (
+                ("checkpoints", "execution_id"), ("waits", "execution_id"),
+                ("events", "execution_id"), ("executions", "id"),
+            ):  # fmt: skip
+                self._executemany(conn, f"DELETE FROM {table} WHERE {column} = ?", ids)
+            return len(ids)
+
+    def add_event(self, event: EventRow) -> None:
+        with self._connection() as conn:
+            self._run(conn, INSERT_EVENT, event_params(event))
+
+    def get_events(
+        self, execution_id: str, *, after: int = 0, kinds: Sequence[str] | None = None
+    ) -> list[EventRow]:
+        clause = f"AND kind IN ({marks(kinds)})" if kinds else ""
+        rows = self._all(
+            "SELECT execution_id, position, at, level, kind, message, data, id FROM events "
+            f"WHERE execution_id = ? AND id > ? {clause} ORDER BY id",
+            (execution_id, after, *(kinds or ())),
+        )
+        return [EventRow(*r) for r in rows]

@@ -1,0 +1,228 @@
+"""The SQL store's executions: create, read, list, finish, release, cancel, suspend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ._base import (
+    CheckpointRow,
+    ExecutionRow,
+    WaitRow,
+)
+from ._sql_common import (
+    _FINISHED,
+    CHECKPOINT_COLUMNS,
+    EXECUTION_COLUMNS,
+    RELEASED,
+    WAIT_COLUMNS,
+    Connection,
+    SqlBase,
+    checkpoint_values,
+    execution_row,
+    marks,
+)
+
+
+class ExecutionsSql(SqlBase):
+    """The SQL store's executions: create, read, list, finish, release, cancel, suspend."""
+
+    def create_execution(
+        self,
+        row: ExecutionRow,
+        *,
+        checkpoints: Sequence[CheckpointRow] = (),
+        waits: Sequence[WaitRow] = (),
+    ) -> str:
+        # Without seeds or a key (every plain start) one statement is its own transaction.
+        atomic = bool(checkpoints or waits or row.dedup_key)
+        with self._transaction() if atomic else self._connection() as conn:
+            inserted = self._run(
+                conn,
+                f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (flow, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING",
+                (
+                    row.id, row.flow, row.import_path, row.script, row.args, row.status,
+                    row.result, row.error, row.owner, row.lease_token, row.lease_expires,
+                    row.attempt, int(row.cancel_requested), row.created_at, row.updated_at,
+                    row.started_at, row.finished_at, row.parent_id, row.replay_of, row.metadata,
+                    row.options, row.wake_at, row.progress, row.queue, row.priority,
+                    row.dedup_key,
+                ),
+            ).rowcount  # fmt: skip
+            if inserted != 1:
+                existing = self._run(
+                    conn,
+                    "SELECT id FROM executions WHERE flow = ? AND dedup_key = ?",
+                    (row.flow, row.dedup_key),
+                ).fetchone()
+                return str(existing[0])
+            if checkpoints:
+                self._executemany(
+                    conn,
+                    f"INSERT INTO checkpoints (execution_id, {CHECKPOINT_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(row.id, *checkpoint_values(c)) for c in checkpoints],
+                )
+            if waits:
+                self._executemany(
+                    conn,
+                    f"INSERT INTO waits ({WAIT_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(row.id, w.name, w.position, w.kind, w.status, w.schema_ref, w.json_schema,
+                      w.question, w.metadata, w.deadline, w.value, w.resolved_by, w.created_at,
+                      w.resolved_at) for w in waits],
+                )  # fmt: skip
+            return row.id
+
+    def get_execution(self, execution_id: str) -> ExecutionRow | None:
+        found = self._one(
+            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?", (execution_id,)
+        )
+        return execution_row(found) if found else None
+
+    def list_executions(
+        self, *, statuses: Sequence[str] | None, flow: str | None, limit: int
+    ) -> list[ExecutionRow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if statuses:
+            where.append(f"status IN ({marks(statuses)})")
+            params.extend(statuses)
+        if flow is not None:
+            where.append("flow = ?")
+            params.append(flow)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        params.append(limit)
+        rows = self._all(
+            f"SELECT {EXECUTION_COLUMNS}, "
+            "(SELECT count(*) FROM checkpoints c WHERE c.execution_id = e.id "
+            " AND c.status = 'succeeded'), "
+            "(SELECT w.name FROM waits w WHERE w.execution_id = e.id AND w.status = 'pending' "
+            " AND w.kind = 'input' ORDER BY w.position LIMIT 1) "
+            f"FROM executions e {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+            params,
+        )
+        found = []
+        for r in rows:
+            row = execution_row(r[:-2])
+            row.checkpoints_done, row.pending_wait = int(r[-2]), r[-1]
+            found.append(row)
+        return found
+
+    def finish(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        return (
+            self._count(
+                f"UPDATE executions SET status = ?, result = ?, error = ?, {RELEASED}, "
+                "wake_at = NULL, finished_at = ?, updated_at = ? WHERE id = ? AND lease_token = ?",
+                (status, result, error, now, now, execution_id, token),
+            )
+            == 1
+        )
+
+    def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
+        return (
+            self._count(
+                f"UPDATE executions SET status = ?, {RELEASED}, updated_at = ? "
+                "WHERE id = ? AND lease_token = ?",
+                (status, now, execution_id, token),
+            )
+            == 1
+        )
+
+    def request_cancel(self, execution_id: str, *, now: float) -> str | None:
+        with self._transaction() as conn:
+            found = self._run(
+                conn,
+                f"SELECT status, lease_token FROM executions WHERE id = ?{self.lock_row}",
+                (execution_id,),
+            ).fetchone()
+            if found is None:
+                return None
+            status, token = found
+            if status in _FINISHED:
+                return str(status)
+            if token is None:
+                self._run(
+                    conn,
+                    "UPDATE executions SET status = 'cancelled', cancel_requested = 1, "
+                    "wake_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, execution_id),
+                )
+                self._cancel_waits(conn, execution_id, now)
+                return "cancelled"
+            self._run(
+                conn,
+                "UPDATE executions SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                (now, execution_id),
+            )
+            return str(status)
+
+    def _cancel_waits(self, conn: Connection, execution_id: str, now: float) -> None:
+        self._run(
+            conn,
+            "UPDATE waits SET status = 'cancelled', resolved_at = ? "
+            "WHERE execution_id = ? AND status = 'pending'",
+            (now, execution_id),
+        )
+
+    def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool:
+        return (
+            self._count(
+                "UPDATE executions SET metadata = ?, updated_at = ? "
+                "WHERE id = ? AND lease_token = ?",
+                (metadata, now, execution_id, token),
+            )
+            == 1
+        )
+
+    def suspend(
+        self, execution_id: str, token: str, *, wait: str, wake_at: float | None, now: float
+    ) -> bool:
+        # Lock the execution row first, then read the wait with a fresh statement: input
+        # (resolve_wait) takes the same lock, so one of the two always sees the other. A
+        # single UPDATE ... NOT EXISTS would read the wait from a snapshot that can predate
+        # an input committed meanwhile (Postgres, READ COMMITTED) and park it forever.
+        with self._transaction() as conn:
+            held = self._run(
+                conn,
+                "SELECT cancel_requested FROM executions WHERE id = ? AND lease_token = ?"
+                f"{self.lock_row}",
+                (execution_id, token),
+            ).fetchone()
+            if held is None:
+                return False
+            answered = self._run(
+                conn,
+                "SELECT 1 FROM waits WHERE execution_id = ? AND name = ? AND status != 'pending'",
+                (execution_id, wait),
+            ).fetchone()
+            if answered is not None:
+                return False  # the holder runs the flow again and finds the input
+            if held[0]:
+                # A cancel requested while it ran wins: park it as cancelled, not waiting.
+                self._run(
+                    conn,
+                    f"UPDATE executions SET status = 'cancelled', wake_at = NULL, {RELEASED}, "
+                    "finished_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, execution_id),
+                )
+                self._cancel_waits(conn, execution_id, now)
+            else:
+                self._run(
+                    conn,
+                    f"UPDATE executions SET status = 'waiting', wake_at = ?, {RELEASED}, "
+                    "updated_at = ? WHERE id = ?",
+                    (wake_at, now, execution_id),
+                )
+            return True

@@ -1,0 +1,90 @@
+"""The SQL store's waits: input waits and timers of executions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import (
+    PendingWaitRow,
+    WaitRow,
+)
+from ._sql_common import WAIT_COLUMNS, SqlBase
+
+
+class WaitsSql(SqlBase):
+    """The SQL store's waits: input waits and timers of executions."""
+
+    def create_wait(self, token: str, row: WaitRow) -> bool:
+        with self._transaction() as conn:
+            held = self._run(
+                conn,
+                f"SELECT 1 FROM executions WHERE id = ? AND lease_token = ?{self.lock_row}",
+                (row.execution_id, token),
+            ).fetchone()
+            if held is None:
+                return False
+            self._run(
+                conn,
+                f"INSERT INTO waits ({WAIT_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (execution_id, name) DO NOTHING",
+                (
+                    row.execution_id, row.name, row.position, row.kind, row.status,
+                    row.schema_ref, row.json_schema, row.question, row.metadata, row.deadline,
+                    row.value, row.resolved_by, row.created_at, row.resolved_at,
+                ),
+            )  # fmt: skip
+            return True
+
+    def get_waits(self, execution_id: str) -> list[WaitRow]:
+        rows = self._all(
+            f"SELECT {WAIT_COLUMNS} FROM waits WHERE execution_id = ? ORDER BY position",
+            (execution_id,),
+        )
+        return [WaitRow(*r) for r in rows]
+
+    def resolve_wait(
+        self,
+        execution_id: str,
+        name: str,
+        *,
+        status: str,
+        value: str | None,
+        by: str | None,
+        now: float,
+    ) -> bool:
+        if status not in ("resolved", "timed_out"):
+            raise ValueError(f"a wait resolves as 'resolved' or 'timed_out', not {status!r}")
+        with self._transaction() as conn:
+            # The execution row's lock orders this against suspend() (see there).
+            self._run(
+                conn, f"SELECT 1 FROM executions WHERE id = ?{self.lock_row}", (execution_id,)
+            )
+            cursor = self._run(
+                conn,
+                "UPDATE waits SET status = ?, value = ?, resolved_by = ?, resolved_at = ? "
+                "WHERE execution_id = ? AND name = ? AND status = 'pending'",
+                (status, value, by, now, execution_id, name),
+            )
+            if cursor.rowcount != 1:
+                return False
+            self._run(
+                conn,
+                "UPDATE executions SET status = 'queued', wake_at = NULL, updated_at = ? "
+                "WHERE id = ? AND status = 'waiting'",
+                (now, execution_id),
+            )
+            return True
+
+    def pending_waits(self, *, flow: str | None, limit: int) -> list[PendingWaitRow]:
+        columns = ", ".join(f"w.{c.strip()}" for c in WAIT_COLUMNS.split(","))
+        clause = "AND e.flow = ?" if flow is not None else ""
+        params: tuple[Any, ...] = (flow, limit) if flow is not None else (limit,)
+        rows = self._all(
+            f"SELECT {columns}, e.flow FROM waits w JOIN executions e ON e.id = w.execution_id "
+            "WHERE w.status = 'pending' AND w.kind = 'input' "
+            f"AND e.status NOT IN ('succeeded', 'failed', 'cancelled') {clause} "
+            "ORDER BY w.created_at LIMIT ?",
+            params,
+        )
+        return [PendingWaitRow(WaitRow(*r[:-1]), r[-1]) for r in rows]

@@ -446,3 +446,82 @@ def test_worker_rejects_bad_settings(db_url: str) -> None:
         tether.Worker(concurrency=0)
     with pytest.raises(tether.UsageError, match="no_such_module"):
         tether.Worker(imports=["no_such_module"])
+
+
+# --- a holder's cleanup and the next holder --------------------------------------------------
+
+held_up = threading.Event()  # the execution's second holder is inside `hold`
+let_go = threading.Event()
+
+
+@tether.checkpoint
+def hold(text: str) -> str:
+    ran["hold"] += 1
+    held_up.set()
+    let_go.wait(timeout=30)
+    return text
+
+
+@tether.flow
+def reclaimed(topic: str) -> str:
+    text = draft(topic)
+    tether.wait("go", schema=bool)
+    return hold(text)
+
+
+def test_an_old_holders_cleanup_leaves_the_next_holder_alone(
+    client: tether.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread that ran an execution up to its wait cleans up after the execution was
+    claimed again (input, then another thread's claim): the new holder's lease must keep
+    being renewed, and its body must not run a second time elsewhere."""
+    from tether import _engine, _executor
+    from tether._config import store_for
+
+    tether.configure(lease_seconds=1.0)
+    monkeypatch.setattr(_executor, "_HEARTBEAT_SECONDS", 0.1)
+    held_up.clear()
+    let_go.clear()
+    suspended, cleanup = threading.Event(), threading.Event()
+    real_execute = _engine.execute
+
+    def execute(*args: Any, **kwargs: Any) -> _engine.Outcome:
+        outcome = real_execute(*args, **kwargs)
+        if outcome is _engine.Outcome.SUSPENDED and not suspended.is_set():
+            # Widen the window: the first holder has suspended (its lease is gone) but has
+            # not cleaned up its bookkeeping yet.
+            suspended.set()
+            cleanup.wait(timeout=30)
+        return outcome
+
+    monkeypatch.setattr(_engine, "execute", execute)
+    store = store_for()
+    runner = _executor.executor()
+    try:
+        handle = reclaimed.run("leases")
+        retry_until(suspended.is_set, what="the first holder to suspend")
+        client.input(handle.id, "go", True)
+        # Another thread claims it (an in-process worker), then the first holder cleans up.
+        assert tether.Worker(concurrency=2).run_once() == [handle.id]
+        retry_until(held_up.is_set, what="the second holder to reach `hold`")
+        second = store.get_execution(handle.id)
+        assert second is not None and second.lease_token and second.lease_expires
+        cleanup.set()
+
+        def renewed() -> bool:
+            row = store.get_execution(handle.id)
+            assert row is not None and row.lease_token == second.lease_token, (
+                f"the second holder lost its lease (not renewed, taken again); "
+                f"`hold` ran {ran['hold']} times"
+            )
+            assert row.lease_expires is not None
+            return row.lease_expires > second.lease_expires + 2.0  # two lease lengths on
+
+        retry_until(renewed, timeout=10, what="the heartbeat to renew the second holder")
+        assert runner.holds(store, handle.id)
+        assert ran["hold"] == 1
+    finally:
+        cleanup.set()
+        let_go.set()
+    assert handle.result(timeout=10) == "draft on leases"
+    assert ran == Counter({"draft": 1, "hold": 1})

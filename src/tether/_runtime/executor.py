@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -26,6 +27,8 @@ from .._core.status import Status
 from ..store import Claim, ExecutionRow, Store
 from . import engine as _engine
 from .engine import Runnable
+
+log = logging.getLogger("tether.executor")
 
 _HEARTBEAT_SECONDS = 1.0
 # How often parked executions are checked for input from other processes and due timers.
@@ -199,11 +202,22 @@ class Executor:
                 if claimed:
                     outcome = _engine.execute(store, execution_id, held.token, flow, held.runs, row)
                 nxt = self._next(store)
+            except BaseException:
+                # Nobody reads the pool's futures: say so here, or it goes unnoticed.
+                log.exception("execution %s: the executor thread failed", execution_id)
+                raise
             finally:
                 with self._changed:
                     key = (id(store), execution_id)
-                    self._held.pop(key, None)
-                    if outcome is _engine.Outcome.SUSPENDED and self.parking:
+                    # Only our own entry: once it suspended (or lost its lease), another
+                    # thread may have claimed it again and hold it under this key now.
+                    if self._held.get(key) is held:
+                        del self._held[key]
+                    if (
+                        outcome is _engine.Outcome.SUSPENDED
+                        and self.parking
+                        and key not in self._held
+                    ):
                         self._parked[key] = store
                     if nxt is not None:
                         # The slot passes straight to the next execution: no free slot shows.
@@ -338,7 +352,11 @@ class Executor:
                 self._renew(entries)
             if beats % _MAINTAIN_BEATS == 0:
                 for store in stores.values():
-                    store.maintain()
+                    try:
+                        store.maintain()
+                    except Exception:
+                        # Escaping would end the heartbeat, and with it every lease held here.
+                        log.exception("store maintenance failed; trying again later")
 
     def _renew(self, entries: list[tuple[str, _Held]]) -> None:
         store = entries[0][1].store

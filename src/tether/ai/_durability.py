@@ -27,15 +27,17 @@ from pydantic_ai.durable_exec import (
     ToolsetValidateToolArgumentsId,
     conversation_id_from_run_id,
 )
+from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
+from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import AgentDepsT, RunContext, ToolDefinition
 
 import tether
 from tether.errors import SerializationError
 
 from ._deferred import wait_for_deferred
-from ._metering import metered_unit
+from ._metering import RequestSteps, metered_unit
 from ._units import (
     CheckpointOptions,
     DispatchOrder,
@@ -116,6 +118,11 @@ class TetherOperationBackend(CallableOperationBackend[CheckpointOptions]):
     def __init__(self, *, config: _OperationConfig, order: DispatchOrder) -> None:
         super().__init__(namer=TetherOperationNamer(), config=config)
         self._order = order
+        self._steps = RequestSteps()
+
+    def forget(self, scope: str) -> None:
+        """An agent run ended: drop what was kept about its requests."""
+        self._steps.forget(scope)
 
     async def execute(
         self,
@@ -134,14 +141,22 @@ class TetherOperationBackend(CallableOperationBackend[CheckpointOptions]):
                 if in_flow():
                     # Reserved under the name the model called it by (a prefixed toolset's
                     # tool too), in the model's order: see `before_node_run`.
-                    reserved = self._order.take(_scope(ctx), ctx.tool_call_id)
+                    reserved = self._order.take(_scope(ctx), ctx.tool_call_id, ctx)
                     if reserved is not None:
                         return await reserved.run(body)
         elif isinstance(operation_id, ModelRequestId):
             key = request_key(next((v for v in cache_key if isinstance(v, list)), None))
             # Checked against the budget before it starts, metered when it returns: only a
-            # live request runs the body, so a replayed one is neither.
-            body = metered_unit(body, operation_id.model_name, cache_key)
+            # live request runs the body, so a replayed one is neither. A request continuing
+            # its step's response adds no request (`RequestSteps`).
+            ctx = _run_context(cache_key)
+            step = (_scope(ctx), ctx.run_step) if ctx is not None and in_flow() else None
+            counted = step is None or self._steps.counts(*step)
+            body = metered_unit(body, operation_id.model_name, cache_key, counted=counted)
+            result = await unit_checkpoint(name, config)(key, Slot(body))
+            if step is not None:
+                self._steps.made(*step)
+            return result
         elif isinstance(operation_id, ModelCompactMessagesId):
             # Compaction is a model request too (its response carries usage); its input is
             # not in the cache key, so the budget check counts only what was spent.
@@ -281,6 +296,8 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
             return await super().wrap_run(ctx, handler=handler)
         finally:
             self._order.release(_scope(ctx))
+            if self._backend is not None:
+                self._backend.forget(_scope(ctx))
             if ctx.run_id is not None:
                 self._run_starts.pop(ctx.run_id, None)
 
@@ -299,15 +316,40 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
         # whatever order they are scheduled. Their positions are taken here instead, before
         # any of them starts (also under `run_stream`, which runs the node while streaming
         # it), in the order of the model's response.
+        calls = node.model_response.tool_calls
         results = node.tool_call_results
-        for call in node.model_response.tool_calls:
+        tool_manager = ctx.tool_manager
+        if tool_manager is not None and tool_manager.tools is None:
+            # A run that starts from deferred tool results (the continuation pattern: a second
+            # `run(message_history=..., deferred_tool_results=...)`) comes straight to this
+            # node; its tools are prepared only when the node runs. The turn's positions are
+            # taken when its first call arrives, before that call's own (`DispatchOrder`).
+            self._order.defer(
+                scope,
+                lambda call_ctx: self._reserve_turn(
+                    scope, calls, results, getattr(call_ctx, "tool_manager", None)
+                ),
+            )
+            return node
+        self._reserve_turn(scope, calls, results, tool_manager)
+        return node
+
+    def _reserve_turn(
+        self,
+        scope: str,
+        calls: list[ToolCallPart],
+        results: Mapping[str, object] | None,
+        tool_manager: ToolManager[Any] | None,
+    ) -> None:
+        if tool_manager is None or tool_manager.tools is None:
+            return  # no tools to look up: the calls take positions as they reach the backend
+        for call in calls:
             if results is not None and not isinstance(results.get(call.tool_call_id), ToolApproved):
                 continue  # resuming deferred calls: only the approved ones run
-            tool_def = ctx.tool_manager.get_tool_def(call.tool_name) if ctx.tool_manager else None
+            tool_def = tool_manager.get_tool_def(call.tool_name)
             if tool_def is None or (results is None and tool_def.kind != "function"):
                 continue  # output, external or unapproved tools are not called now
             self._reserve(scope, call.tool_call_id, call.tool_name, tool_def)
-        return node
 
     def _reserve(
         self, scope: str, tool_call_id: str, tool_name: str, tool_def: ToolDefinition

@@ -8,7 +8,9 @@ response's usage, priced, to the checkpoint call running it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,12 +35,17 @@ def usage_of(
     provider: str | None,
     provider_url: str | None = None,
     requested: str | None = None,
+    *,
+    counted: bool = True,
 ) -> _usage.Usage:
     """One response's usage, with its cost: a configured price, else the provider-reported
     cost, else genai-prices; None (unknown) when the response carried no usage.
 
     `requested` is the model name the request asked for, when the response names another
     (`gpt-4o` answered as `gpt-4o-2024-08-06`): a price configured for it applies.
+
+    `counted=False`: a request that continues a response (see `RequestSteps`) adds its
+    tokens and cost but no request; an unknown cost still makes the total incomplete.
     """
     cost: float | None = None
     if not usage.unmeasured_requests:
@@ -59,7 +66,7 @@ def usage_of(
             cost = float(usage.cost)
         else:
             cost = cost_of(priced_as, provider, usage=usage, provider_url=provider_url, **counts)
-    return _usage.of_request(
+    spent = _usage.of_request(
         model,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -67,6 +74,10 @@ def usage_of(
         cache_write_tokens=usage.cache_write_tokens,
         cost_usd=cost,
     )
+    if counted:
+        return spent
+    part = dataclasses.replace(spent.by_model[model], requests=0)
+    return dataclasses.replace(part, by_model={model: part})
 
 
 def record_response(response: ModelResponse, model: str | None, provider: str | None) -> None:
@@ -85,7 +96,7 @@ def record_response(response: ModelResponse, model: str | None, provider: str | 
     )
 
 
-def record_payload(payload: object, model: str | None) -> None:
+def record_payload(payload: object, model: str | None, *, counted: bool = True) -> None:
     """`record_response` for a response already encoded as JSON (a durable unit's result):
     only its usage and names are decoded."""
     if current_frame.get() is None or not isinstance(payload, dict):
@@ -96,7 +107,7 @@ def record_payload(payload: object, model: str | None) -> None:
     usage = _request_usage.validate_python(raw)
     name = payload.get("model_name") or model or "unknown"
     provider, url = payload.get("provider_name"), payload.get("provider_url")
-    _usage.add(usage_of(usage, name, provider, url, requested=model))
+    _usage.add(usage_of(usage, name, provider, url, requested=model, counted=counted))
 
 
 # --- the budget check ------------------------------------------------------------------
@@ -162,12 +173,45 @@ def _tool_chars(parameters: ModelRequestParameters | None) -> int:
 # --- the two places -----------------------------------------------------------------
 
 
+class RequestSteps:
+    """Which model requests count as requests, as Pydantic AI's `RunUsage.requests` counts
+    them: once per step of the agent loop (per response committed to the run's history).
+
+    A provider-paused turn (Anthropic `pause_turn`, OpenAI background mode) is completed by
+    more model requests in the same step, each its own `model_request` checkpoint call and
+    each billed, but Pydantic AI counts the merged response once. So only the first request
+    of a step counts; the others add tokens and cost only. Decided in flow code, for replayed
+    requests too, so a resumed flow counts as the uninterrupted one did.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counted: dict[str, int] = {}  # scope (one agent run) -> the step last counted
+
+    def counts(self, scope: str, run_step: int) -> bool:
+        """Whether the request about to be made in this step is the step's counted one."""
+        with self._lock:
+            return self._counted.get(scope) != run_step
+
+    def made(self, scope: str, run_step: int) -> None:
+        """A request of this step returned (live or replayed): the step is counted."""
+        with self._lock:
+            self._counted[scope] = run_step
+
+    def forget(self, scope: str) -> None:
+        with self._lock:
+            self._counted.pop(scope, None)
+
+
 def metered_unit(
     body: Callable[[], Awaitable[object]],
     model: str | None,
     cache_key: tuple[object, ...],
+    *,
+    counted: bool = True,
 ) -> Callable[[], Awaitable[object]]:
-    """A durable `model_request` unit's body, checked against the budget and metered."""
+    """A durable `model_request` unit's body, checked against the budget and metered
+    (`counted=False`: with no request, see `RequestSteps`)."""
 
     async def run() -> object:
         if _budget.active():
@@ -176,7 +220,7 @@ def metered_unit(
             parameters = next((v for v in cache_key if isinstance(v, ModelRequestParameters)), None)
             check_budget(model or "unknown", None, messages, settings, parameters)  # type: ignore[arg-type]
         payload = await body()
-        record_payload(payload, model)
+        record_payload(payload, model, counted=counted)
         return payload
 
     return run

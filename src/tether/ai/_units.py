@@ -227,11 +227,24 @@ class DispatchOrder:
     A scope is one agent run of one execution. Reservations are made in program order (when a
     turn's tool calls are about to run, and when approvals arrive); each tool call that reaches
     the backend takes its own. Whatever is left when the turn ends is closed.
+
+    A turn whose tools are not known yet (a run that starts from deferred tool results: the
+    graph prepares its tools only once the turn runs) leaves a *deferred* reservation instead:
+    the first of its calls to reach the backend makes the turn's reservations, all at once and
+    in the model's order, before it takes its own.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], deque[Reserved]] = {}
+        self._deferred: dict[str, Callable[[Any], None]] = {}
+        self._deferring = threading.Lock()  # one deferred turn reserved at a time
+
+    def defer(self, scope: str, reserve: Callable[[Any], None]) -> None:
+        """Reserve with `reserve(run_context)` when the scope's first tool call arrives (its
+        run context then has the prepared tool manager)."""
+        with self._lock:
+            self._deferred[scope] = reserve
 
     def reserve(self, scope: str, tool_call_id: str, name: str, options: CheckpointOptions) -> None:
         slot = Slot()
@@ -239,7 +252,13 @@ class DispatchOrder:
         with self._lock:
             self._pending.setdefault((scope, tool_call_id), deque()).append(Reserved(slot, call))
 
-    def take(self, scope: str, tool_call_id: str) -> Reserved | None:
+    def take(self, scope: str, tool_call_id: str, run_context: object = None) -> Reserved | None:
+        if self._deferred:
+            with self._deferring:
+                with self._lock:
+                    reserve = self._deferred.pop(scope, None)
+                if reserve is not None:
+                    reserve(run_context)
         with self._lock:
             queue = self._pending.get((scope, tool_call_id))
             if not queue:
@@ -253,6 +272,7 @@ class DispatchOrder:
         with self._lock:
             keys = [key for key in self._pending if key[0] == scope]
             dropped = [self._pending.pop(key) for key in keys]
+            self._deferred.pop(scope, None)
         for queue in dropped:
             for reserved in queue:
                 reserved.close()

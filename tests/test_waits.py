@@ -475,8 +475,9 @@ def test_an_old_holders_cleanup_leaves_the_next_holder_alone(
     """The thread that ran an execution up to its wait cleans up after the execution was
     claimed again (input, then another thread's claim): the new holder's lease must keep
     being renewed, and its body must not run a second time elsewhere."""
-    from tether import _engine, _executor
-    from tether._config import store_for
+    from tether._core.config import store_for
+    from tether._runtime import engine as _engine
+    from tether._runtime import executor as _executor
 
     tether.configure(lease_seconds=1.0)
     monkeypatch.setattr(_executor, "_HEARTBEAT_SECONDS", 0.1)

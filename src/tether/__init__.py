@@ -30,6 +30,7 @@ from ._checkpoint import Checkpoint, checkpoint
 from ._config import configure
 from ._context import Current, current, in_flow, log
 from ._flow import Flow, Handle, Starter, flow
+from ._positions import branch
 from ._prices import ModelPrice
 from ._queues import Queue
 from ._records import (
@@ -124,6 +125,7 @@ __all__ = [
     "WaitTimeout",
     "Worker",
     "__version__",
+    "branch",
     "checkpoint",
     "configure",
     "current",

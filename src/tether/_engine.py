@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import _budget, _capture, _imports, _serde
 from ._config import settings
 from ._context import Run, current_run
 from ._persist import persist
+from ._positions import current_branch, install
 from ._status import Status
 from .errors import Cancelled, FlowNotFoundError, LeaseLost, Released, Suspended
 from .store import CheckpointRow, ExecutionRow, Store, WaitRow
@@ -78,7 +80,7 @@ def _attempt(
     if row.has_history is False:
         # The claim saw no checkpoint call and no wait: nothing to load (a first run). Only
         # this lease's holder can record any from now on.
-        recorded: dict[int, CheckpointRow] = {}
+        recorded: dict[str, CheckpointRow] = {}
         waits: list[WaitRow] = []
     else:
         recorded = {c.position: c for c in store.get_checkpoints(execution_id)}
@@ -106,13 +108,15 @@ def _attempt(
         decoded = _serde.loads(row.args)
         args, kwargs = decoded["args"], decoded["kwargs"]
         context_token = current_run.set(run)
+        branch_token = current_branch.set(run.root)
         try:
             run.boundary()
             if target.is_async:
-                value = asyncio.run(target.fn(*args, **kwargs))
+                value = asyncio.run(_flow_body(target.fn(*args, **kwargs)))
             else:
                 value = target.fn(*args, **kwargs)
         finally:
+            current_branch.reset(branch_token)
             current_run.reset(context_token)
         if run.diverged is not None:
             raise run.diverged
@@ -161,6 +165,13 @@ def _attempt(
         )
     )
     return Outcome.FINISHED
+
+
+async def _flow_body(body: Coroutine[Any, Any, Any]) -> Any:
+    # Tasks the flow creates become branches (see _positions): the loop's task factory
+    # numbers them as they are created.
+    install(asyncio.get_running_loop())
+    return await body
 
 
 def _fail(store: Store, run: Run, error: BaseException) -> Outcome:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from . import _engine, _serde
 from ._config import settings
 from ._context import Run
+from ._positions import sort_key
 from ._status import Status
 from .store import Claim, ExecutionRow, Store
 
@@ -375,7 +376,9 @@ def _progress(held: _Held) -> str | None:
     live = [
         {"position": position, "name": name, "since": since}
         for run in held.runs
-        for position, (name, since) in sorted(run.live.copy().items())
+        for position, (name, since) in sorted(
+            run.live.copy().items(), key=lambda item: sort_key(item[0])
+        )
     ]
     return _serde.dumps(live) if live else None
 

@@ -31,6 +31,7 @@ from ._base import (
     Store,
     WaitRow,
 )
+from ._positions import sort_key
 
 EXECUTION_COLUMNS = (
     "id, flow, import_path, script, args, status, result, error, owner, lease_token, "
@@ -304,7 +305,7 @@ class SqlStore(Store, abc.ABC):
             "(SELECT count(*) FROM checkpoints c WHERE c.execution_id = e.id "
             " AND c.status = 'succeeded'), "
             "(SELECT w.name FROM waits w WHERE w.execution_id = e.id AND w.status = 'pending' "
-            " AND w.kind = 'input' ORDER BY w.position LIMIT 1) "
+            " AND w.kind = 'input' ORDER BY w.created_at LIMIT 1) "
             f"FROM executions e {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
             params,
         )
@@ -691,10 +692,10 @@ class SqlStore(Store, abc.ABC):
 
     def get_waits(self, execution_id: str) -> list[WaitRow]:
         rows = self._all(
-            f"SELECT {WAIT_COLUMNS} FROM waits WHERE execution_id = ? ORDER BY position",
-            (execution_id,),
+            f"SELECT {WAIT_COLUMNS} FROM waits WHERE execution_id = ?", (execution_id,)
         )
-        return [WaitRow(*r) for r in rows]
+        # Positions are text ("3.1.2"): program order is theirs, not the text's.
+        return sorted((WaitRow(*r) for r in rows), key=_wait_order)
 
     def resolve_wait(
         self,
@@ -746,11 +747,11 @@ class SqlStore(Store, abc.ABC):
 
     def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
         rows = self._all(
-            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ? "
-            "ORDER BY position",
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ?",
             (execution_id,),
         )
-        return [CheckpointRow(*r) for r in rows]
+        # Positions are text ("3.1.2"): program order is theirs, not the text's.
+        return sorted((CheckpointRow(*r) for r in rows), key=_checkpoint_order)
 
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
@@ -768,7 +769,9 @@ class SqlStore(Store, abc.ABC):
             return Commit.LOST
         return Commit.CANCEL_REQUESTED if found[0] else Commit.COMMITTED
 
-    def reset_for_retry(self, execution_id: str, *, from_position: int, now: float) -> bool:
+    def reset_for_retry(
+        self, execution_id: str, *, positions: Sequence[str], waits: Sequence[str], now: float
+    ) -> bool:
         with self._transaction() as conn:
             cursor = self._run(
                 conn,
@@ -780,11 +783,14 @@ class SqlStore(Store, abc.ABC):
             )
             if cursor.rowcount != 1:
                 return False
-            for table in ("checkpoints", "waits"):
-                self._run(
+            for column, table, keys in (
+                ("position", "checkpoints", positions),
+                ("name", "waits", waits),
+            ):
+                self._executemany(
                     conn,
-                    f"DELETE FROM {table} WHERE execution_id = ? AND position >= ?",
-                    (execution_id, from_position),
+                    f"DELETE FROM {table} WHERE execution_id = ? AND {column} = ?",
+                    [(execution_id, key) for key in keys],
                 )
             return True
 
@@ -1025,3 +1031,11 @@ def memory_row(r: Sequence[Any]) -> MemoryRow:
     row = MemoryRow(*r)
     row.deleted = bool(row.deleted)
     return row
+
+
+def _checkpoint_order(row: CheckpointRow) -> tuple[tuple[int, int | str], ...]:
+    return sort_key(row.position)
+
+
+def _wait_order(row: WaitRow) -> tuple[tuple[int, int | str], ...]:
+    return sort_key(row.position)

@@ -22,6 +22,8 @@ PUBLIC = {
     "LogRecord",
     # queues and the fleet
     "Queue", "Starter", "StoreUnavailable", "in_flow",
+    # concurrent branches
+    "branch",
     # model calls: usage, cost, budgets
     "Budget", "BudgetExceeded", "ModelPrice", "Usage", "llm", "llm_async", "record_usage",
     # durable memory

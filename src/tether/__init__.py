@@ -29,6 +29,7 @@ from ._core.checkpoint import Checkpoint, checkpoint
 from ._core.config import configure
 from ._core.context import Current, current, in_flow, log
 from ._core.model_price import ModelPrice
+from ._core.positions import branch
 from ._core.status import CheckpointStatus, Status
 from ._core.waits import sleep, wait
 from ._ops.client import Client
@@ -125,6 +126,7 @@ __all__ = [
     "WaitTimeout",
     "Worker",
     "__version__",
+    "branch",
     "checkpoint",
     "configure",
     "current",

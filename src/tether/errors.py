@@ -129,7 +129,7 @@ class SerializationError(TetherError):
 class DivergenceError(TetherError):
     """On resume, the code called a different checkpoint than the one recorded at a position."""
 
-    def __init__(self, position: int, recorded: str, current: str, detail: str = "") -> None:
+    def __init__(self, position: str, recorded: str, current: str, detail: str = "") -> None:
         self.position = position
         self.recorded = recorded
         self.current = current

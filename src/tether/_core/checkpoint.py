@@ -1,8 +1,10 @@
 """@checkpoint: call identity, recorded-result lookup, retries, and the commit.
 
-A checkpoint call inside a flow takes the next position at the moment it is
-called (not when an async call is first awaited), so `asyncio.gather(a(), b())`
-numbers `a` before `b` on every run. If the position holds a recorded result
+A checkpoint call inside a flow takes the next position of its branch at the
+moment it is called (not when an async call is first awaited), so
+`asyncio.gather(a(), b())` numbers `a` before `b` on every run, and calls made
+in concurrent tasks are numbered within each task's own branch (`positions`).
+If the position holds a recorded result
 under the same name, the result is returned without running the function;
 otherwise the function runs, and its result (or final error) is committed in
 one fenced write before it is returned.
@@ -40,6 +42,7 @@ from . import serde as _serde
 from .capture import MAX_LOG_BYTES, CapturedLog
 from .context import Frame, Run, current_frame, current_run
 from .persist import persist
+from .positions import current_branch
 from .status import CheckpointStatus
 
 P = ParamSpec("P")
@@ -52,7 +55,7 @@ _RETRYING = CheckpointStatus.RETRYING.value
 
 # Test hook: called after each committed checkpoint with (run, position). Lets crash tests
 # kill a process exactly between a commit and the code that follows it.
-_after_commit: Callable[[Run, int], None] | None = None
+_after_commit: Callable[[Run, str], None] | None = None
 
 _pool_lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -136,12 +139,13 @@ class Checkpoint(Generic[P, R]):
 
     # --- the two loops ------------------------------------------------------------------
 
-    def _call_sync(self, run: Run, position: int, args: Any, kwargs: Any) -> R:
+    def _call_sync(self, run: Run, position: str, args: Any, kwargs: Any) -> R:
         call = _Call(self, run, position, args, kwargs)
         if call.replayed:
             return cast(R, call.replay())
         while True:
             token = current_frame.set(call.frame)
+            outside = current_branch.set(None)
             try:
                 if self.timeout is None:
                     value = self.fn(*args, **kwargs)
@@ -156,16 +160,18 @@ class Checkpoint(Generic[P, R]):
                 run.cancel_event.wait(delay)
                 continue
             finally:
+                current_branch.reset(outside)
                 current_frame.reset(token)
             return cast(R, call.succeeded(value))
 
-    async def _call_async(self, run: Run, position: int, args: Any, kwargs: Any) -> Any:
+    async def _call_async(self, run: Run, position: str, args: Any, kwargs: Any) -> Any:
         call = _Call(self, run, position, args, kwargs)
         if call.replayed:
             return call.replay()
         fn = cast(Callable[..., Awaitable[Any]], self.fn)
         while True:
             token = current_frame.set(call.frame)
+            outside = current_branch.set(None)
             try:
                 if self.timeout is None:
                     value = await fn(*args, **kwargs)
@@ -184,6 +190,7 @@ class Checkpoint(Generic[P, R]):
                 await asyncio.sleep(delay)
                 continue
             finally:
+                current_branch.reset(outside)
                 current_frame.reset(token)
             return call.succeeded(value)
 
@@ -216,7 +223,7 @@ class _Call:
     )
 
     def __init__(
-        self, checkpoint: Checkpoint[Any, Any], run: Run, position: int, args: Any, kwargs: Any
+        self, checkpoint: Checkpoint[Any, Any], run: Run, position: str, args: Any, kwargs: Any
     ) -> None:
         run.boundary()
         self.checkpoint = checkpoint
@@ -247,7 +254,7 @@ class _Call:
         self.started = time.time()
         run.live[position] = (checkpoint.name, self.started)
 
-    def _arguments_changed(self, position: int) -> None:
+    def _arguments_changed(self, position: str) -> None:
         message = (
             f"checkpoint {self.checkpoint.name!r} at position {position} was called with "
             "different arguments than when its result was recorded; the recorded result is used"

@@ -1,15 +1,14 @@
 """The running execution's context, carried by contextvars.
 
-A `Run` is one executor's hold on one execution: the store, the lease token,
-the recorded checkpoint calls loaded once at start, and the position counter.
-Async tasks and threads started through `.submit()` copy the context, so they
-share the same `Run` object (and its counter), which is what keeps positions
-in program order.
+A `Run` is one executor's hold on one execution: the store, the lease token and
+the recorded checkpoint calls loaded once at start. Async tasks and threads
+started through `.submit()` copy the context, so they share the same `Run`
+object; each task has its own branch (see `positions`), which is what gives a
+call the same position on every run, whatever the scheduling.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from contextvars import ContextVar
@@ -19,6 +18,7 @@ from typing import Any, Protocol
 from ..errors import Cancelled, DivergenceError, LeaseLost, NotInFlowError, Released
 from ..store import CheckpointRow, EventRow, Store, WaitRow
 from . import serde as _serde
+from .positions import Branch, current_branch
 
 
 class Spending(Protocol):
@@ -37,7 +37,6 @@ class Run:
     """One executor's hold on one running execution."""
 
     __slots__ = (
-        "_counter",
         "allow_pickle",
         "cancel_event",
         "diverged",
@@ -48,6 +47,7 @@ class Run:
         "metadata",
         "recorded",
         "release_event",
+        "root",
         "spend",
         "store",
         "strict",
@@ -63,7 +63,7 @@ class Run:
         execution_id: str,
         flow: str,
         token: str,
-        recorded: dict[int, CheckpointRow],
+        recorded: dict[str, CheckpointRow],
         *,
         allow_pickle: bool,
         strict: bool,
@@ -80,23 +80,24 @@ class Run:
         self.strict = strict
         self.metadata: dict[str, Any] = metadata or {}
         self.waits: dict[str, WaitRow] = {w.name: w for w in waits or ()}
-        self.wait_positions: dict[int, str] = {w.position: w.name for w in waits or ()}
-        self.wait_names: dict[str, int] = {}
+        self.wait_positions: dict[str, str] = {w.position: w.name for w in waits or ()}
+        self.wait_names: dict[str, str] = {}
         self.cancel_event = threading.Event()
         self.release_event = threading.Event()
         self.lease_lost = False
         # Checkpoint calls running now, position -> (name, started): published by the
         # heartbeat as the execution's progress.
-        self.live: dict[int, tuple[str, float]] = {}
+        self.live: dict[str, tuple[str, float]] = {}
         self.diverged: DivergenceError | None = None
-        # itertools.count's next() is atomic under the GIL: safe from .submit() threads.
-        self._counter = itertools.count()
+        # The flow body's branch; the engine makes it current when flow code starts.
+        self.root = Branch("")
         # What the execution spends on model calls, and its budget: the spending layer's
         # (tether._spend.budget.RunSpend); None when nothing keeps track (a bare Run in tests).
         self.spend = spend
 
-    def take_position(self) -> int:
-        return next(self._counter)
+    def take_position(self) -> str:
+        """The next position of the branch the caller runs in (see `positions`)."""
+        return (current_branch.get() or self.root).take()
 
     def boundary(self) -> None:
         """Checked at every checkpoint call: stop here if cancelled or no longer the owner."""
@@ -113,7 +114,7 @@ class Run:
             self.diverged = error
         return error
 
-    def warn(self, position: int | None, message: str, data: dict[str, Any] | None = None) -> None:
+    def warn(self, position: str | None, message: str, data: dict[str, Any] | None = None) -> None:
         self.store.add_event(
             EventRow(
                 execution_id=self.execution_id,
@@ -132,7 +133,7 @@ class Frame:
     """The checkpoint call being executed right now."""
 
     run: Run
-    position: int
+    position: str
     name: str
     attempt: int
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -152,15 +153,16 @@ class Current:
     """What `tether.current()` tells about the code that is running.
 
     `checkpoint`, `position`, `attempt` and `idempotency_key` are None in flow code
-    outside a checkpoint. `idempotency_key` is stable across the attempts and resumes of
-    one checkpoint call: pass it to external APIs so a call that runs again after a crash
-    is not charged twice.
+    outside a checkpoint. `position` is the call's recorded identity: `"3"` for the flow
+    body's fourth call, `"3.1.2"` in a branch (see `tether.branch`). `idempotency_key` is
+    stable across the attempts and resumes of one checkpoint call: pass it to external APIs
+    so a call that runs again after a crash is not charged twice.
     """
 
     execution_id: str
     flow: str
     checkpoint: str | None
-    position: int | None
+    position: str | None
     attempt: int | None
     idempotency_key: str | None
 

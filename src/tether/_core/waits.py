@@ -123,7 +123,7 @@ def _wait(
     raise Suspended(run.execution_id, name, row.deadline)
 
 
-def _recorded(run: Run, name: str, position: int) -> WaitRow | None:
+def _recorded(run: Run, name: str, position: str) -> WaitRow | None:
     used = run.wait_names.get(name)
     if used is not None and used != position:
         raise UsageError(
@@ -152,7 +152,7 @@ def _recorded(run: Run, name: str, position: int) -> WaitRow | None:
 def _create(
     run: Run,
     name: str,
-    position: int,
+    position: str,
     kind: str,
     schema: Any,
     question: Any,

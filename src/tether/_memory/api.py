@@ -69,7 +69,7 @@ class MemoryVersion:
     size: int
     length: int | None
     execution_id: str | None
-    position: int | None
+    position: str | None
     _load: Callable[[], Any] = field(repr=False, compare=False)
     _load_json: Callable[[], str | None] = field(repr=False, compare=False)
 
@@ -330,7 +330,7 @@ def _where() -> tuple[Store, Run | None, bool]:
     return run.store, run, current_frame.get() is None
 
 
-def _position() -> int:
+def _position() -> str:
     frame = current_frame.get()
     assert frame is not None, "a recorded memory call runs as a checkpoint body"
     return frame.position
@@ -415,7 +415,7 @@ def _write(
     scope_id: str,
     key: str,
     prepared: _blobs.Prepared | None,
-    position: int | None,
+    position: str | None,
     if_version: int | None = None,
 ) -> MemoryRow:
     """Write a version (a tombstone when `prepared` is None), fenced by the run's lease and,

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from .._core import schema as _schema
 from .._core import serde as _serde
 from .._core.config import settings, store_for
+from .._core.positions import sort_key
 from .._core.status import Status
 from .._runtime import replay as _replay
 from .._runtime.engine import load_flow
@@ -273,15 +274,22 @@ class Client:
             )
         calls = self._store.get_checkpoints(execution_id)
         failed = [c.position for c in calls if c.status == "failed"]
-        from_position = min(failed) if failed else max((c.position + 1 for c in calls), default=0)
+        from_position = (
+            min(failed, key=sort_key) if failed else _replay.end_position(c.position for c in calls)
+        )
+        start = sort_key(from_position)
+        forget = [c for c in calls if sort_key(c.position) >= start]
+        forget_waits = [
+            w.name for w in self._store.get_waits(execution_id) if sort_key(w.position) >= start
+        ]
         flow = load_flow(row.import_path, row.script) if settings().executor else None
         now = time.time()
-        if not self._store.reset_for_retry(execution_id, from_position=from_position, now=now):
+        if not self._store.reset_for_retry(
+            execution_id, positions=[c.position for c in forget], waits=forget_waits, now=now
+        ):
             raise InvalidStateError(f"execution {execution_id} changed while retrying it")
         # What the forgotten calls spent was spent: keep it in the event, for the totals.
-        forgotten = _usage.total(
-            _usage.from_metadata(c.metadata) for c in calls if c.position >= from_position
-        )
+        forgotten = _usage.total(_usage.from_metadata(c.metadata) for c in forget)
         self._store.add_event(
             EventRow(execution_id, from_position, now, "info", _usage.RETRY_EVENT,
                      f"retried from position {from_position}",
@@ -357,7 +365,7 @@ class Client:
         self._row(execution_id)
         calls = self._store.get_checkpoints(execution_id)
         names = {c.position: c.name for c in calls}
-        positions: set[int] = set()
+        positions: set[str] = set()
         if checkpoint is not None:
             positions = {c.position for c in _replay.select_all(calls, checkpoint)}
         events = self._store.get_events(execution_id, after=after, kinds=OUTPUT_KINDS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
 from .._core import capture as _capture
@@ -20,6 +20,7 @@ from .._core import serde as _serde
 from .._core.config import settings
 from .._core.context import Run, current_run
 from .._core.persist import persist
+from .._core.positions import current_branch, install
 from .._core.status import Status
 from .._spend import budget as _budget
 from ..errors import Cancelled, FlowNotFoundError, LeaseLost, Released, Suspended
@@ -88,7 +89,7 @@ def _attempt(
     if row.has_history is False:
         # The claim saw no checkpoint call and no wait: nothing to load (a first run). Only
         # this lease's holder can record any from now on.
-        recorded: dict[int, CheckpointRow] = {}
+        recorded: dict[str, CheckpointRow] = {}
         waits: list[WaitRow] = []
     else:
         recorded = {c.position: c for c in store.get_checkpoints(execution_id)}
@@ -116,13 +117,15 @@ def _attempt(
         decoded = _serde.loads(row.args)
         args, kwargs = decoded["args"], decoded["kwargs"]
         context_token = current_run.set(run)
+        branch_token = current_branch.set(run.root)
         try:
             run.boundary()
             if target.is_async:
-                value = asyncio.run(target.fn(*args, **kwargs))
+                value = asyncio.run(_flow_body(target.fn(*args, **kwargs)))
             else:
                 value = target.fn(*args, **kwargs)
         finally:
+            current_branch.reset(branch_token)
             current_run.reset(context_token)
         if run.diverged is not None:
             raise run.diverged
@@ -171,6 +174,13 @@ def _attempt(
         )
     )
     return Outcome.FINISHED
+
+
+async def _flow_body(body: Coroutine[Any, Any, Any]) -> Any:
+    # Tasks the flow creates become branches (see _core.positions): the loop's task factory
+    # numbers them as they are created.
+    install(asyncio.get_running_loop())
+    return await body
 
 
 def _fail(store: Store, run: Run, error: BaseException) -> Outcome:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from .._core import serde as _serde
 from .._core.config import settings
 from .._core.context import Run
+from .._core.positions import sort_key
 from .._core.status import Status
 from ..store import Claim, ExecutionRow, Store
 from . import engine as _engine
@@ -391,7 +392,9 @@ def _progress(held: _Held) -> str | None:
     live = [
         {"position": position, "name": name, "since": since}
         for run in held.runs
-        for position, (name, since) in sorted(run.live.copy().items())
+        for position, (name, since) in sorted(
+            run.live.copy().items(), key=lambda item: sort_key(item[0])
+        )
     ]
     return _serde.dumps(live) if live else None
 

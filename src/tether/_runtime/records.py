@@ -64,7 +64,7 @@ class CheckpointRecord:
     """One recorded checkpoint call of an execution. `usage` is what the model calls made in
     it spent, all attempts together (None when it made none)."""
 
-    position: int
+    position: str
     name: str
     status: CheckpointStatus
     attempts: tuple[Attempt, ...]
@@ -129,7 +129,7 @@ class WaitRecord:
     execution_id: str
     flow: str | None
     name: str
-    position: int
+    position: str
     kind: str
     status: str
     question: Any
@@ -173,7 +173,7 @@ class LogRecord:
 
     id: int
     at: dt.datetime
-    position: int | None
+    position: str | None
     checkpoint: str | None
     stream: str
     level: str
@@ -203,7 +203,7 @@ class Event:
     """Something noted on an execution: a warning (changed arguments, say) or a message."""
 
     at: dt.datetime
-    position: int | None
+    position: str | None
     level: str
     kind: str
     message: str

@@ -8,7 +8,8 @@ with the current code. The source is not touched; the new record keeps a link to
 it (`replay_of`).
 
 Selectors name a checkpoint call: a name (its first call), `name#k` (its k-th
-call, counting from 1), or a position (an int, or digits).
+call, counting from 1), or a position (`3`, `3.1.2`, `[key].0`; an int names a
+call of the flow body).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._core import serde as _serde
 from .._core.config import settings
+from .._core.positions import is_position, sort_key
 from .._core.status import Status
 from .._spend import budget as _budget
 from .._spend import usage as _usage
@@ -91,20 +93,28 @@ def _encode_args(args: Sequence[Any] | Mapping[str, Any], flow: str) -> str:
     return _serde.dumps(payload, root=f"arguments of flow {flow!r}")
 
 
-def select(calls: Sequence[CheckpointRow], selector: str | int, *, allow_end: bool) -> int:
+def end_position(positions: Iterable[str]) -> str:
+    """The flow body's position after every recorded one (where a run that replayed them
+    all goes on live)."""
+    firsts = [sort_key(p)[0] for p in positions]
+    numbered = [int(v) for kind, v in firsts if kind == 0]
+    return str(max(numbered) + 1) if numbered else "0"
+
+
+def select(calls: Sequence[CheckpointRow], selector: str | int, *, allow_end: bool) -> str:
     """The position a selector names. `allow_end`: the position after the last call is valid
     (replay everything recorded, then go on live)."""
     positions = [c.position for c in calls]
-    end = (max(positions) + 1) if positions else 0
+    end = end_position(positions)
     if isinstance(selector, bool) or not isinstance(selector, (str, int)):
         raise UsageError(f"a checkpoint selector is a name, name#k or a position, not {selector!r}")
-    if isinstance(selector, int) or (isinstance(selector, str) and selector.isdigit()):
-        position = int(selector)
+    if isinstance(selector, int) or is_position(selector):
+        position = str(selector)
         if position in positions or (allow_end and position == end):
             return position
         raise UsageError(
             f"no checkpoint call at position {position}; recorded positions are "
-            f"0..{end - 1}" + (f" (or {end}, after the last)" if allow_end else "")
+            f"{_listed(positions)}" + (f" (or {end}, after the last)" if allow_end else "")
             if positions
             else "the execution has no recorded checkpoint calls"
         )
@@ -128,7 +138,7 @@ def select_all(
     """The calls a selector names, a bare name naming every call of that name (`select`
     takes its first): `name#k` and a position name one call. A name that matches no call
     raises UsageError: `unknown` (default: `select`'s message), then the candidates."""
-    if isinstance(selector, int) or "#" in selector or selector.isdigit():
+    if isinstance(selector, int) or "#" in selector or is_position(selector):
         chosen = select(calls, selector, allow_end=False)
         return [c for c in calls if c.position == chosen]
     targets = [c for c in calls if c.name == selector]
@@ -140,12 +150,16 @@ def select_all(
 def fork(
     calls: Sequence[CheckpointRow],
     waits: Sequence[WaitRow],
-    position: int,
+    position: str,
     overrides: Mapping[str, Any],
 ) -> tuple[list[CheckpointRow], list[WaitRow]]:
-    """The recorded calls and waits a fork at `position` starts with, overrides applied."""
+    """The recorded calls and waits a fork at `position` starts with, overrides applied:
+    those before it in program order (a branch's calls come after the slot that made it)."""
+    fork_at = sort_key(position)
     copied = [
-        dataclasses.replace(c) for c in calls if c.position < position and c.status != "retrying"
+        dataclasses.replace(c)
+        for c in calls
+        if sort_key(c.position) < fork_at and c.status != "retrying"
     ]
     for selector, value in overrides.items():
         if not isinstance(selector, str):  # the recorded replay names them as text
@@ -165,7 +179,9 @@ def fork(
             call.status, call.result, call.error = "succeeded", text, None
             call.metadata = _serde.dumps(metadata)
     kept_waits = [
-        dataclasses.replace(w) for w in waits if w.position < position and w.status in _FINAL_WAITS
+        dataclasses.replace(w)
+        for w in waits
+        if sort_key(w.position) < fork_at and w.status in _FINAL_WAITS
     ]
     return copied, kept_waits
 
@@ -177,7 +193,12 @@ def _unknown(calls: Sequence[CheckpointRow], message: str) -> UsageError:
 def _candidates(calls: Sequence[CheckpointRow]) -> str:
     if not calls:
         return "none"
-    seen: dict[str, list[int]] = {}
+    seen: dict[str, list[str]] = {}
     for c in calls:
         seen.setdefault(c.name, []).append(c.position)
     return ", ".join(f"{name} (positions {ps})" for name, ps in seen.items())
+
+
+def _listed(positions: Sequence[str], most: int = 12) -> str:
+    shown = ", ".join(positions[:most])
+    return shown + (f", ... ({len(positions)} in all)" if len(positions) > most else "")

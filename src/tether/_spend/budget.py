@@ -122,8 +122,8 @@ class RunSpend:
 
     def __init__(self, budget: Budget | None) -> None:
         self.budget = budget
-        self.recorded_usage: dict[int, _usage.Usage] | None = None
-        self.committed_usage: dict[int, _usage.Usage] = {}
+        self.recorded_usage: dict[str, _usage.Usage] | None = None
+        self.committed_usage: dict[str, _usage.Usage] = {}
         self.forgotten_usage: _usage.Usage | None = None
 
     def resume_call(self, frame: Frame, prior_metadata: str | None) -> None:

@@ -18,6 +18,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from .._core.positions import sort_key
 from .._core.status import Status
 from .._runtime.records import (
     CheckpointRecord,
@@ -346,7 +347,7 @@ def watch_state(record: ExecutionRecord) -> dict[str, Any]:
 def _last_checkpoint(record: ExecutionRecord) -> dict[str, Any] | None:
     if not record.checkpoints:
         return None
-    cp = max(record.checkpoints, key=lambda c: c.position)
+    cp = max(record.checkpoints, key=lambda c: sort_key(c.position))
     return {"position": cp.position, "name": cp.name, "status": cp.status.value}
 
 
@@ -473,7 +474,7 @@ def timeline(record: ExecutionRecord) -> Table:
     table.add_column("attempts", justify="right", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("result / error")  # the one column that gives way (cells are one line)
-    rows: list[tuple[int, int, list[RenderableType]]] = []
+    rows: list[tuple[str, int, list[RenderableType]]] = []
     for cp in record.checkpoints:
         rows.append((cp.position, 0, _checkpoint_row(cp)))
     for w in record.waits:
@@ -481,7 +482,9 @@ def timeline(record: ExecutionRecord) -> Table:
     now = dt.datetime.now(dt.UTC)
     for entry in progress_json(record):
         position = entry["position"]
-        if not isinstance(position, int):
+        if isinstance(position, int):  # written before positions were text
+            position = str(position)
+        if not isinstance(position, str):
             continue
         since = entry["since"]
         took = (now - dt.datetime.fromisoformat(since)).total_seconds() if since else None
@@ -493,8 +496,8 @@ def timeline(record: ExecutionRecord) -> Table:
             one_line("running now…", "dim"),
         ]
         rows.append((position, 2, cells))
-    for position, _, cells in sorted(rows, key=lambda r: (r[0], r[1])):
-        table.add_row(str(position), *cells)
+    for position, _, cells in sorted(rows, key=lambda r: (sort_key(r[0]), r[1])):
+        table.add_row(position, *cells)
     return table
 
 

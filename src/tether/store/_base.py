@@ -54,7 +54,7 @@ class ExecutionRow:
 
 @dataclass(slots=True)
 class CheckpointRow:
-    position: int
+    position: str
     name: str
     fingerprint: str
     status: str
@@ -70,7 +70,7 @@ class CheckpointRow:
 class WaitRow:
     execution_id: str
     name: str
-    position: int
+    position: str
     kind: str  # "input" or "sleep"
     status: str  # "pending", "resolved", "timed_out" or "cancelled"
     schema_ref: str | None = None
@@ -93,7 +93,7 @@ class PendingWaitRow:
 @dataclass(slots=True)
 class EventRow:
     execution_id: str
-    position: int | None
+    position: str | None
     at: float
     level: str
     kind: str
@@ -269,7 +269,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_waits(self, execution_id: str) -> list[WaitRow]:
-        """All waits of an execution, by position."""
+        """All waits of an execution, in program order (`store._positions.sort_key`)."""
 
     @abc.abstractmethod
     def resolve_wait(
@@ -294,12 +294,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
-        """All recorded checkpoint calls of an execution, by position."""
+        """All recorded checkpoint calls of an execution, in program order
+        (`store._positions.sort_key`)."""
 
     @abc.abstractmethod
-    def reset_for_retry(self, execution_id: str, *, from_position: int, now: float) -> bool:
-        """Make a failed execution runnable again (`queued`, outcome cleared), forgetting its
-        checkpoint calls and waits from `from_position` on. False unless it was failed."""
+    def reset_for_retry(
+        self, execution_id: str, *, positions: Sequence[str], waits: Sequence[str], now: float
+    ) -> bool:
+        """Make a failed execution runnable again (`queued`, outcome cleared), forgetting the
+        checkpoint calls at `positions` and the waits named `waits` (the caller decides
+        what lies after the retry point: positions are ordered by `_positions.sort_key`,
+        not by their text). False unless it was failed."""
 
     @abc.abstractmethod
     def prune(self, *, before: float, statuses: Sequence[str], dry_run: bool) -> int:
@@ -414,5 +419,5 @@ class MemoryRow:
     size: int = 0
     created_at: float = 0.0
     writer_execution: str | None = None
-    writer_position: int | None = None
+    writer_position: str | None = None
     idempotency_key: str | None = None

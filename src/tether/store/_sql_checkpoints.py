@@ -9,6 +9,7 @@ from ._base import (
     Commit,
     EventRow,
 )
+from ._positions import sort_key
 from ._sql_common import (
     CHECKPOINT_COLUMNS,
     INSERT_EVENT,
@@ -26,11 +27,11 @@ class CheckpointsSql(SqlBase):
 
     def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
         rows = self._all(
-            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ? "
-            "ORDER BY position",
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ?",
             (execution_id,),
         )
-        return [CheckpointRow(*r) for r in rows]
+        # Positions are text ("3.1.2"): program order is theirs, not the text's.
+        return sorted((CheckpointRow(*r) for r in rows), key=lambda row: sort_key(row.position))
 
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
@@ -48,7 +49,9 @@ class CheckpointsSql(SqlBase):
             return Commit.LOST
         return Commit.CANCEL_REQUESTED if found[0] else Commit.COMMITTED
 
-    def reset_for_retry(self, execution_id: str, *, from_position: int, now: float) -> bool:
+    def reset_for_retry(
+        self, execution_id: str, *, positions: Sequence[str], waits: Sequence[str], now: float
+    ) -> bool:
         with self._transaction() as conn:
             cursor = self._run(
                 conn,
@@ -60,11 +63,14 @@ class CheckpointsSql(SqlBase):
             )
             if cursor.rowcount != 1:
                 return False
-            for table in ("checkpoints", "waits"):
-                self._run(
+            for column, table, keys in (
+                ("position", "checkpoints", positions),
+                ("name", "waits", waits),
+            ):
+                self._executemany(
                     conn,
-                    f"DELETE FROM {table} WHERE execution_id = ? AND position >= ?",
-                    (execution_id, from_position),
+                    f"DELETE FROM {table} WHERE execution_id = ? AND {column} = ?",
+                    [(execution_id, key) for key in keys],
                 )
             return True
 

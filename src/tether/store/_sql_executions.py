@@ -100,7 +100,7 @@ class ExecutionsSql(SqlBase):
             "(SELECT count(*) FROM checkpoints c WHERE c.execution_id = e.id "
             " AND c.status = 'succeeded'), "
             "(SELECT w.name FROM waits w WHERE w.execution_id = e.id AND w.status = 'pending' "
-            " AND w.kind = 'input' ORDER BY w.position LIMIT 1) "
+            " AND w.kind = 'input' ORDER BY w.created_at LIMIT 1) "
             f"FROM executions e {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
             params,
         )

@@ -8,6 +8,7 @@ from ._base import (
     PendingWaitRow,
     WaitRow,
 )
+from ._positions import sort_key
 from ._sql_common import WAIT_COLUMNS, SqlBase
 
 
@@ -38,10 +39,10 @@ class WaitsSql(SqlBase):
 
     def get_waits(self, execution_id: str) -> list[WaitRow]:
         rows = self._all(
-            f"SELECT {WAIT_COLUMNS} FROM waits WHERE execution_id = ? ORDER BY position",
-            (execution_id,),
+            f"SELECT {WAIT_COLUMNS} FROM waits WHERE execution_id = ?", (execution_id,)
         )
-        return [WaitRow(*r) for r in rows]
+        # Positions are text ("3.1.2"): program order is theirs, not the text's.
+        return sorted((WaitRow(*r) for r in rows), key=lambda row: sort_key(row.position))
 
     def resolve_wait(
         self,

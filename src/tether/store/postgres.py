@@ -153,7 +153,7 @@ def _prepared_group_statement(*, events: bool, finishes: bool) -> tuple[bytes, b
     return f"tether_group_{int(events)}{int(finishes)}".encode(), sql.encode(), order
 
 
-def _group_key(item: _Checkpoint | _Finish) -> tuple[str, int | None]:
+def _group_key(item: _Checkpoint | _Finish) -> tuple[str, str | None]:
     """A batch writes each checkpoint row and each execution's end at most once."""
     return (item.execution_id, item.row.position if isinstance(item, _Checkpoint) else None)
 

@@ -1,0 +1,164 @@
+"""Branch-scoped positions: the identity of a recorded call within its execution.
+
+A recorded call (checkpoint, wait, memory operation, child flow) is identified by
+its *position*: the path of the branch it runs in and its sequence number within
+that branch, written `3` (the flow body's fourth call) or `3.1.2` (the third call
+of the second branch created by the branch created at the flow body's fourth
+slot). The flow body is the root branch. Every asyncio task created by flow code
+(`gather`, `TaskGroup`, `create_task`, a gathered `to_thread`) is a child branch
+whose number is taken from its creator's sequence *when the task is created*, in
+program order; never when it first runs or when it finishes. So however the
+event loop schedules branches, a resumed flow gives every call the identity it
+had, and no call can receive another call's recorded result.
+
+Where the order in which branches are created itself depends on data (workers
+pulling from a shared queue, `as_completed`), `tether.branch(key)` names the
+branch instead: its calls are `[key].0`, `[key].1`, ... below the enclosing
+named branch (or the flow body), whatever task or order they run in.
+
+Positions are stored as text. `sort_key` orders them in program order (a branch's
+calls after the slot that created it, in sequence), which is how the CLI lists
+them and how replay and retry decide what lies before a position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+from ..errors import UsageError
+from ..store._positions import before, is_position, sort_key
+
+__all__ = ["Branch", "before", "branch", "install", "is_position", "sort_key"]
+
+
+class Branch:
+    """One line of recorded calls: a position prefix and its own sequence counter."""
+
+    __slots__ = ("_counter", "_named", "base", "prefix")
+
+    def __init__(self, prefix: str, base: Branch | None = None) -> None:
+        self.prefix = prefix  # "" for the flow body, "3.1." for a branch
+        # The nearest named branch (or the root) that `tether.branch(key)` nests under: an
+        # unnamed branch's own number depends on creation order, so keys skip over it.
+        self.base: Branch = self if base is None else base
+        # itertools.count's next() is atomic under the GIL: safe across threads sharing
+        # one branch (a to_thread awaited in place).
+        self._counter = itertools.count()
+        self._named: dict[str, Branch] | None = None
+
+    def take(self) -> str:
+        """The next position in this branch."""
+        return f"{self.prefix}{next(self._counter)}"
+
+    def child(self) -> Branch:
+        """A new branch created here, numbered by this branch's next slot."""
+        return Branch(f"{self.take()}.", self.base)
+
+    def named(self, key: str) -> Branch:
+        """The branch `tether.branch(key)` opens here; the same object for the same key, so
+        a key entered again continues its sequence."""
+        base = self.base
+        if base._named is None:
+            base._named = {}
+        found = base._named.get(key)
+        if found is None:
+            found = base._named.setdefault(key, _new_named(base, key))
+        return found
+
+
+def _new_named(base: Branch, key: str) -> Branch:
+    return Branch(f"{base.prefix}[{_escape(key)}].")
+
+
+def _escape(key: str) -> str:
+    # A position splits on "." and a key sits between brackets: keep those out of it.
+    return key.replace("%", "%25").replace(".", "%2E").replace("[", "%5B").replace("]", "%5D")
+
+
+# The branch running code records its calls in: set to the root by the engine for the flow
+# body, to a child by the task factory for each task flow code creates, and to None while a
+# checkpoint body runs (tasks a body creates are part of that one call and take no slot: on
+# resume the body does not run, so neither would they). None outside a flow.
+current_branch: contextvars.ContextVar[Branch | None] = contextvars.ContextVar(
+    "tether_branch", default=None
+)
+
+
+@contextlib.contextmanager
+def branch(key: str | int) -> Iterator[None]:
+    """Give the code inside (and the tasks it creates) a recorded identity named by `key`.
+
+    Inside a flow, each asyncio task the flow creates is a branch numbered in the order the
+    tasks were created, so concurrent calls never get each other's recorded results. Where
+    that order depends on data (workers taking items from a shared queue, handling results
+    as they complete), name the branch after the item instead:
+
+    ```python
+    async def worker(queue: asyncio.Queue[Item]) -> None:
+        while (item := await queue.get()) is not None:
+            with tether.branch(item.id):
+                await summarise(item)  # recorded as [<item.id>].0, whichever worker runs it
+    ```
+
+    The identity depends only on the key and the enclosing `tether.branch` blocks, never on
+    which task runs the code or when; a key entered again continues where it left off, so
+    use one key per line of work. Outside a flow, or inside a checkpoint, this does nothing.
+    """
+    if isinstance(key, bool) or not isinstance(key, (str, int)):
+        raise UsageError(f"a branch key is a string or an integer, not {key!r}")
+    text = str(key)
+    if not text:
+        raise UsageError("a branch key is a non-empty string")
+    here = current_branch.get()
+    if here is None:  # outside a flow, or inside a checkpoint: nothing is recorded here
+        yield
+        return
+    token = current_branch.set(here.named(text))
+    try:
+        yield
+    finally:
+        current_branch.reset(token)
+
+
+# --- the task factory: branches for tasks, numbered when they are created ------------------
+
+
+class _Factory:
+    """A loop's task factory that gives each task created by flow code its own branch,
+    delegating the task's creation to the factory that was there before (or asyncio.Task)."""
+
+    __slots__ = ("previous",)
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    def __call__(
+        self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+    ) -> asyncio.Future[Any]:
+        parent = current_branch.get()
+        if parent is not None:
+            # Runs in the creator's context, so this is the creator's branch and the slot is
+            # taken in the creator's program order. The task runs in a copy of the context
+            # (what asyncio does anyway) in which its own branch is current.
+            given = kwargs.get("context")
+            context = given.copy() if given is not None else contextvars.copy_context()
+            context.run(current_branch.set, parent.child())
+            kwargs["context"] = context
+        if self.previous is not None:
+            task: asyncio.Future[Any] = self.previous(loop, coro, **kwargs)
+            return task
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+def install(loop: asyncio.AbstractEventLoop) -> None:
+    """Make tasks created on `loop` by flow code branches. Idempotent; keeps (and calls) a
+    task factory the loop already has."""
+    factory = loop.get_task_factory()
+    if isinstance(factory, _Factory):
+        return
+    loop.set_task_factory(_Factory(factory))  # type: ignore[arg-type]

@@ -15,6 +15,8 @@ PUBLIC = {
     "Handle", "InvalidStateError", "NotInFlowError", "ResultTimeout", "SerializationError",
     "Status", "StoreError", "TetherError", "UsageError", "__version__", "checkpoint",
     "configure", "current", "errors", "flow", "log",
+    # recorded identity of concurrent code (positions)
+    "branch",
     # waits and workers
     "InputTooLarge", "InputValidationError", "WaitAlreadyResolved", "WaitNotFound",
     "WaitRecord", "WaitTimeout", "Worker", "sleep", "wait",

@@ -24,18 +24,19 @@ def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _crash_point() -> tuple[int, str] | None:
-    at = os.environ.get("CRASH_AT")
-    return (int(at), os.environ.get("CRASH_PHASE", "inside")) if at is not None else None
+def _crash_point() -> tuple[str, str] | None:
+    at = os.environ.get("CRASH_AT")  # a position as tether writes it: "3", "3.1.2"
+    return (at, os.environ.get("CRASH_PHASE", "inside")) if at is not None else None
 
 
-def _maybe_crash(position: int, phase: str) -> None:
+def _maybe_crash(position: str | int, phase: str) -> None:
+    """`position`: the recorded position, or the flow body's call count (flow code counts)."""
     point = _crash_point()
-    if point == (position, phase):
+    if point == (str(position), phase):
         _kill()
 
 
-def _after_commit(run: Any, position: int) -> None:
+def _after_commit(run: Any, position: str) -> None:
     _maybe_crash(position, "after")
 
 

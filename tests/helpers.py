@@ -93,7 +93,7 @@ def retry_until(check: Callable[[], T | None], timeout: float = 20.0, what: str 
         pause = min(pause * 2, 0.2)
 
 
-def record_side_effect(label: str, *, pid: bool = False) -> int | None:
+def record_side_effect(label: str, *, pid: bool = False) -> str | None:
     """Inside a checkpoint: append `<position> <label>` (with `pid`, `<position> <label> <pid>`)
     to the file named by $SIDE_EFFECTS, if set, fsynced before the step goes on, so a test can
     count how often each step really ran, across processes and crashes. Returns the position."""

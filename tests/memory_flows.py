@@ -47,8 +47,8 @@ if _CRASH.startswith("put:"):
 
 if _CRASH.startswith("commit:"):
 
-    def _after_commit(run: Any, position: int) -> None:
-        if position == int(_CRASH.partition(":")[2]):
+    def _after_commit(run: Any, position: str) -> None:
+        if position == _CRASH.partition(":")[2]:
             _kill()
 
     _checkpoint._after_commit = _after_commit

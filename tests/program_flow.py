@@ -51,12 +51,12 @@ RETRIES = 3
 # --- crash injection --------------------------------------------------------------------------
 
 
-def _crash_spec() -> tuple[int, str, int] | None:
-    at = os.environ.get("CRASH_AT")
+def _crash_spec() -> tuple[str, str, int] | None:
+    at = os.environ.get("CRASH_AT")  # a position as tether writes it: "3", "3.1.2"
     if not at:
         return None
     phase = os.environ.get("CRASH_PHASE", "inside")
-    return int(at), phase, int(os.environ.get("CRASH_ATTEMPT", "1"))
+    return at, phase, int(os.environ.get("CRASH_ATTEMPT", "1"))
 
 
 def _die() -> None:
@@ -64,16 +64,19 @@ def _die() -> None:
     time.sleep(60)  # not reached: SIGKILL cannot be caught
 
 
-def crash_point(phase: str, position: int, attempt: int = 1) -> None:
+def crash_point(phase: str, position: str | int, attempt: int = 1) -> None:
+    """`position`: the recorded position, or the flow body's call count (flow code counts)."""
     spec = _crash_spec()
     if spec is None:
         return
     at, crash_phase, crash_attempt = spec
-    if at == position and crash_phase == phase and (phase == "before" or crash_attempt == attempt):
+    if at != str(position) or crash_phase != phase:
+        return
+    if phase == "before" or crash_attempt == attempt:
         _die()
 
 
-_commits: Counter[int] = Counter()
+_commits: Counter[str] = Counter()
 _commits_lock = threading.Lock()
 
 
@@ -84,7 +87,7 @@ def install_crash_hook() -> None:
         return
     at, _, attempt = spec
 
-    def hook(run: Any, position: int) -> None:
+    def hook(run: Any, position: str) -> None:
         with _commits_lock:
             _commits[position] += 1
             count = _commits[position]

@@ -7,6 +7,7 @@ import json
 import signal
 import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +57,23 @@ GIVE_INPUT = textwrap.dedent(
 )
 
 
-def _calls(log: Path) -> list[tuple[int | None, str]]:
+def _calls(log: Path) -> list[tuple[str | None, str]]:
     """(position, label) of every model request and tool call that really ran."""
     if not log.exists():
         return []
-    calls = []
+    calls: list[tuple[str | None, str]] = []
     for line in log.read_text().splitlines():
         position, label = line.split(" ", 1)
-        calls.append((None if position == "None" else int(position), label))
+        calls.append((None if position == "None" else position, label))
     return calls
 
 
-def _recorded(execution_id: str) -> list[tuple[int, str]]:
+def numbered(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(position, name) of calls the flow body makes one after another: "0", "1", ..."""
+    return [(str(position), name) for position, name in enumerate(names)]
+
+
+def _recorded(execution_id: str) -> list[tuple[str, str]]:
     return [(c.position, c.name) for c in tether.Client().get(execution_id).checkpoints]
 
 
@@ -112,7 +118,7 @@ def test_killed_agent_resumes_without_repeating_recorded_calls(
 
     record = tether.Client().get(execution.id)
     assert record.status is Status.SUCCEEDED
-    assert [(c.position, c.name) for c in record.checkpoints] == list(enumerate(NAMES))
+    assert [(c.position, c.name) for c in record.checkpoints] == numbered(NAMES)
     # The resumed run made every call with the arguments recorded (same run id, same prompts).
     assert [e.message for e in record.events if e.kind == "warning"] == []
     # The same result as a run that was never interrupted.
@@ -135,12 +141,12 @@ def test_checkpoints_are_named_and_ordered_deterministically(
         assert handle.result(timeout=60) == EXPECTED
         runs.append(tether.Client().get(handle.id).checkpoints)
     for checkpoints in runs:
-        assert [(c.position, c.name) for c in checkpoints] == list(enumerate(NAMES))
+        assert [(c.position, c.name) for c in checkpoints] == numbered(NAMES)
         # Each position holds the result of the call the model made in that place.
         results = {c.position: c.result for c in checkpoints}
-        assert results[4] == {"result": "page 1", "kind": "tool_return"}
-        assert results[5] == {"result": "page 2", "kind": "tool_return"}
-        assert results[6]["result"] == ["crash recovery result 0", "crash recovery result 1"]
+        assert results["4"] == {"result": "page 1", "kind": "tool_return"}
+        assert results["5"] == {"result": "page 2", "kind": "tool_return"}
+        assert results["6"]["result"] == ["crash recovery result 0", "crash recovery result 1"]
         assert all(c.status == "succeeded" for c in checkpoints)
     # The order the concurrent calls actually started in did vary.
     labels = [label for _, label in _calls(log)]
@@ -155,18 +161,18 @@ def test_run_sync_iter_and_run_stream_record_the_same_calls(db_url: str, flow: s
     names = NAMES
     if flow == "research_streamed":
         names = [n.replace("model_request", "model_request_stream") for n in NAMES]
-    assert _recorded(handle.id) == list(enumerate(names))
+    assert _recorded(handle.id) == numbered(names)
 
 
 def test_tools_of_a_prefixed_toolset_are_named_as_the_model_calls_them(db_url: str) -> None:
     handle = ai_flows.mirror_calls.run("mirror")
     assert handle.result(timeout=30) == "got 0 put 1"
     assert _recorded(handle.id) == [
-        (0, "agent_run"),
-        (1, "model_request"),
-        (2, "tool:web_get"),
-        (3, "tool:web_put"),
-        (4, "model_request"),
+        ("0", "agent_run"),
+        ("1", "model_request"),
+        ("2", "tool:web_get"),
+        ("3", "tool:web_put"),
+        ("4", "model_request"),
     ]
 
 
@@ -220,7 +226,7 @@ async def test_outside_a_flow_run_and_iter_work_too(db_url: str) -> None:
 def test_inside_a_checkpoint_the_agent_runs_inline(db_url: str) -> None:
     handle = ai_flows.research_as_one_step.run("durability")
     assert handle.result(timeout=60) == EXPECTED
-    assert _recorded(handle.id) == [(0, "research_in_one_step")]
+    assert _recorded(handle.id) == [("0", "research_in_one_step")]
 
 
 def test_an_agent_built_with_the_capability_needs_no_wrapper(db_url: str) -> None:
@@ -236,7 +242,7 @@ def test_an_agent_built_with_the_capability_needs_no_wrapper(db_url: str) -> Non
         tether.ai.TetherDurability(tool_checkpoint={"retry": 3})  # type: ignore[typeddict-unknown-key]
     handle = ai_flows.ask_oracle.run("?")
     assert handle.result(timeout=30) == "42"
-    assert _recorded(handle.id) == [(0, "agent_run"), (1, "model_request")]
+    assert _recorded(handle.id) == [("0", "agent_run"), ("1", "model_request")]
 
 
 # --- human in the loop -----------------------------------------------------------------
@@ -365,13 +371,13 @@ def test_an_external_call_waits_for_its_result(
     # The tool opted out of recording runs again when the flow resumes after the input.
     assert labels.count("tool:clock") == 2
     assert _recorded(handle.id) == [
-        (0, "agent_run"),
-        (1, "model_request"),
-        (2, "tool:flaky_lookup"),
-        (3, "tool:ask_accountant"),  # it deferred itself: that outcome is recorded too
-        (5, "model_request"),  # position 4 is the wait
+        ("0", "agent_run"),
+        ("1", "model_request"),
+        ("2", "tool:flaky_lookup"),
+        ("3", "tool:ask_accountant"),  # it deferred itself: that outcome is recorded too
+        ("5", "model_request"),  # position 4 is the wait
     ]
-    assert wait.position == 4
+    assert wait.position == "4"
     (lookup,) = [c for c in client.get(handle.id).checkpoints if c.name == "tool:flaky_lookup"]
     assert [a.error is not None for a in lookup.attempts] == [True, True, False]
 

@@ -101,7 +101,7 @@ def test_the_request_that_would_go_over_is_not_made_and_the_execution_fails(
     assert record.budget == Budget(max_tokens=300)
     assert record.usage is not None and record.usage.total_tokens == 330
     stopped = record.checkpoints[-1]
-    assert (stopped.position, stopped.status, stopped.usage) == (3, "failed", None)
+    assert (stopped.position, stopped.status, stopped.usage) == ("3", "failed", None)
     assert stopped.error is not None and stopped.error.type.endswith("BudgetExceeded")
 
 

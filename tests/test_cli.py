@@ -188,8 +188,8 @@ def test_get_shows_the_header_and_the_checkpoint_timeline(
     record = cli_json(db_url, "executions", "get", execution_id)
     assert record["id"] == execution_id and record["status"] == "succeeded"
     assert [(c["position"], c["name"], c["result"]) for c in record["checkpoints"]] == [
-        (0, "greet", "hello ada"),
-        (1, "shout", "HELLO ADA!"),
+        ("0", "greet", "hello ada"),
+        ("1", "shout", "HELLO ADA!"),
     ]
     assert record["args"] == {"args": ["ada"], "kwargs": {}}
     assert record["checkpoints"][0]["attempts"][0]["started_at"].endswith("+00:00")
@@ -247,8 +247,8 @@ def test_logs_show_what_each_checkpoint_printed(client: tether.Client, db_url: s
 
     records = cli_json(db_url, "executions", "logs", execution_id, "-c", "shout")
     assert [(r["checkpoint"], r["position"], r["stream"]) for r in records] == [
-        ("shout", 1, "stdout"),
-        ("shout", 1, "log"),
+        ("shout", "1", "stdout"),
+        ("shout", "1", "log"),
     ]
     assert records[1]["level"] == "warning" and records[1]["logger"] == "cli_flows"
 

@@ -109,8 +109,8 @@ def test_a_flow_s_writes_show_who_wrote_them(client: tether.Client, db_url: str)
     handle.result(timeout=30)
     history = cli_json(db_url, "history", "count", "-n", "cli")
     assert [(h["execution_id"], h["position"]) for h in history] == [
-        (handle.id, 1),
-        (handle.id, 3),
+        (handle.id, "1"),
+        (handle.id, "3"),
     ]
     assert f"{handle.id} @3" in cli(db_url, "history", "count", "-n", "cli").output
     own = memory_flows.scoped.run(5)

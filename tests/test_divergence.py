@@ -65,7 +65,7 @@ def test_changed_arguments_use_the_recorded_result_and_warn(db_url: str, tmp_pat
     record = tether.Client().get(summary.id)
     assert len(record.warnings) == 1
     assert "'enrich' at position 1 was called with different arguments" in record.warnings[0]
-    assert record.events[0].position == 1
+    assert record.events[0].position == "1"
 
 
 def test_strict_mode_makes_changed_arguments_an_error(db_url: str, tmp_path: Path) -> None:
@@ -82,6 +82,6 @@ def test_divergence_leaves_recorded_checkpoints_intact(
     (summary,) = tether.Client().list()
     record = tether.Client().get(summary.id)
     assert [(c.position, c.name, c.result) for c in record.checkpoints] == [
-        (0, "fetch", 40),
-        (1, "enrich", 41),
+        ("0", "fetch", 40),
+        ("1", "enrich", 41),
     ]

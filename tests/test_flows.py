@@ -53,9 +53,9 @@ def test_sync_flow_runs_and_records_each_checkpoint(client: tether.Client) -> No
     assert record.status is Status.SUCCEEDED
     assert record.result == [0, 2, 4]
     assert [(c.position, c.name, c.result) for c in record.checkpoints] == [
-        (0, "double", 0),
-        (1, "double", 2),
-        (2, "double", 4),
+        ("0", "double", 0),
+        ("1", "double", 2),
+        ("2", "double", 4),
     ]
     assert all(c.status == "succeeded" and len(c.attempts) == 1 for c in record.checkpoints)
 
@@ -240,7 +240,7 @@ def test_current_gives_identity_and_a_stable_idempotency_key(client: tether.Clie
     info = handle.result(timeout=10)
     assert info["execution_id"] == handle.id
     assert info["checkpoint"] == "who_am_i"
-    assert info["position"] == 1
+    assert info["position"] == "1"
     assert info["attempt"] == 1
     assert info["idempotency_key"] == f"{handle.id}:1"
     record = client.get(handle.id)

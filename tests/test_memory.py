@@ -244,14 +244,14 @@ def test_calls_in_a_flow_are_recorded_at_positions(client: tether.Client) -> Non
     calls = client.get(handle.id).checkpoints
     assert [(c.position, c.name, c.result) for c in calls] == [
         # (the scope id the call ran in, the version read or written; 0: none yet)
-        (0, "memory.get:count", ["c", 0]),
-        (1, "memory.set:count", ["c", 1]),
-        (2, "memory.get:count", ["c", 1]),
-        (3, "memory.set:count", ["c", 2]),
+        ("0", "memory.get:count", ["c", 0]),
+        ("1", "memory.set:count", ["c", 1]),
+        ("2", "memory.get:count", ["c", 1]),
+        ("3", "memory.set:count", ["c", 2]),
     ]
     assert [(v.execution_id, v.position) for v in memory.history("count", namespace="c")] == [
-        (handle.id, 1),
-        (handle.id, 3),
+        (handle.id, "1"),
+        (handle.id, "3"),
     ]
 
 
@@ -345,8 +345,8 @@ def test_a_fork_replays_the_source_s_memory_calls_into_its_own_scope(
     assert fork.result(timeout=30) == source.result(timeout=1)
     copies = memory.history("notes", execution_id=fork.id)
     assert [(v.value, v.execution_id, v.position) for v in copies] == [
-        (["t"], fork.id, 0),
-        (["t", "more"], fork.id, 2),
+        (["t"], fork.id, "0"),
+        (["t", "more"], fork.id, "2"),
     ]
     assert [r.base_version for r in rows("notes", "execution", fork.id)] == [None, 1]
     assert client.get(fork.id).warnings == []
@@ -396,7 +396,11 @@ def test_a_write_committed_just_before_a_crash_is_not_written_again(db_url: str,
     execution_id, result = crash_then_resume(db_url, "counter", "k", "3", crash=f"put:{put}")
     assert result == "[0, 1, 2]"
     versions = memory.history("count", namespace="k")
-    assert [(v.version, v.value, v.position) for v in versions] == [(1, 1, 1), (2, 2, 3), (3, 3, 5)]
+    assert [(v.version, v.value, v.position) for v in versions] == [
+        (1, 1, "1"),
+        (2, 2, "3"),
+        (3, 3, "5"),
+    ]
     assert {v.execution_id for v in versions} == {execution_id}
     sets = [
         c for c in tether.Client().get(execution_id).checkpoints if c.name == "memory.set:count"

@@ -211,22 +211,22 @@ def test_output_and_logging_land_on_the_checkpoint_that_made_them(client: tether
     handle = logging_flow.run()
     handle.result(timeout=10)
     records = client.logs(handle.id)
-    by_position: dict[int | None, list[tether.LogRecord]] = {}
+    by_position: dict[str | None, list[tether.LogRecord]] = {}
     for r in records:
         by_position.setdefault(r.position, []).append(r)
-    assert [(r.stream, r.message) for r in by_position[0]] == [
+    assert [(r.stream, r.message) for r in by_position["0"]] == [
         ("stdout", "solo says hi\n"),
         ("log", "solo warns\n"),
     ]
-    assert by_position[0][1].level == "warning" and by_position[0][1].logger == "tests.agent"
-    assert "".join(r.message for r in by_position[1]) == "left line 0\nleft line 1\nleft line 2\n"
-    assert "".join(r.message for r in by_position[2]) == (
+    assert by_position["0"][1].level == "warning" and by_position["0"][1].logger == "tests.agent"
+    assert "".join(r.message for r in by_position["1"]) == "left line 0\nleft line 1\nleft line 2\n"
+    assert "".join(r.message for r in by_position["2"]) == (
         "right line 0\nright line 1\nright line 2\n"
     )
     assert [r.checkpoint for r in client.logs(handle.id, checkpoint="async_chatty#2")] == [
         "async_chatty"
     ]
-    assert {r.position for r in client.logs(handle.id, checkpoint="async_chatty")} == {1, 2}
+    assert {r.position for r in client.logs(handle.id, checkpoint="async_chatty")} == {"1", "2"}
     assert client.logs(handle.id, after=records[-1].id) == []
     with pytest.raises(tether.UsageError, match="no checkpoint named 'nope'"):
         client.logs(handle.id, checkpoint="nope")
@@ -315,7 +315,7 @@ def test_a_running_execution_shows_its_call_in_flight(client: tether.Client) -> 
             lambda: (r := client.get(handle.id)).progress and r, what="progress from the heartbeat"
         )
         (live,) = record.progress
-        assert live["name"] == "blocked" and live["position"] == 0
+        assert live["name"] == "blocked" and live["position"] == "0"
     finally:
         gate.set()
     handle.result(timeout=10)

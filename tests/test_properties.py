@@ -52,7 +52,7 @@ print(json.dumps(handle.result()), flush=True)
 """
 
 PHASES = ("before", "inside", "after")
-Unit = tuple[int, int]  # (position, attempt)
+Unit = tuple[str, int]  # (position, attempt)
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,14 @@ class Crash:
     phase: str
     attempt: int = 1
 
+    @property
+    def position(self) -> str:
+        """The recorded position of the call at `at` (the programs call only in the flow body)."""
+        return str(self.at)
+
     def env(self) -> dict[str, str]:
         return {
-            "CRASH_AT": str(self.at),
+            "CRASH_AT": self.position,
             "CRASH_PHASE": self.phase,
             "CRASH_ATTEMPT": str(self.attempt),
         }
@@ -80,10 +85,12 @@ def read_log(path: Path, calls: list[Call]) -> Counter[Unit]:
     if not path.exists():
         return counts
     for line in path.read_text().splitlines():
-        position_text, name, attempt_text = line.split()
-        position = int(position_text)
-        assert position < len(calls), f"position {position} beyond the program: {line!r}"
-        assert name == calls[position].name, f"unexpected checkpoint at {line!r}"
+        position, name, attempt_text = line.split()
+        # Every call of these programs is made by the flow body: "0", "1", ...
+        assert position.isdigit(), f"not a flow-body position: {line!r}"
+        index = int(position)
+        assert index < len(calls), f"position {position} beyond the program: {line!r}"
+        assert name == calls[index].name, f"unexpected checkpoint at {line!r}"
         assert attempt_text.startswith("attempt"), line
         counts[(position, int(attempt_text.removeprefix("attempt")))] += 1
     return counts
@@ -97,7 +104,7 @@ def committed_units(record: tether.ExecutionRecord) -> set[Unit]:
 def check_final_record(record: tether.ExecutionRecord, result: Any, calls: list[Call]) -> None:
     assert record.status == Status.SUCCEEDED, record.error
     assert record.result == result
-    assert [cp.position for cp in record.checkpoints] == list(range(len(calls)))
+    assert [cp.position for cp in record.checkpoints] == [str(p) for p in range(len(calls))]
     assert [cp.name for cp in record.checkpoints] == [c.name for c in calls]
     assert [cp.status.value for cp in record.checkpoints] == [c.status for c in calls]
     for cp, call in zip(record.checkpoints, calls, strict=True):
@@ -106,7 +113,7 @@ def check_final_record(record: tether.ExecutionRecord, result: Any, calls: list[
 
 
 def expected_units(calls: list[Call]) -> set[Unit]:
-    return {(pos, n) for pos, call in enumerate(calls) for n in range(1, call.attempts + 1)}
+    return {(str(pos), n) for pos, call in enumerate(calls) for n in range(1, call.attempts + 1)}
 
 
 def run_reference(flavor: str, steps: list[dict[str, Any]], workdir: Path) -> list[Any]:
@@ -182,10 +189,10 @@ def crash_and_resume(
         assert count == (2 if in_flight else 1), (unit, count, sorted(before), sorted(committed))
     assert max(total.values()) <= 2
 
-    crashed_unit = (crash.at, crash.attempt)
+    crashed_unit = (crash.position, crash.attempt)
     if crash.phase == "before":
-        assert all(before[(crash.at, n)] == 0 for n in range(1, RETRIES + 2)), before
-        assert total[(crash.at, 1)] == 1
+        assert all(before[(crash.position, n)] == 0 for n in range(1, RETRIES + 2)), before
+        assert total[(crash.position, 1)] == 1
     elif crash.phase == "inside":
         assert crashed_unit not in committed
         assert total[crashed_unit] == 2

@@ -15,6 +15,8 @@ PUBLIC = {
     "Handle", "InvalidStateError", "NotInFlowError", "ResultTimeout", "SerializationError",
     "Status", "StoreError", "TetherError", "UsageError", "__version__", "checkpoint",
     "configure", "current", "errors", "flow", "log",
+    # recorded identity of concurrent code (positions)
+    "branch",
     # waits and workers
     "InputTooLarge", "InputValidationError", "WaitAlreadyResolved", "WaitNotFound",
     "WaitRecord", "WaitTimeout", "Worker", "sleep", "wait",
@@ -22,8 +24,6 @@ PUBLIC = {
     "LogRecord",
     # queues and the fleet
     "Queue", "Starter", "StoreUnavailable", "in_flow",
-    # concurrent branches
-    "branch",
     # model calls: usage, cost, budgets
     "Budget", "BudgetExceeded", "ModelPrice", "Usage", "llm", "llm_async", "record_usage",
     # durable memory

@@ -25,6 +25,7 @@ from tether.store import (
     EventRow,
     ExecutionRow,
     Store,
+    WaitRow,
     open_store,
 )
 
@@ -35,7 +36,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def checkpoint(
-    position: int,
+    position: str,
     *,
     name: str = "step",
     status: str = "succeeded",
@@ -51,8 +52,8 @@ def checkpoint(
         result=result,
         error=error,
         attempts=attempts,
-        started_at=T0 + position,
-        finished_at=T0 + position + 0.5,
+        started_at=T0,
+        finished_at=T0 + 0.5,
         metadata=None,
     )
 
@@ -289,7 +290,7 @@ def test_renew_moves_only_the_leases_due_for_it_with_refresh_before(store: Store
     start(store, "e2", token="tok-2")
     store.renew(["e2"], {"e2": "tok-2"}, T0 + 900)
     tokens = {"e1": "tok-1", "e2": "tok-2"}
-    live = {"e2": '[{"position": 1}]'}
+    live = {"e2": '[{"position": "1"}]'}
     held = store.renew(["e1", "e2"], tokens, T0 + 1000, live, refresh_before=T0 + 800)
     assert sorted(held) == [("e1", False), ("e2", False)]  # both still held and reported
     e1, e2 = store.get_execution("e1"), store.get_execution("e2")
@@ -487,7 +488,7 @@ def test_a_released_execution_is_runnable_for_another_process(store: Store) -> N
 def test_recorded_checkpoint_reads_back_field_for_field(store: Store) -> None:
     token = start(store)
     row = CheckpointRow(
-        position=0,
+        position="0",
         name="search",
         fingerprint="abc123",
         status="succeeded",
@@ -504,10 +505,15 @@ def test_recorded_checkpoint_reads_back_field_for_field(store: Store) -> None:
 
 def test_get_checkpoints_orders_by_position(store: Store) -> None:
     token = start(store)
-    for position in (2, 0, 3, 1):
+    # Positions are text, but they come back in program order, not in the text's order:
+    # "10" after "2", and a branch's calls ("3.0", "3.1.2", "3.10") after the slot that made
+    # them and before the flow body's next call; named branches after the numbered ones.
+    recorded = ["10", "2", "3.10", "0", "[b].0", "3.1.2", "3", "3.0", "1", "[a].1", "[a].0"]
+    for position in recorded:
         assert store.record_checkpoint("e1", token, checkpoint(position, name=f"s{position}"))
-    assert [c.position for c in store.get_checkpoints("e1")] == [0, 1, 2, 3]
-    assert [c.name for c in store.get_checkpoints("e1")] == ["s0", "s1", "s2", "s3"]
+    in_order = ["0", "1", "2", "3", "3.0", "3.1.2", "3.10", "10", "[a].0", "[a].1", "[b].0"]
+    assert [c.position for c in store.get_checkpoints("e1")] == in_order
+    assert [c.name for c in store.get_checkpoints("e1")] == [f"s{p}" for p in in_order]
 
 
 def test_checkpoints_of_unknown_execution_are_empty(store: Store) -> None:
@@ -517,17 +523,17 @@ def test_checkpoints_of_unknown_execution_are_empty(store: Store) -> None:
 def test_checkpoints_belong_to_their_own_execution(store: Store) -> None:
     t1 = start(store, "e1", token="tok-1")
     t2 = start(store, "e2", token="tok-2")
-    assert store.record_checkpoint("e1", t1, checkpoint(0, result='"one"'))
-    assert store.record_checkpoint("e2", t2, checkpoint(0, result='"two"'))
+    assert store.record_checkpoint("e1", t1, checkpoint("0", result='"one"'))
+    assert store.record_checkpoint("e2", t2, checkpoint("0", result='"two"'))
     assert [c.result for c in store.get_checkpoints("e1")] == ['"one"']
     assert [c.result for c in store.get_checkpoints("e2")] == ['"two"']
     # A token fences only its own execution.
-    assert not store.record_checkpoint("e2", t1, checkpoint(1))
+    assert not store.record_checkpoint("e2", t1, checkpoint("1"))
 
 
 def test_record_checkpoint_with_stale_token_writes_nothing(store: Store) -> None:
     start(store, "e1", token="tok-1")
-    assert store.record_checkpoint("e1", "stale", checkpoint(0)) == Commit.LOST
+    assert store.record_checkpoint("e1", "stale", checkpoint("0")) == Commit.LOST
     assert store.get_checkpoints("e1") == []
 
 
@@ -535,15 +541,15 @@ def test_record_checkpoint_with_stale_token_leaves_prior_rows_byte_identical(
     store: Store,
 ) -> None:
     token = start(store)
-    assert store.record_checkpoint("e1", token, checkpoint(0, result='{"a":"é\\u0000"}'))
+    assert store.record_checkpoint("e1", token, checkpoint("0", result='{"a":"é\\u0000"}'))
     assert store.record_checkpoint(
-        "e1", token, checkpoint(1, status="retrying", result=None, attempts='[{"n":1}]')
+        "e1", token, checkpoint("1", status="retrying", result=None, attempts='[{"n":1}]')
     )
     before = snapshot(store, "e1")
     # Neither a new position nor a replacement of the retrying row gets in.
-    assert not store.record_checkpoint("e1", "stale", checkpoint(1, result='"evil"'))
-    assert not store.record_checkpoint("e1", "stale", checkpoint(2, result='"evil"'))
-    assert not store.record_checkpoint("e1", "stale", checkpoint(0, result='"evil"'))
+    assert not store.record_checkpoint("e1", "stale", checkpoint("1", result='"evil"'))
+    assert not store.record_checkpoint("e1", "stale", checkpoint("2", result='"evil"'))
+    assert not store.record_checkpoint("e1", "stale", checkpoint("0", result='"evil"'))
     assert snapshot(store, "e1") == before
 
 
@@ -551,50 +557,50 @@ def test_rejected_checkpoint_row_leaves_prior_rows_intact_and_the_store_usable(
     store: Store,
 ) -> None:
     token = start(store)
-    assert store.record_checkpoint("e1", token, checkpoint(0))
+    assert store.record_checkpoint("e1", token, checkpoint("0"))
     before = snapshot(store, "e1")
-    broken = dataclasses.replace(checkpoint(1), name=None)  # violates the row's types
+    broken = dataclasses.replace(checkpoint("1"), name=None)  # violates the row's types
     with pytest.raises(Exception):  # noqa: B017 - the interface names no type for this
         store.record_checkpoint("e1", token, broken)
     assert snapshot(store, "e1") == before
     # No half-open transaction is left behind: the next write lands and is seen elsewhere.
-    assert store.record_checkpoint("e1", token, checkpoint(1))
+    assert store.record_checkpoint("e1", token, checkpoint("1"))
     reader = open_store(store.url)
     try:
-        assert [c.position for c in reader.get_checkpoints("e1")] == [0, 1]
+        assert [c.position for c in reader.get_checkpoints("e1")] == ["0", "1"]
     finally:
         reader.close()
 
 
 def test_checkpoint_from_a_previous_lease_holder_is_fenced_after_takeover(store: Store) -> None:
     old = start(store, "e1", token="tok-old")
-    assert store.record_checkpoint("e1", old, checkpoint(0))
+    assert store.record_checkpoint("e1", old, checkpoint("0"))
     assert store.claim(
         "e1", lease("tok-new"), from_statuses=["running"], expected_token=old, now=T0 + 60
     )
-    assert not store.record_checkpoint("e1", old, checkpoint(1))
-    assert store.record_checkpoint("e1", "tok-new", checkpoint(1))
-    assert [c.position for c in store.get_checkpoints("e1")] == [0, 1]
+    assert not store.record_checkpoint("e1", old, checkpoint("1"))
+    assert store.record_checkpoint("e1", "tok-new", checkpoint("1"))
+    assert [c.position for c in store.get_checkpoints("e1")] == ["0", "1"]
 
 
 def test_record_checkpoint_after_finish_writes_nothing(store: Store) -> None:
     token = start(store)
     assert store.finish("e1", token, status="succeeded", result="1", error=None, now=T0 + 2)
-    assert not store.record_checkpoint("e1", token, checkpoint(0))
+    assert not store.record_checkpoint("e1", token, checkpoint("0"))
     assert store.get_checkpoints("e1") == []
 
 
 def test_record_checkpoint_for_unknown_execution_writes_nothing(store: Store) -> None:
-    assert not store.record_checkpoint("nope", "tok", checkpoint(0))
+    assert not store.record_checkpoint("nope", "tok", checkpoint("0"))
     assert store.get_checkpoints("nope") == []
 
 
 def test_retrying_checkpoint_row_is_replaced_by_a_later_record(store: Store) -> None:
     token = start(store)
-    retrying = checkpoint(0, status="retrying", result=None, attempts='[{"error":"e1"}]')
+    retrying = checkpoint("0", status="retrying", result=None, attempts='[{"error":"e1"}]')
     assert store.record_checkpoint("e1", token, retrying)
     final = dataclasses.replace(
-        checkpoint(0, result='"done"', attempts='[{"error":"e1"},{"ok":true}]'),
+        checkpoint("0", result='"done"', attempts='[{"error":"e1"},{"ok":true}]'),
         finished_at=T0 + 99,
     )
     assert store.record_checkpoint("e1", token, final) == Commit.COMMITTED
@@ -607,10 +613,10 @@ def test_final_checkpoint_row_is_never_overwritten(
     store: Store, final_status: str, second_status: str
 ) -> None:
     token = start(store)
-    first = checkpoint(0, status=final_status, result='"first"', error='"err"')
+    first = checkpoint("0", status=final_status, result='"first"', error='"err"')
     assert store.record_checkpoint("e1", token, first)
     before = snapshot(store, "e1")
-    second = checkpoint(0, name="other", status=second_status, result='"second"')
+    second = checkpoint("0", name="other", status=second_status, result='"second"')
     assert store.record_checkpoint("e1", token, second) == Commit.LOST
     assert snapshot(store, "e1") == before
     assert store.get_checkpoints("e1") == [first]
@@ -618,10 +624,56 @@ def test_final_checkpoint_row_is_never_overwritten(
 
 def test_record_checkpoint_reports_a_requested_cancel(store: Store) -> None:
     token = start(store)
-    assert store.record_checkpoint("e1", token, checkpoint(0)) == Commit.COMMITTED
+    assert store.record_checkpoint("e1", token, checkpoint("0")) == Commit.COMMITTED
     assert store.request_cancel("e1", now=T0 + 2) == "running"
-    assert store.record_checkpoint("e1", token, checkpoint(1)) == Commit.CANCEL_REQUESTED
-    assert [c.position for c in store.get_checkpoints("e1")] == [0, 1]
+    assert store.record_checkpoint("e1", token, checkpoint("1")) == Commit.CANCEL_REQUESTED
+    assert [c.position for c in store.get_checkpoints("e1")] == ["0", "1"]
+
+
+# --- retry -----------------------------------------------------------------------------------
+
+
+def _failed_with_history(store: Store) -> None:
+    """e1 failed with calls in the flow body and in a branch, and two waits."""
+    token = start(store)
+    for position in ("0", "1", "2", "2.0", "2.1.0", "10"):
+        assert store.record_checkpoint("e1", token, checkpoint(position, name=f"s{position}"))
+    for name, position in (("early", "1"), ("late", "2.1.1")):
+        wait = WaitRow("e1", name, position, "sleep", "pending", deadline=T0, created_at=T0)
+        assert store.create_wait(token, wait)
+    assert store.finish("e1", token, status="failed", result=None, error='"boom"', now=T0 + 2)
+
+
+def test_reset_for_retry_forgets_exactly_the_named_calls_and_waits(store: Store) -> None:
+    _failed_with_history(store)
+    # The caller decides what lies after the retry point ("2" in program order): the text
+    # of the positions ("10" < "2") must not matter to the store.
+    assert store.reset_for_retry(
+        "e1", positions=["2", "2.0", "2.1.0", "10"], waits=["late"], now=T0 + 3
+    )
+    row = get(store)
+    assert (row.status, row.result, row.error, row.lease_token) == ("queued", None, None, None)
+    assert [c.position for c in store.get_checkpoints("e1")] == ["0", "1"]
+    assert [(w.name, w.position) for w in store.get_waits("e1")] == [("early", "1")]
+
+
+def test_reset_for_retry_with_nothing_to_forget_only_requeues(store: Store) -> None:
+    _failed_with_history(store)
+    calls = [dataclasses.replace(c) for c in store.get_checkpoints("e1")]
+    waits = [dataclasses.replace(w) for w in store.get_waits("e1")]
+    assert store.reset_for_retry("e1", positions=[], waits=[], now=T0 + 3)
+    assert get(store).status == "queued"
+    assert store.get_checkpoints("e1") == calls
+    assert store.get_waits("e1") == waits
+
+
+def test_reset_for_retry_of_an_execution_that_is_not_failed_changes_nothing(store: Store) -> None:
+    token = start(store)
+    assert store.record_checkpoint("e1", token, checkpoint("0"))
+    before = snapshot(store, "e1")
+    assert not store.reset_for_retry("e1", positions=["0"], waits=[], now=T0 + 3)
+    assert snapshot(store, "e1") == before
+    assert not store.reset_for_retry("nope", positions=["0"], waits=[], now=T0 + 3)
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -630,10 +682,10 @@ def test_record_checkpoint_reports_a_requested_cancel(store: Store) -> None:
 def test_events_read_back_in_the_order_added(store: Store) -> None:
     events = [
         EventRow("e1", None, T0, "info", "start", "started", None),
-        EventRow("e1", 0, T0, "warning", "retry", "retrying step", '{"n":1}'),
-        EventRow("e2", 0, T0, "info", "other", "another execution", None),
-        EventRow("e1", 3, T0 - 5, "error", "fail", "clock went back", None),
-        EventRow("e1", 1, T0 + 1, "info", "log", "ünïcode ✓", '{"k":[1,2]}'),
+        EventRow("e1", "0", T0, "warning", "retry", "retrying step", '{"n":1}'),
+        EventRow("e2", "0", T0, "info", "other", "another execution", None),
+        EventRow("e1", "3.1.2", T0 - 5, "error", "fail", "clock went back", None),
+        EventRow("e1", "1", T0 + 1, "info", "log", "ünïcode ✓", '{"k":[1,2]}'),
     ]
     for event in events:
         store.add_event(event)
@@ -657,21 +709,21 @@ def test_reopened_store_sees_the_data_and_migrating_again_is_harmless(store_url:
     first = open_store(store_url)
     try:
         token = start(first)
-        assert first.record_checkpoint("e1", token, checkpoint(0))
-        first.add_event(EventRow("e1", 0, T0, "info", "k", "m"))
+        assert first.record_checkpoint("e1", token, checkpoint("0"))
+        first.add_event(EventRow("e1", "0", T0, "info", "k", "m"))
         expected = snapshot(first, "e1")
         second = open_store(store_url)  # while the first is still open
         try:
             assert snapshot(second, "e1") == expected
-            assert second.record_checkpoint("e1", token, checkpoint(1))
+            assert second.record_checkpoint("e1", token, checkpoint("1"))
         finally:
             second.close()
-        assert [c.position for c in first.get_checkpoints("e1")] == [0, 1]
+        assert [c.position for c in first.get_checkpoints("e1")] == ["0", "1"]
     finally:
         first.close()
     third = open_store(store_url)
     try:
-        assert [c.position for c in third.get_checkpoints("e1")] == [0, 1]
+        assert [c.position for c in third.get_checkpoints("e1")] == ["0", "1"]
         assert third.get_events("e1") == expected[2]
     finally:
         third.close()
@@ -706,13 +758,14 @@ def test_threads_recording_checkpoints_concurrently_all_land(store: Store) -> No
         execution_id = f"e{w}"
         for position in range(per_worker):
             committed = store.record_checkpoint(
-                execution_id, tokens[execution_id], checkpoint(position)
+                execution_id, tokens[execution_id], checkpoint(str(position))
             )
             assert committed, (execution_id, position)
 
     race(workers, record)
     for execution_id in tokens:
-        assert [c.position for c in store.get_checkpoints(execution_id)] == list(range(per_worker))
+        recorded = [c.position for c in store.get_checkpoints(execution_id)]
+        assert recorded == [str(p) for p in range(per_worker)]
 
 
 _CHILD = """
@@ -725,7 +778,7 @@ print("ready", flush=True)
 sys.stdin.readline()  # wait for "go", so that both processes write at the same time
 written = 0
 for position in range(count):
-    row = CheckpointRow(position, f"step{position}", "fp", "succeeded", '"x"', None, None,
+    row = CheckpointRow(str(position), f"step{position}", "fp", "succeeded", '"x"', None, None,
                         1.0, 2.0, None)
     if store.record_checkpoint(execution_id, token, row):
         written += 1
@@ -766,7 +819,7 @@ def test_processes_recording_checkpoints_into_one_store_all_land(
         assert child.returncode == 0, err
         assert out.strip() == str(count), err
     for eid in tokens:
-        assert [c.position for c in store.get_checkpoints(eid)] == list(range(count))
+        assert [c.position for c in store.get_checkpoints(eid)] == [str(p) for p in range(count)]
 
 
 # --- SQLite only: schema versions ---------------------------------------------------------------
@@ -807,8 +860,8 @@ def test_renew_records_progress_and_keeps_the_order_asked(store: Store) -> None:
         start(store, f"e{n}", token=f"tok-{n}")
     ids = ["e2", "e0", "e1"]
     tokens = {"e0": "tok-0", "e1": "tok-1", "e2": "tok-2"}
-    held = store.renew(ids, tokens, T0 + 500, {"e0": '[{"position": 3}]', "e2": None})
+    held = store.renew(ids, tokens, T0 + 500, {"e0": '[{"position": "3"}]', "e2": None})
     assert held == [("e2", False), ("e0", False), ("e1", False)]
-    assert get(store, "e0").progress == '[{"position": 3}]'
+    assert get(store, "e0").progress == '[{"position": "3"}]'
     assert get(store, "e1").progress is None
     assert get(store, "e2").lease_expires == T0 + 500

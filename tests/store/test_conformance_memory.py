@@ -72,8 +72,8 @@ def test_a_stored_version_reads_back_field_for_field(store: Store) -> None:
         size=17,
         created_at=T0 + 0.25,
         writer_execution="e1",
-        writer_position=7,
-        idempotency_key="e1:7:abc",
+        writer_position="7.1.2",
+        idempotency_key="e1:7.1.2:abc",
     )
     stored = store.put_memory(row, [("h1", '"a"'), ("h2", '{"b":[1]}')])
     expected = dataclasses.replace(row, version=1)

@@ -29,7 +29,7 @@ def wait_row(
     execution_id: str = "e1",
     name: str = "w",
     *,
-    position: int = 0,
+    position: str = "0",
     kind: str = "input",
     created_at: float = T0 + 2,
     question: str | None = '"approve?"',
@@ -92,7 +92,7 @@ def test_created_wait_reads_back_field_for_field(store: Store) -> None:
     row = WaitRow(
         execution_id="e1",
         name="approval",
-        position=3,
+        position="3",
         kind="input",
         status="pending",
         schema_ref="agents:Approval",
@@ -114,7 +114,7 @@ def test_created_sleep_wait_with_no_optional_fields_reads_back(store: Store) -> 
     row = WaitRow(
         execution_id="e1",
         name="nap",
-        position=0,
+        position="0",
         kind="sleep",
         status="pending",
         deadline=T0 + 60.5,
@@ -126,13 +126,11 @@ def test_created_sleep_wait_with_no_optional_fields_reads_back(store: Store) -> 
 
 def test_get_waits_orders_by_position_not_by_insertion(store: Store) -> None:
     token = start(store)
-    for position in (2, 0, 1):
+    # Program order, not the text's: "10" after "3.1", a branch's waits after its slot.
+    for position in ("2", "10", "0", "3.1", "[k].0", "3", "1"):
         assert store.create_wait(token, wait_row(name=f"w{position}", position=position))
-    assert [(w.position, w.name) for w in store.get_waits("e1")] == [
-        (0, "w0"),
-        (1, "w1"),
-        (2, "w2"),
-    ]
+    in_order = ["0", "1", "2", "3", "3.1", "10", "[k].0"]
+    assert [(w.position, w.name) for w in store.get_waits("e1")] == [(p, f"w{p}") for p in in_order]
 
 
 def test_waits_of_unknown_execution_are_empty(store: Store) -> None:
@@ -177,7 +175,7 @@ def test_create_wait_after_finish_writes_nothing(store: Store) -> None:
 def test_create_wait_on_a_parked_execution_is_refused_for_its_old_token(store: Store) -> None:
     waiting(store)
     before = snapshot(store, "e1")
-    assert store.create_wait("tok-e1", wait_row(name="later", position=1)) is False
+    assert store.create_wait("tok-e1", wait_row(name="later", position="1")) is False
     assert snapshot(store, "e1") == before
 
 
@@ -186,7 +184,7 @@ def test_create_wait_keeps_an_existing_row_of_that_name_unchanged(store: Store) 
     first = wait_row(question='"first"', created_at=T0 + 2)
     assert store.create_wait(token, first)
     second = wait_row(
-        position=7,
+        position="7",
         kind="sleep",
         question='"second"',
         schema_ref="x:Y",
@@ -276,9 +274,9 @@ def test_suspend_on_one_pending_wait_is_not_blocked_by_another_resolved_wait(
     store: Store,
 ) -> None:
     token = start(store)
-    assert store.create_wait(token, wait_row(name="first", position=0))
+    assert store.create_wait(token, wait_row(name="first", position="0"))
     assert store.resolve_wait("e1", "first", status="resolved", value="1", by=None, now=T0 + 3)
-    assert store.create_wait(token, wait_row(name="second", position=1))
+    assert store.create_wait(token, wait_row(name="second", position="1"))
     assert store.suspend("e1", token, wait="second", wake_at=None, now=T0 + 4)
     assert get(store).status == "waiting"
 
@@ -339,7 +337,7 @@ def test_resolve_wait_records_the_value_and_wakes_a_waiting_execution(store: Sto
 def test_resolve_wait_keeps_the_other_fields_of_the_wait(store: Store) -> None:
     token = start(store)
     created = wait_row(
-        position=4,
+        position="4",
         question='"q"',
         schema_ref="a:B",
         json_schema='{"type":"string"}',
@@ -459,9 +457,9 @@ def _pending_waits_world(store: Store) -> None:
     b1 (flow b, waiting): input `ask` (T0+3); a2 (flow a, running): input `new` (T0+4);
     a3 and b2: a pending input wait each, but the executions have finished."""
     a1 = start(store, "a1", "tok-a1", flow="a")
-    assert store.create_wait(a1, wait_row("a1", "nap", position=0, kind="sleep", created_at=T0))
-    assert store.create_wait(a1, wait_row("a1", "old", position=1, created_at=T0 + 2))
-    assert store.create_wait(a1, wait_row("a1", "done", position=2, created_at=T0 + 1))
+    assert store.create_wait(a1, wait_row("a1", "nap", position="0", kind="sleep", created_at=T0))
+    assert store.create_wait(a1, wait_row("a1", "old", position="1", created_at=T0 + 2))
+    assert store.create_wait(a1, wait_row("a1", "done", position="2", created_at=T0 + 1))
     assert store.resolve_wait("a1", "done", status="resolved", value="1", by=None, now=T0 + 2)
     b1 = start(store, "b1", "tok-b1", flow="b")
     assert store.create_wait(b1, wait_row("b1", "ask", created_at=T0 + 3))
@@ -490,7 +488,7 @@ def test_pending_waits_lists_pending_input_waits_of_unfinished_executions_oldest
 def test_pending_waits_rows_carry_the_full_wait(store: Store) -> None:
     token = start(store, "e1", flow="research")
     row = wait_row(
-        position=2,
+        position="2",
         question='"how many?"',
         schema_ref="a:B",
         json_schema='{"type":"integer"}',
@@ -666,8 +664,8 @@ def test_claim_runnable_of_a_due_waiting_execution_runs_it_and_clears_wake_at(
     assert row.wake_at is None
     assert get(store) == row
     # The new holder holds it: fenced writes go through with its token only.
-    assert store.create_wait("tok-new", wait_row(name="next", position=1))
-    assert not store.create_wait("tok-e1", wait_row(name="other", position=2))
+    assert store.create_wait("tok-new", wait_row(name="next", position="1"))
+    assert not store.create_wait("tok-e1", wait_row(name="other", position="2"))
 
 
 def test_claim_runnable_takes_over_an_expired_running_lease(store: Store) -> None:
@@ -805,10 +803,10 @@ def test_concurrent_claimers_take_each_runnable_execution_exactly_once(store: St
 
 def test_cancel_of_a_waiting_execution_cancels_it_and_its_pending_waits(store: Store) -> None:
     token = start(store)
-    assert store.create_wait(token, wait_row(name="answered", position=0))
+    assert store.create_wait(token, wait_row(name="answered", position="0"))
     assert store.resolve_wait("e1", "answered", status="resolved", value="1", by="ann", now=T0 + 2)
-    assert store.create_wait(token, wait_row(name="nap", position=1, kind="sleep"))
-    assert store.create_wait(token, wait_row(name="ask", position=2))
+    assert store.create_wait(token, wait_row(name="nap", position="1", kind="sleep"))
+    assert store.create_wait(token, wait_row(name="ask", position="2"))
     assert store.suspend("e1", token, wait="ask", wake_at=T0 + 60, now=T0 + 3)
     answered = wait_named(store, "e1", "answered")
 
@@ -875,17 +873,17 @@ def test_finish_clears_wake_at(store: Store, final: str) -> None:
 
 def test_refused_operations_leave_every_stored_row_identical(store: Store) -> None:
     token = start(store)
-    assert store.create_wait(token, wait_row(name="answered", position=0))
+    assert store.create_wait(token, wait_row(name="answered", position="0"))
     assert store.resolve_wait(
         "e1", "answered", status="resolved", value='"a"', by="ann", now=T0 + 2
     )
-    assert store.create_wait(token, wait_row(name="ask", position=1))
+    assert store.create_wait(token, wait_row(name="ask", position="1"))
     before = snapshot(store, "e1")
 
     refused: list[Callable[[], bool]] = [
         lambda: store.suspend("e1", "stale", wait="ask", wake_at=T0 + 9, now=T0 + 3),
         lambda: store.suspend("e1", token, wait="answered", wake_at=T0 + 9, now=T0 + 3),
-        lambda: store.create_wait("stale", wait_row(name="new", position=2)),
+        lambda: store.create_wait("stale", wait_row(name="new", position="2")),
         lambda: store.resolve_wait(
             "e1", "answered", status="resolved", value='"b"', by="bob", now=T0 + 3
         ),
@@ -903,7 +901,7 @@ def test_refused_operations_leave_every_stored_row_identical(store: Store) -> No
         assert attempt() is False
         assert snapshot(store, "e1") == before
     # And an accepted no-op: re-creating an existing wait changes nothing either.
-    assert store.create_wait(token, wait_row(name="ask", position=5, question='"other"'))
+    assert store.create_wait(token, wait_row(name="ask", position="5", question='"other"'))
     assert snapshot(store, "e1") == before
 
 
@@ -911,7 +909,7 @@ def test_refused_operations_on_a_parked_execution_leave_it_parked(store: Store) 
     waiting(store, wake_at=T0 + 60)
     before = snapshot(store, "e1")
     assert not store.suspend("e1", "tok-e1", wait="w", wake_at=T0 + 1, now=T0 + 5)
-    assert not store.create_wait("tok-e1", wait_row(name="x", position=1))
+    assert not store.create_wait("tok-e1", wait_row(name="x", position="1"))
     assert not store.resolve_wait("e1", "x", status="resolved", value="1", by=None, now=T0 + 5)
     assert snapshot(store, "e1") == before
     assert runnable_ids(store, now=T0 + 5, due=T0 + 59) == set()
@@ -1012,7 +1010,9 @@ def test_claim_runnable_says_whether_anything_is_recorded(store: Store) -> None:
     calls = store.claim_runnable(lease("t2", expires=T0 + 5), now=NOW, due=NOW)
     assert calls is not None
     assert calls.id == "with-calls"
-    assert store.record_checkpoint("with-calls", "t2", CheckpointRow(0, "step", "fp", "succeeded"))
+    assert store.record_checkpoint(
+        "with-calls", "t2", CheckpointRow("0", "step", "fp", "succeeded")
+    )
     waits = store.claim_runnable(lease("t3", expires=T0 + 5), now=NOW, due=NOW)
     assert waits is not None
     assert waits.id == "with-wait"

@@ -9,8 +9,10 @@ with the database's own EXPLAIN.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from importlib import resources
@@ -20,7 +22,11 @@ from typing import Any
 import pytest
 from _rows import LEASE, NOW, T0, execution, get, lease, race, start
 
+import tether
 from backend import BACKEND, postgres_only
+from helpers import retry_until
+from tether import Status
+from tether._core import config as _config
 from tether.store import (
     CheckpointRow,
     EventRow,
@@ -428,17 +434,29 @@ def test_sqlite_claim_and_timer_queries_search_the_partial_indexes(
 # --- migrating a database with data -----------------------------------------------------------
 
 
-class _Before8:
-    """The migrations folder as tether v7 shipped it: without 0008."""
+class _Before:
+    """The migrations folder as an older tether shipped it: without `first` and later."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self, inner: Any, first: str) -> None:
+        self.inner, self.first = inner, first
 
-    def joinpath(self, *parts: str) -> _Before8:
-        return _Before8(self.inner.joinpath(*parts))
+    def joinpath(self, *parts: str) -> _Before:
+        return _Before(self.inner.joinpath(*parts), self.first)
 
     def iterdir(self) -> Iterator[Any]:
-        return (entry for entry in self.inner.iterdir() if entry.name < "0008")
+        return (entry for entry in self.inner.iterdir() if entry.name < self.first)
+
+
+def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
+    """Stores opened from now on (until `monkeypatch.undo()`) stop before migration `first`."""
+    monkeypatch.setattr(
+        _sql_migrations,
+        "resources",
+        SimpleNamespace(files=lambda pkg: _Before(resources.files(pkg), first)),
+    )
+
+
+LATEST = 9  # migrations/*/0009_branch_positions.sql
 
 
 def index_names(store_url: str) -> set[str]:
@@ -477,24 +495,39 @@ def everything(store: Store, ids: Sequence[str]) -> dict[str, tuple[object, ...]
     }
 
 
+def as_text(found: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    """`everything` as v9 reads it back: each integer position as the same digits in text."""
+
+    def text(row: Any) -> Any:
+        if isinstance(row.position, int):
+            return dataclasses.replace(row, position=str(row.position))
+        return row
+
+    return {
+        eid: (execution, *([text(r) for r in rows] for rows in lists))
+        for eid, (execution, *lists) in found.items()
+    }
+
+
 def test_a_database_with_data_at_schema_7_migrates_to_8_and_keeps_working(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before8 = SimpleNamespace(files=lambda pkg: _Before8(resources.files(pkg)))
-    monkeypatch.setattr(_sql_migrations, "resources", before8)
+    migrations_before(monkeypatch, "0008")
     old = open_store(store_url)
     try:
         assert schema_versions(old)[-1] == 7
         assert index_names(store_url) >= DROPPED
         old.create_execution(execution("queued", created_at=T0))
         token = start(old, "running", "t-run", created_at=T0 + 1, expires=NOW + 500)
+        # Positions as v7 wrote them: integers (v9 makes them text).
         for position in range(3):
-            step = CheckpointRow(position, "step", "fp", "succeeded", '"x"', None, None, T0, T0)
+            step = CheckpointRow(position, "step", "fp", "succeeded", '"x"', None, None, T0, T0)  # type: ignore[arg-type]
             assert old.record_checkpoint("running", token, step)
-        old.add_event(EventRow("running", 0, T0, "info", "log", "hello"))
+        old.add_event(EventRow("running", 0, T0, "info", "log", "hello"))  # type: ignore[arg-type]
         for eid, wake_at in (("sleeper", NOW + 50), ("asker", None)):
             held = start(old, eid, f"t-{eid}", created_at=T0 + 2)
-            assert old.create_wait(held, WaitRow(eid, "w", 0, "sleep", "pending", created_at=T0))
+            wait = WaitRow(eid, "w", 0, "sleep", "pending", created_at=T0)  # type: ignore[arg-type]
+            assert old.create_wait(held, wait)
             assert old.suspend(eid, held, wait="w", wake_at=wake_at, now=T0 + 3)
         start(old, "orphan", "t-orphan", created_at=T0 + 4, expires=NOW + 10)
         for eid in FINAL:
@@ -508,8 +541,9 @@ def test_a_database_with_data_at_schema_7_migrates_to_8_and_keeps_working(
 
     store = open_store(store_url)
     try:
-        assert schema_versions(store) == list(range(1, 9))
-        assert everything(store, ids) == before
+        assert schema_versions(store) == list(range(1, LATEST + 1))
+        assert everything(store, ids) == as_text(before)
+        assert [c.position for c in store.get_checkpoints("running")] == ["0", "1", "2"]
         assert len(store.list_executions(statuses=None, flow=None, limit=100)) == len(ids)
         names = index_names(store_url)
         assert names & DROPPED == set()
@@ -519,8 +553,9 @@ def test_a_database_with_data_at_schema_7_migrates_to_8_and_keeps_working(
         later = NOW + 100  # the sleeper is due, the orphan's lease expired
         taken = [claim_next(store, n, now=later, due=later) for n in range(4)]
         assert taken == ["queued", "sleeper", "orphan", None]
-        step = CheckpointRow(3, "step", "fp", "succeeded", '"y"', None, None, T0, T0)
+        step = CheckpointRow("3", "step", "fp", "succeeded", '"y"', None, None, T0, T0)
         assert store.record_checkpoint("running", "t-run", step)
+        assert [c.position for c in store.get_checkpoints("running")] == ["0", "1", "2", "3"]
         assert store.prune(before=T0 + 7, statuses=FINAL, dry_run=False) == 3
         assert get(store, "asker").status == "waiting"
     finally:
@@ -533,3 +568,108 @@ def test_a_new_database_has_the_v8_indexes_only(store: Store, store_url: str) ->
     if BACKEND == "sqlite":  # SQLite's primary keys are its automatic indexes, left out here
         expected -= {"executions_pkey", "checkpoints_pkey"}
     assert names == expected
+
+
+# --- schema v9: positions become text ---------------------------------------------------------
+
+v8_ran: Counter[int] = Counter()
+
+
+@tether.checkpoint
+def v8_step(n: int) -> int:
+    v8_ran[n] += 1
+    print(f"step {n}")  # a log event at the call's position
+    return n * 10
+
+
+@tether.flow
+def v8_flow() -> int:
+    total = v8_step(1) + v8_step(2)  # positions 0 and 1
+    tether.memory.set("total", total)  # 2 (a recorded call too)
+    answer = tether.wait("go", schema=int)  # 3
+    return total + answer + v8_step(3)  # 4
+
+
+def position_types(path: str) -> dict[str, list[tuple[object, str]]]:
+    """Each table's stored positions and their SQLite storage class."""
+    columns = {
+        "checkpoints": "position",
+        "waits": "position",
+        "events": "position",
+        "memory": "writer_position",
+    }
+    with closing(sqlite3.connect(path)) as conn:
+        return {
+            table: conn.execute(
+                f"SELECT {column}, typeof({column}) FROM {table} "
+                f"WHERE {column} IS NOT NULL ORDER BY 1"
+            ).fetchall()
+            for table, column in columns.items()
+        }
+
+
+@sqlite_only
+def test_a_database_at_schema_8_with_integer_positions_migrates_to_9_and_resumes(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(path_from_url(store_url))
+    v8_ran.clear()
+    # The flow runs until it waits, on a database at schema 8: its INTEGER columns store the
+    # positions as integers, as tether v8 wrote them.
+    migrations_before(monkeypatch, "0009")
+    _config.reset()
+    try:
+        tether.configure(db=store_url)
+        handle = v8_flow.run()
+        retry_until(lambda: handle.status() is Status.WAITING, what="the flow to wait")
+        old = open_store(store_url)
+        try:
+            assert schema_versions(old)[-1] == 8
+            before = everything(old, [handle.id])
+        finally:
+            old.close()
+    finally:
+        _config.reset()
+    monkeypatch.undo()
+    assert v8_ran == Counter({1: 1, 2: 1})
+    stored = position_types(path)
+    assert stored["checkpoints"] == [(0, "integer"), (1, "integer"), (2, "integer")]
+    assert stored["waits"] == [(3, "integer")]
+    assert stored["memory"] == [(2, "integer")]
+    assert {p for p, _ in stored["events"]} >= {0, 1}
+    assert {kind for _, kind in stored["events"]} == {"integer"}
+
+    store = open_store(store_url)  # migrates to 9
+    try:
+        assert schema_versions(store) == list(range(1, LATEST + 1))
+        stored = position_types(path)
+        assert stored["checkpoints"] == [("0", "text"), ("1", "text"), ("2", "text")]
+        assert stored["waits"] == [("3", "text")]
+        assert stored["memory"] == [("2", "text")]
+        assert {kind for _, kind in stored["events"]} == {"text"}
+        assert everything(store, [handle.id]) == as_text(before)
+        assert [c.position for c in store.get_checkpoints(handle.id)] == ["0", "1", "2"]
+        assert [(w.name, w.position) for w in store.get_waits(handle.id)] == [("go", "3")]
+    finally:
+        store.close()
+
+    # Resumed on v9, the flow replays its recorded calls, wait and memory write, and goes on.
+    try:
+        tether.configure(db=store_url)
+        client = tether.Client(store_url)
+        client.input(handle.id, "go", 5)
+        resumed = client.resume(handle.id)
+        assert resumed.result(timeout=20) == 10 + 20 + 5 + 30
+        assert v8_ran == Counter({1: 1, 2: 1, 3: 1}), "the recorded calls were not run again"
+        record = client.get(handle.id)
+        assert [(c.position, c.name, c.result) for c in record.checkpoints] == [
+            ("0", "v8_step", 10),
+            ("1", "v8_step", 20),
+            ("2", "memory.set:total", [handle.id, 1]),
+            ("4", "v8_step", 30),
+        ]
+        assert [(w.position, w.status, w.value) for w in record.waits] == [("3", "resolved", 5)]
+        assert position_types(path)["memory"] == [("2", "text")], "the write was not repeated"
+        assert not [e for e in record.events if e.kind == "divergence"]
+    finally:
+        _config.reset()

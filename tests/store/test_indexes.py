@@ -36,7 +36,7 @@ from tether.store import (
     _sql_migrations,
     open_store,
 )
-from tether.store._sql import CLAIM_WINDOW, EXECUTION_COLUMNS, to_format_style
+from tether.store._sql import CLAIM_WINDOW, EXECUTION_COLUMNS, RELEASED, to_format_style
 from tether.store.sqlite import path_from_url
 
 sqlite_only = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's query plans")
@@ -518,11 +518,18 @@ def test_a_database_with_data_at_schema_7_migrates_to_8_and_keeps_working(
         assert schema_versions(old)[-1] == 7
         assert index_names(store_url) >= DROPPED
         old.create_execution(execution("queued", created_at=T0))
-        token = start(old, "running", "t-run", created_at=T0 + 1, expires=NOW + 500)
-        # Positions as v7 wrote them: integers (v9 makes them text).
-        for position in range(3):
-            step = CheckpointRow(position, "step", "fp", "succeeded", '"x"', None, None, T0, T0)  # type: ignore[arg-type]
-            assert old.record_checkpoint("running", token, step)
+        start(old, "running", "t-run", created_at=T0 + 1, expires=NOW + 500)
+        # Positions as v7 wrote them: integers (v9 makes them text). Inserted as rows: this
+        # code's own checkpoint commit (PostgreSQL's batch) sends positions as text.
+        sql_old: Any = old
+        with sql_old._transaction() as conn:
+            for position in range(3):
+                sql_old._run(
+                    conn,
+                    "INSERT INTO checkpoints (execution_id, position, name, fingerprint, status, "
+                    "result, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    ("running", position, "step", "fp", "succeeded", '"x"', T0, T0),
+                )
         old.add_event(EventRow("running", 0, T0, "info", "log", "hello"))  # type: ignore[arg-type]
         for eid, wake_at in (("sleeper", NOW + 50), ("asker", None)):
             held = start(old, eid, f"t-{eid}", created_at=T0 + 2)
@@ -531,8 +538,17 @@ def test_a_database_with_data_at_schema_7_migrates_to_8_and_keeps_working(
             assert old.suspend(eid, held, wait="w", wake_at=wake_at, now=T0 + 3)
         start(old, "orphan", "t-orphan", created_at=T0 + 4, expires=NOW + 10)
         for eid in FINAL:
-            held = start(old, eid, f"t-{eid}", created_at=T0 + 5)
-            assert old.finish(eid, held, status=eid, result=None, error=None, now=T0 + 6)
+            start(old, eid, f"t-{eid}", created_at=T0 + 5)
+        # Finished as rows too: this code's PostgreSQL finish is the group commit's statement,
+        # which writes checkpoint positions as text (into v7's INTEGER column).
+        with sql_old._transaction() as conn:
+            for eid in FINAL:
+                sql_old._run(
+                    conn,
+                    "UPDATE executions SET status = ?, finished_at = ?, updated_at = ?, "
+                    f"{RELEASED} WHERE id = ?",
+                    (eid, T0 + 6, T0 + 6, eid),
+                )
         ids = ["queued", "running", "sleeper", "asker", "orphan", *FINAL]
         before = everything(old, ids)
     finally:

@@ -55,17 +55,17 @@ RESUME = textwrap.dedent(
 )
 
 
-def _calls(log: Path) -> list[tuple[int | None, str]]:
+def _calls(log: Path) -> list[tuple[str | None, str]]:
     if not log.exists():
         return []
     calls = []
     for line in log.read_text().splitlines():
         position, label = line.split(" ", 1)
-        calls.append((None if position == "None" else int(position), label))
+        calls.append((None if position == "None" else position, label))
     return calls
 
 
-def _recorded(execution_id: str) -> list[tuple[int, str]]:
+def _recorded(execution_id: str) -> list[tuple[str, str]]:
     return [(c.position, c.name) for c in tether.Client().get(execution_id).checkpoints]
 
 
@@ -88,10 +88,12 @@ def test_both_runs_of_a_continuation_are_recorded_in_one_flow(
         handle = flows.clean_up_continued.run("go")
         assert handle.result(timeout=60) == EXPECTED
         record = tether.Client().get(handle.id)
-        assert [(c.position, c.name) for c in record.checkpoints] == list(enumerate(NAMES))
+        assert [(c.position, c.name) for c in record.checkpoints] == [
+            (str(i), name) for i, name in enumerate(NAMES)
+        ]
         results = {c.position: c.result for c in record.checkpoints}
-        assert results[5]["result"] == "deleted /data/a.csv"
-        assert results[6]["result"] == "deleted /data/c.csv"
+        assert results["5"]["result"] == "deleted /data/a.csv"
+        assert results["6"]["result"] == "deleted /data/c.csv"
         assert [e.message for e in record.events if e.kind == "warning"] == []
     labels = [label for _, label in _calls(log)]
     # Every model request and tool call ran once per flow.
@@ -115,7 +117,7 @@ def test_a_continuation_killed_in_its_second_run_resumes_without_repeating_calls
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     (execution,) = tether.Client().list()
     recorded_before = {c.position for c in tether.Client().get(execution.id).checkpoints}
-    assert {0, 1, 2, 3, 4} <= recorded_before  # the first run and the second's start
+    assert {"0", "1", "2", "3", "4"} <= recorded_before  # the first run and the second's start
     ran_before = _calls(log)
 
     resumed = run_child(RESUME, db_url, execution.id, AI_CALLS=str(log))
@@ -134,7 +136,7 @@ def test_a_continuation_killed_in_its_second_run_resumes_without_repeating_calls
 
     record = tether.Client().get(execution.id)
     assert record.status is Status.SUCCEEDED
-    assert _recorded(execution.id) == list(enumerate(NAMES))
+    assert _recorded(execution.id) == [(str(i), name) for i, name in enumerate(NAMES)]
     assert [e.message for e in record.events if e.kind == "warning"] == []
 
 

@@ -163,12 +163,12 @@ def test_task_groups_nested_gathers_and_threads_number_branches_by_creation(
         # The task group's two tasks: slots 2 and 3 of the flow body.
         "L-a-result": "2.0",
         "L-x-result": "2.1",  # called (so numbered) in nested()'s own branch
-        "L-y1-result": "2.3.0",  # gather wrapped fetch (slot 2.2) and two_fetches (2.3)
-        "L-y2-result": "2.3.1",
+        "L-y1-result": "2.2.0",  # fetch took 2.1 when called; two_fetches its task, 2.2
+        "L-y2-result": "2.2.1",
         "R-a-result": "3.0",
         "R-x-result": "3.1",
-        "R-y1-result": "3.3.0",
-        "R-y2-result": "3.3.1",
+        "R-y1-result": "3.2.0",
+        "R-y2-result": "3.2.1",
         # slot 4: the gathered to_thread's task; slot 5: the last call; 6: the wait
         "root-last-result": "5",
     }

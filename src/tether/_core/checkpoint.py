@@ -42,7 +42,7 @@ from . import serde as _serde
 from .capture import MAX_LOG_BYTES, CapturedLog
 from .context import Frame, Run, current_frame, current_run
 from .persist import persist
-from .positions import current_branch
+from .positions import current_branch, one_recorded_call
 from .status import CheckpointStatus
 
 P = ParamSpec("P")
@@ -206,6 +206,11 @@ class Checkpoint(Generic[P, R]):
 
     def _timeout_error(self) -> CheckpointTimeout:
         return CheckpointTimeout(f"checkpoint {self.name!r} ran longer than {self.timeout}s")
+
+
+# An async checkpoint call's coroutine is one recorded call, numbered when it was called: a
+# task made to run it (gather, create_task) takes no branch slot.
+one_recorded_call(Checkpoint._call_async.__code__)
 
 
 class _Call:

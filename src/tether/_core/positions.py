@@ -33,7 +33,17 @@ from typing import Any
 from ..errors import UsageError
 from ..store._positions import before, is_position, sort_key
 
-__all__ = ["Branch", "before", "branch", "install", "is_position", "sort_key"]
+__all__ = [
+    "Branch",
+    "before",
+    "branch",
+    "install",
+    "is_position",
+    "Pin",
+    "one_recorded_call",
+    "pin",
+    "sort_key",
+]
 
 
 class Branch:
@@ -128,6 +138,49 @@ def branch(key: str | int) -> Iterator[None]:
 # --- the task factory: branches for tasks, numbered when they are created ------------------
 
 
+class Pin:
+    """While active, tasks created in a context that holds it share their creator's branch
+    (see `pin`)."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = True
+
+    def release(self) -> None:
+        self.active = False
+
+
+_pinned: contextvars.ContextVar[Pin | None] = contextvars.ContextVar("tether_pinned", default=None)
+
+# Code objects of coroutines that are one recorded call whose position was taken when it was
+# called (an async checkpoint call): a task made to run one needs no branch of its own, so
+# `gather(step(0), step(1))` numbers the flow body 0, 1 and its next call 2.
+_one_call: set[Any] = set()
+
+
+def one_recorded_call(code: Any) -> None:
+    """Register the code object of a coroutine function whose coroutines are a single
+    recorded call numbered when called (see `_one_call`)."""
+    _one_call.add(code)
+
+
+def pin() -> Pin:
+    """From here in the current context, until the returned pin is released, tasks created
+    share the current branch instead of taking a slot each.
+
+    For library code whose own task creation is its business (Pydantic AI's graph makes tasks
+    for capabilities, lifecycle hooks, streams and tool runs; how many can change with its
+    version or with timing), while its recorded calls are put in order by other means (the
+    agent adapter takes tool calls' positions in the order the model made them): numbering
+    those tasks would make recorded positions depend on the library's internals. A pin is
+    released rather than reset because the hook that ends it may run in another task.
+    """
+    found = Pin()
+    _pinned.set(found)
+    return found
+
+
 class _Factory:
     """A loop's task factory that gives each task created by flow code its own branch,
     delegating the task's creation to the factory that was there before (or asyncio.Task)."""
@@ -141,7 +194,11 @@ class _Factory:
         self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Future[Any]:
         parent = current_branch.get()
-        if parent is not None:
+        if (
+            parent is not None
+            and not _is_pinned()
+            and getattr(coro, "cr_code", None) not in _one_call
+        ):
             # Runs in the creator's context, so this is the creator's branch and the slot is
             # taken in the creator's program order. The task runs in a copy of the context
             # (what asyncio does anyway) in which its own branch is current.
@@ -153,6 +210,11 @@ class _Factory:
             task: asyncio.Future[Any] = self.previous(loop, coro, **kwargs)
             return task
         return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+def _is_pinned() -> bool:
+    found = _pinned.get()
+    return found is not None and found.active
 
 
 def install(loop: asyncio.AbstractEventLoop) -> None:

@@ -34,6 +34,7 @@ from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import AgentDepsT, RunContext, ToolDefinition
 
 import tether
+from tether._core.positions import Pin, pin
 from tether.errors import SerializationError
 
 from ._deferred import wait_for_deferred
@@ -237,6 +238,7 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
         self._backend: TetherOperationBackend | None = None
         self._order = DispatchOrder()
         self._run_starts: dict[str, datetime] = {}
+        self._pins: dict[str, Pin] = {}
 
     # --- binding ----------------------------------------------------------------------
 
@@ -244,6 +246,7 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
         # Per bound copy: `for_agent` copies this object, and copies must not share state.
         self._order = DispatchOrder()
         self._run_starts = {}
+        self._pins = {}
         base = self._tool_checkpoint
 
         def resolve_tool(tool: object | None, tool_name: str) -> CheckpointOptions | Literal[False]:
@@ -278,6 +281,12 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
             return None
         recorded = _agent_run()
         run_id = recorded["run_id"]
+        # Pydantic AI makes tasks of its own for a run (capabilities, lifecycle hooks,
+        # streams, tool runs), as many as its version and timing have it; the run's recorded
+        # calls are put in order here instead (tool calls reserved in the model's order), so
+        # those tasks share the caller's branch rather than number one each. Called in the
+        # caller's task, before any of them exists; released when the run ends.
+        self._pins[run_id] = pin()
         self._run_starts[run_id] = datetime.fromisoformat(recorded["started_at"])
         return run_id
 
@@ -295,6 +304,9 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
         try:
             return await super().wrap_run(ctx, handler=handler)
         finally:
+            pinned = self._pins.pop(ctx.run_id, None) if ctx.run_id is not None else None
+            if pinned is not None:
+                pinned.release()
             self._order.release(_scope(ctx))
             if self._backend is not None:
                 self._backend.forget(_scope(ctx))

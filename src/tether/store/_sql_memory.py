@@ -19,11 +19,12 @@ MEMORY_COLUMNS = (
 # The next version number of the key is computed in the statement that inserts it; a
 # concurrent writer that took the same number makes it insert nothing (ON CONFLICT), and the
 # caller tries again. The last parameter (if not NULL) is the version the key must be at.
-# NULL integers are cast: Postgres types a bare NULL parameter as text.
+# NULL integers are cast: Postgres types a bare NULL parameter as text. (The writer's position
+# is text: "3.1.2".)
 INSERT_MEMORY = f"""
 INSERT INTO memory ({MEMORY_COLUMNS})
 SELECT ?, ?, ?, m.latest + 1, ?, ?, CAST(? AS INTEGER), ?, CAST(? AS INTEGER),
-    ?, ?, ?, CAST(? AS INTEGER), ?
+    ?, ?, ?, CAST(? AS TEXT), ?
 FROM (SELECT coalesce(max(version), 0) AS latest FROM memory
       WHERE scope = ? AND scope_id = ? AND key = ?) AS m
 WHERE m.latest = coalesce(CAST(? AS INTEGER), m.latest)

@@ -130,18 +130,20 @@ leaf = st.one_of(
     st.just({"sleep": None}),
     st.builds(lambda n: {"map": [None] * n}, st.integers(1, 3)),
 )
-inner_branch = st.lists(
-    st.builds(lambda d: {"cp": None, "delay": d}, st.integers(0, 3)), min_size=1, max_size=2
+cp_item = st.builds(lambda delay: {"cp": None, "delay": delay}, st.integers(0, 3))
+nest = st.builds(
+    lambda branches: {"nest": branches},
+    st.lists(st.lists(cp_item, min_size=1, max_size=2), min_size=2, max_size=2),
 )
-item = st.one_of(
-    leaf, leaf, st.builds(lambda bs: {"nest": bs}, st.lists(inner_branch, min_size=2, max_size=2))
-)
-branch = st.lists(item, min_size=1, max_size=3)
+branch = st.lists(st.one_of(leaf, leaf, nest), min_size=1, max_size=3)
 step = st.one_of(
     st.just({"op": "cp", "tag": None}),
-    st.builds(lambda bs: {"op": "branches", "branches": bs}, st.lists(branch, min_size=2, max_size=3)),
+    st.builds(
+        lambda branches: {"op": "branches", "branches": branches},
+        st.lists(branch, min_size=2, max_size=3),
+    ),
     st.builds(lambda n: {"op": "keyed", "tags": [None] * n}, st.integers(2, 5)),
-)  # fmt: skip
+)
 
 
 def tagged(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:

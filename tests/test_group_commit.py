@@ -227,11 +227,11 @@ def store_url(request: pytest.FixtureRequest) -> str:
 
 
 def ckpt(position: int, status: str = "succeeded", result: str = '"ok"') -> CheckpointRow:
-    return CheckpointRow(position, "step", "fp", status, result, None, None, NOW, NOW + 1)
+    return CheckpointRow(str(position), "step", "fp", status, result, None, None, NOW, NOW + 1)
 
 
 def event(execution_id: str, position: int, message: str) -> EventRow:
-    return EventRow(execution_id, position, NOW, "info", "log", message)
+    return EventRow(execution_id, str(position), NOW, "info", "log", message)
 
 
 Commits = list[tuple[str, str, CheckpointRow, list[EventRow]]]
@@ -307,7 +307,7 @@ def test_concurrent_commits_from_many_threads_all_land(store: Any) -> None:
         t.join()
     assert outcomes == [Commit.COMMITTED] * (12 * 25)
     for eid in executions:
-        assert [c.position for c in store.get_checkpoints(eid)] == list(range(25))
+        assert [c.position for c in store.get_checkpoints(eid)] == [str(p) for p in range(25)]
 
 
 @postgres_only
@@ -373,7 +373,8 @@ def test_events_commit_with_their_row_and_only_with_it(store: Any, store_url: st
     )  # fmt: skip
     assert outcomes == [Commit.COMMITTED, Commit.LOST, Commit.COMMITTED]
     assert [(e.position, e.message) for e in store.get_events("a")] == [
-        (0, "line 0"), (0, "line 1"), (0, "line 2"), (0, "line 3"), (0, "line 4"), (1, "next"),
+        ("0", "line 0"), ("0", "line 1"), ("0", "line 2"), ("0", "line 3"), ("0", "line 4"),
+        ("1", "next"),
     ]  # fmt: skip
     assert store.get_events("b") == []
 
@@ -461,6 +462,6 @@ def test_executions_end_in_the_batch_of_other_executions_checkpoints(
         calls=[finish(store, "c", "tok-c")],
     )  # fmt: skip
     assert outcomes == [Commit.COMMITTED, True]
-    assert [r.position for r in store.get_checkpoints("c")] == [0]
+    assert [r.position for r in store.get_checkpoints("c")] == ["0"]
     assert [e.message for e in store.get_events("c")] == ["last words"]
     assert store.get_execution("c").status == "succeeded"

@@ -304,3 +304,23 @@ def test_concurrent_children_of_many_parents_all_wake_their_parents(
             10 * (i + 2) + 2,
             10 * (i + 3) + 1,
         ]
+
+
+# --- replay -------------------------------------------------------------------------------------
+
+
+def test_a_fork_reuses_child_outcomes_before_the_fork_point_and_starts_new_children_after(
+    client: tether.Client,
+) -> None:
+    source = child_flows.aorder.run(1)
+    assert source.result(timeout=20) == [12, 22, 32, 41]
+    before = {c.id for c in _children(client, source.id)}
+    fork = client.replay(source.id, from_="child:apay#2")
+    assert fork.result(timeout=20) == [12, 22, 32, 41]
+    children = _children(client, fork.id)
+    # The first child's start and outcome were copied: the fork did not start it again.
+    assert sorted(c.flow for c in children) == ["apay", "apay", "pay"]
+    assert not before & {c.id for c in children}
+    assert {c.id for c in _children(client, source.id)} == before
+    first = client.get(fork.id).checkpoints[0]
+    assert first.name == "child:apay" and first.result in before

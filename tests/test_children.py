@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import tether
 from helpers import child_env, retry_until, run_child, run_cli, spawn_child
 from tether import Status
 from tether._runtime.executor import executor
+from tether.store import ExecutionRow, WaitRow, open_store
 
 
 def _ran(side_effects: Path) -> Counter[str]:
@@ -324,3 +326,54 @@ def test_a_fork_reuses_child_outcomes_before_the_fork_point_and_starts_new_child
     assert {c.id for c in _children(client, source.id)} == before
     first = client.get(fork.id).checkpoints[0]
     assert first.name == "child:apay" and first.result in before
+
+
+# --- the store: a child's end resolves its parent's wait, in the batch or alone ---------------
+
+
+def _leased(execution_id: str, parent: str | None = None) -> ExecutionRow:
+    now = time.time()
+    return ExecutionRow(
+        id=execution_id, flow="f", import_path="m:f", script=None, args="{}",
+        status="running", owner="o", lease_token=f"tok-{execution_id}",
+        lease_expires=now + 60, created_at=now, updated_at=now, parent_id=parent,
+    )  # fmt: skip
+
+
+def test_ends_of_children_and_others_finished_together_all_land(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        for i in range(4):
+            store.create_execution(_leased(f"p{i}"))
+            store.create_execution(_leased(f"c{i}", parent=f"p{i}"))
+            store.create_execution(_leased(f"e{i}"))
+            wait = WaitRow(f"p{i}", f"child:c{i}", "1", "child", "pending", created_at=1.0)
+            assert store.await_child(f"tok-p{i}", wait, f"c{i}") is not None
+            assert store.suspend(f"p{i}", f"tok-p{i}", wait=f"child:c{i}", wake_at=None, now=1)
+        ids = [f"{k}{i}" for i in range(4) for k in "ce"]
+        done: dict[str, bool] = {}
+
+        def end(execution_id: str) -> None:
+            done[execution_id] = store.finish(
+                execution_id, f"tok-{execution_id}", status="succeeded", result='"r"',
+                error=None, now=time.time(),
+            )  # fmt: skip
+
+        threads = [threading.Thread(target=end, args=(i,)) for i in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert done == dict.fromkeys(ids, True)
+        for i in range(4):
+            parent = store.get_execution(f"p{i}")
+            assert parent is not None and parent.status == "queued"
+            (wait,) = store.get_waits(f"p{i}")
+            assert wait.status == "resolved" and wait.resolved_by == f"c{i}"
+            assert json.loads(wait.value or "") == {
+                "status": "succeeded", "result": '"r"', "error": None,
+            }  # fmt: skip
+        # A finish under a stale token writes nothing, child or not.
+        assert not store.finish("c0", "stale", status="failed", result=None, error=None, now=2)
+    finally:
+        store.close()

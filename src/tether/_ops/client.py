@@ -196,7 +196,8 @@ class Client:
         for wait in waits:
             if wait.name == name:
                 if wait.kind != "input":
-                    raise UsageError(f"{name!r} is a durable sleep; it takes no input")
+                    what = "a wait for a child flow" if wait.kind == "child" else "a durable sleep"
+                    raise UsageError(f"{name!r} is {what}; it takes no input")
                 if wait.status != "pending":
                     raise WaitAlreadyResolved(
                         f"wait {name!r} of execution {execution_id} is already {wait.status}"

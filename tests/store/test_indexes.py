@@ -46,7 +46,8 @@ RUNNING = 1_000  # running executions with live leases
 LATER = T0 + 1e6  # when the sleepers wake up, and when the live leases expire
 FINAL = ("succeeded", "failed", "cancelled")
 
-# The indexes of the two tables v8 changes (SQLite names its primary key indexes otherwise).
+# The indexes of the two tables v8 changes, and the one v10 adds (SQLite names its primary key
+# indexes otherwise).
 INDEXES = {
     "executions": {
         "executions_pkey",
@@ -59,6 +60,7 @@ INDEXES = {
         "executions_due",
         "executions_lease_expiry",
         "executions_finished",
+        "executions_by_parent",  # v10: children of an execution (partial: only children)
     },
     "checkpoints": {"checkpoints_pkey"},
 }
@@ -456,7 +458,7 @@ def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     )
 
 
-LATEST = 9  # migrations/*/0009_branch_positions.sql
+LATEST = 10  # migrations/*/0010_child_flows.sql
 
 
 def index_names(store_url: str) -> set[str]:

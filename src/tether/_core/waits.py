@@ -14,7 +14,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
-from ..errors import DivergenceError, LeaseLost, NotInFlowError, Suspended, UsageError, WaitTimeout
+from ..errors import (
+    DivergenceError,
+    LeaseLost,
+    NotInFlowError,
+    ResultTimeout,
+    Suspended,
+    UsageError,
+    WaitTimeout,
+)
 from ..store import WaitRow
 from . import schema as _schema
 from . import serde as _serde
@@ -34,6 +42,7 @@ RESOLVED = "resolved"
 TIMED_OUT = "timed_out"
 INPUT = "input"
 SLEEP = "sleep"
+CHILD = "child"
 
 
 def wait(
@@ -120,6 +129,64 @@ def _wait(
         if default is NO_DEFAULT:
             raise WaitTimeout(name)
         return default
+    raise Suspended(run.execution_id, name, row.deadline)
+
+
+def child_wait_name(child_id: str) -> str:
+    """The name of a parent's wait for its child (the child's end resolves it by this name:
+    store migration 0010)."""
+    return f"child:{child_id}"
+
+
+def reserve_child_wait(run: Run, child_id: str) -> str:
+    """The position an await of the child takes, taken now (in program order). A child is
+    awaited at one position per run: awaiting it again takes no new one."""
+    name = child_wait_name(child_id)
+    reserved = run.wait_names.get(name)
+    if reserved is None:
+        reserved = run.wait_names[name] = run.take_position()
+    return reserved
+
+
+def child_outcome(
+    run: Run, child_id: str, position: str, timeout: float | dt.timedelta | None
+) -> str:
+    """Wait for a child execution, as a recorded wait of kind `child` at `position` (from
+    `reserve_child_wait`). Returns the child's outcome as recorded in the parent (JSON text:
+    status, result, error). Raises ResultTimeout when `timeout` passed first (recorded too),
+    or suspends the parent (`Suspended`) until the child's end resolves the wait."""
+    name = child_wait_name(child_id)
+    run.boundary()
+    row = _recorded(run, name, position)
+    now = settings().clock()
+    if row is None:
+        deadline = None
+        if timeout is not None:
+            seconds = _seconds(timeout)
+            if seconds < 0:
+                raise UsageError(f"a result timeout must be 0 or more seconds, not {timeout!r}")
+            deadline = now + seconds
+        pending = WaitRow(
+            execution_id=run.execution_id,
+            name=name,
+            position=position,
+            kind=CHILD,
+            status=PENDING,
+            metadata=_serde.dumps({"execution": child_id}),
+            deadline=deadline,
+            created_at=now,
+        )
+        stored = run.store.await_child(run.token, pending, child_id)
+        if stored is None:
+            run.lease_lost = True
+            raise LeaseLost(run.execution_id)
+        run.waits[name] = row = stored
+    if row.status == PENDING and row.deadline is not None and row.deadline <= now:
+        row = _time_out(run, row, now)
+    if row.status == RESOLVED and row.value is not None:
+        return row.value
+    if row.status == TIMED_OUT:
+        raise ResultTimeout(f"child execution {child_id} did not finish within the timeout")
     raise Suspended(run.execution_id, name, row.deadline)
 
 

@@ -36,6 +36,8 @@ from ..errors import (
 from ..store import EventRow, ExecutionRow, Store, WaitRow
 
 _TAKEABLE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
+# Client.get() shows at most this many children (the newest).
+_MAX_CHILDREN = 1000
 
 
 class Client:
@@ -61,13 +63,18 @@ class Client:
     # --- reading ------------------------------------------------------------------------
 
     def get(self, execution_id: str) -> ExecutionRecord:
-        """One execution with its checkpoint calls, waits and events."""
+        """One execution with its checkpoint calls, waits, events and children (the child
+        flows its flow code started, oldest first)."""
         row = self._row(execution_id)
+        children = self._store.list_executions(
+            statuses=None, flow=None, limit=_MAX_CHILDREN, parent=execution_id
+        )
         return ExecutionRecord.from_row(
             row,
             self._store.get_checkpoints(execution_id),
             self._store.get_events(execution_id),
             self._store.get_waits(execution_id),
+            children=[ExecutionRecord.from_row(c) for c in reversed(children)],
         )
 
     def list(
@@ -75,14 +82,17 @@ class Client:
         status: Status | str | Iterable[Status | str] | None = None,
         flow: str | None = None,
         limit: int = 100,
+        *,
+        parent: str | None = None,
     ) -> builtins.list[ExecutionRecord]:
-        """Executions, newest first, filtered by status (one or several) and flow name."""
+        """Executions, newest first, filtered by status (one or several) and flow name;
+        with `parent`, only the children of that execution (child flows it started)."""
         _check_limit(limit)
         statuses: builtins.list[str] | None = None
         if status is not None:
             items = [status] if isinstance(status, str) else builtins.list(status)
             statuses = [_status(s) for s in items]
-        rows = self._store.list_executions(statuses=statuses, flow=flow, limit=limit)
+        rows = self._store.list_executions(statuses=statuses, flow=flow, limit=limit, parent=parent)
         return [ExecutionRecord.from_row(r) for r in rows]
 
     def pending_waits(self, flow: str | None = None, limit: int = 100) -> builtins.list[WaitRecord]:
@@ -186,7 +196,8 @@ class Client:
         for wait in waits:
             if wait.name == name:
                 if wait.kind != "input":
-                    raise UsageError(f"{name!r} is a durable sleep; it takes no input")
+                    what = "a wait for a child flow" if wait.kind == "child" else "a durable sleep"
+                    raise UsageError(f"{name!r} is {what}; it takes no input")
                 if wait.status != "pending":
                     raise WaitAlreadyResolved(
                         f"wait {name!r} of execution {execution_id} is already {wait.status}"
@@ -235,8 +246,9 @@ class Client:
 
     def cancel(self, execution_id: str) -> Status:
         """Cancel an execution. One that runs stops at its next checkpoint boundary; one that
-        nobody runs (queued, waiting, sleeping) is cancelled at once. Returns the status after
-        the request."""
+        nobody runs (queued, waiting, sleeping) is cancelled at once. Its unfinished child
+        flows (and theirs) are cancelled with it, in the same transaction. Returns the status
+        after the request."""
         self._row(execution_id)
         executor().cancel_local(self._store, execution_id)
         status = self._store.request_cancel(execution_id, now=time.time())
@@ -265,7 +277,13 @@ class Client:
 
     def retry(self, execution_id: str) -> Handle[Any]:
         """Run a failed execution again, same id: recorded results are reused; the failed
-        checkpoint call and everything after it run again, with the current code."""
+        checkpoint call and everything after it run again, with the current code.
+
+        A child flow whose failure the execution recorded counts as a failed call where it
+        was awaited: the child is retried too (recursively), and awaited again. Children
+        started before the retry point keep their recorded outcomes; a child started at a
+        position that runs again is the same child (its id is derived from the position),
+        never a second one."""
         row = self._row(execution_id)
         if row.status != Status.FAILED:
             raise InvalidStateError(
@@ -273,16 +291,27 @@ class Client:
                 "retried (replay makes a new execution from any other)"
             )
         calls = self._store.get_checkpoints(execution_id)
+        waits = self._store.get_waits(execution_id)
         failed = [c.position for c in calls if c.status == "failed"]
+        # A child flow that failed counts as a failed call at the position it was awaited.
+        failed_children = [w for w in waits if _failed_child(w)]
+        failed += [w.position for w in failed_children]
         from_position = (
             min(failed, key=sort_key) if failed else _replay.end_position(c.position for c in calls)
         )
         start = sort_key(from_position)
         forget = [c for c in calls if sort_key(c.position) >= start]
-        forget_waits = [
-            w.name for w in self._store.get_waits(execution_id) if sort_key(w.position) >= start
-        ]
+        forgotten_waits = [w for w in waits if sort_key(w.position) >= start]
+        forget_waits = [w.name for w in forgotten_waits]
         flow = load_flow(row.import_path, row.script) if settings().executor else None
+        # The failed children awaited from there on are retried first (same id, their own
+        # recorded calls reused), so that the parent, awaiting them again, finds them running.
+        # The start of a child stays recorded: a retry never starts a second child for a call.
+        for wait in forgotten_waits:
+            if _failed_child(wait) and wait.resolved_by is not None:
+                child = self._store.get_execution(wait.resolved_by)
+                if child is not None and child.status == Status.FAILED:
+                    self.retry(child.id)
         now = time.time()
         if not self._store.reset_for_retry(
             execution_id, positions=[c.position for c in forget], waits=forget_waits, now=now
@@ -413,6 +442,13 @@ class Client:
             status=Status.QUEUED,
         )
         return claim.token if taken else None
+
+
+def _failed_child(wait: WaitRow) -> bool:
+    """A wait for a child flow, resolved with the child's failure."""
+    if wait.kind != "child" or wait.status != "resolved" or wait.value is None:
+        return False
+    return bool(json.loads(wait.value).get("status") == Status.FAILED)
 
 
 def _check_limit(limit: int) -> None:

@@ -18,6 +18,7 @@ from .._spend import budget as _budget
 from .._spend.budget import Budget
 from ..errors import UsageError
 from ..store import ExecutionRow, Store
+from . import children as _children
 from . import queues as _queues
 from . import replay as _replay
 from .handle import Handle, launch, new_execution_id
@@ -148,6 +149,11 @@ class Flow(Generic[P, R]):
             dedup_key=options.key,
             options=_budget.to_options(budget),
         )
+        run = current_run.get()
+        if run is not None and current_frame.get() is None:
+            # In flow code: a child flow, started once per call whatever the crashes.
+            fingerprint = _serde.fingerprint(args, kwargs)
+            return _children.start(run, self, row, fingerprint, local=local)
         return launch(store, row, self if local else None)
 
     def replay(
@@ -172,14 +178,16 @@ class Flow(Generic[P, R]):
         )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Inside a flow: run inline, as part of the calling execution. Outside: start an
-        execution and wait for its result (await it for an async flow)."""
-        if current_run.get() is not None:
-            if current_frame.get() is not None:
-                raise UsageError(
-                    f"flow {self.name!r} was called inside a checkpoint; call it from flow code"
-                )
-            return self.fn(*args, **kwargs)
+        """Start an execution and wait for its result (await it for an async flow).
+
+        In flow code this is a child flow, a recorded call: the child execution is started
+        once, the parent suspends (holding nothing) until it ends, and its outcome is
+        recorded in the parent; a failed child raises `tether.ExecutionFailed` here, a
+        cancelled one `tether.ExecutionCancelled`."""
+        if current_run.get() is not None and current_frame.get() is not None:
+            raise UsageError(
+                f"flow {self.name!r} was called inside a checkpoint; call it from flow code"
+            )
         handle: Handle[Any] = self._start(args, kwargs, store_for(), local=settings().executor)
         if self.is_async:
             return cast(R, handle.result_async())

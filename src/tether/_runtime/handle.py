@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from .._core import serde as _serde
+from .._core import waits as _waits
+from .._core.context import Run, current_frame, current_run
 from .._core.status import Status
 from ..errors import (
     ExecutionCancelled,
@@ -37,11 +40,19 @@ def new_execution_id() -> str:
 
 
 class Handle(Generic[R]):
-    """A started execution. `await handle` is `await handle.result_async()`."""
+    """A started execution. `await handle` is `await handle.result_async()`.
 
-    def __init__(self, execution_id: str, store: Store) -> None:
+    In flow code, the handle of a child flow (from `child.run()` / `child.enqueue()`) waits
+    as a recorded call: `result()` (or `await handle`) suspends the parent, holding nothing,
+    until the child ends, and returns (or raises) the child's outcome as recorded in the
+    parent.
+    """
+
+    def __init__(self, execution_id: str, store: Store, *, parent: str | None = None) -> None:
         self.id = execution_id
         self._store = store
+        # The execution that started this handle's execution as its child, in flow code.
+        self._parent = parent
 
     def __repr__(self) -> str:
         return f"<tether.Handle {self.id}>"
@@ -67,6 +78,9 @@ class Handle(Generic[R]):
         ExecutionCancelled, or ResultTimeout when `timeout` seconds pass first (the
         execution keeps running).
         """
+        run = self._in_parent()
+        if run is not None:
+            return self._settle(run, _waits.reserve_child_wait(run, self.id), timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _POLL_MIN
         runner = executor()
@@ -91,12 +105,32 @@ class Handle(Generic[R]):
                 time.sleep(wait)
             pause = min(pause * 2, _POLL_MAX)
 
-    async def result_async(self, timeout: float | None = None) -> R:  # noqa: ASYNC109
-        """The awaitable form of `result()`; does not block the event loop."""
-        return await asyncio.to_thread(self.result, timeout)
+    def result_async(self, timeout: float | None = None) -> Coroutine[Any, Any, R]:
+        """The awaitable form of `result()`; does not block the event loop. In flow code, a
+        child's result takes its position when this is called (in program order)."""
+        run = self._in_parent()
+        if run is not None:
+            return self._settle_async(run, _waits.reserve_child_wait(run, self.id), timeout)
+        return asyncio.to_thread(self.result, timeout)
 
     def __await__(self) -> Generator[Any, None, R]:
         return self.result_async().__await__()
+
+    def _in_parent(self) -> Run | None:
+        """The run of this handle's parent when called from its flow code, else None."""
+        if self._parent is None:
+            return None
+        run = current_run.get()
+        if run is None or run.execution_id != self._parent or current_frame.get() is not None:
+            return None
+        return run
+
+    def _settle(self, run: Run, position: str, timeout: float | None) -> R:
+        return cast(R, child_result(self.id, _waits.child_outcome(run, self.id, position, timeout)))
+
+    async def _settle_async(self, run: Run, position: str, timeout: float | None) -> R:  # noqa: ASYNC109
+        # Nothing to await: the outcome is recorded, or the parent suspends (Suspended).
+        return self._settle(run, position, timeout)
 
     def _row(self) -> ExecutionRow:
         row = self._store.get_execution(self.id)
@@ -112,6 +146,22 @@ def _outcome(row: ExecutionRow) -> Any:
         raise ExecutionCancelled(f"execution {row.id} was cancelled")
     info = _serde.error_info(row.error or "{}")
     raise ExecutionFailed(row.id, info["type"], info["message"], info["traceback"])
+
+
+def child_result(child_id: str, outcome: str) -> Any:
+    """A child's outcome as its parent recorded it (JSON: status, result, error): the
+    result, or ExecutionFailed / ExecutionCancelled."""
+    data = json.loads(outcome)
+    status = data.get("status")
+    if status == Status.SUCCEEDED:
+        result = data.get("result")
+        return _serde.loads(result) if result is not None else None
+    if status == Status.CANCELLED:
+        raise ExecutionCancelled(f"child execution {child_id} was cancelled")
+    if status == Status.FAILED:
+        info = _serde.error_info(data.get("error") or "{}")
+        raise ExecutionFailed(child_id, info["type"], info["message"], info["traceback"])
+    raise ExecutionNotFound(f"child execution {child_id} is gone (pruned?) before it was awaited")
 
 
 def stored_execution(store: Store, execution_id: str) -> ExecutionRow:

@@ -217,8 +217,9 @@ class Event:
 
 @dataclass(frozen=True)
 class ExecutionRecord:
-    """One execution as stored. `checkpoints` and `events` are filled by `Client.get()`;
-    `Client.list()` leaves them empty to stay cheap.
+    """One execution as stored. `checkpoints`, `events`, `waits` and `children` are filled by
+    `Client.get()`; `Client.list()` leaves them empty to stay cheap. `parent_id` is the
+    execution whose flow code started this one (a child flow), if any.
 
     `usage` (filled by `Client.get()`, None from `Client.list()`) is what the execution's
     model calls spent: the sum over its checkpoint calls, failed attempts included; replayed
@@ -254,6 +255,15 @@ class ExecutionRecord:
     args_json: str = field(default="", repr=False)
     usage: Usage | None = None
     budget: Budget | None = None
+    # Filled by Client.get(): the executions this one started from its flow code (child
+    # flows), oldest first, as Client.list() shows them. Their parent_id is this id.
+    children: tuple[ExecutionRecord, ...] = ()
+
+    @property
+    def child_waits(self) -> list[WaitRecord]:
+        """The waits for child flows, resolved or not (their `value` is the child's outcome
+        as recorded here; `metadata["execution"]` is the child's id)."""
+        return [w for w in self.waits if w.kind == "child"]
 
     @property
     def pending_waits(self) -> list[WaitRecord]:
@@ -294,6 +304,7 @@ class ExecutionRecord:
         checkpoints: list[CheckpointRow] | None = None,
         events: list[EventRow] | None = None,
         waits: list[WaitRow] | None = None,
+        children: list[ExecutionRecord] | None = None,
     ) -> ExecutionRecord:
         created = _time(row.created_at) or dt.datetime.now(dt.UTC)
         calls = tuple(CheckpointRecord.from_row(c) for c in checkpoints or ())
@@ -332,4 +343,5 @@ class ExecutionRecord:
             if checkpoints is None
             else _usage.total(c.usage for c in calls) + _usage.forgotten(events or ()),
             budget=_budget.from_options(row.options),
+            children=tuple(children or ()),
         )

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._core import serde as _serde
+from .._core import waits as _waits
 from .._core.config import settings
 from .._core.positions import is_position, sort_key
 from .._core.status import Status
@@ -29,6 +30,7 @@ from .._spend import usage as _usage
 from .._spend.budget import Budget
 from ..errors import UsageError
 from ..store import CheckpointRow, EventRow, ExecutionRow, Store, WaitRow
+from .children import PREFIX as CHILD_PREFIX
 from .engine import load_flow
 from .handle import Handle, launch, new_execution_id, stored_execution
 
@@ -183,7 +185,22 @@ def fork(
         for w in waits
         if sort_key(w.position) < fork_at and w.status in _FINAL_WAITS
     ]
+    # A child flow's start is copied only with its recorded outcome: the fork must not wait
+    # for the source's child (whose end resolves the source's wait, not the fork's), so a
+    # child started before the fork point but not awaited before it starts anew in the fork.
+    awaited = {w.name for w in kept_waits if w.kind == _waits.CHILD}
+    copied = [c for c in copied if _child_of(c) is None or _child_of(c) in awaited]
     return copied, kept_waits
+
+
+def _child_of(call: CheckpointRow) -> str | None:
+    """The wait name a child flow's start record is awaited under; None for other calls."""
+    if not call.name.startswith(CHILD_PREFIX) or call.result is None:
+        return None
+    metadata = _serde.loads(call.metadata) if call.metadata else {}
+    if not isinstance(metadata, dict) or "execution" not in metadata:
+        return None
+    return _waits.child_wait_name(str(metadata["execution"]))
 
 
 def _unknown(calls: Sequence[CheckpointRow], message: str) -> UsageError:

@@ -149,6 +149,12 @@ def list_command(
         str | None, typer.Option(help="Only executions of this flow (its name).")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
+    parent: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID", help="Only the child flows started by this execution's flow code."
+        ),
+    ] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -159,12 +165,12 @@ def list_command(
     """
     with cli_errors():
         client = client_for(db)
-        records = client.list(status=status, flow=flow, limit=limit)
+        records = client.list(status=status, flow=flow, limit=limit, parent=parent)
     if as_json:
         dump([render.execution_json(r) for r in records])
     elif records:
         out.print(render.executions_table(records))
-    elif status or flow:
+    elif status or flow or parent:
         say("No executions match.")
     else:
         say(f"No executions yet in {client.db}. Run a @tether.flow to record one.")

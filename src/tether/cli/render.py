@@ -225,6 +225,7 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         ),
         warnings=warnings(record),
         events=[event_json(e) for e in record.events],
+        children=[execution_json(c) for c in record.children],
     )
     return data
 
@@ -524,7 +525,16 @@ def _last_error(cp: CheckpointRecord) -> str:
 
 def _wait_row(w: WaitRecord) -> list[RenderableType]:
     detail = Text()
-    if w.kind == "sleep":
+    if w.kind == "child":
+        child = str(w.metadata.get("execution", w.name))
+        name = Text("await child", style="italic")
+        detail.append(child)
+        if w.status == "resolved":
+            outcome = plain(lambda: w.value, w.value_json)
+            status = outcome.get("status") if isinstance(outcome, dict) else None
+            detail.append(" → ", style="dim")
+            detail.append(str(status), style=STATUS_STYLES.get(str(status), ""))
+    elif w.kind == "sleep":
         name = Text("sleep", style="italic")
         if w.deadline is not None:
             detail.append(f"until {when(w.deadline)}")
@@ -545,12 +555,14 @@ def _wait_row(w: WaitRecord) -> list[RenderableType]:
 
 
 def execution_view(record: ExecutionRecord) -> Group:
-    """What `get` prints: the header, then the timeline."""
+    """What `get` prints: the header, then the timeline, then the child flows."""
     parts: list[RenderableType] = [header(record), Text()]
     if record.checkpoints or record.waits or record.progress:
         parts.append(timeline(record))
     else:
         parts.append(Text("No checkpoint calls recorded yet.", style="dim"))
+    if record.children:
+        parts += [Text(), Text("Children", style="bold"), executions_table(record.children)]
     hint = input_hint(record)
     if hint is not None:
         parts += [Text(), hint]
@@ -575,7 +587,16 @@ def input_hint(record: ExecutionRecord) -> Text | None:
 
 
 def timer_hint(record: ExecutionRecord) -> Text:
-    """A waiting execution with no input to give: it sleeps (`tether.sleep`)."""
+    """A waiting execution with no input to give: it sleeps (`tether.sleep`), or waits for a
+    child flow."""
+    children = [w for w in record.pending_waits if w.kind == "child"]
+    if children:
+        child = children[0].metadata.get("execution", children[0].name)
+        return Text(
+            f"Execution {record.id} waits for its child execution {child}; it continues when "
+            "that one ends.",
+            style="yellow",
+        )
     text = Text(f"Execution {record.id} is sleeping", style="yellow")
     if record.wake_at is not None:
         text.append(f" until {when(record.wake_at)}")

@@ -7,6 +7,7 @@ import os
 from ..errors import ConfigurationError
 from ._base import (
     CheckpointRow,
+    ChildStart,
     Claim,
     Commit,
     EventRow,
@@ -20,6 +21,7 @@ from ._base import (
 __all__ = [
     "CheckpointRow",
     "Claim",
+    "ChildStart",
     "Commit",
     "EventRow",
     "ExecutionRow",

@@ -111,6 +111,19 @@ class Commit(IntEnum):
     CANCEL_REQUESTED = 2
 
 
+class ChildStart(IntEnum):
+    """What starting a child execution found. LOST is falsy: nothing was written."""
+
+    LOST = 0
+    # The child and the parent's record of its start were written.
+    STARTED = 1
+    # An execution with the child's id exists already (a retried parent starting the same
+    # call again): nothing was inserted; the parent's record of the start was written.
+    EXISTED = 2
+    # A cancel of the parent was requested: nothing was written, the parent must stop.
+    CANCEL_REQUESTED = 3
+
+
 @dataclass(slots=True)
 class Claim:
     """A lease: who holds an execution, the fencing token, and until when."""
@@ -145,9 +158,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_executions(
-        self, *, statuses: Sequence[str] | None, flow: str | None, limit: int
+        self,
+        *,
+        statuses: Sequence[str] | None,
+        flow: str | None,
+        limit: int,
+        parent: str | None = None,
     ) -> list[ExecutionRow]:
-        """Newest first, with `checkpoints_done` and `pending_wait` filled in."""
+        """Newest first, with `checkpoints_done` and `pending_wait` filled in; with
+        `parent`, only the children of that execution."""
+
+    @abc.abstractmethod
+    def start_child(
+        self, parent_id: str, token: str, child: ExecutionRow, start: CheckpointRow
+    ) -> ChildStart:
+        """Insert the child execution `child` (its `parent_id` is `parent_id`) and the
+        parent's record of starting it (`start`, a checkpoint row at the call's position),
+        in one transaction fenced by the parent's lease token. An existing execution with the
+        child's id is kept as it is (EXISTED); nothing is written when the token no longer
+        holds the parent (LOST) or a cancel of the parent was requested (CANCEL_REQUESTED)."""
 
     @abc.abstractmethod
     def claim(
@@ -199,7 +228,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def request_cancel(self, execution_id: str, *, now: float) -> str | None:
         """Cancel at once if nobody runs it (returns `cancelled`); else flag it for the holder
-        and return the current status. None if the id is unknown."""
+        and return the current status. None if the id is unknown. Its unfinished descendants
+        (children, their children...) are cancelled the same way in the same transaction."""
 
     @abc.abstractmethod
     def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool: ...
@@ -266,6 +296,15 @@ class Store(abc.ABC):
     def create_wait(self, token: str, row: WaitRow) -> bool:
         """Record a pending wait, fenced by the lease token. An existing row of that name is
         kept as it is (True). False when the token no longer holds the execution."""
+
+    @abc.abstractmethod
+    def await_child(self, token: str, row: WaitRow, child_id: str) -> WaitRow | None:
+        """Record the pending wait `row` (kind `child`, named `child:<child_id>`) of the
+        parent `row.execution_id` for its child, fenced by the parent's lease token (None
+        when it no longer holds it); an existing row of that name is kept. If the child has
+        ended already, the wait is resolved with its outcome in the same transaction. The
+        child's end resolves it otherwise (in the transaction that records the end), so one
+        of the two always does. Returns the wait as stored."""
 
     @abc.abstractmethod
     def get_waits(self, execution_id: str) -> list[WaitRow]:

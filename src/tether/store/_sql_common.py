@@ -90,6 +90,9 @@ class SqlBase(Store, abc.ABC):
 
     #: appended to a SELECT of one row about to be updated (Postgres: FOR UPDATE)
     lock_row: str = ""
+    #: appended to a SELECT of one row that must not change until the transaction ends
+    #: (Postgres: FOR SHARE)
+    share_row: str = ""
     #: appended to the row-picking subquery of a claim (Postgres: FOR UPDATE SKIP LOCKED)
     skip_locked: str = ""
     # `e.id` among the ids a subquery returns, in a form the planner answers by primary key.

@@ -7,6 +7,7 @@ from typing import Any
 
 from ._base import (
     CheckpointRow,
+    ChildStart,
     ExecutionRow,
     WaitRow,
 )
@@ -76,6 +77,45 @@ class ExecutionsSql(SqlBase):
                 )  # fmt: skip
             return row.id
 
+    def start_child(
+        self, parent_id: str, token: str, child: ExecutionRow, start: CheckpointRow
+    ) -> ChildStart:
+        with self._transaction() as conn:
+            held = self._run(
+                conn,
+                "SELECT cancel_requested FROM executions WHERE id = ? AND lease_token = ?"
+                f"{self.lock_row}",
+                (parent_id, token),
+            ).fetchone()
+            if held is None:
+                return ChildStart.LOST
+            if held[0]:
+                return ChildStart.CANCEL_REQUESTED
+            # The child's id is derived from the parent and the call's position: a retried
+            # parent that starts the same call again finds it here.
+            inserted = self._run(
+                conn,
+                f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    child.id, child.flow, child.import_path, child.script, child.args,
+                    child.status, child.result, child.error, child.owner, child.lease_token,
+                    child.lease_expires, child.attempt, int(child.cancel_requested),
+                    child.created_at, child.updated_at, child.started_at, child.finished_at,
+                    parent_id, child.replay_of, child.metadata, child.options, child.wake_at,
+                    child.progress, child.queue, child.priority, child.dedup_key,
+                ),
+            ).rowcount  # fmt: skip
+            self._run(
+                conn,
+                f"INSERT INTO checkpoints (execution_id, {CHECKPOINT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (execution_id, position) DO NOTHING",
+                (parent_id, *checkpoint_values(start)),
+            )
+            return ChildStart.STARTED if inserted == 1 else ChildStart.EXISTED
+
     def get_execution(self, execution_id: str) -> ExecutionRow | None:
         found = self._one(
             f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = ?", (execution_id,)
@@ -83,10 +123,18 @@ class ExecutionsSql(SqlBase):
         return execution_row(found) if found else None
 
     def list_executions(
-        self, *, statuses: Sequence[str] | None, flow: str | None, limit: int
+        self,
+        *,
+        statuses: Sequence[str] | None,
+        flow: str | None,
+        limit: int,
+        parent: str | None = None,
     ) -> list[ExecutionRow]:
         where: list[str] = []
         params: list[Any] = []
+        if parent is not None:
+            where.append("parent_id = ?")
+            params.append(parent)
         if statuses:
             where.append(f"status IN ({marks(statuses)})")
             params.extend(statuses)
@@ -142,31 +190,70 @@ class ExecutionsSql(SqlBase):
 
     def request_cancel(self, execution_id: str, *, now: float) -> str | None:
         with self._transaction() as conn:
-            found = self._run(
-                conn,
-                f"SELECT status, lease_token FROM executions WHERE id = ?{self.lock_row}",
-                (execution_id,),
-            ).fetchone()
-            if found is None:
+            # Descendants first, deepest first, each locked before any is changed: a child's
+            # end locks its parent (the trigger of migration 0010), so rows are always locked
+            # child before parent and a cancel never deadlocks with a finishing child. A
+            # child cancelled at once resolves its parent's wait for it.
+            descendants = self._descendants(conn, execution_id)
+            for descendant, state in [(d, self._locked_state(conn, d)) for d in descendants]:
+                if state is not None:
+                    self._cancel_one(conn, descendant, state, now)
+            state = self._locked_state(conn, execution_id)
+            if state is None:
                 return None
-            status, token = found
-            if status in _FINISHED:
-                return str(status)
-            if token is None:
-                self._run(
-                    conn,
-                    "UPDATE executions SET status = 'cancelled', cancel_requested = 1, "
-                    "wake_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
-                    (now, now, execution_id),
-                )
-                self._cancel_waits(conn, execution_id, now)
-                return "cancelled"
+            status = self._cancel_one(conn, execution_id, state, now)
+            # A child started between the read above and the lock on its parent (a start
+            # after that lock sees the cancel and starts nothing).
+            for late in self._descendants(conn, execution_id):
+                if late not in descendants:
+                    found = self._locked_state(conn, late)
+                    if found is not None:
+                        self._cancel_one(conn, late, found, now)
+            return status
+
+    def _descendants(self, conn: Connection, execution_id: str) -> list[str]:
+        """The unfinished descendants of an execution, deepest first."""
+        rows = self._run(
+            conn,
+            "WITH RECURSIVE tree (id, depth) AS ("
+            "SELECT id, 1 FROM executions WHERE parent_id = ? "
+            "UNION ALL SELECT e.id, t.depth + 1 FROM executions e "
+            "JOIN tree t ON e.parent_id = t.id) "
+            "SELECT t.id FROM tree t JOIN executions x ON x.id = t.id "
+            f"WHERE x.status NOT IN ({marks(_FINISHED)}) ORDER BY t.depth DESC, t.id",
+            (execution_id, *_FINISHED),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def _locked_state(self, conn: Connection, execution_id: str) -> tuple[str, str | None] | None:
+        found = self._run(
+            conn,
+            f"SELECT status, lease_token FROM executions WHERE id = ?{self.lock_row}",
+            (execution_id,),
+        ).fetchone()
+        return None if found is None else (str(found[0]), found[1])
+
+    def _cancel_one(
+        self, conn: Connection, execution_id: str, state: tuple[str, str | None], now: float
+    ) -> str:
+        status, token = state
+        if status in _FINISHED:
+            return status
+        if token is None:
             self._run(
                 conn,
-                "UPDATE executions SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-                (now, execution_id),
+                "UPDATE executions SET status = 'cancelled', cancel_requested = 1, "
+                "wake_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
+                (now, now, execution_id),
             )
-            return str(status)
+            self._cancel_waits(conn, execution_id, now)
+            return "cancelled"
+        self._run(
+            conn,
+            "UPDATE executions SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+            (now, execution_id),
+        )
+        return status
 
     def _cancel_waits(self, conn: Connection, execution_id: str, now: float) -> None:
         self._run(

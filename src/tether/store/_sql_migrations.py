@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -48,7 +49,8 @@ class MigrationsSql(SqlBase):
 
 
 def statements(sql: str) -> Iterator[str]:
-    """Split a migration file into statements: on semicolons, except inside $$ bodies."""
+    """Split a migration file into statements: on semicolons, except inside $$ bodies and
+    inside the BEGIN ... END body of a SQLite trigger."""
     lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
     text = "\n".join(lines)
     current: list[str] = []
@@ -60,8 +62,21 @@ def statements(sql: str) -> Iterator[str]:
         current.append(parts[0])
         for part in parts[1:]:
             statement = "".join(current)
+            if _open_trigger(statement):
+                current.append(";" + part)  # a statement of the trigger's body
+                continue
             if statement.strip():
                 yield statement
             current = [part]
     if "".join(current).strip():
         yield "".join(current)
+
+
+def _open_trigger(statement: str) -> bool:
+    """A SQLite `CREATE TRIGGER ... BEGIN` whose body has not reached its `END` yet."""
+    text = statement.strip().upper()
+    return (
+        text.startswith("CREATE TRIGGER")
+        and re.search(r"\bBEGIN\b", text) is not None
+        and re.search(r"\bEND$", text) is None
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ._base import (
@@ -9,7 +10,7 @@ from ._base import (
     WaitRow,
 )
 from ._positions import sort_key
-from ._sql_common import WAIT_COLUMNS, SqlBase
+from ._sql_common import _FINISHED, WAIT_COLUMNS, SqlBase
 
 
 class WaitsSql(SqlBase):
@@ -36,6 +37,55 @@ class WaitsSql(SqlBase):
                 ),
             )  # fmt: skip
             return True
+
+    def await_child(self, token: str, row: WaitRow, child_id: str) -> WaitRow | None:
+        with self._transaction() as conn:
+            # The child's row first, held until this commits: its end (which resolves the
+            # wait in its own transaction) either committed before this reads it, or waits
+            # for this wait row to be committed and then finds it. Child before parent, the
+            # order of every lock taken on both (migration 0010).
+            child = self._run(
+                conn,
+                f"SELECT status, result, error FROM executions WHERE id = ?{self.share_row}",
+                (child_id,),
+            ).fetchone()
+            held = self._run(
+                conn,
+                f"SELECT 1 FROM executions WHERE id = ? AND lease_token = ?{self.lock_row}",
+                (row.execution_id, token),
+            ).fetchone()
+            if held is None:
+                return None
+            self._run(
+                conn,
+                f"INSERT INTO waits ({WAIT_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (execution_id, name) DO NOTHING",
+                (
+                    row.execution_id, row.name, row.position, row.kind, row.status,
+                    row.schema_ref, row.json_schema, row.question, row.metadata, row.deadline,
+                    row.value, row.resolved_by, row.created_at, row.resolved_at,
+                ),
+            )  # fmt: skip
+            if child is None or child[0] in _FINISHED:
+                # Ended already (or gone: pruned), so no end is coming to resolve it.
+                outcome = (
+                    {"status": child[0], "result": child[1], "error": child[2]}
+                    if child is not None
+                    else {"status": "missing", "result": None, "error": None}
+                )
+                self._run(
+                    conn,
+                    "UPDATE waits SET status = 'resolved', value = ?, resolved_by = ?, "
+                    "resolved_at = ? WHERE execution_id = ? AND name = ? AND status = 'pending'",
+                    (json.dumps(outcome), child_id, row.created_at, row.execution_id, row.name),
+                )
+            found = self._run(
+                conn,
+                f"SELECT {WAIT_COLUMNS} FROM waits WHERE execution_id = ? AND name = ?",
+                (row.execution_id, row.name),
+            ).fetchone()
+            return WaitRow(*found)
 
     def get_waits(self, execution_id: str) -> list[WaitRow]:
         rows = self._all(

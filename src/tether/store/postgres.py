@@ -88,6 +88,9 @@ def _from_json(row_type: type, names: Sequence[str], *, first: int = 0) -> str:
     return ", ".join(out)
 
 
+_FINISH_IDS = "ARRAY(SELECT r->>0 FROM jsonb_array_elements(%(finishes)s::jsonb) r)"
+
+
 @lru_cache(maxsize=4)
 def _group_statement(*, events: bool, finishes: bool) -> str:
     """One statement for a batch of checkpoint commits (as `_sql.RECORD_CHECKPOINT` is for
@@ -133,13 +136,22 @@ def _group_statement(*, events: bool, finishes: bool) -> str:
             f"FROM (SELECT {_from_json(_Finish, [f.name for f in fields(_Finish)])} "
             "FROM jsonb_array_elements(%(finishes)s::jsonb) r) f "
             "WHERE x.id = f.execution_id AND x.lease_token = f.token "
+            # A child's end locks its parent (migration 0010): written alone, one such lock
+            # per transaction, so that two batches never lock parents in opposite orders.
+            "AND x.parent_id IS NULL "
             # The ids again as an array: the planner then finds the rows by primary key
             # instead of hashing the batch against a scan of every execution.
-            "AND x.id = ANY(ARRAY(SELECT r->>0 FROM jsonb_array_elements(%(finishes)s::jsonb) r)) "
-            "RETURNING x.id)"
+            f"AND x.id = ANY({_FINISH_IDS}) RETURNING x.id), "
+            "alone AS (SELECT a.id FROM executions a "
+            f"WHERE a.id = ANY({_FINISH_IDS}) AND a.parent_id IS NOT NULL)"
         )
     sql += " SELECT * FROM written"
-    return sql + (" UNION ALL SELECT id, NULL, NULL FROM finished" if finishes else "")
+    if finishes:
+        # A finish is reported with position NULL; one left to write alone with '' (no
+        # position is empty).
+        sql += " UNION ALL SELECT id, NULL, NULL FROM finished"
+        sql += " UNION ALL SELECT id, '', NULL FROM alone"
+    return sql
 
 
 @lru_cache(maxsize=4)
@@ -161,6 +173,7 @@ def _group_key(item: _Checkpoint | _Finish) -> tuple[str, str | None]:
 class PostgresStore(SqlStore):
     dialect = "postgres"
     lock_row = " FOR UPDATE"
+    share_row = " FOR SHARE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     # An uncorrelated ARRAY(...) is computed once and probed on the primary key; `IN (...)`
     # can be planned as a join that reads every row the branch matches.
@@ -185,7 +198,8 @@ class PostgresStore(SqlStore):
         # cursor costs about as much client CPU as running a short statement.
         self._cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._cursors_lock = threading.Lock()
-        self._group: GroupCommit[_Checkpoint | _Finish, Commit] = GroupCommit(
+        # None: a finish to write alone (an execution with a parent, see _group_statement).
+        self._group: GroupCommit[_Checkpoint | _Finish, Commit | None] = GroupCommit(
             self._write_group,
             key=_group_key,
             shared=(StoreUnavailable,),
@@ -269,7 +283,9 @@ class PostgresStore(SqlStore):
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
     ) -> Commit:
-        return self._group.commit(_Checkpoint(execution_id, token, row, tuple(events)))
+        outcome = self._group.commit(_Checkpoint(execution_id, token, row, tuple(events)))
+        assert outcome is not None  # only a finish is left to write alone
+        return outcome
 
     def finish(
         self,
@@ -283,9 +299,16 @@ class PostgresStore(SqlStore):
     ) -> bool:
         # An execution ends in the same statement as other executions' checkpoints: one
         # commit less per execution.
-        return bool(self._group.commit(_Finish(execution_id, token, status, result, error, now)))
+        outcome = self._group.commit(_Finish(execution_id, token, status, result, error, now))
+        if outcome is None:
+            # A child: its end also resolves its parent's wait and locks the parent's row;
+            # written in a statement of its own (see _group_statement).
+            return super().finish(
+                execution_id, token, status=status, result=result, error=error, now=now
+            )
+        return bool(outcome)
 
-    def _write_group(self, batch: list[_Checkpoint | _Finish]) -> list[Commit]:
+    def _write_group(self, batch: list[_Checkpoint | _Finish]) -> list[Commit | None]:
         commits = [c for c in batch if isinstance(c, _Checkpoint)]
         finishes = [(f.execution_id, f.token, f.status, f.result, f.error, f.now)
                     for f in batch if isinstance(f, _Finish)]  # fmt: skip
@@ -305,11 +328,15 @@ class PostgresStore(SqlStore):
         except self._unavailable as exc:
             self._drop_commit_connection()
             raise self._down(exc) from exc
-        # Text results: (execution id, position or NULL for a finish, cancel_requested).
+        # Text results: (execution id, position or NULL for a finish ('' for one to write
+        # alone), cancel_requested).
         written = {(r[0], r[1]): r[2] not in (None, "0") for r in rows}
-        outcomes = []
+        outcomes: list[Commit | None] = []
         for item in batch:
             position = str(item.row.position) if isinstance(item, _Checkpoint) else None
+            if position is None and (item.execution_id, "") in written:
+                outcomes.append(None)
+                continue
             cancel = written.get((item.execution_id, position))
             outcomes.append(
                 Commit.LOST if cancel is None else Commit.CANCEL_REQUESTED if cancel

@@ -29,6 +29,8 @@ R = TypeVar("R")
 # finished in this process wakes it at once.
 _POLL_MIN = 0.005
 _POLL_MAX = 0.25
+# How often an awaiting handle reads the store anyway while this process runs the execution.
+_HELD_POLL = 1.0
 
 
 def new_execution_id() -> str:
@@ -92,8 +94,40 @@ class Handle(Generic[R]):
             pause = min(pause * 2, _POLL_MAX)
 
     async def result_async(self, timeout: float | None = None) -> R:  # noqa: ASYNC109
-        """The awaitable form of `result()`; does not block the event loop."""
-        return await asyncio.to_thread(self.result, timeout)
+        """The awaitable form of `result()`; holds no thread while it waits. An execution
+        running in this process wakes it when it ends; one run elsewhere is polled for."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        runner = executor()
+        pause = _POLL_MIN
+        while True:
+            # Watched before the read: an end between the two still wakes us.
+            woken = runner.watch(self._store, self.id)
+            try:
+                try:
+                    row = await loop.run_in_executor(None, self._row)
+                except StoreUnavailable:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(_POLL_MAX)
+                    continue
+                if Status(row.status).finished:
+                    return cast(R, _outcome(row))
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ResultTimeout(
+                        f"execution {self.id} is still {row.status} after {timeout}s"
+                    )
+                if woken is not None:
+                    # Held here: its end wakes us; the store is read now and then anyway.
+                    wait = _HELD_POLL if remaining is None else min(_HELD_POLL, remaining)
+                    await asyncio.wait({woken}, timeout=wait)
+                else:
+                    await asyncio.sleep(pause if remaining is None else min(pause, remaining))
+                    pause = min(pause * 2, _POLL_MAX)
+            finally:
+                if woken is not None and not woken.done():
+                    runner.unwatch(self._store, self.id, woken)
 
     def __await__(self) -> Generator[Any, None, R]:
         return self.result_async().__await__()
@@ -145,6 +179,8 @@ def launch(
     row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
     recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
     if recorded == row.id:
-        runner.start(store, row.id, claim.token, flow)
+        # The row as recorded is what the engine needs to start it: nothing to read again.
+        row.has_history = bool(checkpoints or waits)
+        runner.start(store, row.id, claim.token, flow, row=row)
     # else: the key names an existing execution; whoever holds it runs it.
     return Handle(recorded, store)

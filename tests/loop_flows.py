@@ -86,7 +86,7 @@ gate: dict[str, bool] = {"open": False}
 
 @tether.checkpoint
 async def held_step(i: int) -> int:
-    while not gate["open"]:
+    while not gate["open"]:  # noqa: ASYNC110 - the gate is opened from another thread
         await asyncio.sleep(0.005)
     return i
 
@@ -104,7 +104,7 @@ async def gated(i: int, steps: int) -> int:
 
 @tether.checkpoint
 async def sleeps_blocking(seconds: float) -> str:
-    time.sleep(seconds)  # the bug the watchdog is for
+    time.sleep(seconds)  # noqa: ASYNC251 - the bug the watchdog is for
     return "slept"
 
 

@@ -121,14 +121,14 @@ def test_sqlite_group_commit_releases_each_caller_once_its_row_is_durable(db_url
         group = store._group  # type: ignore[attr-defined]
         first = asyncio.ensure_future(store.record_checkpoint_async("e0", tokens["e0"], row("0")))
         deadline = time.monotonic() + 10
-        while group._queue or not group._leading:  # the writer took it and is writing
+        while group._queue or group._inbox or not group._leading:  # the writer took it and is writing
             assert time.monotonic() < deadline
             await asyncio.sleep(0.001)
         rest = [
             asyncio.ensure_future(store.record_checkpoint_async(e, tokens[e], row("0")))
             for e in ("e1", "e2", "e3")
         ]
-        while len(group._queue) < 3:
+        while len(group._queue) + len(group._inbox) < 3:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.001)
         await asyncio.sleep(0.05)

@@ -124,9 +124,13 @@ async def execute_async(
     database), around the awaited body. Tasks the body leaves behind are cancelled when it
     ends, as `asyncio.run` would have."""
     while True:
-        attempt = await offload(
-            functools.partial(prepare, store, execution_id, token, flow, runs, claimed)
-        )
+        if flow is not None and _nothing_to_load(claimed, token):
+            # A first run whose row is in hand: preparing reads nothing; no thread needed.
+            attempt = prepare(store, execution_id, token, flow, runs, claimed)
+        else:
+            attempt = await offload(
+                functools.partial(prepare, store, execution_id, token, flow, runs, claimed)
+            )
         if isinstance(attempt, Outcome):
             return attempt
         if attempt.target is not None:
@@ -146,6 +150,10 @@ async def execute_async(
         if outcome is not None:
             return outcome
         claimed = None
+
+
+def _nothing_to_load(claimed: ExecutionRow | None, token: str) -> bool:
+    return claimed is not None and claimed.lease_token == token and claimed.has_history is False
 
 
 async def _cancel_leftovers(tasks: set[asyncio.Future[Any]]) -> None:

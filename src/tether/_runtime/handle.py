@@ -172,15 +172,16 @@ def launch(
     if flow is None:
         recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
         return Handle(recorded, store)
-    # Recorded already leased to this process: one write, and no worker can grab it between
-    # the insert and the start.
+    # Recorded already running (its first attempt) under a lease of this process: one write
+    # starts it, and no worker can grab it between the insert and the start.
     runner = executor()
     claim = runner.claim()
     row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
+    row.status, row.attempt, row.started_at = Status.RUNNING, row.attempt + 1, row.created_at
     recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
     if recorded == row.id:
         # The row as recorded is what the engine needs to start it: nothing to read again.
         row.has_history = bool(checkpoints or waits)
-        runner.start(store, row.id, claim.token, flow, row=row)
+        runner.start(store, row.id, claim.token, flow, claimed=True, row=row)
     # else: the key names an existing execution; whoever holds it runs it.
     return Handle(recorded, store)

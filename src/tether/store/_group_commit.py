@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import collections
 import contextlib
 import copy
 import threading
@@ -42,6 +43,8 @@ R = TypeVar("R")
 _UNSET: Any = object()
 # The longest a leader waits for the rest of the previous batch, whatever that batch took.
 _MAX_GATHER_SECONDS = 0.005
+# While gathering, how often the leader looks for callers on event loops that queued.
+_INBOX_LOOK_SECONDS = 0.0005
 
 
 @dataclass(slots=True)
@@ -115,6 +118,16 @@ class GroupCommit(Generic[T, R]):
         # Leads for callers on event loops (they never lead themselves); started on first use.
         self._writer: threading.Thread | None = None
         self._writer_wake = threading.Semaphore(0)
+        # Callers on event loops queue here without the lock (a deque's append is atomic):
+        # the loop thread must not wait on a lock a writing thread holds. Moved into the
+        # queue, in order, by whoever takes the lock next.
+        self._inbox: collections.deque[_Waiter[T, R]] = collections.deque()
+
+    def _take_inbox(self) -> None:
+        """With the lock held: the callers on event loops join the queue."""
+        inbox = self._inbox
+        while inbox:
+            self._queue.append(inbox.popleft())
 
     def _hand_over(self) -> None:
         """Make the first queued caller the leader (with the lock held): a thread is woken;
@@ -139,20 +152,25 @@ class GroupCommit(Generic[T, R]):
         """`commit(item)` for a caller on an event loop: the loop is never blocked on the
         write; the caller resumes once its item is durable."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        me: _Waiter[T, R] = _Waiter(item, self._key(item), future)
+        self._inbox.append(_Waiter(item, self._key(item), future))
+        if not self._leading:
+            self._lead_if_idle()
+        return await future
+
+    def _lead_if_idle(self) -> None:
+        # Whoever clears `_leading` looks at the inbox after it, so an item appended while
+        # it did is never left behind (see `_lead`).
         with self._lock:
-            self._queue.append(me)
-            if not self._leading:
+            self._take_inbox()
+            if not self._leading and self._queue:
                 self._leading = True
                 self._hand_over()
-            elif self._gather and len(self._queue) >= self._gather:
-                self._gathered.notify()
-        return await future
 
     def commit(self, item: T) -> R:
         """Write `item` (with whatever else is queued) and return its result once durable."""
         me: _Waiter[T, R] = _Waiter(item, self._key(item))
         with self._lock:
+            self._take_inbox()
             self._queue.append(me)
             follow = self._leading
             self._leading = True
@@ -174,12 +192,15 @@ class GroupCommit(Generic[T, R]):
             if gather and self._last_size > 1:
                 self._gather = self._last_size
                 deadline = time.monotonic() + min(self._last_seconds, _MAX_GATHER_SECONDS)
-                while len(self._queue) < self._gather:
+                while len(self._queue) + len(self._inbox) < self._gather:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    self._gathered.wait(left)
+                    # Threads notify; callers on event loops do not (they take no lock), so
+                    # look again now and then.
+                    self._gathered.wait(min(left, _INBOX_LOOK_SECONDS))
                 self._gather = 0
+            self._take_inbox()
             batch: list[_Waiter[T, R]] = []
             later: list[_Waiter[T, R]] = []
             keys: set[Hashable] = set()
@@ -211,10 +232,13 @@ class GroupCommit(Generic[T, R]):
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
                     loop.call_soon_threadsafe(_settle, waiters)
             with self._lock:
+                self._take_inbox()
                 if self._queue:
                     self._hand_over()  # the next leader
                 else:
                     self._leading = False
+            if self._inbox and not self._leading:
+                self._lead_if_idle()  # appended while we let go
 
     def _write_batch(self, batch: list[_Waiter[T, R]]) -> None:
         try:

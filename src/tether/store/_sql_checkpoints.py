@@ -9,7 +9,6 @@ from ._base import (
     Commit,
     EventRow,
 )
-from ._group_commit import CheckpointCommit
 from ._positions import sort_key
 from ._sql_common import (
     CHECKPOINT_COLUMNS,
@@ -49,28 +48,6 @@ class CheckpointsSql(SqlBase):
         if found is None:
             return Commit.LOST
         return Commit.CANCEL_REQUESTED if found[0] else Commit.COMMITTED
-
-    def _write_checkpoints(self, batch: list[CheckpointCommit]) -> list[Commit]:
-        """Commit a batch of checkpoint calls of this process in one transaction (a group
-        commit, `_group_commit`): each row fenced on its own lease token exactly as
-        `record_checkpoint` does, so a row whose lease was lost is LOST and the others
-        commit; events only with a row that was written."""
-        if len(batch) == 1:
-            one = batch[0]
-            return [self.record_checkpoint(one.execution_id, one.token, one.row, one.events)]
-        outcomes = []
-        with self._transaction() as conn:
-            for item in batch:
-                params = (item.execution_id, *checkpoint_values(item.row), item.execution_id,
-                          item.token)  # fmt: skip
-                found = self._run(conn, RECORD_CHECKPOINT, params).fetchone()
-                if found is None:
-                    outcomes.append(Commit.LOST)
-                    continue
-                if item.events:
-                    self._executemany(conn, INSERT_EVENT, [event_params(e) for e in item.events])
-                outcomes.append(Commit.CANCEL_REQUESTED if found[0] else Commit.COMMITTED)
-        return outcomes
 
     def reset_for_retry(
         self, execution_id: str, *, positions: Sequence[str], waits: Sequence[str], now: float

@@ -397,6 +397,11 @@ class _Call:
         """Write the row without blocking the event loop (the store group commits it with
         other executions' rows); resumes once it is durable."""
         run = self.run
+        if run.inline_commits is not None and run.inline_commits():
+            # The only execution on the loop: one statement here costs less than the trip to
+            # the committer's thread and back, and nobody else waits on the loop meanwhile.
+            self.commit(pending)
+            return
         store = run.store
 
         def write() -> Awaitable[Commit]:

@@ -118,11 +118,13 @@ async def execute_async(
     runs: list[Run],
     claimed: ExecutionRow | None,
     offload: Offload,
+    alone: Callable[[], bool] | None = None,
 ) -> Outcome:
     """`execute` for an async flow, as a task on a shared event loop: the same `prepare`
     and `conclude`, run through `offload` (a thread, so that the loop never waits on the
     database), around the awaited body. Tasks the body leaves behind are cancelled when it
-    ends, as `asyncio.run` would have."""
+    ends, as `asyncio.run` would have. `alone`: whether it is the only execution on the
+    loop right now (its commits may then block the loop; see `Run.inline_commits`)."""
     while True:
         if flow is not None and _nothing_to_load(claimed, token):
             # A first run whose row is in hand: preparing reads nothing; no thread needed.
@@ -133,6 +135,7 @@ async def execute_async(
             )
         if isinstance(attempt, Outcome):
             return attempt
+        attempt.run.inline_commits = alone
         if attempt.target is not None:
             tasks: set[asyncio.Future[Any]] = set()
             tracked = current_tasks.set(tasks)

@@ -118,6 +118,7 @@ class Executor:
         self._stopping = threading.Event()
         # Async executions at once (`max_async`): made on the loop, on first use.
         self._async_slots: asyncio.Semaphore | None = None
+        self._async_running = 0  # read and written on the loop thread only
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
         self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
@@ -256,6 +257,7 @@ class Executor:
         outcome = None
         nxt: Refill | None = None
         async with self._async_slots:
+            self._async_running += 1
             try:
                 if not claimed:
                     claimed = await offload(
@@ -263,17 +265,22 @@ class Executor:
                     )
                 if claimed:
                     outcome = await _engine.execute_async(
-                        store, execution_id, held.token, flow, held.runs, row, offload
-                    )
+                        store, execution_id, held.token, flow, held.runs, row, offload,
+                        self._alone_on_loop,
+                    )  # fmt: skip
                 if self.refill is not None:
                     nxt = await offload(lambda: self._next(store))
             except BaseException:
                 log.exception("execution %s: its task on the event loop failed", execution_id)
                 raise
             finally:
+                self._async_running -= 1
                 successor = self._ended(held, execution_id, outcome, nxt)
         if nxt is not None and successor is not None:
             self._dispatch(successor, nxt.execution_id, nxt.flow, True, nxt.row)
+
+    def _alone_on_loop(self) -> bool:
+        return self._async_running == 1
 
     def _claim_started(self, store: Store, execution_id: str, token: str) -> bool:
         """Move an execution recorded as queued under our lease to running (an attempt)."""

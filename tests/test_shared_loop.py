@@ -121,7 +121,8 @@ def test_sqlite_group_commit_releases_each_caller_once_its_row_is_durable(db_url
         group = store._group  # type: ignore[attr-defined]
         first = asyncio.ensure_future(store.record_checkpoint_async("e0", tokens["e0"], row("0")))
         deadline = time.monotonic() + 10
-        while group._queue or group._inbox or not group._leading:  # the writer took it and is writing
+        # Until the writer took it and is writing (blocked on the lock).
+        while group._queue or group._inbox or not group._leading:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.001)
         rest = [

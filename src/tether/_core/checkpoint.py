@@ -24,7 +24,8 @@ import inspect
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import types
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from ..errors import (
@@ -41,7 +42,7 @@ from ..store import CheckpointRow, Commit, EventRow
 from . import serde as _serde
 from .capture import MAX_LOG_BYTES, CapturedLog
 from .context import Frame, Run, current_frame, current_run
-from .persist import persist
+from .persist import persist, persist_async
 from .positions import current_branch, one_recorded_call
 from .status import CheckpointStatus
 
@@ -56,6 +57,10 @@ _RETRYING = CheckpointStatus.RETRYING.value
 # Test hook: called after each committed checkpoint with (run, position). Lets crash tests
 # kill a process exactly between a commit and the code that follows it.
 _after_commit: Callable[[Run, str], None] | None = None
+
+# The code objects of checkpoint functions -> their names: how a watchdog that finds the
+# event loop stuck names the checkpoint whose body blocks it (see `blocking_call`).
+_codes: dict[types.CodeType, str] = {}
 
 _pool_lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -99,6 +104,9 @@ class Checkpoint(Generic[P, R]):
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
+        code = getattr(inspect.unwrap(fn), "__code__", None)
+        if isinstance(code, types.CodeType):
+            _codes[code] = self.name
 
     def __repr__(self) -> str:
         return f"<tether.checkpoint {self.name}>"
@@ -154,15 +162,20 @@ class Checkpoint(Generic[P, R]):
             except ControlSignal:
                 raise
             except Exception as exc:
-                delay = call.failed(exc)
-                if delay is None:
+                pending = call.failed(exc)
+                call.commit(pending)
+                if pending.delay is None:
                     raise
-                run.cancel_event.wait(delay)
+                run.cancel_event.wait(pending.delay)
                 continue
             finally:
                 current_branch.reset(outside)
                 current_frame.reset(token)
-            return cast(R, call.succeeded(value))
+            pending = call.succeeded(value)
+            call.commit(pending)
+            if pending.error is not None:
+                raise pending.error
+            return value
 
     async def _call_async(self, run: Run, position: str, args: Any, kwargs: Any) -> Any:
         call = _Call(self, run, position, args, kwargs)
@@ -184,15 +197,20 @@ class Checkpoint(Generic[P, R]):
             except ControlSignal:
                 raise
             except Exception as exc:
-                delay = call.failed(exc)
-                if delay is None:
+                pending = call.failed(exc)
+                await call.commit_async(pending)
+                if pending.delay is None:
                     raise
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pending.delay)
                 continue
             finally:
                 current_branch.reset(outside)
                 current_frame.reset(token)
-            return call.succeeded(value)
+            pending = call.succeeded(value)
+            await call.commit_async(pending)
+            if pending.error is not None:
+                raise pending.error
+            return value
 
     def _with_thread_timeout(self, args: Any, kwargs: Any) -> Any:
         # Python cannot stop a thread: on timeout the attempt is abandoned and keeps running
@@ -281,7 +299,9 @@ class _Call:
             return _serde.loads(prior.result) if prior.result is not None else None
         raise _serde.error_from_text(prior.error or "{}")
 
-    def succeeded(self, value: Any) -> Any:
+    def succeeded(self, value: Any) -> _Pending:
+        """The commit of a call that returned `value` (its `error` is raised after it when
+        the value cannot be stored)."""
         finished = time.time()
         checkpoint = self.checkpoint
         try:
@@ -293,15 +313,14 @@ class _Call:
         except SerializationError as exc:
             # Not retried: the same code would produce the same unstorable value.
             self.attempts.append(self._attempt(finished, exc))
-            self._commit(_FAILED, None, exc, finished)
-            raise
+            return self._pending(_FAILED, None, exc, finished, error=exc)
         if self.attempts:
             self.attempts.append(self._attempt(finished, None))
-        self._commit(_SUCCEEDED, text, None, finished)
-        return value
+        return self._pending(_SUCCEEDED, text, None, finished)
 
-    def failed(self, exc: Exception) -> float | None:
-        """Record a failed attempt. Returns the delay before the next one, or None if spent."""
+    def failed(self, exc: Exception) -> _Pending:
+        """The commit of a failed attempt; its `delay` is the pause before the next attempt,
+        or None when the attempts are spent (the error is then the call's outcome)."""
         finished = time.time()
         self.attempts.append(self._attempt(finished, exc))
         checkpoint = self.checkpoint
@@ -312,13 +331,13 @@ class _Call:
             # Another attempt would meet the same budget.
             and not isinstance(exc, BudgetExceeded)
         ):
-            self._commit(_RETRYING, None, exc, finished)
+            pending = self._pending(_RETRYING, None, exc, finished)
             self.frame.attempt = attempt + 1
             self.started = time.time()
             base = min(_MAX_BACKOFF, checkpoint.backoff * 2 ** (attempt - 1))
-            return float(base * random.uniform(0.5, 1.0))
-        self._commit(_FAILED, None, exc, finished)
-        return None
+            pending.delay = float(base * random.uniform(0.5, 1.0))
+            return pending
+        return self._pending(_FAILED, None, exc, finished)
 
     def _attempt(self, finished: float, exc: BaseException | None) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -330,9 +349,16 @@ class _Call:
             entry["error"] = f"{type(exc).__name__}: {exc}"
         return entry
 
-    def _commit(
-        self, status: str, result: str | None, exc: BaseException | None, finished: float
-    ) -> None:
+    def _pending(
+        self,
+        status: str,
+        result: str | None,
+        exc: BaseException | None,
+        finished: float,
+        *,
+        error: BaseException | None = None,
+    ) -> _Pending:
+        """The row (and captured output) to commit for this attempt."""
         run = self.run
         frame = self.frame
         metadata = frame.metadata
@@ -353,23 +379,98 @@ class _Call:
         events = _log_events(run, frame) if frame.log is not None else ()
         if status != _RETRYING:
             run.live.pop(frame.position, None)
+        return _Pending(row, events, error)
+
+    def commit(self, pending: _Pending) -> None:
+        """Write the row, blocking this thread until it is durable."""
+        run = self.run
+        store = run.store
+
+        def write() -> Commit:
+            return store.record_checkpoint(run.execution_id, run.token, pending.row, pending.events)
+
         try:
-            outcome = run.store.record_checkpoint(run.execution_id, run.token, row, events)
+            outcome = write()
         except StoreUnavailable:
             try:
-                outcome = persist(
-                    lambda: run.store.record_checkpoint(run.execution_id, run.token, row, events)
-                )
+                outcome = persist(write)
             except StoreUnavailable:
-                # Not the flow's error: unwind, hold nothing, and let recovery resume it.
                 outcome = Commit.LOST
+        self._settle(pending, outcome)
+
+    async def commit_async(self, pending: _Pending) -> None:
+        """Write the row without blocking the event loop (the store group commits it with
+        other executions' rows); resumes once it is durable."""
+        run = self.run
+        if run.inline_commits is not None and run.inline_commits():
+            # The only execution on the loop: one statement here costs less than the trip to
+            # the committer's thread and back, and nobody else waits on the loop meanwhile.
+            self.commit(pending)
+            return
+        store = run.store
+
+        def write() -> Awaitable[Commit]:
+            return store.record_checkpoint_async(
+                run.execution_id, run.token, pending.row, pending.events
+            )
+
+        try:
+            outcome = await write()
+        except StoreUnavailable:
+            try:
+                outcome = await persist_async(write)
+            except StoreUnavailable:
+                outcome = Commit.LOST
+        self._settle(pending, outcome)
+
+    def _settle(self, pending: _Pending, outcome: Commit) -> None:
+        # A store that stayed unavailable (LOST above) is not the flow's error: unwind,
+        # hold nothing, and let recovery resume it.
+        run = self.run
         if not outcome:
             run.lease_lost = True
             raise LeaseLost(run.execution_id)
         if outcome is Commit.CANCEL_REQUESTED:
             run.cancel_event.set()
         if _after_commit is not None:
-            _after_commit(run, frame.position)
+            _after_commit(run, pending.row.position)
+
+
+class _Pending:
+    """One commit a call is about to make: its row and captured output; `error` to raise
+    once it is written (an unstorable result), `delay` before the next attempt."""
+
+    __slots__ = ("delay", "error", "events", "row")
+
+    def __init__(
+        self, row: CheckpointRow, events: Sequence[EventRow], error: BaseException | None
+    ) -> None:
+        self.row = row
+        self.events = events
+        self.error = error
+        self.delay: float | None = None
+
+
+def blocking_call(frame: types.FrameType | None) -> tuple[str, Run | None, str | None] | None:
+    """The checkpoint whose body runs in `frame` or a frame it was called from (another
+    thread's stack, from `sys._current_frames()`): (name, run, position) — the run and
+    position when the call is in a flow — or None if no checkpoint's code is on the stack."""
+    name = None
+    while frame is not None:
+        code = frame.f_code
+        if name is None:
+            name = _codes.get(code)
+        elif code is _CALL_SYNC or code is _CALL_ASYNC:
+            call = frame.f_locals.get("call")
+            if isinstance(call, _Call) and not call.replayed:
+                return name, call.run, call.frame.position
+            return name, None, None
+        frame = frame.f_back
+    return None if name is None else (name, None, None)
+
+
+_CALL_SYNC = Checkpoint._call_sync.__code__
+_CALL_ASYNC = Checkpoint._call_async.__code__
 
 
 def _log_events(run: Run, frame: Frame) -> list[EventRow]:

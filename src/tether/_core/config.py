@@ -31,6 +31,8 @@ class Settings:
     strict: bool = False
     durability: str = "normal"
     max_workers: int = 32
+    max_async: int = 10_000
+    slow_callback_seconds: float = 0.5
     lease_seconds: float = 30.0
     executor: bool = True
     max_input_bytes: int = 16 * 1024 * 1024
@@ -45,11 +47,22 @@ _OFF = {"0", "off", "false", "no"}
 
 def _from_env() -> Settings:
     executor = os.environ.get("TETHER_EXECUTOR", "on").strip().lower() not in _OFF
-    return Settings(
+    found = Settings(
         db=os.environ.get("TETHER_DB") or DEFAULT_DB,
         executor=executor,
         model=os.environ.get("TETHER_MODEL") or None,
     )
+    max_async = os.environ.get("TETHER_MAX_ASYNC", "").strip()
+    if max_async:
+        try:
+            found = replace(found, max_async=int(max_async))
+        except ValueError:
+            raise ConfigurationError(
+                f"TETHER_MAX_ASYNC must be a whole number, not {max_async!r}"
+            ) from None
+        if found.max_async < 1:
+            raise ConfigurationError("TETHER_MAX_ASYNC must be at least 1")
+    return found
 
 
 _lock = threading.RLock()
@@ -75,6 +88,8 @@ def configure(
     strict: bool | _Unset = UNSET,
     durability: str | _Unset = UNSET,
     max_workers: int | _Unset = UNSET,
+    max_async: int | _Unset = UNSET,
+    slow_callback_seconds: float | _Unset = UNSET,
     lease_seconds: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
@@ -91,7 +106,14 @@ def configure(
       instead of recording a warning (default False).
     - `durability`: `"normal"` survives process crashes; `"full"` also survives power loss,
       at the cost of a disk sync per checkpoint.
-    - `max_workers`: executions this process runs at once (default 32).
+    - `max_workers`: sync executions this process runs at once, one thread each (default 32).
+    - `max_async`: async executions this process runs at once (default 10,000;
+      `TETHER_MAX_ASYNC`). They run as tasks on one shared event loop thread (`tether-loop`),
+      not a thread each; more wait for a free slot, their leases kept.
+    - `slow_callback_seconds`: when the shared event loop has not turned for this long
+      (default 0.5), a warning names the checkpoint whose code blocks it, in the log and as a
+      `warning` event on its execution: a blocking call in an async checkpoint stalls every
+      execution on the loop.
     - `lease_seconds`: how long a lease lasts at least without a heartbeat (default 30;
       heartbeats keep it between 1 and 4/3 of this ahead).
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
@@ -111,6 +133,8 @@ def configure(
         ("strict", strict),
         ("durability", durability),
         ("max_workers", max_workers),
+        ("max_async", max_async),
+        ("slow_callback_seconds", slow_callback_seconds),
         ("lease_seconds", lease_seconds),
         ("executor", executor),
         ("max_input_bytes", max_input_bytes),
@@ -126,6 +150,10 @@ def configure(
         )
     if "max_workers" in changes and changes["max_workers"] < 1:
         raise ConfigurationError("max_workers must be at least 1")
+    if "max_async" in changes and changes["max_async"] < 1:
+        raise ConfigurationError("max_async must be at least 1")
+    if "slow_callback_seconds" in changes and changes["slow_callback_seconds"] <= 0:
+        raise ConfigurationError("slow_callback_seconds must be positive")
     if "lease_seconds" in changes and changes["lease_seconds"] <= 0:
         raise ConfigurationError("lease_seconds must be positive")
     chosen = changes.get("model")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,6 +43,7 @@ class Run:
         "diverged",
         "execution_id",
         "flow",
+        "inline_commits",
         "lease_lost",
         "live",
         "metadata",
@@ -94,6 +96,9 @@ class Run:
         # What the execution spends on model calls, and its budget: the spending layer's
         # (tether._spend.budget.RunSpend); None when nothing keeps track (a bare Run in tests).
         self.spend = spend
+        # On a shared event loop: whether a commit may block the loop right now (this is the
+        # only execution on it, so nobody else would wait); None: never (see `_Call`).
+        self.inline_commits: Callable[[], bool] | None = None
 
     def take_position(self) -> str:
         """The next position of the branch the caller runs in (see `positions`)."""

@@ -6,8 +6,9 @@ executor may take the execution over anyway, so they give up and leave it to rec
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ..errors import StoreUnavailable
@@ -28,4 +29,18 @@ def persist(operation: Callable[[], T]) -> T:
             if time.monotonic() + pause > deadline:
                 raise
             time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+async def persist_async(operation: Callable[[], Awaitable[T]]) -> T:
+    """`persist` for an awaitable store operation: the pauses do not block the event loop."""
+    deadline = time.monotonic() + settings().lease_seconds
+    pause = 0.05
+    while True:
+        try:
+            return await operation()
+        except StoreUnavailable:
+            if time.monotonic() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)

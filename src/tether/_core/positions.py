@@ -37,6 +37,7 @@ __all__ = [
     "Branch",
     "before",
     "branch",
+    "current_tasks",
     "install",
     "is_position",
     "Pin",
@@ -135,6 +136,14 @@ def branch(key: str | int) -> Iterator[None]:
         current_branch.reset(token)
 
 
+# The tasks created while an execution's flow body runs (by flow code and by checkpoint
+# bodies alike), set by the engine on a shared event loop: whatever is left of them when the
+# body ends is cancelled, as `asyncio.run` did when every execution had a loop of its own.
+current_tasks: contextvars.ContextVar[set[asyncio.Future[Any]] | None] = contextvars.ContextVar(
+    "tether_tasks", default=None
+)
+
+
 # --- the task factory: branches for tasks, numbered when they are created ------------------
 
 
@@ -208,8 +217,13 @@ class _Factory:
             kwargs["context"] = context
         if self.previous is not None:
             task: asyncio.Future[Any] = self.previous(loop, coro, **kwargs)
-            return task
-        return asyncio.Task(coro, loop=loop, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        tasks = current_tasks.get()
+        if tasks is not None:
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return task
 
 
 def _is_pinned() -> bool:

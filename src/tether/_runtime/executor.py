@@ -1,14 +1,16 @@
-"""The embedded executor: runs executions on threads of the process that started them.
+"""The embedded executor: runs executions in the process that started them.
 
-Each execution held by this process has a lease in the store (owner id, token,
-expiry). A heartbeat thread extends the leases and picks up cancel requests
-made from other processes. Owner ids name the host and pid, so a process on
-the same host can tell at once that an owner was killed, instead of waiting
-for its lease to run out.
+Sync executions run on threads (`max_workers`, one thread each); async ones as tasks on
+the process's shared event loop (`loop.py`; `max_async` at once). Each execution held by
+this process has a lease in the store (owner id, token, expiry). A heartbeat thread
+extends the leases and picks up cancel requests made from other processes. Owner ids name
+the host and pid, so a process on the same host can tell at once that an owner was
+killed, instead of waiting for its lease to run out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import logging
@@ -27,7 +29,8 @@ from .._core.positions import sort_key
 from .._core.status import Status
 from ..store import Claim, ExecutionRow, Store
 from . import engine as _engine
-from .engine import Runnable
+from .engine import Runnable, load_flow
+from .loop import shared_loop
 
 log = logging.getLogger("tether.executor")
 
@@ -113,6 +116,12 @@ class Executor:
         self._waker: threading.Thread | None = None
         self._poke = threading.Event()
         self._stopping = threading.Event()
+        # Async executions at once (`max_async`): made on the loop, on first use.
+        self._async_slots: asyncio.Semaphore | None = None
+        self._async_running = 0  # read and written on the loop thread only
+        # Awaiting handles of executions held here: woken on the loop they wait on when the
+        # hold ends (see `watch`).
+        self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
 
     def claim(self) -> Claim:
         return Claim(self.owner, new_token(), time.time() + settings().lease_seconds)
@@ -177,7 +186,22 @@ class Executor:
             self._held[(id(store), execution_id)] = held
             self._parked.pop((id(store), execution_id), None)
         self._ensure_heartbeat()
-        self._pool.submit(self._run, held, execution_id, flow, claimed, row)
+        self._dispatch(held, execution_id, flow, claimed, row)
+
+    def _dispatch(
+        self,
+        held: _Held,
+        execution_id: str,
+        flow: Runnable | None,
+        claimed: bool,
+        row: ExecutionRow | None,
+    ) -> None:
+        """Async flows go to the shared loop; sync ones, and executions whose flow is not
+        known yet (a resume: the thread finds it out), to a thread."""
+        if flow is not None and flow.is_async:
+            shared_loop().spawn(lambda: self._run_async(held, execution_id, flow, claimed, row))
+        else:
+            self._pool.submit(self._run, held, execution_id, flow, claimed, row)
 
     def _run(
         self,
@@ -192,14 +216,13 @@ class Executor:
             outcome = None
             nxt: Refill | None = None
             try:
+                if flow is None:
+                    flow, row = _resolve(store, execution_id, held.token, row)
+                    if flow is not None and flow.is_async:
+                        self._dispatch(held, execution_id, flow, claimed, row)
+                        return
                 if not claimed:
-                    claimed = store.claim(
-                        execution_id,
-                        Claim(self.owner, held.token, time.time() + settings().lease_seconds),
-                        from_statuses=("queued",),
-                        expected_token=held.token,
-                        now=time.time(),
-                    )
+                    claimed = self._claim_started(store, execution_id, held.token)
                 if claimed:
                     outcome = _engine.execute(store, execution_id, held.token, flow, held.runs, row)
                 nxt = self._next(store)
@@ -208,31 +231,121 @@ class Executor:
                 log.exception("execution %s: the executor thread failed", execution_id)
                 raise
             finally:
-                with self._changed:
-                    key = (id(store), execution_id)
-                    # Only our own entry: once it suspended (or lost its lease), another
-                    # thread may have claimed it again and hold it under this key now.
-                    if self._held.get(key) is held:
-                        del self._held[key]
-                    if (
-                        outcome is _engine.Outcome.SUSPENDED
-                        and self.parking
-                        and key not in self._held
-                    ):
-                        self._parked[key] = store
-                    if nxt is not None:
-                        # The slot passes straight to the next execution: no free slot shows.
-                        held = _Held(store, nxt.token)
-                        self._held[(id(store), nxt.execution_id)] = held
-                        self._parked.pop((id(store), nxt.execution_id), None)
-                    else:
-                        self._freed.notify_all()
-                    self._changed.notify_all()
-                if outcome is _engine.Outcome.SUSPENDED and self.parking:
-                    self._ensure_waker()
-            if nxt is None:
+                successor = self._ended(held, execution_id, outcome, nxt)
+            if nxt is None or successor is None:
                 return
+            held = successor
             execution_id, flow, claimed, row = nxt.execution_id, nxt.flow, True, nxt.row
+            if flow is not None and flow.is_async:
+                self._dispatch(held, execution_id, flow, claimed, row)
+                return
+
+    async def _run_async(
+        self,
+        held: _Held,
+        execution_id: str,
+        flow: Runnable,
+        claimed: bool,
+        row: ExecutionRow | None,
+    ) -> None:
+        """An async execution, as a task on the shared loop: store calls go to its store
+        threads, the flow body runs here."""
+        if self._async_slots is None:
+            self._async_slots = asyncio.Semaphore(settings().max_async)
+        offload = shared_loop().offload
+        store = held.store
+        outcome = None
+        nxt: Refill | None = None
+        async with self._async_slots:
+            self._async_running += 1
+            try:
+                if not claimed:
+                    claimed = await offload(
+                        lambda: self._claim_started(store, execution_id, held.token)
+                    )
+                if claimed:
+                    outcome = await _engine.execute_async(
+                        store, execution_id, held.token, flow, held.runs, row, offload,
+                        self._alone_on_loop,
+                    )  # fmt: skip
+                if self.refill is not None:
+                    nxt = await offload(lambda: self._next(store))
+            except BaseException:
+                log.exception("execution %s: its task on the event loop failed", execution_id)
+                raise
+            finally:
+                self._async_running -= 1
+                successor = self._ended(held, execution_id, outcome, nxt)
+        if nxt is not None and successor is not None:
+            self._dispatch(successor, nxt.execution_id, nxt.flow, True, nxt.row)
+
+    def _alone_on_loop(self) -> bool:
+        return self._async_running == 1
+
+    def _claim_started(self, store: Store, execution_id: str, token: str) -> bool:
+        """Move an execution recorded as queued under our lease to running (an attempt)."""
+        return store.claim(
+            execution_id,
+            Claim(self.owner, token, time.time() + settings().lease_seconds),
+            from_statuses=("queued",),
+            expected_token=token,
+            now=time.time(),
+        )
+
+    def _ended(
+        self,
+        held: _Held,
+        execution_id: str,
+        outcome: _engine.Outcome | None,
+        nxt: Refill | None,
+    ) -> _Held | None:
+        """Bookkeeping when an execution stops running here (sync or async); the hold of its
+        successor, if the slot passes straight on to one."""
+        store = held.store
+        key = (id(store), execution_id)
+        successor = None
+        with self._changed:
+            # Only our own entry: once it suspended (or lost its lease), another
+            # thread may have claimed it again and hold it under this key now.
+            if self._held.get(key) is held:
+                del self._held[key]
+            if outcome is _engine.Outcome.SUSPENDED and self.parking and key not in self._held:
+                self._parked[key] = store
+            if nxt is not None:
+                # The slot passes straight to the next execution: no free slot shows.
+                successor = _Held(store, nxt.token)
+                self._held[(id(store), nxt.execution_id)] = successor
+                self._parked.pop((id(store), nxt.execution_id), None)
+            else:
+                self._freed.notify_all()
+            self._changed.notify_all()
+            watchers = self._watchers.pop(key, None) if key not in self._held else None
+        if watchers:
+            _wake(watchers)
+        if outcome is _engine.Outcome.SUSPENDED and self.parking:
+            self._ensure_waker()
+        return successor
+
+    def watch(self, store: Store, execution_id: str) -> asyncio.Future[None] | None:
+        """A future (on the running loop) resolved when this process stops holding the
+        execution, or None if it does not hold it now."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        key = (id(store), execution_id)
+        with self._lock:
+            if key not in self._held:
+                return None
+            self._watchers.setdefault(key, []).append(future)
+        return future
+
+    def unwatch(self, store: Store, execution_id: str, future: asyncio.Future[None]) -> None:
+        key = (id(store), execution_id)
+        with self._lock:
+            found = self._watchers.get(key)
+            if found is not None:
+                with contextlib.suppress(ValueError):
+                    found.remove(future)
+                if not found:
+                    del self._watchers[key]
 
     def _next(self, store: Store) -> Refill | None:
         """The execution this thread runs next, claimed by the `refill` hook, if any."""
@@ -386,6 +499,33 @@ class Executor:
                     run.lease_lost = True
                 elif cancel:
                     run.cancel_event.set()
+
+
+def _resolve(
+    store: Store, execution_id: str, token: str, row: ExecutionRow | None
+) -> tuple[Runnable | None, ExecutionRow | None]:
+    """The flow of an execution started without it (a resume), and its row as read; None
+    when it cannot be imported here (the engine then hands it back and says why)."""
+    if row is None or row.lease_token != token:
+        row = store.get_execution(execution_id)
+        if row is None:
+            return None, None
+    try:
+        return load_flow(row.import_path, row.script), row
+    except Exception:
+        return None, row
+
+
+def _wake(watchers: list[asyncio.Future[None]]) -> None:
+    for future in watchers:
+        loop = future.get_loop()
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
+            loop.call_soon_threadsafe(_resolve_future, future)
+
+
+def _resolve_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _progress(held: _Held) -> str | None:

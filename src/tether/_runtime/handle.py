@@ -32,6 +32,8 @@ R = TypeVar("R")
 # finished in this process wakes it at once.
 _POLL_MIN = 0.005
 _POLL_MAX = 0.25
+# How often an awaiting handle reads the store anyway while this process runs the execution.
+_HELD_POLL = 1.0
 
 
 def new_execution_id() -> str:
@@ -106,12 +108,48 @@ class Handle(Generic[R]):
             pause = min(pause * 2, _POLL_MAX)
 
     def result_async(self, timeout: float | None = None) -> Coroutine[Any, Any, R]:
-        """The awaitable form of `result()`; does not block the event loop. In flow code, a
-        child's result takes its position when this is called (in program order)."""
+        """The awaitable form of `result()`; holds no thread while it waits. An execution
+        running in this process wakes it when it ends; one run elsewhere is polled for. In
+        flow code, a child's result takes its position when this is called (in program
+        order)."""
         run = self._in_parent()
         if run is not None:
             return self._settle_async(run, _waits.reserve_child_wait(run, self.id), timeout)
-        return asyncio.to_thread(self.result, timeout)
+        return self._wait_async(timeout)
+
+    async def _wait_async(self, timeout: float | None) -> R:  # noqa: ASYNC109
+        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        runner = executor()
+        pause = _POLL_MIN
+        while True:
+            # Watched before the read: an end between the two still wakes us.
+            woken = runner.watch(self._store, self.id)
+            try:
+                try:
+                    row = await loop.run_in_executor(None, self._row)
+                except StoreUnavailable:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(_POLL_MAX)
+                    continue
+                if Status(row.status).finished:
+                    return cast(R, _outcome(row))
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ResultTimeout(
+                        f"execution {self.id} is still {row.status} after {timeout}s"
+                    )
+                if woken is not None:
+                    # Held here: its end wakes us; the store is read now and then anyway.
+                    wait = _HELD_POLL if remaining is None else min(_HELD_POLL, remaining)
+                    await asyncio.wait({woken}, timeout=wait)
+                else:
+                    await asyncio.sleep(pause if remaining is None else min(pause, remaining))
+                    pause = min(pause * 2, _POLL_MAX)
+            finally:
+                if woken is not None and not woken.done():
+                    runner.unwatch(self._store, self.id, woken)
 
     def __await__(self) -> Generator[Any, None, R]:
         return self.result_async().__await__()
@@ -188,13 +226,16 @@ def launch(
     if flow is None:
         recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
         return Handle(recorded, store)
-    # Recorded already leased to this process: one write, and no worker can grab it between
-    # the insert and the start.
+    # Recorded already running (its first attempt) under a lease of this process: one write
+    # starts it, and no worker can grab it between the insert and the start.
     runner = executor()
     claim = runner.claim()
     row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
+    row.status, row.attempt, row.started_at = Status.RUNNING, row.attempt + 1, row.created_at
     recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
     if recorded == row.id:
-        runner.start(store, row.id, claim.token, flow)
+        # The row as recorded is what the engine needs to start it: nothing to read again.
+        row.has_history = bool(checkpoints or waits)
+        runner.start(store, row.id, claim.token, flow, claimed=True, row=row)
     # else: the key names an existing execution; whoever holds it runs it.
     return Handle(recorded, store)

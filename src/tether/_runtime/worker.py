@@ -4,7 +4,8 @@ Runnable means: queued with nobody on it (enqueued, or given back), waiting with
 its input recorded or its timer due, or held by an owner that is gone (lease
 expired, or a killed process on this host). The worker claims such executions
 one at a time with a compare-and-swap in the store, runs them on the embedded
-executor's threads (same engine, same leases and heartbeat), and on SIGTERM
+executor (sync flows on its threads, async ones as tasks on its shared event loop; same
+engine, same leases and heartbeat), and on SIGTERM
 stops claiming and hands back what it holds at the next checkpoint boundary.
 """
 
@@ -62,8 +63,13 @@ class Worker:
                 importlib.import_module(module)
             except ImportError as exc:
                 raise UsageError(f"--import {module}: {exc}") from exc
+        # `concurrency` counts the executions held at once, sync and async alike: a sync one
+        # takes a thread (made when needed, so a worker of async flows makes none), an async
+        # one a task on the shared event loop.
         if settings().max_workers < concurrency:
             configure(max_workers=concurrency)
+        if settings().max_async < concurrency:
+            configure(max_async=concurrency)
         self.concurrency = concurrency
         self.poll = poll
         self.recover_every = recover_every

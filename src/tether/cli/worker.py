@@ -16,7 +16,13 @@ from .options import DbOption
 def worker_command(
     db: DbOption = None,
     concurrency: Annotated[
-        int, typer.Option(min=1, metavar="N", help="Executions run at once by this worker.")
+        int,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Executions run at once by this worker, sync and async alike: a sync one "
+            "takes a thread, an async one a task on one event loop (thousands fit).",
+        ),
     ] = 8,
     imports: Annotated[
         list[str] | None,

@@ -9,6 +9,7 @@ types.
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -357,6 +358,13 @@ class Store(abc.ABC):
         """Commit one checkpoint call atomically, fenced by the lease token, with the output
         it logged (`events`). LOST (nothing written) when the token no longer holds the
         execution, or when a final row is already recorded at that position."""
+
+    async def record_checkpoint_async(
+        self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
+    ) -> Commit:
+        """`record_checkpoint` for a caller on an event loop, which is never blocked on the
+        write (by default it runs in a thread; the SQL stores group commit it)."""
+        return await asyncio.to_thread(self.record_checkpoint, execution_id, token, row, events)
 
     # --- events -------------------------------------------------------------------------
 

@@ -14,35 +14,67 @@ no write in flight, right after a batch of n callers that come back (`rejoins`),
 the n - 1 others to queue up, but no longer than that batch took to write. The wait is never
 longer than the others would wait behind it if it wrote alone at once, and it saves a commit
 per round. After a batch of one (a lone execution, or steps that take a while) nobody waits.
+
+Callers on an event loop (`commit_async`) cannot lead: blocking the loop on the write would
+stall every task on it. Their items queue like the others; when no thread leads, a writer
+thread of the committer's own (started on first use) leads instead, and each such caller's
+future is resolved on its loop once its item is durable (one hand-over per loop per batch).
+A batch may mix both kinds of callers.
 """
 
 from __future__ import annotations
 
 import _thread
+import asyncio
+import collections
+import contextlib
 import copy
 import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import StoreUnavailable
+from ._base import CheckpointRow, EventRow
 
 T = TypeVar("T")
 R = TypeVar("R")
 _UNSET: Any = object()
 # The longest a leader waits for the rest of the previous batch, whatever that batch took.
 _MAX_GATHER_SECONDS = 0.005
+# While gathering, how often the leader looks for callers on event loops that queued.
+_INBOX_LOOK_SECONDS = 0.0005
+
+
+@dataclass(slots=True)
+class CheckpointCommit:
+    """One checkpoint commit of a batch, with the events logged during the call."""
+
+    execution_id: str
+    token: str
+    row: CheckpointRow
+    events: tuple[EventRow, ...]
+
+
+def checkpoint_key(item: CheckpointCommit) -> tuple[str, str]:
+    """A batch writes each checkpoint row at most once."""
+    return (item.execution_id, item.row.position)
 
 
 class _Waiter(Generic[T, R]):
-    __slots__ = ("done", "error", "item", "key", "result", "wake")
+    __slots__ = ("done", "error", "future", "item", "key", "result", "wake")
 
-    def __init__(self, item: T, key: Hashable) -> None:
+    def __init__(self, item: T, key: Hashable, future: asyncio.Future[R] | None = None) -> None:
         self.item = item
         self.key = key
-        # Held from the start; released once, when the waiter is done or made the leader.
-        self.wake = _thread.allocate_lock()
-        self.wake.acquire()
+        # A caller on an event loop waits on its future; a thread, on its lock: held from the
+        # start, released once, when the waiter is done or made the leader.
+        self.future = future
+        self.wake: Any = None
+        if future is None:
+            self.wake = _thread.allocate_lock()
+            self.wake.acquire()
         self.done = False
         self.result: R = _UNSET
         self.error: BaseException | None = None
@@ -83,11 +115,62 @@ class GroupCommit(Generic[T, R]):
         # While a leader gathers: how many it waits for, and where it waits.
         self._gather = 0
         self._gathered = threading.Condition(self._lock)
+        # Leads for callers on event loops (they never lead themselves); started on first use.
+        self._writer: threading.Thread | None = None
+        self._writer_wake = threading.Semaphore(0)
+        # Callers on event loops queue here without the lock (a deque's append is atomic):
+        # the loop thread must not wait on a lock a writing thread holds. Moved into the
+        # queue, in order, by whoever takes the lock next.
+        self._inbox: collections.deque[_Waiter[T, R]] = collections.deque()
+
+    def _take_inbox(self) -> None:
+        """With the lock held: the callers on event loops join the queue."""
+        inbox = self._inbox
+        while inbox:
+            self._queue.append(inbox.popleft())
+
+    def _hand_over(self) -> None:
+        """Make the first queued caller the leader (with the lock held): a thread is woken;
+        for a caller on an event loop, the writer thread leads."""
+        first = self._queue[0]
+        if first.wake is not None:
+            first.wake.release()
+            return
+        if self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(
+                target=self._write_forever, name="tether-group-commit", daemon=True
+            )
+            self._writer.start()
+        self._writer_wake.release()
+
+    def _write_forever(self) -> None:
+        while True:
+            self._writer_wake.acquire()
+            self._lead(gather=True, leader=None)
+
+    async def commit_async(self, item: T) -> R:
+        """`commit(item)` for a caller on an event loop: the loop is never blocked on the
+        write; the caller resumes once its item is durable."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._inbox.append(_Waiter(item, self._key(item), future))
+        if not self._leading:
+            self._lead_if_idle()
+        return await future
+
+    def _lead_if_idle(self) -> None:
+        # Whoever clears `_leading` looks at the inbox after it, so an item appended while
+        # it did is never left behind (see `_lead`).
+        with self._lock:
+            self._take_inbox()
+            if not self._leading and self._queue:
+                self._leading = True
+                self._hand_over()
 
     def commit(self, item: T) -> R:
         """Write `item` (with whatever else is queued) and return its result once durable."""
         me: _Waiter[T, R] = _Waiter(item, self._key(item))
         with self._lock:
+            self._take_inbox()
             self._queue.append(me)
             follow = self._leading
             self._leading = True
@@ -96,24 +179,28 @@ class GroupCommit(Generic[T, R]):
         if follow:
             me.wake.acquire()  # until a leader has written our item, or hands us the lead
         if not me.done:
-            self._lead(gather=not follow)
+            self._lead(gather=not follow, leader=me)
         if me.error is not None:
             raise me.error
         return me.result
 
-    def _lead(self, *, gather: bool) -> None:
-        # The leader is always first in the queue: the queue is empty when nobody leads, and
-        # a leader hands over to the first caller still queued.
+    def _lead(self, *, gather: bool, leader: _Waiter[T, R] | None) -> None:
+        # A leading caller is always first in the queue: the queue is empty when nobody
+        # leads, and a leader hands over to the first caller still queued. The writer thread
+        # (`leader` None) leads for a first caller that waits on an event loop.
         with self._lock:
             if gather and self._last_size > 1:
                 self._gather = self._last_size
                 deadline = time.monotonic() + min(self._last_seconds, _MAX_GATHER_SECONDS)
-                while len(self._queue) < self._gather:
+                while len(self._queue) + len(self._inbox) < self._gather:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    self._gathered.wait(left)
+                    # Threads notify; callers on event loops do not (they take no lock), so
+                    # look again now and then.
+                    self._gathered.wait(min(left, _INBOX_LOOK_SECONDS))
                 self._gather = 0
+            self._take_inbox()
             batch: list[_Waiter[T, R]] = []
             later: list[_Waiter[T, R]] = []
             keys: set[Hashable] = set()
@@ -130,19 +217,28 @@ class GroupCommit(Generic[T, R]):
                 len(batch) if rejoins is None else sum(1 for w in batch if rejoins(w.item))
             )
             self._last_seconds = time.monotonic() - started
+            on_loops: dict[asyncio.AbstractEventLoop, list[_Waiter[T, R]]] = {}
             for waiter in batch:
                 if waiter.result is _UNSET and waiter.error is None:
                     # The leader was interrupted (not by the database) and re-raises that;
                     # whether these items were written is unknown: the store did not answer.
                     waiter.error = StoreUnavailable("a group commit was interrupted")
                 waiter.done = True
-                if waiter is not batch[0]:
+                if waiter.future is not None:
+                    on_loops.setdefault(waiter.future.get_loop(), []).append(waiter)
+                elif waiter is not leader:
                     waiter.wake.release()
+            for loop, waiters in on_loops.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
+                    loop.call_soon_threadsafe(_settle, waiters)
             with self._lock:
+                self._take_inbox()
                 if self._queue:
-                    self._queue[0].wake.release()  # the next leader
+                    self._hand_over()  # the next leader
                 else:
                     self._leading = False
+            if self._inbox and not self._leading:
+                self._lead_if_idle()  # appended while we let go
 
     def _write_batch(self, batch: list[_Waiter[T, R]]) -> None:
         try:
@@ -160,6 +256,18 @@ class GroupCommit(Generic[T, R]):
             return
         for waiter, result in zip(batch, results, strict=True):
             waiter.result = result
+
+
+def _settle(waiters: list[_Waiter[T, R]]) -> None:
+    """On the waiters' event loop: resolve their futures (a cancelled caller is gone)."""
+    for waiter in waiters:
+        future = waiter.future
+        if future is None or future.done():
+            continue
+        if waiter.error is not None:
+            future.set_exception(waiter.error)
+        else:
+            future.set_result(waiter.result)
 
 
 def _fail(batch: list[_Waiter[T, R]], exc: BaseException) -> None:

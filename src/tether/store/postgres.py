@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ._base import CheckpointRow, Commit, EventRow
-from ._group_commit import GroupCommit
+from ._group_commit import CheckpointCommit, GroupCommit
 from ._json_bytes import json_bytes as _json
 from ._sql import (
     CHECKPOINT_FIELDS,
@@ -46,16 +46,6 @@ if TYPE_CHECKING:
 
 # pg_advisory_xact_lock key for migrations: any constant unique to tether.
 _MIGRATION_LOCK = 0x7E7E_7E01
-
-
-@dataclass(slots=True)
-class _Checkpoint:
-    """One checkpoint commit, with the events logged during the call."""
-
-    execution_id: str
-    token: str
-    row: CheckpointRow
-    events: tuple[EventRow, ...]
 
 
 @dataclass(slots=True)
@@ -165,9 +155,9 @@ def _prepared_group_statement(*, events: bool, finishes: bool) -> tuple[bytes, b
     return f"tether_group_{int(events)}{int(finishes)}".encode(), sql.encode(), order
 
 
-def _group_key(item: _Checkpoint | _Finish) -> tuple[str, str | None]:
+def _group_key(item: CheckpointCommit | _Finish) -> tuple[str, str | None]:
     """A batch writes each checkpoint row and each execution's end at most once."""
-    return (item.execution_id, item.row.position if isinstance(item, _Checkpoint) else None)
+    return (item.execution_id, item.row.position if isinstance(item, CheckpointCommit) else None)
 
 
 class PostgresStore(SqlStore):
@@ -199,13 +189,13 @@ class PostgresStore(SqlStore):
         self._cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._cursors_lock = threading.Lock()
         # None: a finish to write alone (an execution with a parent, see _group_statement).
-        self._group: GroupCommit[_Checkpoint | _Finish, Commit | None] = GroupCommit(
+        self._group: GroupCommit[CheckpointCommit | _Finish, Commit | None] = GroupCommit(
             self._write_group,
             key=_group_key,
             shared=(StoreUnavailable,),
             # An execution's end is its caller's last write: the next batch does not wait
             # for it (its thread is claiming another execution meanwhile).
-            rejoins=lambda item: isinstance(item, _Checkpoint),
+            rejoins=lambda item: isinstance(item, CheckpointCommit),
         )
         # Connection-level failures (server restart, network) mean "try again later";
         # anything else (a constraint, a bug) is a real error and propagates as it is.
@@ -283,7 +273,18 @@ class PostgresStore(SqlStore):
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
     ) -> Commit:
-        outcome = self._group.commit(_Checkpoint(execution_id, token, row, tuple(events)))
+        outcome = self._group.commit(CheckpointCommit(execution_id, token, row, tuple(events)))
+        assert outcome is not None  # only a finish is left to write alone
+        return outcome
+
+    async def record_checkpoint_async(
+        self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
+    ) -> Commit:
+        # The same batches: a caller on an event loop queues its row and resumes when the
+        # batch that wrote it is durable; the committer's thread writes for it.
+        outcome = await self._group.commit_async(
+            CheckpointCommit(execution_id, token, row, tuple(events))
+        )
         assert outcome is not None  # only a finish is left to write alone
         return outcome
 
@@ -308,8 +309,8 @@ class PostgresStore(SqlStore):
             )
         return bool(outcome)
 
-    def _write_group(self, batch: list[_Checkpoint | _Finish]) -> list[Commit | None]:
-        commits = [c for c in batch if isinstance(c, _Checkpoint)]
+    def _write_group(self, batch: list[CheckpointCommit | _Finish]) -> list[Commit | None]:
+        commits = [c for c in batch if isinstance(c, CheckpointCommit)]
         finishes = [(f.execution_id, f.token, f.status, f.result, f.error, f.now)
                     for f in batch if isinstance(f, _Finish)]  # fmt: skip
         params = {
@@ -333,7 +334,7 @@ class PostgresStore(SqlStore):
         written = {(r[0], r[1]): r[2] not in (None, "0") for r in rows}
         outcomes: list[Commit | None] = []
         for item in batch:
-            position = str(item.row.position) if isinstance(item, _Checkpoint) else None
+            position = str(item.row.position) if isinstance(item, CheckpointCommit) else None
             if position is None and (item.execution_id, "") in written:
                 outcomes.append(None)
                 continue

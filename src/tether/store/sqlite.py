@@ -8,7 +8,10 @@ corrupts the file. `durability="full"` syncs every commit to disk instead.
 Concurrency: each thread gets its own connection. Multi-statement writes take
 the write lock up front (`BEGIN IMMEDIATE`) so two writers never deadlock on a
 read-to-write upgrade, and a generous busy timeout rides out lock contention
-between processes instead of failing with "database is locked".
+between processes instead of failing with "database is locked". Within one process
+writes queue on a lock of the store's (`_writing`) before they reach the file's: a
+thread that finds SQLite's lock taken sleeps in its busy handler (1, 2, 5, 10 ms and
+more) however soon the lock is free again, while a Python lock hands over at once.
 
 Every query lives in `_sql.SqlStore`; this module only supplies connections.
 """
@@ -17,14 +20,36 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from ..errors import ConfigurationError, StoreError
-from ._sql import Connection, SqlStore
+from ..errors import ConfigurationError, StoreError, StoreUnavailable
+from ._base import CheckpointRow, Commit, EventRow
+from ._group_commit import CheckpointCommit, GroupCommit, checkpoint_key
+from ._json_bytes import json_bytes
+from ._sql import CHECKPOINT_FIELDS, Connection, SqlStore, checkpoint_values, event_params
+from ._sql_common import INSERT_EVENT
+
+# A batch of checkpoint commits as one statement (what `_sql_common.RECORD_CHECKPOINT` is
+# for one row; keep the two in step). The rows come as one JSON array of
+# [execution id, token, *CHECKPOINT_FIELDS]; each is fenced on its own lease token, a
+# 'retrying' row is replaced and a final one never; RETURNING names the rows written, each
+# with its execution's cancel request.
+_BATCH = (
+    f"INSERT INTO checkpoints (execution_id, {', '.join(CHECKPOINT_FIELDS)}) "
+    "SELECT json_extract(r.value, '$[0]'), "
+    + ", ".join(f"json_extract(r.value, '$[{i}]')" for i in range(2, 2 + len(CHECKPOINT_FIELDS)))
+    + " FROM json_each(?) r WHERE EXISTS (SELECT 1 FROM executions e "
+    "WHERE e.id = json_extract(r.value, '$[0]') AND e.lease_token = json_extract(r.value, '$[1]')) "
+    "ON CONFLICT (execution_id, position) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in CHECKPOINT_FIELDS if c != "position")
+    + " WHERE checkpoints.status = 'retrying' RETURNING execution_id, position, "
+    "(SELECT cancel_requested FROM executions WHERE id = checkpoints.execution_id)"
+)
 
 _BUSY_TIMEOUT_MS = 60_000
 # Readers that overlap without pause keep SQLite from restarting the WAL, so it can grow
@@ -58,6 +83,13 @@ class SQLiteStore(SqlStore):
         self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._opened_lock = threading.Lock()
         self._closed = False
+        # Writes of this process's threads, one at a time (see the module's docstring).
+        self._writing = threading.RLock()
+        # Checkpoint commits of executions on an event loop: written by one thread, many in
+        # one transaction (see record_checkpoint_async).
+        self._group: GroupCommit[CheckpointCommit, Commit] = GroupCommit(
+            self._write_checkpoints, key=checkpoint_key, shared=(StoreUnavailable,)
+        )
         # Closing the last connection checkpoints the WAL and removes it: do it at exit
         # rather than leave a large -wal file behind.
         atexit.register(self.close)
@@ -104,16 +136,68 @@ class SQLiteStore(SqlStore):
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._writing:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _run(self, conn: Connection, sql: str, params: Any = ()) -> Any:
+        if not _writes(sql):
+            return conn.execute(sql, params)
+        # A write outside a transaction is a transaction of its own, open until its cursor
+        # is done: run it to the end under the lock.
+        with self._writing:
+            cursor = conn.execute(sql, params)
+            return _Done(cursor.fetchall(), cursor.rowcount)
+
+    async def record_checkpoint_async(
+        self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
+    ) -> Commit:
+        """Group commit: what executions on event loops commit while a write is in flight is
+        written by the committer's thread in one transaction (one lock, one WAL append and
+        commit instead of one each); each caller resumes only once its own row is durable.
+        Sync callers keep the single statement of `record_checkpoint` (a lone flow pays no
+        hand-off, and threads each block on their own write anyway)."""
+        return await self._group.commit_async(
+            CheckpointCommit(execution_id, token, row, tuple(events))
+        )
+
+    def _write_checkpoints(self, batch: list[CheckpointCommit]) -> list[Commit]:
+        """A batch of the group commit: one statement (a transaction with the events' insert
+        when the calls logged any), so a lost lease makes its own row LOST and no other."""
+        if len(batch) == 1:
+            one = batch[0]
+            return [self.record_checkpoint(one.execution_id, one.token, one.row, one.events)]
+        rows = json_bytes([(c.execution_id, c.token, *checkpoint_values(c.row)) for c in batch])
+        logged = any(c.events for c in batch)
+        with self._transaction() if logged else self._connection() as conn:
+            written = {
+                (r[0], r[1]): r[2] for r in self._run(conn, _BATCH, (rows.decode(),)).fetchall()
+            }
+            if logged:
+                events = [
+                    event_params(e)
+                    for c in batch
+                    if (c.execution_id, c.row.position) in written
+                    for e in c.events
+                ]
+                self._executemany(conn, INSERT_EVENT, events)
+        outcomes = []
+        for c in batch:
+            cancel = written.get((c.execution_id, c.row.position))
+            outcomes.append(
+                Commit.LOST if cancel is None else Commit.CANCEL_REQUESTED if cancel
+                else Commit.COMMITTED
+            )  # fmt: skip
+        return outcomes
 
     def _executemany(self, conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        conn.executemany(sql, rows)  # type: ignore[attr-defined]
+        with self._writing:
+            conn.executemany(sql, rows)  # type: ignore[attr-defined]
 
     @property
     def closed(self) -> bool:
@@ -152,6 +236,37 @@ class SQLiteStore(SqlStore):
                 conn.close()
         except sqlite3.Error:
             pass
+
+
+_WRITE_VERB = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE)\b")
+_kinds: dict[str, bool] = {}
+
+
+def _writes(sql: str) -> bool:
+    """Whether a statement writes (cached per statement text: they are constants)."""
+    found = _kinds.get(sql)
+    if found is None:
+        text = sql.lstrip().upper()
+        found = not text.startswith("SELECT") or _WRITE_VERB.search(text) is not None
+        if len(_kinds) < 10_000:
+            _kinds[sql] = found
+    return found
+
+
+class _Done:
+    """A write's cursor, run to its end: its rows and row count."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
 
 
 class _Borrowed:

@@ -1,0 +1,165 @@
+"""The shared event loop: where the async executions of this process run, as tasks.
+
+One thread (`tether-loop`), started the first time an async execution runs, runs one event
+loop for every async execution of the process: an I/O-bound agent costs a task, not a
+thread. The loop never waits on the database: an execution's loading and its end run on a
+small pool of store threads (`tether-store`, see `offload`), and checkpoint commits are
+group committed by the store's writer thread (`Store.record_checkpoint_async`).
+
+A call that blocks inside an async checkpoint (`time.sleep`, a sync HTTP client) stalls
+every execution on the loop. A watchdog thread notices when the loop has not turned for
+`settings().slow_callback_seconds` and names the checkpoint whose code is running on the
+loop thread, in the log and as a `warning` event on its execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from .._core import checkpoint as _checkpoint
+from .._core.config import settings
+from .._core.positions import install
+
+log = logging.getLogger("tether.loop")
+T = TypeVar("T")
+
+# Threads that run store calls for executions on the loop (their loading, their end, the
+# claim of the next one): enough to overlap reads with the writer's commits.
+_STORE_THREADS = 4
+# How often the loop marks that it turns, and the watchdog looks.
+_TICK_SECONDS = 0.05
+
+
+class SharedLoop:
+    """An event loop on its own daemon thread, with a watchdog for slow callbacks."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        install(self.loop)  # tasks flow code creates are branches (see _core.positions)
+        # asyncio.to_thread in flow code: each execution used to have a loop (and a default
+        # pool) of its own; they share this one now.
+        self.loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(32, settings().max_workers), thread_name_prefix="tether-to-thread"
+            )
+        )
+        self.store_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=_STORE_THREADS, thread_name_prefix="tether-store"
+        )
+        self._turned = time.monotonic()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="tether-loop", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+        self._watchdog = threading.Thread(target=self._watch, name="tether-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        self.loop.call_soon(self._tick)
+        self.loop.run_forever()
+
+    def _tick(self) -> None:
+        self._turned = time.monotonic()
+        self.loop.call_later(_TICK_SECONDS, self._tick)
+
+    def spawn(self, start: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run `start()` as a new task on the loop, from any thread, in an empty context: the
+        task is nobody's branch (a flow starting another execution does not lend it one)."""
+        empty = contextvars.Context()
+        if threading.get_ident() == self.thread.ident:
+            self.loop.call_soon(self._create, start, context=empty)
+        else:
+            self.loop.call_soon_threadsafe(self._create, start, context=empty)
+
+    def _create(self, start: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        task = self.loop.create_task(start())
+        _running.add(task)
+        task.add_done_callback(_running.discard)
+
+    async def offload(self, fn: Callable[[], T]) -> T:
+        """Run a blocking call (a store call) on a store thread; the loop goes on meanwhile."""
+        return await self.loop.run_in_executor(self.store_pool, fn)
+
+    # --- slow callbacks -----------------------------------------------------------------
+
+    def _watch(self) -> None:
+        reported = 0.0  # the loop's last turn before the stall already reported
+        while True:
+            time.sleep(_TICK_SECONDS)
+            turned = self._turned
+            stalled = time.monotonic() - turned
+            if stalled < settings().slow_callback_seconds or turned == reported:
+                continue
+            reported = turned
+            try:
+                self._report(stalled)
+            except Exception:
+                log.exception("could not report a stalled event loop")
+
+    def _report(self, stalled: float) -> None:
+        frame = sys._current_frames().get(self.thread.ident or 0)
+        found = _checkpoint.blocking_call(frame)
+        if found is None:
+            where = (
+                f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"
+                if (frame is not None)
+                else "unknown code"
+            )
+            log.warning(
+                "the tether event loop has not turned for %.1fs: %s blocks it, and with it "
+                "every async execution of this process",
+                stalled, where,
+            )  # fmt: skip
+            return
+        name, run, position = found
+        message = (
+            f"checkpoint {name!r} blocked the event loop for {stalled:.1f}s and counting, "
+            "stalling every async execution of this process: it makes a blocking call (use "
+            "its async form, or asyncio.to_thread)"
+        )
+        if run is None:
+            log.warning("%s", message)
+            return
+        log.warning("execution %s, position %s: %s", run.execution_id, position, message)
+        run.warn(position, message, {"checkpoint": name, "stalled_seconds": round(stalled, 3)})
+
+
+_running: set[asyncio.Future[Any]] = set()
+_lock = threading.Lock()
+_shared: SharedLoop | None = None
+
+
+def shared_loop() -> SharedLoop:
+    """The process's shared event loop, started on first use."""
+    global _shared
+    found = _shared
+    if found is None:
+        with _lock:
+            if _shared is None:
+                _shared = SharedLoop()
+            found = _shared
+    return found
+
+
+def _after_fork() -> None:
+    # A forked child has none of its parent's threads: it starts a loop of its own if needed.
+    global _shared
+    _shared = None
+    _running.clear()
+    with contextlib.suppress(Exception):
+        _lock.release()
+
+
+os.register_at_fork(after_in_child=_after_fork)

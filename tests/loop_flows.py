@@ -1,0 +1,150 @@
+"""Async flows for the shared event loop's tests (imported by the test process and by the
+child processes those tests start)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import tether
+from helpers import record_side_effect
+from tether._core import checkpoint as _checkpoint
+
+# --- many executions at once -----------------------------------------------------------
+
+# Executions that entered `meet`, and the event set once `expected` of them have: an
+# execution that never runs concurrently with the others would wait forever.
+_met: dict[str, Any] = {"count": 0, "event": None, "expected": 0}
+
+
+def expect_meeting(n: int) -> None:
+    _met.update(count=0, event=None, expected=n)
+
+
+@tether.checkpoint
+async def meet(i: int) -> dict[str, Any]:
+    if _met["event"] is None:
+        _met["event"] = asyncio.Event()
+    _met["count"] += 1
+    if _met["count"] >= _met["expected"]:
+        _met["event"].set()
+    await asyncio.wait_for(_met["event"].wait(), timeout=120)
+    return {"i": i, "thread": threading.get_ident(), "name": threading.current_thread().name}
+
+
+@tether.checkpoint
+async def double(x: int) -> dict[str, Any]:
+    await asyncio.sleep(0.001)
+    return {"value": x * 2, "thread": threading.get_ident()}
+
+
+@tether.flow
+async def meeting(i: int) -> dict[str, Any]:
+    first = await meet(i)
+    second = await double(i)
+    return {"value": second["value"], "threads": [first["thread"], second["thread"]],
+            "name": first["name"]}  # fmt: skip
+
+
+# --- a Suspended in one gathered branch while another is mid-checkpoint ------------------
+
+calls: list[str] = []
+_blocked_once: dict[str, bool] = {}
+
+
+@tether.checkpoint
+async def slow_step(x: int) -> int:
+    calls.append("slow_step started")
+    try:
+        if not _blocked_once.get("slow"):
+            _blocked_once["slow"] = True
+            await asyncio.Event().wait()  # the first time: never returns on its own
+        return x + 1
+    except asyncio.CancelledError:
+        calls.append("slow_step cancelled")
+        raise
+
+
+async def _waiting_branch() -> Any:
+    await asyncio.sleep(0)
+    return tether.wait("go")
+
+
+@tether.flow
+async def gather_with_wait(x: int) -> list[Any]:
+    return list(await asyncio.gather(slow_step(x), _waiting_branch()))
+
+
+# --- cancel one among many -------------------------------------------------------------
+
+gate: dict[str, bool] = {"open": False}
+
+
+@tether.checkpoint
+async def held_step(i: int) -> int:
+    while not gate["open"]:  # noqa: ASYNC110 - the gate is opened from another thread
+        await asyncio.sleep(0.005)
+    return i
+
+
+@tether.flow
+async def gated(i: int, steps: int) -> int:
+    total = 0
+    for _ in range(steps):
+        total += await held_step(i)
+    return total
+
+
+# --- slow callbacks --------------------------------------------------------------------
+
+
+@tether.checkpoint
+async def sleeps_blocking(seconds: float) -> str:
+    time.sleep(seconds)  # noqa: ASYNC251 - the bug the watchdog is for
+    return "slept"
+
+
+@tether.flow
+async def blocks_the_loop(seconds: float) -> str:
+    return await sleeps_blocking(seconds)
+
+
+# --- a process killed with many executions in flight ----------------------------------
+
+STEADY_STEPS = 10
+
+
+@tether.checkpoint
+async def steady_step(i: int, step: int) -> int:
+    record_side_effect(tether.current().execution_id)
+    await asyncio.sleep(0.01)
+    return i * 100 + step
+
+
+@tether.flow
+async def steady(i: int) -> int:
+    total = 0
+    for step in range(STEADY_STEPS):
+        total += await steady_step(i, step)
+    return total
+
+
+def steady_expected(i: int) -> int:
+    return sum(i * 100 + step for step in range(STEADY_STEPS))
+
+
+_commits = {"n": 0}
+
+
+def _kill_after_commits(run: Any, position: str) -> None:
+    _commits["n"] += 1
+    if _commits["n"] >= int(os.environ["KILL_AFTER_COMMITS"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if os.environ.get("KILL_AFTER_COMMITS"):
+    _checkpoint._after_commit = _kill_after_commits

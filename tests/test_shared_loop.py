@@ -1,0 +1,206 @@
+"""Async executions as tasks on one shared event loop: concurrency, suspension, cancel,
+group commit, crashes, and the slow-callback warning."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import loop_flows
+import tether
+from backend import BACKEND
+from helpers import retry_until, run_child
+from tether import Status
+from tether._core.config import store_for
+from tether.store import CheckpointRow, Claim, Commit, ExecutionRow
+
+
+def test_hundreds_of_async_executions_run_at_once_on_one_loop_thread(db_url: str) -> None:
+    n = 500
+    loop_flows.expect_meeting(n)  # each waits in its first step until all n are in it
+    handles = [loop_flows.meeting.run(i) for i in range(n)]
+    results = [h.result(timeout=120) for h in handles]
+    assert [r["value"] for r in results] == [i * 2 for i in range(n)]
+    threads = {t for r in results for t in r["threads"]}
+    assert len(threads) == 1
+    assert {r["name"] for r in results} == {"tether-loop"}
+    assert threads != {threading.get_ident()}
+
+
+def test_a_suspended_branch_unwinds_the_execution_while_a_sibling_is_mid_checkpoint(
+    db_url: str, client: tether.Client
+) -> None:
+    loop_flows.calls.clear()
+    loop_flows._blocked_once.clear()
+    handle = loop_flows.gather_with_wait.run(41)
+    retry_until(lambda: handle.status() == Status.WAITING, what="the execution to wait")
+    # The sibling was in its checkpoint when the wait suspended: it was cancelled with it.
+    retry_until(lambda: "slow_step cancelled" in loop_flows.calls, what="the sibling cancelled")
+    assert [c.name for c in client.get(handle.id).checkpoints] == []
+    client.input(handle.id, "go", "went")
+    assert handle.result(timeout=30) == [42, "went"]
+    # The interrupted call ran again once, and only that.
+    assert loop_flows.calls == ["slow_step started", "slow_step cancelled", "slow_step started"]
+    assert [c.name for c in client.get(handle.id).checkpoints] == ["slow_step"]
+
+
+def test_cancel_of_one_execution_among_many(db_url: str, client: tether.Client) -> None:
+    loop_flows.gate["open"] = False
+    handles = [loop_flows.gated.run(i, 3) for i in range(20)]
+    victim = handles[7]
+    retry_until(lambda: victim.status() == Status.RUNNING, what="the victim running")
+    client.cancel(victim.id)
+    loop_flows.gate["open"] = True
+    with pytest.raises(tether.ExecutionCancelled):
+        victim.result(timeout=30)
+    for i, handle in enumerate(handles):
+        if handle is not victim:
+            assert handle.result(timeout=30) == 3 * i
+
+
+def test_awaiting_many_handles_holds_no_thread_each(db_url: str) -> None:
+    async def main() -> list[int]:
+        loop_flows.gate["open"] = True
+        handles = [loop_flows.gated.run(i, 2) for i in range(200)]
+        before = threading.active_count()
+        results = await asyncio.gather(*(h.result_async(timeout=60) for h in handles))
+        # The waits share the loop; at most a few pool threads read the store for them.
+        assert threading.active_count() - before < 40
+        return list(results)
+
+    assert asyncio.run(main()) == [2 * i for i in range(200)]
+
+
+@pytest.mark.skipif(BACKEND == "postgres", reason="the SQLite group commit")
+def test_sqlite_group_commit_releases_each_caller_once_its_row_is_durable(db_url: str) -> None:
+    store = store_for()
+    path = db_url.partition("///")[2]
+    tokens = {}
+    for eid in ("e0", "e1", "e2", "e3"):
+        row = ExecutionRow(id=eid, flow="f", import_path="m:f", script=None, args="{}",
+                           status="queued", created_at=1.0, updated_at=1.0)  # fmt: skip
+        claim = Claim("me", f"token-{eid}", time.time() + 60)
+        row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
+        store.create_execution(row)
+        tokens[eid] = claim.token
+    # e2's lease is taken over by someone else: its commit must write nothing.
+    assert store.claim(
+        "e2", Claim("other", "stolen", time.time() + 60), from_statuses=("queued",),
+        expected_token="token-e2", now=time.time(),
+    )  # fmt: skip
+    batches: list[int] = []
+    write = store._write_checkpoints  # type: ignore[attr-defined]
+
+    def spy(batch: list[Any]) -> list[Commit]:
+        batches.append(len(batch))
+        return write(batch)  # type: ignore[no-any-return]
+
+    store._group._write = spy  # type: ignore[attr-defined]
+
+    def row(position: str) -> CheckpointRow:
+        return CheckpointRow(position=position, name="step", fingerprint="fp", status="succeeded",
+                             result="1", started_at=1.0, finished_at=2.0)  # fmt: skip
+
+    def committed() -> set[str]:
+        with sqlite3.connect(path) as conn:
+            return {r[0] for r in conn.execute("SELECT execution_id FROM checkpoints")}
+
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the writer's first batch waits
+
+    async def main() -> list[Commit]:
+        group = store._group  # type: ignore[attr-defined]
+        first = asyncio.ensure_future(store.record_checkpoint_async("e0", tokens["e0"], row("0")))
+        deadline = time.monotonic() + 10
+        # Until the writer took it and is writing (blocked on the lock).
+        while group._queue or group._inbox or not group._leading:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        rest = [
+            asyncio.ensure_future(store.record_checkpoint_async(e, tokens[e], row("0")))
+            for e in ("e1", "e2", "e3")
+        ]
+        while len(group._queue) + len(group._inbox) < 3:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        # Nothing is durable yet, so nobody was released.
+        assert not first.done() and not any(f.done() for f in rest)
+        assert committed() == set()
+        blocker.execute("ROLLBACK")
+        return list(await asyncio.gather(first, *rest))
+
+    results = asyncio.run(main())
+    blocker.close()
+    assert results == [Commit.COMMITTED, Commit.COMMITTED, Commit.LOST, Commit.COMMITTED]
+    assert committed() == {"e0", "e1", "e3"}
+    assert batches == [1, 3]  # the three queued meanwhile shared one transaction
+
+
+def test_a_blocking_call_in_an_async_checkpoint_is_named_in_a_warning(
+    db_url: str, client: tether.Client
+) -> None:
+    tether.configure(slow_callback_seconds=0.3)
+    handle = loop_flows.blocks_the_loop.run(1.0)
+    assert handle.result(timeout=30) == "slept"
+    events = retry_until(
+        lambda: [e for e in client.get(handle.id).events if e.kind == "warning"],
+        what="the slow-callback warning",
+    )
+    assert "sleeps_blocking" in events[0].message
+    assert "blocked the event loop" in events[0].message
+    assert events[0].position == "0"
+
+
+KILLED = textwrap.dedent(
+    """
+    import loop_flows
+    handles = [loop_flows.steady.run(i) for i in range(50)]
+    print(" ".join(h.id for h in handles), flush=True)
+    for h in handles:
+        h.result(timeout=60)
+    """
+)
+RECOVER = textwrap.dedent(
+    """
+    import json, tether, loop_flows
+    client = tether.Client()
+    ids = client.recover()
+    print(json.dumps({i: client.handle(i).result(timeout=60) for i in ids}), flush=True)
+    """
+)
+
+
+def test_sigkill_with_fifty_async_executions_in_flight_then_recover(
+    db_url: str, client: tether.Client, tmp_path: Path
+) -> None:
+    import json
+
+    effects = tmp_path / "effects.log"
+    crashed = run_child(KILLED, db_url, SIDE_EFFECTS=str(effects), KILL_AFTER_COMMITS="200")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    ids = crashed.stdout.split()
+    assert len(ids) == 50
+    committed = {(e, c.position) for e in ids for c in client.get(e).checkpoints}
+    assert 200 <= len(committed) < 500
+
+    resumed = run_child(RECOVER, db_url, SIDE_EFFECTS=str(effects))
+    assert resumed.returncode == 0, resumed.stderr
+    results = json.loads(resumed.stdout)
+    assert sorted(results) == sorted(ids)
+    for i, execution_id in enumerate(ids):
+        assert results[execution_id] == loop_flows.steady_expected(i)
+        assert client.get(execution_id).status == Status.SUCCEEDED
+    ran = Counter(tuple(line.split()[::-1]) for line in effects.read_text().splitlines())
+    # No committed call ran again; every call ran at least once.
+    assert all(ran[key] == 1 for key in committed)
+    assert {key for key in ran} == {(e, str(p)) for e in ids for p in range(10)}

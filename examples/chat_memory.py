@@ -1,5 +1,6 @@
 """A chat whose history lives in tether.memory: each message is one durable execution.
 
+    pip install -e '.[ai]'                                    # Pydantic AI (the `ai` extra)
     python examples/chat_memory.py alice "What is durable execution?"
     python examples/chat_memory.py alice "Why does it matter for agents?"
     tether memory history history --namespace chat:alice     # one version per message
@@ -19,13 +20,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+try:
+    import pydantic_ai
+    from pydantic_ai import Agent
+    from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+except ModuleNotFoundError:
+    sys.exit("This example needs Pydantic AI, the `ai` extra: pip install -e '.[ai]'")
 
 import tether
 import tether.ai
+
+# Pydantic AI prints a first-run banner (about observability with Logfire) to a terminal;
+# this script owns its output. `PYDANTIC_AI_NO_BANNER=1` does the same from the environment.
+pydantic_ai.BANNER_ENABLED = False
 
 
 def offline_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:

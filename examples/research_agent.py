@@ -1,5 +1,6 @@
 """A Pydantic AI research agent that survives crashes and waits for a human's approval.
 
+    pip install -e '.[ai]'                                            # Pydantic AI (the `ai` extra)
     python examples/research_agent.py "durable execution"             # offline, scripted model
     python examples/research_agent.py "durable execution" --crash     # killed mid-run (SIGKILL)
     python examples/research_agent.py --resume EXECUTION_ID           # ...and resumed
@@ -9,9 +10,11 @@ The agent searches, reads pages (two at once) and asks to publish its report; pu
 needs a human's approval. Every model request and tool call is a checkpoint: after a crash,
 `--resume` runs the flow again and the agent gets the recorded responses and results back
 instead of calling the model and the tools again. While it waits for approval the execution
-holds no process; the approval can come from this script's prompt, another process
-(`tether.Client().input(...)`) or the CLI (`tether executions waits`, then
-`tether executions input EXECUTION_ID --value true`).
+holds no process; the approval can come from this script's prompt (or stdin, when it is not
+a terminal: no answer there approves), another process (`tether.Client().input(...)`) or
+the CLI, run from the same directory (`tether executions waits`, then
+`tether executions input EXECUTION_ID --value true`): the prompt notices an answer given
+elsewhere and the script carries on.
 
 Without TETHER_MODEL the model is a scripted `FunctionModel`: no network, no API key. With
 it, the agent talks to that provider (the tools stay offline fakes).
@@ -21,25 +24,35 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import cast
 
-from pydantic_ai import Agent
-from pydantic_ai.messages import (
-    ModelMessage,
-    ModelRequest,
-    ModelResponse,
-    TextPart,
-    ToolCallPart,
-    ToolReturnPart,
-    UserPromptPart,
-)
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+try:
+    import pydantic_ai
+    from pydantic_ai import Agent
+    from pydantic_ai.messages import (
+        ModelMessage,
+        ModelRequest,
+        ModelResponse,
+        TextPart,
+        ToolCallPart,
+        ToolReturnPart,
+        UserPromptPart,
+    )
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+except ModuleNotFoundError:
+    sys.exit("This example needs Pydantic AI, the `ai` extra: pip install -e '.[ai]'")
 
 import tether
 import tether.ai
+
+# Pydantic AI prints a first-run banner (about observability with Logfire) to a terminal;
+# this script owns its output. `PYDANTIC_AI_NO_BANNER=1` does the same from the environment.
+pydantic_ai.BANNER_ENABLED = False
 
 PAGES = {
     "https://example.org/durable-execution": "Durable execution records each step's result "
@@ -129,6 +142,26 @@ async def research(topic: str) -> str:
 # --- running it --------------------------------------------------------------------------
 
 
+def ask(prompt: str, answered: Callable[[], bool]) -> str | None:
+    """Read a line from stdin, or None once `answered()` says the input came from elsewhere
+    (the CLI, another process) meanwhile. No answer at all (end of stdin) approves."""
+    print(prompt, end="", flush=True)
+    while True:
+        try:
+            ready, _, _ = select.select([sys.stdin], [], [], 0.25)
+        except (OSError, ValueError):  # stdin cannot be polled here (Windows): just read
+            ready = [sys.stdin]
+        if ready:
+            line = sys.stdin.readline()
+            if not line:
+                print("(no answer on stdin: approving)")
+                return "y"
+            return line.strip().lower()
+        if answered():
+            print()
+            return None
+
+
 def approve_pending(execution_id: str, answer: str | None) -> None:
     """Answer the execution's pending approvals, asking on the terminal unless told."""
     client = tether.Client()
@@ -137,13 +170,26 @@ def approve_pending(execution_id: str, answer: str | None) -> None:
             continue
         question = wait.question or {}
         print(f"\n  The agent wants to call {question.get('tool')} with {question.get('args')}")
-        reply = answer or input("  Approve? [y/n] ").strip().lower()
+
+        def answered(name: str = wait.name) -> bool:
+            return not any(
+                w.name == name and w.execution_id == execution_id for w in client.pending_waits()
+            )
+
+        reply = answer or ask("  Approve? [y/n] ", answered)
+        if reply is None:
+            print("  -> answered elsewhere\n")
+            continue
         approved = reply.startswith("y")
         if approved:
             value: object = True
         else:
             value = {"approved": False, "message": "Not now: the report needs more sources."}
-        client.input(execution_id, wait.name, value, by="terminal")
+        try:
+            client.input(execution_id, wait.name, value, by="terminal")
+        except (tether.WaitAlreadyResolved, tether.WaitNotFound, tether.InvalidStateError):
+            print("  -> answered elsewhere\n")  # the CLI or another process was first
+            continue
         print(f"  -> {'approved' if approved else 'denied'}\n")
 
 
@@ -185,8 +231,6 @@ def main() -> None:
     group.add_argument("--approve", action="store_const", const="y", dest="answer")
     group.add_argument("--deny", action="store_const", const="n", dest="answer")
     args = parser.parse_args()
-    if args.answer is None and not sys.stdin.isatty():
-        args.answer = "y"
 
     if args.resume:
         print(f"Resuming {args.resume} in a new process (pid {os.getpid()})")

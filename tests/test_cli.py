@@ -529,6 +529,25 @@ def test_replay_bad_arguments_exit_2_saying_the_expected_form(
     assert [r.id for r in client.list()] == [source], "nothing was started"
 
 
+def test_replay_from_a_wait_asks_again(client: tether.Client, db_url: str) -> None:
+    source = waiting(client)
+    client.input(source, "approve", True)
+    assert client.handle(source).result(timeout=30) == "HELLO TIDES!"
+    for selector in ("approve", "1"):
+        result = cli(db_url, "executions", "replay", source, "--from", selector)
+        assert result.exit_code == 0, result.output
+        assert "approve" in result.stdout  # the input hint of the wait asked again
+        fork = client.list(status=[Status.WAITING])[0]
+        assert fork.replay_of == source
+        record = client.get(fork.id)
+        assert [(c.name, c.copied_from) for c in record.checkpoints] == [("greet", source)]
+        assert [(w.name, w.status) for w in record.waits] == [("approve", "pending")]
+        client.cancel(fork.id)
+    unknown = cli(db_url, "executions", "replay", source, "--from", "2.5")
+    assert_plain_error(unknown, 2, "no checkpoint call at position 2.5 and no wait there")
+    assert "waits: approve (position 1)" in unknown.stderr
+
+
 def test_waits_and_input(client: tether.Client, db_url: str) -> None:
     empty = cli(db_url, "executions", "waits")
     assert empty.exit_code == 0 and "No pending waits" in empty.stdout
@@ -541,7 +560,12 @@ def test_waits_and_input(client: tether.Client, db_url: str) -> None:
     )  # fmt: skip
     bad = cli(db_url, "executions", "input", execution_id, "--value", '"maybe"')
     assert_plain_error(bad, 1, "does not match its schema")
-    given = cli_json(db_url, "executions", "input", execution_id, "--value", "true", "--by", "bo")
+    result = cli(db_url, "executions", "input", execution_id, "--value", "true", "--by", "bo",
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # This process runs the flow too: what it prints as it resumes, in its own thread, goes to
+    # the process's stdout, which CliRunner holds at that moment. The JSON is the rest.
+    given = json.JSONDecoder().raw_decode(result.stdout, result.stdout.index("{"))[0]
     assert given["status"] == "resolved" and given["value"] is True and given["resolved_by"] == "bo"
     assert client.handle(execution_id).result(timeout=30) == "HELLO TIDES!"
 

@@ -93,6 +93,47 @@ def test_replay_selectors_name_position_and_kth_call(client: tether.Client) -> N
     assert ran == Counter()
 
 
+@tether.flow
+def reviewed(topic: str) -> str:
+    text = draft(fetch(topic))
+    tether.sleep(0, name="cool-down")
+    if not tether.wait("approve", schema=bool, question=text):
+        return "rejected"
+    return publish(text)
+
+
+def test_replay_from_a_wait_by_name_or_position_asks_again(client: tether.Client) -> None:
+    source = reviewed.run("x")
+    retry_until(lambda: source.status() is Status.WAITING, what="the approval wait")
+    client.input(source.id, "approve", True)
+    assert source.result(timeout=10) == "v1: draft from [data about x]"
+    waits = {w.name: w.position for w in client.get(source.id).waits}
+    assert waits == {"cool-down": "2", "approve": "3"}
+    ran.clear()
+    by_name = client.replay(source.id, from_="approve")
+    by_position = reviewed.replay(source.id, from_=3)
+    for fork in (by_name, by_position):
+        retry_until(lambda f=fork: f.status() is Status.WAITING, what="the fork's wait")
+        record = client.get(fork.id)
+        assert [c.name for c in record.checkpoints] == ["fetch", "draft"]  # copied
+        assert [(w.name, w.status) for w in record.waits] == [
+            ("cool-down", "slept"), ("approve", "pending"),
+        ]  # fmt: skip
+    assert ran == Counter(), "nothing before the wait ran again"
+    client.input(by_name.id, "approve", False)
+    assert by_name.result(timeout=10) == "rejected"
+    # A sleep is a fork point too: the fork sleeps (0 s) again, then asks.
+    again = client.replay(source.id, from_="cool-down")
+    retry_until(lambda: again.status() is Status.WAITING, what="the fork's wait")
+    assert [w.name for w in client.get(again.id).waits] == ["cool-down", "approve"]
+    with pytest.raises(tether.UsageError) as unknown:
+        client.replay(source.id, from_="nope")
+    assert "no checkpoint named 'nope' and no wait of that name" in str(unknown.value)
+    assert "waits: cool-down (sleep, position 2), approve (position 3)" in str(unknown.value)
+    with pytest.raises(tether.UsageError, match=r"position 7 and no wait there.*approve"):
+        client.replay(source.id, from_=7)
+
+
 def test_replay_with_new_arguments_and_a_bare_name_override(client: tether.Client) -> None:
     source = writer.run("x")
     source.result(timeout=10)

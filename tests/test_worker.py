@@ -209,5 +209,5 @@ def test_a_worker_fires_a_due_timer(db_url: str, tmp_path: Path, workers: Worker
     retry_until(lambda: handle.status() is not Status.QUEUED, what="the worker to start it")
     assert handle.result(timeout=30) == "draft on nap then woke"
     record = tether.Client().get(handle.id)
-    assert record.waits[0].kind == "sleep" and record.waits[0].status == "timed_out"
+    assert record.waits[0].kind == "sleep" and record.waits[0].status == "slept"
     assert _ran(tmp_path / "effects.log")["write_draft"] == 1

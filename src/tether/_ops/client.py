@@ -345,7 +345,8 @@ class Client:
         execution's `replay_of` links to it.
 
         - `from_`: a checkpoint name (its first call), `name#k` (its k-th call, from 1), or a
-          position; ambiguous or unknown selectors raise UsageError listing the candidates.
+          position; or a wait or sleep, by name or position (the fork asks or sleeps again);
+          ambiguous or unknown selectors raise UsageError listing the candidates.
         - `overrides`: `{selector: value}`; a bare name overrides every call of that name
           before the fork point.
         - `args`: new arguments for the flow: a list (positional) or a dict (keywords).

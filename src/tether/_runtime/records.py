@@ -59,10 +59,15 @@ class Attempt:
         return (self.finished_at - self.started_at).total_seconds()
 
 
+# The metadata key under which a replay marks the calls it copied from its source.
+COPIED_FROM = "tether.copied_from"
+
+
 @dataclass(frozen=True)
 class CheckpointRecord:
     """One recorded checkpoint call of an execution. `usage` is what the model calls made in
-    it spent, all attempts together (None when it made none)."""
+    it spent, all attempts together (None when it made none). `copied_from`: the execution
+    a replay copied this call from (its timings are the original's; it did not run here)."""
 
     position: str
     name: str
@@ -75,6 +80,7 @@ class CheckpointRecord:
     fingerprint: str
     result_json: str | None = field(repr=False)
     usage: Usage | None = None
+    copied_from: str | None = None
 
     @property
     def duration(self) -> float:
@@ -103,6 +109,7 @@ class CheckpointRecord:
         else:
             attempts = (Attempt(1, started, finished, None),)
         metadata, usage = _usage.split(_serde.loads(row.metadata) if row.metadata else {})
+        copied_from = metadata.pop(COPIED_FROM, None)
         return cls(
             position=row.position,
             name=row.name,
@@ -115,15 +122,21 @@ class CheckpointRecord:
             fingerprint=row.fingerprint,
             result_json=row.result,
             usage=usage,
+            copied_from=copied_from if isinstance(copied_from, str) else None,
         )
+
+
+SLEPT = "slept"  # how a finished sleep reads (stored as timed_out)
 
 
 @dataclass(frozen=True)
 class WaitRecord:
     """A wait (or sleep) of an execution: what it asks, and the input it got.
 
-    `status` is `pending`, `resolved` (input recorded), `timed_out` or `cancelled`.
-    `json_schema` describes the input expected; `deadline` is when it times out.
+    `status` is `pending`, `resolved` (input recorded), `timed_out` or `cancelled`; a sleep
+    that is over is `slept` (the store keeps `timed_out` for it, as it always has: its
+    deadline passed). `json_schema` describes the input expected; `deadline` is when it
+    times out (a sleep: when it wakes).
     """
 
     execution_id: str
@@ -154,7 +167,7 @@ class WaitRecord:
             name=row.name,
             position=row.position,
             kind=row.kind,
-            status=row.status,
+            status=SLEPT if row.kind == "sleep" and row.status == "timed_out" else row.status,
             question=_serde.loads(row.question) if row.question else None,
             json_schema=_serde.loads(row.json_schema) if row.json_schema else None,
             metadata=_serde.loads(row.metadata) if row.metadata else {},

@@ -9,7 +9,8 @@ it (`replay_of`).
 
 Selectors name a checkpoint call: a name (its first call), `name#k` (its k-th
 call, counting from 1), or a position (`3`, `3.1.2`, `[key].0`; an int names a
-call of the flow body).
+call of the flow body). A fork point can also be a wait or a sleep, by its name
+or position: the fork copies what came before it and waits (or sleeps) again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..store import CheckpointRow, EventRow, ExecutionRow, Store, WaitRow
 from .children import PREFIX as CHILD_PREFIX
 from .engine import load_flow
 from .handle import Handle, launch, new_execution_id, stored_execution
+from .records import COPIED_FROM
 
 _FINAL_WAITS = ("resolved", "timed_out")
 
@@ -56,10 +58,14 @@ def replay(
             f"use {source.flow}.replay() or Client().replay()"
         )
     calls = store.get_checkpoints(execution_id)
-    position = select(calls, from_, allow_end=True)
-    seeded, waits = fork(calls, store.get_waits(execution_id), position, overrides or {})
+    recorded_waits = store.get_waits(execution_id)
+    position = select(calls, from_, allow_end=True, waits=recorded_waits)
+    seeded, waits = fork(calls, recorded_waits, position, overrides or {})
     for copy in seeded:
-        copy.metadata = _usage.without_usage(copy.metadata)
+        metadata = _usage.without_usage(copy.metadata)
+        marked = _serde.loads(metadata) if metadata else {}
+        marked[COPIED_FROM] = source.id  # shown as copied, not as a call that ran again
+        copy.metadata = _serde.dumps(marked)
     budget = _budget.checked(budget) or _budget.from_options(source.options)
     encoded = source.args if args is None else _encode_args(args, source.flow)
     flow = load_flow(source.import_path, source.script) if settings().executor else None
@@ -103,27 +109,45 @@ def end_position(positions: Iterable[str]) -> str:
     return str(max(numbered) + 1) if numbered else "0"
 
 
-def select(calls: Sequence[CheckpointRow], selector: str | int, *, allow_end: bool) -> str:
+def select(
+    calls: Sequence[CheckpointRow],
+    selector: str | int,
+    *,
+    allow_end: bool,
+    waits: Sequence[WaitRow] = (),
+) -> str:
     """The position a selector names. `allow_end`: the position after the last call is valid
-    (replay everything recorded, then go on live)."""
+    (replay everything recorded, then go on live). `waits`: waits and sleeps can be chosen
+    too, by name or position (fork points)."""
     positions = [c.position for c in calls]
-    end = end_position(positions)
+    end = end_position([*positions, *(w.position for w in waits)])
     if isinstance(selector, bool) or not isinstance(selector, (str, int)):
         raise UsageError(f"a checkpoint selector is a name, name#k or a position, not {selector!r}")
     if isinstance(selector, int) or is_position(selector):
         position = str(selector)
-        if position in positions or (allow_end and position == end):
+        if (
+            position in positions
+            or any(w.position == position for w in waits)
+            or (allow_end and position == end)
+        ):
             return position
+        if not positions and not waits:
+            raise UsageError("the execution has no recorded checkpoint calls")
         raise UsageError(
-            f"no checkpoint call at position {position}; recorded positions are "
-            f"{_listed(positions)}" + (f" (or {end}, after the last)" if allow_end else "")
-            if positions
-            else "the execution has no recorded checkpoint calls"
+            f"no checkpoint call at position {position}"
+            + (" and no wait there" if waits else "")
+            + f"; recorded positions are {_listed(positions) or 'none'}"
+            + (f"; waits: {_waits_listed(waits)}" if waits else "")
+            + (f" (or {end}, after the last)" if allow_end else "")
         )
     name, sep, nth = selector.partition("#")
     matches = [c.position for c in calls if c.name == name]
     if not matches:
-        raise _unknown(calls, f"no checkpoint named {name!r}")
+        for w in waits:
+            if w.name == selector:
+                return w.position
+        what = f"no checkpoint named {name!r}" + (" and no wait of that name" if waits else "")
+        raise _unknown(calls, what, waits)
     if not sep:
         return matches[0]
     if not nth.isdigit() or not 1 <= int(nth) <= len(matches):
@@ -203,8 +227,18 @@ def _child_of(call: CheckpointRow) -> str | None:
     return _waits.child_wait_name(str(metadata["execution"]))
 
 
-def _unknown(calls: Sequence[CheckpointRow], message: str) -> UsageError:
-    return UsageError(f"{message}; candidates: {_candidates(calls)}")
+def _unknown(
+    calls: Sequence[CheckpointRow], message: str, waits: Sequence[WaitRow] = ()
+) -> UsageError:
+    listed = f"; waits: {_waits_listed(waits)}" if waits else ""
+    return UsageError(f"{message}; candidates: {_candidates(calls)}{listed}")
+
+
+def _waits_listed(waits: Sequence[WaitRow]) -> str:
+    ordered = sorted(waits, key=lambda w: sort_key(w.position))
+    return ", ".join(
+        f"{w.name} ({'sleep, ' if w.kind == 'sleep' else ''}position {w.position})" for w in ordered
+    )
 
 
 def _candidates(calls: Sequence[CheckpointRow]) -> str:

@@ -355,8 +355,8 @@ def replay_command(
         typer.Option(
             "--from",
             help="Where the new execution starts running live: a checkpoint name (its first "
-            "call), `name#k` (its k-th call) or a position. Calls before it reuse their "
-            "recorded results.",
+            "call), `name#k` (its k-th call) or a position, or a wait (by name or position: "
+            "it waits for input again). Calls before it reuse their recorded results.",
             show_default=False,
         ),
     ],

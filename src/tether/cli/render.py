@@ -42,6 +42,7 @@ STATUS_STYLES = {
     "pending": "bold yellow",
     "resolved": "green",
     "timed_out": "magenta",
+    "slept": "green",
 }
 _LEVEL_STYLES = {
     "stderr": "red",
@@ -263,6 +264,7 @@ def checkpoint_json(cp: CheckpointRecord) -> dict[str, Any]:
         "error": error_json(cp.error),
         "metadata": cp.metadata,
         "usage": usage_json(cp.usage),
+        "copied_from": cp.copied_from,
     }
 
 
@@ -509,11 +511,14 @@ def _checkpoint_row(cp: CheckpointRecord) -> list[RenderableType]:
         detail.append(value)
     else:
         detail = Text(preview(error_line(cp.error) or _last_error(cp), 200), style="red")
+    status = status_text(cp.status)
+    if cp.copied_from is not None:  # a replay's copy: it did not run (again) here
+        status.append(" (copied)", style="dim")
     return [
         Text(cp.name),
-        status_text(cp.status),
+        status,
         str(len(cp.attempts)),
-        duration(cp.duration),
+        Text("-", style="dim") if cp.copied_from is not None else duration(cp.duration),
         one_line(detail),
     ]
 

@@ -12,7 +12,9 @@ DbOption = Annotated[
         "--db",
         envvar="TETHER_DB",
         metavar="URL",
-        help="Store URL (default sqlite:///.tether/tether.db, or $TETHER_DB).",
+        help="Store URL. Default: $TETHER_DB, else the .tether/tether.db of this directory "
+        "or its nearest parent that has a .tether/ (as git finds .git). `tether --debug` "
+        "says which store a command used.",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

@@ -30,6 +30,13 @@ def greeting(name: str) -> str:
     return shout(greet(name))
 
 
+@tether.flow
+def napping(seconds: float) -> str:
+    draft = greet("nap")
+    tether.sleep(seconds)
+    return shout(draft)
+
+
 @tether.checkpoint
 def fragile(flag: str) -> str:
     """Fails while the flag file is missing (and creates it): the first run fails, a retry

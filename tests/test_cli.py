@@ -459,6 +459,57 @@ def test_recover_runs_stranded_executions(client: tether.Client, db_url: str) ->
     assert record["id"] == second.id and record["result"] == "HELLO BOB!"
 
 
+def test_recover_exits_1_when_what_it_resumed_fails(client: tether.Client, db_url: str) -> None:
+    failing = cli_flows.broken.enqueue("the pump")
+    result = cli(db_url, "executions", "recover")
+    assert result.exit_code == 1, result.output
+    assert failing.id in result.stdout and "failed" in result.stdout
+    assert f"1 recovered execution(s) did not succeed: {failing.id} (failed)" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_usage_lines_and_flags_are_plain() -> None:
+    shown = CliRunner().invoke(app, ["executions", "get", "--help"], terminal_width=200)
+    assert "Usage: tether executions get [OPTIONS] ID" in shown.stdout
+    listed = CliRunner().invoke(app, ["memory", "list", "--help"], terminal_width=200)
+    assert "Usage: tether memory list [OPTIONS] [PREFIX]" in listed.stdout
+    for args in (["--help"], ["executions", "--help"], ["executions", "list", "--help"],
+                 ["worker", "--help"]):  # fmt: skip
+        text = CliRunner().invoke(app, args, terminal_width=200).stdout
+        assert "<bool>" not in text and "{" not in text.split("\n\n")[0], args
+
+
+def test_waits_uses_the_plain_columns_of_list(client: tether.Client, db_url: str) -> None:
+    execution_id = waiting(client)
+    table = cli(db_url, "executions", "waits").stdout
+    listed = cli(db_url, "executions", "list").stdout
+    for text in (table, listed):
+        assert not set(text) & set("│─┃━╭╮╰╯┏┓┗┛"), text
+    header = table.splitlines()[0].split()
+    assert header == ["execution", "flow", "wait", "question", "expects", "deadline", "since"]
+    assert execution_id in table
+
+
+def test_a_finished_sleep_shows_as_slept_and_copies_as_copied(
+    client: tether.Client, db_url: str
+) -> None:
+    source = finished(client, cli_flows.napping, 0.0)
+    shown = cli(db_url, "executions", "get", source).stdout
+    assert "slept" in shown and "timed_out" not in shown
+    fork = client.replay(source, from_="shout")
+    fork.result(timeout=30)
+    record = cli_json(db_url, "executions", "get", fork.id)
+    assert [(c["name"], c["copied_from"]) for c in record["checkpoints"]] == [
+        ("greet", source), ("shout", None),
+    ]  # fmt: skip
+    assert [w["status"] for w in record["waits"]] == ["slept"]
+    lines = cli(db_url, "executions", "get", fork.id).stdout.splitlines()
+    (greet,) = [line for line in lines if " greet " in f" {line} "]
+    assert "(copied)" in greet
+    (shout,) = [line for line in lines if " shout " in f" {line} "]
+    assert "(copied)" not in shout
+
+
 # --- replay --------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Final
 
 from ..errors import ConfigurationError
@@ -14,6 +15,20 @@ from ..store import Store, open_store
 from .model_price import ModelPrice
 
 DEFAULT_DB: Final = "sqlite:///.tether/tether.db"
+STORE_DIR: Final = ".tether"
+
+
+def find_store(start: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """The default store and why: the `.tether/tether.db` of the nearest directory, from
+    `start` (the working directory) up through its parents, that has a `.tether/` (as git
+    finds `.git`); else `./.tether/tether.db`, created in the working directory when first
+    used. Returns (url, where it came from)."""
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / STORE_DIR).is_dir():
+            where = "found in the working directory" if folder == here else f"found in {folder}"
+            return f"sqlite:///{folder / STORE_DIR / 'tether.db'}", where
+    return DEFAULT_DB, "default: none found, so in the working directory"
 
 
 class _Unset:
@@ -40,6 +55,8 @@ class Settings:
     # The model `tether.llm` uses when given none (`TETHER_MODEL`), and user-given prices.
     model: str | None = None
     prices: Mapping[str, ModelPrice] | None = None
+    # Where `db` came from (said by `tether --debug`): TETHER_DB, configure(db=), found...
+    db_origin: str = "configure(db=...)"
 
 
 _OFF = {"0", "off", "false", "no"}
@@ -47,8 +64,12 @@ _OFF = {"0", "off", "false", "no"}
 
 def _from_env() -> Settings:
     executor = os.environ.get("TETHER_EXECUTOR", "on").strip().lower() not in _OFF
+    db, origin = (
+        (os.environ["TETHER_DB"], "$TETHER_DB") if os.environ.get("TETHER_DB") else find_store()
+    )
     found = Settings(
-        db=os.environ.get("TETHER_DB") or DEFAULT_DB,
+        db=db,
+        db_origin=origin,
         executor=executor,
         model=os.environ.get("TETHER_MODEL") or None,
     )
@@ -99,7 +120,9 @@ def configure(
 ) -> None:
     """Set process-wide options. Only the options given change.
 
-    - `db`: store URL, e.g. `sqlite:///.tether/tether.db` (default; `TETHER_DB` overrides it).
+    - `db`: store URL, e.g. `sqlite:///path/to/tether.db`. Default: `TETHER_DB`, else the
+      `.tether/tether.db` of the working directory or its nearest parent that has a
+      `.tether/` directory, else `./.tether/tether.db` (created when first used).
     - `pickle`: allow the pickle fallback for values that are not JSON, dataclasses or
       Pydantic models (default True). Off, such values raise SerializationError.
     - `strict`: a resumed checkpoint call whose arguments changed fails with DivergenceError
@@ -144,6 +167,8 @@ def configure(
     ):
         if value is not UNSET:
             changes[key] = value
+    if "db" in changes:
+        changes["db_origin"] = "configure(db=...)"
     if "db" in changes and (not isinstance(changes["db"], str) or "://" not in changes["db"]):
         raise ConfigurationError(
             f"db must be a store URL such as sqlite:///path/to/tether.db, not {changes['db']!r}"

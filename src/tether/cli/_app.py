@@ -20,9 +20,11 @@ import typer
 from ._common import State, out
 from .executions import executions_app
 from .memory import memory_app
+from .options import Command, Group
 from .worker import worker_command
 
 app = typer.Typer(
+    cls=Group,
     name="tether",
     help="Durable execution for Python AI agents: run workers, inspect and operate executions.",
     no_args_is_help=True,
@@ -33,7 +35,7 @@ app = typer.Typer(
 app.add_typer(executions_app, name="executions")
 app.add_typer(memory_app, name="memory")
 
-app.command("worker")(worker_command)
+app.command("worker", cls=Command)(worker_command)
 
 
 @app.callback()

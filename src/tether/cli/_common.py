@@ -78,6 +78,11 @@ def client_for(db: str | None) -> Client:
     if db:
         _config.configure(db=db)
     url = db or _config.settings().db
+    if State.debug:
+        origin = "--db or $TETHER_DB" if db else _config.settings().db_origin
+        err.print(
+            f"store: {url} ({origin})", style="dim", highlight=False, markup=False, soft_wrap=True
+        )
     # Operating commands never need a new database: a typo in --db (or running from the wrong
     # directory) should say so, not create an empty one and report "no executions".
     if not store_exists(url):

@@ -29,9 +29,10 @@ from ._common import (
     say,
     who,
 )
-from .options import DbOption, JsonOption
+from .options import Command, DbOption, Group, JsonOption
 
 executions_app = typer.Typer(
+    cls=Group,
     help=(
         "Inspect and operate executions. An *execution* is one run of a `@tether.flow`; each "
         "`@tether.checkpoint` call inside it is recorded with its result, so an execution can "
@@ -142,7 +143,7 @@ def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:
 # --- reading ----------------------------------------------------------------------------------
 
 
-@executions_app.command("list")
+@executions_app.command("list", cls=Command)
 def list_command(
     status: StatusOption = None,
     flow: Annotated[
@@ -176,7 +177,7 @@ def list_command(
         say(f"No executions yet in {client.db}. Run a @tether.flow to record one.")
 
 
-@executions_app.command("get")
+@executions_app.command("get", cls=Command)
 def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOption = False) -> None:
     """Show one execution: its status, timing, result or error, then every step in order:
     each checkpoint call with its status, attempts, duration and a preview of its result,
@@ -192,7 +193,7 @@ def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOpti
             out.print(render.execution_view(record))
 
 
-@executions_app.command("logs")
+@executions_app.command("logs", cls=Command)
 def logs_command(
     execution_id: IdArgument,
     checkpoint: Annotated[
@@ -253,7 +254,7 @@ def _no_output(execution_id: str, checkpoint: str | None) -> str:
     return f"No output recorded for {where} {execution_id}."
 
 
-@executions_app.command("watch")
+@executions_app.command("watch", cls=Command)
 def watch_command(
     execution_id: IdArgument, db: DbOption = None, as_json: JsonOption = False
 ) -> None:
@@ -302,7 +303,7 @@ def _watch_lines(client: Client, record: ExecutionRecord, as_json: bool) -> Exec
 # --- operating --------------------------------------------------------------------------------
 
 
-@executions_app.command("resume")
+@executions_app.command("resume", cls=Command)
 def resume_command(
     execution_id: IdArgument,
     wait: WaitOption = False,
@@ -325,7 +326,7 @@ def resume_command(
     _report(record, wait=wait, as_json=as_json)
 
 
-@executions_app.command("retry")
+@executions_app.command("retry", cls=Command)
 def retry_command(
     execution_id: IdArgument,
     wait: WaitOption = False,
@@ -347,7 +348,7 @@ def retry_command(
     _report(record, wait=wait, as_json=as_json)
 
 
-@executions_app.command("replay")
+@executions_app.command("replay", cls=Command)
 def replay_command(
     execution_id: IdArgument,
     from_: Annotated[
@@ -435,7 +436,7 @@ def _parse_args(text: str | None) -> list[Any] | dict[str, Any] | None:
     return value
 
 
-@executions_app.command("cancel")
+@executions_app.command("cancel", cls=Command)
 def cancel_command(
     execution_id: IdArgument, db: DbOption = None, as_json: JsonOption = False
 ) -> None:
@@ -459,13 +460,15 @@ def cancel_command(
         )
 
 
-@executions_app.command("recover")
+@executions_app.command("recover", cls=Command)
 def recover_command(
     queue: QueueOption = False, db: DbOption = None, as_json: JsonOption = False
 ) -> None:
     """Resume every execution that should be running and is not: its process died, it is
     queued with nobody on it, or its input or timer arrived. They run in this process, which
     stays until each finishes or waits. (A `tether worker` does this continuously.)
+
+    Exits 1 when one of them then fails or is cancelled.
     """
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
@@ -480,6 +483,19 @@ def recover_command(
         out.print(render.executions_table(records))
     else:
         say("Nothing to recover: no execution is stranded.")
+    failed = [r for r in records if r.status in (Status.FAILED, Status.CANCELLED)]
+    if failed:
+        if not as_json:
+            err.print(
+                f"{len(failed)} recovered execution(s) did not succeed: "
+                + ", ".join(f"{r.id} ({r.status.value})" for r in failed)
+                + " (see `tether executions get ID`)",
+                style="red",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+        raise typer.Exit(1)
 
 
 def _stdin_is_terminal() -> bool:
@@ -501,7 +517,7 @@ def _parse_age(text: str) -> float:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _AGE.findall(compact))
 
 
-@executions_app.command("prune")
+@executions_app.command("prune", cls=Command)
 def prune_command(
     older_than: Annotated[
         str,
@@ -566,7 +582,7 @@ def prune_command(
 # --- waits, input and workers -----------------------------------------------------------------
 
 
-@executions_app.command("waits")
+@executions_app.command("waits", cls=Command)
 def waits_command(
     db: DbOption = None,
     flow: Annotated[str | None, typer.Option(help="Only waits of this flow.")] = None,
@@ -585,7 +601,7 @@ def waits_command(
         say("No pending waits.")
 
 
-@executions_app.command("input")
+@executions_app.command("input", cls=Command)
 def input_command(
     execution_id: Annotated[str, typer.Argument(metavar="ID", help="The execution that waits.")],
     value: Annotated[str, typer.Option("--value", help="The input, as JSON (e.g. true).")],

@@ -20,9 +20,10 @@ from .._memory.api import MemoryVersion
 from ..errors import MemoryKeyError, MemoryScopeError
 from . import render
 from ._common import cli_errors, client_for, dump, fail, out, say
-from .options import DbOption, JsonOption
+from .options import Command, DbOption, Group, JsonOption
 
 memory_app = typer.Typer(
+    cls=Group,
     help=(
         "Read and write durable memory (`tether.memory`): versioned values kept per "
         "*execution*, per *flow* (shared by all its executions) or per *namespace* (a user, a "
@@ -124,11 +125,11 @@ def _where(version: MemoryVersion) -> str:
 # --- commands ---------------------------------------------------------------------------------
 
 
-@memory_app.command("list")
+@memory_app.command("list", cls=Command)
 def list_command(
     prefix: Annotated[
         str | None,
-        typer.Argument(metavar="[PREFIX]", help="Only keys that start with this."),
+        typer.Argument(metavar="PREFIX", help="Only keys that start with this."),
     ] = None,
     scope: ScopeOption = None,
     namespace: NamespaceOption = None,
@@ -176,7 +177,7 @@ def list_command(
     out.print(table)
 
 
-@memory_app.command("get")
+@memory_app.command("get", cls=Command)
 def get_command(
     key: KeyArgument,
     version: Annotated[
@@ -220,7 +221,7 @@ def get_command(
         dump(value)
 
 
-@memory_app.command("set")
+@memory_app.command("set", cls=Command)
 def set_command(
     key: KeyArgument,
     value: Annotated[
@@ -283,7 +284,7 @@ def set_command(
         say(f"Stored version {written} of {key!r} ({_where(found)}).")
 
 
-@memory_app.command("history")
+@memory_app.command("history", cls=Command)
 def history_command(
     key: KeyArgument,
     values: Annotated[
@@ -325,7 +326,7 @@ def history_command(
     out.print(table)
 
 
-@memory_app.command("delete")
+@memory_app.command("delete", cls=Command)
 def delete_command(
     key: KeyArgument,
     scope: ScopeOption = None,

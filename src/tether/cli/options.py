@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 DbOption = Annotated[
     str | None,
@@ -12,7 +13,42 @@ DbOption = Annotated[
         "--db",
         envvar="TETHER_DB",
         metavar="URL",
-        help="Store URL (default sqlite:///.tether/tether.db, or $TETHER_DB).",
+        help="Store URL. Default: $TETHER_DB, else the .tether/tether.db of this directory "
+        "or its nearest parent that has a .tether/ (as git finds .git). `tether --debug` "
+        "says which store a command used.",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _plain_flags(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # Typer shows a flag's metavar in place of `<bool>`
+    return params
+
+
+# Contexts and parameters are typed Any: recent Typer vendors its own Click (`typer._click`),
+# older Typer uses Click itself; both have the attributes used here.
+class Command(TyperCommand):
+    """Every `tether` command's class: plain usage lines (`[OPTIONS] ID [PREFIX]`, not
+    Typer's `{ID}`), and no `<bool>` type beside flags such as `--json` and `--help`."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar or (param.name or "").upper()
+                name += "..." if param.nargs != 1 else ""
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The class of `tether` and its sub-apps: no `<bool>` beside `--debug` and `--help`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))

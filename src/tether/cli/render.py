@@ -392,8 +392,13 @@ def executions_table(records: Iterable[ExecutionRecord]) -> Table:
 
 
 def waits_table(waits: Iterable[WaitRecord]) -> Table:
-    table = Table("execution", "flow", "wait", "question", "expects", "deadline", "since")
-    table.columns[0].no_wrap = True
+    """One line per pending wait, in the plain columns of `executions_table`."""
+    table = Table(box=None, pad_edge=False)
+    table.add_column("execution", no_wrap=True)
+    for name in ("flow", "wait", "question", "expects"):
+        table.add_column(name, min_width=6)
+    table.add_column("deadline", no_wrap=True)
+    table.add_column("since", no_wrap=True)
     for w in waits:
         expects = compact(w.json_schema) if w.json_schema else "any JSON"
         table.add_row(

@@ -9,7 +9,7 @@ import typer
 
 from .._core import config as _config
 from .._runtime.worker import Worker
-from ._common import cli_errors
+from ._common import State, cli_errors, err
 from .options import DbOption
 
 
@@ -74,6 +74,15 @@ def worker_command(
     with cli_errors():
         if db:
             _config.configure(db=db)
+        if State.debug:
+            origin = "--db or $TETHER_DB" if db else _config.settings().db_origin
+            err.print(
+                f"store: {_config.settings().db} ({origin})",
+                style="dim",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
         Worker(
             db, concurrency=concurrency, poll=poll, imports=imports or (), queues=queues or None
         ).run(grace=grace)

@@ -16,27 +16,32 @@ from ._sql_common import _FINISHED, WAIT_COLUMNS, SqlBase
 class WaitsSql(SqlBase):
     """The SQL store's waits: input waits and timers of executions."""
 
+    def _insert_if_held(self, conn: Any, token: str, row: WaitRow) -> bool:
+        """Insert a wait (kept as it is if one of that name exists) while `token` holds its
+        execution, locked for the transaction. False, writing nothing, if it does not."""
+        held = self._run(
+            conn,
+            f"SELECT 1 FROM executions WHERE id = ? AND lease_token = ?{self.lock_row}",
+            (row.execution_id, token),
+        ).fetchone()
+        if held is None:
+            return False
+        self._run(
+            conn,
+            f"INSERT INTO waits ({WAIT_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (execution_id, name) DO NOTHING",
+            (
+                row.execution_id, row.name, row.position, row.kind, row.status,
+                row.schema_ref, row.json_schema, row.question, row.metadata, row.deadline,
+                row.value, row.resolved_by, row.created_at, row.resolved_at,
+            ),
+        )  # fmt: skip
+        return True
+
     def create_wait(self, token: str, row: WaitRow) -> bool:
         with self._transaction() as conn:
-            held = self._run(
-                conn,
-                f"SELECT 1 FROM executions WHERE id = ? AND lease_token = ?{self.lock_row}",
-                (row.execution_id, token),
-            ).fetchone()
-            if held is None:
-                return False
-            self._run(
-                conn,
-                f"INSERT INTO waits ({WAIT_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (execution_id, name) DO NOTHING",
-                (
-                    row.execution_id, row.name, row.position, row.kind, row.status,
-                    row.schema_ref, row.json_schema, row.question, row.metadata, row.deadline,
-                    row.value, row.resolved_by, row.created_at, row.resolved_at,
-                ),
-            )  # fmt: skip
-            return True
+            return self._insert_if_held(conn, token, row)
 
     def await_child(self, token: str, row: WaitRow, child_id: str) -> WaitRow | None:
         with self._transaction() as conn:
@@ -49,24 +54,8 @@ class WaitsSql(SqlBase):
                 f"SELECT status, result, error FROM executions WHERE id = ?{self.share_row}",
                 (child_id,),
             ).fetchone()
-            held = self._run(
-                conn,
-                f"SELECT 1 FROM executions WHERE id = ? AND lease_token = ?{self.lock_row}",
-                (row.execution_id, token),
-            ).fetchone()
-            if held is None:
+            if not self._insert_if_held(conn, token, row):
                 return None
-            self._run(
-                conn,
-                f"INSERT INTO waits ({WAIT_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (execution_id, name) DO NOTHING",
-                (
-                    row.execution_id, row.name, row.position, row.kind, row.status,
-                    row.schema_ref, row.json_schema, row.question, row.metadata, row.deadline,
-                    row.value, row.resolved_by, row.created_at, row.resolved_at,
-                ),
-            )  # fmt: skip
             if child is None or child[0] in _FINISHED:
                 # Ended already (or gone: pruned), so no end is coming to resolve it.
                 outcome = (

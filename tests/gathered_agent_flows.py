@@ -16,10 +16,7 @@ $AI_CRASH names one call, `<kind>:<n>` (the n-th of its kind to run in this proc
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import threading
 import time
 from typing import Any
 
@@ -37,28 +34,9 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 import tether
 import tether.ai
-from ai_flows import Jitter
 
-_ran: dict[str, int] = {}
-_ran_lock = threading.Lock()  # sync tools run in threads
-
-
-def _log(kind: str, label: str) -> None:
-    """Record one call that really runs (and crash in it when $AI_CRASH says so)."""
-    with _ran_lock:
-        _ran[kind] = count = _ran.get(kind, 0) + 1
-    try:
-        position = tether.current().position
-    except tether.NotInFlowError:
-        position = None
-    path = os.environ.get("AI_CALLS")
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{position} {kind}:{label}\n")
-            f.flush()
-            os.fsync(f.fileno())
-    if os.environ.get("AI_CRASH") == f"{kind}:{count}":
-        os.kill(os.getpid(), signal.SIGKILL)
+# Every call that really runs is logged (and crashed in) as in ai_flows.
+from ai_flows import Jitter, _log
 
 
 async def _pause() -> None:

@@ -190,8 +190,19 @@ def test_recorded_results_are_plain_json(db_url: str) -> None:
 
 
 def _shape(messages: list[ModelMessage]) -> list[Any]:
-    """Messages without what differs on every run (timestamps, ids)."""
-    volatile = {"timestamp", "run_id", "conversation_id", "tool_call_id"}
+    """Messages without what differs on every run: wall-clock fields and ids, dropped by name.
+
+    Newer Pydantic AI releases add wall-clock fields (2.78: `request_timestamp`, `duration`);
+    they are listed here by name so a comparison never depends on how fast a run was.
+    """
+    volatile = {
+        "timestamp",
+        "request_timestamp",
+        "duration",
+        "run_id",
+        "conversation_id",
+        "tool_call_id",
+    }
 
     def strip(value: Any) -> Any:
         if isinstance(value, dict):

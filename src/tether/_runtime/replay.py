@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .._core import imports as _imports
 from .._core import serde as _serde
 from .._core import waits as _waits
 from .._core.config import settings
@@ -56,6 +57,7 @@ def replay(
     """Fork an execution into a new one (`Client.replay`, `Flow.replay`). `flow_name`: the
     source must be an execution of that flow (UsageError otherwise)."""
     source = stored_execution(store, execution_id)
+    _imports.refuse_start(source.flow)
     if flow_name is not None and source.flow != flow_name:
         raise UsageError(
             f"execution {execution_id} is of flow {source.flow!r}, not {flow_name!r}; "

@@ -107,3 +107,23 @@ def test_a_worker_refuses_a_module_that_starts_executions_when_imported(
         tether.Worker(db_url, imports=["eager_agents"])
     assert "eager_agents" not in sys.modules
     assert client.list() == []
+
+
+def test_recover_and_workers_skip_an_unguarded_script_saying_why(
+    tmp_path: Path, client: tether.Client, db_url: str
+) -> None:
+    guarded = readme_example()
+    head, _, _ = guarded.partition(GUARD)
+    path = tmp_path / "agent.py"
+    path.write_text(head + GUARD + '\n    research_agent.enqueue("durable execution")\n')
+    assert run_python([str(path)], db_url, cwd=tmp_path).returncode == 0
+    (queued,) = client.list()
+    path.write_text(unguarded(guarded))  # edited since: now it starts one at its top level
+    recovered = run_cli(db_url, "executions", "recover")
+    assert recovered.returncode == 0, recovered.stderr
+    assert "Nothing to recover" in recovered.stdout
+    assert tether.Worker(db_url).run_once() == []
+    record = client.get(queued.id)
+    assert record.status is tether.Status.QUEUED
+    assert any(GUARD in w for w in record.warnings), record.warnings
+    assert [e.id for e in client.list()] == [queued.id], "no second, unrelated execution"

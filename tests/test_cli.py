@@ -596,7 +596,7 @@ def test_replay_from_a_wait_asks_again(client: tether.Client, db_url: str) -> No
         client.cancel(fork.id)
     unknown = cli(db_url, "executions", "replay", source, "--from", "2.5")
     assert_plain_error(unknown, 2, "no checkpoint call at position 2.5 and no wait there")
-    assert "waits: approve (position 1)" in unknown.stderr
+    assert "waits: wait approve (position 1)" in unknown.stderr
 
 
 def test_waits_and_input(client: tether.Client, db_url: str) -> None:

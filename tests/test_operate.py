@@ -129,7 +129,7 @@ def test_replay_from_a_wait_by_name_or_position_asks_again(client: tether.Client
     with pytest.raises(tether.UsageError) as unknown:
         client.replay(source.id, from_="nope")
     assert "no checkpoint named 'nope' and no wait of that name" in str(unknown.value)
-    assert "waits: cool-down (sleep, position 2), approve (position 3)" in str(unknown.value)
+    assert "waits: sleep cool-down (position 2), wait approve (position 3)" in str(unknown.value)
     with pytest.raises(tether.UsageError, match=r"position 7 and no wait there.*approve"):
         client.replay(source.id, from_=7)
 

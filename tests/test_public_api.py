@@ -13,8 +13,8 @@ PUBLIC = {
     "DivergenceError", "ErrorInfo", "Event", "ExecutionCancelled", "ExecutionFailed",
     "ExecutionLocked", "ExecutionNotFound", "ExecutionRecord", "Flow", "FlowNotFoundError",
     "Handle", "InvalidStateError", "NotInFlowError", "ResultTimeout", "SerializationError",
-    "Status", "StoreError", "TetherError", "UsageError", "__version__", "checkpoint",
-    "configure", "current", "errors", "flow", "log",
+    "Status", "StoreError", "TetherError", "UnguardedScriptError", "UsageError", "__version__",
+    "checkpoint", "configure", "current", "errors", "flow", "log",
     # recorded identity of concurrent code (positions)
     "branch",
     # waits and workers

@@ -6,6 +6,7 @@ Exception
     ├── UsageError                  the API was used the wrong way (fix the code)
     │   ├── NotInFlowError          a flow-only call made outside a running flow
     │   ├── FlowNotFoundError       a recorded flow can no longer be imported
+    │   │   └── UnguardedScriptError  a script tether loads starts executions at its top level
     │   └── MemoryScopeError        a memory call names no scope it can use (says what to pass)
     ├── ConfigurationError          a bad store URL or setting
     ├── StoreError                  the database failed or is from a newer tether
@@ -75,6 +76,7 @@ __all__ = [
     "StoreUnavailable",
     "Suspended",
     "TetherError",
+    "UnguardedScriptError",
     "UsageError",
     "WaitAlreadyResolved",
     "WaitNotFound",
@@ -96,6 +98,19 @@ class NotInFlowError(UsageError):
 
 class FlowNotFoundError(UsageError):
     """The flow recorded for an execution cannot be imported in this process."""
+
+
+class UnguardedScriptError(FlowNotFoundError):
+    """A script (or module) that tether loads to find a flow started an execution at its top
+    level: the code that starts executions belongs under `if __name__ == "__main__":`.
+    Nothing was started; `script` names the file (or module)."""
+
+    def __init__(self, message: str, script: str = "") -> None:
+        super().__init__(message)
+        self.script = script
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.script))
 
 
 class ConfigurationError(TetherError):

@@ -14,7 +14,9 @@ had, and no call can receive another call's recorded result.
 Where the order in which branches are created itself depends on data (workers
 pulling from a shared queue, `as_completed`), `tether.branch(key)` names the
 branch instead: its calls are `[key].0`, `[key].1`, ... below the enclosing
-named branch (or the flow body), whatever task or order they run in.
+named branch (or the flow body), whatever task or order they run in. The key is stored
+escaped (no `.`, `[` or `]` in it); `display` writes it back as given (only `]` and `\\`
+backslash-escaped) and `parse` reads that form, so what people see is what they select with.
 
 Positions are stored as text. `sort_key` orders them in program order (a branch's
 calls after the slot that created it, in sequence), which is how the CLI lists
@@ -31,17 +33,19 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from ..errors import UsageError
-from ..store._positions import before, is_position, sort_key
+from ..store._positions import before, display, escape_key, is_position, parse, sort_key
 
 __all__ = [
     "Branch",
     "before",
     "branch",
     "current_tasks",
+    "display",
     "install",
     "is_position",
     "Pin",
     "one_recorded_call",
+    "parse",
     "pin",
     "sort_key",
 ]
@@ -83,12 +87,8 @@ class Branch:
 
 
 def _new_named(base: Branch, key: str) -> Branch:
-    return Branch(f"{base.prefix}[{_escape(key)}].")
-
-
-def _escape(key: str) -> str:
-    # A position splits on "." and a key sits between brackets: keep those out of it.
-    return key.replace("%", "%25").replace(".", "%2E").replace("[", "%5B").replace("]", "%5D")
+    # A position splits on "." and a key sits between brackets: the stored key holds neither.
+    return Branch(f"{base.prefix}[{escape_key(key)}].")
 
 
 # The branch running code records its calls in: set to the root by the engine for the flow

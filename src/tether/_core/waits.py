@@ -132,6 +132,16 @@ def _wait(
     raise Suspended(run.execution_id, name, row.deadline)
 
 
+def label(kind: str, name: str, position: str) -> str:
+    """How a wait is shown among recorded calls (`tether executions get`), and selected as a
+    fork point: `wait NAME`, `sleep` (or `sleep NAME` for a named one), `await child`."""
+    if kind == SLEEP:
+        return SLEEP if name == f"{SLEEP}-{position}" else f"{SLEEP} {name}"
+    if kind == CHILD:
+        return "await child"
+    return f"wait {name}"
+
+
 def child_wait_name(child_id: str) -> str:
     """The name of a parent's wait for its child (the child's end resolves it by this name:
     store migration 0010)."""

@@ -113,6 +113,7 @@ class Flow(Generic[P, R]):
         local: bool,
         options: _StartOptions | None = None,
     ) -> Handle[Any]:
+        _imports.refuse_start(self.name)
         if options is None:
             options = _StartOptions()
             if self._reserved and any(k in kwargs for k in self._reserved):

@@ -9,8 +9,12 @@ it (`replay_of`).
 
 Selectors name a checkpoint call: a name (its first call), `name#k` (its k-th
 call, counting from 1), or a position (`3`, `3.1.2`, `[key].0`; an int names a
-call of the flow body). A fork point can also be a wait or a sleep, by its name
-or position: the fork copies what came before it and waits (or sleeps) again.
+call of the flow body). A key is written as `tether.branch` was given it, only
+`]` and `\\` escaped with a backslash (`[https://a.example/x].0`, `[a\\]b].1`),
+which is how the CLI shows it; the stored (percent-encoded) form is taken too.
+A fork point can also be a wait or a sleep: by its name, its position, or the
+label the CLI shows for it (`wait approve`, `sleep`, `sleep#2` for the second
+unnamed sleep): the fork copies what came before it and waits (or sleeps) again.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .._core import imports as _imports
 from .._core import serde as _serde
 from .._core import waits as _waits
 from .._core.config import settings
-from .._core.positions import is_position, sort_key
+from .._core.positions import display, is_position, parse, sort_key
 from .._core.status import Status
 from .._spend import budget as _budget
 from .._spend import usage as _usage
@@ -52,6 +57,7 @@ def replay(
     """Fork an execution into a new one (`Client.replay`, `Flow.replay`). `flow_name`: the
     source must be an execution of that flow (UsageError otherwise)."""
     source = stored_execution(store, execution_id)
+    _imports.refuse_start(source.flow)
     if flow_name is not None and source.flow != flow_name:
         raise UsageError(
             f"execution {execution_id} is of flow {source.flow!r}, not {flow_name!r}; "
@@ -85,7 +91,7 @@ def replay(
     handle = launch(store, row, flow, checkpoints=seeded, waits=waits)
     store.add_event(
         EventRow(row.id, position, now, "info", "replay",
-                 f"replay of {source.id} from position {position}"
+                 f"replay of {source.id} from position {display(position)}"
                  + (f" with overrides for {', '.join(overrides)}" if overrides else ""))
     )  # fmt: skip
     return handle
@@ -118,34 +124,39 @@ def select(
 ) -> str:
     """The position a selector names. `allow_end`: the position after the last call is valid
     (replay everything recorded, then go on live). `waits`: waits and sleeps can be chosen
-    too, by name or position (fork points)."""
+    too, by name, label or position (fork points)."""
     positions = [c.position for c in calls]
     end = end_position([*positions, *(w.position for w in waits)])
     if isinstance(selector, bool) or not isinstance(selector, (str, int)):
         raise UsageError(f"a checkpoint selector is a name, name#k or a position, not {selector!r}")
-    if isinstance(selector, int) or is_position(selector):
-        position = str(selector)
-        if (
-            position in positions
-            or any(w.position == position for w in waits)
-            or (allow_end and position == end)
-        ):
-            return position
+    meant = positions_meant(selector)
+    if meant:
+        recorded = {*positions, *(w.position for w in waits)}
+        if allow_end:
+            recorded.add(end)
+        for position in meant:
+            if position in recorded:
+                return position
         if not positions and not waits:
             raise UsageError("the execution has no recorded checkpoint calls")
         raise UsageError(
-            f"no checkpoint call at position {position}"
+            f"no checkpoint call at position {display(meant[0])}"
             + (" and no wait there" if waits else "")
             + f"; recorded positions are {_listed(positions) or 'none'}"
             + (f"; waits: {_waits_listed(waits)}" if waits else "")
             + (f" (or {end}, after the last)" if allow_end else "")
         )
+    assert isinstance(selector, str)
     name, sep, nth = selector.partition("#")
     matches = [c.position for c in calls if c.name == name]
     if not matches:
         for w in waits:
             if w.name == selector:
                 return w.position
+        # As `get` shows them: `sleep` is every unnamed sleep, so `sleep#2` is the second.
+        ordered = sorted(waits, key=lambda w: sort_key(w.position))
+        matches = [w.position for w in ordered if _label(w) == name]
+    if not matches:
         what = f"no checkpoint named {name!r}" + (" and no wait of that name" if waits else "")
         raise _unknown(calls, what, waits)
     if not sep:
@@ -153,9 +164,27 @@ def select(
     if not nth.isdigit() or not 1 <= int(nth) <= len(matches):
         raise UsageError(
             f"{selector!r}: {name!r} was called {len(matches)} time(s), at positions "
-            f"{matches}; use {name}#1 to {name}#{len(matches)}"
+            f"{_listed(matches)}; use {name}#1 to {name}#{len(matches)}"
         )
     return matches[int(nth) - 1]
+
+
+def positions_meant(selector: str | int) -> list[str]:
+    """The stored positions a selector can mean (none: it is not a position): as people
+    write it (`[a.b].0`), else as it is stored (`[a%2Eb].0`)."""
+    if isinstance(selector, int):
+        return [str(selector)]
+    meant = []
+    parsed = parse(selector)
+    if parsed is not None:
+        meant.append(parsed)
+    if is_position(selector) and selector != parsed:
+        meant.append(selector)
+    return meant
+
+
+def _label(w: WaitRow) -> str:
+    return _waits.label(w.kind, w.name, w.position)
 
 
 def select_all(
@@ -164,7 +193,7 @@ def select_all(
     """The calls a selector names, a bare name naming every call of that name (`select`
     takes its first): `name#k` and a position name one call. A name that matches no call
     raises UsageError: `unknown` (default: `select`'s message), then the candidates."""
-    if isinstance(selector, int) or "#" in selector or is_position(selector):
+    if isinstance(selector, int) or "#" in selector or positions_meant(selector):
         chosen = select(calls, selector, allow_end=False)
         return [c for c in calls if c.position == chosen]
     targets = [c for c in calls if c.name == selector]
@@ -196,7 +225,7 @@ def fork(
             copied,
             selector,
             unknown=f"override {selector!r} matches no checkpoint call before the fork point "
-            f"(position {position})",
+            f"(position {display(position)})",
         )
         text = _serde.dumps(value, root=f"override {selector!r}")
         for call in targets:
@@ -236,9 +265,7 @@ def _unknown(
 
 def _waits_listed(waits: Sequence[WaitRow]) -> str:
     ordered = sorted(waits, key=lambda w: sort_key(w.position))
-    return ", ".join(
-        f"{w.name} ({'sleep, ' if w.kind == 'sleep' else ''}position {w.position})" for w in ordered
-    )
+    return ", ".join(f"{_label(w)} (position {display(w.position)})" for w in ordered)
 
 
 def _candidates(calls: Sequence[CheckpointRow]) -> str:
@@ -247,9 +274,9 @@ def _candidates(calls: Sequence[CheckpointRow]) -> str:
     seen: dict[str, list[str]] = {}
     for c in calls:
         seen.setdefault(c.name, []).append(c.position)
-    return ", ".join(f"{name} (positions {ps})" for name, ps in seen.items())
+    return ", ".join(f"{name} (positions {_listed(ps)})" for name, ps in seen.items())
 
 
 def _listed(positions: Sequence[str], most: int = 12) -> str:
-    shown = ", ".join(positions[:most])
+    shown = ", ".join(display(p) for p in positions[:most])
     return shown + (f", ... ({len(positions)} in all)" if len(positions) > most else "")

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from .._core import imports as _imports
 from .._core.config import configure, settings, store_for
 from .._core.status import Status
 from ..errors import StoreError, UsageError
@@ -60,7 +61,8 @@ class Worker:
             raise UsageError(f"poll must be a positive number of seconds, not {poll}")
         for module in imports:
             try:
-                importlib.import_module(module)
+                with _imports.loading(f"the module {module}", module):
+                    importlib.import_module(module)
             except ImportError as exc:
                 raise UsageError(f"--import {module}: {exc}") from exc
         # `concurrency` counts the executions held at once, sync and async alike: a sync one

@@ -356,8 +356,10 @@ def replay_command(
         typer.Option(
             "--from",
             help="Where the new execution starts running live: a checkpoint name (its first "
-            "call), `name#k` (its k-th call) or a position, or a wait (by name or position: "
-            "it waits for input again). Calls before it reuse their recorded results.",
+            "call), `name#k` (its k-th call) or a position as `get` shows it (`3`, `1.0`, "
+            "`[key].0`), or a wait or sleep (by name, position, or as `get` shows it: "
+            "`wait approve`, `sleep`, `sleep#2`; it waits again). Calls before it reuse "
+            "their recorded results.",
             show_default=False,
         ),
     ],

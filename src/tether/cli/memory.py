@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._core import config as _config
+from .._core.positions import display
 from .._memory import api as memory
 from .._memory.api import MemoryVersion
 from ..errors import MemoryKeyError, MemoryScopeError
@@ -98,7 +99,7 @@ def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
         "size": version.size,
         "length": version.length,
         "execution_id": version.execution_id,
-        "position": version.position,
+        "position": None if version.position is None else display(version.position),
     }
     if value:
         data["value"] = render.plain(lambda: version.value, lambda: memory._stored_json(version))
@@ -108,7 +109,8 @@ def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
 def _written_by(version: MemoryVersion) -> Text:
     if version.execution_id is None:
         return Text("-", style="dim")
-    return Text(f"{version.execution_id} @{version.position}")
+    where = "" if version.position is None else f" @{display(version.position)}"
+    return Text(f"{version.execution_id}{where}")
 
 
 def _size(version: MemoryVersion) -> str:
@@ -167,7 +169,7 @@ def list_command(
         table.add_column(column, no_wrap=column != "key")
     for e in entries:
         table.add_row(
-            e.scope,
+            Text(e.scope),
             render.one_line(e.scope_id),
             Text(e.key),
             str(e.version),

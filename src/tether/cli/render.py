@@ -1,8 +1,10 @@
 """What the `tether` command prints: records as JSON-ready dicts, and as Rich tables.
 
 Nothing here reads the store or changes anything; `executions` fetches records through
-`Client` and hands them here. Text that comes from users (results, questions, output,
-error messages) is always wrapped in `Text`, never parsed as Rich markup.
+`Client` and hands them here. Text that comes from users or from the store (positions,
+names, results, questions, output, error messages) is always wrapped in `Text`, never
+parsed as Rich markup: a branch key `[b]` or `/` is data. Positions are shown the way
+`replay --from` takes them (`display`: branch keys as given, `]` and `\\` escaped).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from .._core.positions import sort_key
+from .._core import waits as _waits
+from .._core.positions import display, sort_key
 from .._core.status import Status
 from .._runtime.records import (
     CheckpointRecord,
@@ -244,7 +247,7 @@ def _args(record: ExecutionRecord) -> dict[str, Any]:
 
 def checkpoint_json(cp: CheckpointRecord) -> dict[str, Any]:
     return {
-        "position": cp.position,
+        "position": display(cp.position),
         "name": cp.name,
         "status": cp.status.value,
         "attempts": [
@@ -273,7 +276,8 @@ def wait_json(w: WaitRecord) -> dict[str, Any]:
         "execution_id": w.execution_id,
         "flow": w.flow,
         "name": w.name,
-        "position": w.position,
+        "position": display(w.position),
+        "label": _waits.label(w.kind, w.name, w.position),
         "kind": w.kind,
         "status": w.status,
         "question": pydantic_core.to_jsonable_python(w.question, fallback=repr),
@@ -290,7 +294,7 @@ def wait_json(w: WaitRecord) -> dict[str, Any]:
 def event_json(e: Event) -> dict[str, Any]:
     return {
         "at": iso(e.at),
-        "position": e.position,
+        "position": _shown(e.position),
         "level": e.level,
         "kind": e.kind,
         "message": e.message,
@@ -301,7 +305,7 @@ def log_json(r: LogRecord) -> dict[str, Any]:
     return {
         "id": r.id,
         "at": iso(r.at),
-        "position": r.position,
+        "position": _shown(r.position),
         "checkpoint": r.checkpoint,
         "stream": r.stream,
         "level": r.level,
@@ -318,10 +322,15 @@ def progress_json(record: ExecutionRecord) -> list[dict[str, Any]]:
     # Progress is published about once a second: drop calls recorded since.
     done = {cp.position for cp in record.checkpoints if cp.status != "retrying"}
     return [
-        {"position": p.get("position"), "name": p.get("name"), "since": iso(_since(p))}
+        {"position": _shown(p.get("position")), "name": p.get("name"), "since": iso(_since(p))}
         for p in record.progress
         if p.get("position") not in done
     ]
+
+
+def _shown(position: Any) -> Any:
+    """A position from the store as people see it (other values as they are)."""
+    return display(position) if isinstance(position, str) else position
 
 
 def _since(entry: dict[str, Any]) -> dt.datetime | None:
@@ -351,7 +360,7 @@ def _last_checkpoint(record: ExecutionRecord) -> dict[str, Any] | None:
     if not record.checkpoints:
         return None
     cp = max(record.checkpoints, key=lambda c: sort_key(c.position))
-    return {"position": cp.position, "name": cp.name, "status": cp.status.value}
+    return {"position": display(cp.position), "name": cp.name, "status": cp.status.value}
 
 
 def watch_key(record: ExecutionRecord) -> tuple[Any, ...]:
@@ -488,16 +497,17 @@ def timeline(record: ExecutionRecord) -> Table:
     for w in record.waits:
         rows.append((w.position, 1, _wait_row(w)))
     now = dt.datetime.now(dt.UTC)
-    for entry in progress_json(record):
-        position = entry["position"]
+    done = {cp.position for cp in record.checkpoints if cp.status != "retrying"}
+    for entry in record.progress:
+        position = entry.get("position")
         if isinstance(position, int):  # written before positions were text
             position = str(position)
-        if not isinstance(position, str):
+        if not isinstance(position, str) or position in done:
             continue
-        since = entry["since"]
+        since = iso(_since(entry))
         took = (now - dt.datetime.fromisoformat(since)).total_seconds() if since else None
         cells: list[RenderableType] = [
-            Text(str(entry["name"])),
+            Text(str(entry.get("name"))),
             Text("running", style=STATUS_STYLES["running"]),
             "",
             duration(took),
@@ -505,7 +515,7 @@ def timeline(record: ExecutionRecord) -> Table:
         ]
         rows.append((position, 2, cells))
     for position, _, cells in sorted(rows, key=lambda r: (sort_key(r[0]), r[1])):
-        table.add_row(position, *cells)
+        table.add_row(Text(display(position)), *cells)
     return table
 
 
@@ -537,7 +547,7 @@ def _wait_row(w: WaitRecord) -> list[RenderableType]:
     detail = Text()
     if w.kind == "child":
         child = str(w.metadata.get("execution", w.name))
-        name = Text("await child", style="italic")
+        name = Text(_waits.label(w.kind, w.name, w.position), style="italic")
         detail.append(child)
         if w.status == "resolved":
             outcome = plain(lambda: w.value, w.value_json)
@@ -545,11 +555,11 @@ def _wait_row(w: WaitRecord) -> list[RenderableType]:
             detail.append(" → ", style="dim")
             detail.append(str(status), style=STATUS_STYLES.get(str(status), ""))
     elif w.kind == "sleep":
-        name = Text("sleep", style="italic")
+        name = Text(_waits.label(w.kind, w.name, w.position), style="italic")
         if w.deadline is not None:
             detail.append(f"until {when(w.deadline)}")
     else:
-        name = Text(f"wait {w.name}", style="italic")
+        name = Text(_waits.label(w.kind, w.name, w.position), style="italic")
         if w.question is not None:
             detail.append(preview(w.question, 40))
         if w.status == "resolved":
@@ -659,7 +669,7 @@ def watch_line(record: ExecutionRecord) -> Text:
 
 def log_line(r: LogRecord) -> Text:
     """`#3 search  stdout  the text` (each line of multi-line output gets the prefix)."""
-    where = f"#{r.position} {r.checkpoint or '?'}" if r.position is not None else "(flow)"
+    where = f"#{display(r.position)} {r.checkpoint or '?'}" if r.position is not None else "(flow)"
     kind = r.level if r.stream == "log" else r.stream
     prefix = Text(f"{where}  ", style="cyan")
     prefix.append(kind, style=_LEVEL_STYLES.get(kind, "dim"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
 import cli_flows
@@ -477,6 +479,27 @@ def test_usage_lines_and_flags_are_plain() -> None:
                  ["worker", "--help"]):  # fmt: skip
         text = CliRunner().invoke(app, args, terminal_width=200).stdout
         assert "<bool>" not in text and "{" not in text.split("\n\n")[0], args
+
+
+def _command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += _command_paths(sub, (*path, name))
+    return paths
+
+
+def test_every_option_of_every_command_names_what_it_takes() -> None:
+    """Typer's type names (`<str>`, `<int range>`) say nothing; every option shows a
+    metavar such as ID, NAME, N, SECONDS or JSON instead."""
+    paths = _command_paths(typer.main.get_command(app))
+    assert ("executions", "input") in paths and ("memory", "set") in paths and ("worker",) in paths
+    for path in paths:
+        shown = CliRunner().invoke(app, [*path, "--help"], terminal_width=200)
+        assert shown.exit_code == 0, (path, shown.output)
+        for vague in ("<str>", "<int", "<float", "<bool>", "<path>", "<text>", "<integer"):
+            assert vague not in shown.stdout, (path, vague, shown.stdout)
+    given = CliRunner().invoke(app, ["executions", "input", "--help"], terminal_width=200)
+    assert re.search(r"--value\s+JSON\s", given.stdout), given.stdout
 
 
 def test_waits_uses_the_plain_columns_of_list(client: tether.Client, db_url: str) -> None:

@@ -50,11 +50,15 @@ ScopeOption = Annotated[
 ]
 NamespaceOption = Annotated[
     str | None,
-    typer.Option("--namespace", "-n", help="A namespace's memory (scope namespace)."),
+    typer.Option(
+        "--namespace", "-n", metavar="NAME", help="A namespace's memory (scope namespace)."
+    ),
 ]
 FlowOption = Annotated[
     str | None,
-    typer.Option("--flow", help="A flow's shared memory, by the flow's name (scope flow)."),
+    typer.Option(
+        "--flow", metavar="NAME", help="A flow's shared memory, by the flow's name (scope flow)."
+    ),
 ]
 ExecutionOption = Annotated[
     str | None,
@@ -135,7 +139,7 @@ def list_command(
     namespace: NamespaceOption = None,
     flow: FlowOption = None,
     execution: ExecutionOption = None,
-    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 1000,
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Show at most this many.")] = 1000,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -181,7 +185,8 @@ def list_command(
 def get_command(
     key: KeyArgument,
     version: Annotated[
-        int | None, typer.Option("--version", "-v", min=1, help="This version, not the latest.")
+        int | None,
+        typer.Option("--version", "-v", min=1, metavar="N", help="This version, not the latest."),
     ] = None,
     scope: ScopeOption = None,
     namespace: NamespaceOption = None,

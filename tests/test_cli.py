@@ -644,6 +644,22 @@ def test_waits_and_input(client: tether.Client, db_url: str) -> None:
     assert client.handle(execution_id).result(timeout=30) == "HELLO TIDES!"
 
 
+def test_input_that_is_not_json_says_how_to_quote_a_string(
+    client: tether.Client, db_url: str
+) -> None:
+    handle = cli_flows.choosing.run("left or right?")
+    retry_until(lambda: handle.status() is Status.WAITING, what="the wait for a side")
+    bare = cli(db_url, "executions", "input", handle.id, "--value", "right")
+    assert_plain_error(bare, 2, "not valid JSON", "a string needs JSON quotes")
+    assert "--value '\"right\"'" in bare.stderr, bare.stderr
+    assert "No input was recorded" in bare.stderr
+    (pending,) = client.pending_waits()
+    assert pending.execution_id == handle.id and pending.name == "side"
+    given = cli(db_url, "executions", "input", handle.id, "--value", '"right"')
+    assert given.exit_code == 0, given.output
+    assert handle.result(timeout=30) == "right"
+
+
 # --- prune ---------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from ._common import (
     err,
     fail,
     json_line,
+    json_value,
     out,
     running_here,
     say,
@@ -631,6 +632,7 @@ def input_command(
 ) -> None:
     """Give a waiting execution its input (validated against the wait's schema); the process
     that started it, if alive, or a `tether worker` then continues it."""
+    json_value(value, option="--value", unchanged="No input was recorded.")
     with cli_errors():
         record = client_for(db).input_json(execution_id, wait, value, by=by or who())
     if as_json:

@@ -6,7 +6,6 @@ printing) is `_common`'s, shared with the other sub-apps; `_app` registers this 
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
@@ -19,7 +18,7 @@ from .._memory import api as memory
 from .._memory.api import MemoryVersion
 from ..errors import MemoryKeyError, MemoryScopeError
 from . import render
-from ._common import cli_errors, client_for, dump, fail, out, say
+from ._common import cli_errors, client_for, dump, fail, json_value, out, say
 from .options import Command, DbOption, Group, JsonOption
 
 memory_app = typer.Typer(
@@ -269,14 +268,7 @@ def set_command(
                 param_hint="'--value'",
             )
         text = sys.stdin.read()
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(
-            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); a string "
-            "needs JSON quotes, e.g. --value '\"hello\"'. Nothing was stored.",
-            param_hint="'--value'",
-        ) from None
+    parsed = json_value(text, option="--value", unchanged="Nothing was stored.")
     with cli_errors():
         where = _scope(scope, namespace, flow, execution)
         _open(db, create=True)

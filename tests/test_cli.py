@@ -525,12 +525,36 @@ def test_a_finished_sleep_shows_as_slept_and_copies_as_copied(
     assert [(c["name"], c["copied_from"]) for c in record["checkpoints"]] == [
         ("greet", source), ("shout", None),
     ]  # fmt: skip
-    assert [w["status"] for w in record["waits"]] == ["slept"]
+    assert [(w["status"], w["copied_from"]) for w in record["waits"]] == [("slept", source)]
     lines = cli(db_url, "executions", "get", fork.id).stdout.splitlines()
     (greet,) = [line for line in lines if " greet " in f" {line} "]
     assert "(copied)" in greet
     (shout,) = [line for line in lines if " shout " in f" {line} "]
     assert "(copied)" not in shout
+    (sleep,) = [line for line in lines if " sleep " in f" {line} "]
+    assert "slept (copied)" in sleep and " - " in sleep, sleep  # no duration: it ran there
+    source_lines = cli(db_url, "executions", "get", source).stdout.splitlines()
+    (slept,) = [line for line in source_lines if " sleep " in f" {line} "]
+    assert "(copied)" not in slept
+
+
+def test_a_copied_wait_is_marked_copied_without_the_sources_duration(
+    client: tether.Client, db_url: str
+) -> None:
+    source = waiting(client)
+    client.input(source, "approve", True, by="ada")
+    assert client.handle(source).result(timeout=30) == "HELLO TIDES!"
+    fork = client.replay(source, from_="shout")
+    fork.result(timeout=30)
+    (wait,) = client.get(fork.id).waits
+    assert (wait.name, wait.status, wait.copied_from, wait.metadata) == (
+        "approve", "resolved", source, {},
+    )  # fmt: skip
+    assert client.get(source).waits[0].copied_from is None
+    lines = cli(db_url, "executions", "get", fork.id).stdout.splitlines()
+    (row,) = [line for line in lines if "wait approve" in line]
+    assert "resolved (copied)" in row and " - " in row and "by ada" in row, row
+    assert cli_json(db_url, "executions", "get", fork.id)["waits"][0]["copied_from"] == source
 
 
 # --- replay --------------------------------------------------------------------------------------

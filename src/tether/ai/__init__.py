@@ -23,7 +23,8 @@ checkpoint call. Model requests record their usage and cost with the checkpoint 
 made them, and are checked against the flow's `tether.Budget` before they are made.
 
 Built on Pydantic AI's durable-execution capability interface: `TetherDurability` can also be
-passed to `Agent(capabilities=[...])` directly. Needs `pip install 'tether[ai]'`.
+passed to `Agent(capabilities=[...])` directly. Needs Pydantic AI: `pip install -e '.[ai]'` in a
+clone of tether (and a provider's client, e.g. `pydantic-ai-slim[openai]`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ try:
     import pydantic_ai
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "tether.ai needs Pydantic AI: pip install 'tether[ai]' (or pydantic-ai-slim)"
+        "tether.ai needs Pydantic AI: pip install -e '.[ai]' in a clone of tether "
+        "(or pip install pydantic-ai-slim)"
     ) from exc
 
 from ._agent import DurableAgent, durable

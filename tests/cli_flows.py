@@ -73,6 +73,11 @@ def approval(topic: str) -> str:
     return "rejected"
 
 
+@tether.flow
+def choosing(question: str) -> str:
+    return tether.wait("side", schema=str, question=question)
+
+
 @tether.checkpoint
 def through_gate(gate: str) -> str:
     """Blocks until the gate file exists (at most 30 s), so a test can look at the execution

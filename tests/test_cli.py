@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
 import cli_flows
@@ -479,6 +481,27 @@ def test_usage_lines_and_flags_are_plain() -> None:
         assert "<bool>" not in text and "{" not in text.split("\n\n")[0], args
 
 
+def _command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += _command_paths(sub, (*path, name))
+    return paths
+
+
+def test_every_option_of_every_command_names_what_it_takes() -> None:
+    """Typer's type names (`<str>`, `<int range>`) say nothing; every option shows a
+    metavar such as ID, NAME, N, SECONDS or JSON instead."""
+    paths = _command_paths(typer.main.get_command(app))
+    assert ("executions", "input") in paths and ("memory", "set") in paths and ("worker",) in paths
+    for path in paths:
+        shown = CliRunner().invoke(app, [*path, "--help"], terminal_width=200)
+        assert shown.exit_code == 0, (path, shown.output)
+        for vague in ("<str>", "<int", "<float", "<bool>", "<path>", "<text>", "<integer"):
+            assert vague not in shown.stdout, (path, vague, shown.stdout)
+    given = CliRunner().invoke(app, ["executions", "input", "--help"], terminal_width=200)
+    assert re.search(r"--value\s+JSON\s", given.stdout), given.stdout
+
+
 def test_waits_uses_the_plain_columns_of_list(client: tether.Client, db_url: str) -> None:
     execution_id = waiting(client)
     table = cli(db_url, "executions", "waits").stdout
@@ -502,12 +525,36 @@ def test_a_finished_sleep_shows_as_slept_and_copies_as_copied(
     assert [(c["name"], c["copied_from"]) for c in record["checkpoints"]] == [
         ("greet", source), ("shout", None),
     ]  # fmt: skip
-    assert [w["status"] for w in record["waits"]] == ["slept"]
+    assert [(w["status"], w["copied_from"]) for w in record["waits"]] == [("slept", source)]
     lines = cli(db_url, "executions", "get", fork.id).stdout.splitlines()
     (greet,) = [line for line in lines if " greet " in f" {line} "]
     assert "(copied)" in greet
     (shout,) = [line for line in lines if " shout " in f" {line} "]
     assert "(copied)" not in shout
+    (sleep,) = [line for line in lines if " sleep " in f" {line} "]
+    assert "slept (copied)" in sleep and " - " in sleep, sleep  # no duration: it ran there
+    source_lines = cli(db_url, "executions", "get", source).stdout.splitlines()
+    (slept,) = [line for line in source_lines if " sleep " in f" {line} "]
+    assert "(copied)" not in slept
+
+
+def test_a_copied_wait_is_marked_copied_without_the_sources_duration(
+    client: tether.Client, db_url: str
+) -> None:
+    source = waiting(client)
+    client.input(source, "approve", True, by="ada")
+    assert client.handle(source).result(timeout=30) == "HELLO TIDES!"
+    fork = client.replay(source, from_="shout")
+    fork.result(timeout=30)
+    (wait,) = client.get(fork.id).waits
+    assert (wait.name, wait.status, wait.copied_from, wait.metadata) == (
+        "approve", "resolved", source, {},
+    )  # fmt: skip
+    assert client.get(source).waits[0].copied_from is None
+    lines = cli(db_url, "executions", "get", fork.id).stdout.splitlines()
+    (row,) = [line for line in lines if "wait approve" in line]
+    assert "resolved (copied)" in row and " - " in row and "by ada" in row, row
+    assert cli_json(db_url, "executions", "get", fork.id)["waits"][0]["copied_from"] == source
 
 
 # --- replay --------------------------------------------------------------------------------------
@@ -619,6 +666,22 @@ def test_waits_and_input(client: tether.Client, db_url: str) -> None:
     given = json.JSONDecoder().raw_decode(result.stdout, result.stdout.index("{"))[0]
     assert given["status"] == "resolved" and given["value"] is True and given["resolved_by"] == "bo"
     assert client.handle(execution_id).result(timeout=30) == "HELLO TIDES!"
+
+
+def test_input_that_is_not_json_says_how_to_quote_a_string(
+    client: tether.Client, db_url: str
+) -> None:
+    handle = cli_flows.choosing.run("left or right?")
+    retry_until(lambda: handle.status() is Status.WAITING, what="the wait for a side")
+    bare = cli(db_url, "executions", "input", handle.id, "--value", "right")
+    assert_plain_error(bare, 2, "not valid JSON", "a string needs JSON quotes")
+    assert "--value '\"right\"'" in bare.stderr, bare.stderr
+    assert "No input was recorded" in bare.stderr
+    (pending,) = client.pending_waits()
+    assert pending.execution_id == handle.id and pending.name == "side"
+    given = cli(db_url, "executions", "input", handle.id, "--value", '"right"')
+    assert given.exit_code == 0, given.output
+    assert handle.result(timeout=30) == "right"
 
 
 # --- prune ---------------------------------------------------------------------------------------

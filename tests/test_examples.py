@@ -5,6 +5,8 @@ would show its first-run banner (no pytest or CI variables, a coding agent annou
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +126,82 @@ def test_without_the_ai_extra_the_examples_say_what_to_install(
     assert out.returncode == 1
     hint = "This example needs Pydantic AI, the `ai` extra: pip install -e '.[ai]'"
     assert out.stderr.strip() == hint
+
+
+# --- the banner on a terminal ---------------------------------------------------------------------
+
+DURABLE_SCRIPT = """\
+from pydantic_ai import Agent
+from pydantic_ai.models.test import TestModel
+
+import tether
+from tether.ai import durable
+
+agent = durable(Agent(TestModel(custom_output_text="fine")))
+
+
+@tether.flow
+async def ask(question: str) -> str:
+    return (await agent.run(question)).output
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1] == "flow":
+        print("answer:", ask.run("how are you?").result(timeout=60))
+    else:
+        print("answer:", agent.run_sync("how are you?").output)
+"""
+
+
+def run_on_a_terminal(cwd: Path, *argv: str, timeout: float = 120) -> tuple[int, str]:
+    """Run Python with stdin, stdout and stderr on a pseudo-terminal, as a person runs a
+    script, and return its exit code and everything it wrote."""
+    env = example_env()
+    env.pop("AI_AGENT")  # the terminal alone is what would show the banner
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, *argv], stdin=follower, stdout=follower, stderr=follower, cwd=cwd, env=env
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], timeout)
+            if not ready:
+                raise AssertionError(f"no output for {timeout}s: {b''.join(chunks)!r}")
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the process closed its end of the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        code = process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def test_on_a_terminal_a_plain_agent_shows_the_banner(tmp_path: Path) -> None:
+    """The control for the test below: the terminal alone brings the banner out."""
+    code = "from pydantic_ai import Agent\nfrom pydantic_ai.models.test import TestModel\n"
+    code += "print('answer:', Agent(TestModel()).run_sync('hi').output)\n"
+    status, output = run_on_a_terminal(tmp_path, "-c", code)
+    assert status == 0, output
+    assert BANNER in output and "answer:" in output
+
+
+@pytest.mark.parametrize("where", ["flow", "outside"])
+def test_a_durable_agent_of_ones_own_shows_no_banner_on_a_terminal(
+    tmp_path: Path, where: str
+) -> None:
+    script = tmp_path / "my_agent.py"
+    script.write_text(DURABLE_SCRIPT)
+    status, output = run_on_a_terminal(tmp_path, str(script), where)
+    assert status == 0, output
+    assert "answer: fine" in output, output
+    assert BANNER not in output and "Traceback" not in output, output

@@ -390,6 +390,35 @@ def test_unstorable_result_fails_the_checkpoint_with_the_path(client: tether.Cli
     assert cp.status == "failed"
 
 
+@tether.checkpoint
+async def add_one(x: int) -> int:
+    return x + 1
+
+
+_forgotten: list[Any] = []
+
+
+@tether.flow
+async def forgets_to_await(x: int) -> dict[str, Any]:
+    pending = add_one(x)  # the mistake under test: no await
+    _forgotten.append(pending)  # closed by the test, so no "never awaited" warning later
+    return {"sum": pending}
+
+
+def test_a_missing_await_on_an_async_checkpoint_is_named_in_the_error() -> None:
+    handle = forgets_to_await.run(1)
+    try:
+        with pytest.raises(tether.ExecutionFailed) as info:
+            handle.result(timeout=10)
+    finally:
+        while _forgotten:
+            _forgotten.pop().close()
+    assert info.value.error_type == "tether.errors.SerializationError"
+    message = info.value.message
+    assert "result of flow 'forgets_to_await'['sum']" in message
+    assert "coroutine of 'add_one'" in message and "did you forget `await`?" in message
+
+
 def test_unstorable_flow_arguments_are_refused_before_anything_is_stored(
     client: tether.Client,
 ) -> None:

@@ -399,6 +399,29 @@ def test_unpicklable_attribute_error_names_its_path_and_type() -> None:
     assert lock_type in str(error)
 
 
+async def _fetch() -> int:
+    return 1
+
+
+@pytest.mark.parametrize("allow_pickle", [True, False])
+def test_a_coroutine_where_a_value_belongs_asks_about_a_missing_await(allow_pickle: bool) -> None:
+    pending = _fetch()
+    try:
+        with pytest.raises(SerializationError) as info:
+            dumps({"page": pending}, allow_pickle=allow_pickle, root="result")
+        assert info.value.path == "result['page']"
+        assert "did you forget `await`?" in str(info.value)
+        assert "coroutine of '_fetch'" in str(info.value)
+        assert "await _fetch(...)" in str(info.value)
+        # Inside an object that is pickled as a whole, the coroutine is found and named too.
+        with pytest.raises(SerializationError) as info:
+            dumps(Holder(client=pending), root="result")
+        assert info.value.path == "result.client"
+        assert "did you forget `await`?" in str(info.value)
+    finally:
+        pending.close()  # never awaited, on purpose
+
+
 def test_dataclass_field_holding_a_lock_is_named_in_the_error() -> None:
     with pytest.raises(SerializationError) as info:
         dumps([Connection("db", threading.Lock())], root="result")

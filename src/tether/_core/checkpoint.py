@@ -124,7 +124,13 @@ class Checkpoint(Generic[P, R]):
             return self.fn(*args, **kwargs)
         position = run.take_position()
         if self.is_async:
-            return cast(R, self._call_async(run, position, args, kwargs))
+            call = cast(
+                "types.CoroutineType[Any, Any, Any]", self._call_async(run, position, args, kwargs)
+            )
+            # Named for the checkpoint, not `Checkpoint._call_async`: a missing `await` then
+            # reads "coroutine 'fetch' was never awaited", and a SerializationError names it.
+            call.__qualname__ = self.name
+            return cast(R, call)
         return self._call_sync(run, position, args, kwargs)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:

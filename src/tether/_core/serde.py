@@ -21,6 +21,7 @@ import datetime as dt
 import decimal
 import enum
 import hashlib
+import inspect
 import json
 import math
 import pathlib
@@ -258,6 +259,8 @@ class _Encoder:
 
     def _pickle(self, value: Any, path: str) -> Any:
         name = _type_name(value)
+        if inspect.isawaitable(value):
+            raise _not_awaited(value, path)
         if not self.allow_pickle:
             raise SerializationError(
                 f"cannot store {path}: {name} is not JSON, a dataclass or a Pydantic model, "
@@ -268,7 +271,10 @@ class _Encoder:
         try:
             blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            bad_path, bad_type = _find_unpicklable(value, path)
+            bad_path, bad = _find_unpicklable(value, path)
+            if inspect.isawaitable(bad):
+                raise _not_awaited(bad, bad_path) from exc
+            bad_type = _type_name(bad)
             raise SerializationError(
                 f"cannot store {bad_path}: {bad_type} cannot be serialized ({exc}). Return "
                 "plain data from checkpoints, not live objects such as clients, files or locks",
@@ -278,8 +284,22 @@ class _Encoder:
         return {TAG: "pickle", "v": base64.b64encode(blob).decode("ascii")}
 
 
-def _find_unpicklable(value: Any, path: str, depth: int = 0) -> tuple[str, str]:
-    """Walk into an object that failed to pickle to name the attribute that is to blame."""
+def _not_awaited(value: Any, path: str) -> SerializationError:
+    # A coroutine (or task, or future) where a value belongs is nearly always an async call
+    # missing its `await`; "cannot pickle 'coroutine'" alone does not say so.
+    what = type(value).__name__
+    called = getattr(value, "__qualname__", None) if inspect.iscoroutine(value) else None
+    of = f" of {called!r}" if called else ""
+    return SerializationError(
+        f"cannot store {path}: it is a {what}{of}, not its result; did you forget `await`? "
+        f"(write `await {called or 'call'}(...)` where it is called)",
+        path=path,
+        type_name=_type_name(value),
+    )
+
+
+def _find_unpicklable(value: Any, path: str, depth: int = 0) -> tuple[str, Any]:
+    """Walk into an object that failed to pickle to find the attribute that is to blame."""
     if depth < 16:
         children: list[tuple[str, Any]] = []
         if isinstance(value, dict):
@@ -295,7 +315,7 @@ def _find_unpicklable(value: Any, path: str, depth: int = 0) -> tuple[str, str]:
                 pickle.dumps(child, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception:
                 return _find_unpicklable(child, child_path, depth + 1)
-    return path, _type_name(value)
+    return path, value
 
 
 def _decode(value: Any, path: str) -> Any:

@@ -59,7 +59,7 @@ class Attempt:
         return (self.finished_at - self.started_at).total_seconds()
 
 
-# The metadata key under which a replay marks the calls it copied from its source.
+# The metadata key under which a replay marks the calls and waits it copied from its source.
 COPIED_FROM = "tether.copied_from"
 
 
@@ -136,7 +136,8 @@ class WaitRecord:
     `status` is `pending`, `resolved` (input recorded), `timed_out` or `cancelled`; a sleep
     that is over is `slept` (the store keeps `timed_out` for it, as it always has: its
     deadline passed). `json_schema` describes the input expected; `deadline` is when it
-    times out (a sleep: when it wakes).
+    times out (a sleep: when it wakes). `copied_from`: the execution a replay copied this
+    wait from (its times are the original's; nothing waited here).
     """
 
     execution_id: str
@@ -153,6 +154,7 @@ class WaitRecord:
     resolved_at: dt.datetime | None
     resolved_by: str | None
     value_json: str | None = field(default=None, repr=False)
+    copied_from: str | None = None
 
     @cached_property
     def value(self) -> Any:
@@ -161,6 +163,8 @@ class WaitRecord:
 
     @classmethod
     def from_row(cls, row: WaitRow, flow: str | None = None) -> WaitRecord:
+        metadata = _serde.loads(row.metadata) if row.metadata else {}
+        copied_from = metadata.pop(COPIED_FROM, None) if isinstance(metadata, dict) else None
         return cls(
             execution_id=row.execution_id,
             flow=flow,
@@ -170,12 +174,13 @@ class WaitRecord:
             status=SLEPT if row.kind == "sleep" and row.status == "timed_out" else row.status,
             question=_serde.loads(row.question) if row.question else None,
             json_schema=_serde.loads(row.json_schema) if row.json_schema else None,
-            metadata=_serde.loads(row.metadata) if row.metadata else {},
+            metadata=metadata,
             deadline=_time(row.deadline),
             created_at=_time(row.created_at) or dt.datetime.now(dt.UTC),
             resolved_at=_time(row.resolved_at),
             resolved_by=row.resolved_by,
             value_json=row.value,
+            copied_from=copied_from if isinstance(copied_from, str) else None,
         )
 
 

@@ -72,6 +72,10 @@ def replay(
         marked = _serde.loads(metadata) if metadata else {}
         marked[COPIED_FROM] = source.id  # shown as copied, not as a call that ran again
         copy.metadata = _serde.dumps(marked)
+    for wait in waits:  # a copied wait was answered (or slept) in the source, not here
+        given = _serde.loads(wait.metadata) if wait.metadata else {}
+        if isinstance(given, dict):
+            wait.metadata = _serde.dumps({**given, COPIED_FROM: source.id})
     budget = _budget.checked(budget) or _budget.from_options(source.options)
     encoded = source.args if args is None else _encode_args(args, source.flow)
     flow = load_flow(source.import_path, source.script) if settings().executor else None

@@ -23,16 +23,18 @@ checkpoint call. Model requests record their usage and cost with the checkpoint 
 made them, and are checked against the flow's `tether.Budget` before they are made.
 
 Built on Pydantic AI's durable-execution capability interface: `TetherDurability` can also be
-passed to `Agent(capabilities=[...])` directly. Needs `pip install 'tether[ai]'`.
+passed to `Agent(capabilities=[...])` directly. Needs Pydantic AI: `pip install -e '.[ai]'` in a
+clone of tether (and a provider's client, e.g. `pydantic-ai-slim[openai]`).
 """
 
 from __future__ import annotations
 
 try:
-    import pydantic_ai  # noqa: F401
+    import pydantic_ai
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "tether.ai needs Pydantic AI: pip install 'tether[ai]' (or pydantic-ai-slim)"
+        "tether.ai needs Pydantic AI: pip install -e '.[ai]' in a clone of tether "
+        "(or pip install pydantic-ai-slim)"
     ) from exc
 
 from ._agent import DurableAgent, durable
@@ -40,6 +42,11 @@ from ._deferred import Approval
 from ._durability import TetherDurability, TetherOperationBackend
 from ._llm import llm, llm_async
 from ._units import CheckpointOptions, TetherOperationNamer
+
+# tether runs agents on its own threads and event loop, for flows, and owns what the
+# process prints: Pydantic AI's first-run banner (shown once, on a terminal) would land in
+# the middle of that output. The switch is Pydantic AI's documented one for such runners.
+pydantic_ai.BANNER_ENABLED = False
 
 __all__ = [
     "Approval",

@@ -117,6 +117,23 @@ def say(text: str) -> None:
     out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+def json_value(text: str, *, option: str, unchanged: str) -> Any:
+    """The JSON an option gives (`--value`), or a usage error that says how to quote a
+    string: a shell eats the quotes of `--value "right"`, so JSON gets the bare word.
+    `unchanged` says what did not happen (e.g. "Nothing was stored.")."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        word = text.strip()
+        bare = word and "\n" not in word and "'" not in word and word[0] not in '{["'
+        example = json.dumps(word) if bare and len(word) <= 40 else '"hello"'
+        raise typer.BadParameter(
+            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); a string "
+            f"needs JSON quotes, e.g. {option} '{example}'. {unchanged}",
+            param_hint=f"'{option}'",
+        ) from None
+
+
 def dump(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
 

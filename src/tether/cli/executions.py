@@ -24,6 +24,7 @@ from ._common import (
     err,
     fail,
     json_line,
+    json_value,
     out,
     running_here,
     say,
@@ -147,9 +148,9 @@ def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:
 def list_command(
     status: StatusOption = None,
     flow: Annotated[
-        str | None, typer.Option(help="Only executions of this flow (its name).")
+        str | None, typer.Option(metavar="NAME", help="Only executions of this flow (its name).")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Show at most this many.")] = 50,
     parent: Annotated[
         str | None,
         typer.Option(
@@ -201,6 +202,7 @@ def logs_command(
         typer.Option(
             "--checkpoint",
             "-c",
+            metavar="STEP",
             help="Only this checkpoint: a name (all its calls), `name#k` (its k-th call) or "
             "a position.",
         ),
@@ -355,6 +357,7 @@ def replay_command(
         str,
         typer.Option(
             "--from",
+            metavar="STEP",
             help="Where the new execution starts running live: a checkpoint name (its first "
             "call), `name#k` (its k-th call) or a position as `get` shows it (`3`, `1.0`, "
             "`[key].0`), or a wait or sleep (by name, position, or as `get` shows it: "
@@ -587,8 +590,10 @@ def prune_command(
 @executions_app.command("waits", cls=Command)
 def waits_command(
     db: DbOption = None,
-    flow: Annotated[str | None, typer.Option(help="Only waits of this flow.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 100,
+    flow: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Only waits of this flow.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="At most this many.")] = 100,
     as_json: JsonOption = False,
 ) -> None:
     """List the waits that need input (a flow called `tether.wait(...)`), oldest first: the
@@ -606,17 +611,30 @@ def waits_command(
 @executions_app.command("input", cls=Command)
 def input_command(
     execution_id: Annotated[str, typer.Argument(metavar="ID", help="The execution that waits.")],
-    value: Annotated[str, typer.Option("--value", help="The input, as JSON (e.g. true).")],
+    value: Annotated[
+        str,
+        typer.Option(
+            "--value",
+            metavar="JSON",
+            help="The input, as JSON: true, 3, '\"a string\"', '{\"k\": 1}'.",
+            show_default=False,
+        ),
+    ],
     wait: Annotated[
         str | None,
-        typer.Option("--wait", help="Which wait; found by itself when only one is pending."),
+        typer.Option(
+            "--wait", metavar="NAME", help="Which wait; found by itself when only one is pending."
+        ),
     ] = None,
-    by: Annotated[str | None, typer.Option(help="Who gives the input (recorded).")] = None,
+    by: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Who gives the input (recorded).")
+    ] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Give a waiting execution its input (validated against the wait's schema); the process
     that started it, if alive, or a `tether worker` then continues it."""
+    json_value(value, option="--value", unchanged="No input was recorded.")
     with cli_errors():
         record = client_for(db).input_json(execution_id, wait, value, by=by or who())
     if as_json:

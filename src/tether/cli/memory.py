@@ -6,7 +6,6 @@ printing) is `_common`'s, shared with the other sub-apps; `_app` registers this 
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
@@ -20,7 +19,7 @@ from .._memory import api as memory
 from .._memory.api import MemoryVersion
 from ..errors import MemoryKeyError, MemoryScopeError
 from . import render
-from ._common import cli_errors, client_for, dump, fail, out, say
+from ._common import cli_errors, client_for, dump, fail, json_value, out, say
 from .options import Command, DbOption, Group, JsonOption
 
 memory_app = typer.Typer(
@@ -51,11 +50,15 @@ ScopeOption = Annotated[
 ]
 NamespaceOption = Annotated[
     str | None,
-    typer.Option("--namespace", "-n", help="A namespace's memory (scope namespace)."),
+    typer.Option(
+        "--namespace", "-n", metavar="NAME", help="A namespace's memory (scope namespace)."
+    ),
 ]
 FlowOption = Annotated[
     str | None,
-    typer.Option("--flow", help="A flow's shared memory, by the flow's name (scope flow)."),
+    typer.Option(
+        "--flow", metavar="NAME", help="A flow's shared memory, by the flow's name (scope flow)."
+    ),
 ]
 ExecutionOption = Annotated[
     str | None,
@@ -137,7 +140,7 @@ def list_command(
     namespace: NamespaceOption = None,
     flow: FlowOption = None,
     execution: ExecutionOption = None,
-    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 1000,
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Show at most this many.")] = 1000,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -183,7 +186,8 @@ def list_command(
 def get_command(
     key: KeyArgument,
     version: Annotated[
-        int | None, typer.Option("--version", "-v", min=1, help="This version, not the latest.")
+        int | None,
+        typer.Option("--version", "-v", min=1, metavar="N", help="This version, not the latest."),
     ] = None,
     scope: ScopeOption = None,
     namespace: NamespaceOption = None,
@@ -266,14 +270,7 @@ def set_command(
                 param_hint="'--value'",
             )
         text = sys.stdin.read()
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(
-            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); a string "
-            "needs JSON quotes, e.g. --value '\"hello\"'. Nothing was stored.",
-            param_hint="'--value'",
-        ) from None
+    parsed = json_value(text, option="--value", unchanged="Nothing was stored.")
     with cli_errors():
         where = _scope(scope, namespace, flow, execution)
         _open(db, create=True)

@@ -21,10 +21,18 @@ DbOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _plain_flags(params: list[Any]) -> list[Any]:
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+def _plain_params(params: list[Any]) -> list[Any]:
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""  # Typer shows a flag's metavar in place of `<bool>`
+        elif param.param_type_name == "argument" and hasattr(param, "display_type_rich"):
+            # Recent Typer shows an argument's name (its metavar, e.g. ID) and then its type
+            # (`<str>`) beside it: the name already says what to give.
+            param.display_type_rich = _no_type
     return params
 
 
@@ -32,7 +40,9 @@ def _plain_flags(params: list[Any]) -> list[Any]:
 # older Typer uses Click itself; both have the attributes used here.
 class Command(TyperCommand):
     """Every `tether` command's class: plain usage lines (`[OPTIONS] ID [PREFIX]`, not
-    Typer's `{ID}`), and no `<bool>` type beside flags such as `--json` and `--help`."""
+    Typer's `{ID}`), no `<bool>` type beside flags such as `--json` and `--help`, and no
+    `<str>` beside an argument's name. Options name what they take with a metavar (ID, NAME,
+    N, JSON...), never Typer's type names (tests/test_cli.py checks every command)."""
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -44,11 +54,11 @@ class Command(TyperCommand):
         return pieces
 
     def get_params(self, ctx: Any) -> list[Any]:
-        return _plain_flags(super().get_params(ctx))
+        return _plain_params(super().get_params(ctx))
 
 
 class Group(TyperGroup):
     """The class of `tether` and its sub-apps: no `<bool>` beside `--debug` and `--help`."""
 
     def get_params(self, ctx: Any) -> list[Any]:
-        return _plain_flags(super().get_params(ctx))
+        return _plain_params(super().get_params(ctx))

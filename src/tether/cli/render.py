@@ -288,6 +288,7 @@ def wait_json(w: WaitRecord) -> dict[str, Any]:
         "resolved_at": iso(w.resolved_at),
         "resolved_by": w.resolved_by,
         "value": plain(lambda: w.value, w.value_json),
+        "copied_from": w.copied_from,
     }
 
 
@@ -569,9 +570,13 @@ def _wait_row(w: WaitRecord) -> list[RenderableType]:
                 detail.append(f" by {w.resolved_by}", style="dim")
         elif w.status == "pending" and w.deadline is not None:
             detail.append(f" (until {when(w.deadline)})", style="dim")
+    status = status_text(w.status)
+    if w.copied_from is not None:  # a replay's copy: it waited in the source, not here
+        status.append(" (copied)", style="dim")
+        return [name, status, "", Text("-", style="dim"), one_line(detail)]
     end = w.resolved_at or (None if w.status != "pending" else dt.datetime.now(dt.UTC))
     took = (end - w.created_at).total_seconds() if end is not None else None
-    return [name, status_text(w.status), "", duration(took), one_line(detail)]
+    return [name, status, "", duration(took), one_line(detail)]
 
 
 def execution_view(record: ExecutionRecord) -> Group:

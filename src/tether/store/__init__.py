@@ -46,7 +46,8 @@ def exists(url: str) -> bool:
 
 def open_store(url: str, *, durability: str = "normal") -> Store:
     """Open the store a URL names: `sqlite:///relative.db`, `sqlite:////abs/path.db`, or
-    `postgresql://user:password@host:5432/dbname` (needs `pip install 'tether[postgres]'`)."""
+    `postgresql://user:password@host:5432/dbname` (needs the PostgreSQL driver:
+    `pip install -e '.[postgres]'` in a clone of tether)."""
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ConfigurationError(

@@ -12,7 +12,7 @@ many in one fenced statement, because a statement and its commit cost far more
 than a row (round trip, transaction, WAL flush), and the time one commit takes
 is what lets the next batch gather.
 
-Install the driver with `pip install 'tether[postgres]'`.
+Install the driver with `pip install -e '.[postgres]'` in a clone of tether.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ class PostgresStore(SqlStore):
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
             raise ConfigurationError(
-                f"{url!r} needs the PostgreSQL driver: pip install 'tether[postgres]' ({exc})"
+                f"{url!r} needs the PostgreSQL driver: pip install -e '.[postgres]' in a clone "
+                f"of tether, or pip install 'psycopg[binary,pool]' ({exc})"
             ) from exc
         self.url = url
         self._listen: Any = None

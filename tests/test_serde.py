@@ -702,3 +702,47 @@ def test_any_supported_value_round_trips_with_every_node_typed(value: Any) -> No
     text = dumps(value, allow_pickle=False)
     strict_json(text)
     assert same(loads(text), value)
+
+
+# --- what a stored name may stand for (crafted rows: tests/test_stored_data.py) ----------------
+
+
+def test_a_tag_naming_a_class_of_another_kind_comes_back_as_data() -> None:
+    text = json.dumps({"$t": "enum", "c": f"{__name__}:Point", "v": {"x": 1, "y": 2}})
+    back = loads(text)
+    assert back == tether.StoredValue(f"{__name__}:Point", {"x": 1, "y": 2}, "enum")
+
+
+def test_a_stored_value_is_stored_again_in_its_original_form() -> None:
+    original = {"$t": "model", "c": "nowhere.models:Verdict", "v": {"ok": True, "at": (1, 2)}}
+    original["v"]["at"] = {"$t": "tuple", "v": [1, 2]}
+    back = loads(json.dumps(original))
+    assert back == tether.StoredValue("nowhere.models:Verdict", {"ok": True, "at": (1, 2)}, "model")
+    assert json.loads(dumps({"kept": back})) == {"kept": original}
+
+
+def test_register_rejects_what_is_not_a_restorable_class() -> None:
+    with pytest.raises(tether.UsageError, match=r"tether.register\(\) takes a dataclass"):
+        tether.register(print)  # type: ignore[arg-type]
+    with pytest.raises(tether.UsageError, match=r"tether\.register"):
+        tether.register(Box)
+    assert tether.register(Point) is Point
+
+
+def test_an_error_row_cannot_raise_system_exit_or_a_control_signal() -> None:
+    for error in (SystemExit(3), KeyboardInterrupt(), tether.Cancelled()):
+        back = error_from_text(error_to_text(raised(error)))
+        assert isinstance(back, CheckpointError), back
+
+
+def test_an_error_row_of_an_older_version_is_rebuilt_from_its_type_name_and_message() -> None:
+    old = {"type": f"{__name__}.QuotaExceeded", "message": "over", "traceback": "T", "pickle": "x"}
+    back = error_from_text(json.dumps(old))
+    assert type(back) is QuotaExceeded
+    assert back.args == ("over",)
+
+
+def test_an_os_error_keeps_its_filename_through_the_store() -> None:
+    back = error_from_text(error_to_text(raised(FileNotFoundError(2, "No such file", "a.txt"))))
+    assert type(back) is FileNotFoundError
+    assert (back.errno, back.filename) == (2, "a.txt")

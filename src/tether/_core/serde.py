@@ -535,21 +535,44 @@ def error_to_text(exc: BaseException) -> str:
         "traceback": "".join(tb.format_exception(exc)),
         "class": f"{cls.__module__}:{cls.__qualname__}",
     }
+    args, state = _error_state(exc)
     encoder = _Encoder(False)
-    with contextlib.suppress(SerializationError):  # then rebuilt only from its message
-        record["args"] = encoder.encode(list(exc.args), "args")
+    # Recording an error must not fail: what cannot be stored as data is left out.
+    with contextlib.suppress(Exception):
+        record["args"] = encoder.encode(list(args), "args")
     fields: dict[str, Any] = {}
     complete = "args" in record
-    for name, value in getattr(exc, "__dict__", {}).items():
+    for name, value in state.items():
         try:
             fields[name] = encoder.encode(value, name)
-        except SerializationError:
+        except Exception:
             complete = False
     if fields:
         record["fields"] = fields
     if complete:
         record["complete"] = True
     return _encode_json(record)
+
+
+def _error_state(exc: BaseException) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments that rebuild `exc` and its attributes, as pickling would take them:
+    `__reduce__` knows arguments that `args` lacks (an OSError's filename, a DivergenceError's
+    positions)."""
+    state = getattr(exc, "__dict__", None) or {}
+    try:
+        reduced = exc.__reduce__()
+    except Exception:
+        return exc.args, state
+    if (
+        isinstance(reduced, tuple)
+        and len(reduced) >= 2
+        and reduced[0] is type(exc)
+        and isinstance(reduced[1], tuple)
+    ):
+        if len(reduced) >= 3 and isinstance(reduced[2], dict):
+            state = reduced[2]
+        return reduced[1], state
+    return exc.args, state
 
 
 def error_info(text: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ import pickle
 import signal
 import sqlite3
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import closing
@@ -26,7 +27,7 @@ import pytest
 
 import stored_data_flows as flows
 import tether
-from helpers import retry_until, run_cli, spawn_child
+from helpers import retry_until, run_child, run_cli, spawn_child
 from tether import Status
 from tether._core import config as _config
 from tether._core import serde
@@ -143,7 +144,7 @@ def test_tagged_values_naming_functions_or_unimported_modules_come_back_as_data(
     assert decoded["items"][5].type_name == f"{evil}:Thing"
     assert decoded["nested"]["deep"][0].type_name == "os:system"
     assert record.result == tether.StoredValue(f"{evil}:Thing", {"x": 1}, "dataclass")
-    assert evil not in __import__("sys").modules
+    assert evil not in sys.modules
 
     for args in (("get", execution_id, "--json"), ("get", execution_id), ("list", "--json")):
         shown = run_cli(db_url, "executions", *args)
@@ -185,8 +186,6 @@ def test_a_stored_value_whose_class_is_loaded_is_restored_and_registering_restor
         print(type(again).__name__, again.approved, again.reason)
         """
     )
-    from helpers import run_child
-
     out = run_child(code, db_url)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == [
@@ -327,6 +326,29 @@ def test_a_recorded_error_naming_a_class_the_process_lacks_is_a_checkpoint_error
     assert handle.result(timeout=30) == (
         f"except Exception: CheckpointError: {evil}.Thing: draft 7 is not acceptable"
     )
+
+
+def test_a_pickled_memory_blob_is_refused_by_memory_get_list_and_history(
+    db_url: str, sentinel: tuple[Path, str, str]
+) -> None:
+    _, command, _ = sentinel
+    value = '{"a": [1, 2]}'
+    written = run_cli(db_url, "memory", "set", "notes", "--value", value, "--namespace", "team")
+    assert written.returncode == 0, written.stderr
+    _execute(db_url, "UPDATE blobs SET data = ?", json.dumps({"kept": _pickle_tag(command)}))
+    with pytest.raises(tether.PickleRefused, match=r"\['kept'\] was not loaded"):
+        tether.memory.get("notes", namespace="team")
+    for env in ({}, {"TETHER_SECRET": "some-key"}):
+        shown = run_cli(db_url, "memory", "get", "notes", "--namespace", "team", **env)
+        _no_traceback(shown)
+        # Refused, or shown as the stored data it is (the CLI's fallback), never unpickled.
+        if shown.returncode == 0:
+            assert json.loads(shown.stdout)["kept"]["$t"] == "pickle"
+        else:
+            assert "was not loaded" in shown.stderr
+        for args in (("list",), ("history", "notes", "--namespace", "team")):
+            listed = run_cli(db_url, "memory", *args, **env)
+            _no_traceback(listed)
 
 
 # --- errors: the same path live and resumed ---------------------------------------------------

@@ -508,7 +508,9 @@ def _unpickle(value: dict[str, Any]) -> Any:
         )
     mac = value.get("mac")
     blob = base64.b64decode(value.get("v") or "")
-    if type(mac) is not str or not hmac.compare_digest(mac, _mac(current.secret, blob)):
+    if type(mac) is not str or not hmac.compare_digest(
+        mac.encode("utf-8", "replace"), _mac(current.secret, blob).encode()
+    ):
         raise _LoadFailure(
             "it is a pickle whose signature does not match TETHER_SECRET (written with another "
             "key, by an older tether, or by someone else); it was not unpickled",

@@ -233,6 +233,13 @@ class _Encoder:
             return {TAG: "uuid", "v": str(value)}
         if t is StoredValue:
             # Written back as it was read: a class this process lacks keeps its stored form.
+            if value.kind not in _CLASS_KINDS or type(value.type_name) is not str:
+                raise SerializationError(
+                    f"cannot store {path}: a StoredValue's kind is one of "
+                    f"{', '.join(sorted(_CLASS_KINDS))}, not {value.kind!r}",
+                    path=path,
+                    type_name="tether.StoredValue",
+                )
             encoded = {TAG: value.kind, "c": value.type_name}
             encoded["v"] = self.encode(value.data, f"{path}.data")
             return encoded

@@ -12,6 +12,7 @@ import pytest
 
 import tether
 from tether import Status
+from tether._core import config as _config
 
 calls: Counter[str] = Counter()
 gate = threading.Event()
@@ -380,13 +381,19 @@ def unstorable_flow() -> None:
     returns_a_lock()
 
 
-def test_unstorable_result_fails_the_checkpoint_with_the_path(client: tether.Client) -> None:
+def test_unstorable_result_fails_the_checkpoint_with_the_path(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With signed pickle on, the path goes down to the attribute that cannot be pickled.
+    monkeypatch.setenv("TETHER_SECRET", "test-key")
+    _config.reset()  # the key is read from the environment with the other settings
+    tether.configure(db=db_url, pickle=True)
     handle = unstorable_flow.run()
     with pytest.raises(tether.ExecutionFailed) as info:
         handle.result(timeout=10)
     assert info.value.error_type == "tether.errors.SerializationError"
     assert "result of checkpoint 'returns_a_lock'['items'][3].client" in info.value.message
-    (cp,) = client.get(handle.id).checkpoints
+    (cp,) = tether.Client(db_url).get(handle.id).checkpoints
     assert cp.status == "failed"
 
 
@@ -427,11 +434,17 @@ def test_unstorable_flow_arguments_are_refused_before_anything_is_stored(
     assert client.list() == []
 
 
-def test_pickle_fallback_can_be_switched_off(client: tether.Client) -> None:
-    tether.configure(pickle=False)
+def test_pickle_fallback_is_off_by_default_and_the_error_names_checkpoint_type_and_path(
+    client: tether.Client,
+) -> None:
     handle = unstorable_flow.run()
-    with pytest.raises(tether.ExecutionFailed, match="pickle fallback is off"):
+    with pytest.raises(tether.ExecutionFailed, match="pickle fallback is off") as info:
         handle.result(timeout=10)
+    message = info.value.message
+    assert "result of checkpoint 'returns_a_lock'['items'][3]" in message
+    assert "test_flows.Unstorable" in message
+    assert "TETHER_SECRET" in message
+    assert "tether.register" in message
 
 
 def test_flows_defined_in_functions_are_refused(db_url: str) -> None:

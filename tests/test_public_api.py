@@ -28,6 +28,8 @@ PUBLIC = {
     "Budget", "BudgetExceeded", "ModelPrice", "Usage", "llm", "llm_async", "record_usage",
     # durable memory
     "memory",
+    # stored data is data: classes restored only when loaded or registered, signed pickles
+    "PickleRefused", "StoredValue", "register",
 }  # fmt: skip
 
 

@@ -30,6 +30,8 @@ from ._core.config import configure
 from ._core.context import Current, current, in_flow, log
 from ._core.model_price import ModelPrice
 from ._core.positions import branch
+from ._core.restore import register
+from ._core.serde import StoredValue
 from ._core.status import CheckpointStatus, Status
 from ._core.waits import sleep, wait
 from ._ops.client import Client
@@ -64,6 +66,7 @@ from .errors import (
     InputValidationError,
     InvalidStateError,
     NotInFlowError,
+    PickleRefused,
     ResultTimeout,
     SerializationError,
     StoreError,
@@ -111,6 +114,7 @@ __all__ = [
     "LogRecord",
     "ModelPrice",
     "NotInFlowError",
+    "PickleRefused",
     "Queue",
     "ResultTimeout",
     "SerializationError",
@@ -118,6 +122,7 @@ __all__ = [
     "Status",
     "StoreError",
     "StoreUnavailable",
+    "StoredValue",
     "TetherError",
     "UnguardedScriptError",
     "Usage",
@@ -140,6 +145,7 @@ __all__ = [
     "log",
     "memory",
     "record_usage",
+    "register",
     "sleep",
     "wait",
 ]

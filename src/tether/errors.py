@@ -11,9 +11,10 @@ Exception
     ├── ConfigurationError          a bad store URL or setting
     ├── StoreError                  the database failed or is from a newer tether
     │   └── StoreUnavailable        the database cannot be reached right now (retry later)
-    ├── SerializationError          a value cannot be stored (names the path)
+    ├── SerializationError          a value cannot be stored or loaded (names the path)
+    │   └── PickleRefused           a stored pickle is not authenticated, or pickle is off
     ├── DivergenceError             resumed code calls a different checkpoint
-    ├── CheckpointError             a recorded failure whose type cannot be rebuilt
+    ├── CheckpointError             a recorded failure whose class this process lacks
     ├── CheckpointTimeout           a checkpoint attempt ran past its timeout
     ├── ExecutionNotFound           no execution has that id
     ├── ExecutionLocked             another live process holds the execution
@@ -39,8 +40,9 @@ BaseException
     └── Released                    the executor is shutting down; hand the execution back
 ```
 
-Errors that are recorded in the store define `__reduce__` so that they survive
-a pickle round trip with their fields.
+Errors are recorded in the store as data (type, message, traceback, arguments and
+attributes), never as pickles. tether's own errors define `__reduce__` so that they also
+survive a pickle round trip with their fields (multiprocessing, Ray).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ __all__ = [
     "MemoryScopeError",
     "MemoryValidationError",
     "NotInFlowError",
+    "PickleRefused",
     "Released",
     "ResultTimeout",
     "SerializationError",
@@ -127,7 +130,7 @@ class StoreUnavailable(StoreError):
 
 
 class SerializationError(TetherError):
-    """A value cannot be stored.
+    """A value cannot be stored, or a stored value cannot be loaded.
 
     `path` names the offending value, e.g. `result['items'][3].client`.
     """
@@ -139,6 +142,13 @@ class SerializationError(TetherError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), str(self), {"path": self.path, "type_name": self.type_name}))
+
+
+class PickleRefused(SerializationError):
+    """A stored pickle was not unpickled: pickle is off in this process, `TETHER_SECRET` is
+    not set, or the pickle's signature does not match the key (it was written with another
+    key, by an older tether, or by someone who can write the store but does not hold the key).
+    Unpickling runs code, so only pickles signed with this deployment's key are loaded."""
 
 
 class DivergenceError(TetherError):
@@ -161,13 +171,24 @@ class DivergenceError(TetherError):
 
 
 class CheckpointError(TetherError):
-    """A checkpoint failed with an error whose original type cannot be rebuilt here."""
+    """A recorded checkpoint failure, raised again on resume, whose class this process does
+    not have (its module is not imported, it is not an Exception, or it cannot be rebuilt
+    from its stored arguments). `error_type` (also `type_name`) is the original type's name,
+    `message` its message, `traceback` the recorded traceback text.
+
+    When the process has the class (its module imported, or `tether.register`ed), the
+    recorded error is raised as that class instead, so `except ValueError:` in flow code
+    takes the same path live and resumed."""
 
     def __init__(self, error_type: str, message: str, traceback: str = "") -> None:
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
         self.message = message
         self.traceback = traceback
+
+    @property
+    def type_name(self) -> str:
+        return self.error_type
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.error_type, self.message, self.traceback))

@@ -302,7 +302,15 @@ class _Call:
     def replay(self) -> Any:
         prior = cast(CheckpointRow, self.prior)
         if prior.status == _SUCCEEDED:
-            return _serde.loads(prior.result) if prior.result is not None else None
+            if prior.result is None:
+                return None
+            try:
+                return _serde.loads(prior.result)
+            except SerializationError:
+                # Decoded again (only on failure, off the hot path) for an error that names
+                # the recorded call, not just a path inside "value".
+                where = f"result of checkpoint {prior.name!r} at position {prior.position}"
+                return _serde.loads(prior.result, root=where)
         raise _serde.error_from_text(prior.error or "{}")
 
     def succeeded(self, value: Any) -> _Pending:
@@ -376,7 +384,7 @@ class _Call:
             fingerprint=self.args_fp,
             status=status,
             result=result,
-            error=_serde.error_to_text(exc, allow_pickle=run.allow_pickle) if exc else None,
+            error=_serde.error_to_text(exc) if exc else None,
             attempts=_serde.dumps(self.attempts) if self.attempts else None,
             started_at=self.attempts[0]["started_at"] if self.attempts else self.started,
             finished_at=finished,

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,7 +42,10 @@ UNSET: Final = _Unset()
 @dataclass(frozen=True, slots=True)
 class Settings:
     db: str
-    pickle: bool = True
+    pickle: bool = False
+    # The key that authenticates pickled values (`TETHER_SECRET`); without it nothing is
+    # pickled or unpickled even with pickle on.
+    secret: bytes | None = field(default=None, repr=False)
     strict: bool = False
     durability: str = "normal"
     max_workers: int = 32
@@ -72,6 +75,7 @@ def _from_env() -> Settings:
         db_origin=origin,
         executor=executor,
         model=os.environ.get("TETHER_MODEL") or None,
+        secret=os.environ.get("TETHER_SECRET", "").encode() or None,
     )
     max_async = os.environ.get("TETHER_MAX_ASYNC", "").strip()
     if max_async:
@@ -123,8 +127,11 @@ def configure(
     - `db`: store URL, e.g. `sqlite:///path/to/tether.db`. Default: `TETHER_DB`, else the
       `.tether/tether.db` of the working directory or its nearest parent that has a
       `.tether/` directory, else `./.tether/tether.db` (created when first used).
-    - `pickle`: allow the pickle fallback for values that are not JSON, dataclasses or
-      Pydantic models (default True). Off, such values raise SerializationError.
+    - `pickle`: allow the pickle fallback for values that are not JSON, dataclasses,
+      Pydantic models, Enums or NamedTuples (default False: such values raise
+      SerializationError). On, it also needs `TETHER_SECRET` in the environment: pickles
+      are written with an HMAC of that key and unpickled only when it matches, because
+      unpickling runs code and anyone who can write the store could otherwise run theirs.
     - `strict`: a resumed checkpoint call whose arguments changed fails with DivergenceError
       instead of recording a warning (default False).
     - `durability`: `"normal"` survives process crashes; `"full"` also survives power loss,

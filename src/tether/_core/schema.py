@@ -4,9 +4,14 @@
 `Literal["yes", "no"]`, `Model | None`... Input usually arrives in another process
 (a CLI, a web app) that never ran the flow, so the schema is stored as a
 *reference* to the type (import paths of classes, and the shape of generic
-aliases, unions and literals) that any process can rebuild and hand to Pydantic.
-Input is then validated by Pydantic itself, custom validators included. The JSON
-Schema is stored beside it for people and tools to read.
+aliases, unions and literals), and validated by Pydantic itself, custom validators
+included. The JSON Schema is stored beside it for people and tools to read.
+
+A stored reference is data like any stored value: rebuilding it imports nothing. A class
+it names is used only when this process already has it (restore.py) and it is a kind
+Pydantic validates as data (a model, dataclass, Enum, NamedTuple, TypedDict, or a standard
+type); otherwise that part is checked as any JSON here, and the flow validates the input
+again against the full schema when it reads it (its process has the classes).
 """
 
 from __future__ import annotations
@@ -14,13 +19,20 @@ from __future__ import annotations
 import json
 import types
 import typing
-from functools import lru_cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import UsageError
 from . import imports as _imports
+from . import restore as _restore
+
+# Modules whose classes a schema may name without being dataclasses, models and the like:
+# the types Pydantic validates as data.
+_STANDARD_MODULES = frozenset(
+    {"builtins", "datetime", "decimal", "uuid", "pathlib", "ipaddress", "enum", "typing",
+     "collections", "collections.abc", "re"}
+)  # fmt: skip
 
 
 def type_ref(tp: Any) -> Any:
@@ -56,30 +68,67 @@ def type_ref(tp: Any) -> Any:
     )
 
 
-def from_ref(ref: Any) -> Any:
+def from_ref(ref: Any) -> tuple[Any, bool]:
+    """The type a stored reference describes, and whether every class it names was found
+    (a class not found stands as `Any`)."""
     if "none" in ref:
-        return type(None)
+        return type(None), True
     if "any" in ref:
-        return Any
+        return Any, True
     if "literal" in ref:
-        return typing.Literal[tuple(ref["literal"])]
+        return typing.Literal[tuple(ref["literal"])], True
     if "union" in ref:
-        return typing.Union[tuple(from_ref(r) for r in ref["union"])]  # noqa: UP007
+        members = [from_ref(r) for r in ref["union"]]
+        union: Any = typing.Union[tuple(m for m, _ in members)]  # noqa: UP007
+        return union, all(complete for _, complete in members)
     if "origin" in ref:
-        origin = from_ref(ref["origin"])
-        args = tuple(Ellipsis if "ellipsis" in a else from_ref(a) for a in ref["args"])
-        return origin[args if len(args) != 1 else args[0]]
-    path = ref["type"]
-    if path.startswith("builtins:"):
-        import builtins
+        origin, complete = from_ref(ref["origin"])
+        if origin is Any:
+            return Any, False
+        args = []
+        for a in ref["args"]:
+            arg, found = (Ellipsis, True) if "ellipsis" in a else from_ref(a)
+            args.append(arg)
+            complete = complete and found
+        return origin[tuple(args) if len(args) != 1 else args[0]], complete
+    cls = _schema_class(ref["type"])
+    return (Any, False) if cls is None else (cls, True)
 
-        return getattr(builtins, path.partition(":")[2])
-    return _imports.resolve(path)
+
+def _schema_class(path: Any) -> type | None:
+    if type(path) is not str:
+        return None
+    cls = _restore.find(path)
+    if cls is None:
+        return None
+    if cls.__module__ in _STANDARD_MODULES or cls.__module__.partition(".")[0] in (
+        "pydantic",
+        "pydantic_core",
+    ):
+        return cls
+    if _restore.kind_of(cls) in ("model", "dataclass", "enum", "namedtuple", "path"):
+        return cls
+    return cls if typing.is_typeddict(cls) else None
 
 
-@lru_cache(maxsize=256)
+_adapters: dict[str, TypeAdapter[Any]] = {}
+
+
 def _adapter(ref_text: str) -> TypeAdapter[Any]:
-    return TypeAdapter(from_ref(json.loads(ref_text)))
+    found = _adapters.get(ref_text)
+    if found is not None:
+        return found
+    try:
+        tp, complete = from_ref(json.loads(ref_text))
+        adapter: TypeAdapter[Any] = TypeAdapter(tp)
+    except Exception:
+        # A reference this version cannot rebuild (malformed, or naming a class Pydantic
+        # cannot validate): any JSON is accepted here, and the flow validates on reading.
+        return TypeAdapter(Any)
+    # Only complete schemas are kept: a class missing now may be imported later.
+    if complete and len(_adapters) < 256:
+        _adapters[ref_text] = adapter
+    return adapter
 
 
 def describe(tp: Any) -> tuple[str | None, str | None]:

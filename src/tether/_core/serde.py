@@ -6,21 +6,30 @@ numbers, booleans, None) are stored as they are: the hot path is one type walk
 and one `json` encode. Everything else is stored as a tagged object
 `{"$t": kind, ...}` so that it comes back as the same type, not as a lossy
 look-alike: a tuple stays a tuple, `dict[int, X]` keeps its int keys, a
-dataclass or Pydantic model is rebuilt as its class. Objects with no JSON form
-fall back to pickle (inside a tag) unless the fallback is switched off.
+dataclass or Pydantic model is rebuilt as its class.
+
+Stored text is data, whoever wrote it: decoding never imports a module and never calls
+anything a stored value names. A class is restored only when this process already has it
+(see restore.py), else the value comes back as a `StoredValue`. Objects with no JSON form
+may be pickled (inside a tag) only when the user enables pickle and sets `TETHER_SECRET`:
+the pickle is signed with an HMAC of that key, and unpickled only when the signature
+matches. Errors are stored as data too (type, message, traceback, arguments, attributes).
 
 A value that cannot be stored raises SerializationError naming the path to the
-offending part, e.g. `result['items'][3].client`.
+offending part, e.g. `result['items'][3].client`; a stored value that is not loaded names
+its path the same way (PickleRefused for a pickle).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
 import enum
 import hashlib
+import hmac
 import inspect
 import json
 import math
@@ -33,9 +42,11 @@ from typing import Any
 import pydantic_core
 from pydantic import BaseModel
 
-from ..errors import CheckpointError, SerializationError
+from ..errors import CheckpointError, PickleRefused, SerializationError
 from ..store._json_bytes import json_bytes
+from . import config as _config
 from . import imports as _imports
+from . import restore as _restore
 
 TAG = "$t"
 _TAG_MARK = '"$t"'
@@ -61,17 +72,26 @@ def _decode_json(text: str) -> Any:
         return json.loads(text)
 
 
-def dumps(value: Any, *, allow_pickle: bool = True, root: str = "value") -> str:
-    """Encode `value` as stored text. Raises SerializationError with the path on failure."""
-    tree = value if _plain(value, 0) else _Encoder(allow_pickle).encode(value, root)
-    return _encode_json(tree)
+def dumps(value: Any, *, allow_pickle: bool | None = None, root: str = "value") -> str:
+    """Encode `value` as stored text. Raises SerializationError with the path on failure.
+    `allow_pickle`: the pickle fallback (default: the process setting)."""
+    if _plain(value, 0):
+        return _encode_json(value)
+    if allow_pickle is None:
+        allow_pickle = _config.settings().pickle
+    return _encode_json(_Encoder(allow_pickle).encode(value, root))
 
 
-def loads(text: str) -> Any:
-    """Decode stored text back into the value (and types) that was stored."""
+def loads(text: str, root: str = "value") -> Any:
+    """Decode stored text into data: the types that were stored where this process has
+    them, StoredValue where it does not. Imports nothing, calls nothing a stored value names.
+    Raises SerializationError (PickleRefused for a pickle) naming the path under `root`."""
     value = _decode_json(text)
     if _TAG_MARK in text:
-        return _decode(value, "value")
+        try:
+            return _decode(value)
+        except _LoadFailure as failure:
+            raise _failure(failure, root) from None
     return value
 
 
@@ -212,6 +232,18 @@ class _Encoder:
             return {TAG: "decimal", "v": str(value)}
         if t is uuid.UUID:
             return {TAG: "uuid", "v": str(value)}
+        if t is StoredValue:
+            # Written back as it was read: a class this process lacks keeps its stored form.
+            if value.kind not in _CLASS_KINDS or type(value.type_name) is not str:
+                raise SerializationError(
+                    f"cannot store {path}: a StoredValue's kind is one of "
+                    f"{', '.join(sorted(_CLASS_KINDS))}, not {value.kind!r}",
+                    path=path,
+                    type_name="tether.StoredValue",
+                )
+            encoded = {TAG: value.kind, "c": value.type_name}
+            encoded["v"] = self.encode(value.data, f"{path}.data")
+            return encoded
         if isinstance(value, pathlib.PurePath):
             return {TAG: "path", "c": self._class(value, path), "v": str(value)}
         if isinstance(value, enum.Enum):
@@ -263,8 +295,20 @@ class _Encoder:
             raise _not_awaited(value, path)
         if not self.allow_pickle:
             raise SerializationError(
-                f"cannot store {path}: {name} is not JSON, a dataclass or a Pydantic model, "
-                "and the pickle fallback is off (tether.configure(pickle=True) enables it)",
+                f"cannot store {path}: {name} is not JSON, a dataclass, a Pydantic model, an "
+                "Enum or a NamedTuple, and the pickle fallback is off. Return plain data or "
+                "one of those (tether.register(cls) lets processes that never imported its "
+                "module restore it), or enable pickle with tether.configure(pickle=True) and "
+                "TETHER_SECRET set",
+                path=path,
+                type_name=name,
+            )
+        key = _config.settings().secret
+        if key is None:
+            raise SerializationError(
+                f"cannot store {path}: {name} needs the pickle fallback, which is on but has no "
+                "key: set TETHER_SECRET (the same in every process that reads the store) so "
+                "that pickles are signed and only this deployment's pickles are loaded",
                 path=path,
                 type_name=name,
             )
@@ -281,7 +325,7 @@ class _Encoder:
                 path=bad_path,
                 type_name=bad_type,
             ) from exc
-        return {TAG: "pickle", "v": base64.b64encode(blob).decode("ascii")}
+        return {TAG: "pickle", "v": base64.b64encode(blob).decode("ascii"), "mac": _mac(key, blob)}
 
 
 def _not_awaited(value: Any, path: str) -> SerializationError:
@@ -318,35 +362,94 @@ def _find_unpicklable(value: Any, path: str, depth: int = 0) -> tuple[str, Any]:
     return path, value
 
 
-def _decode(value: Any, path: str) -> Any:
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredValue:
+    """A stored value whose class this process does not have, returned as data.
+
+    Reading never imports what a stored row names: a dataclass, Pydantic model, Enum,
+    NamedTuple or path is restored as its class only when the class's module is already
+    imported by the application (or the class was given to `tether.register`). Otherwise it
+    comes back as a `StoredValue`: `type_name` is the class as recorded (`module:qualname`),
+    `data` its fields as a dict (a model or dataclass), its items as a list (a named tuple),
+    or its value (an Enum member, a path). Storing a `StoredValue` again stores the original
+    tagged value, so copying it through this process loses nothing.
+    """
+
+    type_name: str
+    data: Any
+    kind: str = "dataclass"
+
+
+_CLASS_KINDS = frozenset({"path", "enum", "model", "namedtuple", "dataclass"})
+
+
+class _LoadFailure(Exception):
+    """A stored value that is not loaded; the path is collected on the way out."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.refused = refused
+        self.segments: list[str] = []
+
+
+def _failure(failure: _LoadFailure, root: str) -> SerializationError:
+    path = root + "".join(reversed(failure.segments))
+    if failure.refused:
+        return PickleRefused(f"{path} was not loaded: {failure.message}", path=path)
+    return SerializationError(f"cannot load {path}: {failure.message}", path=path)
+
+
+def _decode(value: Any) -> Any:
     t = type(value)
     if t is list:
-        return [_decode(v, path) for v in value]
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(_decode(v))
+            except _LoadFailure as failure:
+                failure.segments.append(f"[{i}]")
+                raise
+        return items
     if t is not dict:
         return value
     kind = value.get(TAG)
     if kind is None:
-        return {k: _decode(v, path) for k, v in value.items()}
-    data = value.get("v")
+        return _decode_fields(value, "[{!r}]")
     try:
-        return _decode_tagged(kind, value, data, path)
-    except SerializationError:
+        return _decode_tagged(kind, value, value.get("v"))
+    except _LoadFailure:
         raise
     except Exception as exc:
-        raise SerializationError(
-            f"cannot load a stored {kind} value ({value.get('c', '')}): {exc!r}", path=path
+        raise _LoadFailure(
+            f"a stored {kind} value ({value.get('c', '')}) is malformed: {exc!r}"
         ) from exc
 
 
-def _decode_tagged(kind: str, value: dict[str, Any], data: Any, path: str) -> Any:
+def _decode_fields(fields: Any, segment: str) -> dict[Any, Any]:
+    decoded = {}
+    for k, v in fields.items():
+        try:
+            decoded[k] = _decode(v)
+        except _LoadFailure as failure:
+            failure.segments.append(segment.format(k))
+            raise
+    return decoded
+
+
+def _decode_items(data: Any) -> list[Any]:
+    return _decode(list(data))  # type: ignore[no-any-return]
+
+
+def _decode_tagged(kind: Any, value: dict[str, Any], data: Any) -> Any:
     if kind == "tuple":
-        return tuple(_decode(v, path) for v in data)
+        return tuple(_decode_items(data))
     if kind == "dict":
-        return {_decode(k, path): _decode(v, path) for k, v in data}
+        return dict(_decode_items(data))
     if kind == "set":
-        return {_decode(v, path) for v in data}
+        return set(_decode_items(data))
     if kind == "frozenset":
-        return frozenset(_decode(v, path) for v in data)
+        return frozenset(_decode_items(data))
     if kind == "float":
         return float(data)
     if kind == "bytes":
@@ -371,30 +474,76 @@ def _decode_tagged(kind: str, value: dict[str, Any], data: Any, path: str) -> An
     if kind == "uuid":
         return uuid.UUID(data)
     if kind == "pickle":
-        return pickle.loads(base64.b64decode(data))
-    cls = _imports.resolve(value["c"])
+        return _unpickle(value)
+    if kind in _CLASS_KINDS:
+        return _decode_class(kind, value, data)
+    raise _LoadFailure(f"unknown stored value kind {kind!r}; written by a newer tether?")
+
+
+def _decode_class(kind: str, value: dict[str, Any], data: Any) -> Any:
+    name = value.get("c")
+    if type(name) is not str:
+        raise _LoadFailure(f"a stored {kind} value names no class")
+    cls: Any = _restore.find_kind(name, kind)
     if kind == "path":
-        return cls(data)
+        return cls(data) if cls is not None else StoredValue(name, str(data), kind)
     if kind == "enum":
-        return cls(_decode(data, path))
-    if kind == "model":
-        # The stored values are already of the right types: construct, do not re-validate.
-        values = {k: _decode(v, path) for k, v in data.items()}
-        if "x" in value:
-            values.update(_decode(value["x"], path))
-        fields_set = set(value["set"]) if "set" in value else None
-        return cls.model_construct(_fields_set=fields_set, **values)
+        member = _decode(data)
+        return cls(member) if cls is not None else StoredValue(name, member, kind)
     if kind == "namedtuple":
-        return cls(*(_decode(v, path) for v in data))
-    if kind == "dataclass":
-        fields = {k: _decode(v, path) for k, v in data.items()}
-        init = {f.name: fields[f.name] for f in dataclasses.fields(cls) if f.init}
-        obj = cls(**init)
-        for f in dataclasses.fields(cls):
-            if not f.init and f.name in fields:
-                object.__setattr__(obj, f.name, fields[f.name])
-        return obj
-    raise SerializationError(f"unknown stored value kind {kind!r}; written by a newer tether?")
+        items = _decode_items(data)
+        return cls(*items) if cls is not None else StoredValue(name, items, kind)
+    fields = _decode_fields(data, ".{}")
+    if kind == "model":
+        extra = _decode_fields(value["x"], ".{}") if "x" in value else None
+        if cls is None:
+            return StoredValue(name, {**fields, **extra} if extra else fields, kind)
+        if extra:
+            fields.update(extra)
+        fields_set = set(value["set"]) if "set" in value else None
+        # The stored values are already of the right types: construct, do not re-validate.
+        return cls.model_construct(_fields_set=fields_set, **fields)
+    if cls is None:
+        return StoredValue(name, fields, kind)
+    init = {f.name: fields[f.name] for f in dataclasses.fields(cls) if f.init}
+    obj = cls(**init)
+    for f in dataclasses.fields(cls):
+        if not f.init and f.name in fields:
+            object.__setattr__(obj, f.name, fields[f.name])
+    return obj
+
+
+def _mac(key: bytes, blob: bytes) -> str:
+    return hmac.new(key, blob, hashlib.sha256).hexdigest()
+
+
+def _unpickle(value: dict[str, Any]) -> Any:
+    # Unpickling runs whatever code the pickle names, and anyone who can write a row could
+    # have written it: only a pickle this deployment signed, with pickle on, is loaded.
+    current = _config.settings()
+    if not current.pickle:
+        raise _LoadFailure(
+            "it is a pickle and pickle is off (tether.configure(pickle=True) with TETHER_SECRET "
+            "set loads pickles this deployment wrote)",
+            refused=True,
+        )
+    if current.secret is None:
+        raise _LoadFailure(
+            "it is a pickle and TETHER_SECRET is not set, so it cannot be authenticated; set "
+            "TETHER_SECRET to the key of the processes that wrote it",
+            refused=True,
+        )
+    mac = value.get("mac")
+    blob = base64.b64decode(value.get("v") or "")
+    if type(mac) is not str or not hmac.compare_digest(
+        mac.encode("utf-8", "replace"), _mac(current.secret, blob).encode()
+    ):
+        raise _LoadFailure(
+            "it is a pickle whose signature does not match TETHER_SECRET (written with another "
+            "key, by an older tether, or by someone else); it was not unpickled",
+            refused=True,
+        )
+    return pickle.loads(blob)
 
 
 def _type_name(value: Any) -> str:
@@ -405,21 +554,54 @@ def _type_name(value: Any) -> str:
 # --- errors -----------------------------------------------------------------------------------
 
 
-def error_to_text(exc: BaseException, *, allow_pickle: bool) -> str:
-    """An exception as stored text: type, message, traceback, and the pickled error if it can be."""
+def error_to_text(exc: BaseException) -> str:
+    """An exception as stored text: its type, message and traceback, and its arguments and
+    attributes as data (never a pickle), so that a resume can raise it again."""
+    cls = type(exc)
     record: dict[str, Any] = {
         "type": _type_name(exc),
         "message": str(exc),
         "traceback": "".join(tb.format_exception(exc)),
+        "class": f"{cls.__module__}:{cls.__qualname__}",
     }
-    if allow_pickle:
+    args, state = _error_state(exc)
+    encoder = _Encoder(False)
+    # Recording an error must not fail: what cannot be stored as data is left out.
+    with contextlib.suppress(Exception):
+        record["args"] = encoder.encode(list(args), "args")
+    fields: dict[str, Any] = {}
+    complete = "args" in record
+    for name, value in state.items():
         try:
-            blob = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-            pickle.loads(blob)  # some errors pickle but cannot be rebuilt; catch that now
-            record["pickle"] = base64.b64encode(blob).decode("ascii")
+            fields[name] = encoder.encode(value, name)
         except Exception:
-            pass
+            complete = False
+    if fields:
+        record["fields"] = fields
+    if complete:
+        record["complete"] = True
     return _encode_json(record)
+
+
+def _error_state(exc: BaseException) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments that rebuild `exc` and its attributes, as pickling would take them:
+    `__reduce__` knows arguments that `args` lacks (an OSError's filename, a DivergenceError's
+    positions)."""
+    state = getattr(exc, "__dict__", None) or {}
+    try:
+        reduced = exc.__reduce__()
+    except Exception:
+        return exc.args, state
+    if (
+        isinstance(reduced, tuple)
+        and len(reduced) >= 2
+        and reduced[0] is type(exc)
+        and isinstance(reduced[1], tuple)
+    ):
+        if len(reduced) >= 3 and isinstance(reduced[2], dict):
+            state = reduced[2]
+        return reduced[1], state
+    return exc.args, state
 
 
 def error_info(text: str) -> dict[str, str]:
@@ -429,16 +611,67 @@ def error_info(text: str) -> dict[str, str]:
 
 
 def error_from_text(text: str) -> BaseException:
-    """Rebuild a stored exception, as its original type when possible."""
+    """A stored error raised again: as its original class when this process already has it
+    (so `except ValueError:` takes the same path live and resumed), else as CheckpointError
+    with its type's name, message and traceback. Nothing is imported or unpickled: a stored
+    "pickle" field (written by older versions) is ignored."""
     record = _decode_json(text)
-    blob = record.get("pickle")
-    if blob:
-        try:
-            exc = pickle.loads(base64.b64decode(blob))
-            if isinstance(exc, BaseException):
-                return exc
-        except Exception:
-            pass
-    return CheckpointError(
-        record.get("type", "Exception"), record.get("message", ""), record.get("traceback", "")
-    )
+    if type(record) is not dict:
+        return CheckpointError("Exception", str(record))
+    type_name = str(record.get("type") or "Exception")
+    message = str(record.get("message") or "")
+    rebuilt = _rebuild_error(record, type_name, message)
+    if rebuilt is not None:
+        return rebuilt
+    return CheckpointError(type_name, message, str(record.get("traceback") or ""))
+
+
+def _rebuild_error(record: dict[str, Any], type_name: str, message: str) -> BaseException | None:
+    cls = _error_class(record.get("class"), type_name)
+    # Only Exceptions: a stored row must not be able to raise SystemExit, KeyboardInterrupt or
+    # one of tether's control signals into a process.
+    if cls is None or not issubclass(cls, Exception):
+        return None
+    try:
+        stored_args = record.get("args")
+        args = tuple(_decode(stored_args)) if type(stored_args) is list else (message,)
+        stored_fields = record.get("fields")
+        fields = _decode_fields(stored_fields, ".{}") if type(stored_fields) is dict else {}
+    except _LoadFailure:
+        return None
+    # Fields that could re-point the object (its __class__, __dict__) are never set.
+    fields = {k: v for k, v in fields.items() if not k.startswith("__") or k == "__notes__"}
+    exc: BaseException | None = None
+    try:
+        exc = cls(*args)
+    except Exception:
+        if record.get("complete") is True:
+            # Its __init__ wants other arguments, but every attribute was stored: build it as
+            # unpickling would, without calling __init__.
+            try:
+                exc = cls.__new__(cls, *args)
+                exc.args = args
+            except Exception:
+                exc = None
+    if not isinstance(exc, cls):
+        return None
+    try:
+        for name, value in fields.items():
+            setattr(exc, name, value)
+    except Exception:
+        return None
+    return exc
+
+
+def _error_class(stored: Any, type_name: str) -> type | None:
+    if type(stored) is str:
+        return _restore.find(stored)
+    # Rows written before the class was stored: the type's dotted name, module unknown.
+    if "." not in type_name:
+        return _restore.find(f"builtins:{type_name}")
+    parts = type_name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        found = _restore.find(f"{'.'.join(parts[:cut])}:{'.'.join(parts[cut:])}")
+        if found is not None:
+            return found
+    return None

@@ -14,8 +14,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
+from pydantic import ValidationError
+
 from ..errors import (
     DivergenceError,
+    InputValidationError,
     LeaseLost,
     NotInFlowError,
     ResultTimeout,
@@ -122,7 +125,7 @@ def _wait(
     if row.status == PENDING and row.deadline is not None and row.deadline <= now:
         row = _time_out(run, row, now)
     if row.status == RESOLVED:
-        return _serde.loads(row.value) if row.value is not None else None
+        return _input(row)
     if row.status == TIMED_OUT:
         if kind == SLEEP:
             return None
@@ -140,6 +143,25 @@ def label(kind: str, name: str, position: str) -> str:
     if kind == CHILD:
         return "await child"
     return f"wait {name}"
+
+
+def _input(row: WaitRow) -> Any:
+    value = _serde.loads(row.value, root=f"input of wait {row.name!r}") if row.value else None
+    if row.schema_ref is None or row.value is None:
+        return value
+    # Validated again here, where the flow's classes are loaded: the process that gave the
+    # input may not have had them (it imports nothing a stored schema names), and then it
+    # checked only the rest. Validated values pass through unchanged.
+    try:
+        return _schema.validate(row.schema_ref, value)
+    except ValidationError as exc:
+        errors = _schema.errors_of(exc)
+        details = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors
+        )
+        raise InputValidationError(
+            f"the input given to wait {row.name!r} does not match its schema: {details}", errors
+        ) from None
 
 
 def child_wait_name(child_id: str) -> str:

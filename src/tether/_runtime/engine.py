@@ -295,7 +295,7 @@ def conclude(store: Store, attempt: Attempt) -> Outcome | None:
 
 
 def _fail(store: Store, run: Run, error: BaseException) -> Outcome:
-    text = _serde.error_to_text(error, allow_pickle=run.allow_pickle)
+    text = _serde.error_to_text(error)
     persist(
         lambda: store.finish(
             run.execution_id,

@@ -90,7 +90,10 @@ class CheckpointRecord:
     @cached_property
     def result(self) -> Any:
         """The recorded value, decoded (None when the call failed)."""
-        return None if self.result_json is None else _serde.loads(self.result_json)
+        if self.result_json is None:
+            return None
+        where = f"result of checkpoint {self.name!r} at position {self.position}"
+        return _serde.loads(self.result_json, root=where)
 
     @classmethod
     def from_row(cls, row: CheckpointRow) -> CheckpointRecord:
@@ -159,7 +162,9 @@ class WaitRecord:
     @cached_property
     def value(self) -> Any:
         """The input given (decoded), or None."""
-        return None if self.value_json is None else _serde.loads(self.value_json)
+        if self.value_json is None:
+            return None
+        return _serde.loads(self.value_json, root=f"input of wait {self.name!r}")
 
     @classmethod
     def from_row(cls, row: WaitRow, flow: str | None = None) -> WaitRecord:
@@ -172,7 +177,11 @@ class WaitRecord:
             position=row.position,
             kind=row.kind,
             status=SLEPT if row.kind == "sleep" and row.status == "timed_out" else row.status,
-            question=_serde.loads(row.question) if row.question else None,
+            question=(
+                _serde.loads(row.question, root=f"question of wait {row.name!r}")
+                if row.question
+                else None
+            ),
             json_schema=_serde.loads(row.json_schema) if row.json_schema else None,
             metadata=metadata,
             deadline=_time(row.deadline),
@@ -307,12 +316,14 @@ class ExecutionRecord:
     @cached_property
     def result(self) -> Any:
         """The flow's return value, decoded (None unless it succeeded)."""
-        return None if self.result_json is None else _serde.loads(self.result_json)
+        if self.result_json is None:
+            return None
+        return _serde.loads(self.result_json, root=f"result of execution {self.id}")
 
     @cached_property
     def args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The positional and keyword arguments the execution was started with."""
-        decoded = _serde.loads(self.args_json)
+        decoded = _serde.loads(self.args_json, root=f"arguments of execution {self.id}")
         return tuple(decoded["args"]), dict(decoded["kwargs"])
 
     @classmethod

@@ -8,6 +8,7 @@ run) they are plain in-process sleeps, and only the first test applies.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,6 +59,7 @@ class BackgroundModel(FunctionModel):
 quick = BackgroundModel("quick", 0)
 hour_long = BackgroundModel("hour_long", 3600)
 hour_inline = BackgroundModel("hour_inline", 3600)
+slow_job = BackgroundModel("slow_job", 900)
 
 quick_agent = tether.ai.durable(Agent(quick, name="quick"))
 # The default keeps waits of up to 30 s in the process: an hour suspends.
@@ -65,6 +67,11 @@ suspending_agent = tether.ai.durable(Agent(hour_long, name="suspending"))
 inline_agent = tether.ai.durable(
     Agent(hour_inline, name="inline"), tether.ai.TetherDurability(inline_poll_wait=7200)
 )
+
+direct_agent = tether.ai.durable(
+    Agent(FunctionModel(lambda m, i: ModelResponse(parts=[TextPart("direct")])), name="direct")
+)
+polling_agent = tether.ai.durable(Agent(slow_job, name="polling"))
 
 
 @tether.flow
@@ -81,6 +88,14 @@ async def ask_suspending(prompt: str) -> str:
 async def ask_inline_then_wait(prompt: str) -> str:
     answer = (await inline_agent.run(prompt)).output
     return f"{answer} {tether.wait('go', schema=str)}"
+
+
+@tether.flow
+async def ask_both(prompt: str) -> list[str]:
+    async def ask(agent: Any) -> str:
+        return str((await agent.run(prompt)).output)
+
+    return list(await asyncio.gather(ask(direct_agent), ask(polling_agent)))
 
 
 class FakeClock:
@@ -103,7 +118,7 @@ def clock(db_url: str) -> Iterator[FakeClock]:
 
 @pytest.fixture(autouse=True)
 def _reset() -> None:
-    for model in (quick, hour_long, hour_inline):
+    for model in (quick, hour_long, hour_inline, slow_job):
         model.calls.clear()
         model.cancelled.clear()
 
@@ -185,6 +200,23 @@ def test_a_short_wait_between_polls_stays_in_the_process_and_is_not_waited_again
     ]
     wait_call = _poll_wait(client, handle.id)
     assert len(wait_call.attempts) == 1
+
+
+@has_durable_sleep
+def test_an_agent_polling_beside_a_gathered_one_suspends_the_flow_and_resumes_in_its_branch(
+    client: tether.Client, clock: FakeClock
+) -> None:
+    handle = ask_both.run("go")
+    retry_until(lambda: client.get(handle.id).status is Status.WAITING, what="the flow to sleep")
+    (sleep,) = client.get(handle.id).waits
+    assert (sleep.kind, sleep.position.split(".")[0]) == ("sleep", "1")  # the second branch's
+    assert slow_job.calls == ["start"]
+    clock.advance(900)
+    assert handle.result(timeout=30) == ["direct", "done"]
+    assert slow_job.calls == ["start", "poll"]
+    assert slow_job.cancelled == []
+    polled = [c.name for c in client.get(handle.id).checkpoints if c.position.startswith("1.")]
+    assert polled == ["agent_run", "model_request", "model_request"]
 
 
 def test_a_negative_inline_poll_wait_is_a_usage_error() -> None:

@@ -449,7 +449,9 @@ async def _fetch() -> int:
 
 
 @pytest.mark.parametrize("allow_pickle", [True, False])
-def test_a_coroutine_where_a_value_belongs_asks_about_a_missing_await(allow_pickle: bool) -> None:
+def test_a_coroutine_where_a_value_belongs_asks_about_a_missing_await(
+    allow_pickle: bool, signed_pickle: None
+) -> None:
     pending = _fetch()
     try:
         with pytest.raises(SerializationError) as info:
@@ -460,7 +462,7 @@ def test_a_coroutine_where_a_value_belongs_asks_about_a_missing_await(allow_pick
         assert "await _fetch(...)" in str(info.value)
         # Inside an object that is pickled as a whole, the coroutine is found and named too.
         with pytest.raises(SerializationError) as info:
-            dumps(Holder(client=pending), root="result")
+            dumps(Holder(client=pending), allow_pickle=True, root="result")
         assert info.value.path == "result.client"
         assert "did you forget `await`?" in str(info.value)
     finally:

@@ -94,7 +94,7 @@ def wait_for_deferred(
         if isinstance(decision, ToolApproved):
             approved.append(call)
     for call in requests.calls:
-        kind = requests.kind(call.tool_call_id)
+        kind = _kind(requests, call.tool_call_id)
         try:
             value = tether.wait(
                 result_wait_name(call.tool_call_id, kind),
@@ -111,6 +111,13 @@ def wait_for_deferred(
     if suspended is not None:
         raise suspended
     return results, approved
+
+
+def _kind(requests: DeferredToolRequests, tool_call_id: str) -> str:
+    # Pydantic AI before 2.78 has no questions (`CallDeferred(kind='question')`) and no
+    # `DeferredToolRequests.kind`: every deferred call there waits for an external result.
+    kind = getattr(requests, "kind", None)
+    return "external" if kind is None else str(kind(tool_call_id))
 
 
 def _question(call: ToolCallPart, kind: str, requests: DeferredToolRequests) -> dict[str, Any]:

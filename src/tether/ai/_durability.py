@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -34,8 +35,9 @@ from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import AgentDepsT, RunContext, ToolDefinition
 
 import tether
+from tether._core.config import settings
 from tether._core.positions import Pin, pin
-from tether.errors import SerializationError
+from tether.errors import LeaseLost, Released, SerializationError, Suspended
 
 from ._deferred import wait_for_deferred
 from ._metering import RequestSteps, metered_unit
@@ -57,6 +59,33 @@ def _agent_run() -> dict[str, str]:
     """Recorded once per agent run inside a flow, so a resumed run keeps its run id (and the
     conversation id and start time derived from it)."""
     return {"run_id": str(uuid.uuid4()), "started_at": datetime.now(UTC).isoformat()}
+
+
+@tether.checkpoint(name="poll_wait")
+def _poll_wake_at(seconds: float) -> float:
+    """Recorded once per short wait between polls: its wake-up time, so a resumed flow waits
+    only what is left of it (nothing, once it has passed) instead of the whole wait again."""
+    return settings().clock() + seconds
+
+
+# The longest step of an in-process wait between polls: the wake-up time is checked against
+# the configured clock after each step, so the wait follows that clock (tests move it).
+_POLL_STEP = 1.0
+
+# What suspends or hands back a flow that Pydantic AI must let through (`durable_sleep`
+# raises `Suspended`; a checkpoint boundary can raise the others): the execution is run again
+# by replay, which continues the background job the flow was polling rather than cancelling
+# it. `Cancelled` is not among them: a cancelled execution is not run again.
+CONTROL_FLOW_ERRORS: tuple[type[BaseException], ...] = (Suspended, Released, LeaseLost)
+
+
+def _engine_spec_options() -> dict[str, Any]:
+    """Spec fields of newer Pydantic AI releases, when the installed one has them."""
+    known = {field.name for field in fields(DurabilityEngineSpec)}
+    options: dict[str, Any] = {}
+    if "control_flow_error_types" in known:  # Pydantic AI 2.78
+        options["control_flow_error_types"] = CONTROL_FLOW_ERRORS
+    return options
 
 
 def _not_storable(error: Exception) -> BaseException:
@@ -194,6 +223,13 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
     - `deferred_timeout`: seconds a deferred call may wait; an approval then counts as
       denied and an external call as failed.
     - `models`: extra `Model` instances a run may select by key or instance inside a flow.
+    - `inline_poll_wait`: the waits between polls of a model's background job (an OpenAI
+      background response, a batch) are durable inside a flow (Pydantic AI 2.78 and later). A
+      wait of up to this many seconds (default 30) stays in the process, with its wake-up time
+      recorded as a `poll_wait` checkpoint call, so a resumed flow does not wait it again; a
+      longer one is a `tether.sleep`: the execution suspends, holding nothing, and resumes by
+      replay when it is due. Every suspension replays the flow from the top, so short polls
+      (OpenAI's 2 s) are cheaper in the process; 0 suspends on every wait.
     """
 
     engine_spec = DurabilityEngineSpec(
@@ -216,6 +252,7 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
         # A toolset passed to one run was never wrapped: its calls would not be recorded.
         unsupported_runtime_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
         tool_config_key="tether",
+        **_engine_spec_options(),
     )
 
     def __init__(
@@ -226,6 +263,7 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
         wait_for_deferred: bool = True,
         deferred_timeout: float | None = None,
         models: Mapping[str, Model] | None = None,
+        inline_poll_wait: float = 30.0,
     ) -> None:
         # The name only labels error messages: checkpoint names do not include it.
         super().__init__(models=models, event_stream_handler=None, name="agent")
@@ -235,6 +273,9 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
         if deferred_timeout is not None and deferred_timeout < 0:
             raise tether.UsageError(f"deferred_timeout must be 0 or more, not {deferred_timeout}")
         self._deferred_timeout = deferred_timeout
+        if inline_poll_wait < 0:
+            raise tether.UsageError(f"inline_poll_wait must be 0 or more, not {inline_poll_wait}")
+        self._inline_poll_wait = inline_poll_wait
         self._backend: TetherOperationBackend | None = None
         self._order = DispatchOrder()
         self._run_starts: dict[str, datetime] = {}
@@ -312,6 +353,24 @@ class TetherDurability(BaseDurabilityCapability[AgentDepsT]):
                 self._backend.forget(_scope(ctx))
             if ctx.run_id is not None:
                 self._run_starts.pop(ctx.run_id, None)
+
+    async def durable_sleep(self, seconds: float) -> None:
+        """Wait between polls of a model's background job (Pydantic AI calls this in flow code
+        from 2.78 on; older releases wait in the process, unrecorded). See `inline_poll_wait`."""
+        if not in_flow():  # not flow code: nothing to record the wait in
+            await asyncio.sleep(max(seconds, 0))
+            return
+        if seconds <= 0:
+            return
+        if seconds > self._inline_poll_wait:
+            tether.sleep(seconds)  # suspends until due; a resumed flow passes it at once
+            return
+        wake_at = _poll_wake_at(seconds)
+        clock = settings().clock
+        left = wake_at - clock()
+        while left > 0:
+            await asyncio.sleep(min(left, _POLL_STEP))
+            left = wake_at - clock()
 
     # --- positions of concurrent tool calls -------------------------------------------
 

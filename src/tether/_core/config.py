@@ -15,6 +15,11 @@ from ..store import Store, open_store
 from .model_price import ModelPrice
 
 DEFAULT_DB: Final = "sqlite:///.tether/tether.db"
+# The largest stored value by default: what `Client.input()` has always taken, and far more
+# than a checkpoint result should be (store large data elsewhere and return its reference).
+DEFAULT_MAX_VALUE_BYTES: Final = 16 * 1024 * 1024
+# A stored value is one text field: PostgreSQL holds at most 1 GB in one.
+MAX_VALUE_BYTES_CEILING: Final = 1024 * 1024 * 1024
 STORE_DIR: Final = ".tether"
 
 
@@ -54,6 +59,7 @@ class Settings:
     lease_seconds: float = 30.0
     executor: bool = True
     max_input_bytes: int = 16 * 1024 * 1024
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     clock: Callable[[], float] = time.time
     # The model `tether.llm` uses when given none (`TETHER_MODEL`), and user-given prices.
     model: str | None = None
@@ -87,7 +93,27 @@ def _from_env() -> Settings:
             ) from None
         if found.max_async < 1:
             raise ConfigurationError("TETHER_MAX_ASYNC must be at least 1")
+    max_value = os.environ.get("TETHER_MAX_VALUE_BYTES", "").strip()
+    if max_value:
+        try:
+            size = int(max_value)
+        except ValueError:
+            raise ConfigurationError(
+                f"TETHER_MAX_VALUE_BYTES must be a whole number of bytes, not {max_value!r}"
+            ) from None
+        found = replace(found, max_value_bytes=_checked_value_bytes(size, "TETHER_MAX_VALUE_BYTES"))
     return found
+
+
+def _checked_value_bytes(size: Any, name: str) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise ConfigurationError(f"{name} is a whole number of bytes, not {size!r}")
+    if not 1024 <= size <= MAX_VALUE_BYTES_CEILING:
+        raise ConfigurationError(
+            f"{name} must be between 1024 and {MAX_VALUE_BYTES_CEILING:,} bytes (1 GiB, the "
+            f"most PostgreSQL holds in one field), not {size:,}"
+        )
+    return size
 
 
 _lock = threading.RLock()
@@ -118,6 +144,7 @@ def configure(
     lease_seconds: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
+    max_value_bytes: int | _Unset = UNSET,
     clock: Callable[[], float] | _Unset = UNSET,
     model: str | _Unset | None = UNSET,
     prices: Mapping[str, ModelPrice] | _Unset | None = UNSET,
@@ -149,6 +176,10 @@ def configure(
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
       and operates executions but never runs one; `tether worker` processes do.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
+    - `max_value_bytes`: the largest value stored, as its JSON: a checkpoint or flow result,
+      flow arguments, wait input, a memory value (default 16 MiB; `TETHER_MAX_VALUE_BYTES`;
+      1 KiB to 1 GiB). A larger one raises SerializationError naming it, and nothing is
+      written.
     - `clock`: the time source for wait deadlines and timers (tests inject a fake one).
     - `model`: the model `tether.llm()` calls when it is given none, as Pydantic AI names it
       (`"openai:gpt-4o"`); `TETHER_MODEL` sets it too.
@@ -168,6 +199,7 @@ def configure(
         ("lease_seconds", lease_seconds),
         ("executor", executor),
         ("max_input_bytes", max_input_bytes),
+        ("max_value_bytes", max_value_bytes),
         ("clock", clock),
         ("model", model),
         ("prices", prices),
@@ -184,6 +216,8 @@ def configure(
         raise ConfigurationError("max_workers must be at least 1")
     if "max_async" in changes and changes["max_async"] < 1:
         raise ConfigurationError("max_async must be at least 1")
+    if "max_value_bytes" in changes:
+        _checked_value_bytes(changes["max_value_bytes"], "max_value_bytes")
     if "slow_callback_seconds" in changes and changes["slow_callback_seconds"] <= 0:
         raise ConfigurationError("slow_callback_seconds must be positive")
     if "lease_seconds" in changes and changes["lease_seconds"] <= 0:

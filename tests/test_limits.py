@@ -244,3 +244,70 @@ def test_depth_counts_containers_of_every_kind() -> None:
     assert serde.loads(serde.dumps(mixed(100))) == mixed(100)
     with pytest.raises(tether.SerializationError, match="nested more than 100"):
         serde.dumps(mixed(101), root="value")
+
+
+# --- what can be resumed ------------------------------------------------------------------
+
+
+def test_a_lambda_flow_is_refused_at_decoration() -> None:
+    with pytest.raises(tether.UsageError, match=r"lambda.*Define the flow with `def`"):
+        tether.flow(lambda: None)
+    with pytest.raises(tether.UsageError, match="cannot take a lambda"):
+        tether.flow(name="named")(lambda: None)
+
+
+def test_a_lambda_checkpoint_needs_a_name(client: tether.Client) -> None:
+    with pytest.raises(tether.UsageError, match=r"needs a name, e\.g\. tether\.checkpoint\(name="):
+        tether.checkpoint(lambda x: x)
+    handle = uses_named_lambda.run(4)
+    assert handle.result(timeout=10) == 8
+    assert [c.name for c in client.get(handle.id).checkpoints] == ["twice"]
+
+
+twice = tether.checkpoint(name="twice")(lambda x: x * 2)
+
+
+@tether.flow
+def uses_named_lambda(n: int) -> Any:
+    return twice(n)
+
+
+INTERACTIVE = (
+    "import warnings, tether\n"
+    "warnings.simplefilter('always')\n"
+    "@tether.flow\n"
+    "def typed_here() -> int:\n"
+    "    return 1\n"
+)
+
+
+def test_a_flow_defined_at_an_interactive_prompt_warns_that_only_this_process_resumes_it(
+    tmp_path: Any,
+) -> None:
+    env = child_env(f"sqlite:///{tmp_path / 'tether.db'}")
+    # The REPL: python reads the session from stdin, and its __main__ has no file.
+    repl = subprocess.run(
+        [sys.executable, "-i"],
+        input=INTERACTIVE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "flow 'typed_here' is defined in an interactive session" in repl.stderr
+    assert "only this process can resume its executions" in repl.stderr
+    assert "<stdin>:1: UserWarning" in repl.stderr, "the warning points at the user's code"
+    # `python -c` likewise, and the warning names the decorated line, with or without options.
+    code = INTERACTIVE + "@tether.flow(name='named')\ndef other() -> int:\n    return 2\n"
+    inline = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "<string>:3: UserWarning: flow 'typed_here'" in inline.stderr, inline.stderr
+    assert "<string>:6: UserWarning: flow 'named'" in inline.stderr, inline.stderr
+    # A script file can be loaded again by another process: no warning.
+    script = tmp_path / "agent.py"
+    script.write_text(INTERACTIVE)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "interactive session" not in done.stderr, done.stderr

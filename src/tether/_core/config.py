@@ -6,12 +6,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
 from ..errors import ConfigurationError
-from ..store import Store, open_store
+from ..store import Store, open_store, redact
 from .model_price import ModelPrice
 
 DEFAULT_DB: Final = "sqlite:///.tether/tether.db"
@@ -66,6 +66,12 @@ class Settings:
     prices: Mapping[str, ModelPrice] | None = None
     # Where `db` came from (said by `tether --debug`): TETHER_DB, configure(db=), found...
     db_origin: str = "configure(db=...)"
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: the store URL without its password.
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["db"] = redact(self.db)
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 _OFF = {"0", "off", "false", "no"}
@@ -210,7 +216,8 @@ def configure(
         changes["db_origin"] = "configure(db=...)"
     if "db" in changes and (not isinstance(changes["db"], str) or "://" not in changes["db"]):
         raise ConfigurationError(
-            f"db must be a store URL such as sqlite:///path/to/tether.db, not {changes['db']!r}"
+            "db must be a store URL such as sqlite:///path/to/tether.db, not "
+            f"{redact(str(changes['db']))!r}"
         )
     if "max_workers" in changes and changes["max_workers"] < 1:
         raise ConfigurationError("max_workers must be at least 1")

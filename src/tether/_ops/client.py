@@ -33,7 +33,7 @@ from ..errors import (
     WaitAlreadyResolved,
     WaitNotFound,
 )
-from ..store import EventRow, ExecutionRow, Store, WaitRow
+from ..store import EventRow, ExecutionRow, Store, WaitRow, redact
 
 _TAKEABLE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 # Client.get() shows at most this many children (the newest).
@@ -253,7 +253,7 @@ class Client:
         executor().cancel_local(self._store, execution_id)
         status = self._store.request_cancel(execution_id, now=time.time())
         if status is None:
-            raise ExecutionNotFound(f"no execution {execution_id} in {self._store.url}")
+            raise ExecutionNotFound(f"no execution {execution_id} in {redact(self._store.url)}")
         return Status(status)
 
     def recover(self) -> builtins.list[str]:

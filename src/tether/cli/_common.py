@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -19,6 +20,7 @@ from .._ops.client import Client
 from .._runtime.executor import executor
 from ..errors import ConfigurationError, TetherError, UsageError
 from ..store import exists as store_exists
+from ..store import redact
 
 out = Console()
 err = Console(stderr=True)
@@ -29,8 +31,23 @@ class State:
 
 
 def fail(message: str, code: int) -> NoReturn:
+    # Every error message passes here: no password of a store URL is ever printed.
+    message = redact(message, _configured_db())
     err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _configured_db() -> str | None:
+    try:
+        return _config.settings().db
+    except Exception:  # the settings themselves may be what failed (a bad environment)
+        return None
+
+
+def debug_traceback(exc: BaseException) -> str:
+    """A traceback for `tether --debug`, with no password of a store URL in it (the driver's
+    own messages, chained below tether's, may quote a URL or a piece of one)."""
+    return redact("".join(traceback.format_exception(exc)), _configured_db())
 
 
 @contextmanager
@@ -81,13 +98,17 @@ def client_for(db: str | None) -> Client:
     if State.debug:
         origin = "--db or $TETHER_DB" if db else _config.settings().db_origin
         err.print(
-            f"store: {url} ({origin})", style="dim", highlight=False, markup=False, soft_wrap=True
+            f"store: {redact(url)} ({origin})",
+            style="dim",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
     # Operating commands never need a new database: a typo in --db (or running from the wrong
     # directory) should say so, not create an empty one and report "no executions".
     if not store_exists(url):
         raise ConfigurationError(
-            f"no tether database at {url}; run from the directory your agents run in, or "
+            f"no tether database at {redact(url)}; run from the directory your agents run in, or "
             "pass --db / set TETHER_DB"
         )
     return Client(db)

@@ -16,6 +16,7 @@ from .._core.status import Status
 from .._ops.client import Client
 from .._runtime.records import ExecutionRecord
 from ..errors import ResultTimeout, TetherError
+from ..store import redact
 from . import render
 from ._common import (
     cli_errors,
@@ -175,7 +176,7 @@ def list_command(
     elif status or flow or parent:
         say("No executions match.")
     else:
-        say(f"No executions yet in {client.db}. Run a @tether.flow to record one.")
+        say(f"No executions yet in {redact(client.db)}. Run a @tether.flow to record one.")
 
 
 @executions_app.command("get", cls=Command)

@@ -9,6 +9,7 @@ import typer
 
 from .._core import config as _config
 from .._runtime.worker import Worker
+from ..store import redact
 from ._common import State, cli_errors, err
 from .options import DbOption
 
@@ -77,7 +78,7 @@ def worker_command(
         if State.debug:
             origin = "--db or $TETHER_DB" if db else _config.settings().db_origin
             err.print(
-                f"store: {_config.settings().db} ({origin})",
+                f"store: {redact(_config.settings().db)} ({origin})",
                 style="dim",
                 highlight=False,
                 markup=False,

@@ -17,6 +17,7 @@ from ._base import (
     Store,
     WaitRow,
 )
+from ._redact import redact
 
 __all__ = [
     "CheckpointRow",
@@ -31,6 +32,7 @@ __all__ = [
     "WaitRow",
     "exists",
     "open_store",
+    "redact",
 ]
 
 
@@ -51,7 +53,7 @@ def open_store(url: str, *, durability: str = "normal") -> Store:
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ConfigurationError(
-            f"store URL {url!r} has no scheme; use sqlite:///path/to/tether.db"
+            f"store URL {redact(url)!r} has no scheme; use sqlite:///path/to/tether.db"
         )
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
@@ -62,5 +64,6 @@ def open_store(url: str, *, durability: str = "normal") -> Store:
 
         return PostgresStore(url)
     raise ConfigurationError(
-        f"unknown store scheme {scheme!r} in {url!r}; use sqlite:///path or postgresql://..."
+        f"unknown store scheme {scheme!r} in {redact(url)!r}; use sqlite:///path or "
+        "postgresql://..."
     )

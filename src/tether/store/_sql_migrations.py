@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from importlib import resources
 
 from ..errors import StoreError
+from ._redact import redact
 from ._sql_common import SqlBase
 
 
@@ -33,7 +34,7 @@ class MigrationsSql(SqlBase):
             current = int(found.fetchone()[0])
             if current > known:
                 raise StoreError(
-                    f"{self.url} has schema version {current}, but this tether knows only "
+                    f"{redact(self.url)} has schema version {current}, but this tether knows only "
                     f"{known}; upgrade tether to open it"
                 )
             for version, (name, sql) in enumerate(migrations, start=1):

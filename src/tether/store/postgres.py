@@ -31,6 +31,7 @@ from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import CheckpointCommit, GroupCommit
 from ._json_bytes import json_bytes as _json
+from ._redact import redact
 from ._sql import (
     CHECKPOINT_FIELDS,
     RELEASED,
@@ -175,8 +176,8 @@ class PostgresStore(SqlStore):
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
             raise ConfigurationError(
-                f"{url!r} needs the PostgreSQL driver: pip install -e '.[postgres]' in a clone "
-                f"of tether, or pip install 'psycopg[binary,pool]' ({exc})"
+                f"{redact(url)!r} needs the PostgreSQL driver: pip install -e '.[postgres]' in a "
+                f"clone of tether, or pip install 'psycopg[binary,pool]' ({exc})"
             ) from exc
         self.url = url
         self._listen: Any = None
@@ -217,7 +218,8 @@ class PostgresStore(SqlStore):
         except Exception as exc:
             self._pool.close()
             raise StoreError(
-                f"cannot connect to PostgreSQL at {_redact(url)}: {exc}. Is the server running, "
+                f"cannot connect to PostgreSQL at {redact(url)}: {redact(str(exc), url)}. Is "
+                "the server running, "
                 "and does the URL name an existing database and user?"
             ) from exc
         try:
@@ -244,7 +246,9 @@ class PostgresStore(SqlStore):
 
     def _down(self, exc: BaseException) -> StoreUnavailable:
         # The pool replaces broken connections by itself; callers retry the operation.
-        return StoreUnavailable(f"PostgreSQL at {_redact(self.url)} is unavailable: {exc}")
+        return StoreUnavailable(
+            f"PostgreSQL at {redact(self.url)} is unavailable: {redact(str(exc), self.url)}"
+        )
 
     def _cursor(self, conn: Any) -> Any:
         with self._cursors_lock:
@@ -438,13 +442,3 @@ class PostgresStore(SqlStore):
         self._close_listener()
         self._drop_commit_connection()
         self._pool.close()
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"

@@ -31,6 +31,7 @@ from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import CheckpointCommit, GroupCommit, checkpoint_key
 from ._json_bytes import json_bytes
+from ._redact import redact
 from ._sql import CHECKPOINT_FIELDS, Connection, SqlStore, checkpoint_values, event_params
 from ._sql_common import INSERT_EVENT
 
@@ -62,7 +63,7 @@ def path_from_url(url: str) -> str:
     path = rest[1:] if rest.startswith("/") else rest
     if not path or path == ":memory:" or path.startswith("file::memory:"):
         raise ConfigurationError(
-            f"{url!r} names no file; an in-memory database is not durable. "
+            f"{redact(url)!r} names no file; an in-memory database is not durable. "
             "Use sqlite:///path/to/tether.db"
         )
     return os.path.abspath(path)

@@ -4,6 +4,7 @@ and exit codes, the client for `--db`, printing."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -156,12 +157,36 @@ def json_value(text: str, *, option: str, unchanged: str) -> Any:
 
 
 def dump(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+    out.print_json(strict_json(data))
 
 
 def json_line(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.write(strict_json(data) + "\n")
     sys.stdout.flush()
+
+
+# JSON has no NaN or Infinity: a stored float that is not finite (tether stores them, tagged,
+# and rows from elsewhere may hold the bare words) is printed as one of these strings, so that
+# strict parsers (jq, JavaScript, Go) read every `--json` output.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def strict_json(data: Any) -> str:
+    """`data` as standard JSON: never `NaN` or `Infinity` (see `_NON_FINITE`)."""
+    try:
+        return json.dumps(data, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), default=str, allow_nan=False)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else _NON_FINITE[repr(data)]
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def who() -> str:

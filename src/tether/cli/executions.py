@@ -31,7 +31,7 @@ from ._common import (
     say,
     who,
 )
-from .options import Command, DbOption, Group, JsonOption
+from .options import MAX_AGE_SECONDS, MAX_COUNT, Command, DbOption, Group, JsonOption
 
 executions_app = typer.Typer(
     cls=Group,
@@ -151,7 +151,9 @@ def list_command(
     flow: Annotated[
         str | None, typer.Option(metavar="NAME", help="Only executions of this flow (its name).")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Show at most this many.")] = 50,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_COUNT, metavar="N", help="Show at most this many.")
+    ] = 50,
     parent: Annotated[
         str | None,
         typer.Option(
@@ -520,7 +522,12 @@ def _parse_age(text: str) -> float:
             f"expected an age such as 30d, 12h, 15m, 90s or 2w (or combined: 1d12h), not {text!r}",
             param_hint="'--older-than'",
         )
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _AGE.findall(compact))
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _AGE.findall(compact))
+    if seconds > MAX_AGE_SECONDS:
+        raise typer.BadParameter(
+            f"{text!r} is more than a century; the most is 5200w", param_hint="'--older-than'"
+        )
+    return seconds
 
 
 @executions_app.command("prune", cls=Command)
@@ -594,7 +601,9 @@ def waits_command(
     flow: Annotated[
         str | None, typer.Option(metavar="NAME", help="Only waits of this flow.")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="At most this many.")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_COUNT, metavar="N", help="At most this many.")
+    ] = 100,
     as_json: JsonOption = False,
 ) -> None:
     """List the waits that need input (a flow called `tether.wait(...)`), oldest first: the

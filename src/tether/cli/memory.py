@@ -20,7 +20,7 @@ from .._memory.api import MemoryVersion
 from ..errors import MemoryKeyError, MemoryScopeError
 from . import render
 from ._common import cli_errors, client_for, dump, fail, json_value, out, say
-from .options import Command, DbOption, Group, JsonOption
+from .options import MAX_COUNT, MAX_VERSION, Command, DbOption, Group, JsonOption
 
 memory_app = typer.Typer(
     cls=Group,
@@ -140,7 +140,9 @@ def list_command(
     namespace: NamespaceOption = None,
     flow: FlowOption = None,
     execution: ExecutionOption = None,
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Show at most this many.")] = 1000,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_COUNT, metavar="N", help="Show at most this many.")
+    ] = 1000,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -187,7 +189,14 @@ def get_command(
     key: KeyArgument,
     version: Annotated[
         int | None,
-        typer.Option("--version", "-v", min=1, metavar="N", help="This version, not the latest."),
+        typer.Option(
+            "--version",
+            "-v",
+            min=1,
+            max=MAX_VERSION,
+            metavar="N",
+            help="This version, not the latest.",
+        ),
     ] = None,
     scope: ScopeOption = None,
     namespace: NamespaceOption = None,
@@ -246,6 +255,7 @@ def set_command(
             "--if-version",
             metavar="N",
             min=0,
+            max=MAX_VERSION,
             help="Store it only if the key's latest version is N (0: only if the key is new); "
             "exit 1 if someone wrote it since.",
         ),

@@ -11,7 +11,13 @@ from .._core import config as _config
 from .._runtime.worker import Worker
 from ..store import redact
 from ._common import State, cli_errors, err
-from .options import DbOption
+from .options import (
+    MAX_CONCURRENCY,
+    MAX_GRACE_SECONDS,
+    MAX_POLL_SECONDS,
+    DbOption,
+    finite,
+)
 
 
 def worker_command(
@@ -20,6 +26,7 @@ def worker_command(
         int,
         typer.Option(
             min=1,
+            max=MAX_CONCURRENCY,
             metavar="N",
             help="Executions run at once by this worker, sync and async alike: a sync one "
             "takes a thread, an async one a task on one event loop (thousands fit).",
@@ -48,6 +55,8 @@ def worker_command(
         float,
         typer.Option(
             min=0.001,
+            max=MAX_POLL_SECONDS,
+            callback=finite,
             metavar="SECONDS",
             help="SQLite: seconds between looks for runnable work (PostgreSQL workers are "
             "woken through LISTEN/NOTIFY and look at least every second).",
@@ -57,6 +66,8 @@ def worker_command(
         float,
         typer.Option(
             min=0,
+            max=MAX_GRACE_SECONDS,
+            callback=finite,
             metavar="SECONDS",
             help="On SIGTERM, seconds to wait for executions to hand back.",
         ),

@@ -77,19 +77,26 @@ def test_json_output_never_prints_nan_or_infinity(client: tether.Client, db_url:
     assert strict(value.stdout)["value"] == AS_STRINGS
 
 
-@pytest.mark.skipif(BACKEND != "sqlite", reason="writes the row with sqlite3 itself")
+def write_raw_result(db_url: str, execution_id: str, text: str) -> None:
+    """Rewrite a row's result with the database's own client, as another writer would."""
+    update = "UPDATE executions SET result = {mark} WHERE id = {mark}"
+    if BACKEND == "postgres":
+        import psycopg
+
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(update.format(mark="%s"), (text, execution_id))
+        return
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        conn.execute(update.format(mark="?"), (text, execution_id))
+
+
 def test_rows_written_with_bare_nan_print_as_strict_json(
     client: tether.Client, db_url: str
 ) -> None:
     # A row another writer (or an old tether) left with JSON's forbidden words in it.
     handle = odd_numbers.run(2)
     retry_until(lambda: handle.status() is Status.WAITING, what="the flow to wait")
-    path = db_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "UPDATE executions SET result = ? WHERE id = ?",
-            ('{"a": NaN, "b": [Infinity, -Infinity]}', handle.id),
-        )
+    write_raw_result(db_url, handle.id, '{"a": NaN, "b": [Infinity, -Infinity]}')
     got = cli(db_url, "executions", "get", handle.id, "--json")
     assert got.exit_code == 0, got.output
     assert strict(got.stdout)["result"] == {"a": "NaN", "b": ["Infinity", "-Infinity"]}

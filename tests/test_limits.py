@@ -311,3 +311,52 @@ def test_a_flow_defined_at_an_interactive_prompt_warns_that_only_this_process_re
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and "interactive session" not in done.stderr, done.stderr
+
+
+# --- a refusal seen by flow code, live and resumed ----------------------------------------
+
+ran: list[str] = []
+
+
+@tether.checkpoint
+def oversized(n: int) -> str:
+    ran.append("oversized")
+    return BIG
+
+
+@tether.flow
+def measure_child(text: str) -> int:
+    return len(text)
+
+
+@tether.flow
+def tolerant() -> list[str]:
+    seen = []
+    try:
+        oversized(1)
+        seen.append("stored")
+    except tether.SerializationError as exc:
+        seen.append(f"refused at {exc.path}")
+    try:
+        measure_child(BIG)
+        seen.append("child started")
+    except tether.SerializationError as exc:
+        seen.append(f"child refused at {exc.path}")
+    tether.wait("go", schema=bool)
+    return seen
+
+
+def test_flow_code_that_catches_a_refusal_takes_the_same_path_when_resumed(
+    client: tether.Client, small_limit: str
+) -> None:
+    ran.clear()
+    handle = tolerant.run()
+    retry_until(lambda: handle.status() is Status.WAITING, what="the flow to wait")
+    client.input(handle.id, "go", True)  # resumes by replay from the top
+    assert handle.result(timeout=10) == [
+        "refused at result of checkpoint 'oversized'",
+        "child refused at arguments of flow 'measure_child'",
+    ]
+    assert ran == ["oversized"], "the refused call's error was replayed, not run again"
+    record = client.get(handle.id)
+    assert record.children == () and [e.id for e in client.list()] == [handle.id]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import tether
+from backend import BACKEND
 from helpers import SRC, TESTS
 from tether._core.config import Settings
 from tether.store import redact
@@ -93,3 +94,20 @@ def test_failing_commands_never_print_a_password(tmp_path: Path) -> None:
         assert "error" in (stdout + stderr).lower(), (args, stdout, stderr)
         assert secret not in stdout + stderr, (args, stdout, stderr)
         assert "***" in stdout + stderr, (args, stdout, stderr)
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="a PostgreSQL URL carries a password")
+def test_a_working_store_url_never_shows_its_password(db_url: str, tmp_path: Path) -> None:
+    # The test cluster trusts local connections: a password in the URL is accepted, unused.
+    secret = "S3cret-live"
+    with_user = db_url.replace("postgres@", f"postgres:{secret}@")
+    with_query = f"{db_url}?password={secret}"
+    for url in (with_user, with_query):
+        with pytest.raises(tether.ExecutionNotFound) as error:
+            tether.Client(url).get("nope")
+        assert secret not in str(error.value) and "***" in str(error.value)
+        process = tether_cli(["--debug", "executions", "get", "nope", "--db", url], None, tmp_path)
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 1, stderr
+        assert "store: postgresql://" in stderr and "no execution nope in" in stderr, stderr
+        assert secret not in stdout + stderr, stderr

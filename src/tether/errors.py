@@ -7,7 +7,8 @@ Exception
     │   ├── NotInFlowError          a flow-only call made outside a running flow
     │   ├── FlowNotFoundError       a recorded flow can no longer be imported
     │   │   └── UnguardedScriptError  a script tether loads starts executions at its top level
-    │   └── MemoryScopeError        a memory call names no scope it can use (says what to pass)
+    │   ├── MemoryScopeError        a memory call names no scope it can use (says what to pass)
+    │   └── BranchKeyInUse          a task entered tether.branch(key) while another task holds it
     ├── ConfigurationError          a bad store URL or setting
     ├── StoreError                  the database failed or is from a newer tether
     │   └── StoreUnavailable        the database cannot be reached right now (retry later)
@@ -50,6 +51,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BranchKeyInUse",
     "BudgetExceeded",
     "Cancelled",
     "CheckpointError",
@@ -303,6 +305,20 @@ class ResultTimeout(TetherError, TimeoutError):
 class MemoryScopeError(UsageError):
     """A `tether.memory` call names no scope it can use: outside a flow, the execution or
     flow whose memory is meant must be given. The message says what to pass."""
+
+
+class BranchKeyInUse(UsageError):
+    """A task entered `tether.branch(key)` while another live task (or thread) of the same
+    execution was inside the same key under the same enclosing branch. Two lines of work in
+    one key would share its sequence, so which call got which recorded result would depend on
+    scheduling. Nothing was recorded for the second task; `key` is the key as given."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.key))
 
 
 class MemoryKeyError(TetherError, LookupError):

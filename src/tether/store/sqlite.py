@@ -5,7 +5,8 @@ survive the death of the process (SIGKILL, OOM kill), which is the failure a
 durable runtime exists for; a power cut may lose the last commits but never
 corrupts the file. `durability="full"` syncs every commit to disk instead.
 
-Concurrency: each thread gets its own connection. Multi-statement writes take
+Concurrency: each thread gets its own connection, closed when the thread ends (see
+`_Opened`), so a process holds one per live thread. Multi-statement writes take
 the write lock up front (`BEGIN IMMEDIATE`) so two writers never deadlock on a
 read-to-write upgrade, and a generous busy timeout rides out lock contention
 between processes instead of failing with "database is locked". Within one process
@@ -19,10 +20,12 @@ Every query lives in `_sql.SqlStore`; this module only supplies connections.
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import re
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -78,10 +81,8 @@ class SQLiteStore(SqlStore):
         self.path = path_from_url(url)
         self._synchronous = "FULL" if durability == "full" else "NORMAL"
         self._local = threading.local()
-        # Each connection with the thread that owns it: only that thread may close it while
-        # it lives (closing a connection another thread is using crashes the interpreter).
-        self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        self._opened_lock = threading.Lock()
+        # Each connection with the thread that owns it, closed when that thread ends.
+        self._opened = _Opened()
         self._closed = False
         # Writes of this process's threads, one at a time (see the module's docstring).
         self._writing = threading.RLock()
@@ -126,8 +127,7 @@ class SQLiteStore(SqlStore):
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
             self._local.conn = conn
-            with self._opened_lock:
-                self._opened.append((threading.current_thread(), conn))
+            self._opened.add(conn)
         return conn
 
     def _connection(self) -> _Borrowed:
@@ -205,18 +205,9 @@ class SQLiteStore(SqlStore):
 
     def close(self) -> None:
         """Close this thread's connection and those of finished threads; connections of
-        threads still running are closed by those threads, at their next use."""
+        threads still running are closed by those threads, at their next use or their end."""
         self._closed = True
-        me = threading.current_thread()
-        with self._opened_lock:
-            keep = []
-            for owner, conn in self._opened:
-                if owner is me or not owner.is_alive():
-                    with suppress(sqlite3.Error):
-                        conn.close()
-                else:
-                    keep.append((owner, conn))
-            self._opened = keep
+        self._opened.close_mine_and_finished()
         if getattr(self._local, "conn", None) is not None:
             self._local.conn = None
 
@@ -236,6 +227,70 @@ class SQLiteStore(SqlStore):
                 conn.close()
         except sqlite3.Error:
             pass
+
+
+class _Opened:
+    """The store's connections, each with the thread that opened it, closed when that thread
+    ends: threads come and go (a threaded web server calling `flow.run()`), and a connection
+    left open for each would pile up file descriptors until the process ran out.
+
+    Only its own thread may close a connection while that thread lives (closing a connection
+    another thread is using crashes the interpreter). So each thread keeps a marker in a
+    thread-local, which CPython drops when the thread ends; the marker's finalizer, run then,
+    closes the connection. Opening a connection also closes those of threads that have ended
+    while something else kept their marker alive."""
+
+    __slots__ = ("_entries", "_keys", "_lock", "_marks")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[threading.Thread, sqlite3.Connection]] = {}
+        self._keys = itertools.count()
+        self._marks = threading.local()
+
+    def add(self, conn: sqlite3.Connection) -> None:
+        key = next(self._keys)
+        mark = _Mark()
+        done = weakref.finalize(mark, self._drop, key)
+        # At exit, threads still running may be using their connections: `close()` (atexit)
+        # closes only those that are safe to close.
+        done.atexit = False
+        self._marks.mark = mark
+        with self._lock:
+            ended = [k for k, (owner, _) in self._entries.items() if not owner.is_alive()]
+            stale = [self._entries.pop(k)[1] for k in ended]
+            self._entries[key] = (threading.current_thread(), conn)
+        for old in stale:
+            _close(old)
+
+    def _drop(self, key: int) -> None:
+        with self._lock:
+            entry = self._entries.pop(key, None)
+        if entry is not None:
+            _close(entry[1])
+
+    def close_mine_and_finished(self) -> None:
+        """Close the calling thread's connection and those of threads that have ended; a
+        running thread's is closed by that thread, at its next use or when it ends."""
+        me = threading.current_thread()
+        with self._lock:
+            safe = [
+                k for k, (owner, _) in self._entries.items() if owner is me or not owner.is_alive()
+            ]
+            conns = [self._entries.pop(k)[1] for k in safe]
+        for conn in conns:
+            _close(conn)
+
+
+class _Mark:
+    """Dies with the thread whose thread-local holds it (see `_Opened`)."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    with suppress(sqlite3.Error):
+        conn.close()
 
 
 _WRITE_VERB = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE)\b")

@@ -42,6 +42,7 @@ from ..store import CheckpointRow, Commit, EventRow
 from . import serde as _serde
 from .capture import MAX_LOG_BYTES, CapturedLog
 from .context import Frame, Run, current_frame, current_run
+from .faults import as_failure
 from .persist import persist, persist_async
 from .positions import current_branch, one_recorded_call
 from .status import CheckpointStatus
@@ -161,11 +162,16 @@ class Checkpoint(Generic[P, R]):
                     value = self._with_thread_timeout(args, kwargs)
             except ControlSignal:
                 raise
-            except Exception as exc:
-                pending = call.failed(exc)
+            except BaseException as exc:
+                failure = as_failure(exc, f"checkpoint {self.name!r}")
+                if not isinstance(failure, Exception):
+                    raise  # a cancellation that asyncio started (on the loop thread)
+                pending = call.failed(failure, exc)
                 call.commit(pending)
                 if pending.delay is None:
-                    raise
+                    if failure is exc:
+                        raise
+                    raise failure from exc
                 run.cancel_event.wait(pending.delay)
                 continue
             finally:
@@ -196,11 +202,16 @@ class Checkpoint(Generic[P, R]):
                         raise self._timeout_error() from exc
             except ControlSignal:
                 raise
-            except Exception as exc:
-                pending = call.failed(exc)
+            except BaseException as exc:
+                failure = as_failure(exc, f"checkpoint {self.name!r}")
+                if not isinstance(failure, Exception):
+                    raise  # a cancellation that asyncio started (a TaskGroup, a timeout)
+                pending = call.failed(failure, exc)
                 await call.commit_async(pending)
                 if pending.delay is None:
-                    raise
+                    if failure is exc:
+                        raise
+                    raise failure from exc
                 await asyncio.sleep(pending.delay)
                 continue
             finally:
@@ -318,16 +329,19 @@ class _Call:
             self.attempts.append(self._attempt(finished, None))
         return self._pending(_SUCCEEDED, text, None, finished)
 
-    def failed(self, exc: Exception) -> _Pending:
+    def failed(self, exc: BaseException, raised: BaseException | None = None) -> _Pending:
         """The commit of a failed attempt; its `delay` is the pause before the next attempt,
-        or None when the attempts are spent (the error is then the call's outcome)."""
+        or None when the attempts are spent (the error is then the call's outcome). `raised`:
+        what the code raised, when `exc` is the failure it counts as (`Interrupted`): the
+        attempt records its type, and `retry_on` is matched against it."""
+        raised = exc if raised is None else raised
         finished = time.time()
-        self.attempts.append(self._attempt(finished, exc))
+        self.attempts.append(self._attempt(finished, raised))
         checkpoint = self.checkpoint
         attempt = self.frame.attempt
         if (
             attempt <= checkpoint.retries
-            and isinstance(exc, checkpoint.retry_on)
+            and isinstance(raised, checkpoint.retry_on)
             # Another attempt would meet the same budget.
             and not isinstance(exc, BudgetExceeded)
         ):

@@ -30,7 +30,7 @@ from .._core.status import Status
 from ..store import Claim, ExecutionRow, Store
 from . import engine as _engine
 from .engine import Runnable, load_flow
-from .loop import shared_loop
+from .loop import SharedLoop, shared_loop
 
 log = logging.getLogger("tether.executor")
 
@@ -88,6 +88,9 @@ class _Held:
     store: Store
     token: str
     runs: list[Run] = field(default_factory=list)
+    # The shared loop an async execution runs on: its lease is renewed only while that loop
+    # lives and turns.
+    loop: SharedLoop | None = None
 
 
 class Executor:
@@ -118,6 +121,8 @@ class Executor:
         self._stopping = threading.Event()
         # Async executions at once (`max_async`): made on the loop, on first use.
         self._async_slots: asyncio.Semaphore | None = None
+        self._slots_loop: SharedLoop | None = None
+        self._stalled: set[int] = set()  # loops whose stall was reported (id)
         self._async_running = 0  # read and written on the loop thread only
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
@@ -199,7 +204,8 @@ class Executor:
         """Async flows go to the shared loop; sync ones, and executions whose flow is not
         known yet (a resume: the thread finds it out), to a thread."""
         if flow is not None and flow.is_async:
-            shared_loop().spawn(lambda: self._run_async(held, execution_id, flow, claimed, row))
+            loop = held.loop = shared_loop()
+            loop.spawn(lambda: self._run_async(held, execution_id, flow, claimed, row))
         else:
             self._pool.submit(self._run, held, execution_id, flow, claimed, row)
 
@@ -250,9 +256,13 @@ class Executor:
     ) -> None:
         """An async execution, as a task on the shared loop: store calls go to its store
         threads, the flow body runs here."""
-        if self._async_slots is None:
+        loop = held.loop or shared_loop()
+        if self._async_slots is None or self._slots_loop is not loop:
+            # A loop of its own: the one before ended (see SharedLoop), with its tasks.
             self._async_slots = asyncio.Semaphore(settings().max_async)
-        offload = shared_loop().offload
+            self._slots_loop = loop
+            self._async_running = 0
+        offload = loop.offload
         store = held.store
         outcome = None
         nxt: Refill | None = None
@@ -463,7 +473,9 @@ class Executor:
                 stores = {id(h.store): h.store for h in self._held.values()}
                 stores.update({id(s): s for s in self._parked.values()})
             for entries in by_store.values():
-                self._renew(entries)
+                entries = self._on_live_loops(entries)
+                if entries:
+                    self._renew(entries)
             if beats % _MAINTAIN_BEATS == 0:
                 for store in stores.values():
                     try:
@@ -471,6 +483,40 @@ class Executor:
                     except Exception:
                         # Escaping would end the heartbeat, and with it every lease held here.
                         log.exception("store maintenance failed; trying again later")
+
+    def _on_live_loops(self, entries: list[tuple[str, _Held]]) -> list[tuple[str, _Held]]:
+        """The holds whose leases may be renewed: sync ones, and async ones whose event loop
+        lives and turns. A loop that has not turned for a whole lease is stuck (a blocking
+        call that never returns, a deadlock): renewing its leases would keep every
+        execution on it from everyone, forever. One whose thread ended runs nothing more:
+        its holds are dropped (a worker's slots free, a stop does not wait for them)."""
+        lease = settings().lease_seconds
+        kept: list[tuple[str, _Held]] = []
+        for execution_id, held in entries:
+            loop = held.loop
+            if loop is None or loop.healthy(lease):
+                if loop is not None:
+                    self._stalled.discard(id(loop))
+                kept.append((execution_id, held))
+                continue
+            if loop.ended is not None or not loop.thread.is_alive():
+                for run in held.runs:
+                    run.lease_lost = True
+                log.error(
+                    "execution %s: abandoned here, its lease no longer renewed, because the "
+                    "event loop it ran on ended (%s); another process takes it over",
+                    execution_id, loop.ended,
+                )  # fmt: skip
+                self._ended(held, execution_id, None, None)
+            elif id(loop) not in self._stalled:
+                self._stalled.add(id(loop))
+                log.error(
+                    "the tether event loop has not turned for over %ss (lease_seconds): the "
+                    "leases of its executions are no longer renewed, and other processes "
+                    "may take them over; something blocks the loop thread",
+                    lease,
+                )  # fmt: skip
+        return kept
 
     def _renew(self, entries: list[tuple[str, _Held]]) -> None:
         store = entries[0][1].store

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -218,3 +219,35 @@ def test_leases_stop_being_renewed_when_the_loop_thread_ends(
     holder.kill()
     _, err = holder.communicate(timeout=30)
     assert "the tether event loop thread ended (loop.stop() was called on it)" in err
+
+
+def test_a_worker_whose_loop_thread_ended_stops_at_once_on_sigterm(
+    db_url: str, client: tether.Client, procs: _Procs
+) -> None:
+    tether.configure(executor=False)
+    parked = [fault_flows.parked_agent.enqueue(i).id for i in range(3)]
+    code = textwrap.dedent(
+        """
+        import logging, tether, fault_flows
+        logging.basicConfig(level=logging.INFO)
+        # A grace far longer than the test waits: only holds that are let go end it sooner.
+        tether.Worker(imports=["fault_flows"], concurrency=8, poll=0.01).run(grace=600)
+        """
+    )
+    worker = procs.add(spawn_child(code, db_url, stderr=subprocess.PIPE, FAULT_PARK="1"))
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(worker.stderr.readline, "")),  # type: ignore[union-attr]
+        daemon=True,
+    )
+    reader.start()
+    retry_until(lambda: all(client.get(i).progress for i in parked), what="the agents to run")
+    fault_flows.loop_stopper.enqueue()
+    retry_until(
+        lambda: sum("abandoned here" in line for line in lines) >= 3,
+        timeout=60,
+        what="the worker to let the executions of its ended loop go",
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=120) == 0
+    assert any("the tether event loop thread ended" in line for line in lines)

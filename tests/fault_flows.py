@@ -148,3 +148,17 @@ async def stop_the_loop() -> None:
 @tether.flow
 async def loop_stopper() -> None:
     await stop_the_loop()
+
+
+# --- a flow with many short steps, for hand-backs ----------------------------------------
+
+
+@tether.checkpoint
+def tick(i: int) -> int:
+    time.sleep(0.05)
+    return i
+
+
+@tether.flow
+def ticker(n: int) -> int:
+    return sum(tick(i) for i in range(n))

@@ -19,6 +19,7 @@ import tether
 from helpers import retry_until, spawn_child, spawn_python
 from tether import ExecutionFailed, Status
 from tether.errors import ExecutionLocked
+from tether.store import open_store
 
 KINDS = ("exit", "interrupt", "cancel", "generator-exit")
 RAISED = {
@@ -251,3 +252,36 @@ def test_a_worker_whose_loop_thread_ended_stops_at_once_on_sigterm(
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=120) == 0
     assert any("the tether event loop thread ended" in line for line in lines)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_cli_hands_back_what_it_runs_on_sigint_and_sigterm(
+    db_url: str, client: tether.Client, procs: _Procs, signum: signal.Signals
+) -> None:
+    tether.configure(executor=False)
+    execution_id = fault_flows.ticker.enqueue(60).id
+    argv = ["-m", "tether", "executions", "recover"]
+    cli = procs.add(spawn_python(argv, db_url, stderr=subprocess.PIPE))
+    retry_until(lambda: len(client.get(execution_id).checkpoints) >= 3, what="it to run")
+    cli.send_signal(signum)
+    _, err = cli.communicate(timeout=60)
+    assert cli.returncode == 128 + signum, err
+    assert "stays queued" in err and "Traceback" not in err
+    record = client.get(execution_id)
+    assert record.status is Status.QUEUED and record.owner is None
+    done = len(record.checkpoints)
+    assert done < 60
+
+    # A hand-back is no crash: the next process runs it on, and nothing counts against it.
+    finished = spawn_python(argv, db_url, stderr=subprocess.PIPE)
+    _, err = procs.add(finished).communicate(timeout=120)
+    assert finished.returncode == 0, err
+    record = client.get(execution_id)
+    assert record.result == sum(range(60))
+    assert record.attempt == 2
+    store = open_store(db_url)
+    try:
+        row = store.get_execution(execution_id)
+        assert row is not None and row.takeovers == 0
+    finally:
+        store.close()

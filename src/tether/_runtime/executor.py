@@ -386,6 +386,17 @@ class Executor:
         for run in runs:
             run.release_event.set()
 
+    def hand_back(self, grace: float) -> int:
+        """Ask every execution running here to hand itself back (`queued`) at its next
+        boundary, and wait until none is held or `grace` seconds passed (asking again as new
+        ones start). Returns how many are still held: those are left to their leases."""
+        self.release_all()
+        deadline = time.monotonic() + grace
+        while self.held_count() and time.monotonic() < deadline:
+            self.wait_for_free(0.05)
+            self.release_all()
+        return self.held_count()
+
     def wait_for_change(self, timeout: float) -> None:
         """Block until some execution of this process finishes or parks, or `timeout` passes."""
         with self._changed:

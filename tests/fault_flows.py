@@ -162,3 +162,13 @@ def tick(i: int) -> int:
 @tether.flow
 def ticker(n: int) -> int:
     return sum(tick(i) for i in range(n))
+
+
+@tether.checkpoint
+async def block_the_loop() -> None:
+    time.sleep(3600)  # noqa: ASYNC251 (a blocking call in an async checkpoint: the loop stops turning)
+
+
+@tether.flow
+async def loop_blocker() -> None:
+    await block_the_loop()

@@ -180,14 +180,21 @@ def test_an_execution_that_kills_its_process_fails_after_the_limit(
     assert events.count("crash_loop") == limit - 2
 
 
-def test_leases_stop_being_renewed_when_the_loop_thread_ends(
-    db_url: str, client: tether.Client, procs: _Procs
+@pytest.mark.parametrize(
+    ("fault", "logged"),
+    [
+        ("loop_stopper", "the tether event loop thread ended (loop.stop() was called on it)"),
+        ("loop_blocker", "the tether event loop has not turned for over 2"),
+    ],
+)
+def test_leases_stop_being_renewed_when_the_loop_thread_ends_or_hangs(
+    db_url: str, client: tether.Client, procs: _Procs, fault: str, logged: str
 ) -> None:
     # A process runs five async executions that hold their checkpoint, then one of its
-    # checkpoints stops the shared event loop.
+    # checkpoints stops the shared event loop, or blocks it for good.
     code = textwrap.dedent(
         """
-        import logging, threading, time
+        import logging, sys, threading, time
         import tether, fault_flows
         logging.basicConfig(level=logging.INFO)
         tether.configure(lease_seconds=2)
@@ -196,11 +203,13 @@ def test_leases_stop_being_renewed_when_the_loop_thread_ends(
         while not all(len(client.get(h.id).progress) for h in handles):
             time.sleep(0.01)
         print(" ".join(h.id for h in handles), flush=True)
-        fault_flows.loop_stopper.run()
+        getattr(fault_flows, sys.argv[1]).run()
         threading.Event().wait()  # alive: only its leases can let the executions go
         """
     )
-    holder = procs.add(spawn_child(code, db_url, stderr=subprocess.PIPE, FAULT_PARK="1"))
+    holder = procs.add(
+        spawn_python(["-c", code, fault], db_url, stderr=subprocess.PIPE, FAULT_PARK="1")
+    )
     assert holder.stdout is not None
     ids = holder.stdout.readline().split()
     assert len(ids) == 5, holder.stderr.read() if holder.stderr else ""
@@ -219,7 +228,7 @@ def test_leases_stop_being_renewed_when_the_loop_thread_ends(
         assert result == {"value": i, "pid": os.getpid()}
     holder.kill()
     _, err = holder.communicate(timeout=30)
-    assert "the tether event loop thread ended (loop.stop() was called on it)" in err
+    assert logged in err
 
 
 def test_a_worker_whose_loop_thread_ended_stops_at_once_on_sigterm(

@@ -16,7 +16,7 @@ import pytest
 
 import fault_flows
 import tether
-from helpers import retry_until, spawn_child, spawn_python
+from helpers import retry_until, run_cli, spawn_child, spawn_python
 from tether import ExecutionFailed, Status
 from tether.errors import ExecutionLocked
 from tether.store import open_store
@@ -294,3 +294,22 @@ def test_the_cli_hands_back_what_it_runs_on_sigint_and_sigterm(
         assert row is not None and row.takeovers == 0
     finally:
         store.close()
+
+
+def test_recover_backs_off_a_crash_loop_and_then_fails_it(
+    db_url: str, client: tether.Client
+) -> None:
+    tether.configure(executor=False)
+    looper = fault_flows.crash_looper.enqueue().id
+    env = {"TETHER_CRASH_LOOP_LIMIT": "3", "TETHER_CRASH_LOOP_BACKOFF": "0.05"}
+    codes = []
+    for _ in range(5):
+        recover = run_cli(db_url, "executions", "recover", "--json", **env)
+        codes.append(recover.returncode)
+    # Killed twice; handed back to wait out its backoff (recover says so and ends); killed a
+    # third time; failed.
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL, 0, -signal.SIGKILL, 1]
+    record = client.get(looper)
+    assert record.status is Status.FAILED
+    assert record.error is not None and record.error.type.endswith(".CrashLoopError")
+    assert "tether executions retry" in record.error.message

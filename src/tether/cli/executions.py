@@ -83,14 +83,19 @@ def _settled(record: ExecutionRecord) -> bool:
     return record.status.finished or record.status is Status.WAITING
 
 
-def _settle(client: Client, execution_id: str) -> ExecutionRecord:
-    """Wait until the execution finishes or waits (for input or a timer)."""
+def _settle(client: Client, execution_id: str, *, here: bool = True) -> ExecutionRecord:
+    """Wait until the execution finishes or waits (for input or a timer). `here`: it runs in
+    this process, so once it is handed back (`queued` with no holder: a crash loop's backoff,
+    a flow this process cannot import) nothing here will run it on."""
     handle = client.handle(execution_id)
     while True:
         try:
             handle.result(timeout=POLL_SECONDS)
         except ResultTimeout:
-            if handle.status() is Status.WAITING:
+            record = client.get(execution_id)
+            if record.status is Status.WAITING:
+                break
+            if here and record.status is Status.QUEUED and record.owner is None:
                 break
             continue
         except TetherError:
@@ -108,7 +113,7 @@ def _follow_through(
         return client.get(execution_id)
     if queue and not as_json:
         err.print("Waiting for a worker (`tether worker`) to run it…", style="dim")
-    return _settle(client, execution_id)
+    return _settle(client, execution_id, here=not queue)
 
 
 def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:

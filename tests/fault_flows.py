@@ -172,3 +172,34 @@ async def block_the_loop() -> None:
 @tether.flow
 async def loop_blocker() -> None:
     await block_the_loop()
+
+
+# --- cancellations asyncio starts stay cancellations --------------------------------------
+
+
+@tether.checkpoint
+async def fail_soon() -> None:
+    await asyncio.sleep(0.01)
+    raise ValueError("first branch failed")
+
+
+@tether.checkpoint
+async def wait_long(label: str) -> str:
+    await asyncio.sleep(3600)
+    return label
+
+
+@tether.flow
+async def cancelled_by_asyncio() -> str:
+    try:
+        async with asyncio.timeout(0.05):
+            await wait_long("timed out")
+    except TimeoutError:
+        pass
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(fail_soon())
+            group.create_task(wait_long("cancelled by its group"))
+    except ExceptionGroup as caught:
+        return f"caught {[str(e) for e in caught.exceptions]}"
+    return "not reached"

@@ -313,3 +313,13 @@ def test_recover_backs_off_a_crash_loop_and_then_fails_it(
     assert record.status is Status.FAILED
     assert record.error is not None and record.error.type.endswith(".CrashLoopError")
     assert "tether executions retry" in record.error.message
+
+
+def test_cancellations_that_asyncio_starts_stay_cancellations(client: tether.Client) -> None:
+    handle = fault_flows.cancelled_by_asyncio.run()
+    assert handle.result(timeout=60) == "caught ['first branch failed']"
+    calls = {c.name: c for c in client.get(handle.id).checkpoints}
+    # The timed-out and the group-cancelled calls recorded nothing (they run again on a
+    # resume): only the failure is recorded.
+    assert sorted(calls) == ["fail_soon"]
+    assert calls["fail_soon"].status == "failed"

@@ -554,6 +554,11 @@ def checkpoint(
       before attempt n+1 is `backoff * 2**(n-1)` seconds (at most 60), with jitter.
       Every attempt is recorded with its error and timing; the last error is recorded and
       raised into the flow, which may catch it.
+    - A `BaseException` that is not an `Exception` (`SystemExit`, `KeyboardInterrupt`,
+      `GeneratorExit`, a `CancelledError` when nothing cancelled the task) fails the attempt
+      too, as `tether.errors.Interrupted` naming what was raised; it is retried only when
+      `retry_on` names its type (`retry_on=BaseException`, say). A cancellation that asyncio
+      started (a TaskGroup, a timeout) stays a cancellation and records nothing.
     - `timeout`: seconds one attempt may take (CheckpointTimeout after that).
 
     Outside a flow the function runs as a plain call, nothing recorded. Called inside

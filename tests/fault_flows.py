@@ -203,3 +203,15 @@ async def cancelled_by_asyncio() -> str:
     except ExceptionGroup as caught:
         return f"caught {[str(e) for e in caught.exceptions]}"
     return "not reached"
+
+
+@tether.checkpoint
+def kill_if_told() -> str:
+    if os.environ.get("FAULT_KILL") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@tether.flow
+def crashes_where_told() -> str:
+    return kill_if_told()

@@ -303,16 +303,17 @@ def test_recover_backs_off_a_crash_loop_and_then_fails_it(
     looper = fault_flows.crash_looper.enqueue().id
     env = {"TETHER_CRASH_LOOP_LIMIT": "3", "TETHER_CRASH_LOOP_BACKOFF": "0.05"}
     codes = []
-    for _ in range(5):
+    for _ in range(4):
         recover = run_cli(db_url, "executions", "recover", "--json", **env)
         codes.append(recover.returncode)
-    # Killed twice; handed back to wait out its backoff (recover says so and ends); killed a
-    # third time; failed.
-    assert codes == [-signal.SIGKILL, -signal.SIGKILL, 0, -signal.SIGKILL, 1]
+    # Killed; taken over and killed; taken over again, handed back for the pause, which the
+    # third recover waits out before it runs it again, killed; taken over a third time: failed.
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL, -signal.SIGKILL, 1]
     record = client.get(looper)
     assert record.status is Status.FAILED
     assert record.error is not None and record.error.type.endswith(".CrashLoopError")
     assert "tether executions retry" in record.error.message
+    assert [e.kind for e in record.events].count("crash_loop") == 1
 
 
 def test_cancellations_that_asyncio_starts_stay_cancellations(client: tether.Client) -> None:
@@ -323,3 +324,20 @@ def test_cancellations_that_asyncio_starts_stay_cancellations(client: tether.Cli
     # resume): only the failure is recorded.
     assert sorted(calls) == ["fail_soon"]
     assert calls["fail_soon"].status == "failed"
+
+
+def test_a_process_that_takes_over_a_crash_loop_runs_it_after_the_pause(
+    db_url: str, client: tether.Client
+) -> None:
+    tether.configure(executor=False)
+    execution_id = fault_flows.crashes_where_told.enqueue().id
+    for _ in range(2):  # the first run and one takeover die
+        died = run_cli(db_url, "executions", "recover", FAULT_KILL="1")
+        assert died.returncode == -signal.SIGKILL, died.stderr
+    tether.configure(executor=True, crash_loop_backoff=0.2)
+    # The second takeover in a row: handed back for the pause, then run by this process.
+    handle = client.resume(execution_id)
+    assert handle.result(timeout=60) == "survived"
+    record = client.get(execution_id)
+    assert [e.kind for e in record.events].count("crash_loop") == 1
+    assert record.attempt == 4  # two runs killed, the hand-back, the run after the pause

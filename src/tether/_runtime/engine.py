@@ -59,6 +59,7 @@ class Outcome(enum.Enum):
     FINISHED = "finished"  # succeeded, failed or cancelled: recorded
     SUSPENDED = "suspended"  # waiting for input or a timer; nobody holds it
     RELEASED = "released"  # handed back (queued) for another executor
+    BACKOFF = "backoff"  # handed back (queued) until a crash loop's pause is over
     LOST = "lost"  # someone else holds it now; nothing was written
 
 
@@ -289,7 +290,7 @@ def _crash_loop(store: Store, row: ExecutionRow, token: str) -> Outcome | None:
     released = persist(
         lambda: store.release(row.id, token, status=Status.QUEUED, now=now, not_before=now + delay)
     )
-    return Outcome.RELEASED if released else Outcome.LOST
+    return Outcome.BACKOFF if released else Outcome.LOST
 
 
 def conclude(store: Store, attempt: Attempt) -> Outcome | None:

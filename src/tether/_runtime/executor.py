@@ -42,6 +42,10 @@ _RUNNABLE_BATCH = 1000
 
 _HOST = socket.gethostname()
 
+# Outcomes after which this process remembers the execution and runs it again once it is
+# runnable: a wait's input or timer, or the end of a crash loop's pause.
+_PARKED = (_engine.Outcome.SUSPENDED, _engine.Outcome.BACKOFF)
+
 
 def host_prefix() -> str:
     """The start of every owner id of this host."""
@@ -96,7 +100,8 @@ class _Held:
 class Executor:
     """Runs executions in this process and keeps their leases alive.
 
-    An execution that suspends (a wait) is *parked*: nothing is held, but this process
+    An execution that suspends (a wait), or is handed back for a crash loop's pause, is
+    *parked*: nothing is held, but this process
     remembers it and resumes it here when its input arrives or its timer is due, as long as
     the process lives. A `tether worker` does the same for every execution in the store.
     """
@@ -168,6 +173,12 @@ class Executor:
     def holds(self, store: Store, execution_id: str) -> bool:
         with self._lock:
             return (id(store), execution_id) in self._held
+
+    def will_run(self, execution_id: str) -> bool:
+        """Whether this process holds the execution, or has it parked (it runs it again when
+        its input, its timer or the end of its crash-loop pause comes)."""
+        with self._lock:
+            return any(key[1] == execution_id for key in (*self._held, *self._parked))
 
     def held_count(self) -> int:
         with self._lock:
@@ -319,7 +330,7 @@ class Executor:
             # thread may have claimed it again and hold it under this key now.
             if self._held.get(key) is held:
                 del self._held[key]
-            if outcome is _engine.Outcome.SUSPENDED and self.parking and key not in self._held:
+            if outcome in _PARKED and self.parking and key not in self._held:
                 self._parked[key] = store
             if nxt is not None:
                 # The slot passes straight to the next execution: no free slot shows.
@@ -332,7 +343,7 @@ class Executor:
             watchers = self._watchers.pop(key, None) if key not in self._held else None
         if watchers:
             _wake(watchers)
-        if outcome is _engine.Outcome.SUSPENDED and self.parking:
+        if outcome in _PARKED and self.parking:
             self._ensure_waker()
         return successor
 

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from .._core.status import Status
 from .._ops.client import Client
+from .._runtime.executor import executor
 from .._runtime.records import ExecutionRecord
 from ..errors import ResultTimeout, TetherError
 from . import render
@@ -85,8 +86,9 @@ def _settled(record: ExecutionRecord) -> bool:
 
 def _settle(client: Client, execution_id: str, *, here: bool = True) -> ExecutionRecord:
     """Wait until the execution finishes or waits (for input or a timer). `here`: it runs in
-    this process, so once it is handed back (`queued` with no holder: a crash loop's backoff,
-    a flow this process cannot import) nothing here will run it on."""
+    this process, so once it is handed back (`queued` with no holder) and not parked here (as
+    for a crash loop's pause, which this process waits out), nothing here will run it on (a
+    flow this process cannot import, say)."""
     handle = client.handle(execution_id)
     while True:
         try:
@@ -95,7 +97,8 @@ def _settle(client: Client, execution_id: str, *, here: bool = True) -> Executio
             record = client.get(execution_id)
             if record.status is Status.WAITING:
                 break
-            if here and record.status is Status.QUEUED and record.owner is None:
+            handed_back = record.status is Status.QUEUED and record.owner is None
+            if here and handed_back and not executor().will_run(execution_id):
                 break
             continue
         except TetherError:

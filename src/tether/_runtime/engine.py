@@ -286,7 +286,7 @@ def _crash_loop(store: Store, row: ExecutionRow, token: str) -> Outcome | None:
         f"{config.crash_loop_limit} (crash_loop_limit)"
     )
     log.warning("execution %s: %s", row.id, message)
-    store.add_event(EventRow(row.id, None, now, "warning", "crash_loop", message))
+    persist(lambda: store.add_event(EventRow(row.id, None, now, "warning", "crash_loop", message)))
     released = persist(
         lambda: store.release(row.id, token, status=Status.QUEUED, now=now, not_before=now + delay)
     )

@@ -101,9 +101,9 @@ class Executor:
     """Runs executions in this process and keeps their leases alive.
 
     An execution that suspends (a wait), or is handed back for a crash loop's pause, is
-    *parked*: nothing is held, but this process
-    remembers it and resumes it here when its input arrives or its timer is due, as long as
-    the process lives. A `tether worker` does the same for every execution in the store.
+    *parked*: nothing is held, but this process remembers it and resumes it here when its
+    input arrives, its timer is due or its pause is over, as long as the process lives. A
+    `tether worker` does the same for every execution in the store.
     """
 
     def __init__(self) -> None:
@@ -510,8 +510,10 @@ class Executor:
         """The holds whose leases may be renewed: sync ones, and async ones whose event loop
         lives and turns. A loop that has not turned for a whole lease is stuck (a blocking
         call that never returns, a deadlock): renewing its leases would keep every
-        execution on it from everyone, forever. One whose thread ended runs nothing more:
-        its holds are dropped (a worker's slots free, a stop does not wait for them)."""
+        execution on it from everyone, forever (if it turns again before they are taken over,
+        renewing goes on; if not, their late commits are fenced off). One whose thread ended
+        runs nothing more: its holds are dropped (a worker's slots free, a stop does not wait
+        for them)."""
         lease = settings().lease_seconds
         kept: list[tuple[str, _Held]] = []
         for execution_id, held in entries:

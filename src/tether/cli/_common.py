@@ -72,14 +72,19 @@ def hand_back() -> None:
     if not runner.held_count():
         err.print("interrupted", style="dim")
         return
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)}
     err.print(
         "interrupted: what runs in this process stops at its next checkpoint boundary and "
         "stays queued; a `tether worker` or `tether executions resume ID` continues it",
         highlight=False,
     )
-    left = runner.hand_back(HAND_BACK_SECONDS)
+    try:
+        left = runner.hand_back(HAND_BACK_SECONDS)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if left:
         err.print(
             f"{left} execution(s) did not reach a checkpoint boundary within "

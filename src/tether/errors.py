@@ -17,6 +17,8 @@ Exception
     ├── DivergenceError             resumed code calls a different checkpoint
     ├── CheckpointError             a recorded failure whose class this process lacks
     ├── CheckpointTimeout           a checkpoint attempt ran past its timeout
+    ├── Interrupted                 user code raised a BaseException (SystemExit, ...): a failure
+    ├── CrashLoopError              the processes running an execution kept dying: given up
     ├── ExecutionNotFound           no execution has that id
     ├── ExecutionLocked             another live process holds the execution
     ├── InvalidStateError           the operation does not fit the execution's status
@@ -58,6 +60,7 @@ __all__ = [
     "CheckpointTimeout",
     "ConfigurationError",
     "ControlSignal",
+    "CrashLoopError",
     "DivergenceError",
     "ExecutionCancelled",
     "ExecutionFailed",
@@ -66,6 +69,7 @@ __all__ = [
     "FlowNotFoundError",
     "InputTooLarge",
     "InputValidationError",
+    "Interrupted",
     "InvalidStateError",
     "LeaseLost",
     "MemoryConflictError",
@@ -198,6 +202,45 @@ class CheckpointError(TetherError):
 
 class CheckpointTimeout(TetherError, TimeoutError):
     """A checkpoint attempt ran longer than its `timeout`."""
+
+
+class Interrupted(TetherError):
+    """User code raised a `BaseException` that is not an `Exception` (`SystemExit`,
+    `KeyboardInterrupt`, `GeneratorExit`, or a `CancelledError` when nothing cancelled its
+    task). tether fails that attempt with this error (the original is its `__cause__`, its
+    type is `raised`) instead of letting it stop the process's other executions. A
+    checkpoint retries it only when its `retry_on` names the original type."""
+
+    def __init__(self, message: str, raised: str = "") -> None:
+        super().__init__(message)
+        self.raised = raised
+
+    @classmethod
+    def of(cls, exc: BaseException, where: str) -> Interrupted:
+        detail = str(exc)
+        what = f"{type(exc).__name__}({detail})" if detail else type(exc).__name__
+        return cls(
+            f"{where} raised {what}, which is not an Exception; tether failed the attempt "
+            "instead of letting it stop the process and its other executions. Raise an "
+            "Exception to fail a call (or name the type in retry_on to retry it).",
+            type(exc).__name__,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.raised))
+
+
+class CrashLoopError(TetherError):
+    """The processes that ran an execution died (or lost it) again and again without it
+    committing any progress, so tether stopped taking it over and failed it. How many times
+    is the setting `crash_loop_limit` (`TETHER_CRASH_LOOP_LIMIT`, default 5)."""
+
+    def __init__(self, message: str, takeovers: int = 0) -> None:
+        super().__init__(message)
+        self.takeovers = takeovers
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.takeovers))
 
 
 class ExecutionNotFound(TetherError, LookupError):

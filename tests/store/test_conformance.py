@@ -386,6 +386,64 @@ def test_release_with_stale_token_changes_nothing(store: Store) -> None:
     assert snapshot(store, "e1") == before
 
 
+# --- crash loops: takeovers counted, the backoff's not_before ------------------------------------
+
+
+def test_takeovers_without_progress_are_counted_and_progress_starts_the_count_again(
+    store: Store,
+) -> None:
+    start(store, "e1", token="tok-1", expires=T0 + 10)
+    assert get(store, "e1").takeovers == 0
+
+    def take_over(old: str, new: str, now: float, *, by_claim: bool) -> None:
+        # The holder died: its lease runs out, and a claim (or a compare-and-swap on its
+        # token, as same-host takeovers and resume do) takes the execution over.
+        claim = lease(new, expires=now + LEASE)
+        if by_claim:
+            assert store.claim_runnable(claim, now=now, due=now) is not None
+        else:
+            assert store.claim("e1", claim, from_statuses=["running"], expected_token=old, now=now)
+
+    take_over("tok-1", "tok-2", T0 + 11, by_claim=True)
+    assert get(store, "e1").takeovers == 1  # nothing recorded before the first death either
+    take_over("tok-2", "tok-3", T0 + 12, by_claim=False)
+    assert get(store, "e1").takeovers == 2
+    assert store.record_checkpoint("e1", "tok-3", checkpoint("0")) == Commit.COMMITTED
+    take_over("tok-3", "tok-4", T0 + 13, by_claim=False)
+    assert get(store, "e1").takeovers == 1  # progress in between: the count starts again
+    take_over("tok-4", "tok-5", T0 + 13 + LEASE + 1, by_claim=True)
+    assert get(store, "e1").takeovers == 2
+
+    # A claim of a queued execution (a hand-back, not a death) counts nothing.
+    assert store.release("e1", "tok-5", status="queued", now=T0 + 100)
+    assert store.claim_runnable(lease("tok-6"), now=T0 + 100, due=T0 + 100) is not None
+    assert get(store, "e1").takeovers == 2
+    # A retry starts the count again.
+    assert store.finish("e1", "tok-6", status="failed", result=None, error="x", now=T0 + 101)
+    assert store.reset_for_retry("e1", positions=[], waits=[], now=T0 + 102)
+    assert get(store, "e1").takeovers == 0
+
+
+def test_a_queued_execution_is_not_claimed_before_its_not_before(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    store.create_execution(execution("e2", created_at=T0 + 1))
+    assert store.release("e1", "tok-1", status="queued", now=T0 + 2, not_before=T0 + 50)
+    row = get(store, "e1")
+    assert (row.status, row.owner, row.not_before) == ("queued", None, T0 + 50)
+    # The older one waits out its pause; the queue behind it is not held up.
+    assert [r.id for r in store.runnable(now=T0 + 3, due=T0 + 3, limit=10)] == ["e2"]
+    taken = store.claim_runnable(lease("tok-2"), now=T0 + 3, due=T0 + 3)
+    assert taken is not None and taken.id == "e2"
+    assert store.claim_runnable(lease("tok-3"), now=T0 + 3, due=T0 + 3) is None
+    taken = store.claim_runnable(lease("tok-4"), now=T0 + 50, due=T0 + 50)
+    assert taken is not None and taken.id == "e1"
+    # Taken after its pause, it keeps not_before: the pause of this takeover was served.
+    assert taken.not_before == T0 + 50
+    assert store.finish("e1", "tok-4", status="failed", result=None, error="x", now=T0 + 51)
+    assert store.reset_for_retry("e1", positions=[], waits=[], now=T0 + 52)
+    assert get(store, "e1").not_before is None
+
+
 # --- request_cancel ---------------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ from ..store import CheckpointRow, Commit, EventRow
 from . import serde as _serde
 from .capture import MAX_LOG_BYTES, CapturedLog
 from .context import Frame, Run, current_frame, current_run
+from .faults import as_failure
 from .persist import persist, persist_async
 from .positions import current_branch, one_recorded_call
 from .status import CheckpointStatus
@@ -167,11 +168,16 @@ class Checkpoint(Generic[P, R]):
                     value = self._with_thread_timeout(args, kwargs)
             except ControlSignal:
                 raise
-            except Exception as exc:
-                pending = call.failed(exc)
+            except BaseException as exc:
+                failure = as_failure(exc, f"checkpoint {self.name!r}")
+                if not isinstance(failure, Exception):
+                    raise  # a cancellation that asyncio started (on the loop thread)
+                pending = call.failed(failure, exc)
                 call.commit(pending)
                 if pending.delay is None:
-                    raise
+                    if failure is exc:
+                        raise
+                    raise failure from exc
                 run.cancel_event.wait(pending.delay)
                 continue
             finally:
@@ -202,11 +208,16 @@ class Checkpoint(Generic[P, R]):
                         raise self._timeout_error() from exc
             except ControlSignal:
                 raise
-            except Exception as exc:
-                pending = call.failed(exc)
+            except BaseException as exc:
+                failure = as_failure(exc, f"checkpoint {self.name!r}")
+                if not isinstance(failure, Exception):
+                    raise  # a cancellation that asyncio started (a TaskGroup, a timeout)
+                pending = call.failed(failure, exc)
                 await call.commit_async(pending)
                 if pending.delay is None:
-                    raise
+                    if failure is exc:
+                        raise
+                    raise failure from exc
                 await asyncio.sleep(pending.delay)
                 continue
             finally:
@@ -332,16 +343,19 @@ class _Call:
             self.attempts.append(self._attempt(finished, None))
         return self._pending(_SUCCEEDED, text, None, finished)
 
-    def failed(self, exc: Exception) -> _Pending:
+    def failed(self, exc: BaseException, raised: BaseException | None = None) -> _Pending:
         """The commit of a failed attempt; its `delay` is the pause before the next attempt,
-        or None when the attempts are spent (the error is then the call's outcome)."""
+        or None when the attempts are spent (the error is then the call's outcome). `raised`:
+        what the code raised, when `exc` is the failure it counts as (`Interrupted`): the
+        attempt records its type, and `retry_on` is matched against it."""
+        raised = exc if raised is None else raised
         finished = time.time()
-        self.attempts.append(self._attempt(finished, exc))
+        self.attempts.append(self._attempt(finished, raised))
         checkpoint = self.checkpoint
         attempt = self.frame.attempt
         if (
             attempt <= checkpoint.retries
-            and isinstance(exc, checkpoint.retry_on)
+            and isinstance(raised, checkpoint.retry_on)
             # Another attempt would meet the same budget.
             and not isinstance(exc, BudgetExceeded)
         ):
@@ -554,6 +568,11 @@ def checkpoint(
       before attempt n+1 is `backoff * 2**(n-1)` seconds (at most 60), with jitter.
       Every attempt is recorded with its error and timing; the last error is recorded and
       raised into the flow, which may catch it.
+    - A `BaseException` that is not an `Exception` (`SystemExit`, `KeyboardInterrupt`,
+      `GeneratorExit`, a `CancelledError` when nothing cancelled the task) fails the attempt
+      too, as `tether.errors.Interrupted` naming what was raised; it is retried only when
+      `retry_on` names its type (`retry_on=BaseException`, say). A cancellation that asyncio
+      started (a TaskGroup, a timeout) stays a cancellation and records nothing.
     - `timeout`: seconds one attempt may take (CheckpointTimeout after that).
 
     Outside a flow the function runs as a plain call, nothing recorded. Called inside

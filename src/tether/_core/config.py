@@ -52,6 +52,8 @@ class Settings:
     max_async: int = 10_000
     slow_callback_seconds: float = 0.5
     lease_seconds: float = 30.0
+    crash_loop_limit: int = 5
+    crash_loop_backoff: float = 1.0
     executor: bool = True
     max_input_bytes: int = 16 * 1024 * 1024
     clock: Callable[[], float] = time.time
@@ -77,17 +79,24 @@ def _from_env() -> Settings:
         model=os.environ.get("TETHER_MODEL") or None,
         secret=os.environ.get("TETHER_SECRET", "").encode() or None,
     )
-    max_async = os.environ.get("TETHER_MAX_ASYNC", "").strip()
-    if max_async:
+    numbers: dict[str, Any] = {}
+    for name, field, kind, least in (
+        ("TETHER_MAX_ASYNC", "max_async", int, 1),
+        ("TETHER_CRASH_LOOP_LIMIT", "crash_loop_limit", int, 1),
+        ("TETHER_CRASH_LOOP_BACKOFF", "crash_loop_backoff", float, 0),
+    ):
+        text = os.environ.get(name, "").strip()
+        if not text:
+            continue
         try:
-            found = replace(found, max_async=int(max_async))
+            value = kind(text)
         except ValueError:
-            raise ConfigurationError(
-                f"TETHER_MAX_ASYNC must be a whole number, not {max_async!r}"
-            ) from None
-        if found.max_async < 1:
-            raise ConfigurationError("TETHER_MAX_ASYNC must be at least 1")
-    return found
+            what = "a whole number" if kind is int else "a number of seconds"
+            raise ConfigurationError(f"{name} must be {what}, not {text!r}") from None
+        if value < least:
+            raise ConfigurationError(f"{name} must be at least {least}")
+        numbers[field] = value
+    return replace(found, **numbers)
 
 
 _lock = threading.RLock()
@@ -116,6 +125,8 @@ def configure(
     max_async: int | _Unset = UNSET,
     slow_callback_seconds: float | _Unset = UNSET,
     lease_seconds: float | _Unset = UNSET,
+    crash_loop_limit: int | _Unset = UNSET,
+    crash_loop_backoff: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
     clock: Callable[[], float] | _Unset = UNSET,
@@ -146,6 +157,13 @@ def configure(
       execution on the loop.
     - `lease_seconds`: how long a lease lasts at least without a heartbeat (default 30;
       heartbeats keep it between 1 and 4/3 of this ahead).
+    - `crash_loop_limit`: how many times in a row the process running an execution may die
+      (or lose it) without the execution committing progress before tether fails it with
+      `CrashLoopError` instead of taking it over again (default 5;
+      `TETHER_CRASH_LOOP_LIMIT`).
+    - `crash_loop_backoff`: from the second such takeover on, the execution is handed back
+      to run no sooner than this many seconds later, doubling each time up to 5 minutes
+      (default 1; `TETHER_CRASH_LOOP_BACKOFF`). Other executions are claimed meanwhile.
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
       and operates executions but never runs one; `tether worker` processes do.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
@@ -166,6 +184,8 @@ def configure(
         ("max_async", max_async),
         ("slow_callback_seconds", slow_callback_seconds),
         ("lease_seconds", lease_seconds),
+        ("crash_loop_limit", crash_loop_limit),
+        ("crash_loop_backoff", crash_loop_backoff),
         ("executor", executor),
         ("max_input_bytes", max_input_bytes),
         ("clock", clock),
@@ -188,6 +208,10 @@ def configure(
         raise ConfigurationError("slow_callback_seconds must be positive")
     if "lease_seconds" in changes and changes["lease_seconds"] <= 0:
         raise ConfigurationError("lease_seconds must be positive")
+    if "crash_loop_limit" in changes and changes["crash_loop_limit"] < 1:
+        raise ConfigurationError("crash_loop_limit must be at least 1")
+    if "crash_loop_backoff" in changes and changes["crash_loop_backoff"] < 0:
+        raise ConfigurationError("crash_loop_backoff must be 0 or more seconds")
     chosen = changes.get("model")
     if chosen is not None and (not isinstance(chosen, str) or not chosen):
         raise ConfigurationError(f"model is a model name such as 'openai:gpt-4o', not {chosen!r}")

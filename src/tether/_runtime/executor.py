@@ -30,7 +30,7 @@ from .._core.status import Status
 from ..store import Claim, ExecutionRow, Store
 from . import engine as _engine
 from .engine import Runnable, load_flow
-from .loop import shared_loop
+from .loop import SharedLoop, shared_loop
 
 log = logging.getLogger("tether.executor")
 
@@ -41,6 +41,10 @@ _MAINTAIN_BEATS = 10
 _RUNNABLE_BATCH = 1000
 
 _HOST = socket.gethostname()
+
+# Outcomes after which this process remembers the execution and runs it again once it is
+# runnable: a wait's input or timer, or the end of a crash loop's pause.
+_PARKED = (_engine.Outcome.SUSPENDED, _engine.Outcome.BACKOFF)
 
 
 def host_prefix() -> str:
@@ -88,14 +92,18 @@ class _Held:
     store: Store
     token: str
     runs: list[Run] = field(default_factory=list)
+    # The shared loop an async execution runs on: its lease is renewed only while that loop
+    # lives and turns.
+    loop: SharedLoop | None = None
 
 
 class Executor:
     """Runs executions in this process and keeps their leases alive.
 
-    An execution that suspends (a wait) is *parked*: nothing is held, but this process
-    remembers it and resumes it here when its input arrives or its timer is due, as long as
-    the process lives. A `tether worker` does the same for every execution in the store.
+    An execution that suspends (a wait), or is handed back for a crash loop's pause, is
+    *parked*: nothing is held, but this process remembers it and resumes it here when its
+    input arrives, its timer is due or its pause is over, as long as the process lives. A
+    `tether worker` does the same for every execution in the store.
     """
 
     def __init__(self) -> None:
@@ -118,6 +126,8 @@ class Executor:
         self._stopping = threading.Event()
         # Async executions at once (`max_async`): made on the loop, on first use.
         self._async_slots: asyncio.Semaphore | None = None
+        self._slots_loop: SharedLoop | None = None
+        self._stalled: set[int] = set()  # loops whose stall was reported (id)
         self._async_running = 0  # read and written on the loop thread only
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
@@ -164,6 +174,12 @@ class Executor:
         with self._lock:
             return (id(store), execution_id) in self._held
 
+    def will_run(self, execution_id: str) -> bool:
+        """Whether this process holds the execution, or has it parked (it runs it again when
+        its input, its timer or the end of its crash-loop pause comes)."""
+        with self._lock:
+            return any(key[1] == execution_id for key in (*self._held, *self._parked))
+
     def held_count(self) -> int:
         with self._lock:
             return len(self._held)
@@ -199,7 +215,8 @@ class Executor:
         """Async flows go to the shared loop; sync ones, and executions whose flow is not
         known yet (a resume: the thread finds it out), to a thread."""
         if flow is not None and flow.is_async:
-            shared_loop().spawn(lambda: self._run_async(held, execution_id, flow, claimed, row))
+            loop = held.loop = shared_loop()
+            loop.spawn(lambda: self._run_async(held, execution_id, flow, claimed, row))
         else:
             self._pool.submit(self._run, held, execution_id, flow, claimed, row)
 
@@ -250,9 +267,13 @@ class Executor:
     ) -> None:
         """An async execution, as a task on the shared loop: store calls go to its store
         threads, the flow body runs here."""
-        if self._async_slots is None:
+        loop = held.loop or shared_loop()
+        if self._async_slots is None or self._slots_loop is not loop:
+            # A loop of its own: the one before ended (see SharedLoop), with its tasks.
             self._async_slots = asyncio.Semaphore(settings().max_async)
-        offload = shared_loop().offload
+            self._slots_loop = loop
+            self._async_running = 0
+        offload = loop.offload
         store = held.store
         outcome = None
         nxt: Refill | None = None
@@ -309,7 +330,7 @@ class Executor:
             # thread may have claimed it again and hold it under this key now.
             if self._held.get(key) is held:
                 del self._held[key]
-            if outcome is _engine.Outcome.SUSPENDED and self.parking and key not in self._held:
+            if outcome in _PARKED and self.parking and key not in self._held:
                 self._parked[key] = store
             if nxt is not None:
                 # The slot passes straight to the next execution: no free slot shows.
@@ -322,7 +343,7 @@ class Executor:
             watchers = self._watchers.pop(key, None) if key not in self._held else None
         if watchers:
             _wake(watchers)
-        if outcome is _engine.Outcome.SUSPENDED and self.parking:
+        if outcome in _PARKED and self.parking:
             self._ensure_waker()
         return successor
 
@@ -375,6 +396,17 @@ class Executor:
             runs = [run for held in self._held.values() for run in held.runs]
         for run in runs:
             run.release_event.set()
+
+    def hand_back(self, grace: float) -> int:
+        """Ask every execution running here to hand itself back (`queued`) at its next
+        boundary, and wait until none is held or `grace` seconds passed (asking again as new
+        ones start). Returns how many are still held: those are left to their leases."""
+        self.release_all()
+        deadline = time.monotonic() + grace
+        while self.held_count() and time.monotonic() < deadline:
+            self.wait_for_free(0.05)
+            self.release_all()
+        return self.held_count()
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until some execution of this process finishes or parks, or `timeout` passes."""
@@ -463,7 +495,9 @@ class Executor:
                 stores = {id(h.store): h.store for h in self._held.values()}
                 stores.update({id(s): s for s in self._parked.values()})
             for entries in by_store.values():
-                self._renew(entries)
+                entries = self._on_live_loops(entries)
+                if entries:
+                    self._renew(entries)
             if beats % _MAINTAIN_BEATS == 0:
                 for store in stores.values():
                     try:
@@ -471,6 +505,42 @@ class Executor:
                     except Exception:
                         # Escaping would end the heartbeat, and with it every lease held here.
                         log.exception("store maintenance failed; trying again later")
+
+    def _on_live_loops(self, entries: list[tuple[str, _Held]]) -> list[tuple[str, _Held]]:
+        """The holds whose leases may be renewed: sync ones, and async ones whose event loop
+        lives and turns. A loop that has not turned for a whole lease is stuck (a blocking
+        call that never returns, a deadlock): renewing its leases would keep every
+        execution on it from everyone, forever (if it turns again before they are taken over,
+        renewing goes on; if not, their late commits are fenced off). One whose thread ended
+        runs nothing more: its holds are dropped (a worker's slots free, a stop does not wait
+        for them)."""
+        lease = settings().lease_seconds
+        kept: list[tuple[str, _Held]] = []
+        for execution_id, held in entries:
+            loop = held.loop
+            if loop is None or loop.healthy(lease):
+                if loop is not None:
+                    self._stalled.discard(id(loop))
+                kept.append((execution_id, held))
+                continue
+            if loop.ended is not None or not loop.thread.is_alive():
+                for run in held.runs:
+                    run.lease_lost = True
+                log.error(
+                    "execution %s: abandoned here, its lease no longer renewed, because the "
+                    "event loop it ran on ended (%s); another process takes it over",
+                    execution_id, loop.ended,
+                )  # fmt: skip
+                self._ended(held, execution_id, None, None)
+            elif id(loop) not in self._stalled:
+                self._stalled.add(id(loop))
+                log.error(
+                    "the tether event loop has not turned for over %ss (lease_seconds): the "
+                    "leases of its executions are no longer renewed, and other processes "
+                    "may take them over; something blocks the loop thread",
+                    lease,
+                )  # fmt: skip
+        return kept
 
     def _renew(self, entries: list[tuple[str, _Held]]) -> None:
         store = entries[0][1].store

@@ -189,11 +189,7 @@ class Worker:
     def shutdown(self, grace: float = 30.0) -> None:
         """Hand back every execution held here at its next boundary, waiting up to `grace`
         seconds; anything still running after that is left to its lease."""
-        self._executor.release_all()
-        deadline = time.monotonic() + grace
-        while self._executor.held_count() and time.monotonic() < deadline:
-            self._executor.wait_for_free(0.05)
-            self._executor.release_all()
+        self._executor.hand_back(grace)
         log.info("worker %s stopped", self.owner)
 
     def run_once(self) -> list[str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -48,11 +50,12 @@ def cli_errors() -> Iterator[None]:
         if State.debug:
             raise
         fail(str(exc), 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if State.debug:
             raise
         hand_back()
-        raise typer.Exit(130) from None
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        raise typer.Exit(128 + signum) from None
     except Exception as exc:
         if State.debug:
             raise
@@ -60,18 +63,35 @@ def cli_errors() -> Iterator[None]:
 
 
 def hand_back() -> None:
-    """On Ctrl-C: executions this process runs (resume, retry, replay, recover) stop at their
-    next checkpoint boundary and go back to `queued`, for a worker or a later resume."""
+    """On Ctrl-C or SIGTERM: executions this process runs (resume, retry, replay, recover)
+    stop at their next checkpoint boundary and go back to `queued`, for a worker or a later
+    resume; the process waits for that (up to HAND_BACK_SECONDS), so that it leaves nothing
+    on the lease of a process that is gone (which a later takeover would count as a crash).
+    A second signal stops it at once."""
     runner = executor()
     if not runner.held_count():
         err.print("interrupted", style="dim")
         return
-    runner.release_all()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)}
     err.print(
         "interrupted: what runs in this process stops at its next checkpoint boundary and "
         "stays queued; a `tether worker` or `tether executions resume ID` continues it",
         highlight=False,
     )
+    try:
+        left = runner.hand_back(HAND_BACK_SECONDS)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if left:
+        err.print(
+            f"{left} execution(s) did not reach a checkpoint boundary within "
+            f"{HAND_BACK_SECONDS:g}s; they are left to their leases, and resumed once those "
+            "run out",
+            highlight=False,
+        )
 
 
 def client_for(db: str | None) -> Client:
@@ -93,20 +113,40 @@ def client_for(db: str | None) -> Client:
     return Client(db)
 
 
+# How long a command that runs executions waits, after SIGINT or SIGTERM, for them to hand
+# themselves back.
+HAND_BACK_SECONDS = 30.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached a command that runs executions here: stopped as Ctrl-C stops it."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 @contextmanager
 def running_here(queue: bool, as_json: bool) -> Iterator[None]:
     """Around commands that start executions: `--queue` makes this process a client only
     (the workers run them); with `--json`, what flows running here print goes to stderr so
-    that stdout holds only the JSON."""
+    that stdout holds only the JSON. On SIGINT or SIGTERM the executions run here are handed
+    back (see `hand_back`)."""
     previous = _config.settings().executor
     saved = sys.stdout
     if queue:
         _config.configure(executor=False)
     if as_json:
         sys.stdout = sys.__stderr__ or sys.stderr
+    # Ctrl-C raises KeyboardInterrupt by itself; SIGTERM (a supervisor, `kill`) is made to.
+    handler = None
+    if not queue and threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield
     finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
         sys.stdout = saved
         if queue:
             _config.configure(executor=previous)

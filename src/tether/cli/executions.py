@@ -14,6 +14,7 @@ from rich.text import Text
 
 from .._core.status import Status
 from .._ops.client import Client
+from .._runtime.executor import executor
 from .._runtime.records import ExecutionRecord
 from ..errors import ResultTimeout, TetherError
 from . import render
@@ -84,14 +85,21 @@ def _settled(record: ExecutionRecord) -> bool:
     return record.status.finished or record.status is Status.WAITING
 
 
-def _settle(client: Client, execution_id: str) -> ExecutionRecord:
-    """Wait until the execution finishes or waits (for input or a timer)."""
+def _settle(client: Client, execution_id: str, *, here: bool = True) -> ExecutionRecord:
+    """Wait until the execution finishes or waits (for input or a timer). `here`: it runs in
+    this process, so once it is handed back (`queued` with no holder) and not parked here (as
+    for a crash loop's pause, which this process waits out), nothing here will run it on (a
+    flow this process cannot import, say)."""
     handle = client.handle(execution_id)
     while True:
         try:
             handle.result(timeout=POLL_SECONDS)
         except ResultTimeout:
-            if handle.status() is Status.WAITING:
+            record = client.get(execution_id)
+            if record.status is Status.WAITING:
+                break
+            handed_back = record.status is Status.QUEUED and record.owner is None
+            if here and handed_back and not executor().will_run(execution_id):
                 break
             continue
         except TetherError:
@@ -109,7 +117,7 @@ def _follow_through(
         return client.get(execution_id)
     if queue and not as_json:
         err.print("Waiting for a worker (`tether worker`) to run it…", style="dim")
-    return _settle(client, execution_id)
+    return _settle(client, execution_id, here=not queue)
 
 
 def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:

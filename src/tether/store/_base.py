@@ -44,6 +44,10 @@ class ExecutionRow:
     queue: str = "default"
     priority: int = 0
     dedup_key: str | None = None
+    # Times in a row its holder stopped without ending it and another took it over, with no
+    # progress recorded in between (a crash loop); and the earliest time it may be claimed.
+    takeovers: int = 0
+    not_before: float | None = None
     # Filled by list_executions only: succeeded checkpoint calls, and a pending wait's name.
     checkpoints_done: int | None = None
     pending_wait: str | None = None
@@ -223,8 +227,17 @@ class Store(abc.ABC):
         """Record the outcome and release the lease. False if the token no longer holds it."""
 
     @abc.abstractmethod
-    def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
-        """Give the lease back without an outcome (status back to `queued`, say)."""
+    def release(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        now: float,
+        not_before: float | None = None,
+    ) -> bool:
+        """Give the lease back without an outcome (status back to `queued`, say).
+        `not_before`: it is not claimed again before then (a crash loop's backoff)."""
 
     @abc.abstractmethod
     def request_cancel(self, execution_id: str, *, now: float) -> str | None:

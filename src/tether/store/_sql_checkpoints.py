@@ -57,7 +57,7 @@ class CheckpointsSql(SqlBase):
                 conn,
                 f"UPDATE executions SET status = 'queued', result = NULL, error = NULL, "
                 f"{RELEASED}, wake_at = NULL, cancel_requested = 0, finished_at = NULL, "
-                "updated_at = ? "
+                "takeovers = 0, not_before = NULL, updated_at = ? "
                 "WHERE id = ? AND status = 'failed'",
                 (now, execution_id),
             )

@@ -24,6 +24,9 @@ from ._sql_common import (
     marks,
 )
 
+# One placeholder per column of EXECUTION_COLUMNS.
+_ROW_MARKS = ", ".join("?" * len(EXECUTION_COLUMNS.split(",")))
+
 
 class ExecutionsSql(SqlBase):
     """The SQL store's executions: create, read, list, finish, release, cancel, suspend."""
@@ -41,7 +44,7 @@ class ExecutionsSql(SqlBase):
             inserted = self._run(
                 conn,
                 f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"({_ROW_MARKS}) "
                 "ON CONFLICT (flow, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING",
                 (
                     row.id, row.flow, row.import_path, row.script, row.args, row.status,
@@ -49,7 +52,7 @@ class ExecutionsSql(SqlBase):
                     row.attempt, int(row.cancel_requested), row.created_at, row.updated_at,
                     row.started_at, row.finished_at, row.parent_id, row.replay_of, row.metadata,
                     row.options, row.wake_at, row.progress, row.queue, row.priority,
-                    row.dedup_key,
+                    row.dedup_key, row.takeovers, row.not_before,
                 ),
             ).rowcount  # fmt: skip
             if inserted != 1:
@@ -96,7 +99,7 @@ class ExecutionsSql(SqlBase):
             inserted = self._run(
                 conn,
                 f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"({_ROW_MARKS}) "
                 "ON CONFLICT DO NOTHING",
                 (
                     child.id, child.flow, child.import_path, child.script, child.args,
@@ -105,6 +108,7 @@ class ExecutionsSql(SqlBase):
                     child.created_at, child.updated_at, child.started_at, child.finished_at,
                     parent_id, child.replay_of, child.metadata, child.options, child.wake_at,
                     child.progress, child.queue, child.priority, child.dedup_key,
+                    child.takeovers, child.not_before,
                 ),
             ).rowcount  # fmt: skip
             self._run(
@@ -178,12 +182,26 @@ class ExecutionsSql(SqlBase):
             == 1
         )
 
-    def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
+    def release(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        now: float,
+        not_before: float | None = None,
+    ) -> bool:
+        # A release without a backoff keeps not_before: it marks that the backoff of the
+        # current crash loop was served (see the engine's crash-loop check).
+        after = "not_before" if not_before is None else "?"
+        params: tuple[Any, ...] = (status, now, execution_id, token)
+        if not_before is not None:
+            params = (status, not_before, now, execution_id, token)
         return (
             self._count(
-                f"UPDATE executions SET status = ?, {RELEASED}, updated_at = ? "
-                "WHERE id = ? AND lease_token = ?",
-                (status, now, execution_id, token),
+                f"UPDATE executions SET status = ?, not_before = {after}, {RELEASED}, "
+                "updated_at = ? WHERE id = ? AND lease_token = ?",
+                params,
             )
             == 1
         )

@@ -80,7 +80,7 @@ def _from_env() -> Settings:
         secret=os.environ.get("TETHER_SECRET", "").encode() or None,
     )
     numbers: dict[str, Any] = {}
-    for name, field, kind, least in (
+    for name, setting, kind, least in (
         ("TETHER_MAX_ASYNC", "max_async", int, 1),
         ("TETHER_CRASH_LOOP_LIMIT", "crash_loop_limit", int, 1),
         ("TETHER_CRASH_LOOP_BACKOFF", "crash_loop_backoff", float, 0),
@@ -95,7 +95,7 @@ def _from_env() -> Settings:
             raise ConfigurationError(f"{name} must be {what}, not {text!r}") from None
         if value < least:
             raise ConfigurationError(f"{name} must be at least {least}")
-        numbers[field] = value
+        numbers[setting] = value
     return replace(found, **numbers)
 
 

@@ -269,7 +269,7 @@ def _crash_loop(store: Store, row: ExecutionRow, token: str) -> Outcome | None:
             "killer, os._exit), fix it, then `tether executions retry` it.",
             count,
         )
-        text = _serde.error_to_text(error, allow_pickle=False)
+        text = _serde.error_to_text(error)
         log.error("execution %s: %s", row.id, error)
         persist(
             lambda: store.finish(

@@ -49,6 +49,8 @@ class Settings:
     max_async: int = 10_000
     slow_callback_seconds: float = 0.5
     lease_seconds: float = 30.0
+    # How long a SQLite connection waits for another one's write lock before StoreBusy.
+    busy_timeout: float = 60.0
     executor: bool = True
     max_input_bytes: int = 16 * 1024 * 1024
     clock: Callable[[], float] = time.time
@@ -83,12 +85,22 @@ def _from_env() -> Settings:
             ) from None
         if found.max_async < 1:
             raise ConfigurationError("TETHER_MAX_ASYNC must be at least 1")
+    busy = os.environ.get("TETHER_BUSY_TIMEOUT", "").strip()
+    if busy:
+        try:
+            found = replace(found, busy_timeout=float(busy))
+        except ValueError:
+            raise ConfigurationError(
+                f"TETHER_BUSY_TIMEOUT must be a number of seconds, not {busy!r}"
+            ) from None
+        if not found.busy_timeout > 0:
+            raise ConfigurationError("TETHER_BUSY_TIMEOUT must be above 0 seconds")
     return found
 
 
 _lock = threading.RLock()
 _settings: Settings | None = None
-_stores: dict[tuple[str, str], Store] = {}
+_stores: dict[tuple[str, str, float], Store] = {}
 
 
 def settings() -> Settings:
@@ -112,6 +124,7 @@ def configure(
     max_async: int | _Unset = UNSET,
     slow_callback_seconds: float | _Unset = UNSET,
     lease_seconds: float | _Unset = UNSET,
+    busy_timeout: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
     clock: Callable[[], float] | _Unset = UNSET,
@@ -138,7 +151,13 @@ def configure(
       `warning` event on its execution: a blocking call in an async checkpoint stalls every
       execution on the loop.
     - `lease_seconds`: how long a lease lasts at least without a heartbeat (default 30;
-      heartbeats keep it between 1 and 4/3 of this ahead).
+      heartbeats keep it between 1 and 4/3 of this ahead). A write that fails for a
+      transient store fault (busy, disk full, read-only, connection lost) is retried with
+      backoff for this long; then the execution is released (never failed) and continues
+      once the store is back.
+    - `busy_timeout`: how long a SQLite connection waits for another connection's write
+      lock before the write fails with StoreBusy (default 60 seconds; `TETHER_BUSY_TIMEOUT`).
+      Applies to stores opened after it is set.
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
       and operates executions but never runs one; `tether worker` processes do.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
@@ -159,6 +178,7 @@ def configure(
         ("max_async", max_async),
         ("slow_callback_seconds", slow_callback_seconds),
         ("lease_seconds", lease_seconds),
+        ("busy_timeout", busy_timeout),
         ("executor", executor),
         ("max_input_bytes", max_input_bytes),
         ("clock", clock),
@@ -181,6 +201,8 @@ def configure(
         raise ConfigurationError("slow_callback_seconds must be positive")
     if "lease_seconds" in changes and changes["lease_seconds"] <= 0:
         raise ConfigurationError("lease_seconds must be positive")
+    if "busy_timeout" in changes and not changes["busy_timeout"] > 0:
+        raise ConfigurationError("busy_timeout must be above 0 seconds")
     chosen = changes.get("model")
     if chosen is not None and (not isinstance(chosen, str) or not chosen):
         raise ConfigurationError(f"model is a model name such as 'openai:gpt-4o', not {chosen!r}")
@@ -210,14 +232,16 @@ def _checked_prices(prices: Any) -> dict[str, ModelPrice]:
 def store_for(url: str | None = None) -> Store:
     """The process's shared store for a URL (the configured one by default), opened once."""
     current = settings()
-    key = (url or current.db, current.durability)
+    key = (url or current.db, current.durability, current.busy_timeout)
     found = _stores.get(key)
     if found is not None:
         return found
     with _lock:
         found = _stores.get(key)
         if found is None:
-            found = open_store(key[0], durability=current.durability)
+            found = open_store(
+                key[0], durability=current.durability, busy_timeout=current.busy_timeout
+            )
             _stores[key] = found
         return found
 

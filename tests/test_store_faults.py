@@ -1,0 +1,257 @@
+"""Store faults injected for real (DESIGN.md, the fault table): a full disk (a small tmpfs
+that fills), a read-only file system, a lock held by another process, a damaged file. Each
+gives a typed error with advice; none marks an execution failed or leaves it `running`
+with nobody on it, and an execution cut off by one finishes by itself once the store is
+back, with every committed call run once."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import fault_flows
+import tether
+from backend import BACKEND
+from helpers import retry_until, run_child, run_cli
+from tether import Status
+from tether._core import config as _config
+
+pytestmark = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite file-system faults")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: small enough to fill in a moment."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        _config.reset()  # the store's connections, before the file system goes
+        fault_flows.reset()
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def on_small_disk(small_disk: Path, caplog: pytest.LogCaptureFixture) -> str:
+    caplog.set_level(logging.WARNING, logger="tether")
+    url = f"sqlite:///{small_disk / 'tether.db'}"
+    _config.reset()
+    fault_flows.reset()
+    # The retries of a failing commit last `lease_seconds`: short, so the test sees the
+    # release soon.
+    tether.configure(db=url, lease_seconds=1)
+    return url
+
+
+def fill(disk: Path) -> None:
+    """Write a file until the file system has no byte left."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for chunk in (1 << 16, 4096, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+
+
+def released_events(url: str, execution_id: str) -> list[str]:
+    return [e.message for e in tether.Client(url).get(execution_id).events if e.kind == "released"]
+
+
+@pytest.mark.parametrize("where", ["in b", "before the end"])
+def test_a_disk_that_fills_releases_a_sync_execution_which_finishes_once_space_returns(
+    on_small_disk: str, small_disk: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    fault_flows.FAULT[where] = lambda: fill(small_disk)
+    handle = fault_flows.three_steps.run()
+    retry_until(
+        lambda: "handed back for StoreFull" in caplog.text, what="the execution handed back"
+    )
+    # Not failed, and not held: the release waits for the disk, its reason in the log.
+    assert tether.Client(on_small_disk).get(handle.id).status is Status.RUNNING
+    assert "disk holding" in caplog.text and handle.id in caplog.text
+    (small_disk / "filler").unlink()
+    assert handle.result(timeout=60) == ["a done", "b done", "c done"]
+    # The call whose commit the full disk refused ran again; every committed one ran once.
+    b_ran = 2 if where == "in b" else 1
+    assert dict(fault_flows.RAN) == {"a": 1, "b": b_ran, "c": 1}
+    (released,) = released_events(on_small_disk, handle.id)
+    assert "StoreFull" in released and "is full" in released
+
+
+@pytest.mark.parametrize("where", ["in b", "before the end"])
+def test_a_disk_that_fills_releases_an_async_execution_which_finishes_once_space_returns(
+    on_small_disk: str, small_disk: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    fault_flows.FAULT[where] = lambda: fill(small_disk)
+    handle = fault_flows.gathered_steps.run()
+    retry_until(
+        lambda: "handed back for StoreFull" in caplog.text, what="the execution handed back"
+    )
+    assert tether.Client(on_small_disk).get(handle.id).status is Status.RUNNING
+    (small_disk / "filler").unlink()
+    assert handle.result(timeout=60) == ["a1 done", "a2 done", "a3 done", "b done "]
+    b_ran = 2 if where == "in b" else 1
+    assert dict(fault_flows.RAN) == {"a1": 1, "a2": 1, "a3": 1, "b": b_ran}
+    (released,) = released_events(on_small_disk, handle.id)
+    assert "StoreFull" in released
+
+
+def test_executions_sharing_commit_batches_are_each_released_and_each_finish(
+    on_small_disk: str, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fault_flows.FAULT["in n0"] = lambda: fill(small_disk)
+    gate = fault_flows.GATE["open"] = threading.Event()
+    handles = [fault_flows.async_one.run(i) for i in range(8)]
+    gate.set()  # all eight run their step together; n0 fills the disk in it
+    retry_until(lambda: "handed back for StoreFull" in caplog.text, what="an execution handed back")
+    client = tether.Client(on_small_disk)
+    assert all(client.get(h.id).status is not Status.FAILED for h in handles)
+    (small_disk / "filler").unlink()
+    assert [h.result(timeout=60) for h in handles] == [f"n{i} don" for i in range(8)]
+    # Each ran once, or twice when the full disk refused its commit; never failed.
+    assert set(fault_flows.RAN) == {f"n{i}" for i in range(8)}
+    assert all(count in (1, 2) for count in fault_flows.RAN.values())
+    assert fault_flows.RAN["n0"] == 2
+
+
+def test_a_read_only_file_system_gives_store_read_only_and_nothing_is_lost(
+    on_small_disk: str, small_disk: Path
+) -> None:
+    # Written by another process: none of this one's threads keeps the file open for
+    # writing, which the remount needs.
+    first = run_child(
+        "import fault_flows; print(fault_flows.one_step.run('a').result(timeout=30))",
+        on_small_disk,
+    )
+    assert first.stdout.strip() == "a done", first.stderr
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        tether.configure(db=on_small_disk, lease_seconds=1)
+        with pytest.raises(tether.StoreReadOnly, match="read-only") as raised:
+            fault_flows.one_step.run("b")
+        assert "writable" in str(raised.value)
+        assert isinstance(raised.value, tether.StoreUnavailable)  # transient: retry later
+    finally:
+        _config.reset()
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    tether.configure(db=on_small_disk, lease_seconds=1)
+    assert fault_flows.one_step.run("c").result(timeout=30) == "c done"
+    assert dict(fault_flows.RAN) == {"c": 1}  # b never started: nothing could record it
+    assert len(tether.Client(on_small_disk).list()) == 2
+
+
+_LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+conn.execute("ROLLBACK")
+"""
+
+
+def _hold_lock(path: Path) -> subprocess.Popen[str]:
+    locker = subprocess.Popen(
+        [sys.executable, "-c", _LOCKER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+    return locker
+
+
+def _let_go(locker: subprocess.Popen[str]) -> None:
+    assert locker.stdin is not None
+    locker.stdin.close()
+    locker.wait(timeout=30)
+
+
+def test_a_lock_held_by_another_process_past_the_busy_timeout_gives_store_busy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tether")
+    path = tmp_path / "tether.db"
+    url = f"sqlite:///{path}"
+    _config.reset()
+    fault_flows.reset()
+    tether.configure(db=url, lease_seconds=1, busy_timeout=0.2)
+    try:
+        assert fault_flows.one_step.run("a").result(timeout=30) == "a done"
+        locker = _hold_lock(path)
+        try:
+            with pytest.raises(tether.StoreBusy, match="busy timeout") as raised:
+                fault_flows.one_step.run("b")
+            assert "0.2s" in str(raised.value) and "TETHER_BUSY_TIMEOUT" in str(raised.value)
+        finally:
+            _let_go(locker)
+        # Taken during a run: the commit is retried, the execution released, and it
+        # finishes once the lock is let go.
+        lockers: list[subprocess.Popen[str]] = []
+        fault_flows.FAULT["in b"] = lambda: lockers.append(_hold_lock(path))
+        handle = fault_flows.three_steps.run()
+        retry_until(
+            lambda: "handed back for StoreBusy" in caplog.text, what="the execution handed back"
+        )
+        _let_go(lockers[0])
+        assert handle.result(timeout=60) == ["a done", "b done", "c done"]
+        # "a": once in one_step, once in three_steps; "b" again after its refused commit.
+        assert dict(fault_flows.RAN) == {"a": 2, "b": 2, "c": 1}
+        assert "StoreBusy" in released_events(url, handle.id)[0]
+    finally:
+        _config.reset()
+        fault_flows.reset()
+
+
+def test_a_damaged_database_gives_store_corrupt_and_is_not_written_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tether.db"
+    url = f"sqlite:///{path}"
+    _config.reset()
+    # Written by another process, whose exit folds the WAL into the file.
+    code = "import fault_flows\nfor c in 'abcdefgh': fault_flows.one_step.run(c).result(30)"
+    written = run_child(code, url)
+    assert written.returncode == 0, written.stderr
+    assert not Path(f"{path}-wal").exists()
+    size = path.stat().st_size
+    with open(path, "r+b") as db:  # every page but the first (the schema) overwritten
+        db.seek(4096)
+        db.write(b"\xa5" * (size - 4096))
+    damaged = path.read_bytes()
+    tether.configure(db=url)
+    try:
+        with pytest.raises(tether.StoreCorrupt, match="damaged") as raised:
+            fault_flows.one_step.run("z")
+        assert "backup" in str(raised.value)
+        with pytest.raises(tether.StoreCorrupt):
+            tether.Client(url).list()
+    finally:
+        _config.reset()
+    cli = run_cli(url, "executions", "list")
+    assert cli.returncode == 1, cli.stderr
+    assert "damaged" in cli.stderr and "Traceback" not in cli.stderr
+    assert "unexpected" not in cli.stderr
+    assert path.read_bytes() == damaged  # nothing was written into it

@@ -73,3 +73,8 @@ async def async_one(i: int) -> str:
 @tether.flow
 def one_step(label: str) -> Any:
     return step(label)[:6]
+
+
+@tether.flow
+def waits_for_go() -> str:
+    return step(str(tether.wait("go")))[:6]

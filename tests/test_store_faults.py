@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -255,3 +256,39 @@ def test_a_damaged_database_gives_store_corrupt_and_is_not_written_again(
     assert "damaged" in cli.stderr and "Traceback" not in cli.stderr
     assert "unexpected" not in cli.stderr
     assert path.read_bytes() == damaged  # nothing was written into it
+
+
+def test_an_error_escaping_the_executor_hands_the_execution_back_and_result_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tether")
+    path = tmp_path / "tether.db"
+    url = f"sqlite:///{path}"
+    _config.reset()
+    fault_flows.reset()
+    tether.configure(db=url)
+    client = tether.Client(url)
+    try:
+        handle = fault_flows.waits_for_go.run()
+        retry_until(lambda: handle.status() is Status.WAITING, what="the execution parked")
+        # Stored data the engine cannot read (the execution's metadata is not JSON): its
+        # run fails before any flow code, outside anything the engine handles.
+        with sqlite3.connect(path) as raw:
+            raw.execute("UPDATE executions SET metadata = '{not json' WHERE id = ?", (handle.id,))
+        client.input(handle.id, "go", "a")
+        with pytest.raises(tether.InvalidStateError, match="internal errors") as raised:
+            handle.result(timeout=60)
+        assert "recover" in str(raised.value)
+        # Each escape was logged with the execution id, released with the reason recorded,
+        # and tried again here; never left `running` without a holder.
+        assert caplog.text.count(f"execution {handle.id}: the executor thread failed") == 3
+        # Read from the store itself: Client.get() decodes the metadata this test broke.
+        store = _config.store_for(url)
+        row = store.get_execution(handle.id)
+        assert row is not None and row.status == "queued" and row.owner is None
+        released = [e.message for e in store.get_events(handle.id) if e.kind == "released"]
+        assert len(released) == 3 and all("JSONDecodeError" in m for m in released)
+        assert fault_flows.RAN == {}
+    finally:
+        _config.reset()
+        fault_flows.reset()

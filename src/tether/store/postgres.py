@@ -88,6 +88,8 @@ def _from_json(row_type: type, names: Sequence[str], *, first: int = 0) -> str:
     return ", ".join(out)
 
 
+# A checkpoint row's stored fields, as `checkpoint_values` gives them (see `_read_back`).
+_READ_BACK = ", ".join(f"c.{c}" for c in CHECKPOINT_FIELDS)
 _FINISH_IDS = "ARRAY(SELECT r->>0 FROM jsonb_array_elements(%(finishes)s::jsonb) r)"
 
 
@@ -307,18 +309,15 @@ class PostgresStore(SqlStore):
         writes nothing: this row, still under our lease, is that commit, not a lost lease.
         Only read when a commit is LOST, which is rare, so the common path pays nothing."""
         found = self._one(
-            "SELECT c.status, c.finished_at, c.attempts, e.cancel_requested FROM checkpoints c "
+            f"SELECT {_READ_BACK}, e.cancel_requested FROM checkpoints c "
             "JOIN executions e ON e.id = c.execution_id "
             "WHERE c.execution_id = ? AND c.position = ? AND e.lease_token = ?",
             (execution_id, row.position, token),
         )
-        if found is None or (found[0], found[1], found[2]) != (
-            row.status,
-            row.finished_at,
-            row.attempts,
-        ):
+        # Every field equal: this very row (times to the microsecond, attempts included).
+        if found is None or tuple(found[:-1]) != tuple(checkpoint_values(row)):
             return Commit.LOST
-        return Commit.CANCEL_REQUESTED if found[3] else Commit.COMMITTED
+        return Commit.CANCEL_REQUESTED if found[-1] else Commit.COMMITTED
 
     def finish(
         self,

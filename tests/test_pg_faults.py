@@ -5,10 +5,12 @@ is back; an ambiguous commit is read back instead of being taken for a lost leas
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +21,8 @@ import tether
 from backend import postgres_only
 from helpers import retry_until
 from tether._core import config as _config
+from tether.store import CheckpointRow, Claim, Commit, ExecutionRow
+from tether.store.postgres import PostgresStore
 
 pytestmark = postgres_only
 
@@ -161,3 +165,42 @@ def test_a_server_that_accepts_no_writes_gives_store_read_only(
             admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = off')
     tether.configure(db=db_url, lease_seconds=1)
     assert fault_flows.one_step.run("b").result(timeout=30) == "b done"
+
+
+def test_a_lost_commit_reply_is_commit_unknown_and_the_retry_reads_the_row_back(
+    pg: Any, db_url: str
+) -> None:
+    proxy = DropReply(pg.port)
+    store = PostgresStore(db_url.replace(f":{pg.port}/", f":{proxy.port}/"))
+    try:
+        now = time.time()
+        store.create_execution(
+            ExecutionRow(id="e1", flow="f", import_path="m:f", script=None, args="{}",
+                         status="queued", created_at=now, updated_at=now)
+        )  # fmt: skip
+        claim = Claim("me", "tok", now + 60)
+        assert store.claim("e1", claim, from_statuses=("queued",), expected_token=None, now=now)
+        row = CheckpointRow(
+            position="0",
+            name="step",
+            fingerprint="fp",
+            status="succeeded",
+            result='"lost reply marker"',
+            started_at=now,
+            finished_at=now,
+        )
+        proxy.marker = b"lost reply marker"
+        with pytest.raises(tether.CommitUnknown, match="lost with a commit in flight") as raised:
+            store.record_checkpoint("e1", "tok", row)
+        assert isinstance(raised.value, tether.StoreUnavailable)  # retried like an outage
+        assert proxy.dropped.is_set()
+        # It did commit: the retry writes nothing (a final row is never overwritten) and
+        # reads the row back instead of reporting a lost lease.
+        assert store.record_checkpoint("e1", "tok", row) is Commit.COMMITTED
+        assert store.get_checkpoints("e1") == [row]
+        # A different row at that position is still refused.
+        other = dataclasses.replace(row, result='"another"')
+        assert store.record_checkpoint("e1", "tok", other) is Commit.LOST
+    finally:
+        store.close()
+        proxy.close()

@@ -105,7 +105,7 @@ class SQLiteStore(SqlStore):
         # Checkpoint commits of executions on an event loop: written by one thread, many in
         # one transaction (see record_checkpoint_async).
         self._group: GroupCommit[CheckpointCommit, Commit] = GroupCommit(
-            self._write_checkpoints, key=checkpoint_key, shared=(StoreUnavailable,)
+            self._write_checkpoints, key=checkpoint_key, shared=(StoreUnavailable, StoreCorrupt)
         )
         # Closing the last connection checkpoints the WAL and removes it: do it at exit
         # rather than leave a large -wal file behind.

@@ -89,9 +89,13 @@ def test_a_disk_that_fills_releases_a_sync_execution_which_finishes_once_space_r
     retry_until(
         lambda: "handed back for StoreFull" in caplog.text, what="the execution handed back"
     )
-    # Not failed, and not held: the release waits for the disk, its reason in the log.
+    # Not failed, and not held: the release waits for the disk, and the waker says so.
+    retry_until(
+        lambda: f"execution {handle.id}: cannot release it yet (StoreFull" in caplog.text,
+        what="the waker's word on the release",
+    )
     assert tether.Client(on_small_disk).get(handle.id).status is Status.RUNNING
-    assert "disk holding" in caplog.text and handle.id in caplog.text
+    assert "disk holding" in caplog.text
     (small_disk / "filler").unlink()
     assert handle.result(timeout=60) == ["a done", "b done", "c done"]
     # The call whose commit the full disk refused ran again; every committed one ran once.

@@ -343,6 +343,8 @@ class Executor:
                 self._parked[key] = store
             if outcome is _engine.Outcome.FAULTED and key not in self._held:
                 self._faulted[key] = _Fault(store, held.token, _fault_of(held))
+            elif outcome is _engine.Outcome.FINISHED and self._escapes:
+                self._escapes.pop(key, None)
             if nxt is not None:
                 # The slot passes straight to the next execution: no free slot shows.
                 successor = _Held(store, nxt.token)
@@ -358,8 +360,8 @@ class Executor:
             self._ensure_waker()
         elif outcome is _engine.Outcome.FAULTED:
             log.warning(
-                "execution %s: handed back for %s; it is released and continues once the "
-                "store takes writes again",
+                "execution %s: handed back for %s; it is released, with the reason recorded, "
+                "as soon as the store takes writes, and resumed",
                 execution_id,
                 _describe(_fault_of(held)),
             )
@@ -541,6 +543,7 @@ class Executor:
                 continue
             with self._lock:
                 self._faulted.pop(key, None)
+                self._complained.pop(f"fault:{execution_id}", None)
                 if isinstance(fault.error, StoreUnavailable):
                     self._escapes.pop(key, None)
                 else:

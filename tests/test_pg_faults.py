@@ -204,3 +204,38 @@ def test_a_lost_commit_reply_is_commit_unknown_and_the_retry_reads_the_row_back(
     finally:
         store.close()
         proxy.close()
+
+
+def test_a_row_locked_past_the_lock_timeout_gives_store_busy_and_the_execution_waits_it_out(
+    pg: Any, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    database = db_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg.url(), autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE \"{database}\" SET lock_timeout = '100ms'")
+    _config.reset()  # new connections, which take the setting
+    tether.configure(db=db_url, lease_seconds=1)
+    locker = psycopg.connect(db_url)  # another client, in a transaction it keeps open
+    try:
+
+        def lock_the_execution() -> None:
+            locker.execute(
+                "SELECT 1 FROM executions WHERE id = %s FOR UPDATE",
+                (tether.current().execution_id,),
+            )
+
+        # The execution's end updates its row: the lock holds it up (its checkpoint rows
+        # are written beside it, so b and c commit).
+        fault_flows.FAULT["in b"] = lock_the_execution
+        handle = fault_flows.three_steps.run()
+        retry_until(
+            lambda: "handed back for StoreBusy" in caplog.text, timeout=60, what="a hand-back"
+        )
+        assert "could not take a lock in time" in caplog.text
+        locker.rollback()
+        assert handle.result(timeout=60) == ["a done", "b done", "c done"]
+        assert dict(fault_flows.RAN) == {"a": 1, "b": 1, "c": 1}  # replayed, not run again
+    finally:
+        locker.close()
+        _config.reset()

@@ -368,6 +368,9 @@ class PostgresStore(SqlStore):
         try:
             rows = self._execute_prepared(name, sql, [params[key] for key in order])
         except self._unavailable as exc:
+            if getattr(exc, "sqlstate", None):
+                # The server answered with an error (a lock timeout, say): nothing committed.
+                raise self._down(exc) from exc
             self._drop_commit_connection()
             # The statement may have committed before the reply was lost: the callers retry,
             # and a retry that finds its row already written reads it back (`_read_back`).

@@ -463,9 +463,9 @@ class PostgresStore(SqlStore):
             listener = self._listener()
             for _ in listener.notifies(timeout=max(0.0, timeout), stop_after=1):
                 break
-        except self._unavailable:
-            # The server went away: drop the connection (a new one is made next time) and
-            # fall back to waiting out the timeout, as a polling worker would.
+        except self._driver_error:
+            # The server went away (or refused LISTEN): drop the connection (a new one is
+            # made next time) and wait out the timeout instead, as a polling worker would.
             self._close_listener()
             time.sleep(max(0.0, deadline - time.monotonic()))
 

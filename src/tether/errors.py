@@ -11,7 +11,12 @@ Exception
     │   └── BranchKeyInUse          a task entered tether.branch(key) while another task holds it
     ├── ConfigurationError          a bad store URL or setting
     ├── StoreError                  the database failed or is from a newer tether
-    │   └── StoreUnavailable        the database cannot be reached right now (retry later)
+    │   ├── StoreUnavailable        the database cannot be used right now (retry later)
+    │   │   ├── StoreBusy           another process holds the write lock too long
+    │   │   ├── StoreFull           the disk (or the server's) is full
+    │   │   ├── StoreReadOnly       the database (or its file system) is read-only
+    │   │   └── CommitUnknown       a commit's reply was lost and could not be read back
+    │   └── StoreCorrupt            the database file is damaged: nothing more is written
     ├── SerializationError          a value cannot be stored or loaded (names the path)
     │   └── PickleRefused           a stored pickle is not authenticated, or pickle is off
     ├── DivergenceError             resumed code calls a different checkpoint
@@ -58,6 +63,7 @@ __all__ = [
     "Cancelled",
     "CheckpointError",
     "CheckpointTimeout",
+    "CommitUnknown",
     "ConfigurationError",
     "ControlSignal",
     "CrashLoopError",
@@ -81,7 +87,11 @@ __all__ = [
     "Released",
     "ResultTimeout",
     "SerializationError",
+    "StoreBusy",
+    "StoreCorrupt",
     "StoreError",
+    "StoreFull",
+    "StoreReadOnly",
     "StoreUnavailable",
     "Suspended",
     "TetherError",
@@ -131,8 +141,34 @@ class StoreError(TetherError):
 
 
 class StoreUnavailable(StoreError):
-    """The database cannot be reached right now (restarting, network down). Executors retry
-    their writes for a while before giving the execution up to be recovered."""
+    """The database cannot be used right now (restarting, network down, an I/O error, or one
+    of the subclasses). Transient: executors retry their writes with backoff for a while,
+    then release the execution (never fail it) to continue once the store is back."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Another connection held the database's write lock longer than the busy timeout
+    (`configure(busy_timeout=...)`, `TETHER_BUSY_TIMEOUT`)."""
+
+
+class StoreFull(StoreUnavailable):
+    """The database's disk (or the database server's) is full: free space and the executions
+    released meanwhile continue."""
+
+
+class StoreReadOnly(StoreUnavailable):
+    """The database, or the file system under it, accepts no writes right now."""
+
+
+class CommitUnknown(StoreUnavailable):
+    """The connection was lost after a commit was sent, and reading the row back failed too:
+    whether it committed is not known yet. Retried like any outage; the retry reads the row
+    back."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is damaged (corrupt pages, or not a database). Permanent: the store
+    refuses every further read and write in this process; restore it from a backup."""
 
 
 class SerializationError(TetherError):

@@ -35,6 +35,7 @@ from ..errors import (
     DivergenceError,
     LeaseLost,
     SerializationError,
+    StoreCorrupt,
     StoreUnavailable,
     UsageError,
 )
@@ -418,23 +419,20 @@ class _Call:
             return store.record_checkpoint(run.execution_id, run.token, pending.row, pending.events)
 
         try:
-            outcome = write()
-        except StoreUnavailable:
             try:
-                outcome = persist(write)
+                outcome = write()
             except StoreUnavailable:
-                outcome = Commit.LOST
+                outcome = persist(write)
+        except (StoreUnavailable, StoreCorrupt) as exc:
+            # Still failing after the retries (or damaged): not the flow's error. Unwind,
+            # and let the executor release the execution, to continue once the store is back.
+            raise run.store_fault(exc) from exc
         self._settle(pending, outcome)
 
     async def commit_async(self, pending: _Pending) -> None:
         """Write the row without blocking the event loop (the store group commits it with
         other executions' rows); resumes once it is durable."""
         run = self.run
-        if run.inline_commits is not None and run.inline_commits():
-            # The only execution on the loop: one statement here costs less than the trip to
-            # the committer's thread and back, and nobody else waits on the loop meanwhile.
-            self.commit(pending)
-            return
         store = run.store
 
         def write() -> Awaitable[Commit]:
@@ -443,17 +441,23 @@ class _Call:
             )
 
         try:
-            outcome = await write()
-        except StoreUnavailable:
             try:
-                outcome = await persist_async(write)
+                if run.inline_commits is not None and run.inline_commits():
+                    # The only execution on the loop: one statement here costs less than the
+                    # trip to the committer's thread and back, and nobody else waits on the
+                    # loop meanwhile. Retries are awaited below, never slept here.
+                    outcome = store.record_checkpoint(
+                        run.execution_id, run.token, pending.row, pending.events
+                    )
+                else:
+                    outcome = await write()
             except StoreUnavailable:
-                outcome = Commit.LOST
+                outcome = await persist_async(write)
+        except (StoreUnavailable, StoreCorrupt) as exc:
+            raise run.store_fault(exc) from exc
         self._settle(pending, outcome)
 
     def _settle(self, pending: _Pending, outcome: Commit) -> None:
-        # A store that stayed unavailable (LOST above) is not the flow's error: unwind,
-        # hold nothing, and let recovery resume it.
         run = self.run
         if not outcome:
             run.lease_lost = True

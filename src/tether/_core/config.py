@@ -54,6 +54,8 @@ class Settings:
     lease_seconds: float = 30.0
     crash_loop_limit: int = 5
     crash_loop_backoff: float = 1.0
+    # How long a SQLite connection waits for another one's write lock before StoreBusy.
+    busy_timeout: float = 60.0
     executor: bool = True
     max_input_bytes: int = 16 * 1024 * 1024
     clock: Callable[[], float] = time.time
@@ -84,6 +86,7 @@ def _from_env() -> Settings:
         ("TETHER_MAX_ASYNC", "max_async", int, 1),
         ("TETHER_CRASH_LOOP_LIMIT", "crash_loop_limit", int, 1),
         ("TETHER_CRASH_LOOP_BACKOFF", "crash_loop_backoff", float, 0),
+        ("TETHER_BUSY_TIMEOUT", "busy_timeout", float, 0.001),
     ):
         text = os.environ.get(name, "").strip()
         if not text:
@@ -101,7 +104,7 @@ def _from_env() -> Settings:
 
 _lock = threading.RLock()
 _settings: Settings | None = None
-_stores: dict[tuple[str, str], Store] = {}
+_stores: dict[tuple[str, str, float], Store] = {}
 
 
 def settings() -> Settings:
@@ -127,6 +130,7 @@ def configure(
     lease_seconds: float | _Unset = UNSET,
     crash_loop_limit: int | _Unset = UNSET,
     crash_loop_backoff: float | _Unset = UNSET,
+    busy_timeout: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
     clock: Callable[[], float] | _Unset = UNSET,
@@ -156,7 +160,10 @@ def configure(
       `warning` event on its execution: a blocking call in an async checkpoint stalls every
       execution on the loop.
     - `lease_seconds`: how long a lease lasts at least without a heartbeat (default 30;
-      heartbeats keep it between 1 and 4/3 of this ahead).
+      heartbeats keep it between 1 and 4/3 of this ahead). A write that fails for a
+      transient store fault (busy, disk full, read-only, connection lost) is retried with
+      backoff for this long; then the execution is released (never failed) and continues
+      once the store is back.
     - `crash_loop_limit`: how many times in a row the process running an execution may die
       (or lose it) without the execution committing progress before tether fails it with
       `CrashLoopError` instead of taking it over again (default 5;
@@ -164,6 +171,9 @@ def configure(
     - `crash_loop_backoff`: from the second such takeover on, the execution is handed back
       to run no sooner than this many seconds later, doubling each time up to 5 minutes
       (default 1; `TETHER_CRASH_LOOP_BACKOFF`). Other executions are claimed meanwhile.
+    - `busy_timeout`: how long a SQLite connection waits for another connection's write
+      lock before the write fails with StoreBusy (default 60 seconds; `TETHER_BUSY_TIMEOUT`).
+      Applies to stores opened after it is set.
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
       and operates executions but never runs one; `tether worker` processes do.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
@@ -186,6 +196,7 @@ def configure(
         ("lease_seconds", lease_seconds),
         ("crash_loop_limit", crash_loop_limit),
         ("crash_loop_backoff", crash_loop_backoff),
+        ("busy_timeout", busy_timeout),
         ("executor", executor),
         ("max_input_bytes", max_input_bytes),
         ("clock", clock),
@@ -212,6 +223,8 @@ def configure(
         raise ConfigurationError("crash_loop_limit must be at least 1")
     if "crash_loop_backoff" in changes and changes["crash_loop_backoff"] < 0:
         raise ConfigurationError("crash_loop_backoff must be 0 or more seconds")
+    if "busy_timeout" in changes and not changes["busy_timeout"] > 0:
+        raise ConfigurationError("busy_timeout must be above 0 seconds")
     chosen = changes.get("model")
     if chosen is not None and (not isinstance(chosen, str) or not chosen):
         raise ConfigurationError(f"model is a model name such as 'openai:gpt-4o', not {chosen!r}")
@@ -241,14 +254,16 @@ def _checked_prices(prices: Any) -> dict[str, ModelPrice]:
 def store_for(url: str | None = None) -> Store:
     """The process's shared store for a URL (the configured one by default), opened once."""
     current = settings()
-    key = (url or current.db, current.durability)
+    key = (url or current.db, current.durability, current.busy_timeout)
     found = _stores.get(key)
     if found is not None:
         return found
     with _lock:
         found = _stores.get(key)
         if found is None:
-            found = open_store(key[0], durability=current.durability)
+            found = open_store(
+                key[0], durability=current.durability, busy_timeout=current.busy_timeout
+            )
             _stores[key] = found
         return found
 

@@ -25,6 +25,7 @@ from ..errors import (
     MemoryKeyError,
     MemoryScopeError,
     MemoryValidationError,
+    StoreCorrupt,
     StoreUnavailable,
     UsageError,
 )
@@ -394,18 +395,17 @@ def _copy(
 
 def _read(run: Run | None, operation: Callable[[], T]) -> T:
     """A store call from a flow: an unavailable store is ridden out while the lease lasts,
-    then the run unwinds (LeaseLost) to be recovered, rather than recording the outage as
-    the call's result."""
+    then the run unwinds (released for the store fault, to continue later), rather than
+    recording the outage as the call's result."""
     if run is None:
         return operation()
     try:
-        return operation()
-    except StoreUnavailable:
         try:
-            return persist(operation)
+            return operation()
         except StoreUnavailable:
-            run.lease_lost = True
-            raise LeaseLost(run.execution_id) from None
+            return persist(operation)
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        raise run.store_fault(exc) from exc
 
 
 def _write(

@@ -28,7 +28,17 @@ from .._core.persist import persist
 from .._core.positions import current_branch, current_tasks
 from .._core.status import Status
 from .._spend import budget as _budget
-from ..errors import Cancelled, CrashLoopError, FlowNotFoundError, LeaseLost, Released, Suspended
+from ..errors import (
+    Cancelled,
+    CrashLoopError,
+    FlowNotFoundError,
+    LeaseLost,
+    Released,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+    Suspended,
+)
 from ..store import CheckpointRow, EventRow, ExecutionRow, Store, WaitRow
 
 T = TypeVar("T")
@@ -61,6 +71,9 @@ class Outcome(enum.Enum):
     RELEASED = "released"  # handed back (queued) for another executor
     BACKOFF = "backoff"  # handed back (queued) until a crash loop's pause is over
     LOST = "lost"  # someone else holds it now; nothing was written
+    # A store fault outlasted the retries (`Run.fault` says which): the executor releases
+    # it with the reason recorded and resumes it once the store is back. Never failed.
+    FAULTED = "faulted"
 
 
 def load_flow(import_path: str, script: str | None) -> Runnable:
@@ -295,8 +308,22 @@ def _crash_loop(store: Store, row: ExecutionRow, token: str) -> Outcome | None:
 
 def conclude(store: Store, attempt: Attempt) -> Outcome | None:
     """Record how the attempt ended (blocking: the store is written): finished (succeeded,
-    failed, cancelled), suspended, handed back, or lost. None: run it again at once (the
-    wait it suspended on got its input meanwhile)."""
+    failed, cancelled), suspended, handed back, lost, or faulted (the store kept failing).
+    None: run it again at once (the wait it suspended on got its input meanwhile)."""
+    try:
+        return _conclude(store, attempt)
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        # The outcome could not be written, even after the retries: it is not the flow's.
+        return _faulted(attempt.run, exc)
+
+
+def _faulted(run: Run, error: StoreError) -> Outcome:
+    if run.fault is None:
+        run.fault = error
+    return Outcome.FAULTED
+
+
+def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
     run, row = attempt.run, attempt.row
     execution_id, token = run.execution_id, run.token
     clock = settings().clock
@@ -323,8 +350,14 @@ def conclude(store: Store, attempt: Attempt) -> Outcome | None:
     except LeaseLost:
         return Outcome.LOST
     except Released:
+        if run.fault is not None:
+            return Outcome.FAULTED
         persist(lambda: store.release(execution_id, token, status=Status.QUEUED, now=clock()))
         return Outcome.RELEASED
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        # Raised by flow code reading or writing the store (not a checkpoint commit): an
+        # infrastructure fault never fails the execution either.
+        return _faulted(run, exc)
     except FlowNotFoundError as exc:
         # Where the code lives is this process's problem, not the execution's: leave it
         # runnable for a process that can import the flow.

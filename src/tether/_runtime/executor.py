@@ -27,7 +27,8 @@ from .._core.config import settings
 from .._core.context import Run
 from .._core.positions import sort_key
 from .._core.status import Status
-from ..store import Claim, ExecutionRow, Store
+from ..errors import StoreCorrupt, StoreUnavailable
+from ..store import Claim, EventRow, ExecutionRow, Store
 from . import engine as _engine
 from .engine import Runnable, load_flow
 from .loop import SharedLoop, shared_loop
@@ -39,6 +40,11 @@ _HEARTBEAT_SECONDS = 1.0
 _WAKER_SECONDS = 0.2
 _MAINTAIN_BEATS = 10
 _RUNNABLE_BATCH = 1000
+# A failure repeated (a store down for a while) is logged once per this many seconds.
+_COMPLAIN_SECONDS = 30.0
+# Executions that an internal error (not a store fault) threw out of their task this many
+# times are left queued for `recover` or a worker instead of being resumed here again.
+_MAX_ESCAPES = 3
 
 _HOST = socket.gethostname()
 
@@ -95,6 +101,19 @@ class _Held:
     # The shared loop an async execution runs on: its lease is renewed only while that loop
     # lives and turns.
     loop: SharedLoop | None = None
+    # What threw the execution out of its task (an error the engine did not handle).
+    escaped: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Fault:
+    """An execution given up by its run for a fault: the waker releases it (fenced by the
+    run's token) and records why, as soon as the store takes writes, then resumes it."""
+
+    store: Store
+    token: str
+    error: BaseException
+    released: bool = False
 
 
 class Executor:
@@ -111,6 +130,12 @@ class Executor:
         self.parking = True
         self._held: dict[tuple[int, str], _Held] = {}
         self._parked: dict[tuple[int, str], Store] = {}
+        self._faulted: dict[tuple[int, str], _Fault] = {}
+        # Internal errors per execution (see _MAX_ESCAPES), and those given up on here.
+        self._escapes: dict[tuple[int, str], int] = {}
+        self._abandoned: dict[tuple[int, str], BaseException] = {}
+        # When each kind of repeated failure was last logged (see `_complain`).
+        self._complained: dict[str, float] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._freed = threading.Condition(self._lock)
@@ -243,10 +268,13 @@ class Executor:
                 if claimed:
                     outcome = _engine.execute(store, execution_id, held.token, flow, held.runs, row)
                 nxt = self._next(store)
-            except BaseException:
-                # Nobody reads the pool's futures: say so here, or it goes unnoticed.
+            except BaseException as exc:
+                # Nobody reads the pool's futures: say so here, and hand the execution back
+                # (see `_ended`), or it stays `running` with nobody running it.
                 log.exception("execution %s: the executor thread failed", execution_id)
-                raise
+                held.escaped, outcome = exc, _engine.Outcome.FAULTED
+                if not isinstance(exc, Exception):
+                    raise
             finally:
                 successor = self._ended(held, execution_id, outcome, nxt)
             if nxt is None or successor is None:
@@ -291,9 +319,11 @@ class Executor:
                     )  # fmt: skip
                 if self.refill is not None:
                     nxt = await offload(lambda: self._next(store))
-            except BaseException:
+            except BaseException as exc:
                 log.exception("execution %s: its task on the event loop failed", execution_id)
-                raise
+                held.escaped, outcome = exc, _engine.Outcome.FAULTED
+                if not isinstance(exc, Exception):
+                    raise
             finally:
                 self._async_running -= 1
                 successor = self._ended(held, execution_id, outcome, nxt)
@@ -332,6 +362,10 @@ class Executor:
                 del self._held[key]
             if outcome in _PARKED and self.parking and key not in self._held:
                 self._parked[key] = store
+            if outcome is _engine.Outcome.FAULTED and key not in self._held:
+                self._faulted[key] = _Fault(store, held.token, _fault_of(held))
+            elif outcome is _engine.Outcome.FINISHED and self._escapes:
+                self._escapes.pop(key, None)
             if nxt is not None:
                 # The slot passes straight to the next execution: no free slot shows.
                 successor = _Held(store, nxt.token)
@@ -345,7 +379,34 @@ class Executor:
             _wake(watchers)
         if outcome in _PARKED and self.parking:
             self._ensure_waker()
+        elif outcome is _engine.Outcome.FAULTED:
+            log.warning(
+                "execution %s: handed back for %s; it is released, with the reason recorded, "
+                "as soon as the store takes writes, and resumed",
+                execution_id,
+                _describe(_fault_of(held)),
+            )
+            # Released by the waker's thread: `_ended` may run on the event loop thread,
+            # which must not wait on the store.
+            self._ensure_waker()
+            self._poke.set()
         return successor
+
+    def abandoned(self, store: Store, execution_id: str) -> BaseException | None:
+        """The error for which this process gave up running the execution (it is queued for
+        another process), or None."""
+        with self._lock:
+            return self._abandoned.get((id(store), execution_id))
+
+    def _complain(self, topic: str, message: str, *args: object) -> None:
+        """Log a failure that may repeat every round (a store that stays down) at most once
+        per `_COMPLAIN_SECONDS` per topic, so that it is heard but does not flood the log."""
+        now = time.monotonic()
+        last = self._complained.get(topic)
+        if last is not None and now - last < _COMPLAIN_SECONDS:
+            return
+        self._complained[topic] = now
+        log.warning(message, *args)
 
     def watch(self, store: Store, execution_id: str) -> asyncio.Future[None] | None:
         """A future (on the running loop) resolved when this process stops holding the
@@ -375,9 +436,10 @@ class Executor:
             return None
         try:
             return refill(store)
-        except Exception:
+        except Exception as exc:
             # A busy or unavailable database: the thread ends; whoever waits for a free slot
             # (the worker's loop) claims again and handles the error.
+            self._complain("refill", "claiming the next execution failed: %s", _describe(exc))
             return None
 
     def cancel_local(self, store: Store, execution_id: str) -> bool:
@@ -437,20 +499,101 @@ class Executor:
             self._poke.wait(_WAKER_SECONDS)
             self._poke.clear()
             rounds += 1
+            try:
+                self._wake_round(rounds)
+            except Exception:
+                # A bug here must not end the waker: parked executions would never resume.
+                log.exception("the waker failed; trying again")
+
+    def _wake_round(self, rounds: int) -> None:
+        if self._faulted:
+            self._release_faulted()
+        with self._lock:
+            by_store: dict[int, tuple[Store, list[str]]] = {}
+            for (key, execution_id), store in self._parked.items():
+                by_store.setdefault(key, (store, []))[1].append(execution_id)
+        for store, ids in by_store.values():
+            if store.closed:
+                with self._lock:
+                    for execution_id in ids:
+                        self._parked.pop((id(store), execution_id), None)
+                continue
+            try:
+                self._resume_parked(store, ids, forget_finished=rounds % 25 == 0)
+            except Exception as exc:
+                # A busy or unavailable database: the next round tries again.
+                self._complain(
+                    "waker",
+                    "cannot look at %d parked execution(s) (%s...): %s; trying again",
+                    len(ids),
+                    ", ".join(ids[:3]),
+                    _describe(exc),
+                )
+
+    def _release_faulted(self) -> None:
+        """Release the executions handed back for a fault (fenced by their old token) and
+        record why on each, as soon as the store takes writes; then park them, so that the
+        waker resumes them here once they are runnable."""
+        with self._lock:
+            faults = list(self._faulted.items())
+        clock = settings().clock
+        for key, fault in faults:
+            execution_id = key[1]
+            store = fault.store
+            if store.closed or isinstance(fault.error, StoreCorrupt):
+                # A damaged store takes no writes at all: the error said so already.
+                with self._lock:
+                    self._faulted.pop(key, None)
+                continue
+            try:
+                if not fault.released:
+                    if not store.release(
+                        execution_id, fault.token, status=Status.QUEUED, now=clock()
+                    ):
+                        # Someone else holds it, or it ended: nothing of ours to give back.
+                        with self._lock:
+                            self._faulted.pop(key, None)
+                        continue
+                    fault.released = True
+                store.add_event(
+                    EventRow(
+                        execution_id=execution_id,
+                        position=None,
+                        at=time.time(),
+                        level="warning",
+                        kind="released",
+                        message=f"released (queued) by {self.owner}: {_describe(fault.error)}",
+                    )
+                )
+            except Exception as exc:
+                self._complain(
+                    f"fault:{execution_id}",
+                    "execution %s: cannot release it yet (%s); trying again",
+                    execution_id,
+                    _describe(exc),
+                )
+                continue
             with self._lock:
-                by_store: dict[int, tuple[Store, list[str]]] = {}
-                for (key, execution_id), store in self._parked.items():
-                    by_store.setdefault(key, (store, []))[1].append(execution_id)
-            for store, ids in by_store.values():
-                if store.closed:
-                    with self._lock:
-                        for execution_id in ids:
-                            self._parked.pop((id(store), execution_id), None)
-                    continue
-                try:
-                    self._resume_parked(store, ids, forget_finished=rounds % 25 == 0)
-                except Exception:
-                    continue  # a busy database: the next round tries again
+                self._faulted.pop(key, None)
+                self._complained.pop(f"fault:{execution_id}", None)
+                if isinstance(fault.error, StoreUnavailable):
+                    self._escapes.pop(key, None)
+                else:
+                    # An internal error: resumed here a few times, then left to others.
+                    self._escapes[key] = count = self._escapes.get(key, 0) + 1
+                    if count >= _MAX_ESCAPES:
+                        self._abandoned[key] = fault.error
+                        log.error(
+                            "execution %s: left queued for `tether executions recover` or a "
+                            "worker after %d internal errors here: %s",
+                            execution_id,
+                            count,
+                            _describe(fault.error),
+                        )
+                        continue
+                if self.parking and key not in self._held:
+                    self._parked[key] = store
+                self._changed.notify_all()
 
     def _resume_parked(self, store: Store, ids: list[str], *, forget_finished: bool) -> None:
         # One indexed query for what is runnable at all, then claims for the ones parked
@@ -558,9 +701,17 @@ class Executor:
                     list(tokens), tokens, now + lease * 4 / 3, progress, refresh_before=now + lease
                 )
             )
-        except Exception:
+        except Exception as exc:
             # A busy or briefly unavailable database: try again on the next beat; the lease
-            # is long enough to ride out a few missed beats.
+            # is long enough to ride out a few missed beats. If it lapses, fenced commits
+            # keep a taker elsewhere and this process from both writing.
+            self._complain(
+                f"heartbeat:{id(store)}",
+                "cannot renew the leases of %d execution(s) (%s...): %s; trying again",
+                len(tokens),
+                ", ".join(list(tokens)[:3]),
+                _describe(exc),
+            )
             return
         for execution_id, held in entries:
             cancel = still.get(execution_id)
@@ -584,6 +735,19 @@ def _resolve(
         return load_flow(row.import_path, row.script), row
     except Exception:
         return None, row
+
+
+def _fault_of(held: _Held) -> BaseException:
+    if held.escaped is not None:
+        return held.escaped
+    for run in reversed(held.runs):
+        if run.fault is not None:
+            return run.fault
+    return RuntimeError("an unknown fault")  # not reached: FAULTED always has a cause
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def _wake(watchers: list[asyncio.Future[None]]) -> None:

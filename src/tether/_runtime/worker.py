@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from .._core import imports as _imports
 from .._core.config import configure, settings, store_for
 from .._core.status import Status
-from ..errors import StoreError, UsageError
+from ..errors import StoreCorrupt, StoreError, UsageError
 from ..store import EventRow, ExecutionRow, Store
 from . import queues as _queues
 from .engine import Runnable, load_flow
@@ -156,6 +156,9 @@ class Worker:
                 try:
                     if not self.run_once():
                         self._idle()
+                except StoreCorrupt:
+                    # Nothing can be run from a damaged store; stop, saying why.
+                    raise
                 except StoreError as exc:
                     # A restart or a network blip: keep going; the claims are retried.
                     log.warning("store unavailable, retrying: %s", exc)

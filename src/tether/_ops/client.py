@@ -293,12 +293,15 @@ class Client:
         now, due = time.time(), settings().clock()
         if settings().executor:
             _imports.load_configured()
-        skipped: builtins.list[Skipped] = []
+        # By id: a running row whose lease expired is offered by both passes below.
+        skipped: dict[str, Skipped] = {}
 
         def loaded(row: ExecutionRow) -> bool:
+            if row.id in skipped:
+                return False
             reason = self._not_loaded(row)
             if reason is not None:
-                skipped.append(Skipped(row.id, row.flow, str(reason), reason.load_with))
+                skipped[row.id] = Skipped(row.id, row.flow, str(reason), reason.load_with)
             return reason is None
 
         # Owners killed on this host still have unexpired leases: take those over first.
@@ -311,7 +314,7 @@ class Client:
                 taken.append((row.id, claim.token))
         for execution_id, token in taken:
             self._run_or_requeue(execution_id, token, now)
-        return Recovered((execution_id for execution_id, _ in taken), skipped)
+        return Recovered((execution_id for execution_id, _ in taken), skipped.values())
 
     def retry(self, execution_id: str) -> Handle[Any]:
         """Run a failed execution again, same id: recorded results are reused; the failed

@@ -320,12 +320,15 @@ def test_a_worker_leaves_flows_it_did_not_load_alone_without_claiming_them_again
         _, stderr = worker.communicate(timeout=30)
     assert worker.returncode == 0, stderr
 
+    by_script = craft(client, "__main__:agent", str(planted.script))
     loaded = spawn_python(
-        ["-m", "tether", "worker", "--import", planted.module, "--poll", "0.01"], db_url,
+        ["-m", "tether", "worker", "--import", planted.module, "--script", str(planted.script),
+         "--poll", "0.01"], db_url,
         stderr=subprocess.PIPE, PYTHONPATH=os.pathsep.join([str(planted.folder), *sys.path]),
     )  # fmt: skip
     try:
         assert client.handle(crafted).result(timeout=30) == "DURABLE!"
+        assert client.handle(by_script).result(timeout=30) == "DURABLE!"
     finally:
         loaded.send_signal(signal.SIGTERM)
         loaded.communicate(timeout=30)

@@ -376,7 +376,9 @@ def test_ctrl_c_hands_back_what_runs_here(
     gate = tmp_path / "gate"
     queued = cli_flows.gated.enqueue(str(gate))
     output = tmp_path / "resume.txt"
-    resumer = spawn_tether(db_url, output, "executions", "resume", queued.id, "--wait")
+    resumer = spawn_tether(
+        db_url, output, "executions", "resume", queued.id, "--wait", "--import", "cli_flows"
+    )
     try:
         retry_until(lambda: "greeting gate" in output.read_text(), what="the first step")
         resumer.send_signal(signal.SIGINT)
@@ -765,8 +767,9 @@ def test_in_a_real_process_errors_are_plain_and_debug_shows_tracebacks(db_url: s
 
 def test_in_a_real_process_replay_and_get(client: tether.Client, db_url: str) -> None:
     source = finished(client, cli_flows.greeting, "ada")
-    replayed = run_cli(db_url, "executions", "replay", source, "--from", "shout",
-                          "--override", 'greet="from a child"', "--wait", "--json")  # fmt: skip
+    replayed = run_cli(db_url, "executions", "replay", source, "--from", "shout", "--import",
+                       "cli_flows", "--override", 'greet="from a child"', "--wait",
+                       "--json")  # fmt: skip
     assert replayed.returncode == 0, replayed.stderr
     record = json.loads(replayed.stdout)  # what the flow printed went to stderr
     assert record["result"] == "FROM A CHILD!" and record["replay_of"] == source

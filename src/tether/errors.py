@@ -5,7 +5,7 @@ Exception
 └── TetherError                     base of everything a user can catch
     ├── UsageError                  the API was used the wrong way (fix the code)
     │   ├── NotInFlowError          a flow-only call made outside a running flow
-    │   ├── FlowNotFoundError       a recorded flow can no longer be imported
+    │   ├── FlowNotFoundError       a recorded flow is not loaded in this process
     │   │   └── UnguardedScriptError  a script tether loads starts executions at its top level
     │   ├── MemoryScopeError        a memory call names no scope it can use (says what to pass)
     │   └── BranchKeyInUse          a task entered tether.branch(key) while another task holds it
@@ -116,7 +116,17 @@ class NotInFlowError(UsageError):
 
 
 class FlowNotFoundError(UsageError):
-    """The flow recorded for an execution cannot be imported in this process."""
+    """The flow recorded for an execution is not loaded in this process. A process runs the
+    flows it loaded itself (its own imports, `--import`, `TETHER_IMPORTS`, `[tool.tether]
+    imports`, `--script`), never what a stored row names. `load_with` is the flag that would
+    load it (`--import agents`, `--script path/x.py`), or None when none would."""
+
+    def __init__(self, message: str, *, load_with: str | None = None) -> None:
+        super().__init__(message)
+        self.load_with = load_with
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self),), {"load_with": self.load_with})
 
 
 class UnguardedScriptError(FlowNotFoundError):

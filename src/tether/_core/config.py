@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +31,56 @@ def find_store(start: str | os.PathLike[str] | None = None) -> tuple[str, str]:
             where = "found in the working directory" if folder == here else f"found in {folder}"
             return f"sqlite:///{folder / STORE_DIR / 'tether.db'}", where
     return DEFAULT_DB, "default: none found, so in the working directory"
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def configured_imports(
+    start: str | os.PathLike[str] | None = None,
+) -> tuple[list[str], str, str | None]:
+    """The modules whose flows a process that resumes executions loads besides its own:
+    `TETHER_IMPORTS` (comma-separated), else the `imports` list of the `[tool.tether]` table
+    of the nearest pyproject.toml from `start` (the working directory) up. Returns (modules,
+    where they came from, the pyproject's directory or None). Read when needed, not at start:
+    a process that only reads executions never looks."""
+    raw = os.environ.get("TETHER_IMPORTS", "")
+    if raw.strip():
+        modules = [m.strip() for m in raw.split(",") if m.strip()]
+        return _checked_modules(modules, "TETHER_IMPORTS"), "TETHER_IMPORTS", None
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        path = folder / "pyproject.toml"
+        if path.is_file():
+            return _pyproject_imports(path)
+    return [], "", None
+
+
+def _pyproject_imports(path: Path) -> tuple[list[str], str, str | None]:
+    origin = f"[tool.tether] imports in {path}"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {path} (for [tool.tether] imports): {exc}") from None
+    table = data.get("tool", {}).get("tether", {})
+    if not isinstance(table, dict) or "imports" not in table:
+        return [], "", None
+    modules = table["imports"]
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigurationError(
+            f'{origin}: expected a list of module names, e.g. imports = ["myapp.agents"], '
+            f"not {modules!r}"
+        )
+    return _checked_modules(modules, origin), origin, str(path.parent)
+
+
+def _checked_modules(modules: list[str], origin: str) -> list[str]:
+    for module in modules:
+        if not _MODULE.fullmatch(module):
+            raise ConfigurationError(
+                f"{origin}: {module!r} is not a module name (dotted, like myapp.agents)"
+            )
+    return modules
 
 
 class _Unset:

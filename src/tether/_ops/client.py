@@ -7,17 +7,19 @@ import datetime as dt
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from .._core import imports as _imports
 from .._core import schema as _schema
 from .._core import serde as _serde
 from .._core.config import settings, store_for
 from .._core.positions import sort_key
 from .._core.status import Status
 from .._runtime import replay as _replay
-from .._runtime.engine import load_flow
+from .._runtime.engine import Runnable, load_flow
 from .._runtime.executor import executor
 from .._runtime.handle import Handle, stored_execution
 from .._runtime.records import OUTPUT_KINDS, ExecutionRecord, LogRecord, WaitRecord
@@ -26,6 +28,7 @@ from .._spend.budget import Budget
 from ..errors import (
     ExecutionLocked,
     ExecutionNotFound,
+    FlowNotFoundError,
     InputTooLarge,
     InputValidationError,
     InvalidStateError,
@@ -34,6 +37,28 @@ from ..errors import (
     WaitNotFound,
 )
 from ..store import EventRow, ExecutionRow, Store, WaitRow
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An execution `Client.recover()` left alone: its flow is not loaded in this process.
+    `reason` says why; `load_with` is the flag that would load it (`--import agents`,
+    `--script path/x.py`), or None when none would."""
+
+    execution_id: str
+    flow: str
+    reason: str
+    load_with: str | None
+
+
+class Recovered(builtins.list[str]):
+    """What `Client.recover()` returns: the ids it resumed (a list), and in `skipped` the
+    executions it left alone because their flows are not loaded here."""
+
+    def __init__(self, ids: Iterable[str] = (), skipped: Iterable[Skipped] = ()) -> None:
+        super().__init__(ids)
+        self.skipped: builtins.list[Skipped] = builtins.list(skipped)
+
 
 _TAKEABLE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 # Client.get() shows at most this many children (the newest).
@@ -214,9 +239,10 @@ class Client:
         """Continue an unfinished execution in this process, re-entering its flow from the top.
 
         Refused with ExecutionLocked while another live process holds it. Raises
-        FlowNotFoundError, changing nothing, when its flow cannot be imported here. In a
-        client-only process (`configure(executor=False)`) the execution is handed to the
-        workers instead.
+        FlowNotFoundError, changing nothing, when its flow is not loaded here: this process
+        runs the flows it imported itself or that `TETHER_IMPORTS` / `[tool.tether] imports`
+        name, never the module or script an execution's row names. In a client-only process
+        (`configure(executor=False)`) the execution is handed to the workers instead.
         """
         row = self._row(execution_id)
         status = Status(row.status)
@@ -231,7 +257,7 @@ class Client:
         if not runner.owner_gone(row.owner, row.lease_expires, now):
             raise ExecutionLocked(_locked_message(row, now))
         local = settings().executor
-        flow = load_flow(row.import_path, row.script) if local else None
+        flow = self._flow(row) if local else None
         token = self._take(row, now)
         if token is None:
             raise ExecutionLocked(
@@ -256,24 +282,39 @@ class Client:
             raise ExecutionNotFound(f"no execution {execution_id} in {self._store.url}")
         return Status(status)
 
-    def recover(self) -> builtins.list[str]:
+    def recover(self) -> Recovered:
         """Resume in this process every execution that should be running and is not: its
         owner died or its lease expired, it is queued with nobody on it, or its input or
-        timer arrived. Returns the ids resumed. (A `tether worker` does this continuously.)
+        timer arrived. Returns the ids resumed (a list); its `skipped` lists the executions
+        left alone because their flow is not loaded in this process, each with the flag that
+        would load it. (A `tether worker` does this continuously.)
         """
         runner = executor()
         now, due = time.time(), settings().clock()
+        if settings().executor:
+            _imports.load_configured()
+        # By id: a running row whose lease expired is offered by both passes below.
+        skipped: dict[str, Skipped] = {}
+
+        def loaded(row: ExecutionRow) -> bool:
+            if row.id in skipped:
+                return False
+            reason = self._not_loaded(row)
+            if reason is not None:
+                skipped[row.id] = Skipped(row.id, row.flow, str(reason), reason.load_with)
+            return reason is None
+
         # Owners killed on this host still have unexpired leases: take those over first.
-        taken = runner.take_over_dead(self._store, now, self._can_import, limit=10_000)
+        taken = runner.take_over_dead(self._store, now, loaded, limit=10_000)
         for row in self._store.runnable(now=now, due=due, limit=10_000):
-            if runner.holds(self._store, row.id) or not self._can_import(row):
+            if runner.holds(self._store, row.id) or not loaded(row):
                 continue
             claim = runner.claim()
             if self._store.claim_runnable(claim, now=now, due=due, ids=[row.id]) is not None:
                 taken.append((row.id, claim.token))
         for execution_id, token in taken:
             self._run_or_requeue(execution_id, token, now)
-        return [execution_id for execution_id, _ in taken]
+        return Recovered((execution_id for execution_id, _ in taken), skipped.values())
 
     def retry(self, execution_id: str) -> Handle[Any]:
         """Run a failed execution again, same id: recorded results are reused; the failed
@@ -303,7 +344,7 @@ class Client:
         forget = [c for c in calls if sort_key(c.position) >= start]
         forgotten_waits = [w for w in waits if sort_key(w.position) >= start]
         forget_waits = [w.name for w in forgotten_waits]
-        flow = load_flow(row.import_path, row.script) if settings().executor else None
+        flow = self._flow(row) if settings().executor else None
         # The failed children awaited from there on are retried first (same id, their own
         # recorded calls reused), so that the parent, awaiting them again, finds them running.
         # The start of a child stays recorded: a retry never starts a second child for a call.
@@ -415,18 +456,25 @@ class Client:
         else:
             self._store.release(execution_id, token, status=Status.QUEUED, now=now)
 
-    def _can_import(self, row: ExecutionRow) -> bool:
+    def _not_loaded(self, row: ExecutionRow) -> FlowNotFoundError | None:
+        """Why this process cannot run the execution's flow (recorded as an event on it),
+        or None when it can."""
         if not settings().executor:
-            return True  # not run here: the workers import it
+            return None  # not run here: the workers load it
         try:
             load_flow(row.import_path, row.script)
-        except UsageError as exc:
+        except FlowNotFoundError as exc:
             self._store.add_event(
                 EventRow(row.id, None, time.time(), "warning", "recover",
                          f"recover skipped it: {exc}")
             )  # fmt: skip
-            return False
-        return True
+            return exc
+        return None
+
+    def _flow(self, row: ExecutionRow) -> Runnable:
+        """The execution's flow, among those loaded here (the configured imports first)."""
+        _imports.load_configured()
+        return load_flow(row.import_path, row.script)
 
     def _row(self, execution_id: str) -> ExecutionRow:
         return stored_execution(self._store, execution_id)

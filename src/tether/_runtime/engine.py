@@ -77,12 +77,11 @@ class Outcome(enum.Enum):
 
 
 def load_flow(import_path: str, script: str | None) -> Runnable:
-    found = _imports.resolve(import_path, script)
+    """The flow loaded in this process that an execution's recorded path names; imports
+    nothing (FlowNotFoundError names the flag that would load it)."""
+    found = _imports.lookup(import_path, script)
     if not isinstance(found, Runnable):
-        raise FlowNotFoundError(
-            f"{import_path} is {type(found).__name__}, not a @tether.flow; was the decorator "
-            "removed since the execution started?"
-        )
+        raise FlowNotFoundError(f"{import_path} is {type(found).__name__}, not a @tether.flow")
     return found
 
 
@@ -359,8 +358,8 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
         # infrastructure fault never fails the execution either.
         return _faulted(run, exc)
     except FlowNotFoundError as exc:
-        # Where the code lives is this process's problem, not the execution's: leave it
-        # runnable for a process that can import the flow.
+        # Which flows are loaded is this process's matter, not the execution's: leave it
+        # runnable for a process that loaded the flow.
         store.release(execution_id, token, status=Status.QUEUED, now=clock())
         run.warn(None, f"could not be resumed here: {exc}")
         return Outcome.RELEASED

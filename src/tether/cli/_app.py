@@ -45,8 +45,8 @@ def _main(
     State.debug = debug
     if not out.is_terminal and not os.environ.get("COLUMNS"):
         out.width = 120  # piped output is not cut at Rich's default of 80 columns
-    # Flows (and the classes of stored values) are imported by their recorded paths; the
-    # working directory is importable, as it would be for `python -m`.
+    # Modules named by --import or $TETHER_IMPORTS resolve from the working directory too,
+    # as they would for `python -m`. (What a stored row names is never imported.)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .._core import config as _config
+from .._core import imports as _imports
 from .._ops.client import Client
 from .._runtime.executor import executor
 from ..errors import ConfigurationError, TetherError, UsageError
@@ -111,6 +112,15 @@ def client_for(db: str | None) -> Client:
             "pass --db / set TETHER_DB"
         )
     return Client(db)
+
+
+def load_named(imports: list[str] | None, script: str | None) -> None:
+    """Load the flows of the modules and script named on the command line (`--import`,
+    `--script`): the only code, with the configured imports, a command runs flows from."""
+    for module in imports or ():
+        _imports.load_module(module)
+    if script:
+        _imports.load_script(script)
 
 
 # How long a command that runs executions waits, after SIGINT or SIGTERM, for them to hand

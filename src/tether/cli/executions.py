@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.text import Text
 
 from .._core.status import Status
-from .._ops.client import Client
+from .._ops.client import Client, Skipped
 from .._runtime.executor import executor
 from .._runtime.records import ExecutionRecord
 from ..errors import ResultTimeout, TetherError
@@ -26,12 +26,13 @@ from ._common import (
     fail,
     json_line,
     json_value,
+    load_named,
     out,
     running_here,
     say,
     who,
 )
-from .options import Command, DbOption, Group, JsonOption
+from .options import Command, DbOption, Group, ImportOption, JsonOption, ScriptOption
 
 executions_app = typer.Typer(
     cls=Group,
@@ -318,6 +319,8 @@ def resume_command(
     execution_id: IdArgument,
     wait: WaitOption = False,
     queue: QueueOption = False,
+    imports: ImportOption = None,
+    script: ScriptOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -325,10 +328,14 @@ def resume_command(
     again from the top in this process, recorded checkpoints return their recorded results,
     and the rest runs live. This process stays until it finishes or waits for input.
 
-    Refused (exit 1) while a live process still runs it, or when it already finished.
+    Its flow must be loaded here: `--import MODULE` or `--script PATH` (or $TETHER_IMPORTS,
+    [tool.tether] imports); the module or script its row names is never imported, and the
+    error names the flag that loads it (exit 2). Refused (exit 1) while a live process still
+    runs it, or when it already finished.
     """
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
+        load_named(imports, script)
         handle = client.resume(execution_id)
         if not as_json:
             say(f"Resumed execution {handle.id}.")
@@ -341,6 +348,8 @@ def retry_command(
     execution_id: IdArgument,
     wait: WaitOption = False,
     queue: QueueOption = False,
+    imports: ImportOption = None,
+    script: ScriptOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -351,6 +360,7 @@ def retry_command(
     """
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
+        load_named(imports, script)
         handle = client.retry(execution_id)
         if not as_json:
             say(f"Retrying execution {handle.id}.")
@@ -394,6 +404,8 @@ def replay_command(
     ] = None,
     wait: WaitOption = False,
     queue: QueueOption = False,
+    imports: ImportOption = None,
+    script: ScriptOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -407,6 +419,7 @@ def replay_command(
     new_args = _parse_args(args)
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
+        load_named(imports, script)
         handle = client.replay(execution_id, from_=from_, overrides=overrides, args=new_args)
         if not as_json:
             say(f"Replaying {execution_id} from {from_} as new execution {handle.id}.")
@@ -475,16 +488,24 @@ def cancel_command(
 
 @executions_app.command("recover", cls=Command)
 def recover_command(
-    queue: QueueOption = False, db: DbOption = None, as_json: JsonOption = False
+    queue: QueueOption = False,
+    imports: ImportOption = None,
+    script: ScriptOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Resume every execution that should be running and is not: its process died, it is
     queued with nobody on it, or its input or timer arrived. They run in this process, which
     stays until each finishes or waits. (A `tether worker` does this continuously.)
 
-    Exits 1 when one of them then fails or is cancelled.
+    Only executions of flows this process loaded run (`--import`, `--script`,
+    $TETHER_IMPORTS, [tool.tether] imports); the others are listed as skipped, with the flag
+    that would load them. Exits 1 when it skipped any, or when a recovered execution then
+    fails or is cancelled.
     """
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
+        load_named(imports, script)
         ids = client.recover()
         if ids and not as_json:
             where = "queued for the workers" if queue else "running them here"
@@ -494,21 +515,36 @@ def recover_command(
         dump([render.execution_json(r) for r in records])
     elif records:
         out.print(render.executions_table(records))
-    else:
+    elif not ids.skipped:
         say("Nothing to recover: no execution is stranded.")
+    for line in _skip_lines(ids.skipped):
+        err.print(line, style="red", highlight=False, markup=False, soft_wrap=True)
     failed = [r for r in records if r.status in (Status.FAILED, Status.CANCELLED)]
-    if failed:
-        if not as_json:
-            err.print(
-                f"{len(failed)} recovered execution(s) did not succeed: "
-                + ", ".join(f"{r.id} ({r.status.value})" for r in failed)
-                + " (see `tether executions get ID`)",
-                style="red",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
+    if failed and not as_json:
+        err.print(
+            f"{len(failed)} recovered execution(s) did not succeed: "
+            + ", ".join(f"{r.id} ({r.status.value})" for r in failed)
+            + " (see `tether executions get ID`)",
+            style="red",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if failed or ids.skipped:
         raise typer.Exit(1)
+
+
+def _skip_lines(skipped: list[Skipped]) -> list[str]:
+    """One line per reason: `skipped 2 executions: flow ... is not loaded; add --import x`."""
+    by_reason: dict[str, list[Skipped]] = {}
+    for item in skipped:
+        by_reason.setdefault(item.reason, []).append(item)
+    lines = []
+    for reason, items in by_reason.items():
+        count = f"{len(items)} execution" + ("s" if len(items) != 1 else "")
+        shown = ", ".join(i.execution_id for i in items[:5]) + (", ..." if len(items) > 5 else "")
+        lines.append(f"skipped {count} ({shown}): {reason}")
+    return lines
 
 
 def _stdin_is_terminal() -> bool:

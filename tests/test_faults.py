@@ -269,7 +269,7 @@ def test_the_cli_hands_back_what_it_runs_on_sigint_and_sigterm(
 ) -> None:
     tether.configure(executor=False)
     execution_id = fault_flows.ticker.enqueue(60).id
-    argv = ["-m", "tether", "executions", "recover"]
+    argv = ["-m", "tether", "executions", "recover", "--import", "fault_flows"]
     cli = procs.add(spawn_python(argv, db_url, stderr=subprocess.PIPE))
     retry_until(lambda: len(client.get(execution_id).checkpoints) >= 3, what="it to run")
     cli.send_signal(signum)
@@ -304,7 +304,9 @@ def test_recover_backs_off_a_crash_loop_and_then_fails_it(
     env = {"TETHER_CRASH_LOOP_LIMIT": "3", "TETHER_CRASH_LOOP_BACKOFF": "0.05"}
     codes = []
     for _ in range(4):
-        recover = run_cli(db_url, "executions", "recover", "--json", **env)
+        recover = run_cli(
+            db_url, "executions", "recover", "--import", "fault_flows", "--json", **env
+        )
         codes.append(recover.returncode)
     # Killed; taken over and killed; taken over again, handed back for the pause, which the
     # third recover waits out before it runs it again, killed; taken over a third time: failed.
@@ -332,7 +334,7 @@ def test_a_process_that_takes_over_a_crash_loop_runs_it_after_the_pause(
     tether.configure(executor=False)
     execution_id = fault_flows.crashes_where_told.enqueue().id
     for _ in range(2):  # the first run and one takeover die
-        died = run_cli(db_url, "executions", "recover", FAULT_KILL="1")
+        died = run_cli(db_url, "executions", "recover", "--import", "fault_flows", FAULT_KILL="1")
         assert died.returncode == -signal.SIGKILL, died.stderr
     tether.configure(executor=True, crash_loop_backoff=0.2)
     # The second takeover in a row: handed back for the pause, then run by this process.

@@ -29,7 +29,7 @@ from ..errors import (
     StoreUnavailable,
     UsageError,
 )
-from ..store import MemoryRow, Store
+from ..store import MemoryRow, Store, memory_write_key
 from . import blobs as _blobs
 
 __all__ = [
@@ -455,7 +455,7 @@ def _write(
             blobs = laid.blobs
         if run is not None and position is not None:
             row.writer_execution, row.writer_position = run.execution_id, position
-            row.idempotency_key = f"{run.execution_id}:{position}"
+            row.idempotency_key = memory_write_key(run.execution_id, position)
         fence = (run.execution_id, run.token) if run is not None else None
         return store.put_memory(row, blobs, fence=fence, if_version=if_version)
 

@@ -248,7 +248,7 @@ class Checkpoint(Generic[P, R]):
         # Detached before its output is taken: anything it writes after this is dropped,
         # anything before is the attempt's own (committed with it, under its number).
         attempt.detached = True
-        frame.metadata = attempt.metadata
+        frame.metadata = dict(attempt.metadata)  # a copy: the thread may run on
         frame.usage = attempt.usage
         log, attempt.log = attempt.log, None
         if log is not None:

@@ -126,11 +126,11 @@ def test_the_worker_command_explains_itself_and_refuses_bad_options(db_url: str)
     assert missing.exit_code == 2 and "no_such_module_here" in missing.output
 
 
-def test_unknown_ids_exit_1_with_a_plain_message(db_url: str) -> None:
+def test_unknown_ids_exit_3_with_a_plain_message(db_url: str) -> None:
     for args in (["get"], ["logs"], ["logs", "--follow"], ["watch"], ["resume"], ["cancel"],
                  ["retry"], ["replay", "--from", "greet"]):  # fmt: skip
         result = cli(db_url, "executions", args[0], "no-such-id", *args[1:])
-        assert_plain_error(result, 1, "no execution no-such-id")
+        assert_plain_error(result, 3, "no execution no-such-id")
 
 
 def test_debug_shows_the_exception(db_url: str) -> None:
@@ -712,7 +712,7 @@ def test_prune_counts_first_and_deletes_only_with_yes(client: tether.Client, db_
     yes = cli(db_url, "executions", "prune", "--older-than", "0s", "--yes")
     assert yes.exit_code == 0 and "Deleted 2" in yes.stdout
     assert [r.id for r in client.list()] == [kept]
-    assert_plain_error(cli(db_url, "executions", "get", done[0]), 1, "no execution")
+    assert_plain_error(cli(db_url, "executions", "get", done[0]), 3, "no execution")
 
 
 def test_prune_asks_before_deleting_on_a_terminal(
@@ -756,7 +756,7 @@ def test_in_a_real_process_errors_are_plain_and_debug_shows_tracebacks(db_url: s
     empty = run_cli(db_url, "executions", "list", "--json")
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
     missing = run_cli(db_url, "executions", "get", "nope")
-    assert missing.returncode == 1
+    assert missing.returncode == 3
     assert "no execution nope" in missing.stderr and "Traceback" not in missing.stderr
     debug = run_cli(db_url, "--debug", "executions", "get", "nope")
     assert debug.returncode == 1 and "Traceback" in debug.stderr

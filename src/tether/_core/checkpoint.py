@@ -166,7 +166,7 @@ class Checkpoint(Generic[P, R]):
                 if self.timeout is None:
                     value = self.fn(*args, **kwargs)
                 else:
-                    value = self._with_thread_timeout(args, kwargs)
+                    value = self._timed_attempt(call.frame, self.timeout, args, kwargs)
             except ControlSignal:
                 raise
             except BaseException as exc:
@@ -230,15 +230,50 @@ class Checkpoint(Generic[P, R]):
                 raise pending.error
             return value
 
-    def _with_thread_timeout(self, args: Any, kwargs: Any) -> Any:
-        # Python cannot stop a thread: on timeout the attempt is abandoned and keeps running
-        # in the background; its result is discarded.
+    def _timed_attempt(self, frame: Frame, timeout: float, args: Any, kwargs: Any) -> Any:
+        """One attempt of a sync checkpoint with a timeout, on a thread of its own (never a
+        shared pool, where waiting for a free thread would count against the timeout) and
+        on a frame of its own. Python cannot stop a thread: on timeout the attempt is
+        abandoned and runs on; its frame is detached first, so what it prints, logs or
+        spends from then on is dropped and its memory writes are refused, rather than
+        landing on the next attempt."""
+        attempt = Frame(
+            frame.run,
+            frame.position,
+            frame.name,
+            frame.attempt,
+            dict(frame.metadata),
+            None,
+            frame.usage,
+        )
         context = contextvars.copy_context()
-        future = _submit_pool().submit(context.run, self.fn, *args, **kwargs)
-        try:
-            return future.result(timeout=self.timeout)
-        except concurrent.futures.TimeoutError:
-            raise self._timeout_error() from None
+        context.run(current_frame.set, attempt)
+        outcome = _Outcome()
+        thread = threading.Thread(
+            target=context.run,
+            args=(outcome.run, self.fn, args, kwargs),
+            name=f"tether-timeout {self.name}@{frame.position}#{frame.attempt}",
+            daemon=True,  # an abandoned attempt must not keep the process from exiting
+        )
+        thread.start()
+        finished = outcome.done.wait(timeout)
+        # Detached before its output is taken: anything it writes after this is dropped,
+        # anything before is the attempt's own (committed with it, under its number).
+        attempt.detached = True
+        frame.metadata = dict(attempt.metadata)  # a copy: the thread may run on
+        frame.usage = attempt.usage
+        log, attempt.log = attempt.log, None
+        if log is not None:
+            if frame.log is None:
+                frame.log = log
+            else:
+                for at, level, text, logger in log.entries:
+                    frame.log.entries.append((at, level, text, logger))
+        if not finished:
+            raise self._timeout_error()
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value
 
     def _timeout_error(self) -> CheckpointTimeout:
         return CheckpointTimeout(f"checkpoint {self.name!r} ran longer than {self.timeout}s")
@@ -466,6 +501,25 @@ class _Call:
             run.cancel_event.set()
         if _after_commit is not None:
             _after_commit(run, pending.row.position)
+
+
+class _Outcome:
+    """What a timed attempt's thread returned or raised."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def run(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        try:
+            self.value = fn(*args, **kwargs)
+        except BaseException as exc:  # raised again in the calling thread, as it was
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 class _Pending:

@@ -168,6 +168,10 @@ class Frame:
     # (the run's `spend` stores it). None until a model call adds some, so calls without
     # usage pay nothing for it.
     usage: Any = None
+    # A timed sync attempt runs on a frame of its own; once it times out that frame is
+    # detached: what the abandoned thread logs or spends later is kept nowhere, and its memory
+    # writes are refused, so none of it lands on a later attempt (see `checkpoint`).
+    detached: bool = False
 
 
 current_run: ContextVar[Run | None] = ContextVar("tether_run", default=None)

@@ -1,9 +1,11 @@
 """The `tether` command: a thin layer over `tether.Client` and `tether.Worker`.
 
-Exit codes: 0 success, 1 the operation failed (unknown id, invalid state, a failed
-execution with `--wait`...), 2 a usage error (bad arguments). Errors are printed in plain
-words; `tether --debug ...` shows tracebacks. Every command takes `--json` (output for
-scripts: records as plain dicts, ISO timestamps) and `--db URL` (or `TETHER_DB`).
+Exit codes (`_common.EXIT_CODES`, also in `tether --help`): 0 success, 1 the operation
+failed or was refused, 2 a usage error, 3 not found, 4 the store failed, 130 interrupted
+(143 on SIGTERM).
+Errors are printed in plain words; `tether --debug ...` shows tracebacks. Every command
+takes `--json` (output for scripts: records as plain dicts, ISO timestamps) and `--db URL`
+(or `TETHER_DB`).
 
 What is printed, and how records become JSON, lives in `render`; the
 plumbing the sub-apps share, in `_common`.
@@ -17,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import State, out
+from ._common import EXIT_CODES, State, out
 from .executions import executions_app
 from .memory import memory_app
 from .options import Command, Group
@@ -31,6 +33,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
+    epilog=EXIT_CODES,
 )
 app.add_typer(executions_app, name="executions")
 app.add_typer(memory_app, name="memory")

@@ -10,7 +10,8 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,7 +21,15 @@ from .._core import config as _config
 from .._core import imports as _imports
 from .._ops.client import Client
 from .._runtime.executor import executor
-from ..errors import ConfigurationError, TetherError, UsageError
+from ..errors import (
+    ConfigurationError,
+    ExecutionNotFound,
+    MemoryKeyError,
+    StoreError,
+    TetherError,
+    UsageError,
+    WaitNotFound,
+)
 from ..store import exists as store_exists
 
 out = Console()
@@ -31,6 +40,43 @@ class State:
     debug = False
 
 
+# The exit codes, one per class of outcome, the same for every command (the table is in
+# `tether --help` and the README): a script can tell "fix the command" (2) from "nothing by
+# that name" (3) from "try again later" (4) without reading the message.
+OK = 0
+FAILED = 1  # the operation ran and failed or was refused (state, schema, conflict, --wait)
+USAGE = 2  # bad arguments, JSON that does not parse, an unreadable --value file, a bad --db
+NOT_FOUND = 3  # no execution, wait, memory key or version by that name
+STORE = 4  # the store failed: unreachable, locked, corrupt, from a newer tether
+INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); SIGTERM gives 143 (128 + SIGTERM)
+
+EXIT_CODES = """Exit codes, the same for every command:
+
+- 0: success
+- 1: the operation failed or was refused: a failed or cancelled execution (`--wait`,
+  `watch`, `recover`), a state that does not allow it, input its schema rejects, a memory
+  conflict
+- 2: usage: a bad option or argument, JSON that does not parse, a `--value @FILE` that cannot
+  be read, a bad `--db` or a database that does not exist
+- 3: not found: no execution, wait, memory key or version by that name
+- 4: the store failed: unreachable, locked, corrupt or from a newer tether (try again later,
+  or fix the store)
+- 130: interrupted (Ctrl-C); 143: stopped by SIGTERM. What ran in the process is handed
+  back, queued
+"""
+
+
+def exit_code(exc: TetherError) -> int:
+    """The exit code of a command that raised `exc` (see EXIT_CODES)."""
+    if isinstance(exc, UsageError | ConfigurationError):
+        return USAGE
+    if isinstance(exc, ExecutionNotFound | WaitNotFound | MemoryKeyError):
+        return NOT_FOUND
+    if isinstance(exc, StoreError):
+        return STORE
+    return FAILED
+
+
 def fail(message: str, code: int) -> NoReturn:
     err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -38,19 +84,15 @@ def fail(message: str, code: int) -> NoReturn:
 
 @contextmanager
 def cli_errors() -> Iterator[None]:
-    """Turn errors into plain messages and exit codes (2 for usage, 1 otherwise)."""
+    """Turn errors into plain messages and the exit codes of EXIT_CODES."""
     try:
         yield
     except (typer.Exit, typer.Abort, typer.BadParameter):
         raise  # Typer prints these and exits itself
-    except (UsageError, ConfigurationError) as exc:
-        if State.debug:
-            raise
-        fail(str(exc), 2)
     except TetherError as exc:
         if State.debug:
             raise
-        fail(str(exc), 1)
+        fail(str(exc), exit_code(exc))
     except KeyboardInterrupt as exc:
         if State.debug:
             raise
@@ -60,7 +102,8 @@ def cli_errors() -> Iterator[None]:
     except Exception as exc:
         if State.debug:
             raise
-        fail(f"unexpected {type(exc).__name__}: {exc} (run `tether --debug ...` for details)", 1)
+        message = f"unexpected {type(exc).__name__}: {exc} (run `tether --debug ...` for details)"
+        fail(message, FAILED)
 
 
 def hand_back() -> None:
@@ -167,13 +210,91 @@ def say(text: str) -> None:
     out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def json_value(text: str, *, option: str, unchanged: str) -> Any:
+def value_text(given: str | None, *, option: str, unchanged: str, limit: int | None = None) -> str:
+    """The text of a value option: `-` reads stdin, `@PATH` reads the file at PATH, anything
+    else is the value itself. JSON never starts with `@` or is a bare `-`, so a string that
+    does is written in JSON quotes (`--value '"@alice"'`) and stays a literal. `None` (the
+    option not given) reads stdin when something is piped in. At most `limit` bytes are read:
+    a larger value is refused before the rest is read."""
+    if given is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise typer.BadParameter(
+                f"give the value with {option} JSON, {option} @FILE, or pipe JSON into the command",
+                param_hint=f"'{option}'",
+            )
+        given = "-"
+    if given == "-":
+        if sys.stdin is None:
+            raise typer.BadParameter(f"{option} - reads stdin, and there is none. {unchanged}")
+        stream: BinaryIO | None = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text-only stdin (an embedding application's)
+            text = sys.stdin.read() if limit is None else sys.stdin.read(limit + 1)
+            _check_size(text, "stdin", option, unchanged, limit)
+            return text
+        return _decoded(_read(stream, limit), "stdin", option, unchanged, limit)
+    if not given.startswith("@"):
+        return given
+    path = Path(given[1:]).expanduser()
+    if not given[1:]:
+        raise typer.BadParameter(
+            f"{option} @ needs a file name (@notes.json); a string that starts with @ is "
+            f"given in JSON quotes: {option} '\"@...\"'. {unchanged}",
+            param_hint=f"'{option}'",
+        )
+    try:
+        with path.open("rb") as file:
+            data = _read(file, limit)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise typer.BadParameter(
+            f"cannot read {path} ({reason}); a string that starts with @ is given in JSON "
+            f"quotes: {option} '{json.dumps(given)}'. {unchanged}",
+            param_hint=f"'{option}'",
+        ) from None
+    return _decoded(data, str(path), option, unchanged, limit)
+
+
+def _read(stream: BinaryIO, limit: int | None) -> bytes:
+    return stream.read() if limit is None else stream.read(limit + 1)
+
+
+def _decoded(data: bytes, where: str, option: str, unchanged: str, limit: int | None) -> str:
+    _check_size(data, where, option, unchanged, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise typer.BadParameter(
+            f"{where} is not UTF-8 text (byte {exc.start}); JSON is UTF-8. {unchanged}",
+            param_hint=f"'{option}'",
+        ) from None
+
+
+def _check_size(
+    data: str | bytes, where: str, option: str, unchanged: str, limit: int | None
+) -> None:
+    if limit is not None and len(data) > limit:
+        raise typer.BadParameter(
+            f"the value from {where} is larger than the limit of {limit:,} bytes "
+            f"(configure(max_input_bytes=...)). {unchanged}",
+            param_hint=f"'{option}'",
+        )
+
+
+def json_value(text: str, *, option: str, unchanged: str, given: str | None = None) -> Any:
     """The JSON an option gives (`--value`), or a usage error that says how to quote a
     string: a shell eats the quotes of `--value "right"`, so JSON gets the bare word.
-    `unchanged` says what did not happen (e.g. "Nothing was stored.")."""
+    `unchanged` says what did not happen (e.g. "Nothing was stored."); `given` is what the
+    option said when the text came from elsewhere (`-`, `@notes.json`)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
+        if given is not None and (given == "-" or given.startswith("@")):
+            source = "stdin" if given == "-" else given[1:]
+            raise typer.BadParameter(
+                f"{source} is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                f"{exc.colno}). {unchanged}",
+                param_hint=f"'{option}'",
+            ) from None
         word = text.strip()
         bare = word and "\n" not in word and "'" not in word and word[0] not in '{["'
         example = json.dumps(word) if bare and len(word) <= 40 else '"hello"'

@@ -12,6 +12,7 @@ import typer
 from rich.live import Live
 from rich.text import Text
 
+from .._core.config import settings
 from .._core.status import Status
 from .._ops.client import Client, Skipped
 from .._runtime.executor import executor
@@ -30,6 +31,7 @@ from ._common import (
     out,
     running_here,
     say,
+    value_text,
     who,
 )
 from .options import Command, DbOption, Group, ImportOption, JsonOption, ScriptOption
@@ -660,7 +662,9 @@ def input_command(
         typer.Option(
             "--value",
             metavar="JSON",
-            help="The input, as JSON: true, 3, '\"a string\"', '{\"k\": 1}'.",
+            help="The input, as JSON: true, 3, '\"a string\"', '{\"k\": 1}'; `-` reads it "
+            "from stdin, `@FILE` from a file (a string starting with @ in JSON quotes: "
+            "'\"@ada\"').",
             show_default=False,
         ),
     ],
@@ -677,10 +681,17 @@ def input_command(
     as_json: JsonOption = False,
 ) -> None:
     """Give a waiting execution its input (validated against the wait's schema); the process
-    that started it, if alive, or a `tether worker` then continues it."""
-    json_value(value, option="--value", unchanged="No input was recorded.")
+    that started it, if alive, or a `tether worker` then continues it.
+
+    Example: `tether executions input ID --value true`, or for a large answer
+    `tether executions input ID --value @answer.json` (`--value -` reads stdin).
+    """
+    unchanged = "No input was recorded."
+    limit = settings().max_input_bytes
+    text = value_text(value, option="--value", unchanged=unchanged, limit=limit)
+    json_value(text, option="--value", unchanged=unchanged, given=value)
     with cli_errors():
-        record = client_for(db).input_json(execution_id, wait, value, by=by or who())
+        record = client_for(db).input_json(execution_id, wait, text, by=by or who())
     if as_json:
         dump(render.wait_json(record))
     else:

@@ -6,7 +6,6 @@ printing) is `_common`'s, shared with the other sub-apps; `_app` registers this 
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +18,17 @@ from .._memory import api as memory
 from .._memory.api import MemoryVersion
 from ..errors import MemoryKeyError, MemoryScopeError
 from . import render
-from ._common import cli_errors, client_for, dump, fail, json_value, out, say
+from ._common import (
+    NOT_FOUND,
+    cli_errors,
+    client_for,
+    dump,
+    fail,
+    json_value,
+    out,
+    say,
+    value_text,
+)
 from .options import Command, DbOption, Group, JsonOption
 
 memory_app = typer.Typer(
@@ -197,7 +206,7 @@ def get_command(
     as_json: JsonOption = False,
 ) -> None:
     """Print the value of a key (its latest version, or --version N) as JSON; a string is
-    printed as it is. Exit 1 when the key does not exist or was deleted.
+    printed as it is. Exit 3 when the key does not exist or was deleted.
 
     `--json` prints the version's details with the value.
     """
@@ -235,8 +244,9 @@ def set_command(
         typer.Option(
             "--value",
             metavar="JSON",
-            help="The value, as JSON (a string needs JSON quotes: '\"hello\"'). Without it, "
-            "the JSON is read from stdin.",
+            help="The value, as JSON (a string needs JSON quotes: '\"hello\"'); `-` reads it "
+            "from stdin, `@FILE` from a file (a string starting with @ in JSON quotes: "
+            "'\"@ada\"'). Without it, the JSON is read from stdin.",
             show_default=False,
         ),
     ] = None,
@@ -260,17 +270,11 @@ def set_command(
     """Store a JSON value as the next version of a key (creating the database if needed).
 
     Example: `tether memory set theme --namespace alice --value '{"dark": true}'`, or
-    `cat notes.json | tether memory set notes --namespace alice`
+    `tether memory set notes --namespace alice --value @notes.json`
     """
-    text = value
-    if text is None:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise typer.BadParameter(
-                "give the value with --value JSON, or pipe JSON into the command",
-                param_hint="'--value'",
-            )
-        text = sys.stdin.read()
-    parsed = json_value(text, option="--value", unchanged="Nothing was stored.")
+    unchanged = "Nothing was stored."
+    text = value_text(value, option="--value", unchanged=unchanged)
+    parsed = json_value(text, option="--value", unchanged=unchanged, given=value or "-")
     with cli_errors():
         where = _scope(scope, namespace, flow, execution)
         _open(db, create=True)
@@ -306,7 +310,7 @@ def history_command(
         dump(shown)
         return
     if not versions:
-        fail(f"memory key {key!r} has no versions here", 1)
+        fail(f"memory key {key!r} has no versions here", NOT_FOUND)
     table = Table(box=None, pad_edge=False)
     for column in ("version", "written", "size", "by"):
         table.add_column(column, no_wrap=True)
@@ -336,7 +340,7 @@ def delete_command(
     as_json: JsonOption = False,
 ) -> None:
     """Delete a key: a tombstone version is written, so `history` still shows every value
-    it had. Exit 1 when the key does not exist (or is deleted already)."""
+    it had. Exit 3 when the key does not exist (or is deleted already)."""
     with cli_errors():
         _open(db)
         where = _scope(scope, namespace, flow, execution)

@@ -16,6 +16,7 @@ from ._base import (
     PendingWaitRow,
     Store,
     WaitRow,
+    memory_write_key,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Store",
     "WaitRow",
     "exists",
+    "memory_write_key",
     "open_store",
 ]
 

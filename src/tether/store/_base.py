@@ -357,7 +357,9 @@ class Store(abc.ABC):
         """Make a failed execution runnable again (`queued`, outcome cleared), forgetting the
         checkpoint calls at `positions` and the waits named `waits` (the caller decides
         what lies after the retry point: positions are ordered by `_positions.sort_key`,
-        not by their text). False unless it was failed."""
+        not by their text), and, in the same transaction, the memory writes the execution
+        made at those positions (`memory_write_key`): their versions stay in the history,
+        but a write at such a position writes again. False unless it was failed."""
 
     @abc.abstractmethod
     def prune(self, *, before: float, statuses: Sequence[str], dry_run: bool) -> int:
@@ -459,6 +461,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_blobs(self, hashes: Sequence[str]) -> dict[str, str]:
         """The data of the stored blobs among `hashes`, by hash."""
+
+
+def memory_write_key(execution_id: str, position: str) -> str:
+    """The idempotency key of the memory write an execution makes at a flow position: a
+    resumed flow writing there again finds its version instead of writing a second one."""
+    return f"{execution_id}:{position}"
 
 
 @dataclass(slots=True)

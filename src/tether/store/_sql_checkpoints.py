@@ -8,6 +8,7 @@ from ._base import (
     CheckpointRow,
     Commit,
     EventRow,
+    memory_write_key,
 )
 from ._positions import sort_key
 from ._sql_common import (
@@ -72,6 +73,13 @@ class CheckpointsSql(SqlBase):
                     f"DELETE FROM {table} WHERE execution_id = ? AND {column} = ?",
                     [(execution_id, key) for key in keys],
                 )
+            # The versions stay (they were written, and may have been read); only their
+            # claim to the position goes, so the retried call writes its value again.
+            self._executemany(
+                conn,
+                "UPDATE memory SET idempotency_key = NULL WHERE idempotency_key = ?",
+                [(memory_write_key(execution_id, position),) for position in positions],
+            )
             return True
 
     def prune(self, *, before: float, statuses: Sequence[str], dry_run: bool) -> int:

@@ -458,7 +458,7 @@ def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     )
 
 
-LATEST = 10  # migrations/*/0010_child_flows.sql
+LATEST = 11  # migrations/*/0011_api_tokens.sql
 
 
 def index_names(store_url: str) -> set[str]:

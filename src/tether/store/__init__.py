@@ -12,9 +12,11 @@ from ._base import (
     Commit,
     EventRow,
     ExecutionRow,
+    ExecutionStats,
     MemoryRow,
     PendingWaitRow,
     Store,
+    TokenRow,
     WaitRow,
 )
 
@@ -25,9 +27,11 @@ __all__ = [
     "Commit",
     "EventRow",
     "ExecutionRow",
+    "ExecutionStats",
     "MemoryRow",
     "PendingWaitRow",
     "Store",
+    "TokenRow",
     "WaitRow",
     "exists",
     "open_store",

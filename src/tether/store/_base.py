@@ -103,6 +103,28 @@ class EventRow:
     id: int | None = None  # assigned by the store, increasing
 
 
+@dataclass(slots=True)
+class TokenRow:
+    """An API token of `tether server`: its name, the sha256 of its secret (hex) and its
+    scope (`read`, `operate` or `admin`). A revoked token keeps its row."""
+
+    name: str
+    hash: str
+    scope: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(slots=True)
+class ExecutionStats:
+    """What `/metrics` reports: executions by (status, queue), when the oldest queued one
+    was created (None: none queued), and how many input waits are pending."""
+
+    counts: dict[tuple[str, str], int]
+    oldest_queued_at: float | None
+    pending_waits: int
+
+
 class Commit(IntEnum):
     """What a fenced checkpoint commit found. LOST is falsy: nothing was written."""
 
@@ -165,9 +187,15 @@ class Store(abc.ABC):
         flow: str | None,
         limit: int,
         parent: str | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[ExecutionRow]:
-        """Newest first, with `checkpoints_done` and `pending_wait` filled in; with
-        `parent`, only the children of that execution."""
+        """Newest first (by `created_at`, then `id`), with `checkpoints_done` and
+        `pending_wait` filled in; with `parent`, only the children of that execution; with
+        `before` (created_at, id), only those after it in that order (a keyset page)."""
+
+    @abc.abstractmethod
+    def execution_stats(self) -> ExecutionStats:
+        """Counts for monitoring (see ExecutionStats)."""
 
     @abc.abstractmethod
     def start_child(
@@ -402,6 +430,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # --- API tokens (tether server) -----------------------------------------------------
+
+    @abc.abstractmethod
+    def create_token(self, row: TokenRow) -> bool:
+        """Store a new token. False (nothing written) when a token that is not revoked
+        has that name; a revoked one of that name is replaced."""
+
+    @abc.abstractmethod
+    def list_tokens(self) -> list[TokenRow]:
+        """Every token, revoked ones included, by name."""
+
+    @abc.abstractmethod
+    def token_by_hash(self, hash: str) -> TokenRow | None:
+        """The token (revoked or not) whose secret has this sha256, if any."""
+
+    @abc.abstractmethod
+    def revoke_token(self, name: str, *, now: float) -> bool:
+        """Revoke a token by name. False when no token of that name is active."""
 
     # --- memory (tether.memory) ---------------------------------------------------------
 

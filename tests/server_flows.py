@@ -53,3 +53,14 @@ def fragile(flag: str) -> str:
 @tether.flow
 def fails_once(flag: str) -> str:
     return fragile(flag)
+
+
+@tether.checkpoint
+def ask(question: str) -> str:
+    tether.record_usage(model="house-model", input_tokens=100, output_tokens=20, cost_usd=0.5)
+    return f"answer to {question}"
+
+
+@tether.flow
+def asking(question: str) -> str:
+    return ask(question)

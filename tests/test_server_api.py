@@ -4,6 +4,7 @@ loopback port, driven with httpx; flows it starts are run by a real `tether work
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -160,6 +161,20 @@ def test_tokens_are_required_scoped_and_revocable(
         _error(http.get("/api/v1/waits", headers=operate), 401, "Unauthorized")
     listed = {t.name: t for t in client.tokens()}
     assert listed["operate-bot"].revoked_at is not None and listed["read-bot"].active
+
+
+def test_server_without_the_extra_says_which_install_line_brings_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    shadow = tmp_path / "shadow" / "fastapi"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'fastapi'\", name='fastapi')\n"
+    )
+    path = os.pathsep.join([str(shadow.parent), child_env(db_url)["PYTHONPATH"]])
+    refused = run_cli(db_url, "server", "--port", str(_free_port()), PYTHONPATH=path)
+    assert refused.returncode == 2, refused.stderr
+    assert "pip install -e '.[server]'" in refused.stderr and "fastapi" in refused.stderr
 
 
 def test_tokens_cli_prints_once_and_stores_only_a_hash(db_url: str, client: tether.Client) -> None:
@@ -350,6 +365,22 @@ def test_execution_record_logs_usage_metrics_and_values_as_data(
             "/api/v1/waits",
         ):
             assert path in openapi["paths"]
+
+
+def test_usage_totals_over_executions(procs: Processes, client: tether.Client) -> None:
+    for question in ("a", "b"):
+        assert server_flows.asking.run(question).result() == f"answer to {question}"
+    server_flows.greeting.run("no model").result()
+    url = procs.server()
+    with httpx.Client(base_url=url) as http:
+        totals = http.get("/api/v1/usage").json()["usage"]
+        assert (totals["input_tokens"], totals["output_tokens"], totals["requests"]) == (200, 40, 2)
+        assert totals["cost_usd"] == pytest.approx(1.0)
+        assert (
+            http.get("/api/v1/usage", params={"flow": "greeting"}).json()["usage"]["requests"] == 0
+        )
+        later = http.get("/api/v1/usage", params={"since": "2999-01-01T00:00:00Z"}).json()
+        assert later["usage"]["requests"] == 0
 
 
 def test_stored_values_are_shown_as_data_and_pickles_are_never_loaded() -> None:

@@ -136,6 +136,16 @@ class Client:
             None if last is None else _encode_cursor(last.created_at, last.id),
         )
 
+    def usage(
+        self, *, flow: str | None = None, since: dt.datetime | float | None = None
+    ) -> _usage.Usage:
+        """What model calls spent in all executions (of `flow`; created at or after
+        `since`, a datetime or a Unix time), forgotten calls of retries included. Reads every
+        recorded call that has usage: meant for reports, not for a loop."""
+        start = since.timestamp() if isinstance(since, dt.datetime) else since
+        texts = self._store.usage_records(flow=flow, since=start)
+        return _usage.total(_usage.from_metadata(text) for text in texts)
+
     def stats(self) -> ExecutionStats:
         """Executions by status and queue, the oldest queued one, pending waits (what a
         monitoring system or an autoscaler reads)."""

@@ -8,6 +8,7 @@ where the Client's blocking store calls belong.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Annotated, Any
 
@@ -164,6 +165,18 @@ def create_app(
             execution_id, from_=body.from_, overrides=body.overrides, args=body.args
         )
         return _views.execution_json(client.summary(handle.id))
+
+    @api.get("/usage", tags=["executions"])
+    def usage(
+        who: Reader, flow: str | None = None, since: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """Tokens, requests and cost of every execution's model calls (of `flow`, created
+        since `since`)."""
+        return {
+            "flow": flow,
+            "since": _views.iso(since),
+            "usage": _views.usage_json(client.usage(flow=flow, since=since)),
+        }
 
     # --- waits ----------------------------------------------------------------------------
 

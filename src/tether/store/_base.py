@@ -394,6 +394,13 @@ class Store(abc.ABC):
         write (by default it runs in a thread; the SQL stores group commit it)."""
         return await asyncio.to_thread(self.record_checkpoint, execution_id, token, row, events)
 
+    @abc.abstractmethod
+    def usage_records(self, *, flow: str | None, since: float | None) -> list[str]:
+        """The metadata texts of checkpoint calls that recorded model usage (their text
+        contains `"tether.usage"`), and the data of `retry` events (which keep what forgotten
+        calls spent), of executions of `flow` (all when None) created at or after `since`.
+        A scan: for totals, not for a hot path."""
+
     # --- events -------------------------------------------------------------------------
 
     @abc.abstractmethod

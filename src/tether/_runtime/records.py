@@ -158,6 +158,7 @@ class WaitRecord:
     resolved_by: str | None
     value_json: str | None = field(default=None, repr=False)
     copied_from: str | None = None
+    question_json: str | None = field(default=None, repr=False)
 
     @cached_property
     def value(self) -> Any:
@@ -190,6 +191,7 @@ class WaitRecord:
             resolved_by=row.resolved_by,
             value_json=row.value,
             copied_from=copied_from if isinstance(copied_from, str) else None,
+            question_json=row.question,
         )
 
 

@@ -20,7 +20,7 @@ from .._core.config import store_for
 from .._memory import api as memory
 from .._ops.client import Client
 from .._runtime.flow import Flow
-from ..errors import MemoryKeyError, UsageError
+from ..errors import InputValidationError, MemoryKeyError, UsageError
 from . import _errors, _flows, _metrics, _stream, _views
 from ._auth import Principal, principal
 
@@ -44,7 +44,7 @@ class StartBody(BaseModel):
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     key: str | None = Field(default=None, min_length=1, description="Deduplication key.")
-    queue: str | None = Field(default=None, min_length=1)
+    queue: str | None = Field(default=None, pattern=r"\S", description="Default: the flow's.")
     priority: int = 0
 
 
@@ -89,7 +89,7 @@ def create_app(
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:
-        client.stats()  # the store answers
+        client.list(limit=1)  # the store answers
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
@@ -188,7 +188,13 @@ def create_app(
 
     @api.post("/executions/{execution_id}/waits/{name}", tags=["waits"])
     def give_input(who: Operator, execution_id: str, name: str, body: InputBody) -> dict[str, Any]:
-        text = json.dumps(body.value, ensure_ascii=False, allow_nan=False)
+        try:
+            text = json.dumps(body.value, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN or Infinity: Python's parser takes them, JSON has none
+            raise InputValidationError(
+                "input holds NaN or Infinity, which JSON has no place for; send a number, "
+                "null or a string"
+            ) from None
         return _views.wait_json(client.input_json(execution_id, name, text, by=who.name))
 
     # --- flows ----------------------------------------------------------------------------

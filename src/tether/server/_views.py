@@ -154,7 +154,7 @@ def wait_json(w: WaitRecord) -> dict[str, Any]:
         "label": _waits.label(w.kind, w.name, w.position),
         "kind": w.kind,
         "status": w.status,
-        "question": data(w.question),
+        "question": _serde.to_data(w.question_json),
         "json_schema": w.json_schema,
         "metadata": data(w.metadata),
         "deadline": iso(w.deadline),

@@ -523,6 +523,11 @@ def test_memory_read_and_write(procs: Processes, tokens: dict[str, str]) -> None
         listed = http.get("/api/v1/memory", params={"scope": "namespace", "scope_id": "alice"})
         assert [e["key"] for e in listed.json()["items"]] == ["prefs/theme"]
         assert [e["key"] for e in http.get("/api/v1/memory").json()["items"]] == ["prefs/theme"]
+        deleted = http.delete(path)
+        assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+        _error(http.get(path), 404, "MemoryKeyError")
+        _error(http.delete(path), 404, "MemoryKeyError")
+        assert http.get(path, params={"version": 2}).json()["value"] == {"dark": False}
 
 
 # --- Server-Sent Events -----------------------------------------------------------------------

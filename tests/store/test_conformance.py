@@ -176,12 +176,12 @@ def test_list_executions_pages_by_creation_time_then_id(store: Store) -> None:
 
 
 def test_execution_stats_count_by_status_and_queue(store: Store) -> None:
-    store.create_execution(execution("q1", status="queued", created_at=T0 + 1))
+    store.create_execution(execution("q1", status="queued", created_at=T0 + 1))  # updated then
     store.create_execution(execution("q2", status="queued", created_at=T0 + 2))
     store.create_execution(execution("s", status="succeeded", created_at=T0))
     stats = store.execution_stats()
     assert stats.counts == {("queued", "default"): 2, ("succeeded", "default"): 1}
-    assert stats.oldest_queued_at == T0 + 1
+    assert stats.queued_since == T0 + 1
     assert stats.pending_waits == 0
 
 

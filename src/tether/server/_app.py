@@ -250,6 +250,17 @@ def create_app(
         assert found is not None
         return _views.memory_json(found)
 
+    @api.delete("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"])
+    def delete_memory(
+        who: Operator, scope: memory.Scope, scope_id: str, key: str
+    ) -> dict[str, Any]:
+        """Delete a key: a tombstone version is written (its history keeps every version)."""
+        where = _where(scope, scope_id)
+        written = memory.delete(key, **where)
+        found = memory._find(key, version=written, **where)
+        assert found is not None
+        return _views.memory_json(found)
+
     app.include_router(api)
     return app
 

@@ -21,9 +21,10 @@ def render(stats: ExecutionStats, now: float | None = None) -> str:
         lines.append(
             f'tether_executions{{status="{_label(status)}",queue="{_label(queue)}"}} {count}'
         )
-    age = 0.0 if stats.oldest_queued_at is None else max(0.0, now - stats.oldest_queued_at)
+    age = 0.0 if stats.queued_since is None else max(0.0, now - stats.queued_since)
     lines += [
-        "# HELP tether_oldest_queued_age_seconds Age of the oldest queued execution (0: none).",
+        "# HELP tether_oldest_queued_age_seconds How long the longest-queued execution has waited "
+        "for a worker (0: none queued).",
         "# TYPE tether_oldest_queued_age_seconds gauge",
         f"tether_oldest_queued_age_seconds {age:.3f}",
         "# HELP tether_waits_pending Waits for input that have none yet.",

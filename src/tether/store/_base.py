@@ -117,11 +117,12 @@ class TokenRow:
 
 @dataclass(slots=True)
 class ExecutionStats:
-    """What `/metrics` reports: executions by (status, queue), when the oldest queued one
-    was created (None: none queued), and how many input waits are pending."""
+    """What `/metrics` reports: executions by (status, queue), since when the longest-queued
+    execution has been queued (its `updated_at`: enqueued, given input, handed back; None:
+    none is queued), and how many input waits are pending."""
 
     counts: dict[tuple[str, str], int]
-    oldest_queued_at: float | None
+    queued_since: float | None
     pending_waits: int
 
 

@@ -171,7 +171,7 @@ class ExecutionsSql(SqlBase):
                 conn, "SELECT status, queue, count(*) FROM executions GROUP BY status, queue"
             ).fetchall()
             oldest = self._run(
-                conn, "SELECT min(created_at) FROM executions WHERE status = 'queued'"
+                conn, "SELECT min(updated_at) FROM executions WHERE status = 'queued'"
             ).fetchone()
             waits = self._run(
                 conn,
@@ -182,7 +182,7 @@ class ExecutionsSql(SqlBase):
             ).fetchone()
         return ExecutionStats(
             counts={(str(s), str(q)): int(n) for s, q, n in counts},
-            oldest_queued_at=None if oldest[0] is None else float(oldest[0]),
+            queued_since=None if oldest[0] is None else float(oldest[0]),
             pending_waits=int(waits[0]),
         )
 

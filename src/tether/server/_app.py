@@ -27,6 +27,24 @@ from ._auth import Principal, principal
 API = "/api/v1"
 
 
+class ErrorDetail(BaseModel):
+    type: str = Field(description="The error's class, e.g. WaitAlreadyResolved.")
+    message: str = Field(description="What went wrong and what to do.")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="Validation errors (422): type, loc, msg."
+    )
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# Every route answers errors in one shape (see _errors.py); the OpenAPI document says so.
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 422)
+}
+
+
 class InputBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     value: Any = Field(description="The input, as JSON; validated against the wait's schema.")
@@ -85,7 +103,7 @@ def create_app(
     )
     app.state.client = client
     _errors.install(app)
-    api = APIRouter(prefix=API)
+    api = APIRouter(prefix=API, responses=_ERRORS)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:

@@ -25,6 +25,7 @@ from tether.store import (
     EventRow,
     ExecutionRow,
     Store,
+    TokenRow,
     WaitRow,
     open_store,
 )
@@ -156,6 +157,46 @@ def test_list_executions_combines_status_flow_and_limit(store: Store) -> None:
         store.create_execution(execution(eid, flow=flow, status=status, created_at=T0 + i))
     listed = store.list_executions(statuses=["succeeded"], flow="alpha", limit=2)
     assert [r.id for r in listed] == ["a4", "a3"]
+
+
+def test_list_executions_pages_by_creation_time_then_id(store: Store) -> None:
+    # Two share a creation time: the id breaks the tie, so no row is skipped or repeated.
+    for eid, at in [("a", T0), ("b", T0 + 1), ("c", T0 + 1), ("d", T0 + 2)]:
+        store.create_execution(execution(eid, created_at=at))
+    seen, before = [], None
+    while True:
+        page = store.list_executions(statuses=None, flow=None, limit=1, before=before)
+        if not page:
+            break
+        seen.append(page[0].id)
+        before = (page[0].created_at, page[0].id)
+    assert seen == ["d", "c", "b", "a"]
+    after_c = store.list_executions(statuses=None, flow=None, limit=10, before=(T0 + 1, "c"))
+    assert [r.id for r in after_c] == ["b", "a"]
+
+
+def test_execution_stats_count_by_status_and_queue(store: Store) -> None:
+    store.create_execution(execution("q1", status="queued", created_at=T0 + 1))  # updated then
+    store.create_execution(execution("q2", status="queued", created_at=T0 + 2))
+    store.create_execution(execution("s", status="succeeded", created_at=T0))
+    stats = store.execution_stats()
+    assert stats.counts == {("queued", "default"): 2, ("succeeded", "default"): 1}
+    assert stats.queued_since == T0 + 1
+    assert stats.pending_waits == 0
+
+
+def test_tokens_are_stored_listed_found_by_hash_and_revoked(store: Store) -> None:
+    assert store.create_token(TokenRow("ci", "h1", "read", T0))
+    assert not store.create_token(TokenRow("ci", "h2", "admin", T0 + 1))  # the name is taken
+    assert store.token_by_hash("h1") == TokenRow("ci", "h1", "read", T0)
+    assert store.token_by_hash("h2") is None
+    assert store.revoke_token("ci", now=T0 + 2)
+    assert not store.revoke_token("ci", now=T0 + 3)
+    assert store.token_by_hash("h1") == TokenRow("ci", "h1", "read", T0, T0 + 2)
+    # A revoked name can be given to a new token; the old secret is gone with it.
+    assert store.create_token(TokenRow("ci", "h3", "operate", T0 + 4))
+    assert store.list_tokens() == [TokenRow("ci", "h3", "operate", T0 + 4)]
+    assert store.token_by_hash("h1") is None
 
 
 # --- claim (compare and swap) -----------------------------------------------------------------

@@ -458,7 +458,7 @@ def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     )
 
 
-LATEST = 11  # migrations/*/0011_crash_loops.sql
+LATEST = 12  # migrations/*/0012_api_tokens.sql
 
 # Columns of executions that this code writes and schemas before v11 lack. A test that has
 # this code write data into an older database adds them for the writes and drops them again

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import builtins
 import datetime as dt
 import json
@@ -22,7 +24,7 @@ from .._runtime import replay as _replay
 from .._runtime.engine import Runnable, load_flow
 from .._runtime.executor import executor
 from .._runtime.handle import Handle, stored_execution
-from .._runtime.records import OUTPUT_KINDS, ExecutionRecord, LogRecord, WaitRecord
+from .._runtime.records import OUTPUT_KINDS, Event, ExecutionRecord, LogRecord, WaitRecord
 from .._spend import usage as _usage
 from .._spend.budget import Budget
 from ..errors import (
@@ -36,7 +38,9 @@ from ..errors import (
     WaitAlreadyResolved,
     WaitNotFound,
 )
-from ..store import EventRow, ExecutionRow, Store, WaitRow
+from ..store import EventRow, ExecutionRow, ExecutionStats, Store, WaitRow
+from . import tokens as _tokens
+from .tokens import TokenInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,15 @@ class Recovered(builtins.list[str]):
 _TAKEABLE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 # Client.get() shows at most this many children (the newest).
 _MAX_CHILDREN = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of executions, newest first; `next` is the cursor of the page after it
+    (None: this is the last one)."""
+
+    items: list[ExecutionRecord]
+    next: str | None
 
 
 class Client:
@@ -102,6 +115,11 @@ class Client:
             children=[ExecutionRecord.from_row(c) for c in reversed(children)],
         )
 
+    def summary(self, execution_id: str) -> ExecutionRecord:
+        """One execution without its calls, waits, events or children (one read: cheap to
+        poll)."""
+        return ExecutionRecord.from_row(self._row(execution_id))
+
     def list(
         self,
         status: Status | str | Iterable[Status | str] | None = None,
@@ -113,12 +131,49 @@ class Client:
         """Executions, newest first, filtered by status (one or several) and flow name;
         with `parent`, only the children of that execution (child flows it started)."""
         _check_limit(limit)
-        statuses: builtins.list[str] | None = None
-        if status is not None:
-            items = [status] if isinstance(status, str) else builtins.list(status)
-            statuses = [_status(s) for s in items]
+        statuses = None if status is None else _statuses(status)
         rows = self._store.list_executions(statuses=statuses, flow=flow, limit=limit, parent=parent)
         return [ExecutionRecord.from_row(r) for r in rows]
+
+    def page(
+        self,
+        status: Status | str | Iterable[Status | str] | None = None,
+        flow: str | None = None,
+        limit: int = 100,
+        *,
+        parent: str | None = None,
+        cursor: str | None = None,
+    ) -> Page:
+        """`list()` a page at a time: pass the `next` of one page as the `cursor` of the
+        following one. Pages are cut by (creation time, id), so executions started meanwhile
+        never shift a page or show twice."""
+        _check_limit(limit)
+        statuses = None if status is None else _statuses(status)
+        rows = self._store.list_executions(
+            statuses=statuses, flow=flow, limit=limit + 1, parent=parent, before=_cursor(cursor)
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if more else None
+        return Page(
+            [ExecutionRecord.from_row(r) for r in rows],
+            None if last is None else _encode_cursor(last.created_at, last.id),
+        )
+
+    def usage(
+        self, *, flow: str | None = None, since: dt.datetime | float | None = None
+    ) -> _usage.Usage:
+        """What model calls spent in all executions (of `flow`; created at or after
+        `since`, a datetime or a Unix time), forgotten calls of retries included. Reads every
+        recorded call that has usage: meant for reports, not for a loop."""
+        start = since.timestamp() if isinstance(since, dt.datetime) else since
+        texts = self._store.usage_records(flow=flow, since=start)
+        return _usage.total(_usage.from_metadata(text) for text in texts)
+
+    def stats(self) -> ExecutionStats:
+        """Executions by status and queue, the oldest queued one, pending waits (what a
+        monitoring system or an autoscaler reads)."""
+        return self._store.execution_stats()
 
     def pending_waits(self, flow: str | None = None, limit: int = 100) -> builtins.list[WaitRecord]:
         """Waits that need input, oldest first: execution, name, question, `json_schema` of
@@ -446,6 +501,31 @@ class Client:
             if checkpoint is None or e.position in positions
         ]
 
+    # --- API tokens (tether server) -----------------------------------------------------
+
+    def create_token(self, name: str, scope: str = "read") -> str:
+        """A new API token for `tether server`: `read` (look only), `operate` (also give
+        input, start, cancel, resume, retry, replay, write memory) or `admin` (everything).
+        Returns the secret, which is shown only now: the store keeps its hash."""
+        return _tokens.create(self._store, name, scope)
+
+    def tokens(self) -> builtins.list[TokenInfo]:
+        """Every API token, revoked ones included, by name (never their secrets)."""
+        return [TokenInfo.from_row(r) for r in self._store.list_tokens()]
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke an API token: requests that carry it are refused from now on."""
+        _tokens.revoke(self._store, name)
+
+    def authenticate(self, secret: str) -> TokenInfo | None:
+        """The active token whose secret `secret` is, or None (unknown or revoked)."""
+        return _tokens.check(self._store, secret)
+
+    def events(self, execution_id: str, *, after: int = 0) -> builtins.list[Event]:
+        """Everything noted on an execution (output, logs, warnings, input, retries...), in
+        the order it was added; only events with an `id` above `after` (to follow it)."""
+        return [Event.from_row(e) for e in self._store.get_events(execution_id, after=after)]
+
     # --- internals ----------------------------------------------------------------------
 
     def _run_or_requeue(self, execution_id: str, token: str, now: float) -> None:
@@ -503,6 +583,36 @@ def _failed_child(wait: WaitRow) -> bool:
 def _check_limit(limit: int) -> None:
     if limit < 1:
         raise UsageError(f"limit must be at least 1, not {limit}")
+
+
+def _statuses(status: Status | str | Iterable[Status | str]) -> builtins.list[str]:
+    items = [status] if isinstance(status, str) else builtins.list(status)
+    return [_status(s) for s in items]
+
+
+def _encode_cursor(created_at: float, execution_id: str) -> str:
+    # The stored float itself (JSON keeps it exact), not the record's datetime, which keeps
+    # microseconds only: a rounded key would skip or repeat rows at the page's edge.
+    raw = json.dumps([created_at, execution_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, execution_id = json.loads(raw)
+        if isinstance(created_at, bool) or not isinstance(created_at, int | float):
+            raise ValueError(created_at)
+        if not isinstance(execution_id, str):
+            raise ValueError(execution_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise UsageError(
+            f"cursor {cursor!r} is not one this server gave; pass the `next` of the "
+            "previous page as it is, or leave it out for the first page"
+        ) from None
+    return float(created_at), execution_id
 
 
 def _status(value: Status | str) -> str:

@@ -23,6 +23,8 @@ from ._common import EXIT_CODES, State, out
 from .executions import executions_app
 from .memory import memory_app
 from .options import Command, Group
+from .server import server_command
+from .tokens import tokens_app
 from .worker import worker_command
 
 app = typer.Typer(
@@ -37,8 +39,10 @@ app = typer.Typer(
 )
 app.add_typer(executions_app, name="executions")
 app.add_typer(memory_app, name="memory")
+app.add_typer(tokens_app, name="tokens")
 
 app.command("worker", cls=Command)(worker_command)
+app.command("server", cls=Command)(server_command)
 
 
 @app.callback()

@@ -107,6 +107,29 @@ class EventRow:
     id: int | None = None  # assigned by the store, increasing
 
 
+@dataclass(slots=True)
+class TokenRow:
+    """An API token of `tether server`: its name, the sha256 of its secret (hex) and its
+    scope (`read`, `operate` or `admin`). A revoked token keeps its row."""
+
+    name: str
+    hash: str
+    scope: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(slots=True)
+class ExecutionStats:
+    """What `/metrics` reports: executions by (status, queue), since when the longest-queued
+    execution has been queued (its `updated_at`: enqueued, given input, handed back; None:
+    none is queued), and how many input waits are pending."""
+
+    counts: dict[tuple[str, str], int]
+    queued_since: float | None
+    pending_waits: int
+
+
 class Commit(IntEnum):
     """What a fenced checkpoint commit found. LOST is falsy: nothing was written."""
 
@@ -169,9 +192,15 @@ class Store(abc.ABC):
         flow: str | None,
         limit: int,
         parent: str | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[ExecutionRow]:
-        """Newest first, with `checkpoints_done` and `pending_wait` filled in; with
-        `parent`, only the children of that execution."""
+        """Newest first (by `created_at`, then `id`), with `checkpoints_done` and
+        `pending_wait` filled in; with `parent`, only the children of that execution; with
+        `before` (created_at, id), only those after it in that order (a keyset page)."""
+
+    @abc.abstractmethod
+    def execution_stats(self) -> ExecutionStats:
+        """Counts for monitoring (see ExecutionStats)."""
 
     @abc.abstractmethod
     def start_child(
@@ -381,6 +410,13 @@ class Store(abc.ABC):
         write (by default it runs in a thread; the SQL stores group commit it)."""
         return await asyncio.to_thread(self.record_checkpoint, execution_id, token, row, events)
 
+    @abc.abstractmethod
+    def usage_records(self, *, flow: str | None, since: float | None) -> list[str]:
+        """The metadata texts of checkpoint calls that recorded model usage (their text
+        contains `"tether.usage"`), and the data of `retry` events (which keep what forgotten
+        calls spent), of executions of `flow` (all when None) created at or after `since`.
+        A scan: for totals, not for a hot path."""
+
     # --- events -------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -417,6 +453,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # --- API tokens (tether server) -----------------------------------------------------
+
+    @abc.abstractmethod
+    def create_token(self, row: TokenRow) -> bool:
+        """Store a new token. False (nothing written) when a token that is not revoked
+        has that name; a revoked one of that name is replaced."""
+
+    @abc.abstractmethod
+    def list_tokens(self) -> list[TokenRow]:
+        """Every token, revoked ones included, by name."""
+
+    @abc.abstractmethod
+    def token_by_hash(self, hash: str) -> TokenRow | None:
+        """The token (revoked or not) whose secret has this sha256, if any."""
+
+    @abc.abstractmethod
+    def revoke_token(self, name: str, *, now: float) -> bool:
+        """Revoke a token by name. False when no token of that name is active."""
 
     # --- memory (tether.memory) ---------------------------------------------------------
 

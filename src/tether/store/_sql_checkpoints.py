@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ._base import (
     CheckpointRow,
@@ -25,6 +26,23 @@ from ._sql_common import (
 
 class CheckpointsSql(SqlBase):
     """The SQL store's checkpoint calls and events (and pruning what is finished)."""
+
+    def usage_records(self, *, flow: str | None, since: float | None) -> list[str]:
+        where, params = "", list[Any]()  # the same filter, once per half of the UNION
+        if flow is not None:
+            where += " AND e.flow = ?"
+            params.append(flow)
+        if since is not None:
+            where += " AND e.created_at >= ?"
+            params.append(since)
+        rows = self._all(
+            "SELECT c.metadata FROM checkpoints c JOIN executions e ON e.id = c.execution_id "
+            f"WHERE c.metadata LIKE ?{where} "
+            "UNION ALL SELECT v.data FROM events v JOIN executions e ON e.id = v.execution_id "
+            f"WHERE v.kind = 'retry' AND v.data IS NOT NULL{where}",
+            ['%"tether.usage"%', *params, *params],
+        )
+        return [str(r[0]) for r in rows]
 
     def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
         rows = self._all(

@@ -9,6 +9,7 @@ from ._base import (
     CheckpointRow,
     ChildStart,
     ExecutionRow,
+    ExecutionStats,
     WaitRow,
 )
 from ._sql_common import (
@@ -133,9 +134,14 @@ class ExecutionsSql(SqlBase):
         flow: str | None,
         limit: int,
         parent: str | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[ExecutionRow]:
         where: list[str] = []
         params: list[Any] = []
+        if before is not None:
+            # Keyset: the page goes on after the last row seen, whatever was inserted since.
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params.extend((before[0], before[0], before[1]))
         if parent is not None:
             where.append("parent_id = ?")
             params.append(parent)
@@ -162,6 +168,27 @@ class ExecutionsSql(SqlBase):
             row.checkpoints_done, row.pending_wait = int(r[-2]), r[-1]
             found.append(row)
         return found
+
+    def execution_stats(self) -> ExecutionStats:
+        with self._connection() as conn:
+            counts = self._run(
+                conn, "SELECT status, queue, count(*) FROM executions GROUP BY status, queue"
+            ).fetchall()
+            oldest = self._run(
+                conn, "SELECT min(updated_at) FROM executions WHERE status = 'queued'"
+            ).fetchone()
+            waits = self._run(
+                conn,
+                "SELECT count(*) FROM waits w JOIN executions e ON e.id = w.execution_id "
+                "WHERE w.status = 'pending' AND w.kind = 'input' "
+                f"AND e.status NOT IN ({marks(_FINISHED)})",
+                _FINISHED,
+            ).fetchone()
+        return ExecutionStats(
+            counts={(str(s), str(q)): int(n) for s, q, n in counts},
+            queued_since=None if oldest[0] is None else float(oldest[0]),
+            pending_waits=int(waits[0]),
+        )
 
     def finish(
         self,

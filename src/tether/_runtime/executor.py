@@ -27,7 +27,7 @@ from .._core.config import settings
 from .._core.context import Run
 from .._core.positions import sort_key
 from .._core.status import Status
-from ..store import Claim, ExecutionRow, Store
+from ..store import Claim, EventRow, ExecutionRow, Store
 from . import engine as _engine
 from .engine import Runnable, load_flow
 from .loop import shared_loop
@@ -41,6 +41,8 @@ _MAINTAIN_BEATS = 10
 _RUNNABLE_BATCH = 1000
 
 _HOST = socket.gethostname()
+# The event that says which process will continue a suspended execution (Client.continuation).
+SUSPEND_EVENT = "suspend"
 
 
 def host_prefix() -> str:
@@ -225,6 +227,8 @@ class Executor:
                     claimed = self._claim_started(store, execution_id, held.token)
                 if claimed:
                     outcome = _engine.execute(store, execution_id, held.token, flow, held.runs, row)
+                if outcome is _engine.Outcome.SUSPENDED:
+                    self._note_suspended(store, execution_id)
                 nxt = self._next(store)
             except BaseException:
                 # Nobody reads the pool's futures: say so here, or it goes unnoticed.
@@ -268,6 +272,8 @@ class Executor:
                         store, execution_id, held.token, flow, held.runs, row, offload,
                         self._alone_on_loop,
                     )  # fmt: skip
+                if outcome is _engine.Outcome.SUSPENDED:
+                    await offload(lambda: self._note_suspended(store, execution_id))
                 if self.refill is not None:
                     nxt = await offload(lambda: self._next(store))
             except BaseException:
@@ -278,6 +284,23 @@ class Executor:
                 successor = self._ended(held, execution_id, outcome, nxt)
         if nxt is not None and successor is not None:
             self._dispatch(successor, nxt.execution_id, nxt.flow, True, nxt.row)
+
+    def _note_suspended(self, store: Store, execution_id: str) -> None:
+        """Record who will continue a suspended execution when its input or timer arrives:
+        this process while it lives (it parks it), else the workers. The store keeps no
+        owner for a waiting execution, and `Client.continuation` needs one to tell a
+        person giving input whether anything will pick it up."""
+        pid, host = os.getpid(), _HOST
+        who = f"pid {pid} on {host}" if self.parking else f"a worker (pid {pid} on {host})"
+        try:
+            store.add_event(
+                EventRow(execution_id, None, time.time(), "info", SUSPEND_EVENT,
+                         f"suspended; {who} continues it when its input or timer arrives",
+                         _serde.dumps({"owner": self.owner, "parked": self.parking}))
+            )  # fmt: skip
+        except Exception:
+            # Advisory only: the execution is suspended whatever happens to this note.
+            log.debug("execution %s: could not note its suspension", execution_id, exc_info=True)
 
     def _alone_on_loop(self) -> bool:
         return self._async_running == 1

@@ -19,6 +19,7 @@ import typer
 
 from ._common import State, out
 from .executions import executions_app
+from .mcp_server import mcp_command
 from .memory import memory_app
 from .options import Command, Group
 from .worker import worker_command
@@ -36,6 +37,7 @@ app.add_typer(executions_app, name="executions")
 app.add_typer(memory_app, name="memory")
 
 app.command("worker", cls=Command)(worker_command)
+app.command("mcp", cls=Command)(mcp_command)
 
 
 @app.callback()

@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.text import Text
 
 from .._core.status import Status
+from .._ops import views
 from .._ops.client import Client
 from .._runtime.records import ExecutionRecord
 from ..errors import ResultTimeout, TetherError
@@ -117,11 +118,11 @@ def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:
     failed or was cancelled)."""
     failed = record.status in (Status.FAILED, Status.CANCELLED)
     if as_json:
-        dump(render.execution_json(record))
+        dump(views.execution_json(record))
     elif record.status is Status.QUEUED:
         say("Queued for a worker (`tether worker`).")
     elif record.status is Status.SUCCEEDED and wait:
-        result = render.plain(lambda: record.result, record.result_json)
+        result = views.plain(lambda: record.result, record.result_json)
         if isinstance(result, str):
             say(result)
         else:
@@ -169,7 +170,7 @@ def list_command(
         client = client_for(db)
         records = client.list(status=status, flow=flow, limit=limit, parent=parent)
     if as_json:
-        dump([render.execution_json(r) for r in records])
+        dump([views.execution_json(r) for r in records])
     elif records:
         out.print(render.executions_table(records))
     elif status or flow or parent:
@@ -189,7 +190,7 @@ def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOpti
     with cli_errors():
         record = client_for(db).get(execution_id)
         if as_json:
-            dump(render.execution_json(record, full=True))
+            dump(views.execution_json(record, full=True))
         else:
             out.print(render.execution_view(record))
 
@@ -227,7 +228,7 @@ def logs_command(
         if not follow:
             records = client.logs(execution_id, checkpoint=checkpoint)
             if as_json:
-                dump([render.log_json(r) for r in records])
+                dump([views.log_json(r) for r in records])
             elif records:
                 for r in records:
                     out.print(render.log_line(r), highlight=False, soft_wrap=True)
@@ -240,7 +241,7 @@ def logs_command(
             status = handle.status()  # before reading: output of a finished run is all in
             for r in client.logs(execution_id, checkpoint=checkpoint, after=last):
                 if as_json:
-                    json_line(render.log_json(r))
+                    json_line(views.log_json(r))
                 else:
                     out.print(render.log_line(r), highlight=False, soft_wrap=True)
                 last, printed = r.id, True
@@ -292,7 +293,7 @@ def _watch_lines(client: Client, record: ExecutionRecord, as_json: bool) -> Exec
         key = render.watch_key(record)
         if key != seen:
             if as_json:
-                json_line(render.watch_state(record))
+                json_line(views.watch_state(record))
             else:
                 out.print(render.watch_line(record), highlight=False, soft_wrap=True)
             seen = key
@@ -483,7 +484,7 @@ def recover_command(
             say(f"Recovered {len(ids)} execution(s), {where}.")
         records = [client.get(i) if queue else _settle(client, i) for i in ids]
     if as_json:
-        dump([render.execution_json(r) for r in records])
+        dump([views.execution_json(r) for r in records])
     elif records:
         out.print(render.executions_table(records))
     else:
@@ -601,7 +602,7 @@ def waits_command(
     with cli_errors():
         pending = client_for(db).pending_waits(flow=flow, limit=limit)
     if as_json:
-        dump([render.wait_json(w) for w in pending])
+        dump([views.wait_json(w) for w in pending])
     elif pending:
         out.print(render.waits_table(pending))
     else:
@@ -638,7 +639,7 @@ def input_command(
     with cli_errors():
         record = client_for(db).input_json(execution_id, wait, value, by=by or who())
     if as_json:
-        dump(render.wait_json(record))
+        dump(views.wait_json(record))
     else:
         line = Text("Input recorded for wait ")
         line.append(record.name, style="bold")

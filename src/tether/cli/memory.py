@@ -17,6 +17,7 @@ from .._core import config as _config
 from .._core.positions import display
 from .._memory import api as memory
 from .._memory.api import MemoryVersion
+from .._ops import views
 from ..errors import MemoryKeyError, MemoryScopeError
 from . import render
 from ._common import cli_errors, client_for, dump, fail, json_value, out, say
@@ -98,14 +99,14 @@ def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
         "scope_id": version.scope_id,
         "version": version.version,
         "deleted": version.deleted,
-        "created_at": render.iso(version.created_at),
+        "created_at": views.iso(version.created_at),
         "size": version.size,
         "length": version.length,
         "execution_id": version.execution_id,
         "position": None if version.position is None else display(version.position),
     }
     if value:
-        data["value"] = render.plain(lambda: version.value, lambda: memory._stored_json(version))
+        data["value"] = views.plain(lambda: version.value, lambda: memory._stored_json(version))
     return data
 
 

@@ -160,11 +160,11 @@ class Client:
         )
 
     def continuation(self, execution_id: str) -> Continuation:
-        """Who will continue an execution that has what it waited for (after `input()`):
-        the process running it, the process that parked it while it waited (if it is alive),
-        or a `tether worker`; `live` is False when no live process will (it ran on this host
-        and that process is gone, so it needs a worker or `resume`), None when it depends on
-        whether a worker runs."""
+        """Who will continue an execution once it has what it waits for: the process running
+        it, the process that parked it while it waited (if it is alive), or a `tether
+        worker`. `live` is False when no live process will (it ran on this host and that
+        process is gone, so it needs a worker or `resume`), None when it depends on whether
+        a worker runs. Ask before `input()`: after it, the execution may run or be done."""
         row = self._row(execution_id)
         status = Status(row.status)
         resume = f"`tether executions resume {row.id}`"

@@ -81,6 +81,19 @@ StatusOption = Annotated[
 ]
 
 
+def _with_attention(data: dict[str, Any], attention: str | None) -> dict[str, Any]:
+    if attention is not None:
+        data["attention"] = attention
+    return data
+
+
+def _then(client: Client, record: ExecutionRecord) -> str | None:
+    """Who continues a waiting execution once its input or timer arrives."""
+    if record.status is not Status.WAITING:
+        return None
+    return client.continuation(record.id).message
+
+
 def _settled(record: ExecutionRecord) -> bool:
     return record.status.finished or record.status is Status.WAITING
 
@@ -168,11 +181,24 @@ def list_command(
     """
     with cli_errors():
         client = client_for(db)
+        if parent is not None:
+            parent = client.resolve_id(parent)
         records = client.list(status=status, flow=flow, limit=limit, parent=parent)
+        notes = {r.id: note for r in records if (note := client.attention(r)) is not None}
     if as_json:
-        dump([views.execution_json(r) for r in records])
+        dump([_with_attention(views.execution_json(r), notes.get(r.id)) for r in records])
     elif records:
-        out.print(render.executions_table(records))
+        out.print(render.executions_table(records, stranded=notes))
+        if notes:
+            err.print(
+                f"{len(notes)} of them ran in a process that is gone: nobody runs "
+                f"{'it' if len(notes) == 1 else 'them'}. A running `tether worker` takes such "
+                "executions over; or run `tether executions resume ID` (`get ID` says more).",
+                style="yellow",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
     elif status or flow or parent:
         say("No executions match.")
     else:
@@ -188,11 +214,13 @@ def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOpti
     `--json` prints everything, including full results, tracebacks and events.
     """
     with cli_errors():
-        record = client_for(db).get(execution_id)
+        client = client_for(db)
+        record = client.get(client.resolve_id(execution_id))
+        attention = client.attention(record)
         if as_json:
-            dump(views.execution_json(record, full=True))
+            dump(_with_attention(views.execution_json(record, full=True), attention))
         else:
-            out.print(render.execution_view(record))
+            out.print(render.execution_view(record, attention, _then(client, record)))
 
 
 @executions_app.command("logs", cls=Command)
@@ -225,6 +253,7 @@ def logs_command(
     """
     with cli_errors():
         client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
         if not follow:
             records = client.logs(execution_id, checkpoint=checkpoint)
             if as_json:
@@ -270,19 +299,18 @@ def watch_command(
     """
     with cli_errors():
         client = client_for(db)
-        record = client.get(execution_id)
+        record = client.get(client.resolve_id(execution_id))
         if as_json or not out.is_terminal:
             record = _watch_lines(client, record, as_json)
         else:
-            with Live(
-                render.live_view(record), console=out, refresh_per_second=4, transient=True
-            ) as live:
+            view = render.live_view(record, client.attention(record))
+            with Live(view, console=out, refresh_per_second=4, transient=True) as live:
                 while not _settled(record):
                     time.sleep(POLL_SECONDS)
-                    record = client.get(execution_id)
-                    live.update(render.live_view(record))
+                    record = client.get(record.id)
+                    live.update(render.live_view(record, client.attention(record)))
         if not as_json:
-            out.print(render.execution_view(record))
+            out.print(render.execution_view(record, None, _then(client, record)))
     if record.status in (Status.FAILED, Status.CANCELLED):
         raise typer.Exit(1)
 
@@ -290,12 +318,17 @@ def watch_command(
 def _watch_lines(client: Client, record: ExecutionRecord, as_json: bool) -> ExecutionRecord:
     seen: tuple[Any, ...] | None = None
     while True:
-        key = render.watch_key(record)
+        attention = client.attention(record)
+        key = (render.watch_key(record), attention is None)
         if key != seen:
             if as_json:
-                json_line(views.watch_state(record))
+                state = _with_attention(views.watch_state(record), attention)
+                then = _then(client, record)
+                if then is not None:
+                    state["continues"] = then
+                json_line(state)
             else:
-                out.print(render.watch_line(record), highlight=False, soft_wrap=True)
+                out.print(render.watch_line(record, attention), highlight=False, soft_wrap=True)
             seen = key
         if _settled(record):
             return record
@@ -322,7 +355,7 @@ def resume_command(
     """
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
-        handle = client.resume(execution_id)
+        handle = client.resume(client.resolve_id(execution_id))
         if not as_json:
             say(f"Resumed execution {handle.id}.")
         record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
@@ -344,7 +377,7 @@ def retry_command(
     """
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
-        handle = client.retry(execution_id)
+        handle = client.retry(client.resolve_id(execution_id))
         if not as_json:
             say(f"Retrying execution {handle.id}.")
         record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
@@ -400,6 +433,7 @@ def replay_command(
     new_args = _parse_args(args)
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
         handle = client.replay(execution_id, from_=from_, overrides=overrides, args=new_args)
         if not as_json:
             say(f"Replaying {execution_id} from {from_} as new execution {handle.id}.")
@@ -452,7 +486,9 @@ def cancel_command(
     Exit 1 if it had already succeeded or failed.
     """
     with cli_errors():
-        status = client_for(db).cancel(execution_id)
+        client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
+        status = client.cancel(execution_id)
     if status in (Status.SUCCEEDED, Status.FAILED):
         fail(f"execution {execution_id} already {status.value}; there is nothing to cancel", 1)
     if as_json:
@@ -637,11 +673,25 @@ def input_command(
     that started it, if alive, or a `tether worker` then continues it."""
     json_value(value, option="--value", unchanged="No input was recorded.")
     with cli_errors():
-        record = client_for(db).input_json(execution_id, wait, value, by=by or who())
+        client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
+        # Asked first: once the input is in, the execution may be running, or even done.
+        then = client.continuation(execution_id)
+        record = client.input_json(execution_id, wait, value, by=by or who())
     if as_json:
-        dump(views.wait_json(record))
+        dump({**views.wait_json(record), "continues": {"live": then.live, "message": then.message}})
+        return
+    line = Text("Input recorded for wait ")
+    line.append(record.name, style="bold")
+    line.append(f" of {record.execution_id}.")
+    out.print(line)
+    if then.live is False:
+        err.print(
+            then.message[0].upper() + then.message[1:] + ".",
+            style="yellow",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     else:
-        line = Text("Input recorded for wait ")
-        line.append(record.name, style="bold")
-        line.append(f" of {record.execution_id}.")
-        out.print(line)
+        say(then.message[0].upper() + then.message[1:] + ".")

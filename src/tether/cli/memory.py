@@ -6,6 +6,7 @@ printing) is `_common`'s, shared with the other sub-apps; `_app` registers this 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Annotated, Any
 
@@ -18,7 +19,8 @@ from .._core.positions import display
 from .._memory import api as memory
 from .._memory.api import MemoryVersion
 from .._ops import views
-from ..errors import MemoryKeyError, MemoryScopeError
+from .._ops.client import Client
+from ..errors import ExecutionNotFound, MemoryKeyError, MemoryScopeError
 from . import render
 from ._common import cli_errors, client_for, dump, fail, json_value, out, say
 from .options import Command, DbOption, Group, JsonOption
@@ -79,6 +81,11 @@ def _scope(
 ) -> dict[str, Any]:
     if scope is None and namespace is None and flow is None and execution is None:
         raise MemoryScopeError(_NO_SCOPE)
+    if execution is not None:
+        # A unique prefix names an execution, as in `tether executions`; an id that names
+        # none is taken as given: its execution may be pruned and its memory kept.
+        with contextlib.suppress(ExecutionNotFound):
+            execution = Client().resolve_id(execution)
     return {"scope": scope, "namespace": namespace, "flow": flow, "execution_id": execution}
 
 
@@ -207,7 +214,9 @@ def get_command(
         where = _scope(scope, namespace, flow, execution)
         found = memory._find(key, version=version, **where)
         if found is None or found.deleted:
-            scope_name, scope_id = memory._scope(scope, namespace, flow, execution, None)
+            scope_name, scope_id = memory._scope(
+                scope, namespace, flow, where["execution_id"], None
+            )
             place = f"{scope_name} {scope_id!r}"
             if version is None:
                 gone = " (it was deleted; `tether memory history` shows it)" if found else ""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -153,8 +153,9 @@ def watch_key(record: ExecutionRecord) -> tuple[Any, ...]:
 # --- tables -----------------------------------------------------------------------------------
 
 
-def executions_table(records: Iterable[ExecutionRecord]) -> Table:
-    """One line per execution. `done` counts the checkpoint calls that succeeded."""
+def executions_table(records: Iterable[ExecutionRecord], stranded: Container[str] = ()) -> Table:
+    """One line per execution. `done` counts the checkpoint calls that succeeded; the ids in
+    `stranded` are marked (`running, nobody on it`): no live process runs them."""
     table = Table(box=None, pad_edge=False)
     # Flow and wait names are cut (…) when the terminal is narrow; the rest never is.
     table.add_column("id", no_wrap=True)
@@ -165,11 +166,14 @@ def executions_table(records: Iterable[ExecutionRecord]) -> Table:
     table.add_column("done", no_wrap=True, justify="right")
     table.add_column("waiting for", min_width=6)
     for r in records:
+        status = status_text(r.status)
+        if r.id in stranded:
+            status.append(", nobody on it", style="bold red")
         table.add_row(
             Text(r.id),
             one_line(r.flow),
-            status_text(r.status),
-            short_when(r.started_at) or Text("-", style="dim"),
+            status,
+            when(r.started_at) or Text("-", style="dim"),
             duration(r.duration),
             "" if r.checkpoints_done is None else str(r.checkpoints_done),
             one_line(r.pending_wait or ""),
@@ -355,8 +359,12 @@ def _wait_row(w: WaitRecord) -> list[RenderableType]:
     return [name, status, "", duration(took), one_line(detail)]
 
 
-def execution_view(record: ExecutionRecord) -> Group:
-    """What `get` prints: the header, then the timeline, then the child flows."""
+def execution_view(
+    record: ExecutionRecord, attention: str | None = None, then: str | None = None
+) -> Group:
+    """What `get` prints: the header, then the timeline, then the child flows, and what
+    to do: `attention` (`Client.attention`: nobody runs it) or, while it waits, how to
+    answer it and who continues it then (`then`: `Client.continuation`)."""
     parts: list[RenderableType] = [header(record), Text()]
     if record.checkpoints or record.waits or record.progress:
         parts.append(timeline(record))
@@ -364,10 +372,19 @@ def execution_view(record: ExecutionRecord) -> Group:
         parts.append(Text("No checkpoint calls recorded yet.", style="dim"))
     if record.children:
         parts += [Text(), Text("Children", style="bold"), executions_table(record.children)]
-    hint = input_hint(record)
-    if hint is not None:
-        parts += [Text(), hint]
+    if attention is not None:
+        parts += [Text(), attention_text(attention)]
+    if record.status is Status.WAITING:
+        parts += [Text(), input_hint(record) or timer_hint(record)]
+        if then is not None:
+            parts.append(Text(f"Then {then}.", style="dim"))
     return Group(*parts)
+
+
+def attention_text(attention: str) -> Text:
+    text = Text("Nobody runs it: ", style="bold red")
+    text.append(attention[0].upper() + attention[1:] + ".")
+    return text
 
 
 def input_hint(record: ExecutionRecord) -> Text | None:
@@ -398,15 +415,18 @@ def timer_hint(record: ExecutionRecord) -> Text:
             "that one ends.",
             style="yellow",
         )
-    text = Text(f"Execution {record.id} is sleeping", style="yellow")
+    text = Text(f"Execution {record.id} sleeps (tether.sleep)", style="yellow")
     if record.wake_at is not None:
         text.append(f" until {when(record.wake_at)}")
-    text.append("; a `tether worker` continues it then.")
+        left = (record.wake_at - dt.datetime.now(dt.UTC)).total_seconds()
+        if left > 0:
+            text.append(f", {duration(left)} from now")
+    text.append("; nothing holds it meanwhile, and it continues when it wakes.")
     return text
 
 
-def live_view(record: ExecutionRecord) -> Group:
-    """What `watch` shows while the execution runs."""
+def live_view(record: ExecutionRecord, attention: str | None = None) -> Group:
+    """What `watch` shows while the execution runs (with `attention`: why nothing does)."""
     line = Text()
     line.append(record.id, style="bold")
     line.append(f"  {record.flow}  ")
@@ -421,7 +441,10 @@ def live_view(record: ExecutionRecord) -> Group:
     parts: list[RenderableType] = [line, Text()]
     if record.checkpoints or record.waits or record.progress:
         parts += [timeline(record), Text()]
-    parts.append(Spinner("dots", text=Text(now or "running…")))
+    if attention is not None:
+        parts.append(attention_text(attention))
+    else:
+        parts.append(Spinner("dots", text=Text(now or "running…")))
     return Group(*parts)
 
 
@@ -434,7 +457,7 @@ def _running_now(record: ExecutionRecord) -> str:
     )
 
 
-def watch_line(record: ExecutionRecord) -> Text:
+def watch_line(record: ExecutionRecord, attention: str | None = None) -> Text:
     """One line per change, for `watch` when the output is not a terminal."""
     line = Text(dt.datetime.now().strftime("%H:%M:%S "), style="dim")
     line.append_text(status_text(record.status))
@@ -445,6 +468,8 @@ def watch_line(record: ExecutionRecord) -> Text:
         line.append("  now: " + ", ".join(f"{p['name']} (#{p['position']})" for p in running))
     if record.pending_waits:
         line.append("  waiting for: " + ", ".join(w.name for w in record.pending_waits))
+    if attention is not None:
+        line.append(f"  nobody runs it: {attention}", style="red")
     return line
 
 

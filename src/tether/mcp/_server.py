@@ -199,8 +199,9 @@ def _operating_tools(
         in a `tether worker`; `continues` says which, and what to do if nobody will."""
         with _tool_errors():
             full_id = client.resolve_id(execution_id)
-            given = client.input(full_id, wait, value, by="mcp")
+            # Asked first: once the input is in, the execution may be running, or even done.
             then = client.continuation(full_id)
+            given = client.input(full_id, wait, value, by="mcp")
             return {
                 "wait": views.wait_json(given),
                 "continues": {"live": then.live, "message": then.message},

@@ -3,6 +3,7 @@ real `tether mcp` subprocess, with real processes running the executions it oper
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -192,6 +193,51 @@ async def test_stored_values_are_data_and_the_server_imports_nothing(
     assert [e["id"] for e in listed["executions"]] == [execution_id]
     assert [line["message"].strip() for line in logs["logs"]] == ["writing tides"]
     assert not mark.exists()
+
+
+async def test_a_killed_execution_is_flagged_resumed_and_replayed_for_the_workers(
+    db_url: str, tmp_path: Path, worker_procs: list[subprocess.Popen[str]]
+) -> None:
+    gate = tmp_path / "gate"
+    starter = spawn_python(
+        [
+            "-c",
+            "import approval_flows\nhandle = approval_flows.slow_flow.run(2, 60)\n"
+            "print(handle.id, flush=True)\nhandle.result()",
+        ],
+        db_url,
+        GATE_FILE=str(gate),
+    )
+    assert starter.stdout is not None
+    execution_id = starter.stdout.readline().strip()
+    client = tether.Client(db_url)
+    retry_until(lambda: client.get(execution_id).progress, what="the first step to run")
+    starter.send_signal(signal.SIGKILL)
+    starter.communicate(timeout=10)
+    async with mcp_session(db_url, "operate") as session:
+        record = await call(session, "get_execution", execution_id=execution_id)
+        assert record["status"] == "running" and "is gone" in record["attention"]
+        resumed = await call(session, "resume_execution", execution_id=execution_id)
+    assert resumed["status"] == "queued" and "attention" not in resumed
+    gate.write_text("open\n")
+    worker_procs.append(
+        spawn_python(
+            ["-m", "tether", "worker", "--import", "approval_flows", "--poll", "0.01"],
+            db_url,
+            stderr=subprocess.PIPE,
+            GATE_FILE=str(gate),
+        )
+    )
+    retry_until(lambda: client.get(execution_id).status == "succeeded", what="the worker")
+    async with mcp_session(db_url, "operate") as session:
+        fork = await call(
+            session, "replay_execution", execution_id=execution_id[:10], from_step="slow_step#2"
+        )
+    # The worker (still running) may have taken it already.
+    assert fork["replay_of"] == execution_id
+    assert fork["status"] in ("queued", "running", "succeeded")
+    retry_until(lambda: client.get(fork["id"]).status == "succeeded", what="the fork to run")
+    assert client.get(fork["id"]).result == 1
 
 
 def test_mcp_without_the_sdk_says_how_to_install_it(db_url: str) -> None:

@@ -12,6 +12,7 @@ import tether
 
 if os.environ.get("IMPORT_MARK"):
     Path(os.environ["IMPORT_MARK"]).write_text("imported\n")
+    print("mcp_flows imported")  # on stdout, where an MCP server speaks its protocol
 
 
 @dataclass

@@ -240,6 +240,31 @@ async def test_a_killed_execution_is_flagged_resumed_and_replayed_for_the_worker
     assert client.get(fork["id"]).result == 1
 
 
+async def test_imported_modules_restore_their_classes_and_print_aside(
+    db_url: str, tmp_path: Path
+) -> None:
+    execution_id = _started_and_gone(db_url, "reporting", "tides", "succeeded")
+    mark = tmp_path / "imported"
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "tether", "mcp", "--import", "mcp_flows", "--db", db_url],
+        env=child_env(db_url, IMPORT_MARK=str(mark)),
+        cwd=str(TESTS),
+    )
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            record = await call(session, "get_execution", execution_id=execution_id)
+    assert mark.exists()
+    assert record["result"] == {"title": "tides", "pages": 3}
+    # What the module printed went to stderr: stdout carries the protocol.
+    assert "mcp_flows imported" in errors.read_text()
+
+
 def test_mcp_without_the_sdk_says_how_to_install_it(db_url: str) -> None:
     tether.Client(db_url).list()
     code = (

@@ -172,8 +172,12 @@ class Client:
             return Continuation(True, f"execution {row.id} already {status.value}")
         now = time.time()
         runner = executor()
-        if row.owner is not None and not runner.owner_gone(row.owner, row.lease_expires, now):
-            return Continuation(True, f"it runs in {_process_words(row.owner)}")
+        if row.owner is not None:
+            if not runner.owner_gone(row.owner, row.lease_expires, now):
+                return Continuation(True, f"it runs in {_process_words(row.owner)}")
+            stranded = self.attention(ExecutionRecord.from_row(row))
+            if stranded is not None:
+                return Continuation(None, f"nobody runs it now: {stranded}")
         notes = self._store.get_events(row.id, kinds=(SUSPEND_EVENT,))
         data = json.loads(notes[-1].data) if notes and notes[-1].data else {}
         owner = data.get("owner") if isinstance(data, dict) else None

@@ -112,6 +112,17 @@ def test_creating_a_duplicate_id_fails_and_keeps_the_original(store: Store) -> N
     assert row.flow == "first"
 
 
+def test_execution_ids_by_prefix_are_literal_sorted_and_limited(store: Store) -> None:
+    for eid in ["ab_1", "ab%2", "abc", "xab", "Ab"]:
+        store.create_execution(execution(eid))
+    assert store.execution_ids("ab", limit=10) == ["ab%2", "ab_1", "abc"]
+    assert store.execution_ids("ab_", limit=10) == ["ab_1"]
+    assert store.execution_ids("ab%", limit=10) == ["ab%2"]
+    limited = store.execution_ids("ab", limit=2)
+    assert len(limited) == 2 and set(limited) < {"ab%2", "ab_1", "abc"}
+    assert store.execution_ids("zz", limit=10) == []
+
+
 def test_list_executions_is_newest_first(store: Store) -> None:
     for i, eid in enumerate(["b", "c", "a"]):
         store.create_execution(execution(eid, created_at=T0 + i))

@@ -22,7 +22,7 @@ from .._core.positions import sort_key
 from .._core.status import Status
 from .._runtime import replay as _replay
 from .._runtime.engine import Runnable, load_flow
-from .._runtime.executor import executor
+from .._runtime.executor import SUSPEND_EVENT, executor, host_prefix
 from .._runtime.handle import Handle, stored_execution
 from .._runtime.records import OUTPUT_KINDS, Event, ExecutionRecord, LogRecord, WaitRecord
 from .._spend import usage as _usage
@@ -67,6 +67,8 @@ class Recovered(builtins.list[str]):
 _TAKEABLE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 # Client.get() shows at most this many children (the newest).
 _MAX_CHILDREN = 1000
+# An ambiguous id prefix lists at most this many of the ids it matches.
+_MAX_CANDIDATES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,30 @@ class Client:
         return self._store.url
 
     # --- reading ------------------------------------------------------------------------
+
+    def resolve_id(self, id_or_prefix: str) -> str:
+        """The full id of the execution whose id is `id_or_prefix` or, failing that, the one
+        execution whose id starts with it (as git takes a short commit hash).
+        ExecutionNotFound when none matches; UsageError listing the candidates when several
+        do."""
+        if not isinstance(id_or_prefix, str) or not id_or_prefix:
+            raise UsageError(f"an execution id is a non-empty string, not {id_or_prefix!r}")
+        if self._store.get_execution(id_or_prefix) is not None:
+            return id_or_prefix
+        found = self._store.execution_ids(id_or_prefix, limit=_MAX_CANDIDATES + 1)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise ExecutionNotFound(
+                f"no execution {id_or_prefix} in {self._store.url} (no id starts with it; "
+                "`tether executions list` shows the ids)"
+            )
+        shown = ", ".join(found[:_MAX_CANDIDATES])
+        more = " and more" if len(found) > _MAX_CANDIDATES else ""
+        raise UsageError(
+            f"{id_or_prefix!r} is the start of several execution ids ({shown}{more}); "
+            "give more of the id"
+        )
 
     def get(self, execution_id: str) -> ExecutionRecord:
         """One execution with its checkpoint calls, waits, events and children (the child
@@ -186,6 +212,74 @@ class Client:
         """A Handle on an existing execution (to wait for its result)."""
         self._row(execution_id)
         return Handle(execution_id, self._store)
+
+    def attention(self, record: ExecutionRecord) -> str | None:
+        """Why nobody moves this execution forward, and what to do; None when nothing is
+        wrong. Today: it is `running` (or `queued` under a lease) but the process that held
+        it is gone (it ran on this host and its pid is dead) or its lease expired. A
+        `tether worker` takes such executions over by itself; without one, they stay as they
+        are until someone resumes them."""
+        if record.owner is None or record.status not in (Status.RUNNING, Status.QUEUED):
+            return None
+        now = time.time()
+        expires = record.lease_expires.timestamp() if record.lease_expires else None
+        if not executor().owner_gone(record.owner, expires, now):
+            return None
+        holder = _process_words(record.owner)
+        if expires is not None and expires < now:
+            at = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            why = (
+                f"its lease expired at {at}: the process that ran it ({holder}) stopped renewing it"
+            )
+        else:
+            why = f"the process that ran it ({holder}) is gone"
+        return (
+            f"{why}. Nothing runs it now: a running `tether worker` takes it over (on another "
+            f"host, once the lease has expired), or run `tether executions resume {record.id}`"
+        )
+
+    def continuation(self, execution_id: str) -> Continuation:
+        """Who will continue an execution once it has what it waits for: the process running
+        it, the process that parked it while it waited (if it is alive), or a `tether
+        worker`. `live` is False when no live process will (it ran on this host and that
+        process is gone, so it needs a worker or `resume`), None when it depends on whether
+        a worker runs. Ask before `input()`: after it, the execution may run or be done."""
+        row = self._row(execution_id)
+        status = Status(row.status)
+        resume = f"`tether executions resume {row.id}`"
+        if status.finished:
+            return Continuation(True, f"execution {row.id} already {status.value}")
+        now = time.time()
+        runner = executor()
+        if row.owner is not None:
+            if not runner.owner_gone(row.owner, row.lease_expires, now):
+                return Continuation(True, f"it runs in {_process_words(row.owner)}")
+            stranded = self.attention(ExecutionRecord.from_row(row))
+            if stranded is not None:
+                return Continuation(None, f"nobody runs it now: {stranded}")
+        notes = self._store.get_events(row.id, kinds=(SUSPEND_EVENT,))
+        data = json.loads(notes[-1].data) if notes and notes[-1].data else {}
+        owner = data.get("owner") if isinstance(data, dict) else None
+        worker = f"a `tether worker` continues it; if none runs, start one, or run {resume}"
+        if not isinstance(owner, str):
+            return Continuation(None, worker)
+        holder = _process_words(owner)
+        if not data.get("parked"):
+            return Continuation(None, f"it was suspended by a worker ({holder}): {worker}")
+        if owner == runner.owner:
+            return Continuation(True, "this process continues it")
+        if runner.owner_gone(owner, float("inf"), now):
+            return Continuation(
+                False,
+                f"no live process will pick it up: the process that started it ({holder}) is "
+                f"gone. Start a `tether worker`, or run {resume}",
+            )
+        if owner.startswith(host_prefix()):
+            return Continuation(True, f"the process that started it ({holder}) continues it")
+        return Continuation(
+            None,
+            f"the process that started it ({holder}) continues it if it still runs; else {worker}",
+        )
 
     # --- input --------------------------------------------------------------------------
 
@@ -571,6 +665,23 @@ class Client:
             status=Status.QUEUED,
         )
         return claim.token if taken else None
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """Who continues an execution (`Client.continuation`): `live` is True when a live
+    process will, False when none will (start a worker or resume it), None when it depends
+    on whether a `tether worker` runs; `message` says so in words."""
+
+    live: bool | None
+    message: str
+
+
+def _process_words(owner: str) -> str:
+    """`pid 123 on host-a` for an owner id (`host:pid:nonce`)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    return f"pid {pid} on {host}" if pid.isdigit() else owner
 
 
 def _failed_child(wait: WaitRow) -> bool:

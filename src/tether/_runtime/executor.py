@@ -47,6 +47,8 @@ _COMPLAIN_SECONDS = 30.0
 _MAX_ESCAPES = 3
 
 _HOST = socket.gethostname()
+# The event that says which process will continue a suspended execution (Client.continuation).
+SUSPEND_EVENT = "suspend"
 
 # Outcomes after which this process remembers the execution and runs it again once it is
 # runnable: a wait's input or timer, or the end of a crash loop's pause.
@@ -267,6 +269,8 @@ class Executor:
                     claimed = self._claim_started(store, execution_id, held.token)
                 if claimed:
                     outcome = _engine.execute(store, execution_id, held.token, flow, held.runs, row)
+                if outcome is _engine.Outcome.SUSPENDED:
+                    self._note_suspended(store, execution_id)
                 nxt = self._next(store)
             except BaseException as exc:
                 # Nobody reads the pool's futures: say so here, and hand the execution back
@@ -317,6 +321,8 @@ class Executor:
                         store, execution_id, held.token, flow, held.runs, row, offload,
                         self._alone_on_loop,
                     )  # fmt: skip
+                if outcome is _engine.Outcome.SUSPENDED:
+                    await offload(lambda: self._note_suspended(store, execution_id))
                 if self.refill is not None:
                     nxt = await offload(lambda: self._next(store))
             except BaseException as exc:
@@ -329,6 +335,23 @@ class Executor:
                 successor = self._ended(held, execution_id, outcome, nxt)
         if nxt is not None and successor is not None:
             self._dispatch(successor, nxt.execution_id, nxt.flow, True, nxt.row)
+
+    def _note_suspended(self, store: Store, execution_id: str) -> None:
+        """Record who will continue a suspended execution when its input or timer arrives:
+        this process while it lives (it parks it), else the workers. The store keeps no
+        owner for a waiting execution, and `Client.continuation` needs one to tell a
+        person giving input whether anything will pick it up."""
+        pid, host = os.getpid(), _HOST
+        who = f"pid {pid} on {host}" if self.parking else f"a worker (pid {pid} on {host})"
+        try:
+            store.add_event(
+                EventRow(execution_id, None, time.time(), "info", SUSPEND_EVENT,
+                         f"suspended; {who} continues it when its input or timer arrives",
+                         _serde.dumps({"owner": self.owner, "parked": self.parking}))
+            )  # fmt: skip
+        except Exception:
+            # Advisory only: the execution is suspended whatever happens to this note.
+            log.debug("execution %s: could not note its suspension", execution_id, exc_info=True)
 
     def _alone_on_loop(self) -> bool:
         return self._async_running == 1

@@ -21,6 +21,7 @@ import typer
 
 from ._common import EXIT_CODES, State, out
 from .executions import executions_app
+from .mcp_server import mcp_command
 from .memory import memory_app
 from .options import Command, Group
 from .server import server_command
@@ -43,11 +44,26 @@ app.add_typer(tokens_app, name="tokens")
 
 app.command("worker", cls=Command)(worker_command)
 app.command("server", cls=Command)(server_command)
+app.command("mcp", cls=Command)(mcp_command)
+
+
+def _print_version(given: bool) -> None:
+    if given:
+        from .. import __version__
+
+        out.print(f"tether {__version__}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     State.debug = debug
     if not out.is_terminal and not os.environ.get("COLUMNS"):

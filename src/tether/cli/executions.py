@@ -14,6 +14,7 @@ from rich.text import Text
 
 from .._core.config import settings
 from .._core.status import Status
+from .._ops import views
 from .._ops.client import Client, Skipped
 from .._runtime.executor import executor
 from .._runtime.records import ExecutionRecord
@@ -84,6 +85,19 @@ StatusOption = Annotated[
 ]
 
 
+def _with_attention(data: dict[str, Any], attention: str | None) -> dict[str, Any]:
+    if attention is not None:
+        data["attention"] = attention
+    return data
+
+
+def _then(client: Client, record: ExecutionRecord) -> str | None:
+    """Who continues a waiting execution once its input or timer arrives."""
+    if record.status is not Status.WAITING:
+        return None
+    return client.continuation(record.id).message
+
+
 def _settled(record: ExecutionRecord) -> bool:
     return record.status.finished or record.status is Status.WAITING
 
@@ -128,11 +142,11 @@ def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:
     failed or was cancelled)."""
     failed = record.status in (Status.FAILED, Status.CANCELLED)
     if as_json:
-        dump(render.execution_json(record))
+        dump(views.execution_json(record))
     elif record.status is Status.QUEUED:
         say("Queued for a worker (`tether worker`).")
     elif record.status is Status.SUCCEEDED and wait:
-        result = render.plain(lambda: record.result, record.result_json)
+        result = views.plain(lambda: record.result, record.result_json)
         if isinstance(result, str):
             say(result)
         else:
@@ -178,11 +192,24 @@ def list_command(
     """
     with cli_errors():
         client = client_for(db)
+        if parent is not None:
+            parent = client.resolve_id(parent)
         records = client.list(status=status, flow=flow, limit=limit, parent=parent)
+        notes = {r.id: note for r in records if (note := client.attention(r)) is not None}
     if as_json:
-        dump([render.execution_json(r) for r in records])
+        dump([_with_attention(views.execution_json(r), notes.get(r.id)) for r in records])
     elif records:
-        out.print(render.executions_table(records))
+        out.print(render.executions_table(records, stranded=notes))
+        if notes:
+            err.print(
+                f"{len(notes)} of them ran in a process that is gone: nobody runs "
+                f"{'it' if len(notes) == 1 else 'them'}. A running `tether worker` takes such "
+                "executions over; or run `tether executions resume ID` (`get ID` says more).",
+                style="yellow",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
     elif status or flow or parent:
         say("No executions match.")
     else:
@@ -198,11 +225,13 @@ def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOpti
     `--json` prints everything, including full results, tracebacks and events.
     """
     with cli_errors():
-        record = client_for(db).get(execution_id)
+        client = client_for(db)
+        record = client.get(client.resolve_id(execution_id))
+        attention = client.attention(record)
         if as_json:
-            dump(render.execution_json(record, full=True))
+            dump(_with_attention(views.execution_json(record, full=True), attention))
         else:
-            out.print(render.execution_view(record))
+            out.print(render.execution_view(record, attention, _then(client, record)))
 
 
 @executions_app.command("logs", cls=Command)
@@ -235,10 +264,11 @@ def logs_command(
     """
     with cli_errors():
         client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
         if not follow:
             records = client.logs(execution_id, checkpoint=checkpoint)
             if as_json:
-                dump([render.log_json(r) for r in records])
+                dump([views.log_json(r) for r in records])
             elif records:
                 for r in records:
                     out.print(render.log_line(r), highlight=False, soft_wrap=True)
@@ -251,7 +281,7 @@ def logs_command(
             status = handle.status()  # before reading: output of a finished run is all in
             for r in client.logs(execution_id, checkpoint=checkpoint, after=last):
                 if as_json:
-                    json_line(render.log_json(r))
+                    json_line(views.log_json(r))
                 else:
                     out.print(render.log_line(r), highlight=False, soft_wrap=True)
                 last, printed = r.id, True
@@ -280,19 +310,18 @@ def watch_command(
     """
     with cli_errors():
         client = client_for(db)
-        record = client.get(execution_id)
+        record = client.get(client.resolve_id(execution_id))
         if as_json or not out.is_terminal:
             record = _watch_lines(client, record, as_json)
         else:
-            with Live(
-                render.live_view(record), console=out, refresh_per_second=4, transient=True
-            ) as live:
+            view = render.live_view(record, client.attention(record))
+            with Live(view, console=out, refresh_per_second=4, transient=True) as live:
                 while not _settled(record):
                     time.sleep(POLL_SECONDS)
-                    record = client.get(execution_id)
-                    live.update(render.live_view(record))
+                    record = client.get(record.id)
+                    live.update(render.live_view(record, client.attention(record)))
         if not as_json:
-            out.print(render.execution_view(record))
+            out.print(render.execution_view(record, None, _then(client, record)))
     if record.status in (Status.FAILED, Status.CANCELLED):
         raise typer.Exit(1)
 
@@ -300,12 +329,17 @@ def watch_command(
 def _watch_lines(client: Client, record: ExecutionRecord, as_json: bool) -> ExecutionRecord:
     seen: tuple[Any, ...] | None = None
     while True:
-        key = render.watch_key(record)
+        attention = client.attention(record)
+        key = (render.watch_key(record), attention is None)
         if key != seen:
             if as_json:
-                json_line(render.watch_state(record))
+                state = _with_attention(views.watch_state(record), attention)
+                then = _then(client, record)
+                if then is not None:
+                    state["continues"] = then
+                json_line(state)
             else:
-                out.print(render.watch_line(record), highlight=False, soft_wrap=True)
+                out.print(render.watch_line(record, attention), highlight=False, soft_wrap=True)
             seen = key
         if _settled(record):
             return record
@@ -338,7 +372,7 @@ def resume_command(
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
         load_named(imports, script)
-        handle = client.resume(execution_id)
+        handle = client.resume(client.resolve_id(execution_id))
         if not as_json:
             say(f"Resumed execution {handle.id}.")
         record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
@@ -363,7 +397,7 @@ def retry_command(
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
         load_named(imports, script)
-        handle = client.retry(execution_id)
+        handle = client.retry(client.resolve_id(execution_id))
         if not as_json:
             say(f"Retrying execution {handle.id}.")
         record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
@@ -422,6 +456,7 @@ def replay_command(
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
         load_named(imports, script)
+        execution_id = client.resolve_id(execution_id)
         handle = client.replay(execution_id, from_=from_, overrides=overrides, args=new_args)
         if not as_json:
             say(f"Replaying {execution_id} from {from_} as new execution {handle.id}.")
@@ -474,7 +509,9 @@ def cancel_command(
     Exit 1 if it had already succeeded or failed.
     """
     with cli_errors():
-        status = client_for(db).cancel(execution_id)
+        client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
+        status = client.cancel(execution_id)
     if status in (Status.SUCCEEDED, Status.FAILED):
         fail(f"execution {execution_id} already {status.value}; there is nothing to cancel", 1)
     if as_json:
@@ -514,7 +551,7 @@ def recover_command(
             say(f"Recovered {len(ids)} execution(s), {where}.")
         records = [client.get(i) if queue else _settle(client, i) for i in ids]
     if as_json:
-        dump([render.execution_json(r) for r in records])
+        dump([views.execution_json(r) for r in records])
     elif records:
         out.print(render.executions_table(records))
     elif not ids.skipped:
@@ -647,7 +684,7 @@ def waits_command(
     with cli_errors():
         pending = client_for(db).pending_waits(flow=flow, limit=limit)
     if as_json:
-        dump([render.wait_json(w) for w in pending])
+        dump([views.wait_json(w) for w in pending])
     elif pending:
         out.print(render.waits_table(pending))
     else:
@@ -691,11 +728,25 @@ def input_command(
     text = value_text(value, option="--value", unchanged=unchanged, limit=limit)
     json_value(text, option="--value", unchanged=unchanged, given=value)
     with cli_errors():
-        record = client_for(db).input_json(execution_id, wait, text, by=by or who())
+        client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
+        # Asked first: once the input is in, the execution may be running, or even done.
+        then = client.continuation(execution_id)
+        record = client.input_json(execution_id, wait, text, by=by or who())
     if as_json:
-        dump(render.wait_json(record))
+        dump({**views.wait_json(record), "continues": {"live": then.live, "message": then.message}})
+        return
+    line = Text("Input recorded for wait ")
+    line.append(record.name, style="bold")
+    line.append(f" of {record.execution_id}.")
+    out.print(line)
+    if then.live is False:
+        err.print(
+            then.message[0].upper() + then.message[1:] + ".",
+            style="yellow",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     else:
-        line = Text("Input recorded for wait ")
-        line.append(record.name, style="bold")
-        line.append(f" of {record.execution_id}.")
-        out.print(line)
+        say(then.message[0].upper() + then.message[1:] + ".")

@@ -6,6 +6,7 @@ printing) is `_common`'s, shared with the other sub-apps; `_app` registers this 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 import typer
@@ -16,7 +17,9 @@ from .._core import config as _config
 from .._core.positions import display
 from .._memory import api as memory
 from .._memory.api import MemoryVersion
-from ..errors import MemoryKeyError, MemoryScopeError
+from .._ops import views
+from .._ops.client import Client
+from ..errors import ExecutionNotFound, MemoryKeyError, MemoryScopeError
 from . import render
 from ._common import (
     NOT_FOUND,
@@ -87,6 +90,11 @@ def _scope(
 ) -> dict[str, Any]:
     if scope is None and namespace is None and flow is None and execution is None:
         raise MemoryScopeError(_NO_SCOPE)
+    if execution is not None:
+        # A unique prefix names an execution, as in `tether executions`; an id that names
+        # none is taken as given: its execution may be pruned and its memory kept.
+        with contextlib.suppress(ExecutionNotFound):
+            execution = Client().resolve_id(execution)
     return {"scope": scope, "namespace": namespace, "flow": flow, "execution_id": execution}
 
 
@@ -107,14 +115,14 @@ def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
         "scope_id": version.scope_id,
         "version": version.version,
         "deleted": version.deleted,
-        "created_at": render.iso(version.created_at),
+        "created_at": views.iso(version.created_at),
         "size": version.size,
         "length": version.length,
         "execution_id": version.execution_id,
         "position": None if version.position is None else display(version.position),
     }
     if value:
-        data["value"] = render.plain(lambda: version.value, lambda: memory._stored_json(version))
+        data["value"] = views.plain(lambda: version.value, lambda: memory._stored_json(version))
     return data
 
 
@@ -215,7 +223,9 @@ def get_command(
         where = _scope(scope, namespace, flow, execution)
         found = memory._find(key, version=version, **where)
         if found is None or found.deleted:
-            scope_name, scope_id = memory._scope(scope, namespace, flow, execution, None)
+            scope_name, scope_id = memory._scope(
+                scope, namespace, flow, where["execution_id"], None
+            )
             place = f"{scope_name} {scope_id!r}"
             if version is None:
                 gone = " (it was deleted; `tether memory history` shows it)" if found else ""

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._core import config as _config
+from .._ops import views
 from .._ops.client import Client
 from . import render
 from ._common import cli_errors, client_for, dump, err, out, say
@@ -68,8 +69,8 @@ def list_command(db: DbOption = None, as_json: JsonOption = False) -> None:
                 {
                     "name": t.name,
                     "scope": t.scope,
-                    "created_at": render.iso(t.created_at),
-                    "revoked_at": render.iso(t.revoked_at),
+                    "created_at": views.iso(t.created_at),
+                    "revoked_at": views.iso(t.revoked_at),
                 }
                 for t in tokens
             ]

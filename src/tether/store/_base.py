@@ -185,6 +185,10 @@ class Store(abc.ABC):
     def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
 
     @abc.abstractmethod
+    def execution_ids(self, prefix: str, *, limit: int) -> list[str]:
+        """Ids that start with `prefix` (taken literally), sorted, at most `limit`."""
+
+    @abc.abstractmethod
     def list_executions(
         self,
         *,

@@ -127,6 +127,16 @@ class ExecutionsSql(SqlBase):
         )
         return execution_row(found) if found else None
 
+    def execution_ids(self, prefix: str, *, limit: int) -> list[str]:
+        # substr, not LIKE: no escaping of % and _, the same in both databases. It scans,
+        # but only a lookup by a prefix that is not a whole id comes here.
+        rows = self._all(
+            "SELECT id FROM executions WHERE substr(id, 1, CAST(? AS INTEGER)) = ? "
+            "ORDER BY id LIMIT ?",
+            (len(prefix), prefix, limit),
+        )
+        return sorted(r[0] for r in rows)  # in code point order, whatever the collation
+
     def list_executions(
         self,
         *,

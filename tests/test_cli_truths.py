@@ -199,7 +199,7 @@ def test_every_command_that_takes_an_id_takes_a_unique_prefix(db_url: str) -> No
     assert ambiguous.exit_code == 2
     assert "several execution ids (abc123, abc456)" in " ".join(ambiguous.output.split())
     unknown = cli(db_url, "executions", "get", "zzz")
-    assert unknown.exit_code == 1 and "no execution zzz" in unknown.output
+    assert unknown.exit_code == 3 and "no execution zzz" in unknown.output
     for command in (
         ["get"],
         ["logs"],
@@ -214,7 +214,7 @@ def test_every_command_that_takes_an_id_takes_a_unique_prefix(db_url: str) -> No
     refused = cli(db_url, "executions", "resume", "abc")
     assert refused.exit_code == 2 and "abc123" in refused.output
     missing = cli(db_url, "executions", "input", "abc1", "--value", "true")
-    assert missing.exit_code == 1 and "execution abc123 has no pending wait" in missing.output
+    assert missing.exit_code == 3 and "execution abc123 has no pending wait" in missing.output
 
 
 def test_list_shows_dates(db_url: str) -> None:

@@ -49,7 +49,7 @@ START = textwrap.dedent(
 )
 RESUME = textwrap.dedent(
     """
-    import sys, tether
+    import sys, tether, ai_continuation_flows  # runs the flows it loaded
     print(repr(tether.Client().resume(sys.argv[1]).result(timeout=60)), flush=True)
     """
 )

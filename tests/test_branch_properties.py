@@ -44,6 +44,7 @@ print(json.dumps(handle.result(timeout=60)), flush=True)
 RESUME_CHILD = """
 import json, os
 import tether
+import branch_program  # a process runs the flows it loaded
 handle = tether.Client().resume(os.environ["EXECUTION_ID"])
 print(json.dumps(handle.result(timeout=60)), flush=True)
 """

@@ -10,15 +10,19 @@ interleave differently than they did live.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import threading
 from collections import Counter
 from typing import Any
 
 import pytest
 
 import tether
-from helpers import retry_until
+from helpers import retry_until, run_child
 from tether import Status
-from tether.errors import UsageError
+from tether.errors import BranchKeyInUse, UsageError
+from tether.store._positions import escape_key
 
 ran: Counter[str] = Counter()
 
@@ -258,3 +262,157 @@ def test_a_fork_from_a_branch_position_copies_what_comes_before_it(
     assert ran["B1"] == 2 and ran["A1"] == 1
     with pytest.raises(UsageError, match=r"recorded positions are 0\.0, 0\.1, 1\.0, 1\.1"):
         client.replay(handle.id, from_="7.7")
+
+
+# --- one key, one live task: the README's queue pattern with a URL that appears twice ------
+
+URL = "https://a.example/x"
+
+
+def _at(key: str, n: int) -> str:
+    """The stored position of the n-th call in `tether.branch(key)` at the flow's top."""
+    return f"[{escape_key(key)}].{n}"
+
+
+RESUME = """
+import json, sys
+import keyed_flows, tether
+from helpers import retry_until
+from tether import Status
+client = tether.Client()
+handle = client.resume(sys.argv[1])
+retry_until(lambda: handle.status() is Status.WAITING, what="the resumed run to wait")
+client.input(handle.id, "go", True)
+print(json.dumps(handle.result(timeout=60)))
+"""
+
+START = """
+import sys, keyed_flows
+keyed_flows.crawl.run([sys.argv[1], sys.argv[1]], True).result(timeout=60)
+"""
+
+
+def _logged(path: Any) -> list[list[str]]:
+    """The attempts `keyed_flows.fetch` logged: [position, url, item, result] each."""
+    return [line.split(" ") for line in path.read_text().splitlines()]
+
+
+def test_a_second_live_task_entering_a_held_key_fails_the_flow_naming_the_key(
+    client: tether.Client, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keyed_flows
+
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("SIDE_EFFECTS", str(log))
+    handle = keyed_flows.crawl.run([URL, URL], False)
+    with pytest.raises(tether.ExecutionFailed) as caught:
+        handle.result(timeout=30)
+    assert caught.value.error_type == "tether.errors.BranchKeyInUse"
+    message = caught.value.message
+    assert repr(URL) in message and "index" in message and "duplicates" in message
+    # The second task was refused as it entered: every call made, and every call recorded,
+    # is the first task's.
+    assert {(item, position) for position, _, item, _ in _logged(log)} == {("0", _at(URL, 0))}
+    assert [c.position for c in client.get(handle.id).checkpoints] in ([], [_at(URL, 0)])
+
+
+def test_duplicate_items_keyed_by_index_keep_their_results_across_a_kill_and_resume(
+    client: tether.Client, tmp_path: Any
+) -> None:
+    log = tmp_path / "calls.log"
+    # Killed inside the second copy's second call, while the first copy's first call (slower)
+    # is still in flight: of the four calls only [1:<url>].0 is recorded.
+    crashed = run_child(START, client.db, URL, SIDE_EFFECTS=str(log), KILL_AT=_at(f"1:{URL}", 1))
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    (execution,) = client.list()
+    before = {c.position: c.result for c in client.get(execution.id).checkpoints}
+    logged_before = {position: result for position, _, _, result in _logged(log)}
+    assert _at(f"1:{URL}", 0) in before
+    assert all(logged_before[p] == result for p, result in before.items())
+
+    resumed = run_child(RESUME, client.db, execution.id, SIDE_EFFECTS=str(log))
+    assert resumed.returncode == 0, resumed.stderr
+    output = json.loads(resumed.stdout)
+
+    record = client.get(execution.id)
+    assert record.status is Status.SUCCEEDED
+    recorded = {c.position: c.result for c in record.checkpoints}
+    # Each copy got the results of its own calls, in order, on the resumed run too.
+    assert output == {
+        str(i): [recorded[_at(f"{i}:{URL}", 0)], recorded[_at(f"{i}:{URL}", 1)]] for i in (0, 1)
+    }
+    attempts = _logged(log)
+    # Every recorded result was produced by the worker on that copy (by its index)...
+    made_by = {result: (position, item) for position, _, item, result in attempts}
+    for position, result in recorded.items():
+        assert position.startswith(f"[{made_by[result][1]}:"), (position, result)
+        assert made_by[result][0] == position
+    # ...what was recorded before the kill kept its result and did not run again, and only
+    # calls in flight at the kill ran twice.
+    for position, result in before.items():
+        assert recorded[position] == result
+    runs = Counter(position for position, *_ in attempts)
+    assert set(runs) == set(recorded)
+    assert all(runs[p] == 1 for p in before)
+    assert max(runs.values()) <= 2
+    assert _warnings(client, execution.id) == []
+
+
+@tether.flow
+async def key_taken_in_turn() -> list[str]:
+    done = asyncio.Event()
+
+    async def first() -> str:
+        with tether.branch("k"):
+            result = await fetch("first", 0.01)
+        done.set()
+        return result
+
+    async def second() -> str:
+        await done.wait()  # enters the key only once the first task has left it
+        with tether.branch("k"):
+            return await fetch("second")
+
+    pair = await asyncio.gather(first(), second())
+    tether.wait("go", schema=bool)
+    return list(pair)
+
+
+def test_a_key_left_by_one_task_continues_its_sequence_in_the_next(
+    client: tether.Client,
+) -> None:
+    handle = key_taken_in_turn.run()
+    assert _resume_after_input(client, handle, "go") == ["first-result", "second-result"]
+    assert [(c.position, c.result) for c in client.get(handle.id).checkpoints] == [
+        ("[k].0", "first-result"),
+        ("[k].1", "second-result"),
+    ]
+    assert ran == Counter({"first": 1, "second": 1})
+
+
+@tether.flow
+async def key_in_two_threads() -> str:
+    entered, refused = threading.Event(), threading.Event()
+
+    def holder() -> str:
+        with tether.branch("k"):
+            entered.set()
+            refused.wait(timeout=30)  # stay inside until the other thread has tried
+        return "held"
+
+    def intruder() -> str:
+        entered.wait(timeout=30)
+        try:
+            with tether.branch("k"):
+                return "entered"
+        except BranchKeyInUse as exc:
+            return f"refused {exc.key}"
+        finally:
+            refused.set()
+
+    pair = await asyncio.gather(asyncio.to_thread(holder), asyncio.to_thread(intruder))
+    return " / ".join(pair)
+
+
+def test_a_key_held_by_a_thread_refuses_another_thread(client: tether.Client) -> None:
+    assert key_in_two_threads.run().result(timeout=30) == "held / refused k"

@@ -175,9 +175,8 @@ def test_a_resumed_execution_keeps_its_budget_in_another_process(
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     (execution,) = tether.Client().list()
 
-    resume = (
-        "import sys, tether\ntry:\n    tether.Client().resume(sys.argv[1]).result(timeout=60)\n"
-    )
+    resume = "import sys, tether, usage_flows\n"  # a process runs the flows it loaded
+    resume += "try:\n    tether.Client().resume(sys.argv[1]).result(timeout=60)\n"
     resume += "except tether.ExecutionFailed as e:\n    print(e.error_type)"
     resumed = run_child(resume, db_url, execution.id, MODEL_CALLS=str(log))
     assert resumed.returncode == 0, resumed.stderr

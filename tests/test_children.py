@@ -104,7 +104,7 @@ def test_a_parent_holds_nothing_while_a_worker_runs_its_child(client: tether.Cli
     (child,) = _children(client, handle.id)
     assert child.status is Status.QUEUED  # enqueued: nothing runs it in this process
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tether", "worker", "--concurrency", "2"],
+        [sys.executable, "-m", "tether", "worker", "--concurrency", "2", "--import", "child_flows"],
         env=child_env(client.db),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -179,6 +179,7 @@ START = textwrap.dedent(
 RECOVER = textwrap.dedent(
     """
     import sys, time, tether
+    import child_flows  # a process runs the flows it loaded
     client = tether.Client()
     deadline = time.monotonic() + 60
     while not client.get(sys.argv[1]).status.finished and time.monotonic() < deadline:

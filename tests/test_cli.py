@@ -126,11 +126,11 @@ def test_the_worker_command_explains_itself_and_refuses_bad_options(db_url: str)
     assert missing.exit_code == 2 and "no_such_module_here" in missing.output
 
 
-def test_unknown_ids_exit_1_with_a_plain_message(db_url: str) -> None:
+def test_unknown_ids_exit_3_with_a_plain_message(db_url: str) -> None:
     for args in (["get"], ["logs"], ["logs", "--follow"], ["watch"], ["resume"], ["cancel"],
                  ["retry"], ["replay", "--from", "greet"]):  # fmt: skip
         result = cli(db_url, "executions", args[0], "no-such-id", *args[1:])
-        assert_plain_error(result, 1, "no execution no-such-id")
+        assert_plain_error(result, 3, "no execution no-such-id")
 
 
 def test_debug_shows_the_exception(db_url: str) -> None:
@@ -376,7 +376,9 @@ def test_ctrl_c_hands_back_what_runs_here(
     gate = tmp_path / "gate"
     queued = cli_flows.gated.enqueue(str(gate))
     output = tmp_path / "resume.txt"
-    resumer = spawn_tether(db_url, output, "executions", "resume", queued.id, "--wait")
+    resumer = spawn_tether(
+        db_url, output, "executions", "resume", queued.id, "--wait", "--import", "cli_flows"
+    )
     try:
         retry_until(lambda: "greeting gate" in output.read_text(), what="the first step")
         resumer.send_signal(signal.SIGINT)
@@ -710,7 +712,7 @@ def test_prune_counts_first_and_deletes_only_with_yes(client: tether.Client, db_
     yes = cli(db_url, "executions", "prune", "--older-than", "0s", "--yes")
     assert yes.exit_code == 0 and "Deleted 2" in yes.stdout
     assert [r.id for r in client.list()] == [kept]
-    assert_plain_error(cli(db_url, "executions", "get", done[0]), 1, "no execution")
+    assert_plain_error(cli(db_url, "executions", "get", done[0]), 3, "no execution")
 
 
 def test_prune_asks_before_deleting_on_a_terminal(
@@ -754,7 +756,7 @@ def test_in_a_real_process_errors_are_plain_and_debug_shows_tracebacks(db_url: s
     empty = run_cli(db_url, "executions", "list", "--json")
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
     missing = run_cli(db_url, "executions", "get", "nope")
-    assert missing.returncode == 1
+    assert missing.returncode == 3
     assert "no execution nope" in missing.stderr and "Traceback" not in missing.stderr
     debug = run_cli(db_url, "--debug", "executions", "get", "nope")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
@@ -765,8 +767,9 @@ def test_in_a_real_process_errors_are_plain_and_debug_shows_tracebacks(db_url: s
 
 def test_in_a_real_process_replay_and_get(client: tether.Client, db_url: str) -> None:
     source = finished(client, cli_flows.greeting, "ada")
-    replayed = run_cli(db_url, "executions", "replay", source, "--from", "shout",
-                          "--override", 'greet="from a child"', "--wait", "--json")  # fmt: skip
+    replayed = run_cli(db_url, "executions", "replay", source, "--from", "shout", "--import",
+                       "cli_flows", "--override", 'greet="from a child"', "--wait",
+                       "--json")  # fmt: skip
     assert replayed.returncode == 0, replayed.stderr
     record = json.loads(replayed.stdout)  # what the flow printed went to stderr
     assert record["result"] == "FROM A CHILD!" and record["replay_of"] == source

@@ -16,6 +16,7 @@ import tether
 from backend import BACKEND
 from helpers import retry_until
 from tether import Status
+from tether._core import serde
 from tether._memory import api as memory
 from tether.cli import app
 
@@ -140,6 +141,17 @@ def test_the_largest_numbers_allowed_still_work(client: tether.Client, db_url: s
     assert cli(db_url, "executions", "list", "--limit", "1000000").exit_code == 0
     assert cli(db_url, "memory", "list", "--limit", "1000000").exit_code == 0
     missing = cli(db_url, "memory", "get", "k", "--version", str(2**62), "--namespace", "n")
-    assert missing.exit_code == 1, missing.output
+    assert missing.exit_code == 3, missing.output  # not found (the exit-code table)
     pruned = cli(db_url, "executions", "prune", "--older-than", "5200w", "--yes")
     assert pruned.exit_code == 0, pruned.output
+
+
+def test_data_for_other_languages_spells_non_finite_floats_as_the_cli_does() -> None:
+    # serde.to_data is what the HTTP API and MCP server return for stored values.
+    tagged = serde.dumps(ODD)
+    assert serde.to_data(tagged) == AS_STRINGS
+    assert serde.to_data('{"a": NaN, "b": [Infinity, -Infinity, 1.5]}') == {
+        "a": "NaN",
+        "b": ["Infinity", "-Infinity", 1.5],
+    }
+    assert serde.to_data('{"text": "NaN is a word"}') == {"text": "NaN is a word"}

@@ -127,11 +127,11 @@ def test_mistakes_are_plain_errors_and_change_nothing(db_url: str) -> None:
     assert_plain_error(cli(db_url, "get", "k"), 2, "--namespace NAME")
     assert_plain_error(cli(db_url, "get", "k", "-n", "a", "--flow", "f"), 2, "different scopes")
     assert_plain_error(cli(db_url, "get", "k", "--scope", "global"), 2, "'execution', 'flow'")
-    assert_plain_error(cli(db_url, "get", "nope", "-n", "n"), 1, "no memory key 'nope'")
-    assert_plain_error(cli(db_url, "get", "k", "-n", "n", "-v", "9"), 1, "has no version 9")
+    assert_plain_error(cli(db_url, "get", "nope", "-n", "n"), 3, "no memory key 'nope'")
+    assert_plain_error(cli(db_url, "get", "k", "-n", "n", "-v", "9"), 3, "has no version 9")
     assert_plain_error(cli(db_url, "get", "k", "-n", "n", "-v", "0"), 2)
-    assert_plain_error(cli(db_url, "delete", "nope", "-n", "n"), 1, "nothing to delete")
-    assert_plain_error(cli(db_url, "history", "nope", "-n", "n"), 1, "no versions")
+    assert_plain_error(cli(db_url, "delete", "nope", "-n", "n"), 3, "nothing to delete")
+    assert_plain_error(cli(db_url, "history", "nope", "-n", "n"), 3, "no versions")
     conflict = cli(db_url, "set", "k", "-n", "n", "--value", '"x"', "--if-version", "0")
     assert_plain_error(conflict, 1, "is at version 1, not 0")
     assert [v.value for v in memory.history("k", namespace="n")] == ["kept"]
@@ -152,6 +152,6 @@ def test_in_a_real_process(db_url: str) -> None:
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["value"] == ["a", "b"]
     missing = run_cli(db_url, "memory", "get", "nope", "-n", "team")
-    assert missing.returncode == 1 and "no memory key 'nope'" in missing.stderr
+    assert missing.returncode == 3 and "no memory key 'nope'" in missing.stderr
     assert "Traceback" not in missing.stderr
     assert memory.get("plan", namespace="team") == ["a", "b"]

@@ -16,6 +16,7 @@ START = "import agent_flows; agent_flows.evolving_flow.run(4).result(timeout=30)
 RESUME = textwrap.dedent(
     """
     import sys, tether
+    import agent_flows  # a process runs the flows it loaded
     if {strict}:
         tether.configure(strict=True)
     (record,) = tether.Client().list()

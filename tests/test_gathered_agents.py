@@ -135,12 +135,14 @@ START = textwrap.dedent(
 RESUME = textwrap.dedent(
     """
     import json, sys, tether
+    import gathered_agent_flows  # a process runs the flows it loaded
     print(json.dumps(tether.Client().resume(sys.argv[1]).result(timeout=60)), flush=True)
     """
 )
 RECOVER = textwrap.dedent(
     """
     import json, sys, tether
+    import gathered_agent_flows  # a process runs the flows it loaded
     client = tether.Client()
     assert client.recover() == [sys.argv[1]]
     print(json.dumps(client.handle(sys.argv[1]).result(timeout=60)), flush=True)

@@ -1,8 +1,9 @@
 """The package tree is the architecture: the import-linter contracts in pyproject.toml hold,
 and no module of tether imports itself back through another.
 
-The layers, top to bottom: `cli | ai` > `_ops | _memory` > `_runtime` > `_spend` > `_core` >
-`store` > `errors`. A layer imports only layers below it; nothing imports the CLI.
+The layers, top to bottom: `cli` > `mcp | ai` > `_ops | _memory` > `_runtime` > `_spend` > `_core` >
+`store` > `errors`. A layer imports only layers below it; nothing imports the CLI, and only
+the CLI imports the MCP server.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def test_the_layers_contract_names_every_package_of_tether() -> None:
         ("tether._runtime.flow", "tether._ops.client"),  # Flow.replay does not reach up
         ("tether._core.config", "tether._spend.prices"),
         ("tether._ops.client", "tether._memory.api"),  # independent siblings
+        ("tether._ops.client", "tether.mcp._server"),  # Client knows no surface
+        ("tether.mcp._server", "tether.ai._llm"),  # independent siblings
+        ("tether.mcp._server", "tether.cli._common"),  # the MCP server is below the CLI
     ],
 )
 def test_the_layers_contract_rejects_an_import_upwards(importer: str, imported: str) -> None:

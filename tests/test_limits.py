@@ -221,7 +221,7 @@ def test_the_limit_comes_from_the_environment(db_url: str) -> None:
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
-    assert "TETHER_MAX_VALUE_BYTES must be a whole number of bytes, not 'lots'" in done.stderr
+    assert "TETHER_MAX_VALUE_BYTES must be a whole number, not 'lots'" in done.stderr
 
 
 def test_a_stored_row_nested_deeper_than_tether_writes_is_an_error_not_a_crash() -> None:

@@ -65,7 +65,9 @@ def test_a_resumed_flow_gets_recorded_outputs_without_calling_the_model(
     (execution,) = tether.Client().list()
     assert len(tether.Client().get(execution.id).checkpoints) == 2
     resume = "import sys, tether; print(tether.Client().resume(sys.argv[1]).result(timeout=60))"
-    resumed = run_child(resume, db_url, execution.id, MODEL_CALLS=str(log))
+    resumed = run_child(
+        resume, db_url, execution.id, MODEL_CALLS=str(log), TETHER_IMPORTS="usage_flows"
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == str(["echo: r 0", "echo: r 1", "echo: r 2"])
     # The two recorded calls did not run again; the one killed in flight did.

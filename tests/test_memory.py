@@ -373,7 +373,7 @@ START = textwrap.dedent(
 )
 RESUME = textwrap.dedent(
     """
-    import sys, tether
+    import sys, tether, memory_flows  # runs the flows it loaded
     print(repr(tether.Client().resume(sys.argv[1]).result(timeout=120)), flush=True)
     """
 )

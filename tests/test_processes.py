@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import agent_flows  # noqa: F401  (this process resumes its flows: it loads them)
 import tether
 from helpers import retry_until, run_child, run_python, spawn_child
 from tether import Status
@@ -27,6 +28,7 @@ START = textwrap.dedent(
 RESUME = textwrap.dedent(
     """
     import sys, tether
+    import agent_flows  # a process runs the flows it loaded, never what a row names
     print(repr(tether.Client().resume(sys.argv[1]).result(timeout=60)), flush=True)
     """
 )
@@ -227,20 +229,17 @@ def _crash_script(db_url: str, script: Path, topic: str) -> str:
 
 
 def test_flow_defined_in_a_script_resumes_from_another_process(db_url: str, tmp_path: Path) -> None:
-    execution_id = _crash_script(db_url, tmp_path / "my_agent.py", "tides")
-    resumed = run_child(
-        textwrap.dedent(
-            """
-            import sys, tether
-            note, text = tether.Client().resume(sys.argv[-1]).result(timeout=30)
-            print(type(note).__name__, note.text, text)
-            """
-        ),
+    script = tmp_path / "my_agent.py"
+    execution_id = _crash_script(db_url, script, "tides")
+    resumed = run_python(
+        ["-m", "tether", "executions", "resume", execution_id, "--script", str(script), "--wait"],
         db_url,
-        execution_id,
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.strip() == "Note notes on tides NOTES ON TIDES"
+    assert "NOTES ON TIDES" in resumed.stdout
+    record = tether.Client().get(execution_id)
+    assert record.status is Status.SUCCEEDED
+    assert record.attempt == 2
 
 
 def test_resume_of_a_flow_that_cannot_be_imported_changes_nothing(
@@ -251,13 +250,18 @@ def test_resume_of_a_flow_that_cannot_be_imported_changes_nothing(
     os.remove(script)
     client = tether.Client()
     before = client.get(execution_id)
-    with pytest.raises(tether.FlowNotFoundError, match="no longer exists"):
+    with pytest.raises(tether.FlowNotFoundError, match="is not loaded; add `--script ") as refused:
         client.resume(execution_id)
+    assert refused.value.load_with == f"--script {script}"
     after = client.get(execution_id)
     assert (after.status, after.owner, after.attempt) == (
         before.status,
         before.owner,
         before.attempt,
     )
-    assert client.recover() == []
+    recovered = client.recover()
+    assert recovered == []
+    assert [(s.execution_id, s.load_with) for s in recovered.skipped] == [
+        (execution_id, f"--script {script}")
+    ]
     assert any("recover skipped it" in w for w in client.get(execution_id).warnings)

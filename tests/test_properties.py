@@ -47,6 +47,7 @@ print(json.dumps(handle.result()), flush=True)
 RESUME_CHILD = """
 import json, os
 import tether
+import program_flow  # a process runs the flows it loaded
 handle = tether.Client().resume(os.environ["EXECUTION_ID"])
 print(json.dumps(handle.result()), flush=True)
 """

@@ -24,6 +24,8 @@ PUBLIC = {
     "LogRecord",
     # queues and the fleet
     "Queue", "Starter", "StoreUnavailable", "in_flow",
+    # store faults, classified (transient ones are StoreUnavailable)
+    "CommitUnknown", "StoreBusy", "StoreCorrupt", "StoreFull", "StoreReadOnly",
     # model calls: usage, cost, budgets
     "Budget", "BudgetExceeded", "ModelPrice", "Usage", "llm", "llm_async", "record_usage",
     # durable memory

@@ -59,8 +59,13 @@ def run_script(tmp_path: Path, db_url: str, name: str, source: str) -> tuple[Pat
 def test_replaying_a_guarded_script_runs_only_the_replay(
     tmp_path: Path, client: tether.Client, db_url: str
 ) -> None:
-    _, source = run_script(tmp_path, db_url, "agent.py", readme_example())
-    replayed = run_cli(db_url, "executions", "replay", source, "--from", "1", "--wait")
+    path, source = run_script(tmp_path, db_url, "agent.py", readme_example())
+    replay = ["executions", "replay", source, "--from", "1", "--wait"]
+    not_loaded = run_cli(db_url, *replay)
+    assert not_loaded.returncode == 2, not_loaded.stdout + not_loaded.stderr
+    assert f"add `--script {path}`" in " ".join(not_loaded.stderr.split())
+    assert "Write a report" not in not_loaded.stdout, "a stored script path is never run"
+    replayed = run_cli(db_url, *replay, "--script", str(path))
     assert replayed.returncode == 0, replayed.stderr
     assert "Write a report" in replayed.stdout
     executions = client.list()
@@ -71,7 +76,9 @@ def test_replaying_an_unguarded_script_says_to_add_the_guard_and_starts_nothing(
     tmp_path: Path, client: tether.Client, db_url: str
 ) -> None:
     path, source = run_script(tmp_path, db_url, "agent.py", unguarded(readme_example()))
-    refused = run_cli(db_url, "executions", "replay", source, "--from", "1", "--wait")
+    refused = run_cli(
+        db_url, "executions", "replay", source, "--from", "1", "--wait", "--script", str(path)
+    )
     assert refused.returncode == 2, refused.stdout + refused.stderr
     message = " ".join(refused.stderr.split())
     assert str(path) in message and GUARD in message, message
@@ -92,7 +99,7 @@ def test_a_script_that_swallows_the_refusal_is_refused_all_the_same(
         )
     )
     with pytest.raises(tether.UnguardedScriptError) as refused:
-        client.replay(source, from_=1)
+        tether.Worker(db_url, scripts=[str(path)])
     assert refused.value.script == f"the script {path}"
     assert sys.modules.get("__tether_main__") is None, "no half-loaded script is kept"
     assert [e.id for e in client.list()] == [source]
@@ -119,11 +126,17 @@ def test_recover_and_workers_skip_an_unguarded_script_saying_why(
     assert run_python([str(path)], db_url, cwd=tmp_path).returncode == 0
     (queued,) = client.list()
     path.write_text(unguarded(guarded))  # edited since: now it starts one at its top level
-    recovered = run_cli(db_url, "executions", "recover")
-    assert recovered.returncode == 0, recovered.stderr
-    assert "Nothing to recover" in recovered.stdout
+    skipped = run_cli(db_url, "executions", "recover")
+    assert skipped.returncode == 1, skipped.stdout + skipped.stderr
+    message = " ".join(skipped.stderr.split())
+    assert f"skipped 1 execution ({queued.id}): " in message, message
+    assert f"add `--script {path}`" in message, message
+    assert "Nothing to recover" not in skipped.stdout
+    refused = run_cli(db_url, "executions", "recover", "--script", str(path))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert GUARD in refused.stderr and "nothing was started" in " ".join(refused.stderr.split())
     assert tether.Worker(db_url).run_once() == []
     record = client.get(queued.id)
     assert record.status is tether.Status.QUEUED
-    assert any(GUARD in w for w in record.warnings), record.warnings
+    assert any(f"--script {path}" in w for w in record.warnings), record.warnings
     assert [e.id for e in client.list()] == [queued.id], "no second, unrelated execution"

@@ -389,7 +389,9 @@ def test_a_recorded_value_error_takes_the_same_except_path_live_and_after_sigkil
             child.kill()
             child.wait()
     gate.touch()
-    resumed = run_cli(db_url, "executions", "resume", execution_id, "--json")
+    resumed = run_cli(
+        db_url, "executions", "resume", execution_id, "--json", "--import", "stored_data_flows"
+    )
     assert resumed.returncode == 0, resumed.stderr
     record = tether.Client(db_url).get(execution_id)
     assert record.status is Status.SUCCEEDED, record.error

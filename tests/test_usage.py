@@ -272,6 +272,7 @@ def test_a_killed_agent_resumed_elsewhere_counts_each_recorded_request_once(
         db_url,
         execution.id,
         AI_CALLS=str(log),
+        TETHER_IMPORTS="ai_flows",  # loads the flows this process resumes
     )
     assert resumed.returncode == 0, resumed.stderr
     record = tether.Client().get(execution.id)

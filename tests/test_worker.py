@@ -87,13 +87,13 @@ def test_approval_across_processes_with_a_worker(
     assert client.get(execution_id).waits[0].resolved_by == "alice"
 
 
-def test_cli_input_errors_exit_1_with_plain_messages(db_url: str, workers: Workers) -> None:
+def test_cli_input_errors_exit_with_their_codes(db_url: str, workers: Workers) -> None:
     handle = approval_flows_run(db_url)
     bad = run_cli(db_url, "executions", "input", handle, "--value", '"maybe"')
     assert bad.returncode == 1
     assert "does not match its schema" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_cli(db_url, "executions", "input", "nope", "--value", "true")
-    assert missing.returncode == 1 and "no execution nope" in missing.stderr
+    assert missing.returncode == 3 and "no execution nope" in missing.stderr
     listed = run_cli(db_url, "executions", "waits", "--json")
     assert listed.returncode == 0
     import json

@@ -5,17 +5,25 @@ Exception
 └── TetherError                     base of everything a user can catch
     ├── UsageError                  the API was used the wrong way (fix the code)
     │   ├── NotInFlowError          a flow-only call made outside a running flow
-    │   ├── FlowNotFoundError       a recorded flow can no longer be imported
+    │   ├── FlowNotFoundError       a recorded flow is not loaded in this process
     │   │   └── UnguardedScriptError  a script tether loads starts executions at its top level
-    │   └── MemoryScopeError        a memory call names no scope it can use (says what to pass)
+    │   ├── MemoryScopeError        a memory call names no scope it can use (says what to pass)
+    │   └── BranchKeyInUse          a task entered tether.branch(key) while another task holds it
     ├── ConfigurationError          a bad store URL or setting
     ├── StoreError                  the database failed or is from a newer tether
-    │   └── StoreUnavailable        the database cannot be reached right now (retry later)
+    │   ├── StoreUnavailable        the database cannot be used right now (retry later)
+    │   │   ├── StoreBusy           another process holds the write lock too long
+    │   │   ├── StoreFull           the disk (or the server's) is full
+    │   │   ├── StoreReadOnly       the database (or its file system) is read-only
+    │   │   └── CommitUnknown       a commit's reply was lost and could not be read back
+    │   └── StoreCorrupt            the database file is damaged: nothing more is written
     ├── SerializationError          a value cannot be stored or loaded (names the path)
     │   └── PickleRefused           a stored pickle is not authenticated, or pickle is off
     ├── DivergenceError             resumed code calls a different checkpoint
     ├── CheckpointError             a recorded failure whose class this process lacks
     ├── CheckpointTimeout           a checkpoint attempt ran past its timeout
+    ├── Interrupted                 user code raised a BaseException (SystemExit, ...): a failure
+    ├── CrashLoopError              the processes running an execution kept dying: given up
     ├── ExecutionNotFound           no execution has that id
     ├── ExecutionLocked             another live process holds the execution
     ├── InvalidStateError           the operation does not fit the execution's status
@@ -50,12 +58,15 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BranchKeyInUse",
     "BudgetExceeded",
     "Cancelled",
     "CheckpointError",
     "CheckpointTimeout",
+    "CommitUnknown",
     "ConfigurationError",
     "ControlSignal",
+    "CrashLoopError",
     "DivergenceError",
     "ExecutionCancelled",
     "ExecutionFailed",
@@ -64,6 +75,7 @@ __all__ = [
     "FlowNotFoundError",
     "InputTooLarge",
     "InputValidationError",
+    "Interrupted",
     "InvalidStateError",
     "LeaseLost",
     "MemoryConflictError",
@@ -75,7 +87,11 @@ __all__ = [
     "Released",
     "ResultTimeout",
     "SerializationError",
+    "StoreBusy",
+    "StoreCorrupt",
     "StoreError",
+    "StoreFull",
+    "StoreReadOnly",
     "StoreUnavailable",
     "Suspended",
     "TetherError",
@@ -100,7 +116,17 @@ class NotInFlowError(UsageError):
 
 
 class FlowNotFoundError(UsageError):
-    """The flow recorded for an execution cannot be imported in this process."""
+    """The flow recorded for an execution is not loaded in this process. A process runs the
+    flows it loaded itself (its own imports, `--import`, `TETHER_IMPORTS`, `[tool.tether]
+    imports`, `--script`), never what a stored row names. `load_with` is the flag that would
+    load it (`--import agents`, `--script path/x.py`), or None when none would."""
+
+    def __init__(self, message: str, *, load_with: str | None = None) -> None:
+        super().__init__(message)
+        self.load_with = load_with
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self),), {"load_with": self.load_with})
 
 
 class UnguardedScriptError(FlowNotFoundError):
@@ -125,8 +151,34 @@ class StoreError(TetherError):
 
 
 class StoreUnavailable(StoreError):
-    """The database cannot be reached right now (restarting, network down). Executors retry
-    their writes for a while before giving the execution up to be recovered."""
+    """The database cannot be used right now (restarting, network down, an I/O error, or one
+    of the subclasses). Transient: executors retry their writes with backoff for a while,
+    then release the execution (never fail it) to continue once the store is back."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Another connection held the database's write lock longer than the busy timeout
+    (`configure(busy_timeout=...)`, `TETHER_BUSY_TIMEOUT`)."""
+
+
+class StoreFull(StoreUnavailable):
+    """The database's disk (or the database server's) is full: free space and the executions
+    released meanwhile continue."""
+
+
+class StoreReadOnly(StoreUnavailable):
+    """The database, or the file system under it, accepts no writes right now."""
+
+
+class CommitUnknown(StoreUnavailable):
+    """The connection was lost after a commit was sent, and reading the row back failed too:
+    whether it committed is not known yet. Retried like any outage; the retry reads the row
+    back."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is damaged (corrupt pages, or not a database). Permanent: the store
+    refuses every further read and write in this process; restore it from a backup."""
 
 
 class SerializationError(TetherError):
@@ -196,6 +248,45 @@ class CheckpointError(TetherError):
 
 class CheckpointTimeout(TetherError, TimeoutError):
     """A checkpoint attempt ran longer than its `timeout`."""
+
+
+class Interrupted(TetherError):
+    """User code raised a `BaseException` that is not an `Exception` (`SystemExit`,
+    `KeyboardInterrupt`, `GeneratorExit`, or a `CancelledError` when nothing cancelled its
+    task). tether fails that attempt with this error (the original is its `__cause__`, its
+    type is `raised`) instead of letting it stop the process's other executions. A
+    checkpoint retries it only when its `retry_on` names the original type."""
+
+    def __init__(self, message: str, raised: str = "") -> None:
+        super().__init__(message)
+        self.raised = raised
+
+    @classmethod
+    def of(cls, exc: BaseException, where: str) -> Interrupted:
+        detail = str(exc)
+        what = f"{type(exc).__name__}({detail})" if detail else type(exc).__name__
+        return cls(
+            f"{where} raised {what}, which is not an Exception; tether failed the attempt "
+            "instead of letting it stop the process and its other executions. Raise an "
+            "Exception to fail a call (or name the type in retry_on to retry it).",
+            type(exc).__name__,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.raised))
+
+
+class CrashLoopError(TetherError):
+    """The processes that ran an execution died (or lost it) again and again without it
+    committing any progress, so tether stopped taking it over and failed it. How many times
+    is the setting `crash_loop_limit` (`TETHER_CRASH_LOOP_LIMIT`, default 5)."""
+
+    def __init__(self, message: str, takeovers: int = 0) -> None:
+        super().__init__(message)
+        self.takeovers = takeovers
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.takeovers))
 
 
 class ExecutionNotFound(TetherError, LookupError):
@@ -303,6 +394,20 @@ class ResultTimeout(TetherError, TimeoutError):
 class MemoryScopeError(UsageError):
     """A `tether.memory` call names no scope it can use: outside a flow, the execution or
     flow whose memory is meant must be given. The message says what to pass."""
+
+
+class BranchKeyInUse(UsageError):
+    """A task entered `tether.branch(key)` while another live task (or thread) of the same
+    execution was inside the same key under the same enclosing branch. Two lines of work in
+    one key would share its sequence, so which call got which recorded result would depend on
+    scheduling. Nothing was recorded for the second task; `key` is the key as given."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.key))
 
 
 class MemoryKeyError(TetherError, LookupError):

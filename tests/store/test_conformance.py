@@ -25,6 +25,7 @@ from tether.store import (
     EventRow,
     ExecutionRow,
     Store,
+    TokenRow,
     WaitRow,
     open_store,
 )
@@ -111,6 +112,17 @@ def test_creating_a_duplicate_id_fails_and_keeps_the_original(store: Store) -> N
     assert row.flow == "first"
 
 
+def test_execution_ids_by_prefix_are_literal_sorted_and_limited(store: Store) -> None:
+    for eid in ["ab_1", "ab%2", "abc", "xab", "Ab"]:
+        store.create_execution(execution(eid))
+    assert store.execution_ids("ab", limit=10) == ["ab%2", "ab_1", "abc"]
+    assert store.execution_ids("ab_", limit=10) == ["ab_1"]
+    assert store.execution_ids("ab%", limit=10) == ["ab%2"]
+    limited = store.execution_ids("ab", limit=2)
+    assert len(limited) == 2 and set(limited) < {"ab%2", "ab_1", "abc"}
+    assert store.execution_ids("zz", limit=10) == []
+
+
 def test_list_executions_is_newest_first(store: Store) -> None:
     for i, eid in enumerate(["b", "c", "a"]):
         store.create_execution(execution(eid, created_at=T0 + i))
@@ -156,6 +168,46 @@ def test_list_executions_combines_status_flow_and_limit(store: Store) -> None:
         store.create_execution(execution(eid, flow=flow, status=status, created_at=T0 + i))
     listed = store.list_executions(statuses=["succeeded"], flow="alpha", limit=2)
     assert [r.id for r in listed] == ["a4", "a3"]
+
+
+def test_list_executions_pages_by_creation_time_then_id(store: Store) -> None:
+    # Two share a creation time: the id breaks the tie, so no row is skipped or repeated.
+    for eid, at in [("a", T0), ("b", T0 + 1), ("c", T0 + 1), ("d", T0 + 2)]:
+        store.create_execution(execution(eid, created_at=at))
+    seen, before = [], None
+    while True:
+        page = store.list_executions(statuses=None, flow=None, limit=1, before=before)
+        if not page:
+            break
+        seen.append(page[0].id)
+        before = (page[0].created_at, page[0].id)
+    assert seen == ["d", "c", "b", "a"]
+    after_c = store.list_executions(statuses=None, flow=None, limit=10, before=(T0 + 1, "c"))
+    assert [r.id for r in after_c] == ["b", "a"]
+
+
+def test_execution_stats_count_by_status_and_queue(store: Store) -> None:
+    store.create_execution(execution("q1", status="queued", created_at=T0 + 1))  # updated then
+    store.create_execution(execution("q2", status="queued", created_at=T0 + 2))
+    store.create_execution(execution("s", status="succeeded", created_at=T0))
+    stats = store.execution_stats()
+    assert stats.counts == {("queued", "default"): 2, ("succeeded", "default"): 1}
+    assert stats.queued_since == T0 + 1
+    assert stats.pending_waits == 0
+
+
+def test_tokens_are_stored_listed_found_by_hash_and_revoked(store: Store) -> None:
+    assert store.create_token(TokenRow("ci", "h1", "read", T0))
+    assert not store.create_token(TokenRow("ci", "h2", "admin", T0 + 1))  # the name is taken
+    assert store.token_by_hash("h1") == TokenRow("ci", "h1", "read", T0)
+    assert store.token_by_hash("h2") is None
+    assert store.revoke_token("ci", now=T0 + 2)
+    assert not store.revoke_token("ci", now=T0 + 3)
+    assert store.token_by_hash("h1") == TokenRow("ci", "h1", "read", T0, T0 + 2)
+    # A revoked name can be given to a new token; the old secret is gone with it.
+    assert store.create_token(TokenRow("ci", "h3", "operate", T0 + 4))
+    assert store.list_tokens() == [TokenRow("ci", "h3", "operate", T0 + 4)]
+    assert store.token_by_hash("h1") is None
 
 
 # --- claim (compare and swap) -----------------------------------------------------------------
@@ -384,6 +436,64 @@ def test_release_with_stale_token_changes_nothing(store: Store) -> None:
     before = snapshot(store, "e1")
     assert not store.release("e1", "stale", status="queued", now=T0 + 4)
     assert snapshot(store, "e1") == before
+
+
+# --- crash loops: takeovers counted, the backoff's not_before ------------------------------------
+
+
+def test_takeovers_without_progress_are_counted_and_progress_starts_the_count_again(
+    store: Store,
+) -> None:
+    start(store, "e1", token="tok-1", expires=T0 + 10)
+    assert get(store, "e1").takeovers == 0
+
+    def take_over(old: str, new: str, now: float, *, by_claim: bool) -> None:
+        # The holder died: its lease runs out, and a claim (or a compare-and-swap on its
+        # token, as same-host takeovers and resume do) takes the execution over.
+        claim = lease(new, expires=now + LEASE)
+        if by_claim:
+            assert store.claim_runnable(claim, now=now, due=now) is not None
+        else:
+            assert store.claim("e1", claim, from_statuses=["running"], expected_token=old, now=now)
+
+    take_over("tok-1", "tok-2", T0 + 11, by_claim=True)
+    assert get(store, "e1").takeovers == 1  # nothing recorded before the first death either
+    take_over("tok-2", "tok-3", T0 + 12, by_claim=False)
+    assert get(store, "e1").takeovers == 2
+    assert store.record_checkpoint("e1", "tok-3", checkpoint("0")) == Commit.COMMITTED
+    take_over("tok-3", "tok-4", T0 + 13, by_claim=False)
+    assert get(store, "e1").takeovers == 1  # progress in between: the count starts again
+    take_over("tok-4", "tok-5", T0 + 13 + LEASE + 1, by_claim=True)
+    assert get(store, "e1").takeovers == 2
+
+    # A claim of a queued execution (a hand-back, not a death) counts nothing.
+    assert store.release("e1", "tok-5", status="queued", now=T0 + 100)
+    assert store.claim_runnable(lease("tok-6"), now=T0 + 100, due=T0 + 100) is not None
+    assert get(store, "e1").takeovers == 2
+    # A retry starts the count again.
+    assert store.finish("e1", "tok-6", status="failed", result=None, error="x", now=T0 + 101)
+    assert store.reset_for_retry("e1", positions=[], waits=[], now=T0 + 102)
+    assert get(store, "e1").takeovers == 0
+
+
+def test_a_queued_execution_is_not_claimed_before_its_not_before(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    store.create_execution(execution("e2", created_at=T0 + 1))
+    assert store.release("e1", "tok-1", status="queued", now=T0 + 2, not_before=T0 + 50)
+    row = get(store, "e1")
+    assert (row.status, row.owner, row.not_before) == ("queued", None, T0 + 50)
+    # The older one waits out its pause; the queue behind it is not held up.
+    assert [r.id for r in store.runnable(now=T0 + 3, due=T0 + 3, limit=10)] == ["e2"]
+    taken = store.claim_runnable(lease("tok-2"), now=T0 + 3, due=T0 + 3)
+    assert taken is not None and taken.id == "e2"
+    assert store.claim_runnable(lease("tok-3"), now=T0 + 3, due=T0 + 3) is None
+    taken = store.claim_runnable(lease("tok-4"), now=T0 + 50, due=T0 + 50)
+    assert taken is not None and taken.id == "e1"
+    # Taken after its pause, it keeps not_before: the pause of this takeover was served.
+    assert taken.not_before == T0 + 50
+    assert store.finish("e1", "tok-4", status="failed", result=None, error="x", now=T0 + 51)
+    assert store.reset_for_retry("e1", positions=[], waits=[], now=T0 + 52)
+    assert get(store, "e1").not_before is None
 
 
 # --- request_cancel ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from _rows import T0, race, start
 
 from tether.errors import MemoryConflictError
-from tether.store import MemoryRow, Store
+from tether.store import MemoryRow, Store, memory_write_key
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -143,6 +143,32 @@ def test_a_write_with_a_known_idempotency_key_returns_the_earlier_version(store:
     again = put(store, value_row(blob="h9", idempotency_key="e1:3:abc"), [("h9", '"x"')])
     assert again == first
     assert [r.version for r in store.memory_versions("namespace", "default", "k")] == [2, 1]
+
+
+def test_a_retry_forgets_the_memory_writes_at_the_positions_it_forgets(store: Store) -> None:
+    token = start(store, "e1")
+    for position, blob in (("0", "h1"), ("2", "h2"), ("2.1.0", "h3"), ("10", "h4")):
+        row = value_row(f"k{position}", blob=blob, idempotency_key=memory_write_key("e1", position))
+        assert store.put_memory(row, [(blob, '"a"')], fence=("e1", token)) is not None
+    other = put(store, value_row("k2", idempotency_key=memory_write_key("e2", "2")))
+    assert store.finish("e1", token, status="failed", result=None, error='"boom"', now=T0 + 2)
+
+    assert store.reset_for_retry("e1", positions=["2", "2.1.0", "10"], waits=[], now=T0 + 3)
+
+    # Forgotten, in the same transaction: the versions stay, the positions' claims go.
+    def claim(key: str, version: int = 1) -> str | None:
+        row = store.get_memory("namespace", "default", key, version)
+        assert row is not None, "the version stays"
+        return row.idempotency_key
+
+    assert claim("k0") == memory_write_key("e1", "0")
+    assert (claim("k2"), claim("k2.1.0"), claim("k10")) == (None, None, None)
+    assert claim("k2", 2) == other.idempotency_key, "another execution's write stays"
+    # The retried call writes again; the call before the retry point still finds its version.
+    again = value_row("k10", blob="h4", idempotency_key=memory_write_key("e1", "10"))
+    assert put(store, again).version == 2
+    first = value_row("k0", blob="h1", idempotency_key=memory_write_key("e1", "0"))
+    assert put(store, first).version == 1
 
 
 def test_a_fenced_write_with_a_stale_token_writes_nothing(store: Store) -> None:

@@ -458,7 +458,35 @@ def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     )
 
 
-LATEST = 10  # migrations/*/0010_child_flows.sql
+LATEST = 12  # migrations/*/0012_api_tokens.sql
+
+# Columns of executions that this code writes and schemas before v11 lack. A test that has
+# this code write data into an older database adds them for the writes and drops them again
+# before the database migrates, so it migrates as that version left it.
+V11_COLUMNS = {
+    "takeovers": "INTEGER NOT NULL DEFAULT 0",
+    "progress_mark": "INTEGER NOT NULL DEFAULT 0",
+    "not_before": "DOUBLE PRECISION",
+}
+
+
+def v11_columns(store_url: str, *, add: bool) -> None:
+    statements = [
+        f"ALTER TABLE executions ADD COLUMN {name} {kind}" if add
+        else f"ALTER TABLE executions DROP COLUMN {name}"
+        for name, kind in V11_COLUMNS.items()
+    ]  # fmt: skip
+    if BACKEND == "postgres":
+        import psycopg
+
+        with closing(psycopg.connect(store_url, autocommit=True)) as pg:
+            for statement in statements:
+                pg.execute(statement)  # type: ignore[arg-type]
+        return
+    with closing(sqlite3.connect(path_from_url(store_url))) as conn:
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
 
 
 def index_names(store_url: str) -> set[str]:
@@ -516,6 +544,7 @@ def test_a_database_with_data_at_schema_7_migrates_to_8_and_keeps_working(
 ) -> None:
     migrations_before(monkeypatch, "0008")
     old = open_store(store_url)
+    v11_columns(store_url, add=True)
     try:
         assert schema_versions(old)[-1] == 7
         assert index_names(store_url) >= DROPPED
@@ -555,6 +584,7 @@ def test_a_database_with_data_at_schema_7_migrates_to_8_and_keeps_working(
         before = everything(old, ids)
     finally:
         old.close()
+    v11_columns(store_url, add=False)
     monkeypatch.undo()
 
     store = open_store(store_url)
@@ -637,6 +667,8 @@ def test_a_database_at_schema_8_with_integer_positions_migrates_to_9_and_resumes
     migrations_before(monkeypatch, "0009")
     _config.reset()
     try:
+        open_store(store_url).close()  # at schema 8
+        v11_columns(store_url, add=True)
         tether.configure(db=store_url)
         handle = v8_flow.run()
         retry_until(lambda: handle.status() is Status.WAITING, what="the flow to wait")
@@ -648,6 +680,7 @@ def test_a_database_at_schema_8_with_integer_positions_migrates_to_9_and_resumes
             old.close()
     finally:
         _config.reset()
+    v11_columns(store_url, add=False)
     monkeypatch.undo()
     assert v8_ran == Counter({1: 1, 2: 1})
     stored = position_types(path)

@@ -35,6 +35,7 @@ from ..errors import (
     DivergenceError,
     LeaseLost,
     SerializationError,
+    StoreCorrupt,
     StoreUnavailable,
     UsageError,
 )
@@ -42,6 +43,7 @@ from ..store import CheckpointRow, Commit, EventRow
 from . import serde as _serde
 from .capture import MAX_LOG_BYTES, CapturedLog
 from .context import Frame, Run, current_frame, current_run
+from .faults import as_failure
 from .persist import persist, persist_async
 from .positions import current_branch, one_recorded_call
 from .status import CheckpointStatus
@@ -164,14 +166,19 @@ class Checkpoint(Generic[P, R]):
                 if self.timeout is None:
                     value = self.fn(*args, **kwargs)
                 else:
-                    value = self._with_thread_timeout(args, kwargs)
+                    value = self._timed_attempt(call.frame, self.timeout, args, kwargs)
             except ControlSignal:
                 raise
-            except Exception as exc:
-                pending = call.failed(exc)
+            except BaseException as exc:
+                failure = as_failure(exc, f"checkpoint {self.name!r}")
+                if not isinstance(failure, Exception):
+                    raise  # a cancellation that asyncio started (on the loop thread)
+                pending = call.failed(failure, exc)
                 call.commit(pending)
                 if pending.delay is None:
-                    raise
+                    if failure is exc:
+                        raise
+                    raise failure from exc
                 run.cancel_event.wait(pending.delay)
                 continue
             finally:
@@ -202,11 +209,16 @@ class Checkpoint(Generic[P, R]):
                         raise self._timeout_error() from exc
             except ControlSignal:
                 raise
-            except Exception as exc:
-                pending = call.failed(exc)
+            except BaseException as exc:
+                failure = as_failure(exc, f"checkpoint {self.name!r}")
+                if not isinstance(failure, Exception):
+                    raise  # a cancellation that asyncio started (a TaskGroup, a timeout)
+                pending = call.failed(failure, exc)
                 await call.commit_async(pending)
                 if pending.delay is None:
-                    raise
+                    if failure is exc:
+                        raise
+                    raise failure from exc
                 await asyncio.sleep(pending.delay)
                 continue
             finally:
@@ -218,15 +230,50 @@ class Checkpoint(Generic[P, R]):
                 raise pending.error
             return value
 
-    def _with_thread_timeout(self, args: Any, kwargs: Any) -> Any:
-        # Python cannot stop a thread: on timeout the attempt is abandoned and keeps running
-        # in the background; its result is discarded.
+    def _timed_attempt(self, frame: Frame, timeout: float, args: Any, kwargs: Any) -> Any:
+        """One attempt of a sync checkpoint with a timeout, on a thread of its own (never a
+        shared pool, where waiting for a free thread would count against the timeout) and
+        on a frame of its own. Python cannot stop a thread: on timeout the attempt is
+        abandoned and runs on; its frame is detached first, so what it prints, logs or
+        spends from then on is dropped and its memory writes are refused, rather than
+        landing on the next attempt."""
+        attempt = Frame(
+            frame.run,
+            frame.position,
+            frame.name,
+            frame.attempt,
+            dict(frame.metadata),
+            None,
+            frame.usage,
+        )
         context = contextvars.copy_context()
-        future = _submit_pool().submit(context.run, self.fn, *args, **kwargs)
-        try:
-            return future.result(timeout=self.timeout)
-        except concurrent.futures.TimeoutError:
-            raise self._timeout_error() from None
+        context.run(current_frame.set, attempt)
+        outcome = _Outcome()
+        thread = threading.Thread(
+            target=context.run,
+            args=(outcome.run, self.fn, args, kwargs),
+            name=f"tether-timeout {self.name}@{frame.position}#{frame.attempt}",
+            daemon=True,  # an abandoned attempt must not keep the process from exiting
+        )
+        thread.start()
+        finished = outcome.done.wait(timeout)
+        # Detached before its output is taken: anything it writes after this is dropped,
+        # anything before is the attempt's own (committed with it, under its number).
+        attempt.detached = True
+        frame.metadata = dict(attempt.metadata)  # a copy: the thread may run on
+        frame.usage = attempt.usage
+        log, attempt.log = attempt.log, None
+        if log is not None:
+            if frame.log is None:
+                frame.log = log
+            else:
+                for at, level, text, logger in log.entries:
+                    frame.log.entries.append((at, level, text, logger))
+        if not finished:
+            raise self._timeout_error()
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value
 
     def _timeout_error(self) -> CheckpointTimeout:
         return CheckpointTimeout(f"checkpoint {self.name!r} ran longer than {self.timeout}s")
@@ -332,16 +379,19 @@ class _Call:
             self.attempts.append(self._attempt(finished, None))
         return self._pending(_SUCCEEDED, text, None, finished)
 
-    def failed(self, exc: Exception) -> _Pending:
+    def failed(self, exc: BaseException, raised: BaseException | None = None) -> _Pending:
         """The commit of a failed attempt; its `delay` is the pause before the next attempt,
-        or None when the attempts are spent (the error is then the call's outcome)."""
+        or None when the attempts are spent (the error is then the call's outcome). `raised`:
+        what the code raised, when `exc` is the failure it counts as (`Interrupted`): the
+        attempt records its type, and `retry_on` is matched against it."""
+        raised = exc if raised is None else raised
         finished = time.time()
-        self.attempts.append(self._attempt(finished, exc))
+        self.attempts.append(self._attempt(finished, raised))
         checkpoint = self.checkpoint
         attempt = self.frame.attempt
         if (
             attempt <= checkpoint.retries
-            and isinstance(exc, checkpoint.retry_on)
+            and isinstance(raised, checkpoint.retry_on)
             # Another attempt would meet the same budget.
             and not isinstance(exc, BudgetExceeded)
         ):
@@ -404,23 +454,20 @@ class _Call:
             return store.record_checkpoint(run.execution_id, run.token, pending.row, pending.events)
 
         try:
-            outcome = write()
-        except StoreUnavailable:
             try:
-                outcome = persist(write)
+                outcome = write()
             except StoreUnavailable:
-                outcome = Commit.LOST
+                outcome = persist(write)
+        except (StoreUnavailable, StoreCorrupt) as exc:
+            # Still failing after the retries (or damaged): not the flow's error. Unwind,
+            # and let the executor release the execution, to continue once the store is back.
+            raise run.store_fault(exc) from exc
         self._settle(pending, outcome)
 
     async def commit_async(self, pending: _Pending) -> None:
         """Write the row without blocking the event loop (the store group commits it with
         other executions' rows); resumes once it is durable."""
         run = self.run
-        if run.inline_commits is not None and run.inline_commits():
-            # The only execution on the loop: one statement here costs less than the trip to
-            # the committer's thread and back, and nobody else waits on the loop meanwhile.
-            self.commit(pending)
-            return
         store = run.store
 
         def write() -> Awaitable[Commit]:
@@ -429,17 +476,23 @@ class _Call:
             )
 
         try:
-            outcome = await write()
-        except StoreUnavailable:
             try:
-                outcome = await persist_async(write)
+                if run.inline_commits is not None and run.inline_commits():
+                    # The only execution on the loop: one statement here costs less than the
+                    # trip to the committer's thread and back, and nobody else waits on the
+                    # loop meanwhile. Retries are awaited below, never slept here.
+                    outcome = store.record_checkpoint(
+                        run.execution_id, run.token, pending.row, pending.events
+                    )
+                else:
+                    outcome = await write()
             except StoreUnavailable:
-                outcome = Commit.LOST
+                outcome = await persist_async(write)
+        except (StoreUnavailable, StoreCorrupt) as exc:
+            raise run.store_fault(exc) from exc
         self._settle(pending, outcome)
 
     def _settle(self, pending: _Pending, outcome: Commit) -> None:
-        # A store that stayed unavailable (LOST above) is not the flow's error: unwind,
-        # hold nothing, and let recovery resume it.
         run = self.run
         if not outcome:
             run.lease_lost = True
@@ -448,6 +501,25 @@ class _Call:
             run.cancel_event.set()
         if _after_commit is not None:
             _after_commit(run, pending.row.position)
+
+
+class _Outcome:
+    """What a timed attempt's thread returned or raised."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def run(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        try:
+            self.value = fn(*args, **kwargs)
+        except BaseException as exc:  # raised again in the calling thread, as it was
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 class _Pending:
@@ -554,6 +626,11 @@ def checkpoint(
       before attempt n+1 is `backoff * 2**(n-1)` seconds (at most 60), with jitter.
       Every attempt is recorded with its error and timing; the last error is recorded and
       raised into the flow, which may catch it.
+    - A `BaseException` that is not an `Exception` (`SystemExit`, `KeyboardInterrupt`,
+      `GeneratorExit`, a `CancelledError` when nothing cancelled the task) fails the attempt
+      too, as `tether.errors.Interrupted` naming what was raised; it is retried only when
+      `retry_on` names its type (`retry_on=BaseException`, say). A cancellation that asyncio
+      started (a TaskGroup, a timeout) stays a cancellation and records nothing.
     - `timeout`: seconds one attempt may take (CheckpointTimeout after that).
 
     Outside a flow the function runs as a plain call, nothing recorded. Called inside

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -36,6 +38,56 @@ def find_store(start: str | os.PathLike[str] | None = None) -> tuple[str, str]:
     return DEFAULT_DB, "default: none found, so in the working directory"
 
 
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def configured_imports(
+    start: str | os.PathLike[str] | None = None,
+) -> tuple[list[str], str, str | None]:
+    """The modules whose flows a process that resumes executions loads besides its own:
+    `TETHER_IMPORTS` (comma-separated), else the `imports` list of the `[tool.tether]` table
+    of the nearest pyproject.toml from `start` (the working directory) up. Returns (modules,
+    where they came from, the pyproject's directory or None). Read when needed, not at start:
+    a process that only reads executions never looks."""
+    raw = os.environ.get("TETHER_IMPORTS", "")
+    if raw.strip():
+        modules = [m.strip() for m in raw.split(",") if m.strip()]
+        return _checked_modules(modules, "TETHER_IMPORTS"), "TETHER_IMPORTS", None
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        path = folder / "pyproject.toml"
+        if path.is_file():
+            return _pyproject_imports(path)
+    return [], "", None
+
+
+def _pyproject_imports(path: Path) -> tuple[list[str], str, str | None]:
+    origin = f"[tool.tether] imports in {path}"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {path} (for [tool.tether] imports): {exc}") from None
+    table = data.get("tool", {}).get("tether", {})
+    if not isinstance(table, dict) or "imports" not in table:
+        return [], "", None
+    modules = table["imports"]
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigurationError(
+            f'{origin}: expected a list of module names, e.g. imports = ["myapp.agents"], '
+            f"not {modules!r}"
+        )
+    return _checked_modules(modules, origin), origin, str(path.parent)
+
+
+def _checked_modules(modules: list[str], origin: str) -> list[str]:
+    for module in modules:
+        if not _MODULE.fullmatch(module):
+            raise ConfigurationError(
+                f"{origin}: {module!r} is not a module name (dotted, like myapp.agents)"
+            )
+    return modules
+
+
 class _Unset:
     def __repr__(self) -> str:
         return "UNSET"
@@ -57,6 +109,10 @@ class Settings:
     max_async: int = 10_000
     slow_callback_seconds: float = 0.5
     lease_seconds: float = 30.0
+    crash_loop_limit: int = 5
+    crash_loop_backoff: float = 1.0
+    # How long a SQLite connection waits for another one's write lock before StoreBusy.
+    busy_timeout: float = 60.0
     executor: bool = True
     max_input_bytes: int = 16 * 1024 * 1024
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
@@ -89,26 +145,28 @@ def _from_env() -> Settings:
         model=os.environ.get("TETHER_MODEL") or None,
         secret=os.environ.get("TETHER_SECRET", "").encode() or None,
     )
-    max_async = os.environ.get("TETHER_MAX_ASYNC", "").strip()
-    if max_async:
+    numbers: dict[str, Any] = {}
+    for name, setting, kind, least in (
+        ("TETHER_MAX_ASYNC", "max_async", int, 1),
+        ("TETHER_CRASH_LOOP_LIMIT", "crash_loop_limit", int, 1),
+        ("TETHER_CRASH_LOOP_BACKOFF", "crash_loop_backoff", float, 0),
+        ("TETHER_BUSY_TIMEOUT", "busy_timeout", float, 0.001),
+        ("TETHER_MAX_VALUE_BYTES", "max_value_bytes", int, 1024),
+    ):
+        text = os.environ.get(name, "").strip()
+        if not text:
+            continue
         try:
-            found = replace(found, max_async=int(max_async))
+            value = kind(text)
         except ValueError:
-            raise ConfigurationError(
-                f"TETHER_MAX_ASYNC must be a whole number, not {max_async!r}"
-            ) from None
-        if found.max_async < 1:
-            raise ConfigurationError("TETHER_MAX_ASYNC must be at least 1")
-    max_value = os.environ.get("TETHER_MAX_VALUE_BYTES", "").strip()
-    if max_value:
-        try:
-            size = int(max_value)
-        except ValueError:
-            raise ConfigurationError(
-                f"TETHER_MAX_VALUE_BYTES must be a whole number of bytes, not {max_value!r}"
-            ) from None
-        found = replace(found, max_value_bytes=_checked_value_bytes(size, "TETHER_MAX_VALUE_BYTES"))
-    return found
+            what = "a whole number" if kind is int else "a number of seconds"
+            raise ConfigurationError(f"{name} must be {what}, not {text!r}") from None
+        if value < least:
+            raise ConfigurationError(f"{name} must be at least {least}")
+        numbers[setting] = value
+    if "max_value_bytes" in numbers:
+        _checked_value_bytes(numbers["max_value_bytes"], "TETHER_MAX_VALUE_BYTES")
+    return replace(found, **numbers)
 
 
 def _checked_value_bytes(size: Any, name: str) -> int:
@@ -124,7 +182,7 @@ def _checked_value_bytes(size: Any, name: str) -> int:
 
 _lock = threading.RLock()
 _settings: Settings | None = None
-_stores: dict[tuple[str, str], Store] = {}
+_stores: dict[tuple[str, str, float], Store] = {}
 
 
 def settings() -> Settings:
@@ -148,6 +206,9 @@ def configure(
     max_async: int | _Unset = UNSET,
     slow_callback_seconds: float | _Unset = UNSET,
     lease_seconds: float | _Unset = UNSET,
+    crash_loop_limit: int | _Unset = UNSET,
+    crash_loop_backoff: float | _Unset = UNSET,
+    busy_timeout: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
     max_value_bytes: int | _Unset = UNSET,
@@ -178,7 +239,20 @@ def configure(
       `warning` event on its execution: a blocking call in an async checkpoint stalls every
       execution on the loop.
     - `lease_seconds`: how long a lease lasts at least without a heartbeat (default 30;
-      heartbeats keep it between 1 and 4/3 of this ahead).
+      heartbeats keep it between 1 and 4/3 of this ahead). A write that fails for a
+      transient store fault (busy, disk full, read-only, connection lost) is retried with
+      backoff for this long; then the execution is released (never failed) and continues
+      once the store is back.
+    - `crash_loop_limit`: how many times in a row the process running an execution may die
+      (or lose it) without the execution committing progress before tether fails it with
+      `CrashLoopError` instead of taking it over again (default 5;
+      `TETHER_CRASH_LOOP_LIMIT`).
+    - `crash_loop_backoff`: from the second such takeover on, the execution is handed back
+      to run no sooner than this many seconds later, doubling each time up to 5 minutes
+      (default 1; `TETHER_CRASH_LOOP_BACKOFF`). Other executions are claimed meanwhile.
+    - `busy_timeout`: how long a SQLite connection waits for another connection's write
+      lock before the write fails with StoreBusy (default 60 seconds; `TETHER_BUSY_TIMEOUT`).
+      Applies to stores opened after it is set.
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
       and operates executions but never runs one; `tether worker` processes do.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
@@ -203,6 +277,9 @@ def configure(
         ("max_async", max_async),
         ("slow_callback_seconds", slow_callback_seconds),
         ("lease_seconds", lease_seconds),
+        ("crash_loop_limit", crash_loop_limit),
+        ("crash_loop_backoff", crash_loop_backoff),
+        ("busy_timeout", busy_timeout),
         ("executor", executor),
         ("max_input_bytes", max_input_bytes),
         ("max_value_bytes", max_value_bytes),
@@ -229,6 +306,12 @@ def configure(
         raise ConfigurationError("slow_callback_seconds must be positive")
     if "lease_seconds" in changes and changes["lease_seconds"] <= 0:
         raise ConfigurationError("lease_seconds must be positive")
+    if "crash_loop_limit" in changes and changes["crash_loop_limit"] < 1:
+        raise ConfigurationError("crash_loop_limit must be at least 1")
+    if "crash_loop_backoff" in changes and changes["crash_loop_backoff"] < 0:
+        raise ConfigurationError("crash_loop_backoff must be 0 or more seconds")
+    if "busy_timeout" in changes and not changes["busy_timeout"] > 0:
+        raise ConfigurationError("busy_timeout must be above 0 seconds")
     chosen = changes.get("model")
     if chosen is not None and (not isinstance(chosen, str) or not chosen):
         raise ConfigurationError(f"model is a model name such as 'openai:gpt-4o', not {chosen!r}")
@@ -258,14 +341,16 @@ def _checked_prices(prices: Any) -> dict[str, ModelPrice]:
 def store_for(url: str | None = None) -> Store:
     """The process's shared store for a URL (the configured one by default), opened once."""
     current = settings()
-    key = (url or current.db, current.durability)
+    key = (url or current.db, current.durability, current.busy_timeout)
     found = _stores.get(key)
     if found is not None:
         return found
     with _lock:
         found = _stores.get(key)
         if found is None:
-            found = open_store(key[0], durability=current.durability)
+            found = open_store(
+                key[0], durability=current.durability, busy_timeout=current.busy_timeout
+            )
             _stores[key] = found
         return found
 

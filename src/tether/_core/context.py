@@ -16,7 +16,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import Cancelled, DivergenceError, LeaseLost, NotInFlowError, Released
+from ..errors import (
+    Cancelled,
+    DivergenceError,
+    LeaseLost,
+    NotInFlowError,
+    Released,
+    StoreError,
+)
 from ..store import CheckpointRow, EventRow, Store, WaitRow
 from . import serde as _serde
 from .positions import Branch, current_branch
@@ -42,6 +49,7 @@ class Run:
         "cancel_event",
         "diverged",
         "execution_id",
+        "fault",
         "flow",
         "inline_commits",
         "lease_lost",
@@ -91,6 +99,10 @@ class Run:
         # heartbeat as the execution's progress.
         self.live: dict[str, tuple[str, float]] = {}
         self.diverged: DivergenceError | None = None
+        # The store fault (still failing after the retries) that made this run hand the
+        # execution back; the executor records it and resumes the execution once the store
+        # is back. Every branch stops at its next boundary.
+        self.fault: StoreError | None = None
         # The flow body's branch; the engine makes it current when flow code starts.
         self.root = Branch("")
         # What the execution spends on model calls, and its budget: the spending layer's
@@ -110,8 +122,17 @@ class Run:
             raise LeaseLost(self.execution_id)
         if self.cancel_event.is_set():
             raise Cancelled(self.execution_id)
-        if self.release_event.is_set():
+        if self.release_event.is_set() or self.fault is not None:
             raise Released(self.execution_id)
+
+    def store_fault(self, error: StoreError) -> Released:
+        """The signal that unwinds the flow when a commit kept failing for a store fault
+        (not the flow's failure, so nothing user code may catch as an Exception)."""
+        if self.fault is None:
+            self.fault = error
+        signal = Released(self.execution_id)
+        signal.__cause__ = error
+        return signal
 
     def diverge(self, error: DivergenceError) -> DivergenceError:
         # Remembered so the execution fails even if user code catches the error.
@@ -147,6 +168,10 @@ class Frame:
     # (the run's `spend` stores it). None until a model call adds some, so calls without
     # usage pay nothing for it.
     usage: Any = None
+    # A timed sync attempt runs on a frame of its own; once it times out that frame is
+    # detached: what the abandoned thread logs or spends later is kept nowhere, and its memory
+    # writes are refused, so none of it lands on a later attempt (see `checkpoint`).
+    detached: bool = False
 
 
 current_run: ContextVar[Run | None] = ContextVar("tether_run", default=None)

@@ -1,19 +1,25 @@
-"""Finding objects again from a recorded import path, in any process.
+"""Which flows this process may run, and loading them: what the user named, never a row.
 
-An execution records where its flow lives (`module:qualname`, plus the script
-file when the module is `__main__`), and stored dataclasses and Pydantic models
-record their class the same way. Another process resolves those paths here.
+A process runs the flows it loaded itself: the flows its own code defined (every
+`@tether.flow` registers itself here when its module is imported), the modules the user
+named (`--import`, `TETHER_IMPORTS`, `[tool.tether] imports` in pyproject.toml; see
+`load_module`, `load_configured`) and scripts the user named (`--script`, `load_script`).
+An execution records where its flow lives (`module:qualname`, plus the script file when
+the module is `__main__`), but the store may be written by people and programs this
+process does not trust: a recorded path is only a key into the flows loaded here
+(`lookup`). Nothing a row names is imported or run; a flow that is not loaded is a
+FlowNotFoundError that names the flag which would load it.
 
-A script run as `python agent.py` defines its flows in `__main__`. A different
-process (a resumer, a worker) has its own `__main__`, so the script is loaded
-again under an alias module name, with its `if __name__ == "__main__":` block
-not run, and `__main__` paths resolve into that alias.
+A script run as `python agent.py` defines its flows in `__main__`. Another process (a
+resumer, a worker) has its own `__main__`, so `--script` loads the file under an alias
+module name, with its `if __name__ == "__main__":` block not run, and its flows are known
+by the same `__main__:name` keys.
 
-Loading runs the script's (or module's) top level again. Code there that starts an
-execution (`flow.run(...)` not under the `__main__` guard) would start a second,
-unrelated one every time tether loads the file: while a load runs, `refuse_start`
-(called by everything that records a new execution, before it writes) raises
-UnguardedScriptError, and the load fails with it even if the script caught it.
+Loading runs the script's (or module's) top level. Code there that starts an execution
+(`flow.run(...)` not under the `__main__` guard) would start a second, unrelated one every
+time tether loads the file: while a load runs, `refuse_start` (called by everything that
+records a new execution, before it writes) raises UnguardedScriptError, and the load fails
+with it even if the script caught it.
 """
 
 from __future__ import annotations
@@ -26,15 +32,18 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any
 
-from ..errors import FlowNotFoundError, UnguardedScriptError
+from ..errors import ConfigurationError, FlowNotFoundError, UnguardedScriptError, UsageError
+from .config import configured_imports
 
 MAIN_ALIAS = "__tether_main__"
 
-_lock = threading.Lock()
-_cache: dict[tuple[str, str | None], Any] = {}
+_lock = threading.RLock()
+# (import path, real path of the script for `__main__` flows, else None) -> the flow.
+_flows: dict[tuple[str, str | None], Any] = {}
+# Modules named by TETHER_IMPORTS or [tool.tether] that are loaded already.
+_configured: set[str] = set()
 
 
 class _Load:
@@ -47,8 +56,8 @@ class _Load:
         self.started: str | None = None
 
 
-# Set while tether runs a script's or module's top level to find something in it. A context
-# variable, not a global: other threads of this process start executions meanwhile.
+# Set while tether runs a script's or module's top level. A context variable, not a global:
+# other threads of this process start executions meanwhile.
 _loading: contextvars.ContextVar[_Load | None] = contextvars.ContextVar(
     "tether_loading", default=None
 )
@@ -96,9 +105,10 @@ def _unguarded(load: _Load) -> UnguardedScriptError:
     name = load.started or "a flow"
     return UnguardedScriptError(
         f"{load.source} starts an execution ({name}) at its top level, and tether runs that "
-        "top level again whenever it loads the file to find a flow (to resume, recover or "
-        "replay one, or in a worker); nothing was started. Put the code that starts "
-        "executions under the guard, so that it runs only when you run the file:\n\n"
+        "top level whenever it loads the file (`--import`, `--script`, TETHER_IMPORTS: to "
+        "resume, recover or replay its flows, or in a worker); nothing was started. Put the "
+        "code that starts executions under the guard, so that it runs only when you run the "
+        "file:\n\n"
         '    if __name__ == "__main__":\n'
         f"        {name}.run(...)\n",
         load.source,
@@ -118,83 +128,146 @@ def path_of(obj: Any) -> tuple[str, str | None]:
     return f"{module}:{qualname}", script
 
 
-def resolve(import_path: str, script: str | None = None) -> Any:
-    """Import the object at `module:qualname`; raises FlowNotFoundError saying why it failed."""
-    key = (import_path, script)
-    cached = _cache.get(key)
-    if cached is not None:
-        return cached
-    module_name, _, qualname = import_path.partition(":")
-    if "<locals>" in qualname:
-        raise FlowNotFoundError(
-            f"{import_path} is defined inside a function, so no other process can import it; "
-            "define it at module level"
-        )
-    module = _module(module_name, script, import_path)
-    obj: Any = module
-    for part in qualname.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise FlowNotFoundError(
-                f"cannot find {qualname!r} in module {module.__name__!r} (recorded as "
-                f"{import_path}); was it renamed or removed since the execution started?"
-            ) from None
-    _cache[key] = obj
-    return obj
+def _key(import_path: str, script: str | None) -> tuple[str, str | None]:
+    # A script's flows are told apart by their file; a module's by its name alone (a script
+    # path stored beside a module's flow means nothing).
+    if import_path.partition(":")[0] == "__main__" and script:
+        return import_path, os.path.realpath(script)
+    return import_path, None
 
 
-def _module(module_name: str, script: str | None, import_path: str) -> ModuleType:
-    if module_name != "__main__":
-        try:
-            with loading(f"the module {module_name}", module_name):
-                return importlib.import_module(module_name)
-        except ImportError as exc:
-            raise FlowNotFoundError(
-                f"cannot import module {module_name!r} for {import_path}: {exc}. Run from a "
-                "directory (or PYTHONPATH) where the module is importable"
-            ) from exc
-    main = sys.modules.get("__main__")
-    main_file = getattr(main, "__file__", None)
-    if script is None:
-        # A stored value's class recorded as `__main__:Name`: in a process that loaded the
-        # script under the alias (to resume one of its flows), that is where it lives.
-        alias = sys.modules.get(MAIN_ALIAS)
-        if alias is not None and hasattr(alias, import_path.partition(":")[2].split(".")[0]):
-            return alias
-    if main is not None and (script is None or _same_file(main_file, script)):
-        return main
-    if script is None:
-        raise FlowNotFoundError(
-            f"{import_path} was defined in a script whose path was not recorded"
-        )
+def register_flow(flow: Any, fn: Any) -> None:
+    """Called by `@tether.flow` as it decorates `fn`: the flow is loaded in this process."""
+    import_path, script = path_of(fn)
+    if "<locals>" in import_path:
+        return  # refused when started: no other process could find it
     with _lock:
-        loaded = sys.modules.get(MAIN_ALIAS)
-        if loaded is not None and _same_file(getattr(loaded, "__file__", None), script):
-            return loaded
-        if not os.path.exists(script):
-            raise FlowNotFoundError(
-                f"{import_path} was defined in the script {script}, which no longer exists"
+        _flows[_key(import_path, script)] = flow
+
+
+def lookup(import_path: str, script: str | None = None) -> Any:
+    """The flow loaded in this process that an execution's recorded path names. Imports and
+    runs nothing: FlowNotFoundError, naming the flag that would load it, when there is none."""
+    found = _flows.get(_key(import_path, script))
+    if found is None:
+        raise not_loaded(import_path, script)
+    return found
+
+
+def not_loaded(import_path: str, script: str | None) -> FlowNotFoundError:
+    """The error for a recorded flow that is not loaded here, with the flag that loads it."""
+    module, _, qualname = import_path.partition(":")
+    if "<locals>" in qualname:
+        return FlowNotFoundError(
+            f"flow `{import_path}` is defined inside a function, so no other process can load "
+            "it; define it at module level"
+        )
+    if module != "__main__":
+        if module in sys.modules:
+            return FlowNotFoundError(
+                f"flow `{import_path}` is not loaded: the module {module} is, but has no flow "
+                f"{qualname!r}; was it renamed or removed since the execution started?"
             )
-        spec = importlib.util.spec_from_file_location(MAIN_ALIAS, script)
+        return FlowNotFoundError(
+            f"flow `{import_path}` is not loaded; add `--import {module}` (or import it in "
+            "this process, or name it in TETHER_IMPORTS or [tool.tether] imports in "
+            "pyproject.toml)",
+            load_with=f"--import {module}",
+        )
+    if not script:
+        return FlowNotFoundError(
+            f"flow `{qualname}` was started from an interactive session (no script file), so "
+            "only that process can run it"
+        )
+    if _loaded_script(script):
+        return FlowNotFoundError(
+            f"flow `{qualname}` is not loaded: the script {script} is, but has no flow "
+            f"{qualname!r}; was it renamed or removed since the execution started?"
+        )
+    return FlowNotFoundError(
+        f"flow `{qualname}` of the script {script} is not loaded; add `--script {script}`",
+        load_with=f"--script {script}",
+    )
+
+
+def _loaded_script(script: str) -> bool:
+    for name in ("__main__", MAIN_ALIAS):
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file and os.path.realpath(file) == os.path.realpath(script):
+            return True
+    return False
+
+
+def load_module(module_name: str, origin: str = "--import") -> None:
+    """Import a module the user named (`origin` says where: `--import`, TETHER_IMPORTS...),
+    so that its flows are loaded; refused if its top level starts an execution."""
+    try:
+        with loading(f"the module {module_name}", module_name):
+            importlib.import_module(module_name)
+    except UnguardedScriptError:
+        raise
+    except ImportError as exc:
+        raise UsageError(
+            f"{origin} {module_name}: {exc}. Run from a directory (or with a PYTHONPATH) "
+            "where the module is importable"
+        ) from exc
+
+
+def load_script(script: str) -> None:
+    """Load a script the user named (`--script`) under an alias module, its `__main__` block
+    not run, so that its flows are loaded. One script per process (besides its own)."""
+    path = os.path.realpath(script)
+    if not os.path.isfile(path):
+        raise UsageError(f"--script {script}: no such file")
+    with _lock:
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main_file and os.path.realpath(main_file) == path:
+            return  # this process runs that very script: its flows are loaded
+        loaded = sys.modules.get(MAIN_ALIAS)
+        if loaded is not None:
+            file = getattr(loaded, "__file__", None)
+            if file and os.path.realpath(file) == path:
+                return
+            raise UsageError(
+                f"--script {script}: this process already loaded the script {file}; a process "
+                "loads one script (run one process per script, or make them modules and use "
+                "--import)"
+            )
+        spec = importlib.util.spec_from_file_location(MAIN_ALIAS, path)
         if spec is None or spec.loader is None:
-            raise FlowNotFoundError(f"cannot load the script {script} for {import_path}")
+            raise UsageError(f"--script {script}: cannot load it as Python")
         module = importlib.util.module_from_spec(spec)
         # The script's own imports must resolve as they did when it ran.
-        script_dir = os.path.dirname(script)
+        script_dir = os.path.dirname(path)
         if script_dir not in sys.path:
             sys.path.insert(0, script_dir)
         sys.modules[MAIN_ALIAS] = module
         try:
-            with loading(f"the script {script}", MAIN_ALIAS):
+            with loading(f"the script {path}", MAIN_ALIAS):
                 spec.loader.exec_module(module)
         except UnguardedScriptError:
             raise
         except BaseException as exc:
             sys.modules.pop(MAIN_ALIAS, None)
-            raise FlowNotFoundError(f"loading the script {script} failed: {exc!r}") from exc
-        return module
+            raise UsageError(f"--script {script}: loading it failed: {exc!r}") from exc
 
 
-def _same_file(a: str | None, b: str) -> bool:
-    return a is not None and os.path.abspath(a) == os.path.abspath(b)
+def load_configured() -> None:
+    """Import the modules the user's configuration names (`TETHER_IMPORTS`, else
+    `[tool.tether] imports` of the nearest pyproject.toml), once per process. Called by what
+    resumes executions (Client, replay, worker), never by what only reads them."""
+    modules, origin, folder = configured_imports()
+    todo = [m for m in modules if m not in _configured]
+    if not todo:
+        return
+    if folder is not None and folder not in sys.path:
+        sys.path.insert(0, folder)
+    for module in todo:
+        try:
+            load_module(module, origin)
+        except UsageError as exc:
+            if isinstance(exc, UnguardedScriptError):
+                raise
+            raise ConfigurationError(str(exc)) from exc
+        with _lock:
+            _configured.add(module)

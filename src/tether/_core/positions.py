@@ -29,10 +29,11 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
+import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import BranchKeyInUse, UsageError
 from ..store._positions import before, display, escape_key, is_position, parse, sort_key
 
 __all__ = [
@@ -51,10 +52,13 @@ __all__ = [
 ]
 
 
+_Holder = asyncio.Task[Any] | threading.Thread
+
+
 class Branch:
     """One line of recorded calls: a position prefix and its own sequence counter."""
 
-    __slots__ = ("_counter", "_named", "base", "prefix")
+    __slots__ = ("_counter", "_holder", "_holds", "_named", "base", "prefix")
 
     def __init__(self, prefix: str, base: Branch | None = None) -> None:
         self.prefix = prefix  # "" for the flow body, "3.1." for a branch
@@ -65,6 +69,10 @@ class Branch:
         # one branch (a to_thread awaited in place).
         self._counter = itertools.count()
         self._named: dict[str, Branch] | None = None
+        # The task (or thread) inside `tether.branch(key)` for a named branch, and how many
+        # times it entered it: a second live holder would share the sequence (see `hold`).
+        self._holder: _Holder | None = None
+        self._holds = 0
 
     def take(self) -> str:
         """The next position in this branch."""
@@ -84,6 +92,55 @@ class Branch:
         if found is None:
             found = base._named.setdefault(key, _new_named(base, key))
         return found
+
+    def hold(self, holder: _Holder, key: str) -> None:
+        """Enter this named branch as `holder`; BranchKeyInUse while another live holder is
+        inside. Two tasks in one key would take its slots in whatever order they run, so on
+        resume (recorded calls return at once, the order changes) they could swap results.
+        Numbering them automatically would depend on that same order, so it is refused.
+        Entering after the other left continues the sequence, as documented."""
+        with _holding:
+            current = self._holder
+            if current is not None and current is not holder and _alive(current):
+                raise BranchKeyInUse(
+                    f"tether.branch({key!r}) is already held by another task of this flow "
+                    "that is still inside it: two tasks in one key share its sequence, and on "
+                    "resume could get each other's recorded results. Give each line of work "
+                    "a key of its own: if items can repeat, key by their place in the input "
+                    f'as well (tether.branch(f"{{index}}:{{item}}")) or remove duplicates '
+                    "before handing them out.",
+                    key,
+                )
+            if current is not holder:
+                self._holder, self._holds = holder, 0
+            self._holds += 1
+
+    def release(self, holder: _Holder) -> None:
+        with _holding:
+            if self._holder is holder:
+                self._holds -= 1
+                if self._holds <= 0:
+                    self._holder, self._holds = None, 0
+
+
+# Holding is checked and taken under one lock: threads (gathered `to_thread`s) enter keys too.
+_holding = threading.Lock()
+
+
+def _alive(holder: _Holder) -> bool:
+    # A holder that ended without leaving (a generator suspended inside the block and never
+    # closed) holds nothing any more.
+    if isinstance(holder, threading.Thread):
+        return holder.is_alive()
+    return not holder.done()
+
+
+def _me() -> _Holder:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        task = None
+    return task if task is not None else threading.current_thread()
 
 
 def _new_named(base: Branch, key: str) -> Branch:
@@ -118,7 +175,10 @@ def branch(key: str | int) -> Iterator[None]:
 
     The identity depends only on the key and the enclosing `tether.branch` blocks, never on
     which task runs the code or when; a key entered again continues where it left off, so
-    use one key per line of work. Outside a flow, or inside a checkpoint, this does nothing.
+    use one key per line of work. A task entering a key that another live task is inside
+    (same enclosing branch) raises BranchKeyInUse: if items can repeat, key them by their
+    place in the input too (`f"{index}:{item}"`). Outside a flow, or inside a checkpoint,
+    this does nothing.
     """
     if isinstance(key, bool) or not isinstance(key, (str, int)):
         raise UsageError(f"a branch key is a string or an integer, not {key!r}")
@@ -129,11 +189,15 @@ def branch(key: str | int) -> Iterator[None]:
     if here is None:  # outside a flow, or inside a checkpoint: nothing is recorded here
         yield
         return
-    token = current_branch.set(here.named(text))
+    named = here.named(text)
+    me = _me()
+    named.hold(me, text)
+    token = current_branch.set(named)
     try:
         yield
     finally:
         current_branch.reset(token)
+        named.release(me)
 
 
 # The tasks created while an execution's flow body runs (by flow code and by checkpoint

@@ -137,6 +137,67 @@ def _too_deep_to_read(root: str) -> SerializationError:
     )
 
 
+def to_data(text: str | None) -> Any:
+    """Stored text as plain JSON data for people and other languages (the HTTP API): no
+    class is restored and nothing is unpickled, whatever this process has or is set to.
+    A dataclass, model, enum, named tuple or path becomes `{"type_name", "kind", "data"}`
+    (the shape of a `StoredValue`); tuples and sets become lists, a dict with keys that
+    are not all strings a list of `[key, value]` pairs, bytes base64 text, dates, times,
+    decimals and UUIDs their ISO or canonical text, a timedelta its seconds, a pickle
+    `{"type_name": null, "kind": "pickle", "data": null}`. None stays None."""
+    if text is None:
+        return None
+    value = _decode_json(text)
+    # Bare NaN or Infinity (a row another writer left) are walked too: JSON has no such words.
+    if _TAG_MARK in text or "NaN" in text or "Infinity" in text:
+        return _as_data(value, 0)
+    return value
+
+
+# How data for other languages (`to_data`, the CLI's `--json`) spells a float that is not
+# finite: strict JSON has no NaN or Infinity, so these strings stand for them.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_SCALAR_KINDS = frozenset({"datetime", "date", "time", "decimal", "uuid"})
+
+
+def _as_data(value: Any, depth: int) -> Any:
+    if depth > 200:
+        return None  # deeper than anything tether writes: not worth a RecursionError
+    t = type(value)
+    if t is list:
+        return [_as_data(v, depth + 1) for v in value]
+    if t is float and not math.isfinite(value):
+        return NON_FINITE[repr(value)]
+    if t is not dict:
+        return value
+    kind = value.get(TAG)
+    if kind is None:
+        return {k: _as_data(v, depth + 1) for k, v in value.items()}
+    data = value.get("v")
+    if kind in ("tuple", "set", "frozenset"):
+        return [_as_data(v, depth + 1) for v in data] if type(data) is list else None
+    if kind == "dict":
+        if type(data) is not list:
+            return None
+        pairs = [_as_data(v, depth + 1) for v in data]
+        if all(type(p) is list and len(p) == 2 and type(p[0]) is str for p in pairs):
+            return dict(pairs)  # string keys (a "$t" key made it tagged): an object again
+        return pairs
+    if kind == "float":
+        return NON_FINITE.get(data, data) if type(data) is str else None
+    if kind in ("bytes", "bytearray") or kind in _SCALAR_KINDS:
+        return data if type(data) is str else None
+    if kind == "timedelta" and type(data) is list and len(data) == 3:
+        return data[0] * 86400 + data[1] + data[2] / 1e6  # in seconds
+    if kind in _CLASS_KINDS:
+        shown = _as_data(data, depth + 1)
+        if kind == "model" and type(value.get("x")) is dict and type(shown) is dict:
+            shown = {**shown, **_as_data(value["x"], depth + 1)}
+        name = value.get("c")
+        return {"type_name": name if type(name) is str else None, "kind": kind, "data": shown}
+    return {"type_name": None, "kind": kind if type(kind) is str else None, "data": None}
+
+
 def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """A short stable hash of call arguments: a resumed call with other arguments is noted."""
     if not kwargs and _plain_args(args):

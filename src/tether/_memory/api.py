@@ -20,15 +20,17 @@ from .._core.context import Run, current_frame, current_run
 from .._core.persist import persist
 from .._runtime.flow import Flow
 from ..errors import (
+    CheckpointTimeout,
     DivergenceError,
     LeaseLost,
     MemoryKeyError,
     MemoryScopeError,
     MemoryValidationError,
+    StoreCorrupt,
     StoreUnavailable,
     UsageError,
 )
-from ..store import MemoryRow, Store
+from ..store import MemoryRow, Store, memory_write_key
 from . import blobs as _blobs
 
 __all__ = [
@@ -207,6 +209,7 @@ def set(
     allow_pickle = run.allow_pickle if run is not None else settings().pickle
     prepared = _blobs.prepare(value, allow_pickle=allow_pickle, root=f"value of memory key {key!r}")
     if not positional:
+        _refuse_abandoned("set", key)
         return _write(store, run, scope_name, scope_id, key, prepared, None, if_version).version
 
     def write() -> int:
@@ -245,6 +248,8 @@ def delete(
         return _write(store, run, scope_name, scope_id, key, None, position).version
 
     written: int
+    if not positional:
+        _refuse_abandoned("delete", key)
     if positional:
         source, recorded = _record("delete", scope_name, scope_id, key, tombstone)
         written = int(recorded)
@@ -330,6 +335,18 @@ def _where() -> tuple[Store, Run | None, bool]:
     return run.store, run, current_frame.get() is None
 
 
+def _refuse_abandoned(operation: str, key: str) -> None:
+    """A write from a timed-out attempt that runs on after it was abandoned is refused: it
+    would otherwise land while a later attempt runs, as if that one had made it."""
+    frame = current_frame.get()
+    if frame is not None and frame.detached:
+        raise CheckpointTimeout(
+            f"memory.{operation}({key!r}) in attempt {frame.attempt} of checkpoint "
+            f"{frame.name!r}, which timed out and was abandoned: nothing was written (an "
+            "abandoned attempt's memory writes are dropped)"
+        )
+
+
 def _position() -> str:
     frame = current_frame.get()
     assert frame is not None, "a recorded memory call runs as a checkpoint body"
@@ -394,18 +411,17 @@ def _copy(
 
 def _read(run: Run | None, operation: Callable[[], T]) -> T:
     """A store call from a flow: an unavailable store is ridden out while the lease lasts,
-    then the run unwinds (LeaseLost) to be recovered, rather than recording the outage as
-    the call's result."""
+    then the run unwinds (released for the store fault, to continue later), rather than
+    recording the outage as the call's result."""
     if run is None:
         return operation()
     try:
-        return operation()
-    except StoreUnavailable:
         try:
-            return persist(operation)
+            return operation()
         except StoreUnavailable:
-            run.lease_lost = True
-            raise LeaseLost(run.execution_id) from None
+            return persist(operation)
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        raise run.store_fault(exc) from exc
 
 
 def _write(
@@ -439,7 +455,7 @@ def _write(
             blobs = laid.blobs
         if run is not None and position is not None:
             row.writer_execution, row.writer_position = run.execution_id, position
-            row.idempotency_key = f"{run.execution_id}:{position}"
+            row.idempotency_key = memory_write_key(run.execution_id, position)
         fence = (run.execution_id, run.token) if run is not None else None
         return store.put_memory(row, blobs, fence=fence, if_version=if_version)
 

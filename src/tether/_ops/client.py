@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import builtins
 import datetime as dt
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from .._core import imports as _imports
 from .._core import schema as _schema
 from .._core import serde as _serde
 from .._core.config import settings, store_for
 from .._core.positions import sort_key
 from .._core.status import Status
 from .._runtime import replay as _replay
-from .._runtime.engine import load_flow
-from .._runtime.executor import executor
+from .._runtime.engine import Runnable, load_flow
+from .._runtime.executor import SUSPEND_EVENT, executor, host_prefix
 from .._runtime.handle import Handle, stored_execution
-from .._runtime.records import OUTPUT_KINDS, ExecutionRecord, LogRecord, WaitRecord
+from .._runtime.records import OUTPUT_KINDS, Event, ExecutionRecord, LogRecord, WaitRecord
 from .._spend import usage as _usage
 from .._spend.budget import Budget
 from ..errors import (
     ExecutionLocked,
     ExecutionNotFound,
+    FlowNotFoundError,
     InputTooLarge,
     InputValidationError,
     InvalidStateError,
@@ -33,11 +38,46 @@ from ..errors import (
     WaitAlreadyResolved,
     WaitNotFound,
 )
-from ..store import EventRow, ExecutionRow, Store, WaitRow, redact
+from ..store import EventRow, ExecutionRow, ExecutionStats, Store, WaitRow, redact
+from . import tokens as _tokens
+from .tokens import TokenInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An execution `Client.recover()` left alone: its flow is not loaded in this process.
+    `reason` says why; `load_with` is the flag that would load it (`--import agents`,
+    `--script path/x.py`), or None when none would."""
+
+    execution_id: str
+    flow: str
+    reason: str
+    load_with: str | None
+
+
+class Recovered(builtins.list[str]):
+    """What `Client.recover()` returns: the ids it resumed (a list), and in `skipped` the
+    executions it left alone because their flows are not loaded here."""
+
+    def __init__(self, ids: Iterable[str] = (), skipped: Iterable[Skipped] = ()) -> None:
+        super().__init__(ids)
+        self.skipped: builtins.list[Skipped] = builtins.list(skipped)
+
 
 _TAKEABLE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 # Client.get() shows at most this many children (the newest).
 _MAX_CHILDREN = 1000
+# An ambiguous id prefix lists at most this many of the ids it matches.
+_MAX_CANDIDATES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of executions, newest first; `next` is the cursor of the page after it
+    (None: this is the last one)."""
+
+    items: list[ExecutionRecord]
+    next: str | None
 
 
 class Client:
@@ -62,6 +102,30 @@ class Client:
 
     # --- reading ------------------------------------------------------------------------
 
+    def resolve_id(self, id_or_prefix: str) -> str:
+        """The full id of the execution whose id is `id_or_prefix` or, failing that, the one
+        execution whose id starts with it (as git takes a short commit hash).
+        ExecutionNotFound when none matches; UsageError listing the candidates when several
+        do."""
+        if not isinstance(id_or_prefix, str) or not id_or_prefix:
+            raise UsageError(f"an execution id is a non-empty string, not {id_or_prefix!r}")
+        if self._store.get_execution(id_or_prefix) is not None:
+            return id_or_prefix
+        found = self._store.execution_ids(id_or_prefix, limit=_MAX_CANDIDATES + 1)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise ExecutionNotFound(
+                f"no execution {id_or_prefix} in {redact(self._store.url)} (no id starts with it; "
+                "`tether executions list` shows the ids)"
+            )
+        shown = ", ".join(found[:_MAX_CANDIDATES])
+        more = " and more" if len(found) > _MAX_CANDIDATES else ""
+        raise UsageError(
+            f"{id_or_prefix!r} is the start of several execution ids ({shown}{more}); "
+            "give more of the id"
+        )
+
     def get(self, execution_id: str) -> ExecutionRecord:
         """One execution with its checkpoint calls, waits, events and children (the child
         flows its flow code started, oldest first)."""
@@ -77,6 +141,11 @@ class Client:
             children=[ExecutionRecord.from_row(c) for c in reversed(children)],
         )
 
+    def summary(self, execution_id: str) -> ExecutionRecord:
+        """One execution without its calls, waits, events or children (one read: cheap to
+        poll)."""
+        return ExecutionRecord.from_row(self._row(execution_id))
+
     def list(
         self,
         status: Status | str | Iterable[Status | str] | None = None,
@@ -88,12 +157,49 @@ class Client:
         """Executions, newest first, filtered by status (one or several) and flow name;
         with `parent`, only the children of that execution (child flows it started)."""
         _check_limit(limit)
-        statuses: builtins.list[str] | None = None
-        if status is not None:
-            items = [status] if isinstance(status, str) else builtins.list(status)
-            statuses = [_status(s) for s in items]
+        statuses = None if status is None else _statuses(status)
         rows = self._store.list_executions(statuses=statuses, flow=flow, limit=limit, parent=parent)
         return [ExecutionRecord.from_row(r) for r in rows]
+
+    def page(
+        self,
+        status: Status | str | Iterable[Status | str] | None = None,
+        flow: str | None = None,
+        limit: int = 100,
+        *,
+        parent: str | None = None,
+        cursor: str | None = None,
+    ) -> Page:
+        """`list()` a page at a time: pass the `next` of one page as the `cursor` of the
+        following one. Pages are cut by (creation time, id), so executions started meanwhile
+        never shift a page or show twice."""
+        _check_limit(limit)
+        statuses = None if status is None else _statuses(status)
+        rows = self._store.list_executions(
+            statuses=statuses, flow=flow, limit=limit + 1, parent=parent, before=_cursor(cursor)
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if more else None
+        return Page(
+            [ExecutionRecord.from_row(r) for r in rows],
+            None if last is None else _encode_cursor(last.created_at, last.id),
+        )
+
+    def usage(
+        self, *, flow: str | None = None, since: dt.datetime | float | None = None
+    ) -> _usage.Usage:
+        """What model calls spent in all executions (of `flow`; created at or after
+        `since`, a datetime or a Unix time), forgotten calls of retries included. Reads every
+        recorded call that has usage: meant for reports, not for a loop."""
+        start = since.timestamp() if isinstance(since, dt.datetime) else since
+        texts = self._store.usage_records(flow=flow, since=start)
+        return _usage.total(_usage.from_metadata(text) for text in texts)
+
+    def stats(self) -> ExecutionStats:
+        """Executions by status and queue, the oldest queued one, pending waits (what a
+        monitoring system or an autoscaler reads)."""
+        return self._store.execution_stats()
 
     def pending_waits(self, flow: str | None = None, limit: int = 100) -> builtins.list[WaitRecord]:
         """Waits that need input, oldest first: execution, name, question, `json_schema` of
@@ -106,6 +212,74 @@ class Client:
         """A Handle on an existing execution (to wait for its result)."""
         self._row(execution_id)
         return Handle(execution_id, self._store)
+
+    def attention(self, record: ExecutionRecord) -> str | None:
+        """Why nobody moves this execution forward, and what to do; None when nothing is
+        wrong. Today: it is `running` (or `queued` under a lease) but the process that held
+        it is gone (it ran on this host and its pid is dead) or its lease expired. A
+        `tether worker` takes such executions over by itself; without one, they stay as they
+        are until someone resumes them."""
+        if record.owner is None or record.status not in (Status.RUNNING, Status.QUEUED):
+            return None
+        now = time.time()
+        expires = record.lease_expires.timestamp() if record.lease_expires else None
+        if not executor().owner_gone(record.owner, expires, now):
+            return None
+        holder = _process_words(record.owner)
+        if expires is not None and expires < now:
+            at = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            why = (
+                f"its lease expired at {at}: the process that ran it ({holder}) stopped renewing it"
+            )
+        else:
+            why = f"the process that ran it ({holder}) is gone"
+        return (
+            f"{why}. Nothing runs it now: a running `tether worker` takes it over (on another "
+            f"host, once the lease has expired), or run `tether executions resume {record.id}`"
+        )
+
+    def continuation(self, execution_id: str) -> Continuation:
+        """Who will continue an execution once it has what it waits for: the process running
+        it, the process that parked it while it waited (if it is alive), or a `tether
+        worker`. `live` is False when no live process will (it ran on this host and that
+        process is gone, so it needs a worker or `resume`), None when it depends on whether
+        a worker runs. Ask before `input()`: after it, the execution may run or be done."""
+        row = self._row(execution_id)
+        status = Status(row.status)
+        resume = f"`tether executions resume {row.id}`"
+        if status.finished:
+            return Continuation(True, f"execution {row.id} already {status.value}")
+        now = time.time()
+        runner = executor()
+        if row.owner is not None:
+            if not runner.owner_gone(row.owner, row.lease_expires, now):
+                return Continuation(True, f"it runs in {_process_words(row.owner)}")
+            stranded = self.attention(ExecutionRecord.from_row(row))
+            if stranded is not None:
+                return Continuation(None, f"nobody runs it now: {stranded}")
+        notes = self._store.get_events(row.id, kinds=(SUSPEND_EVENT,))
+        data = json.loads(notes[-1].data) if notes and notes[-1].data else {}
+        owner = data.get("owner") if isinstance(data, dict) else None
+        worker = f"a `tether worker` continues it; if none runs, start one, or run {resume}"
+        if not isinstance(owner, str):
+            return Continuation(None, worker)
+        holder = _process_words(owner)
+        if not data.get("parked"):
+            return Continuation(None, f"it was suspended by a worker ({holder}): {worker}")
+        if owner == runner.owner:
+            return Continuation(True, "this process continues it")
+        if runner.owner_gone(owner, float("inf"), now):
+            return Continuation(
+                False,
+                f"no live process will pick it up: the process that started it ({holder}) is "
+                f"gone. Start a `tether worker`, or run {resume}",
+            )
+        if owner.startswith(host_prefix()):
+            return Continuation(True, f"the process that started it ({holder}) continues it")
+        return Continuation(
+            None,
+            f"the process that started it ({holder}) continues it if it still runs; else {worker}",
+        )
 
     # --- input --------------------------------------------------------------------------
 
@@ -214,9 +388,10 @@ class Client:
         """Continue an unfinished execution in this process, re-entering its flow from the top.
 
         Refused with ExecutionLocked while another live process holds it. Raises
-        FlowNotFoundError, changing nothing, when its flow cannot be imported here. In a
-        client-only process (`configure(executor=False)`) the execution is handed to the
-        workers instead.
+        FlowNotFoundError, changing nothing, when its flow is not loaded here: this process
+        runs the flows it imported itself or that `TETHER_IMPORTS` / `[tool.tether] imports`
+        name, never the module or script an execution's row names. In a client-only process
+        (`configure(executor=False)`) the execution is handed to the workers instead.
         """
         row = self._row(execution_id)
         status = Status(row.status)
@@ -231,7 +406,7 @@ class Client:
         if not runner.owner_gone(row.owner, row.lease_expires, now):
             raise ExecutionLocked(_locked_message(row, now))
         local = settings().executor
-        flow = load_flow(row.import_path, row.script) if local else None
+        flow = self._flow(row) if local else None
         token = self._take(row, now)
         if token is None:
             raise ExecutionLocked(
@@ -256,24 +431,39 @@ class Client:
             raise ExecutionNotFound(f"no execution {execution_id} in {redact(self._store.url)}")
         return Status(status)
 
-    def recover(self) -> builtins.list[str]:
+    def recover(self) -> Recovered:
         """Resume in this process every execution that should be running and is not: its
         owner died or its lease expired, it is queued with nobody on it, or its input or
-        timer arrived. Returns the ids resumed. (A `tether worker` does this continuously.)
+        timer arrived. Returns the ids resumed (a list); its `skipped` lists the executions
+        left alone because their flow is not loaded in this process, each with the flag that
+        would load it. (A `tether worker` does this continuously.)
         """
         runner = executor()
         now, due = time.time(), settings().clock()
+        if settings().executor:
+            _imports.load_configured()
+        # By id: a running row whose lease expired is offered by both passes below.
+        skipped: dict[str, Skipped] = {}
+
+        def loaded(row: ExecutionRow) -> bool:
+            if row.id in skipped:
+                return False
+            reason = self._not_loaded(row)
+            if reason is not None:
+                skipped[row.id] = Skipped(row.id, row.flow, str(reason), reason.load_with)
+            return reason is None
+
         # Owners killed on this host still have unexpired leases: take those over first.
-        taken = runner.take_over_dead(self._store, now, self._can_import, limit=10_000)
+        taken = runner.take_over_dead(self._store, now, loaded, limit=10_000)
         for row in self._store.runnable(now=now, due=due, limit=10_000):
-            if runner.holds(self._store, row.id) or not self._can_import(row):
+            if runner.holds(self._store, row.id) or not loaded(row):
                 continue
             claim = runner.claim()
             if self._store.claim_runnable(claim, now=now, due=due, ids=[row.id]) is not None:
                 taken.append((row.id, claim.token))
         for execution_id, token in taken:
             self._run_or_requeue(execution_id, token, now)
-        return [execution_id for execution_id, _ in taken]
+        return Recovered((execution_id for execution_id, _ in taken), skipped.values())
 
     def retry(self, execution_id: str) -> Handle[Any]:
         """Run a failed execution again, same id: recorded results are reused; the failed
@@ -303,7 +493,7 @@ class Client:
         forget = [c for c in calls if sort_key(c.position) >= start]
         forgotten_waits = [w for w in waits if sort_key(w.position) >= start]
         forget_waits = [w.name for w in forgotten_waits]
-        flow = load_flow(row.import_path, row.script) if settings().executor else None
+        flow = self._flow(row) if settings().executor else None
         # The failed children awaited from there on are retried first (same id, their own
         # recorded calls reused), so that the parent, awaiting them again, finds them running.
         # The start of a child stays recorded: a retry never starts a second child for a call.
@@ -405,6 +595,31 @@ class Client:
             if checkpoint is None or e.position in positions
         ]
 
+    # --- API tokens (tether server) -----------------------------------------------------
+
+    def create_token(self, name: str, scope: str = "read") -> str:
+        """A new API token for `tether server`: `read` (look only), `operate` (also give
+        input, start, cancel, resume, retry, replay, write memory) or `admin` (everything).
+        Returns the secret, which is shown only now: the store keeps its hash."""
+        return _tokens.create(self._store, name, scope)
+
+    def tokens(self) -> builtins.list[TokenInfo]:
+        """Every API token, revoked ones included, by name (never their secrets)."""
+        return [TokenInfo.from_row(r) for r in self._store.list_tokens()]
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke an API token: requests that carry it are refused from now on."""
+        _tokens.revoke(self._store, name)
+
+    def authenticate(self, secret: str) -> TokenInfo | None:
+        """The active token whose secret `secret` is, or None (unknown or revoked)."""
+        return _tokens.check(self._store, secret)
+
+    def events(self, execution_id: str, *, after: int = 0) -> builtins.list[Event]:
+        """Everything noted on an execution (output, logs, warnings, input, retries...), in
+        the order it was added; only events with an `id` above `after` (to follow it)."""
+        return [Event.from_row(e) for e in self._store.get_events(execution_id, after=after)]
+
     # --- internals ----------------------------------------------------------------------
 
     def _run_or_requeue(self, execution_id: str, token: str, now: float) -> None:
@@ -415,18 +630,25 @@ class Client:
         else:
             self._store.release(execution_id, token, status=Status.QUEUED, now=now)
 
-    def _can_import(self, row: ExecutionRow) -> bool:
+    def _not_loaded(self, row: ExecutionRow) -> FlowNotFoundError | None:
+        """Why this process cannot run the execution's flow (recorded as an event on it),
+        or None when it can."""
         if not settings().executor:
-            return True  # not run here: the workers import it
+            return None  # not run here: the workers load it
         try:
             load_flow(row.import_path, row.script)
-        except UsageError as exc:
+        except FlowNotFoundError as exc:
             self._store.add_event(
                 EventRow(row.id, None, time.time(), "warning", "recover",
                          f"recover skipped it: {exc}")
             )  # fmt: skip
-            return False
-        return True
+            return exc
+        return None
+
+    def _flow(self, row: ExecutionRow) -> Runnable:
+        """The execution's flow, among those loaded here (the configured imports first)."""
+        _imports.load_configured()
+        return load_flow(row.import_path, row.script)
 
     def _row(self, execution_id: str) -> ExecutionRow:
         return stored_execution(self._store, execution_id)
@@ -445,6 +667,23 @@ class Client:
         return claim.token if taken else None
 
 
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """Who continues an execution (`Client.continuation`): `live` is True when a live
+    process will, False when none will (start a worker or resume it), None when it depends
+    on whether a `tether worker` runs; `message` says so in words."""
+
+    live: bool | None
+    message: str
+
+
+def _process_words(owner: str) -> str:
+    """`pid 123 on host-a` for an owner id (`host:pid:nonce`)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    return f"pid {pid} on {host}" if pid.isdigit() else owner
+
+
 def _failed_child(wait: WaitRow) -> bool:
     """A wait for a child flow, resolved with the child's failure."""
     if wait.kind != "child" or wait.status != "resolved" or wait.value is None:
@@ -455,6 +694,36 @@ def _failed_child(wait: WaitRow) -> bool:
 def _check_limit(limit: int) -> None:
     if limit < 1:
         raise UsageError(f"limit must be at least 1, not {limit}")
+
+
+def _statuses(status: Status | str | Iterable[Status | str]) -> builtins.list[str]:
+    items = [status] if isinstance(status, str) else builtins.list(status)
+    return [_status(s) for s in items]
+
+
+def _encode_cursor(created_at: float, execution_id: str) -> str:
+    # The stored float itself (JSON keeps it exact), not the record's datetime, which keeps
+    # microseconds only: a rounded key would skip or repeat rows at the page's edge.
+    raw = json.dumps([created_at, execution_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, execution_id = json.loads(raw)
+        if isinstance(created_at, bool) or not isinstance(created_at, int | float):
+            raise ValueError(created_at)
+        if not isinstance(execution_id, str):
+            raise ValueError(execution_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise UsageError(
+            f"cursor {cursor!r} is not one this server gave; pass the `next` of the "
+            "previous page as it is, or leave it out for the first page"
+        ) from None
+    return float(created_at), execution_id
 
 
 def _status(value: Status | str) -> str:

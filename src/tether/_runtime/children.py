@@ -25,7 +25,14 @@ from typing import Any
 from .._core import serde as _serde
 from .._core.context import Run
 from .._core.persist import persist
-from ..errors import Cancelled, DivergenceError, LeaseLost, StoreUnavailable, UsageError
+from ..errors import (
+    Cancelled,
+    DivergenceError,
+    LeaseLost,
+    StoreCorrupt,
+    StoreUnavailable,
+    UsageError,
+)
 from ..store import CheckpointRow, ChildStart, ExecutionRow
 from .engine import Runnable
 from .executor import executor
@@ -87,8 +94,9 @@ def start(
     )
     try:
         outcome = persist(lambda: run.store.start_child(run.execution_id, run.token, row, record))
-    except StoreUnavailable:
-        outcome = ChildStart.LOST  # not the flow's error: unwind; recovery resumes it
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        # Not the flow's error: unwind; the executor releases it to continue later.
+        raise run.store_fault(exc) from exc
     if outcome is ChildStart.LOST:
         run.lease_lost = True
         raise LeaseLost(run.execution_id)

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import enum
 import functools
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -21,14 +23,29 @@ from .._core import imports as _imports
 from .._core import serde as _serde
 from .._core.config import settings
 from .._core.context import Run, current_run
+from .._core.faults import as_failure
 from .._core.persist import persist
 from .._core.positions import current_branch, current_tasks
 from .._core.status import Status
 from .._spend import budget as _budget
-from ..errors import Cancelled, FlowNotFoundError, LeaseLost, Released, Suspended
-from ..store import CheckpointRow, ExecutionRow, Store, WaitRow
+from ..errors import (
+    Cancelled,
+    CrashLoopError,
+    FlowNotFoundError,
+    LeaseLost,
+    Released,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+    Suspended,
+)
+from ..store import CheckpointRow, EventRow, ExecutionRow, Store, WaitRow
 
 T = TypeVar("T")
+log = logging.getLogger("tether.engine")
+
+# The longest pause between the takeovers of a crash loop.
+_MAX_CRASH_BACKOFF = 300.0
 
 
 @runtime_checkable
@@ -52,16 +69,19 @@ class Outcome(enum.Enum):
     FINISHED = "finished"  # succeeded, failed or cancelled: recorded
     SUSPENDED = "suspended"  # waiting for input or a timer; nobody holds it
     RELEASED = "released"  # handed back (queued) for another executor
+    BACKOFF = "backoff"  # handed back (queued) until a crash loop's pause is over
     LOST = "lost"  # someone else holds it now; nothing was written
+    # A store fault outlasted the retries (`Run.fault` says which): the executor releases
+    # it with the reason recorded and resumes it once the store is back. Never failed.
+    FAULTED = "faulted"
 
 
 def load_flow(import_path: str, script: str | None) -> Runnable:
-    found = _imports.resolve(import_path, script)
+    """The flow loaded in this process that an execution's recorded path names; imports
+    nothing (FlowNotFoundError names the flag that would load it)."""
+    found = _imports.lookup(import_path, script)
     if not isinstance(found, Runnable):
-        raise FlowNotFoundError(
-            f"{import_path} is {type(found).__name__}, not a @tether.flow; was the decorator "
-            "removed since the execution started?"
-        )
+        raise FlowNotFoundError(f"{import_path} is {type(found).__name__}, not a @tether.flow")
     return found
 
 
@@ -102,7 +122,7 @@ def execute(
                     attempt.run.boundary()
                     attempt.value = attempt.target.fn(*attempt.args, **attempt.kwargs)
                 except BaseException as exc:
-                    attempt.error = exc
+                    attempt.error = as_failure(exc, f"flow {attempt.row.flow!r}")
         outcome = conclude(store, attempt)
         if outcome is not None:
             return outcome
@@ -145,7 +165,9 @@ async def execute_async(
                         attempt.run.boundary()
                         attempt.value = await attempt.target.fn(*attempt.args, **attempt.kwargs)
                     except BaseException as exc:
-                        attempt.error = exc
+                        # Here, where the task is known: a CancelledError that asyncio did
+                        # not start is the flow's failure, not a cancellation.
+                        attempt.error = as_failure(exc, f"flow {attempt.row.flow!r}")
             finally:
                 current_tasks.reset(tracked)
                 await _cancel_leftovers(tasks)
@@ -156,7 +178,13 @@ async def execute_async(
 
 
 def _nothing_to_load(claimed: ExecutionRow | None, token: str) -> bool:
-    return claimed is not None and claimed.lease_token == token and claimed.has_history is False
+    # A crash loop's check may write (see _crash_loop): not on the loop thread.
+    return (
+        claimed is not None
+        and claimed.lease_token == token
+        and claimed.has_history is False
+        and claimed.takeovers < 2
+    )
 
 
 async def _cancel_leftovers(tasks: set[asyncio.Future[Any]]) -> None:
@@ -196,6 +224,10 @@ def prepare(
         row = store.get_execution(execution_id)
         if row is None or row.lease_token != token:
             return Outcome.LOST  # cancelled or taken over before it started
+    if row.takeovers >= 2:
+        stopped = _crash_loop(store, row, token)
+        if stopped is not None:
+            return stopped
     if row.has_history is False:
         # The claim saw no checkpoint call and no wait: nothing to load (a first run). Only
         # this lease's holder can record any from now on.
@@ -228,14 +260,69 @@ def prepare(
         attempt.args, attempt.kwargs = decoded["args"], decoded["kwargs"]
         attempt.target = target
     except BaseException as exc:
-        attempt.error = exc
+        attempt.error = as_failure(exc, f"loading flow {row.flow!r}")
     return attempt
+
+
+def _crash_loop(store: Store, row: ExecutionRow, token: str) -> Outcome | None:
+    """An execution taken over again and again with no progress in between (its processes
+    keep dying, or keep losing it): fail it past `crash_loop_limit`; else, once per
+    takeover, hand it back to be claimed after an exponential backoff, so that it neither
+    spins nor keeps a slot that other executions could use. None: run it now."""
+    config = settings()
+    now = time.time()
+    count = row.takeovers
+    if count >= config.crash_loop_limit:
+        error = CrashLoopError(
+            f"execution {row.id} was taken over {count} times in a row from a holder that "
+            "stopped without ending it (its process died or lost the lease) and without "
+            "committing any progress in between; tether stopped running it (crash_loop_limit "
+            f"= {config.crash_loop_limit}). Look at what kills its process (a crash, the OOM "
+            "killer, os._exit), fix it, then `tether executions retry` it.",
+            count,
+        )
+        text = _serde.error_to_text(error)
+        log.error("execution %s: %s", row.id, error)
+        persist(
+            lambda: store.finish(
+                row.id, token, status=Status.FAILED, result=None, error=text, now=now
+            )
+        )
+        return Outcome.FINISHED
+    if row.not_before is not None:
+        return None  # the backoff of this takeover was served: run it
+    delay = min(_MAX_CRASH_BACKOFF, config.crash_loop_backoff * 2 ** (count - 2))
+    message = (
+        f"taken over {count} times in a row without progress (its process keeps dying or "
+        f"losing it); it runs again in {delay:g}s, and fails after "
+        f"{config.crash_loop_limit} (crash_loop_limit)"
+    )
+    log.warning("execution %s: %s", row.id, message)
+    persist(lambda: store.add_event(EventRow(row.id, None, now, "warning", "crash_loop", message)))
+    released = persist(
+        lambda: store.release(row.id, token, status=Status.QUEUED, now=now, not_before=now + delay)
+    )
+    return Outcome.BACKOFF if released else Outcome.LOST
 
 
 def conclude(store: Store, attempt: Attempt) -> Outcome | None:
     """Record how the attempt ended (blocking: the store is written): finished (succeeded,
-    failed, cancelled), suspended, handed back, or lost. None: run it again at once (the
-    wait it suspended on got its input meanwhile)."""
+    failed, cancelled), suspended, handed back, lost, or faulted (the store kept failing).
+    None: run it again at once (the wait it suspended on got its input meanwhile)."""
+    try:
+        return _conclude(store, attempt)
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        # The outcome could not be written, even after the retries: it is not the flow's.
+        return _faulted(attempt.run, exc)
+
+
+def _faulted(run: Run, error: StoreError) -> Outcome:
+    if run.fault is None:
+        run.fault = error
+    return Outcome.FAULTED
+
+
+def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
     run, row = attempt.run, attempt.row
     execution_id, token = run.execution_id, run.token
     clock = settings().clock
@@ -262,11 +349,17 @@ def conclude(store: Store, attempt: Attempt) -> Outcome | None:
     except LeaseLost:
         return Outcome.LOST
     except Released:
+        if run.fault is not None:
+            return Outcome.FAULTED
         persist(lambda: store.release(execution_id, token, status=Status.QUEUED, now=clock()))
         return Outcome.RELEASED
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        # Raised by flow code reading or writing the store (not a checkpoint commit): an
+        # infrastructure fault never fails the execution either.
+        return _faulted(run, exc)
     except FlowNotFoundError as exc:
-        # Where the code lives is this process's problem, not the execution's: leave it
-        # runnable for a process that can import the flow.
+        # Which flows are loaded is this process's matter, not the execution's: leave it
+        # runnable for a process that loaded the flow.
         store.release(execution_id, token, status=Status.QUEUED, now=clock())
         run.warn(None, f"could not be resumed here: {exc}")
         return Outcome.RELEASED
@@ -280,8 +373,8 @@ def conclude(store: Store, attempt: Attempt) -> Outcome | None:
     except Exception as exc:
         return _fail(store, run, run.diverged if run.diverged is not None else exc)
     except BaseException:
-        # SystemExit, KeyboardInterrupt, a cancelled task: not the flow's failure. Give it
-        # back to be resumed.
+        # A cancellation that asyncio started (anything else user code raises arrives as
+        # Interrupted): not the flow's failure. Give it back to be resumed.
         store.release(execution_id, token, status=Status.QUEUED, now=clock())
         raise
     finally:

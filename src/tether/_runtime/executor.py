@@ -27,10 +27,11 @@ from .._core.config import settings
 from .._core.context import Run
 from .._core.positions import sort_key
 from .._core.status import Status
-from ..store import Claim, ExecutionRow, Store
+from ..errors import StoreCorrupt, StoreUnavailable
+from ..store import Claim, EventRow, ExecutionRow, Store
 from . import engine as _engine
 from .engine import Runnable, load_flow
-from .loop import shared_loop
+from .loop import SharedLoop, shared_loop
 
 log = logging.getLogger("tether.executor")
 
@@ -39,8 +40,19 @@ _HEARTBEAT_SECONDS = 1.0
 _WAKER_SECONDS = 0.2
 _MAINTAIN_BEATS = 10
 _RUNNABLE_BATCH = 1000
+# A failure repeated (a store down for a while) is logged once per this many seconds.
+_COMPLAIN_SECONDS = 30.0
+# Executions that an internal error (not a store fault) threw out of their task this many
+# times are left queued for `recover` or a worker instead of being resumed here again.
+_MAX_ESCAPES = 3
 
 _HOST = socket.gethostname()
+# The event that says which process will continue a suspended execution (Client.continuation).
+SUSPEND_EVENT = "suspend"
+
+# Outcomes after which this process remembers the execution and runs it again once it is
+# runnable: a wait's input or timer, or the end of a crash loop's pause.
+_PARKED = (_engine.Outcome.SUSPENDED, _engine.Outcome.BACKOFF)
 
 
 def host_prefix() -> str:
@@ -88,14 +100,31 @@ class _Held:
     store: Store
     token: str
     runs: list[Run] = field(default_factory=list)
+    # The shared loop an async execution runs on: its lease is renewed only while that loop
+    # lives and turns.
+    loop: SharedLoop | None = None
+    # What threw the execution out of its task (an error the engine did not handle).
+    escaped: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Fault:
+    """An execution given up by its run for a fault: the waker releases it (fenced by the
+    run's token) and records why, as soon as the store takes writes, then resumes it."""
+
+    store: Store
+    token: str
+    error: BaseException
+    released: bool = False
 
 
 class Executor:
     """Runs executions in this process and keeps their leases alive.
 
-    An execution that suspends (a wait) is *parked*: nothing is held, but this process
-    remembers it and resumes it here when its input arrives or its timer is due, as long as
-    the process lives. A `tether worker` does the same for every execution in the store.
+    An execution that suspends (a wait), or is handed back for a crash loop's pause, is
+    *parked*: nothing is held, but this process remembers it and resumes it here when its
+    input arrives, its timer is due or its pause is over, as long as the process lives. A
+    `tether worker` does the same for every execution in the store.
     """
 
     def __init__(self) -> None:
@@ -103,6 +132,12 @@ class Executor:
         self.parking = True
         self._held: dict[tuple[int, str], _Held] = {}
         self._parked: dict[tuple[int, str], Store] = {}
+        self._faulted: dict[tuple[int, str], _Fault] = {}
+        # Internal errors per execution (see _MAX_ESCAPES), and those given up on here.
+        self._escapes: dict[tuple[int, str], int] = {}
+        self._abandoned: dict[tuple[int, str], BaseException] = {}
+        # When each kind of repeated failure was last logged (see `_complain`).
+        self._complained: dict[str, float] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._freed = threading.Condition(self._lock)
@@ -118,6 +153,8 @@ class Executor:
         self._stopping = threading.Event()
         # Async executions at once (`max_async`): made on the loop, on first use.
         self._async_slots: asyncio.Semaphore | None = None
+        self._slots_loop: SharedLoop | None = None
+        self._stalled: set[int] = set()  # loops whose stall was reported (id)
         self._async_running = 0  # read and written on the loop thread only
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
@@ -164,6 +201,12 @@ class Executor:
         with self._lock:
             return (id(store), execution_id) in self._held
 
+    def will_run(self, execution_id: str) -> bool:
+        """Whether this process holds the execution, or has it parked (it runs it again when
+        its input, its timer or the end of its crash-loop pause comes)."""
+        with self._lock:
+            return any(key[1] == execution_id for key in (*self._held, *self._parked))
+
     def held_count(self) -> int:
         with self._lock:
             return len(self._held)
@@ -199,7 +242,8 @@ class Executor:
         """Async flows go to the shared loop; sync ones, and executions whose flow is not
         known yet (a resume: the thread finds it out), to a thread."""
         if flow is not None and flow.is_async:
-            shared_loop().spawn(lambda: self._run_async(held, execution_id, flow, claimed, row))
+            loop = held.loop = shared_loop()
+            loop.spawn(lambda: self._run_async(held, execution_id, flow, claimed, row))
         else:
             self._pool.submit(self._run, held, execution_id, flow, claimed, row)
 
@@ -225,11 +269,16 @@ class Executor:
                     claimed = self._claim_started(store, execution_id, held.token)
                 if claimed:
                     outcome = _engine.execute(store, execution_id, held.token, flow, held.runs, row)
+                if outcome is _engine.Outcome.SUSPENDED:
+                    self._note_suspended(store, execution_id)
                 nxt = self._next(store)
-            except BaseException:
-                # Nobody reads the pool's futures: say so here, or it goes unnoticed.
+            except BaseException as exc:
+                # Nobody reads the pool's futures: say so here, and hand the execution back
+                # (see `_ended`), or it stays `running` with nobody running it.
                 log.exception("execution %s: the executor thread failed", execution_id)
-                raise
+                held.escaped, outcome = exc, _engine.Outcome.FAULTED
+                if not isinstance(exc, Exception):
+                    raise
             finally:
                 successor = self._ended(held, execution_id, outcome, nxt)
             if nxt is None or successor is None:
@@ -250,9 +299,13 @@ class Executor:
     ) -> None:
         """An async execution, as a task on the shared loop: store calls go to its store
         threads, the flow body runs here."""
-        if self._async_slots is None:
+        loop = held.loop or shared_loop()
+        if self._async_slots is None or self._slots_loop is not loop:
+            # A loop of its own: the one before ended (see SharedLoop), with its tasks.
             self._async_slots = asyncio.Semaphore(settings().max_async)
-        offload = shared_loop().offload
+            self._slots_loop = loop
+            self._async_running = 0
+        offload = loop.offload
         store = held.store
         outcome = None
         nxt: Refill | None = None
@@ -268,16 +321,37 @@ class Executor:
                         store, execution_id, held.token, flow, held.runs, row, offload,
                         self._alone_on_loop,
                     )  # fmt: skip
+                if outcome is _engine.Outcome.SUSPENDED:
+                    await offload(lambda: self._note_suspended(store, execution_id))
                 if self.refill is not None:
                     nxt = await offload(lambda: self._next(store))
-            except BaseException:
+            except BaseException as exc:
                 log.exception("execution %s: its task on the event loop failed", execution_id)
-                raise
+                held.escaped, outcome = exc, _engine.Outcome.FAULTED
+                if not isinstance(exc, Exception):
+                    raise
             finally:
                 self._async_running -= 1
                 successor = self._ended(held, execution_id, outcome, nxt)
         if nxt is not None and successor is not None:
             self._dispatch(successor, nxt.execution_id, nxt.flow, True, nxt.row)
+
+    def _note_suspended(self, store: Store, execution_id: str) -> None:
+        """Record who will continue a suspended execution when its input or timer arrives:
+        this process while it lives (it parks it), else the workers. The store keeps no
+        owner for a waiting execution, and `Client.continuation` needs one to tell a
+        person giving input whether anything will pick it up."""
+        pid, host = os.getpid(), _HOST
+        who = f"pid {pid} on {host}" if self.parking else f"a worker (pid {pid} on {host})"
+        try:
+            store.add_event(
+                EventRow(execution_id, None, time.time(), "info", SUSPEND_EVENT,
+                         f"suspended; {who} continues it when its input or timer arrives",
+                         _serde.dumps({"owner": self.owner, "parked": self.parking}))
+            )  # fmt: skip
+        except Exception:
+            # Advisory only: the execution is suspended whatever happens to this note.
+            log.debug("execution %s: could not note its suspension", execution_id, exc_info=True)
 
     def _alone_on_loop(self) -> bool:
         return self._async_running == 1
@@ -309,8 +383,12 @@ class Executor:
             # thread may have claimed it again and hold it under this key now.
             if self._held.get(key) is held:
                 del self._held[key]
-            if outcome is _engine.Outcome.SUSPENDED and self.parking and key not in self._held:
+            if outcome in _PARKED and self.parking and key not in self._held:
                 self._parked[key] = store
+            if outcome is _engine.Outcome.FAULTED and key not in self._held:
+                self._faulted[key] = _Fault(store, held.token, _fault_of(held))
+            elif outcome is _engine.Outcome.FINISHED and self._escapes:
+                self._escapes.pop(key, None)
             if nxt is not None:
                 # The slot passes straight to the next execution: no free slot shows.
                 successor = _Held(store, nxt.token)
@@ -322,9 +400,36 @@ class Executor:
             watchers = self._watchers.pop(key, None) if key not in self._held else None
         if watchers:
             _wake(watchers)
-        if outcome is _engine.Outcome.SUSPENDED and self.parking:
+        if outcome in _PARKED and self.parking:
             self._ensure_waker()
+        elif outcome is _engine.Outcome.FAULTED:
+            log.warning(
+                "execution %s: handed back for %s; it is released, with the reason recorded, "
+                "as soon as the store takes writes, and resumed",
+                execution_id,
+                _describe(_fault_of(held)),
+            )
+            # Released by the waker's thread: `_ended` may run on the event loop thread,
+            # which must not wait on the store.
+            self._ensure_waker()
+            self._poke.set()
         return successor
+
+    def abandoned(self, store: Store, execution_id: str) -> BaseException | None:
+        """The error for which this process gave up running the execution (it is queued for
+        another process), or None."""
+        with self._lock:
+            return self._abandoned.get((id(store), execution_id))
+
+    def _complain(self, topic: str, message: str, *args: object) -> None:
+        """Log a failure that may repeat every round (a store that stays down) at most once
+        per `_COMPLAIN_SECONDS` per topic, so that it is heard but does not flood the log."""
+        now = time.monotonic()
+        last = self._complained.get(topic)
+        if last is not None and now - last < _COMPLAIN_SECONDS:
+            return
+        self._complained[topic] = now
+        log.warning(message, *args)
 
     def watch(self, store: Store, execution_id: str) -> asyncio.Future[None] | None:
         """A future (on the running loop) resolved when this process stops holding the
@@ -354,9 +459,10 @@ class Executor:
             return None
         try:
             return refill(store)
-        except Exception:
+        except Exception as exc:
             # A busy or unavailable database: the thread ends; whoever waits for a free slot
             # (the worker's loop) claims again and handles the error.
+            self._complain("refill", "claiming the next execution failed: %s", _describe(exc))
             return None
 
     def cancel_local(self, store: Store, execution_id: str) -> bool:
@@ -375,6 +481,17 @@ class Executor:
             runs = [run for held in self._held.values() for run in held.runs]
         for run in runs:
             run.release_event.set()
+
+    def hand_back(self, grace: float) -> int:
+        """Ask every execution running here to hand itself back (`queued`) at its next
+        boundary, and wait until none is held or `grace` seconds passed (asking again as new
+        ones start). Returns how many are still held: those are left to their leases."""
+        self.release_all()
+        deadline = time.monotonic() + grace
+        while self.held_count() and time.monotonic() < deadline:
+            self.wait_for_free(0.05)
+            self.release_all()
+        return self.held_count()
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until some execution of this process finishes or parks, or `timeout` passes."""
@@ -405,20 +522,101 @@ class Executor:
             self._poke.wait(_WAKER_SECONDS)
             self._poke.clear()
             rounds += 1
+            try:
+                self._wake_round(rounds)
+            except Exception:
+                # A bug here must not end the waker: parked executions would never resume.
+                log.exception("the waker failed; trying again")
+
+    def _wake_round(self, rounds: int) -> None:
+        if self._faulted:
+            self._release_faulted()
+        with self._lock:
+            by_store: dict[int, tuple[Store, list[str]]] = {}
+            for (key, execution_id), store in self._parked.items():
+                by_store.setdefault(key, (store, []))[1].append(execution_id)
+        for store, ids in by_store.values():
+            if store.closed:
+                with self._lock:
+                    for execution_id in ids:
+                        self._parked.pop((id(store), execution_id), None)
+                continue
+            try:
+                self._resume_parked(store, ids, forget_finished=rounds % 25 == 0)
+            except Exception as exc:
+                # A busy or unavailable database: the next round tries again.
+                self._complain(
+                    "waker",
+                    "cannot look at %d parked execution(s) (%s...): %s; trying again",
+                    len(ids),
+                    ", ".join(ids[:3]),
+                    _describe(exc),
+                )
+
+    def _release_faulted(self) -> None:
+        """Release the executions handed back for a fault (fenced by their old token) and
+        record why on each, as soon as the store takes writes; then park them, so that the
+        waker resumes them here once they are runnable."""
+        with self._lock:
+            faults = list(self._faulted.items())
+        clock = settings().clock
+        for key, fault in faults:
+            execution_id = key[1]
+            store = fault.store
+            if store.closed or isinstance(fault.error, StoreCorrupt):
+                # A damaged store takes no writes at all: the error said so already.
+                with self._lock:
+                    self._faulted.pop(key, None)
+                continue
+            try:
+                if not fault.released:
+                    if not store.release(
+                        execution_id, fault.token, status=Status.QUEUED, now=clock()
+                    ):
+                        # Someone else holds it, or it ended: nothing of ours to give back.
+                        with self._lock:
+                            self._faulted.pop(key, None)
+                        continue
+                    fault.released = True
+                store.add_event(
+                    EventRow(
+                        execution_id=execution_id,
+                        position=None,
+                        at=time.time(),
+                        level="warning",
+                        kind="released",
+                        message=f"released (queued) by {self.owner}: {_describe(fault.error)}",
+                    )
+                )
+            except Exception as exc:
+                self._complain(
+                    f"fault:{execution_id}",
+                    "execution %s: cannot release it yet (%s); trying again",
+                    execution_id,
+                    _describe(exc),
+                )
+                continue
             with self._lock:
-                by_store: dict[int, tuple[Store, list[str]]] = {}
-                for (key, execution_id), store in self._parked.items():
-                    by_store.setdefault(key, (store, []))[1].append(execution_id)
-            for store, ids in by_store.values():
-                if store.closed:
-                    with self._lock:
-                        for execution_id in ids:
-                            self._parked.pop((id(store), execution_id), None)
-                    continue
-                try:
-                    self._resume_parked(store, ids, forget_finished=rounds % 25 == 0)
-                except Exception:
-                    continue  # a busy database: the next round tries again
+                self._faulted.pop(key, None)
+                self._complained.pop(f"fault:{execution_id}", None)
+                if isinstance(fault.error, StoreUnavailable):
+                    self._escapes.pop(key, None)
+                else:
+                    # An internal error: resumed here a few times, then left to others.
+                    self._escapes[key] = count = self._escapes.get(key, 0) + 1
+                    if count >= _MAX_ESCAPES:
+                        self._abandoned[key] = fault.error
+                        log.error(
+                            "execution %s: left queued for `tether executions recover` or a "
+                            "worker after %d internal errors here: %s",
+                            execution_id,
+                            count,
+                            _describe(fault.error),
+                        )
+                        continue
+                if self.parking and key not in self._held:
+                    self._parked[key] = store
+                self._changed.notify_all()
 
     def _resume_parked(self, store: Store, ids: list[str], *, forget_finished: bool) -> None:
         # One indexed query for what is runnable at all, then claims for the ones parked
@@ -463,7 +661,9 @@ class Executor:
                 stores = {id(h.store): h.store for h in self._held.values()}
                 stores.update({id(s): s for s in self._parked.values()})
             for entries in by_store.values():
-                self._renew(entries)
+                entries = self._on_live_loops(entries)
+                if entries:
+                    self._renew(entries)
             if beats % _MAINTAIN_BEATS == 0:
                 for store in stores.values():
                     try:
@@ -471,6 +671,42 @@ class Executor:
                     except Exception:
                         # Escaping would end the heartbeat, and with it every lease held here.
                         log.exception("store maintenance failed; trying again later")
+
+    def _on_live_loops(self, entries: list[tuple[str, _Held]]) -> list[tuple[str, _Held]]:
+        """The holds whose leases may be renewed: sync ones, and async ones whose event loop
+        lives and turns. A loop that has not turned for a whole lease is stuck (a blocking
+        call that never returns, a deadlock): renewing its leases would keep every
+        execution on it from everyone, forever (if it turns again before they are taken over,
+        renewing goes on; if not, their late commits are fenced off). One whose thread ended
+        runs nothing more: its holds are dropped (a worker's slots free, a stop does not wait
+        for them)."""
+        lease = settings().lease_seconds
+        kept: list[tuple[str, _Held]] = []
+        for execution_id, held in entries:
+            loop = held.loop
+            if loop is None or loop.healthy(lease):
+                if loop is not None:
+                    self._stalled.discard(id(loop))
+                kept.append((execution_id, held))
+                continue
+            if loop.ended is not None or not loop.thread.is_alive():
+                for run in held.runs:
+                    run.lease_lost = True
+                log.error(
+                    "execution %s: abandoned here, its lease no longer renewed, because the "
+                    "event loop it ran on ended (%s); another process takes it over",
+                    execution_id, loop.ended,
+                )  # fmt: skip
+                self._ended(held, execution_id, None, None)
+            elif id(loop) not in self._stalled:
+                self._stalled.add(id(loop))
+                log.error(
+                    "the tether event loop has not turned for over %ss (lease_seconds): the "
+                    "leases of its executions are no longer renewed, and other processes "
+                    "may take them over; something blocks the loop thread",
+                    lease,
+                )  # fmt: skip
+        return kept
 
     def _renew(self, entries: list[tuple[str, _Held]]) -> None:
         store = entries[0][1].store
@@ -488,9 +724,17 @@ class Executor:
                     list(tokens), tokens, now + lease * 4 / 3, progress, refresh_before=now + lease
                 )
             )
-        except Exception:
+        except Exception as exc:
             # A busy or briefly unavailable database: try again on the next beat; the lease
-            # is long enough to ride out a few missed beats.
+            # is long enough to ride out a few missed beats. If it lapses, fenced commits
+            # keep a taker elsewhere and this process from both writing.
+            self._complain(
+                f"heartbeat:{id(store)}",
+                "cannot renew the leases of %d execution(s) (%s...): %s; trying again",
+                len(tokens),
+                ", ".join(list(tokens)[:3]),
+                _describe(exc),
+            )
             return
         for execution_id, held in entries:
             cancel = still.get(execution_id)
@@ -514,6 +758,19 @@ def _resolve(
         return load_flow(row.import_path, row.script), row
     except Exception:
         return None, row
+
+
+def _fault_of(held: _Held) -> BaseException:
+    if held.escaped is not None:
+        return held.escaped
+    for run in reversed(held.runs):
+        if run.fault is not None:
+            return run.fault
+    return RuntimeError("an unknown fault")  # not reached: FAULTED always has a cause
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def _wake(watchers: list[asyncio.Future[None]]) -> None:

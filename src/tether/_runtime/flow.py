@@ -60,6 +60,8 @@ class Flow(Generic[P, R]):
         params = inspect.signature(fn).parameters
         self._reserved = tuple(k for k in _START_OPTIONS if k not in params)
         functools.update_wrapper(self, fn)
+        # Defining a flow loads it: this process may run its executions, recorded anywhere.
+        _imports.register_flow(self, fn)
 
     def __repr__(self) -> str:
         return f"<tether.flow {self.name}>"

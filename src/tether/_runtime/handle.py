@@ -17,13 +17,14 @@ from ..errors import (
     ExecutionCancelled,
     ExecutionFailed,
     ExecutionNotFound,
+    InvalidStateError,
     ResultTimeout,
     StoreUnavailable,
     UsageError,
 )
 from ..store import CheckpointRow, ExecutionRow, Store, WaitRow, redact
 from .engine import Runnable
-from .executor import executor
+from .executor import Executor, executor
 from .records import WaitRecord
 
 R = TypeVar("R")
@@ -97,6 +98,7 @@ class Handle(Generic[R]):
                 continue
             if Status(row.status).finished:
                 return cast(R, _outcome(row))
+            self._check_abandoned(runner, row)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise ResultTimeout(f"execution {self.id} is still {row.status} after {timeout}s")
@@ -135,6 +137,7 @@ class Handle(Generic[R]):
                     continue
                 if Status(row.status).finished:
                     return cast(R, _outcome(row))
+                self._check_abandoned(runner, row)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise ResultTimeout(
@@ -150,6 +153,19 @@ class Handle(Generic[R]):
             finally:
                 if woken is not None and not woken.done():
                     runner.unwatch(self._store, self.id, woken)
+
+    def _check_abandoned(self, runner: Executor, row: ExecutionRow) -> None:
+        """Waiting would never end when this process gave the execution up (it runs only if
+        another process takes it): say so instead."""
+        if row.owner is not None:
+            return
+        error = runner.abandoned(self._store, self.id)
+        if error is not None:
+            raise InvalidStateError(
+                f"execution {self.id} is {row.status}: this process stopped running it after "
+                f"internal errors ({type(error).__name__}: {error}). Run `tether executions "
+                "recover` or a `tether worker` to continue it."
+            )
 
     def __await__(self) -> Generator[Any, None, R]:
         return self.result_async().__await__()

@@ -57,6 +57,7 @@ class SharedLoop:
             max_workers=_STORE_THREADS, thread_name_prefix="tether-store"
         )
         self._turned = time.monotonic()
+        self.ended: str | None = None  # why the loop thread ended, once it has
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="tether-loop", daemon=True)
         self.thread.start()
@@ -68,7 +69,38 @@ class SharedLoop:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._ready.set)
         self.loop.call_soon(self._tick)
-        self.loop.run_forever()
+        why = "loop.stop() was called on it"
+        try:
+            while True:
+                try:
+                    self.loop.run_forever()
+                    break
+                except (SystemExit, KeyboardInterrupt):
+                    # asyncio lets these two out of a task or callback, which would end the
+                    # thread and freeze every async execution of the process. Flow code's own
+                    # arrive as failures (`_core.faults`); one from elsewhere (a callback) is
+                    # logged, and the loop goes on with the callbacks it had ready.
+                    log.exception("a callback on the tether event loop raised; the loop goes on")
+        except BaseException as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.ended = why
+            log.critical(
+                "the tether event loop thread ended (%s): its async executions stop here, "
+                "their leases are no longer renewed, and other processes take them over; "
+                "new async executions start on a new loop",
+                why,
+            )
+
+    def healthy(self, within: float) -> bool:
+        """The loop thread is alive and has turned in the last `within` seconds: only then
+        are the leases of its executions renewed."""
+        return (
+            self.ended is None
+            and self.thread.is_alive()
+            and time.monotonic() - self._turned < within
+        )
 
     def _tick(self) -> None:
         self._turned = time.monotonic()
@@ -96,7 +128,7 @@ class SharedLoop:
 
     def _watch(self) -> None:
         reported = 0.0  # the loop's last turn before the stall already reported
-        while True:
+        while self.ended is None:
             time.sleep(_TICK_SECONDS)
             turned = self._turned
             stalled = time.monotonic() - turned
@@ -145,9 +177,9 @@ def shared_loop() -> SharedLoop:
     """The process's shared event loop, started on first use."""
     global _shared
     found = _shared
-    if found is None:
+    if found is None or found.ended is not None:
         with _lock:
-            if _shared is None:
+            if _shared is None or _shared.ended is not None:
                 _shared = SharedLoop()
             found = _shared
     return found

@@ -158,6 +158,7 @@ class WaitRecord:
     resolved_by: str | None
     value_json: str | None = field(default=None, repr=False)
     copied_from: str | None = None
+    question_json: str | None = field(default=None, repr=False)
 
     @cached_property
     def value(self) -> Any:
@@ -190,6 +191,7 @@ class WaitRecord:
             resolved_by=row.resolved_by,
             value_json=row.value,
             copied_from=copied_from if isinstance(copied_from, str) else None,
+            question_json=row.question,
         )
 
 
@@ -227,19 +229,20 @@ class LogRecord:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something noted on an execution: a warning (changed arguments, say) or a message."""
+    """Something noted on an execution: a warning (changed arguments, say) or a message.
+    `id` increases in the order events were added (`Client.events(after=...)`)."""
 
     at: dt.datetime
     position: str | None
     level: str
     kind: str
     message: str
+    id: int = 0
 
     @classmethod
     def from_row(cls, row: EventRow) -> Event:
-        return cls(
-            _time(row.at) or dt.datetime.now(dt.UTC), row.position, row.level, row.kind, row.message
-        )
+        at = _time(row.at) or dt.datetime.now(dt.UTC)
+        return cls(at, row.position, row.level, row.kind, row.message, row.id or 0)
 
 
 @dataclass(frozen=True)

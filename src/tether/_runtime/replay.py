@@ -78,7 +78,10 @@ def replay(
             wait.metadata = _serde.dumps({**given, COPIED_FROM: source.id})
     budget = _budget.checked(budget) or _budget.from_options(source.options)
     encoded = source.args if args is None else _encode_args(args, source.flow)
-    flow = load_flow(source.import_path, source.script) if settings().executor else None
+    flow = None
+    if settings().executor:
+        _imports.load_configured()
+        flow = load_flow(source.import_path, source.script)
     now = time.time()
     row = ExecutionRow(
         id=new_execution_id(),

@@ -11,7 +11,6 @@ stops claiming and hands back what it holds at the next checkpoint boundary.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import threading
@@ -21,7 +20,7 @@ from collections.abc import Sequence
 from .._core import imports as _imports
 from .._core.config import configure, settings, store_for
 from .._core.status import Status
-from ..errors import StoreError, UsageError
+from ..errors import StoreCorrupt, StoreError, UsageError
 from ..store import EventRow, ExecutionRow, Store, redact
 from . import queues as _queues
 from .engine import Runnable, load_flow
@@ -30,8 +29,9 @@ from .queues import Queue
 
 log = logging.getLogger("tether.worker")
 
-# A flow that cannot be imported here is skipped for this long before trying again.
-_SKIP_SECONDS = 60.0
+# A flow not loaded here stays not loaded (nothing a row names is ever imported): its
+# executions are left alone for good after the first one is handed back.
+_SKIP_FOREVER = float("inf")
 # A claimed execution the executor has not started within this long never will be (say, a
 # take-over accepted here that another worker won).
 _STARTING_SECONDS = 5.0
@@ -43,6 +43,12 @@ class Worker:
     ```python
     tether.Worker(concurrency=8, imports=["myapp.agents"]).run()   # blocks; SIGTERM stops it
     ```
+
+    It runs the flows loaded in its process: those its own code imported, the modules in
+    `imports` (and `TETHER_IMPORTS` or `[tool.tether] imports` in pyproject.toml) and the
+    files in `scripts`. Executions of any other flow are left for a worker that loaded it,
+    with a warning on the execution naming the flag that would load it; nothing a stored
+    row names is imported.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class Worker:
         concurrency: int = 8,
         poll: float = 0.02,
         imports: Sequence[str] = (),
+        scripts: Sequence[str] = (),
         recover_every: float = 1.0,
         queues: Sequence[Queue | str] | None = None,
     ) -> None:
@@ -60,11 +67,10 @@ class Worker:
         if poll <= 0:
             raise UsageError(f"poll must be a positive number of seconds, not {poll}")
         for module in imports:
-            try:
-                with _imports.loading(f"the module {module}", module):
-                    importlib.import_module(module)
-            except ImportError as exc:
-                raise UsageError(f"--import {module}: {exc}") from exc
+            _imports.load_module(module)
+        for script in scripts:
+            _imports.load_script(script)
+        _imports.load_configured()
         # `concurrency` counts the executions held at once, sync and async alike: a sync one
         # takes a thread (made when needed, so a worker of async flows makes none), an async
         # one a task on the shared event loop.
@@ -78,7 +84,7 @@ class Worker:
         self._store: Store = store_for(db)
         self._executor: Executor = executor()
         self._stop = threading.Event()
-        # Flows (import path, script) this worker cannot import -> until when it skips them.
+        # Flows (import path, script) not loaded here -> until when it skips them.
         self._skip: dict[tuple[str, str | None], float] = {}
         self._last_recover = 0.0
         # None serves every queue; else only these names.
@@ -156,6 +162,9 @@ class Worker:
                 try:
                     if not self.run_once():
                         self._idle()
+                except StoreCorrupt:
+                    # Nothing can be run from a damaged store; stop, saying why.
+                    raise
                 except StoreError as exc:
                     # A restart or a network blip: keep going; the claims are retried.
                     log.warning("store unavailable, retrying: %s", exc)
@@ -189,11 +198,7 @@ class Worker:
     def shutdown(self, grace: float = 30.0) -> None:
         """Hand back every execution held here at its next boundary, waiting up to `grace`
         seconds; anything still running after that is left to its lease."""
-        self._executor.release_all()
-        deadline = time.monotonic() + grace
-        while self._executor.held_count() and time.monotonic() < deadline:
-            self._executor.wait_for_free(0.05)
-            self._executor.release_all()
+        self._executor.hand_back(grace)
         log.info("worker %s stopped", self.owner)
 
     def run_once(self) -> list[str]:
@@ -228,7 +233,7 @@ class Worker:
         """Claim the best runnable execution this worker may run, or None. One statement
         (SKIP LOCKED: never one another worker is taking) re-checks the queues' fleet-wide
         limits and leaves out the queues this worker runs its share of and the flows it
-        cannot import. Called from the loop and from executor threads at once."""
+        has not loaded. Called from the loop and from executor threads at once."""
         due = settings().clock()
         while True:
             with self._claiming:
@@ -254,8 +259,8 @@ class Worker:
                 return None
             flow = self._importable(taken, now)
             if flow is None:
-                # Rare (a fleet serving different code from one queue): hand it straight
-                # back for a worker that can import it; this one leaves the flow alone a while.
+                # A fleet serving different code from one queue: hand it straight back for a
+                # worker that loaded the flow; this one leaves the flow alone from now on.
                 self._store.release(taken.id, claim.token, status=Status.QUEUED, now=now)
                 continue
             with self._claiming:
@@ -266,7 +271,7 @@ class Worker:
         def runnable_here(row: ExecutionRow) -> bool:
             # As for a claim: a queue this worker serves and is not at its own limit in
             # (those taken earlier in this pass count as starting), a flow it has not given
-            # up importing.
+            # up on (not loaded here).
             if self.queues is not None and row.queue not in self.queues:
                 return False
             with self._claiming:
@@ -288,7 +293,7 @@ class Worker:
             return load_flow(row.import_path, row.script)
         except UsageError as exc:
             with self._claiming:
-                self._skip[(row.import_path, row.script)] = now + _SKIP_SECONDS
+                self._skip[(row.import_path, row.script)] = _SKIP_FOREVER
             self._store.add_event(
                 EventRow(row.id, None, now, "warning", "worker",
                          f"worker {self.owner} cannot run it: {exc}")

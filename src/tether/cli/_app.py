@@ -1,9 +1,11 @@
 """The `tether` command: a thin layer over `tether.Client` and `tether.Worker`.
 
-Exit codes: 0 success, 1 the operation failed (unknown id, invalid state, a failed
-execution with `--wait`...), 2 a usage error (bad arguments). Errors are printed in plain
-words; `tether --debug ...` shows tracebacks. Every command takes `--json` (output for
-scripts: records as plain dicts, ISO timestamps) and `--db URL` (or `TETHER_DB`).
+Exit codes (`_common.EXIT_CODES`, also in `tether --help`): 0 success, 1 the operation
+failed or was refused, 2 a usage error, 3 not found, 4 the store failed, 130 interrupted
+(143 on SIGTERM).
+Errors are printed in plain words; `tether --debug ...` shows tracebacks. Every command
+takes `--json` (output for scripts: records as plain dicts, ISO timestamps) and `--db URL`
+(or `TETHER_DB`).
 
 What is printed, and how records become JSON, lives in `render`; the
 plumbing the sub-apps share, in `_common`.
@@ -17,10 +19,13 @@ from typing import Annotated
 
 import typer
 
-from ._common import State, debug_traceback, out
+from ._common import EXIT_CODES, FAILED, State, debug_traceback, out
 from .executions import executions_app
+from .mcp_server import mcp_command
 from .memory import memory_app
 from .options import Command, Group
+from .server import server_command
+from .tokens import tokens_app
 from .worker import worker_command
 
 app = typer.Typer(
@@ -31,22 +36,40 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
+    epilog=EXIT_CODES,
 )
 app.add_typer(executions_app, name="executions")
 app.add_typer(memory_app, name="memory")
+app.add_typer(tokens_app, name="tokens")
 
 app.command("worker", cls=Command)(worker_command)
+app.command("server", cls=Command)(server_command)
+app.command("mcp", cls=Command)(mcp_command)
+
+
+def _print_version(given: bool) -> None:
+    if given:
+        from .. import __version__
+
+        out.print(f"tether {__version__}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     State.debug = debug
     if not out.is_terminal and not os.environ.get("COLUMNS"):
         out.width = 120  # piped output is not cut at Rich's default of 80 columns
-    # Flows (and the classes of stored values) are imported by their recorded paths; the
-    # working directory is importable, as it would be for `python -m`.
+    # Modules named by --import or $TETHER_IMPORTS resolve from the working directory too,
+    # as they would for `python -m`. (What a stored row names is never imported.)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
 
@@ -61,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         # Only `--debug` lets an error through (else cli_errors prints it plainly): print the
         # traceback it asked for, redacted, instead of Python's own.
         sys.stderr.write(debug_traceback(exc))
-        return 1
+        return FAILED  # as Python exits on an uncaught error
     return 0
 
 

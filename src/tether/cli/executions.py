@@ -12,8 +12,11 @@ import typer
 from rich.live import Live
 from rich.text import Text
 
+from .._core.config import settings
 from .._core.status import Status
-from .._ops.client import Client
+from .._ops import views
+from .._ops.client import Client, Skipped
+from .._runtime.executor import executor
 from .._runtime.records import ExecutionRecord
 from ..errors import ResultTimeout, TetherError
 from ..store import redact
@@ -26,12 +29,23 @@ from ._common import (
     fail,
     json_line,
     json_value,
+    load_named,
     out,
     running_here,
     say,
+    value_text,
     who,
 )
-from .options import MAX_AGE_SECONDS, MAX_COUNT, Command, DbOption, Group, JsonOption
+from .options import (
+    MAX_AGE_SECONDS,
+    MAX_COUNT,
+    Command,
+    DbOption,
+    Group,
+    ImportOption,
+    JsonOption,
+    ScriptOption,
+)
 
 executions_app = typer.Typer(
     cls=Group,
@@ -81,18 +95,38 @@ StatusOption = Annotated[
 ]
 
 
+def _with_attention(data: dict[str, Any], attention: str | None) -> dict[str, Any]:
+    if attention is not None:
+        data["attention"] = attention
+    return data
+
+
+def _then(client: Client, record: ExecutionRecord) -> str | None:
+    """Who continues a waiting execution once its input or timer arrives."""
+    if record.status is not Status.WAITING:
+        return None
+    return client.continuation(record.id).message
+
+
 def _settled(record: ExecutionRecord) -> bool:
     return record.status.finished or record.status is Status.WAITING
 
 
-def _settle(client: Client, execution_id: str) -> ExecutionRecord:
-    """Wait until the execution finishes or waits (for input or a timer)."""
+def _settle(client: Client, execution_id: str, *, here: bool = True) -> ExecutionRecord:
+    """Wait until the execution finishes or waits (for input or a timer). `here`: it runs in
+    this process, so once it is handed back (`queued` with no holder) and not parked here (as
+    for a crash loop's pause, which this process waits out), nothing here will run it on (a
+    flow this process cannot import, say)."""
     handle = client.handle(execution_id)
     while True:
         try:
             handle.result(timeout=POLL_SECONDS)
         except ResultTimeout:
-            if handle.status() is Status.WAITING:
+            record = client.get(execution_id)
+            if record.status is Status.WAITING:
+                break
+            handed_back = record.status is Status.QUEUED and record.owner is None
+            if here and handed_back and not executor().will_run(execution_id):
                 break
             continue
         except TetherError:
@@ -110,7 +144,7 @@ def _follow_through(
         return client.get(execution_id)
     if queue and not as_json:
         err.print("Waiting for a worker (`tether worker`) to run it…", style="dim")
-    return _settle(client, execution_id)
+    return _settle(client, execution_id, here=not queue)
 
 
 def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:
@@ -118,11 +152,11 @@ def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:
     failed or was cancelled)."""
     failed = record.status in (Status.FAILED, Status.CANCELLED)
     if as_json:
-        dump(render.execution_json(record))
+        dump(views.execution_json(record))
     elif record.status is Status.QUEUED:
         say("Queued for a worker (`tether worker`).")
     elif record.status is Status.SUCCEEDED and wait:
-        result = render.plain(lambda: record.result, record.result_json)
+        result = views.plain(lambda: record.result, record.result_json)
         if isinstance(result, str):
             say(result)
         else:
@@ -170,11 +204,24 @@ def list_command(
     """
     with cli_errors():
         client = client_for(db)
+        if parent is not None:
+            parent = client.resolve_id(parent)
         records = client.list(status=status, flow=flow, limit=limit, parent=parent)
+        notes = {r.id: note for r in records if (note := client.attention(r)) is not None}
     if as_json:
-        dump([render.execution_json(r) for r in records])
+        dump([_with_attention(views.execution_json(r), notes.get(r.id)) for r in records])
     elif records:
-        out.print(render.executions_table(records))
+        out.print(render.executions_table(records, stranded=notes))
+        if notes:
+            err.print(
+                f"{len(notes)} of them ran in a process that is gone: nobody runs "
+                f"{'it' if len(notes) == 1 else 'them'}. A running `tether worker` takes such "
+                "executions over; or run `tether executions resume ID` (`get ID` says more).",
+                style="yellow",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
     elif status or flow or parent:
         say("No executions match.")
     else:
@@ -190,11 +237,13 @@ def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOpti
     `--json` prints everything, including full results, tracebacks and events.
     """
     with cli_errors():
-        record = client_for(db).get(execution_id)
+        client = client_for(db)
+        record = client.get(client.resolve_id(execution_id))
+        attention = client.attention(record)
         if as_json:
-            dump(render.execution_json(record, full=True))
+            dump(_with_attention(views.execution_json(record, full=True), attention))
         else:
-            out.print(render.execution_view(record))
+            out.print(render.execution_view(record, attention, _then(client, record)))
 
 
 @executions_app.command("logs", cls=Command)
@@ -227,10 +276,11 @@ def logs_command(
     """
     with cli_errors():
         client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
         if not follow:
             records = client.logs(execution_id, checkpoint=checkpoint)
             if as_json:
-                dump([render.log_json(r) for r in records])
+                dump([views.log_json(r) for r in records])
             elif records:
                 for r in records:
                     out.print(render.log_line(r), highlight=False, soft_wrap=True)
@@ -243,7 +293,7 @@ def logs_command(
             status = handle.status()  # before reading: output of a finished run is all in
             for r in client.logs(execution_id, checkpoint=checkpoint, after=last):
                 if as_json:
-                    json_line(render.log_json(r))
+                    json_line(views.log_json(r))
                 else:
                     out.print(render.log_line(r), highlight=False, soft_wrap=True)
                 last, printed = r.id, True
@@ -272,19 +322,18 @@ def watch_command(
     """
     with cli_errors():
         client = client_for(db)
-        record = client.get(execution_id)
+        record = client.get(client.resolve_id(execution_id))
         if as_json or not out.is_terminal:
             record = _watch_lines(client, record, as_json)
         else:
-            with Live(
-                render.live_view(record), console=out, refresh_per_second=4, transient=True
-            ) as live:
+            view = render.live_view(record, client.attention(record))
+            with Live(view, console=out, refresh_per_second=4, transient=True) as live:
                 while not _settled(record):
                     time.sleep(POLL_SECONDS)
-                    record = client.get(execution_id)
-                    live.update(render.live_view(record))
+                    record = client.get(record.id)
+                    live.update(render.live_view(record, client.attention(record)))
         if not as_json:
-            out.print(render.execution_view(record))
+            out.print(render.execution_view(record, None, _then(client, record)))
     if record.status in (Status.FAILED, Status.CANCELLED):
         raise typer.Exit(1)
 
@@ -292,12 +341,17 @@ def watch_command(
 def _watch_lines(client: Client, record: ExecutionRecord, as_json: bool) -> ExecutionRecord:
     seen: tuple[Any, ...] | None = None
     while True:
-        key = render.watch_key(record)
+        attention = client.attention(record)
+        key = (render.watch_key(record), attention is None)
         if key != seen:
             if as_json:
-                json_line(render.watch_state(record))
+                state = _with_attention(views.watch_state(record), attention)
+                then = _then(client, record)
+                if then is not None:
+                    state["continues"] = then
+                json_line(state)
             else:
-                out.print(render.watch_line(record), highlight=False, soft_wrap=True)
+                out.print(render.watch_line(record, attention), highlight=False, soft_wrap=True)
             seen = key
         if _settled(record):
             return record
@@ -313,6 +367,8 @@ def resume_command(
     execution_id: IdArgument,
     wait: WaitOption = False,
     queue: QueueOption = False,
+    imports: ImportOption = None,
+    script: ScriptOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -320,11 +376,15 @@ def resume_command(
     again from the top in this process, recorded checkpoints return their recorded results,
     and the rest runs live. This process stays until it finishes or waits for input.
 
-    Refused (exit 1) while a live process still runs it, or when it already finished.
+    Its flow must be loaded here: `--import MODULE` or `--script PATH` (or $TETHER_IMPORTS,
+    [tool.tether] imports); the module or script its row names is never imported, and the
+    error names the flag that loads it (exit 2). Refused (exit 1) while a live process still
+    runs it, or when it already finished.
     """
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
-        handle = client.resume(execution_id)
+        load_named(imports, script)
+        handle = client.resume(client.resolve_id(execution_id))
         if not as_json:
             say(f"Resumed execution {handle.id}.")
         record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
@@ -336,6 +396,8 @@ def retry_command(
     execution_id: IdArgument,
     wait: WaitOption = False,
     queue: QueueOption = False,
+    imports: ImportOption = None,
+    script: ScriptOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -346,7 +408,8 @@ def retry_command(
     """
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
-        handle = client.retry(execution_id)
+        load_named(imports, script)
+        handle = client.retry(client.resolve_id(execution_id))
         if not as_json:
             say(f"Retrying execution {handle.id}.")
         record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
@@ -389,6 +452,8 @@ def replay_command(
     ] = None,
     wait: WaitOption = False,
     queue: QueueOption = False,
+    imports: ImportOption = None,
+    script: ScriptOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -402,6 +467,8 @@ def replay_command(
     new_args = _parse_args(args)
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
+        load_named(imports, script)
+        execution_id = client.resolve_id(execution_id)
         handle = client.replay(execution_id, from_=from_, overrides=overrides, args=new_args)
         if not as_json:
             say(f"Replaying {execution_id} from {from_} as new execution {handle.id}.")
@@ -454,7 +521,9 @@ def cancel_command(
     Exit 1 if it had already succeeded or failed.
     """
     with cli_errors():
-        status = client_for(db).cancel(execution_id)
+        client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
+        status = client.cancel(execution_id)
     if status in (Status.SUCCEEDED, Status.FAILED):
         fail(f"execution {execution_id} already {status.value}; there is nothing to cancel", 1)
     if as_json:
@@ -470,40 +539,63 @@ def cancel_command(
 
 @executions_app.command("recover", cls=Command)
 def recover_command(
-    queue: QueueOption = False, db: DbOption = None, as_json: JsonOption = False
+    queue: QueueOption = False,
+    imports: ImportOption = None,
+    script: ScriptOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Resume every execution that should be running and is not: its process died, it is
     queued with nobody on it, or its input or timer arrived. They run in this process, which
     stays until each finishes or waits. (A `tether worker` does this continuously.)
 
-    Exits 1 when one of them then fails or is cancelled.
+    Only executions of flows this process loaded run (`--import`, `--script`,
+    $TETHER_IMPORTS, [tool.tether] imports); the others are listed as skipped, with the flag
+    that would load them. Exits 1 when it skipped any, or when a recovered execution then
+    fails or is cancelled.
     """
     with cli_errors(), running_here(queue, as_json):
         client = client_for(db)
+        load_named(imports, script)
         ids = client.recover()
         if ids and not as_json:
             where = "queued for the workers" if queue else "running them here"
             say(f"Recovered {len(ids)} execution(s), {where}.")
         records = [client.get(i) if queue else _settle(client, i) for i in ids]
     if as_json:
-        dump([render.execution_json(r) for r in records])
+        dump([views.execution_json(r) for r in records])
     elif records:
         out.print(render.executions_table(records))
-    else:
+    elif not ids.skipped:
         say("Nothing to recover: no execution is stranded.")
+    for line in _skip_lines(ids.skipped):
+        err.print(line, style="red", highlight=False, markup=False, soft_wrap=True)
     failed = [r for r in records if r.status in (Status.FAILED, Status.CANCELLED)]
-    if failed:
-        if not as_json:
-            err.print(
-                f"{len(failed)} recovered execution(s) did not succeed: "
-                + ", ".join(f"{r.id} ({r.status.value})" for r in failed)
-                + " (see `tether executions get ID`)",
-                style="red",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
+    if failed and not as_json:
+        err.print(
+            f"{len(failed)} recovered execution(s) did not succeed: "
+            + ", ".join(f"{r.id} ({r.status.value})" for r in failed)
+            + " (see `tether executions get ID`)",
+            style="red",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if failed or ids.skipped:
         raise typer.Exit(1)
+
+
+def _skip_lines(skipped: list[Skipped]) -> list[str]:
+    """One line per reason: `skipped 2 executions: flow ... is not loaded; add --import x`."""
+    by_reason: dict[str, list[Skipped]] = {}
+    for item in skipped:
+        by_reason.setdefault(item.reason, []).append(item)
+    lines = []
+    for reason, items in by_reason.items():
+        count = f"{len(items)} execution" + ("s" if len(items) != 1 else "")
+        shown = ", ".join(i.execution_id for i in items[:5]) + (", ..." if len(items) > 5 else "")
+        lines.append(f"skipped {count} ({shown}): {reason}")
+    return lines
 
 
 def _stdin_is_terminal() -> bool:
@@ -611,7 +703,7 @@ def waits_command(
     with cli_errors():
         pending = client_for(db).pending_waits(flow=flow, limit=limit)
     if as_json:
-        dump([render.wait_json(w) for w in pending])
+        dump([views.wait_json(w) for w in pending])
     elif pending:
         out.print(render.waits_table(pending))
     else:
@@ -626,7 +718,9 @@ def input_command(
         typer.Option(
             "--value",
             metavar="JSON",
-            help="The input, as JSON: true, 3, '\"a string\"', '{\"k\": 1}'.",
+            help="The input, as JSON: true, 3, '\"a string\"', '{\"k\": 1}'; `-` reads it "
+            "from stdin, `@FILE` from a file (a string starting with @ in JSON quotes: "
+            "'\"@ada\"').",
             show_default=False,
         ),
     ],
@@ -643,14 +737,35 @@ def input_command(
     as_json: JsonOption = False,
 ) -> None:
     """Give a waiting execution its input (validated against the wait's schema); the process
-    that started it, if alive, or a `tether worker` then continues it."""
-    json_value(value, option="--value", unchanged="No input was recorded.")
+    that started it, if alive, or a `tether worker` then continues it.
+
+    Example: `tether executions input ID --value true`, or for a large answer
+    `tether executions input ID --value @answer.json` (`--value -` reads stdin).
+    """
+    unchanged = "No input was recorded."
+    limit = settings().max_input_bytes
+    text = value_text(value, option="--value", unchanged=unchanged, limit=limit)
+    json_value(text, option="--value", unchanged=unchanged, given=value)
     with cli_errors():
-        record = client_for(db).input_json(execution_id, wait, value, by=by or who())
+        client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
+        # Asked first: once the input is in, the execution may be running, or even done.
+        then = client.continuation(execution_id)
+        record = client.input_json(execution_id, wait, text, by=by or who())
     if as_json:
-        dump(render.wait_json(record))
+        dump({**views.wait_json(record), "continues": {"live": then.live, "message": then.message}})
+        return
+    line = Text("Input recorded for wait ")
+    line.append(record.name, style="bold")
+    line.append(f" of {record.execution_id}.")
+    out.print(line)
+    if then.live is False:
+        err.print(
+            then.message[0].upper() + then.message[1:] + ".",
+            style="yellow",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     else:
-        line = Text("Input recorded for wait ")
-        line.append(record.name, style="bold")
-        line.append(f" of {record.execution_id}.")
-        out.print(line)
+        say(then.message[0].upper() + then.message[1:] + ".")

@@ -6,7 +6,7 @@ printing) is `_common`'s, shared with the other sub-apps; `_app` registers this 
 
 from __future__ import annotations
 
-import sys
+import contextlib
 from typing import Annotated, Any
 
 import typer
@@ -17,9 +17,21 @@ from .._core import config as _config
 from .._core.positions import display
 from .._memory import api as memory
 from .._memory.api import MemoryVersion
-from ..errors import MemoryKeyError, MemoryScopeError
+from .._ops import views
+from .._ops.client import Client
+from ..errors import ExecutionNotFound, MemoryKeyError, MemoryScopeError
 from . import render
-from ._common import cli_errors, client_for, dump, fail, json_value, out, say
+from ._common import (
+    NOT_FOUND,
+    cli_errors,
+    client_for,
+    dump,
+    fail,
+    json_value,
+    out,
+    say,
+    value_text,
+)
 from .options import MAX_COUNT, MAX_VERSION, Command, DbOption, Group, JsonOption
 
 memory_app = typer.Typer(
@@ -78,6 +90,11 @@ def _scope(
 ) -> dict[str, Any]:
     if scope is None and namespace is None and flow is None and execution is None:
         raise MemoryScopeError(_NO_SCOPE)
+    if execution is not None:
+        # A unique prefix names an execution, as in `tether executions`; an id that names
+        # none is taken as given: its execution may be pruned and its memory kept.
+        with contextlib.suppress(ExecutionNotFound):
+            execution = Client().resolve_id(execution)
     return {"scope": scope, "namespace": namespace, "flow": flow, "execution_id": execution}
 
 
@@ -98,14 +115,14 @@ def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
         "scope_id": version.scope_id,
         "version": version.version,
         "deleted": version.deleted,
-        "created_at": render.iso(version.created_at),
+        "created_at": views.iso(version.created_at),
         "size": version.size,
         "length": version.length,
         "execution_id": version.execution_id,
         "position": None if version.position is None else display(version.position),
     }
     if value:
-        data["value"] = render.plain(lambda: version.value, lambda: memory._stored_json(version))
+        data["value"] = views.plain(lambda: version.value, lambda: memory._stored_json(version))
     return data
 
 
@@ -206,7 +223,7 @@ def get_command(
     as_json: JsonOption = False,
 ) -> None:
     """Print the value of a key (its latest version, or --version N) as JSON; a string is
-    printed as it is. Exit 1 when the key does not exist or was deleted.
+    printed as it is. Exit 3 when the key does not exist or was deleted.
 
     `--json` prints the version's details with the value.
     """
@@ -215,7 +232,9 @@ def get_command(
         where = _scope(scope, namespace, flow, execution)
         found = memory._find(key, version=version, **where)
         if found is None or found.deleted:
-            scope_name, scope_id = memory._scope(scope, namespace, flow, execution, None)
+            scope_name, scope_id = memory._scope(
+                scope, namespace, flow, where["execution_id"], None
+            )
             place = f"{scope_name} {scope_id!r}"
             if version is None:
                 gone = " (it was deleted; `tether memory history` shows it)" if found else ""
@@ -244,8 +263,9 @@ def set_command(
         typer.Option(
             "--value",
             metavar="JSON",
-            help="The value, as JSON (a string needs JSON quotes: '\"hello\"'). Without it, "
-            "the JSON is read from stdin.",
+            help="The value, as JSON (a string needs JSON quotes: '\"hello\"'); `-` reads it "
+            "from stdin, `@FILE` from a file (a string starting with @ in JSON quotes: "
+            "'\"@ada\"'). Without it, the JSON is read from stdin.",
             show_default=False,
         ),
     ] = None,
@@ -270,17 +290,11 @@ def set_command(
     """Store a JSON value as the next version of a key (creating the database if needed).
 
     Example: `tether memory set theme --namespace alice --value '{"dark": true}'`, or
-    `cat notes.json | tether memory set notes --namespace alice`
+    `tether memory set notes --namespace alice --value @notes.json`
     """
-    text = value
-    if text is None:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise typer.BadParameter(
-                "give the value with --value JSON, or pipe JSON into the command",
-                param_hint="'--value'",
-            )
-        text = sys.stdin.read()
-    parsed = json_value(text, option="--value", unchanged="Nothing was stored.")
+    unchanged = "Nothing was stored."
+    text = value_text(value, option="--value", unchanged=unchanged)
+    parsed = json_value(text, option="--value", unchanged=unchanged, given=value or "-")
     with cli_errors():
         where = _scope(scope, namespace, flow, execution)
         _open(db, create=True)
@@ -316,7 +330,7 @@ def history_command(
         dump(shown)
         return
     if not versions:
-        fail(f"memory key {key!r} has no versions here", 1)
+        fail(f"memory key {key!r} has no versions here", NOT_FOUND)
     table = Table(box=None, pad_edge=False)
     for column in ("version", "written", "size", "by"):
         table.add_column(column, no_wrap=True)
@@ -346,7 +360,7 @@ def delete_command(
     as_json: JsonOption = False,
 ) -> None:
     """Delete a key: a tombstone version is written, so `history` still shows every value
-    it had. Exit 1 when the key does not exist (or is deleted already)."""
+    it had. Exit 3 when the key does not exist (or is deleted already)."""
     with cli_errors():
         _open(db)
         where = _scope(scope, namespace, flow, execution)

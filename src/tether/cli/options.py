@@ -20,6 +20,25 @@ DbOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ImportOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import",
+        metavar="MODULE",
+        help="Load this module's flows first (repeatable), e.g. myapp.agents. tether runs "
+        "only flows this process loaded (--import, --script, $TETHER_IMPORTS or "
+        "[tool.tether] imports in pyproject.toml), never a module an execution's row names.",
+    ),
+]
+ScriptOption = Annotated[
+    str | None,
+    typer.Option(
+        "--script",
+        metavar="PATH",
+        help='Load the flows of this script (its `if __name__ == "__main__":` block does '
+        "not run), for executions started by `python PATH`.",
+    ),
+]
 
 # Every number an option takes is bounded (Click prints the range in its usage error, exit 2):
 # unbounded, a huge one reached the store and came back as "unexpected OverflowError".

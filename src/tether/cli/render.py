@@ -1,4 +1,5 @@
-"""What the `tether` command prints: records as JSON-ready dicts, and as Rich tables.
+"""What the `tether` command prints: records as Rich tables and lines (records as JSON
+data are `_ops.views`, shared with the servers).
 
 Nothing here reads the store or changes anything; `executions` fetches records through
 `Client` and hands them here. Text that comes from users or from the store (positions,
@@ -11,10 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 
-import pydantic_core
 from rich.console import Group, RenderableType
 from rich.spinner import Spinner
 from rich.table import Table
@@ -23,15 +23,14 @@ from rich.text import Text
 from .._core import waits as _waits
 from .._core.positions import display, sort_key
 from .._core.status import Status
+from .._ops.views import _args, _since, iso, plain, progress_json, warnings
 from .._runtime.records import (
     CheckpointRecord,
     ErrorInfo,
-    Event,
     ExecutionRecord,
     LogRecord,
     WaitRecord,
 )
-from .._spend import usage as _usage
 from .._spend.usage import Usage
 
 STATUS_STYLES = {
@@ -56,11 +55,6 @@ _LEVEL_STYLES = {
 }
 
 # --- small formatting helpers -----------------------------------------------------------------
-
-
-def iso(moment: dt.datetime | None) -> str | None:
-    """A timestamp for JSON output (UTC, ISO 8601)."""
-    return moment.isoformat() if moment is not None else None
 
 
 def when(moment: dt.datetime | None) -> str:
@@ -106,22 +100,6 @@ def compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def plain(decode: Callable[[], Any], stored: str | Callable[[], str | None] | None) -> Any:
-    """A stored value as plain JSON data: decoded with its types and converted back to
-    JSON (tuples and sets as lists, dates as ISO strings, models and dataclasses as dicts).
-    If it cannot be decoded here (its class is not importable, say), the stored JSON as is.
-
-    `stored` is the stored JSON (None: no value), or a function that reads it, called only
-    when the value cannot be decoded."""
-    if stored is None:
-        return None
-    try:
-        return pydantic_core.to_jsonable_python(decode(), fallback=repr, bytes_mode="base64")
-    except Exception:
-        text = stored() if callable(stored) else stored
-        return None if text is None else json.loads(text)
-
-
 def one_line(text: str | Text, style: str = "") -> Text:
     """A table cell that is cut with … instead of wrapping."""
     cell = Text(text, style=style) if isinstance(text, str) else text
@@ -162,208 +140,6 @@ def usage_line(usage: Usage) -> str:
     )
 
 
-def usage_json(usage: Usage | None) -> dict[str, Any] | None:
-    """Usage as plain data; `cost_complete` says whether `cost_usd` is the whole cost."""
-    if usage is None:
-        return None
-    data = _usage.encode(usage)
-    data.setdefault("cache_read_tokens", 0)
-    data.setdefault("cache_write_tokens", 0)
-    data.setdefault("unpriced_requests", 0)
-    data["total_tokens"] = usage.total_tokens
-    data["cost_complete"] = usage.cost_complete
-    return data
-
-
-# --- records as JSON-ready dicts --------------------------------------------------------------
-
-
-def error_json(error: ErrorInfo | None) -> dict[str, str] | None:
-    if error is None:
-        return None
-    return {"type": error.type, "message": error.message, "traceback": error.traceback}
-
-
-def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, Any]:
-    """An execution as plain data. `full` adds its arguments, checkpoint calls, waits and
-    events (what `Client.get()` returns)."""
-    data: dict[str, Any] = {
-        "id": record.id,
-        "flow": record.flow,
-        "status": record.status.value,
-        "attempts": record.attempt,
-        "created_at": iso(record.created_at),
-        "started_at": iso(record.started_at),
-        "finished_at": iso(record.finished_at),
-        "duration": record.duration,
-        "owner": record.owner,
-        "cancel_requested": record.cancel_requested,
-        "replay_of": record.replay_of,
-        "parent_id": record.parent_id,
-        "result": plain(lambda: record.result, record.result_json),
-        "error": error_json(record.error),
-        "running": progress_json(record),
-        "wake_at": iso(record.wake_at),
-    }
-    if not full:
-        data["checkpoints_done"] = record.checkpoints_done
-        data["pending_wait"] = record.pending_wait
-        return data
-    data.update(
-        import_path=record.import_path,
-        updated_at=iso(record.updated_at),
-        lease_expires=iso(record.lease_expires),
-        metadata=record.metadata,
-        args=plain(lambda: _args(record), record.args_json) if record.args_json else None,
-        checkpoints_done=record.checkpoints_done,
-        checkpoints=[checkpoint_json(cp) for cp in record.checkpoints],
-        waits=[wait_json(w) for w in record.waits],
-        usage=usage_json(record.usage),
-        budget=(
-            None
-            if record.budget is None
-            else {
-                "max_tokens": record.budget.max_tokens,
-                "max_cost_usd": record.budget.max_cost_usd,
-            }
-        ),
-        warnings=warnings(record),
-        events=[event_json(e) for e in record.events],
-        children=[execution_json(c) for c in record.children],
-    )
-    return data
-
-
-def warnings(record: ExecutionRecord) -> list[str]:
-    """The warnings noted on the execution (changed arguments on resume, a flow that could
-    not be imported...), trimmed for display."""
-    return [message.strip() for message in record.warnings]
-
-
-def _args(record: ExecutionRecord) -> dict[str, Any]:
-    args, kwargs = record.args
-    return {"args": list(args), "kwargs": kwargs}
-
-
-def checkpoint_json(cp: CheckpointRecord) -> dict[str, Any]:
-    return {
-        "position": display(cp.position),
-        "name": cp.name,
-        "status": cp.status.value,
-        "attempts": [
-            {
-                "attempt": a.attempt,
-                "started_at": iso(a.started_at),
-                "finished_at": iso(a.finished_at),
-                "duration": a.duration,
-                "error": a.error,
-            }
-            for a in cp.attempts
-        ],
-        "started_at": iso(cp.started_at),
-        "finished_at": iso(cp.finished_at),
-        "duration": cp.duration,
-        "result": plain(lambda: cp.result, cp.result_json),
-        "error": error_json(cp.error),
-        "metadata": cp.metadata,
-        "usage": usage_json(cp.usage),
-        "copied_from": cp.copied_from,
-    }
-
-
-def wait_json(w: WaitRecord) -> dict[str, Any]:
-    return {
-        "execution_id": w.execution_id,
-        "flow": w.flow,
-        "name": w.name,
-        "position": display(w.position),
-        "label": _waits.label(w.kind, w.name, w.position),
-        "kind": w.kind,
-        "status": w.status,
-        "question": pydantic_core.to_jsonable_python(w.question, fallback=repr),
-        "json_schema": w.json_schema,
-        "metadata": w.metadata,
-        "deadline": iso(w.deadline),
-        "since": iso(w.created_at),
-        "resolved_at": iso(w.resolved_at),
-        "resolved_by": w.resolved_by,
-        "value": plain(lambda: w.value, w.value_json),
-        "copied_from": w.copied_from,
-    }
-
-
-def event_json(e: Event) -> dict[str, Any]:
-    return {
-        "at": iso(e.at),
-        "position": _shown(e.position),
-        "level": e.level,
-        "kind": e.kind,
-        "message": e.message,
-    }
-
-
-def log_json(r: LogRecord) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "at": iso(r.at),
-        "position": _shown(r.position),
-        "checkpoint": r.checkpoint,
-        "stream": r.stream,
-        "level": r.level,
-        "logger": r.logger,
-        "attempt": r.attempt,
-        "message": r.message,
-    }
-
-
-def progress_json(record: ExecutionRecord) -> list[dict[str, Any]]:
-    """The checkpoint calls running now (only while the execution is running)."""
-    if record.status is not Status.RUNNING:
-        return []
-    # Progress is published about once a second: drop calls recorded since.
-    done = {cp.position for cp in record.checkpoints if cp.status != "retrying"}
-    return [
-        {"position": _shown(p.get("position")), "name": p.get("name"), "since": iso(_since(p))}
-        for p in record.progress
-        if p.get("position") not in done
-    ]
-
-
-def _shown(position: Any) -> Any:
-    """A position from the store as people see it (other values as they are)."""
-    return display(position) if isinstance(position, str) else position
-
-
-def _since(entry: dict[str, Any]) -> dt.datetime | None:
-    since = entry.get("since")
-    return dt.datetime.fromtimestamp(since, dt.UTC) if isinstance(since, int | float) else None
-
-
-def watch_state(record: ExecutionRecord) -> dict[str, Any]:
-    """One line of `watch --json`: where the execution is now."""
-    state: dict[str, Any] = {
-        "id": record.id,
-        "flow": record.flow,
-        "status": record.status.value,
-        "checkpoints_done": record.checkpoints_done or 0,
-        "last_checkpoint": _last_checkpoint(record),
-        "running": progress_json(record),
-        "pending_waits": [w.name for w in record.pending_waits],
-        "duration": record.duration,
-    }
-    if record.status.finished:
-        state["result"] = plain(lambda: record.result, record.result_json)
-        state["error"] = error_json(record.error)
-    return state
-
-
-def _last_checkpoint(record: ExecutionRecord) -> dict[str, Any] | None:
-    if not record.checkpoints:
-        return None
-    cp = max(record.checkpoints, key=lambda c: sort_key(c.position))
-    return {"position": display(cp.position), "name": cp.name, "status": cp.status.value}
-
-
 def watch_key(record: ExecutionRecord) -> tuple[Any, ...]:
     """What counts as a change for `watch` (time passing does not)."""
     return (
@@ -377,8 +153,9 @@ def watch_key(record: ExecutionRecord) -> tuple[Any, ...]:
 # --- tables -----------------------------------------------------------------------------------
 
 
-def executions_table(records: Iterable[ExecutionRecord]) -> Table:
-    """One line per execution. `done` counts the checkpoint calls that succeeded."""
+def executions_table(records: Iterable[ExecutionRecord], stranded: Container[str] = ()) -> Table:
+    """One line per execution. `done` counts the checkpoint calls that succeeded; the ids in
+    `stranded` are marked (`running, nobody on it`): no live process runs them."""
     table = Table(box=None, pad_edge=False)
     # Flow and wait names are cut (…) when the terminal is narrow; the rest never is.
     table.add_column("id", no_wrap=True)
@@ -389,11 +166,14 @@ def executions_table(records: Iterable[ExecutionRecord]) -> Table:
     table.add_column("done", no_wrap=True, justify="right")
     table.add_column("waiting for", min_width=6)
     for r in records:
+        status = status_text(r.status)
+        if r.id in stranded:
+            status.append(", nobody on it", style="bold red")
         table.add_row(
             Text(r.id),
             one_line(r.flow),
-            status_text(r.status),
-            short_when(r.started_at) or Text("-", style="dim"),
+            status,
+            when(r.started_at) or Text("-", style="dim"),
             duration(r.duration),
             "" if r.checkpoints_done is None else str(r.checkpoints_done),
             one_line(r.pending_wait or ""),
@@ -579,8 +359,12 @@ def _wait_row(w: WaitRecord) -> list[RenderableType]:
     return [name, status, "", duration(took), one_line(detail)]
 
 
-def execution_view(record: ExecutionRecord) -> Group:
-    """What `get` prints: the header, then the timeline, then the child flows."""
+def execution_view(
+    record: ExecutionRecord, attention: str | None = None, then: str | None = None
+) -> Group:
+    """What `get` prints: the header, then the timeline, then the child flows, and what
+    to do: `attention` (`Client.attention`: nobody runs it) or, while it waits, how to
+    answer it and who continues it then (`then`: `Client.continuation`)."""
     parts: list[RenderableType] = [header(record), Text()]
     if record.checkpoints or record.waits or record.progress:
         parts.append(timeline(record))
@@ -588,10 +372,19 @@ def execution_view(record: ExecutionRecord) -> Group:
         parts.append(Text("No checkpoint calls recorded yet.", style="dim"))
     if record.children:
         parts += [Text(), Text("Children", style="bold"), executions_table(record.children)]
-    hint = input_hint(record)
-    if hint is not None:
-        parts += [Text(), hint]
+    if attention is not None:
+        parts += [Text(), attention_text(attention)]
+    if record.status is Status.WAITING:
+        parts += [Text(), input_hint(record) or timer_hint(record)]
+        if then is not None:
+            parts.append(Text(f"Then {then}.", style="dim"))
     return Group(*parts)
+
+
+def attention_text(attention: str) -> Text:
+    text = Text("Nobody runs it: ", style="bold red")
+    text.append(attention[0].upper() + attention[1:] + ".")
+    return text
 
 
 def input_hint(record: ExecutionRecord) -> Text | None:
@@ -622,15 +415,18 @@ def timer_hint(record: ExecutionRecord) -> Text:
             "that one ends.",
             style="yellow",
         )
-    text = Text(f"Execution {record.id} is sleeping", style="yellow")
+    text = Text(f"Execution {record.id} sleeps (tether.sleep)", style="yellow")
     if record.wake_at is not None:
         text.append(f" until {when(record.wake_at)}")
-    text.append("; a `tether worker` continues it then.")
+        left = (record.wake_at - dt.datetime.now(dt.UTC)).total_seconds()
+        if left > 0:
+            text.append(f", {duration(left)} from now")
+    text.append("; nothing holds it meanwhile, and it continues when it wakes.")
     return text
 
 
-def live_view(record: ExecutionRecord) -> Group:
-    """What `watch` shows while the execution runs."""
+def live_view(record: ExecutionRecord, attention: str | None = None) -> Group:
+    """What `watch` shows while the execution runs (with `attention`: why nothing does)."""
     line = Text()
     line.append(record.id, style="bold")
     line.append(f"  {record.flow}  ")
@@ -645,7 +441,10 @@ def live_view(record: ExecutionRecord) -> Group:
     parts: list[RenderableType] = [line, Text()]
     if record.checkpoints or record.waits or record.progress:
         parts += [timeline(record), Text()]
-    parts.append(Spinner("dots", text=Text(now or "running…")))
+    if attention is not None:
+        parts.append(attention_text(attention))
+    else:
+        parts.append(Spinner("dots", text=Text(now or "running…")))
     return Group(*parts)
 
 
@@ -658,7 +457,7 @@ def _running_now(record: ExecutionRecord) -> str:
     )
 
 
-def watch_line(record: ExecutionRecord) -> Text:
+def watch_line(record: ExecutionRecord, attention: str | None = None) -> Text:
     """One line per change, for `watch` when the output is not a terminal."""
     line = Text(dt.datetime.now().strftime("%H:%M:%S "), style="dim")
     line.append_text(status_text(record.status))
@@ -669,6 +468,8 @@ def watch_line(record: ExecutionRecord) -> Text:
         line.append("  now: " + ", ".join(f"{p['name']} (#{p['position']})" for p in running))
     if record.pending_waits:
         line.append("  waiting for: " + ", ".join(w.name for w in record.pending_waits))
+    if attention is not None:
+        line.append(f"  nobody runs it: {attention}", style="red")
     return line
 
 

@@ -16,6 +16,7 @@ from .options import (
     MAX_GRACE_SECONDS,
     MAX_POLL_SECONDS,
     DbOption,
+    ScriptOption,
     finite,
 )
 
@@ -37,10 +38,13 @@ def worker_command(
         typer.Option(
             "--import",
             metavar="MODULE",
-            help="Module to import first, so its flows and queues are known (repeatable), "
-            "e.g. myapp.flows.",
+            help="Module whose flows and queues this worker runs (repeatable), e.g. "
+            "myapp.flows; $TETHER_IMPORTS and [tool.tether] imports in pyproject.toml add "
+            "more. Executions of flows not loaded are left alone, never imported from the "
+            "path their row names.",
         ),
     ] = None,
+    script: ScriptOption = None,
     queues: Annotated[
         list[str] | None,
         typer.Option(
@@ -76,8 +80,9 @@ def worker_command(
     """Run executions from the store until SIGTERM.
 
     A worker runs, from the queues it serves (`--queue`, or all), queued executions, waits
-    whose input arrived, due timers, and executions whose process died. On SIGTERM it stops
-    taking work and hands back what it holds at the next checkpoint boundary.
+    whose input arrived, due timers, and executions whose process died, of the flows it
+    loaded (`--import`, `--script`, $TETHER_IMPORTS, [tool.tether] imports). On SIGTERM it
+    stops taking work and hands back what it holds at the next checkpoint boundary.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in queues or ():
@@ -96,5 +101,10 @@ def worker_command(
                 soft_wrap=True,
             )
         Worker(
-            db, concurrency=concurrency, poll=poll, imports=imports or (), queues=queues or None
+            db,
+            concurrency=concurrency,
+            poll=poll,
+            imports=imports or (),
+            scripts=[script] if script else (),
+            queues=queues or None,
         ).run(grace=grace)

@@ -12,10 +12,13 @@ from ._base import (
     Commit,
     EventRow,
     ExecutionRow,
+    ExecutionStats,
     MemoryRow,
     PendingWaitRow,
     Store,
+    TokenRow,
     WaitRow,
+    memory_write_key,
 )
 from ._redact import redact
 
@@ -26,11 +29,14 @@ __all__ = [
     "Commit",
     "EventRow",
     "ExecutionRow",
+    "ExecutionStats",
     "MemoryRow",
     "PendingWaitRow",
     "Store",
+    "TokenRow",
     "WaitRow",
     "exists",
+    "memory_write_key",
     "open_store",
     "redact",
 ]
@@ -46,10 +52,11 @@ def exists(url: str) -> bool:
     return True
 
 
-def open_store(url: str, *, durability: str = "normal") -> Store:
+def open_store(url: str, *, durability: str = "normal", busy_timeout: float = 60.0) -> Store:
     """Open the store a URL names: `sqlite:///relative.db`, `sqlite:////abs/path.db`, or
     `postgresql://user:password@host:5432/dbname` (needs the PostgreSQL driver:
-    `pip install -e '.[postgres]'` in a clone of tether)."""
+    `pip install -e '.[postgres]'` in a clone of tether).
+    `busy_timeout`: seconds a SQLite write waits for another connection's lock."""
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ConfigurationError(
@@ -58,7 +65,7 @@ def open_store(url: str, *, durability: str = "normal") -> Store:
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(url, durability=durability)
+        return SQLiteStore(url, durability=durability, busy_timeout=busy_timeout)
     if scheme in ("postgresql", "postgres"):
         from .postgres import PostgresStore
 

@@ -44,6 +44,10 @@ class ExecutionRow:
     queue: str = "default"
     priority: int = 0
     dedup_key: str | None = None
+    # Times in a row its holder stopped without ending it and another took it over, with no
+    # progress recorded in between (a crash loop); and the earliest time it may be claimed.
+    takeovers: int = 0
+    not_before: float | None = None
     # Filled by list_executions only: succeeded checkpoint calls, and a pending wait's name.
     checkpoints_done: int | None = None
     pending_wait: str | None = None
@@ -103,6 +107,29 @@ class EventRow:
     id: int | None = None  # assigned by the store, increasing
 
 
+@dataclass(slots=True)
+class TokenRow:
+    """An API token of `tether server`: its name, the sha256 of its secret (hex) and its
+    scope (`read`, `operate` or `admin`). A revoked token keeps its row."""
+
+    name: str
+    hash: str
+    scope: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(slots=True)
+class ExecutionStats:
+    """What `/metrics` reports: executions by (status, queue), since when the longest-queued
+    execution has been queued (its `updated_at`: enqueued, given input, handed back; None:
+    none is queued), and how many input waits are pending."""
+
+    counts: dict[tuple[str, str], int]
+    queued_since: float | None
+    pending_waits: int
+
+
 class Commit(IntEnum):
     """What a fenced checkpoint commit found. LOST is falsy: nothing was written."""
 
@@ -158,6 +185,10 @@ class Store(abc.ABC):
     def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
 
     @abc.abstractmethod
+    def execution_ids(self, prefix: str, *, limit: int) -> list[str]:
+        """Ids that start with `prefix` (taken literally), sorted, at most `limit`."""
+
+    @abc.abstractmethod
     def list_executions(
         self,
         *,
@@ -165,9 +196,15 @@ class Store(abc.ABC):
         flow: str | None,
         limit: int,
         parent: str | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[ExecutionRow]:
-        """Newest first, with `checkpoints_done` and `pending_wait` filled in; with
-        `parent`, only the children of that execution."""
+        """Newest first (by `created_at`, then `id`), with `checkpoints_done` and
+        `pending_wait` filled in; with `parent`, only the children of that execution; with
+        `before` (created_at, id), only those after it in that order (a keyset page)."""
+
+    @abc.abstractmethod
+    def execution_stats(self) -> ExecutionStats:
+        """Counts for monitoring (see ExecutionStats)."""
 
     @abc.abstractmethod
     def start_child(
@@ -223,8 +260,17 @@ class Store(abc.ABC):
         """Record the outcome and release the lease. False if the token no longer holds it."""
 
     @abc.abstractmethod
-    def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
-        """Give the lease back without an outcome (status back to `queued`, say)."""
+    def release(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        now: float,
+        not_before: float | None = None,
+    ) -> bool:
+        """Give the lease back without an outcome (status back to `queued`, say).
+        `not_before`: it is not claimed again before then (a crash loop's backoff)."""
 
     @abc.abstractmethod
     def request_cancel(self, execution_id: str, *, now: float) -> str | None:
@@ -344,7 +390,9 @@ class Store(abc.ABC):
         """Make a failed execution runnable again (`queued`, outcome cleared), forgetting the
         checkpoint calls at `positions` and the waits named `waits` (the caller decides
         what lies after the retry point: positions are ordered by `_positions.sort_key`,
-        not by their text). False unless it was failed."""
+        not by their text), and, in the same transaction, the memory writes the execution
+        made at those positions (`memory_write_key`): their versions stay in the history,
+        but a write at such a position writes again. False unless it was failed."""
 
     @abc.abstractmethod
     def prune(self, *, before: float, statuses: Sequence[str], dry_run: bool) -> int:
@@ -365,6 +413,13 @@ class Store(abc.ABC):
         """`record_checkpoint` for a caller on an event loop, which is never blocked on the
         write (by default it runs in a thread; the SQL stores group commit it)."""
         return await asyncio.to_thread(self.record_checkpoint, execution_id, token, row, events)
+
+    @abc.abstractmethod
+    def usage_records(self, *, flow: str | None, since: float | None) -> list[str]:
+        """The metadata texts of checkpoint calls that recorded model usage (their text
+        contains `"tether.usage"`), and the data of `retry` events (which keep what forgotten
+        calls spent), of executions of `flow` (all when None) created at or after `since`.
+        A scan: for totals, not for a hot path."""
 
     # --- events -------------------------------------------------------------------------
 
@@ -402,6 +457,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # --- API tokens (tether server) -----------------------------------------------------
+
+    @abc.abstractmethod
+    def create_token(self, row: TokenRow) -> bool:
+        """Store a new token. False (nothing written) when a token that is not revoked
+        has that name; a revoked one of that name is replaced."""
+
+    @abc.abstractmethod
+    def list_tokens(self) -> list[TokenRow]:
+        """Every token, revoked ones included, by name."""
+
+    @abc.abstractmethod
+    def token_by_hash(self, hash: str) -> TokenRow | None:
+        """The token (revoked or not) whose secret has this sha256, if any."""
+
+    @abc.abstractmethod
+    def revoke_token(self, name: str, *, now: float) -> bool:
+        """Revoke a token by name. False when no token of that name is active."""
 
     # --- memory (tether.memory) ---------------------------------------------------------
 
@@ -446,6 +520,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_blobs(self, hashes: Sequence[str]) -> dict[str, str]:
         """The data of the stored blobs among `hashes`, by hash."""
+
+
+def memory_write_key(execution_id: str, position: str) -> str:
+    """The idempotency key of the memory write an execution makes at a flow position: a
+    resumed flow writing there again finds its version instead of writing a second one."""
+    return f"{execution_id}:{position}"
 
 
 @dataclass(slots=True)

@@ -26,6 +26,7 @@ from ._sql_common import (
 from ._sql_executions import ExecutionsSql
 from ._sql_memory import MemorySql
 from ._sql_migrations import MigrationsSql
+from ._sql_tokens import TokensSql
 from ._sql_waits import WaitsSql
 
 __all__ = [
@@ -43,6 +44,13 @@ __all__ = [
 
 
 class SqlStore(
-    ExecutionsSql, ClaimsSql, WaitsSql, CheckpointsSql, MemorySql, MigrationsSql, abc.ABC
+    ExecutionsSql,
+    ClaimsSql,
+    WaitsSql,
+    CheckpointsSql,
+    MemorySql,
+    TokensSql,
+    MigrationsSql,
+    abc.ABC,
 ):
     """Every query, once. Subclasses provide connections and the dialect."""

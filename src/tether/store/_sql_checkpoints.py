@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ._base import (
     CheckpointRow,
     Commit,
     EventRow,
+    memory_write_key,
 )
 from ._positions import sort_key
 from ._sql_common import (
@@ -24,6 +26,23 @@ from ._sql_common import (
 
 class CheckpointsSql(SqlBase):
     """The SQL store's checkpoint calls and events (and pruning what is finished)."""
+
+    def usage_records(self, *, flow: str | None, since: float | None) -> list[str]:
+        where, params = "", list[Any]()  # the same filter, once per half of the UNION
+        if flow is not None:
+            where += " AND e.flow = ?"
+            params.append(flow)
+        if since is not None:
+            where += " AND e.created_at >= ?"
+            params.append(since)
+        rows = self._all(
+            "SELECT c.metadata FROM checkpoints c JOIN executions e ON e.id = c.execution_id "
+            f"WHERE c.metadata LIKE ?{where} "
+            "UNION ALL SELECT v.data FROM events v JOIN executions e ON e.id = v.execution_id "
+            f"WHERE v.kind = 'retry' AND v.data IS NOT NULL{where}",
+            ['%"tether.usage"%', *params, *params],
+        )
+        return [str(r[0]) for r in rows]
 
     def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
         rows = self._all(
@@ -57,7 +76,7 @@ class CheckpointsSql(SqlBase):
                 conn,
                 f"UPDATE executions SET status = 'queued', result = NULL, error = NULL, "
                 f"{RELEASED}, wake_at = NULL, cancel_requested = 0, finished_at = NULL, "
-                "updated_at = ? "
+                "takeovers = 0, not_before = NULL, updated_at = ? "
                 "WHERE id = ? AND status = 'failed'",
                 (now, execution_id),
             )
@@ -72,6 +91,13 @@ class CheckpointsSql(SqlBase):
                     f"DELETE FROM {table} WHERE execution_id = ? AND {column} = ?",
                     [(execution_id, key) for key in keys],
                 )
+            # The versions stay (they were written, and may have been read); only their
+            # claim to the position goes, so the retried call writes its value again.
+            self._executemany(
+                conn,
+                "UPDATE memory SET idempotency_key = NULL WHERE idempotency_key = ?",
+                [(memory_write_key(execution_id, position),) for position in positions],
+            )
             return True
 
     def prune(self, *, before: float, statuses: Sequence[str], dry_run: bool) -> int:

@@ -27,7 +27,11 @@ _RENEW_BATCH = 200
 # WHERE. Each branch: its condition, and the time its index orders it by (None: the index is
 # in claim order).
 RUNNABLE_BRANCHES = (
-    ("status = 'queued' AND (lease_token IS NULL OR lease_expires < :now)", None),
+    (
+        "status = 'queued' AND (lease_token IS NULL OR lease_expires < :now) "
+        "AND (not_before IS NULL OR not_before <= :now)",
+        None,
+    ),
     ("status = 'waiting' AND wake_at <= :due", "wake_at"),
     ("status = 'running' AND lease_expires < :now", "lease_expires"),
 )
@@ -41,6 +45,23 @@ CLAIM_WINDOW = 100
 HAS_HISTORY = (
     "(EXISTS (SELECT 1 FROM checkpoints c WHERE c.execution_id = executions.id) "
     "OR EXISTS (SELECT 1 FROM waits w WHERE w.execution_id = executions.id))"
+)
+
+# What a holder's checkpoint calls and waits add up to: their count. A takeover that finds it
+# changed since the last one saw progress in between.
+_PROGRESS = (
+    "((SELECT count(*) FROM checkpoints c WHERE c.execution_id = executions.id) "
+    "+ (SELECT count(*) FROM waits w WHERE w.execution_id = executions.id))"
+)
+# Set by every claim: taking a `running` execution from another holder is a takeover (its
+# process died, or its lease ran out). Takeovers in a row with no progress between them are
+# counted (the engine backs off and, past `crash_loop_limit`, fails the execution); any
+# progress starts the count again. Only takeovers read the counts (CASE evaluates lazily).
+TAKEOVER = (
+    "takeovers = CASE WHEN status <> 'running' THEN takeovers "
+    f"WHEN {_PROGRESS} <> progress_mark THEN 1 ELSE takeovers + 1 END, "
+    f"progress_mark = CASE WHEN status = 'running' THEN {_PROGRESS} ELSE progress_mark END, "
+    "not_before = CASE WHEN status = 'running' THEN NULL ELSE not_before END"
 )
 
 # A queue's limits (if any) allow one more start: fewer running than its concurrency, and
@@ -95,7 +116,7 @@ class ClaimsSql(SqlBase):
         return (
             self._count(
                 "UPDATE executions SET status = ?, owner = ?, lease_token = ?, lease_expires = ?, "
-                "attempt = attempt + ?, started_at = CASE WHEN ? "
+                f"attempt = attempt + ?, {TAKEOVER}, started_at = CASE WHEN ? "
                 "THEN coalesce(started_at, CAST(? AS DOUBLE PRECISION)) "
                 "ELSE started_at END, updated_at = ? "
                 f"WHERE id = ? AND status IN ({marks(from_statuses)}) AND {token_test}",
@@ -249,7 +270,7 @@ class ClaimsSql(SqlBase):
         branches = " UNION ALL ".join(picks)
         sql = (
             "UPDATE executions SET status = 'running', owner = :owner, lease_token = :token, "
-            "lease_expires = :expires, attempt = attempt + 1, wake_at = NULL, "
+            f"lease_expires = :expires, attempt = attempt + 1, wake_at = NULL, {TAKEOVER}, "
             "started_at = coalesce(started_at, :now), updated_at = :now "
             f"WHERE id = (SELECT id FROM ({branches}) AS c "
             "ORDER BY priority DESC, created_at LIMIT 1) "

@@ -9,6 +9,7 @@ from ._base import (
     CheckpointRow,
     ChildStart,
     ExecutionRow,
+    ExecutionStats,
     WaitRow,
 )
 from ._sql_common import (
@@ -23,6 +24,9 @@ from ._sql_common import (
     execution_row,
     marks,
 )
+
+# One placeholder per column of EXECUTION_COLUMNS.
+_ROW_MARKS = ", ".join("?" * len(EXECUTION_COLUMNS.split(",")))
 
 
 class ExecutionsSql(SqlBase):
@@ -41,7 +45,7 @@ class ExecutionsSql(SqlBase):
             inserted = self._run(
                 conn,
                 f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"({_ROW_MARKS}) "
                 "ON CONFLICT (flow, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING",
                 (
                     row.id, row.flow, row.import_path, row.script, row.args, row.status,
@@ -49,7 +53,7 @@ class ExecutionsSql(SqlBase):
                     row.attempt, int(row.cancel_requested), row.created_at, row.updated_at,
                     row.started_at, row.finished_at, row.parent_id, row.replay_of, row.metadata,
                     row.options, row.wake_at, row.progress, row.queue, row.priority,
-                    row.dedup_key,
+                    row.dedup_key, row.takeovers, row.not_before,
                 ),
             ).rowcount  # fmt: skip
             if inserted != 1:
@@ -96,7 +100,7 @@ class ExecutionsSql(SqlBase):
             inserted = self._run(
                 conn,
                 f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"({_ROW_MARKS}) "
                 "ON CONFLICT DO NOTHING",
                 (
                     child.id, child.flow, child.import_path, child.script, child.args,
@@ -105,6 +109,7 @@ class ExecutionsSql(SqlBase):
                     child.created_at, child.updated_at, child.started_at, child.finished_at,
                     parent_id, child.replay_of, child.metadata, child.options, child.wake_at,
                     child.progress, child.queue, child.priority, child.dedup_key,
+                    child.takeovers, child.not_before,
                 ),
             ).rowcount  # fmt: skip
             self._run(
@@ -122,6 +127,16 @@ class ExecutionsSql(SqlBase):
         )
         return execution_row(found) if found else None
 
+    def execution_ids(self, prefix: str, *, limit: int) -> list[str]:
+        # substr, not LIKE: no escaping of % and _, the same in both databases. It scans,
+        # but only a lookup by a prefix that is not a whole id comes here.
+        rows = self._all(
+            "SELECT id FROM executions WHERE substr(id, 1, CAST(? AS INTEGER)) = ? "
+            "ORDER BY id LIMIT ?",
+            (len(prefix), prefix, limit),
+        )
+        return sorted(r[0] for r in rows)  # in code point order, whatever the collation
+
     def list_executions(
         self,
         *,
@@ -129,9 +144,14 @@ class ExecutionsSql(SqlBase):
         flow: str | None,
         limit: int,
         parent: str | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[ExecutionRow]:
         where: list[str] = []
         params: list[Any] = []
+        if before is not None:
+            # Keyset: the page goes on after the last row seen, whatever was inserted since.
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params.extend((before[0], before[0], before[1]))
         if parent is not None:
             where.append("parent_id = ?")
             params.append(parent)
@@ -159,6 +179,27 @@ class ExecutionsSql(SqlBase):
             found.append(row)
         return found
 
+    def execution_stats(self) -> ExecutionStats:
+        with self._connection() as conn:
+            counts = self._run(
+                conn, "SELECT status, queue, count(*) FROM executions GROUP BY status, queue"
+            ).fetchall()
+            oldest = self._run(
+                conn, "SELECT min(updated_at) FROM executions WHERE status = 'queued'"
+            ).fetchone()
+            waits = self._run(
+                conn,
+                "SELECT count(*) FROM waits w JOIN executions e ON e.id = w.execution_id "
+                "WHERE w.status = 'pending' AND w.kind = 'input' "
+                f"AND e.status NOT IN ({marks(_FINISHED)})",
+                _FINISHED,
+            ).fetchone()
+        return ExecutionStats(
+            counts={(str(s), str(q)): int(n) for s, q, n in counts},
+            queued_since=None if oldest[0] is None else float(oldest[0]),
+            pending_waits=int(waits[0]),
+        )
+
     def finish(
         self,
         execution_id: str,
@@ -178,12 +219,26 @@ class ExecutionsSql(SqlBase):
             == 1
         )
 
-    def release(self, execution_id: str, token: str, *, status: str, now: float) -> bool:
+    def release(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        now: float,
+        not_before: float | None = None,
+    ) -> bool:
+        # A release without a backoff keeps not_before: it marks that the backoff of the
+        # current crash loop was served (see the engine's crash-loop check).
+        after = "not_before" if not_before is None else "?"
+        params: tuple[Any, ...] = (status, now, execution_id, token)
+        if not_before is not None:
+            params = (status, not_before, now, execution_id, token)
         return (
             self._count(
-                f"UPDATE executions SET status = ?, {RELEASED}, updated_at = ? "
-                "WHERE id = ? AND lease_token = ?",
-                (status, now, execution_id, token),
+                f"UPDATE executions SET status = ?, not_before = {after}, {RELEASED}, "
+                "updated_at = ? WHERE id = ? AND lease_token = ?",
+                params,
             )
             == 1
         )

@@ -17,6 +17,7 @@ Install the driver with `pip install -e '.[postgres]'` in a clone of tether.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import typing
@@ -27,7 +28,16 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, StoreError, StoreUnavailable
+from ..errors import (
+    CommitUnknown,
+    ConfigurationError,
+    StoreBusy,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnavailable,
+)
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import CheckpointCommit, GroupCommit
 from ._json_bytes import json_bytes as _json
@@ -79,6 +89,8 @@ def _from_json(row_type: type, names: Sequence[str], *, first: int = 0) -> str:
     return ", ".join(out)
 
 
+# A checkpoint row's stored fields, as `checkpoint_values` gives them (see `_read_back`).
+_READ_BACK = ", ".join(f"c.{c}" for c in CHECKPOINT_FIELDS)
 _FINISH_IDS = "ARRAY(SELECT r->>0 FROM jsonb_array_elements(%(finishes)s::jsonb) r)"
 
 
@@ -194,14 +206,15 @@ class PostgresStore(SqlStore):
         self._group: GroupCommit[CheckpointCommit | _Finish, Commit | None] = GroupCommit(
             self._write_group,
             key=_group_key,
-            shared=(StoreUnavailable,),
+            shared=(StoreUnavailable, StoreCorrupt),
             # An execution's end is its caller's last write: the next batch does not wait
             # for it (its thread is claiming another execution meanwhile).
             rejoins=lambda item: isinstance(item, CheckpointCommit),
         )
-        # Connection-level failures (server restart, network) mean "try again later";
-        # anything else (a constraint, a bug) is a real error and propagates as it is.
+        # Connection-level failures (server restart, network) mean "try again later"; every
+        # driver error is classified (`classify`) before it leaves the store.
         self._unavailable: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+        self._driver_error: type[Exception] = psycopg.Error
         self._pq: Any = psycopg.pq
         self._errors: Any = psycopg.errors
         self._pool: ConnectionPool[Any] = ConnectionPool(
@@ -233,7 +246,7 @@ class PostgresStore(SqlStore):
         try:
             with self._pool.connection() as conn:
                 yield conn
-        except self._unavailable as exc:
+        except self._driver_error as exc:
             raise self._down(exc) from exc
 
     @contextmanager
@@ -241,14 +254,12 @@ class PostgresStore(SqlStore):
         try:
             with self._pool.connection() as conn, conn.transaction():
                 yield conn
-        except self._unavailable as exc:
+        except self._driver_error as exc:
             raise self._down(exc) from exc
 
-    def _down(self, exc: BaseException) -> StoreUnavailable:
+    def _down(self, exc: BaseException) -> StoreError:
         # The pool replaces broken connections by itself; callers retry the operation.
-        return StoreUnavailable(
-            f"PostgreSQL at {redact(self.url)} is unavailable: {redact(str(exc), self.url)}"
-        )
+        return classify(exc, redact(self.url), self.url)
 
     def _cursor(self, conn: Any) -> Any:
         with self._cursors_lock:
@@ -280,7 +291,7 @@ class PostgresStore(SqlStore):
     ) -> Commit:
         outcome = self._group.commit(CheckpointCommit(execution_id, token, row, tuple(events)))
         assert outcome is not None  # only a finish is left to write alone
-        return outcome
+        return outcome or self._read_back(execution_id, token, row)
 
     async def record_checkpoint_async(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
@@ -291,7 +302,25 @@ class PostgresStore(SqlStore):
             CheckpointCommit(execution_id, token, row, tuple(events))
         )
         assert outcome is not None  # only a finish is left to write alone
-        return outcome
+        if outcome:
+            return outcome
+        return await asyncio.to_thread(self._read_back, execution_id, token, row)
+
+    def _read_back(self, execution_id: str, token: str, row: CheckpointRow) -> Commit:
+        """What a fenced commit that wrote nothing (LOST) really found. After a commit whose
+        reply was lost (CommitUnknown), the retry finds the row its first try wrote and
+        writes nothing: this row, still under our lease, is that commit, not a lost lease.
+        Only read when a commit is LOST, which is rare, so the common path pays nothing."""
+        found = self._one(
+            f"SELECT {_READ_BACK}, e.cancel_requested FROM checkpoints c "
+            "JOIN executions e ON e.id = c.execution_id "
+            "WHERE c.execution_id = ? AND c.position = ? AND e.lease_token = ?",
+            (execution_id, row.position, token),
+        )
+        # Every field equal: this very row (times to the microsecond, attempts included).
+        if found is None or tuple(found[:-1]) != tuple(checkpoint_values(row)):
+            return Commit.LOST
+        return Commit.CANCEL_REQUESTED if found[-1] else Commit.COMMITTED
 
     def finish(
         self,
@@ -309,10 +338,20 @@ class PostgresStore(SqlStore):
         if outcome is None:
             # A child: its end also resolves its parent's wait and locks the parent's row;
             # written in a statement of its own (see _group_statement).
-            return super().finish(
+            done = super().finish(
                 execution_id, token, status=status, result=result, error=error, now=now
             )
-        return bool(outcome)
+        else:
+            done = bool(outcome)
+        if done:
+            return True
+        # As for a checkpoint (`_read_back`): a retry after a lost reply finds the end its
+        # first try wrote (this status at this very time, the lease released).
+        found = self._one(
+            "SELECT status, finished_at, lease_token FROM executions WHERE id = ?",
+            (execution_id,),
+        )
+        return found is not None and (found[0], found[1], found[2]) == (status, now, None)
 
     def _write_group(self, batch: list[CheckpointCommit | _Finish]) -> list[Commit | None]:
         commits = [c for c in batch if isinstance(c, CheckpointCommit)]
@@ -332,7 +371,18 @@ class PostgresStore(SqlStore):
         try:
             rows = self._execute_prepared(name, sql, [params[key] for key in order])
         except self._unavailable as exc:
+            if getattr(exc, "sqlstate", None):
+                # The server answered with an error (a lock timeout, say): nothing committed.
+                raise self._down(exc) from exc
             self._drop_commit_connection()
+            # The statement may have committed before the reply was lost: the callers retry,
+            # and a retry that finds its row already written reads it back (`_read_back`).
+            raise CommitUnknown(
+                f"the connection to PostgreSQL at {redact(self.url)} was lost with a commit "
+                f"in flight [{type(exc).__name__}: {str(exc).strip()}]; whether it committed "
+                "is read back when it is retried"
+            ) from exc
+        except self._driver_error as exc:
             raise self._down(exc) from exc
         # Text results: (execution id, position or NULL for a finish ('' for one to write
         # alone), cancel_requested).
@@ -358,13 +408,18 @@ class PostgresStore(SqlStore):
         which costs more client CPU than the call itself. Errors are raised as psycopg
         raises them: OperationalError when the connection is lost."""
         conn = self._commit_conn
-        if conn is None or conn.closed:
-            conn = self._commit_conn = self._pool.getconn()
-            self._commit_prepared = set()
-        pgconn, encoding = conn.pgconn, conn.info.encoding
-        if name not in self._commit_prepared:
-            self._check(pgconn.prepare(name, sql), pgconn, encoding)
-            self._commit_prepared.add(name)
+        try:
+            if conn is None or conn.closed:
+                conn = self._commit_conn = self._pool.getconn()
+                self._commit_prepared = set()
+            pgconn, encoding = conn.pgconn, conn.info.encoding
+            if name not in self._commit_prepared:
+                self._check(pgconn.prepare(name, sql), pgconn, encoding)
+                self._commit_prepared.add(name)
+        except self._driver_error as exc:
+            # Nothing was sent to be committed yet: a plain outage, not an unknown commit.
+            self._drop_commit_connection()
+            raise self._down(exc) from exc
         if encoding != "utf-8":  # a database not in UTF8: re-encode the JSON text for it
             params = [p.decode().encode(encoding) for p in params]
         result = pgconn.exec_prepared(name, params)
@@ -411,9 +466,9 @@ class PostgresStore(SqlStore):
             listener = self._listener()
             for _ in listener.notifies(timeout=max(0.0, timeout), stop_after=1):
                 break
-        except self._unavailable:
-            # The server went away: drop the connection (a new one is made next time) and
-            # fall back to waiting out the timeout, as a polling worker would.
+        except self._driver_error:
+            # The server went away (or refused LISTEN): drop the connection (a new one is
+            # made next time) and wait out the timeout instead, as a polling worker would.
             self._close_listener()
             time.sleep(max(0.0, deadline - time.monotonic()))
 
@@ -442,3 +497,47 @@ class PostgresStore(SqlStore):
         self._close_listener()
         self._drop_commit_connection()
         self._pool.close()
+
+
+# SQLSTATE classes and codes (PostgreSQL's appendix A) that say what a failure means.
+_BUSY_STATES = {"40001", "40P01", "55P03", "55006"}
+_CORRUPT_STATES = {"XX001", "XX002"}
+
+
+def classify(exc: BaseException, where: str, url: str | None = None) -> StoreError:
+    """A psycopg error as the `StoreError` it means (the PostgreSQL dialect's hook).
+    Connection-level failures and a server out of resources are transient
+    (`StoreUnavailable`: retried, then the execution is released); damaged data is
+    `StoreCorrupt`; anything else (a constraint, a bug) a plain `StoreError`."""
+    state = getattr(exc, "sqlstate", None) or ""
+    # The driver's message may quote the URL or a piece of it (`url`: hidden there too).
+    said = redact(f"{type(exc).__name__}: {str(exc).strip()}", url)
+    server = f"PostgreSQL at {where}"
+    if state == "53100":
+        return StoreFull(
+            f"{server} is out of disk space [{said}]. Free space on the server: executions "
+            "released meanwhile continue by themselves once it accepts writes."
+        )
+    if state == "25006":
+        return StoreReadOnly(
+            f"{server} accepts no writes [{said}]: a standby or a read-only server. Point "
+            "TETHER_DB at the primary; executions released meanwhile continue once it does."
+        )
+    if state in _BUSY_STATES:
+        return StoreBusy(f"{server} could not take a lock in time [{said}]; retried.")
+    if state in _CORRUPT_STATES:
+        return StoreCorrupt(
+            f"{server} reports damaged data [{said}]. Check the server's log and restore "
+            "the damaged table from a backup."
+        )
+    if isinstance(exc, StoreError):
+        return exc
+    operational = type(exc).__name__ in ("OperationalError", "PoolTimeout") or any(
+        c.__name__ == "OperationalError" for c in type(exc).__mro__
+    )
+    if operational or state[:2] in ("08", "53", "57", "58"):
+        return StoreUnavailable(
+            f"{server} is unavailable [{said}]. Is the server running and reachable? "
+            "Executions are retried, then released, never failed."
+        )
+    return StoreError(f"{server} failed [{said}]")

@@ -5,7 +5,8 @@ survive the death of the process (SIGKILL, OOM kill), which is the failure a
 durable runtime exists for; a power cut may lose the last commits but never
 corrupts the file. `durability="full"` syncs every commit to disk instead.
 
-Concurrency: each thread gets its own connection. Multi-statement writes take
+Concurrency: each thread gets its own connection, closed when the thread ends (see
+`_Opened`), so a process holds one per live thread. Multi-statement writes take
 the write lock up front (`BEGIN IMMEDIATE`) so two writers never deadlock on a
 read-to-write upgrade, and a generous busy timeout rides out lock contention
 between processes instead of failing with "database is locked". Within one process
@@ -19,15 +20,25 @@ Every query lives in `_sql.SqlStore`; this module only supplies connections.
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import re
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from ..errors import ConfigurationError, StoreError, StoreUnavailable
+from ..errors import (
+    ConfigurationError,
+    StoreBusy,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnavailable,
+)
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import CheckpointCommit, GroupCommit, checkpoint_key
 from ._json_bytes import json_bytes
@@ -52,7 +63,10 @@ _BATCH = (
     "(SELECT cancel_requested FROM executions WHERE id = checkpoints.execution_id)"
 )
 
-_BUSY_TIMEOUT_MS = 60_000
+# SQLite's primary result codes (the low byte of an extended code) that say what failed.
+_BUSY, _LOCKED, _NOMEM, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _PROTOCOL, _NOTADB = (
+    5, 6, 7, 8, 10, 11, 13, 14, 15, 26,
+)  # fmt: skip
 # Readers that overlap without pause keep SQLite from restarting the WAL, so it can grow
 # large under a burst of work; past this size `maintain()` checkpoints and truncates it.
 _WAL_LIMIT = 64 * 1024 * 1024
@@ -72,24 +86,28 @@ def path_from_url(url: str) -> str:
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
 
-    def __init__(self, url: str, *, durability: str = "normal") -> None:
+    def __init__(self, url: str, *, durability: str = "normal", busy_timeout: float = 60.0) -> None:
         if durability not in ("normal", "full"):
             raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
+        if not busy_timeout > 0:
+            raise ConfigurationError(f"busy_timeout must be above 0 seconds, not {busy_timeout!r}")
         self.url = url
+        self.busy_timeout = float(busy_timeout)
+        # Set once a read or write finds the file damaged: from then on nothing is written
+        # (a write into corrupt pages can spread the damage), and every call says why.
+        self._corrupt: StoreCorrupt | None = None
         self.path = path_from_url(url)
         self._synchronous = "FULL" if durability == "full" else "NORMAL"
         self._local = threading.local()
-        # Each connection with the thread that owns it: only that thread may close it while
-        # it lives (closing a connection another thread is using crashes the interpreter).
-        self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        self._opened_lock = threading.Lock()
+        # Each connection with the thread that owns it, closed when that thread ends.
+        self._opened = _Opened()
         self._closed = False
         # Writes of this process's threads, one at a time (see the module's docstring).
         self._writing = threading.RLock()
         # Checkpoint commits of executions on an event loop: written by one thread, many in
         # one transaction (see record_checkpoint_async).
         self._group: GroupCommit[CheckpointCommit, Commit] = GroupCommit(
-            self._write_checkpoints, key=checkpoint_key, shared=(StoreUnavailable,)
+            self._write_checkpoints, key=checkpoint_key, shared=(StoreUnavailable, StoreCorrupt)
         )
         # Closing the last connection checkpoints the WAL and removes it: do it at exit
         # rather than leave a large -wal file behind.
@@ -109,6 +127,8 @@ class SQLiteStore(SqlStore):
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if self._corrupt is not None:
+            raise StoreCorrupt(str(self._corrupt))
         if conn is None or self._closed:
             if self._closed:
                 if conn is not None:
@@ -118,33 +138,49 @@ class SQLiteStore(SqlStore):
                 raise StoreError(f"the store {self.url} is closed")
             try:
                 conn = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=60
+                    self.path,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=self.busy_timeout,
                 )
-                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {self._synchronous}")
                 conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
+                raise self._fault(exc, "cannot open it") from exc
             self._local.conn = conn
-            with self._opened_lock:
-                self._opened.append((threading.current_thread(), conn))
+            self._opened.add(conn)
         return conn
 
     def _connection(self) -> _Borrowed:
-        return _Borrowed(self._conn())
+        return _Borrowed(self, self._conn())
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         conn = self._conn()
         with self._writing:
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may have rolled back already (a full disk does), or the COMMIT
+                    # itself failed (busy) and left the transaction open: end it either way,
+                    # so the thread's connection is usable again.
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._fault(exc) from exc
+
+    def _fault(self, exc: sqlite3.Error, doing: str = "") -> StoreError:
+        """The dialect's error classification: what a driver error means, as a typed error
+        with advice. Transient ones are `StoreUnavailable` (the engine retries, then
+        releases the execution); a damaged file is `StoreCorrupt`, and stops all writes."""
+        return classify(exc, self, doing)
 
     def _run(self, conn: Connection, sql: str, params: Any = ()) -> Any:
         if not _writes(sql):
@@ -206,18 +242,9 @@ class SQLiteStore(SqlStore):
 
     def close(self) -> None:
         """Close this thread's connection and those of finished threads; connections of
-        threads still running are closed by those threads, at their next use."""
+        threads still running are closed by those threads, at their next use or their end."""
         self._closed = True
-        me = threading.current_thread()
-        with self._opened_lock:
-            keep = []
-            for owner, conn in self._opened:
-                if owner is me or not owner.is_alive():
-                    with suppress(sqlite3.Error):
-                        conn.close()
-                else:
-                    keep.append((owner, conn))
-            self._opened = keep
+        self._opened.close_mine_and_finished()
         if getattr(self._local, "conn", None) is not None:
             self._local.conn = None
 
@@ -239,8 +266,121 @@ class SQLiteStore(SqlStore):
             pass
 
 
+class _Opened:
+    """The store's connections, each with the thread that opened it, closed when that thread
+    ends: threads come and go (a threaded web server calling `flow.run()`), and a connection
+    left open for each would pile up file descriptors until the process ran out.
+
+    Only its own thread may close a connection while that thread lives (closing a connection
+    another thread is using crashes the interpreter). So each thread keeps a marker in a
+    thread-local, which CPython drops when the thread ends; the marker's finalizer, run then,
+    closes the connection. Opening a connection also closes those of threads that have ended
+    while something else kept their marker alive."""
+
+    __slots__ = ("_entries", "_keys", "_lock", "_marks")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[threading.Thread, sqlite3.Connection]] = {}
+        self._keys = itertools.count()
+        self._marks = threading.local()
+
+    def add(self, conn: sqlite3.Connection) -> None:
+        key = next(self._keys)
+        mark = _Mark()
+        done = weakref.finalize(mark, self._drop, key)
+        # At exit, threads still running may be using their connections: `close()` (atexit)
+        # closes only those that are safe to close.
+        done.atexit = False
+        self._marks.mark = mark
+        with self._lock:
+            ended = [k for k, (owner, _) in self._entries.items() if not owner.is_alive()]
+            stale = [self._entries.pop(k)[1] for k in ended]
+            self._entries[key] = (threading.current_thread(), conn)
+        for old in stale:
+            _close(old)
+
+    def _drop(self, key: int) -> None:
+        with self._lock:
+            entry = self._entries.pop(key, None)
+        if entry is not None:
+            _close(entry[1])
+
+    def close_mine_and_finished(self) -> None:
+        """Close the calling thread's connection and those of threads that have ended; a
+        running thread's is closed by that thread, at its next use or when it ends."""
+        me = threading.current_thread()
+        with self._lock:
+            safe = [
+                k for k, (owner, _) in self._entries.items() if owner is me or not owner.is_alive()
+            ]
+            conns = [self._entries.pop(k)[1] for k in safe]
+        for conn in conns:
+            _close(conn)
+
+
+class _Mark:
+    """Dies with the thread whose thread-local holds it (see `_Opened`)."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    with suppress(sqlite3.Error):
+        conn.close()
+
+
 _WRITE_VERB = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE)\b")
 _kinds: dict[str, bool] = {}
+
+
+def classify(exc: sqlite3.Error, store: SQLiteStore, doing: str = "") -> StoreError:
+    """A driver error of the SQLite database `store` as the `StoreError` it means."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    where = f"the SQLite database {store.path}" + (f" ({doing})" if doing else "")
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    said = f"{name}: {exc}"
+    if primary in (_BUSY, _LOCKED):
+        return StoreBusy(
+            f"{where} stayed locked by another connection for over the busy timeout "
+            f"({store.busy_timeout:g}s) [{said}]. Another process holds a long write "
+            "transaction; end it, or raise the timeout (configure(busy_timeout=...) or "
+            "TETHER_BUSY_TIMEOUT). Executions are retried, then released, never failed."
+        )
+    if primary == _FULL:
+        return StoreFull(
+            f"the disk holding {where} is full [{said}]. Free space: executions released "
+            "meanwhile continue by themselves once it can be written again."
+        )
+    if primary == _READONLY or (primary in (_CANTOPEN, _IOERR) and _read_only(store.path)):
+        return StoreReadOnly(
+            f"{where} is read-only [{said}]. Make the file, its directory and its -wal and "
+            "-shm files writable (or remount the file system read-write); executions "
+            "released meanwhile continue once it is."
+        )
+    if primary in (_CORRUPT, _NOTADB):
+        corrupt = StoreCorrupt(
+            f"{where} is damaged [{said}]: tether stops writing to it. Restore it from a "
+            "backup (or salvage it with `sqlite3 FILE .recover`) and start again."
+        )
+        store._corrupt = corrupt
+        return corrupt
+    if primary in (_IOERR, _CANTOPEN, _NOMEM, _PROTOCOL):
+        return StoreUnavailable(
+            f"{where} could not be read or written [{said}]: the disk or file system failed. "
+            "Executions are retried, then released, never failed."
+        )
+    return StoreError(f"{where} failed [{said}]")
+
+
+def _read_only(path: str) -> bool:
+    """Whether the file system holding `path` is mounted read-only (SQLite then fails to
+    open its -shm file and says only "unable to open database file")."""
+    try:
+        return bool(os.statvfs(os.path.dirname(path)).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _writes(sql: str) -> bool:
@@ -272,15 +412,18 @@ class _Done:
 
 class _Borrowed:
     """The thread's own connection as a context manager; a class, not a generator, because
-    it sits on the hot path of every checkpoint commit."""
+    it sits on the hot path of every checkpoint commit. A driver error raised in its block
+    leaves it classified (see `classify`)."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "store")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, store: SQLiteStore, conn: sqlite3.Connection) -> None:
+        self.store = store
         self.conn = conn
 
     def __enter__(self) -> sqlite3.Connection:
         return self.conn
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, sqlite3.Error):
+            raise classify(exc, self.store) from exc

@@ -1,0 +1,225 @@
+"""What the `tether` command says about executions nobody runs, sleeps and waits, ids given
+by a prefix, dates, and its version: shown on real processes killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+import tether
+from helpers import TESTS, child_env, retry_until, run_child, spawn_python
+from tether._core import config as _config
+from tether.cli import app
+from tether.store import ExecutionRow
+
+
+def cli(db_url: str, *args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={"TETHER_DB": db_url, "COLUMNS": "200"})
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts, killed at teardown whatever happens."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def _tether(db_url: str, output: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    with output.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tether", *args],
+            env=child_env(db_url, COLUMNS="200", PYTHONUNBUFFERED="1", **env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=str(TESTS),
+        )
+
+
+def _killed_while_running(db_url: str, gate: Path) -> str:
+    """An execution whose process was SIGKILLed in the middle of a checkpoint: `running`,
+    its lease not yet expired, its owner dead."""
+    starter = spawn_python(
+        [
+            "-c",
+            "import approval_flows\nhandle = approval_flows.slow_flow.run(1, 60)\n"
+            "print(handle.id, flush=True)\nhandle.result()",
+        ],
+        db_url,
+        GATE_FILE=str(gate),
+    )
+    assert starter.stdout is not None
+    execution_id = starter.stdout.readline().strip()
+    client = tether.Client(db_url)
+    retry_until(lambda: client.get(execution_id).progress, what="the checkpoint to run")
+    starter.send_signal(signal.SIGKILL)
+    starter.communicate(timeout=10)
+    return execution_id
+
+
+def test_version() -> None:
+    shown = CliRunner().invoke(app, ["--version"])
+    assert shown.exit_code == 0
+    assert shown.output.strip() == f"tether {tether.__version__}"
+
+
+def test_a_killed_execution_is_shown_as_nobody_running_it_with_what_to_do(
+    db_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    gate = tmp_path / "gate"
+    execution_id = _killed_while_running(db_url, gate)
+
+    listed = cli(db_url, "executions", "list")
+    assert listed.exit_code == 0
+    assert re.search(rf"{execution_id}\s.*running, nobody on it", listed.output)
+    assert "tether executions resume ID" in listed.output
+    got = " ".join(cli(db_url, "executions", "get", execution_id).output.split())
+    assert "Nobody runs it: The process that ran it (pid" in got
+    assert f"tether executions resume {execution_id}" in got
+    as_json = json.loads(cli(db_url, "executions", "get", execution_id, "--json").stdout)
+    assert "is gone" in as_json["attention"]
+
+    # `watch` says so instead of spinning; a worker then takes it over and it finishes.
+    output = tmp_path / "watch.txt"
+    watch = _tether(db_url, output, "executions", "watch", execution_id)
+    procs.append(watch)
+    retry_until(lambda: "nobody runs it" in output.read_text(), what="watch to say so")
+    gate.write_text("open\n")
+    procs.append(
+        _tether(
+            db_url,
+            tmp_path / "worker.txt",
+            "worker",
+            "--import",
+            "approval_flows",
+            "--poll",
+            "0.01",
+            GATE_FILE=str(gate),
+        )
+    )
+    assert watch.wait(timeout=60) == 0, output.read_text()
+    assert "succeeded" in output.read_text()
+    assert cli(db_url, "executions", "get", execution_id, "--json").stdout.count("attention") == 0
+
+
+def test_watch_explains_a_sleep_and_who_wakes_it(db_url: str) -> None:
+    done = run_child(
+        textwrap.dedent(
+            """
+            import time, cli_flows
+            handle = cli_flows.napping.run(3600)
+            while handle.status() != "waiting":
+                time.sleep(0.01)
+            print(handle.id)
+            """
+        ),
+        db_url,
+    )
+    assert done.returncode == 0, done.stderr
+    execution_id = done.stdout.split()[-1]
+    watched = cli(db_url, "executions", "watch", execution_id)
+    assert watched.exit_code == 0
+    text = " ".join(watched.output.split())
+    assert "sleeps (tether.sleep) until" in text and "from now" in text
+    # The process that started it (and would have woken it) is gone: it says so.
+    assert "no live process will pick it up" in text and "tether worker" in text
+    line = json.loads(cli(db_url, "executions", "watch", execution_id, "--json").stdout)
+    assert line["status"] == "waiting" and "no live process" in line["continues"]
+
+
+def test_input_says_when_no_live_process_will_pick_the_execution_up(db_url: str) -> None:
+    done = run_child(
+        textwrap.dedent(
+            """
+            import time, cli_flows
+            handle = cli_flows.approval.run("tides")
+            while handle.status() != "waiting":
+                time.sleep(0.01)
+            print(handle.id)
+            """
+        ),
+        db_url,
+    )
+    execution_id = done.stdout.split()[-1]
+    given = cli(db_url, "executions", "input", execution_id, "--value", "true")
+    assert given.exit_code == 0, given.output
+    text = " ".join(given.output.split())
+    assert "Input recorded for wait approve" in text
+    assert "No live process will pick it up" in text
+    assert f"tether executions resume {execution_id}" in text
+
+
+def test_input_to_a_live_process_says_it_continues_there(db_url: str) -> None:
+    import cli_flows
+
+    handle = cli_flows.approval.run("tides")
+    retry_until(lambda: handle.status() == "waiting", what="the wait")
+    given = cli(db_url, "executions", "input", handle.id, "--value", "true", "--json")
+    assert json.loads(given.stdout)["continues"] == {
+        "live": True,
+        "message": "this process continues it",
+    }
+    assert handle.result(timeout=30) == "HELLO TIDES!"
+
+
+def _rows(db_url: str, *ids: str) -> None:
+    store = _config.store_for(db_url)
+    now = time.time()
+    for execution_id in ids:
+        store.create_execution(
+            ExecutionRow(
+                id=execution_id,
+                flow="greeting",
+                import_path="cli_flows:greeting",
+                script=None,
+                args='{"args":[],"kwargs":{}}',
+                status="queued",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+
+def test_every_command_that_takes_an_id_takes_a_unique_prefix(db_url: str) -> None:
+    _rows(db_url, "abc123", "abc456")
+    ambiguous = cli(db_url, "executions", "get", "abc")
+    assert ambiguous.exit_code == 2
+    assert "several execution ids (abc123, abc456)" in " ".join(ambiguous.output.split())
+    unknown = cli(db_url, "executions", "get", "zzz")
+    assert unknown.exit_code == 3 and "no execution zzz" in unknown.output
+    for command in (
+        ["get"],
+        ["logs"],
+        ["list", "--parent"],
+        ["cancel"],
+    ):
+        done = cli(db_url, "executions", *command, "abc4")
+        assert done.exit_code == 0, (command, done.output)
+        assert "abc123" not in done.output
+    assert tether.Client(db_url).get("abc456").status == "cancelled"
+    assert "abc456" in cli(db_url, "executions", "get", "abc4").output
+    refused = cli(db_url, "executions", "resume", "abc")
+    assert refused.exit_code == 2 and "abc123" in refused.output
+    missing = cli(db_url, "executions", "input", "abc1", "--value", "true")
+    assert missing.exit_code == 3 and "execution abc123 has no pending wait" in missing.output
+
+
+def test_list_shows_dates(db_url: str) -> None:
+    import cli_flows
+
+    cli_flows.greeting.run("x").result(timeout=30)
+    listed = cli(db_url, "executions", "list")
+    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", listed.output), listed.output

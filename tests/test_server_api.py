@@ -1,0 +1,578 @@
+"""The HTTP API of `tether server`, through a real uvicorn server in a subprocess on a free
+loopback port, driven with httpx; flows it starts are run by a real `tether worker`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import server_flows
+import tether
+from helpers import TESTS, child_env, retry_until, run_cli
+from server_flows import Report
+from tether._core import serde
+from tether.store import ExecutionRow
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Processes:
+    """A server and workers started by a test, killed (SIGKILL) at teardown."""
+
+    def __init__(self, db_url: str, tmp_path: Path) -> None:
+        self.db_url, self.tmp_path = db_url, tmp_path
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def _spawn(self, argv: list[str], log: str, **env: str) -> subprocess.Popen[str]:
+        out = (self.tmp_path / log).open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tether", *argv],
+            env=child_env(self.db_url, **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=str(TESTS),
+        )
+        self.procs.append(proc)
+        return proc
+
+    def server(self, *extra: str, **env: str) -> str:
+        port = _free_port()
+        argv = ["server", "--port", str(port), "--import", "server_flows", *extra]
+        proc = self._spawn(argv, f"server-{port}.log", **env)
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                log = (self.tmp_path / f"server-{port}.log").read_text()
+                pytest.fail(f"the server exited: {log}")
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        retry_until(up, timeout=30, what="the server to answer /healthz")
+        return url
+
+    def worker(self) -> None:
+        self._spawn(["worker", "--import", "server_flows", "--poll", "0.01"], "worker.log")
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def procs(db_url: str, tmp_path: Path) -> Iterator[Processes]:
+    pool = Processes(db_url, tmp_path)
+    yield pool
+    pool.kill_all()
+
+
+@pytest.fixture
+def tokens(client: tether.Client) -> dict[str, str]:
+    return {scope: client.create_token(f"{scope}-bot", scope) for scope in ("read", "operate")}
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _error(response: httpx.Response, status: int, kind: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == kind, error
+    assert error["message"]
+    return dict(error)
+
+
+def _finished(http: httpx.Client, execution_id: str, status: str = "succeeded") -> Any:
+    def done() -> Any:
+        shown = http.get(f"/api/v1/executions/{execution_id}").json()
+        return shown if shown["status"] in ("succeeded", "failed", "cancelled") else None
+
+    shown = retry_until(done, timeout=60, what=f"execution {execution_id} to finish")
+    assert shown["status"] == status, shown
+    return shown
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+def test_without_tokens_loopback_is_served_and_other_hosts_are_refused(
+    db_url: str, procs: Processes
+) -> None:
+    url = procs.server()
+    assert httpx.get(f"{url}/api/v1/executions").json() == {"items": [], "next": None}
+    handle = server_flows.approval.run("local")  # runs here, in the test process
+    retry_until(lambda: handle.status() == tether.Status.WAITING, what="the wait")
+    path = f"{url}/api/v1/executions/{handle.id}/waits/approve"
+    given = httpx.post(path, json={"value": False})
+    assert given.status_code == 200, given.text
+    assert given.json()["resolved_by"] == "local"  # no token: who gave it is "local"
+    assert handle.result(timeout=30) == "rejected"
+    refused = run_cli(db_url, "server", "--host", "0.0.0.0", "--port", str(_free_port()))
+    assert refused.returncode != 0
+    assert "refusing to listen on 0.0.0.0" in refused.stderr
+    assert "tether tokens create" in refused.stderr
+
+
+def test_tokens_are_required_scoped_and_revocable(
+    client: tether.Client, procs: Processes, tokens: dict[str, str]
+) -> None:
+    url = procs.server()
+    queued = server_flows.approval.enqueue("auth")
+    with httpx.Client(base_url=url) as http:
+        # A token exists: loopback alone is not enough any more.
+        _error(http.get("/api/v1/executions"), 401, "Unauthorized")
+        _error(http.get("/metrics"), 401, "Unauthorized")
+        _error(http.get("/api/v1/executions", headers=_auth("tether_nope")), 401, "Unauthorized")
+        _error(
+            http.get("/api/v1/executions", headers={"Authorization": "Basic x"}),
+            401,
+            "Unauthorized",
+        )
+        assert http.get("/healthz").status_code == 200
+        read = _auth(tokens["read"])
+        assert http.get(f"/api/v1/executions/{queued.id}", headers=read).status_code == 200
+        # A read token changes nothing.
+        for path, body in [
+            (f"/api/v1/executions/{queued.id}/cancel", None),
+            (f"/api/v1/executions/{queued.id}/resume", None),
+            ("/api/v1/flows/greeting/executions", {"args": ["x"]}),
+        ]:
+            error = _error(http.post(path, json=body, headers=read), 403, "Forbidden")
+            assert "operate" in error["message"]
+        forbidden = http.put("/api/v1/memory/namespace/n/k", json={"value": 1}, headers=read)
+        _error(forbidden, 403, "Forbidden")
+        assert client.get(queued.id).status == tether.Status.QUEUED
+        # Revoked: refused from then on.
+        operate = _auth(tokens["operate"])
+        assert http.get("/api/v1/waits", headers=operate).status_code == 200
+        client.revoke_token("operate-bot")
+        _error(http.get("/api/v1/waits", headers=operate), 401, "Unauthorized")
+    listed = {t.name: t for t in client.tokens()}
+    assert listed["operate-bot"].revoked_at is not None and listed["read-bot"].active
+
+
+def test_server_without_the_extra_says_which_install_line_brings_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    shadow = tmp_path / "shadow" / "fastapi"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'fastapi'\", name='fastapi')\n"
+    )
+    path = os.pathsep.join([str(shadow.parent), child_env(db_url)["PYTHONPATH"]])
+    refused = run_cli(db_url, "server", "--port", str(_free_port()), PYTHONPATH=path)
+    assert refused.returncode == 2, refused.stderr
+    assert "pip install -e '.[server]'" in refused.stderr and "fastapi" in refused.stderr
+
+
+def test_tokens_cli_prints_once_and_stores_only_a_hash(db_url: str, client: tether.Client) -> None:
+    created = run_cli(db_url, "tokens", "create", "--name", "ci", "--scope", "operate")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("tether_") and len(secret) > 40
+    info = client.authenticate(secret)
+    assert info is not None and (info.name, info.scope) == ("ci", "operate")
+    again = run_cli(db_url, "tokens", "create", "--name", "ci")
+    assert again.returncode == 2 and "exists already" in again.stderr
+    bad = run_cli(db_url, "tokens", "create", "--name", "x", "--scope", "root")
+    assert bad.returncode == 2 and "read, operate, admin" in bad.stderr
+    listed = run_cli(db_url, "tokens", "list", "--json")
+    assert json.loads(listed.stdout)[0]["name"] == "ci" and secret not in listed.stdout
+    assert run_cli(db_url, "tokens", "revoke", "ci").returncode == 0
+    assert client.authenticate(secret) is None
+    missing = run_cli(db_url, "tokens", "revoke", "ci")
+    assert missing.returncode == 2 and "no active token named 'ci'" in missing.stderr
+
+
+# --- waits, started flows, a worker -----------------------------------------------------------
+
+
+def test_flow_started_over_http_waits_gets_input_over_http_and_a_worker_finishes_it(
+    procs: Processes, tokens: dict[str, str]
+) -> None:
+    url = procs.server()
+    procs.worker()
+    operate = _auth(tokens["operate"])
+    with httpx.Client(base_url=url, headers=operate) as http:
+        started = http.post(
+            "/api/v1/flows/approval/executions", json={"args": ["launch"], "key": "k-1"}
+        )
+        assert started.status_code == 201, started.text
+        execution_id = started.json()["id"]
+        # The same key gives the same execution.
+        again = http.post(
+            "/api/v1/flows/approval/executions", json={"args": ["other"], "key": "k-1"}
+        )
+        assert again.json()["id"] == execution_id
+
+        def pending() -> Any:
+            items = http.get("/api/v1/waits").json()["items"]
+            return [w for w in items if w["execution_id"] == execution_id]
+
+        (wait,) = retry_until(pending, timeout=60, what="the approval wait")
+        assert wait["name"] == "approve" and wait["json_schema"] == {"type": "boolean"}
+        assert wait["question"] == "publish 'hello launch'?"
+        path = f"/api/v1/executions/{execution_id}/waits/approve"
+        read = _auth(tokens["read"])
+        _error(http.post(path, json={"value": True}, headers=read), 403, "Forbidden")
+        invalid = _error(http.post(path, json={"value": {"a": 1}}), 422, "InputValidationError")
+        assert invalid["errors"]
+        _error(http.post(path, json={}), 422, "RequestValidationError")
+        nan = http.post(
+            path, content=b'{"value": NaN}', headers={"Content-Type": "application/json"}
+        )
+        _error(nan, 422, "InputValidationError")
+        _error(
+            http.post(path, content=b"{", headers={"Content-Type": "application/json"}),
+            422,
+            "RequestValidationError",
+        )
+        _error(
+            http.post(f"/api/v1/executions/{execution_id}/waits/nope", json={"value": True}),
+            404,
+            "WaitNotFound",
+        )
+        _error(
+            http.post("/api/v1/executions/nope/waits/approve", json={"value": True}),
+            404,
+            "ExecutionNotFound",
+        )
+        given = http.post(path, json={"value": True})
+        assert given.status_code == 200, given.text
+        assert given.json()["resolved_by"] == "operate-bot" and given.json()["value"] is True
+        # Already answered (or, if the worker was quick, already finished): a conflict.
+        second = http.post(path, json={"value": False})
+        assert second.status_code == 409, second.text
+        assert second.json()["error"]["type"] in ("WaitAlreadyResolved", "InvalidStateError")
+        done = _finished(http, execution_id)
+        assert done["result"] == "published hello launch"
+        (shown_wait,) = done["waits"]
+        assert shown_wait["resolved_by"] == "operate-bot"
+        _error(http.post(path, json={"value": False}), 409, "InvalidStateError")
+
+
+def test_start_validates_arguments_against_the_flow_signature(
+    procs: Processes, client: tether.Client
+) -> None:
+    url = procs.server()
+    with httpx.Client(base_url=url) as http:
+        flows = {f["name"] for f in http.get("/api/v1/flows").json()["items"]}
+        assert {"greeting", "approval", "report"} <= flows
+        for body in (
+            {"args": []},
+            {"args": ["x"], "kwargs": {"nope": 1}},
+            {"args": [5]},
+            {"args": ["x"], "kwargs": {"times": "many"}},
+        ):
+            error = _error(
+                http.post("/api/v1/flows/greeting/executions", json=body),
+                422,
+                "InputValidationError",
+            )
+            assert error["errors"], body
+        _error(
+            http.post("/api/v1/flows/greeting/executions", json={"args": "x"}),
+            422,
+            "RequestValidationError",
+        )
+        unknown = _error(
+            http.post("/api/v1/flows/nope/executions", json={}), 404, "FlowNotFoundError"
+        )
+        assert "greeting" in unknown["message"]
+        ok = http.post(
+            "/api/v1/flows/greeting/executions",
+            json={"args": ["x"], "kwargs": {"times": "2"}, "queue": "bulk", "priority": 3},
+        )
+        assert ok.status_code == 201, ok.text
+    # Converted as the signature says ("2" -> 2), bound as Python binds them.
+    assert client.get(ok.json()["id"]).args == (("x", 2), {})
+    assert client.get(ok.json()["id"]).status == tether.Status.QUEUED  # the server runs nothing
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def test_pagination_walks_1000_executions_once_each_while_more_arrive(
+    procs: Processes, client: tether.Client
+) -> None:
+    ids = {server_flows.greeting.enqueue(f"n{i}").id for i in range(1000)}
+    url = procs.server()
+    seen: list[str] = []
+    with httpx.Client(base_url=url) as http:
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 99, "flow": "greeting", "status": "queued"}
+            if cursor:
+                params["cursor"] = cursor
+            page = http.get("/api/v1/executions", params=params).json()
+            seen += [item["id"] for item in page["items"]]
+            # Executions started meanwhile are newer: they never shift the pages.
+            server_flows.greeting.enqueue("late")
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert len(seen) == len(set(seen)) == 1000 and set(seen) == ids
+        created = [client.summary(i).created_at for i in seen[:50]]
+        assert created == sorted(created, reverse=True)
+        _error(http.get("/api/v1/executions", params={"cursor": "garbage"}), 400, "UsageError")
+        _error(http.get("/api/v1/executions", params={"limit": 0}), 422, "RequestValidationError")
+        _error(http.get("/api/v1/executions", params={"status": "nope"}), 400, "UsageError")
+
+
+def test_execution_record_logs_usage_metrics_and_values_as_data(
+    procs: Processes, client: tether.Client
+) -> None:
+    url = procs.server()
+    procs.worker()
+    with httpx.Client(base_url=url) as http:
+        started = http.post("/api/v1/flows/report/executions", json={"args": ["annual"]}).json()
+        shown = _finished(http, started["id"])
+        # A dataclass result as data with its type name: not the stored envelope.
+        assert shown["result"] == {
+            "type_name": "server_flows:Report",
+            "kind": "dataclass",
+            "data": {"title": "hello annual", "pages": [1, 2]},
+        }
+        assert "$t" not in json.dumps(shown)
+        assert shown["args"] == {"args": ["annual"], "kwargs": {}}
+        assert [c["name"] for c in shown["checkpoints"]] == ["greet"]
+        assert shown["usage"]["requests"] == 0 and shown["lineage"] == {
+            "parent_id": None,
+            "replay_of": None,
+        }
+        logs = http.get(f"/api/v1/executions/{started['id']}/logs").json()["items"]
+        assert [(entry["checkpoint"], entry["message"]) for entry in logs] == [
+            ("greet", "greeting annual 0\n")
+        ] or [entry["message"].strip() for entry in logs] == ["greeting annual 0"]
+        _error(http.get("/api/v1/executions/nope"), 404, "ExecutionNotFound")
+        _error(http.get("/api/v1/executions/nope/logs"), 404, "ExecutionNotFound")
+        _error(http.get("/api/v1/nothing-here"), 404, "NotFound")
+        server_flows.approval.enqueue("waits for a worker")
+        metrics = http.get("/metrics").text
+        assert 'tether_executions{status="succeeded",queue="default"} 1' in metrics
+        assert "tether_oldest_queued_age_seconds" in metrics
+        assert "tether_waits_pending" in metrics
+        openapi = http.get("/api/v1/openapi.json").json()
+        for path in (
+            "/api/v1/executions",
+            "/api/v1/executions/{execution_id}",
+            "/api/v1/executions/{execution_id}/events",
+            "/api/v1/executions/{execution_id}/waits/{name}",
+            "/api/v1/flows/{name}/executions",
+            "/api/v1/waits",
+        ):
+            assert path in openapi["paths"]
+
+
+def test_usage_totals_over_executions(procs: Processes, client: tether.Client) -> None:
+    for question in ("a", "b"):
+        assert server_flows.asking.run(question).result() == f"answer to {question}"
+    server_flows.greeting.run("no model").result()
+    url = procs.server()
+    with httpx.Client(base_url=url) as http:
+        totals = http.get("/api/v1/usage").json()["usage"]
+        assert (totals["input_tokens"], totals["output_tokens"], totals["requests"]) == (200, 40, 2)
+        assert totals["cost_usd"] == pytest.approx(1.0)
+        assert (
+            http.get("/api/v1/usage", params={"flow": "greeting"}).json()["usage"]["requests"] == 0
+        )
+        later = http.get("/api/v1/usage", params={"since": "2999-01-01T00:00:00Z"}).json()
+        assert later["usage"]["requests"] == 0
+
+
+def test_stored_values_are_shown_as_data_and_pickles_are_never_loaded() -> None:
+    pickled = json.dumps({"$t": "pickle", "v": "gARLAS4=", "mac": "0" * 64})
+    assert serde.to_data(pickled) == {"type_name": None, "kind": "pickle", "data": None}
+    text = serde.dumps({"when": (1, {2: b"x"}), "$t": "sneaky"})
+    assert serde.to_data(text) == {"when": [1, [[2, "eA=="]]], "$t": "sneaky"}
+
+
+def test_the_server_never_imports_what_a_stored_row_names(
+    db_url: str, procs: Processes, client: tether.Client, tmp_path: Path
+) -> None:
+    """Anyone who can write the store could name a module: reading, resuming and forking
+    over HTTP import nothing of it (the server runs no execution; workers do)."""
+    (tmp_path / "planted.py").write_text(
+        "import pathlib, tether\n"
+        f"pathlib.Path({str(tmp_path / 'imported')!r}).write_text('ran')\n"
+        "@tether.flow\ndef planted() -> None: ...\n"
+    )
+    store = client._store
+    now = time.time()
+    result = serde.dumps(Report("x", (1,)))
+    store.create_execution(
+        ExecutionRow(
+            id="planted-1",
+            flow="planted",
+            import_path="planted:planted",
+            script=None,
+            args=serde.dumps({"args": [], "kwargs": {}}),
+            status="queued",
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    store.create_execution(
+        ExecutionRow(
+            id="planted-2",
+            flow="planted",
+            import_path="planted:planted",
+            script=None,
+            args=serde.dumps({"args": [], "kwargs": {}}),
+            status="succeeded",
+            result=result.replace("server_flows:Report", "planted:Thing"),
+            created_at=now,
+            updated_at=now,
+            finished_at=now,
+        )
+    )
+    path = os.pathsep.join([str(tmp_path), child_env(db_url)["PYTHONPATH"]])
+    url = procs.server(PYTHONPATH=path)
+    with httpx.Client(base_url=url) as http:
+        shown = http.get("/api/v1/executions/planted-2").json()
+        assert shown["result"]["type_name"] == "planted:Thing"
+        assert http.post("/api/v1/executions/planted-1/resume").status_code == 200
+        fork = http.post("/api/v1/executions/planted-2/replay", json={"from": 0})
+        assert fork.status_code == 200, fork.text
+        assert http.get("/api/v1/executions", params={"flow": "planted"}).status_code == 200
+    assert not (tmp_path / "imported").exists()
+
+
+# --- operating ------------------------------------------------------------------------------
+
+
+def test_cancel_resume_retry_and_replay(
+    procs: Processes, client: tether.Client, tmp_path: Path
+) -> None:
+    url = procs.server()
+    with httpx.Client(base_url=url) as http:
+        queued = server_flows.approval.enqueue("to cancel")
+        assert http.post(f"/api/v1/executions/{queued.id}/resume").json()["status"] == "queued"
+        cancelled = http.post(f"/api/v1/executions/{queued.id}/cancel")
+        assert cancelled.json() == {"id": queued.id, "status": "cancelled"}
+        _error(http.post(f"/api/v1/executions/{queued.id}/resume"), 409, "InvalidStateError")
+        _error(http.post(f"/api/v1/executions/{queued.id}/retry"), 409, "InvalidStateError")
+        _error(http.post("/api/v1/executions/nope/cancel"), 404, "ExecutionNotFound")
+
+        procs.worker()
+        flag = tmp_path / "flag"
+        failing = http.post(
+            "/api/v1/flows/fails_once/executions", json={"args": [str(flag)]}
+        ).json()
+        failed = _finished(http, failing["id"], "failed")
+        assert failed["error"]["type"] == "RuntimeError"
+        retried = http.post(f"/api/v1/executions/{failing['id']}/retry")
+        assert retried.status_code == 200, retried.text
+        # Queued for the worker, which may have taken it already.
+        assert retried.json()["status"] in ("queued", "running", "succeeded")
+        assert _finished(http, failing["id"])["result"] == "recovered"
+
+        source = http.post("/api/v1/flows/greeting/executions", json={"args": ["src"]}).json()
+        _finished(http, source["id"])
+        _error(
+            http.post(f"/api/v1/executions/{source['id']}/replay", json={"from": "nope"}),
+            400,
+            "UsageError",
+        )
+        fork = http.post(
+            f"/api/v1/executions/{source['id']}/replay",
+            json={"from": 1, "overrides": {"greet": "hello override"}},
+        )
+        assert fork.status_code == 200, fork.text
+        assert fork.json()["replay_of"] == source["id"]
+        assert _finished(http, fork.json()["id"])["result"] == "hello override"
+
+
+def test_memory_read_and_write(procs: Processes, tokens: dict[str, str]) -> None:
+    url = procs.server()
+    with httpx.Client(base_url=url, headers=_auth(tokens["operate"])) as http:
+        path = "/api/v1/memory/namespace/alice/prefs/theme"
+        written = http.put(path, json={"value": {"dark": True}})
+        assert written.status_code == 200 and written.json()["version"] == 1
+        assert (
+            http.put(path, json={"value": {"dark": False}, "if_version": 1}).json()["version"] == 2
+        )
+        _error(http.put(path, json={"value": 0, "if_version": 1}), 409, "MemoryConflictError")
+        shown = http.get(path).json()
+        assert shown["value"] == {"dark": False} and shown["version"] == 2
+        assert http.get(path, params={"version": 1}).json()["value"] == {"dark": True}
+        _error(http.get("/api/v1/memory/namespace/alice/missing"), 404, "MemoryKeyError")
+        _error(http.get("/api/v1/memory/galaxy/alice/x"), 422, "RequestValidationError")
+        listed = http.get("/api/v1/memory", params={"scope": "namespace", "scope_id": "alice"})
+        assert [e["key"] for e in listed.json()["items"]] == ["prefs/theme"]
+        assert [e["key"] for e in http.get("/api/v1/memory").json()["items"]] == ["prefs/theme"]
+        deleted = http.delete(path)
+        assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+        _error(http.get(path), 404, "MemoryKeyError")
+        _error(http.delete(path), 404, "MemoryKeyError")
+        assert http.get(path, params={"version": 2}).json()["value"] == {"dark": False}
+
+
+# --- Server-Sent Events -----------------------------------------------------------------------
+
+
+def _messages(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    fields: dict[str, Any] = {}
+    for line in response.iter_lines():
+        if not line:
+            if "event" in fields:
+                fields["data"] = json.loads(fields["data"])
+                yield fields
+            fields = {}
+            continue
+        name, _, value = line.partition(": ")
+        fields[name] = value
+
+
+def test_events_stream_resumes_from_last_event_id(procs: Processes, client: tether.Client) -> None:
+    url = procs.server()
+    procs.worker()
+    with httpx.Client(base_url=url, timeout=60) as http:
+        started = http.post("/api/v1/flows/approval/executions", json={"args": ["stream"]}).json()
+        path = f"/api/v1/executions/{started['id']}/events"
+        retry_until(lambda: client.summary(started["id"]).status == tether.Status.WAITING, 60)
+        # Live: the stream is open while the execution waits; input arrives; it ends.
+        seen: list[dict[str, Any]] = []
+        with http.stream("GET", path) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for message in _messages(response):
+                seen.append(message)
+                if message["event"] == "status" and message["data"]["status"] == "waiting":
+                    client.input(started["id"], "approve", True, by="test")
+                if message["event"] == "end":
+                    break
+        statuses = [m["data"]["status"] for m in seen if m["event"] == "status"]
+        assert statuses[0] == "waiting" and statuses[-1] == "succeeded"
+        events = [m for m in seen if m["event"] == "event"]
+        ids = [int(m["id"]) for m in events]
+        assert ids == sorted(ids) and len(ids) >= 2
+        assert any(m["data"]["kind"] == "input" for m in events)
+        # Resumed from the first event: exactly the ones after it, each once.
+        with http.stream("GET", path, headers={"Last-Event-ID": str(ids[0])}) as response:
+            again = list(_messages(response))
+        assert [int(m["id"]) for m in again if m["event"] == "event"] == ids[1:]
+        assert again[-1]["event"] == "end"
+        _error(http.get("/api/v1/executions/nope/events"), 404, "ExecutionNotFound")
+        _error(http.get(path, headers={"Last-Event-ID": "x"}), 400, "UsageError")

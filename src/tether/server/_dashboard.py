@@ -26,6 +26,7 @@ from .._core.positions import display, sort_key
 from .._core.status import Status
 from .._ops.client import Client
 from ..errors import (
+    InputTooLarge,
     InputValidationError,
     InvalidStateError,
     TetherError,
@@ -44,6 +45,7 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
 )
 _PAGE = 50
+_MAX_FORM = 4 * 1024 * 1024  # input itself is capped lower, by Client.input_json
 _STATUSES = [s.value for s in Status]
 
 
@@ -81,7 +83,10 @@ _ENV.globals["urlquote"] = lambda s: urllib.parse.quote(str(s), safe="")
 async def _form(request: Request) -> dict[str, str]:
     """An urlencoded form body (the dashboard's forms send nothing else); the last value
     of a repeated name wins."""
-    body = (await request.body()).decode("utf-8", errors="replace")
+    raw = await request.body()
+    if len(raw) > _MAX_FORM:
+        raise InputTooLarge(f"a form of {len(raw)} bytes is more than this dashboard takes")
+    body = raw.decode("utf-8", errors="replace")
     return dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
 
 
@@ -463,7 +468,7 @@ _DONE = {
 
 
 def _execution_context(client: Client, execution_id: str, done: str | None) -> dict[str, Any]:
-    record = client.get(execution_id)
+    record = client.get(client.resolve_id(execution_id))  # a unique start of an id will do
     shown = _views.execution_json(record, full=True)
     logs: dict[str | None, list[dict[str, Any]]] = {}
     for log in client.logs(record.id):

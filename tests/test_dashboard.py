@@ -22,13 +22,7 @@ from helpers import TESTS, child_env, retry_until
 from tether._core.positions import display
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="Debian's chromium is not installed (/usr/bin/chromium); scripts/test installs it",
-    ),
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -137,6 +131,8 @@ class Browser:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); scripts/test does it")
     shown = Browser(tmp_path)
     yield shown
     shown.close()
@@ -260,13 +256,13 @@ def test_list_filters_by_status_and_flow_searches_by_id_and_pages(
     expect(page.locator("table.executions tbody tr")).to_have_count(1)
     expect(page.locator("table.executions")).to_contain_text(planning.id)
 
+    page.goto(url)
+    page.evaluate("window.__sameDocument = true")
     procs.worker()  # runs them: 52 succeed, the planning one waits
-    _waiting(client, planning.id)
-    retry_until(
-        lambda: len(client.list(status="succeeded", limit=100)) == 52,
-        timeout=60,
-        what="the quick flows to succeed",
-    )
+    # The list follows the store's changes without a reload.
+    expect(page.locator("#counts")).to_contain_text("succeeded 52", timeout=60_000)
+    expect(page.locator("#counts")).to_contain_text("waiting 1", timeout=60_000)
+    assert page.evaluate("window.__sameDocument") is True
     page.goto(url)
     page.locator("form.filters select[name=status]").select_option("waiting")
     page.get_by_role("button", name="Show").click()
@@ -397,3 +393,90 @@ def test_replay_from_a_checkpoint_with_an_override_and_the_memory_browser(
     expect(page.locator(".version").first).to_contain_text("bold")
     expect(page.locator(".version").last).to_contain_text("<i>calm</i>")
     assert page.locator(".version i").count() == 0
+
+
+def test_cancel_from_the_execution_page(
+    client: tether.Client, procs: Processes, browser: Browser
+) -> None:
+    handle = dashboard_flows.approval.enqueue("to cancel")
+    url = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+    page = browser.page()
+    page.goto(f"{url}/executions/{handle.id[:-3]}")  # a unique start of the id is enough
+    expect(page.locator("#head")).to_have_attribute("data-status", "waiting")
+    page.locator("#head").get_by_role("button", name="Cancel").click()
+    page.wait_for_url(f"**/executions/{handle.id}?done=cancel")
+    expect(page.locator("#head")).to_have_attribute("data-status", "cancelled", timeout=60_000)
+    expect(page.locator("#head").get_by_role("button", name="Retry")).to_be_visible()
+    assert client.summary(handle.id).status == tether.Status.CANCELLED
+
+
+# --- without a browser: the forms' conversions and the pages' answers over plain HTTP ---------
+
+
+def test_schema_forms_follow_refs_optionals_and_enums() -> None:
+    from tether.server import _forms
+
+    schema = {
+        "$defs": {"Level": {"enum": [1, 2, 3], "title": "Level", "type": "integer"}},
+        "properties": {
+            "level": {"$ref": "#/$defs/Level"},
+            "tags": {"items": {"type": "string"}, "type": "array"},
+            "limit": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
+            "ok": {"type": "boolean"},
+        },
+        "required": ["level", "tags", "ok"],
+        "type": "object",
+    }
+    form = _forms.build(schema)
+    kinds = {f.path: (f.kind, f.required) for f in form.fields}
+    assert kinds == {
+        "value.level": ("enum", True),
+        "value.tags": ("json", True),
+        "value.limit": ("number", False),
+        "value.ok": ("boolean", True),
+    }
+    given = {"value.level": "2", "value.tags": '["a", "b"]', "value.limit": "", "value.ok": "true"}
+    value, errors = _forms.read(form, given)
+    assert (value, errors) == ({"level": 2, "tags": ["a", "b"], "ok": True}, {})
+    _, errors = _forms.read(
+        form, {"value.level": "", "value.tags": "[oops", "value.limit": "inf", "value.ok": "false"}
+    )
+    assert set(errors) == {"value.level", "value.tags", "value.limit"}
+    assert _forms.build(None).kind == "json"  # no schema: any JSON
+    assert _forms.path_of([]) == "value" and _forms.path_of(["a", 0]) == "value.a.0"
+
+
+def test_a_wait_answered_on_the_execution_page_shows_its_errors_there(
+    client: tether.Client, procs: Processes
+) -> None:
+    handle = dashboard_flows.planning.enqueue("errors in place")
+    url = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+    with httpx.Client(base_url=url) as http:
+        page = http.get(f"/executions/{handle.id}")
+        assert page.status_code == 200
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        form = {
+            **_csrf_of(page.text),
+            "back": "execution",
+            "value.title": "t",
+            "value.pages": "2",
+            "value.tone": '"loud"',
+        }
+        answered = http.post(f"/waits/{handle.id}/plan", data=form)
+        assert answered.status_code == 422
+        assert "Timeline" in answered.text  # the execution page, not the inbox
+        assert "Input should be &#39;formal&#39; or &#39;casual&#39;" in answered.text
+        # An answered wait says so instead of taking a second input (or, once the worker has
+        # run it to the end, the execution does).
+        form["value.tone"] = '"formal"'
+        assert http.post(f"/waits/{handle.id}/plan", data=form).status_code == 303
+        again = http.post(f"/waits/{handle.id}/plan", data=form)
+        assert again.status_code == 409
+        assert "already resolved" in again.text or "takes no more input" in again.text
+        missing = http.get("/executions/nope-nope")
+        assert missing.status_code == 404 and "no execution nope-nope" in missing.text
+    assert tether.Client().handle(handle.id).result(timeout=60) == "t: 2 pages, formal"

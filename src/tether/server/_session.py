@@ -96,9 +96,9 @@ class Sessions:
                     "sign in with it",
                     login=False,
                 )
-            if session is None or session.name is None:
-                session = session or self._new()
-                session.name, session.scope = LOCAL, "admin"
+            # Open: whoever signed in before the last token was revoked is `local` now.
+            session = session or self._new()
+            session.name, session.scope = LOCAL, "admin"
             return session
         if session is None or session.name is None:
             raise Refused("sign in with an API token", login=True)

@@ -232,8 +232,7 @@ class PostgresStore(SqlStore):
             self._pool.close()
             raise StoreError(
                 f"cannot connect to PostgreSQL at {redact(url)}: {redact(str(exc), url)}. Is "
-                "the server running, "
-                "and does the URL name an existing database and user?"
+                "the server running, and does the URL name an existing database and user?"
             ) from exc
         try:
             self._migrate()
@@ -379,8 +378,8 @@ class PostgresStore(SqlStore):
             # and a retry that finds its row already written reads it back (`_read_back`).
             raise CommitUnknown(
                 f"the connection to PostgreSQL at {redact(self.url)} was lost with a commit "
-                f"in flight [{type(exc).__name__}: {str(exc).strip()}]; whether it committed "
-                "is read back when it is retried"
+                f"in flight [{redact(f'{type(exc).__name__}: {str(exc).strip()}', self.url)}]; "
+                "whether it committed is read back when it is retried"
             ) from exc
         except self._driver_error as exc:
             raise self._down(exc) from exc

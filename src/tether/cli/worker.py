@@ -9,7 +9,9 @@ import typer
 
 from .._core import config as _config
 from .._runtime.worker import Worker
-from ._common import State, cli_errors, err
+from ..errors import ConfigurationError
+from ..store import exists as store_exists
+from ._common import State, cli_errors, err, missing_store
 from .options import DbOption, ScriptOption
 
 
@@ -55,6 +57,15 @@ def worker_command(
             "woken through LISTEN/NOTIFY and look at least every second).",
         ),
     ] = 0.02,
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="Make the SQLite store if it does not exist yet. Without it a worker refuses "
+            "a store path that does not exist (a typo would otherwise wait forever on a new, "
+            "empty database).",
+        ),
+    ] = False,
     grace: Annotated[
         float,
         typer.Option(
@@ -87,6 +98,9 @@ def worker_command(
                 markup=False,
                 soft_wrap=True,
             )
+        url = _config.settings().db
+        if not create and not store_exists(url):
+            raise ConfigurationError(missing_store(url, "this worker with --create"))
         Worker(
             db,
             concurrency=concurrency,

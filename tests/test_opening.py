@@ -179,6 +179,30 @@ def test_a_file_that_is_not_sqlite_is_refused_unchanged(tmp_path: Path) -> None:
     assert snapshot(tmp_path) == before
 
 
+@sqlite_only
+def test_reading_a_store_leaves_its_database_file_as_it_was(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tether.db'}"
+    execution_id = record(url)
+    before = snapshot(tmp_path)["tether.db"]
+    for command, shown in zip(read_commands(execution_id), SHOWN, strict=True):
+        done = run_cli(url, *command, COLUMNS="200")
+        assert done.returncode == 0 and shown in done.stdout, (command, done.stderr)
+    # Readers of a WAL database may leave its (empty) -wal and -shm, as any SQLite reader.
+    assert snapshot(tmp_path)["tether.db"] == before
+
+
+@sqlite_only
+def test_an_empty_file_becomes_a_store_only_when_opened_for_writing(tmp_path: Path) -> None:
+    path = tmp_path / "tether.db"
+    path.touch()
+    url = f"sqlite:///{path}"
+    with pytest.raises(tether.ConfigurationError, match="reading does not create one"):
+        open_store(url, readonly=True)
+    assert path.stat().st_size == 0
+    open_store(url).close()
+    open_store(url, readonly=True).close()
+
+
 # --- read-only media ----------------------------------------------------------------------------
 
 

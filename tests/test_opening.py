@@ -241,6 +241,23 @@ def test_a_read_only_mount_with_commits_still_in_the_wal_is_read_with_them(media
 
 
 @sqlite_only
+def test_commits_in_a_wal_without_its_shm_on_a_read_only_mount_are_a_clear_error(
+    media: Path,
+) -> None:
+    url = f"sqlite:///{media / 'tether.db'}"
+    died = run_child(RECORD_AND_DIE, url)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    (media / "tether.db-shm").unlink()
+    read_only(media)
+    before = snapshot(media)
+    done = run_cli(url, "executions", "list")
+    # Reading the file alone (immutable) would silently miss the commits in the -wal.
+    assert done.returncode == 4, done.stderr
+    assert "no " in done.stderr and "-shm file" in done.stderr and "Copy the three" in done.stderr
+    assert snapshot(media) == before
+
+
+@sqlite_only
 def test_a_foreign_file_on_a_read_only_mount_is_refused(media: Path) -> None:
     foreign_file(media / "other-app.db", wal=True)
     read_only(media)

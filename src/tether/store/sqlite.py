@@ -136,7 +136,8 @@ class SQLiteStore(SqlStore):
         try:
             if self._inspect() and readonly:
                 raise ConfigurationError(
-                    f"no tether database at {self.path}; reading does not create one"
+                    f"no tether database at {self.path}; reading does not create one (the "
+                    "first run() of a flow, or `tether worker --create`, makes it)"
                 )
             if readonly:
                 return
@@ -188,11 +189,10 @@ class SQLiteStore(SqlStore):
                 conn.close()
         except sqlite3.Error as exc:
             raise self._fault(exc, "cannot read it") from exc
-        new = check_opening(
+        return check_opening(
             self.path, self.dialect, tables, version,
             readonly=self.readonly, any_table_is_foreign=True,
         )  # fmt: skip
-        return new
 
     # --- connections --------------------------------------------------------------------
 

@@ -114,6 +114,8 @@ class Settings:
     # How long a SQLite connection waits for another one's write lock before StoreBusy.
     busy_timeout: float = 60.0
     executor: bool = True
+    # The process only reads: stores open read-only (see configure()).
+    readonly: bool = False
     max_input_bytes: int = 16 * 1024 * 1024
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     clock: Callable[[], float] = time.time
@@ -182,7 +184,7 @@ def _checked_value_bytes(size: Any, name: str) -> int:
 
 _lock = threading.RLock()
 _settings: Settings | None = None
-_stores: dict[tuple[str, str, float], Store] = {}
+_stores: dict[tuple[str, str, float, bool], Store] = {}
 
 
 def settings() -> Settings:
@@ -210,6 +212,7 @@ def configure(
     crash_loop_backoff: float | _Unset = UNSET,
     busy_timeout: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
+    readonly: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
     max_value_bytes: int | _Unset = UNSET,
     clock: Callable[[], float] | _Unset = UNSET,
@@ -255,6 +258,10 @@ def configure(
       Applies to stores opened after it is set.
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
       and operates executions but never runs one; `tether worker` processes do.
+    - `readonly`: True makes this process a reader only: stores it opens from then on are
+      opened read-only (no migration, no journal switch, nothing created; a database on
+      read-only media or a PostgreSQL role that may only SELECT works), and a write raises
+      `tether.errors.StoreOpenedReadOnly`. `Client(readonly=True)` does this for one client.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
     - `max_value_bytes`: the largest value stored, as its JSON: a checkpoint or flow result,
       flow arguments, wait input, a memory value (default 16 MiB; `TETHER_MAX_VALUE_BYTES`;
@@ -281,6 +288,7 @@ def configure(
         ("crash_loop_backoff", crash_loop_backoff),
         ("busy_timeout", busy_timeout),
         ("executor", executor),
+        ("readonly", readonly),
         ("max_input_bytes", max_input_bytes),
         ("max_value_bytes", max_value_bytes),
         ("clock", clock),
@@ -338,10 +346,12 @@ def _checked_prices(prices: Any) -> dict[str, ModelPrice]:
     return dict(prices)
 
 
-def store_for(url: str | None = None) -> Store:
-    """The process's shared store for a URL (the configured one by default), opened once."""
+def store_for(url: str | None = None, *, readonly: bool | None = None) -> Store:
+    """The process's shared store for a URL (the configured one by default), opened once;
+    read-only when `readonly` says so (default: the `readonly` setting)."""
     current = settings()
-    key = (url or current.db, current.durability, current.busy_timeout)
+    ro = current.readonly if readonly is None else bool(readonly)
+    key = (url or current.db, current.durability, current.busy_timeout, ro)
     found = _stores.get(key)
     if found is not None:
         return found
@@ -349,8 +359,9 @@ def store_for(url: str | None = None) -> Store:
         found = _stores.get(key)
         if found is None:
             found = open_store(
-                key[0], durability=current.durability, busy_timeout=current.busy_timeout
-            )
+                key[0], durability=current.durability, busy_timeout=current.busy_timeout,
+                readonly=ro,
+            )  # fmt: skip
             _stores[key] = found
         return found
 

@@ -91,10 +91,15 @@ class Client:
     client.input(execution_id, "approve", True)
     client.recover()                      # resume everything whose process died
     ```
+
+    `Client(readonly=True)` opens the store read-only: nothing is migrated or written (a
+    database on read-only media, or a PostgreSQL role that may only SELECT, can be read), and
+    the methods that write raise `tether.errors.StoreOpenedReadOnly`. The default follows
+    `configure(readonly=...)` (False).
     """
 
-    def __init__(self, db: str | None = None) -> None:
-        self._store: Store = store_for(db)
+    def __init__(self, db: str | None = None, *, readonly: bool | None = None) -> None:
+        self._store: Store = store_for(db, readonly=readonly)
 
     @property
     def db(self) -> str:

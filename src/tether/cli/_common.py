@@ -61,7 +61,7 @@ EXIT_CODES = """Exit codes, the same for every command:
   `watch`, `recover`), a state that does not allow it, input its schema rejects, a memory
   conflict
 - 2: usage: a bad option or argument, JSON that does not parse, a `--value @FILE` that cannot
-  be read, a bad `--db` or a database that does not exist
+  be read, a bad `--db`, a database that does not exist or is not tether's
 - 3: not found: no execution, wait, memory key or version by that name
 - 4: the store failed: unreachable, locked, corrupt or from a newer tether (try again later,
   or fix the store)
@@ -157,7 +157,17 @@ def hand_back() -> None:
         )
 
 
-def client_for(db: str | None) -> Client:
+def missing_store(
+    url: str, made_by: str = "the first run() of a flow, or `tether worker --create`"
+) -> str:
+    """What to say when the store a command names does not exist."""
+    return (
+        f"no tether database at {redact(url)}; run from the directory your agents run in (or one "
+        f"below it), or pass --db / set TETHER_DB. A new store is made by {made_by}"
+    )
+
+
+def client_for(db: str | None, *, readonly: bool = False) -> Client:
     if db:
         _config.configure(db=db)
     url = db or _config.settings().db
@@ -173,11 +183,22 @@ def client_for(db: str | None) -> Client:
     # Operating commands never need a new database: a typo in --db (or running from the wrong
     # directory) should say so, not create an empty one and report "no executions".
     if not store_exists(url):
-        raise ConfigurationError(
-            f"no tether database at {redact(url)}; run from the directory your agents run in, or "
-            "pass --db / set TETHER_DB"
-        )
-    return Client(db)
+        raise ConfigurationError(missing_store(url))
+    return Client(db, readonly=readonly)
+
+
+@contextmanager
+def reading(db: str | None) -> Iterator[Client]:
+    """Around a command that only reads: for the whole command (`tether.memory` and any
+    `Client()` included) the store is opened read-only, so reading another application's
+    database, a store on read-only media or one a role may only SELECT changes nothing:
+    no migration, no journal switch, no file created."""
+    previous = _config.settings().readonly
+    _config.configure(readonly=True)
+    try:
+        yield client_for(db, readonly=True)
+    finally:
+        _config.configure(readonly=previous)
 
 
 def load_named(imports: list[str] | None, script: str | None) -> None:

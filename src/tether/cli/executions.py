@@ -31,6 +31,7 @@ from ._common import (
     json_value,
     load_named,
     out,
+    reading,
     running_here,
     say,
     value_text,
@@ -202,8 +203,7 @@ def list_command(
 
     Example: `tether executions list --status failed --status waiting --flow research_agent`
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         if parent is not None:
             parent = client.resolve_id(parent)
         records = client.list(status=status, flow=flow, limit=limit, parent=parent)
@@ -236,8 +236,7 @@ def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOpti
 
     `--json` prints everything, including full results, tracebacks and events.
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         record = client.get(client.resolve_id(execution_id))
         attention = client.attention(record)
         if as_json:
@@ -274,8 +273,7 @@ def logs_command(
 
     With `--json`: a list of records; with `--follow --json`, one record per line.
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         execution_id = client.resolve_id(execution_id)
         if not follow:
             records = client.logs(execution_id, checkpoint=checkpoint)
@@ -320,8 +318,7 @@ def watch_command(
     (or when the output is not a terminal) it prints one line per change instead: JSON
     objects with `--json`, short text lines otherwise.
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         record = client.get(client.resolve_id(execution_id))
         if as_json or not out.is_terminal:
             record = _watch_lines(client, record, as_json)
@@ -700,8 +697,8 @@ def waits_command(
 ) -> None:
     """List the waits that need input (a flow called `tether.wait(...)`), oldest first: the
     question, the JSON it expects, and its deadline. Answer one with `executions input`."""
-    with cli_errors():
-        pending = client_for(db).pending_waits(flow=flow, limit=limit)
+    with cli_errors(), reading(db) as client:
+        pending = client.pending_waits(flow=flow, limit=limit)
     if as_json:
         dump([views.wait_json(w) for w in pending])
     elif pending:

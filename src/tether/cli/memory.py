@@ -29,6 +29,7 @@ from ._common import (
     fail,
     json_value,
     out,
+    reading,
     say,
     value_text,
 )
@@ -169,8 +170,7 @@ def list_command(
 
     Example: `tether memory list user: --namespace acme`
     """
-    with cli_errors():
-        _open(db)
+    with cli_errors(), reading(db):
         if scope is None and namespace is None and flow is None and execution is None:
             rows = _config.store_for().list_memory(
                 scope=None, scope_id=None, prefix=prefix, limit=limit
@@ -227,8 +227,7 @@ def get_command(
 
     `--json` prints the version's details with the value.
     """
-    with cli_errors():
-        _open(db)
+    with cli_errors(), reading(db):
         where = _scope(scope, namespace, flow, execution)
         found = memory._find(key, version=version, **where)
         if found is None or found.deleted:
@@ -322,8 +321,7 @@ def history_command(
 ) -> None:
     """List every version of a key, oldest first, deletions included: when it was written,
     its size, and the execution and position that wrote it (when a flow did)."""
-    with cli_errors():
-        _open(db)
+    with cli_errors(), reading(db):
         versions = memory.history(key, **_scope(scope, namespace, flow, execution))
         shown = [_version_json(v, value=values) for v in versions]
     if as_json:

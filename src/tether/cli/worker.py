@@ -9,8 +9,10 @@ import typer
 
 from .._core import config as _config
 from .._runtime.worker import Worker
+from ..errors import ConfigurationError
+from ..store import exists as store_exists
 from ..store import redact
-from ._common import State, cli_errors, err
+from ._common import State, cli_errors, err, missing_store
 from .options import (
     MAX_CONCURRENCY,
     MAX_GRACE_SECONDS,
@@ -66,6 +68,15 @@ def worker_command(
             "woken through LISTEN/NOTIFY and look at least every second).",
         ),
     ] = 0.02,
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="Make the SQLite store if it does not exist yet. Without it a worker refuses "
+            "a store path that does not exist (a typo would otherwise wait forever on a new, "
+            "empty database).",
+        ),
+    ] = False,
     grace: Annotated[
         float,
         typer.Option(
@@ -100,6 +111,9 @@ def worker_command(
                 markup=False,
                 soft_wrap=True,
             )
+        url = _config.settings().db
+        if not create and not store_exists(url):
+            raise ConfigurationError(missing_store(url, "this worker with --create"))
         Worker(
             db,
             concurrency=concurrency,

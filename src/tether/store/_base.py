@@ -165,6 +165,8 @@ class Store(abc.ABC):
     """A durable home for executions, their checkpoints and events."""
 
     url: str
+    #: opened read-only: nothing is migrated or written; a write raises StoreOpenedReadOnly
+    readonly: bool = False
 
     # --- executions ---------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from ..errors import (
     StoreCorrupt,
     StoreError,
     StoreFull,
+    StoreOpenedReadOnly,
     StoreReadOnly,
     StoreUnavailable,
 )
@@ -182,7 +183,14 @@ class PostgresStore(SqlStore):
     # can be planned as a join that reads every row the branch matches.
     in_window = "e.id = ANY(ARRAY({}))"
 
-    def __init__(self, url: str, *, max_connections: int = 32, connect_timeout: float = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 32,
+        connect_timeout: float = 10,
+        readonly: bool = False,
+    ) -> None:
         try:
             import psycopg
             from psycopg_pool import ConnectionPool
@@ -192,6 +200,7 @@ class PostgresStore(SqlStore):
                 f"clone of tether, or pip install 'psycopg[binary,pool]' ({exc})"
             ) from exc
         self.url = url
+        self.readonly = readonly
         self._listen: Any = None
         self._listen_lock = threading.Lock()
         # Kept by the group committer, with the statements prepared on it: only its leader of
@@ -225,6 +234,9 @@ class PostgresStore(SqlStore):
             timeout=connect_timeout,
             open=False,
             name="tether",
+            # Read-only: the server itself refuses every write of this store's sessions, so
+            # none can slip through (and a role allowed only SELECT works as well).
+            configure=_read_only_session if readonly else None,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -235,10 +247,24 @@ class PostgresStore(SqlStore):
                 "the server running, and does the URL name an existing database and user?"
             ) from exc
         try:
-            self._migrate()
+            if readonly:
+                self._check_readable()
+            else:
+                self._migrate()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def url_shown(self) -> str:
+        return redact(self.url)
+
+    def _tables(self, conn: Connection) -> set[str]:
+        # The schema unqualified names resolve to first: where tether's tables are made.
+        found = self._run(
+            conn, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        )
+        return {r[0] for r in found.fetchall()}
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
@@ -250,14 +276,18 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        if self.readonly:
+            raise _refuse_write(self.url)
         try:
             with self._pool.connection() as conn, conn.transaction():
                 yield conn
         except self._driver_error as exc:
             raise self._down(exc) from exc
 
-    def _down(self, exc: BaseException) -> StoreError:
+    def _down(self, exc: BaseException) -> StoreError | StoreOpenedReadOnly:
         # The pool replaces broken connections by itself; callers retry the operation.
+        if self.readonly and getattr(exc, "sqlstate", None) == "25006":
+            return _refuse_write(self.url)
         return classify(exc, redact(self.url), self.url)
 
     def _cursor(self, conn: Any) -> Any:
@@ -540,3 +570,14 @@ def classify(exc: BaseException, where: str, url: str | None = None) -> StoreErr
             "Executions are retried, then released, never failed."
         )
     return StoreError(f"{server} failed [{said}]")
+
+
+def _read_only_session(conn: Any) -> None:
+    conn.execute("SET default_transaction_read_only = on")
+
+
+def _refuse_write(url: str) -> StoreOpenedReadOnly:
+    return StoreOpenedReadOnly(
+        f"the store at {redact(url)} was opened read-only (readonly=True, or a reading "
+        "command): nothing was written. Open it without readonly to write."
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from pathlib import Path
 
 import tether
@@ -66,3 +67,34 @@ def counts_visits() -> int:
 def lucky(value: int) -> float:
     """Its result depends on a random number no checkpoint recorded."""
     return double(value) + random.random()
+
+
+@tether.flow
+def forgets_its_record() -> int:
+    """Loses its recorded calls behind tether's back (as a store restored from an old
+    backup would), so a resume runs a committed call again."""
+    first = double(1)
+    db = tether.Client().db.removeprefix("sqlite:///")
+    with sqlite3.connect(db) as connection:
+        connection.execute("DELETE FROM checkpoints")
+    connection.close()
+    return first + double(2)
+
+
+@tether.flow
+def bill(amount: int) -> int:
+    return double(amount) + 1
+
+
+@tether.flow
+def order(amount: int) -> int:
+    """A parent whose child flow makes calls of its own."""
+    return bill(amount) + double(amount)
+
+
+@tether.flow
+def reminds(value: int) -> int:
+    """Sleeps an hour between two calls: a durable timer, which nothing waits out."""
+    first = double(value)
+    tether.sleep(3600)
+    return first + double(first)

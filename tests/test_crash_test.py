@@ -71,6 +71,16 @@ def test_waits_are_answered_from_the_mapping(answer: bool, expected: str) -> Non
     assert report.ok
 
 
+def test_a_durable_timer_is_skipped_rather_than_waited_out() -> None:
+    # The flow sleeps an hour; each case's clock moves to the timer's end instead (a case
+    # that waited would end, unfinished, after the harness's 60 s limit).
+    report = crash_test(flows.reminds, 2)
+
+    assert report.result == 4 + 8
+    assert {b.position for b in report.boundaries} == {"0", "2"}
+    assert report.ok
+
+
 def test_a_wait_the_mapping_does_not_answer_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match=r"waits for input 'approve'.*waits=\{'approve': \.\.\.\}"):
         crash_test(flows.approved, 2, waits={"other": True})
@@ -113,6 +123,33 @@ def test_a_result_from_an_unrecorded_random_number_fails() -> None:
 
     assert caught.value.boundary == "before 0 double"
     assert "uninterrupted it is" in caught.value.difference
+
+
+def test_a_committed_call_that_runs_again_fails_naming_it() -> None:
+    # The flow deletes its recorded calls after the first one; resumed after that, tether
+    # finds no record of call 0 and runs it again. The result is the same: only the count of
+    # calls run, by idempotency key, shows it.
+    with pytest.raises(CrashTestFailed) as caught:
+        crash_test(flows.forgets_its_record)
+
+    assert caught.value.boundary == "before 1 double"
+    assert caught.value.difference == (
+        "checkpoint calls committed before the kill ran again after the resume (at 0 double)"
+    )
+    (failure,) = caught.value.report.failures
+    assert failure.ran_again == ("0 double",)
+
+
+def test_the_calls_of_a_child_flow_are_boundaries_too() -> None:
+    report = crash_test(flows.order, 5)
+
+    assert report.result == 11 + 10
+    assert [str(b) for b in report.boundaries if not b.root] == [
+        "before 0 double (child flow bill)",
+        "inside 0 double (child flow bill)",
+        "after 0 double (child flow bill)",
+    ]
+    assert report.ok
 
 
 def test_flows_no_other_process_can_load_are_refused() -> None:

@@ -216,7 +216,7 @@ def _crash_at(zygote: _Zygote, boundary: Boundary, expected: dict[str, Any]) -> 
         )
 
     crashed = zygote.case(resume=False, crash=boundary)
-    if crashed.signal is None:
+    if crashed.signal is None and not crashed.timed_out:
         if crashed.exit == 0:
             return outcome(
                 "the run never reached this boundary, though the uninterrupted run did: the "
@@ -224,7 +224,7 @@ def _crash_at(zygote: _Zygote, boundary: Boundary, expected: dict[str, Any]) -> 
                 "or outside state decides which checkpoints it calls)"
             )
         return outcome(f"the run to be killed failed: {crashed.describe()}")
-    if crashed.signal != signal.SIGKILL:
+    if crashed.timed_out or crashed.signal != signal.SIGKILL:
         return outcome(f"the run to be killed ended otherwise: {crashed.describe()}")
     # The calls whose outcome was committed before the kill, by idempotency key.
     committed = {
@@ -306,10 +306,17 @@ class _Case:
     lines: list[tuple[str, str, str, str, str]]
     output: str
 
+    timed_out: bool = False
+
     def describe(self) -> str:
-        how = f"killed by signal {self.signal}" if self.signal else f"exit code {self.exit}"
+        if self.timed_out:
+            how = f"the process did not end within {CASE_TIMEOUT:.0f}s and was killed"
+        elif self.signal:
+            how = f"the process was killed by signal {self.signal}"
+        else:
+            how = f"the process ended with exit code {self.exit}"
         tail = self.output.strip()[-2000:]
-        return f"the process ended with {how}" + (f"; its output:\n{tail}" if tail else "")
+        return how + (f"; its output:\n{tail}" if tail else "")
 
 
 class _Zygote:
@@ -373,12 +380,13 @@ class _Zygote:
         target = None if crash is None else [crash.phase, crash.flow, crash.position, crash.name]
         self._send({"dir": str(folder), "resume": resume, "crash": target})
         pid = self._receive(CASE_TIMEOUT)["pid"]
+        timed_out = False
         try:
             ended = self._receive(CASE_TIMEOUT)
         except TimeoutError:
             os.kill(pid, signal.SIGKILL)
             self._receive(CASE_TIMEOUT)
-            ended = {"exit": None, "timeout": True}
+            ended, timed_out = {}, True
         outcome_file = folder / _child.OUTCOME
         outcome = json.loads(outcome_file.read_text()) if outcome_file.exists() else None
         if outcome_file.exists():
@@ -392,9 +400,9 @@ class _Zygote:
                     lines.append((phase, key, flow, position, name))
         output_file = folder / _child.OUTPUT
         output = output_file.read_text(errors="replace") if output_file.exists() else ""
-        if ended.get("timeout"):
-            output += f"\n[tether: the process did not end within {CASE_TIMEOUT:.0f}s]"
-        return _Case(folder, ended.get("exit"), ended.get("signal"), outcome, lines, output)
+        return _Case(
+            folder, ended.get("exit"), ended.get("signal"), outcome, lines, output, timed_out
+        )
 
     def _send(self, message: dict[str, Any]) -> None:
         process = self._process

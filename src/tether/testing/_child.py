@@ -18,7 +18,7 @@ A case's child works in its directory `PATH` with its own SQLite store there
 (`tether.db`): it starts the flow (or, with `resume`, recovers what a killed child left),
 answers the waits it meets from the mapping, and writes `outcome.json`. Its output goes to
 `output.txt`. Every checkpoint boundary it passes is appended to `boundaries.log`, one line
-per boundary (`phase<TAB>idempotency key<TAB>flow<TAB>position<TAB>name`) written with one
+per boundary (a JSON array: phase, idempotency key, flow, position, name) written with one
 O_APPEND write, so a line survives the SIGKILL that may follow it. When the boundary named
 by `crash` is reached, the child kills itself there with SIGKILL, through the checkpoint
 hook `tether._core.checkpoint._boundary`: it is set only in these children, so no other
@@ -127,7 +127,7 @@ def _install_hook(crash: list[str] | None) -> None:
 
     def boundary(phase: str, run: Run, position: str, name: str) -> None:
         key = idempotency_key(run, position)
-        os.write(log, f"{phase}\t{key}\t{run.flow}\t{position}\t{name}\n".encode())
+        os.write(log, (json.dumps([phase, key, run.flow, position, name]) + "\n").encode())
         if target == (phase, run.flow, position, name):
             os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(60)  # not reached: SIGKILL cannot be caught

@@ -139,6 +139,8 @@ def crash_test(
             f"crash_test takes a @tether.flow, not {flow!r}; decorate the function with "
             "@tether.flow"
         )
+    if not hasattr(os, "fork"):
+        raise UsageError("crash_test needs a POSIX system: it forks processes and kills them")
     import_path, module = _importable(flow)
     try:
         args_text = _serde.dumps({"args": list(args), "kwargs": kwargs}, allow_pickle=False)
@@ -334,7 +336,8 @@ class _Zygote:
     def __enter__(self) -> _Zygote:
         env = dict(os.environ)
         env.pop("TETHER_DB", None)  # each case names its own store
-        paths = [_import_root(self._module), env.get("PYTHONPATH", "")]
+        # The flow's module, and this very tether, importable there as they are here.
+        paths = [_import_root(self._module), _import_root("tether"), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self._errors = open(self._root / "zygote.txt", "w+b")  # closed in __exit__
         self._process = subprocess.Popen(
@@ -396,7 +399,7 @@ class _Zygote:
             with open(log, "rb") as f:
                 f.seek(offset)
                 for raw in f.read().decode().splitlines():
-                    phase, key, flow, position, name = raw.split("\t")
+                    phase, key, flow, position, name = json.loads(raw)
                     lines.append((phase, key, flow, position, name))
         output_file = folder / _child.OUTPUT
         output = output_file.read_text(errors="replace") if output_file.exists() else ""

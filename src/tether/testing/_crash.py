@@ -41,7 +41,6 @@ from .._runtime.flow import Flow
 from ..errors import CrashTestFailed, SerializationError, UsageError
 from . import _child
 
-PHASES = ("before", "inside", "after")
 _ZYGOTE = "import sys; from tether.testing._child import main; main(sys.argv[1])"
 # How long one case (one process) may take before it counts as stuck.
 CASE_TIMEOUT = 60.0

@@ -98,3 +98,9 @@ def reminds(value: int) -> int:
     first = double(value)
     tether.sleep(3600)
     return first + double(first)
+
+
+@tether.flow
+def refuses(value: int) -> int:
+    """Fails after its one call: a failure is an outcome like a result, and must survive too."""
+    raise ValueError(f"refused {double(value)}")

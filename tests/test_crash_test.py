@@ -98,6 +98,15 @@ def test_a_durable_agent_with_a_function_model_survives_every_kill() -> None:
     assert report.ok
 
 
+def test_a_flow_that_fails_must_fail_the_same_way_after_every_kill() -> None:
+    report = crash_test(flows.refuses, 4)
+
+    assert report.result is None
+    assert report.error == "ValueError: refused 8"
+    assert "uninterrupted: error ValueError: refused 8" in str(report)
+    assert len(report.outcomes) == 3 and report.ok
+
+
 def test_a_side_effect_in_flow_code_fails_naming_the_boundary() -> None:
     with pytest.raises(CrashTestFailed) as caught:
         crash_test(flows.counts_visits)

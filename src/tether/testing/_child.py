@@ -15,7 +15,7 @@ The parent (`_crash.py`) talks to the zygote in JSON lines over its stdin and st
   (or `{"signal": N}`) once it is gone.
 
 A case's child works in its directory `PATH` with its own SQLite store there
-(`tether.db`): it starts the flow (or, with `resume`, recovers what a killed child left),
+(`tether.db`, a copy of an empty store the parent migrated once): it starts the flow (or, with `resume`, recovers what a killed child left),
 answers the waits it meets from the mapping, and writes `outcome.json`. Its output goes to
 `output.txt`. Every checkpoint boundary it passes is appended to `boundaries.log`, one line
 per boundary (a JSON array: phase, idempotency key, flow, position, name) written with one
@@ -46,6 +46,7 @@ from ..errors import ExecutionCancelled, ExecutionFailed, ResultTimeout
 BOUNDARIES = "boundaries.log"
 OUTCOME = "outcome.json"
 OUTPUT = "output.txt"
+STORE = "tether.db"
 
 # A case's exit codes besides 0 (outcome written) and death by SIGKILL (the crash).
 EXIT_UNANSWERED = 3  # a wait the mapping has no answer for (outcome.json says which)
@@ -107,7 +108,7 @@ def _run_case(
     os.close(out)
     sys.stdin.close()
     _install_hook(case["crash"])
-    configure(db=f"sqlite:///{os.path.join(folder, 'tether.db')}", clock=_clock)
+    configure(db=f"sqlite:///{os.path.join(folder, STORE)}", clock=_clock)
     client = Client()
     if case["resume"]:
         client.recover()

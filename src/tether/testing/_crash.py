@@ -39,9 +39,11 @@ from .._core import imports as _imports
 from .._core import serde as _serde
 from .._runtime.flow import Flow
 from ..errors import CrashTestFailed, SerializationError, UsageError
+from ..store import open_store
 from . import _child
 
 _ZYGOTE = "import sys; from tether.testing._child import main; main(sys.argv[1])"
+_TEMPLATE = "empty.db"
 # How long one case (one process) may take before it counts as stuck.
 CASE_TIMEOUT = 60.0
 
@@ -333,6 +335,9 @@ class _Zygote:
         self._errors: IO[bytes] | None = None
 
     def __enter__(self) -> _Zygote:
+        # Every case starts from a copy of one empty store, migrated once here: creating the
+        # schema is most of what a small case would cost otherwise.
+        open_store(f"sqlite:///{self._root / _TEMPLATE}").close()
         env = dict(os.environ)
         env.pop("TETHER_DB", None)  # each case names its own store
         # The flow's module, and this very tether, importable there as they are here.
@@ -377,6 +382,7 @@ class _Zygote:
             self._cases += 1
             folder = self._root / f"case-{self._cases}"
             folder.mkdir()
+            shutil.copyfile(self._root / _TEMPLATE, folder / _child.STORE)
         log = folder / _child.BOUNDARIES
         offset = log.stat().st_size if log.exists() else 0
         target = None if crash is None else [crash.phase, crash.flow, crash.position, crash.name]

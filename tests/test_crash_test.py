@@ -172,6 +172,14 @@ def test_flows_no_other_process_can_load_are_refused() -> None:
         crash_test(flows.double, 1)  # type: ignore[arg-type]
 
 
+def test_a_module_that_starts_threads_when_imported_is_warned_about() -> None:
+    import threaded_crash_flows
+
+    with pytest.warns(RuntimeWarning, match=r"starts threads \(exporter\)"):
+        report = crash_test(threaded_crash_flows.exported, 1)
+    assert report.result == 2
+
+
 def test_arguments_that_cannot_be_stored_are_refused() -> None:
     with pytest.raises(UsageError, match="cannot be stored"):
         crash_test(flows.straight, object())  # type: ignore[arg-type]

@@ -9,20 +9,22 @@ interpreter, without paying for one (importing tether, Pydantic, the user's modu
 The parent (`_crash.py`) talks to the zygote in JSON lines over its stdin and stdout:
 
 - first `{"flow": "module:qualname", "args": TEXT, "waits": TEXT}` (TEXT: tether's JSON
-  encoding); the reply is `{"ready": true}` or `{"error": "..."}`;
+  encoding); the reply is `{"ready": true, "threads": [names of threads the import
+  started]}` or `{"error": "..."}`;
 - then one line per case, `{"dir": PATH, "resume": BOOL, "crash": [phase, flow, position,
   name] | null}`; the replies are `{"pid": N}` once the child is forked and `{"exit": N}`
   (or `{"signal": N}`) once it is gone.
 
-A case's child works in its directory `PATH` with its own SQLite store there
-(`tether.db`, a copy of an empty store the parent migrated once): it starts the flow (or, with `resume`, recovers what a killed child left),
-answers the waits it meets from the mapping, and writes `outcome.json`. Its output goes to
-`output.txt`. Every checkpoint boundary it passes is appended to `boundaries.log`, one line
-per boundary (a JSON array: phase, idempotency key, flow, position, name) written with one
-O_APPEND write, so a line survives the SIGKILL that may follow it. When the boundary named
-by `crash` is reached, the child kills itself there with SIGKILL, through the checkpoint
-hook `tether._core.checkpoint._boundary`: it is set only in these children, so no other
-process pays more than one global lookup per boundary for it.
+A case's child works in its directory `PATH` with its own SQLite store there (`tether.db`,
+a copy of an empty store the parent migrated once): it starts the flow (or, with `resume`,
+recovers what a killed child left), answers the waits it meets from the mapping, skips its
+durable timers, and writes `outcome.json`. Its output goes to `output.txt`. Every
+checkpoint boundary it passes is appended to `boundaries.log`, one line per boundary (a JSON
+array: phase, idempotency key, flow, position, name) written with one O_APPEND write, so a
+line survives the SIGKILL that may follow it. When the boundary named by `crash` is reached,
+the child kills itself there with SIGKILL, through the checkpoint hook
+`tether._core.checkpoint._boundary`: it is set only in these children, so no other process
+pays more than one global lookup per boundary for it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -73,7 +76,10 @@ def main(module: str) -> None:
         return
     # What every case would import on its first write, imported once here instead.
     importlib.import_module("tether.store.sqlite")
-    _send({"ready": True})
+    # A thread that the module started would be missing from every fork, and any lock it
+    # held at that moment would stay held there: tell the parent, which warns.
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    _send({"ready": True, "threads": threads})
     for line in sys.stdin:
         case = json.loads(line)
         pid = os.fork()

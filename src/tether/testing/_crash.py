@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,6 +359,15 @@ class _Zygote:
             raise UsageError(
                 f"crash_test could not load {self._setup['flow']} in a new process: "
                 f"{reply['error']}"
+            )
+        if reply.get("threads"):
+            warnings.warn(
+                f"importing {self._module} starts threads ({', '.join(reply['threads'])}); "
+                "crash_test forks its cases from a process that imported it, and a fork has "
+                "none of those threads (and keeps any lock one held): a case may hang. Start "
+                "threads when the flow first needs them, not at import.",
+                RuntimeWarning,
+                stacklevel=3,
             )
         return self
 

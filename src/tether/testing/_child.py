@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 from .._core import checkpoint as _checkpoint
@@ -88,8 +89,6 @@ def main(module: str) -> None:
             try:
                 code = _run_case(flow, decoded["args"], decoded["kwargs"], waits, case)
             except BaseException:
-                import traceback
-
                 traceback.print_exc()
             finally:
                 sys.stdout.flush()

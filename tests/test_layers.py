@@ -4,7 +4,7 @@ and no module of tether imports itself back through another.
 The layers, top to bottom: `cli` > `server | mcp | ai | testing` > `_ops | _memory` >
 `_runtime` > `_spend` > `_core` > `store` > `errors`. A layer imports only layers below it;
 nothing imports the CLI, only the CLI imports the HTTP and MCP servers, and `import tether`
-loads none of the surfaces above `_ops`.
+loads neither them nor `tether.testing`.
 """
 
 from __future__ import annotations

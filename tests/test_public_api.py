@@ -20,6 +20,8 @@ PUBLIC = {
     # waits and workers
     "InputTooLarge", "InputValidationError", "WaitAlreadyResolved", "WaitNotFound",
     "WaitRecord", "WaitTimeout", "Worker", "sleep", "wait",
+    # input that arrives before its wait (send)
+    "MessageAlreadySent", "MessageRecord",
     # operating executions
     "LogRecord",
     # queues and the fleet

@@ -45,6 +45,7 @@ from ._runtime.records import (
     Event,
     ExecutionRecord,
     LogRecord,
+    MessageRecord,
     WaitRecord,
 )
 from ._runtime.worker import Worker
@@ -66,6 +67,7 @@ from .errors import (
     InputTooLarge,
     InputValidationError,
     InvalidStateError,
+    MessageAlreadySent,
     NotInFlowError,
     PickleRefused,
     ResultTimeout,
@@ -118,6 +120,8 @@ __all__ = [
     "InputValidationError",
     "InvalidStateError",
     "LogRecord",
+    "MessageAlreadySent",
+    "MessageRecord",
     "ModelPrice",
     "NotInFlowError",
     "PickleRefused",

@@ -30,6 +30,7 @@ Exception
     ├── WaitTimeout                 a wait's deadline passed with no input and no default
     ├── WaitNotFound                no pending wait of that name (or none at all)
     ├── WaitAlreadyResolved         the wait already has its input (another one won)
+    ├── MessageAlreadySent          a message sent to that wait is not delivered yet (one per wait)
     ├── InputValidationError        input does not match the wait's schema (has .errors)
     │   └── InputTooLarge           input over the size limit
     ├── BudgetExceeded              the next model call would go over the flow's Budget
@@ -82,6 +83,7 @@ __all__ = [
     "MemoryKeyError",
     "MemoryScopeError",
     "MemoryValidationError",
+    "MessageAlreadySent",
     "NotInFlowError",
     "PickleRefused",
     "Released",
@@ -339,6 +341,11 @@ class WaitNotFound(TetherError, LookupError):
 
 class WaitAlreadyResolved(TetherError):
     """The wait already has its input (or timed out): the other input won."""
+
+
+class MessageAlreadySent(TetherError):
+    """`Client.send()` to a wait that has a message sent to it and not yet delivered: one
+    message per wait (wait names are unique per execution)."""
 
 
 class InputValidationError(TetherError, ValueError):

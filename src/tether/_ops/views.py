@@ -25,6 +25,7 @@ from .._runtime.records import (
     Event,
     ExecutionRecord,
     LogRecord,
+    MessageRecord,
     WaitRecord,
 )
 from .._spend import usage as _usage
@@ -120,8 +121,23 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         warnings=warnings(record),
         events=[event_json(e) for e in record.events],
         children=[execution_json(c) for c in record.children],
+        messages=[message_json(m) for m in record.messages],
     )
     return data
+
+
+def message_json(message: MessageRecord) -> dict[str, Any]:
+    """A message sent to a wait (`Client.send`), as plain data."""
+    return {
+        "execution_id": message.execution_id,
+        "name": message.name,
+        "status": message.status,
+        "value": plain(lambda: message.value, message.value_json),
+        "sent_by": message.sent_by,
+        "sent_at": iso(message.sent_at),
+        "delivered_at": iso(message.delivered_at),
+        "error": message.error,
+    }
 
 
 def warnings(record: ExecutionRecord) -> list[str]:

@@ -114,7 +114,8 @@ class CheckpointsSql(SqlBase):
             ]  # fmt: skip
             for table, column in (
                 ("checkpoints", "execution_id"), ("waits", "execution_id"),
-                ("events", "execution_id"), ("executions", "id"),
+                ("messages", "execution_id"), ("events", "execution_id"),
+                ("executions", "id"),
             ):  # fmt: skip
                 self._executemany(conn, f"DELETE FROM {table} WHERE {column} = ?", ids)
             return len(ids)

@@ -63,3 +63,12 @@ async def gathered_pay_flow(orders: list[str]) -> list[str]:
         return finish(order, amount)
 
     return list(await asyncio.gather(*(one(order) for order in orders)))
+
+
+@tether.flow
+def progress_flow(steps: int) -> str:
+    tether.publish("plan", [f"step-{i}" for i in range(steps)])
+    for i in range(steps):
+        slow(f"step-{i}")
+        tether.publish("progress", i + 1)
+    return "done"

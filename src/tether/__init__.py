@@ -30,6 +30,7 @@ from ._core.config import configure
 from ._core.context import Current, current, in_flow, log
 from ._core.model_price import ModelPrice
 from ._core.positions import branch
+from ._core.publish import publish
 from ._core.restore import register
 from ._core.serde import StoredValue
 from ._core.status import CheckpointStatus, Status
@@ -69,6 +70,7 @@ from .errors import (
     InvalidStateError,
     MessageAlreadySent,
     NotInFlowError,
+    NotPublished,
     PickleRefused,
     ResultTimeout,
     SerializationError,
@@ -124,6 +126,7 @@ __all__ = [
     "MessageRecord",
     "ModelPrice",
     "NotInFlowError",
+    "NotPublished",
     "PickleRefused",
     "Queue",
     "ResultTimeout",
@@ -158,6 +161,7 @@ __all__ = [
     "llm_async",
     "log",
     "memory",
+    "publish",
     "record_usage",
     "register",
     "sleep",

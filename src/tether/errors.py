@@ -31,6 +31,7 @@ Exception
     ├── WaitNotFound                no pending wait of that name (or none at all)
     ├── WaitAlreadyResolved         the wait already has its input (another one won)
     ├── MessageAlreadySent          a message sent to that wait is not delivered yet (one per wait)
+    ├── NotPublished                an execution that ended published no value under that key
     ├── InputValidationError        input does not match the wait's schema (has .errors)
     │   └── InputTooLarge           input over the size limit
     ├── BudgetExceeded              the next model call would go over the flow's Budget
@@ -85,6 +86,7 @@ __all__ = [
     "MemoryValidationError",
     "MessageAlreadySent",
     "NotInFlowError",
+    "NotPublished",
     "PickleRefused",
     "Released",
     "ResultTimeout",
@@ -346,6 +348,11 @@ class WaitAlreadyResolved(TetherError):
 class MessageAlreadySent(TetherError):
     """`Client.send()` to a wait that has a message sent to it and not yet delivered: one
     message per wait (wait names are unique per execution)."""
+
+
+class NotPublished(TetherError, LookupError):
+    """`Client.get_published()`: the execution has ended without publishing a value under
+    that key (`tether.publish`), so none will come."""
 
 
 class InputValidationError(TetherError, ValueError):

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .._core import imports as _imports
+from .._core import publish as _publish
 from .._core import schema as _schema
 from .._core import serde as _serde
 from .._core.config import settings, store_for
@@ -42,6 +43,8 @@ from ..errors import (
     InputValidationError,
     InvalidStateError,
     MessageAlreadySent,
+    NotPublished,
+    ResultTimeout,
     UsageError,
     WaitAlreadyResolved,
     WaitNotFound,
@@ -385,6 +388,46 @@ class Client:
             f"wait is reached (Client.send, `tether executions send {execution_id} {name} "
             "--value ...`)"
         )
+
+    # --- published values ---------------------------------------------------------------
+
+    def get_published(self, execution_id: str, key: str, timeout: float | None = None) -> Any:
+        """The latest value the execution published under `key` (`tether.publish`), as soon
+        as one exists: waits for it up to `timeout` seconds (None: as long as the execution
+        may still publish one), then raises ResultTimeout. Raises NotPublished when the
+        execution ended without publishing that key.
+
+        ```python
+        plan = client.get_published(execution_id, "plan", timeout=30)
+        ```
+        """
+        if not isinstance(key, str) or not key:
+            raise UsageError(f"a published value's key is a non-empty string, not {key!r}")
+        if timeout is not None and timeout < 0:
+            raise UsageError(f"timeout is 0 or more seconds, or None, not {timeout!r}")
+        name = _publish.call_name(key)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            # The status first: an execution seen finished has published all it ever will.
+            ended = Status(self._row(execution_id).status).finished
+            call = self._store.latest_call(execution_id, name)
+            if call is not None:
+                if call.result is None:
+                    return None
+                return _serde.loads(call.result, root=f"value published as {key!r}")
+            if ended:
+                raise NotPublished(
+                    f"execution {execution_id} has ended and published no value as {key!r}"
+                )
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ResultTimeout(
+                    f"execution {execution_id} published no value as {key!r} within "
+                    f"{timeout} s; it is still {self._row(execution_id).status}"
+                )
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 0.2)
 
     # --- messages -----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ shown as people write them (`display`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -122,8 +123,16 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         events=[event_json(e) for e in record.events],
         children=[execution_json(c) for c in record.children],
         messages=[message_json(m) for m in record.messages],
+        published={
+            key: plain(functools.partial(_result, cp), cp.result_json)
+            for key, cp in record.published_calls.items()
+        },
     )
     return data
+
+
+def _result(cp: CheckpointRecord) -> Any:
+    return cp.result
 
 
 def message_json(message: MessageRecord) -> dict[str, Any]:

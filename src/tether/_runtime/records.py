@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .._core import publish as _publish
 from .._core import serde as _serde
 from .._core.status import CheckpointStatus, Status
 from .._spend import budget as _budget
@@ -334,6 +335,24 @@ class ExecutionRecord:
     def undelivered_messages(self) -> list[MessageRecord]:
         """Messages sent to waits the flow has not reached yet (filled by `Client.get()`)."""
         return [m for m in self.messages if m.status == "sent"]
+
+    @property
+    def published_calls(self) -> dict[str, CheckpointRecord]:
+        """Per key the call that published its latest value (`tether.publish`; its `result`
+        is the value), from the checkpoint calls `Client.get()` fills in."""
+        latest: dict[str, CheckpointRecord] = {}
+        for cp in self.checkpoints:
+            if cp.name.startswith(_publish.PREFIX) and cp.status is CheckpointStatus.SUCCEEDED:
+                key = cp.name[len(_publish.PREFIX) :]
+                if key not in latest or cp.finished_at >= latest[key].finished_at:
+                    latest[key] = cp
+        return latest
+
+    @cached_property
+    def published(self) -> dict[str, Any]:
+        """The latest value published per key (`tether.publish`), decoded (filled by
+        `Client.get()`; `Client.get_published()` waits for one)."""
+        return {key: cp.result for key, cp in self.published_calls.items()}
 
     @property
     def child_waits(self) -> list[WaitRecord]:

@@ -11,6 +11,7 @@ parsed as Rich markup: a branch key `[b]` or `/` is data. Positions are shown th
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Container, Iterable
 from typing import Any
@@ -202,6 +203,27 @@ def waits_table(waits: Iterable[WaitRecord]) -> Table:
             when(w.created_at),
         )
     return table
+
+
+def published_table(published: dict[str, CheckpointRecord]) -> Table:
+    """The latest value per key a flow published (`tether.publish`), and where and when."""
+    table = Table(box=None, pad_edge=False)
+    table.add_column("key", no_wrap=True)
+    table.add_column("value", min_width=6)
+    table.add_column("at", no_wrap=True)
+    table.add_column("when", no_wrap=True)
+    for key, cp in sorted(published.items()):
+        table.add_row(
+            Text(key),
+            Text(preview(plain(functools.partial(_result, cp), cp.result_json))),
+            Text(display(cp.position)),
+            when(cp.finished_at),
+        )
+    return table
+
+
+def _result(cp: CheckpointRecord) -> Any:
+    return cp.result
 
 
 def messages_table(messages: Iterable[MessageRecord]) -> Table:
@@ -403,6 +425,9 @@ def execution_view(
         parts.append(Text("No checkpoint calls recorded yet.", style="dim"))
     if record.children:
         parts += [Text(), Text("Children", style="bold"), executions_table(record.children)]
+    published = record.published_calls
+    if published:
+        parts += [Text(), Text("Published", style="bold"), published_table(published)]
     unsettled = [m for m in record.messages if m.status != "delivered"]
     if unsettled:
         parts += [Text(), Text("Messages", style="bold"), messages_table(unsettled)]

@@ -441,6 +441,11 @@ class Store(abc.ABC):
         (`store._positions.sort_key`)."""
 
     @abc.abstractmethod
+    def latest_call(self, execution_id: str, name: str) -> CheckpointRow | None:
+        """The succeeded checkpoint call named `name` of an execution that finished last
+        (the latest published value of a key: `_core.publish`), or None."""
+
+    @abc.abstractmethod
     def reset_for_retry(
         self, execution_id: str, *, positions: Sequence[str], waits: Sequence[str], now: float
     ) -> bool:

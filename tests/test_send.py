@@ -211,6 +211,8 @@ def test_a_second_send_before_delivery_is_refused(client: tether.Client) -> None
     client.send(handle.id, "paid", 1)
     with pytest.raises(tether.MessageAlreadySent, match="one message per wait"):
         client.send(handle.id, "paid", 2)
+    with pytest.raises(tether.WaitNotFound, match="a value sent to it is kept"):
+        client.input(handle.id, "paid", 2)
     gate.set()
     assert handle.result(timeout=10) == "charged 1"
     with pytest.raises(tether.InvalidStateError, match="no more messages"):

@@ -122,3 +122,17 @@ def test_prune_deletes_messages(store: Store) -> None:
     assert store.finish("e1", token, status="cancelled", result=None, error=None, now=T0 + 5)
     assert store.prune(before=T0 + 1e9, statuses=["cancelled"], dry_run=False) == 1
     assert store.get_messages("e1") == []
+
+
+def test_a_retry_that_forgets_the_wait_lets_a_new_message_replace_the_delivered_one(
+    store: Store,
+) -> None:
+    token = start(store, "e1", "tok")
+    assert store.send_message(message("1"), validated=False, now=T0 + 4) is Sent.STORED
+    assert store.create_wait(token, wait_row("e1", "w"))
+    assert store.deliver_message("e1", token, "w", value="1", error=None, now=T0 + 5)
+    assert store.finish("e1", token, status="failed", result=None, error=None, now=T0 + 6)
+    assert store.reset_for_retry("e1", positions=[], waits=["w"], now=T0 + 7)
+    assert store.send_message(message("2"), validated=False, now=T0 + 8) is Sent.STORED
+    (kept,) = store.get_messages("e1")
+    assert (kept.value, kept.status, kept.error, kept.delivered_at) == ("2", "sent", None, None)

@@ -382,11 +382,16 @@ class Client:
                     )
                 return wait
         known = ", ".join(repr(w.name) for w in pending) or "none"
+        if any(m.name == name for m in self._store.get_messages(execution_id)):
+            early = "a value sent to it is kept until the flow reaches it (`get` shows it)"
+        else:
+            early = (
+                "if the flow has not reached that wait yet, send the value instead: it is kept "
+                f"until the wait is reached (Client.send, `tether executions send {execution_id}"
+                f" {name} --value ...`)"
+            )
         raise WaitNotFound(
-            f"execution {execution_id} has no wait {name!r} (pending waits: {known}); if the "
-            "flow has not reached that wait yet, send the value instead: it is kept until the "
-            f"wait is reached (Client.send, `tether executions send {execution_id} {name} "
-            "--value ...`)"
+            f"execution {execution_id} has no wait {name!r} (pending waits: {known}); {early}"
         )
 
     # --- published values ---------------------------------------------------------------
@@ -500,8 +505,13 @@ class Client:
             raise WaitAlreadyResolved(
                 f"wait {name!r} of execution {execution_id} already has its input (or timed out)"
             )
-        if outcome is Sent.NOT_INPUT or outcome is Sent.VALIDATE:
+        if outcome is Sent.NOT_INPUT:
             raise UsageError(f"{name!r} is a sleep or a wait for a child flow; it takes no input")
+        if outcome is Sent.VALIDATE:
+            raise InvalidStateError(
+                f"wait {name!r} of execution {execution_id} kept changing while the value was "
+                "sent; nothing was sent, send it again"
+            )
         delivered = outcome is Sent.DELIVERED
         what = "given to" if delivered else "sent to (kept until the flow reaches)"
         self._store.add_event(

@@ -8,9 +8,12 @@ Exception
     │   ├── FlowNotFoundError       a recorded flow is not loaded in this process
     │   │   └── UnguardedScriptError  a script tether loads starts executions at its top level
     │   ├── MemoryScopeError        a memory call names no scope it can use (says what to pass)
-    │   └── BranchKeyInUse          a task entered tether.branch(key) while another task holds it
+    │   ├── BranchKeyInUse          a task entered tether.branch(key) while another task holds it
+    │   └── StoreOpenedReadOnly     a write through a store opened read-only
     ├── ConfigurationError          a bad store URL or setting
+    │   └── NotATetherStore         the URL names another application's database: left as it was
     ├── StoreError                  the database failed or is from a newer tether
+    │   ├── StoreVersionError       its schema is newer than this tether (older, when read-only)
     │   ├── StoreUnavailable        the database cannot be used right now (retry later)
     │   │   ├── StoreBusy           another process holds the write lock too long
     │   │   ├── StoreFull           the disk (or the server's) is full
@@ -85,6 +88,7 @@ __all__ = [
     "MemoryScopeError",
     "MemoryValidationError",
     "MessageAlreadySent",
+    "NotATetherStore",
     "NotInFlowError",
     "NotPublished",
     "PickleRefused",
@@ -95,8 +99,10 @@ __all__ = [
     "StoreCorrupt",
     "StoreError",
     "StoreFull",
+    "StoreOpenedReadOnly",
     "StoreReadOnly",
     "StoreUnavailable",
+    "StoreVersionError",
     "Suspended",
     "TetherError",
     "UnguardedScriptError",
@@ -150,6 +156,19 @@ class ConfigurationError(TetherError):
     """A store URL or setting is invalid."""
 
 
+class NotATetherStore(ConfigurationError):
+    """The URL names a database that is not tether's: a file that is not SQLite, another
+    application's SQLite file, a PostgreSQL database whose tables of tether's names are
+    someone else's (or, opened read-only, one without tether's tables). Nothing was written
+    to it: point the URL at tether's own database."""
+
+
+class StoreOpenedReadOnly(UsageError):
+    """A write through a store opened read-only (`Client(readonly=True)`,
+    `configure(readonly=True)`, the CLI's reading commands). Nothing was written: open the
+    store without `readonly` to write."""
+
+
 class StoreError(TetherError):
     """The store failed, or its schema is newer than this version of tether."""
 
@@ -178,6 +197,21 @@ class CommitUnknown(StoreUnavailable):
     """The connection was lost after a commit was sent, and reading the row back failed too:
     whether it committed is not known yet. Retried like any outage; the retry reads the row
     back."""
+
+
+class StoreVersionError(StoreError):
+    """The database's schema does not fit this tether: it is newer (upgrade tether), or it
+    is older and the store was opened read-only, which never upgrades it (open it once for
+    writing, e.g. with `tether worker`, to upgrade it). `found` and `known` are the two
+    schema versions."""
+
+    def __init__(self, message: str, *, found: int = 0, known: int = 0) -> None:
+        super().__init__(message)
+        self.found = found
+        self.known = known
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), {"found": self.found, "known": self.known}))
 
 
 class StoreCorrupt(StoreError):

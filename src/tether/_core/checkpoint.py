@@ -642,6 +642,14 @@ def checkpoint(
             raise UsageError(f"{f.name} is already a checkpoint; decorate it once")
         if not callable(f):
             raise UsageError(f"@tether.checkpoint decorates a function, not {f!r}")
+        if name is None and getattr(f, "__name__", None) == "<lambda>":
+            # Calls are recorded and matched on resume by name; every lambda is `<lambda>`,
+            # so a resumed flow could not tell one from another.
+            raise UsageError(
+                "tether.checkpoint of a lambda needs a name, e.g. tether.checkpoint("
+                "name='fetch')(lambda url: ...): a call is recorded and matched on resume by "
+                "its name, and every lambda is called '<lambda>'. Or define it with `def`"
+            )
         return Checkpoint(
             f, name=name, retries=retries, backoff=backoff, retry_on=retry_on, timeout=timeout
         )

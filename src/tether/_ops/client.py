@@ -49,7 +49,16 @@ from ..errors import (
     WaitAlreadyResolved,
     WaitNotFound,
 )
-from ..store import EventRow, ExecutionRow, ExecutionStats, MessageRow, Sent, Store, WaitRow
+from ..store import (
+    EventRow,
+    ExecutionRow,
+    ExecutionStats,
+    MessageRow,
+    Sent,
+    Store,
+    WaitRow,
+    redact,
+)
 from . import tokens as _tokens
 from .tokens import TokenInfo
 
@@ -102,10 +111,15 @@ class Client:
     client.input(execution_id, "approve", True)
     client.recover()                      # resume everything whose process died
     ```
+
+    `Client(readonly=True)` opens the store read-only: nothing is migrated or written (a
+    database on read-only media, or a PostgreSQL role that may only SELECT, can be read), and
+    the methods that write raise `tether.errors.StoreOpenedReadOnly`. The default follows
+    `configure(readonly=...)` (False).
     """
 
-    def __init__(self, db: str | None = None) -> None:
-        self._store: Store = store_for(db)
+    def __init__(self, db: str | None = None, *, readonly: bool | None = None) -> None:
+        self._store: Store = store_for(db, readonly=readonly)
 
     @property
     def db(self) -> str:
@@ -127,7 +141,7 @@ class Client:
             return found[0]
         if not found:
             raise ExecutionNotFound(
-                f"no execution {id_or_prefix} in {self._store.url} (no id starts with it; "
+                f"no execution {id_or_prefix} in {redact(self._store.url)} (no id starts with it; "
                 "`tether executions list` shows the ids)"
             )
         shown = ", ".join(found[:_MAX_CANDIDATES])
@@ -572,7 +586,7 @@ class Client:
         executor().cancel_local(self._store, execution_id)
         status = self._store.request_cancel(execution_id, now=time.time())
         if status is None:
-            raise ExecutionNotFound(f"no execution {execution_id} in {self._store.url}")
+            raise ExecutionNotFound(f"no execution {execution_id} in {redact(self._store.url)}")
         return Status(status)
 
     def recover(self) -> Recovered:

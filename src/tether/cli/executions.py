@@ -19,6 +19,7 @@ from .._ops.client import Client, Skipped
 from .._runtime.executor import executor
 from .._runtime.records import ExecutionRecord
 from ..errors import ResultTimeout, TetherError
+from ..store import redact
 from . import render
 from ._common import (
     cli_errors,
@@ -30,12 +31,22 @@ from ._common import (
     json_value,
     load_named,
     out,
+    reading,
     running_here,
     say,
     value_text,
     who,
 )
-from .options import Command, DbOption, Group, ImportOption, JsonOption, ScriptOption
+from .options import (
+    MAX_AGE_SECONDS,
+    MAX_COUNT,
+    Command,
+    DbOption,
+    Group,
+    ImportOption,
+    JsonOption,
+    ScriptOption,
+)
 
 executions_app = typer.Typer(
     cls=Group,
@@ -175,7 +186,9 @@ def list_command(
     flow: Annotated[
         str | None, typer.Option(metavar="NAME", help="Only executions of this flow (its name).")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Show at most this many.")] = 50,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_COUNT, metavar="N", help="Show at most this many.")
+    ] = 50,
     parent: Annotated[
         str | None,
         typer.Option(
@@ -190,8 +203,7 @@ def list_command(
 
     Example: `tether executions list --status failed --status waiting --flow research_agent`
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         if parent is not None:
             parent = client.resolve_id(parent)
         records = client.list(status=status, flow=flow, limit=limit, parent=parent)
@@ -213,7 +225,7 @@ def list_command(
     elif status or flow or parent:
         say("No executions match.")
     else:
-        say(f"No executions yet in {client.db}. Run a @tether.flow to record one.")
+        say(f"No executions yet in {redact(client.db)}. Run a @tether.flow to record one.")
 
 
 @executions_app.command("get", cls=Command)
@@ -224,8 +236,7 @@ def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOpti
 
     `--json` prints everything, including full results, tracebacks and events.
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         record = client.get(client.resolve_id(execution_id))
         attention = client.attention(record)
         if as_json:
@@ -262,8 +273,7 @@ def logs_command(
 
     With `--json`: a list of records; with `--follow --json`, one record per line.
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         execution_id = client.resolve_id(execution_id)
         if not follow:
             records = client.logs(execution_id, checkpoint=checkpoint)
@@ -308,8 +318,7 @@ def watch_command(
     (or when the output is not a terminal) it prints one line per change instead: JSON
     objects with `--json`, short text lines otherwise.
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         record = client.get(client.resolve_id(execution_id))
         if as_json or not out.is_terminal:
             record = _watch_lines(client, record, as_json)
@@ -602,7 +611,12 @@ def _parse_age(text: str) -> float:
             f"expected an age such as 30d, 12h, 15m, 90s or 2w (or combined: 1d12h), not {text!r}",
             param_hint="'--older-than'",
         )
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _AGE.findall(compact))
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _AGE.findall(compact))
+    if seconds > MAX_AGE_SECONDS:
+        raise typer.BadParameter(
+            f"{text!r} is more than a century; the most is 5200w", param_hint="'--older-than'"
+        )
+    return seconds
 
 
 @executions_app.command("prune", cls=Command)
@@ -676,13 +690,15 @@ def waits_command(
     flow: Annotated[
         str | None, typer.Option(metavar="NAME", help="Only waits of this flow.")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="At most this many.")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_COUNT, metavar="N", help="At most this many.")
+    ] = 100,
     as_json: JsonOption = False,
 ) -> None:
     """List the waits that need input (a flow called `tether.wait(...)`), oldest first: the
     question, the JSON it expects, and its deadline. Answer one with `executions input`."""
-    with cli_errors():
-        pending = client_for(db).pending_waits(flow=flow, limit=limit)
+    with cli_errors(), reading(db) as client:
+        pending = client.pending_waits(flow=flow, limit=limit)
     if as_json:
         dump([views.wait_json(w) for w in pending])
     elif pending:

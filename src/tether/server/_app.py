@@ -14,14 +14,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._core.config import store_for
 from .._memory import api as memory
 from .._ops.client import Client
 from .._runtime.flow import Flow
 from ..errors import InputValidationError, MemoryKeyError, UsageError
-from . import _errors, _flows, _metrics, _stream, _views
+from . import _dashboard, _errors, _flows, _memories, _metrics, _stream, _views
 from ._auth import Principal, principal
 
 API = "/api/v1"
@@ -241,10 +241,7 @@ def create_app(
         prefix: str | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
-        if scope is None:
-            entries = _all_memory(prefix, limit)
-        else:
-            entries = memory.entries(prefix, **_where(scope, scope_id), limit=limit)
+        entries = _memories.entries(scope, scope_id, prefix, limit)
         return {"items": [_views.memory_json(e) for e in entries]}
 
     @api.get("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"])
@@ -255,7 +252,7 @@ def create_app(
         key: str,
         version: Annotated[int | None, Query(ge=1)] = None,
     ) -> dict[str, Any]:
-        found = memory._find(key, version=version, **_where(scope, scope_id))
+        found = memory._find(key, version=version, **_memories.where(scope, scope_id))
         if found is None or (found.deleted and version is None):
             raise MemoryKeyError(f"no memory key {key!r} in {scope} {scope_id!r}")
         return _views.memory_json(found, memory._stored_json(found))
@@ -264,7 +261,7 @@ def create_app(
     def write_memory(
         who: Operator, scope: memory.Scope, scope_id: str, key: str, body: MemoryBody
     ) -> dict[str, Any]:
-        where = _where(scope, scope_id)
+        where = _memories.where(scope, scope_id)
         written = memory.set(key, body.value, **where, if_version=body.if_version)
         found = memory._find(key, version=written, **where)
         assert found is not None
@@ -275,28 +272,16 @@ def create_app(
         who: Operator, scope: memory.Scope, scope_id: str, key: str
     ) -> dict[str, Any]:
         """Delete a key: a tombstone version is written (its history keeps every version)."""
-        where = _where(scope, scope_id)
+        where = _memories.where(scope, scope_id)
         written = memory.delete(key, **where)
         found = memory._find(key, version=written, **where)
         assert found is not None
         return _views.memory_json(found)
 
     app.include_router(api)
+    app.include_router(_dashboard.router(client, poll=poll, stream_seconds=stream_seconds))
+    app.mount("/static", StaticFiles(packages=[("tether.server", "static")]), name="static")
     return app
-
-
-def _where(scope: str, scope_id: str | None) -> dict[str, Any]:
-    if scope_id is None:
-        raise UsageError(f"memory of scope {scope!r} needs a scope_id")
-    where: dict[str, Any] = {"scope": None, "namespace": None, "flow": None, "execution_id": None}
-    where["execution_id" if scope == "execution" else scope] = scope_id
-    return where
-
-
-def _all_memory(prefix: str | None, limit: int) -> list[memory.MemoryVersion]:
-    store = store_for()
-    rows = store.list_memory(scope=None, scope_id=None, prefix=prefix, limit=limit)
-    return [memory._version(store, row, None) for row in rows]
 
 
 def _json_text(body: InputBody) -> str:

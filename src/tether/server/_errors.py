@@ -37,6 +37,11 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
+def status_of(exc: e.TetherError) -> int:
+    """The HTTP status of a tether error (500: one nobody expected)."""
+    return next((s for cls, s in _STATUS if isinstance(exc, cls)), 500)
+
+
 def body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, **extra}}
 
@@ -44,7 +49,7 @@ def body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.TetherError)
     async def tether_error(request: Request, exc: e.TetherError) -> JSONResponse:
-        status = next((s for cls, s in _STATUS if isinstance(exc, cls)), 500)
+        status = status_of(exc)
         extra: dict[str, Any] = {}
         if isinstance(exc, e.InputValidationError | e.MemoryValidationError):
             extra["errors"] = _jsonable(getattr(exc, "errors", []))

@@ -61,3 +61,20 @@ async def events(
         if time.monotonic() >= deadline:
             return
         await asyncio.sleep(poll)
+
+
+async def changes(client: Client, *, poll: float, max_seconds: float) -> AsyncIterator[str]:
+    """A `changed` message whenever the counts of executions by status and queue or of
+    pending waits change (the dashboard's list and inbox refresh on it). One grouped count
+    per poll, for every reader: cheap next to a page load."""
+    deadline = time.monotonic() + max_seconds
+    seen: Any = None
+    yield f"retry: {int(poll * 1000) or 1}\n\n"
+    while time.monotonic() < deadline:
+        stats = await asyncio.to_thread(client.stats)
+        now = (sorted(stats.counts.items()), stats.pending_waits)
+        if now != seen:
+            if seen is not None:
+                yield message("changed", {"pending_waits": stats.pending_waits})
+            seen = now
+        await asyncio.sleep(poll)

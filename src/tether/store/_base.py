@@ -192,6 +192,8 @@ class Store(abc.ABC):
     """A durable home for executions, their checkpoints and events."""
 
     url: str
+    #: opened read-only: nothing is migrated or written; a write raises StoreOpenedReadOnly
+    readonly: bool = False
 
     # --- executions ---------------------------------------------------------------------
 

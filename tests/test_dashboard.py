@@ -1,0 +1,482 @@
+"""The dashboard of `tether server` in a real headless Chromium (Debian's, driven by
+Playwright), against a real uvicorn server subprocess on a loopback port; the executions
+are run by a real `tether worker`. Screenshots are kept under the test's tmp dir."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+
+import dashboard_flows
+import tether
+from helpers import TESTS, child_env, retry_until
+from tether._core.positions import display
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Processes:
+    """The server and workers a test starts, killed (SIGKILL) at teardown."""
+
+    def __init__(self, db_url: str, tmp_path: Path) -> None:
+        self.db_url, self.tmp_path = db_url, tmp_path
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[str]:
+        out = (self.tmp_path / log).open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tether", *argv],
+            env=child_env(self.db_url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=str(TESTS),
+        )
+        self.procs.append(proc)
+        return proc
+
+    def server(self) -> str:
+        port = _free_port()
+        log = f"server-{port}.log"
+        proc = self._spawn(["server", "--port", str(port), "--import", "dashboard_flows"], log)
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited: {(self.tmp_path / log).read_text()}")
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        retry_until(up, timeout=30, what="the server to answer /healthz")
+        return url
+
+    def worker(self) -> None:
+        self._spawn(["worker", "--import", "dashboard_flows", "--poll", "0.02"], "worker.log")
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def procs(db_url: str, tmp_path: Path) -> Iterator[Processes]:
+    pool = Processes(db_url, tmp_path)
+    yield pool
+    pool.kill_all()
+    for log in tmp_path.glob("server-*.log"):  # a page that failed to render says why here
+        assert "Traceback" not in log.read_text(), log.read_text()
+
+
+class Browser:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.shots = tmp_path / "screenshots"
+        self.shots.mkdir()
+        self._pw = sync_playwright().start()
+        self._contexts: list[BrowserContext] = []
+
+    def page(self, width: int = 1280, height: int = 900) -> Page:
+        profile = self.tmp_path / f"chromium-{len(self._contexts)}"
+        context = self._pw.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=ARGS,
+            viewport={"width": width, "height": height},
+        )
+        context.set_default_timeout(30_000)
+        self._contexts.append(context)
+        return context.pages[0] if context.pages else context.new_page()
+
+    def shot(self, page: Page, name: str) -> Path:
+        path = self.shots / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def close(self) -> None:
+        for context in self._contexts:
+            context.close()
+        self._pw.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); scripts/test does it")
+    shown = Browser(tmp_path)
+    yield shown
+    shown.close()
+
+
+def _waiting(client: tether.Client, execution_id: str) -> None:
+    def waiting() -> bool:
+        return client.summary(execution_id).status == tether.Status.WAITING
+
+    retry_until(waiting, timeout=60, what=f"execution {execution_id} to wait for input")
+
+
+def test_approving_in_the_inbox_finishes_the_execution_live_on_its_page(
+    client: tether.Client, procs: Processes, browser: Browser, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    # The topic is markup: the page must show it as text.
+    handle = dashboard_flows.approval.enqueue("<img src=x onerror=alert(1)>cats", str(gate))
+    other = dashboard_flows.approval.enqueue("dogs")
+    url = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+    _waiting(client, other.id)
+
+    page = browser.page()
+    page.goto(f"{url}/waits")
+    card = page.locator(f"article.wait[data-execution='{handle.id}']")
+    expect(card).to_contain_text("publish 'a draft about <img src=x onerror=alert(1)>cats'?")
+    assert page.locator("article.wait .question img").count() == 0
+    expect(page.locator("article.wait")).to_have_count(2)
+    browser.shot(page, "inbox")
+
+    card.get_by_role("button", name="Approve").click()
+    page.wait_for_url(f"**/executions/{handle.id}?done=input")
+    expect(page.locator(".notice")).to_contain_text("Input given")
+    # The flow holds in `publish` until the gate exists: it is not finished yet.
+    head = page.locator("#head")
+    expect(head).not_to_have_attribute("data-status", "succeeded")
+    page.evaluate("window.__sameDocument = true")
+    gate.write_text("open")
+    expect(page.locator("#head")).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    expect(page.locator("#head")).to_contain_text("published a draft about")
+    expect(page.locator("#timeline")).to_contain_text("publish")
+    expect(page.locator("#timeline")).to_contain_text("by local")  # who answered
+    assert page.evaluate("window.__sameDocument") is True  # updated in place, never reloaded
+    browser.shot(page, "execution-succeeded")
+
+    record = client.get(handle.id)
+    assert record.result == "published a draft about <img src=x onerror=alert(1)>cats"
+    assert [w.resolved_by for w in record.waits] == ["local"]
+    # The other wait is still in the inbox; a deny answers it the other way.
+    page.goto(f"{url}/waits")
+    expect(page.locator("article.wait")).to_have_count(1)
+    page.locator(f"article.wait[data-execution='{other.id}']").get_by_role(
+        "button", name="Deny"
+    ).click()
+    page.wait_for_url(f"**/executions/{other.id}?done=input")
+    assert tether.Client().handle(other.id).result(timeout=60) == "rejected"
+
+
+def test_schema_form_shows_validation_errors_inline_and_then_takes_the_input(
+    client: tether.Client, procs: Processes, browser: Browser
+) -> None:
+    handle = dashboard_flows.planning.enqueue("birds")
+    url = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+
+    page = browser.page()
+    page.goto(f"{url}/waits")
+    form = page.locator("form[data-wait='plan']")
+    form.get_by_label("Title").fill("Birds of the coast")
+    form.get_by_label("Pages").fill("0")
+    form.get_by_label("casual").check()
+    form.get_by_role("button", name="Send").click()
+    # The schema says pages >= 1: the error is shown next to that field, the rest kept.
+    pages = page.locator(".field", has=page.get_by_label("Pages"))
+    expect(pages.locator(".field-error")).to_contain_text("greater than or equal to 1")
+    expect(pages).to_have_class(re.compile("invalid"))
+    expect(page.get_by_label("Title")).to_have_value("Birds of the coast")
+    expect(page.get_by_label("casual")).to_be_checked()
+    browser.shot(page, "form-invalid")
+    assert client.summary(handle.id).status == tether.Status.WAITING  # nothing was stored
+
+    # Text that is no number is caught before the schema is asked.
+    page.get_by_label("Pages").fill("many")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".field-error")).to_contain_text("'many' is not a whole number")
+
+    page.get_by_label("Pages").fill("3")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_url(f"**/executions/{handle.id}?done=input")
+    result = tether.Client().handle(handle.id).result(timeout=60)
+    assert result == "Birds of the coast: 3 pages, casual"
+    expect(page.locator("#head")).to_have_attribute("data-status", "succeeded", timeout=60_000)
+
+
+def test_list_filters_by_status_and_flow_searches_by_id_and_pages(
+    client: tether.Client, procs: Processes, browser: Browser
+) -> None:
+    quick = [dashboard_flows.quick.enqueue(n) for n in range(52)]
+    planning = dashboard_flows.planning.enqueue("fish")
+    url = procs.server()
+
+    page = browser.page()
+    page.goto(url)
+    expect(page.locator("#counts")).to_contain_text("queued 53")
+    expect(page.locator("table.executions tbody tr")).to_have_count(50)
+    page.get_by_role("link", name="Older »").click()
+    expect(page.locator("table.executions tbody tr")).to_have_count(3)
+    shown = set(
+        page.locator("table.executions tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.id)"
+        )
+    )
+    assert shown == {quick[0].id, quick[1].id, quick[2].id}  # the oldest: keyset pages
+
+    page.goto(url)
+    page.get_by_label("Flow").fill("planning")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("table.executions tbody tr")).to_have_count(1)
+    expect(page.locator("table.executions")).to_contain_text(planning.id)
+
+    page.goto(url)
+    page.evaluate("window.__sameDocument = true")
+    procs.worker()  # runs them: 52 succeed, the planning one waits
+    # The list follows the store's changes without a reload.
+    expect(page.locator("#counts")).to_contain_text("succeeded 52", timeout=60_000)
+    expect(page.locator("#counts")).to_contain_text("waiting 1", timeout=60_000)
+    assert page.evaluate("window.__sameDocument") is True
+    page.goto(url)
+    page.locator("form.filters select[name=status]").select_option("waiting")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("table.executions tbody tr")).to_have_count(1)
+    expect(page.locator("table.executions")).to_contain_text("waits for plan")
+    expect(page.locator("#counts")).to_contain_text("succeeded 52")
+    browser.shot(page, "list-waiting")
+
+    page.get_by_label("Id").fill(planning.id[:-4])
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url(f"**/executions/{planning.id}")
+    expect(page.locator("h1")).to_contain_text(planning.id)
+    page.goto(f"{url}/?q=zzzz")
+    expect(page.locator(".notice")).to_contain_text("no execution zzzz")
+
+
+def test_pages_fit_a_phone_screen(
+    client: tether.Client, procs: Processes, browser: Browser
+) -> None:
+    handle = dashboard_flows.planning.enqueue("a long topic " * 8)
+    url = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+    page = browser.page(390, 844)
+    shown = {
+        "/": "phone-list",
+        "/waits": "phone-inbox",
+        f"/executions/{handle.id}": "phone-execution",
+        "/memory": "phone-memory",
+    }
+    for path, name in shown.items():
+        page.goto(f"{url}{path}")
+        expect(page.locator("main h1")).to_be_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width}px wide on a 390px screen"
+        if path.startswith("/executions"):  # the wait is answerable in place there too
+            expect(page.locator("form[data-wait='plan'] button", has_text="Send")).to_be_visible()
+        browser.shot(page, name)
+
+
+def _csrf_of(page_html: str) -> dict[str, Any]:
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page_html)
+    assert csrf is not None, page_html
+    return {"csrf": csrf.group(1)}
+
+
+def test_with_tokens_the_dashboard_needs_a_sign_in_and_forms_need_their_csrf_token(
+    client: tether.Client, procs: Processes, browser: Browser
+) -> None:
+    read = client.create_token("viewer", "read")
+    operate = client.create_token("manager", "operate")
+    handle = dashboard_flows.approval.enqueue("tokens")
+    url = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+
+    page = browser.page()
+    page.goto(f"{url}/waits")
+    page.wait_for_url("**/login?next=*")
+    page.get_by_label("Token").fill("tether_wrong")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("[role=alert]")).to_contain_text("unknown or revoked token")
+    page.get_by_label("Token").fill(read)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/waits")
+    expect(page.locator("article.wait")).to_contain_text("may only read")
+    expect(page.get_by_role("button", name="Approve")).to_have_count(0)
+
+    # A form posted without the session's CSRF token (as another site's page would) is
+    # refused, even with the session cookie.
+    with httpx.Client(base_url=url) as http:
+        login = http.get("/login")
+        http.post("/login", data={**_csrf_of(login.text), "token": operate})
+        refused = http.post(f"/waits/{handle.id}/approve", data={"value": "true"})
+        assert refused.status_code == 403 and "CSRF" in refused.text
+        forged = http.post(f"/waits/{handle.id}/approve", data={"value": "true", "csrf": "x"})
+        assert forged.status_code == 403
+    assert client.summary(handle.id).status == tether.Status.WAITING
+
+    page.get_by_role("button", name="Sign out").click()
+    page.goto(f"{url}/waits")
+    page.get_by_label("Token").fill(operate)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Approve").click()
+    page.wait_for_url(f"**/executions/{handle.id}?done=input")
+    assert tether.Client().handle(handle.id).result(timeout=60).startswith("published")
+    assert [w.resolved_by for w in client.get(handle.id).waits] == ["manager"]
+
+    # Revoking the token ends its sessions at once.
+    client.revoke_token("manager")
+    page.goto(f"{url}/")
+    page.wait_for_url("**/login?next=*")
+
+
+def test_replay_from_a_checkpoint_with_an_override_and_the_memory_browser(
+    client: tether.Client, procs: Processes, browser: Browser
+) -> None:
+    handle = dashboard_flows.approval.enqueue("owls")
+    url = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+    client.input(handle.id, "approve", True)
+    assert client.handle(handle.id).result(timeout=60) == "published a draft about owls"
+    tether.memory.set("style", {"voice": "<i>calm</i>"}, namespace="house")
+    tether.memory.set("style", {"voice": "bold"}, namespace="house")
+
+    page = browser.page()
+    page.goto(f"{url}/executions/{handle.id}")
+    replay = page.locator("#replay")
+    publish = next(c for c in client.get(handle.id).checkpoints if c.name == "publish")
+    replay.get_by_label("From").select_option(label=f"{display(publish.position)} publish")
+    replay.get_by_label("Overrides").fill("{not json")
+    replay.get_by_role("button", name="Replay").click()
+    expect(page.locator("#replay .field-error")).to_contain_text("not valid JSON")
+    page.locator("#replay").get_by_label("Overrides").fill('{"draft": "an edited draft"}')
+    page.locator("#replay").get_by_role("button", name="Replay").click()
+    page.wait_for_url(re.compile(r"/executions/[^/?]+\?done=replay$"))
+    new_id = page.url.rsplit("/", 1)[1].split("?")[0]
+    assert new_id != handle.id
+    expect(page.locator("#head")).to_contain_text(handle.id)  # replay lineage
+    expect(page.locator("#head")).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    assert client.get(new_id).result == "published an edited draft"
+    browser.shot(page, "replay")
+
+    page.goto(f"{url}/memory")
+    page.get_by_role("link", name="style").click()
+    expect(page.locator(".version")).to_have_count(2)
+    expect(page.locator(".version").first).to_contain_text("bold")
+    expect(page.locator(".version").last).to_contain_text("<i>calm</i>")
+    assert page.locator(".version i").count() == 0
+
+
+def test_cancel_from_the_execution_page(
+    client: tether.Client, procs: Processes, browser: Browser
+) -> None:
+    handle = dashboard_flows.approval.enqueue("to cancel")
+    url = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+    page = browser.page()
+    page.goto(f"{url}/executions/{handle.id[:-3]}")  # a unique start of the id is enough
+    expect(page.locator("#head")).to_have_attribute("data-status", "waiting")
+    page.locator("#head").get_by_role("button", name="Cancel").click()
+    page.wait_for_url(f"**/executions/{handle.id}?done=cancel")
+    expect(page.locator("#head")).to_have_attribute("data-status", "cancelled", timeout=60_000)
+    expect(page.locator("#head").get_by_role("button", name="Retry")).to_be_visible()
+    assert client.summary(handle.id).status == tether.Status.CANCELLED
+
+
+# --- without a browser: the forms' conversions and the pages' answers over plain HTTP ---------
+
+
+def test_schema_forms_follow_refs_optionals_and_enums() -> None:
+    from tether.server import _forms
+
+    schema = {
+        "$defs": {"Level": {"enum": [1, 2, 3], "title": "Level", "type": "integer"}},
+        "properties": {
+            "level": {"$ref": "#/$defs/Level"},
+            "tags": {"items": {"type": "string"}, "type": "array"},
+            "limit": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
+            "ok": {"type": "boolean"},
+        },
+        "required": ["level", "tags", "ok"],
+        "type": "object",
+    }
+    form = _forms.build(schema)
+    kinds = {f.path: (f.kind, f.required) for f in form.fields}
+    assert kinds == {
+        "value.level": ("enum", True),
+        "value.tags": ("json", True),
+        "value.limit": ("number", False),
+        "value.ok": ("boolean", True),
+    }
+    given = {"value.level": "2", "value.tags": '["a", "b"]', "value.limit": "", "value.ok": "true"}
+    value, errors = _forms.read(form, given)
+    assert (value, errors) == ({"level": 2, "tags": ["a", "b"], "ok": True}, {})
+    _, errors = _forms.read(
+        form, {"value.level": "", "value.tags": "[oops", "value.limit": "inf", "value.ok": "false"}
+    )
+    assert set(errors) == {"value.level", "value.tags", "value.limit"}
+    assert _forms.build(None).kind == "json"  # no schema: any JSON
+    assert _forms.path_of([]) == "value" and _forms.path_of(["a", 0]) == "value.a.0"
+
+
+def test_a_wait_answered_on_the_execution_page_shows_its_errors_there(
+    client: tether.Client, procs: Processes
+) -> None:
+    handle = dashboard_flows.planning.enqueue("errors in place")
+    url = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+    with httpx.Client(base_url=url) as http:
+        page = http.get(f"/executions/{handle.id}")
+        assert page.status_code == 200
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        form = {
+            **_csrf_of(page.text),
+            "back": "execution",
+            "value.title": "t",
+            "value.pages": "2",
+            "value.tone": '"loud"',
+        }
+        answered = http.post(f"/waits/{handle.id}/plan", data=form)
+        assert answered.status_code == 422
+        assert "Timeline" in answered.text  # the execution page, not the inbox
+        assert "Input should be &#39;formal&#39; or &#39;casual&#39;" in answered.text
+        # An answered wait says so instead of taking a second input (or, once the worker has
+        # run it to the end, the execution does).
+        form["value.tone"] = '"formal"'
+        assert http.post(f"/waits/{handle.id}/plan", data=form).status_code == 303
+        again = http.post(f"/waits/{handle.id}/plan", data=form)
+        assert again.status_code == 409
+        assert "already resolved" in again.text or "takes no more input" in again.text
+        missing = http.get("/executions/nope-nope")
+        assert missing.status_code == 404 and "no execution nope-nope" in missing.text
+    assert tether.Client().handle(handle.id).result(timeout=60) == "t: 2 pages, formal"

@@ -213,6 +213,10 @@ def test_a_second_send_before_delivery_is_refused(client: tether.Client) -> None
         client.send(handle.id, "paid", 2)
     with pytest.raises(tether.WaitNotFound, match="a value sent to it is kept"):
         client.input(handle.id, "paid", 2)
+    with pytest.raises(tether.UsageError, match="child flow"):
+        client.send(handle.id, "child:x", 2)
+    with pytest.raises(tether.ExecutionNotFound):
+        client.send("no-such-execution", "paid", 2)
     gate.set()
     assert handle.result(timeout=10) == "charged 1"
     with pytest.raises(tether.InvalidStateError, match="no more messages"):

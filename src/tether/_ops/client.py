@@ -489,6 +489,8 @@ class Client:
     ) -> MessageRecord:
         if not isinstance(name, str) or not name:
             raise UsageError(f"send() needs a wait's name (a non-empty string), not {name!r}")
+        if name.startswith("child:"):
+            raise UsageError(f"{name!r} names a wait for a child flow; it takes no input")
         row = self._row(execution_id)
         if Status(row.status).finished:
             raise InvalidStateError(_no_messages(execution_id, row.status))

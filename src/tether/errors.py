@@ -27,6 +27,7 @@ Exception
     ├── CheckpointTimeout           a checkpoint attempt ran past its timeout
     ├── Interrupted                 user code raised a BaseException (SystemExit, ...): a failure
     ├── CrashLoopError              the processes running an execution kept dying: given up
+    ├── CrashTestFailed             tether.testing.crash_test: a kill and resume changed the outcome
     ├── ExecutionNotFound           no execution has that id
     ├── ExecutionLocked             another live process holds the execution
     ├── InvalidStateError           the operation does not fit the execution's status
@@ -72,6 +73,7 @@ __all__ = [
     "ConfigurationError",
     "ControlSignal",
     "CrashLoopError",
+    "CrashTestFailed",
     "DivergenceError",
     "ExecutionCancelled",
     "ExecutionFailed",
@@ -325,6 +327,21 @@ class CrashLoopError(TetherError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.takeovers))
+
+
+class CrashTestFailed(TetherError):
+    """`tether.testing.crash_test` killed a flow at a checkpoint boundary, resumed it, and
+    it did not end as it does uninterrupted: `boundary` names where it was killed,
+    `difference` what differed, `report` (a `tether.testing.CrashReport`) every case tried."""
+
+    def __init__(self, message: str, boundary: str = "", difference: str = "", report: Any = None):
+        super().__init__(message)
+        self.boundary = boundary
+        self.difference = difference
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.boundary, self.difference, self.report))
 
 
 class ExecutionNotFound(TetherError, LookupError):

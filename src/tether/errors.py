@@ -34,6 +34,8 @@ Exception
     ├── WaitTimeout                 a wait's deadline passed with no input and no default
     ├── WaitNotFound                no pending wait of that name (or none at all)
     ├── WaitAlreadyResolved         the wait already has its input (another one won)
+    ├── MessageAlreadySent          a message sent to that wait is not delivered yet (one per wait)
+    ├── NotPublished                an execution that ended published no value under that key
     ├── InputValidationError        input does not match the wait's schema (has .errors)
     │   └── InputTooLarge           input over the size limit
     ├── BudgetExceeded              the next model call would go over the flow's Budget
@@ -87,8 +89,10 @@ __all__ = [
     "MemoryKeyError",
     "MemoryScopeError",
     "MemoryValidationError",
+    "MessageAlreadySent",
     "NotATetherStore",
     "NotInFlowError",
+    "NotPublished",
     "PickleRefused",
     "Released",
     "ResultTimeout",
@@ -390,6 +394,16 @@ class WaitNotFound(TetherError, LookupError):
 
 class WaitAlreadyResolved(TetherError):
     """The wait already has its input (or timed out): the other input won."""
+
+
+class MessageAlreadySent(TetherError):
+    """`Client.send()` to a wait that has a message sent to it and not yet delivered: one
+    message per wait (wait names are unique per execution)."""
+
+
+class NotPublished(TetherError, LookupError):
+    """`Client.get_published()`: the execution has ended without publishing a value under
+    that key (`tether.publish`), so none will come."""
 
 
 class InputValidationError(TetherError, ValueError):

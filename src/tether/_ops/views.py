@@ -10,6 +10,7 @@ shown as people write them (`display`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from .._runtime.records import (
     Event,
     ExecutionRecord,
     LogRecord,
+    MessageRecord,
     WaitRecord,
 )
 from .._spend import usage as _usage
@@ -120,8 +122,31 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         warnings=warnings(record),
         events=[event_json(e) for e in record.events],
         children=[execution_json(c) for c in record.children],
+        messages=[message_json(m) for m in record.messages],
+        published={
+            key: plain(functools.partial(_result, cp), cp.result_json)
+            for key, cp in record.published_calls.items()
+        },
     )
     return data
+
+
+def _result(cp: CheckpointRecord) -> Any:
+    return cp.result
+
+
+def message_json(message: MessageRecord) -> dict[str, Any]:
+    """A message sent to a wait (`Client.send`), as plain data."""
+    return {
+        "execution_id": message.execution_id,
+        "name": message.name,
+        "status": message.status,
+        "value": plain(lambda: message.value, message.value_json),
+        "sent_by": message.sent_by,
+        "sent_at": iso(message.sent_at),
+        "delivered_at": iso(message.delivered_at),
+        "error": message.error,
+    }
 
 
 def warnings(record: ExecutionRecord) -> list[str]:

@@ -707,6 +707,53 @@ def waits_command(
         say("No pending waits.")
 
 
+@executions_app.command("send", cls=Command)
+def send_command(
+    execution_id: Annotated[str, typer.Argument(metavar="ID", help="The execution.")],
+    wait: Annotated[
+        str, typer.Argument(metavar="NAME", help="The wait's name (as the flow's tether.wait).")
+    ],
+    value: Annotated[
+        str,
+        typer.Option(
+            "--value",
+            metavar="JSON",
+            help="The value, as JSON: true, 3, '\"a string\"', '{\"k\": 1}'; `-` reads it "
+            "from stdin, `@FILE` from a file (a string starting with @ in JSON quotes: "
+            "'\"@ada\"').",
+            show_default=False,
+        ),
+    ],
+    by: Annotated[str | None, typer.Option(metavar="NAME", help="Who sends it (recorded).")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send a value to a wait, whether the flow waits there now or reaches it later (a
+    callback that may come before the flow asks for it). A pending wait gets it at once;
+    otherwise it is kept, and validated against the wait's schema when the flow gets there
+    (a value that does not match is shown as rejected by `get`). One message per wait.
+
+    Example: `tether executions send ID paid --value '{"amount": 1200}'`.
+    """
+    unchanged = "Nothing was sent."
+    limit = settings().max_input_bytes
+    text = value_text(value, option="--value", unchanged=unchanged, limit=limit)
+    json_value(text, option="--value", unchanged=unchanged, given=value)
+    with cli_errors():
+        client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
+        record = client.send_json(execution_id, wait, text, by=by or who())
+    if as_json:
+        dump(views.message_json(record))
+        return
+    line = Text("Input given to wait " if record.status == "delivered" else "Sent to wait ")
+    line.append(record.name, style="bold")
+    line.append(f" of {record.execution_id}")
+    if record.status != "delivered":
+        line.append("; it is delivered when the flow reaches that wait")
+    out.print(line.append("."))
+
+
 @executions_app.command("input", cls=Command)
 def input_command(
     execution_id: Annotated[str, typer.Argument(metavar="ID", help="The execution that waits.")],

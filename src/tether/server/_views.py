@@ -25,6 +25,7 @@ from .._runtime.records import (
     Event,
     ExecutionRecord,
     LogRecord,
+    MessageRecord,
     WaitRecord,
 )
 from .._spend import usage as _usage
@@ -104,8 +105,26 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         events=[event_json(e) for e in record.events],
         children=[execution_json(c) for c in record.children],
         lineage={"parent_id": record.parent_id, "replay_of": record.replay_of},
+        messages=[message_json(m) for m in record.messages],
+        published={
+            key: _serde.to_data(cp.result_json) for key, cp in record.published_calls.items()
+        },
     )
     return shown
+
+
+def message_json(m: MessageRecord) -> dict[str, Any]:
+    """A message sent to a wait (`Client.send`): `sent`, `delivered` or `rejected`."""
+    return {
+        "execution_id": m.execution_id,
+        "name": m.name,
+        "status": m.status,
+        "value": _serde.to_data(m.value_json),
+        "sent_by": m.sent_by,
+        "sent_at": iso(m.sent_at),
+        "delivered_at": iso(m.delivered_at),
+        "error": m.error,
+    }
 
 
 def _running(record: ExecutionRecord) -> list[dict[str, Any]]:

@@ -109,6 +109,8 @@ class Settings:
     # How long a SQLite connection waits for another one's write lock before StoreBusy.
     busy_timeout: float = 60.0
     executor: bool = True
+    # A process that runs executions takes over the stranded ones of the flows it loaded.
+    adopt: bool = True
     max_input_bytes: int = 16 * 1024 * 1024
     clock: Callable[[], float] = time.time
     # The model `tether.llm` uses when given none (`TETHER_MODEL`), and user-given prices.
@@ -123,6 +125,7 @@ _OFF = {"0", "off", "false", "no"}
 
 def _from_env() -> Settings:
     executor = os.environ.get("TETHER_EXECUTOR", "on").strip().lower() not in _OFF
+    adopt = os.environ.get("TETHER_ADOPT", "on").strip().lower() not in _OFF
     db, origin = (
         (os.environ["TETHER_DB"], "$TETHER_DB") if os.environ.get("TETHER_DB") else find_store()
     )
@@ -130,6 +133,7 @@ def _from_env() -> Settings:
         db=db,
         db_origin=origin,
         executor=executor,
+        adopt=adopt,
         model=os.environ.get("TETHER_MODEL") or None,
         secret=os.environ.get("TETHER_SECRET", "").encode() or None,
     )
@@ -184,6 +188,7 @@ def configure(
     crash_loop_backoff: float | _Unset = UNSET,
     busy_timeout: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
+    adopt: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
     clock: Callable[[], float] | _Unset = UNSET,
     model: str | _Unset | None = UNSET,
@@ -228,6 +233,11 @@ def configure(
       Applies to stores opened after it is set.
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
       and operates executions but never runs one; `tether worker` processes do.
+    - `adopt`: a process that runs executions (its first `run()` or `resume()`, or
+      `tether.launch()`) takes over, from then on while it lives, the stranded executions
+      of the flows it loaded: those whose process died or whose lease ran out, and those
+      whose input or child arrived after the process that parked them died (default True;
+      `TETHER_ADOPT=off` turns it off). Executions queued for workers are left to them.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
     - `clock`: the time source for wait deadlines and timers (tests inject a fake one).
     - `model`: the model `tether.llm()` calls when it is given none, as Pydantic AI names it
@@ -250,6 +260,7 @@ def configure(
         ("crash_loop_backoff", crash_loop_backoff),
         ("busy_timeout", busy_timeout),
         ("executor", executor),
+        ("adopt", adopt),
         ("max_input_bytes", max_input_bytes),
         ("clock", clock),
         ("model", model),

@@ -111,14 +111,14 @@ class Follower:
             self.done.add(execution_id)
             return None
         status = Status(row.status)
-        if row.owner == self.runner.owner and not status.finished:
-            return _BUSY  # claimed here a moment ago (the waker, a round before): held next
         if status.finished:
             self.done.add(execution_id)
             if row.parent_id is not None:
                 self._track(row.parent_id)  # its end may have made the parent runnable
             return None
         now, due = time.time(), settings().clock()
+        if row.owner == self.runner.owner and (row.lease_expires or 0.0) >= now:
+            return _BUSY  # claimed here a moment ago (by the waker): held here next
         if status is Status.RUNNING:
             if not self.runner.owner_gone(row.owner, row.lease_expires, now):
                 return Left(execution_id, status, f"runs in {self.describe(row.owner or '')}")

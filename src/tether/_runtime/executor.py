@@ -52,8 +52,8 @@ _MAINTAIN_BEATS = 10
 # Rows a waker round reads per scanned branch (see Store.scan_runnable): a round's work is
 # bounded, and a scan that goes on where the last round stopped reaches every runnable row.
 _SCAN_PAGE = 500
-# Every this many waker rounds: executions held by dead processes of this host are adopted
-# (one query for the leases of the host), and parked ones that ended elsewhere forgotten.
+# Every this many waker rounds: stranded executions are looked for (adoption), and parked
+# ones that ended elsewhere forgotten.
 _ADOPT_ROUNDS = 5
 _FORGET_ROUNDS = 25
 # At exit, executions adopted here are asked to hand themselves back for this long.
@@ -553,15 +553,17 @@ class Executor:
             self._adopting[id(store)] = store
             if not self._exit_hook:
                 self._exit_hook = True
-                atexit.register(self._hand_back_adopted)
+                atexit.register(self._hand_back_adopted, os.getpid())
         self._ensure_waker()
         self._poke.set()
 
-    def _hand_back_adopted(self) -> None:
+    def _hand_back_adopted(self, pid: int) -> None:
         """At exit: ask the executions adopted here to hand themselves back at their next
         boundary (briefly), noting that this process parked them, so the next process of the
         app adopts them again without counting this exit as a crash. What is still running
         after the grace is left to its lease (a takeover then counts, as for a crash)."""
+        if pid != os.getpid():
+            return  # a forked child: it holds none of these (its parent does)
         self._stopping.set()
         with self._lock:
             keys = [key for key in self._adopted if key in self._held]
@@ -710,14 +712,21 @@ class Executor:
         read by a keyset scan that goes on, round after round, from where it stopped (a page
         at most per round), so a round costs O(page) whatever the store holds, and no row
         waits behind older ones for longer than the rounds it takes to pass them."""
-        adopting = self.parking and id(store) in self._adopting and settings().adopt
-        if not parked and not adopting:
-            return
-        scan = self._scans.setdefault(id(store), ScanState())
         now, due = time.time(), settings().clock()
         # Input given in this process: claimed by id at once, before any scan.
         for execution_id in woken:
             self._take(store, execution_id, now, due)
+        # Adoption looks every few rounds (an idle application pays a few reads a second);
+        # executions parked here are looked for every round.
+        adopting = (
+            rounds % _ADOPT_ROUNDS == 1
+            and self.parking
+            and id(store) in self._adopting
+            and settings().adopt
+        )
+        if not parked and not adopting:
+            return
+        scan = self._scans.setdefault(id(store), ScanState())
         branches = ("queued", "due", "expired") if adopting else ("queued", "due")
         lease = settings().lease_seconds
         for branch in branches:
@@ -736,7 +745,7 @@ class Executor:
                     )
                 ):
                     self._take(store, row.id, now, due, adopted=row.id not in parked)
-        if adopting and rounds % _ADOPT_ROUNDS == 1:
+        if adopting:
             # Dead processes of this host still have live leases: their pids tell at once.
             for execution_id, token in self.take_over_dead(
                 store, now, flow_loaded, limit=_SCAN_PAGE

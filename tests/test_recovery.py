@@ -250,3 +250,19 @@ def test_the_waker_finds_input_behind_more_than_a_thousand_older_runnable_execut
     given = run_cli(client.db, "executions", "input", handle.id, "--value", "true")
     assert given.returncode == 0, given.stderr
     assert handle.result(timeout=30) == "yes"
+
+
+def test_adoption_is_a_setting_and_launch_needs_an_executor(db_url: str) -> None:
+    shown = run_child(
+        "import tether\n"
+        "from tether._core.config import settings\n"
+        "print(settings().adopt)\n"
+        "tether.configure(adopt=True)\n"
+        "print(settings().adopt)\n",
+        db_url,
+        TETHER_ADOPT="off",
+    )
+    assert shown.stdout.split() == ["False", "True"], shown.stderr
+    tether.configure(executor=False)
+    with pytest.raises(tether.ConfigurationError, match="client-only"):
+        tether.launch()

@@ -22,6 +22,8 @@ from ..store import ExecutionRow, Store
 # How long a round waits for an execution of this process to end or park before looking again.
 _ROUND_SECONDS = 0.1
 _CHILD = "child:"
+# Rounds in a row a queued execution nobody holds may fail to be claimed before it is left.
+_MAX_MISSES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class Follower:
         self.tracked: dict[str, None] = dict.fromkeys(resumed)
         self.resumed: list[str] = list(resumed)
         self.done: set[str] = set()
+        self.misses: dict[str, int] = {}  # failed claims of a queued execution, in a row
 
     def run(self) -> list[Left]:
         while True:
@@ -147,7 +150,15 @@ class Follower:
                     execution_id, status,
                     f"pauses after a crash loop until {when}; a worker or `recover` runs it then",
                 )  # fmt: skip
-            return _BUSY  # another process just took it: the next round says who
+            # Another process just took it (the next round says who), or its queue is at its
+            # limit: after a few rounds, it is left to whoever may run it.
+            self.misses[execution_id] = misses = self.misses.get(execution_id, 0) + 1
+            if misses >= _MAX_MISSES:
+                return Left(
+                    execution_id, status, "is queued and cannot be claimed here now (its "
+                    "queue is at its limit); a worker or `recover` runs it when it can",
+                )  # fmt: skip
+            return _BUSY
         # Waiting: on a timer, on input, or on child flows.
         due_now = row.wake_at is not None and row.wake_at <= due
         if due_now and self.loaded(row) and self._claim(execution_id, now, due):
@@ -171,6 +182,7 @@ class Follower:
         taken = self.store.claim_runnable(claim, now=now, due=due, ids=[execution_id])
         if taken is None:
             return False
+        self.misses.pop(execution_id, None)
         self._start(execution_id, claim.token, taken)
         return True
 

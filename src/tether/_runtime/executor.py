@@ -5,7 +5,9 @@ the process's shared event loop (`loop.py`; `max_async` at once). Each execution
 this process has a lease in the store (owner id, token, expiry). A heartbeat thread
 extends the leases and picks up cancel requests made from other processes. Owner ids name
 the host and pid, so a process on the same host can tell at once that an owner was
-killed, instead of waiting for its lease to run out.
+killed, instead of waiting for its lease to run out. A waker thread resumes the executions
+parked here when they become runnable and, in an application's process (not a worker's),
+adopts the stranded executions of the flows it loaded (adoption.py; `launch()`).
 """
 
 from __future__ import annotations

@@ -103,6 +103,20 @@ def test_recover_says_what_it_leaves_and_why(
     assert left.reason == "waits for input 'approve'"
 
 
+def test_the_recover_command_lists_what_it_leaves(client: tether.Client, tmp_path: Path) -> None:
+    charges = tmp_path / "charges"
+    charges.mkdir()
+    crashed = run_child(START, client.db, "ask", "1", KILL_AFTER_COMMITS="1", CHARGES=str(charges))
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    (execution,) = client.list()
+    recovered = run_cli(
+        client.db, "executions", "recover", "--import", "recovery_flows", CHARGES=str(charges)
+    )
+    assert recovered.returncode == 0, recovered.stderr
+    assert f"left {execution.id} (waiting): it waits for input 'approve'" in recovered.stderr
+    assert client.get(execution.id).status is Status.WAITING
+
+
 APP = textwrap.dedent(
     """
     import sys, threading, tether, recovery_flows

@@ -214,10 +214,6 @@ def test_leases_stop_being_renewed_when_the_loop_thread_ends_or_hangs(
     ids = holder.stdout.readline().split()
     assert len(ids) == 5, holder.stderr.read() if holder.stderr else ""
 
-    # Taken over by `resume` only: an adopting process would also take the execution that
-    # blocks the loop, and block its own.
-    tether.configure(adopt=False)
-
     def taken_over(execution_id: str) -> bool:
         try:
             client.resume(execution_id)

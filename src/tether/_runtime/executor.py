@@ -555,18 +555,28 @@ class Executor:
             self._adopting[id(store)] = store
             if not self._exit_hook:
                 self._exit_hook = True
-                atexit.register(self._hand_back_adopted, os.getpid())
+                atexit.register(self._at_exit, os.getpid())
         self._ensure_waker()
         self._poke.set()
 
-    def _hand_back_adopted(self, pid: int) -> None:
-        """At exit: ask the executions adopted here to hand themselves back at their next
-        boundary (briefly), noting that this process parked them, so the next process of the
-        app adopts them again without counting this exit as a crash. What is still running
-        after the grace is left to its lease (a takeover then counts, as for a crash)."""
+    def _at_exit(self, pid: int) -> None:
+        """Hand back what was adopted, then end the waker and the heartbeat: their SQLite
+        connections close with their threads, so the store's own close at exit (registered
+        before this, so run after it) closes the last one and removes the WAL."""
         if pid != os.getpid():
             return  # a forked child: it holds none of these (its parent does)
+        self._hand_back_adopted()
         self._stopping.set()
+        self._poke.set()
+        for thread in (self._waker, self._heartbeat):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=1.0)
+
+    def _hand_back_adopted(self) -> None:
+        """Ask the executions adopted here to hand themselves back at their next boundary
+        (briefly), noting that this process parked them, so the next process of the app
+        adopts them again without counting this exit as a crash. What is still running
+        after the grace is left to its lease (a takeover then counts, as for a crash)."""
         with self._lock:
             keys = [key for key in self._adopted if key in self._held]
             runs = [run for key in keys for run in self._held[key].runs]

@@ -37,7 +37,11 @@ def db_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     else:
         url = f"sqlite:///{tmp_path / 'tether.db'}"
     _config.reset()
-    tether.configure(db=url)
+    # The test process plays the operator (resume, recover, input) beside the processes it
+    # starts and kills: it adopts no stranded execution unless a test turns adoption on, so
+    # that what it resumes is what the test asked for. Child processes adopt as any
+    # application does (tests/test_recovery.py).
+    tether.configure(db=url, adopt=False)
     yield url
     _config.reset()
 

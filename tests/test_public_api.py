@@ -28,6 +28,8 @@ PUBLIC = {
     "LogRecord",
     # queues and the fleet
     "Queue", "Starter", "StoreUnavailable", "in_flow",
+    # a restarted application adopts its stranded executions
+    "launch",
     # store faults, classified (transient ones are StoreUnavailable)
     "CommitUnknown", "StoreBusy", "StoreCorrupt", "StoreFull", "StoreReadOnly",
     # model calls: usage, cost, budgets

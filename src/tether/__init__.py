@@ -36,6 +36,7 @@ from ._core.serde import StoredValue
 from ._core.status import CheckpointStatus, Status
 from ._core.waits import sleep, wait
 from ._ops.client import Client
+from ._runtime.executor import launch
 from ._runtime.flow import Flow, Starter, flow
 from ._runtime.handle import Handle
 from ._runtime.queues import Queue
@@ -157,6 +158,7 @@ __all__ = [
     "errors",
     "flow",
     "in_flow",
+    "launch",
     "llm",
     "llm_async",
     "log",

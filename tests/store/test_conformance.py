@@ -476,6 +476,30 @@ def test_takeovers_without_progress_are_counted_and_progress_starts_the_count_ag
     assert get(store, "e1").takeovers == 0
 
 
+def test_scan_runnable_pages_each_branch_by_its_key_and_reaches_every_row(store: Store) -> None:
+    # Queued rows with equal creation times: the id breaks the tie, so no row is skipped.
+    for i in range(5):
+        store.create_execution(execution(f"q{i}", created_at=T0 + (i // 2)))
+    start(store, "run-live", token="tok-a", expires=T0 + 100)
+    start(store, "run-dead", token="tok-b", expires=T0 + 2)
+    seen: list[str] = []
+    after = None
+    while True:
+        page = store.scan_runnable("queued", after=after, now=T0 + 5, due=T0 + 5, limit=2)
+        seen += [r.id for r in page]
+        if len(page) < 2:
+            break
+        after = (page[-1].created_at, page[-1].id)
+    assert seen == ["q0", "q1", "q2", "q3", "q4"]
+    expired = store.scan_runnable("expired", after=None, now=T0 + 5, due=T0 + 5, limit=10)
+    assert [r.id for r in expired] == ["run-dead"]
+    assert store.scan_runnable("due", after=None, now=T0 + 5, due=T0 + 5, limit=10) == []
+    assert store.execution_states(["q0", "run-live", "nope"]) == {
+        "q0": ("queued", None),
+        "run-live": ("running", "host:1:a"),
+    }
+
+
 def test_a_queued_execution_is_not_claimed_before_its_not_before(store: Store) -> None:
     start(store, "e1", token="tok-1")
     store.create_execution(execution("e2", created_at=T0 + 1))

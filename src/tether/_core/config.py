@@ -116,6 +116,8 @@ class Settings:
     executor: bool = True
     # The process only reads: stores open read-only (see configure()).
     readonly: bool = False
+    # A process that runs executions takes over the stranded ones of the flows it loaded.
+    adopt: bool = True
     max_input_bytes: int = 16 * 1024 * 1024
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     clock: Callable[[], float] = time.time
@@ -137,6 +139,7 @@ _OFF = {"0", "off", "false", "no"}
 
 def _from_env() -> Settings:
     executor = os.environ.get("TETHER_EXECUTOR", "on").strip().lower() not in _OFF
+    adopt = os.environ.get("TETHER_ADOPT", "on").strip().lower() not in _OFF
     db, origin = (
         (os.environ["TETHER_DB"], "$TETHER_DB") if os.environ.get("TETHER_DB") else find_store()
     )
@@ -144,6 +147,7 @@ def _from_env() -> Settings:
         db=db,
         db_origin=origin,
         executor=executor,
+        adopt=adopt,
         model=os.environ.get("TETHER_MODEL") or None,
         secret=os.environ.get("TETHER_SECRET", "").encode() or None,
     )
@@ -213,6 +217,7 @@ def configure(
     busy_timeout: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
     readonly: bool | _Unset = UNSET,
+    adopt: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
     max_value_bytes: int | _Unset = UNSET,
     clock: Callable[[], float] | _Unset = UNSET,
@@ -262,6 +267,11 @@ def configure(
       opened read-only (no migration, no journal switch, nothing created; a database on
       read-only media or a PostgreSQL role that may only SELECT works), and a write raises
       `tether.errors.StoreOpenedReadOnly`. `Client(readonly=True)` does this for one client.
+    - `adopt`: a process that runs executions (its first `run()` or `resume()`, or
+      `tether.launch()`) takes over, from then on while it lives, the stranded executions
+      of the flows it loaded: those whose process died or whose lease ran out, and those
+      whose input or child arrived after the process that parked them died (default True;
+      `TETHER_ADOPT=off` turns it off). Executions queued for workers are left to them.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
     - `max_value_bytes`: the largest value stored, as its JSON: a checkpoint or flow result,
       flow arguments, wait input, a memory value (default 16 MiB; `TETHER_MAX_VALUE_BYTES`;
@@ -289,6 +299,7 @@ def configure(
         ("busy_timeout", busy_timeout),
         ("executor", executor),
         ("readonly", readonly),
+        ("adopt", adopt),
         ("max_input_bytes", max_input_bytes),
         ("max_value_bytes", max_value_bytes),
         ("clock", clock),

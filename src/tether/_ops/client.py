@@ -22,8 +22,9 @@ from .._core.config import settings, store_for
 from .._core.positions import sort_key
 from .._core.status import Status
 from .._runtime import replay as _replay
+from .._runtime.adoption import SUSPEND_EVENT
 from .._runtime.engine import Runnable, load_flow
-from .._runtime.executor import SUSPEND_EVENT, executor, host_prefix
+from .._runtime.executor import executor, host_prefix
 from .._runtime.handle import Handle, stored_execution
 from .._runtime.records import (
     OUTPUT_KINDS,
@@ -60,6 +61,7 @@ from ..store import (
     redact,
 )
 from . import tokens as _tokens
+from .recovery import Follower, Left
 from .tokens import TokenInfo
 
 
@@ -76,12 +78,20 @@ class Skipped:
 
 
 class Recovered(builtins.list[str]):
-    """What `Client.recover()` returns: the ids it resumed (a list), and in `skipped` the
-    executions it left alone because their flows are not loaded here."""
+    """What `Client.recover()` returns: the ids it resumed (a list); in `skipped` the
+    executions it left alone because their flows are not loaded here; in `left` those of the
+    executions it followed that are not finished, each with why (a `Left`:
+    `execution_id`, `status`, `reason`): input, a timer, or a live process they wait on."""
 
-    def __init__(self, ids: Iterable[str] = (), skipped: Iterable[Skipped] = ()) -> None:
+    def __init__(
+        self,
+        ids: Iterable[str] = (),
+        skipped: Iterable[Skipped] = (),
+        left: Iterable[Left] = (),
+    ) -> None:
         super().__init__(ids)
         self.skipped: builtins.list[Skipped] = builtins.list(skipped)
+        self.left: builtins.list[Left] = builtins.list(left)
 
 
 _TAKEABLE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
@@ -368,7 +378,7 @@ class Client:
             EventRow(execution_id, wait.position, time.time(), "info", "input",
                      f"input given to wait {wait.name!r}" + (f" by {by}" if by else ""))
         )  # fmt: skip
-        executor().poke()
+        executor().poke(execution_id)
         wait.status, wait.value, wait.resolved_by, wait.resolved_at = "resolved", text, by, now
         return WaitRecord.from_row(wait, row.flow)
 
@@ -591,12 +601,20 @@ class Client:
             raise ExecutionNotFound(f"no execution {execution_id} in {redact(self._store.url)}")
         return Status(status)
 
-    def recover(self) -> Recovered:
+    def recover(self, *, wait: bool = True) -> Recovered:
         """Resume in this process every execution that should be running and is not: its
         owner died or its lease expired, it is queued with nobody on it, or its input or
-        timer arrived. Returns the ids resumed (a list); its `skipped` lists the executions
-        left alone because their flow is not loaded in this process, each with the flag that
-        would load it. (A `tether worker` does this continuously.)
+        timer arrived; then follow them to the end. Returns the ids resumed (a list); its
+        `skipped` lists the executions left alone because their flow is not loaded in this
+        process, each with the flag that would load it. (A `tether worker` does this
+        continuously.)
+
+        With `wait` (the default) it returns once the executions it resumed, and the
+        parents they unblock (a child's end makes its waiting parent runnable), are finished
+        or wait on something outside this process: input, a timer, a live process. Those
+        are in `left`, each with the reason. `wait=False` returns at once; they run on in
+        this process. A client-only process (`executor=False`) queues them for the workers
+        and returns at once.
         """
         runner = executor()
         now, due = time.time(), settings().clock()
@@ -623,7 +641,12 @@ class Client:
                 taken.append((row.id, claim.token))
         for execution_id, token in taken:
             self._run_or_requeue(execution_id, token, now)
-        return Recovered((execution_id for execution_id, _ in taken), skipped.values())
+        resumed = [execution_id for execution_id, _ in taken]
+        if not wait or not settings().executor:
+            return Recovered(resumed, skipped.values())
+        follower = Follower(self._store, runner, resumed, loaded, _process_words)
+        left = follower.run()
+        return Recovered(follower.resumed, skipped.values(), left)
 
     def retry(self, execution_id: str) -> Handle[Any]:
         """Run a failed execution again, same id: recorded results are reused; the failed

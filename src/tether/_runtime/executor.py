@@ -5,12 +5,15 @@ the process's shared event loop (`loop.py`; `max_async` at once). Each execution
 this process has a lease in the store (owner id, token, expiry). A heartbeat thread
 extends the leases and picks up cancel requests made from other processes. Owner ids name
 the host and pid, so a process on the same host can tell at once that an owner was
-killed, instead of waiting for its lease to run out.
+killed, instead of waiting for its lease to run out. A waker thread resumes the executions
+parked here when they become runnable and, in an application's process (not a worker's),
+adopts the stranded executions of the flows it loaded (adoption.py; `launch()`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import logging
@@ -22,14 +25,23 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .._core import imports as _imports
 from .._core import serde as _serde
-from .._core.config import settings
+from .._core.config import settings, store_for
 from .._core.context import Run
 from .._core.positions import sort_key
 from .._core.status import Status
-from ..errors import StoreCorrupt, StoreUnavailable
+from ..errors import ConfigurationError, StoreCorrupt, StoreUnavailable
 from ..store import Claim, EventRow, ExecutionRow, Store
 from . import engine as _engine
+from .adoption import (
+    HANDBACK_EVENT,
+    SUSPEND_EVENT,
+    ScanState,
+    flow_loaded,
+    note_data,
+    scan_key,
+)
 from .engine import Runnable, load_flow
 from .loop import SharedLoop, shared_loop
 
@@ -39,7 +51,15 @@ _HEARTBEAT_SECONDS = 1.0
 # How often parked executions are checked for input from other processes and due timers.
 _WAKER_SECONDS = 0.2
 _MAINTAIN_BEATS = 10
-_RUNNABLE_BATCH = 1000
+# Rows a waker round reads per scanned branch (see Store.scan_runnable): a round's work is
+# bounded, and a scan that goes on where the last round stopped reaches every runnable row.
+_SCAN_PAGE = 500
+# Every this many waker rounds: stranded executions are looked for (adoption), and parked
+# ones that ended elsewhere forgotten.
+_ADOPT_ROUNDS = 5
+_FORGET_ROUNDS = 25
+# At exit, executions adopted here are asked to hand themselves back for this long.
+_EXIT_GRACE_SECONDS = 2.0
 # A failure repeated (a store down for a while) is logged once per this many seconds.
 _COMPLAIN_SECONDS = 30.0
 # Executions that an internal error (not a store fault) threw out of their task this many
@@ -47,8 +67,6 @@ _COMPLAIN_SECONDS = 30.0
 _MAX_ESCAPES = 3
 
 _HOST = socket.gethostname()
-# The event that says which process will continue a suspended execution (Client.continuation).
-SUSPEND_EVENT = "suspend"
 
 # Outcomes after which this process remembers the execution and runs it again once it is
 # runnable: a wait's input or timer, or the end of a crash loop's pause.
@@ -159,6 +177,14 @@ class Executor:
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
         self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
+        # Stores whose stranded executions this process adopts (see adoption.py), the state
+        # of the waker's scans per store, executions given input in this process (claimed
+        # at once), and what was adopted (handed back at exit).
+        self._adopting: dict[int, Store] = {}
+        self._scans: dict[int, ScanState] = {}
+        self._woken: set[str] = set()
+        self._adopted: set[tuple[int, str]] = set()
+        self._exit_hook = False
 
     def claim(self) -> Claim:
         return Claim(self.owner, new_token(), time.time() + settings().lease_seconds)
@@ -228,7 +254,10 @@ class Executor:
         with self._lock:
             self._held[(id(store), execution_id)] = held
             self._parked.pop((id(store), execution_id), None)
+            adopt = self.parking and id(store) not in self._adopting
         self._ensure_heartbeat()
+        if adopt:
+            self.adopt_from(store)
         self._dispatch(held, execution_id, flow, claimed, row)
 
     def _dispatch(
@@ -383,6 +412,7 @@ class Executor:
             # thread may have claimed it again and hold it under this key now.
             if self._held.get(key) is held:
                 del self._held[key]
+                self._adopted.discard(key)
             if outcome in _PARKED and self.parking and key not in self._held:
                 self._parked[key] = store
             if outcome is _engine.Outcome.FAULTED and key not in self._held:
@@ -504,9 +534,74 @@ class Executor:
         with self._freed:
             self._freed.wait(timeout)
 
-    def poke(self) -> None:
-        """Input was given or a timer changed in this process: look at parked executions now."""
+    def poke(self, execution_id: str | None = None) -> None:
+        """Input was given (to `execution_id`) or a timer changed in this process: look at
+        parked executions now."""
+        if execution_id is not None:
+            with self._lock:
+                self._woken.add(execution_id)
         self._poke.set()
+
+    def adopt_from(self, store: Store) -> None:
+        """From now on, while this process lives, take over the stranded executions in
+        `store` of the flows loaded here (see adoption.py), unless `adopt` is off or this
+        executor belongs to a worker (which claims everything itself)."""
+        current = settings()
+        if not (current.adopt and current.executor and self.parking):
+            return
+        with self._lock:
+            if id(store) in self._adopting:
+                return
+            self._adopting[id(store)] = store
+            if not self._exit_hook:
+                self._exit_hook = True
+                atexit.register(self._at_exit, os.getpid())
+        self._ensure_waker()
+        self._poke.set()
+
+    def _at_exit(self, pid: int) -> None:
+        """Hand back what was adopted, then end the waker and the heartbeat: their SQLite
+        connections close with their threads, so the store's own close at exit (registered
+        before this, so run after it) closes the last one and removes the WAL."""
+        if pid != os.getpid():
+            return  # a forked child: it holds none of these (its parent does)
+        self._hand_back_adopted()
+        self._stopping.set()
+        self._poke.set()
+        for thread in (self._waker, self._heartbeat):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=1.0)
+
+    def _hand_back_adopted(self) -> None:
+        """Ask the executions adopted here to hand themselves back at their next boundary
+        (briefly), noting that this process parked them, so the next process of the app
+        adopts them again without counting this exit as a crash. What is still running
+        after the grace is left to its lease (a takeover then counts, as for a crash)."""
+        with self._lock:
+            keys = [key for key in self._adopted if key in self._held]
+            runs = [run for key in keys for run in self._held[key].runs]
+        if not keys:
+            return
+        for run in runs:
+            run.release_event.set()
+        deadline = time.monotonic() + _EXIT_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(key in self._held for key in keys):
+                    break
+            self.wait_for_free(0.05)
+        with self._lock:
+            stores = dict(self._adopting)
+            released = [key for key in keys if key not in self._held]
+        for store_key, execution_id in released:
+            store = stores.get(store_key)
+            if store is None or store.closed:
+                continue
+            with contextlib.suppress(Exception):  # advisory, as the suspend note
+                store.add_event(
+                    EventRow(execution_id, None, time.time(), "info", HANDBACK_EVENT,
+                             f"handed back by {self.owner} at exit", note_data(self.owner))
+                )  # fmt: skip
 
     # --- parked executions ----------------------------------------------------------------
 
@@ -532,24 +627,29 @@ class Executor:
         if self._faulted:
             self._release_faulted()
         with self._lock:
-            by_store: dict[int, tuple[Store, list[str]]] = {}
+            by_store: dict[int, tuple[Store, set[str]]] = {
+                key: (store, set()) for key, store in self._adopting.items()
+            }
             for (key, execution_id), store in self._parked.items():
-                by_store.setdefault(key, (store, []))[1].append(execution_id)
-        for store, ids in by_store.values():
+                by_store.setdefault(key, (store, set()))[1].add(execution_id)
+            woken, self._woken = self._woken, set()
+        for key, (store, ids) in by_store.items():
             if store.closed:
                 with self._lock:
                     for execution_id in ids:
-                        self._parked.pop((id(store), execution_id), None)
+                        self._parked.pop((key, execution_id), None)
+                    self._adopting.pop(key, None)
+                    self._scans.pop(key, None)
                 continue
             try:
-                self._resume_parked(store, ids, forget_finished=rounds % 25 == 0)
+                self._scan_store(store, ids, woken & ids, rounds)
             except Exception as exc:
                 # A busy or unavailable database: the next round tries again.
                 self._complain(
                     "waker",
-                    "cannot look at %d parked execution(s) (%s...): %s; trying again",
+                    "cannot look for runnable executions (%d parked here: %s...): %s; trying again",
                     len(ids),
-                    ", ".join(ids[:3]),
+                    ", ".join(sorted(ids)[:3]),
                     _describe(exc),
                 )
 
@@ -618,25 +718,87 @@ class Executor:
                     self._parked[key] = store
                 self._changed.notify_all()
 
-    def _resume_parked(self, store: Store, ids: list[str], *, forget_finished: bool) -> None:
-        # One indexed query for what is runnable at all, then claims for the ones parked
-        # here: cheaper than a claim query listing every parked id, of which few are due.
+    def _scan_store(self, store: Store, parked: set[str], woken: set[str], rounds: int) -> None:
+        """Claim and run what became runnable among the executions parked here and, when
+        adopting, the stranded executions of flows loaded here. Each way of being runnable is
+        read by a keyset scan that goes on, round after round, from where it stopped (a page
+        at most per round), so a round costs O(page) whatever the store holds, and no row
+        waits behind older ones for longer than the rounds it takes to pass them."""
         now, due = time.time(), settings().clock()
-        parked = set(ids)
-        for row in store.runnable(now=now, due=due, limit=_RUNNABLE_BATCH):
-            if row.id not in parked:
-                continue
-            claim = self.claim()
-            taken = store.claim_runnable(claim, now=now, due=due, ids=[row.id])
-            if taken is not None:
-                ids.remove(row.id)
-                self.start(store, row.id, claim.token, None, claimed=True, row=taken)
-        if forget_finished:
-            for execution_id in ids:
-                found = store.get_execution(execution_id)
-                if found is None or Status(found.status).finished or found.owner is not None:
-                    with self._lock:
+        # Input given in this process: claimed by id at once, before any scan.
+        for execution_id in woken:
+            self._take(store, execution_id, now, due)
+        # Adoption looks every few rounds (an idle application pays a few reads a second);
+        # executions parked here are looked for every round.
+        adopting = (
+            rounds % _ADOPT_ROUNDS == 1
+            and self.parking
+            and id(store) in self._adopting
+            and settings().adopt
+        )
+        if not parked and not adopting:
+            return
+        scan = self._scans.setdefault(id(store), ScanState())
+        branches = ("queued", "due", "expired") if adopting else ("queued", "due")
+        lease = settings().lease_seconds
+        for branch in branches:
+            rows = store.scan_runnable(
+                branch, after=scan.cursors.get(branch), now=now, due=due, limit=_SCAN_PAGE
+            )
+            # A short page ends the scan: the next round starts it again from the top.
+            scan.cursors[branch] = scan_key(branch, rows[-1]) if len(rows) == _SCAN_PAGE else None
+            for row in rows:
+                if self.holds(store, row.id):
+                    continue
+                if row.id in parked or (
+                    adopting
+                    and scan.adoptable(
+                        store, row, branch, gone=self._gone, lease=lease, now=now, due=due
+                    )
+                ):
+                    self._take(store, row.id, now, due, adopted=row.id not in parked)
+        if adopting:
+            # Dead processes of this host still have live leases: their pids tell at once.
+            for execution_id, token in self.take_over_dead(
+                store, now, flow_loaded, limit=_SCAN_PAGE
+            ):
+                self._adopt(store, execution_id, token, None)
+        if parked and rounds % _FORGET_ROUNDS == 0:
+            # Parked executions that ended or were taken elsewhere (a cancel, a recover):
+            # one statement per few hundred ids, every few seconds.
+            states = store.execution_states(sorted(parked))
+            with self._lock:
+                for execution_id in parked:
+                    state = states.get(execution_id)
+                    if state is None or Status(state[0]).finished or state[1] is not None:
                         self._parked.pop((id(store), execution_id), None)
+
+    def _take(
+        self, store: Store, execution_id: str, now: float, due: float, *, adopted: bool = False
+    ) -> None:
+        claim = self.claim()
+        taken = store.claim_runnable(claim, now=now, due=due, ids=[execution_id])
+        if taken is None:
+            return
+        if adopted:
+            self._adopt(store, execution_id, claim.token, taken)
+        else:
+            self.start(store, execution_id, claim.token, None, claimed=True, row=taken)
+
+    def _adopt(self, store: Store, execution_id: str, token: str, row: ExecutionRow | None) -> None:
+        log.info("execution %s: adopted (its process is gone)", execution_id)
+        with self._lock:
+            self._adopted.add((id(store), execution_id))
+        self.start(store, execution_id, token, None, claimed=True, row=row)
+
+    def _gone(self, owner: str) -> bool | None:
+        """Whether the process of an owner id is dead (True), alive (False), or on another
+        host, where its pid cannot be looked at (None)."""
+        if owner == self.owner:
+            return False
+        if not owner.startswith(host_prefix()):
+            return None
+        return self.owner_gone(owner, float("inf"), time.time())
 
     # --- heartbeat ----------------------------------------------------------------------
 
@@ -807,6 +969,44 @@ def executor() -> Executor:
             if _executor is None:
                 _executor = Executor()
     return _executor
+
+
+def launch(db: str | None = None) -> None:
+    """Start this process's executor now, for an application that runs flows: from now on,
+    while the process lives, it takes over the stranded executions of the flows it loaded
+    (their process died or their lease ran out, or their input or child arrived after the
+    process that parked them died), sharing them through leases with the other processes
+    of the application. Call it at startup, after importing your flows; the first
+    `flow.run()` or `resume()` does the same, so call it when the process might otherwise
+    run nothing until a request comes in.
+
+    ```python
+    from contextlib import asynccontextmanager
+    from fastapi import FastAPI
+    import tether
+    import myapp.agents  # the flows this process runs
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        tether.launch()
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    ```
+
+    `db`: the store (default: the configured one). The modules of `TETHER_IMPORTS` (or
+    `[tool.tether] imports`) are loaded too. Does nothing more with `configure(adopt=False)`
+    (`TETHER_ADOPT=off`). Raises ConfigurationError in a client-only process
+    (`executor=False`), which runs no executions.
+    """
+    if not settings().executor:
+        raise ConfigurationError(
+            "tether.launch() starts the executor, and this process is client-only "
+            "(configure(executor=False) or TETHER_EXECUTOR=off): it runs no executions; a "
+            "`tether worker` runs them"
+        )
+    _imports.load_configured()
+    executor().adopt_from(store_for(db))
 
 
 def _after_fork() -> None:

@@ -228,9 +228,12 @@ def running_here(queue: bool, as_json: bool) -> Iterator[None]:
     """Around commands that start executions: `--queue` makes this process a client only
     (the workers run them); with `--json`, what flows running here print goes to stderr so
     that stdout holds only the JSON. On SIGINT or SIGTERM the executions run here are handed
-    back (see `hand_back`)."""
+    back (see `hand_back`). A command runs what it was asked to and no more: it adopts no
+    other stranded executions (`adopt`), as an application's process does."""
     previous = _config.settings().executor
+    adopting = _config.settings().adopt
     saved = sys.stdout
+    _config.configure(adopt=False)
     if queue:
         _config.configure(executor=False)
     if as_json:
@@ -245,6 +248,7 @@ def running_here(queue: bool, as_json: bool) -> Iterator[None]:
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
         sys.stdout = saved
+        _config.configure(adopt=adopting)
         if queue:
             _config.configure(executor=previous)
 

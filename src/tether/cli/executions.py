@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -113,19 +114,34 @@ def _settled(record: ExecutionRecord) -> bool:
     return record.status.finished or record.status is Status.WAITING
 
 
-def _settle(client: Client, execution_id: str, *, here: bool = True) -> ExecutionRecord:
+def _settle(
+    client: Client,
+    execution_id: str,
+    *,
+    here: bool = True,
+    on_wait: Callable[[ExecutionRecord], None] | None = None,
+) -> ExecutionRecord:
     """Wait until the execution finishes or waits (for input or a timer). `here`: it runs in
     this process, so once it is handed back (`queued` with no holder) and not parked here (as
     for a crash loop's pause, which this process waits out), nothing here will run it on (a
-    flow this process cannot import, say)."""
+    flow this process cannot import, say). `on_wait`: wait on through its waits while this
+    process has it parked (it runs it on when the input or timer comes, from anywhere);
+    called once per wait it reaches."""
     handle = client.handle(execution_id)
+    told: set[tuple[str, ...]] = set()
     while True:
         try:
             handle.result(timeout=POLL_SECONDS)
         except ResultTimeout:
             record = client.get(execution_id)
             if record.status is Status.WAITING:
-                break
+                if on_wait is None or not executor().will_run(execution_id):
+                    break
+                waits = tuple(w.name for w in record.pending_waits)
+                if waits not in told:
+                    told.add(waits)
+                    on_wait(record)
+                continue
             handed_back = record.status is Status.QUEUED and record.owner is None
             if here and handed_back and not executor().will_run(execution_id):
                 break
@@ -447,7 +463,15 @@ def replay_command(
             help="New arguments for the flow: a JSON list (positional) or object (keywords).",
         ),
     ] = None,
-    wait: WaitOption = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait for the new execution to finish and print its result (exit 1 if it "
+            "failed), through its waits: forked from a wait, it asks again, and this process "
+            "runs it on once the input is given (from anywhere: `tether executions input`).",
+        ),
+    ] = False,
     queue: QueueOption = False,
     imports: ImportOption = None,
     script: ScriptOption = None,
@@ -456,6 +480,9 @@ def replay_command(
 ) -> None:
     """Fork an execution into a new one that reuses its recorded results up to a step and
     runs live from there, with the current code. The original is not changed.
+
+    Without `--wait` this process stays until the new execution finishes or waits; a wait's
+    input given after it exited is then for a `tether worker` (or `recover`) to run on.
 
     Example: `tether executions replay ID --from write_report --override
     draft='"an edited draft"' --wait`
@@ -469,8 +496,39 @@ def replay_command(
         handle = client.replay(execution_id, from_=from_, overrides=overrides, args=new_args)
         if not as_json:
             say(f"Replaying {execution_id} from {from_} as new execution {handle.id}.")
-        record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
+        if wait and not queue:
+            record = _settle(client, handle.id, on_wait=_quiet if as_json else _waiting_here)
+        else:
+            record = _follow_through(client, handle.id, wait=wait, queue=queue, as_json=as_json)
     _report(record, wait=wait, as_json=as_json)
+    if record.status is Status.WAITING and not queue and not as_json:
+        err.print(
+            "This command exits now, and nothing here runs it on: once its input is given "
+            "(or its timer is due), a `tether worker` or `tether executions recover` must "
+            "run it. `--wait` keeps this process for it.",
+            style="yellow",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _quiet(record: ExecutionRecord) -> None:
+    """`--json`: stdout holds only the JSON; nothing to say."""
+
+
+def _waiting_here(record: ExecutionRecord) -> None:
+    """`replay --wait` reached a wait: say how to give the input, and that it runs here."""
+    hint = render.input_hint(record) or render.timer_hint(record)
+    err.print(hint)
+    err.print(
+        f"Waiting here: this process runs {record.id} on once that comes (Ctrl-C hands it "
+        "to a worker).",
+        style="dim",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -544,7 +602,10 @@ def recover_command(
 ) -> None:
     """Resume every execution that should be running and is not: its process died, it is
     queued with nobody on it, or its input or timer arrived. They run in this process, which
-    stays until each finishes or waits. (A `tether worker` does this continuously.)
+    stays until each is finished or waits on something outside it (input, a timer, a live
+    process), and so do the parents they unblock: a parent that waited for a child resumed
+    here runs on once the child ends. What is left unfinished is listed with why. (A
+    `tether worker` does this continuously.)
 
     Only executions of flows this process loaded run (`--import`, `--script`,
     $TETHER_IMPORTS, [tool.tether] imports); the others are listed as skipped, with the flag
@@ -558,13 +619,21 @@ def recover_command(
         if ids and not as_json:
             where = "queued for the workers" if queue else "running them here"
             say(f"Recovered {len(ids)} execution(s), {where}.")
-        records = [client.get(i) if queue else _settle(client, i) for i in ids]
+        records = [client.get(i) for i in ids]
     if as_json:
         dump([views.execution_json(r) for r in records])
     elif records:
         out.print(render.executions_table(records))
     elif not ids.skipped:
         say("Nothing to recover: no execution is stranded.")
+    for left in ids.left:
+        err.print(
+            f"left {left.execution_id} ({left.status.value}): it {left.reason}",
+            style="yellow",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     for line in _skip_lines(ids.skipped):
         err.print(line, style="red", highlight=False, markup=False, soft_wrap=True)
     failed = [r for r in records if r.status in (Status.FAILED, Status.CANCELLED)]

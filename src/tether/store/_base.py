@@ -366,6 +366,27 @@ class Store(abc.ABC):
         """Runnable executions (see `claim_runnable`), highest priority and oldest first,
         without claiming them; with `queues`, only from those."""
 
+    @abc.abstractmethod
+    def scan_runnable(
+        self,
+        branch: str,
+        *,
+        after: tuple[float, str] | None,
+        now: float,
+        due: float,
+        limit: int,
+    ) -> list[ExecutionRow]:
+        """One page of a keyset scan over one way of being runnable (see `claim_runnable`):
+        `branch` is "queued" (ordered by created_at), "due" (waiting with a timer due, by
+        wake_at) or "expired" (running on an expired lease, by lease_expires), each then by
+        id; only rows after `after` (the key of the last row of the page before: that time
+        and id). A scan that continues from where it stopped reaches every row however many
+        come before it, reading at most `limit` rows a call."""
+
+    @abc.abstractmethod
+    def execution_states(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """(status, owner) of each of the executions that exists, by id."""
+
     # --- waits --------------------------------------------------------------------------
 
     @abc.abstractmethod

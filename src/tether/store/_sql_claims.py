@@ -35,6 +35,18 @@ RUNNABLE_BRANCHES = (
     ("status = 'waiting' AND wake_at <= :due", "wake_at"),
     ("status = 'running' AND lease_expires < :now", "lease_expires"),
 )
+# The keyset scans of scan_runnable: each branch's condition and the column it is ordered by
+# (then id), on an index that starts with the status and that column (executions_by_status,
+# executions_due, executions_lease_expiry), so a page seeks to its start instead of reading
+# the rows before it.
+SCAN_BRANCHES = {
+    "queued": (RUNNABLE_BRANCHES[0][0], "created_at"),
+    "due": (RUNNABLE_BRANCHES[1][0], "wake_at"),
+    "expired": (RUNNABLE_BRANCHES[2][0], "lease_expires"),
+}
+# Ids per statement of execution_states.
+_STATES_BATCH = 500
+
 # Due timers and expired leases are found by time, not in claim order, so a claim takes the
 # CLAIM_WINDOW earliest of them and the best of those (priority, then oldest): a backlog of
 # thousands costs a claim this many rows, not the backlog. The order is exact while no more
@@ -328,3 +340,39 @@ class ClaimsSql(SqlBase):
         )
         rows = self._all(f"{union} ORDER BY priority DESC, created_at LIMIT :limit", params)
         return [execution_row(r) for r in rows]
+
+    def scan_runnable(
+        self,
+        branch: str,
+        *,
+        after: tuple[float, str] | None,
+        now: float,
+        due: float,
+        limit: int,
+    ) -> list[ExecutionRow]:
+        condition, column = SCAN_BRANCHES[branch]
+        params: dict[str, Any] = {"now": now, "due": due, "limit": limit}
+        where = condition
+        if after is not None:
+            # Written so that the index seeks on `column >= :key` (a row value comparison
+            # is not used for a seek by every SQLite version).
+            params["key"], params["id"] = after
+            where += (
+                f" AND {column} >= :key AND ({column} > :key OR id > :id)"
+            )  # fmt: skip
+        rows = self._all(
+            f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE {where} "
+            f"ORDER BY {column}, id LIMIT :limit",
+            params,
+        )
+        return [execution_row(r) for r in rows]
+
+    def execution_states(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        found: dict[str, tuple[str, str | None]] = {}
+        for start in range(0, len(ids), _STATES_BATCH):
+            batch = list(ids[start : start + _STATES_BATCH])
+            rows = self._all(
+                f"SELECT id, status, owner FROM executions WHERE id IN ({marks(batch)})", batch
+            )
+            found.update((str(r[0]), (str(r[1]), r[2])) for r in rows)
+        return found

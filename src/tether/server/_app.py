@@ -18,10 +18,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._memory import api as memory
+from .._memory.views import memory_json
+from .._ops import views
 from .._ops.client import Client
 from .._runtime.flow import Flow
 from ..errors import InputValidationError, MemoryKeyError, UsageError
-from . import _dashboard, _errors, _flows, _memories, _metrics, _stream, _views
+from . import _dashboard, _errors, _flows, _memories, _metrics, _stream
 from ._auth import Principal, principal
 
 API = "/api/v1"
@@ -129,11 +131,11 @@ def create_app(
     ) -> dict[str, Any]:
         statuses = [s for item in status or [] for s in item.split(",") if s] or None
         page = client.page(statuses, flow, limit, parent=parent, cursor=cursor)
-        return {"items": [_views.execution_json(r) for r in page.items], "next": page.next}
+        return {"items": [views.execution_json(r) for r in page.items], "next": page.next}
 
     @api.get("/executions/{execution_id}", tags=["executions"])
     def get_execution(who: Reader, execution_id: str) -> dict[str, Any]:
-        return _views.execution_json(client.get(execution_id), full=True)
+        return views.execution_json(client.get(execution_id), full=True)
 
     @api.get("/executions/{execution_id}/logs", tags=["executions"])
     def logs(
@@ -143,7 +145,7 @@ def create_app(
         after: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
         records = client.logs(execution_id, checkpoint=checkpoint, after=after)
-        return {"items": [_views.log_json(r) for r in records]}
+        return {"items": [views.log_json(r) for r in records]}
 
     @api.get("/executions/{execution_id}/events", tags=["executions"])
     def events(
@@ -170,19 +172,19 @@ def create_app(
     @api.post("/executions/{execution_id}/resume", tags=["operate"])
     def resume(who: Operator, execution_id: str) -> dict[str, Any]:
         client.resume(execution_id)
-        return _views.execution_json(client.summary(execution_id))
+        return views.execution_json(client.summary(execution_id))
 
     @api.post("/executions/{execution_id}/retry", tags=["operate"])
     def retry(who: Operator, execution_id: str) -> dict[str, Any]:
         client.retry(execution_id)
-        return _views.execution_json(client.summary(execution_id))
+        return views.execution_json(client.summary(execution_id))
 
     @api.post("/executions/{execution_id}/replay", tags=["operate"])
     def replay(who: Operator, execution_id: str, body: ReplayBody) -> dict[str, Any]:
         handle = client.replay(
             execution_id, from_=body.from_, overrides=body.overrides, args=body.args
         )
-        return _views.execution_json(client.summary(handle.id))
+        return views.execution_json(client.summary(handle.id))
 
     @api.get("/usage", tags=["executions"])
     def usage(
@@ -192,8 +194,8 @@ def create_app(
         since `since`)."""
         return {
             "flow": flow,
-            "since": _views.iso(since),
-            "usage": _views.usage_json(client.usage(flow=flow, since=since)),
+            "since": views.iso(since),
+            "usage": views.usage_json(client.usage(flow=flow, since=since)),
         }
 
     # --- waits ----------------------------------------------------------------------------
@@ -202,7 +204,7 @@ def create_app(
     def waits(
         who: Reader, flow: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> dict[str, Any]:
-        return {"items": [_views.wait_json(w) for w in client.pending_waits(flow, limit)]}
+        return {"items": [views.wait_json(w) for w in client.pending_waits(flow, limit)]}
 
     @api.post("/executions/{execution_id}/waits/{name}", tags=["waits"])
     def give_input(who: Operator, execution_id: str, name: str, body: InputBody) -> dict[str, Any]:
@@ -213,7 +215,7 @@ def create_app(
                 "input holds NaN or Infinity, which JSON has no place for; send a number, "
                 "null or a string"
             ) from None
-        return _views.wait_json(client.input_json(execution_id, name, text, by=who.name))
+        return views.wait_json(client.input_json(execution_id, name, text, by=who.name))
 
     # --- flows ----------------------------------------------------------------------------
 
@@ -227,7 +229,7 @@ def create_app(
         args, kwargs = _flows.bind(flow, body.args, body.kwargs)
         starter = flow.options(queue=body.queue, key=body.key, priority=body.priority)
         handle = starter.enqueue(*args, **kwargs)
-        return _views.execution_json(client.summary(handle.id))
+        return views.execution_json(client.summary(handle.id))
 
     # --- memory ---------------------------------------------------------------------------
 
@@ -240,7 +242,7 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
         entries = _memories.entries(scope, scope_id, prefix, limit)
-        return {"items": [_views.memory_json(e) for e in entries]}
+        return {"items": [memory_json(e) for e in entries]}
 
     @api.get("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"])
     def read_memory(
@@ -253,7 +255,7 @@ def create_app(
         found = memory._find(key, version=version, **_memories.where(scope, scope_id))
         if found is None or (found.deleted and version is None):
             raise MemoryKeyError(f"no memory key {key!r} in {scope} {scope_id!r}")
-        return _views.memory_json(found, memory._stored_json(found))
+        return memory_json(found, with_value=True)
 
     @api.put("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"])
     def write_memory(
@@ -263,7 +265,7 @@ def create_app(
         written = memory.set(key, body.value, **where, if_version=body.if_version)
         found = memory._find(key, version=written, **where)
         assert found is not None
-        return _views.memory_json(found)
+        return memory_json(found)
 
     @api.delete("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"])
     def delete_memory(
@@ -274,7 +276,7 @@ def create_app(
         written = memory.delete(key, **where)
         found = memory._find(key, version=written, **where)
         assert found is not None
-        return _views.memory_json(found)
+        return memory_json(found)
 
     app.include_router(api)
     app.include_router(_dashboard.router(client, poll=poll, stream_seconds=stream_seconds))

@@ -425,6 +425,37 @@ def test_execution_record_logs_usage_metrics_and_values_as_data(
             assert path in openapi["paths"]
 
 
+def _at_rest(shown: dict[str, Any]) -> dict[str, Any]:
+    """A record without what changes by the second (an unfinished execution's duration) and
+    without the CLI's hint of what to do next."""
+    kept = {k: v for k, v in shown.items() if k != "attention"}
+    if kept["finished_at"] is None:
+        kept.pop("duration")
+    return kept
+
+
+def test_the_api_and_the_cli_json_show_the_same_records(
+    db_url: str, procs: Processes, client: tether.Client
+) -> None:
+    url = procs.server()
+    done = server_flows.report.run("alike")  # this process has the class; the CLI has not
+    done.result(timeout=30)
+    waiting = server_flows.approval.run("alike")
+    retry_until(lambda: waiting.status() == tether.Status.WAITING, what="the wait")
+    with httpx.Client(base_url=url) as http:
+        for execution_id in (done.id, waiting.id):
+            shown = http.get(f"/api/v1/executions/{execution_id}").json()
+            printed = run_cli(db_url, "executions", "get", execution_id, "--json")
+            assert printed.returncode == 0, printed.stderr
+            assert _at_rest(json.loads(printed.stdout)) == _at_rest(shown)
+        listed = http.get("/api/v1/executions").json()["items"]
+        waits = http.get("/api/v1/waits").json()["items"]
+    printed_list = json.loads(run_cli(db_url, "executions", "list", "--json").stdout)
+    assert [_at_rest(r) for r in printed_list] == [_at_rest(r) for r in listed]
+    assert json.loads(run_cli(db_url, "executions", "waits", "--json").stdout) == waits
+    assert listed[1]["result"]["type_name"] == "server_flows:Report"
+
+
 def test_usage_totals_over_executions(procs: Processes, client: tether.Client) -> None:
     for question in ("a", "b"):
         assert server_flows.asking.run(question).result() == f"answer to {question}"

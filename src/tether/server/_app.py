@@ -118,8 +118,8 @@ def _json_only(request: Request) -> None:
     mode to `http://127.0.0.1:8787` with no preflight, but only as urlencoded, multipart or
     plain text (or with no content type at all). While no token exists the API lets
     loopback callers in unauthenticated, so such a request would cancel an execution or
-    start a flow from the visitor's browser. A JSON content type is something only a
-    same-origin page or a real client can send, which the server allows no other site."""
+    start a flow from the visitor's browser. From another origin, a JSON content type needs
+    a CORS preflight, which this server never grants: only real clients send one."""
     if request.method not in ("POST", "PUT"):
         return
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -130,7 +130,7 @@ def _json_only(request: Request) -> None:
     raise HTTPException(
         415,
         f"{request.method} {request.url.path} takes JSON: send Content-Type: application/json"
-        f" (with {{}} as the body when there is nothing to send), not {media or 'none'}",
+        f" (even with no body), not {media or 'no content type'}",
     )
 
 

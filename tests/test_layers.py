@@ -1,9 +1,10 @@
 """The package tree is the architecture: the import-linter contracts in pyproject.toml hold,
 and no module of tether imports itself back through another.
 
-The layers, top to bottom: `cli` > `mcp | ai` > `_ops | _memory` > `_runtime` > `_spend` > `_core` >
-`store` > `errors`. A layer imports only layers below it; nothing imports the CLI, and only
-the CLI imports the MCP server.
+The layers, top to bottom: `cli` > `server | mcp | ai | testing` > `_ops | _memory` >
+`_runtime` > `_spend` > `_core` > `store` > `errors`. A layer imports only layers below it;
+nothing imports the CLI, only the CLI imports the HTTP and MCP servers, and `import tether`
+loads neither them nor `tether.testing`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ PUBLIC = {
     # waits and workers
     "InputTooLarge", "InputValidationError", "WaitAlreadyResolved", "WaitNotFound",
     "WaitRecord", "WaitTimeout", "Worker", "sleep", "wait",
+    # input that arrives before its wait (send)
+    "MessageAlreadySent", "MessageRecord",
+    # values a flow publishes while it runs
+    "NotPublished", "publish",
     # operating executions
     "LogRecord",
     # queues and the fleet

@@ -29,7 +29,15 @@ from pydantic import BaseModel, Field
 
 import tether
 from tether._core import config as _config
-from tether._core.serde import dumps, error_from_text, error_info, error_to_text, fingerprint, loads
+from tether._core.serde import (
+    MAX_DEPTH,
+    dumps,
+    error_from_text,
+    error_info,
+    error_to_text,
+    fingerprint,
+    loads,
+)
 from tether.errors import CheckpointError, DivergenceError, ExecutionFailed, SerializationError
 
 # --- module-level types the tests store -------------------------------------------------------
@@ -385,7 +393,7 @@ def test_shared_references_that_are_not_circular_are_stored() -> None:
 
 def test_deeply_nested_plain_value_round_trips() -> None:
     value: Any = "leaf"
-    for _ in range(200):
+    for _ in range(MAX_DEPTH):  # the most tether stores (tests/test_limits.py)
         value = [value]
     assert roundtrip(value) == value
 

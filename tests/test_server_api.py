@@ -312,6 +312,26 @@ def test_flow_started_over_http_waits_gets_input_over_http_and_a_worker_finishes
         _error(http.post(path, json={"value": False}), 409, "InvalidStateError")
 
 
+def test_a_webhook_sends_before_the_wait_and_the_flow_takes_it(
+    procs: Processes, client: tether.Client
+) -> None:
+    url = procs.server()
+    handle = server_flows.approval.enqueue("early")  # queued: nobody runs it yet
+    path = f"/api/v1/executions/{handle.id}/messages/approve"
+    with httpx.Client(base_url=url) as http:
+        sent = http.post(path, json={"value": True})
+        assert sent.status_code == 200, sent.text
+        assert (sent.json()["status"], sent.json()["value"]) == ("sent", True)
+        _error(http.post(path, json={"value": False}), 409, "MessageAlreadySent")
+        shown = http.get(f"/api/v1/executions/{handle.id}").json()
+        assert [(m["name"], m["status"]) for m in shown["messages"]] == [("approve", "sent")]
+        procs.worker()
+        done = _finished(http, handle.id)
+        assert done["result"] == "published hello early"
+        assert [m["status"] for m in done["messages"]] == ["delivered"]
+        _error(http.post(path, json={"value": True}), 409, "InvalidStateError")
+
+
 def test_start_validates_arguments_against_the_flow_signature(
     procs: Processes, client: tether.Client
 ) -> None:

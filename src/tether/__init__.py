@@ -30,6 +30,7 @@ from ._core.config import configure
 from ._core.context import Current, current, in_flow, log
 from ._core.model_price import ModelPrice
 from ._core.positions import branch
+from ._core.publish import publish
 from ._core.restore import register
 from ._core.serde import StoredValue
 from ._core.status import CheckpointStatus, Status
@@ -45,6 +46,7 @@ from ._runtime.records import (
     Event,
     ExecutionRecord,
     LogRecord,
+    MessageRecord,
     WaitRecord,
 )
 from ._runtime.worker import Worker
@@ -66,7 +68,9 @@ from .errors import (
     InputTooLarge,
     InputValidationError,
     InvalidStateError,
+    MessageAlreadySent,
     NotInFlowError,
+    NotPublished,
     PickleRefused,
     ResultTimeout,
     SerializationError,
@@ -118,8 +122,11 @@ __all__ = [
     "InputValidationError",
     "InvalidStateError",
     "LogRecord",
+    "MessageAlreadySent",
+    "MessageRecord",
     "ModelPrice",
     "NotInFlowError",
+    "NotPublished",
     "PickleRefused",
     "Queue",
     "ResultTimeout",
@@ -154,6 +161,7 @@ __all__ = [
     "llm_async",
     "log",
     "memory",
+    "publish",
     "record_usage",
     "register",
     "sleep",

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import tether
+from tether.store import redact
 
 STEP_SECONDS = 0.4
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--kill-after must be between 1 and {STEPS - 1}")
 
     client = tether.Client()
-    print(f"tether demo: store {client.db}\n")
+    print(f"tether demo: store {redact(client.db)}\n")
     print(f"1. Start the agent in a child process; kill it after {args.kill_after} steps.")
     child = _spawn("--start-child", "durable execution")
     execution_id = _wait_for_steps(client, child, args.kill_after)

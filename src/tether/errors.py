@@ -8,9 +8,12 @@ Exception
     │   ├── FlowNotFoundError       a recorded flow is not loaded in this process
     │   │   └── UnguardedScriptError  a script tether loads starts executions at its top level
     │   ├── MemoryScopeError        a memory call names no scope it can use (says what to pass)
-    │   └── BranchKeyInUse          a task entered tether.branch(key) while another task holds it
+    │   ├── BranchKeyInUse          a task entered tether.branch(key) while another task holds it
+    │   └── StoreOpenedReadOnly     a write through a store opened read-only
     ├── ConfigurationError          a bad store URL or setting
+    │   └── NotATetherStore         the URL names another application's database: left as it was
     ├── StoreError                  the database failed or is from a newer tether
+    │   ├── StoreVersionError       its schema is newer than this tether (older, when read-only)
     │   ├── StoreUnavailable        the database cannot be used right now (retry later)
     │   │   ├── StoreBusy           another process holds the write lock too long
     │   │   ├── StoreFull           the disk (or the server's) is full
@@ -24,12 +27,15 @@ Exception
     ├── CheckpointTimeout           a checkpoint attempt ran past its timeout
     ├── Interrupted                 user code raised a BaseException (SystemExit, ...): a failure
     ├── CrashLoopError              the processes running an execution kept dying: given up
+    ├── CrashTestFailed             tether.testing.crash_test: a kill and resume changed the outcome
     ├── ExecutionNotFound           no execution has that id
     ├── ExecutionLocked             another live process holds the execution
     ├── InvalidStateError           the operation does not fit the execution's status
     ├── WaitTimeout                 a wait's deadline passed with no input and no default
     ├── WaitNotFound                no pending wait of that name (or none at all)
     ├── WaitAlreadyResolved         the wait already has its input (another one won)
+    ├── MessageAlreadySent          a message sent to that wait is not delivered yet (one per wait)
+    ├── NotPublished                an execution that ended published no value under that key
     ├── InputValidationError        input does not match the wait's schema (has .errors)
     │   └── InputTooLarge           input over the size limit
     ├── BudgetExceeded              the next model call would go over the flow's Budget
@@ -67,6 +73,7 @@ __all__ = [
     "ConfigurationError",
     "ControlSignal",
     "CrashLoopError",
+    "CrashTestFailed",
     "DivergenceError",
     "ExecutionCancelled",
     "ExecutionFailed",
@@ -82,7 +89,10 @@ __all__ = [
     "MemoryKeyError",
     "MemoryScopeError",
     "MemoryValidationError",
+    "MessageAlreadySent",
+    "NotATetherStore",
     "NotInFlowError",
+    "NotPublished",
     "PickleRefused",
     "Released",
     "ResultTimeout",
@@ -91,8 +101,10 @@ __all__ = [
     "StoreCorrupt",
     "StoreError",
     "StoreFull",
+    "StoreOpenedReadOnly",
     "StoreReadOnly",
     "StoreUnavailable",
+    "StoreVersionError",
     "Suspended",
     "TetherError",
     "UnguardedScriptError",
@@ -146,6 +158,19 @@ class ConfigurationError(TetherError):
     """A store URL or setting is invalid."""
 
 
+class NotATetherStore(ConfigurationError):
+    """The URL names a database that is not tether's: a file that is not SQLite, another
+    application's SQLite file, a PostgreSQL database whose tables of tether's names are
+    someone else's (or, opened read-only, one without tether's tables). Nothing was written
+    to it: point the URL at tether's own database."""
+
+
+class StoreOpenedReadOnly(UsageError):
+    """A write through a store opened read-only (`Client(readonly=True)`,
+    `configure(readonly=True)`, the CLI's reading commands). Nothing was written: open the
+    store without `readonly` to write."""
+
+
 class StoreError(TetherError):
     """The store failed, or its schema is newer than this version of tether."""
 
@@ -174,6 +199,21 @@ class CommitUnknown(StoreUnavailable):
     """The connection was lost after a commit was sent, and reading the row back failed too:
     whether it committed is not known yet. Retried like any outage; the retry reads the row
     back."""
+
+
+class StoreVersionError(StoreError):
+    """The database's schema does not fit this tether: it is newer (upgrade tether), or it
+    is older and the store was opened read-only, which never upgrades it (open it once for
+    writing, e.g. with `tether worker`, to upgrade it). `found` and `known` are the two
+    schema versions."""
+
+    def __init__(self, message: str, *, found: int = 0, known: int = 0) -> None:
+        super().__init__(message)
+        self.found = found
+        self.known = known
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), {"found": self.found, "known": self.known}))
 
 
 class StoreCorrupt(StoreError):
@@ -289,6 +329,21 @@ class CrashLoopError(TetherError):
         return (type(self), (str(self), self.takeovers))
 
 
+class CrashTestFailed(TetherError):
+    """`tether.testing.crash_test` killed a flow at a checkpoint boundary, resumed it, and
+    it did not end as it does uninterrupted: `boundary` names where it was killed,
+    `difference` what differed, `report` (a `tether.testing.CrashReport`) every case tried."""
+
+    def __init__(self, message: str, boundary: str = "", difference: str = "", report: Any = None):
+        super().__init__(message)
+        self.boundary = boundary
+        self.difference = difference
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.boundary, self.difference, self.report))
+
+
 class ExecutionNotFound(TetherError, LookupError):
     """No execution with that id exists in the store."""
 
@@ -339,6 +394,16 @@ class WaitNotFound(TetherError, LookupError):
 
 class WaitAlreadyResolved(TetherError):
     """The wait already has its input (or timed out): the other input won."""
+
+
+class MessageAlreadySent(TetherError):
+    """`Client.send()` to a wait that has a message sent to it and not yet delivered: one
+    message per wait (wait names are unique per execution)."""
+
+
+class NotPublished(TetherError, LookupError):
+    """`Client.get_published()`: the execution has ended without publishing a value under
+    that key (`tether.publish`), so none will come."""
 
 
 class InputValidationError(TetherError, ValueError):

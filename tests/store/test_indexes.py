@@ -458,7 +458,7 @@ def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     )
 
 
-LATEST = 12  # migrations/*/0012_api_tokens.sql
+LATEST = 13  # migrations/*/0013_messages.sql
 
 # Columns of executions that this code writes and schemas before v11 lack. A test that has
 # this code write data into an older database adds them for the writes and drops them again
@@ -470,12 +470,23 @@ V11_COLUMNS = {
 }
 
 
+# The table of messages (v13), which this code reads whenever a flow reaches a wait.
+V13_MESSAGES = (
+    "CREATE TABLE messages (execution_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT "
+    "NULL, status TEXT NOT NULL, sent_by TEXT, sent_at DOUBLE PRECISION NOT NULL, error TEXT, "
+    "delivered_at DOUBLE PRECISION, PRIMARY KEY (execution_id, name))"
+)
+
+
 def v11_columns(store_url: str, *, add: bool) -> None:
+    """Add (or drop again) what this code writes or reads and older schemas lack: the v11
+    columns of executions and the v13 table of messages."""
     statements = [
         f"ALTER TABLE executions ADD COLUMN {name} {kind}" if add
         else f"ALTER TABLE executions DROP COLUMN {name}"
         for name, kind in V11_COLUMNS.items()
     ]  # fmt: skip
+    statements.append(V13_MESSAGES if add else "DROP TABLE messages")
     if BACKEND == "postgres":
         import psycopg
 

@@ -60,6 +60,13 @@ _RETRYING = CheckpointStatus.RETRYING.value
 # kill a process exactly between a commit and the code that follows it.
 _after_commit: Callable[[Run, str], None] | None = None
 
+# The crash-test hook (tether.testing): called with (phase, run, position, name) at each
+# boundary of a live call: "before" its body first runs, "inside" once an attempt's body has
+# returned or raised and nothing of it is committed, "after" its outcome (not a retrying
+# attempt) is committed. None in every process but a crash test's, so a call pays one
+# global lookup per boundary; a replayed call reaches none of them.
+_boundary: Callable[[str, Run, str, str], None] | None = None
+
 # The code objects of checkpoint functions -> their names: how a watchdog that finds the
 # event loop stuck names the checkpoint whose body blocks it (see `blocking_call`).
 _codes: dict[types.CodeType, str] = {}
@@ -329,6 +336,8 @@ class _Call:
             run.spend.resume_call(self.frame, prior.metadata)
         self.started = time.time()
         run.live[position] = (checkpoint.name, self.started)
+        if _boundary is not None:
+            _boundary("before", run, position, checkpoint.name)
 
     def _arguments_changed(self, position: str) -> None:
         message = (
@@ -425,6 +434,8 @@ class _Call:
         """The row (and captured output) to commit for this attempt."""
         run = self.run
         frame = self.frame
+        if _boundary is not None:
+            _boundary("inside", run, frame.position, frame.name)
         metadata = frame.metadata
         if frame.usage is not None and run.spend is not None:
             metadata = run.spend.commit_call(frame, metadata)
@@ -501,6 +512,8 @@ class _Call:
             run.cancel_event.set()
         if _after_commit is not None:
             _after_commit(run, pending.row.position)
+        if _boundary is not None and pending.row.status != _RETRYING:
+            _boundary("after", run, pending.row.position, pending.row.name)
 
 
 class _Outcome:
@@ -642,6 +655,14 @@ def checkpoint(
             raise UsageError(f"{f.name} is already a checkpoint; decorate it once")
         if not callable(f):
             raise UsageError(f"@tether.checkpoint decorates a function, not {f!r}")
+        if name is None and getattr(f, "__name__", None) == "<lambda>":
+            # Calls are recorded and matched on resume by name; every lambda is `<lambda>`,
+            # so a resumed flow could not tell one from another.
+            raise UsageError(
+                "tether.checkpoint of a lambda needs a name, e.g. tether.checkpoint("
+                "name='fetch')(lambda url: ...): a call is recorded and matched on resume by "
+                "its name, and every lambda is called '<lambda>'. Or define it with `def`"
+            )
         return Checkpoint(
             f, name=name, retries=retries, backoff=backoff, retry_on=retry_on, timeout=timeout
         )

@@ -8,15 +8,20 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
 from ..errors import ConfigurationError
-from ..store import Store, open_store
+from ..store import Store, open_store, redact
 from .model_price import ModelPrice
 
 DEFAULT_DB: Final = "sqlite:///.tether/tether.db"
+# The largest stored value by default: what `Client.input()` has always taken, and far more
+# than a checkpoint result should be (store large data elsewhere and return its reference).
+DEFAULT_MAX_VALUE_BYTES: Final = 16 * 1024 * 1024
+# A stored value is one text field: PostgreSQL holds at most 1 GB in one.
+MAX_VALUE_BYTES_CEILING: Final = 1024 * 1024 * 1024
 STORE_DIR: Final = ".tether"
 
 
@@ -109,13 +114,22 @@ class Settings:
     # How long a SQLite connection waits for another one's write lock before StoreBusy.
     busy_timeout: float = 60.0
     executor: bool = True
+    # The process only reads: stores open read-only (see configure()).
+    readonly: bool = False
     max_input_bytes: int = 16 * 1024 * 1024
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     clock: Callable[[], float] = time.time
     # The model `tether.llm` uses when given none (`TETHER_MODEL`), and user-given prices.
     model: str | None = None
     prices: Mapping[str, ModelPrice] | None = None
     # Where `db` came from (said by `tether --debug`): TETHER_DB, configure(db=), found...
     db_origin: str = "configure(db=...)"
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: the store URL without its password.
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["db"] = redact(self.db)
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 _OFF = {"0", "off", "false", "no"}
@@ -139,6 +153,7 @@ def _from_env() -> Settings:
         ("TETHER_CRASH_LOOP_LIMIT", "crash_loop_limit", int, 1),
         ("TETHER_CRASH_LOOP_BACKOFF", "crash_loop_backoff", float, 0),
         ("TETHER_BUSY_TIMEOUT", "busy_timeout", float, 0.001),
+        ("TETHER_MAX_VALUE_BYTES", "max_value_bytes", int, 1024),
     ):
         text = os.environ.get(name, "").strip()
         if not text:
@@ -151,12 +166,25 @@ def _from_env() -> Settings:
         if value < least:
             raise ConfigurationError(f"{name} must be at least {least}")
         numbers[setting] = value
+    if "max_value_bytes" in numbers:
+        _checked_value_bytes(numbers["max_value_bytes"], "TETHER_MAX_VALUE_BYTES")
     return replace(found, **numbers)
+
+
+def _checked_value_bytes(size: Any, name: str) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise ConfigurationError(f"{name} is a whole number of bytes, not {size!r}")
+    if not 1024 <= size <= MAX_VALUE_BYTES_CEILING:
+        raise ConfigurationError(
+            f"{name} must be between 1024 and {MAX_VALUE_BYTES_CEILING:,} bytes (1 GiB, the "
+            f"most PostgreSQL holds in one field), not {size:,}"
+        )
+    return size
 
 
 _lock = threading.RLock()
 _settings: Settings | None = None
-_stores: dict[tuple[str, str, float], Store] = {}
+_stores: dict[tuple[str, str, float, bool], Store] = {}
 
 
 def settings() -> Settings:
@@ -184,7 +212,9 @@ def configure(
     crash_loop_backoff: float | _Unset = UNSET,
     busy_timeout: float | _Unset = UNSET,
     executor: bool | _Unset = UNSET,
+    readonly: bool | _Unset = UNSET,
     max_input_bytes: int | _Unset = UNSET,
+    max_value_bytes: int | _Unset = UNSET,
     clock: Callable[[], float] | _Unset = UNSET,
     model: str | _Unset | None = UNSET,
     prices: Mapping[str, ModelPrice] | _Unset | None = UNSET,
@@ -228,7 +258,15 @@ def configure(
       Applies to stores opened after it is set.
     - `executor`: False makes this process a client only (`TETHER_EXECUTOR=off`): it records
       and operates executions but never runs one; `tether worker` processes do.
+    - `readonly`: True makes this process a reader only: stores it opens from then on are
+      opened read-only (no migration, no journal switch, nothing created; a database on
+      read-only media or a PostgreSQL role that may only SELECT works), and a write raises
+      `tether.errors.StoreOpenedReadOnly`. `Client(readonly=True)` does this for one client.
     - `max_input_bytes`: the largest input `Client.input()` accepts (default 16 MiB).
+    - `max_value_bytes`: the largest value stored, as its JSON: a checkpoint or flow result,
+      flow arguments, wait input, a memory value (default 16 MiB; `TETHER_MAX_VALUE_BYTES`;
+      1 KiB to 1 GiB). A larger one raises SerializationError naming it, and nothing is
+      written.
     - `clock`: the time source for wait deadlines and timers (tests inject a fake one).
     - `model`: the model `tether.llm()` calls when it is given none, as Pydantic AI names it
       (`"openai:gpt-4o"`); `TETHER_MODEL` sets it too.
@@ -250,7 +288,9 @@ def configure(
         ("crash_loop_backoff", crash_loop_backoff),
         ("busy_timeout", busy_timeout),
         ("executor", executor),
+        ("readonly", readonly),
         ("max_input_bytes", max_input_bytes),
+        ("max_value_bytes", max_value_bytes),
         ("clock", clock),
         ("model", model),
         ("prices", prices),
@@ -261,12 +301,15 @@ def configure(
         changes["db_origin"] = "configure(db=...)"
     if "db" in changes and (not isinstance(changes["db"], str) or "://" not in changes["db"]):
         raise ConfigurationError(
-            f"db must be a store URL such as sqlite:///path/to/tether.db, not {changes['db']!r}"
+            "db must be a store URL such as sqlite:///path/to/tether.db, not "
+            f"{redact(str(changes['db']))!r}"
         )
     if "max_workers" in changes and changes["max_workers"] < 1:
         raise ConfigurationError("max_workers must be at least 1")
     if "max_async" in changes and changes["max_async"] < 1:
         raise ConfigurationError("max_async must be at least 1")
+    if "max_value_bytes" in changes:
+        _checked_value_bytes(changes["max_value_bytes"], "max_value_bytes")
     if "slow_callback_seconds" in changes and changes["slow_callback_seconds"] <= 0:
         raise ConfigurationError("slow_callback_seconds must be positive")
     if "lease_seconds" in changes and changes["lease_seconds"] <= 0:
@@ -303,10 +346,12 @@ def _checked_prices(prices: Any) -> dict[str, ModelPrice]:
     return dict(prices)
 
 
-def store_for(url: str | None = None) -> Store:
-    """The process's shared store for a URL (the configured one by default), opened once."""
+def store_for(url: str | None = None, *, readonly: bool | None = None) -> Store:
+    """The process's shared store for a URL (the configured one by default), opened once;
+    read-only when `readonly` says so (default: the `readonly` setting)."""
     current = settings()
-    key = (url or current.db, current.durability, current.busy_timeout)
+    ro = current.readonly if readonly is None else bool(readonly)
+    key = (url or current.db, current.durability, current.busy_timeout, ro)
     found = _stores.get(key)
     if found is not None:
         return found
@@ -314,8 +359,9 @@ def store_for(url: str | None = None) -> Store:
         found = _stores.get(key)
         if found is None:
             found = open_store(
-                key[0], durability=current.durability, busy_timeout=current.busy_timeout
-            )
+                key[0], durability=current.durability, busy_timeout=current.busy_timeout,
+                readonly=ro,
+            )  # fmt: skip
             _stores[key] = found
         return found
 

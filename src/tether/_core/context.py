@@ -214,8 +214,13 @@ def current() -> Current:
         frame.name,
         frame.position,
         frame.attempt,
-        f"{run.execution_id}:{frame.position}",
+        idempotency_key(run, frame.position),
     )
+
+
+def idempotency_key(run: Run, position: str) -> str:
+    """The key of the call at `position`: the same for every attempt and resume of it."""
+    return f"{run.execution_id}:{position}"
 
 
 def in_flow() -> bool:

@@ -51,6 +51,10 @@ from . import restore as _restore
 TAG = "$t"
 _TAG_MARK = '"$t"'
 _MAX_PLAIN_DEPTH = 64
+# Containers nested deeper than this are refused when stored: decoding such a value again
+# (JSON parsers, Python's recursion limit) would fail far from where it was written. Tagged
+# containers take two JSON levels each, which stays inside the parsers' limits.
+MAX_DEPTH = 100
 
 # The hot path encodes and decodes with pydantic_core (Rust, already a dependency through
 # Pydantic): measured ~10x faster than the json module for a 1 KB dict. Trees handed to it
@@ -73,26 +77,64 @@ def _decode_json(text: str) -> Any:
 
 
 def dumps(value: Any, *, allow_pickle: bool | None = None, root: str = "value") -> str:
-    """Encode `value` as stored text. Raises SerializationError with the path on failure.
+    """Encode `value` as stored text. Raises SerializationError with the path on failure,
+    or when the value is nested too deep or its text is over `max_value_bytes`.
     `allow_pickle`: the pickle fallback (default: the process setting)."""
     if _plain(value, 0):
-        return _encode_json(value)
-    if allow_pickle is None:
-        allow_pickle = _config.settings().pickle
-    return _encode_json(_Encoder(allow_pickle).encode(value, root))
+        data = json_bytes(value)
+    else:
+        if allow_pickle is None:
+            allow_pickle = _config.settings().pickle
+        data = json_bytes(_Encoder(allow_pickle).encode(value, root))
+    if len(data) > _config.settings().max_value_bytes:
+        raise too_large(root, len(data), _config.settings().max_value_bytes)
+    return data.decode()
+
+
+def too_large(root: str, size: int, limit: int) -> SerializationError:
+    """The error of a value whose stored text would be `size` bytes, over `limit`."""
+    return SerializationError(
+        f"cannot store {root}: it is {_size(size)} as JSON, over the {_size(limit)} limit on a "
+        "stored value. Keep large data elsewhere (a file, object storage) and store its "
+        "reference, or raise the limit: tether.configure(max_value_bytes=...) or "
+        "TETHER_MAX_VALUE_BYTES, in every process that writes the store",
+        path=root,
+    )
+
+
+def _size(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.1f} MiB"
+    if size >= 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size} bytes"
 
 
 def loads(text: str, root: str = "value") -> Any:
     """Decode stored text into data: the types that were stored where this process has
     them, StoredValue where it does not. Imports nothing, calls nothing a stored value names.
     Raises SerializationError (PickleRefused for a pickle) naming the path under `root`."""
-    value = _decode_json(text)
+    try:
+        value = _decode_json(text)
+    except RecursionError:
+        raise _too_deep_to_read(root) from None
     if _TAG_MARK in text:
         try:
             return _decode(value)
         except _LoadFailure as failure:
             raise _failure(failure, root) from None
+        except RecursionError:
+            raise _too_deep_to_read(root) from None
     return value
+
+
+def _too_deep_to_read(root: str) -> SerializationError:
+    # Only a row tether did not write can be this deep (writes stop at MAX_DEPTH).
+    return SerializationError(
+        f"cannot load {root}: it is nested too deep to read (tether stores at most "
+        f"{MAX_DEPTH} levels), so tether did not write it",
+        path=root,
+    )
 
 
 def to_data(text: str | None) -> Any:
@@ -106,10 +148,16 @@ def to_data(text: str | None) -> Any:
     if text is None:
         return None
     value = _decode_json(text)
-    return _as_data(value, 0) if _TAG_MARK in text else value
+    # Bare NaN or Infinity (a row another writer left) are walked too: JSON has no such words.
+    if _TAG_MARK in text or "NaN" in text or "Infinity" in text:
+        return _as_data(value, 0)
+    return value
 
 
-_SCALAR_KINDS = frozenset({"datetime", "date", "time", "decimal", "uuid", "float"})
+# How data for other languages (`to_data`, the CLI's `--json`) spells a float that is not
+# finite: strict JSON has no NaN or Infinity, so these strings stand for them.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_SCALAR_KINDS = frozenset({"datetime", "date", "time", "decimal", "uuid"})
 
 
 def _as_data(value: Any, depth: int) -> Any:
@@ -118,6 +166,8 @@ def _as_data(value: Any, depth: int) -> Any:
     t = type(value)
     if t is list:
         return [_as_data(v, depth + 1) for v in value]
+    if t is float and not math.isfinite(value):
+        return NON_FINITE[repr(value)]
     if t is not dict:
         return value
     kind = value.get(TAG)
@@ -133,6 +183,8 @@ def _as_data(value: Any, depth: int) -> Any:
         if all(type(p) is list and len(p) == 2 and type(p[0]) is str for p in pairs):
             return dict(pairs)  # string keys (a "$t" key made it tagged): an object again
         return pairs
+    if kind == "float":
+        return NON_FINITE.get(data, data) if type(data) is str else None
     if kind in ("bytes", "bytearray") or kind in _SCALAR_KINDS:
         return data if type(data) is str else None
     if kind == "timedelta" and type(data) is list and len(data) == 3:
@@ -232,13 +284,24 @@ class _Encoder:
         if t is float:
             return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
         ident = id(value)
-        if ident in self.active:
+        active = self.active
+        if ident in active:
             raise SerializationError(
                 f"cannot store {path}: it contains itself (a circular reference)",
                 path=path,
                 type_name=_type_name(value),
             )
-        self.active.add(ident)
+        # The containers being encoded are exactly the ones this value is nested in.
+        if len(active) >= MAX_DEPTH:
+            raise SerializationError(
+                f"cannot store {_short(path)}: it is nested more than {MAX_DEPTH} containers "
+                "deep, the most tether stores (and reads back safely). Flatten it (e.g. a "
+                "list of rows with parent ids instead of a chain), or store it as a string "
+                "of your own format",
+                path=path,
+                type_name=_type_name(value),
+            )
+        active.add(ident)
         try:
             return self._container(value, t, path)
         finally:
@@ -377,6 +440,11 @@ class _Encoder:
                 type_name=bad_type,
             ) from exc
         return {TAG: "pickle", "v": base64.b64encode(blob).decode("ascii"), "mac": _mac(key, blob)}
+
+
+def _short(path: str) -> str:
+    # A path 100 levels deep is mostly `[0][0]...`: its two ends say where it is.
+    return path if len(path) <= 160 else f"{path[:80]}…{path[-60:]}"
 
 
 def _not_awaited(value: Any, path: str) -> SerializationError:

@@ -23,6 +23,7 @@ from ..errors import (
     NotInFlowError,
     ResultTimeout,
     Suspended,
+    TetherError,
     UsageError,
     WaitTimeout,
 )
@@ -122,6 +123,8 @@ def _wait(
     now = settings().clock()
     if row is None:
         row = _create(run, name, position, kind, schema, question, timeout, metadata, now)
+    if row.status == PENDING and kind == INPUT:
+        row = _deliver(run, row, now)
     if row.status == PENDING and row.deadline is not None and row.deadline <= now:
         row = _time_out(run, row, now)
     if row.status == RESOLVED:
@@ -156,12 +159,56 @@ def _input(row: WaitRow) -> Any:
         return _schema.validate(row.schema_ref, value)
     except ValidationError as exc:
         errors = _schema.errors_of(exc)
-        details = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors
-        )
         raise InputValidationError(
-            f"the input given to wait {row.name!r} does not match its schema: {details}", errors
+            f"the input given to wait {row.name!r} does not match its schema: {_details(errors)}",
+            errors,
         ) from None
+
+
+def _deliver(run: Run, row: WaitRow, now: float) -> WaitRow:
+    """A message sent to this wait before it was reached (`Client.send`) is delivered here,
+    where the wait's schema is at hand: resolved with it if it validates, else recorded as
+    rejected (with why) and the wait stays pending for other input."""
+    message = next(
+        (
+            m
+            for m in run.store.get_messages(run.execution_id)
+            if m.name == row.name and m.status == "sent"
+        ),
+        None,
+    )
+    if message is None:
+        return row
+    value: str | None = None
+    error: str | None = None
+    try:
+        decoded = _serde.loads(message.value, root=f"message for wait {row.name!r}")
+        validated = _schema.validate(row.schema_ref, decoded)
+        value = _serde.dumps(validated, root=f"input of wait {row.name!r}")
+    except ValidationError as exc:
+        error = _details(_schema.errors_of(exc))
+    except TetherError as exc:  # a value that does not load or store here (a serde error)
+        error = str(exc)
+    if not run.store.deliver_message(
+        run.execution_id, run.token, row.name, value=value, error=error, now=now
+    ):
+        run.lease_lost = True
+        raise LeaseLost(run.execution_id)
+    if value is None:
+        run.warn(
+            row.position,
+            f"the message sent to wait {row.name!r} was rejected: {error}; the wait takes "
+            "other input",
+        )
+        return row
+    row.status, row.value, row.resolved_by, row.resolved_at = (
+        RESOLVED, value, message.sent_by, now,
+    )  # fmt: skip
+    return row
+
+
+def _details(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors)
 
 
 def child_wait_name(child_id: str) -> str:

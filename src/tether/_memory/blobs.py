@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core import serde as _serde
+from .._core.config import settings
 from ..errors import StoreError
 from ..store import MemoryRow, Store
 
@@ -58,6 +59,10 @@ def prepare(value: Any, *, allow_pickle: bool, root: str) -> Prepared:
         texts[hashed] = text
         hashes.append(hashed)
         size += len(data)
+    # Items are stored one by one, but the value is read back whole: the limit is on the list.
+    limit = settings().max_value_bytes
+    if size > limit:
+        raise _serde.too_large(root, size, limit)
     return Prepared(True, texts, hashes, size)
 
 

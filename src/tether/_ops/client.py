@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .._core import imports as _imports
+from .._core import publish as _publish
 from .._core import schema as _schema
 from .._core import serde as _serde
 from .._core.config import settings, store_for
@@ -24,7 +25,14 @@ from .._runtime import replay as _replay
 from .._runtime.engine import Runnable, load_flow
 from .._runtime.executor import SUSPEND_EVENT, executor, host_prefix
 from .._runtime.handle import Handle, stored_execution
-from .._runtime.records import OUTPUT_KINDS, Event, ExecutionRecord, LogRecord, WaitRecord
+from .._runtime.records import (
+    OUTPUT_KINDS,
+    Event,
+    ExecutionRecord,
+    LogRecord,
+    MessageRecord,
+    WaitRecord,
+)
 from .._spend import usage as _usage
 from .._spend.budget import Budget
 from ..errors import (
@@ -34,11 +42,23 @@ from ..errors import (
     InputTooLarge,
     InputValidationError,
     InvalidStateError,
+    MessageAlreadySent,
+    NotPublished,
+    ResultTimeout,
     UsageError,
     WaitAlreadyResolved,
     WaitNotFound,
 )
-from ..store import EventRow, ExecutionRow, ExecutionStats, Store, WaitRow
+from ..store import (
+    EventRow,
+    ExecutionRow,
+    ExecutionStats,
+    MessageRow,
+    Sent,
+    Store,
+    WaitRow,
+    redact,
+)
 from . import tokens as _tokens
 from .tokens import TokenInfo
 
@@ -91,10 +111,15 @@ class Client:
     client.input(execution_id, "approve", True)
     client.recover()                      # resume everything whose process died
     ```
+
+    `Client(readonly=True)` opens the store read-only: nothing is migrated or written (a
+    database on read-only media, or a PostgreSQL role that may only SELECT, can be read), and
+    the methods that write raise `tether.errors.StoreOpenedReadOnly`. The default follows
+    `configure(readonly=...)` (False).
     """
 
-    def __init__(self, db: str | None = None) -> None:
-        self._store: Store = store_for(db)
+    def __init__(self, db: str | None = None, *, readonly: bool | None = None) -> None:
+        self._store: Store = store_for(db, readonly=readonly)
 
     @property
     def db(self) -> str:
@@ -116,7 +141,7 @@ class Client:
             return found[0]
         if not found:
             raise ExecutionNotFound(
-                f"no execution {id_or_prefix} in {self._store.url} (no id starts with it; "
+                f"no execution {id_or_prefix} in {redact(self._store.url)} (no id starts with it; "
                 "`tether executions list` shows the ids)"
             )
         shown = ", ".join(found[:_MAX_CANDIDATES])
@@ -127,8 +152,8 @@ class Client:
         )
 
     def get(self, execution_id: str) -> ExecutionRecord:
-        """One execution with its checkpoint calls, waits, events and children (the child
-        flows its flow code started, oldest first)."""
+        """One execution with its checkpoint calls, waits, events, children (the child
+        flows its flow code started, oldest first) and the messages sent to its waits."""
         row = self._row(execution_id)
         children = self._store.list_executions(
             statuses=None, flow=None, limit=_MAX_CHILDREN, parent=execution_id
@@ -139,6 +164,7 @@ class Client:
             self._store.get_events(execution_id),
             self._store.get_waits(execution_id),
             children=[ExecutionRecord.from_row(c) for c in reversed(children)],
+            messages=self._store.get_messages(execution_id),
         )
 
     def summary(self, execution_id: str) -> ExecutionRecord:
@@ -320,28 +346,20 @@ class Client:
                 f"execution {execution_id} already {row.status}; it takes no more input"
             )
         wait = self._pending_wait(execution_id, name)
-        try:
-            validated = _schema.validate(wait.schema_ref, value, from_json=from_json)
-        except ValidationError as exc:
-            errors = _schema.errors_of(exc)
-            details = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors
-            )
-            raise InputValidationError(
-                f"input for wait {wait.name!r} of execution {execution_id} does not match its "
-                f"schema: {details}",
-                errors,
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise InputValidationError(f"input is not valid JSON: {exc}") from None
-        text = _serde.dumps(validated, root=f"input for wait {wait.name!r}")
-        limit = settings().max_input_bytes
-        if len(text) > limit:
-            raise InputTooLarge(_too_large(len(text), limit))
+        text = _validated_text(wait, value, from_json=from_json)
         now = settings().clock()
         if not self._store.resolve_wait(
             execution_id, wait.name, status="resolved", value=text, by=by, now=now
         ):
+            if any(
+                m.name == wait.name and m.status == "sent"
+                for m in self._store.get_messages(execution_id)
+            ):
+                raise WaitAlreadyResolved(
+                    f"wait {wait.name!r} of execution {execution_id} is getting the message "
+                    "sent to it earlier (Client.send); it takes no other input unless that "
+                    "one is rejected"
+                )
             raise WaitAlreadyResolved(
                 f"wait {wait.name!r} of execution {execution_id} already has its input "
                 "(another input won, or it timed out)"
@@ -378,9 +396,151 @@ class Client:
                     )
                 return wait
         known = ", ".join(repr(w.name) for w in pending) or "none"
+        if any(m.name == name for m in self._store.get_messages(execution_id)):
+            early = "a value sent to it is kept until the flow reaches it (`get` shows it)"
+        else:
+            early = (
+                "if the flow has not reached that wait yet, send the value instead: it is kept "
+                f"until the wait is reached (Client.send, `tether executions send {execution_id}"
+                f" {name} --value ...`)"
+            )
         raise WaitNotFound(
-            f"execution {execution_id} has no wait {name!r} (pending waits: {known})"
+            f"execution {execution_id} has no wait {name!r} (pending waits: {known}); {early}"
         )
+
+    # --- published values ---------------------------------------------------------------
+
+    def get_published(self, execution_id: str, key: str, timeout: float | None = None) -> Any:
+        """The latest value the execution published under `key` (`tether.publish`), as soon
+        as one exists: waits for it up to `timeout` seconds (None: as long as the execution
+        may still publish one), then raises ResultTimeout. Raises NotPublished when the
+        execution ended without publishing that key.
+
+        ```python
+        plan = client.get_published(execution_id, "plan", timeout=30)
+        ```
+        """
+        if not isinstance(key, str) or not key:
+            raise UsageError(f"a published value's key is a non-empty string, not {key!r}")
+        if timeout is not None and timeout < 0:
+            raise UsageError(f"timeout is 0 or more seconds, or None, not {timeout!r}")
+        name = _publish.call_name(key)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            # The status first: an execution seen finished has published all it ever will.
+            ended = Status(self._row(execution_id).status).finished
+            call = self._store.latest_call(execution_id, name)
+            if call is not None:
+                if call.result is None:
+                    return None
+                return _serde.loads(call.result, root=f"value published as {key!r}")
+            if ended:
+                raise NotPublished(
+                    f"execution {execution_id} has ended and published no value as {key!r}"
+                )
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ResultTimeout(
+                    f"execution {execution_id} published no value as {key!r} within "
+                    f"{timeout} s; it is still {self._row(execution_id).status}"
+                )
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 0.2)
+
+    # --- messages -----------------------------------------------------------------------
+
+    def send(
+        self, execution_id: str, name: str, value: Any = None, *, by: str | None = None
+    ) -> MessageRecord:
+        """Send `value` to the wait `name` of an execution, whether the flow waits there now
+        or reaches that wait later: a webhook's callback that may arrive before the flow
+        asks for it.
+
+        ```python
+        client.send(execution_id, "paid", {"amount": 1200}, by="stripe")
+        ```
+
+        A pending wait gets it at once, validated like `input()` (InputValidationError
+        when it does not match, nothing stored). Otherwise it is stored (it survives
+        crashes) and delivered when the flow reaches the wait, validated there against
+        the wait's schema: a value that does not match is recorded as `rejected` (visible
+        in `get()`, with why) and the wait stays pending. The returned record's `status`
+        says which: `delivered` or `sent`. A waiting execution becomes runnable.
+
+        One message per wait: a second send before delivery raises MessageAlreadySent; a
+        send to a wait that has its input raises WaitAlreadyResolved; of a send and an input
+        to one wait exactly one wins. An execution that has finished (or was cancelled)
+        takes no messages: InvalidStateError.
+        """
+        return self._send(execution_id, name, value, by=by, from_json=False)
+
+    def send_json(
+        self, execution_id: str, name: str, value_json: str | bytes, *, by: str | None = None
+    ) -> MessageRecord:
+        """`send()` with the value as JSON text (from a CLI or an HTTP body)."""
+        limit = settings().max_input_bytes
+        if len(value_json) > limit:
+            raise InputTooLarge(_too_large(len(value_json), limit))
+        return self._send(execution_id, name, value_json, by=by, from_json=True)
+
+    def _send(
+        self, execution_id: str, name: str, value: Any, *, by: str | None, from_json: bool
+    ) -> MessageRecord:
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"send() needs a wait's name (a non-empty string), not {name!r}")
+        if name.startswith("child:"):
+            raise UsageError(f"{name!r} names a wait for a child flow; it takes no input")
+        row = self._row(execution_id)
+        if Status(row.status).finished:
+            raise InvalidStateError(_no_messages(execution_id, row.status))
+        # The wait may be recorded between this read and the store's transaction: the store
+        # then asks for the value validated against its schema (VALIDATE): read it again.
+        for _ in range(3):
+            wait = next((w for w in self._store.get_waits(execution_id) if w.name == name), None)
+            pending = wait is not None and wait.kind == "input" and wait.status == "pending"
+            if wait is not None and pending:
+                text = _validated_text(wait, value, from_json=from_json)
+            else:
+                text = _unvalidated_text(name, value, from_json=from_json)
+            now = settings().clock()
+            message = MessageRow(execution_id, name, text, "sent", by, now)
+            outcome = self._store.send_message(message, validated=pending, now=now)
+            if outcome is not Sent.VALIDATE:
+                break
+        if outcome is Sent.NOT_FOUND:
+            raise ExecutionNotFound(f"no execution {execution_id} in {self._store.url}")
+        if outcome is Sent.FINISHED:
+            raise InvalidStateError(_no_messages(execution_id, self._row(execution_id).status))
+        if outcome is Sent.DUPLICATE:
+            raise MessageAlreadySent(
+                f"wait {name!r} of execution {execution_id} has a message sent to it already, "
+                "not delivered yet; one message per wait (`tether executions get` shows it)"
+            )
+        if outcome is Sent.ANSWERED:
+            raise WaitAlreadyResolved(
+                f"wait {name!r} of execution {execution_id} already has its input (or timed out)"
+            )
+        if outcome is Sent.NOT_INPUT:
+            raise UsageError(f"{name!r} is a sleep or a wait for a child flow; it takes no input")
+        if outcome is Sent.VALIDATE:
+            raise InvalidStateError(
+                f"wait {name!r} of execution {execution_id} kept changing while the value was "
+                "sent; nothing was sent, send it again"
+            )
+        delivered = outcome is Sent.DELIVERED
+        what = "given to" if delivered else "sent to (kept until the flow reaches)"
+        self._store.add_event(
+            EventRow(execution_id, wait.position if delivered and wait else None, time.time(),
+                     "info", "input", f"input {what} wait {name!r}" + (f" by {by}" if by else ""))
+        )  # fmt: skip
+        executor().poke()
+        return MessageRecord.from_row(
+            MessageRow(
+                execution_id, name, text, "delivered" if delivered else "sent", by, now,
+                delivered_at=now if delivered else None,
+            )
+        )  # fmt: skip
 
     # --- running ------------------------------------------------------------------------
 
@@ -428,7 +588,7 @@ class Client:
         executor().cancel_local(self._store, execution_id)
         status = self._store.request_cancel(execution_id, now=time.time())
         if status is None:
-            raise ExecutionNotFound(f"no execution {execution_id} in {self._store.url}")
+            raise ExecutionNotFound(f"no execution {execution_id} in {redact(self._store.url)}")
         return Status(status)
 
     def recover(self) -> Recovered:
@@ -732,6 +892,47 @@ def _status(value: Status | str) -> str:
     except ValueError:
         choices = ", ".join(s.value for s in Status)
         raise UsageError(f"unknown status {value!r}; choose from {choices}") from None
+
+
+def _validated_text(wait: WaitRow, value: Any, *, from_json: bool) -> str:
+    """Input validated against the wait's schema, as stored text."""
+    try:
+        validated = _schema.validate(wait.schema_ref, value, from_json=from_json)
+    except ValidationError as exc:
+        errors = _schema.errors_of(exc)
+        details = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors
+        )
+        raise InputValidationError(
+            f"input for wait {wait.name!r} of execution {wait.execution_id} does not match its "
+            f"schema: {details}",
+            errors,
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise InputValidationError(f"input is not valid JSON: {exc}") from None
+    return _limited(_serde.dumps(validated, root=f"input for wait {wait.name!r}"))
+
+
+def _unvalidated_text(name: str, value: Any, *, from_json: bool) -> str:
+    """A message for a wait not reached yet, as stored text: the flow validates it when it
+    reaches the wait (it has the schema; nothing here does)."""
+    if from_json:
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InputValidationError(f"input is not valid JSON: {exc}") from None
+    return _limited(_serde.dumps(value, root=f"message for wait {name!r}"))
+
+
+def _no_messages(execution_id: str, status: str) -> str:
+    return f"execution {execution_id} already {status}; it takes no more messages or input"
+
+
+def _limited(text: str) -> str:
+    limit = settings().max_input_bytes
+    if len(text) > limit:
+        raise InputTooLarge(_too_large(len(text), limit))
+    return text
 
 
 def _too_large(size: int, limit: int) -> str:

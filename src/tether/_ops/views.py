@@ -27,6 +27,7 @@ from .._runtime.records import (
     Event,
     ExecutionRecord,
     LogRecord,
+    MessageRecord,
     WaitRecord,
 )
 from .._spend import usage as _usage
@@ -124,6 +125,8 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         events=[event_json(e) for e in record.events],
         children=[execution_json(c) for c in record.children],
         lineage={"parent_id": record.parent_id, "replay_of": record.replay_of},
+        messages=[message_json(m) for m in record.messages],
+        published={key: as_data(cp.result_json) for key, cp in record.published_calls.items()},
     )
     return shown
 
@@ -132,6 +135,20 @@ def args_json(record: ExecutionRecord) -> Any:
     """The arguments an execution was started with, `{"args": [...], "kwargs": {...}}`
     (None when none were recorded)."""
     return as_data(record.args_json) if record.args_json else None
+
+
+def message_json(message: MessageRecord) -> dict[str, Any]:
+    """A message sent to a wait (`Client.send`): `sent`, `delivered` or `rejected`."""
+    return {
+        "execution_id": message.execution_id,
+        "name": message.name,
+        "status": message.status,
+        "value": as_data(message.value_json),
+        "sent_by": message.sent_by,
+        "sent_at": iso(message.sent_at),
+        "delivered_at": iso(message.delivered_at),
+        "error": message.error,
+    }
 
 
 def warnings(record: ExecutionRecord) -> list[str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import time
+import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
@@ -44,6 +46,14 @@ class Flow(Generic[P, R]):
         self.name = name or fn.__qualname__
         self.queue = _queues.name_of(queue)
         self.budget = _budget.checked(budget)
+        if getattr(fn, "__name__", None) == "<lambda>":
+            # An execution is resumed (by a worker, `recover`, after a crash) by finding its
+            # flow again by name; a lambda has none, so it would be started and never resumed.
+            raise UsageError(
+                "@tether.flow cannot take a lambda: an execution is resumed by finding its "
+                "flow again by name, and a lambda has none. Define the flow with `def` at "
+                "module level"
+            )
         self.is_async = inspect.iscoroutinefunction(fn)
         # Start options given as keywords to run()/enqueue(), unless the function takes
         # a parameter of that name itself (then use .options()).
@@ -288,13 +298,33 @@ def flow(
     would go over it raises `tether.BudgetExceeded` in the flow instead of being made.
     """
 
-    def wrap(f: Callable[P, R]) -> Flow[P, R]:
+    def wrap(f: Callable[P, R], stacklevel: int = 2) -> Flow[P, R]:
         if isinstance(f, Flow):
             raise UsageError(f"{f.name} is already a flow; decorate it once")
         if not callable(f):
             raise UsageError(f"@tether.flow decorates a function, not {f!r}")
-        return Flow(f, name=name, queue=queue, budget=budget)
+        made = Flow(f, name=name, queue=queue, budget=budget)
+        _warn_if_interactive(made, stacklevel + 1)
+        return made
 
     if fn is not None:
-        return wrap(fn)
+        return wrap(fn, 3)
     return wrap
+
+
+def _warn_if_interactive(made: Flow[Any, Any], stacklevel: int) -> None:
+    # A flow typed at a REPL or notebook top level (or in `python -c`) lives in a `__main__`
+    # that has no file: no other process can load it, so only this one can resume it.
+    if getattr(made.fn, "__module__", None) != "__main__":
+        return
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__file__", None):
+        return
+    warnings.warn(
+        f"flow {made.name!r} is defined in an interactive session (a REPL, a notebook, "
+        "`python -c`), so only this process can resume its executions: a worker, `tether "
+        "executions recover` or a restarted process cannot load it. Define durable flows in "
+        "a module or script file",
+        UserWarning,
+        stacklevel=stacklevel,
+    )

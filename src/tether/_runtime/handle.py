@@ -22,7 +22,7 @@ from ..errors import (
     StoreUnavailable,
     UsageError,
 )
-from ..store import CheckpointRow, ExecutionRow, Store, WaitRow
+from ..store import CheckpointRow, ExecutionRow, Store, WaitRow, redact
 from .engine import Runnable
 from .executor import Executor, executor
 from .records import WaitRecord
@@ -189,7 +189,7 @@ class Handle(Generic[R]):
     def _row(self) -> ExecutionRow:
         row = self._store.get_execution(self.id)
         if row is None:
-            raise ExecutionNotFound(f"no execution {self.id} in {self._store.url}")
+            raise ExecutionNotFound(f"no execution {self.id} in {redact(self._store.url)}")
         return row
 
 
@@ -225,7 +225,7 @@ def stored_execution(store: Store, execution_id: str) -> ExecutionRow:
         raise UsageError(f"an execution id is a non-empty string, not {execution_id!r}")
     row = store.get_execution(execution_id)
     if row is None:
-        raise ExecutionNotFound(f"no execution {execution_id} in {store.url}")
+        raise ExecutionNotFound(f"no execution {execution_id} in {redact(store.url)}")
     return row
 
 

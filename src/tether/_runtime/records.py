@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .._core import publish as _publish
 from .._core import serde as _serde
 from .._core.status import CheckpointStatus, Status
 from .._spend import budget as _budget
 from .._spend import usage as _usage
 from .._spend.budget import Budget
 from .._spend.usage import Usage
-from ..store import CheckpointRow, EventRow, ExecutionRow, WaitRow
+from ..store import CheckpointRow, EventRow, ExecutionRow, MessageRow, WaitRow
 
 
 def _time(value: float | None) -> dt.datetime | None:
@@ -195,6 +196,45 @@ class WaitRecord:
         )
 
 
+@dataclass(frozen=True)
+class MessageRecord:
+    """Input sent to a wait with `Client.send()`, and what became of it.
+
+    `status` is `sent` (stored: the flow has not reached the wait yet), `delivered` (the
+    wait got it as its input) or `rejected` (it did not match the wait's schema, `error`
+    says why; the wait stays pending for other input).
+    """
+
+    execution_id: str
+    name: str
+    status: str
+    sent_by: str | None
+    sent_at: dt.datetime
+    delivered_at: dt.datetime | None
+    error: str | None
+    value_json: str | None = field(default=None, repr=False)
+
+    @cached_property
+    def value(self) -> Any:
+        """The value sent (decoded)."""
+        if self.value_json is None:
+            return None
+        return _serde.loads(self.value_json, root=f"message for wait {self.name!r}")
+
+    @classmethod
+    def from_row(cls, row: MessageRow) -> MessageRecord:
+        return cls(
+            execution_id=row.execution_id,
+            name=row.name,
+            status=row.status,
+            sent_by=row.sent_by,
+            sent_at=_time(row.sent_at) or dt.datetime.now(dt.UTC),
+            delivered_at=_time(row.delivered_at),
+            error=row.error,
+            value_json=row.value,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class LogRecord:
     """Output a checkpoint call printed (`stream` stdout/stderr) or a logging record
@@ -288,6 +328,31 @@ class ExecutionRecord:
     # Filled by Client.get(): the executions this one started from its flow code (child
     # flows), oldest first, as Client.list() shows them. Their parent_id is this id.
     children: tuple[ExecutionRecord, ...] = ()
+    # Filled by Client.get(): input sent to waits with Client.send(), oldest first.
+    messages: tuple[MessageRecord, ...] = ()
+
+    @property
+    def undelivered_messages(self) -> list[MessageRecord]:
+        """Messages sent to waits the flow has not reached yet (filled by `Client.get()`)."""
+        return [m for m in self.messages if m.status == "sent"]
+
+    @property
+    def published_calls(self) -> dict[str, CheckpointRecord]:
+        """Per key the call that published its latest value (`tether.publish`; its `result`
+        is the value), from the checkpoint calls `Client.get()` fills in."""
+        latest: dict[str, CheckpointRecord] = {}
+        for cp in self.checkpoints:
+            if cp.name.startswith(_publish.PREFIX) and cp.status is CheckpointStatus.SUCCEEDED:
+                key = cp.name[len(_publish.PREFIX) :]
+                if key not in latest or cp.finished_at >= latest[key].finished_at:
+                    latest[key] = cp
+        return latest
+
+    @cached_property
+    def published(self) -> dict[str, Any]:
+        """The latest value published per key (`tether.publish`), decoded (filled by
+        `Client.get()`; `Client.get_published()` waits for one)."""
+        return {key: cp.result for key, cp in self.published_calls.items()}
 
     @property
     def child_waits(self) -> list[WaitRecord]:
@@ -337,6 +402,7 @@ class ExecutionRecord:
         events: list[EventRow] | None = None,
         waits: list[WaitRow] | None = None,
         children: list[ExecutionRecord] | None = None,
+        messages: list[MessageRow] | None = None,
     ) -> ExecutionRecord:
         created = _time(row.created_at) or dt.datetime.now(dt.UTC)
         calls = tuple(CheckpointRecord.from_row(c) for c in checkpoints or ())
@@ -376,4 +442,5 @@ class ExecutionRecord:
             else _usage.total(c.usage for c in calls) + _usage.forgotten(events or ()),
             budget=_budget.from_options(row.options),
             children=tuple(children or ()),
+            messages=tuple(MessageRecord.from_row(m) for m in messages or ()),
         )

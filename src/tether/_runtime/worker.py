@@ -21,7 +21,7 @@ from .._core import imports as _imports
 from .._core.config import configure, settings, store_for
 from .._core.status import Status
 from ..errors import StoreCorrupt, StoreError, UsageError
-from ..store import EventRow, ExecutionRow, Store
+from ..store import EventRow, ExecutionRow, Store, redact
 from . import queues as _queues
 from .engine import Runnable, load_flow
 from .executor import Executor, Refill, executor
@@ -143,7 +143,7 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stop.set())
         log.info(
-            "worker %s on %s, concurrency %d, queues: %s", self.owner, self._store.url,
+            "worker %s on %s, concurrency %d, queues: %s", self.owner, redact(self._store.url),
             self.concurrency, ", ".join(self.queues) if self.queues is not None else "all",
         )  # fmt: skip
         # While the loop runs it looks at the whole store, so the executor need not park

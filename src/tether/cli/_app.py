@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import EXIT_CODES, State, out
+from ._common import EXIT_CODES, FAILED, State, debug_traceback, out
 from .executions import executions_app
 from .mcp_server import mcp_command
 from .memory import memory_app
@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="tether", standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:
+        # Only `--debug` lets an error through (else cli_errors prints it plainly): print the
+        # traceback it asked for, redacted, instead of Python's own.
+        sys.stderr.write(debug_traceback(exc))
+        return FAILED  # as Python exits on an uncaught error
     return 0
 
 

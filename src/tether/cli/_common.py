@@ -4,10 +4,12 @@ and exit codes, the client for `--db`, printing."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from rich.text import Text
 
 from .._core import config as _config
 from .._core import imports as _imports
+from .._core.serde import NON_FINITE
 from .._ops.client import Client
 from .._runtime.executor import executor
 from ..errors import (
@@ -31,6 +34,7 @@ from ..errors import (
     WaitNotFound,
 )
 from ..store import exists as store_exists
+from ..store import redact
 
 out = Console()
 err = Console(stderr=True)
@@ -57,7 +61,7 @@ EXIT_CODES = """Exit codes, the same for every command:
   `watch`, `recover`), a state that does not allow it, input its schema rejects, a memory
   conflict
 - 2: usage: a bad option or argument, JSON that does not parse, a `--value @FILE` that cannot
-  be read, a bad `--db` or a database that does not exist
+  be read, a bad `--db`, a database that does not exist or is not tether's
 - 3: not found: no execution, wait, memory key or version by that name
 - 4: the store failed: unreachable, locked, corrupt or from a newer tether (try again later,
   or fix the store)
@@ -78,8 +82,23 @@ def exit_code(exc: TetherError) -> int:
 
 
 def fail(message: str, code: int) -> NoReturn:
+    # Every error message passes here: no password of a store URL is ever printed.
+    message = redact(message, _configured_db())
     err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _configured_db() -> str | None:
+    try:
+        return _config.settings().db
+    except Exception:  # the settings themselves may be what failed (a bad environment)
+        return None
+
+
+def debug_traceback(exc: BaseException) -> str:
+    """A traceback for `tether --debug`, with no password of a store URL in it (the driver's
+    own messages, chained below tether's, may quote a URL or a piece of one)."""
+    return redact("".join(traceback.format_exception(exc)), _configured_db())
 
 
 @contextmanager
@@ -138,23 +157,48 @@ def hand_back() -> None:
         )
 
 
-def client_for(db: str | None) -> Client:
+def missing_store(
+    url: str, made_by: str = "the first run() of a flow, or `tether worker --create`"
+) -> str:
+    """What to say when the store a command names does not exist."""
+    return (
+        f"no tether database at {redact(url)}; run from the directory your agents run in (or one "
+        f"below it), or pass --db / set TETHER_DB. A new store is made by {made_by}"
+    )
+
+
+def client_for(db: str | None, *, readonly: bool = False) -> Client:
     if db:
         _config.configure(db=db)
     url = db or _config.settings().db
     if State.debug:
         origin = "--db or $TETHER_DB" if db else _config.settings().db_origin
         err.print(
-            f"store: {url} ({origin})", style="dim", highlight=False, markup=False, soft_wrap=True
+            f"store: {redact(url)} ({origin})",
+            style="dim",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
     # Operating commands never need a new database: a typo in --db (or running from the wrong
     # directory) should say so, not create an empty one and report "no executions".
     if not store_exists(url):
-        raise ConfigurationError(
-            f"no tether database at {url}; run from the directory your agents run in, or "
-            "pass --db / set TETHER_DB"
-        )
-    return Client(db)
+        raise ConfigurationError(missing_store(url))
+    return Client(db, readonly=readonly)
+
+
+@contextmanager
+def reading(db: str | None) -> Iterator[Client]:
+    """Around a command that only reads: for the whole command (`tether.memory` and any
+    `Client()` included) the store is opened read-only, so reading another application's
+    database, a store on read-only media or one a role may only SELECT changes nothing:
+    no migration, no journal switch, no file created."""
+    previous = _config.settings().readonly
+    _config.configure(readonly=True)
+    try:
+        yield client_for(db, readonly=True)
+    finally:
+        _config.configure(readonly=previous)
 
 
 def load_named(imports: list[str] | None, script: str | None) -> None:
@@ -306,12 +350,32 @@ def json_value(text: str, *, option: str, unchanged: str, given: str | None = No
 
 
 def dump(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+    out.print_json(strict_json(data))
 
 
 def json_line(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.write(strict_json(data) + "\n")
     sys.stdout.flush()
+
+
+def strict_json(data: Any) -> str:
+    """`data` as standard JSON, which strict parsers (jq, JavaScript, Go) read: a float that
+    is not finite (tether stores them, tagged, and rows from elsewhere may hold the bare
+    words) is printed as the string `serde.NON_FINITE` spells it, as the HTTP API does."""
+    try:
+        return json.dumps(data, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), default=str, allow_nan=False)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else NON_FINITE[repr(data)]
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def who() -> str:

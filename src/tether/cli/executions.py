@@ -19,6 +19,7 @@ from .._ops.client import Client, Skipped
 from .._runtime.executor import executor
 from .._runtime.records import ExecutionRecord
 from ..errors import ResultTimeout, TetherError
+from ..store import redact
 from . import render
 from ._common import (
     cli_errors,
@@ -30,12 +31,22 @@ from ._common import (
     json_value,
     load_named,
     out,
+    reading,
     running_here,
     say,
     value_text,
     who,
 )
-from .options import Command, DbOption, Group, ImportOption, JsonOption, ScriptOption
+from .options import (
+    MAX_AGE_SECONDS,
+    MAX_COUNT,
+    Command,
+    DbOption,
+    Group,
+    ImportOption,
+    JsonOption,
+    ScriptOption,
+)
 
 executions_app = typer.Typer(
     cls=Group,
@@ -175,7 +186,9 @@ def list_command(
     flow: Annotated[
         str | None, typer.Option(metavar="NAME", help="Only executions of this flow (its name).")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Show at most this many.")] = 50,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_COUNT, metavar="N", help="Show at most this many.")
+    ] = 50,
     parent: Annotated[
         str | None,
         typer.Option(
@@ -190,8 +203,7 @@ def list_command(
 
     Example: `tether executions list --status failed --status waiting --flow research_agent`
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         if parent is not None:
             parent = client.resolve_id(parent)
         records = client.list(status=status, flow=flow, limit=limit, parent=parent)
@@ -213,7 +225,7 @@ def list_command(
     elif status or flow or parent:
         say("No executions match.")
     else:
-        say(f"No executions yet in {client.db}. Run a @tether.flow to record one.")
+        say(f"No executions yet in {redact(client.db)}. Run a @tether.flow to record one.")
 
 
 @executions_app.command("get", cls=Command)
@@ -224,8 +236,7 @@ def get_command(execution_id: IdArgument, db: DbOption = None, as_json: JsonOpti
 
     `--json` prints everything, including full results, tracebacks and events.
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         record = client.get(client.resolve_id(execution_id))
         attention = client.attention(record)
         if as_json:
@@ -262,8 +273,7 @@ def logs_command(
 
     With `--json`: a list of records; with `--follow --json`, one record per line.
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         execution_id = client.resolve_id(execution_id)
         if not follow:
             records = client.logs(execution_id, checkpoint=checkpoint)
@@ -308,8 +318,7 @@ def watch_command(
     (or when the output is not a terminal) it prints one line per change instead: JSON
     objects with `--json`, short text lines otherwise.
     """
-    with cli_errors():
-        client = client_for(db)
+    with cli_errors(), reading(db) as client:
         record = client.get(client.resolve_id(execution_id))
         if as_json or not out.is_terminal:
             record = _watch_lines(client, record, as_json)
@@ -602,7 +611,12 @@ def _parse_age(text: str) -> float:
             f"expected an age such as 30d, 12h, 15m, 90s or 2w (or combined: 1d12h), not {text!r}",
             param_hint="'--older-than'",
         )
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _AGE.findall(compact))
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _AGE.findall(compact))
+    if seconds > MAX_AGE_SECONDS:
+        raise typer.BadParameter(
+            f"{text!r} is more than a century; the most is 5200w", param_hint="'--older-than'"
+        )
+    return seconds
 
 
 @executions_app.command("prune", cls=Command)
@@ -676,19 +690,68 @@ def waits_command(
     flow: Annotated[
         str | None, typer.Option(metavar="NAME", help="Only waits of this flow.")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="At most this many.")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_COUNT, metavar="N", help="At most this many.")
+    ] = 100,
     as_json: JsonOption = False,
 ) -> None:
     """List the waits that need input (a flow called `tether.wait(...)`), oldest first: the
     question, the JSON it expects, and its deadline. Answer one with `executions input`."""
-    with cli_errors():
-        pending = client_for(db).pending_waits(flow=flow, limit=limit)
+    with cli_errors(), reading(db) as client:
+        pending = client.pending_waits(flow=flow, limit=limit)
     if as_json:
         dump([views.wait_json(w) for w in pending])
     elif pending:
         out.print(render.waits_table(pending))
     else:
         say("No pending waits.")
+
+
+@executions_app.command("send", cls=Command)
+def send_command(
+    execution_id: Annotated[str, typer.Argument(metavar="ID", help="The execution.")],
+    wait: Annotated[
+        str, typer.Argument(metavar="NAME", help="The wait's name (as the flow's tether.wait).")
+    ],
+    value: Annotated[
+        str,
+        typer.Option(
+            "--value",
+            metavar="JSON",
+            help="The value, as JSON: true, 3, '\"a string\"', '{\"k\": 1}'; `-` reads it "
+            "from stdin, `@FILE` from a file (a string starting with @ in JSON quotes: "
+            "'\"@ada\"').",
+            show_default=False,
+        ),
+    ],
+    by: Annotated[str | None, typer.Option(metavar="NAME", help="Who sends it (recorded).")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send a value to a wait, whether the flow waits there now or reaches it later (a
+    callback that may come before the flow asks for it). A pending wait gets it at once;
+    otherwise it is kept, and validated against the wait's schema when the flow gets there
+    (a value that does not match is shown as rejected by `get`). One message per wait.
+
+    Example: `tether executions send ID paid --value '{"amount": 1200}'`.
+    """
+    unchanged = "Nothing was sent."
+    limit = settings().max_input_bytes
+    text = value_text(value, option="--value", unchanged=unchanged, limit=limit)
+    json_value(text, option="--value", unchanged=unchanged, given=value)
+    with cli_errors():
+        client = client_for(db)
+        execution_id = client.resolve_id(execution_id)
+        record = client.send_json(execution_id, wait, text, by=by or who())
+    if as_json:
+        dump(views.message_json(record))
+        return
+    line = Text("Input given to wait " if record.status == "delivered" else "Sent to wait ")
+    line.append(record.name, style="bold")
+    line.append(f" of {record.execution_id}")
+    if record.status != "delivered":
+        line.append("; it is delivered when the flow reaches that wait")
+    out.print(line.append("."))
 
 
 @executions_app.command("input", cls=Command)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import cli_errors, client_for
+from ._common import cli_errors, client_for, reading
 from .options import DbOption
 
 
@@ -42,4 +42,9 @@ def mcp_command(
     if mode not in mcp.MODES:
         raise typer.BadParameter(f"choose read or operate, not {mode!r}", param_hint="'--mode'")
     with cli_errors():
-        mcp.serve(client_for(db), "operate" if mode == "operate" else "read", imports or ())
+        if mode == "operate":
+            mcp.serve(client_for(db), "operate", imports or ())
+            return
+        # Its tools only read: the store is opened read-only, as the reading commands do.
+        with reading(db) as client:
+            mcp.serve(client, "read", imports or ())

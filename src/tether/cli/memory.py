@@ -29,10 +29,11 @@ from ._common import (
     fail,
     json_value,
     out,
+    reading,
     say,
     value_text,
 )
-from .options import Command, DbOption, Group, JsonOption
+from .options import MAX_COUNT, MAX_VERSION, Command, DbOption, Group, JsonOption
 
 memory_app = typer.Typer(
     cls=Group,
@@ -139,7 +140,9 @@ def list_command(
     namespace: NamespaceOption = None,
     flow: FlowOption = None,
     execution: ExecutionOption = None,
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Show at most this many.")] = 1000,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_COUNT, metavar="N", help="Show at most this many.")
+    ] = 1000,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -149,8 +152,7 @@ def list_command(
 
     Example: `tether memory list user: --namespace acme`
     """
-    with cli_errors():
-        _open(db)
+    with cli_errors(), reading(db):
         if scope is None and namespace is None and flow is None and execution is None:
             rows = _config.store_for().list_memory(
                 scope=None, scope_id=None, prefix=prefix, limit=limit
@@ -186,7 +188,14 @@ def get_command(
     key: KeyArgument,
     version: Annotated[
         int | None,
-        typer.Option("--version", "-v", min=1, metavar="N", help="This version, not the latest."),
+        typer.Option(
+            "--version",
+            "-v",
+            min=1,
+            max=MAX_VERSION,
+            metavar="N",
+            help="This version, not the latest.",
+        ),
     ] = None,
     scope: ScopeOption = None,
     namespace: NamespaceOption = None,
@@ -200,8 +209,7 @@ def get_command(
 
     `--json` prints the version's details with the value.
     """
-    with cli_errors():
-        _open(db)
+    with cli_errors(), reading(db):
         where = _scope(scope, namespace, flow, execution)
         found = memory._find(key, version=version, **where)
         if found is None or found.deleted:
@@ -248,6 +256,7 @@ def set_command(
             "--if-version",
             metavar="N",
             min=0,
+            max=MAX_VERSION,
             help="Store it only if the key's latest version is N (0: only if the key is new); "
             "exit 1 if someone wrote it since.",
         ),
@@ -294,8 +303,7 @@ def history_command(
 ) -> None:
     """List every version of a key, oldest first, deletions included: when it was written,
     its size, and the execution and position that wrote it (when a flow did)."""
-    with cli_errors():
-        _open(db)
+    with cli_errors(), reading(db):
         versions = memory.history(key, **_scope(scope, namespace, flow, execution))
         shown = [memory_json(v, with_value=values) for v in versions]
     if as_json:

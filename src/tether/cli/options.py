@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import typer
@@ -38,6 +39,22 @@ ScriptOption = Annotated[
         "not run), for executions started by `python PATH`.",
     ),
 ]
+
+# Every number an option takes is bounded (Click prints the range in its usage error, exit 2):
+# unbounded, a huge one reached the store and came back as "unexpected OverflowError".
+MAX_COUNT = 1_000_000  # --limit: rows one command lists
+MAX_VERSION = 2**63 - 1  # memory versions: the store's integer range
+MAX_CONCURRENCY = 10_000  # the default max_async: more would only wait for a slot
+MAX_POLL_SECONDS = 3600.0
+MAX_GRACE_SECONDS = 86_400.0
+MAX_AGE_SECONDS = 100 * 365 * 86_400  # prune --older-than: a century, 5200w
+
+
+def finite(value: float | None) -> float | None:
+    """Callback of a float option: Click's range lets NaN through (it compares false)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number of seconds")
+    return value
 
 
 def _no_type(ctx: Any) -> None:

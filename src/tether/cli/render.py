@@ -29,6 +29,7 @@ from .._runtime.records import (
     ErrorInfo,
     ExecutionRecord,
     LogRecord,
+    MessageRecord,
     WaitRecord,
 )
 from .._spend.usage import Usage
@@ -203,6 +204,53 @@ def waits_table(waits: Iterable[WaitRecord]) -> Table:
     return table
 
 
+def published_table(published: dict[str, CheckpointRecord]) -> Table:
+    """The latest value per key a flow published (`tether.publish`), and where and when."""
+    table = Table(box=None, pad_edge=False)
+    table.add_column("key", no_wrap=True)
+    table.add_column("value", min_width=6)
+    table.add_column("at", no_wrap=True)
+    table.add_column("when", no_wrap=True)
+    for key, cp in sorted(published.items()):
+        table.add_row(
+            Text(key),
+            Text(preview(as_data(cp.result_json))),
+            Text(display(cp.position)),
+            when(cp.finished_at),
+        )
+    return table
+
+
+def messages_table(messages: Iterable[MessageRecord]) -> Table:
+    """Messages sent to waits (`executions send`) that no wait has taken: kept until the flow
+    reaches their wait (`sent`), or refused by its schema (`rejected`, with why)."""
+    table = Table(box=None, pad_edge=False)
+    table.add_column("wait", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("value", min_width=6)
+    table.add_column("by", no_wrap=True)
+    table.add_column("sent", no_wrap=True)
+    table.add_column("why", min_width=6)
+    for m in messages:
+        status = "not delivered yet" if m.status == "sent" else m.status
+        table.add_row(
+            Text(m.name),
+            Text(status, style="yellow" if m.status == "sent" else "red"),
+            Text(preview(_message_value(m))),
+            Text(m.sent_by or ""),
+            when(m.sent_at),
+            Text(m.error or ""),
+        )
+    return table
+
+
+def _message_value(message: MessageRecord) -> Any:
+    try:
+        return message.value
+    except Exception:  # a value of a class this process lacks: shown as stored
+        return message.value_json
+
+
 def header(record: ExecutionRecord) -> Table:
     """The execution's facts, one per line."""
     grid = Table.grid(padding=(0, 2))
@@ -370,6 +418,12 @@ def execution_view(
         parts.append(Text("No checkpoint calls recorded yet.", style="dim"))
     if record.children:
         parts += [Text(), Text("Children", style="bold"), executions_table(record.children)]
+    published = record.published_calls
+    if published:
+        parts += [Text(), Text("Published", style="bold"), published_table(published)]
+    unsettled = [m for m in record.messages if m.status != "delivered"]
+    if unsettled:
+        parts += [Text(), Text("Messages", style="bold"), messages_table(unsettled)]
     if attention is not None:
         parts += [Text(), attention_text(attention)]
     if record.status is Status.WAITING:

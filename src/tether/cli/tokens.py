@@ -12,7 +12,7 @@ from .._core import config as _config
 from .._ops import views
 from .._ops.client import Client
 from . import render
-from ._common import cli_errors, client_for, dump, err, out, say
+from ._common import cli_errors, client_for, dump, err, out, reading, say
 from .options import Command, DbOption, Group, JsonOption
 
 tokens_app = typer.Typer(
@@ -61,8 +61,8 @@ def create_command(
 @tokens_app.command("list", cls=Command)
 def list_command(db: DbOption = None, as_json: JsonOption = False) -> None:
     """List the tokens (names, scopes, when created or revoked; never the secrets)."""
-    with cli_errors():
-        tokens = client_for(db).tokens()
+    with cli_errors(), reading(db) as client:
+        tokens = client.tokens()
     if as_json:
         dump([views.token_json(t) for t in tokens])
         return

@@ -9,8 +9,18 @@ import typer
 
 from .._core import config as _config
 from .._runtime.worker import Worker
-from ._common import State, cli_errors, err
-from .options import DbOption, ScriptOption
+from ..errors import ConfigurationError
+from ..store import exists as store_exists
+from ..store import redact
+from ._common import State, cli_errors, err, missing_store
+from .options import (
+    MAX_CONCURRENCY,
+    MAX_GRACE_SECONDS,
+    MAX_POLL_SECONDS,
+    DbOption,
+    ScriptOption,
+    finite,
+)
 
 
 def worker_command(
@@ -19,6 +29,7 @@ def worker_command(
         int,
         typer.Option(
             min=1,
+            max=MAX_CONCURRENCY,
             metavar="N",
             help="Executions run at once by this worker, sync and async alike: a sync one "
             "takes a thread, an async one a task on one event loop (thousands fit).",
@@ -50,15 +61,28 @@ def worker_command(
         float,
         typer.Option(
             min=0.001,
+            max=MAX_POLL_SECONDS,
+            callback=finite,
             metavar="SECONDS",
             help="SQLite: seconds between looks for runnable work (PostgreSQL workers are "
             "woken through LISTEN/NOTIFY and look at least every second).",
         ),
     ] = 0.02,
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="Make the SQLite store if it does not exist yet. Without it a worker refuses "
+            "a store path that does not exist (a typo would otherwise wait forever on a new, "
+            "empty database).",
+        ),
+    ] = False,
     grace: Annotated[
         float,
         typer.Option(
             min=0,
+            max=MAX_GRACE_SECONDS,
+            callback=finite,
             metavar="SECONDS",
             help="On SIGTERM, seconds to wait for executions to hand back.",
         ),
@@ -81,12 +105,15 @@ def worker_command(
         if State.debug:
             origin = "--db or $TETHER_DB" if db else _config.settings().db_origin
             err.print(
-                f"store: {_config.settings().db} ({origin})",
+                f"store: {redact(_config.settings().db)} ({origin})",
                 style="dim",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
             )
+        url = _config.settings().db
+        if not create and not store_exists(url):
+            raise ConfigurationError(missing_store(url, "this worker with --create"))
         Worker(
             db,
             concurrency=concurrency,

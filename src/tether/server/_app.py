@@ -298,14 +298,18 @@ def create_app(
         "/executions/{execution_id}/waits/{name}", tags=["waits"], **_answers(_s.WaitOut, body=True)
     )
     def give_input(who: Operator, execution_id: str, name: str, body: InputBody) -> dict[str, Any]:
-        try:
-            text = json.dumps(body.value, ensure_ascii=False, allow_nan=False)
-        except ValueError:  # NaN or Infinity: Python's parser takes them, JSON has none
-            raise InputValidationError(
-                "input holds NaN or Infinity, which JSON has no place for; send a number, "
-                "null or a string"
-            ) from None
-        return views.wait_json(client.input_json(execution_id, name, text, by=who.name))
+        return views.wait_json(client.input_json(execution_id, name, _json_text(body), by=who.name))
+
+    @api.post(
+        "/executions/{execution_id}/messages/{name}",
+        tags=["waits"],
+        **_answers(_s.MessageOut, body=True),
+    )
+    def send(who: Operator, execution_id: str, name: str, body: InputBody) -> dict[str, Any]:
+        """Input for the wait `name` whether the flow waits there now or reaches it later
+        (`Client.send`): a webhook's callback that may come first."""
+        record = client.send_json(execution_id, name, _json_text(body), by=who.name)
+        return views.message_json(record)
 
     # --- flows ----------------------------------------------------------------------------
 
@@ -381,3 +385,13 @@ def create_app(
     app.include_router(_dashboard.router(client, poll=poll, stream_seconds=stream_seconds))
     app.mount("/static", StaticFiles(packages=[("tether.server", "static")]), name="static")
     return app
+
+
+def _json_text(body: InputBody) -> str:
+    try:
+        return json.dumps(body.value, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or Infinity: Python's parser takes them, JSON has none
+        raise InputValidationError(
+            "input holds NaN or Infinity, which JSON has no place for; send a number, "
+            "null or a string"
+        ) from None

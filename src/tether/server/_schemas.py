@@ -110,6 +110,19 @@ class LogOut(_Shape):
     message: str
 
 
+class MessageOut(_Shape):
+    """A message sent to a wait (`send`): `sent`, `delivered` or `rejected`."""
+
+    execution_id: str
+    name: str
+    status: Literal["sent", "delivered", "rejected"]
+    value: Any
+    sent_by: str | None
+    sent_at: str
+    delivered_at: str | None
+    error: str | None
+
+
 class ExecutionOut(_Shape):
     """An execution as lists show it."""
 
@@ -162,6 +175,8 @@ class ExecutionDetailOut(ExecutionOut):
     events: list[EventOut]
     children: list[ExecutionOut]
     lineage: LineageOut
+    messages: list[MessageOut]
+    published: dict[str, Any] = Field(description="The latest value per published key.")
 
 
 class ExecutionPageOut(_Shape):

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 
 @dataclass(slots=True)
@@ -87,6 +87,33 @@ class WaitRow:
     resolved_by: str | None = None
     created_at: float = 0.0
     resolved_at: float | None = None
+
+
+@dataclass(slots=True)
+class MessageRow:
+    """Input sent to a wait before the flow reached it (`Client.send`)."""
+
+    execution_id: str
+    name: str
+    value: str
+    status: str  # "sent" (not delivered yet), "delivered" or "rejected"
+    sent_by: str | None = None
+    sent_at: float = 0.0
+    error: str | None = None  # why it was rejected
+    delivered_at: float | None = None
+
+
+class Sent(Enum):
+    """What `Store.send_message` found and did."""
+
+    STORED = "stored"  # the wait is not reached yet: kept until it is
+    DELIVERED = "delivered"  # the wait was pending: resolved with the value
+    VALIDATE = "validate"  # the wait is pending, and the value was not validated: nothing done
+    DUPLICATE = "duplicate"  # a message for that wait is waiting already: nothing done
+    ANSWERED = "answered"  # the wait is no longer pending: nothing done
+    NOT_INPUT = "not_input"  # that name is a sleep or a wait for a child: nothing done
+    FINISHED = "finished"  # the execution has ended: nothing done
+    NOT_FOUND = "not_found"  # no such execution
 
 
 @dataclass(slots=True)
@@ -165,6 +192,8 @@ class Store(abc.ABC):
     """A durable home for executions, their checkpoints and events."""
 
     url: str
+    #: opened read-only: nothing is migrated or written; a write raises StoreOpenedReadOnly
+    readonly: bool = False
 
     # --- executions ---------------------------------------------------------------------
 
@@ -369,12 +398,42 @@ class Store(abc.ABC):
         now: float,
     ) -> bool:
         """Resolve a pending wait (`resolved` with input, or `timed_out`) and make a waiting
-        execution runnable, atomically. False if the wait was not pending: exactly one of
-        concurrent resolutions wins."""
+        execution runnable, atomically. False if the wait was not pending, or has a message
+        being delivered to it (`send_message`): exactly one of concurrent resolutions wins."""
 
     @abc.abstractmethod
     def pending_waits(self, *, flow: str | None, limit: int) -> list[PendingWaitRow]:
         """Pending input waits of unfinished executions, oldest first."""
+
+    @abc.abstractmethod
+    def send_message(self, row: MessageRow, *, validated: bool, now: float) -> Sent:
+        """Send `row.value` to the wait `row.name`, atomically under the execution's lock. A
+        pending input wait is resolved with it at once (only if `validated`: the caller
+        checked it against that wait's schema; else VALIDATE and nothing changes); a wait
+        not reached yet gets it stored as a message (`sent`) for the flow to deliver. Either
+        way a `waiting` execution becomes runnable. One message per wait: while one is
+        stored and undelivered, another is refused (DUPLICATE), and so is input to the wait
+        (`resolve_wait` returns False), so of a send and an input exactly one wins."""
+
+    @abc.abstractmethod
+    def get_messages(self, execution_id: str) -> list[MessageRow]:
+        """The messages sent to waits of an execution, oldest first."""
+
+    @abc.abstractmethod
+    def deliver_message(
+        self,
+        execution_id: str,
+        token: str,
+        name: str,
+        *,
+        value: str | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        """The holder's delivery of the stored message to its pending wait, fenced by the
+        lease token (False, writing nothing, when it no longer holds it): with `value` (the
+        validated input) the wait is resolved and the message `delivered`; with `error` the
+        message is `rejected` and the wait stays pending."""
 
     # --- checkpoints --------------------------------------------------------------------
 
@@ -382,6 +441,11 @@ class Store(abc.ABC):
     def get_checkpoints(self, execution_id: str) -> list[CheckpointRow]:
         """All recorded checkpoint calls of an execution, in program order
         (`store._positions.sort_key`)."""
+
+    @abc.abstractmethod
+    def latest_call(self, execution_id: str, name: str) -> CheckpointRow | None:
+        """The succeeded checkpoint call named `name` of an execution that finished last
+        (the latest published value of a key: `_core.publish`), or None."""
 
     @abc.abstractmethod
     def reset_for_retry(

@@ -52,6 +52,14 @@ class CheckpointsSql(SqlBase):
         # Positions are text ("3.1.2"): program order is theirs, not the text's.
         return sorted((CheckpointRow(*r) for r in rows), key=lambda row: sort_key(row.position))
 
+    def latest_call(self, execution_id: str, name: str) -> CheckpointRow | None:
+        found = self._one(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ? AND name = ? "
+            "AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1",
+            (execution_id, name),
+        )
+        return None if found is None else CheckpointRow(*found)
+
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
     ) -> Commit:
@@ -114,7 +122,8 @@ class CheckpointsSql(SqlBase):
             ]  # fmt: skip
             for table, column in (
                 ("checkpoints", "execution_id"), ("waits", "execution_id"),
-                ("events", "execution_id"), ("executions", "id"),
+                ("messages", "execution_id"), ("events", "execution_id"),
+                ("executions", "id"),
             ):  # fmt: skip
                 self._executemany(conn, f"DELETE FROM {table} WHERE {column} = ?", ids)
             return len(ids)

@@ -6,11 +6,15 @@ import json
 from typing import Any
 
 from ._base import (
+    MessageRow,
     PendingWaitRow,
+    Sent,
     WaitRow,
 )
 from ._positions import sort_key
 from ._sql_common import _FINISHED, WAIT_COLUMNS, SqlBase
+
+MESSAGE_COLUMNS = "execution_id, name, value, status, sent_by, sent_at, error, delivered_at"
 
 
 class WaitsSql(SqlBase):
@@ -103,17 +107,116 @@ class WaitsSql(SqlBase):
             cursor = self._run(
                 conn,
                 "UPDATE waits SET status = ?, value = ?, resolved_by = ?, resolved_at = ? "
-                "WHERE execution_id = ? AND name = ? AND status = 'pending'",
-                (status, value, by, now, execution_id, name),
+                "WHERE execution_id = ? AND name = ? AND status = 'pending' AND NOT EXISTS "
+                "(SELECT 1 FROM messages WHERE execution_id = ? AND name = ? AND status = 'sent')",
+                (status, value, by, now, execution_id, name, execution_id, name),
             )
             if cursor.rowcount != 1:
                 return False
+            self._wake(conn, execution_id, now)
+            return True
+
+    def _wake(self, conn: Any, execution_id: str, now: float) -> None:
+        self._run(
+            conn,
+            "UPDATE executions SET status = 'queued', wake_at = NULL, updated_at = ? "
+            "WHERE id = ? AND status = 'waiting'",
+            (now, execution_id),
+        )
+
+    def send_message(self, row: MessageRow, *, validated: bool, now: float) -> Sent:
+        execution_id, name = row.execution_id, row.name
+        with self._transaction() as conn:
+            # The execution row's lock orders this against input (resolve_wait), the flow
+            # recording the wait (create_wait) and suspend(): each sees the other's write.
+            found = self._run(
+                conn,
+                f"SELECT status FROM executions WHERE id = ?{self.lock_row}",
+                (execution_id,),
+            ).fetchone()
+            if found is None:
+                return Sent.NOT_FOUND
+            if found[0] in _FINISHED:
+                return Sent.FINISHED
+            wait = self._run(
+                conn,
+                "SELECT kind, status FROM waits WHERE execution_id = ? AND name = ?",
+                (execution_id, name),
+            ).fetchone()
+            waiting = self._run(
+                conn,
+                "SELECT 1 FROM messages WHERE execution_id = ? AND name = ? AND status = 'sent'",
+                (execution_id, name),
+            ).fetchone()
+            if waiting is not None:
+                return Sent.DUPLICATE
+            if wait is not None:
+                if wait[0] != "input":
+                    return Sent.NOT_INPUT
+                if wait[1] != "pending":
+                    return Sent.ANSWERED
+                if not validated:
+                    return Sent.VALIDATE
+                self._run(
+                    conn,
+                    "UPDATE waits SET status = 'resolved', value = ?, resolved_by = ?, "
+                    "resolved_at = ? WHERE execution_id = ? AND name = ?",
+                    (row.value, row.sent_by, now, execution_id, name),
+                )
+                self._wake(conn, execution_id, now)
+                return Sent.DELIVERED
+            # A delivered or rejected message of a wait that is gone (a retry forgot it) is
+            # replaced: the wait will be reached anew.
             self._run(
                 conn,
-                "UPDATE executions SET status = 'queued', wake_at = NULL, updated_at = ? "
-                "WHERE id = ? AND status = 'waiting'",
-                (now, execution_id),
+                "INSERT INTO messages (execution_id, name, value, status, sent_by, sent_at) "
+                "VALUES (?, ?, ?, 'sent', ?, ?) ON CONFLICT (execution_id, name) DO UPDATE SET "
+                "value = excluded.value, status = 'sent', sent_by = excluded.sent_by, "
+                "sent_at = excluded.sent_at, error = NULL, delivered_at = NULL",
+                (execution_id, name, row.value, row.sent_by, now),
             )
+            # A waiting execution runs again, so a wait it reaches next finds the message.
+            self._wake(conn, execution_id, now)
+            return Sent.STORED
+
+    def get_messages(self, execution_id: str) -> list[MessageRow]:
+        rows = self._all(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE execution_id = ? ORDER BY sent_at",
+            (execution_id,),
+        )
+        return [MessageRow(*r) for r in rows]
+
+    def deliver_message(
+        self,
+        execution_id: str,
+        token: str,
+        name: str,
+        *,
+        value: str | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        with self._transaction() as conn:
+            held = self._run(
+                conn,
+                f"SELECT 1 FROM executions WHERE id = ? AND lease_token = ?{self.lock_row}",
+                (execution_id, token),
+            ).fetchone()
+            if held is None:
+                return False
+            sender = self._run(
+                conn,
+                "UPDATE messages SET status = ?, error = ?, delivered_at = ? "
+                "WHERE execution_id = ? AND name = ? AND status = 'sent' RETURNING sent_by",
+                ("rejected" if value is None else "delivered", error, now, execution_id, name),
+            ).fetchone()
+            if sender is not None and value is not None:
+                self._run(
+                    conn,
+                    "UPDATE waits SET status = 'resolved', value = ?, resolved_by = ?, "
+                    "resolved_at = ? WHERE execution_id = ? AND name = ? AND status = 'pending'",
+                    (value, sender[0], now, execution_id, name),
+                )
             return True
 
     def pending_waits(self, *, flow: str | None, limit: int) -> list[PendingWaitRow]:

@@ -35,12 +35,14 @@ from ..errors import (
     StoreCorrupt,
     StoreError,
     StoreFull,
+    StoreOpenedReadOnly,
     StoreReadOnly,
     StoreUnavailable,
 )
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import CheckpointCommit, GroupCommit
 from ._json_bytes import json_bytes as _json
+from ._redact import redact
 from ._sql import (
     CHECKPOINT_FIELDS,
     RELEASED,
@@ -181,16 +183,24 @@ class PostgresStore(SqlStore):
     # can be planned as a join that reads every row the branch matches.
     in_window = "e.id = ANY(ARRAY({}))"
 
-    def __init__(self, url: str, *, max_connections: int = 32, connect_timeout: float = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 32,
+        connect_timeout: float = 10,
+        readonly: bool = False,
+    ) -> None:
         try:
             import psycopg
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
             raise ConfigurationError(
-                f"{url!r} needs the PostgreSQL driver: pip install -e '.[postgres]' in a clone "
-                f"of tether, or pip install 'psycopg[binary,pool]' ({exc})"
+                f"{redact(url)!r} needs the PostgreSQL driver: pip install -e '.[postgres]' in a "
+                f"clone of tether, or pip install 'psycopg[binary,pool]' ({exc})"
             ) from exc
         self.url = url
+        self.readonly = readonly
         self._listen: Any = None
         self._listen_lock = threading.Lock()
         # Kept by the group committer, with the statements prepared on it: only its leader of
@@ -224,20 +234,37 @@ class PostgresStore(SqlStore):
             timeout=connect_timeout,
             open=False,
             name="tether",
+            # Read-only: the server itself refuses every write of this store's sessions, so
+            # none can slip through (and a role allowed only SELECT works as well).
+            configure=_read_only_session if readonly else None,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
         except Exception as exc:
             self._pool.close()
             raise StoreError(
-                f"cannot connect to PostgreSQL at {_redact(url)}: {exc}. Is the server running, "
-                "and does the URL name an existing database and user?"
+                f"cannot connect to PostgreSQL at {redact(url)}: {redact(str(exc), url)}. Is "
+                "the server running, and does the URL name an existing database and user?"
             ) from exc
         try:
-            self._migrate()
+            if readonly:
+                self._check_readable()
+            else:
+                self._migrate()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def url_shown(self) -> str:
+        return redact(self.url)
+
+    def _tables(self, conn: Connection) -> set[str]:
+        # The schema unqualified names resolve to first: where tether's tables are made.
+        found = self._run(
+            conn, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        )
+        return {r[0] for r in found.fetchall()}
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
@@ -249,15 +276,19 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        if self.readonly:
+            raise _refuse_write(self.url)
         try:
             with self._pool.connection() as conn, conn.transaction():
                 yield conn
         except self._driver_error as exc:
             raise self._down(exc) from exc
 
-    def _down(self, exc: BaseException) -> StoreError:
+    def _down(self, exc: BaseException) -> StoreError | StoreOpenedReadOnly:
         # The pool replaces broken connections by itself; callers retry the operation.
-        return classify(exc, _redact(self.url))
+        if self.readonly and getattr(exc, "sqlstate", None) == "25006":
+            return _refuse_write(self.url)
+        return classify(exc, redact(self.url), self.url)
 
     def _cursor(self, conn: Any) -> Any:
         with self._cursors_lock:
@@ -376,9 +407,9 @@ class PostgresStore(SqlStore):
             # The statement may have committed before the reply was lost: the callers retry,
             # and a retry that finds its row already written reads it back (`_read_back`).
             raise CommitUnknown(
-                f"the connection to PostgreSQL at {_redact(self.url)} was lost with a commit "
-                f"in flight [{type(exc).__name__}: {str(exc).strip()}]; whether it committed "
-                "is read back when it is retried"
+                f"the connection to PostgreSQL at {redact(self.url)} was lost with a commit "
+                f"in flight [{redact(f'{type(exc).__name__}: {str(exc).strip()}', self.url)}]; "
+                "whether it committed is read back when it is retried"
             ) from exc
         except self._driver_error as exc:
             raise self._down(exc) from exc
@@ -502,13 +533,14 @@ _BUSY_STATES = {"40001", "40P01", "55P03", "55006"}
 _CORRUPT_STATES = {"XX001", "XX002"}
 
 
-def classify(exc: BaseException, where: str) -> StoreError:
+def classify(exc: BaseException, where: str, url: str | None = None) -> StoreError:
     """A psycopg error as the `StoreError` it means (the PostgreSQL dialect's hook).
     Connection-level failures and a server out of resources are transient
     (`StoreUnavailable`: retried, then the execution is released); damaged data is
     `StoreCorrupt`; anything else (a constraint, a bug) a plain `StoreError`."""
     state = getattr(exc, "sqlstate", None) or ""
-    said = f"{type(exc).__name__}: {str(exc).strip()}"
+    # The driver's message may quote the URL or a piece of it (`url`: hidden there too).
+    said = redact(f"{type(exc).__name__}: {str(exc).strip()}", url)
     server = f"PostgreSQL at {where}"
     if state == "53100":
         return StoreFull(
@@ -540,11 +572,12 @@ def classify(exc: BaseException, where: str) -> StoreError:
     return StoreError(f"{server} failed [{said}]")
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
+def _read_only_session(conn: Any) -> None:
+    conn.execute("SET default_transaction_read_only = on")
+
+
+def _refuse_write(url: str) -> StoreOpenedReadOnly:
+    return StoreOpenedReadOnly(
+        f"the store at {redact(url)} was opened read-only (readonly=True, or a reading "
+        "command): nothing was written. Open it without readonly to write."
+    )

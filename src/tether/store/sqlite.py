@@ -25,6 +25,7 @@ import os
 import re
 import sqlite3
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -32,18 +33,22 @@ from typing import Any
 
 from ..errors import (
     ConfigurationError,
+    NotATetherStore,
     StoreBusy,
     StoreCorrupt,
     StoreError,
     StoreFull,
+    StoreOpenedReadOnly,
     StoreReadOnly,
     StoreUnavailable,
 )
 from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import CheckpointCommit, GroupCommit, checkpoint_key
 from ._json_bytes import json_bytes
+from ._redact import redact
 from ._sql import CHECKPOINT_FIELDS, Connection, SqlStore, checkpoint_values, event_params
 from ._sql_common import INSERT_EVENT
+from ._sql_migrations import check_opening
 
 # A batch of checkpoint commits as one statement (what `_sql_common.RECORD_CHECKPOINT` is
 # for one row; keep the two in step). The rows come as one JSON array of
@@ -66,6 +71,8 @@ _BATCH = (
 _BUSY, _LOCKED, _NOMEM, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _PROTOCOL, _NOTADB = (
     5, 6, 7, 8, 10, 11, 13, 14, 15, 26,
 )  # fmt: skip
+# The first 16 bytes of every SQLite database file.
+_MAGIC = b"SQLite format 3\x00"
 # Readers that overlap without pause keep SQLite from restarting the WAL, so it can grow
 # large under a burst of work; past this size `maintain()` checkpoints and truncates it.
 _WAL_LIMIT = 64 * 1024 * 1024
@@ -76,21 +83,34 @@ def path_from_url(url: str) -> str:
     path = rest[1:] if rest.startswith("/") else rest
     if not path or path == ":memory:" or path.startswith("file::memory:"):
         raise ConfigurationError(
-            f"{url!r} names no file; an in-memory database is not durable. "
+            f"{redact(url)!r} names no file; an in-memory database is not durable. "
             "Use sqlite:///path/to/tether.db"
         )
     return os.path.abspath(path)
 
 
 class SQLiteStore(SqlStore):
-    dialect = "sqlite"
+    """See the module's docstring. `readonly=True` opens an existing tether database without
+    writing anything to it (no migration, no journal switch; usable on read-only media);
+    every write then raises StoreOpenedReadOnly."""
 
-    def __init__(self, url: str, *, durability: str = "normal", busy_timeout: float = 60.0) -> None:
+    dialect = "sqlite"
+    any_table_is_foreign = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        durability: str = "normal",
+        busy_timeout: float = 60.0,
+        readonly: bool = False,
+    ) -> None:
         if durability not in ("normal", "full"):
             raise ConfigurationError(f"durability must be 'normal' or 'full', not {durability!r}")
         if not busy_timeout > 0:
             raise ConfigurationError(f"busy_timeout must be above 0 seconds, not {busy_timeout!r}")
         self.url = url
+        self.readonly = readonly
         self.busy_timeout = float(busy_timeout)
         # Set once a read or write finds the file damaged: from then on nothing is written
         # (a write into corrupt pages can spread the damage), and every call says why.
@@ -111,16 +131,69 @@ class SQLiteStore(SqlStore):
         # Closing the last connection checkpoints the WAL and removes it: do it at exit
         # rather than leave a large -wal file behind.
         atexit.register(self.close)
-        directory = os.path.dirname(self.path)
+        # How this store's connections open the file (see _open_uri); looked at before the
+        # first connection, which switches a writable store's journal to WAL.
+        self._uri = ""
         try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot create the directory for {self.path}: {exc}") from exc
-        try:
+            if self._inspect() and readonly:
+                raise ConfigurationError(
+                    f"no tether database at {self.path}; reading does not create one (the "
+                    "first run() of a flow, or `tether worker --create`, makes it)"
+                )
+            if readonly:
+                return
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot create the directory for {self.path}: {exc}"
+                ) from exc
             self._migrate()
         except BaseException:
             self.close()
             raise
+
+    def _inspect(self) -> bool:
+        """Look at the file before anything is written to it: whether it is new (missing,
+        empty, or a SQLite database with no tables: a write open makes it tether's), else
+        check that it is tether's and that its schema fits (`check_opening`). A file that is
+        not SQLite, or another application's database, is refused untouched: its bytes, its
+        journal mode and its neighbour files stay as they were."""
+        try:
+            with open(self.path, "rb") as file:
+                head = file.read(len(_MAGIC) + 3)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot open the SQLite database {self.path} [{type(exc).__name__}: "
+                f"{exc.strerror or exc}]: check that it is a file this user may read"
+            ) from exc
+        if not head:
+            return True  # an empty file: SQLite makes it a database on the first write
+        if not head.startswith(_MAGIC):
+            raise NotATetherStore(
+                f"{self.path} is not a tether database: it is not a SQLite database at all "
+                "(its first bytes say so). Nothing was written to it. Point --db / TETHER_DB "
+                "at tether's own database."
+            )
+        if self.readonly:
+            self._uri = _open_uri(self.path, head)
+        try:
+            conn = sqlite3.connect(_look_uri(self.path, head), uri=True, timeout=self.busy_timeout)
+            try:
+                tables = {
+                    r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+                version = self._schema_version(conn, tables)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise self._fault(exc, "cannot read it") from exc
+        return check_opening(
+            self.path, self.dialect, tables, version,
+            readonly=self.readonly, any_table_is_foreign=True,
+        )  # fmt: skip
 
     # --- connections --------------------------------------------------------------------
 
@@ -137,15 +210,20 @@ class SQLiteStore(SqlStore):
                 raise StoreError(f"the store {self.url} is closed")
             try:
                 conn = sqlite3.connect(
-                    self.path,
+                    self._uri or self.path,
+                    uri=bool(self._uri),
                     isolation_level=None,
                     check_same_thread=False,
                     timeout=self.busy_timeout,
                 )
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-                conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
+                if self.readonly:
+                    # Belt and braces over mode=ro: not even a temporary table is written.
+                    conn.execute("PRAGMA query_only = 1")
+                else:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                    conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
             except sqlite3.Error as exc:
                 raise self._fault(exc, "cannot open it") from exc
             self._local.conn = conn
@@ -155,8 +233,16 @@ class SQLiteStore(SqlStore):
     def _connection(self) -> _Borrowed:
         return _Borrowed(self, self._conn())
 
+    def _refuse_write(self) -> StoreOpenedReadOnly:
+        return StoreOpenedReadOnly(
+            f"the store {self.path} was opened read-only (readonly=True, or a reading "
+            "command): nothing was written. Open it without readonly to write."
+        )
+
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        if self.readonly:
+            raise self._refuse_write()
         conn = self._conn()
         with self._writing:
             try:
@@ -175,7 +261,7 @@ class SQLiteStore(SqlStore):
             except sqlite3.Error as exc:
                 raise self._fault(exc) from exc
 
-    def _fault(self, exc: sqlite3.Error, doing: str = "") -> StoreError:
+    def _fault(self, exc: sqlite3.Error, doing: str = "") -> StoreError | StoreOpenedReadOnly:
         """The dialect's error classification: what a driver error means, as a typed error
         with advice. Transient ones are `StoreUnavailable` (the engine retries, then
         releases the execution); a damaged file is `StoreCorrupt`, and stops all writes."""
@@ -184,6 +270,8 @@ class SQLiteStore(SqlStore):
     def _run(self, conn: Connection, sql: str, params: Any = ()) -> Any:
         if not _writes(sql):
             return conn.execute(sql, params)
+        if self.readonly:
+            raise self._refuse_write()
         # A write outside a transaction is a transaction of its own, open until its cursor
         # is done: run it to the end under the lock.
         with self._writing:
@@ -232,6 +320,8 @@ class SQLiteStore(SqlStore):
         return outcomes
 
     def _executemany(self, conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.readonly:
+            raise self._refuse_write()
         with self._writing:
             conn.executemany(sql, rows)  # type: ignore[attr-defined]
 
@@ -247,7 +337,12 @@ class SQLiteStore(SqlStore):
         if getattr(self._local, "conn", None) is not None:
             self._local.conn = None
 
+    def _tables(self, conn: Connection) -> set[str]:
+        return {r[0] for r in self._run(conn, "SELECT name FROM sqlite_master WHERE type='table'")}
+
     def maintain(self) -> None:
+        if self.readonly:
+            return
         try:
             if os.path.getsize(self.path + "-wal") < _WAL_LIMIT:
                 return
@@ -333,10 +428,57 @@ _WRITE_VERB = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE)\b")
 _kinds: dict[str, bool] = {}
 
 
-def classify(exc: sqlite3.Error, store: SQLiteStore, doing: str = "") -> StoreError:
+def _look_uri(path: str, head: bytes) -> str:
+    """The URI to look at a file with before opening it as a store (`_inspect`): like
+    `_open_uri`, except that a WAL database without a -wal file is read `immutable=1`, as
+    the file alone. Nobody has it open then (SQLite removes the -wal when the last
+    connection closes, and its writers change the file only by checkpointing a -wal), and a
+    `mode=ro` reader would leave -wal and -shm files beside another application's database."""
+    if _wal_mode(head) and not os.path.exists(path + "-wal"):
+        return f"file:{urllib.parse.quote(path)}?immutable=1"
+    return _open_uri(path, head)
+
+
+def _wal_mode(head: bytes) -> bool:
+    # Byte 18 of the header is 2 for a WAL database, 1 for a rollback-journal one (which
+    # mode=ro reads without making any file).
+    return len(head) > 18 and head[18] == 2
+
+
+def _open_uri(path: str, head: bytes) -> str:
+    """The URI that reads a database without writing: `mode=ro`, which sees what writers
+    commit meanwhile (and, for a WAL database, makes the -wal and -shm files beside it if
+    they are missing, as every reader of one does). On a read-only file system those cannot
+    be made: a WAL database whose -wal is gone or empty (closed cleanly, so nothing is in
+    it) opens `immutable=1` instead, which reads the file alone; one whose -wal holds
+    commits is read with `mode=ro` only when its -shm is there too, since `immutable` would
+    not see them."""
+    uri = f"file:{urllib.parse.quote(path)}"
+    if not (_wal_mode(head) and _read_only(path)):
+        return uri + "?mode=ro"
+    try:
+        logged = os.path.getsize(path + "-wal") > 0
+    except OSError:
+        logged = False
+    if not logged:
+        return uri + "?immutable=1"
+    if not os.path.exists(path + "-shm"):
+        raise StoreReadOnly(
+            f"{path} is on a read-only file system with commits in its {path}-wal file but "
+            f"no {path}-shm file, and SQLite cannot read that log without it. Copy the three "
+            "files to writable storage (or remount read-write) and open that."
+        )
+    return uri + "?mode=ro"
+
+
+def classify(
+    exc: sqlite3.Error, store: SQLiteStore, doing: str = ""
+) -> StoreError | StoreOpenedReadOnly:
     """A driver error of the SQLite database `store` as the `StoreError` it means."""
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
+    if primary == _READONLY and store.readonly:
+        return store._refuse_write()
     where = f"the SQLite database {store.path}" + (f" ({doing})" if doing else "")
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     said = f"{name}: {exc}"

@@ -342,6 +342,16 @@ def test_unknown_execution_ids_are_clear_errors(client: tether.Client) -> None:
         client.get("")
 
 
+def test_a_priority_beyond_32_bits_is_a_usage_error_and_nothing_is_stored(
+    client: tether.Client,
+) -> None:
+    for priority in (2**31, -(2**31) - 1):
+        with pytest.raises(tether.UsageError, match="out of range"):
+            sync_flow.options(priority=priority).enqueue(1)
+    sync_flow.options(priority=2**31 - 1).enqueue(1)
+    assert len(client.list()) == 1
+
+
 def test_list_filters_by_status_and_flow(client: tether.Client) -> None:
     ok = sync_flow.run(1)
     ok.result(timeout=10)

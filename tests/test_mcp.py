@@ -3,6 +3,7 @@ real `tether mcp` subprocess, with real processes running the executions it oper
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 import tether
-from helpers import TESTS, child_env, retry_until, run_child, run_python, spawn_python
+from helpers import TESTS, child_env, retry_until, run_child, run_cli, run_python, spawn_python
 
 READ_TOOLS = {
     "list_executions",
@@ -190,6 +191,10 @@ async def test_stored_values_are_data_and_the_server_imports_nothing(
         "kind": "dataclass",
     }
     assert [c["name"] for c in record["checkpoints"]] == ["write_report"]
+    # The record as `--json` prints it: one set of views for every surface.
+    printed = run_cli(db_url, "executions", "get", execution_id, "--json")
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads(printed.stdout) == record
     assert [e["id"] for e in listed["executions"]] == [execution_id]
     assert [line["message"].strip() for line in logs["logs"]] == ["writing tides"]
     assert not mark.exists()
@@ -240,7 +245,7 @@ async def test_a_killed_execution_is_flagged_resumed_and_replayed_for_the_worker
     assert client.get(fork["id"]).result == 1
 
 
-async def test_imported_modules_restore_their_classes_and_print_aside(
+async def test_imported_modules_change_no_value_shown_and_print_aside(
     db_url: str, tmp_path: Path
 ) -> None:
     execution_id = _started_and_gone(db_url, "reporting", "tides", "succeeded")
@@ -260,7 +265,12 @@ async def test_imported_modules_restore_their_classes_and_print_aside(
             await session.initialize()
             record = await call(session, "get_execution", execution_id=execution_id)
     assert mark.exists()
-    assert record["result"] == {"title": "tides", "pages": 3}
+    # The class is loaded, yet the value reads as it does everywhere: data with its type.
+    assert record["result"] == {
+        "type_name": "mcp_flows:Report",
+        "data": {"title": "tides", "pages": 3},
+        "kind": "dataclass",
+    }
     # What the module printed went to stderr: stdout carries the protocol.
     assert "mcp_flows imported" in errors.read_text()
 

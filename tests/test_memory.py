@@ -266,6 +266,13 @@ def test_the_default_scope_in_a_flow_is_the_execution(client: tether.Client) -> 
     assert memory.get("runs", flow=memory_flows.scoped) == 4
 
 
+def test_an_if_version_no_next_version_fits_is_a_usage_error(db_url: str) -> None:
+    for beyond in (2**31 - 1, 2**40, -1):
+        with pytest.raises(tether.UsageError, match="if_version is a version number"):
+            memory.set("n", 1, if_version=beyond, **NS)
+    assert memory.latest("n", **NS) is None
+
+
 def test_set_if_version_writes_only_over_the_version_read(db_url: str) -> None:
     assert memory.latest("n", **NS) is None
     assert memory.set("n", 1, if_version=0, **NS) == 1

@@ -135,6 +135,45 @@ def test_without_tokens_loopback_is_served_and_other_hosts_are_refused(
     assert "tether tokens create" in refused.stderr
 
 
+def test_what_another_site_can_make_a_browser_post_is_refused_while_no_token_exists(
+    client: tether.Client, procs: Processes
+) -> None:
+    url = procs.server()
+    handle = server_flows.approval.run("csrf")  # runs here, in the test process
+    retry_until(lambda: handle.status() == tether.Status.WAITING, what="the wait")
+    cancel = f"/api/v1/executions/{handle.id}/cancel"
+    # What a page on any site can have its visitor's browser send with no CORS preflight:
+    # an HTML form (urlencoded, multipart, text/plain) or a no-cors fetch of an untyped body.
+    cross_site = [
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {"Content-Type": "multipart/form-data; boundary=x"},
+        {"Content-Type": "text/plain;charset=UTF-8"},
+        {},
+    ]
+    posts = [
+        (cancel, b"x=1"),
+        (f"/api/v1/executions/{handle.id}/waits/approve", b'{"value": true}'),
+        ("/api/v1/flows/greeting/executions", b'{"args": ["csrf"]}'),
+    ]
+    with httpx.Client(base_url=url) as http:
+        for kind in cross_site:
+            headers = {**kind, "Origin": "https://elsewhere.example"}
+            for path, body in posts:
+                refused = http.post(path, content=body, headers=headers)
+                error = _error(refused, 415, "UnsupportedMediaType")
+                assert "Content-Type: application/json" in error["message"]
+            put = http.put("/api/v1/memory/namespace/n/k", content=b'{"value": 1}', headers=headers)
+            _error(put, 415, "UnsupportedMediaType")
+        # Nothing changed: no input, no cancel, no new execution, no memory.
+        assert client.get(handle.id).status is tether.Status.WAITING
+        assert [r.id for r in client.list()] == [handle.id]
+        _error(http.get("/api/v1/memory/namespace/n/k"), 404, "MemoryKeyError")
+        # The same requests as JSON (what only a client, or a page of this server, sends).
+        json_type = {"Content-Type": "application/json; charset=utf-8"}
+        assert http.post(cancel, content=b"", headers=json_type).status_code == 200
+    assert client.get(handle.id).status is tether.Status.CANCELLED
+
+
 def test_tokens_are_required_scoped_and_revocable(
     client: tether.Client, procs: Processes, tokens: dict[str, str]
 ) -> None:
@@ -155,8 +194,8 @@ def test_tokens_are_required_scoped_and_revocable(
         assert http.get(f"/api/v1/executions/{queued.id}", headers=read).status_code == 200
         # A read token changes nothing.
         for path, body in [
-            (f"/api/v1/executions/{queued.id}/cancel", None),
-            (f"/api/v1/executions/{queued.id}/resume", None),
+            (f"/api/v1/executions/{queued.id}/cancel", {}),
+            (f"/api/v1/executions/{queued.id}/resume", {}),
             ("/api/v1/flows/greeting/executions", {"args": ["x"]}),
         ]:
             error = _error(http.post(path, json=body, headers=read), 403, "Forbidden")
@@ -406,6 +445,37 @@ def test_execution_record_logs_usage_metrics_and_values_as_data(
             assert path in openapi["paths"]
 
 
+def _at_rest(shown: dict[str, Any]) -> dict[str, Any]:
+    """A record without what changes by the second (an unfinished execution's duration) and
+    without the CLI's hint of what to do next."""
+    kept = {k: v for k, v in shown.items() if k != "attention"}
+    if kept["finished_at"] is None:
+        kept.pop("duration")
+    return kept
+
+
+def test_the_api_and_the_cli_json_show_the_same_records(
+    db_url: str, procs: Processes, client: tether.Client
+) -> None:
+    url = procs.server()
+    done = server_flows.report.run("alike")  # this process has the class; the CLI has not
+    done.result(timeout=30)
+    waiting = server_flows.approval.run("alike")
+    retry_until(lambda: waiting.status() == tether.Status.WAITING, what="the wait")
+    with httpx.Client(base_url=url) as http:
+        for execution_id in (done.id, waiting.id):
+            shown = http.get(f"/api/v1/executions/{execution_id}").json()
+            printed = run_cli(db_url, "executions", "get", execution_id, "--json")
+            assert printed.returncode == 0, printed.stderr
+            assert _at_rest(json.loads(printed.stdout)) == _at_rest(shown)
+        listed = http.get("/api/v1/executions").json()["items"]
+        waits = http.get("/api/v1/waits").json()["items"]
+    printed_list = json.loads(run_cli(db_url, "executions", "list", "--json").stdout)
+    assert [_at_rest(r) for r in printed_list] == [_at_rest(r) for r in listed]
+    assert json.loads(run_cli(db_url, "executions", "waits", "--json").stdout) == waits
+    assert listed[1]["result"]["type_name"] == "server_flows:Report"
+
+
 def test_usage_totals_over_executions(procs: Processes, client: tether.Client) -> None:
     for question in ("a", "b"):
         assert server_flows.asking.run(question).result() == f"answer to {question}"
@@ -473,7 +543,7 @@ def test_the_server_never_imports_what_a_stored_row_names(
     with httpx.Client(base_url=url) as http:
         shown = http.get("/api/v1/executions/planted-2").json()
         assert shown["result"]["type_name"] == "planted:Thing"
-        assert http.post("/api/v1/executions/planted-1/resume").status_code == 200
+        assert http.post("/api/v1/executions/planted-1/resume", json={}).status_code == 200
         fork = http.post("/api/v1/executions/planted-2/replay", json={"from": 0})
         assert fork.status_code == 200, fork.text
         assert http.get("/api/v1/executions", params={"flow": "planted"}).status_code == 200
@@ -489,12 +559,19 @@ def test_cancel_resume_retry_and_replay(
     url = procs.server()
     with httpx.Client(base_url=url) as http:
         queued = server_flows.approval.enqueue("to cancel")
-        assert http.post(f"/api/v1/executions/{queued.id}/resume").json()["status"] == "queued"
-        cancelled = http.post(f"/api/v1/executions/{queued.id}/cancel")
+        assert (
+            http.post(f"/api/v1/executions/{queued.id}/resume", json={}).json()["status"]
+            == "queued"
+        )
+        cancelled = http.post(f"/api/v1/executions/{queued.id}/cancel", json={})
         assert cancelled.json() == {"id": queued.id, "status": "cancelled"}
-        _error(http.post(f"/api/v1/executions/{queued.id}/resume"), 409, "InvalidStateError")
-        _error(http.post(f"/api/v1/executions/{queued.id}/retry"), 409, "InvalidStateError")
-        _error(http.post("/api/v1/executions/nope/cancel"), 404, "ExecutionNotFound")
+        _error(
+            http.post(f"/api/v1/executions/{queued.id}/resume", json={}), 409, "InvalidStateError"
+        )
+        _error(
+            http.post(f"/api/v1/executions/{queued.id}/retry", json={}), 409, "InvalidStateError"
+        )
+        _error(http.post("/api/v1/executions/nope/cancel", json={}), 404, "ExecutionNotFound")
 
         procs.worker()
         flag = tmp_path / "flag"
@@ -503,7 +580,7 @@ def test_cancel_resume_retry_and_replay(
         ).json()
         failed = _finished(http, failing["id"], "failed")
         assert failed["error"]["type"] == "RuntimeError"
-        retried = http.post(f"/api/v1/executions/{failing['id']}/retry")
+        retried = http.post(f"/api/v1/executions/{failing['id']}/retry", json={})
         assert retried.status_code == 200, retried.text
         # Queued for the worker, which may have taken it already.
         assert retried.json()["status"] in ("queued", "running", "succeeded")
@@ -596,3 +673,4 @@ def test_events_stream_resumes_from_last_event_id(procs: Processes, client: teth
         assert again[-1]["event"] == "end"
         _error(http.get("/api/v1/executions/nope/events"), 404, "ExecutionNotFound")
         _error(http.get(path, headers={"Last-Event-ID": "x"}), 400, "UsageError")
+        _error(http.get(path, headers={"Last-Event-ID": str(2**64)}), 400, "UsageError")

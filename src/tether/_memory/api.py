@@ -53,6 +53,11 @@ DEFAULT_NAMESPACE: Final = "default"
 T = TypeVar("T")
 
 
+# The largest version a key can have (a 32-bit column in PostgreSQL): an `if_version` from
+# which no next version fits would fail in the driver instead of as the usage error it is.
+MAX_VERSION: Final = 2**31 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryVersion:
     """One version of a memory key, as `history()` and `entries()` return it.
@@ -200,7 +205,9 @@ def set(
     same error at that call.
     """
     if if_version is not None and (
-        isinstance(if_version, bool) or not isinstance(if_version, int) or if_version < 0
+        isinstance(if_version, bool)
+        or not isinstance(if_version, int)
+        or not 0 <= if_version < MAX_VERSION
     ):
         raise UsageError(f"if_version is a version number (0: no version yet), not {if_version!r}")
     _check_key(key)

@@ -1,22 +1,23 @@
-"""Records as plain JSON data: what the CLI's `--json`, the HTTP API and the MCP server
-return for executions, checkpoint calls, waits, events and logs, defined once.
+"""Records as plain JSON data, defined once for every surface: the CLI's `--json`, the HTTP
+API and the dashboard, and the MCP server return executions, checkpoint calls, waits,
+events, logs and tokens in these shapes.
 
-Stored values are decoded the safe way (`_core.serde`: nothing is imported or called; a
-class this process does not have comes back as `StoredValue`, i.e. its `type_name`, `kind`
-and `data`) and converted back to JSON. Timestamps are ISO 8601 in UTC; positions are
-shown as people write them (`display`).
+Stored values (results, arguments, inputs, wait questions) follow one rule, `as_data()`: the
+stored text as plain JSON data (`serde.to_data`), never restored, imported or unpickled, so
+the same row reads the same whatever the reading process has loaded. A tagged value (a
+dataclass, model, enum, named tuple, path) is `{"type_name", "kind", "data"}`, never the
+stored `{"$t": ...}` envelope. Timestamps are ISO 8601 in UTC; positions are shown as
+people write them (`display`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import json
-from collections.abc import Callable
 from typing import Any
 
 import pydantic_core
 
+from .._core import serde as _serde
 from .._core import waits as _waits
 from .._core.positions import display, sort_key
 from .._core.status import Status
@@ -31,43 +32,44 @@ from .._runtime.records import (
 )
 from .._spend import usage as _usage
 from .._spend.usage import Usage
+from .tokens import TokenInfo
 
 
 def iso(moment: dt.datetime | None) -> str | None:
     """A timestamp for JSON output (UTC, ISO 8601)."""
-    return moment.isoformat() if moment is not None else None
+    return None if moment is None else moment.isoformat()
 
 
-def plain(decode: Callable[[], Any], stored: str | Callable[[], str | None] | None) -> Any:
-    """A stored value as plain JSON data: decoded with its types and converted back to
-    JSON (tuples and sets as lists, dates as ISO strings, models and dataclasses as dicts).
-    If it cannot be decoded here (its class is not importable, say), the stored JSON as is.
+def as_data(stored: str | None) -> Any:
+    """A stored value as JSON data (None: no value). Tuples and sets are lists, dates ISO
+    text, bytes base64, a tagged value `{"type_name", "kind", "data"}`; see `serde.to_data`."""
+    return _serde.to_data(stored)
 
-    `stored` is the stored JSON (None: no value), or a function that reads it, called only
-    when the value cannot be decoded."""
-    if stored is None:
-        return None
-    try:
-        return pydantic_core.to_jsonable_python(decode(), fallback=repr, bytes_mode="base64")
-    except Exception:
-        text = stored() if callable(stored) else stored
-        return None if text is None else json.loads(text)
+
+def data(decoded: Any) -> Any:
+    """A value decoded already (metadata) as JSON data: a class this process lacks
+    (`StoredValue`) as its type name, kind and data, as `as_data()` shows it."""
+
+    def fallback(obj: Any) -> Any:
+        if isinstance(obj, _serde.StoredValue):
+            return {"type_name": obj.type_name, "kind": obj.kind, "data": data(obj.data)}
+        return {"type_name": f"{type(obj).__module__}:{type(obj).__qualname__}", "data": None}
+
+    if isinstance(decoded, _serde.StoredValue):
+        return fallback(decoded)
+    return pydantic_core.to_jsonable_python(decoded, fallback=fallback, bytes_mode="base64")
 
 
 def usage_json(usage: Usage | None) -> dict[str, Any] | None:
     """Usage as plain data; `cost_complete` says whether `cost_usd` is the whole cost."""
     if usage is None:
         return None
-    data = _usage.encode(usage)
-    data.setdefault("cache_read_tokens", 0)
-    data.setdefault("cache_write_tokens", 0)
-    data.setdefault("unpriced_requests", 0)
-    data["total_tokens"] = usage.total_tokens
-    data["cost_complete"] = usage.cost_complete
-    return data
-
-
-# --- records as JSON-ready dicts --------------------------------------------------------------
+    shown = _usage.encode(usage)
+    for key in ("cache_read_tokens", "cache_write_tokens", "unpriced_requests"):
+        shown.setdefault(key, 0)
+    shown["total_tokens"] = usage.total_tokens
+    shown["cost_complete"] = usage.cost_complete
+    return shown
 
 
 def error_json(error: ErrorInfo | None) -> dict[str, str] | None:
@@ -77,37 +79,37 @@ def error_json(error: ErrorInfo | None) -> dict[str, str] | None:
 
 
 def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, Any]:
-    """An execution as plain data. `full` adds its arguments, checkpoint calls, waits and
-    events (what `Client.get()` returns)."""
-    data: dict[str, Any] = {
+    """An execution as plain data. `full` adds what `Client.get()` reads: its arguments,
+    metadata, checkpoint calls, waits, events, usage, budget, warnings, children and
+    lineage."""
+    shown: dict[str, Any] = {
         "id": record.id,
         "flow": record.flow,
         "status": record.status.value,
         "attempts": record.attempt,
         "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),
         "duration": record.duration,
         "owner": record.owner,
+        "lease_expires": iso(record.lease_expires),
         "cancel_requested": record.cancel_requested,
-        "replay_of": record.replay_of,
         "parent_id": record.parent_id,
-        "result": plain(lambda: record.result, record.result_json),
+        "replay_of": record.replay_of,
+        "wake_at": iso(record.wake_at),
+        "result": as_data(record.result_json),
         "error": error_json(record.error),
         "running": progress_json(record),
-        "wake_at": iso(record.wake_at),
+        "checkpoints_done": record.checkpoints_done,
+        "pending_wait": record.pending_wait,
     }
     if not full:
-        data["checkpoints_done"] = record.checkpoints_done
-        data["pending_wait"] = record.pending_wait
-        return data
-    data.update(
+        return shown
+    shown.update(
         import_path=record.import_path,
-        updated_at=iso(record.updated_at),
-        lease_expires=iso(record.lease_expires),
-        metadata=record.metadata,
-        args=plain(lambda: _args(record), record.args_json) if record.args_json else None,
-        checkpoints_done=record.checkpoints_done,
+        args=args_json(record),
+        metadata=data(record.metadata),
         checkpoints=[checkpoint_json(cp) for cp in record.checkpoints],
         waits=[wait_json(w) for w in record.waits],
         usage=usage_json(record.usage),
@@ -122,26 +124,26 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         warnings=warnings(record),
         events=[event_json(e) for e in record.events],
         children=[execution_json(c) for c in record.children],
+        lineage={"parent_id": record.parent_id, "replay_of": record.replay_of},
         messages=[message_json(m) for m in record.messages],
-        published={
-            key: plain(functools.partial(_result, cp), cp.result_json)
-            for key, cp in record.published_calls.items()
-        },
+        published={key: as_data(cp.result_json) for key, cp in record.published_calls.items()},
     )
-    return data
+    return shown
 
 
-def _result(cp: CheckpointRecord) -> Any:
-    return cp.result
+def args_json(record: ExecutionRecord) -> Any:
+    """The arguments an execution was started with, `{"args": [...], "kwargs": {...}}`
+    (None when none were recorded)."""
+    return as_data(record.args_json) if record.args_json else None
 
 
 def message_json(message: MessageRecord) -> dict[str, Any]:
-    """A message sent to a wait (`Client.send`), as plain data."""
+    """A message sent to a wait (`Client.send`): `sent`, `delivered` or `rejected`."""
     return {
         "execution_id": message.execution_id,
         "name": message.name,
         "status": message.status,
-        "value": plain(lambda: message.value, message.value_json),
+        "value": as_data(message.value_json),
         "sent_by": message.sent_by,
         "sent_at": iso(message.sent_at),
         "delivered_at": iso(message.delivered_at),
@@ -153,11 +155,6 @@ def warnings(record: ExecutionRecord) -> list[str]:
     """The warnings noted on the execution (changed arguments on resume, a flow that could
     not be imported...), trimmed for display."""
     return [message.strip() for message in record.warnings]
-
-
-def _args(record: ExecutionRecord) -> dict[str, Any]:
-    args, kwargs = record.args
-    return {"args": list(args), "kwargs": kwargs}
 
 
 def checkpoint_json(cp: CheckpointRecord) -> dict[str, Any]:
@@ -178,9 +175,9 @@ def checkpoint_json(cp: CheckpointRecord) -> dict[str, Any]:
         "started_at": iso(cp.started_at),
         "finished_at": iso(cp.finished_at),
         "duration": cp.duration,
-        "result": plain(lambda: cp.result, cp.result_json),
+        "result": as_data(cp.result_json),
         "error": error_json(cp.error),
-        "metadata": cp.metadata,
+        "metadata": data(cp.metadata),
         "usage": usage_json(cp.usage),
         "copied_from": cp.copied_from,
     }
@@ -195,20 +192,21 @@ def wait_json(w: WaitRecord) -> dict[str, Any]:
         "label": _waits.label(w.kind, w.name, w.position),
         "kind": w.kind,
         "status": w.status,
-        "question": pydantic_core.to_jsonable_python(w.question, fallback=repr),
+        "question": as_data(w.question_json),
         "json_schema": w.json_schema,
-        "metadata": w.metadata,
+        "metadata": data(w.metadata),
         "deadline": iso(w.deadline),
         "since": iso(w.created_at),
         "resolved_at": iso(w.resolved_at),
         "resolved_by": w.resolved_by,
-        "value": plain(lambda: w.value, w.value_json),
+        "value": as_data(w.value_json),
         "copied_from": w.copied_from,
     }
 
 
 def event_json(e: Event) -> dict[str, Any]:
     return {
+        "id": e.id,
         "at": iso(e.at),
         "position": _shown(e.position),
         "level": e.level,
@@ -231,6 +229,16 @@ def log_json(r: LogRecord) -> dict[str, Any]:
     }
 
 
+def token_json(token: TokenInfo) -> dict[str, Any]:
+    """A token as listed: never its secret (only a hash of it is stored)."""
+    return {
+        "name": token.name,
+        "scope": token.scope,
+        "created_at": iso(token.created_at),
+        "revoked_at": iso(token.revoked_at),
+    }
+
+
 def progress_json(record: ExecutionRecord) -> list[dict[str, Any]]:
     """The checkpoint calls running now (only while the execution is running)."""
     if record.status is not Status.RUNNING:
@@ -238,20 +246,25 @@ def progress_json(record: ExecutionRecord) -> list[dict[str, Any]]:
     # Progress is published about once a second: drop calls recorded since.
     done = {cp.position for cp in record.checkpoints if cp.status != "retrying"}
     return [
-        {"position": _shown(p.get("position")), "name": p.get("name"), "since": iso(_since(p))}
+        {
+            "position": _shown(p.get("position")),
+            "name": p.get("name"),
+            "since": iso(progress_since(p)),
+        }
         for p in record.progress
-        if p.get("position") not in done
+        if isinstance(p, dict) and p.get("position") not in done
     ]
+
+
+def progress_since(entry: dict[str, Any]) -> dt.datetime | None:
+    """When a progress entry's call started (its `since` is seconds since the epoch)."""
+    moment = entry.get("since")
+    return dt.datetime.fromtimestamp(moment, dt.UTC) if isinstance(moment, int | float) else None
 
 
 def _shown(position: Any) -> Any:
     """A position from the store as people see it (other values as they are)."""
     return display(position) if isinstance(position, str) else position
-
-
-def _since(entry: dict[str, Any]) -> dt.datetime | None:
-    since = entry.get("since")
-    return dt.datetime.fromtimestamp(since, dt.UTC) if isinstance(since, int | float) else None
 
 
 def watch_state(record: ExecutionRecord) -> dict[str, Any]:
@@ -267,7 +280,7 @@ def watch_state(record: ExecutionRecord) -> dict[str, Any]:
         "duration": record.duration,
     }
     if record.status.finished:
-        state["result"] = plain(lambda: record.result, record.result_json)
+        state["result"] = as_data(record.result_json)
         state["error"] = error_json(record.error)
     return state
 

@@ -135,6 +135,10 @@ class Flow(Generic[P, R]):
             raise UsageError(f"a deduplication key is a non-empty string, not {options.key!r}")
         if isinstance(options.priority, bool) or not isinstance(options.priority, int):
             raise UsageError(f"priority is a whole number, not {options.priority!r}")
+        if not -(2**31) <= options.priority < 2**31:  # a 32-bit column in PostgreSQL
+            raise UsageError(
+                f"priority {options.priority} is out of range: give one from -2**31 to 2**31-1"
+            )
         budget = self.budget if options.budget is None else _budget.checked(options.budget)
         import_path, script = _imports.path_of(self.fn)
         if "<locals>" in import_path:

@@ -173,7 +173,7 @@ def _report(record: ExecutionRecord, *, wait: bool, as_json: bool) -> None:
     elif record.status is Status.QUEUED:
         say("Queued for a worker (`tether worker`).")
     elif record.status is Status.SUCCEEDED and wait:
-        result = views.plain(lambda: record.result, record.result_json)
+        result = views.as_data(record.result_json)
         if isinstance(result, str):
             say(result)
         else:

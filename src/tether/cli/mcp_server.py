@@ -25,8 +25,8 @@ def mcp_command(
         typer.Option(
             "--import",
             metavar="MODULE",
-            help="Module to import first, so that the classes of stored values and wait "
-            "schemas it defines are known (repeatable).",
+            help="Module to import first, so that the classes of wait schemas it defines "
+            "are known when input is checked (repeatable).",
         ),
     ] = None,
     db: DbOption = None,

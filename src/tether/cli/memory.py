@@ -17,7 +17,7 @@ from .._core import config as _config
 from .._core.positions import display
 from .._memory import api as memory
 from .._memory.api import MemoryVersion
-from .._ops import views
+from .._memory.views import memory_json
 from .._ops.client import Client
 from ..errors import ExecutionNotFound, MemoryKeyError, MemoryScopeError
 from . import render
@@ -109,24 +109,6 @@ def _open(db: str | None, *, create: bool = False) -> None:
         client_for(db)
 
 
-def _version_json(version: MemoryVersion, *, value: bool) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "key": version.key,
-        "scope": version.scope,
-        "scope_id": version.scope_id,
-        "version": version.version,
-        "deleted": version.deleted,
-        "created_at": views.iso(version.created_at),
-        "size": version.size,
-        "length": version.length,
-        "execution_id": version.execution_id,
-        "position": None if version.position is None else display(version.position),
-    }
-    if value:
-        data["value"] = views.plain(lambda: version.value, lambda: memory._stored_json(version))
-    return data
-
-
 def _written_by(version: MemoryVersion) -> Text:
     if version.execution_id is None:
         return Text("-", style="dim")
@@ -181,7 +163,7 @@ def list_command(
                 prefix, **_scope(scope, namespace, flow, execution), limit=limit
             )
     if as_json:
-        dump([_version_json(e, value=False) for e in entries])
+        dump([memory_json(e) for e in entries])
         return
     if not entries:
         say("No memory keys match." if prefix else "No memory keys yet.")
@@ -244,7 +226,7 @@ def get_command(
                     f"`tether memory history {key}` lists its versions"
                 )
             raise MemoryKeyError(f"version {version} of {key!r} in {place} is its deletion")
-        shown = _version_json(found, value=True)
+        shown = memory_json(found, with_value=True)
         value = shown["value"]
     if as_json:
         dump(shown)
@@ -301,7 +283,7 @@ def set_command(
         found = memory._find(key, version=written, **where)
     assert found is not None
     if as_json:
-        dump(_version_json(found, value=False))
+        dump(memory_json(found))
     else:
         say(f"Stored version {written} of {key!r} ({_where(found)}).")
 
@@ -323,7 +305,7 @@ def history_command(
     its size, and the execution and position that wrote it (when a flow did)."""
     with cli_errors(), reading(db):
         versions = memory.history(key, **_scope(scope, namespace, flow, execution))
-        shown = [_version_json(v, value=values) for v in versions]
+        shown = [memory_json(v, with_value=values) for v in versions]
     if as_json:
         dump(shown)
         return
@@ -366,6 +348,6 @@ def delete_command(
         found = memory._find(key, version=written, **where)
     assert found is not None
     if as_json:
-        dump(_version_json(found, value=False))
+        dump(memory_json(found))
     else:
         say(f"Deleted {key!r} ({_where(found)}): version {written} is its tombstone.")

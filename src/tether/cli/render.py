@@ -11,7 +11,6 @@ parsed as Rich markup: a branch key `[b]` or `/` is data. Positions are shown th
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 from collections.abc import Container, Iterable
 from typing import Any
@@ -24,7 +23,7 @@ from rich.text import Text
 from .._core import waits as _waits
 from .._core.positions import display, sort_key
 from .._core.status import Status
-from .._ops.views import _args, _since, iso, plain, progress_json, warnings
+from .._ops.views import args_json, as_data, iso, progress_json, progress_since, warnings
 from .._runtime.records import (
     CheckpointRecord,
     ErrorInfo,
@@ -215,15 +214,11 @@ def published_table(published: dict[str, CheckpointRecord]) -> Table:
     for key, cp in sorted(published.items()):
         table.add_row(
             Text(key),
-            Text(preview(plain(functools.partial(_result, cp), cp.result_json))),
+            Text(preview(as_data(cp.result_json))),
             Text(display(cp.position)),
             when(cp.finished_at),
         )
     return table
-
-
-def _result(cp: CheckpointRecord) -> Any:
-    return cp.result
 
 
 def messages_table(messages: Iterable[MessageRecord]) -> Table:
@@ -281,9 +276,7 @@ def header(record: ExecutionRecord) -> Table:
         ("budget", Text(str(record.budget)) if record.budget is not None else None),
     ]
     if record.status is Status.SUCCEEDED:
-        rows.append(
-            ("result", Text(preview(plain(lambda: record.result, record.result_json), 200)))
-        )
+        rows.append(("result", Text(preview(as_data(record.result_json), 200))))
     if record.error is not None:
         rows.append(("error", Text(error_line(record.error), style="red")))
     if record.status is Status.WAITING and record.wake_at is not None:
@@ -308,7 +301,7 @@ def _owner(record: ExecutionRecord) -> Text | None:
 def _arguments(record: ExecutionRecord) -> Text | None:
     if not record.args_json:
         return None
-    data = plain(lambda: _args(record), record.args_json)
+    data = args_json(record)
     if isinstance(data, dict) and set(data) == {"args", "kwargs"}:
         parts = [compact(a) for a in data["args"]]
         parts += [f"{k}={compact(v)}" for k, v in data["kwargs"].items()]
@@ -338,7 +331,7 @@ def timeline(record: ExecutionRecord) -> Table:
             position = str(position)
         if not isinstance(position, str) or position in done:
             continue
-        since = iso(_since(entry))
+        since = iso(progress_since(entry))
         took = (now - dt.datetime.fromisoformat(since)).total_seconds() if since else None
         cells: list[RenderableType] = [
             Text(str(entry.get("name"))),
@@ -355,7 +348,7 @@ def timeline(record: ExecutionRecord) -> Table:
 
 def _checkpoint_row(cp: CheckpointRecord) -> list[RenderableType]:
     if cp.status == "succeeded":
-        value = preview(plain(lambda: cp.result, cp.result_json), 200)
+        value = preview(as_data(cp.result_json), 200)
         detail = Text("override → ", style="yellow") if cp.metadata.get("override") else Text()
         detail.append(value)
     else:
@@ -384,7 +377,7 @@ def _wait_row(w: WaitRecord) -> list[RenderableType]:
         name = Text(_waits.label(w.kind, w.name, w.position), style="italic")
         detail.append(child)
         if w.status == "resolved":
-            outcome = plain(lambda: w.value, w.value_json)
+            outcome = as_data(w.value_json)
             status = outcome.get("status") if isinstance(outcome, dict) else None
             detail.append(" → ", style="dim")
             detail.append(str(status), style=STATUS_STYLES.get(str(status), ""))
@@ -398,7 +391,7 @@ def _wait_row(w: WaitRecord) -> list[RenderableType]:
             detail.append(preview(w.question, 40))
         if w.status == "resolved":
             detail.append(" → ", style="dim")
-            detail.append(preview(plain(lambda: w.value, w.value_json), 30), style="green")
+            detail.append(preview(as_data(w.value_json), 30), style="green")
             if w.resolved_by:
                 detail.append(f" by {w.resolved_by}", style="dim")
         elif w.status == "pending" and w.deadline is not None:

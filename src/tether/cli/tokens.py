@@ -64,17 +64,7 @@ def list_command(db: DbOption = None, as_json: JsonOption = False) -> None:
     with cli_errors(), reading(db) as client:
         tokens = client.tokens()
     if as_json:
-        dump(
-            [
-                {
-                    "name": t.name,
-                    "scope": t.scope,
-                    "created_at": views.iso(t.created_at),
-                    "revoked_at": views.iso(t.revoked_at),
-                }
-                for t in tokens
-            ]
-        )
+        dump([views.token_json(t) for t in tokens])
         return
     if not tokens:
         say("No tokens yet: `tether tokens create --name NAME --scope read|operate|admin`.")

@@ -2,10 +2,11 @@
 see what agents did and, in `operate` mode, answer their waits and operate them.
 
 A thin layer over `tether.Client`, built on the official `mcp` SDK (`pip install -e
-'.[mcp]'`). Tool results are JSON data (`_ops.views`): stored values are decoded the safe
-way, never unpickled or imported. In `read` mode no tool that changes anything is offered.
-The server runs no execution itself: what resume, retry and replay start is left queued
-for a `tether worker` (a stdio server lives only as long as the assistant's session).
+'.[mcp]'`). Tool results are JSON data in the shapes of `--json` and the HTTP API
+(`_ops.views`): stored values are shown as data, never restored, unpickled or imported.
+In `read` mode no tool that changes anything is offered. The server runs no execution
+itself: what resume, retry and replay start is left queued for a `tether worker` (a stdio
+server lives only as long as the assistant's session).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from .._memory import api as _memory
+from .._memory.views import memory_json
 from .._ops import views
 from .._ops.client import Client
 from ..errors import TetherError
@@ -159,15 +160,15 @@ def build_server(client: Client, mode: Literal["read", "operate"]) -> MCPServer:
             }
             if key is None:
                 entries = _memory.entries(**scope)
-                return {"keys": [_memory_json(e, value=False) for e in entries]}
+                return {"keys": [memory_json(e) for e in entries]}
             if version is None:
                 latest = _memory.latest(key, **scope)
                 if latest is None or latest.deleted:
                     return {"key": key, "found": False}
-                return {"found": True, **_memory_json(latest, value=True)}
+                return {"found": True, **memory_json(latest, with_value=True)}
             for entry in _memory.history(key, **scope):
                 if entry.version == version:
-                    return {"found": not entry.deleted, **_memory_json(entry, value=True)}
+                    return {"found": not entry.deleted, **memory_json(entry, with_value=True)}
             return {"key": key, "found": False}
 
     if mode == "operate":
@@ -267,22 +268,6 @@ def _operating_tools(
                 client.resolve_id(execution_id), from_=from_step, overrides=overrides, args=args
             )
             return record(handle.id, full=False)
-
-
-def _memory_json(entry: _memory.MemoryVersion, *, value: bool) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "key": entry.key,
-        "scope": entry.scope,
-        "scope_id": entry.scope_id,
-        "version": entry.version,
-        "deleted": entry.deleted,
-        "written_at": views.iso(entry.created_at),
-        "size": entry.size,
-        "execution_id": entry.execution_id,
-    }
-    if value and not entry.deleted:
-        data["value"] = views.plain(lambda: entry.value, lambda: _memory._stored_json(entry))
-    return data
 
 
 def _version() -> str:

@@ -12,19 +12,24 @@ import datetime as dt
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._memory import api as memory
+from .._memory.views import memory_json
+from .._ops import views
 from .._ops.client import Client
 from .._runtime.flow import Flow
 from ..errors import InputValidationError, MemoryKeyError, UsageError
-from . import _dashboard, _errors, _flows, _memories, _metrics, _stream, _views
+from . import _dashboard, _errors, _flows, _memories, _metrics, _stream
+from . import _schemas as _s
 from ._auth import Principal, principal
 
 API = "/api/v1"
+# Ids and versions are 64-bit in both stores: a larger number is a 422, not a driver error.
+_INT64 = 2**63 - 1
 
 
 class ErrorDetail(BaseModel):
@@ -45,6 +50,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# One message of the stream; `data` is JSON text (an event record, or the status).
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["event", "status", "end"]},
+        "id": {"type": "string"},
+        "data": {"type": "string"},
+    },
+}
+
+
 class InputBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     value: Any = Field(description="The input, as JSON; validated against the wait's schema.")
@@ -61,15 +77,61 @@ class StartBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    key: str | None = Field(default=None, min_length=1, description="Deduplication key.")
-    queue: str | None = Field(default=None, pattern=r"\S", description="Default: the flow's.")
-    priority: int = 0
+    # No NUL: PostgreSQL text cannot hold one.
+    key: str | None = Field(default=None, pattern=r"^[^\x00]+$", description="Deduplication key.")
+    queue: str | None = Field(
+        default=None, pattern=r"^[^\x00]*\S[^\x00]*$", description="Default: the flow's."
+    )
+    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1, description="Higher runs first.")
 
 
 class MemoryBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     value: Any
-    if_version: int | None = Field(default=None, ge=0)
+    if_version: int | None = Field(default=None, ge=0, lt=memory.MAX_VERSION)
+
+
+def _answers(model: type[BaseModel], status: int = 200, *, body: bool = False) -> dict[str, Any]:
+    """A route's success documented as `model`, without converting what the route returns
+    through it (see `_schemas`); `body`: the route takes a JSON body (415 otherwise)."""
+    responses: dict[int | str, dict[str, Any]] = {status: {"model": model}}
+    if body:
+        responses[415] = {"model": ErrorBody, "description": "Not sent as application/json."}
+    return {"response_model": None, "responses": responses}
+
+
+def _no_nul(request: Request) -> None:
+    """Refuse a NUL character in the path or the query (400): no id, name or key holds one,
+    and PostgreSQL cannot even compare text with it (its driver fails, a 500 otherwise)."""
+    given = [*request.path_params.values(), *request.query_params.values()]
+    if any("\x00" in str(value) for value in given):
+        raise UsageError(
+            f"{request.url.path}: a path or query parameter contains a NUL character (%00), "
+            "which no id, name or key can hold"
+        )
+
+
+def _json_only(request: Request) -> None:
+    """Refuse a POST or PUT that is not `application/json` (415), body or not.
+
+    A page on any site can make a visitor's browser send a form or a `fetch` in `no-cors`
+    mode to `http://127.0.0.1:8787` with no preflight, but only as urlencoded, multipart or
+    plain text (or with no content type at all). While no token exists the API lets
+    loopback callers in unauthenticated, so such a request would cancel an execution or
+    start a flow from the visitor's browser. From another origin, a JSON content type needs
+    a CORS preflight, which this server never grants: only real clients send one."""
+    if request.method not in ("POST", "PUT"):
+        return
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return
+    raise HTTPException(
+        415,
+        f"{request.method} {request.url.path} takes JSON: send Content-Type: application/json"
+        f" (even with no body), not {media or 'no content type'}",
+    )
 
 
 def _reader(request: Request) -> Principal:
@@ -103,9 +165,11 @@ def create_app(
     )
     app.state.client = client
     _errors.install(app)
-    api = APIRouter(prefix=API, responses=_ERRORS)
+    api = APIRouter(
+        prefix=API, responses=_ERRORS, dependencies=[Depends(_no_nul), Depends(_json_only)]
+    )
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], **_answers(_s.HealthOut))
     def healthz() -> dict[str, Any]:
         client.list(limit=1)  # the store answers
         return {"status": "ok"}
@@ -118,7 +182,7 @@ def create_app(
 
     # --- executions -----------------------------------------------------------------------
 
-    @api.get("/executions", tags=["executions"])
+    @api.get("/executions", tags=["executions"], **_answers(_s.ExecutionPageOut))
     def list_executions(
         who: Reader,
         status: Annotated[list[str] | None, Query()] = None,
@@ -129,28 +193,38 @@ def create_app(
     ) -> dict[str, Any]:
         statuses = [s for item in status or [] for s in item.split(",") if s] or None
         page = client.page(statuses, flow, limit, parent=parent, cursor=cursor)
-        return {"items": [_views.execution_json(r) for r in page.items], "next": page.next}
+        return {"items": [views.execution_json(r) for r in page.items], "next": page.next}
 
-    @api.get("/executions/{execution_id}", tags=["executions"])
+    @api.get("/executions/{execution_id}", tags=["executions"], **_answers(_s.ExecutionDetailOut))
     def get_execution(who: Reader, execution_id: str) -> dict[str, Any]:
-        return _views.execution_json(client.get(execution_id), full=True)
+        return views.execution_json(client.get(execution_id), full=True)
 
-    @api.get("/executions/{execution_id}/logs", tags=["executions"])
+    @api.get("/executions/{execution_id}/logs", tags=["executions"], **_answers(_s.LogsOut))
     def logs(
         who: Reader,
         execution_id: str,
         checkpoint: str | None = None,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=_INT64)] = 0,
     ) -> dict[str, Any]:
         records = client.logs(execution_id, checkpoint=checkpoint, after=after)
-        return {"items": [_views.log_json(r) for r in records]}
+        return {"items": [views.log_json(r) for r in records]}
 
-    @api.get("/executions/{execution_id}/events", tags=["executions"])
+    @api.get(
+        "/executions/{execution_id}/events",
+        tags=["executions"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "Server-Sent Events: `event`, `status`, then `end`.",
+                "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+            }
+        },
+    )
     def events(
         who: Reader,
         request: Request,
         execution_id: str,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=_INT64)] = None,
     ) -> StreamingResponse:
         client.summary(execution_id)  # 404 before the stream starts
         last = request.headers.get("last-event-id")
@@ -158,33 +232,49 @@ def create_app(
             try:
                 after = int(last) if last else 0
             except ValueError:
-                raise UsageError(f"Last-Event-ID {last!r} is not an event id") from None
+                after = -1
+            if not 0 <= after <= _INT64:
+                raise UsageError(f"Last-Event-ID {last!r} is not an event id")
         stream = _stream.events(client, execution_id, after, poll=poll, max_seconds=stream_seconds)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
-    @api.post("/executions/{execution_id}/cancel", tags=["operate"])
+    @api.post(
+        "/executions/{execution_id}/cancel",
+        tags=["operate"],
+        **_answers(_s.CancelledOut, body=True),
+    )
     def cancel(who: Operator, execution_id: str) -> dict[str, Any]:
         return {"id": execution_id, "status": client.cancel(execution_id).value}
 
-    @api.post("/executions/{execution_id}/resume", tags=["operate"])
+    @api.post(
+        "/executions/{execution_id}/resume",
+        tags=["operate"],
+        **_answers(_s.ExecutionOut, body=True),
+    )
     def resume(who: Operator, execution_id: str) -> dict[str, Any]:
         client.resume(execution_id)
-        return _views.execution_json(client.summary(execution_id))
+        return views.execution_json(client.summary(execution_id))
 
-    @api.post("/executions/{execution_id}/retry", tags=["operate"])
+    @api.post(
+        "/executions/{execution_id}/retry", tags=["operate"], **_answers(_s.ExecutionOut, body=True)
+    )
     def retry(who: Operator, execution_id: str) -> dict[str, Any]:
         client.retry(execution_id)
-        return _views.execution_json(client.summary(execution_id))
+        return views.execution_json(client.summary(execution_id))
 
-    @api.post("/executions/{execution_id}/replay", tags=["operate"])
+    @api.post(
+        "/executions/{execution_id}/replay",
+        tags=["operate"],
+        **_answers(_s.ExecutionOut, body=True),
+    )
     def replay(who: Operator, execution_id: str, body: ReplayBody) -> dict[str, Any]:
         handle = client.replay(
             execution_id, from_=body.from_, overrides=body.overrides, args=body.args
         )
-        return _views.execution_json(client.summary(handle.id))
+        return views.execution_json(client.summary(handle.id))
 
-    @api.get("/usage", tags=["executions"])
+    @api.get("/usage", tags=["executions"], **_answers(_s.UsageTotalsOut))
     def usage(
         who: Reader, flow: str | None = None, since: dt.datetime | None = None
     ) -> dict[str, Any]:
@@ -192,48 +282,57 @@ def create_app(
         since `since`)."""
         return {
             "flow": flow,
-            "since": _views.iso(since),
-            "usage": _views.usage_json(client.usage(flow=flow, since=since)),
+            "since": views.iso(since),
+            "usage": views.usage_json(client.usage(flow=flow, since=since)),
         }
 
     # --- waits ----------------------------------------------------------------------------
 
-    @api.get("/waits", tags=["waits"])
+    @api.get("/waits", tags=["waits"], **_answers(_s.WaitsOut))
     def waits(
         who: Reader, flow: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> dict[str, Any]:
-        return {"items": [_views.wait_json(w) for w in client.pending_waits(flow, limit)]}
+        return {"items": [views.wait_json(w) for w in client.pending_waits(flow, limit)]}
 
-    @api.post("/executions/{execution_id}/waits/{name}", tags=["waits"])
+    @api.post(
+        "/executions/{execution_id}/waits/{name}", tags=["waits"], **_answers(_s.WaitOut, body=True)
+    )
     def give_input(who: Operator, execution_id: str, name: str, body: InputBody) -> dict[str, Any]:
-        return _views.wait_json(
-            client.input_json(execution_id, name, _json_text(body), by=who.name)
-        )
+        return views.wait_json(client.input_json(execution_id, name, _json_text(body), by=who.name))
 
-    @api.post("/executions/{execution_id}/messages/{name}", tags=["waits"])
+    @api.post(
+        "/executions/{execution_id}/messages/{name}",
+        tags=["waits"],
+        **_answers(_s.MessageOut, body=True),
+    )
     def send(who: Operator, execution_id: str, name: str, body: InputBody) -> dict[str, Any]:
         """Input for the wait `name` whether the flow waits there now or reaches it later
         (`Client.send`): a webhook's callback that may come first."""
         record = client.send_json(execution_id, name, _json_text(body), by=who.name)
-        return _views.message_json(record)
+        return views.message_json(record)
 
     # --- flows ----------------------------------------------------------------------------
 
-    @api.get("/flows", tags=["flows"])
+    @api.get("/flows", tags=["flows"], **_answers(_s.FlowsOut))
     def list_flows(who: Reader) -> dict[str, Any]:
         return {"items": [_flows.describe(f) for _, f in sorted(known.items())]}
 
-    @api.post("/flows/{name}/executions", tags=["flows"], status_code=201)
+    @api.post(
+        "/flows/{name}/executions",
+        tags=["flows"],
+        status_code=201,
+        **_answers(_s.ExecutionOut, 201, body=True),
+    )
     def start(who: Operator, name: str, body: StartBody) -> dict[str, Any]:
         flow = _flows.find(known, name)
         args, kwargs = _flows.bind(flow, body.args, body.kwargs)
         starter = flow.options(queue=body.queue, key=body.key, priority=body.priority)
         handle = starter.enqueue(*args, **kwargs)
-        return _views.execution_json(client.summary(handle.id))
+        return views.execution_json(client.summary(handle.id))
 
     # --- memory ---------------------------------------------------------------------------
 
-    @api.get("/memory", tags=["memory"])
+    @api.get("/memory", tags=["memory"], **_answers(_s.MemoriesOut))
     def list_memory(
         who: Reader,
         scope: memory.Scope | None = None,
@@ -242,22 +341,26 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
         entries = _memories.entries(scope, scope_id, prefix, limit)
-        return {"items": [_views.memory_json(e) for e in entries]}
+        return {"items": [memory_json(e) for e in entries]}
 
-    @api.get("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"])
+    @api.get("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"], **_answers(_s.MemoryOut))
     def read_memory(
         who: Reader,
         scope: memory.Scope,
         scope_id: str,
         key: str,
-        version: Annotated[int | None, Query(ge=1)] = None,
+        version: Annotated[int | None, Query(ge=1, le=memory.MAX_VERSION)] = None,
     ) -> dict[str, Any]:
         found = memory._find(key, version=version, **_memories.where(scope, scope_id))
         if found is None or (found.deleted and version is None):
             raise MemoryKeyError(f"no memory key {key!r} in {scope} {scope_id!r}")
-        return _views.memory_json(found, memory._stored_json(found))
+        return memory_json(found, with_value=True)
 
-    @api.put("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"])
+    @api.put(
+        "/memory/{scope}/{scope_id}/{key:path}",
+        tags=["memory"],
+        **_answers(_s.MemoryOut, body=True),
+    )
     def write_memory(
         who: Operator, scope: memory.Scope, scope_id: str, key: str, body: MemoryBody
     ) -> dict[str, Any]:
@@ -265,9 +368,9 @@ def create_app(
         written = memory.set(key, body.value, **where, if_version=body.if_version)
         found = memory._find(key, version=written, **where)
         assert found is not None
-        return _views.memory_json(found)
+        return memory_json(found)
 
-    @api.delete("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"])
+    @api.delete("/memory/{scope}/{scope_id}/{key:path}", tags=["memory"], **_answers(_s.MemoryOut))
     def delete_memory(
         who: Operator, scope: memory.Scope, scope_id: str, key: str
     ) -> dict[str, Any]:
@@ -276,7 +379,7 @@ def create_app(
         written = memory.delete(key, **where)
         found = memory._find(key, version=written, **where)
         assert found is not None
-        return _views.memory_json(found)
+        return memory_json(found)
 
     app.include_router(api)
     app.include_router(_dashboard.router(client, poll=poll, stream_seconds=stream_seconds))

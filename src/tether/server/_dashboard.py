@@ -1,7 +1,7 @@
 """The dashboard at `/`: server-rendered pages (Jinja2) over `tether.Client`.
 
-Pages are glue like the API's routes: each reads through `Client` and the API's views
-(`_views.py`: stored values as data, nothing restored), and each form posts to a route
+Pages are glue like the API's routes: each reads through `Client` and the views every surface shares
+(`_ops/views.py`: stored values as data, nothing restored), and each form posts to a route
 that makes one `Client` call. Jinja2 autoescapes every page, so a stored string is shown
 as text, never as markup. Forms are urlencoded and carry the session's CSRF token (see
 `_session.py`). A small script (`static/dashboard.js`) makes pages live: it listens to
@@ -24,6 +24,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from .._core.positions import display, sort_key
 from .._core.status import Status
+from .._memory.views import memory_json
+from .._ops import views
 from .._ops.client import Client
 from ..errors import (
     InputTooLarge,
@@ -34,7 +36,7 @@ from ..errors import (
     WaitAlreadyResolved,
     WaitNotFound,
 )
-from . import _errors, _forms, _memories, _stream, _views
+from . import _errors, _forms, _memories, _stream
 from ._session import COOKIE, Refused, Session, Sessions, csrf_ok, may
 
 _ENV = jinja2.Environment(
@@ -228,7 +230,7 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
             counts: dict[str, int] = dict.fromkeys(_STATUSES, 0)
             for (state, _queue), count in client.stats().counts.items():
                 counts[state] = counts.get(state, 0) + count
-            rows = [_views.execution_json(r) for r in result.items]
+            rows = [views.execution_json(r) for r in result.items]
             filters = {"status": chosen, "flow": shown_flow}
             return "executions.html", {
                 "rows": rows,
@@ -306,7 +308,7 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
     def waits(request: Request, flow: str | None = None) -> Response:
         def build(session: Session) -> tuple[str, dict[str, Any]]:
             pending = client.pending_waits(flow or None, 200)
-            items = [_wait_item(_views.wait_json(w)) for w in pending if w.kind == "input"]
+            items = [_wait_item(views.wait_json(w)) for w in pending if w.kind == "input"]
             return "waits.html", {"items": items, "flow": flow or ""}
 
         return page(request, build)
@@ -328,7 +330,7 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
                     f"wait {name!r} of execution {execution_id} is already {wait.status}"
                     + (f" (by {wait.resolved_by})" if wait.resolved_by else "")
                 )
-            shown = _views.wait_json(wait)
+            shown = views.wait_json(wait)
             fields = _forms.build(shown["json_schema"])
             value, errors = _forms.read(fields, form)
             if not errors:
@@ -374,7 +376,7 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
             if key and chosen and scope_id:
                 versions = _memories.history(chosen, scope_id, key)
             return "memory.html", {
-                "entries": [_views.memory_json(e) for e in entries],
+                "entries": [memory_json(e) for e in entries],
                 "filters": {"scope": chosen or "", "scope_id": scope_id or "", "prefix": prefix},
                 "key": key,
                 "versions": versions,
@@ -469,10 +471,10 @@ _DONE = {
 
 def _execution_context(client: Client, execution_id: str, done: str | None) -> dict[str, Any]:
     record = client.get(client.resolve_id(execution_id))  # a unique start of an id will do
-    shown = _views.execution_json(record, full=True)
+    shown = views.execution_json(record, full=True)
     logs: dict[str | None, list[dict[str, Any]]] = {}
     for log in client.logs(record.id):
-        logs.setdefault(log.position, []).append(_views.log_json(log))
+        logs.setdefault(log.position, []).append(views.log_json(log))
     start = record.started_at or record.created_at
     end = record.finished_at or dt.datetime.now(dt.UTC)
     span = max((end - start).total_seconds(), 1e-6)
@@ -490,7 +492,7 @@ def _execution_context(client: Client, execution_id: str, done: str | None) -> d
         item["logs"] = logs.get(cp.position, [])
         timeline.append((sort_key(cp.position), item))
     for wait in record.waits:
-        wait_shown = _views.wait_json(wait)
+        wait_shown = views.wait_json(wait)
         resolved = wait.resolved_at
         item = {
             "type": "wait",

@@ -81,7 +81,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        kind = {404: "NotFound", 405: "MethodNotAllowed", 415: "UnsupportedMediaType"}.get(
+            exc.status_code, "HTTPError"
+        )
         return JSONResponse(
             body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )

@@ -6,8 +6,8 @@ from typing import Any
 
 from .._core.config import store_for
 from .._memory import api as memory
+from .._memory.views import memory_json
 from ..errors import UsageError
-from . import _views
 
 
 def where(scope: str, scope_id: str | None) -> dict[str, Any]:
@@ -34,4 +34,4 @@ def entries(
 def history(scope: str, scope_id: str, key: str) -> list[dict[str, Any]]:
     """Every version of a key, newest first, each with its value as data."""
     versions = memory.history(key, **where(scope, scope_id))
-    return [_views.memory_json(v, memory._stored_json(v)) for v in reversed(versions)]
+    return [memory_json(v, with_value=True) for v in reversed(versions)]

@@ -16,8 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from .._ops import views
 from .._ops.client import Client
-from . import _views
 
 
 def message(event: str, data: Any, event_id: int | None = None) -> str:
@@ -41,21 +41,21 @@ async def events(
         rows = await asyncio.to_thread(client.events, execution_id, after=last)
         for row in rows:
             last = row.id
-            yield message("event", _views.event_json(row), row.id)
+            yield message("event", views.event_json(row), row.id)
         current = record.status.value
         if current != status:
             status = current
             shown = {
                 "id": record.id,
                 "status": current,
-                "updated_at": _views.iso(record.updated_at),
+                "updated_at": views.iso(record.updated_at),
             }
             yield message("status", shown, last)
         if record.status.finished:
             # Events written after the status was read: one more look, then end.
             for row in await asyncio.to_thread(client.events, execution_id, after=last):
                 last = row.id
-                yield message("event", _views.event_json(row), row.id)
+                yield message("event", views.event_json(row), row.id)
             yield message("end", {"id": record.id, "status": current}, last)
             return
         if time.monotonic() >= deadline:

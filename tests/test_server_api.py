@@ -386,6 +386,36 @@ def test_execution_record_logs_usage_metrics_and_values_as_data(
             assert path in openapi["paths"]
 
 
+def test_an_execution_with_thousands_of_calls_is_read_a_window_at_a_time(
+    procs: Processes, client: tether.Client
+) -> None:
+    handle = server_flows.many_steps.run(1200)
+    assert handle.result(timeout=120) == 1200
+    url = procs.server()
+    with httpx.Client(base_url=url) as http:
+        first = http.get(f"/api/v1/executions/{handle.id}").json()
+        assert [c["name"] for c in first["checkpoints"]] == ["greet"] * 500
+        assert [c["position"] for c in first["checkpoints"][:3]] == ["0", "1", "2"]
+        assert (first["checkpoint_count"], first["checkpoints_next"]) == (1200, 500)
+        assert first["checkpoints_done"] == 1200
+        last = http.get(
+            f"/api/v1/executions/{handle.id}", params={"checkpoint_offset": 1000}
+        ).json()
+        assert [c["position"] for c in last["checkpoints"]] == [str(n) for n in range(1000, 1200)]
+        assert last["checkpoints"][-1]["result"] == "hello step 1199"
+        assert last["checkpoints_next"] is None
+        _error(
+            http.get(f"/api/v1/executions/{handle.id}", params={"checkpoint_limit": 0}),
+            422,
+            "RequestValidationError",
+        )
+        page = http.get(f"/executions/{handle.id}", params={"calls": 100}).text
+        assert "Checkpoint calls 101 to 200 of 1200" in page
+        assert "hello step 150" in page and "hello step 250" not in page
+    whole = client.get(handle.id)
+    assert len(whole.checkpoints) == whole.checkpoint_count == 1200
+
+
 def test_usage_totals_over_executions(procs: Processes, client: tether.Client) -> None:
     for question in ("a", "b"):
         assert server_flows.asking.run(question).result() == f"answer to {question}"

@@ -288,6 +288,9 @@ class ExecutionRecord:
     # Filled by Client.get(): the executions this one started from its flow code (child
     # flows), oldest first, as Client.list() shows them. Their parent_id is this id.
     children: tuple[ExecutionRecord, ...] = ()
+    # Filled by Client.get(): how many checkpoint calls the execution recorded; more than
+    # len(checkpoints) when get() was asked for a window of them.
+    checkpoint_count: int | None = None
 
     @property
     def child_waits(self) -> list[WaitRecord]:
@@ -376,4 +379,5 @@ class ExecutionRecord:
             else _usage.total(c.usage for c in calls) + _usage.forgotten(events or ()),
             budget=_budget.from_options(row.options),
             children=tuple(children or ()),
+            checkpoint_count=None if checkpoints is None else len(checkpoints),
         )

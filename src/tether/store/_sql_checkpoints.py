@@ -52,6 +52,25 @@ class CheckpointsSql(SqlBase):
         # Positions are text ("3.1.2"): program order is theirs, not the text's.
         return sorted((CheckpointRow(*r) for r in rows), key=lambda row: sort_key(row.position))
 
+    def checkpoint_outline(self, execution_id: str) -> list[tuple[str, str, str | None]]:
+        rows = self._all(
+            "SELECT position, status, metadata FROM checkpoints WHERE execution_id = ?",
+            (execution_id,),
+        )
+        return sorted(((str(p), str(s), m) for p, s, m in rows), key=lambda r: sort_key(r[0]))
+
+    def get_checkpoints_at(
+        self, execution_id: str, positions: Sequence[str]
+    ) -> list[CheckpointRow]:
+        if not positions:
+            return []
+        rows = self._all(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ? "
+            f"AND position IN ({marks(positions)})",
+            (execution_id, *positions),
+        )
+        return sorted((CheckpointRow(*r) for r in rows), key=lambda row: sort_key(row.position))
+
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
     ) -> Commit:

@@ -179,6 +179,20 @@ class ExecutionsSql(SqlBase):
             found.append(row)
         return found
 
+    def count_by_status(self, statuses: Sequence[str], *, cap: int) -> dict[str, int]:
+        if not statuses:
+            return {}
+        # One capped count per status, each an index range read of at most `cap` entries: a
+        # GROUP BY over every execution costs as much as the table is big (tens of ms at
+        # 100,000 rows), and a page that shows the counts is loaded again and again.
+        parts = " UNION ALL ".join(
+            "SELECT ?, (SELECT count(*) FROM "
+            f"(SELECT 1 FROM executions WHERE status = ? LIMIT ?) AS s{i})"
+            for i in range(len(statuses))
+        )
+        params = [v for status in statuses for v in (status, status, cap)]
+        return {str(s): int(n) for s, n in self._all(parts, params)}
+
     def execution_stats(self) -> ExecutionStats:
         with self._connection() as conn:
             counts = self._run(

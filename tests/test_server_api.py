@@ -394,12 +394,13 @@ def test_an_execution_with_thousands_of_calls_is_read_a_window_at_a_time(
     url = procs.server()
     with httpx.Client(base_url=url) as http:
         first = http.get(f"/api/v1/executions/{handle.id}").json()
-        assert [c["name"] for c in first["checkpoints"]] == ["greet"] * 500
+        assert [c["name"] for c in first["checkpoints"]] == ["greet"] * 100
         assert [c["position"] for c in first["checkpoints"][:3]] == ["0", "1", "2"]
-        assert (first["checkpoint_count"], first["checkpoints_next"]) == (1200, 500)
+        assert (first["checkpoint_count"], first["checkpoints_next"]) == (1200, 100)
         assert first["checkpoints_done"] == 1200
         last = http.get(
-            f"/api/v1/executions/{handle.id}", params={"checkpoint_offset": 1000}
+            f"/api/v1/executions/{handle.id}",
+            params={"checkpoint_offset": 1000, "checkpoint_limit": 500},
         ).json()
         assert [c["position"] for c in last["checkpoints"]] == [str(n) for n in range(1000, 1200)]
         assert last["checkpoints"][-1]["result"] == "hello step 1199"
@@ -410,8 +411,8 @@ def test_an_execution_with_thousands_of_calls_is_read_a_window_at_a_time(
             "RequestValidationError",
         )
         page = http.get(f"/executions/{handle.id}", params={"calls": 100}).text
-        assert "Checkpoint calls 101 to 200 of 1200" in page
-        assert "hello step 150" in page and "hello step 250" not in page
+        assert "Checkpoint calls 101 to 150 of 1200" in page
+        assert "hello step 120" in page and "hello step 150" not in page
     whole = client.get(handle.id)
     assert len(whole.checkpoints) == whole.checkpoint_count == 1200
 

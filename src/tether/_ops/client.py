@@ -626,12 +626,17 @@ class Client:
         keeps one checkpoint's calls (a name, `name#k` or a position); `after` keeps only
         records after that `LogRecord.id` (to follow a running execution)."""
         self._row(execution_id)
-        calls = self._store.get_checkpoints(execution_id)
-        names = {c.position: c.name for c in calls}
+        events = self._store.get_events(execution_id, after=after, kinds=OUTPUT_KINDS)
         positions: set[str] = set()
         if checkpoint is not None:
+            calls = self._store.get_checkpoints(execution_id)
             positions = {c.position for c in _replay.select_all(calls, checkpoint)}
-        events = self._store.get_events(execution_id, after=after, kinds=OUTPUT_KINDS)
+        else:
+            # Only the calls that logged: an execution with thousands of calls is not read
+            # whole (results included) to name a few.
+            logged = sorted({e.position for e in events if e.position is not None})
+            calls = self._store.get_checkpoints_at(execution_id, logged)
+        names = {c.position: c.name for c in calls}
         return [
             LogRecord.from_row(e, names.get(e.position) if e.position is not None else None)
             for e in events

@@ -27,7 +27,7 @@ from ._auth import Principal, principal
 API = "/api/v1"
 # Checkpoint calls in one execution record by default: their results are decoded and sent,
 # so an execution with thousands of calls is read a window at a time.
-CHECKPOINT_PAGE = 500
+CHECKPOINT_PAGE = 100
 
 
 class ErrorDetail(BaseModel):

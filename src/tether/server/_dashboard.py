@@ -48,7 +48,7 @@ _PAGE = 50
 # Capped status counts on the list page; checkpoint calls per execution page (rendering one
 # with its result takes a fraction of a millisecond: thousands would take seconds).
 _COUNT_CAP = 10_000
-_CALLS_PAGE = 100
+_CALLS_PAGE = 50
 _MAX_FORM = 4 * 1024 * 1024  # input itself is capped lower, by Client.input_json
 _STATUSES = [s.value for s in Status]
 

@@ -458,6 +458,29 @@ def test_sqlite_executions_list_finds_each_rows_pending_wait_by_its_execution(
     assert on_waits and all("waits_pending_input (execution_id=?)" in p for p in on_waits), plan
 
 
+def test_checkpoint_outline_and_a_window_of_calls_in_program_order(store: Store) -> None:
+    insert(store, [row("e1", "succeeded"), row("e2", "succeeded")])
+    positions = ["10", "2.1", "[a].0", "0", "2", "2.0", "1"]
+    sql_store: Any = store
+    with sql_store._transaction() as conn:
+        sql_store._executemany(
+            conn,
+            "INSERT INTO checkpoints (execution_id, position, name, fingerprint, status, "
+            "started_at, finished_at, metadata) VALUES (?, ?, 'step', 'f', ?, ?, ?, ?)",
+            [("e1", p, "failed" if p == "1" else "succeeded", T0, T0, f'{{"p": "{p}"}}')
+             for p in positions] + [("e2", "0", "succeeded", T0, T0, None)],
+        )  # fmt: skip
+    order = ["0", "1", "2", "2.0", "2.1", "10", "[a].0"]
+    outline = store.checkpoint_outline("e1")
+    assert [p for p, _, _ in outline] == order
+    assert dict((p, s) for p, s, _ in outline)["1"] == "failed"
+    assert outline[0][2] == '{"p": "0"}'
+    window = store.get_checkpoints_at("e1", ["[a].0", "2.1", "10", "nowhere"])
+    assert [c.position for c in window] == ["2.1", "10", "[a].0"]
+    assert store.get_checkpoints_at("e1", []) == []
+    assert [c.position for c in store.get_checkpoints_at("e2", order)] == ["0"]
+
+
 def test_status_counts_stop_at_the_cap(store: Store) -> None:
     insert(store, [row(f"done{n:03d}", "succeeded") for n in range(30)])
     insert(store, [row(f"wait{n:03d}", "waiting") for n in range(3)])

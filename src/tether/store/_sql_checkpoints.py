@@ -65,13 +65,18 @@ class CheckpointsSql(SqlBase):
     def get_checkpoints_at(
         self, execution_id: str, positions: Sequence[str]
     ) -> list[CheckpointRow]:
+        clause, pairs = self.by_positions
         rows: list[Any] = []
         for start in range(0, len(positions), _POSITIONS_PER_READ):
             chunk = positions[start : start + _POSITIONS_PER_READ]
+            if pairs:
+                listed = ", ".join("(?, ?)" for _ in chunk)
+                params: list[Any] = [v for p in chunk for v in (execution_id, p)]
+            else:
+                listed, params = marks(chunk), [execution_id, *chunk]
             rows += self._all(
-                f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE execution_id = ? "
-                f"AND position IN ({marks(chunk)})",
-                (execution_id, *chunk),
+                f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE {clause.format(listed)}",
+                params,
             )
         return sorted((CheckpointRow(*r) for r in rows), key=lambda row: sort_key(row.position))
 

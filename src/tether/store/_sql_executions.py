@@ -187,17 +187,18 @@ class ExecutionsSql(SqlBase):
         for status in statuses:
             if not status.isalpha():
                 raise ValueError(f"not a status: {status!r}")
+        limit = int(cap)
         # One capped count per status, each an index range read of at most `cap` entries: a
         # GROUP BY over every execution costs as much as the table is big (tens of ms at
         # 100,000 rows), and a page that shows the counts is loaded again and again. Statuses
-        # are literals (checked above): PostgreSQL's generic plan of `status = $1` scanned the
-        # whole table for a status no row has.
+        # and the cap are literals (checked above): once PostgreSQL switched the prepared
+        # statement to its generic plan (`status = $1 LIMIT $2`), it scanned the table.
         parts = " UNION ALL ".join(
             f"SELECT '{status}', (SELECT count(*) FROM "
-            f"(SELECT 1 FROM executions WHERE status = '{status}' LIMIT ?) AS s{i})"
+            f"(SELECT 1 FROM executions WHERE status = '{status}' LIMIT {limit}) AS s{i})"
             for i, status in enumerate(statuses)
         )
-        return {str(s): int(n) for s, n in self._all(parts, [cap] * len(statuses))}
+        return {str(s): int(n) for s, n in self._all(parts)}
 
     def execution_stats(self) -> ExecutionStats:
         with self._connection() as conn:

@@ -73,6 +73,15 @@ def approval(topic: str) -> str:
     return "rejected"
 
 
+LONG_WAIT = "approve-the-quarterly-budget-for-the-platform-team-in-the-emea-region-2027"
+
+
+@tether.flow
+def long_named_wait(topic: str) -> str:
+    greet(topic)
+    return str(tether.wait(LONG_WAIT, schema=bool, question=f"publish {topic}?"))
+
+
 @tether.flow
 def choosing(question: str) -> str:
     return tether.wait("side", schema=str, question=question)

@@ -28,6 +28,13 @@ def greeting(name: str, times: int = 1) -> str:
 
 
 @tether.flow
+def many_steps(count: int) -> int:
+    for i in range(count):
+        greet(f"step {i}", 0)
+    return count
+
+
+@tether.flow
 def report(title: str) -> Report:
     return Report(greet(title, 1), (1, 2))
 

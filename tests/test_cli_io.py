@@ -181,7 +181,7 @@ def test_each_class_of_outcome_has_its_exit_code_across_commands(
         ("executions", "get", "no-such-id"),
         ("executions", "cancel", "no-such-id"),
         ("executions", "input", "no-such-id", "--value", "true"),
-        ("executions", "input", handle.id, "--wait", "other", "--value", '"x"'),
+        ("executions", "input", handle.id, "--name", "other", "--value", '"x"'),
         ("memory", "get", "nope", "-n", "n"),
         ("memory", "get", "k", "-n", "n", "--version", "9"),
         ("memory", "delete", "nope", "-n", "n"),

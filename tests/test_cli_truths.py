@@ -113,6 +113,11 @@ def test_a_killed_execution_is_shown_as_nobody_running_it_with_what_to_do(
     assert watch.wait(timeout=60) == 0, output.read_text()
     assert "succeeded" in output.read_text()
     assert cli(db_url, "executions", "get", execution_id, "--json").stdout.count("attention") == 0
+    # The takeover is in the history, with the process that took it over.
+    worker_pid = procs[-1].pid
+    got = " ".join(cli(db_url, "executions", "get", execution_id).output.split())
+    assert re.search(rf"takeover .*taken over by pid {worker_pid} on host \S+ \(attempt 2\): "
+                     "the process that ran it stopped without ending it", got), got  # fmt: skip
 
 
 def test_watch_explains_a_sleep_and_who_wakes_it(db_url: str) -> None:
@@ -223,3 +228,70 @@ def test_list_shows_dates(db_url: str) -> None:
     cli_flows.greeting.run("x").result(timeout=30)
     listed = cli(db_url, "executions", "list")
     assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", listed.output), listed.output
+
+
+def test_suspend_and_wake_are_in_the_timeline_with_pid_and_host(
+    db_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    done = run_child(
+        textwrap.dedent(
+            """
+            import os, time, cli_flows
+            handle = cli_flows.approval.run("tides")
+            while handle.status() != "waiting":
+                time.sleep(0.01)
+            print(os.getpid(), handle.id)
+            """
+        ),
+        db_url,
+    )
+    assert done.returncode == 0, done.stderr
+    starter_pid, execution_id = done.stdout.split()[-2:]
+    given = cli(db_url, "executions", "input", execution_id, "--value", "true", "--by", "ana")
+    assert given.exit_code == 0, given.output
+    worker = _tether(db_url, tmp_path / "worker.txt", "worker", "--import", "cli_flows",
+                     "--poll", "0.01")  # fmt: skip
+    procs.append(worker)
+    client = tether.Client(db_url)
+    retry_until(lambda: client.summary(execution_id).status.finished, what="the worker")
+    kinds = [e.kind for e in client.get(execution_id).events if e.kind in ("suspend", "wake")]
+    assert kinds == ["suspend", "wake"]
+    got = " ".join(cli(db_url, "executions", "get", execution_id).output.split())
+    assert f"suspended; pid {starter_pid} on " in got, got
+    assert re.search(
+        rf"wake .*woke in pid {worker.pid} on host \S+: input to 'approve' arrived from ana", got
+    ), got
+
+
+def _cli80(db_url: str, *args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={"TETHER_DB": db_url, "COLUMNS": "80"})
+
+
+def test_a_long_wait_name_is_printed_whole_at_80_columns_and_input_takes_it_by_name(
+    db_url: str,
+) -> None:
+    import cli_flows
+
+    first = cli_flows.long_named_wait.run("q3")
+    second = cli_flows.long_named_wait.run("q4")
+    for handle in (first, second):
+        retry_until(lambda h=handle: h.status() == "waiting", what="the wait")
+    listed = _cli80(db_url, "executions", "waits")
+    assert listed.exit_code == 0
+    assert listed.output.count(cli_flows.LONG_WAIT) == 2, listed.output
+    assert "…" not in listed.output  # nothing cut
+    got = _cli80(db_url, "executions", "get", first.id)
+    assert cli_flows.LONG_WAIT in got.output, got.output
+    given = _cli80(db_url, "executions", "input", first.id, "--name", cli_flows.LONG_WAIT,
+                   "--value", "true")  # fmt: skip
+    assert given.exit_code == 0, given.output
+    assert first.result(timeout=30) == "True"
+    # The old spelling still works, and says what to use instead.
+    old = CliRunner().invoke(
+        app,
+        ["executions", "input", second.id, "--wait", cli_flows.LONG_WAIT, "--value", "false"],
+        env={"TETHER_DB": db_url, "COLUMNS": "200"},
+    )
+    assert old.exit_code == 0, old.output
+    assert "--wait NAME is deprecated" in old.output and "use --name NAME" in old.output
+    assert second.result(timeout=30) == "False"

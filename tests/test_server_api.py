@@ -448,7 +448,9 @@ def test_execution_record_logs_usage_metrics_and_values_as_data(
 def _at_rest(shown: dict[str, Any]) -> dict[str, Any]:
     """A record without what changes by the second (an unfinished execution's duration) and
     without the CLI's hint of what to do next."""
-    kept = {k: v for k, v in shown.items() if k != "attention"}
+    # The API's record also says how its window of calls is cut (checkpoint_count, next).
+    apart = {"attention", "checkpoint_count", "checkpoints_next"}
+    kept = {k: v for k, v in shown.items() if k not in apart}
     if kept["finished_at"] is None:
         kept.pop("duration")
     return kept
@@ -474,6 +476,37 @@ def test_the_api_and_the_cli_json_show_the_same_records(
     assert [_at_rest(r) for r in printed_list] == [_at_rest(r) for r in listed]
     assert json.loads(run_cli(db_url, "executions", "waits", "--json").stdout) == waits
     assert listed[1]["result"]["type_name"] == "server_flows:Report"
+
+
+def test_an_execution_with_thousands_of_calls_is_read_a_window_at_a_time(
+    procs: Processes, client: tether.Client
+) -> None:
+    handle = server_flows.many_steps.run(1200)
+    assert handle.result(timeout=120) == 1200
+    url = procs.server()
+    with httpx.Client(base_url=url) as http:
+        first = http.get(f"/api/v1/executions/{handle.id}").json()
+        assert [c["name"] for c in first["checkpoints"]] == ["greet"] * 100
+        assert [c["position"] for c in first["checkpoints"][:3]] == ["0", "1", "2"]
+        assert (first["checkpoint_count"], first["checkpoints_next"]) == (1200, 100)
+        assert first["checkpoints_done"] == 1200
+        last = http.get(
+            f"/api/v1/executions/{handle.id}",
+            params={"checkpoint_offset": 1000, "checkpoint_limit": 500},
+        ).json()
+        assert [c["position"] for c in last["checkpoints"]] == [str(n) for n in range(1000, 1200)]
+        assert last["checkpoints"][-1]["result"] == "hello step 1199"
+        assert last["checkpoints_next"] is None
+        _error(
+            http.get(f"/api/v1/executions/{handle.id}", params={"checkpoint_limit": 0}),
+            422,
+            "RequestValidationError",
+        )
+        page = http.get(f"/executions/{handle.id}", params={"calls": 100}).text
+        assert "Checkpoint calls 101 to 150 of 1200" in page
+        assert "hello step 120" in page and "hello step 150" not in page
+    whole = client.get(handle.id)
+    assert len(whole.checkpoints) == whole.checkpoint_count == 1200
 
 
 def test_usage_totals_over_executions(procs: Processes, client: tether.Client) -> None:

@@ -433,6 +433,62 @@ def test_sqlite_claim_and_timer_queries_search_the_partial_indexes(
         assert not any("executions_by_status" in p for p in on_executions), (name, plan)
 
 
+@sqlite_only
+@pytest.mark.parametrize("with_statistics", [False, True])
+def test_sqlite_executions_list_finds_each_rows_pending_wait_by_its_execution(
+    store: Store, store_url: str, with_statistics: bool
+) -> None:
+    crowd(store)
+    sql_store: Any = store
+    with sql_store._transaction() as conn:
+        sql_store._executemany(
+            conn,
+            "INSERT INTO waits (execution_id, name, position, kind, status, created_at) "
+            "VALUES (?, 'approve', '0', 'input', 'pending', ?)",
+            [(f"sleep{n:05d}", T0) for n in range(SLEEPING)],
+        )
+    if with_statistics:
+        analyze(store)
+    sql, params = captured(
+        store, lambda: store.list_executions(statuses=None, flow=None, limit=51), "SELECT"
+    )
+    plan = sqlite_plan(store_url, sql, params)
+    # v12 walked waits_pending (every pending wait of the store) once per row listed.
+    on_waits = [p for p in plan if re.match(r"(SCAN|SEARCH) w\b", p)]
+    assert on_waits and all("waits_pending_input (execution_id=?)" in p for p in on_waits), plan
+
+
+def test_checkpoint_outline_and_a_window_of_calls_in_program_order(store: Store) -> None:
+    insert(store, [row("e1", "succeeded"), row("e2", "succeeded")])
+    positions = ["10", "2.1", "[a].0", "0", "2", "2.0", "1"]
+    sql_store: Any = store
+    with sql_store._transaction() as conn:
+        sql_store._executemany(
+            conn,
+            "INSERT INTO checkpoints (execution_id, position, name, fingerprint, status, "
+            "started_at, finished_at, metadata) VALUES (?, ?, 'step', 'f', ?, ?, ?, ?)",
+            [("e1", p, "failed" if p == "1" else "succeeded", T0, T0, f'{{"p": "{p}"}}')
+             for p in positions] + [("e2", "0", "succeeded", T0, T0, None)],
+        )  # fmt: skip
+    order = ["0", "1", "2", "2.0", "2.1", "10", "[a].0"]
+    outline = store.checkpoint_outline("e1")
+    assert [p for p, _, _ in outline] == order
+    assert dict((p, s) for p, s, _ in outline)["1"] == "failed"
+    assert outline[0][2] == '{"p": "0"}'
+    window = store.get_checkpoints_at("e1", ["[a].0", "2.1", "10", "nowhere"])
+    assert [c.position for c in window] == ["2.1", "10", "[a].0"]
+    assert store.get_checkpoints_at("e1", []) == []
+    assert [c.position for c in store.get_checkpoints_at("e2", order)] == ["0"]
+
+
+def test_status_counts_stop_at_the_cap(store: Store) -> None:
+    insert(store, [row(f"done{n:03d}", "succeeded") for n in range(30)])
+    insert(store, [row(f"wait{n:03d}", "waiting") for n in range(3)])
+    found = store.count_by_status(["succeeded", "waiting", "queued"], cap=10)
+    assert found == {"succeeded": 10, "waiting": 3, "queued": 0}
+    assert store.count_by_status(["succeeded"], cap=1000) == {"succeeded": 30}
+
+
 # --- migrating a database with data -----------------------------------------------------------
 
 
@@ -458,7 +514,7 @@ def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     )
 
 
-LATEST = 13  # migrations/*/0013_messages.sql
+LATEST = 14  # migrations/*/0014_list_waits.sql
 
 # Columns of executions that this code writes and schemas before v11 lack. A test that has
 # this code write data into an older database adds them for the writes and drops them again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -161,20 +162,54 @@ class Client:
             "give more of the id"
         )
 
-    def get(self, execution_id: str) -> ExecutionRecord:
+    def get(
+        self,
+        execution_id: str,
+        *,
+        checkpoint_offset: int = 0,
+        checkpoint_limit: int | None = None,
+    ) -> ExecutionRecord:
         """One execution with its checkpoint calls, waits, events, children (the child
-        flows its flow code started, oldest first) and the messages sent to its waits."""
+        flows its flow code started, oldest first) and the messages sent to its waits.
+
+        With `checkpoint_limit` (and `checkpoint_offset`), `checkpoints` holds only that
+        window of the calls in program order; `checkpoint_count`, `checkpoints_done` and
+        `usage` still count them all. A page for an execution with thousands of calls then
+        reads and decodes the results it shows, not every one."""
+        if checkpoint_offset < 0 or (checkpoint_limit is not None and checkpoint_limit < 0):
+            raise UsageError(
+                f"checkpoint_offset and checkpoint_limit are 0 or more, not "
+                f"{checkpoint_offset} and {checkpoint_limit}"
+            )
         row = self._row(execution_id)
         children = self._store.list_executions(
             statuses=None, flow=None, limit=_MAX_CHILDREN, parent=execution_id
         )
-        return ExecutionRecord.from_row(
+        events = self._store.get_events(execution_id)
+        windowed = checkpoint_limit is not None or checkpoint_offset > 0
+        if windowed:
+            outline = self._store.checkpoint_outline(execution_id)
+            end = None if checkpoint_limit is None else checkpoint_offset + checkpoint_limit
+            shown = [position for position, _, _ in outline[checkpoint_offset:end]]
+            calls = self._store.get_checkpoints_at(execution_id, shown)
+        else:
+            calls = self._store.get_checkpoints(execution_id)
+        record = ExecutionRecord.from_row(
             row,
-            self._store.get_checkpoints(execution_id),
-            self._store.get_events(execution_id),
+            calls,
+            events,
             self._store.get_waits(execution_id),
             children=[ExecutionRecord.from_row(c) for c in reversed(children)],
             messages=self._store.get_messages(execution_id),
+        )
+        if not windowed:
+            return record
+        return dataclasses.replace(
+            record,
+            checkpoint_count=len(outline),
+            checkpoints_done=sum(1 for _, status, _ in outline if status == "succeeded"),
+            usage=_usage.total(_usage.from_metadata(m) for _, _, m in outline)
+            + _usage.forgotten(events),
         )
 
     def summary(self, execution_id: str) -> ExecutionRecord:
@@ -236,6 +271,14 @@ class Client:
         """Executions by status and queue, the oldest queued one, pending waits (what a
         monitoring system or an autoscaler reads)."""
         return self._store.execution_stats()
+
+    def status_counts(self, cap: int = 10_000) -> dict[Status, int]:
+        """How many executions have each status, counting at most `cap` of each (a count
+        equal to `cap` means "that many or more"), so its cost does not grow with the store
+        (what a page that shows the counts on every load wants; `stats()` counts exactly)."""
+        _check_limit(cap)
+        found = self._store.count_by_status([s.value for s in Status], cap=cap)
+        return {s: found.get(s.value, 0) for s in Status}
 
     def pending_waits(self, flow: str | None = None, limit: int = 100) -> builtins.list[WaitRecord]:
         """Waits that need input, oldest first: execution, name, question, `json_schema` of
@@ -766,12 +809,17 @@ class Client:
         keeps one checkpoint's calls (a name, `name#k` or a position); `after` keeps only
         records after that `LogRecord.id` (to follow a running execution)."""
         self._row(execution_id)
-        calls = self._store.get_checkpoints(execution_id)
-        names = {c.position: c.name for c in calls}
+        events = self._store.get_events(execution_id, after=after, kinds=OUTPUT_KINDS)
         positions: set[str] = set()
         if checkpoint is not None:
+            calls = self._store.get_checkpoints(execution_id)
             positions = {c.position for c in _replay.select_all(calls, checkpoint)}
-        events = self._store.get_events(execution_id, after=after, kinds=OUTPUT_KINDS)
+        else:
+            # Only the calls that logged: an execution with thousands of calls is not read
+            # whole (results included) to name a few.
+            logged = sorted({e.position for e in events if e.position is not None})
+            calls = self._store.get_checkpoints_at(execution_id, logged)
+        names = {c.position: c.name for c in calls}
         return [
             LogRecord.from_row(e, names.get(e.position) if e.position is not None else None)
             for e in events

@@ -112,8 +112,9 @@ def execute(
 ) -> Outcome:
     """Run the execution this token holds, to its end or to the point where it must stop.
     `claimed`: the row as the claim that took it returned it (saves reading it again)."""
+    again = False
     while True:
-        attempt = prepare(store, execution_id, token, flow, runs, claimed)
+        attempt = prepare(store, execution_id, token, flow, runs, claimed, again=again)
         if isinstance(attempt, Outcome):
             return attempt
         if attempt.target is not None:
@@ -127,7 +128,7 @@ def execute(
         if outcome is not None:
             return outcome
         # The wait it suspended on got its input while suspending: run again, now.
-        claimed = None
+        claimed, again = None, True
 
 
 async def execute_async(
@@ -145,13 +146,16 @@ async def execute_async(
     database), around the awaited body. Tasks the body leaves behind are cancelled when it
     ends, as `asyncio.run` would have. `alone`: whether it is the only execution on the
     loop right now (its commits may then block the loop; see `Run.inline_commits`)."""
+    again = False
     while True:
         if flow is not None and _nothing_to_load(claimed, token):
             # A first run whose row is in hand: preparing reads nothing; no thread needed.
             attempt = prepare(store, execution_id, token, flow, runs, claimed)
         else:
             attempt = await offload(
-                functools.partial(prepare, store, execution_id, token, flow, runs, claimed)
+                functools.partial(
+                    prepare, store, execution_id, token, flow, runs, claimed, again=again
+                )
             )
         if isinstance(attempt, Outcome):
             return attempt
@@ -174,16 +178,18 @@ async def execute_async(
         outcome = await offload(functools.partial(conclude, store, attempt))
         if outcome is not None:
             return outcome
-        claimed = None
+        claimed, again = None, True
 
 
 def _nothing_to_load(claimed: ExecutionRow | None, token: str) -> bool:
     # A crash loop's check may write (see _crash_loop): not on the loop thread.
+    # Nor a re-entry (attempt > 1): it notes how it came back (see _note_entry).
     return (
         claimed is not None
         and claimed.lease_token == token
         and claimed.has_history is False
         and claimed.takeovers < 2
+        and claimed.attempt <= 1
     )
 
 
@@ -215,10 +221,13 @@ def prepare(
     flow: Runnable | None,
     runs: list[Run],
     claimed: ExecutionRow | None,
+    *,
+    again: bool = False,
 ) -> Attempt | Outcome:
     """Load what is recorded and build the run (blocking: the store is read). An Outcome
     when there is nothing to run; an Attempt whose `target` is None when the flow cannot
-    be entered (its `error` says why, for `conclude`)."""
+    be entered (its `error` says why, for `conclude`). `again`: the same holder runs it
+    once more at once (its wait was answered while it unwound), no new entry."""
     row = claimed if claimed is not None and claimed.lease_token == token else None
     if row is None:
         row = store.get_execution(execution_id)
@@ -236,6 +245,8 @@ def prepare(
     else:
         recorded = {c.position: c for c in store.get_checkpoints(execution_id)}
         waits = store.get_waits(execution_id)
+    if not again and (recorded or waits or row.attempt > 1):
+        _note_entry(store, row, waits)
     config = settings()
     _capture.install()
     run = Run(
@@ -262,6 +273,93 @@ def prepare(
     except BaseException as exc:
         attempt.error = as_failure(exc, f"loading flow {row.flow!r}")
     return attempt
+
+
+# Events that mark how an execution's attempts begin and end (besides its start and its
+# end): the timeline of `tether executions get` and the dashboard interleave them with the
+# calls. "suspend", "released", "crash_loop", "retry" and "replay" are written where those
+# happen; the entries below by `_note_entry`.
+TAKEOVER_EVENT = "takeover"
+WAKE_EVENT = "wake"
+RESUME_EVENT = "resume"
+LIFECYCLE_EVENTS = (
+    "suspend", "released", "crash_loop", "retry", "replay",
+    TAKEOVER_EVENT, WAKE_EVENT, RESUME_EVENT,
+)  # fmt: skip
+# An entry after these is the execution coming back after a hand-back, not a takeover.
+_HANDED_BACK = ("released", "crash_loop", "retry")
+
+
+def process_words(owner: str | None) -> str:
+    """`pid 123 on host-a` for an owner id (`host:pid:nonce`)."""
+    if owner is None:
+        return "an unknown process"
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    return f"pid {pid} on host {host}" if pid.isdigit() else owner
+
+
+def _note_entry(store: Store, row: ExecutionRow, waits: list[WaitRow]) -> None:
+    """Record how this process came to run an execution that has a history (one event,
+    only on a re-entry: a first run writes nothing): it woke (its input, timer or child
+    arrived after a suspension), resumed after being handed back, or was taken over from a
+    holder that stopped without ending it (killed, crashed, or lost its lease). The same
+    process continuing at once (a wait answered while it unwound) writes nothing."""
+    try:
+        marks = store.get_events(row.id, kinds=LIFECYCLE_EVENTS)
+        last = marks[-1] if marks else None
+        if last is not None and last.kind == "replay":
+            return  # a replay's first run: its calls are copies, nothing ran it before
+        previous = _holder(marks)
+        here = process_words(row.owner)
+        if last is not None and last.kind == "suspend":
+            kind, level = WAKE_EVENT, "info"
+            message = f"woke in {here}: {_why_awake(waits)}"
+        elif last is not None and last.kind in _HANDED_BACK:
+            kind, level = RESUME_EVENT, "info"
+            message = f"resumed in {here} after it was {_HANDED_WORDS[last.kind]}"
+        else:
+            # "info": a takeover is how tether recovers, not a problem of the flow's code
+            # (record.warnings lists those); the timeline shows it in yellow.
+            kind, level = TAKEOVER_EVENT, "info"
+            before = process_words(previous) if previous else "the process that ran it"
+            message = (
+                f"taken over by {here} (attempt {row.attempt}): {before} stopped without "
+                "ending it (it was killed, crashed or lost its lease)"
+            )
+        data = _serde.dumps({"owner": row.owner, "previous": previous})
+        store.add_event(EventRow(row.id, None, time.time(), level, kind, message, data))
+    except Exception:
+        # Advisory, like the suspension note: the attempt runs whatever happens to it.
+        log.debug("execution %s: could not note how it was entered", row.id, exc_info=True)
+
+
+_HANDED_WORDS = {
+    "released": "handed back",
+    "crash_loop": "paused as a crash loop",
+    "retry": "retried",
+}
+
+
+def _holder(marks: list[EventRow]) -> str | None:
+    """The owner that last entered or parked the execution, as its events recorded it."""
+    for event in reversed(marks):
+        if event.data and event.kind in ("suspend", TAKEOVER_EVENT, WAKE_EVENT, RESUME_EVENT):
+            owner = _serde.loads(event.data).get("owner")
+            return owner if isinstance(owner, str) else None
+    return None
+
+
+def _why_awake(waits: list[WaitRow]) -> str:
+    ended = [w for w in waits if w.status != "pending" and w.resolved_at is not None]
+    if not ended:
+        return "it was made runnable"
+    last = max(ended, key=lambda w: w.resolved_at or 0.0)
+    if last.kind == "sleep" or last.status == "timed_out":
+        return f"the timer of {last.name!r} fell due"
+    if last.kind == "child":
+        return f"the child flow of {last.name!r} ended"
+    return f"input to {last.name!r} arrived from {last.resolved_by or 'somebody'}"
 
 
 def _crash_loop(store: Store, row: ExecutionRow, token: str) -> Outcome | None:

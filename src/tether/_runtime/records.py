@@ -354,6 +354,10 @@ class ExecutionRecord:
         `Client.get()`; `Client.get_published()` waits for one)."""
         return {key: cp.result for key, cp in self.published_calls.items()}
 
+    # Filled by Client.get(): how many checkpoint calls the execution recorded; more than
+    # len(checkpoints) when get() was asked for a window of them.
+    checkpoint_count: int | None = None
+
     @property
     def child_waits(self) -> list[WaitRecord]:
         """The waits for child flows, resolved or not (their `value` is the child's outcome
@@ -443,4 +447,5 @@ class ExecutionRecord:
             budget=_budget.from_options(row.options),
             children=tuple(children or ()),
             messages=tuple(MessageRecord.from_row(m) for m in messages or ()),
+            checkpoint_count=None if checkpoints is None else len(checkpoints),
         )

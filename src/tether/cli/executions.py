@@ -771,7 +771,9 @@ def waits_command(
     if as_json:
         dump([views.wait_json(w) for w in pending])
     elif pending:
-        out.print(render.waits_table(pending))
+        for line in render.waits_view(pending, out.width):
+            # Soft-wrapped: a name longer than the terminal is never cut or split by us.
+            out.print(line, soft_wrap=True)
     else:
         say("No pending waits.")
 
@@ -837,12 +839,17 @@ def input_command(
             show_default=False,
         ),
     ],
-    wait: Annotated[
+    name: Annotated[
         str | None,
         typer.Option(
-            "--wait", metavar="NAME", help="Which wait; found by itself when only one is pending."
+            "--name",
+            metavar="NAME",
+            help="Which wait, by its name; found by itself when only one is pending.",
         ),
     ] = None,
+    # `--wait` blocks until the execution ends on run, resume, retry and replay; here it
+    # used to name the wait. Kept hidden for scripts written before `--name`.
+    old_name: Annotated[str | None, typer.Option("--wait", metavar="NAME", hidden=True)] = None,
     by: Annotated[
         str | None, typer.Option(metavar="NAME", help="Who gives the input (recorded).")
     ] = None,
@@ -856,6 +863,21 @@ def input_command(
     `tether executions input ID --value @answer.json` (`--value -` reads stdin).
     """
     unchanged = "No input was recorded."
+    if old_name is not None:
+        if name is not None and name != old_name:
+            raise typer.BadParameter(
+                f"--wait {old_name!r} and --name {name!r} name different waits; give --name "
+                "only (--wait NAME is its old spelling)",
+                param_hint="--name",
+            )
+        err.print(
+            "--wait NAME is deprecated on `executions input`: use --name NAME (--wait means "
+            "'block until it ends' on the other commands).",
+            style="yellow",
+            highlight=False,
+            markup=False,
+        )
+        name = old_name
     limit = settings().max_input_bytes
     text = value_text(value, option="--value", unchanged=unchanged, limit=limit)
     json_value(text, option="--value", unchanged=unchanged, given=value)
@@ -864,7 +886,7 @@ def input_command(
         execution_id = client.resolve_id(execution_id)
         # Asked first: once the input is in, the execution may be running, or even done.
         then = client.continuation(execution_id)
-        record = client.input_json(execution_id, wait, text, by=by or who())
+        record = client.input_json(execution_id, name, text, by=by or who())
     if as_json:
         dump({**views.wait_json(record), "continues": {"live": then.live, "message": then.message}})
         return

@@ -24,9 +24,11 @@ from .._core import waits as _waits
 from .._core.positions import display, sort_key
 from .._core.status import Status
 from .._ops.views import args_json, as_data, iso, progress_json, progress_since, warnings
+from .._runtime.engine import LIFECYCLE_EVENTS
 from .._runtime.records import (
     CheckpointRecord,
     ErrorInfo,
+    Event,
     ExecutionRecord,
     LogRecord,
     MessageRecord,
@@ -251,6 +253,35 @@ def _message_value(message: MessageRecord) -> Any:
         return message.value_json
 
 
+def waits_view(waits: Iterable[WaitRecord], width: int) -> list[RenderableType]:
+    """`waits_table` when every cell fits whole in `width` columns; else one block per wait,
+    each field on its own line, so that a long wait name is shown whole, never cut."""
+    waits = list(waits)
+    table = waits_table(waits)
+    widths = [0] * len(table.columns)
+    for i, column in enumerate(table.columns):
+        cells = [
+            str(column.header),
+            *(c.plain if isinstance(c, Text) else str(c) for c in column.cells),
+        ]
+        widths[i] = max(len(c) for c in cells)
+    if sum(widths) + 2 * (len(widths) - 1) <= width:
+        return [table]
+    lines: list[RenderableType] = []
+    for w in waits:
+        head = Text(w.execution_id, style="bold")
+        head.append(f"  {w.flow or ''}  since {when(w.created_at)}", style="dim")
+        lines.append(head)
+        lines.append(Text("  wait      ") + Text(w.name, style="bold"))
+        if w.question is not None:
+            lines.append(Text(f"  question  {preview(w.question, 200)}"))
+        expects = compact(w.json_schema) if w.json_schema else "any JSON"
+        lines.append(Text(f"  expects   {preview(expects, 200)}"))
+        if w.deadline is not None:
+            lines.append(Text(f"  deadline  {when(w.deadline)}"))
+    return lines
+
+
 def header(record: ExecutionRecord) -> Table:
     """The execution's facts, one per line."""
     grid = Table.grid(padding=(0, 2))
@@ -313,16 +344,17 @@ def timeline(record: ExecutionRecord) -> Table:
     """Checkpoint calls, waits and the calls running now, in position order."""
     table = Table(box=None)
     table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("step", no_wrap=True)
+    # Wrapped, never cut with …: a long wait name is copied from here into `input --name`.
+    table.add_column("step", overflow="fold")
     table.add_column("status", no_wrap=True)
     table.add_column("attempts", justify="right", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("result / error")  # the one column that gives way (cells are one line)
-    rows: list[tuple[str, int, list[RenderableType]]] = []
+    rows: list[tuple[str, int, list[RenderableType], dt.datetime | None]] = []
     for cp in record.checkpoints:
-        rows.append((cp.position, 0, _checkpoint_row(cp)))
+        rows.append((cp.position, 0, _checkpoint_row(cp), cp.started_at))
     for w in record.waits:
-        rows.append((w.position, 1, _wait_row(w)))
+        rows.append((w.position, 1, _wait_row(w), w.created_at))
     now = dt.datetime.now(dt.UTC)
     done = {cp.position for cp in record.checkpoints if cp.status != "retrying"}
     for entry in record.progress:
@@ -340,10 +372,38 @@ def timeline(record: ExecutionRecord) -> Table:
             duration(took),
             one_line("running now…", "dim"),
         ]
-        rows.append((position, 2, cells))
-    for position, _, cells in sorted(rows, key=lambda r: (sort_key(r[0]), r[1])):
-        table.add_row(Text(display(position)), *cells)
+        rows.append((position, 2, cells, None))
+    ordered = sorted(rows, key=lambda r: (sort_key(r[0]), r[1]))
+    for event in record.events:
+        if event.kind not in LIFECYCLE_EVENTS:
+            continue
+        # After the last call or wait that began before it: where in the run it happened.
+        index = max(
+            (i + 1 for i, row in enumerate(ordered) if row[3] is not None and row[3] <= event.at),
+            default=0,
+        )
+        ordered.insert(index, ("", 3, _event_row(event), event.at))
+    for position, _, cells, _ in ordered:
+        table.add_row(Text(display(position) if position else ""), *cells)
     return table
+
+
+def _event_row(event: Event) -> list[RenderableType]:
+    """A crash, takeover, suspension, wake or resume, with the process it names."""
+    notable = event.level == "warning" or event.kind in ("takeover", "released", "crash_loop")
+    style = "yellow" if notable else "dim"
+    return [
+        Text(event.kind, style=style),
+        "",
+        "",
+        short_when(event.at),
+        _wrapped(event.message, style),
+    ]
+
+
+def _wrapped(message: str, style: str) -> Text:
+    # Folded onto more lines, never cut: the pid and host at its end are what it is read for.
+    return Text(message, style=style, overflow="fold")
 
 
 def _checkpoint_row(cp: CheckpointRecord) -> list[RenderableType]:
@@ -450,7 +510,7 @@ def input_hint(record: ExecutionRecord) -> Text | None:
     if w.json_schema:
         text.append(f" (expects {preview(w.json_schema, 80)})")
     text.append(". Give it with:\n  ")
-    option = "" if len(pending) == 1 else f" --wait {w.name}"
+    option = "" if len(pending) == 1 else f" --name {w.name}"
     example = "true" if (w.json_schema or {}).get("type") == "boolean" else "JSON"
     text.append(f"tether executions input {record.id}{option} --value {example}", style="bold")
     return text

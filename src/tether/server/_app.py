@@ -30,6 +30,9 @@ from ._auth import Principal, principal
 API = "/api/v1"
 # Ids and versions are 64-bit in both stores: a larger number is a 422, not a driver error.
 _INT64 = 2**63 - 1
+# Checkpoint calls in one execution record by default: their results are decoded and sent,
+# so an execution with thousands of calls is read a window at a time.
+CHECKPOINT_PAGE = 100
 
 
 class ErrorDetail(BaseModel):
@@ -196,8 +199,24 @@ def create_app(
         return {"items": [views.execution_json(r) for r in page.items], "next": page.next}
 
     @api.get("/executions/{execution_id}", tags=["executions"], **_answers(_s.ExecutionDetailOut))
-    def get_execution(who: Reader, execution_id: str) -> dict[str, Any]:
-        return views.execution_json(client.get(execution_id), full=True)
+    def get_execution(
+        who: Reader,
+        execution_id: str,
+        checkpoint_offset: Annotated[int, Query(ge=0)] = 0,
+        checkpoint_limit: Annotated[int, Query(ge=1, le=10_000)] = CHECKPOINT_PAGE,
+    ) -> dict[str, Any]:
+        """The record. `checkpoints` holds at most `checkpoint_limit` calls from
+        `checkpoint_offset` on, in program order; `checkpoint_count` is how many there are,
+        `checkpoints_next` the offset of the next window (null: none)."""
+        record = client.get(
+            execution_id, checkpoint_offset=checkpoint_offset, checkpoint_limit=checkpoint_limit
+        )
+        body = views.execution_json(record, full=True)
+        total = record.checkpoint_count or 0
+        body["checkpoint_count"] = total
+        end = checkpoint_offset + checkpoint_limit
+        body["checkpoints_next"] = end if end < total else None
+        return body
 
     @api.get("/executions/{execution_id}/logs", tags=["executions"], **_answers(_s.LogsOut))
     def logs(

@@ -47,6 +47,10 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
 )
 _PAGE = 50
+# Capped status counts on the list page; checkpoint calls per execution page (rendering one
+# with its result takes a fraction of a millisecond: thousands would take seconds).
+_COUNT_CAP = 10_000
+_CALLS_PAGE = 50
 _MAX_FORM = 4 * 1024 * 1024  # input itself is capped lower, by Client.input_json
 _STATUSES = [s.value for s in Status]
 
@@ -227,14 +231,15 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
             chosen = status if status in _STATUSES else None
             shown_flow = flow.strip() if flow and flow.strip() else None
             result = client.page(chosen, shown_flow, _PAGE, cursor=cursor or None)
-            counts: dict[str, int] = dict.fromkeys(_STATUSES, 0)
-            for (state, _queue), count in client.stats().counts.items():
-                counts[state] = counts.get(state, 0) + count
+            # Capped: exact counts of 100,000 executions cost more than the rest of the page.
+            counts = {s.value: n for s, n in client.status_counts(_COUNT_CAP).items()}
+            capped = {s for s, n in counts.items() if n >= _COUNT_CAP}
             rows = [views.execution_json(r) for r in result.items]
             filters = {"status": chosen, "flow": shown_flow}
             return "executions.html", {
                 "rows": rows,
                 "counts": counts,
+                "capped": capped,
                 "statuses": _STATUSES,
                 "filters": filters,
                 "q": q or "",
@@ -248,9 +253,13 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
         return page(request, build)
 
     @pages.get("/executions/{execution_id}", response_class=HTMLResponse)
-    def execution(request: Request, execution_id: str, done: str | None = None) -> Response:
+    def execution(
+        request: Request, execution_id: str, done: str | None = None, calls: int = 0
+    ) -> Response:
         def build(session: Session) -> tuple[str, dict[str, Any]]:
-            return "execution.html", _execution_context(client, execution_id, done)
+            return "execution.html", _execution_context(
+                client, execution_id, done, calls=max(calls, 0)
+            )
 
         return page(request, build)
 
@@ -469,8 +478,12 @@ _DONE = {
 }
 
 
-def _execution_context(client: Client, execution_id: str, done: str | None) -> dict[str, Any]:
-    record = client.get(client.resolve_id(execution_id))  # a unique start of an id will do
+def _execution_context(
+    client: Client, execution_id: str, done: str | None, *, calls: int = 0
+) -> dict[str, Any]:
+    record = client.get(  # a unique start of an id will do
+        client.resolve_id(execution_id), checkpoint_offset=calls, checkpoint_limit=_CALLS_PAGE
+    )
     shown = views.execution_json(record, full=True)
     logs: dict[str | None, list[dict[str, Any]]] = {}
     for log in client.logs(record.id):
@@ -520,6 +533,7 @@ def _execution_context(client: Client, execution_id: str, done: str | None) -> d
         else (record.lease_expires - dt.datetime.now(dt.UTC)).total_seconds(),
         "elapsed": span if record.started_at else None,
         "timeline": [item for _, item in timeline] + running,
+        "calls": _calls_window(record, calls),
         "events": events,
         "fork_points": fork_points,
         "replay": {"errors": [], "form": {}},
@@ -527,4 +541,21 @@ def _execution_context(client: Client, execution_id: str, done: str | None) -> d
         "notice": _DONE.get(done or ""),
         "loaded_at": time.time(),
         "display": display,
+    }
+
+
+def _calls_window(record: Any, offset: int) -> dict[str, Any] | None:
+    """Where the shown calls sit among all of them, with links to the windows around, or
+    None when every call is shown."""
+    total = record.checkpoint_count or 0
+    if offset == 0 and total <= _CALLS_PAGE:
+        return None
+    path = f"/executions/{record.id}"
+    end = min(offset + _CALLS_PAGE, total)
+    return {
+        "first": offset + 1 if offset < total else total,
+        "last": end,
+        "total": total,
+        "prev_url": _url(path, calls=max(offset - _CALLS_PAGE, 0) or None) if offset else None,
+        "next_url": _url(path, calls=end) if end < total else None,
     }

@@ -177,6 +177,10 @@ class ExecutionDetailOut(ExecutionOut):
     lineage: LineageOut
     messages: list[MessageOut]
     published: dict[str, Any] = Field(description="The latest value per published key.")
+    checkpoint_count: int = Field(description="How many checkpoint calls were recorded.")
+    checkpoints_next: int | None = Field(
+        description="The checkpoint_offset of the next window of calls; null: none."
+    )
 
 
 class ExecutionPageOut(_Shape):

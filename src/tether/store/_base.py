@@ -236,6 +236,11 @@ class Store(abc.ABC):
         """Counts for monitoring (see ExecutionStats)."""
 
     @abc.abstractmethod
+    def count_by_status(self, statuses: Sequence[str], *, cap: int) -> dict[str, int]:
+        """How many executions have each of `statuses`, counting at most `cap` of each (a
+        count of `cap` means "cap or more"): bounded work however many there are."""
+
+    @abc.abstractmethod
     def start_child(
         self, parent_id: str, token: str, child: ExecutionRow, start: CheckpointRow
     ) -> ChildStart:
@@ -467,6 +472,17 @@ class Store(abc.ABC):
     def latest_call(self, execution_id: str, name: str) -> CheckpointRow | None:
         """The succeeded checkpoint call named `name` of an execution that finished last
         (the latest published value of a key: `_core.publish`), or None."""
+
+    @abc.abstractmethod
+    def checkpoint_outline(self, execution_id: str) -> list[tuple[str, str, str | None]]:
+        """(position, status, metadata) of each recorded checkpoint call of an execution, in
+        program order: no result, error or attempts, so cheap for thousands of calls."""
+
+    @abc.abstractmethod
+    def get_checkpoints_at(
+        self, execution_id: str, positions: Sequence[str]
+    ) -> list[CheckpointRow]:
+        """The recorded calls of an execution at `positions`, in program order."""
 
     @abc.abstractmethod
     def reset_for_retry(

@@ -23,6 +23,9 @@ from ._sql_common import (
     marks,
 )
 
+# Positions per statement of get_checkpoints_at: well under either database's parameter limit.
+_POSITIONS_PER_READ = 500
+
 
 class CheckpointsSql(SqlBase):
     """The SQL store's checkpoint calls and events (and pruning what is finished)."""
@@ -59,6 +62,31 @@ class CheckpointsSql(SqlBase):
             (execution_id, name),
         )
         return None if found is None else CheckpointRow(*found)
+
+    def checkpoint_outline(self, execution_id: str) -> list[tuple[str, str, str | None]]:
+        rows = self._all(
+            "SELECT position, status, metadata FROM checkpoints WHERE execution_id = ?",
+            (execution_id,),
+        )
+        return sorted(((str(p), str(s), m) for p, s, m in rows), key=_outline_key)
+
+    def get_checkpoints_at(
+        self, execution_id: str, positions: Sequence[str]
+    ) -> list[CheckpointRow]:
+        clause, pairs = self.by_positions
+        rows: list[Any] = []
+        for start in range(0, len(positions), _POSITIONS_PER_READ):
+            chunk = positions[start : start + _POSITIONS_PER_READ]
+            if pairs:
+                listed = ", ".join("(?, ?)" for _ in chunk)
+                params: list[Any] = [v for p in chunk for v in (execution_id, p)]
+            else:
+                listed, params = marks(chunk), [execution_id, *chunk]
+            rows += self._all(
+                f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE {clause.format(listed)}",
+                params,
+            )
+        return sorted((CheckpointRow(*r) for r in rows), key=lambda row: sort_key(row.position))
 
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
@@ -142,3 +170,10 @@ class CheckpointsSql(SqlBase):
             (execution_id, after, *(kinds or ())),
         )
         return [EventRow(*r) for r in rows]
+
+
+def _outline_key(row: tuple[str, str, str | None]) -> tuple[tuple[int, int | str], ...]:
+    # sort_key's own value for a call of the flow body ("17"), without its parsing: thousands
+    # of such calls are sorted per page of an execution.
+    position = row[0]
+    return ((0, int(position)),) if position.isdigit() else sort_key(position)

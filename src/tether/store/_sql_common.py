@@ -99,6 +99,11 @@ class SqlBase(Store, abc.ABC):
     in_window: str = "e.id IN ({})"
     #: the folder under store/migrations/ holding this dialect's DDL
     dialect: str = ""
+    # Calls of one execution at a few positions, answered by primary key: (clause, whether
+    # each position comes with the execution id). PostgreSQL's generic plan of
+    # `execution_id = $1 AND position IN (...)` reads every call of the execution and
+    # filters; a list of (id, position) pairs is an index lookup each.
+    by_positions: tuple[str, bool] = ("execution_id = ? AND position IN ({})", False)
 
     # --- dialect hooks ------------------------------------------------------------------
 

@@ -182,6 +182,7 @@ class PostgresStore(SqlStore):
     # An uncorrelated ARRAY(...) is computed once and probed on the primary key; `IN (...)`
     # can be planned as a join that reads every row the branch matches.
     in_window = "e.id = ANY(ARRAY({}))"
+    by_positions = ("(execution_id, position) IN ({})", True)
 
     def __init__(
         self,

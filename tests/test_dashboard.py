@@ -5,9 +5,6 @@ are run by a real `tether worker`. Screenshots are kept under the test's tmp dir
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,8 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 import dashboard_flows
 import tether
-from helpers import TESTS, child_env, retry_until
+from helpers import retry_until
+from server_procs import Processes
 from tether._core.positions import display
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,62 +33,9 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Processes:
-    """The server and workers a test starts, killed (SIGKILL) at teardown."""
-
-    def __init__(self, db_url: str, tmp_path: Path) -> None:
-        self.db_url, self.tmp_path = db_url, tmp_path
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[str]:
-        out = (self.tmp_path / log).open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tether", *argv],
-            env=child_env(self.db_url),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=str(TESTS),
-        )
-        self.procs.append(proc)
-        return proc
-
-    def server(self) -> str:
-        port = _free_port()
-        log = f"server-{port}.log"
-        proc = self._spawn(["server", "--port", str(port), "--import", "dashboard_flows"], log)
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited: {(self.tmp_path / log).read_text()}")
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        retry_until(up, timeout=30, what="the server to answer /healthz")
-        return url
-
-    def worker(self) -> None:
-        self._spawn(["worker", "--import", "dashboard_flows", "--poll", "0.02"], "worker.log")
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
 def procs(db_url: str, tmp_path: Path) -> Iterator[Processes]:
-    pool = Processes(db_url, tmp_path)
+    pool = Processes(db_url, tmp_path, "dashboard_flows", poll="0.02")
     yield pool
     pool.kill_all()
     for log in tmp_path.glob("server-*.log"):  # a page that failed to render says why here

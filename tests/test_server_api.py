@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,71 +15,18 @@ import pytest
 
 import server_flows
 import tether
-from helpers import TESTS, child_env, retry_until, run_cli
+from helpers import child_env, retry_until, run_cli
 from server_flows import Report
+from server_procs import Processes, free_port
 from tether._core import serde
 from tether.store import ExecutionRow
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Processes:
-    """A server and workers started by a test, killed (SIGKILL) at teardown."""
-
-    def __init__(self, db_url: str, tmp_path: Path) -> None:
-        self.db_url, self.tmp_path = db_url, tmp_path
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def _spawn(self, argv: list[str], log: str, **env: str) -> subprocess.Popen[str]:
-        out = (self.tmp_path / log).open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tether", *argv],
-            env=child_env(self.db_url, **env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=str(TESTS),
-        )
-        self.procs.append(proc)
-        return proc
-
-    def server(self, *extra: str, **env: str) -> str:
-        port = _free_port()
-        argv = ["server", "--port", str(port), "--import", "server_flows", *extra]
-        proc = self._spawn(argv, f"server-{port}.log", **env)
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                log = (self.tmp_path / f"server-{port}.log").read_text()
-                pytest.fail(f"the server exited: {log}")
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        retry_until(up, timeout=30, what="the server to answer /healthz")
-        return url
-
-    def worker(self) -> None:
-        self._spawn(["worker", "--import", "server_flows", "--poll", "0.01"], "worker.log")
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
 def procs(db_url: str, tmp_path: Path) -> Iterator[Processes]:
-    pool = Processes(db_url, tmp_path)
+    pool = Processes(db_url, tmp_path, "server_flows")
     yield pool
     pool.kill_all()
 
@@ -129,7 +73,7 @@ def test_without_tokens_loopback_is_served_and_other_hosts_are_refused(
     assert given.status_code == 200, given.text
     assert given.json()["resolved_by"] == "local"  # no token: who gave it is "local"
     assert handle.result(timeout=30) == "rejected"
-    refused = run_cli(db_url, "server", "--host", "0.0.0.0", "--port", str(_free_port()))
+    refused = run_cli(db_url, "server", "--host", "0.0.0.0", "--port", str(free_port()))
     assert refused.returncode != 0
     assert "refusing to listen on 0.0.0.0" in refused.stderr
     assert "tether tokens create" in refused.stderr
@@ -221,7 +165,7 @@ def test_server_without_the_extra_says_which_install_line_brings_it(
         "raise ModuleNotFoundError(\"No module named 'fastapi'\", name='fastapi')\n"
     )
     path = os.pathsep.join([str(shadow.parent), child_env(db_url)["PYTHONPATH"]])
-    refused = run_cli(db_url, "server", "--port", str(_free_port()), PYTHONPATH=path)
+    refused = run_cli(db_url, "server", "--port", str(free_port()), PYTHONPATH=path)
     assert refused.returncode == 2, refused.stderr
     assert "pip install -e '.[server]'" in refused.stderr and "fastapi" in refused.stderr
 

@@ -23,7 +23,7 @@ from schemathesis.checks import (
 import server_flows
 import tether
 from helpers import retry_until
-from test_server_api import Processes
+from server_procs import Processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -40,7 +40,7 @@ CHECKS = [
 
 @pytest.fixture
 def procs(db_url: str, tmp_path: Path) -> Iterator[Processes]:
-    pool = Processes(db_url, tmp_path)
+    pool = Processes(db_url, tmp_path, "server_flows")
     yield pool
     pool.kill_all()
 

@@ -14,6 +14,7 @@ import pytest
 
 import tether
 from backend import BACKEND, fresh_database
+from helpers import FakeClock
 from tether._core import config as _config
 
 
@@ -61,3 +62,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+@pytest.fixture
+def clock(db_url: str) -> Iterator[FakeClock]:
+    """This process's clock, moved by hand (`clock.advance(seconds)`)."""
+    fake = FakeClock()
+    tether.configure(clock=fake)
+    yield fake

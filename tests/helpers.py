@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -106,3 +107,38 @@ def record_side_effect(label: str, *, pid: bool = False) -> str | None:
             f.flush()
             os.fsync(f.fileno())
     return position
+
+
+class FakeClock:
+    """A clock a test moves by hand (`tether.configure(clock=...)`, the `clock` fixture):
+    wait deadlines and timers without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `where` (made here) for the block, for real file-system
+    faults (a full disk, a read-only remount); the test is skipped where mounting is not
+    permitted. Unmounted lazily at the end, so a file still open there cannot keep it."""
+    import pytest
+
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

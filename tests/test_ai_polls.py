@@ -9,7 +9,6 @@ run) they are plain in-process sleeps, and only the first test applies.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 import tether
 import tether.ai
-from helpers import retry_until
+from helpers import FakeClock, retry_until
 from tether import Status
 from tether.errors import Cancelled, LeaseLost, Released, Suspended
 
@@ -96,24 +95,6 @@ async def ask_both(prompt: str) -> list[str]:
         return str((await agent.run(prompt)).output)
 
     return list(await asyncio.gather(ask(direct_agent), ask(polling_agent)))
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(db_url: str) -> Iterator[FakeClock]:
-    fake = FakeClock()
-    tether.configure(clock=fake)
-    yield fake
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ import pytest
 
 import tether
 from backend import BACKEND, postgres_only
-from helpers import child_env, retry_until, run_child, run_cli, spawn_python
+from helpers import child_env, retry_until, run_child, run_cli, spawn_python, tmpfs
 from tether._core import config as _config
 from tether.errors import NotATetherStore, StoreOpenedReadOnly, StoreVersionError
 from tether.store import open_store
@@ -103,20 +103,11 @@ def foreign_file(path: Path, *, wal: bool = False) -> None:
 @pytest.fixture
 def media(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of its own, to be remounted read-only (`read_only(media)`)."""
-    where = tmp_path / "media"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        _config.reset()  # no connection of this process stays on the mount
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    with tmpfs(tmp_path / "media", "16m") as where:
+        try:
+            yield where
+        finally:
+            _config.reset()  # no connection of this process stays on the mount
 
 
 def read_only(where: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 import store_fault_flows
 import tether
 from backend import BACKEND
-from helpers import retry_until, run_child, run_cli
+from helpers import retry_until, run_child, run_cli, tmpfs
 from tether import Status
 from tether._core import config as _config
 
@@ -31,21 +31,12 @@ pytestmark = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite file-system 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs: small enough to fill in a moment."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        _config.reset()  # the store's connections, before the file system goes
-        store_fault_flows.reset()
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    with tmpfs(tmp_path / "disk", "2m") as where:
+        try:
+            yield where
+        finally:
+            _config.reset()  # the store's connections, before the file system goes
+            store_fault_flows.reset()
 
 
 @pytest.fixture

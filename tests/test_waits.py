@@ -5,34 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel
 
 import tether
-from helpers import retry_until
+from helpers import FakeClock, retry_until
 from tether import Status
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(db_url: str) -> Iterator[FakeClock]:
-    fake = FakeClock()
-    tether.configure(clock=fake)
-    yield fake
-
 
 ran: Counter[str] = Counter()
 

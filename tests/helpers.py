@@ -142,3 +142,27 @@ def tmpfs(where: Path, size: str) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def killed_mid_checkpoint(db_url: str, gate: Path, *, steps: int) -> str:
+    """An execution of `approval_flows.slow_flow` whose process was SIGKILLed inside its first
+    checkpoint (held there by the `gate` file not existing yet): `running`, its lease not yet
+    expired, its owner dead. Returns its id."""
+    import signal
+
+    starter = spawn_python(
+        [
+            "-c",
+            f"import approval_flows\nhandle = approval_flows.slow_flow.run({steps}, 60)\n"
+            "print(handle.id, flush=True)\nhandle.result()",
+        ],
+        db_url,
+        GATE_FILE=str(gate),
+    )
+    assert starter.stdout is not None
+    execution_id = starter.stdout.readline().strip()
+    client = tether.Client(db_url)
+    retry_until(lambda: client.get(execution_id).progress, what="the checkpoint to run")
+    starter.send_signal(signal.SIGKILL)
+    starter.communicate(timeout=10)
+    return execution_id

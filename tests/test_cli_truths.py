@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import tether
-from helpers import TESTS, child_env, retry_until, run_child, spawn_python
+from helpers import TESTS, child_env, killed_mid_checkpoint, retry_until, run_child
 from tether._core import config as _config
 from tether.cli import app
 from tether.store import ExecutionRow
@@ -49,27 +48,6 @@ def _tether(db_url: str, output: Path, *args: str, **env: str) -> subprocess.Pop
         )
 
 
-def _killed_while_running(db_url: str, gate: Path) -> str:
-    """An execution whose process was SIGKILLed in the middle of a checkpoint: `running`,
-    its lease not yet expired, its owner dead."""
-    starter = spawn_python(
-        [
-            "-c",
-            "import approval_flows\nhandle = approval_flows.slow_flow.run(1, 60)\n"
-            "print(handle.id, flush=True)\nhandle.result()",
-        ],
-        db_url,
-        GATE_FILE=str(gate),
-    )
-    assert starter.stdout is not None
-    execution_id = starter.stdout.readline().strip()
-    client = tether.Client(db_url)
-    retry_until(lambda: client.get(execution_id).progress, what="the checkpoint to run")
-    starter.send_signal(signal.SIGKILL)
-    starter.communicate(timeout=10)
-    return execution_id
-
-
 def test_version() -> None:
     shown = CliRunner().invoke(app, ["--version"])
     assert shown.exit_code == 0
@@ -80,7 +58,7 @@ def test_a_killed_execution_is_shown_as_nobody_running_it_with_what_to_do(
     db_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     gate = tmp_path / "gate"
-    execution_id = _killed_while_running(db_url, gate)
+    execution_id = killed_mid_checkpoint(db_url, gate, steps=1)
 
     listed = cli(db_url, "executions", "list")
     assert listed.exit_code == 0

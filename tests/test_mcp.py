@@ -4,7 +4,6 @@ real `tether mcp` subprocess, with real processes running the executions it oper
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,16 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 import tether
-from helpers import TESTS, child_env, retry_until, run_child, run_cli, run_python, spawn_python
+from helpers import (
+    TESTS,
+    child_env,
+    killed_mid_checkpoint,
+    retry_until,
+    run_child,
+    run_cli,
+    run_python,
+    spawn_python,
+)
 
 READ_TOOLS = {
     "list_executions",
@@ -204,21 +212,8 @@ async def test_a_killed_execution_is_flagged_resumed_and_replayed_for_the_worker
     db_url: str, tmp_path: Path, worker_procs: list[subprocess.Popen[str]]
 ) -> None:
     gate = tmp_path / "gate"
-    starter = spawn_python(
-        [
-            "-c",
-            "import approval_flows\nhandle = approval_flows.slow_flow.run(2, 60)\n"
-            "print(handle.id, flush=True)\nhandle.result()",
-        ],
-        db_url,
-        GATE_FILE=str(gate),
-    )
-    assert starter.stdout is not None
-    execution_id = starter.stdout.readline().strip()
+    execution_id = killed_mid_checkpoint(db_url, gate, steps=2)
     client = tether.Client(db_url)
-    retry_until(lambda: client.get(execution_id).progress, what="the first step to run")
-    starter.send_signal(signal.SIGKILL)
-    starter.communicate(timeout=10)
     async with mcp_session(db_url, "operate") as session:
         record = await call(session, "get_execution", execution_id=execution_id)
         assert record["status"] == "running" and "is gone" in record["attention"]

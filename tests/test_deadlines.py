@@ -8,6 +8,7 @@ Real time is used where the promise is about the wall clock ("not before its dea
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -300,3 +301,35 @@ def test_bad_times_are_refused_with_what_to_do(
 def test_a_flow_deadline_is_a_duration() -> None:
     with pytest.raises(tether.UsageError, match="duration"):
         tether.flow(deadline=dt.datetime.now(dt.UTC))(counted)  # type: ignore[arg-type]
+
+
+# --- what the CLI shows -----------------------------------------------------------------------
+
+
+def test_executions_list_and_get_show_deadlines_and_delayed_starts(
+    client: tether.Client, db_url: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(app, list(args), env={"TETHER_DB": db_url, "COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    later = flows.delayed.options(delay=3600, deadline=60).enqueue("later")
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    fixed = flows.delayed.options(deadline=at).enqueue("fixed")
+    table = cli("executions", "list").splitlines()
+    assert "deadline" in table[0].split()
+    (later_line,) = [line for line in table if line.startswith(later.id)]
+    assert "starts at" in later_line and "after it starts" in later_line
+    (fixed_line,) = [line for line in table if line.startswith(fixed.id)]
+    assert at.astimezone().strftime("%H:%M:%S") in fixed_line
+    shown = cli("executions", "get", later.id)
+    assert "not before" in shown and "after it starts" in shown
+    listed = {r["id"]: r for r in json.loads(cli("executions", "list", "--json"))}
+    assert listed[later.id]["not_before"] is not None
+    assert listed[later.id]["deadline_after"] == 60
+    assert listed[fixed.id]["deadline"].startswith(at.strftime("%Y-%m-%dT%H:%M:%S"))

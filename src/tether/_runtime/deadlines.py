@@ -140,6 +140,14 @@ def fix(store: Store, row: ExecutionRow, token: str) -> bool:
     return True
 
 
+def settled(row: ExecutionRow) -> bool:
+    """Whether claiming the row has nothing to write about its deadline: none to fix, none
+    past (the engine's prepare may then run on an event loop, which must not write)."""
+    if row.deadline is None:
+        return after(row.options) is None
+    return settings().clock() < row.deadline
+
+
 def words(deadline: float) -> str:
     return dt.datetime.fromtimestamp(deadline, dt.UTC).isoformat(timespec="milliseconds")
 

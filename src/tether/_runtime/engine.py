@@ -184,13 +184,15 @@ async def execute_async(
 
 def _nothing_to_load(claimed: ExecutionRow | None, token: str) -> bool:
     # A crash loop's check may write (see _crash_loop): not on the loop thread.
-    # Nor a re-entry (attempt > 1): it notes how it came back (see _note_entry).
+    # Nor a re-entry (attempt > 1): it notes how it came back (see _note_entry). Nor a
+    # deadline to fix or past (see _deadlines.settled).
     return (
         claimed is not None
         and claimed.lease_token == token
         and claimed.has_history is False
         and claimed.takeovers < 2
         and claimed.attempt <= 1
+        and _deadlines.settled(claimed)
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 
 import deadline_flows as flows
 import tether
-from helpers import FakeClock, retry_until, run_child
+from helpers import FakeClock, retry_until, run_child, spawn_child, spawn_python
 from tether import Status
 
 ran: Counter[str] = Counter()
@@ -119,6 +120,39 @@ def test_a_parked_execution_nobody_holds_is_ended_by_a_worker(
     with pytest.raises(tether.ExecutionTimedOut):
         handle.result(timeout=30)
     assert client.get(handle.id).finished_at >= record.deadline  # type: ignore[operator]
+
+
+def test_a_killed_applications_waiting_execution_is_ended_by_a_tether_worker(
+    db_url: str, client: tether.Client
+) -> None:
+    app = spawn_child(
+        "import threading, deadline_flows as f\n"
+        "print(f.waits_for_input.options(deadline=4).run('orphan').id, flush=True)\n"
+        "threading.Event().wait()\n",
+        db_url,
+    )
+    try:
+        assert app.stdout is not None
+        execution_id = app.stdout.readline().strip()
+        handle = client.handle(execution_id)
+        retry_until(lambda: status_is(handle, Status.WAITING), what="the flow to wait")
+    finally:
+        app.send_signal(signal.SIGKILL)
+        app.wait(timeout=30)
+    # Its process is gone before its deadline: nothing holds or parks it any more.
+    assert handle.status() is Status.WAITING
+    worker = spawn_python(
+        ["-m", "tether", "worker", "--concurrency", "2", "--import", "deadline_flows"], db_url
+    )
+    try:
+        with pytest.raises(tether.ExecutionTimedOut):
+            handle.result(timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    record = client.get(execution_id)
+    assert record.deadline is not None and record.finished_at is not None
+    assert record.finished_at >= record.deadline
 
 
 def test_a_deadline_at_an_absolute_time(client: tether.Client) -> None:

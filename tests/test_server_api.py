@@ -276,6 +276,26 @@ def test_a_webhook_sends_before_the_wait_and_the_flow_takes_it(
         _error(http.post(path, json={"value": True}), 409, "InvalidStateError")
 
 
+def test_start_takes_a_delay_and_a_deadline_and_refuses_bad_times(procs: Processes) -> None:
+    url = procs.server()
+    path = "/api/v1/flows/greeting/executions"
+    with httpx.Client(base_url=url) as http:
+        started = http.post(path, json={"args": ["later"], "delay": 3600, "deadline": 60})
+        assert started.status_code == 201, started.text
+        shown = http.get(f"/api/v1/executions/{started.json()['id']}").json()
+        assert shown["status"] == "queued" and shown["not_before"] is not None
+        assert shown["deadline_after"] == 60 and shown["deadline"] is None
+        at = http.post(path, json={"args": ["x"], "deadline": "2999-01-01T00:00:00+00:00"})
+        assert at.json()["deadline"].startswith("2999-01-01"), at.text
+        naive = _error(
+            http.post(path, json={"args": ["x"], "not_before": "2999-01-01T00:00:00"}),
+            400,
+            "UsageError",
+        )
+        assert "time zone" in naive["message"]
+        _error(http.post(path, json={"args": ["x"], "delay": -1}), 422, "RequestValidationError")
+
+
 def test_start_validates_arguments_against_the_flow_signature(
     procs: Processes, client: tether.Client
 ) -> None:

@@ -41,6 +41,7 @@ Exception
     ├── BudgetExceeded              the next model call would go over the flow's Budget
     ├── ExecutionFailed             Handle.result() of a failed execution
     ├── ExecutionCancelled          Handle.result() of a cancelled execution
+    │   └── ExecutionTimedOut       ... cancelled because its deadline passed
     ├── ResultTimeout               Handle.result(timeout=...) ran out (also a TimeoutError)
     ├── MemoryKeyError              no such memory key or version (also a LookupError)
     ├── MemoryConflictError         set(if_version=) found a newer version: read it again
@@ -374,6 +375,12 @@ class ExecutionFailed(TetherError):
 
 class ExecutionCancelled(TetherError):
     """The execution was cancelled before it finished."""
+
+
+class ExecutionTimedOut(ExecutionCancelled):
+    """The execution was cancelled because its deadline (`@tether.flow(deadline=...)`,
+    `flow.options(deadline=...)`) passed before it finished; its unfinished children were
+    cancelled with it. The message says when the deadline was."""
 
 
 class WaitTimeout(TetherError, TimeoutError):

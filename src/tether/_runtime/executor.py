@@ -233,6 +233,25 @@ class Executor:
         with self._lock:
             return any(key[1] == execution_id for key in (*self._held, *self._parked))
 
+    def park(self, store: Store, execution_id: str) -> None:
+        """Remember a queued execution that is not runnable yet (a delayed start): the waker
+        claims it here once it is."""
+        with self._lock:
+            if (id(store), execution_id) not in self._held:
+                self._parked[(id(store), execution_id)] = store
+        try:
+            # The note adoption reads: if this process is gone when the time comes, the
+            # application's next process takes the execution over (a worker would anyway).
+            store.add_event(
+                EventRow(execution_id, None, time.time(), "info", HANDBACK_EVENT,
+                         f"a delayed start: pid {os.getpid()} on {_HOST} starts it when due",
+                         note_data(self.owner))
+            )  # fmt: skip
+        except Exception:
+            log.debug("execution %s: could not note its delayed start", execution_id, exc_info=True)
+        self.adopt_from(store)
+        self._ensure_waker()
+
     def held_count(self) -> int:
         with self._lock:
             return len(self._held)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import inspect
 import sys
@@ -21,6 +22,7 @@ from .._spend.budget import Budget
 from ..errors import UsageError
 from ..store import ExecutionRow, Store
 from . import children as _children
+from . import deadlines as _deadlines
 from . import queues as _queues
 from . import replay as _replay
 from .handle import Handle, launch, new_execution_id
@@ -41,11 +43,19 @@ class Flow(Generic[P, R]):
         name: str | None,
         queue: Queue | str | None = None,
         budget: Budget | None = None,
+        deadline: float | dt.timedelta | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__qualname__
         self.queue = _queues.name_of(queue)
         self.budget = _budget.checked(budget)
+        if isinstance(deadline, dt.datetime):
+            raise UsageError(
+                "@tether.flow(deadline=) is a duration (seconds or a timedelta) counted from "
+                "each execution's start; give a datetime per start with "
+                "flow.options(deadline=...)"
+            )
+        self.deadline = _deadlines.checked_deadline(deadline)
         if getattr(fn, "__name__", None) == "<lambda>":
             # An execution is resumed (by a worker, `recover`, after a crash) by finding its
             # flow again by name; a lambda has none, so it would be started and never resumed.
@@ -90,6 +100,9 @@ class Flow(Generic[P, R]):
         key: str | None = None,
         priority: int = 0,
         budget: Budget | None = None,
+        deadline: float | dt.timedelta | dt.datetime | None = None,
+        delay: float | dt.timedelta | None = None,
+        not_before: dt.datetime | None = None,
     ) -> Starter[P, R]:
         """Start options, typed: `flow.options(key="order-42").run(order)`.
 
@@ -98,11 +111,23 @@ class Flow(Generic[P, R]):
           existing execution (whatever its status) instead of starting a second one.
         - `priority`: higher runs first among runnable executions of its queue.
         - `budget`: a `tether.Budget` for this execution's model calls (default: the flow's).
+        - `deadline`: seconds or a timedelta from the execution's first start, or an aware
+          datetime (default: the flow's). Past it the execution is cancelled, children
+          included, and `result()` raises `tether.ExecutionTimedOut`.
+        - `delay` (seconds, timedelta) or `not_before` (an aware datetime): queued but not
+          started before then. `run()` leaves it to this process to start at that time;
+          `enqueue()` to a worker.
 
         `run()` and `enqueue()` also take these as keywords when the flow function has no
         parameter of that name.
         """
-        return Starter(self, _StartOptions(queue, key, priority, budget))
+        return Starter(
+            self,
+            _StartOptions(
+                queue, key, priority, budget, _deadlines.checked_deadline(deadline), delay,
+                not_before,
+            ),
+        )  # fmt: skip
 
     @overload
     def enqueue(
@@ -140,6 +165,8 @@ class Flow(Generic[P, R]):
                 f"priority {options.priority} is out of range: give one from -2**31 to 2**31-1"
             )
         budget = self.budget if options.budget is None else _budget.checked(options.budget)
+        now = time.time()
+        not_before = _deadlines.not_before(options.delay, options.not_before, now)
         import_path, script = _imports.path_of(self.fn)
         if "<locals>" in import_path:
             raise UsageError(
@@ -149,7 +176,6 @@ class Flow(Generic[P, R]):
         encoded = _serde.dumps(
             {"args": list(args), "kwargs": kwargs}, root=f"arguments of flow {self.name!r}"
         )
-        now = time.time()
         execution_id = new_execution_id()
         row = ExecutionRow(
             id=execution_id,
@@ -165,7 +191,11 @@ class Flow(Generic[P, R]):
             priority=options.priority,
             dedup_key=options.key,
             options=_budget.to_options(budget),
+            not_before=not_before,
         )
+        deadline = self.deadline if options.deadline is None else options.deadline
+        # Inserted running (its first start is now) only by a process that runs it at once.
+        _deadlines.place(row, deadline, started=local and not_before is None)
         run = current_run.get()
         if run is not None and current_frame.get() is None:
             # In flow code: a child flow, started once per call whatever the crashes.
@@ -220,6 +250,9 @@ class _StartOptions:
     key: str | None = None
     priority: int = 0
     budget: Budget | None = None
+    deadline: float | dt.datetime | None = None
+    delay: float | dt.timedelta | None = None
+    not_before: dt.datetime | None = None
 
 
 class Starter(Generic[P, R]):
@@ -267,7 +300,11 @@ def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 
 @overload
 def flow(
-    *, name: str | None = None, queue: Queue | str | None = None, budget: Budget | None = None
+    *,
+    name: str | None = None,
+    queue: Queue | str | None = None,
+    budget: Budget | None = None,
+    deadline: float | dt.timedelta | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -278,6 +315,7 @@ def flow(
     name: str | None = None,
     queue: Queue | str | None = None,
     budget: Budget | None = None,
+    deadline: float | dt.timedelta | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function durable: each `.run(...)` is an execution recorded in the store.
 
@@ -296,6 +334,9 @@ def flow(
     a `tether.Queue`) is where its executions wait for a worker. `budget` (a
     `tether.Budget`) limits what each execution may spend on model calls: a request that
     would go over it raises `tether.BudgetExceeded` in the flow instead of being made.
+    `deadline` (seconds or a timedelta) is a wall-clock limit on each execution from its
+    first start, waits, sleeps and children included: past it the execution is cancelled,
+    its unfinished children with it, and `result()` raises `tether.ExecutionTimedOut`.
     """
 
     def wrap(f: Callable[P, R], stacklevel: int = 2) -> Flow[P, R]:
@@ -303,7 +344,7 @@ def flow(
             raise UsageError(f"{f.name} is already a flow; decorate it once")
         if not callable(f):
             raise UsageError(f"@tether.flow decorates a function, not {f!r}")
-        made = Flow(f, name=name, queue=queue, budget=budget)
+        made = Flow(f, name=name, queue=queue, budget=budget, deadline=deadline)
         _warn_if_interactive(made, stacklevel + 1)
         return made
 

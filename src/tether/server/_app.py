@@ -86,6 +86,15 @@ class StartBody(BaseModel):
         default=None, pattern=r"^[^\x00]*\S[^\x00]*$", description="Default: the flow's."
     )
     priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1, description="Higher runs first.")
+    delay: float | None = Field(default=None, ge=0, description="Seconds before it may start.")
+    not_before: dt.datetime | None = Field(
+        default=None, description="Not started before this time (with a time zone)."
+    )
+    deadline: float | dt.datetime | None = Field(
+        default=None,
+        description="Seconds from its first start, or a time (with a time zone): past it, it "
+        "is cancelled as timed out. Default: the flow's.",
+    )
 
 
 class MemoryBody(BaseModel):
@@ -345,7 +354,14 @@ def create_app(
     def start(who: Operator, name: str, body: StartBody) -> dict[str, Any]:
         flow = _flows.find(known, name)
         args, kwargs = _flows.bind(flow, body.args, body.kwargs)
-        starter = flow.options(queue=body.queue, key=body.key, priority=body.priority)
+        starter = flow.options(
+            queue=body.queue,
+            key=body.key,
+            priority=body.priority,
+            delay=body.delay,
+            not_before=body.not_before,
+            deadline=body.deadline,
+        )
         handle = starter.enqueue(*args, **kwargs)
         return views.execution_json(client.summary(handle.id))
 

@@ -141,6 +141,11 @@ class ExecutionOut(_Shape):
     parent_id: str | None
     replay_of: str | None
     wake_at: str | None
+    deadline: str | None = Field(description="When it is cancelled as timed out, if ever.")
+    deadline_after: float | None = Field(
+        description="A deadline of this many seconds from its first start, not started yet."
+    )
+    not_before: str | None = Field(description="Queued, it is not started before then.")
     result: Any = Field(
         description="The stored value as data: a class as its type name, "
         "kind and data; nothing restored."

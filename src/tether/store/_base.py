@@ -48,6 +48,8 @@ class ExecutionRow:
     # progress recorded in between (a crash loop); and the earliest time it may be claimed.
     takeovers: int = 0
     not_before: float | None = None
+    # When it is cancelled as timed out (the timers' clock); see migration 0015.
+    deadline: float | None = None
     # Filled by list_executions only: succeeded checkpoint calls, and a pending wait's name.
     checkpoints_done: int | None = None
     pending_wait: str | None = None
@@ -311,6 +313,18 @@ class Store(abc.ABC):
         """Cancel at once if nobody runs it (returns `cancelled`); else flag it for the holder
         and return the current status. None if the id is unknown. Its unfinished descendants
         (children, their children...) are cancelled the same way in the same transaction."""
+
+    @abc.abstractmethod
+    def set_deadline(self, execution_id: str, token: str, deadline: float) -> bool:
+        """Fix the deadline of the execution this token holds (a relative one, at its first
+        start). False if the lease is gone."""
+
+    @abc.abstractmethod
+    def time_out(self, execution_id: str, token: str, *, error: str, now: float) -> bool:
+        """End the execution this token holds as `cancelled` with `error` (why: its deadline
+        passed), its pending waits too, and cancel its unfinished descendants as
+        `request_cancel` does, in one transaction. False if the lease is gone (the
+        descendants are cancelled all the same: the deadline is past for them too)."""
 
     @abc.abstractmethod
     def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool: ...

@@ -28,6 +28,7 @@ from ..errors import (
     ConfigurationError,
     ExecutionNotFound,
     MemoryKeyError,
+    ScheduleNotFound,
     StoreError,
     TetherError,
     UsageError,
@@ -74,7 +75,7 @@ def exit_code(exc: TetherError) -> int:
     """The exit code of a command that raised `exc` (see EXIT_CODES)."""
     if isinstance(exc, UsageError | ConfigurationError):
         return USAGE
-    if isinstance(exc, ExecutionNotFound | WaitNotFound | MemoryKeyError):
+    if isinstance(exc, ExecutionNotFound | WaitNotFound | MemoryKeyError | ScheduleNotFound):
         return NOT_FOUND
     if isinstance(exc, StoreError):
         return STORE

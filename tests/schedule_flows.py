@@ -1,0 +1,54 @@
+"""Scheduled flows for tests/test_schedules.py. Worker processes import this module (and so
+fire its schedules); the test process itself takes them out of its declared schedules and
+fires them only through a `Firer` it is given them to (see the test module)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+import tether
+from helpers import record_side_effect
+
+
+@tether.checkpoint
+def note(label: str) -> None:
+    record_side_effect(label, pid=True)
+
+
+@tether.flow(schedule=timedelta(seconds=1))
+def every_second() -> None:
+    note(tether.current().execution_id)
+
+
+@tether.flow(schedule=timedelta(minutes=1), schedule_args=("daily",), schedule_kwargs={"n": 2})
+def report(kind: str, n: int = 1) -> str:
+    return kind * n
+
+
+@tether.flow(schedule=timedelta(minutes=1), catchup="all")
+def every_minute_all() -> None:
+    pass
+
+
+@tether.flow(schedule=timedelta(minutes=1), catchup="none")
+def every_minute_none() -> None:
+    pass
+
+
+@tether.flow(schedule="*/20 * * * * *")
+def every_20_seconds() -> None:
+    pass
+
+
+ALL = (every_second, report, every_minute_all, every_minute_none, every_20_seconds)
+
+
+def run_worker() -> None:
+    """`python -c "import schedule_flows; schedule_flows.run_worker()"`"""
+    tether.Worker(concurrency=4, poll=0.01).run(grace=5)
+
+
+if __name__ == "__main__":
+    run_worker()
+    sys.exit(0)

@@ -27,6 +27,7 @@ for _flow in schedule_flows.ALL:
     _schedules._declared.pop(_flow.name, None)
 
 WORKER = "import schedule_flows; schedule_flows.run_worker()"
+APP = "import threading, schedule_flows, tether; tether.launch(); threading.Event().wait()"
 EVERY_SECOND = schedule_flows.every_second.name
 
 
@@ -332,3 +333,15 @@ def test_a_paused_schedule_fires_nothing_until_resumed(workers: Workers, db_url:
         timeout=60,
         what="a tick after resume",
     )
+
+
+def test_a_launched_application_fires_and_runs_its_schedules(workers: Workers) -> None:
+    # No worker: the application's own executor (tether.launch()) fires the ticks and runs
+    # them, since a queued execution nobody parked would be left to workers.
+    app = spawn_python(
+        ["-c", APP],
+        workers.db_url, stderr=subprocess.DEVNULL, SIDE_EFFECTS=str(workers.effects),
+    )  # fmt: skip
+    workers.procs.append(app)
+    retry_until(lambda: len(succeeded(EVERY_SECOND)) >= 2, timeout=60, what="two ticks run")
+    assert set(ran(workers.effects).values()) == {1}

@@ -4,6 +4,7 @@ fires them only through a `Firer` it is given them to (see the test module)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from datetime import timedelta
 
@@ -12,13 +13,16 @@ from helpers import record_side_effect
 
 
 @tether.checkpoint
-def note(label: str) -> None:
+async def note(label: str) -> None:
+    await asyncio.sleep(0.01)  # really awaits, so the branches interleave
     record_side_effect(label, pid=True)
 
 
 @tether.flow(schedule=timedelta(seconds=1))
-def every_second() -> None:
-    note(tether.current().execution_id)
+async def every_second() -> None:
+    # An agent's shape: gathered branches, each a recorded call that awaits.
+    run = tether.current().execution_id
+    await asyncio.gather(note(f"{run}/a"), note(f"{run}/b"))
 
 
 @tether.flow(schedule=timedelta(minutes=1), schedule_args=("daily",), schedule_kwargs={"n": 2})

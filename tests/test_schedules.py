@@ -56,6 +56,8 @@ def test_five_field_cron_is_minutes_in_utc() -> None:
 def test_interval_ticks_are_aligned_to_the_epoch() -> None:
     spec = parse(dt.timedelta(minutes=5), "f")
     assert spec.text == "every 300s"
+    assert parse(dt.timedelta(days=30, seconds=1), "f").text == "every 2592001s"
+    assert parse(dt.timedelta(milliseconds=250), "f").text == "every 0.25s"
     assert spec.latest_at_or_before(utc(2026, 1, 5, 9, 7, 30)) == utc(2026, 1, 5, 9, 5)
     assert spec.after(utc(2026, 1, 5, 9, 5)) == utc(2026, 1, 5, 9, 10)
 
@@ -277,7 +279,7 @@ def workers(db_url: str, tmp_path: Path) -> Iterator[Workers]:
 
 
 def ran(effects: Path) -> Counter[str]:
-    """How many times each execution's step really ran (by execution id)."""
+    """How many times each step really ran (by `<execution id>/<branch>`)."""
     if not effects.exists():
         return Counter()
     return Counter(line.split()[1] for line in effects.read_text().splitlines())
@@ -301,8 +303,8 @@ def test_an_interval_schedule_runs_every_tick_once_across_two_workers(
     assert all(t.microsecond == 0 for t in ticks)  # whole seconds: the interval's ticks
     runs = ran(workers.effects)
     done = {e.id for e in executions if e.status is Status.SUCCEEDED}
-    assert done <= set(runs)
-    assert set(runs.values()) == {1}, runs  # no tick's execution ran twice
+    assert {f"{e}/{b}" for e in done for b in "ab"} <= set(runs)
+    assert set(runs.values()) == {1}, runs  # no tick's step ran twice
 
 
 def schedule(name: str) -> tether.ScheduleRecord:

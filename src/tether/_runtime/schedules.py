@@ -72,7 +72,10 @@ def parse(schedule: object, flow: str) -> Spec:
                 f"flow {flow!r}: a schedule interval must be positive, not {schedule!r}; "
                 "give e.g. schedule=timedelta(minutes=5)"
             )
-        return Spec(f"every {seconds:g}s", interval=seconds)
+        # Exact (the text is how a changed spec is recognised): 60 -> "every 60s", 0.25 ->
+        # "every 0.25s", never rounded.
+        shown = int(seconds) if seconds.is_integer() else seconds
+        return Spec(f"every {shown!r}s", interval=seconds)
     if isinstance(schedule, str):
         try:
             from croniter import croniter

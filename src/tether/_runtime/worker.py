@@ -49,7 +49,8 @@ class Worker:
     `imports` (and `TETHER_IMPORTS` or `[tool.tether] imports` in pyproject.toml) and the
     files in `scripts`. Executions of any other flow are left for a worker that loaded it,
     with a warning on the execution naming the flag that would load it; nothing a stored
-    row names is imported.
+    row names is imported. The scheduled flows among those it loaded get their ticks
+    started here, each tick once across every worker (see `_runtime/schedules.py`).
     """
 
     def __init__(

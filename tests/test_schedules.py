@@ -5,6 +5,7 @@ errors of a schedule that cannot work."""
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -347,3 +348,30 @@ def test_a_launched_application_fires_and_runs_its_schedules(workers: Workers) -
     workers.procs.append(app)
     retry_until(lambda: len(succeeded(EVERY_SECOND)) >= 2, timeout=60, what="two ticks run")
     assert set(ran(workers.effects).values()) == {1}
+
+
+def test_ticks_keep_coming_once_each_after_a_worker_is_killed(workers: Workers) -> None:
+    workers.start()
+    workers.start()
+    retry_until(lambda: len(succeeded(EVERY_SECOND)) >= 2, timeout=60, what="two ticks")
+    killed = workers.procs[0]
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=10)
+    after_kill = len(tether.Client().list(flow=EVERY_SECOND, limit=1000))
+    # The survivor fires the next ticks, and takes over what the killed one held (its pid
+    # is gone on this host), so every execution ends.
+    retry_until(
+        lambda: len(succeeded(EVERY_SECOND)) >= after_kill + 2,
+        timeout=60,
+        what="two more ticks after the kill",
+    )
+    keys = keys_of(EVERY_SECOND)
+    assert len(keys) == len(set(keys)) == len(tether.Client().list(flow=EVERY_SECOND, limit=1000))
+    unfinished = {e.id for e in tether.Client().list(flow=EVERY_SECOND, limit=1000)} - {
+        e.id for e in succeeded(EVERY_SECOND)
+    }
+    retry_until(
+        lambda: all(tether.Client().get(i).status is Status.SUCCEEDED for i in unfinished),
+        timeout=60,
+        what="the killed worker's executions to be taken over and finish",
+    )

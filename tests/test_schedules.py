@@ -5,6 +5,7 @@ errors of a schedule that cannot work."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import subprocess
 from collections import Counter
@@ -248,6 +249,14 @@ def test_pausing_an_unknown_schedule_names_the_known_ones(db_url: str, clock: Fa
     failed = run_cli(db_url, "schedules", "resume", "reprot")
     assert failed.returncode == 3
     assert "schedules: report" in failed.stderr
+    listed = run_cli(db_url, "schedules", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [shown] = json.loads(listed.stdout)
+    assert (shown["name"], shown["spec"], shown["paused"]) == ("report", "every 60s", False)
+    assert (
+        shown["next_tick"]
+        == dt.datetime.fromtimestamp((clock.now // 60 + 1) * 60, dt.UTC).isoformat()
+    )
 
 
 # --- a fleet of real worker processes -----------------------------------------------------
@@ -259,10 +268,13 @@ class Workers:
         self.effects = effects
         self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self) -> None:
+    def start(self, *, cli: bool = False) -> None:
+        """A `tether.Worker` in a process of its own, or with `cli` a `tether worker`."""
+        argv = ["-m", "tether", "worker", "--create", "--import", "schedule_flows"]
         proc = spawn_python(
-            ["-c", WORKER], self.db_url, stderr=subprocess.DEVNULL, SIDE_EFFECTS=str(self.effects)
-        )
+            argv if cli else ["-c", WORKER], self.db_url, stderr=subprocess.DEVNULL,
+            SIDE_EFFECTS=str(self.effects),
+        )  # fmt: skip
         self.procs.append(proc)
 
     def kill_all(self) -> None:
@@ -294,8 +306,9 @@ def test_an_interval_schedule_runs_every_tick_once_across_two_workers(
     workers: Workers,
 ) -> None:
     workers.start()
-    workers.start()
+    workers.start(cli=True)
     retry_until(lambda: len(succeeded(EVERY_SECOND)) >= 4, timeout=60, what="four ticks")
+    assert all(proc.poll() is None for proc in workers.procs)  # both served all along
     workers.kill_all()
     executions = tether.Client().list(flow=EVERY_SECOND, limit=1000)
     keys = keys_of(EVERY_SECOND)

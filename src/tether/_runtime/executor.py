@@ -182,8 +182,8 @@ class Executor:
         # of the waker's scans per store, executions given input in this process (claimed
         # at once), and what was adopted (handed back at exit).
         self._adopting: dict[int, Store] = {}
-        # Fires the ticks of the scheduled flows loaded here (adopting processes only).
-        self._firer = Firer()
+        # Per adopted store: fires the ticks of the scheduled flows loaded here.
+        self._firers: dict[int, Firer] = {}
         self._scans: dict[int, ScanState] = {}
         self._woken: set[str] = set()
         self._adopted: set[tuple[int, str]] = set()
@@ -645,6 +645,7 @@ class Executor:
                         self._parked.pop((key, execution_id), None)
                     self._adopting.pop(key, None)
                     self._scans.pop(key, None)
+                    self._firers.pop(key, None)
                 continue
             try:
                 self._scan_store(store, ids, woken & ids, rounds)
@@ -665,8 +666,9 @@ class Executor:
         with self._lock:
             stores = [s for s in self._adopting.values() if not s.closed]
         for store in stores:
+            firer = self._firers.setdefault(id(store), Firer())
             try:
-                fired = self._firer.fire(store, settings().clock(), self.claim)
+                fired = firer.fire(store, settings().clock(), self.claim)
             except Exception as exc:
                 self._complain(
                     "schedules", "cannot fire schedules: %s; trying again", _describe(exc)

@@ -25,6 +25,8 @@ PUBLIC = {
     "MessageAlreadySent", "MessageRecord",
     # values a flow publishes while it runs
     "NotPublished", "publish",
+    # schedules (cron and intervals)
+    "ScheduleNotFound", "ScheduleRecord",
     # operating executions
     "LogRecord",
     # queues and the fleet

@@ -36,6 +36,7 @@ Exception
     ├── WaitAlreadyResolved         the wait already has its input (another one won)
     ├── MessageAlreadySent          a message sent to that wait is not delivered yet (one per wait)
     ├── NotPublished                an execution that ended published no value under that key
+    ├── ScheduleNotFound            no scheduled flow of that name has run on a worker yet
     ├── InputValidationError        input does not match the wait's schema (has .errors)
     │   └── InputTooLarge           input over the size limit
     ├── BudgetExceeded              the next model call would go over the flow's Budget
@@ -97,6 +98,7 @@ __all__ = [
     "PickleRefused",
     "Released",
     "ResultTimeout",
+    "ScheduleNotFound",
     "SerializationError",
     "StoreBusy",
     "StoreCorrupt",
@@ -411,6 +413,12 @@ class MessageAlreadySent(TetherError):
 class NotPublished(TetherError, LookupError):
     """`Client.get_published()`: the execution has ended without publishing a value under
     that key (`tether.publish`), so none will come."""
+
+
+class ScheduleNotFound(TetherError, LookupError):
+    """No schedule of that name is in the store: no worker (or `tether.launch()` process)
+    that loaded the scheduled flow has run against it yet. The message lists the known
+    ones."""
 
 
 class InputValidationError(TetherError, ValueError):

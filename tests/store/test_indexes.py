@@ -514,7 +514,7 @@ def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     )
 
 
-LATEST = 15  # migrations/*/0015_deadlines.sql
+LATEST = 16  # migrations/*/0016_schedules.sql
 
 # Columns of executions that this code writes and schemas before v11 (v15) lack. A test that has
 # this code write data into an older database adds them for the writes and drops them again

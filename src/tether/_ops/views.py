@@ -32,6 +32,7 @@ from .._runtime.records import (
 )
 from .._spend import usage as _usage
 from .._spend.usage import Usage
+from .schedules import ScheduleRecord
 from .tokens import TokenInfo
 
 
@@ -239,6 +240,17 @@ def token_json(token: TokenInfo) -> dict[str, Any]:
         "scope": token.scope,
         "created_at": iso(token.created_at),
         "revoked_at": iso(token.revoked_at),
+    }
+
+
+def schedule_json(schedule: ScheduleRecord) -> dict[str, Any]:
+    """A schedule as listed: its spec, paused flag, last and next tick."""
+    return {
+        "name": schedule.name,
+        "spec": schedule.spec,
+        "paused": schedule.paused,
+        "last_tick": iso(schedule.last_tick),
+        "next_tick": iso(schedule.next_tick),
     }
 
 

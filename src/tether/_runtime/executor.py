@@ -44,6 +44,7 @@ from .adoption import (
 )
 from .engine import Runnable, load_flow
 from .loop import SharedLoop, shared_loop
+from .schedules import Firer
 
 log = logging.getLogger("tether.executor")
 
@@ -181,6 +182,8 @@ class Executor:
         # of the waker's scans per store, executions given input in this process (claimed
         # at once), and what was adopted (handed back at exit).
         self._adopting: dict[int, Store] = {}
+        # Per adopted store: fires the ticks of the scheduled flows loaded here.
+        self._firers: dict[int, Firer] = {}
         self._scans: dict[int, ScanState] = {}
         self._woken: set[str] = set()
         self._adopted: set[tuple[int, str]] = set()
@@ -645,6 +648,8 @@ class Executor:
     def _wake_round(self, rounds: int) -> None:
         if self._faulted:
             self._release_faulted()
+        if self.parking and settings().adopt:
+            self._fire_schedules()
         with self._lock:
             by_store: dict[int, tuple[Store, set[str]]] = {
                 key: (store, set()) for key, store in self._adopting.items()
@@ -659,6 +664,7 @@ class Executor:
                         self._parked.pop((key, execution_id), None)
                     self._adopting.pop(key, None)
                     self._scans.pop(key, None)
+                    self._firers.pop(key, None)
                 continue
             try:
                 self._scan_store(store, ids, woken & ids, rounds)
@@ -670,6 +676,27 @@ class Executor:
                     len(ids),
                     ", ".join(sorted(ids)[:3]),
                     _describe(exc),
+                )
+
+    def _fire_schedules(self) -> None:
+        """A process that adopts its stranded work (`tether.launch()`) also starts the due
+        ticks of the scheduled flows it loaded, and runs them itself: a queued execution
+        nobody parked is the workers' and would not be adopted here."""
+        with self._lock:
+            stores = [s for s in self._adopting.values() if not s.closed]
+        for store in stores:
+            firer = self._firers.setdefault(id(store), Firer())
+            try:
+                fired = firer.fire(store, settings().clock(), self.claim)
+            except Exception as exc:
+                self._complain(
+                    "schedules", "cannot fire schedules: %s; trying again", _describe(exc)
+                )
+                continue
+            for scheduled, row in fired:
+                row.has_history = False
+                self.start(
+                    store, row.id, row.lease_token or "", scheduled.flow, claimed=True, row=row
                 )
 
     def _release_faulted(self) -> None:

@@ -25,6 +25,7 @@ from . import children as _children
 from . import deadlines as _deadlines
 from . import queues as _queues
 from . import replay as _replay
+from . import schedules as _schedules
 from .handle import Handle, launch, new_execution_id
 from .queues import Queue
 
@@ -44,6 +45,10 @@ class Flow(Generic[P, R]):
         queue: Queue | str | None = None,
         budget: Budget | None = None,
         deadline: float | dt.timedelta | None = None,
+        schedule: str | dt.timedelta | None = None,
+        schedule_args: Sequence[Any] = (),
+        schedule_kwargs: Mapping[str, Any] | None = None,
+        catchup: _schedules.Catchup = "latest",
     ) -> None:
         self.fn = fn
         self.name = name or fn.__qualname__
@@ -69,12 +74,71 @@ class Flow(Generic[P, R]):
         # a parameter of that name itself (then use .options()).
         params = inspect.signature(fn).parameters
         self._reserved = tuple(k for k in _START_OPTIONS if k not in params)
+        # The flow's schedule (`schedule=`), declared to this process's workers.
+        self.scheduled: _schedules.Scheduled | None = None
+        if schedule is not None:
+            self._declare_schedule(schedule, schedule_args, schedule_kwargs, catchup)
+        elif schedule_args or schedule_kwargs or catchup != "latest":
+            raise UsageError(
+                f"flow {self.name!r}: schedule_args, schedule_kwargs and catchup go with "
+                "schedule=; give a schedule (a cron string or a timedelta) or drop them"
+            )
         functools.update_wrapper(self, fn)
         # Defining a flow loads it: this process may run its executions, recorded anywhere.
         _imports.register_flow(self, fn)
 
     def __repr__(self) -> str:
         return f"<tether.flow {self.name}>"
+
+    def _declare_schedule(
+        self,
+        schedule: object,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        catchup: object,
+    ) -> None:
+        spec = _schedules.parse(schedule, self.name)
+        checked = _schedules.check_catchup(catchup, self.name)
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise UsageError(
+                f"flow {self.name!r}: schedule_args is a list or tuple of positional "
+                f"arguments, not {args!r}"
+            )
+        fixed_args, fixed_kwargs = tuple(args), dict(kwargs or {})
+        try:
+            inspect.signature(self.fn).bind(*fixed_args, **fixed_kwargs)
+        except TypeError as exc:
+            raise UsageError(
+                f"flow {self.name!r} cannot be called with its schedule's arguments "
+                f"(args={list(fixed_args)!r}, kwargs={fixed_kwargs!r}): {exc}. Every tick calls "
+                "it with schedule_args= and schedule_kwargs=; give those, or default the "
+                "parameters"
+            ) from None
+        # Encoded now: a value that cannot be stored fails here, not at the first tick.
+        encoded = _serde.dumps(
+            {"args": list(fixed_args), "kwargs": fixed_kwargs},
+            root=f"schedule arguments of flow {self.name!r}",
+        )
+        import_path, script = _imports.path_of(self.fn)
+        if "<locals>" in import_path:
+            raise UsageError(
+                f"scheduled flow {self.name!r} is defined inside a function; define it at "
+                "module level so that workers can load it"
+            )
+
+        def make_row(tick: float, now: float) -> ExecutionRow:
+            row = ExecutionRow(
+                id=new_execution_id(), flow=self.name, import_path=import_path,
+                script=script, args=encoded, status=Status.QUEUED, created_at=now,
+                updated_at=now, queue=self.queue, dedup_key=_schedules.tick_key(tick),
+                options=_budget.to_options(self.budget),
+            )  # fmt: skip
+            # A tick's execution has the flow's deadline too, counted from its first start.
+            _deadlines.place(row, self.deadline, started=False)
+            return row
+
+        self.scheduled = _schedules.Scheduled(self.name, spec, checked, self, make_row)
+        _schedules.declare(self.scheduled)
 
     @overload
     def run(
@@ -305,6 +369,10 @@ def flow(
     queue: Queue | str | None = None,
     budget: Budget | None = None,
     deadline: float | dt.timedelta | None = None,
+    schedule: str | dt.timedelta | None = None,
+    schedule_args: Sequence[Any] = (),
+    schedule_kwargs: Mapping[str, Any] | None = None,
+    catchup: _schedules.Catchup = "latest",
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -316,6 +384,10 @@ def flow(
     queue: Queue | str | None = None,
     budget: Budget | None = None,
     deadline: float | dt.timedelta | None = None,
+    schedule: str | dt.timedelta | None = None,
+    schedule_args: Sequence[Any] = (),
+    schedule_kwargs: Mapping[str, Any] | None = None,
+    catchup: _schedules.Catchup = "latest",
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function durable: each `.run(...)` is an execution recorded in the store.
 
@@ -337,6 +409,16 @@ def flow(
     `deadline` (seconds or a timedelta) is a wall-clock limit on each execution from its
     first start, waits, sleeps and children included: past it the execution is cancelled,
     its unfinished children with it, and `result()` raises `tether.ExecutionTimedOut`.
+
+    `schedule` runs the flow by itself: a cron string in UTC (`"0 9 * * *"`; a sixth,
+    leading field is seconds: `"*/10 * * * * *"`) or a `datetime.timedelta` interval
+    (ticks at whole multiples of it since the epoch). Every worker that loaded the flow
+    (`tether worker`, `tether.Worker`, a `tether.launch()` process) starts one execution
+    per tick, exactly once across the fleet: the tick (`tick:2026-01-05T09:00:00Z`) is the
+    execution's deduplication key. Each tick calls the flow with `schedule_args` and
+    `schedule_kwargs` (fixed; default none). `catchup` says what fires for ticks missed
+    while no worker ran: `"latest"` (default) the latest one only, `"all"` every one,
+    `"none"` nothing (a tick seen more than 30 s late is skipped).
     """
 
     def wrap(f: Callable[P, R], stacklevel: int = 2) -> Flow[P, R]:
@@ -344,7 +426,10 @@ def flow(
             raise UsageError(f"{f.name} is already a flow; decorate it once")
         if not callable(f):
             raise UsageError(f"@tether.flow decorates a function, not {f!r}")
-        made = Flow(f, name=name, queue=queue, budget=budget, deadline=deadline)
+        made = Flow(
+            f, name=name, queue=queue, budget=budget, deadline=deadline, schedule=schedule,
+            schedule_args=schedule_args, schedule_kwargs=schedule_kwargs, catchup=catchup,
+        )  # fmt: skip
         _warn_if_interactive(made, stacklevel + 1)
         return made
 

@@ -365,6 +365,20 @@ def create_app(
         handle = starter.enqueue(*args, **kwargs)
         return views.execution_json(client.summary(handle.id))
 
+    # --- schedules ------------------------------------------------------------------------
+
+    @api.get("/schedules", tags=["schedules"], **_answers(_s.SchedulesOut))
+    def list_schedules(who: Reader) -> dict[str, Any]:
+        return {"items": [views.schedule_json(s) for s in client.schedules()]}
+
+    @api.post("/schedules/{name}/pause", tags=["schedules"], **_answers(_s.ScheduleOut, body=True))
+    def pause_schedule(who: Operator, name: str) -> dict[str, Any]:
+        return views.schedule_json(client.pause_schedule(name))
+
+    @api.post("/schedules/{name}/resume", tags=["schedules"], **_answers(_s.ScheduleOut, body=True))
+    def resume_schedule(who: Operator, name: str) -> dict[str, Any]:
+        return views.schedule_json(client.resume_schedule(name))
+
     # --- memory ---------------------------------------------------------------------------
 
     @api.get("/memory", tags=["memory"], **_answers(_s.MemoriesOut))

@@ -241,5 +241,20 @@ class MemoriesOut(_Shape):
     items: list[MemoryOut]
 
 
+class ScheduleOut(_Shape):
+    """A scheduled flow's schedule: its spec (cron in UTC, or `every <seconds>s`), paused or
+    not, the latest tick fired or passed over and the next one."""
+
+    name: str
+    spec: str
+    paused: bool
+    last_tick: str
+    next_tick: str
+
+
+class SchedulesOut(_Shape):
+    items: list[ScheduleOut]
+
+
 class HealthOut(_Shape):
     status: Literal["ok"]

@@ -149,6 +149,23 @@ class TokenRow:
 
 
 @dataclass(slots=True)
+class ScheduleRow:
+    """A schedule of a flow (`@tether.flow(schedule=...)`), by the flow's name: its spec as
+    shown (a cron string, or `every <seconds>s`), whether it is paused, its last tick (fired,
+    or passed over: a catch-up policy or a pause), its next tick, when it last changed, and
+    when it was last resumed (ticks up to then came due while it was paused: never fired).
+    Times are epoch seconds."""
+
+    name: str
+    spec: str
+    paused: bool
+    last_tick: float
+    next_tick: float
+    updated_at: float
+    resumed_at: float | None = None
+
+
+@dataclass(slots=True)
 class ExecutionStats:
     """What `/metrics` reports: executions by (status, queue), since when the longest-queued
     execution has been queued (its `updated_at`: enqueued, given input, handed back; None:
@@ -591,6 +608,42 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def revoke_token(self, name: str, *, now: float) -> bool:
         """Revoke a token by name. False when no token of that name is active."""
+
+    # --- schedules -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def ensure_schedule(self, row: ScheduleRow) -> None:
+        """Record a schedule as a process declared it: a new one as given; for one that
+        exists, only a changed spec and its next tick (its last tick and paused flag stay)."""
+
+    @abc.abstractmethod
+    def get_schedule(self, name: str) -> ScheduleRow | None: ...
+
+    @abc.abstractmethod
+    def list_schedules(self) -> list[ScheduleRow]:
+        """Every schedule, by name."""
+
+    @abc.abstractmethod
+    def set_schedule_paused(self, name: str, paused: bool, *, now: float) -> bool:
+        """Pause or resume a schedule (resuming records `resumed_at`: now). False when no
+        schedule has that name."""
+
+    @abc.abstractmethod
+    def fire_schedule(
+        self,
+        name: str,
+        *,
+        expected_last: float,
+        last_tick: float,
+        next_tick: float,
+        rows: Sequence[ExecutionRow],
+        now: float,
+    ) -> list[str] | None:
+        """In one transaction: move the schedule's last tick from `expected_last` (a
+        compare-and-swap; with `rows`, only while it is not paused) to `last_tick`, and
+        insert `rows`, the ticks' executions (one whose (flow, dedup_key) exists is left
+        out). Returns the ids inserted; None, with nothing written, when the schedule is
+        not as expected."""
 
     # --- memory (tether.memory) ---------------------------------------------------------
 

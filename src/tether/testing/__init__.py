@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from ..errors import CrashTestFailed, ReplayMiss
 from ._crash import Boundary, BoundaryOutcome, CrashReport, crash_test
-from ._replay import CallDiff, Outcome, ReplayCase, ReplayReport, Sample, replay
+from ._replay import replay
+from ._replay_report import CallDiff, Outcome, ReplayCase, ReplayReport, Sample
 
 __all__ = [
     "Boundary",

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,9 @@ import pytest
 
 import replay_flows as flows
 import tether
-from helpers import retry_until, run_cli
+from helpers import TESTS, retry_until, run_cli
 from tether.errors import ExecutionNotFound, ReplayMiss, UsageError
-from tether.testing import ReplayReport, Sample, replay
+from tether.testing import ReplayReport, Sample, export, replay
 
 
 @pytest.fixture(autouse=True)
@@ -299,3 +302,72 @@ def test_cli_exits_1_on_a_regression_and_says_so_in_markdown(db_url: str, tmp_pa
 
 def test_report_round_trips_to_json() -> None:
     assert ReplayReport().to_json()["ok"] is True
+
+
+# --- suites as files -------------------------------------------------------------------------
+
+
+def test_an_exported_suite_replays_in_a_fresh_directory_without_a_database(
+    db_url: str, tmp_path: Path
+) -> None:
+    research = _record(db_url, flows.research, "o1")
+    declined = _record(db_url, flows.declined, "o2")
+    suite = tmp_path / "suite.jsonl"
+
+    written = run_cli(db_url, "replay-test", "export", research, declined, "--out", str(suite))
+    assert written.returncode == 0, written.stderr
+    assert "wrote 3 execution(s)" in written.stdout  # research, its child billing, declined
+    lines = [json.loads(line) for line in suite.read_text().splitlines()]
+    assert lines[0] == {"kind": "tether-replay-suite", "version": 1}
+    kinds = [line["kind"] for line in lines[1:]]
+    assert kinds.count("execution") == 3 and "call" in kinds
+    assert "pickle" not in suite.read_text()
+
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TETHER_DB"}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(TESTS.parent / "src")])
+    replayed = subprocess.run(
+        [sys.executable, "-m", "tether", "replay-test", "--suite", str(suite),
+         "--import", "replay_flows", "--json"],
+        env=env, cwd=ci, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    report = json.loads(replayed.stdout)
+    assert report["totals"]["unchanged"] == 2, report
+    assert {c["execution_id"] for c in report["cases"]} == {research, declined}
+    assert not list(ci.iterdir())  # no store made where it ran
+
+
+def test_export_redacts_what_it_writes_and_the_store_keeps_it(db_url: str, tmp_path: Path) -> None:
+    recorded = _record(db_url, flows.research, "o1")
+    suite = tmp_path / "suite.jsonl"
+
+    def no_pages(what: str, value: Any) -> Any:
+        return "[page]" if isinstance(value, str) and value.startswith("page<") else value
+
+    count = export(recorded, out=suite, db=db_url, redact=no_pages, redact_keys={"receipt"})
+
+    assert count == 2
+    text = suite.read_text()
+    assert "receipt-o1-4200" not in text.split('"kind":"call"')[0]  # the result's key hidden
+    assert '"receipt":"***"' in text and '"name":"fetch"' in text
+    assert "page<" not in "".join(line for line in text.splitlines() if '"name":"fetch"' in line)
+    # The store keeps the audit trail as it was.
+    assert tether.Client(db_url).get(recorded).result["receipt"] == "receipt-o1-4200"
+    # Replayed from the redacted suite: the recorded pages are "[page]" now, so the output
+    # differs from the redacted recording in the summary only.
+    report = replay(suite=suite)
+    (case,) = report.cases
+    assert case.replayed is not None
+    assert case.replayed.result["summary"] == "[page] + [page]"
+    assert case.recorded.result["receipt"] == "***"
+
+
+def test_a_file_that_is_not_a_suite_is_a_usage_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.jsonl"
+    bogus.write_text('{"kind": "something"}\n')
+    with pytest.raises(UsageError, match="is not a tether replay suite"):
+        replay(suite=bogus)
+    with pytest.raises(UsageError, match="cannot read the suite"):
+        replay(suite=tmp_path / "missing.jsonl")

@@ -23,10 +23,10 @@ def replay_test_command(
     selectors: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[EXECUTION_ID]...",
+            metavar="[export] [EXECUTION_ID]...",
             help="Executions to replay (a unique prefix of an id is enough). With filters "
             "too, only those of them the filters match. None: every execution the filters "
-            "match.",
+            "match. `export` first: write them to the suite file --out instead.",
             show_default=False,
         ),
     ] = None,
@@ -84,6 +84,28 @@ def replay_test_command(
             "--markdown", metavar="FILE", help="Write the report as Markdown (a PR comment)."
         ),
     ] = None,
+    suite: Annotated[
+        Path | None,
+        typer.Option(
+            "--suite",
+            metavar="FILE",
+            help="Replay the executions of this suite file (`replay-test export` wrote it) "
+            "instead of a store's: no database needed.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="FILE", help="With `export`: the suite file to write."),
+    ] = None,
+    redact_keys: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--redact-key",
+            metavar="KEY",
+            help="With `export`: hide the value of every dict key KEY (`***`) in what is "
+            "written, e.g. api_key, email. Repeatable. The store keeps everything.",
+        ),
+    ] = None,
     imports: ImportOption = None,
     script: ScriptOption = None,
     db: DbOption = None,
@@ -93,19 +115,38 @@ def replay_test_command(
     recording's store is only read), and report each as unchanged, changed, improved,
     regressed or error.
 
+    `tether replay-test export [ID]... --out suite.jsonl` writes the selected executions and
+    their recorded calls to a file instead, which `--suite suite.jsonl` replays where there is
+    no database (values as tether's JSON data, nothing pickled; `--redact-key` hides secrets).
+
     Exit 0 when no case regressed or failed to run, 1 otherwise (a CI gate); 2 for a usage
     error (an unloaded flow is a case error, exit 1), 3 when a named execution does not exist,
     4 when the store fails.
     """
-    from ..testing import replay
+    from ..testing import export, replay
 
+    chosen = list(selectors or [])
+    if chosen[:1] == ["export"]:
+        with cli_errors():
+            if out is None:
+                raise typer.BadParameter("export writes a suite file: give --out FILE")
+            client_for(db, readonly=True)
+            count = export(
+                *chosen[1:], out=out, db=db, flow=flow, status=status,
+                since=_time(since, "--since"), until=_time(until, "--until"), limit=limit,
+                redact_keys=redact_keys or (),
+            )  # fmt: skip
+        say(f"wrote {count} execution(s) to {out}")
+        raise typer.Exit(OK)
     with cli_errors(), running_here(queue=False, as_json=as_json):
         modes = _tool_modes(tools or [])
-        client_for(db, readonly=True)  # the store must exist: nothing is created here
+        if suite is None:
+            client_for(db, readonly=True)  # the store must exist: nothing is created here
         load_named(imports, script)
         report = replay(
-            *(selectors or []),
-            db=db,
+            *chosen,
+            suite=suite,
+            db=None if suite is not None else db,
             flow=flow,
             status=status,
             since=_time(since, "--since"),

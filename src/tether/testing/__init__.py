@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..errors import CrashTestFailed, ReplayMiss
 from ._crash import Boundary, BoundaryOutcome, CrashReport, crash_test
-from ._replay import replay
+from ._replay import export, replay
 from ._replay_report import CallDiff, Outcome, ReplayCase, ReplayReport, Sample
 
 __all__ = [
@@ -33,5 +33,6 @@ __all__ = [
     "ReplayReport",
     "Sample",
     "crash_test",
+    "export",
     "replay",
 ]

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,7 @@ from ._replay_report import (
     Verdict,
     short,
 )
+from ._suite import Redactor, scratch_source, write_suite
 
 ToolMode = Literal["recorded", "live"]
 Evaluator = Callable[["Sample"], "bool | float | Mapping[str, float | bool]"]
@@ -78,6 +79,7 @@ def replay(
     model: object | None = None,
     evaluators: Sequence[Evaluator] | Mapping[str, Evaluator] | None = None,
     timeout: float = CASE_TIMEOUT,
+    suite: str | Path | None = None,
 ) -> ReplayReport:
     """Replay recorded executions against the current code and report what changed.
 
@@ -90,7 +92,8 @@ def replay(
 
     - Which executions: by id (`selectors`, a unique prefix is enough), or by `flow`,
       `status`, and `since`/`until` (epoch seconds of their creation), newest first, at most
-      `limit`. `db`: the store they are read from (read-only; default: the configured one).
+      `limit`. `db`: the store they are read from (read-only; default: the configured one),
+      or `suite`: a file `export` wrote (no database needed).
     - Their flows must be loaded in this process (imported by your code, `--import`,
       `TETHER_IMPORTS`): stored rows name flows, they never load them.
     - `tools`: "recorded" (default: every call answered from the recording), "live" (calls
@@ -112,10 +115,19 @@ def replay(
     scored = _evaluators(evaluators)
     replacement = _model(model)
     statuses = [status] if isinstance(status, str) else list(status or [])
+    if suite is not None and db is not None:
+        raise UsageError(
+            "replay reads recorded executions from a store (db) or a suite file, not both"
+        )
     started = time.monotonic()
-    source = open_store(db or _default_db(), readonly=True)
     folder = Path(tempfile.mkdtemp(prefix="tether-replay-"))
     report = ReplayReport()
+    try:
+        url = (db or _default_db()) if suite is None else scratch_source(Path(suite), folder)
+        source = open_store(url, readonly=True)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     try:
         rows = select(source, selectors, flow=flow, statuses=statuses, since=since,
                       until=until, limit=limit)  # fmt: skip
@@ -130,6 +142,47 @@ def replay(
         shutil.rmtree(folder, ignore_errors=True)
     report.seconds = time.monotonic() - started
     return report
+
+
+def export(
+    *selectors: str,
+    out: str | Path,
+    db: str | None = None,
+    flow: str | None = None,
+    status: str | Sequence[str] | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 100,
+    redact: Redactor | None = None,
+    redact_keys: Collection[str] = (),
+) -> int:
+    """Write the selected executions (as `replay` selects them) and their child flows, with
+    their recorded calls, to a suite file that `replay(suite=...)` replays without the
+    database. `redact(what, value) -> value` rewrites each value before it is written
+    (`what`: "args", "result", "error", "wait" or "metadata"); `redact_keys` hides the
+    values of dict keys of those names (`***`). The store is only read. Returns how many
+    executions were written."""
+    statuses = [status] if isinstance(status, str) else list(status or [])
+    if redact is not None and not callable(redact):
+        raise UsageError(f"redact is a function (what, value) -> value, not {redact!r}")
+    source = open_store(db or _default_db(), readonly=True)
+    try:
+        rows = select(source, selectors, flow=flow, statuses=statuses, since=since,
+                      until=until, limit=limit)  # fmt: skip
+        target = Path(out)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with partial.open("w", encoding="utf-8") as file:
+                count = write_suite(source, rows, file, redact_with=redact, redact_keys=redact_keys)
+        except OSError as exc:
+            raise UsageError(f"cannot write the suite {target}: {exc.strerror or exc}") from exc
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(target)  # a suite is whole or absent, never cut short
+    finally:
+        source.close()
+    return count
 
 
 def _default_db() -> str:

@@ -58,6 +58,7 @@ def billing(order: str) -> str:
 
 @tether.flow
 async def research(order: str) -> dict[str, object]:
+    tether.log(customer=order.split("-")[0])
     pages = await asyncio.gather(fetch(f"a/{order}"), fetch(f"b/{order}"))
     receipt = billing(order)  # a child flow
     summary = " + ".join(pages)
@@ -126,3 +127,10 @@ def approved(order: str) -> str:
     if not tether.wait(name, schema=bool):
         return "rejected"
     return charge(order, 100)
+
+
+@tether.flow
+def patient(order: str) -> str:
+    if VERSION == 6:
+        tether.sleep(3600)  # the new code waits an hour
+    return charge(order, 7)

@@ -51,6 +51,14 @@ def replay_test_command(
             "--until", metavar="TIME", help="Executions created at or before TIME (ISO 8601)."
         ),
     ] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(
+            "--tag",
+            metavar="KEY[=VALUE]",
+            help="Executions whose flow code logged KEY (with this VALUE): tether.log(KEY=...).",
+        ),
+    ] = None,
     limit: Annotated[
         int,
         typer.Option(
@@ -133,8 +141,8 @@ def replay_test_command(
             client_for(db, readonly=True)
             count = export(
                 *chosen[1:], out=out, db=db, flow=flow, status=status,
-                since=_time(since, "--since"), until=_time(until, "--until"), limit=limit,
-                redact_keys=redact_keys or (),
+                since=_time(since, "--since"), until=_time(until, "--until"), tag=tag,
+                limit=limit, redact_keys=redact_keys or (),
             )  # fmt: skip
         say(f"wrote {count} execution(s) to {out}")
         raise typer.Exit(OK)
@@ -151,6 +159,7 @@ def replay_test_command(
             status=status,
             since=_time(since, "--since"),
             until=_time(until, "--until"),
+            tag=tag,
             limit=limit,
             tools=modes,
             model=model,

@@ -61,10 +61,13 @@ MODEL_CALLS = frozenset(
 )
 # tether's own bookkeeping calls: answered from the recording when it has them, else live
 # (they have no side effects: a run id, a wake-up time, the tools an agent offers).
-_INTERNAL = ("agent_run", "poll_wait", "get_tools:", "get_instructions:", "validate")
+_INTERNAL = frozenset({"agent_run", "poll_wait", "validate"})
+_INTERNAL_PREFIXES = ("get_tools:", "get_instructions:")
 _FINAL = frozenset({Status.SUCCEEDED.value, Status.FAILED.value, Status.CANCELLED.value})
 # How long one case may run before it counts as an error (it may wait for input forever).
 CASE_TIMEOUT = 120.0
+# How long a case that ran out of time is given to stop once cancelled.
+_CANCEL_GRACE = 10.0
 
 
 def replay(
@@ -74,6 +77,7 @@ def replay(
     status: str | Sequence[str] | None = None,
     since: float | None = None,
     until: float | None = None,
+    tag: str | None = None,
     limit: int = 100,
     tools: ToolMode | Mapping[str, Any] = "recorded",
     model: object | None = None,
@@ -91,7 +95,8 @@ def replay(
     ```
 
     - Which executions: by id (`selectors`, a unique prefix is enough), or by `flow`,
-      `status`, and `since`/`until` (epoch seconds of their creation), newest first, at most
+      `status`, `since`/`until` (epoch seconds of their creation) and `tag` (`KEY` or
+      `KEY=VALUE` of what flow code gave `tether.log(KEY=...)`), newest first, at most
       `limit`. `db`: the store they are read from (read-only; default: the configured one),
       or `suite`: a file `export` wrote (no database needed).
     - Their flows must be loaded in this process (imported by your code, `--import`,
@@ -114,7 +119,8 @@ def replay(
     modes = _tool_modes(tools)
     scored = _evaluators(evaluators)
     replacement = _model(model)
-    statuses = [status] if isinstance(status, str) else list(status or [])
+    chosen = selection(selectors, flow=flow, status=status, since=since, until=until, tag=tag,
+                       limit=limit)  # fmt: skip
     if suite is not None and db is not None:
         raise UsageError(
             "replay reads recorded executions from a store (db) or a suite file, not both"
@@ -129,8 +135,7 @@ def replay(
         shutil.rmtree(folder, ignore_errors=True)
         raise
     try:
-        rows = select(source, selectors, flow=flow, statuses=statuses, since=since,
-                      until=until, limit=limit)  # fmt: skip
+        rows = select(source, chosen)
         _imports.load_configured()
         for index, row in enumerate(rows):
             scratch = folder / f"case-{index}.db"
@@ -152,6 +157,7 @@ def export(
     status: str | Sequence[str] | None = None,
     since: float | None = None,
     until: float | None = None,
+    tag: str | None = None,
     limit: int = 100,
     redact: Redactor | None = None,
     redact_keys: Collection[str] = (),
@@ -162,13 +168,13 @@ def export(
     (`what`: "args", "result", "error", "wait" or "metadata"); `redact_keys` hides the
     values of dict keys of those names (`***`). The store is only read. Returns how many
     executions were written."""
-    statuses = [status] if isinstance(status, str) else list(status or [])
+    chosen = selection(selectors, flow=flow, status=status, since=since, until=until, tag=tag,
+                       limit=limit)  # fmt: skip
     if redact is not None and not callable(redact):
         raise UsageError(f"redact is a function (what, value) -> value, not {redact!r}")
     source = open_store(db or _default_db(), readonly=True)
     try:
-        rows = select(source, selectors, flow=flow, statuses=statuses, since=since,
-                      until=until, limit=limit)  # fmt: skip
+        rows = select(source, chosen)
         target = Path(out)
         partial = target.with_name(target.name + ".partial")
         try:
@@ -191,69 +197,96 @@ def _default_db() -> str:
     return settings().db
 
 
-def select(
-    store: Store,
-    selectors: Sequence[str],
+@dataclasses.dataclass(frozen=True, slots=True)
+class Selection:
+    """Which recorded executions a replay (or an export) takes."""
+
+    ids: Sequence[str] = ()
+    flow: str | None = None
+    statuses: Sequence[str] = ()
+    since: float | None = None
+    until: float | None = None
+    tag: str | None = None  # KEY (has it) or KEY=VALUE in the metadata of tether.log()
+    limit: int = 100
+
+    def matches(self, row: ExecutionRow) -> bool:
+        return (
+            (self.flow is None or row.flow == self.flow)
+            and (not self.statuses or row.status in self.statuses)
+            and (self.since is None or row.created_at >= self.since)
+            and (self.until is None or row.created_at <= self.until)
+            and (self.tag is None or _tagged(row, self.tag))
+        )
+
+
+def selection(
+    ids: Sequence[str],
     *,
     flow: str | None,
-    statuses: Sequence[str],
+    status: str | Sequence[str] | None,
     since: float | None,
     until: float | None,
+    tag: str | None,
     limit: int,
-) -> list[ExecutionRow]:
-    """The executions a replay takes: those named, then those the filters match (root
-    executions only: a child flow is replayed with its parent)."""
-    if limit < 1:
-        raise UsageError(f"limit is 1 or more, not {limit}")
+) -> Selection:
+    """The arguments of `replay` and `export` checked, as a Selection."""
+    statuses = [status] if isinstance(status, str) else list(status or [])
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise UsageError(f"limit is a whole number, 1 or more, not {limit!r}")
     unknown = set(statuses) - {s.value for s in Status}
     if unknown:
         raise UsageError(
             f"unknown status {sorted(unknown)[0]!r}; use one of "
             + ", ".join(s.value for s in Status)
         )
-    chosen: dict[str, ExecutionRow] = {}
-    for selector in selectors:
-        row = store.get_execution(selector)
-        if row is None:
-            found = store.execution_ids(selector, limit=2)
-            if len(found) > 1:
-                raise UsageError(f"{selector!r} is the start of several execution ids; give more")
-            row = store.get_execution(found[0]) if found else None
-        if row is None:
-            raise ExecutionNotFound(f"no execution {selector!r} in the store")
-        chosen[row.id] = row
-    if selectors and flow is None and not statuses and since is None and until is None:
-        return list(chosen.values())
-    rows = store.list_executions(statuses=statuses or None, flow=flow, limit=max(limit, 1000))
-    for row in rows:
-        if row.parent_id is not None or (row.replay_of is not None and not selectors):
-            continue
-        if since is not None and row.created_at < since:
-            continue
-        if until is not None and row.created_at > until:
-            continue
-        if selectors and row.id not in chosen:
-            continue
-        chosen.setdefault(row.id, row)
-    found_rows = list(chosen.values())
-    if selectors:
-        found_rows = [r for r in found_rows if _matches(r, flow, statuses, since, until)]
-    return found_rows[:limit]
+    if tag is not None and (not isinstance(tag, str) or not tag.partition("=")[0]):
+        raise UsageError(f"a tag is KEY or KEY=VALUE (of tether.log(KEY=...)), not {tag!r}")
+    return Selection(tuple(ids), flow, tuple(statuses), since, until, tag, limit)
 
 
-def _matches(
-    row: ExecutionRow,
-    flow: str | None,
-    statuses: Sequence[str],
-    since: float | None,
-    until: float | None,
-) -> bool:
-    return (
-        (flow is None or row.flow == flow)
-        and (not statuses or row.status in statuses)
-        and (since is None or row.created_at >= since)
-        and (until is None or row.created_at <= until)
-    )
+def select(store: Store, chosen: Selection) -> list[ExecutionRow]:
+    """The executions a selection names: those given by id (a unique prefix will do) that
+    match the filters, or, with no ids, the executions the filters match, newest first:
+    root executions only (a child flow is replayed with its parent), no replays."""
+    if chosen.ids:
+        named = {row.id: row for row in (_named(store, s) for s in chosen.ids)}
+        return [row for row in named.values() if chosen.matches(row)][: chosen.limit]
+    found: list[ExecutionRow] = []
+    before: tuple[float, str] | None = None
+    while len(found) < chosen.limit:
+        page = store.list_executions(
+            statuses=list(chosen.statuses) or None, flow=chosen.flow, limit=500, before=before
+        )
+        for row in page:
+            if row.parent_id is None and row.replay_of is None and chosen.matches(row):
+                found.append(row)
+        if len(page) < 500 or (chosen.since is not None and page[-1].created_at < chosen.since):
+            break
+        before = (page[-1].created_at, page[-1].id)
+    return found[: chosen.limit]
+
+
+def _named(store: Store, selector: str) -> ExecutionRow:
+    row = store.get_execution(selector)
+    if row is None:
+        found = store.execution_ids(selector, limit=2)
+        if len(found) > 1:
+            raise UsageError(f"{selector!r} is the start of several execution ids; give more")
+        row = store.get_execution(found[0]) if found else None
+    if row is None:
+        raise ExecutionNotFound(f"no execution {selector!r} in the store")
+    return row
+
+
+def _tagged(row: ExecutionRow, tag: str) -> bool:
+    key, sep, value = tag.partition("=")
+    metadata = as_data(row.metadata) if row.metadata else {}
+    if not isinstance(metadata, dict) or key not in metadata:
+        return False
+    if not sep:
+        return True
+    found = metadata[key]
+    return value == (found if isinstance(found, str) else json.dumps(found))
 
 
 # --- one case -----------------------------------------------------------------------------
@@ -298,6 +331,10 @@ def _run_case(
         )  # fmt: skip
         launch(scratch, new, flow, waits=waits)
         ended = _wait_end(scratch, new.id, timeout)
+        if ended is None:
+            # Stopped at its next checkpoint boundary, before its store is closed under it.
+            scratch.request_cancel(new.id, now=time.time())
+            _wait_end(scratch, new.id, _CANCEL_GRACE)
         case.replay_id = new.id
         replay_calls = scratch.get_checkpoints(new.id)
         replay_tree = _tree_calls(scratch, new.id, replay_calls)
@@ -307,7 +344,7 @@ def _run_case(
     case.answered, case.live = recording.answered, recording.live
     case.replayed_usage = _usage.total(_usage.from_metadata(c.metadata) for c in replay_tree)
     if ended is None:
-        case.problem = f"the replay did not end within {timeout:.0f}s"
+        case.problem = f"the replay did not end within {timeout:g}s"
         return case
     case.replayed = _outcome(ended)
     case.diffs = diff_calls(root_calls, replay_calls)
@@ -508,7 +545,7 @@ class Recording:
         with self._lock:
             row = self._take(name, args, kwargs)
             if row is None:
-                if name.startswith(_INTERNAL):
+                if name in _INTERNAL or name.startswith(_INTERNAL_PREFIXES):
                     return None
                 message = (
                     f"{name} at position {position} has no recorded call left with these "

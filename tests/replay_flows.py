@@ -134,3 +134,35 @@ def patient(order: str) -> str:
     if VERSION == 6:
         tether.sleep(3600)  # the new code waits an hour
     return charge(order, 7)
+
+
+def _two_cities_model(prefix: str) -> FunctionModel:
+    """Asks about two cities in one response: the agent runs both tool calls at once."""
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returned = sorted(
+            str(part.content)
+            for message in messages
+            for part in message.parts
+            if isinstance(part, ToolReturnPart)
+        )
+        if not returned:
+            return ModelResponse(
+                parts=[
+                    ToolCallPart("lookup", {"city": "Paris"}),
+                    ToolCallPart("lookup", {"city": "Rome"}),
+                ]
+            )
+        return ModelResponse(parts=[TextPart(f"{prefix}: {'; '.join(returned)}")])
+
+    return FunctionModel(respond)
+
+
+pair_agent = tether.ai.durable(Agent(_two_cities_model("both"), tools=[lookup], name="pair"))
+OTHER_PAIR_MODEL = _two_cities_model("together")
+
+
+@tether.flow
+async def two_cities(question: str) -> str:
+    result = await pair_agent.run(question)
+    return result.output

@@ -385,3 +385,19 @@ def test_a_case_that_does_not_end_in_time_is_an_error(db_url: str) -> None:
     (case,) = report.cases
     assert case.verdict == "error" and not report.ok
     assert case.problem == "the replay did not end within 0.5s"
+
+
+def test_an_agents_parallel_tool_calls_are_matched_by_their_arguments(db_url: str) -> None:
+    recorded = _record(db_url, flows.two_cities, "where?")
+    assert flows.CALLS == {"lookup": 2}
+    flows.CALLS.clear()
+
+    same = replay(recorded, db=db_url)
+    other = replay(recorded, db=db_url, model=flows.OTHER_PAIR_MODEL)
+
+    assert same.cases[0].verdict == "unchanged", str(same)
+    # A live model makes the same two calls under new call ids: both found by arguments.
+    assert other.cases[0].verdict == "changed", str(other)
+    assert other.cases[0].replayed is not None
+    assert other.cases[0].replayed.result == "together: sunny in Paris; sunny in Rome"
+    assert flows.CALLS == {}

@@ -23,7 +23,7 @@ def replay_test_command(
     selectors: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[export] [EXECUTION_ID]...",
+            metavar="ID",
             help="Executions to replay (a unique prefix of an id is enough). With filters "
             "too, only those of them the filters match. None: every execution the filters "
             "match. `export` first: write them to the suite file --out instead.",

@@ -33,6 +33,8 @@ from .._core import answers as _answers
 from .._core import imports as _imports
 from .._core import serde as _serde
 from .._core import waits as _waits
+from .._core.config import settings
+from .._core.positions import sort_key
 from .._core.status import Status
 from .._ops.views import as_data
 from .._runtime.children import PREFIX as CHILD_PREFIX
@@ -192,8 +194,6 @@ def export(
 
 
 def _default_db() -> str:
-    from .._core.config import settings
-
     return settings().db
 
 
@@ -471,8 +471,6 @@ def diff_calls(
 ) -> list[CallDiff]:
     """The calls of one execution that differ between the recording and the replay, in
     program order (by position)."""
-    from .._core.positions import sort_key
-
     before = {c.position: c for c in recorded if c.status != "retrying"}
     after = {c.position: c for c in replayed if c.status != "retrying"}
     diffs = []

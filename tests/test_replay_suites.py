@@ -17,7 +17,7 @@ import pytest
 
 import replay_flows as flows
 import tether
-from helpers import TESTS, retry_until, run_cli
+from helpers import TESTS, retry_until, run_python
 from tether.errors import ExecutionNotFound, ReplayMiss, UsageError
 from tether.testing import ReplayReport, Sample, export, replay
 
@@ -35,6 +35,11 @@ def _record(db_url: str, flow: Any, *args: Any) -> str:
     with contextlib.suppress(tether.ExecutionFailed):
         handle.result(timeout=60)
     return str(handle.id)
+
+
+def _cli(db_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    # A generous guard against a hang: each command replays flows on a shared, busy machine.
+    return run_python(["-m", "tether", *args], db_url, timeout=300, **env)
 
 
 def _executions(db_url: str) -> int:
@@ -257,7 +262,7 @@ def test_cli_exit_codes_json_and_markdown(db_url: str, tmp_path: Path) -> None:
     declined = _record(db_url, flows.declined, "o2")
     markdown = tmp_path / "report.md"
 
-    passed = run_cli(db_url, "replay-test", ok, "--import", "replay_flows", "--json")
+    passed = _cli(db_url, "replay-test", ok, "--import", "replay_flows", "--json")
     assert passed.returncode == 0, passed.stdout + passed.stderr
     data = json.loads(passed.stdout)
     assert data["ok"] and data["totals"]["unchanged"] == 1
@@ -265,7 +270,7 @@ def test_cli_exit_codes_json_and_markdown(db_url: str, tmp_path: Path) -> None:
 
     # `declined` recorded a failure; a static answer makes the replay succeed: improved.
     # `ok` with the charge refused: regressed, exit 1.
-    failed = run_cli(
+    failed = _cli(
         db_url, "replay-test", ok, declined, "--import", "replay_flows",
         "--tools", "charge=live", "--tools", 'flaky="fine"', "--markdown", str(markdown),
     )  # fmt: skip
@@ -275,9 +280,9 @@ def test_cli_exit_codes_json_and_markdown(db_url: str, tmp_path: Path) -> None:
     assert "| improved | `" + declined in text
     assert "| unchanged | `" + ok in text
 
-    missing = run_cli(db_url, "replay-test", "nope", "--import", "replay_flows")
+    missing = _cli(db_url, "replay-test", "nope", "--import", "replay_flows")
     assert missing.returncode == 3, missing.stderr
-    bad = run_cli(db_url, "replay-test", ok, "--tools", "x=", "--import", "replay_flows")
+    bad = _cli(db_url, "replay-test", ok, "--tools", "x=", "--import", "replay_flows")
     assert bad.returncode == 2, bad.stderr
 
 
@@ -286,7 +291,7 @@ def test_cli_exits_1_on_a_regression_and_says_so_in_markdown(db_url: str, tmp_pa
     markdown = tmp_path / "report.md"
 
     # The code under test raises after the charge now (REPLAY_FLOWS_VERSION: its VERSION).
-    result = run_cli(
+    result = _cli(
         db_url, "replay-test", ok, "--import", "replay_flows", "--markdown", str(markdown),
         REPLAY_FLOWS_VERSION="4",
     )  # fmt: skip
@@ -298,7 +303,7 @@ def test_cli_exits_1_on_a_regression_and_says_so_in_markdown(db_url: str, tmp_pa
     assert "+ failed: RuntimeError: the refactor broke billing" in text
 
     # A flow this process did not load is a case error: the gate fails too.
-    unloaded = run_cli(db_url, "replay-test", ok)
+    unloaded = _cli(db_url, "replay-test", ok)
     assert unloaded.returncode == 1, unloaded.stdout + unloaded.stderr
     assert "not loaded" in unloaded.stdout and "--import replay_flows" in unloaded.stdout
 
@@ -317,7 +322,7 @@ def test_an_exported_suite_replays_in_a_fresh_directory_without_a_database(
     declined = _record(db_url, flows.declined, "o2")
     suite = tmp_path / "suite.jsonl"
 
-    written = run_cli(db_url, "replay-test", "export", research, declined, "--out", str(suite))
+    written = _cli(db_url, "replay-test", "export", research, declined, "--out", str(suite))
     assert written.returncode == 0, written.stderr
     assert "wrote 3 execution(s)" in written.stdout  # research, its child billing, declined
     lines = [json.loads(line) for line in suite.read_text().splitlines()]

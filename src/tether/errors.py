@@ -28,6 +28,7 @@ Exception
     ├── Interrupted                 user code raised a BaseException (SystemExit, ...): a failure
     ├── CrashLoopError              the processes running an execution kept dying: given up
     ├── CrashTestFailed             tether.testing.crash_test: a kill and resume changed the outcome
+    ├── ReplayMiss                  tether.testing.replay: a call the recording cannot answer
     ├── ExecutionNotFound           no execution has that id
     ├── ExecutionLocked             another live process holds the execution
     ├── InvalidStateError           the operation does not fit the execution's status
@@ -97,6 +98,7 @@ __all__ = [
     "NotPublished",
     "PickleRefused",
     "Released",
+    "ReplayMiss",
     "ResultTimeout",
     "ScheduleNotFound",
     "SerializationError",
@@ -345,6 +347,20 @@ class CrashTestFailed(TetherError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.boundary, self.difference, self.report))
+
+
+class ReplayMiss(TetherError):
+    """A replay test (`tether.testing.replay`) met a call that the recording cannot answer:
+    no recorded call of that name with those arguments is left. `name` is the call's name.
+    Mark the tool live (`tools={name: "live"}`, `--tools NAME=live`) or give it a static
+    answer, or record a new execution."""
+
+    def __init__(self, message: str, name: str = ""):
+        super().__init__(message)
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.name))
 
 
 class ExecutionNotFound(TetherError, LookupError):

@@ -40,6 +40,7 @@ from ..errors import (
     UsageError,
 )
 from ..store import CheckpointRow, Commit, EventRow
+from . import answers as _answers
 from . import serde as _serde
 from .capture import MAX_LOG_BYTES, CapturedLog
 from .context import Frame, Run, current_frame, current_run
@@ -170,7 +171,9 @@ class Checkpoint(Generic[P, R]):
             token = current_frame.set(call.frame)
             outside = current_branch.set(None)
             try:
-                if self.timeout is None:
+                if call.body is not None:
+                    value = cast(R, call.body())
+                elif self.timeout is None:
                     value = self.fn(*args, **kwargs)
                 else:
                     value = self._timed_attempt(call.frame, self.timeout, args, kwargs)
@@ -206,7 +209,9 @@ class Checkpoint(Generic[P, R]):
             token = current_frame.set(call.frame)
             outside = current_branch.set(None)
             try:
-                if self.timeout is None:
+                if call.body is not None:
+                    value = call.body()
+                elif self.timeout is None:
                     value = await fn(*args, **kwargs)
                 else:
                     try:
@@ -297,6 +302,7 @@ class _Call:
     __slots__ = (
         "args_fp",
         "attempts",
+        "body",
         "checkpoint",
         "frame",
         "prior",
@@ -331,6 +337,12 @@ class _Call:
                 self.replayed = True
                 return  # the hot replay path needs no frame and no clock
         self.frame = Frame(run, position, checkpoint.name, len(self.attempts) + 1)
+        # A replay test answers the call from a recording instead of running the function.
+        self.body: Callable[[], Any] | None = None
+        if _answers.installed and prior is None:
+            answers = _answers.of(run.store)
+            if answers is not None:
+                self.body = answers.answer(checkpoint.name, position, args, kwargs)
         if prior is not None and run.spend is not None:
             # Resuming a call whose earlier attempts failed: what they spent stays counted.
             run.spend.resume_call(self.frame, prior.metadata)
@@ -400,6 +412,7 @@ class _Call:
         attempt = self.frame.attempt
         if (
             attempt <= checkpoint.retries
+            and self.body is None  # a recorded failure was final when it was recorded
             and isinstance(raised, checkpoint.retry_on)
             # Another attempt would meet the same budget.
             and not isinstance(exc, BudgetExceeded)

@@ -155,7 +155,7 @@ class Flow(Generic[P, R]):
         flow that is the awaited value. In a client-only process
         (`configure(executor=False)`, `TETHER_EXECUTOR=off`) this is `enqueue()`.
         """
-        return self._start(args, kwargs, store_for(), local=settings().executor)
+        return self._start(args, kwargs, None, local=settings().executor)
 
     def options(
         self,
@@ -203,17 +203,20 @@ class Flow(Generic[P, R]):
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Handle[Any]:
         """Record a new execution for a `tether worker` to run; nothing runs in this process."""
-        return self._start(args, kwargs, store_for(), local=False)
+        return self._start(args, kwargs, None, local=False)
 
     def _start(
         self,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        store: Store,
+        store: Store | None,
         *,
         local: bool,
         options: _StartOptions | None = None,
     ) -> Handle[Any]:
+        """`store`: where a top-level execution is recorded (None: the configured store,
+        opened only then: a child flow goes to its parent's store, and a replay test's
+        scratch store must not make the configured one exist)."""
         _imports.refuse_start(self.name)
         if options is None:
             options = _StartOptions()
@@ -265,7 +268,7 @@ class Flow(Generic[P, R]):
             # In flow code: a child flow, started once per call whatever the crashes.
             fingerprint = _serde.fingerprint(args, kwargs)
             return _children.start(run, self, row, fingerprint, local=local)
-        return launch(store, row, self if local else None)
+        return launch(store_for() if store is None else store, row, self if local else None)
 
     def replay(
         self,
@@ -299,7 +302,7 @@ class Flow(Generic[P, R]):
             raise UsageError(
                 f"flow {self.name!r} was called inside a checkpoint; call it from flow code"
             )
-        handle: Handle[Any] = self._start(args, kwargs, store_for(), local=settings().executor)
+        handle: Handle[Any] = self._start(args, kwargs, None, local=settings().executor)
         if self.is_async:
             return cast(R, handle.result_async())
         return cast(R, handle.result())
@@ -337,7 +340,7 @@ class Starter(Generic[P, R]):
     def run(self, *args: Any, **kwargs: Any) -> Handle[Any]:
         """`Flow.run()` with these options."""
         return self._flow._start(
-            args, kwargs, store_for(), local=settings().executor, options=self._options
+            args, kwargs, None, local=settings().executor, options=self._options
         )
 
     @overload
@@ -350,7 +353,7 @@ class Starter(Generic[P, R]):
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Handle[Any]:
         """`Flow.enqueue()` with these options."""
-        return self._flow._start(args, kwargs, store_for(), local=False, options=self._options)
+        return self._flow._start(args, kwargs, None, local=False, options=self._options)
 
 
 def _parent_id() -> str | None:

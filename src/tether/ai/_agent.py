@@ -13,9 +13,12 @@ from pydantic_ai.messages import UserContent
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.tools import AgentDepsT
 
+from tether._core import answers as _answers
+from tether._core.context import current_run
 from tether.errors import ControlSignal, UsageError
 
 from ._durability import TetherDurability
+from ._units import in_flow
 
 
 class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
@@ -62,9 +65,25 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     ) -> AsyncIterator[AgentRun[AgentDepsT, Any]]:
         if self._run_capability is not None:
             kwargs["capabilities"] = [*(kwargs.get("capabilities") or ()), self._run_capability]
+        replacement = _replay_model()
         try:
-            async with self.wrapped.iter(user_prompt, **kwargs) as run:
-                yield run
+            if replacement is None:
+                async with self.wrapped.iter(user_prompt, **kwargs) as run:
+                    yield run
+            else:
+                # Inside a flow the durable capability takes only models registered with it
+                # (`models=`): the replay's model is registered under a key of its own, and
+                # left there (a replay test's process; one entry per model object).
+                key = f"tether-replay-{id(replacement)}"
+                for registry in (
+                    getattr(self._durability, "_extra_models", None),  # copied into each run's
+                    getattr(self._durability, "_models_by_id", None),
+                ):
+                    if isinstance(registry, dict):
+                        registry.setdefault(key, replacement)
+                kwargs["model"] = replacement
+                async with self.wrapped.iter(user_prompt, **kwargs) as run:
+                    yield run
         except BaseExceptionGroup as group:
             # A wait or a cancellation unwinds the flow from inside the agent's task groups;
             # hand the flow the bare signal, which its engine knows how to treat.
@@ -75,6 +94,16 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     def __repr__(self) -> str:
         return f"DurableAgent({self.wrapped!r})"
+
+
+def _replay_model() -> Any:
+    """The model a replay test (tether.testing) runs agents with instead of their own, when
+    this is flow code of one of its cases."""
+    run = current_run.get()
+    if run is None or not _answers.installed or not in_flow():
+        return None
+    answers = _answers.of(run.store)
+    return None if answers is None else answers.model
 
 
 def _bound_durability(capability: AbstractCapability[AgentDepsT]) -> TetherDurability[AgentDepsT]:

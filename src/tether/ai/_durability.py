@@ -173,7 +173,7 @@ class TetherOperationBackend(CallableOperationBackend[CheckpointOptions]):
                     # tool too), in the model's order: see `before_node_run`.
                     reserved = self._order.take(_scope(ctx), ctx.tool_call_id, ctx)
                     if reserved is not None:
-                        return await reserved.run(body)
+                        return await reserved.run(body, _tool_args(cache_key))
         elif isinstance(operation_id, ModelRequestId):
             key = request_key(next((v for v in cache_key if isinstance(v, list)), None))
             # Checked against the budget before it starts, metered when it returns: only a
@@ -192,7 +192,13 @@ class TetherOperationBackend(CallableOperationBackend[CheckpointOptions]):
             # not in the cache key, so the budget check counts only what was spent.
             body = metered_unit(body, operation_id.model_name, ())
         # Outside a flow (or inside a checkpoint) the checkpoint is a plain call.
-        return await unit_checkpoint(name, config)(key, Slot(body))
+        tool_args = _tool_args(cache_key) if isinstance(operation_id, ToolsetCallToolId) else None
+        return await unit_checkpoint(name, config)(key, Slot(body, tool_args))
+
+
+def _tool_args(cache_key: tuple[object, ...]) -> object:
+    """A tool call's arguments in its cache key (name, arguments, run context, tool)."""
+    return cache_key[1] if len(cache_key) > 1 else None
 
 
 @dataclass(init=False, kw_only=True)

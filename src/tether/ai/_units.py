@@ -130,10 +130,13 @@ class Slot:
     """Carries a unit's body into its checkpoint call. Its default repr keeps the call's
     argument fingerprint stable across processes (tether fingerprints it by type name)."""
 
-    __slots__ = ("body",)
+    __slots__ = ("body", "tool_args")
 
-    def __init__(self, body: Body | None = None) -> None:
+    def __init__(self, body: Body | None = None, tool_args: object = None) -> None:
         self.body = body
+        # A tool call's arguments as the model gave them: how a replay test (tether.testing)
+        # matches the call with a recorded one. Not part of the fingerprint (the default repr).
+        self.tool_args = tool_args
 
 
 async def _run_unit(key: object, slot: Slot) -> object:
@@ -223,8 +226,9 @@ class Reserved:
         self.slot = slot
         self.call = call
 
-    async def run(self, body: Body) -> object:
+    async def run(self, body: Body, tool_args: object = None) -> object:
         self.slot.body = body
+        self.slot.tool_args = tool_args
         return await self.call
 
     def close(self) -> None:

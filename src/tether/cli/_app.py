@@ -24,6 +24,7 @@ from .executions import executions_app
 from .mcp_server import mcp_command
 from .memory import memory_app
 from .options import Command, Group
+from .replay_test import replay_test_command
 from .schedules import schedules_app
 from .server import server_command
 from .tokens import tokens_app
@@ -47,6 +48,7 @@ app.add_typer(tokens_app, name="tokens")
 app.command("worker", cls=Command)(worker_command)
 app.command("server", cls=Command)(server_command)
 app.command("mcp", cls=Command)(mcp_command)
+app.command("replay-test", cls=Command)(replay_test_command)
 
 
 def _print_version(given: bool) -> None:

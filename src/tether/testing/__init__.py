@@ -1,5 +1,6 @@
 """Test agents with what tether records: `crash_test` kills a flow at every checkpoint
-boundary and proves its outcome does not change.
+boundary and proves its outcome does not change; `replay` runs recorded executions again
+against the current code, tool calls answered from the recording, and reports what changed.
 
 ```python
 from tether.testing import crash_test
@@ -15,7 +16,23 @@ import this package.
 
 from __future__ import annotations
 
-from ..errors import CrashTestFailed
+from ..errors import CrashTestFailed, ReplayMiss
 from ._crash import Boundary, BoundaryOutcome, CrashReport, crash_test
+from ._replay import export, replay
+from ._replay_report import CallDiff, Outcome, ReplayCase, ReplayReport, Sample
 
-__all__ = ["Boundary", "BoundaryOutcome", "CrashReport", "CrashTestFailed", "crash_test"]
+__all__ = [
+    "Boundary",
+    "BoundaryOutcome",
+    "CallDiff",
+    "CrashReport",
+    "CrashTestFailed",
+    "Outcome",
+    "ReplayCase",
+    "ReplayMiss",
+    "ReplayReport",
+    "Sample",
+    "crash_test",
+    "export",
+    "replay",
+]

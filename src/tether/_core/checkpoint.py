@@ -186,7 +186,7 @@ class Checkpoint(Generic[P, R]):
                     if failure is exc:
                         raise
                     raise failure from exc
-                run.cancel_event.wait(pending.delay)
+                run.pause(pending.delay)
                 continue
             finally:
                 current_branch.reset(outside)
@@ -509,7 +509,7 @@ class _Call:
             run.lease_lost = True
             raise LeaseLost(run.execution_id)
         if outcome is Commit.CANCEL_REQUESTED:
-            run.cancel_event.set()
+            run.cancel()
         if _after_commit is not None:
             _after_commit(run, pending.row.position)
         if _boundary is not None and pending.row.status != _RETRYING:

@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -174,6 +175,8 @@ class Executor:
         self._slots_loop: SharedLoop | None = None
         self._stalled: set[int] = set()  # loops whose stall was reported (id)
         self._async_running = 0  # read and written on the loop thread only
+        # One bound method for every run that asks (`Run.inline_commits`), not one each.
+        self._alone = self._alone_on_loop
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
         self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
@@ -272,7 +275,7 @@ class Executor:
         known yet (a resume: the thread finds it out), to a thread."""
         if flow is not None and flow.is_async:
             loop = held.loop = shared_loop()
-            loop.spawn(lambda: self._run_async(held, execution_id, flow, claimed, row))
+            loop.spawn(functools.partial(self._run_async, held, execution_id, flow, claimed, row))
         else:
             self._pool.submit(self._run, held, execution_id, flow, claimed, row)
 
@@ -334,26 +337,28 @@ class Executor:
             self._async_slots = asyncio.Semaphore(settings().max_async)
             self._slots_loop = loop
             self._async_running = 0
-        offload = loop.offload
+        offload = loop.offload_bound
         store = held.store
         outcome = None
         nxt: Refill | None = None
         async with self._async_slots:
             self._async_running += 1
             try:
+                # Partials, not lambdas: a lambda here would make a cell of each name it
+                # uses, kept for as long as the execution lives (see `SharedLoop.spawn`).
                 if not claimed:
                     claimed = await offload(
-                        lambda: self._claim_started(store, execution_id, held.token)
+                        functools.partial(self._claim_started, store, execution_id, held.token)
                     )
                 if claimed:
                     outcome = await _engine.execute_async(
                         store, execution_id, held.token, flow, held.runs, row, offload,
-                        self._alone_on_loop,
+                        self._alone,
                     )  # fmt: skip
                 if outcome is _engine.Outcome.SUSPENDED:
-                    await offload(lambda: self._note_suspended(store, execution_id))
+                    await offload(functools.partial(self._note_suspended, store, execution_id))
                 if self.refill is not None:
-                    nxt = await offload(lambda: self._next(store))
+                    nxt = await offload(functools.partial(self._next, store))
             except BaseException as exc:
                 log.exception("execution %s: its task on the event loop failed", execution_id)
                 held.escaped, outcome = exc, _engine.Outcome.FAULTED
@@ -502,7 +507,7 @@ class Executor:
         if held is None:
             return False
         for run in held.runs:
-            run.cancel_event.set()
+            run.cancel()
         return True
 
     def release_all(self) -> None:
@@ -510,7 +515,7 @@ class Executor:
         with self._lock:
             runs = [run for held in self._held.values() for run in held.runs]
         for run in runs:
-            run.release_event.set()
+            run.release()
 
     def hand_back(self, grace: float) -> int:
         """Ask every execution running here to hand itself back (`queued`) at its next
@@ -583,7 +588,7 @@ class Executor:
         if not keys:
             return
         for run in runs:
-            run.release_event.set()
+            run.release()
         deadline = time.monotonic() + _EXIT_GRACE_SECONDS
         while time.monotonic() < deadline:
             with self._lock:
@@ -904,7 +909,7 @@ class Executor:
                 if cancel is None:
                     run.lease_lost = True
                 elif cancel:
-                    run.cancel_event.set()
+                    run.cancel()
 
 
 def _resolve(

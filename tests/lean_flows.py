@@ -114,3 +114,11 @@ def sync_many_calls(n: int) -> int:
         work(i)
     kept.append(allocations_kept() - before)
     return n
+
+
+@tether.flow
+def collector_settings() -> list[int]:
+    """The thresholds of the process that runs it, and whether its startup was frozen."""
+    import gc
+
+    return [*gc.get_threshold(), gc.get_freeze_count()]

@@ -1,19 +1,23 @@
 """What a live execution and a checkpoint call cost the garbage collector: GC-tracked objects,
-counted (not timed). With ten thousand executions alive in one process, each full collection
-walks every object they hold, so these counts are pinned just above what they are: an object
-added to the per-execution or per-call path fails here."""
+counted (not timed), and the collector's thresholds, a setting. With ten thousand executions
+alive in one process, each full collection walks every object they hold, so these counts are
+pinned just above what they are: an object added to the per-execution or per-call path fails
+here."""
 
 from __future__ import annotations
 
 import gc
+import signal
 from typing import Any
 
 import pytest
 
 import lean_flows
 import tether
-from helpers import retry_until, tracked_per_unit
+from helpers import retry_until, run_child, run_cli, spawn_python, tracked_per_unit
+from tether._core.config import OWNED_GC_THRESHOLD
 from tether._runtime.loop import shared_loop
+from tether.errors import ConfigurationError
 
 # Upper bounds, a little above what is measured (see the module docstring; before issue 24
 # they were 52, 60 and 48 objects). A live async
@@ -92,3 +96,70 @@ def test_a_checkpoint_call_keeps_nothing(
         gc.enable()
     per_call = lean_flows.kept[-1] / calls
     assert per_call <= MAX_KEPT_PER_CALL, f"{per_call:.2f} GC-tracked objects kept per call"
+
+
+# --- the collector's thresholds: a setting, applied in processes tether owns ---------------
+
+
+@pytest.mark.parametrize("value", [0, -5, True, "50000", (1, 2, 3, 4), (), (100, 0), 1.5], ids=repr)
+def test_a_bad_gc_threshold_is_refused_with_what_to_give(db_url: str, value: Any) -> None:
+    before = gc.get_threshold()
+    with pytest.raises(ConfigurationError, match="one to three whole numbers of at least 1"):
+        tether.configure(gc_threshold=value)
+    assert gc.get_threshold() == before
+
+
+def test_a_bad_gc_threshold_in_the_environment_stops_the_command(db_url: str) -> None:
+    done = run_cli(db_url, "executions", "list", TETHER_GC_THRESHOLD="lots")
+    assert done.returncode == 2, done.stderr
+    assert "TETHER_GC_THRESHOLD is one to three whole numbers" in done.stderr
+
+
+def test_configure_sets_the_thresholds_and_fills_in_pythons_own(db_url: str) -> None:
+    before = gc.get_threshold()
+    try:
+        tether.configure(gc_threshold=12_345)
+        assert gc.get_threshold() == (12_345, 10, 10)
+        tether.configure(gc_threshold=(20_000, 15, 50))
+        assert gc.get_threshold() == (20_000, 15, 50)
+    finally:
+        gc.set_threshold(*before)
+
+
+def _run_by_worker(db_url: str, **env: str) -> list[int]:
+    tether.configure(executor=False)  # queued: only the worker runs it
+    handle = lean_flows.collector_settings.run()
+    worker = spawn_python(["-m", "tether", "worker", "--import", "lean_flows"], db_url, **env)
+    try:
+        return handle.result(timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+def test_tether_worker_raises_the_thresholds_and_freezes_its_startup(db_url: str) -> None:
+    *thresholds, frozen = _run_by_worker(db_url)
+    assert tuple(thresholds) == OWNED_GC_THRESHOLD
+    assert frozen > 0
+
+
+def test_tether_worker_takes_the_thresholds_from_the_environment(db_url: str) -> None:
+    *thresholds, _ = _run_by_worker(db_url, TETHER_GC_THRESHOLD="30000,5")
+    assert thresholds == [30_000, 5, 10]
+
+
+_USER_PROCESS = """
+import gc, sys
+import lean_flows
+gc.set_threshold(900, 11, 12)  # the application's own choice
+print(lean_flows.collector_settings.run().result(timeout=60)[:3])
+"""
+
+
+def test_a_users_process_keeps_its_thresholds_unless_the_setting_is_given(db_url: str) -> None:
+    untouched = run_child(_USER_PROCESS, db_url)
+    assert untouched.returncode == 0, untouched.stderr
+    assert untouched.stdout.strip() == "[900, 11, 12]"
+    told = run_child(_USER_PROCESS, db_url, TETHER_GC_THRESHOLD="40000")
+    assert told.returncode == 0, told.stderr
+    assert told.stdout.strip() == "[40000, 10, 10]"

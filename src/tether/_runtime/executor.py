@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from .._core import imports as _imports
 from .._core import serde as _serde
-from .._core.config import settings, store_for
+from .._core.config import apply_gc, settings, store_for
 from .._core.context import Run
 from .._core.positions import sort_key
 from .._core.status import Status
@@ -972,6 +972,9 @@ def executor() -> Executor:
     if _executor is None:
         with _executor_lock:
             if _executor is None:
+                # The first execution this process runs: thresholds the user set by
+                # TETHER_GC_THRESHOLD apply from here (none: the process's are left alone).
+                apply_gc(owned=False)
                 _executor = Executor()
     return _executor
 

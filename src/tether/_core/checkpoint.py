@@ -180,28 +180,29 @@ class Checkpoint(Generic[P, R]):
                 failure = as_failure(exc, f"checkpoint {self.name!r}")
                 if not isinstance(failure, Exception):
                     raise  # a cancellation that asyncio started (on the loop thread)
-                pending = call.failed(failure, exc)
-                call.commit(pending)
-                if pending.delay is None:
+                call.failed(failure, exc)
+                call.commit()
+                if call.delay is None:
                     if failure is exc:
                         raise
                     raise failure from exc
-                run.pause(pending.delay)
+                run.pause(call.delay)
                 continue
             finally:
                 current_branch.reset(outside)
                 current_frame.reset(token)
-            pending = call.succeeded(value)
-            call.commit(pending)
-            if pending.error is not None:
-                raise pending.error
+            call.succeeded(value)
+            call.commit()
+            if call.error is not None:
+                raise call.error
             return value
 
     async def _call_async(self, run: Run, position: str, args: Any, kwargs: Any) -> Any:
         call = _Call(self, run, position, args, kwargs)
         if call.replayed:
             return call.replay()
-        fn = cast(Callable[..., Awaitable[Any]], self.fn)
+        # A string: no generic alias built on every call.
+        fn = cast("Callable[..., Awaitable[Any]]", self.fn)
         while True:
             token = current_frame.set(call.frame)
             outside = current_branch.set(None)
@@ -220,21 +221,21 @@ class Checkpoint(Generic[P, R]):
                 failure = as_failure(exc, f"checkpoint {self.name!r}")
                 if not isinstance(failure, Exception):
                     raise  # a cancellation that asyncio started (a TaskGroup, a timeout)
-                pending = call.failed(failure, exc)
-                await call.commit_async(pending)
-                if pending.delay is None:
+                call.failed(failure, exc)
+                await call.commit_async()
+                if call.delay is None:
                     if failure is exc:
                         raise
                     raise failure from exc
-                await asyncio.sleep(pending.delay)
+                await asyncio.sleep(call.delay)
                 continue
             finally:
                 current_branch.reset(outside)
                 current_frame.reset(token)
-            pending = call.succeeded(value)
-            await call.commit_async(pending)
-            if pending.error is not None:
-                raise pending.error
+            call.succeeded(value)
+            await call.commit_async()
+            if call.error is not None:
+                raise call.error
             return value
 
     def _timed_attempt(self, frame: Frame, timeout: float, args: Any, kwargs: Any) -> Any:
@@ -292,15 +293,21 @@ one_recorded_call(Checkpoint._call_async.__code__)
 
 
 class _Call:
-    """One checkpoint call at one position: replay or live, shared by sync and async."""
+    """One checkpoint call at one position: replay or live, shared by sync and async. It
+    also holds the commit it is about to make (`row`, `events`; `error` to raise once that
+    is written, `delay` before the next attempt): one object per call, not one per commit."""
 
     __slots__ = (
         "args_fp",
         "attempts",
         "checkpoint",
+        "delay",
+        "error",
+        "events",
         "frame",
         "prior",
         "replayed",
+        "row",
         "run",
         "started",
     )
@@ -331,6 +338,9 @@ class _Call:
                 self.replayed = True
                 return  # the hot replay path needs no frame and no clock
         self.frame = Frame(run, position, checkpoint.name, len(self.attempts) + 1)
+        self.error: BaseException | None = None
+        self.delay: float | None = None
+        self.events: Sequence[EventRow] = ()
         if prior is not None and run.spend is not None:
             # Resuming a call whose earlier attempts failed: what they spent stays counted.
             run.spend.resume_call(self.frame, prior.metadata)
@@ -369,9 +379,9 @@ class _Call:
                 return _serde.loads(prior.result, root=where)
         raise _serde.error_from_text(prior.error or "{}")
 
-    def succeeded(self, value: Any) -> _Pending:
-        """The commit of a call that returned `value` (its `error` is raised after it when
-        the value cannot be stored)."""
+    def succeeded(self, value: Any) -> None:
+        """Make the commit of a call that returned `value` (its `error` is raised after it
+        when the value cannot be stored)."""
         finished = time.time()
         checkpoint = self.checkpoint
         try:
@@ -383,13 +393,14 @@ class _Call:
         except SerializationError as exc:
             # Not retried: the same code would produce the same unstorable value.
             self.attempts.append(self._attempt(finished, exc))
-            return self._pending(_FAILED, None, exc, finished, error=exc)
+            self._pending(_FAILED, None, exc, finished, error=exc)
+            return
         if self.attempts:
             self.attempts.append(self._attempt(finished, None))
-        return self._pending(_SUCCEEDED, text, None, finished)
+        self._pending(_SUCCEEDED, text, None, finished)
 
-    def failed(self, exc: BaseException, raised: BaseException | None = None) -> _Pending:
-        """The commit of a failed attempt; its `delay` is the pause before the next attempt,
+    def failed(self, exc: BaseException, raised: BaseException | None = None) -> None:
+        """Make the commit of a failed attempt; `delay` is the pause before the next attempt,
         or None when the attempts are spent (the error is then the call's outcome). `raised`:
         what the code raised, when `exc` is the failure it counts as (`Interrupted`): the
         attempt records its type, and `retry_on` is matched against it."""
@@ -404,13 +415,13 @@ class _Call:
             # Another attempt would meet the same budget.
             and not isinstance(exc, BudgetExceeded)
         ):
-            pending = self._pending(_RETRYING, None, exc, finished)
+            self._pending(_RETRYING, None, exc, finished)
             self.frame.attempt = attempt + 1
             self.started = time.time()
             base = min(_MAX_BACKOFF, checkpoint.backoff * 2 ** (attempt - 1))
-            pending.delay = float(base * random.uniform(0.5, 1.0))
-            return pending
-        return self._pending(_FAILED, None, exc, finished)
+            self.delay = float(base * random.uniform(0.5, 1.0))
+            return
+        self._pending(_FAILED, None, exc, finished)
 
     def _attempt(self, finished: float, exc: BaseException | None) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -430,7 +441,7 @@ class _Call:
         finished: float,
         *,
         error: BaseException | None = None,
-    ) -> _Pending:
+    ) -> None:
         """The row (and captured output) to commit for this attempt."""
         run = self.run
         frame = self.frame
@@ -439,7 +450,7 @@ class _Call:
         metadata = frame.metadata
         if frame.usage is not None and run.spend is not None:
             metadata = run.spend.commit_call(frame, metadata)
-        row = CheckpointRow(
+        self.row: CheckpointRow = CheckpointRow(
             position=frame.position,
             name=frame.name,
             fingerprint=self.args_fp,
@@ -451,41 +462,39 @@ class _Call:
             finished_at=finished,
             metadata=_serde.dumps(metadata) if metadata else None,
         )
-        events = _log_events(run, frame) if frame.log is not None else ()
+        self.events = _log_events(run, frame) if frame.log is not None else ()
+        self.error = error
+        self.delay = None
         if status != _RETRYING:
             run.live.pop(frame.position, None)
-        return _Pending(row, events, error)
 
-    def commit(self, pending: _Pending) -> None:
+    def commit(self) -> None:
         """Write the row, blocking this thread until it is durable."""
         run = self.run
         store = run.store
-
-        def write() -> Commit:
-            return store.record_checkpoint(run.execution_id, run.token, pending.row, pending.events)
-
         try:
             try:
-                outcome = write()
+                outcome = store.record_checkpoint(
+                    run.execution_id, run.token, self.row, self.events
+                )
             except StoreUnavailable:
-                outcome = persist(write)
+                # Only now a callable for the retries: the common case makes no closure.
+                outcome = persist(
+                    functools.partial(
+                        store.record_checkpoint, run.execution_id, run.token, self.row, self.events
+                    )
+                )
         except (StoreUnavailable, StoreCorrupt) as exc:
             # Still failing after the retries (or damaged): not the flow's error. Unwind,
             # and let the executor release the execution, to continue once the store is back.
             raise run.store_fault(exc) from exc
-        self._settle(pending, outcome)
+        self._settle(outcome)
 
-    async def commit_async(self, pending: _Pending) -> None:
+    async def commit_async(self) -> None:
         """Write the row without blocking the event loop (the store group commits it with
         other executions' rows); resumes once it is durable."""
         run = self.run
         store = run.store
-
-        def write() -> Awaitable[Commit]:
-            return store.record_checkpoint_async(
-                run.execution_id, run.token, pending.row, pending.events
-            )
-
         try:
             try:
                 if run.inline_commits is not None and run.inline_commits():
@@ -493,17 +502,27 @@ class _Call:
                     # trip to the committer's thread and back, and nobody else waits on the
                     # loop meanwhile. Retries are awaited below, never slept here.
                     outcome = store.record_checkpoint(
-                        run.execution_id, run.token, pending.row, pending.events
+                        run.execution_id, run.token, self.row, self.events
                     )
                 else:
-                    outcome = await write()
+                    outcome = await store.record_checkpoint_async(
+                        run.execution_id, run.token, self.row, self.events
+                    )
             except StoreUnavailable:
-                outcome = await persist_async(write)
+                outcome = await persist_async(
+                    functools.partial(
+                        store.record_checkpoint_async,
+                        run.execution_id,
+                        run.token,
+                        self.row,
+                        self.events,
+                    )
+                )
         except (StoreUnavailable, StoreCorrupt) as exc:
             raise run.store_fault(exc) from exc
-        self._settle(pending, outcome)
+        self._settle(outcome)
 
-    def _settle(self, pending: _Pending, outcome: Commit) -> None:
+    def _settle(self, outcome: Commit) -> None:
         run = self.run
         if not outcome:
             run.lease_lost = True
@@ -511,9 +530,9 @@ class _Call:
         if outcome is Commit.CANCEL_REQUESTED:
             run.cancel()
         if _after_commit is not None:
-            _after_commit(run, pending.row.position)
-        if _boundary is not None and pending.row.status != _RETRYING:
-            _boundary("after", run, pending.row.position, pending.row.name)
+            _after_commit(run, self.row.position)
+        if _boundary is not None and self.row.status != _RETRYING:
+            _boundary("after", run, self.row.position, self.row.name)
 
 
 class _Outcome:
@@ -533,21 +552,6 @@ class _Outcome:
             self.error = exc
         finally:
             self.done.set()
-
-
-class _Pending:
-    """One commit a call is about to make: its row and captured output; `error` to raise
-    once it is written (an unstorable result), `delay` before the next attempt."""
-
-    __slots__ = ("delay", "error", "events", "row")
-
-    def __init__(
-        self, row: CheckpointRow, events: Sequence[EventRow], error: BaseException | None
-    ) -> None:
-        self.row = row
-        self.events = events
-        self.error = error
-        self.delay: float | None = None
 
 
 def blocking_call(frame: types.FrameType | None) -> tuple[str, Run | None, str | None] | None:

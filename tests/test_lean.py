@@ -19,13 +19,13 @@ from tether._core.config import OWNED_GC_THRESHOLD
 from tether._runtime.loop import shared_loop
 from tether.errors import ConfigurationError
 
-# Upper bounds, above what is measured (27-29, 34-36 and 31-33 on SQLite and PostgreSQL; the
+# Upper bounds, above what is measured (27-28, 33-34 and 32 on SQLite and PostgreSQL; the
 # margin is the noise of one-off caches and other threads) and below where they were before
 # issue 24 (52, 60 and 48). A live async execution: its task, coroutines, Run, branch, row and
 # handle; inside a call, the call's own objects on top.
 MAX_OBJECTS_PER_PARKED_EXECUTION = 36
-MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 42
-MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 40
+MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 40
+MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 38
 # What a call leaves behind once it has returned: nothing, on average (a fraction: the store's
 # statement cache and the like warm up).
 MAX_KEPT_PER_CALL = 0.6
@@ -71,9 +71,10 @@ def test_a_live_async_execution_holds_few_objects(db_url: str, flow: Any, bound:
 
 
 def test_a_live_sync_execution_holds_few_objects(db_url: str) -> None:
-    k = 8  # one thread each
+    k = 24  # one thread each (of `max_workers`, 32)
     per_execution = _count_parked(lean_flows.sync_between_calls, k)
-    assert 0 < per_execution <= MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION, (
+    # No lower bound here: what earlier tests left to threads can be freed meanwhile.
+    assert per_execution <= MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION, (
         f"{per_execution:.1f} GC-tracked objects per execution"
     )
 

@@ -167,13 +167,13 @@ class Checkpoint(Generic[P, R]):
         if call.replayed:
             return cast(R, call.replay())
         while True:
-            token = current_frame.set(call.frame)
+            token = current_frame.set(call)
             outside = current_branch.set(None)
             try:
                 if self.timeout is None:
                     value = self.fn(*args, **kwargs)
                 else:
-                    value = self._timed_attempt(call.frame, self.timeout, args, kwargs)
+                    value = self._timed_attempt(call, self.timeout, args, kwargs)
             except ControlSignal:
                 raise
             except BaseException as exc:
@@ -204,7 +204,7 @@ class Checkpoint(Generic[P, R]):
         # A string: no generic alias built on every call.
         fn = cast("Callable[..., Awaitable[Any]]", self.fn)
         while True:
-            token = current_frame.set(call.frame)
+            token = current_frame.set(call)
             outside = current_branch.set(None)
             try:
                 if self.timeout is None:
@@ -292,10 +292,11 @@ class Checkpoint(Generic[P, R]):
 one_recorded_call(Checkpoint._call_async.__code__)
 
 
-class _Call:
-    """One checkpoint call at one position: replay or live, shared by sync and async. It
-    also holds the commit it is about to make (`row`, `events`; `error` to raise once that
-    is written, `delay` before the next attempt): one object per call, not one per commit."""
+class _Call(Frame):
+    """One checkpoint call at one position: replay or live, shared by sync and async. A live
+    call is the `Frame` its body runs in, and holds the commit it is about to make (`row`,
+    `events`; `error` to raise once that is written, `delay` before the next attempt): one
+    object per call, not one per role."""
 
     __slots__ = (
         "args_fp",
@@ -304,11 +305,9 @@ class _Call:
         "delay",
         "error",
         "events",
-        "frame",
         "prior",
         "replayed",
         "row",
-        "run",
         "started",
     )
 
@@ -337,13 +336,20 @@ class _Call:
             else:
                 self.replayed = True
                 return  # the hot replay path needs no frame and no clock
-        self.frame = Frame(run, position, checkpoint.name, len(self.attempts) + 1)
+        # The Frame's fields (its generated __init__ is not called: a replayed call has none).
+        self.position = position
+        self.name = checkpoint.name
+        self.attempt = len(self.attempts) + 1
+        self.metadata = {}
+        self.log = None
+        self.usage = None
+        self.detached = False
         self.error: BaseException | None = None
         self.delay: float | None = None
         self.events: Sequence[EventRow] = ()
         if prior is not None and run.spend is not None:
             # Resuming a call whose earlier attempts failed: what they spent stays counted.
-            run.spend.resume_call(self.frame, prior.metadata)
+            run.spend.resume_call(self, prior.metadata)
         self.started = time.time()
         run.live[position] = (checkpoint.name, self.started)
         if _boundary is not None:
@@ -408,7 +414,7 @@ class _Call:
         finished = time.time()
         self.attempts.append(self._attempt(finished, raised))
         checkpoint = self.checkpoint
-        attempt = self.frame.attempt
+        attempt = self.attempt
         if (
             attempt <= checkpoint.retries
             and isinstance(raised, checkpoint.retry_on)
@@ -416,7 +422,7 @@ class _Call:
             and not isinstance(exc, BudgetExceeded)
         ):
             self._pending(_RETRYING, None, exc, finished)
-            self.frame.attempt = attempt + 1
+            self.attempt = attempt + 1
             self.started = time.time()
             base = min(_MAX_BACKOFF, checkpoint.backoff * 2 ** (attempt - 1))
             self.delay = float(base * random.uniform(0.5, 1.0))
@@ -425,7 +431,7 @@ class _Call:
 
     def _attempt(self, finished: float, exc: BaseException | None) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "attempt": self.frame.attempt,
+            "attempt": self.attempt,
             "started_at": self.started,
             "finished_at": finished,
         }
@@ -444,7 +450,7 @@ class _Call:
     ) -> None:
         """The row (and captured output) to commit for this attempt."""
         run = self.run
-        frame = self.frame
+        frame = self
         if _boundary is not None:
             _boundary("inside", run, frame.position, frame.name)
         metadata = frame.metadata
@@ -566,7 +572,7 @@ def blocking_call(frame: types.FrameType | None) -> tuple[str, Run | None, str |
         elif code is _CALL_SYNC or code is _CALL_ASYNC:
             call = frame.f_locals.get("call")
             if isinstance(call, _Call) and not call.replayed:
-                return name, call.run, call.frame.position
+                return name, call.run, call.position
             return name, None, None
         frame = frame.f_back
     return None if name is None else (name, None, None)

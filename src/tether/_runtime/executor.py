@@ -341,11 +341,15 @@ class Executor:
         store = held.store
         outcome = None
         nxt: Refill | None = None
-        async with self._async_slots:
+        # Acquired and released by hand: `async with` would keep a bound `__aexit__` for as
+        # long as the execution lives.
+        slots = self._async_slots
+        await slots.acquire()
+        try:
             self._async_running += 1
             try:
                 # Partials, not lambdas: a lambda here would make a cell of each name it
-                # uses, kept for as long as the execution lives (see `SharedLoop.spawn`).
+                # uses, kept for as long as the execution lives.
                 if not claimed:
                     claimed = await offload(
                         functools.partial(self._claim_started, store, execution_id, held.token)
@@ -367,6 +371,8 @@ class Executor:
             finally:
                 self._async_running -= 1
                 successor = self._ended(held, execution_id, outcome, nxt)
+        finally:
+            slots.release()
         if nxt is not None and successor is not None:
             self._dispatch(successor, nxt.execution_id, nxt.flow, True, nxt.row)
 

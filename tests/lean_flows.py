@@ -122,3 +122,13 @@ def collector_settings() -> list[int]:
     import gc
 
     return [*gc.get_threshold(), gc.get_freeze_count()]
+
+
+@tether.checkpoint(retries=1, backoff=3600)
+def fails_then_pauses_an_hour() -> None:
+    raise ValueError("not yet")
+
+
+@tether.flow
+def pausing_between_attempts() -> None:
+    fails_then_pauses_an_hour()

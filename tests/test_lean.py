@@ -15,6 +15,7 @@ import pytest
 import lean_flows
 import tether
 from helpers import retry_until, run_child, run_cli, spawn_python, tracked_per_unit
+from tether import Status
 from tether._core.config import OWNED_GC_THRESHOLD
 from tether._runtime.loop import shared_loop
 from tether.errors import ConfigurationError
@@ -164,3 +165,19 @@ def test_a_users_process_keeps_its_thresholds_unless_the_setting_is_given(db_url
     told = run_child(_USER_PROCESS, db_url, TETHER_GC_THRESHOLD="40000")
     assert told.returncode == 0, told.stderr
     assert told.stdout.strip() == "[40000, 10, 10]"
+
+
+def test_cancel_cuts_short_a_sync_pause_between_attempts(client: tether.Client) -> None:
+    """A run makes its Event only when a thread pauses on it: a cancel that comes during the
+    pause still ends it at once, not an hour later."""
+    handle = lean_flows.pausing_between_attempts.run()
+
+    def paused() -> bool:
+        calls = client.get(handle.id).checkpoints
+        return bool(calls) and calls[0].status.value == "retrying"
+
+    retry_until(paused, what="the first attempt to fail and the pause to begin")
+    client.cancel(handle.id)
+    # Woken, the call makes its last attempt (as it always has after a cancel in the pause)
+    # and the execution ends: within seconds, not after the hour.
+    retry_until(lambda: handle.status() is not Status.RUNNING, timeout=30, what="the cancel")

@@ -166,3 +166,32 @@ def killed_mid_checkpoint(db_url: str, gate: Path, *, steps: int) -> str:
     starter.send_signal(signal.SIGKILL)
     starter.communicate(timeout=10)
     return execution_id
+
+
+def tracked_per_unit(units: int, make_live: Callable[[], object]) -> float:
+    """GC-tracked objects that `make_live()` leaves alive, per unit (`units` of them): a full
+    collection before and after, so only what is really held counts (not garbage waiting for
+    a collection). `make_live` returns once its units are live (executions parked at a gate,
+    say); the collector is off meanwhile, so none of them is counted half-built."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        kept = make_live()
+        gc.collect()
+        after = len(gc.get_objects())
+        del kept
+    finally:
+        gc.enable()
+    return (after - before) / units
+
+
+def allocations_kept() -> int:
+    """A counter of GC-tracked objects allocated and not yet freed (the collector's own
+    generation-0 count): read before and after some work, with the collector off, the
+    difference is what that work allocated and kept (a reference cycle, a cache entry)."""
+    import gc
+
+    return gc.get_count()[0]

@@ -168,7 +168,7 @@ class Checkpoint(Generic[P, R]):
         if call.replayed:
             return cast(R, call.replay())
         while True:
-            token = current_frame.set(call.frame)
+            token = current_frame.set(call)
             outside = current_branch.set(None)
             try:
                 if call.body is not None:
@@ -176,37 +176,38 @@ class Checkpoint(Generic[P, R]):
                 elif self.timeout is None:
                     value = self.fn(*args, **kwargs)
                 else:
-                    value = self._timed_attempt(call.frame, self.timeout, args, kwargs)
+                    value = self._timed_attempt(call, self.timeout, args, kwargs)
             except ControlSignal:
                 raise
             except BaseException as exc:
                 failure = as_failure(exc, f"checkpoint {self.name!r}")
                 if not isinstance(failure, Exception):
                     raise  # a cancellation that asyncio started (on the loop thread)
-                pending = call.failed(failure, exc)
-                call.commit(pending)
-                if pending.delay is None:
+                call.failed(failure, exc)
+                call.commit()
+                if call.delay is None:
                     if failure is exc:
                         raise
                     raise failure from exc
-                run.cancel_event.wait(pending.delay)
+                run.pause(call.delay)
                 continue
             finally:
                 current_branch.reset(outside)
                 current_frame.reset(token)
-            pending = call.succeeded(value)
-            call.commit(pending)
-            if pending.error is not None:
-                raise pending.error
+            call.succeeded(value)
+            call.commit()
+            if call.error is not None:
+                raise call.error
             return value
 
     async def _call_async(self, run: Run, position: str, args: Any, kwargs: Any) -> Any:
         call = _Call(self, run, position, args, kwargs)
         if call.replayed:
             return call.replay()
-        fn = cast(Callable[..., Awaitable[Any]], self.fn)
+        # A string: no generic alias built on every call.
+        fn = cast("Callable[..., Awaitable[Any]]", self.fn)
         while True:
-            token = current_frame.set(call.frame)
+            token = current_frame.set(call)
             outside = current_branch.set(None)
             try:
                 if call.body is not None:
@@ -225,21 +226,21 @@ class Checkpoint(Generic[P, R]):
                 failure = as_failure(exc, f"checkpoint {self.name!r}")
                 if not isinstance(failure, Exception):
                     raise  # a cancellation that asyncio started (a TaskGroup, a timeout)
-                pending = call.failed(failure, exc)
-                await call.commit_async(pending)
-                if pending.delay is None:
+                call.failed(failure, exc)
+                await call.commit_async()
+                if call.delay is None:
                     if failure is exc:
                         raise
                     raise failure from exc
-                await asyncio.sleep(pending.delay)
+                await asyncio.sleep(call.delay)
                 continue
             finally:
                 current_branch.reset(outside)
                 current_frame.reset(token)
-            pending = call.succeeded(value)
-            await call.commit_async(pending)
-            if pending.error is not None:
-                raise pending.error
+            call.succeeded(value)
+            await call.commit_async()
+            if call.error is not None:
+                raise call.error
             return value
 
     def _timed_attempt(self, frame: Frame, timeout: float, args: Any, kwargs: Any) -> Any:
@@ -296,18 +297,23 @@ class Checkpoint(Generic[P, R]):
 one_recorded_call(Checkpoint._call_async.__code__)
 
 
-class _Call:
-    """One checkpoint call at one position: replay or live, shared by sync and async."""
+class _Call(Frame):
+    """One checkpoint call at one position: replay or live, shared by sync and async. A live
+    call is the `Frame` its body runs in, and holds the commit it is about to make (`row`,
+    `events`; `error` to raise once that is written, `delay` before the next attempt): one
+    object per call, not one per role."""
 
     __slots__ = (
         "args_fp",
         "attempts",
         "body",
         "checkpoint",
-        "frame",
+        "delay",
+        "error",
+        "events",
         "prior",
         "replayed",
-        "run",
+        "row",
         "started",
     )
 
@@ -336,7 +342,17 @@ class _Call:
             else:
                 self.replayed = True
                 return  # the hot replay path needs no frame and no clock
-        self.frame = Frame(run, position, checkpoint.name, len(self.attempts) + 1)
+        # The Frame's fields (its generated __init__ is not called: a replayed call has none).
+        self.position = position
+        self.name = checkpoint.name
+        self.attempt = len(self.attempts) + 1
+        self.metadata = {}
+        self.log = None
+        self.usage = None
+        self.detached = False
+        self.error: BaseException | None = None
+        self.delay: float | None = None
+        self.events: Sequence[EventRow] = ()
         # A replay test answers the call from a recording instead of running the function.
         self.body: Callable[[], Any] | None = None
         if _answers.installed and prior is None:
@@ -345,7 +361,7 @@ class _Call:
                 self.body = answers.answer(checkpoint.name, position, args, kwargs)
         if prior is not None and run.spend is not None:
             # Resuming a call whose earlier attempts failed: what they spent stays counted.
-            run.spend.resume_call(self.frame, prior.metadata)
+            run.spend.resume_call(self, prior.metadata)
         self.started = time.time()
         run.live[position] = (checkpoint.name, self.started)
         if _boundary is not None:
@@ -381,9 +397,9 @@ class _Call:
                 return _serde.loads(prior.result, root=where)
         raise _serde.error_from_text(prior.error or "{}")
 
-    def succeeded(self, value: Any) -> _Pending:
-        """The commit of a call that returned `value` (its `error` is raised after it when
-        the value cannot be stored)."""
+    def succeeded(self, value: Any) -> None:
+        """Make the commit of a call that returned `value` (its `error` is raised after it
+        when the value cannot be stored)."""
         finished = time.time()
         checkpoint = self.checkpoint
         try:
@@ -395,13 +411,14 @@ class _Call:
         except SerializationError as exc:
             # Not retried: the same code would produce the same unstorable value.
             self.attempts.append(self._attempt(finished, exc))
-            return self._pending(_FAILED, None, exc, finished, error=exc)
+            self._pending(_FAILED, None, exc, finished, error=exc)
+            return
         if self.attempts:
             self.attempts.append(self._attempt(finished, None))
-        return self._pending(_SUCCEEDED, text, None, finished)
+        self._pending(_SUCCEEDED, text, None, finished)
 
-    def failed(self, exc: BaseException, raised: BaseException | None = None) -> _Pending:
-        """The commit of a failed attempt; its `delay` is the pause before the next attempt,
+    def failed(self, exc: BaseException, raised: BaseException | None = None) -> None:
+        """Make the commit of a failed attempt; `delay` is the pause before the next attempt,
         or None when the attempts are spent (the error is then the call's outcome). `raised`:
         what the code raised, when `exc` is the failure it counts as (`Interrupted`): the
         attempt records its type, and `retry_on` is matched against it."""
@@ -409,7 +426,7 @@ class _Call:
         finished = time.time()
         self.attempts.append(self._attempt(finished, raised))
         checkpoint = self.checkpoint
-        attempt = self.frame.attempt
+        attempt = self.attempt
         if (
             attempt <= checkpoint.retries
             and self.body is None  # a recorded failure was final when it was recorded
@@ -417,17 +434,17 @@ class _Call:
             # Another attempt would meet the same budget.
             and not isinstance(exc, BudgetExceeded)
         ):
-            pending = self._pending(_RETRYING, None, exc, finished)
-            self.frame.attempt = attempt + 1
+            self._pending(_RETRYING, None, exc, finished)
+            self.attempt = attempt + 1
             self.started = time.time()
             base = min(_MAX_BACKOFF, checkpoint.backoff * 2 ** (attempt - 1))
-            pending.delay = float(base * random.uniform(0.5, 1.0))
-            return pending
-        return self._pending(_FAILED, None, exc, finished)
+            self.delay = float(base * random.uniform(0.5, 1.0))
+            return
+        self._pending(_FAILED, None, exc, finished)
 
     def _attempt(self, finished: float, exc: BaseException | None) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "attempt": self.frame.attempt,
+            "attempt": self.attempt,
             "started_at": self.started,
             "finished_at": finished,
         }
@@ -443,16 +460,16 @@ class _Call:
         finished: float,
         *,
         error: BaseException | None = None,
-    ) -> _Pending:
+    ) -> None:
         """The row (and captured output) to commit for this attempt."""
         run = self.run
-        frame = self.frame
+        frame = self
         if _boundary is not None:
             _boundary("inside", run, frame.position, frame.name)
         metadata = frame.metadata
         if frame.usage is not None and run.spend is not None:
             metadata = run.spend.commit_call(frame, metadata)
-        row = CheckpointRow(
+        self.row: CheckpointRow = CheckpointRow(
             position=frame.position,
             name=frame.name,
             fingerprint=self.args_fp,
@@ -464,41 +481,39 @@ class _Call:
             finished_at=finished,
             metadata=_serde.dumps(metadata) if metadata else None,
         )
-        events = _log_events(run, frame) if frame.log is not None else ()
+        self.events = _log_events(run, frame) if frame.log is not None else ()
+        self.error = error
+        self.delay = None
         if status != _RETRYING:
             run.live.pop(frame.position, None)
-        return _Pending(row, events, error)
 
-    def commit(self, pending: _Pending) -> None:
+    def commit(self) -> None:
         """Write the row, blocking this thread until it is durable."""
         run = self.run
         store = run.store
-
-        def write() -> Commit:
-            return store.record_checkpoint(run.execution_id, run.token, pending.row, pending.events)
-
         try:
             try:
-                outcome = write()
+                outcome = store.record_checkpoint(
+                    run.execution_id, run.token, self.row, self.events
+                )
             except StoreUnavailable:
-                outcome = persist(write)
+                # Only now a callable for the retries: the common case makes no closure.
+                outcome = persist(
+                    functools.partial(
+                        store.record_checkpoint, run.execution_id, run.token, self.row, self.events
+                    )
+                )
         except (StoreUnavailable, StoreCorrupt) as exc:
             # Still failing after the retries (or damaged): not the flow's error. Unwind,
             # and let the executor release the execution, to continue once the store is back.
             raise run.store_fault(exc) from exc
-        self._settle(pending, outcome)
+        self._settle(outcome)
 
-    async def commit_async(self, pending: _Pending) -> None:
+    async def commit_async(self) -> None:
         """Write the row without blocking the event loop (the store group commits it with
         other executions' rows); resumes once it is durable."""
         run = self.run
         store = run.store
-
-        def write() -> Awaitable[Commit]:
-            return store.record_checkpoint_async(
-                run.execution_id, run.token, pending.row, pending.events
-            )
-
         try:
             try:
                 if run.inline_commits is not None and run.inline_commits():
@@ -506,27 +521,37 @@ class _Call:
                     # trip to the committer's thread and back, and nobody else waits on the
                     # loop meanwhile. Retries are awaited below, never slept here.
                     outcome = store.record_checkpoint(
-                        run.execution_id, run.token, pending.row, pending.events
+                        run.execution_id, run.token, self.row, self.events
                     )
                 else:
-                    outcome = await write()
+                    outcome = await store.record_checkpoint_async(
+                        run.execution_id, run.token, self.row, self.events
+                    )
             except StoreUnavailable:
-                outcome = await persist_async(write)
+                outcome = await persist_async(
+                    functools.partial(
+                        store.record_checkpoint_async,
+                        run.execution_id,
+                        run.token,
+                        self.row,
+                        self.events,
+                    )
+                )
         except (StoreUnavailable, StoreCorrupt) as exc:
             raise run.store_fault(exc) from exc
-        self._settle(pending, outcome)
+        self._settle(outcome)
 
-    def _settle(self, pending: _Pending, outcome: Commit) -> None:
+    def _settle(self, outcome: Commit) -> None:
         run = self.run
         if not outcome:
             run.lease_lost = True
             raise LeaseLost(run.execution_id)
         if outcome is Commit.CANCEL_REQUESTED:
-            run.cancel_event.set()
+            run.cancel()
         if _after_commit is not None:
-            _after_commit(run, pending.row.position)
-        if _boundary is not None and pending.row.status != _RETRYING:
-            _boundary("after", run, pending.row.position, pending.row.name)
+            _after_commit(run, self.row.position)
+        if _boundary is not None and self.row.status != _RETRYING:
+            _boundary("after", run, self.row.position, self.row.name)
 
 
 class _Outcome:
@@ -548,21 +573,6 @@ class _Outcome:
             self.done.set()
 
 
-class _Pending:
-    """One commit a call is about to make: its row and captured output; `error` to raise
-    once it is written (an unstorable result), `delay` before the next attempt."""
-
-    __slots__ = ("delay", "error", "events", "row")
-
-    def __init__(
-        self, row: CheckpointRow, events: Sequence[EventRow], error: BaseException | None
-    ) -> None:
-        self.row = row
-        self.events = events
-        self.error = error
-        self.delay: float | None = None
-
-
 def blocking_call(frame: types.FrameType | None) -> tuple[str, Run | None, str | None] | None:
     """The checkpoint whose body runs in `frame` or a frame it was called from (another
     thread's stack, from `sys._current_frames()`): (name, run, position) — the run and
@@ -575,7 +585,7 @@ def blocking_call(frame: types.FrameType | None) -> tuple[str, Run | None, str |
         elif code is _CALL_SYNC or code is _CALL_ASYNC:
             call = frame.f_locals.get("call")
             if isinstance(call, _Call) and not call.replayed:
-                return name, call.run, call.frame.position
+                return name, call.run, call.position
             return name, None, None
         frame = frame.f_back
     return None if name is None else (name, None, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import threading
@@ -126,6 +127,8 @@ class Settings:
     prices: Mapping[str, ModelPrice] | None = None
     # Where `db` came from (said by `tether --debug`): TETHER_DB, configure(db=), found...
     db_origin: str = "configure(db=...)"
+    # The collector's thresholds (`gc.set_threshold`), when given (see `apply_gc`).
+    gc_threshold: tuple[int, int, int] | None = None
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: the store URL without its password.
@@ -150,6 +153,7 @@ def _from_env() -> Settings:
         adopt=adopt,
         model=os.environ.get("TETHER_MODEL") or None,
         secret=os.environ.get("TETHER_SECRET", "").encode() or None,
+        gc_threshold=_gc_from_env(),
     )
     numbers: dict[str, Any] = {}
     for name, setting, kind, least in (
@@ -173,6 +177,55 @@ def _from_env() -> Settings:
     if "max_value_bytes" in numbers:
         _checked_value_bytes(numbers["max_value_bytes"], "TETHER_MAX_VALUE_BYTES")
     return replace(found, **numbers)
+
+
+# The thresholds of processes tether owns (`tether worker`, the CLI) unless told otherwise.
+# Python's (700, 10, 10) makes a full collection every 70,000 net allocations; each walks
+# every object of every live execution, so with thousands of them alive the collector took a
+# third of the CPU. Raising the first threshold makes young collections rarer, the others
+# full ones; reference counting frees almost all of tether's garbage anyway.
+OWNED_GC_THRESHOLD: Final = (50_000, 20, 100)
+_PYTHON_GC_THRESHOLD: Final = (700, 10, 10)
+
+
+def _gc_from_env() -> tuple[int, int, int] | None:
+    text = os.environ.get("TETHER_GC_THRESHOLD", "").strip()
+    if not text:
+        return None
+    try:
+        values: Any = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = text
+    return _checked_gc(values, "TETHER_GC_THRESHOLD")
+
+
+def _checked_gc(value: Any, name: str) -> tuple[int, int, int]:
+    """One to three whole numbers, each at least 1: the first generation's threshold, then
+    the older ones' (Python's own values stand for those not given)."""
+    given = (value,) if isinstance(value, int) else value
+    if (
+        not isinstance(given, tuple)
+        or not 1 <= len(given) <= 3
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in given)
+    ):
+        raise ConfigurationError(
+            f"{name} is one to three whole numbers of at least 1 (the garbage collector's "
+            f"thresholds, as gc.set_threshold takes them: e.g. 50000 or 50000,20,100), not "
+            f"{value!r}. To turn the collector off, call gc.disable() yourself"
+        )
+    return (*given, *_PYTHON_GC_THRESHOLD[len(given) :])
+
+
+def apply_gc(*, owned: bool) -> tuple[int, int, int] | None:
+    """Set the collector's thresholds from the `gc_threshold` setting; in a process tether
+    owns (`owned`: `tether worker`, the CLI) its own default when none is set. A user's
+    process is left as it is unless they set one. The thresholds set, or None."""
+    chosen = settings().gc_threshold
+    if chosen is None and owned:
+        chosen = OWNED_GC_THRESHOLD
+    if chosen is not None:
+        gc.set_threshold(*chosen)
+    return chosen
 
 
 def _checked_value_bytes(size: Any, name: str) -> int:
@@ -223,6 +276,7 @@ def configure(
     clock: Callable[[], float] | _Unset = UNSET,
     model: str | _Unset | None = UNSET,
     prices: Mapping[str, ModelPrice] | _Unset | None = UNSET,
+    gc_threshold: int | tuple[int, ...] | _Unset = UNSET,
 ) -> None:
     """Set process-wide options. Only the options given change.
 
@@ -283,6 +337,13 @@ def configure(
     - `prices`: `{model: tether.ModelPrice(...)}`, prices of models genai-prices does not know
       (or overrides of the ones it does), keyed by model name or `provider:model`. Replaces
       the prices given before.
+    - `gc_threshold`: the garbage collector's thresholds for this process, as
+      `gc.set_threshold` takes them: one to three whole numbers of at least 1, e.g. `50_000`
+      or `(50_000, 20, 100)` (`TETHER_GC_THRESHOLD=50000,20,100`). Set here, they apply at
+      once; from the environment, when this process first runs an execution. Left unset,
+      tether never changes them in your process; `tether worker` and the CLI use
+      (50000, 20, 100), because thousands of live executions make Python's default
+      thresholds collect often and each collection walk all of them.
     """
     changes: dict[str, Any] = {}
     for key, value in (
@@ -305,6 +366,7 @@ def configure(
         ("clock", clock),
         ("model", model),
         ("prices", prices),
+        ("gc_threshold", gc_threshold),
     ):
         if value is not UNSET:
             changes[key] = value
@@ -336,9 +398,13 @@ def configure(
         raise ConfigurationError(f"model is a model name such as 'openai:gpt-4o', not {chosen!r}")
     if changes.get("prices") is not None:
         changes["prices"] = _checked_prices(changes["prices"])
+    if "gc_threshold" in changes:
+        changes["gc_threshold"] = _checked_gc(changes["gc_threshold"], "gc_threshold")
     global _settings
     with _lock:
         _settings = replace(settings(), **changes)
+    if "gc_threshold" in changes:
+        gc.set_threshold(*changes["gc_threshold"])
 
 
 def _checked_prices(prices: Any) -> dict[str, ModelPrice]:

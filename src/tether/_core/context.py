@@ -41,12 +41,17 @@ class Spending(Protocol):
         """The metadata to store with the call: `metadata` with its spend put in."""
 
 
+# Makes a run's `_wake` Event once, when two threads pause at the same time.
+_waking = threading.Lock()
+
+
 class Run:
     """One executor's hold on one running execution."""
 
     __slots__ = (
+        "_wake",
         "allow_pickle",
-        "cancel_event",
+        "cancelled",
         "clock",
         "deadline",
         "diverged",
@@ -58,7 +63,7 @@ class Run:
         "live",
         "metadata",
         "recorded",
-        "release_event",
+        "released",
         "root",
         "spend",
         "store",
@@ -95,13 +100,17 @@ class Run:
         self.waits: dict[str, WaitRow] = {w.name: w for w in waits or ()}
         self.wait_positions: dict[str, str] = {w.position: w.name for w in waits or ()}
         self.wait_names: dict[str, str] = {}
-        self.cancel_event = threading.Event()
+        # Plain flags, read at every boundary; a thread that pauses between attempts waits on
+        # `_wake`, made only then (two Events per execution were a dozen GC-tracked objects
+        # that tens of thousands of live executions kept for nothing).
+        self.cancelled = False
+        self.released = False
+        self._wake: threading.Event | None = None
         # The execution's deadline (on `clock`, the timers' clock) and whether a boundary
         # found it past: the run then ends as cancelled with the deadline as the reason.
         self.deadline: float | None = None
         self.clock: Callable[[], float] = time.time
         self.timed_out = False
-        self.release_event = threading.Event()
         self.lease_lost = False
         # Checkpoint calls running now, position -> (name, started): published by the
         # heartbeat as the execution's progress.
@@ -120,6 +129,29 @@ class Run:
         # only execution on it, so nobody else would wait); None: never (see `_Call`).
         self.inline_commits: Callable[[], bool] | None = None
 
+    def cancel(self) -> None:
+        """Stop at the next boundary, and cut short a pause between attempts."""
+        self.cancelled = True
+        wake = self._wake
+        if wake is not None:
+            wake.set()
+
+    def release(self) -> None:
+        """Hand the execution back at the next boundary."""
+        self.released = True
+
+    def pause(self, seconds: float) -> None:
+        """Block this thread for `seconds`, or until the run is cancelled."""
+        wake = self._wake
+        if wake is None:
+            with _waking:
+                if self._wake is None:
+                    self._wake = threading.Event()
+                wake = self._wake
+        # After the Event exists: a `cancel()` from now on sets it, one before set the flag.
+        if not self.cancelled:
+            wake.wait(seconds)
+
     def take_position(self) -> str:
         """The next position of the branch the caller runs in (see `positions`)."""
         return (current_branch.get() or self.root).take()
@@ -128,14 +160,14 @@ class Run:
         """Checked at every checkpoint call: stop here if cancelled or no longer the owner."""
         if self.lease_lost:
             raise LeaseLost(self.execution_id)
-        if self.cancel_event.is_set():
+        if self.cancelled:
             raise Cancelled(self.execution_id)
         if self.deadline is not None and self.clock() >= self.deadline:
             # Checked here, where a cancel takes effect, rather than by the lease loop: a
             # float comparison per call, no read, and the same point a cancel would stop at.
             self.timed_out = True
             raise Cancelled(self.execution_id)
-        if self.release_event.is_set() or self.fault is not None:
+        if self.released or self.fault is not None:
             raise Released(self.execution_id)
 
     def store_fault(self, error: StoreError) -> Released:

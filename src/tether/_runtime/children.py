@@ -102,7 +102,7 @@ def start(
         run.lease_lost = True
         raise LeaseLost(run.execution_id)
     if outcome is ChildStart.CANCEL_REQUESTED:
-        run.cancel_event.set()
+        run.cancel()
         raise Cancelled(run.execution_id)
     if outcome is ChildStart.EXISTED:
         # The parent was retried from before this call: the child it started then is the one.

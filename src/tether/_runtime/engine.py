@@ -10,12 +10,11 @@ writes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .._core import capture as _capture
@@ -119,12 +118,17 @@ def execute(
         if isinstance(attempt, Outcome):
             return attempt
         if attempt.target is not None:
-            with _entered(attempt.run):
-                try:
-                    attempt.run.boundary()
-                    attempt.value = attempt.target.fn(*attempt.args, **attempt.kwargs)
-                except BaseException as exc:
-                    attempt.error = as_failure(exc, f"flow {attempt.row.flow!r}")
+            # Flow code runs with its run current, in the run's root branch.
+            run_token = current_run.set(attempt.run)
+            branch_token = current_branch.set(attempt.run.root)
+            try:
+                attempt.run.boundary()
+                attempt.value = attempt.target.fn(*attempt.args, **attempt.kwargs)
+            except BaseException as exc:
+                attempt.error = as_failure(exc, f"flow {attempt.row.flow!r}")
+            finally:
+                current_branch.reset(branch_token)
+                current_run.reset(run_token)
         outcome = conclude(store, attempt)
         if outcome is not None:
             return outcome
@@ -162,19 +166,25 @@ async def execute_async(
             return attempt
         attempt.run.inline_commits = alone
         if attempt.target is not None:
+            run = attempt.run
             tasks: set[asyncio.Future[Any]] = set()
-            tracked = current_tasks.set(tasks)
+            # This task runs in a context of its own that held none of these (see
+            # `SharedLoop.spawn`): they are set back to None rather than reset by token, so a
+            # live execution keeps no tokens.
+            current_tasks.set(tasks)
+            current_run.set(run)
+            current_branch.set(run.root)
             try:
-                with _entered(attempt.run):
-                    try:
-                        attempt.run.boundary()
-                        attempt.value = await attempt.target.fn(*attempt.args, **attempt.kwargs)
-                    except BaseException as exc:
-                        # Here, where the task is known: a CancelledError that asyncio did
-                        # not start is the flow's failure, not a cancellation.
-                        attempt.error = as_failure(exc, f"flow {attempt.row.flow!r}")
+                run.boundary()
+                attempt.value = await attempt.target.fn(*attempt.args, **attempt.kwargs)
+            except BaseException as exc:
+                # Here, where the task is known: a CancelledError that asyncio did not start
+                # is the flow's failure, not a cancellation.
+                attempt.error = as_failure(exc, f"flow {attempt.row.flow!r}")
             finally:
-                current_tasks.reset(tracked)
+                current_branch.set(None)
+                current_run.set(None)
+                current_tasks.set(None)
                 await _cancel_leftovers(tasks)
         outcome = await offload(functools.partial(conclude, store, attempt))
         if outcome is not None:
@@ -203,18 +213,6 @@ async def _cancel_leftovers(tasks: set[asyncio.Future[Any]]) -> None:
         task.cancel()
     if left:
         await asyncio.gather(*left, return_exceptions=True)
-
-
-@contextlib.contextmanager
-def _entered(run: Run) -> Iterator[None]:
-    """Flow code runs with its run current, in the run's root branch."""
-    context_token = current_run.set(run)
-    branch_token = current_branch.set(run.root)
-    try:
-        yield
-    finally:
-        current_branch.reset(branch_token)
-        current_run.reset(context_token)
 
 
 def prepare(
@@ -274,7 +272,7 @@ def prepare(
     run.deadline, run.clock = row.deadline, config.clock
     runs.append(run)
     if row.cancel_requested:
-        run.cancel_event.set()
+        run.cancel()
     attempt = Attempt(row, run)
     try:
         target = flow if flow is not None else load_flow(row.import_path, row.script)
@@ -440,7 +438,7 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
             raise attempt.error
         if run.diverged is not None:
             raise run.diverged
-        if run.cancel_event.is_set() or run.timed_out:
+        if run.cancelled or run.timed_out:
             raise Cancelled(execution_id)
         result = _serde.dumps(
             attempt.value, allow_pickle=run.allow_pickle, root=f"result of flow {row.flow!r}"

@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 from .._core import imports as _imports
 from .._core import serde as _serde
-from .._core.config import settings, store_for
+from .._core.config import apply_gc, settings, store_for
 from .._core.context import Run
 from .._core.positions import sort_key
 from .._core.status import Status
@@ -175,6 +176,8 @@ class Executor:
         self._slots_loop: SharedLoop | None = None
         self._stalled: set[int] = set()  # loops whose stall was reported (id)
         self._async_running = 0  # read and written on the loop thread only
+        # One bound method for every run that asks (`Run.inline_commits`), not one each.
+        self._alone = self._alone_on_loop
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
         self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
@@ -294,7 +297,7 @@ class Executor:
         known yet (a resume: the thread finds it out), to a thread."""
         if flow is not None and flow.is_async:
             loop = held.loop = shared_loop()
-            loop.spawn(lambda: self._run_async(held, execution_id, flow, claimed, row))
+            loop.spawn(functools.partial(self._run_async, held, execution_id, flow, claimed, row))
         else:
             self._pool.submit(self._run, held, execution_id, flow, claimed, row)
 
@@ -356,26 +359,32 @@ class Executor:
             self._async_slots = asyncio.Semaphore(settings().max_async)
             self._slots_loop = loop
             self._async_running = 0
-        offload = loop.offload
+        offload = loop.offload_bound
         store = held.store
         outcome = None
         nxt: Refill | None = None
-        async with self._async_slots:
+        # Acquired and released by hand: `async with` would keep a bound `__aexit__` for as
+        # long as the execution lives.
+        slots = self._async_slots
+        await slots.acquire()
+        try:
             self._async_running += 1
             try:
+                # Partials, not lambdas: a lambda here would make a cell of each name it
+                # uses, kept for as long as the execution lives.
                 if not claimed:
                     claimed = await offload(
-                        lambda: self._claim_started(store, execution_id, held.token)
+                        functools.partial(self._claim_started, store, execution_id, held.token)
                     )
                 if claimed:
                     outcome = await _engine.execute_async(
                         store, execution_id, held.token, flow, held.runs, row, offload,
-                        self._alone_on_loop,
+                        self._alone,
                     )  # fmt: skip
                 if outcome is _engine.Outcome.SUSPENDED:
-                    await offload(lambda: self._note_suspended(store, execution_id))
+                    await offload(functools.partial(self._note_suspended, store, execution_id))
                 if self.refill is not None:
-                    nxt = await offload(lambda: self._next(store))
+                    nxt = await offload(functools.partial(self._next, store))
             except BaseException as exc:
                 log.exception("execution %s: its task on the event loop failed", execution_id)
                 held.escaped, outcome = exc, _engine.Outcome.FAULTED
@@ -384,6 +393,8 @@ class Executor:
             finally:
                 self._async_running -= 1
                 successor = self._ended(held, execution_id, outcome, nxt)
+        finally:
+            slots.release()
         if nxt is not None and successor is not None:
             self._dispatch(successor, nxt.execution_id, nxt.flow, True, nxt.row)
 
@@ -524,7 +535,7 @@ class Executor:
         if held is None:
             return False
         for run in held.runs:
-            run.cancel_event.set()
+            run.cancel()
         return True
 
     def release_all(self) -> None:
@@ -532,7 +543,7 @@ class Executor:
         with self._lock:
             runs = [run for held in self._held.values() for run in held.runs]
         for run in runs:
-            run.release_event.set()
+            run.release()
 
     def hand_back(self, grace: float) -> int:
         """Ask every execution running here to hand itself back (`queued`) at its next
@@ -605,7 +616,7 @@ class Executor:
         if not keys:
             return
         for run in runs:
-            run.release_event.set()
+            run.release()
         deadline = time.monotonic() + _EXIT_GRACE_SECONDS
         while time.monotonic() < deadline:
             with self._lock:
@@ -950,7 +961,7 @@ class Executor:
                 if cancel is None:
                     run.lease_lost = True
                 elif cancel:
-                    run.cancel_event.set()
+                    run.cancel()
 
 
 def _resolve(
@@ -1013,6 +1024,9 @@ def executor() -> Executor:
     if _executor is None:
         with _executor_lock:
             if _executor is None:
+                # The first execution this process runs: thresholds the user set by
+                # TETHER_GC_THRESHOLD apply from here (none: the process's are left alone).
+                apply_gc(owned=False)
                 _executor = Executor()
     return _executor
 

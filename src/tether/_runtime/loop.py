@@ -57,6 +57,8 @@ class SharedLoop:
         self.store_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=_STORE_THREADS, thread_name_prefix="tether-store"
         )
+        # One bound method for every execution that runs on the loop, not one each.
+        self.offload_bound = self.offload
         self._turned = time.monotonic()
         self.ended: str | None = None  # why the loop thread ended, once it has
         self._ready = threading.Event()
@@ -112,12 +114,16 @@ class SharedLoop:
         task is nobody's branch (a flow starting another execution does not lend it one)."""
         empty = contextvars.Context()
         if threading.get_ident() == self.thread.ident:
-            self.loop.call_soon(self._create, start, context=empty)
+            self.loop.call_soon(self._create, start, empty, context=empty)
         else:
-            self.loop.call_soon_threadsafe(self._create, start, context=empty)
+            self.loop.call_soon_threadsafe(self._create, start, empty, context=empty)
 
-    def _create(self, start: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        task = self.loop.create_task(start())
+    def _create(
+        self, start: Callable[[], Coroutine[Any, Any, Any]], empty: contextvars.Context
+    ) -> None:
+        # The task runs in `empty` itself, not in a copy of it: one Context less per live
+        # execution. (Its first step runs after this callback has left `empty`.)
+        task = self.loop.create_task(start(), context=empty)
         _running.add(task)
         task.add_done_callback(_running.discard)
 

@@ -19,7 +19,9 @@ from typing import Annotated
 
 import typer
 
-from ._common import EXIT_CODES, FAILED, State, debug_traceback, out
+from .._core import config as _config
+from ..errors import ConfigurationError
+from ._common import EXIT_CODES, FAILED, USAGE, State, debug_traceback, err, out
 from .executions import executions_app
 from .mcp_server import mcp_command
 from .memory import memory_app
@@ -80,6 +82,13 @@ def _main(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tether` command; returns the exit code."""
+    try:
+        # The command's own process, not a caller's (tests drive `app` itself): tether sets
+        # the collector's thresholds here, as TETHER_GC_THRESHOLD says or its own default.
+        _config.apply_gc(owned=True)
+    except ConfigurationError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return USAGE
     try:
         app(args=argv, prog_name="tether", standalone_mode=True)
     except SystemExit as exc:

@@ -148,14 +148,15 @@ class GroupCommit(Generic[T, R]):
             self._writer_wake.acquire()
             self._lead(gather=True, leader=None)
 
-    async def commit_async(self, item: T) -> R:
-        """`commit(item)` for a caller on an event loop: the loop is never blocked on the
-        write; the caller resumes once its item is durable."""
+    def commit_async(self, item: T) -> asyncio.Future[R]:
+        """`commit(item)` for a caller on an event loop, which awaits the future returned:
+        the loop is never blocked on the write; the caller resumes once its item is durable.
+        (A plain function returning the future, not a coroutine: one object less per commit.)"""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._inbox.append(_Waiter(item, self._key(item), future))
         if not self._leading:
             self._lead_if_idle()
-        return await future
+        return future
 
     def _lead_if_idle(self) -> None:
         # Whoever clears `_leading` looks at the inbox after it, so an item appended while

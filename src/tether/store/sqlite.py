@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import urllib.parse
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -278,17 +278,15 @@ class SQLiteStore(SqlStore):
             cursor = conn.execute(sql, params)
             return _Done(cursor.fetchall(), cursor.rowcount)
 
-    async def record_checkpoint_async(
+    def record_checkpoint_async(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
-    ) -> Commit:
+    ) -> Awaitable[Commit]:
         """Group commit: what executions on event loops commit while a write is in flight is
         written by the committer's thread in one transaction (one lock, one WAL append and
         commit instead of one each); each caller resumes only once its own row is durable.
         Sync callers keep the single statement of `record_checkpoint` (a lone flow pays no
         hand-off, and threads each block on their own write anyway)."""
-        return await self._group.commit_async(
-            CheckpointCommit(execution_id, token, row, tuple(events))
-        )
+        return self._group.commit_async(CheckpointCommit(execution_id, token, row, tuple(events)))
 
     def _write_checkpoints(self, batch: list[CheckpointCommit]) -> list[Commit]:
         """A batch of the group commit: one statement (a transaction with the events' insert

@@ -178,6 +178,9 @@ def test_cancel_cuts_short_a_sync_pause_between_attempts(client: tether.Client) 
 
     retry_until(paused, what="the first attempt to fail and the pause to begin")
     client.cancel(handle.id)
-    # Woken, the call makes its last attempt (as it always has after a cancel in the pause)
-    # and the execution ends: within seconds, not after the hour.
+    # Woken, the call makes no further attempt and the execution ends cancelled: within
+    # seconds, not after the hour.
     retry_until(lambda: handle.status() is not Status.RUNNING, timeout=30, what="the cancel")
+    assert handle.status() is Status.CANCELLED
+    [call] = client.get(handle.id).checkpoints
+    assert len(call.attempts) == 1

@@ -190,6 +190,9 @@ class Checkpoint(Generic[P, R]):
                         raise
                     raise failure from exc
                 run.pause(call.delay)
+                # A cancel (or a lost lease, a deadline) during the pause ends the call
+                # here: another attempt would run the function for an execution that stops.
+                run.boundary()
                 continue
             finally:
                 current_branch.reset(outside)
@@ -233,6 +236,7 @@ class Checkpoint(Generic[P, R]):
                         raise
                     raise failure from exc
                 await asyncio.sleep(call.delay)
+                run.boundary()
                 continue
             finally:
                 current_branch.reset(outside)

@@ -15,6 +15,7 @@ loop thread, in the log and as a `warning` event on its execution.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import contextvars
@@ -39,6 +40,18 @@ T = TypeVar("T")
 _STORE_THREADS = 4
 # How often the loop marks that it turns, and the watchdog looks.
 _TICK_SECONDS = 0.05
+
+# Set when the interpreter starts to exit: from then on the main thread tears the process
+# down (holding the GIL for long stretches) and a loop that does not turn is no stall.
+_exiting = False
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+
+
+atexit.register(_at_exit)
 
 
 class SharedLoop:
@@ -139,7 +152,7 @@ class SharedLoop:
             time.sleep(_TICK_SECONDS)
             turned = self._turned
             stalled = time.monotonic() - turned
-            if stalled < settings().slow_callback_seconds or turned == reported:
+            if stalled < settings().slow_callback_seconds or turned == reported or _exiting:
                 continue
             reported = turned
             try:

@@ -115,6 +115,10 @@ def test_a_bad_gc_threshold_in_the_environment_stops_the_command(db_url: str) ->
     done = run_cli(db_url, "executions", "list", TETHER_GC_THRESHOLD="lots")
     assert done.returncode == 2, done.stderr
     assert "TETHER_GC_THRESHOLD is one to three whole numbers" in done.stderr
+    # --version and --help still answer: they are how one finds out what went wrong.
+    version = run_cli(db_url, "--version", TETHER_GC_THRESHOLD="lots")
+    assert (version.returncode, version.stdout.strip()) == (0, f"tether {tether.__version__}")
+    assert run_cli(db_url, "--help", TETHER_GC_THRESHOLD="lots").returncode == 0
 
 
 def test_configure_sets_the_thresholds_and_fills_in_pythons_own(db_url: str) -> None:

@@ -72,6 +72,12 @@ def _main(
     ] = False,
 ) -> None:
     State.debug = debug
+    if State.owned:
+        try:
+            _config.apply_gc(owned=True)
+        except ConfigurationError as exc:
+            err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(USAGE) from None
     if not out.is_terminal and not os.environ.get("COLUMNS"):
         out.width = 120  # piped output is not cut at Rich's default of 80 columns
     # Modules named by --import or $TETHER_IMPORTS resolve from the working directory too,
@@ -82,13 +88,10 @@ def _main(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tether` command; returns the exit code."""
-    try:
-        # The command's own process, not a caller's (tests drive `app` itself): tether sets
-        # the collector's thresholds here, as TETHER_GC_THRESHOLD says or its own default.
-        _config.apply_gc(owned=True)
-    except ConfigurationError as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        return USAGE
+    # The command's own process, not a caller's (tests drive `app` itself): tether sets the
+    # collector's thresholds, as TETHER_GC_THRESHOLD says or its own default (in `_main`,
+    # after `--version` and `--help` had their say: a bad setting does not hide them).
+    State.owned = True
     try:
         app(args=argv, prog_name="tether", standalone_mode=True)
     except SystemExit as exc:

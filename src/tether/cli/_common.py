@@ -43,6 +43,7 @@ err = Console(stderr=True)
 
 class State:
     debug = False
+    owned = False  # the `tether` command's own process (`main`), not a caller driving `app`
 
 
 # The exit codes, one per class of outcome, the same for every command (the table is in

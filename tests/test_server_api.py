@@ -454,11 +454,16 @@ def test_an_execution_with_thousands_of_calls_is_read_a_window_at_a_time(
 
 
 def test_usage_totals_over_executions(procs: Processes, client: tether.Client) -> None:
-    for question in ("a", "b"):
-        assert server_flows.asking.run(question).result() == f"answer to {question}"
+    asked = [server_flows.asking.run(question) for question in ("a", "b")]
+    for question, handle in zip(("a", "b"), asked, strict=True):
+        assert handle.result() == f"answer to {question}"
     server_flows.greeting.run("no model").result()
     url = procs.server()
     with httpx.Client(base_url=url) as http:
+        # An execution's usage counts every call, those outside the window of calls read too.
+        past = http.get(f"/api/v1/executions/{asked[0].id}", params={"checkpoint_offset": 1})
+        assert past.json()["checkpoints"] == []
+        assert (past.json()["usage"]["input_tokens"], past.json()["checkpoints_done"]) == (100, 1)
         totals = http.get("/api/v1/usage").json()["usage"]
         assert (totals["input_tokens"], totals["output_tokens"], totals["requests"]) == (200, 40, 2)
         assert totals["cost_usd"] == pytest.approx(1.0)

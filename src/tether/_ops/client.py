@@ -188,10 +188,10 @@ class Client:
         events = self._store.get_events(execution_id)
         windowed = checkpoint_limit is not None or checkpoint_offset > 0
         if windowed:
-            outline = self._store.checkpoint_outline(execution_id)
-            end = None if checkpoint_limit is None else checkpoint_offset + checkpoint_limit
-            shown = [position for position, _, _ in outline[checkpoint_offset:end]]
-            calls = self._store.get_checkpoints_at(execution_id, shown)
+            window = self._store.checkpoint_window(
+                execution_id, offset=checkpoint_offset, limit=checkpoint_limit
+            )
+            calls = window.calls
         else:
             calls = self._store.get_checkpoints(execution_id)
         record = ExecutionRecord.from_row(
@@ -206,9 +206,9 @@ class Client:
             return record
         return dataclasses.replace(
             record,
-            checkpoint_count=len(outline),
-            checkpoints_done=sum(1 for _, status, _ in outline if status == "succeeded"),
-            usage=_usage.total(_usage.from_metadata(m) for _, _, m in outline)
+            checkpoint_count=window.total,
+            checkpoints_done=window.succeeded,
+            usage=_usage.total(_usage.from_metadata(m) for m in window.usage)
             + _usage.forgotten(events),
         )
 

@@ -7,6 +7,7 @@ import os
 from ..errors import ConfigurationError
 from ._base import (
     CheckpointRow,
+    CheckpointWindow,
     ChildStart,
     Claim,
     Commit,
@@ -26,6 +27,7 @@ from ._redact import redact
 
 __all__ = [
     "CheckpointRow",
+    "CheckpointWindow",
     "Claim",
     "ChildStart",
     "Commit",

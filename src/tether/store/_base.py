@@ -72,6 +72,18 @@ class CheckpointRow:
 
 
 @dataclass(slots=True)
+class CheckpointWindow:
+    """Some of an execution's checkpoint calls, in program order, with what a page showing
+    them says of all of them: how many there are (`total`), how many succeeded, and the
+    metadata of each call that recorded model usage (to total the usage)."""
+
+    calls: list[CheckpointRow]
+    total: int
+    succeeded: int
+    usage: list[str]
+
+
+@dataclass(slots=True)
 class WaitRow:
     execution_id: str
     name: str
@@ -474,9 +486,12 @@ class Store(abc.ABC):
         (the latest published value of a key: `_core.publish`), or None."""
 
     @abc.abstractmethod
-    def checkpoint_outline(self, execution_id: str) -> list[tuple[str, str, str | None]]:
-        """(position, status, metadata) of each recorded checkpoint call of an execution, in
-        program order: no result, error or attempts, so cheap for thousands of calls."""
+    def checkpoint_window(
+        self, execution_id: str, *, offset: int, limit: int | None
+    ) -> CheckpointWindow:
+        """The recorded calls of an execution from `offset` in program order (at most
+        `limit`; None: all), with the count, succeeded count and usage metadata of all its
+        calls. Reads whole rows for the window only, so cheap for thousands of calls."""
 
     @abc.abstractmethod
     def get_checkpoints_at(

@@ -459,10 +459,10 @@ def test_sqlite_executions_list_finds_each_rows_pending_wait_by_its_execution(
     assert on_waits and all("waits_pending_input (execution_id=?)" in p for p in on_waits), plan
 
 
-def test_a_window_of_calls_in_program_order_counts_them_all(store: Store) -> None:
+def test_the_outline_of_calls_is_in_program_order_and_counts_them_all(store: Store) -> None:
     insert(store, [row("e1", "succeeded"), row("e2", "succeeded")])
     positions = ["10", "2.1", "[a].0", "0", "2", "2.0", "1"]
-    usage = '{"tether.usage": {"requests": 1}}'
+    usage = '{"tether.usage": {"requests": %d}}'
     sql_store: Any = store
     with sql_store._transaction() as conn:
         sql_store._executemany(
@@ -470,25 +470,21 @@ def test_a_window_of_calls_in_program_order_counts_them_all(store: Store) -> Non
             "INSERT INTO checkpoints (execution_id, position, name, fingerprint, status, "
             "started_at, finished_at, metadata) VALUES (?, ?, 'step', 'f', ?, ?, ?, ?)",
             [("e1", p, "failed" if p == "1" else "succeeded", T0, T0,
-              usage if p in ("2", "10") else f'{{"p": "{p}"}}')
-             for p in positions] + [("e2", "0", "succeeded", T0, T0, usage)],
+              usage % int(p) if p in ("2", "10") else f'{{"p": "{p}"}}')
+             for p in positions] + [("e2", "0", "succeeded", T0, T0, usage % 0)],
         )  # fmt: skip
     order = ["0", "1", "2", "2.0", "2.1", "10", "[a].0"]
-    whole = store.checkpoint_window("e1", offset=0, limit=None)
-    assert [c.position for c in whole.calls] == order
-    assert (whole.total, whole.succeeded, whole.usage) == (7, 6, [usage, usage])
-    window = store.checkpoint_window("e1", offset=4, limit=2)
-    assert [c.position for c in window.calls] == ["2.1", "10"]
-    assert (window.total, window.succeeded, len(window.usage)) == (7, 6, 2)
-    assert store.checkpoint_window("e1", offset=7, limit=50).calls == []
-    # The flow body's calls alone take the short way to program order; the same order.
-    assert [c.position for c in store.checkpoint_window("e2", offset=0, limit=1).calls] == ["0"]
-    found = store.get_checkpoints_at("e1", ["[a].0", "2.1", "10", "nowhere"])
-    assert [c.position for c in found] == ["2.1", "10", "[a].0"]
+    outline = store.checkpoint_outline("e1")
+    assert outline.positions == order
+    # Only the metadata that holds usage is read, in program order.
+    assert (outline.succeeded, outline.usage) == (6, [usage % 2, usage % 10])
+    assert store.checkpoint_outline("e2").positions == ["0"]
+    empty = store.checkpoint_outline("nowhere")
+    assert (empty.positions, empty.succeeded, empty.usage) == ([], 0, [])
+    window = store.get_checkpoints_at("e1", ["[a].0", "2.1", "10", "nowhere"])
+    assert [c.position for c in window] == ["2.1", "10", "[a].0"]
     assert store.get_checkpoints_at("e1", []) == []
     assert [c.position for c in store.get_checkpoints_at("e2", order)] == ["0"]
-    empty = store.checkpoint_window("nowhere", offset=0, limit=10)
-    assert (empty.calls, empty.total, empty.succeeded, empty.usage) == ([], 0, 0, [])
 
 
 def test_program_order_of_the_flow_body_sorts_by_number() -> None:

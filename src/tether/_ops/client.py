@@ -61,6 +61,7 @@ from ..store import (
     WaitRow,
     redact,
 )
+from . import outlines as _outlines
 from . import tokens as _tokens
 from .recovery import Follower, Left
 from .tokens import TokenInfo
@@ -131,6 +132,7 @@ class Client:
 
     def __init__(self, db: str | None = None, *, readonly: bool | None = None) -> None:
         self._store: Store = store_for(db, readonly=readonly)
+        self._outlines = _outlines.Outlines()
 
     @property
     def db(self) -> str:
@@ -188,10 +190,10 @@ class Client:
         events = self._store.get_events(execution_id)
         windowed = checkpoint_limit is not None or checkpoint_offset > 0
         if windowed:
-            window = self._store.checkpoint_window(
-                execution_id, offset=checkpoint_offset, limit=checkpoint_limit
-            )
-            calls = window.calls
+            outline = self._outline(row)
+            end = None if checkpoint_limit is None else checkpoint_offset + checkpoint_limit
+            shown = outline.positions[checkpoint_offset:end]
+            calls = self._store.get_checkpoints_at(execution_id, shown)
         else:
             calls = self._store.get_checkpoints(execution_id)
         record = ExecutionRecord.from_row(
@@ -206,10 +208,9 @@ class Client:
             return record
         return dataclasses.replace(
             record,
-            checkpoint_count=window.total,
-            checkpoints_done=window.succeeded,
-            usage=_usage.total(_usage.from_metadata(m) for m in window.usage)
-            + _usage.forgotten(events),
+            checkpoint_count=len(outline.positions),
+            checkpoints_done=outline.succeeded,
+            usage=outline.usage + _usage.forgotten(events),
         )
 
     def summary(self, execution_id: str) -> ExecutionRecord:
@@ -883,6 +884,22 @@ class Client:
 
     def _row(self, execution_id: str) -> ExecutionRow:
         return stored_execution(self._store, execution_id)
+
+    def _outline(self, row: ExecutionRow) -> _outlines.Outline:
+        """The outline of an execution's calls; kept while it is finished (see `_outlines`)."""
+        key = (row.id, row.status, row.updated_at)
+        finished = Status(row.status).finished
+        if finished and (kept := self._outlines.get(key)) is not None:
+            return kept
+        read = self._store.checkpoint_outline(row.id)
+        outline = _outlines.Outline(
+            tuple(read.positions),
+            read.succeeded,
+            _usage.total(_usage.from_metadata(m) for m in read.usage),
+        )
+        if finished:
+            self._outlines.put(key, outline)
+        return outline
 
     def _take(self, row: ExecutionRow, now: float) -> str | None:
         """Compare-and-swap the lease to this process; the new token, or None if we lost."""

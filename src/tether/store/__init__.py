@@ -6,8 +6,8 @@ import os
 
 from ..errors import ConfigurationError
 from ._base import (
+    CheckpointOutline,
     CheckpointRow,
-    CheckpointWindow,
     ChildStart,
     Claim,
     Commit,
@@ -26,8 +26,8 @@ from ._base import (
 from ._redact import redact
 
 __all__ = [
+    "CheckpointOutline",
     "CheckpointRow",
-    "CheckpointWindow",
     "Claim",
     "ChildStart",
     "Commit",

@@ -72,13 +72,12 @@ class CheckpointRow:
 
 
 @dataclass(slots=True)
-class CheckpointWindow:
-    """Some of an execution's checkpoint calls, in program order, with what a page showing
-    them says of all of them: how many there are (`total`), how many succeeded, and the
-    metadata of each call that recorded model usage (to total the usage)."""
+class CheckpointOutline:
+    """What a page of an execution's checkpoint calls says of all of them: their positions in
+    program order, how many succeeded, and the metadata of each call that recorded model
+    usage (to total it), in program order."""
 
-    calls: list[CheckpointRow]
-    total: int
+    positions: list[str]
     succeeded: int
     usage: list[str]
 
@@ -486,12 +485,9 @@ class Store(abc.ABC):
         (the latest published value of a key: `_core.publish`), or None."""
 
     @abc.abstractmethod
-    def checkpoint_window(
-        self, execution_id: str, *, offset: int, limit: int | None
-    ) -> CheckpointWindow:
-        """The recorded calls of an execution from `offset` in program order (at most
-        `limit`; None: all), with the count, succeeded count and usage metadata of all its
-        calls. Reads whole rows for the window only, so cheap for thousands of calls."""
+    def checkpoint_outline(self, execution_id: str) -> CheckpointOutline:
+        """The outline of an execution's recorded calls: no result, error or attempts, so
+        cheap for thousands of calls (`get_checkpoints_at` then reads the ones shown)."""
 
     @abc.abstractmethod
     def get_checkpoints_at(

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._base import (
+    CheckpointOutline,
     CheckpointRow,
-    CheckpointWindow,
     Commit,
     EventRow,
     memory_write_key,
@@ -64,14 +64,11 @@ class CheckpointsSql(SqlBase):
         )
         return None if found is None else CheckpointRow(*found)
 
-    def checkpoint_window(
-        self, execution_id: str, *, offset: int, limit: int | None
-    ) -> CheckpointWindow:
-        # One walk over the calls for what the page says of all of them, bringing back only
-        # small values: a call's result stays in the database unless the window shows it, and
-        # so does metadata without usage (most of it; the LIKE is `usage_records`'). Faster
-        # than a query per figure on both databases (PostgreSQL plans a UNION of two of them
-        # with parallel workers, costly on a busy machine).
+    def checkpoint_outline(self, execution_id: str) -> CheckpointOutline:
+        # One walk over the calls bringing back only small values: a call's result stays in
+        # the database, and so does metadata without usage (most of it; the LIKE is
+        # `usage_records`'). Faster than a query per figure on both databases (PostgreSQL
+        # plans a UNION of two with parallel workers, costly on a busy machine).
         rows = self._all(
             "SELECT position, CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END, "
             "CASE WHEN metadata LIKE ? THEN metadata END "
@@ -80,12 +77,10 @@ class CheckpointsSql(SqlBase):
         )
         positions = [str(position) for position, _, _ in rows]
         program_order(positions)
-        end = None if limit is None else offset + limit
         usage = [(str(p), str(m)) for p, _, m in rows if m is not None]
-        usage.sort(key=lambda pair: sort_key(pair[0]))  # totalled in program order, as ever
-        return CheckpointWindow(
-            calls=self.get_checkpoints_at(execution_id, positions[offset:end]),
-            total=len(positions),
+        usage.sort(key=lambda pair: sort_key(pair[0]))
+        return CheckpointOutline(
+            positions=positions,
             succeeded=sum(int(done) for _, done, _ in rows),
             usage=[m for _, m in usage],
         )

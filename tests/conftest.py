@@ -7,6 +7,7 @@ is SQLite: a fresh file per test.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,19 @@ import tether
 from backend import BACKEND, fresh_database
 from helpers import FakeClock
 from tether._core import config as _config
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the processes the tests start a working Ctrl-C, however pytest itself was started.
+
+    A shell that starts a command in the background without job control starts it with
+    SIGINT ignored, children inherit an ignored signal, and Python installs no
+    KeyboardInterrupt handler in a process that starts with SIGINT ignored: the tests that
+    press Ctrl-C on a `tether` process would then see it run on. A handled signal is reset to
+    the default in a child at exec, so handling it here restores the default there.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,15 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 # The frameworks tether is built on: each needs a lower bound, pinned by the floor run.
-FRAMEWORKS = {"pydantic-ai-slim", "pydantic", "genai-prices", "psycopg", "typer", "rich"}
+FRAMEWORKS = {
+    "pydantic-ai-slim",
+    "pydantic",
+    "genai-prices",
+    "psycopg",
+    "typer",
+    "rich",
+    "croniter",
+}
 # Pinned too, though not declared: they come with psycopg's extras.
 EXTRAS_OF_PSYCOPG = {"psycopg-binary", "psycopg-pool"}
 

@@ -11,7 +11,8 @@ PUBLIC = {
     "Attempt", "Cancelled", "Checkpoint", "CheckpointError", "CheckpointRecord",
     "CheckpointStatus", "CheckpointTimeout", "Client", "ConfigurationError", "Current",
     "DivergenceError", "ErrorInfo", "Event", "ExecutionCancelled", "ExecutionFailed",
-    "ExecutionLocked", "ExecutionNotFound", "ExecutionRecord", "Flow", "FlowNotFoundError",
+    "ExecutionLocked", "ExecutionNotFound", "ExecutionRecord", "ExecutionTimedOut", "Flow",
+    "FlowNotFoundError",
     "Handle", "InvalidStateError", "NotInFlowError", "ResultTimeout", "SerializationError",
     "Status", "StoreError", "TetherError", "UnguardedScriptError", "UsageError", "__version__",
     "checkpoint", "configure", "current", "errors", "flow", "log",
@@ -24,6 +25,8 @@ PUBLIC = {
     "MessageAlreadySent", "MessageRecord",
     # values a flow publishes while it runs
     "NotPublished", "publish",
+    # schedules (cron and intervals)
+    "ScheduleNotFound", "ScheduleRecord",
     # operating executions
     "LogRecord",
     # queues and the fleet

@@ -278,6 +278,26 @@ def test_a_webhook_sends_before_the_wait_and_the_flow_takes_it(
         _error(http.post(path, json={"value": True}), 409, "InvalidStateError")
 
 
+def test_start_takes_a_delay_and_a_deadline_and_refuses_bad_times(procs: Processes) -> None:
+    url = procs.server()
+    path = "/api/v1/flows/greeting/executions"
+    with httpx.Client(base_url=url) as http:
+        started = http.post(path, json={"args": ["later"], "delay": 3600, "deadline": 60})
+        assert started.status_code == 201, started.text
+        shown = http.get(f"/api/v1/executions/{started.json()['id']}").json()
+        assert shown["status"] == "queued" and shown["not_before"] is not None
+        assert shown["deadline_after"] == 60 and shown["deadline"] is None
+        at = http.post(path, json={"args": ["x"], "deadline": "2999-01-01T00:00:00+00:00"})
+        assert at.json()["deadline"].startswith("2999-01-01"), at.text
+        naive = _error(
+            http.post(path, json={"args": ["x"], "not_before": "2999-01-01T00:00:00"}),
+            400,
+            "UsageError",
+        )
+        assert "time zone" in naive["message"]
+        _error(http.post(path, json={"args": ["x"], "delay": -1}), 422, "RequestValidationError")
+
+
 def test_start_validates_arguments_against_the_flow_signature(
     procs: Processes, client: tether.Client
 ) -> None:
@@ -704,3 +724,28 @@ def test_events_stream_resumes_from_last_event_id(procs: Processes, client: teth
         _error(http.get("/api/v1/executions/nope/events"), 404, "ExecutionNotFound")
         _error(http.get(path, headers={"Last-Event-ID": "x"}), 400, "UsageError")
         _error(http.get(path, headers={"Last-Event-ID": str(2**64)}), 400, "UsageError")
+
+
+def test_schedules_listed_paused_and_resumed(
+    procs: Processes, tokens: dict[str, str], db_url: str
+) -> None:
+    from tether._core.config import store_for
+    from tether.store import ScheduleRow
+
+    store_for().ensure_schedule(ScheduleRow("nightly", "0 3 * * *", False, 0.0, 10_800.0, 0.0))
+    url = procs.server()
+    with httpx.Client(base_url=url, headers=_auth(tokens["read"])) as http:
+        [listed] = http.get("/api/v1/schedules").json()["items"]
+        assert listed == {
+            "name": "nightly", "spec": "0 3 * * *", "paused": False,
+            "last_tick": "1970-01-01T00:00:00+00:00", "next_tick": "1970-01-01T03:00:00+00:00",
+        }  # fmt: skip
+        _error(http.post("/api/v1/schedules/nightly/pause", json={}), 403, "Forbidden")
+    with httpx.Client(base_url=url, headers=_auth(tokens["operate"])) as http:
+        assert http.post("/api/v1/schedules/nightly/pause", json={}).json()["paused"] is True
+        assert tether.Client().schedules()[0].paused
+        assert http.post("/api/v1/schedules/nightly/resume", json={}).json()["paused"] is False
+        missing = _error(
+            http.post("/api/v1/schedules/daily/pause", json={}), 404, "ScheduleNotFound"
+        )
+        assert "schedules: nightly" in missing["message"]

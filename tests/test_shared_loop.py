@@ -4,8 +4,10 @@ group commit, crashes, and the slow-callback warning."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sqlite3
+import sys
 import textwrap
 import threading
 import time
@@ -21,6 +23,7 @@ from backend import BACKEND
 from helpers import retry_until, run_child
 from tether import Status
 from tether._core.config import store_for
+from tether._runtime.loop import shared_loop
 from tether.store import CheckpointRow, Claim, Commit, ExecutionRow
 
 
@@ -159,6 +162,26 @@ def test_a_blocking_call_in_an_async_checkpoint_is_named_in_a_warning(
     assert "sleeps_blocking" in events[0].message
     assert "blocked the event loop" in events[0].message
     assert events[0].position == "0"
+
+
+def test_a_stall_while_the_loop_was_idle_blames_the_cpu_not_the_selector(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An idle loop thread sits in its selector's wait; a stall seen then (its select returned
+    # but the thread did not get the GIL back) is no code of the user's, and saying that
+    # "select blocks it" sent people looking for a blocking call that was not there.
+    handle = loop_flows.steady.run(1)
+    handle.result(timeout=30)
+    loop = shared_loop()
+    retry_until(
+        lambda: "select" in str(sys._current_frames().get(loop.thread.ident or 0)),
+        what="the loop thread to wait in its selector",
+    )
+    with caplog.at_level(logging.WARNING, logger="tether"):
+        loop._report(1.5)
+    assert "had nothing to run" in caplog.text
+    assert "holds the GIL" in caplog.text
+    assert "select" not in caplog.text
 
 
 KILLED = textwrap.dedent(

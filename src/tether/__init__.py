@@ -36,6 +36,7 @@ from ._core.serde import StoredValue
 from ._core.status import CheckpointStatus, Status
 from ._core.waits import sleep, wait
 from ._ops.client import Client
+from ._ops.schedules import ScheduleRecord
 from ._runtime.executor import launch
 from ._runtime.flow import Flow, Starter, flow
 from ._runtime.handle import Handle
@@ -65,6 +66,7 @@ from .errors import (
     ExecutionFailed,
     ExecutionLocked,
     ExecutionNotFound,
+    ExecutionTimedOut,
     FlowNotFoundError,
     InputTooLarge,
     InputValidationError,
@@ -74,6 +76,7 @@ from .errors import (
     NotPublished,
     PickleRefused,
     ResultTimeout,
+    ScheduleNotFound,
     SerializationError,
     StoreBusy,
     StoreCorrupt,
@@ -116,6 +119,7 @@ __all__ = [
     "ExecutionLocked",
     "ExecutionNotFound",
     "ExecutionRecord",
+    "ExecutionTimedOut",
     "Flow",
     "FlowNotFoundError",
     "Handle",
@@ -131,6 +135,8 @@ __all__ = [
     "PickleRefused",
     "Queue",
     "ResultTimeout",
+    "ScheduleNotFound",
+    "ScheduleRecord",
     "SerializationError",
     "Starter",
     "Status",

@@ -36,11 +36,13 @@ Exception
     ├── WaitAlreadyResolved         the wait already has its input (another one won)
     ├── MessageAlreadySent          a message sent to that wait is not delivered yet (one per wait)
     ├── NotPublished                an execution that ended published no value under that key
+    ├── ScheduleNotFound            no scheduled flow of that name has run on a worker yet
     ├── InputValidationError        input does not match the wait's schema (has .errors)
     │   └── InputTooLarge           input over the size limit
     ├── BudgetExceeded              the next model call would go over the flow's Budget
     ├── ExecutionFailed             Handle.result() of a failed execution
     ├── ExecutionCancelled          Handle.result() of a cancelled execution
+    │   └── ExecutionTimedOut       ... cancelled because its deadline passed
     ├── ResultTimeout               Handle.result(timeout=...) ran out (also a TimeoutError)
     ├── MemoryKeyError              no such memory key or version (also a LookupError)
     ├── MemoryConflictError         set(if_version=) found a newer version: read it again
@@ -96,6 +98,7 @@ __all__ = [
     "PickleRefused",
     "Released",
     "ResultTimeout",
+    "ScheduleNotFound",
     "SerializationError",
     "StoreBusy",
     "StoreCorrupt",
@@ -376,6 +379,12 @@ class ExecutionCancelled(TetherError):
     """The execution was cancelled before it finished."""
 
 
+class ExecutionTimedOut(ExecutionCancelled):
+    """The execution was cancelled because its deadline (`@tether.flow(deadline=...)`,
+    `flow.options(deadline=...)`) passed before it finished; its unfinished children were
+    cancelled with it. The message says when the deadline was."""
+
+
 class WaitTimeout(TetherError, TimeoutError):
     """Raised inside the flow by `tether.wait(timeout=...)` when the deadline passed with no
     input and no `default` was given. The flow may catch it."""
@@ -404,6 +413,12 @@ class MessageAlreadySent(TetherError):
 class NotPublished(TetherError, LookupError):
     """`Client.get_published()`: the execution has ended without publishing a value under
     that key (`tether.publish`), so none will come."""
+
+
+class ScheduleNotFound(TetherError, LookupError):
+    """No schedule of that name is in the store: no worker (or `tether.launch()` process)
+    that loaded the scheduled flow has run against it yet. The message lists the known
+    ones."""
 
 
 class InputValidationError(TetherError, ValueError):

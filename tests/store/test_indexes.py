@@ -529,15 +529,16 @@ def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     )
 
 
-LATEST = 14  # migrations/*/0014_list_waits.sql
+LATEST = 16  # migrations/*/0016_schedules.sql
 
-# Columns of executions that this code writes and schemas before v11 lack. A test that has
+# Columns of executions that this code writes and schemas before v11 (v15) lack. A test that has
 # this code write data into an older database adds them for the writes and drops them again
 # before the database migrates, so it migrates as that version left it.
 V11_COLUMNS = {
     "takeovers": "INTEGER NOT NULL DEFAULT 0",
     "progress_mark": "INTEGER NOT NULL DEFAULT 0",
     "not_before": "DOUBLE PRECISION",
+    "deadline": "DOUBLE PRECISION",  # v15
 }
 
 

@@ -47,6 +47,8 @@ class Run:
     __slots__ = (
         "allow_pickle",
         "cancel_event",
+        "clock",
+        "deadline",
         "diverged",
         "execution_id",
         "fault",
@@ -61,6 +63,7 @@ class Run:
         "spend",
         "store",
         "strict",
+        "timed_out",
         "token",
         "wait_names",
         "wait_positions",
@@ -93,6 +96,11 @@ class Run:
         self.wait_positions: dict[str, str] = {w.position: w.name for w in waits or ()}
         self.wait_names: dict[str, str] = {}
         self.cancel_event = threading.Event()
+        # The execution's deadline (on `clock`, the timers' clock) and whether a boundary
+        # found it past: the run then ends as cancelled with the deadline as the reason.
+        self.deadline: float | None = None
+        self.clock: Callable[[], float] = time.time
+        self.timed_out = False
         self.release_event = threading.Event()
         self.lease_lost = False
         # Checkpoint calls running now, position -> (name, started): published by the
@@ -121,6 +129,11 @@ class Run:
         if self.lease_lost:
             raise LeaseLost(self.execution_id)
         if self.cancel_event.is_set():
+            raise Cancelled(self.execution_id)
+        if self.deadline is not None and self.clock() >= self.deadline:
+            # Checked here, where a cancel takes effect, rather than by the lease loop: a
+            # float comparison per call, no read, and the same point a cancel would stop at.
+            self.timed_out = True
             raise Cancelled(self.execution_id)
         if self.release_event.is_set() or self.fault is not None:
             raise Released(self.execution_id)

@@ -62,8 +62,10 @@ from ..store import (
     redact,
 )
 from . import outlines as _outlines
+from . import schedules as _schedules
 from . import tokens as _tokens
 from .recovery import Follower, Left
+from .schedules import ScheduleRecord
 from .tokens import TokenInfo
 
 
@@ -846,6 +848,19 @@ class Client:
     def authenticate(self, secret: str) -> TokenInfo | None:
         """The active token whose secret `secret` is, or None (unknown or revoked)."""
         return _tokens.check(self._store, secret)
+
+    def schedules(self) -> builtins.list[ScheduleRecord]:
+        """Every schedule in the store, by name: spec, paused, last and next tick."""
+        return [ScheduleRecord.from_row(r) for r in self._store.list_schedules()]
+
+    def pause_schedule(self, name: str) -> ScheduleRecord:
+        """Pause a schedule across the fleet: its ticks pass without starting executions
+        (resuming does not fire them later). `ScheduleNotFound` lists the known names."""
+        return _schedules.set_paused(self._store, name, True)
+
+    def resume_schedule(self, name: str) -> ScheduleRecord:
+        """Resume a paused schedule: its next tick starts an execution again."""
+        return _schedules.set_paused(self._store, name, False)
 
     def events(self, execution_id: str, *, after: int = 0) -> builtins.list[Event]:
         """Everything noted on an execution (output, logs, warnings, input, retries...), in

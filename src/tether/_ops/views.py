@@ -32,6 +32,7 @@ from .._runtime.records import (
 )
 from .._spend import usage as _usage
 from .._spend.usage import Usage
+from .schedules import ScheduleRecord
 from .tokens import TokenInfo
 
 
@@ -98,6 +99,9 @@ def execution_json(record: ExecutionRecord, *, full: bool = False) -> dict[str, 
         "parent_id": record.parent_id,
         "replay_of": record.replay_of,
         "wake_at": iso(record.wake_at),
+        "deadline": iso(record.deadline),
+        "deadline_after": record.deadline_after,
+        "not_before": iso(record.not_before),
         "result": as_data(record.result_json),
         "error": error_json(record.error),
         "running": progress_json(record),
@@ -236,6 +240,17 @@ def token_json(token: TokenInfo) -> dict[str, Any]:
         "scope": token.scope,
         "created_at": iso(token.created_at),
         "revoked_at": iso(token.revoked_at),
+    }
+
+
+def schedule_json(schedule: ScheduleRecord) -> dict[str, Any]:
+    """A schedule as listed: its spec, paused flag, last and next tick."""
+    return {
+        "name": schedule.name,
+        "spec": schedule.spec,
+        "paused": schedule.paused,
+        "last_tick": iso(schedule.last_tick),
+        "next_tick": iso(schedule.next_tick),
     }
 
 

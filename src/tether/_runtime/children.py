@@ -76,7 +76,8 @@ def start(
     row.parent_id = run.execution_id
     runner = executor() if local else None
     claim = None
-    if runner is not None:
+    delayed = row.not_before is not None
+    if runner is not None and not delayed:
         # Inserted already leased to this process, as Flow.run() does: no worker takes it
         # between the insert and the start.
         claim = runner.claim()
@@ -109,8 +110,11 @@ def start(
         if existing is not None and existing.flow != row.flow:
             raise run.diverge(DivergenceError(position, PREFIX + existing.flow, name))
     run.recorded[position] = record
-    if outcome is ChildStart.STARTED and runner is not None and claim is not None:
-        runner.start(run.store, row.id, claim.token, flow)
+    if outcome is ChildStart.STARTED and runner is not None:
+        if claim is not None:
+            runner.start(run.store, row.id, claim.token, flow)
+        else:
+            runner.park(run.store, row.id)  # a delayed start: its time has not come
     return Handle(row.id, run.store, parent=run.execution_id)
 
 

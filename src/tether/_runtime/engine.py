@@ -40,6 +40,7 @@ from ..errors import (
     Suspended,
 )
 from ..store import CheckpointRow, EventRow, ExecutionRow, Store, WaitRow
+from . import deadlines as _deadlines
 
 T = TypeVar("T")
 log = logging.getLogger("tether.engine")
@@ -183,13 +184,15 @@ async def execute_async(
 
 def _nothing_to_load(claimed: ExecutionRow | None, token: str) -> bool:
     # A crash loop's check may write (see _crash_loop): not on the loop thread.
-    # Nor a re-entry (attempt > 1): it notes how it came back (see _note_entry).
+    # Nor a re-entry (attempt > 1): it notes how it came back (see _note_entry). Nor a
+    # deadline to fix or past (see _deadlines.settled).
     return (
         claimed is not None
         and claimed.lease_token == token
         and claimed.has_history is False
         and claimed.takeovers < 2
         and claimed.attempt <= 1
+        and _deadlines.settled(claimed)
     )
 
 
@@ -233,6 +236,13 @@ def prepare(
         row = store.get_execution(execution_id)
         if row is None or row.lease_token != token:
             return Outcome.LOST  # cancelled or taken over before it started
+    if not _deadlines.fix(store, row, token):
+        return Outcome.LOST
+    if row.deadline is not None and settings().clock() >= row.deadline:
+        # Claimed at (or after) its deadline: a parked execution's wake_at brought it here,
+        # or it was queued past it. Nothing more runs.
+        ended = _deadlines.time_out(store, row.id, token, row.deadline)
+        return Outcome.FINISHED if ended else Outcome.LOST
     if row.takeovers >= 2:
         stopped = _crash_loop(store, row, token)
         if stopped is not None:
@@ -261,6 +271,7 @@ def prepare(
         waits=waits,
         spend=_budget.RunSpend(_budget.from_options(row.options)),
     )
+    run.deadline, run.clock = row.deadline, config.clock
     runs.append(run)
     if row.cancel_requested:
         run.cancel_event.set()
@@ -429,7 +440,7 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
             raise attempt.error
         if run.diverged is not None:
             raise run.diverged
-        if run.cancel_event.is_set():
+        if run.cancel_event.is_set() or run.timed_out:
             raise Cancelled(execution_id)
         result = _serde.dumps(
             attempt.value, allow_pickle=run.allow_pickle, root=f"result of flow {row.flow!r}"
@@ -438,6 +449,9 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
         if run.diverged is not None:
             return _fail(store, run, run.diverged)
         wait, wake_at = signal.wait, signal.wake_at
+        if run.deadline is not None and (wake_at is None or run.deadline < wake_at):
+            # Woken at its deadline by whoever claims due timers, to be ended there.
+            wake_at = run.deadline
         if persist(
             lambda: store.suspend(execution_id, token, wait=wait, wake_at=wake_at, now=clock())
         ):
@@ -462,6 +476,9 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
         run.warn(None, f"could not be resumed here: {exc}")
         return Outcome.RELEASED
     except Cancelled:
+        if run.timed_out and run.deadline is not None:
+            ended = _deadlines.time_out(store, execution_id, token, run.deadline)
+            return Outcome.FINISHED if ended else Outcome.LOST
         persist(
             lambda: store.finish(
                 execution_id, token, status=Status.CANCELLED, result=None, error=None, now=clock()

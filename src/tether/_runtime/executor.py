@@ -44,6 +44,7 @@ from .adoption import (
 )
 from .engine import Runnable, load_flow
 from .loop import SharedLoop, shared_loop
+from .schedules import Firer
 
 log = logging.getLogger("tether.executor")
 
@@ -181,6 +182,8 @@ class Executor:
         # of the waker's scans per store, executions given input in this process (claimed
         # at once), and what was adopted (handed back at exit).
         self._adopting: dict[int, Store] = {}
+        # Per adopted store: fires the ticks of the scheduled flows loaded here.
+        self._firers: dict[int, Firer] = {}
         self._scans: dict[int, ScanState] = {}
         self._woken: set[str] = set()
         self._adopted: set[tuple[int, str]] = set()
@@ -232,6 +235,25 @@ class Executor:
         its input, its timer or the end of its crash-loop pause comes)."""
         with self._lock:
             return any(key[1] == execution_id for key in (*self._held, *self._parked))
+
+    def park(self, store: Store, execution_id: str) -> None:
+        """Remember a queued execution that is not runnable yet (a delayed start): the waker
+        claims it here once it is."""
+        with self._lock:
+            if (id(store), execution_id) not in self._held:
+                self._parked[(id(store), execution_id)] = store
+        try:
+            # The note adoption reads: if this process is gone when the time comes, the
+            # application's next process takes the execution over (a worker would anyway).
+            store.add_event(
+                EventRow(execution_id, None, time.time(), "info", HANDBACK_EVENT,
+                         f"a delayed start: pid {os.getpid()} on {_HOST} starts it when due",
+                         note_data(self.owner))
+            )  # fmt: skip
+        except Exception:
+            log.debug("execution %s: could not note its delayed start", execution_id, exc_info=True)
+        self.adopt_from(store)
+        self._ensure_waker()
 
     def held_count(self) -> int:
         with self._lock:
@@ -626,6 +648,8 @@ class Executor:
     def _wake_round(self, rounds: int) -> None:
         if self._faulted:
             self._release_faulted()
+        if self.parking and settings().adopt:
+            self._fire_schedules()
         with self._lock:
             by_store: dict[int, tuple[Store, set[str]]] = {
                 key: (store, set()) for key, store in self._adopting.items()
@@ -640,6 +664,7 @@ class Executor:
                         self._parked.pop((key, execution_id), None)
                     self._adopting.pop(key, None)
                     self._scans.pop(key, None)
+                    self._firers.pop(key, None)
                 continue
             try:
                 self._scan_store(store, ids, woken & ids, rounds)
@@ -651,6 +676,27 @@ class Executor:
                     len(ids),
                     ", ".join(sorted(ids)[:3]),
                     _describe(exc),
+                )
+
+    def _fire_schedules(self) -> None:
+        """A process that adopts its stranded work (`tether.launch()`) also starts the due
+        ticks of the scheduled flows it loaded, and runs them itself: a queued execution
+        nobody parked is the workers' and would not be adopted here."""
+        with self._lock:
+            stores = [s for s in self._adopting.values() if not s.closed]
+        for store in stores:
+            firer = self._firers.setdefault(id(store), Firer())
+            try:
+                fired = firer.fire(store, settings().clock(), self.claim)
+            except Exception as exc:
+                self._complain(
+                    "schedules", "cannot fire schedules: %s; trying again", _describe(exc)
+                )
+                continue
+            for scheduled, row in fired:
+                row.has_history = False
+                self.start(
+                    store, row.id, row.lease_token or "", scheduled.flow, claimed=True, row=row
                 )
 
     def _release_faulted(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import inspect
 import sys
@@ -21,8 +22,10 @@ from .._spend.budget import Budget
 from ..errors import UsageError
 from ..store import ExecutionRow, Store
 from . import children as _children
+from . import deadlines as _deadlines
 from . import queues as _queues
 from . import replay as _replay
+from . import schedules as _schedules
 from .handle import Handle, launch, new_execution_id
 from .queues import Queue
 
@@ -41,11 +44,23 @@ class Flow(Generic[P, R]):
         name: str | None,
         queue: Queue | str | None = None,
         budget: Budget | None = None,
+        deadline: float | dt.timedelta | None = None,
+        schedule: str | dt.timedelta | None = None,
+        schedule_args: Sequence[Any] = (),
+        schedule_kwargs: Mapping[str, Any] | None = None,
+        catchup: _schedules.Catchup = "latest",
     ) -> None:
         self.fn = fn
         self.name = name or fn.__qualname__
         self.queue = _queues.name_of(queue)
         self.budget = _budget.checked(budget)
+        if isinstance(deadline, dt.datetime):
+            raise UsageError(
+                "@tether.flow(deadline=) is a duration (seconds or a timedelta) counted from "
+                "each execution's start; give a datetime per start with "
+                "flow.options(deadline=...)"
+            )
+        self.deadline = _deadlines.checked_deadline(deadline)
         if getattr(fn, "__name__", None) == "<lambda>":
             # An execution is resumed (by a worker, `recover`, after a crash) by finding its
             # flow again by name; a lambda has none, so it would be started and never resumed.
@@ -59,12 +74,71 @@ class Flow(Generic[P, R]):
         # a parameter of that name itself (then use .options()).
         params = inspect.signature(fn).parameters
         self._reserved = tuple(k for k in _START_OPTIONS if k not in params)
+        # The flow's schedule (`schedule=`), declared to this process's workers.
+        self.scheduled: _schedules.Scheduled | None = None
+        if schedule is not None:
+            self._declare_schedule(schedule, schedule_args, schedule_kwargs, catchup)
+        elif schedule_args or schedule_kwargs or catchup != "latest":
+            raise UsageError(
+                f"flow {self.name!r}: schedule_args, schedule_kwargs and catchup go with "
+                "schedule=; give a schedule (a cron string or a timedelta) or drop them"
+            )
         functools.update_wrapper(self, fn)
         # Defining a flow loads it: this process may run its executions, recorded anywhere.
         _imports.register_flow(self, fn)
 
     def __repr__(self) -> str:
         return f"<tether.flow {self.name}>"
+
+    def _declare_schedule(
+        self,
+        schedule: object,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        catchup: object,
+    ) -> None:
+        spec = _schedules.parse(schedule, self.name)
+        checked = _schedules.check_catchup(catchup, self.name)
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise UsageError(
+                f"flow {self.name!r}: schedule_args is a list or tuple of positional "
+                f"arguments, not {args!r}"
+            )
+        fixed_args, fixed_kwargs = tuple(args), dict(kwargs or {})
+        try:
+            inspect.signature(self.fn).bind(*fixed_args, **fixed_kwargs)
+        except TypeError as exc:
+            raise UsageError(
+                f"flow {self.name!r} cannot be called with its schedule's arguments "
+                f"(args={list(fixed_args)!r}, kwargs={fixed_kwargs!r}): {exc}. Every tick calls "
+                "it with schedule_args= and schedule_kwargs=; give those, or default the "
+                "parameters"
+            ) from None
+        # Encoded now: a value that cannot be stored fails here, not at the first tick.
+        encoded = _serde.dumps(
+            {"args": list(fixed_args), "kwargs": fixed_kwargs},
+            root=f"schedule arguments of flow {self.name!r}",
+        )
+        import_path, script = _imports.path_of(self.fn)
+        if "<locals>" in import_path:
+            raise UsageError(
+                f"scheduled flow {self.name!r} is defined inside a function; define it at "
+                "module level so that workers can load it"
+            )
+
+        def make_row(tick: float, now: float) -> ExecutionRow:
+            row = ExecutionRow(
+                id=new_execution_id(), flow=self.name, import_path=import_path,
+                script=script, args=encoded, status=Status.QUEUED, created_at=now,
+                updated_at=now, queue=self.queue, dedup_key=_schedules.tick_key(tick),
+                options=_budget.to_options(self.budget),
+            )  # fmt: skip
+            # A tick's execution has the flow's deadline too, counted from its first start.
+            _deadlines.place(row, self.deadline, started=False)
+            return row
+
+        self.scheduled = _schedules.Scheduled(self.name, spec, checked, self, make_row)
+        _schedules.declare(self.scheduled)
 
     @overload
     def run(
@@ -90,6 +164,9 @@ class Flow(Generic[P, R]):
         key: str | None = None,
         priority: int = 0,
         budget: Budget | None = None,
+        deadline: float | dt.timedelta | dt.datetime | None = None,
+        delay: float | dt.timedelta | None = None,
+        not_before: dt.datetime | None = None,
     ) -> Starter[P, R]:
         """Start options, typed: `flow.options(key="order-42").run(order)`.
 
@@ -98,11 +175,23 @@ class Flow(Generic[P, R]):
           existing execution (whatever its status) instead of starting a second one.
         - `priority`: higher runs first among runnable executions of its queue.
         - `budget`: a `tether.Budget` for this execution's model calls (default: the flow's).
+        - `deadline`: seconds or a timedelta from the execution's first start, or an aware
+          datetime (default: the flow's). Past it the execution is cancelled, children
+          included, and `result()` raises `tether.ExecutionTimedOut`.
+        - `delay` (seconds, timedelta) or `not_before` (an aware datetime): queued but not
+          started before then. `run()` leaves it to this process to start at that time;
+          `enqueue()` to a worker.
 
         `run()` and `enqueue()` also take these as keywords when the flow function has no
         parameter of that name.
         """
-        return Starter(self, _StartOptions(queue, key, priority, budget))
+        return Starter(
+            self,
+            _StartOptions(
+                queue, key, priority, budget, _deadlines.checked_deadline(deadline), delay,
+                not_before,
+            ),
+        )  # fmt: skip
 
     @overload
     def enqueue(
@@ -140,6 +229,8 @@ class Flow(Generic[P, R]):
                 f"priority {options.priority} is out of range: give one from -2**31 to 2**31-1"
             )
         budget = self.budget if options.budget is None else _budget.checked(options.budget)
+        now = time.time()
+        not_before = _deadlines.not_before(options.delay, options.not_before, now)
         import_path, script = _imports.path_of(self.fn)
         if "<locals>" in import_path:
             raise UsageError(
@@ -149,7 +240,6 @@ class Flow(Generic[P, R]):
         encoded = _serde.dumps(
             {"args": list(args), "kwargs": kwargs}, root=f"arguments of flow {self.name!r}"
         )
-        now = time.time()
         execution_id = new_execution_id()
         row = ExecutionRow(
             id=execution_id,
@@ -165,7 +255,11 @@ class Flow(Generic[P, R]):
             priority=options.priority,
             dedup_key=options.key,
             options=_budget.to_options(budget),
+            not_before=not_before,
         )
+        deadline = self.deadline if options.deadline is None else options.deadline
+        # Inserted running (its first start is now) only by a process that runs it at once.
+        _deadlines.place(row, deadline, started=local and not_before is None)
         run = current_run.get()
         if run is not None and current_frame.get() is None:
             # In flow code: a child flow, started once per call whatever the crashes.
@@ -220,6 +314,9 @@ class _StartOptions:
     key: str | None = None
     priority: int = 0
     budget: Budget | None = None
+    deadline: float | dt.datetime | None = None
+    delay: float | dt.timedelta | None = None
+    not_before: dt.datetime | None = None
 
 
 class Starter(Generic[P, R]):
@@ -267,7 +364,15 @@ def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 
 @overload
 def flow(
-    *, name: str | None = None, queue: Queue | str | None = None, budget: Budget | None = None
+    *,
+    name: str | None = None,
+    queue: Queue | str | None = None,
+    budget: Budget | None = None,
+    deadline: float | dt.timedelta | None = None,
+    schedule: str | dt.timedelta | None = None,
+    schedule_args: Sequence[Any] = (),
+    schedule_kwargs: Mapping[str, Any] | None = None,
+    catchup: _schedules.Catchup = "latest",
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -278,6 +383,11 @@ def flow(
     name: str | None = None,
     queue: Queue | str | None = None,
     budget: Budget | None = None,
+    deadline: float | dt.timedelta | None = None,
+    schedule: str | dt.timedelta | None = None,
+    schedule_args: Sequence[Any] = (),
+    schedule_kwargs: Mapping[str, Any] | None = None,
+    catchup: _schedules.Catchup = "latest",
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function durable: each `.run(...)` is an execution recorded in the store.
 
@@ -296,6 +406,19 @@ def flow(
     a `tether.Queue`) is where its executions wait for a worker. `budget` (a
     `tether.Budget`) limits what each execution may spend on model calls: a request that
     would go over it raises `tether.BudgetExceeded` in the flow instead of being made.
+    `deadline` (seconds or a timedelta) is a wall-clock limit on each execution from its
+    first start, waits, sleeps and children included: past it the execution is cancelled,
+    its unfinished children with it, and `result()` raises `tether.ExecutionTimedOut`.
+
+    `schedule` runs the flow by itself: a cron string in UTC (`"0 9 * * *"`; a sixth,
+    leading field is seconds: `"*/10 * * * * *"`) or a `datetime.timedelta` interval
+    (ticks at whole multiples of it since the epoch). Every worker that loaded the flow
+    (`tether worker`, `tether.Worker`, a `tether.launch()` process) starts one execution
+    per tick, exactly once across the fleet: the tick (`tick:2026-01-05T09:00:00Z`) is the
+    execution's deduplication key. Each tick calls the flow with `schedule_args` and
+    `schedule_kwargs` (fixed; default none). `catchup` says what fires for ticks missed
+    while no worker ran: `"latest"` (default) the latest one only, `"all"` every one,
+    `"none"` nothing (a tick seen more than 30 s late is skipped).
     """
 
     def wrap(f: Callable[P, R], stacklevel: int = 2) -> Flow[P, R]:
@@ -303,7 +426,10 @@ def flow(
             raise UsageError(f"{f.name} is already a flow; decorate it once")
         if not callable(f):
             raise UsageError(f"@tether.flow decorates a function, not {f!r}")
-        made = Flow(f, name=name, queue=queue, budget=budget)
+        made = Flow(
+            f, name=name, queue=queue, budget=budget, deadline=deadline, schedule=schedule,
+            schedule_args=schedule_args, schedule_kwargs=schedule_kwargs, catchup=catchup,
+        )  # fmt: skip
         _warn_if_interactive(made, stacklevel + 1)
         return made
 

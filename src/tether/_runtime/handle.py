@@ -17,12 +17,14 @@ from ..errors import (
     ExecutionCancelled,
     ExecutionFailed,
     ExecutionNotFound,
+    ExecutionTimedOut,
     InvalidStateError,
     ResultTimeout,
     StoreUnavailable,
     UsageError,
 )
 from ..store import CheckpointRow, ExecutionRow, Store, WaitRow, redact
+from . import deadlines as _deadlines
 from .engine import Runnable
 from .executor import Executor, executor
 from .records import WaitRecord
@@ -197,6 +199,8 @@ def _outcome(row: ExecutionRow) -> Any:
     if row.status == Status.SUCCEEDED:
         return _serde.loads(row.result) if row.result is not None else None
     if row.status == Status.CANCELLED:
+        if _deadlines.timed_out(row.error):
+            raise ExecutionTimedOut(_serde.error_info(row.error or "{}")["message"])
         raise ExecutionCancelled(f"execution {row.id} was cancelled")
     info = _serde.error_info(row.error or "{}")
     raise ExecutionFailed(row.id, info["type"], info["message"], info["traceback"])
@@ -211,6 +215,9 @@ def child_result(child_id: str, outcome: str) -> Any:
         result = data.get("result")
         return _serde.loads(result) if result is not None else None
     if status == Status.CANCELLED:
+        error = data.get("error")
+        if _deadlines.timed_out(error):
+            raise ExecutionTimedOut(_serde.error_info(error or "{}")["message"])
         raise ExecutionCancelled(f"child execution {child_id} was cancelled")
     if status == Status.FAILED:
         info = _serde.error_info(data.get("error") or "{}")
@@ -241,6 +248,14 @@ def launch(
     flow, run it in this process; without it, leave it queued for a worker."""
     if flow is None:
         recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
+        return Handle(recorded, store)
+    if row.not_before is not None:
+        # A delayed start in a process that runs executions: queued like an enqueue, and
+        # parked here, so this process's waker claims it once its time comes (a worker may
+        # take it first).
+        recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
+        if recorded == row.id:
+            executor().park(store, row.id)
         return Handle(recorded, store)
     # Recorded already running (its first attempt) under a lease of this process: one write
     # starts it, and no worker can grab it between the insert and the start.

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from types import FrameType
 from typing import Any, TypeVar
 
 from .._core import checkpoint as _checkpoint
@@ -143,6 +144,17 @@ class SharedLoop:
     def _report(self, stalled: float) -> None:
         frame = sys._current_frames().get(self.thread.ident or 0)
         found = _checkpoint.blocking_call(frame)
+        if found is None and _idle(frame):
+            # The loop was waiting for I/O or a timer, not running anything: its select
+            # returned and the thread could not get the CPU or the GIL back in time.
+            log.warning(
+                "the tether event loop has not turned for %.1fs although it had nothing to "
+                "run: its thread did not get the CPU back (another thread of this process "
+                "holds the GIL with CPU-bound work, or the machine is overloaded); async "
+                "executions wait meanwhile",
+                stalled,
+            )
+            return
         if found is None:
             where = (
                 f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"
@@ -166,6 +178,15 @@ class SharedLoop:
             return
         log.warning("execution %s, position %s: %s", run.execution_id, position, message)
         run.warn(position, message, {"checkpoint": name, "stalled_seconds": round(stalled, 3)})
+
+
+def _idle(frame: FrameType | None) -> bool:
+    """The loop thread is inside its selector's wait (no callback of its own is running)."""
+    return (
+        frame is not None
+        and frame.f_code.co_name in ("select", "poll")
+        and frame.f_code.co_filename.endswith("selectors.py")
+    )
 
 
 _running: set[asyncio.Future[Any]] = set()

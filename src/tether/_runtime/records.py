@@ -20,6 +20,7 @@ from .._spend import usage as _usage
 from .._spend.budget import Budget
 from .._spend.usage import Usage
 from ..store import CheckpointRow, EventRow, ExecutionRow, MessageRow, WaitRow
+from . import deadlines as _deadlines
 
 
 def _time(value: float | None) -> dt.datetime | None:
@@ -330,6 +331,13 @@ class ExecutionRecord:
     children: tuple[ExecutionRecord, ...] = ()
     # Filled by Client.get(): input sent to waits with Client.send(), oldest first.
     messages: tuple[MessageRecord, ...] = ()
+    # When it is cancelled as timed out (ExecutionTimedOut), if it has a deadline; a
+    # relative one not fixed yet (it counts from the first start) is `deadline_after`
+    # seconds. `not_before`: a queued execution is not started before then (a delayed
+    # start, or the pause of a crash loop).
+    deadline: dt.datetime | None = None
+    deadline_after: float | None = None
+    not_before: dt.datetime | None = None
 
     @property
     def undelivered_messages(self) -> list[MessageRecord]:
@@ -448,4 +456,7 @@ class ExecutionRecord:
             children=tuple(children or ()),
             messages=tuple(MessageRecord.from_row(m) for m in messages or ()),
             checkpoint_count=None if checkpoints is None else len(checkpoints),
+            deadline=_time(row.deadline),
+            deadline_after=_deadlines.after(row.options) if row.deadline is None else None,
+            not_before=_time(row.not_before),
         )

@@ -26,6 +26,7 @@ from . import queues as _queues
 from .engine import Runnable, load_flow
 from .executor import Executor, Refill, executor
 from .queues import Queue
+from .schedules import Firer
 
 log = logging.getLogger("tether.worker")
 
@@ -48,7 +49,8 @@ class Worker:
     `imports` (and `TETHER_IMPORTS` or `[tool.tether] imports` in pyproject.toml) and the
     files in `scripts`. Executions of any other flow are left for a worker that loaded it,
     with a warning on the execution naming the flag that would load it; nothing a stored
-    row names is imported.
+    row names is imported. The scheduled flows among those it loaded get their ticks
+    started here, each tick once across every worker (see `_runtime/schedules.py`).
     """
 
     def __init__(
@@ -87,6 +89,8 @@ class Worker:
         # Flows (import path, script) not loaded here -> until when it skips them.
         self._skip: dict[tuple[str, str | None], float] = {}
         self._last_recover = 0.0
+        # Starts the due ticks of the scheduled flows loaded here.
+        self._firer = Firer()
         # None serves every queue; else only these names.
         self.queues = None if queues is None else [_queues.name_of(q) for q in queues]
         if self.queues is not None and not self.queues:
@@ -188,6 +192,9 @@ class Worker:
         due = self._store.next_due()
         if due is not None:
             timeout = min(timeout, max(0.0, due - settings().clock()))
+        tick = self._firer.next_due()
+        if tick is not None:
+            timeout = min(timeout, max(0.0, tick - settings().clock()))
         if timeout > 0:
             self._store.wait_for_work(timeout)
 
@@ -207,6 +214,8 @@ class Worker:
         if free <= 0:
             return []
         now = time.time()
+        # Before claiming, so that this round may claim a tick's execution it just made.
+        self._firer.fire(self._store, settings().clock())
         started: list[str] = []
         if now - self._last_recover >= self.recover_every:
             self._last_recover = now

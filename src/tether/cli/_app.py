@@ -24,6 +24,7 @@ from .executions import executions_app
 from .mcp_server import mcp_command
 from .memory import memory_app
 from .options import Command, Group
+from .schedules import schedules_app
 from .server import server_command
 from .tokens import tokens_app
 from .worker import worker_command
@@ -40,6 +41,7 @@ app = typer.Typer(
 )
 app.add_typer(executions_app, name="executions")
 app.add_typer(memory_app, name="memory")
+app.add_typer(schedules_app, name="schedules")
 app.add_typer(tokens_app, name="tokens")
 
 app.command("worker", cls=Command)(worker_command)

@@ -28,6 +28,7 @@ from ..errors import (
     ConfigurationError,
     ExecutionNotFound,
     MemoryKeyError,
+    ScheduleNotFound,
     StoreError,
     TetherError,
     UsageError,
@@ -50,7 +51,7 @@ class State:
 OK = 0
 FAILED = 1  # the operation ran and failed or was refused (state, schema, conflict, --wait)
 USAGE = 2  # bad arguments, JSON that does not parse, an unreadable --value file, a bad --db
-NOT_FOUND = 3  # no execution, wait, memory key or version by that name
+NOT_FOUND = 3  # no execution, wait, schedule, memory key or version by that name
 STORE = 4  # the store failed: unreachable, locked, corrupt, from a newer tether
 INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); SIGTERM gives 143 (128 + SIGTERM)
 
@@ -62,7 +63,7 @@ EXIT_CODES = """Exit codes, the same for every command:
   conflict
 - 2: usage: a bad option or argument, JSON that does not parse, a `--value @FILE` that cannot
   be read, a bad `--db`, a database that does not exist or is not tether's
-- 3: not found: no execution, wait, memory key or version by that name
+- 3: not found: no execution, wait, schedule, memory key or version by that name
 - 4: the store failed: unreachable, locked, corrupt or from a newer tether (try again later,
   or fix the store)
 - 130: interrupted (Ctrl-C); 143: stopped by SIGTERM. What ran in the process is handed
@@ -74,7 +75,7 @@ def exit_code(exc: TetherError) -> int:
     """The exit code of a command that raised `exc` (see EXIT_CODES)."""
     if isinstance(exc, UsageError | ConfigurationError):
         return USAGE
-    if isinstance(exc, ExecutionNotFound | WaitNotFound | MemoryKeyError):
+    if isinstance(exc, ExecutionNotFound | WaitNotFound | MemoryKeyError | ScheduleNotFound):
         return NOT_FOUND
     if isinstance(exc, StoreError):
         return STORE

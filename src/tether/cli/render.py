@@ -158,7 +158,10 @@ def watch_key(record: ExecutionRecord) -> tuple[Any, ...]:
 
 def executions_table(records: Iterable[ExecutionRecord], stranded: Container[str] = ()) -> Table:
     """One line per execution. `done` counts the checkpoint calls that succeeded; the ids in
-    `stranded` are marked (`running, nobody on it`): no live process runs them."""
+    `stranded` are marked (`running, nobody on it`): no live process runs them. A delayed
+    start shows when it starts; a `deadline` column comes when any execution has one."""
+    records = list(records)
+    deadlines = any(r.deadline is not None or r.deadline_after is not None for r in records)
     table = Table(box=None, pad_edge=False)
     # Flow and wait names are cut (…) when the terminal is narrow; the rest never is.
     table.add_column("id", no_wrap=True)
@@ -168,20 +171,42 @@ def executions_table(records: Iterable[ExecutionRecord], stranded: Container[str
     table.add_column("duration", no_wrap=True, justify="right")
     table.add_column("done", no_wrap=True, justify="right")
     table.add_column("waiting for", min_width=6)
+    if deadlines:
+        table.add_column("deadline", no_wrap=True)
     for r in records:
         status = status_text(r.status)
         if r.id in stranded:
             status.append(", nobody on it", style="bold red")
-        table.add_row(
+        cells: list[RenderableType] = [
             Text(r.id),
             one_line(r.flow),
             status,
-            when(r.started_at) or Text("-", style="dim"),
+            _started(r),
             duration(r.duration),
             "" if r.checkpoints_done is None else str(r.checkpoints_done),
             one_line(r.pending_wait or ""),
-        )
+        ]
+        if deadlines:
+            cells.append(deadline_text(r))
+        table.add_row(*cells)
     return table
+
+
+def _started(r: ExecutionRecord) -> RenderableType:
+    if r.started_at is not None:
+        return when(r.started_at)
+    if r.status is Status.QUEUED and r.not_before is not None:
+        return Text(f"starts at {when(r.not_before)}", style="cyan")
+    return Text("-", style="dim")
+
+
+def deadline_text(r: ExecutionRecord) -> str:
+    """When an execution is cancelled as timed out: a time, or seconds from its first start."""
+    if r.deadline is not None:
+        return when(r.deadline)
+    if r.deadline_after is not None:
+        return f"{duration(r.deadline_after)} after it starts"
+    return ""
 
 
 def waits_table(waits: Iterable[WaitRecord]) -> Table:
@@ -305,7 +330,10 @@ def header(record: ExecutionRecord) -> Table:
         ("arguments", _arguments(record)),
         ("usage", Text(usage_line(record.usage)) if record.usage else None),
         ("budget", Text(str(record.budget)) if record.budget is not None else None),
+        ("deadline", deadline_text(record) or None),
     ]
+    if record.status is Status.QUEUED and record.not_before is not None:
+        rows.append(("not before", when(record.not_before)))
     if record.status is Status.SUCCEEDED:
         rows.append(("result", Text(preview(as_data(record.result_json), 200))))
     if record.error is not None:

@@ -92,8 +92,10 @@ def worker_command(
 
     A worker runs, from the queues it serves (`--queue`, or all), queued executions, waits
     whose input arrived, due timers, and executions whose process died, of the flows it
-    loaded (`--import`, `--script`, $TETHER_IMPORTS, [tool.tether] imports). On SIGTERM it
-    stops taking work and hands back what it holds at the next checkpoint boundary.
+    loaded (`--import`, `--script`, $TETHER_IMPORTS, [tool.tether] imports). It also starts
+    the ticks of the scheduled flows it loaded (`@tether.flow(schedule=...)`), each once
+    across all workers. On SIGTERM it stops taking work and hands back what it holds at the
+    next checkpoint boundary.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in queues or ():

@@ -86,6 +86,15 @@ class StartBody(BaseModel):
         default=None, pattern=r"^[^\x00]*\S[^\x00]*$", description="Default: the flow's."
     )
     priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1, description="Higher runs first.")
+    delay: float | None = Field(default=None, ge=0, description="Seconds before it may start.")
+    not_before: dt.datetime | None = Field(
+        default=None, description="Not started before this time (with a time zone)."
+    )
+    deadline: float | dt.datetime | None = Field(
+        default=None,
+        description="Seconds from its first start, or a time (with a time zone): past it, it "
+        "is cancelled as timed out. Default: the flow's.",
+    )
 
 
 class MemoryBody(BaseModel):
@@ -352,9 +361,30 @@ def create_app(
     def start(who: Operator, name: str, body: StartBody) -> dict[str, Any]:
         flow = _flows.find(known, name)
         args, kwargs = _flows.bind(flow, body.args, body.kwargs)
-        starter = flow.options(queue=body.queue, key=body.key, priority=body.priority)
+        starter = flow.options(
+            queue=body.queue,
+            key=body.key,
+            priority=body.priority,
+            delay=body.delay,
+            not_before=body.not_before,
+            deadline=body.deadline,
+        )
         handle = starter.enqueue(*args, **kwargs)
         return views.execution_json(client.summary(handle.id))
+
+    # --- schedules ------------------------------------------------------------------------
+
+    @api.get("/schedules", tags=["schedules"], **_answers(_s.SchedulesOut))
+    def list_schedules(who: Reader) -> dict[str, Any]:
+        return {"items": [views.schedule_json(s) for s in client.schedules()]}
+
+    @api.post("/schedules/{name}/pause", tags=["schedules"], **_answers(_s.ScheduleOut, body=True))
+    def pause_schedule(who: Operator, name: str) -> dict[str, Any]:
+        return views.schedule_json(client.pause_schedule(name))
+
+    @api.post("/schedules/{name}/resume", tags=["schedules"], **_answers(_s.ScheduleOut, body=True))
+    def resume_schedule(who: Operator, name: str) -> dict[str, Any]:
+        return views.schedule_json(client.resume_schedule(name))
 
     # --- memory ---------------------------------------------------------------------------
 

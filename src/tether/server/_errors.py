@@ -22,6 +22,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (e.WaitNotFound, 404),
     (e.MemoryKeyError, 404),
     (e.NotPublished, 404),
+    (e.ScheduleNotFound, 404),
     (e.FlowNotFoundError, 404),
     (e.InputTooLarge, 413),
     (e.InputValidationError, 422),

@@ -141,6 +141,11 @@ class ExecutionOut(_Shape):
     parent_id: str | None
     replay_of: str | None
     wake_at: str | None
+    deadline: str | None = Field(description="When it is cancelled as timed out, if ever.")
+    deadline_after: float | None = Field(
+        description="A deadline of this many seconds from its first start, not started yet."
+    )
+    not_before: str | None = Field(description="Queued, it is not started before then.")
     result: Any = Field(
         description="The stored value as data: a class as its type name, "
         "kind and data; nothing restored."
@@ -234,6 +239,21 @@ class MemoryOut(_Shape):
 
 class MemoriesOut(_Shape):
     items: list[MemoryOut]
+
+
+class ScheduleOut(_Shape):
+    """A scheduled flow's schedule: its spec (cron in UTC, or `every <seconds>s`), paused or
+    not, the latest tick fired or passed over and the next one."""
+
+    name: str
+    spec: str
+    paused: bool
+    last_tick: str
+    next_tick: str
+
+
+class SchedulesOut(_Shape):
+    items: list[ScheduleOut]
 
 
 class HealthOut(_Shape):

@@ -48,6 +48,8 @@ class ExecutionRow:
     # progress recorded in between (a crash loop); and the earliest time it may be claimed.
     takeovers: int = 0
     not_before: float | None = None
+    # When it is cancelled as timed out (the timers' clock); see migration 0015.
+    deadline: float | None = None
     # Filled by list_executions only: succeeded checkpoint calls, and a pending wait's name.
     checkpoints_done: int | None = None
     pending_wait: str | None = None
@@ -155,6 +157,23 @@ class TokenRow:
     scope: str
     created_at: float
     revoked_at: float | None = None
+
+
+@dataclass(slots=True)
+class ScheduleRow:
+    """A schedule of a flow (`@tether.flow(schedule=...)`), by the flow's name: its spec as
+    shown (a cron string, or `every <seconds>s`), whether it is paused, its last tick (fired,
+    or passed over: a catch-up policy or a pause), its next tick, when it last changed, and
+    when it was last resumed (ticks up to then came due while it was paused: never fired).
+    Times are epoch seconds."""
+
+    name: str
+    spec: str
+    paused: bool
+    last_tick: float
+    next_tick: float
+    updated_at: float
+    resumed_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -322,6 +341,18 @@ class Store(abc.ABC):
         """Cancel at once if nobody runs it (returns `cancelled`); else flag it for the holder
         and return the current status. None if the id is unknown. Its unfinished descendants
         (children, their children...) are cancelled the same way in the same transaction."""
+
+    @abc.abstractmethod
+    def set_deadline(self, execution_id: str, token: str, deadline: float) -> bool:
+        """Fix the deadline of the execution this token holds (a relative one, at its first
+        start). False if the lease is gone."""
+
+    @abc.abstractmethod
+    def time_out(self, execution_id: str, token: str, *, error: str, now: float) -> bool:
+        """End the execution this token holds as `cancelled` with `error` (why: its deadline
+        passed), its pending waits too, and cancel its unfinished descendants as
+        `request_cancel` does, in one transaction. False if the lease is gone (the
+        descendants are cancelled all the same: the deadline is past for them too)."""
 
     @abc.abstractmethod
     def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool: ...
@@ -588,6 +619,42 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def revoke_token(self, name: str, *, now: float) -> bool:
         """Revoke a token by name. False when no token of that name is active."""
+
+    # --- schedules -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def ensure_schedule(self, row: ScheduleRow) -> None:
+        """Record a schedule as a process declared it: a new one as given; for one that
+        exists, only a changed spec and its next tick (its last tick and paused flag stay)."""
+
+    @abc.abstractmethod
+    def get_schedule(self, name: str) -> ScheduleRow | None: ...
+
+    @abc.abstractmethod
+    def list_schedules(self) -> list[ScheduleRow]:
+        """Every schedule, by name."""
+
+    @abc.abstractmethod
+    def set_schedule_paused(self, name: str, paused: bool, *, now: float) -> bool:
+        """Pause or resume a schedule (resuming records `resumed_at`: now). False when no
+        schedule has that name."""
+
+    @abc.abstractmethod
+    def fire_schedule(
+        self,
+        name: str,
+        *,
+        expected_last: float,
+        last_tick: float,
+        next_tick: float,
+        rows: Sequence[ExecutionRow],
+        now: float,
+    ) -> list[str] | None:
+        """In one transaction: move the schedule's last tick from `expected_last` (a
+        compare-and-swap; with `rows`, only while it is not paused) to `last_tick`, and
+        insert `rows`, the ticks' executions (one whose (flow, dedup_key) exists is left
+        out). Returns the ids inserted; None, with nothing written, when the schedule is
+        not as expected."""
 
     # --- memory (tether.memory) ---------------------------------------------------------
 

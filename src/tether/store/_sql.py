@@ -26,6 +26,7 @@ from ._sql_common import (
 from ._sql_executions import ExecutionsSql
 from ._sql_memory import MemorySql
 from ._sql_migrations import MigrationsSql
+from ._sql_schedules import SchedulesSql
 from ._sql_tokens import TokensSql
 from ._sql_waits import WaitsSql
 
@@ -50,6 +51,7 @@ class SqlStore(
     CheckpointsSql,
     MemorySql,
     TokensSql,
+    SchedulesSql,
     MigrationsSql,
     abc.ABC,
 ):

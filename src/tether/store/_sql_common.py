@@ -28,7 +28,7 @@ EXECUTION_COLUMNS = (
     "id, flow, import_path, script, args, status, result, error, owner, lease_token, "
     "lease_expires, attempt, cancel_requested, created_at, updated_at, started_at, "
     "finished_at, parent_id, replay_of, metadata, options, wake_at, progress, queue, priority, "
-    "dedup_key, takeovers, not_before"
+    "dedup_key, takeovers, not_before, deadline"
 )
 CHECKPOINT_COLUMNS = (
     "position, name, fingerprint, status, result, error, attempts, started_at, finished_at, "

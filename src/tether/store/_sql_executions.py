@@ -53,7 +53,7 @@ class ExecutionsSql(SqlBase):
                     row.attempt, int(row.cancel_requested), row.created_at, row.updated_at,
                     row.started_at, row.finished_at, row.parent_id, row.replay_of, row.metadata,
                     row.options, row.wake_at, row.progress, row.queue, row.priority,
-                    row.dedup_key, row.takeovers, row.not_before,
+                    row.dedup_key, row.takeovers, row.not_before, row.deadline,
                 ),
             ).rowcount  # fmt: skip
             if inserted != 1:
@@ -109,7 +109,7 @@ class ExecutionsSql(SqlBase):
                     child.created_at, child.updated_at, child.started_at, child.finished_at,
                     parent_id, child.replay_of, child.metadata, child.options, child.wake_at,
                     child.progress, child.queue, child.priority, child.dedup_key,
-                    child.takeovers, child.not_before,
+                    child.takeovers, child.not_before, child.deadline,
                 ),
             ).rowcount  # fmt: skip
             self._run(
@@ -286,6 +286,40 @@ class ExecutionsSql(SqlBase):
                     if found is not None:
                         self._cancel_one(conn, late, found, now)
             return status
+
+    def set_deadline(self, execution_id: str, token: str, deadline: float) -> bool:
+        return (
+            self._count(
+                "UPDATE executions SET deadline = ? WHERE id = ? AND lease_token = ?",
+                (deadline, execution_id, token),
+            )
+            == 1
+        )
+
+    def time_out(self, execution_id: str, token: str, *, error: str, now: float) -> bool:
+        with self._transaction() as conn:
+            # Descendants first, each locked before any is changed, then the execution
+            # itself: the order request_cancel keeps, so the two never deadlock.
+            descendants = self._descendants(conn, execution_id)
+            for descendant, state in [(d, self._locked_state(conn, d)) for d in descendants]:
+                if state is not None:
+                    self._cancel_one(conn, descendant, state, now)
+            ended = self._run(
+                conn,
+                "UPDATE executions SET status = 'cancelled', result = NULL, error = ?, "
+                f"cancel_requested = 1, wake_at = NULL, {RELEASED}, finished_at = ?, "
+                "updated_at = ? WHERE id = ? AND lease_token = ?",
+                (error, now, now, execution_id, token),
+            ).rowcount
+            if ended != 1:
+                return False
+            self._cancel_waits(conn, execution_id, now)
+            for late in self._descendants(conn, execution_id):
+                if late not in descendants:
+                    found = self._locked_state(conn, late)
+                    if found is not None:
+                        self._cancel_one(conn, late, found, now)
+            return True
 
     def _descendants(self, conn: Connection, execution_id: str) -> list[str]:
         """The unfinished descendants of an execution, deepest first."""

@@ -179,7 +179,8 @@ class Client:
         With `checkpoint_limit` (and `checkpoint_offset`), `checkpoints` holds only that
         window of the calls in program order; `checkpoint_count`, `checkpoints_done` and
         `usage` still count them all. A page for an execution with thousands of calls then
-        reads and decodes the results it shows, not every one."""
+        reads and decodes the results it shows, not every one; while the execution is
+        finished, this Client keeps the count, order and usage of its calls between pages."""
         if checkpoint_offset < 0 or (checkpoint_limit is not None and checkpoint_limit < 0):
             raise UsageError(
                 f"checkpoint_offset and checkpoint_limit are 0 or more, not "

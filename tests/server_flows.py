@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -47,9 +48,7 @@ def approval(topic: str) -> str:
     return "rejected"
 
 
-@tether.checkpoint
-def fragile(flag: str) -> str:
-    """Fails while the flag file is missing (and creates it): a retry succeeds."""
+def _first_run_fails(flag: str) -> str:
     path = Path(flag)
     if not path.exists():
         path.write_text("failed once\n")
@@ -57,9 +56,43 @@ def fragile(flag: str) -> str:
     return "recovered"
 
 
+@tether.checkpoint
+def fragile(flag: str) -> str:
+    """Fails while the flag file is missing (and creates it): a retry succeeds."""
+    return _first_run_fails(flag)
+
+
 @tether.flow
 def fails_once(flag: str) -> str:
     return fragile(flag)
+
+
+@tether.checkpoint
+async def astep(branch: int, step: int) -> str:
+    await asyncio.sleep(0)
+    if step == 0:
+        tether.record_usage(model="house-model", input_tokens=10, output_tokens=2)
+    return f"step {branch}.{step}"
+
+
+@tether.checkpoint
+async def afragile(flag: str) -> str:
+    """`fragile`, awaited."""
+    await asyncio.sleep(0)
+    return _first_run_fails(flag)
+
+
+@tether.flow
+async def fanned_then_fragile(branches: int, steps: int, flag: str) -> str:
+    """Gathered branches of many calls each (the first of each with usage), then a call that
+    fails on the first run."""
+
+    async def branch(number: int) -> None:
+        for step in range(steps):
+            await astep(number, step)
+
+    await asyncio.gather(*(branch(n) for n in range(branches)))
+    return await afragile(flag)
 
 
 @tether.checkpoint

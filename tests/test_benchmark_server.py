@@ -33,4 +33,5 @@ def test_server_benchmark_fills_serves_and_reports_every_route(db_url: str) -> N
     for route in routes.values():
         assert route["bytes"] > 0
         assert route["trip_p99_ms"] >= route["trip_p50_ms"] > 0
+        assert route["cpu_p99_ms"] >= route["cpu_p50_ms"] > 0
         assert route["met"] in (True, False)

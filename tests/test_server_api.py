@@ -19,6 +19,8 @@ from helpers import child_env, retry_until, run_cli
 from server_flows import Report
 from server_procs import Processes, free_port
 from tether._core import serde
+from tether._ops.outlines import Outline, Outlines
+from tether._spend.usage import Usage
 from tether.store import ExecutionRow
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -473,12 +475,63 @@ def test_an_execution_with_thousands_of_calls_is_read_a_window_at_a_time(
     assert len(whole.checkpoints) == whole.checkpoint_count == 1200
 
 
+def test_a_finished_executions_outline_is_read_again_once_a_retry_changes_it(
+    procs: Processes, client: tether.Client, tmp_path: Path
+) -> None:
+    # 4 gathered branches of 60 calls, then one that fails: 241 calls, above the size whose
+    # outline the server keeps while the execution is finished.
+    handle = server_flows.fanned_then_fragile.run(4, 60, str(tmp_path / "flag"))
+    with pytest.raises(tether.ExecutionFailed):
+        handle.result(timeout=120)
+    order = [c.position for c in client.get(handle.id).checkpoints]
+    assert len(order) == 241
+    url = procs.server()
+    with httpx.Client(base_url=url) as http:
+        path = f"/api/v1/executions/{handle.id}"
+        window = {"checkpoint_offset": 200, "checkpoint_limit": 30}
+        failed = [http.get(path, params=window).json() for _ in range(2)]
+        assert failed[0] == failed[1]
+        assert [c["position"] for c in failed[0]["checkpoints"]] == order[200:230]
+        assert (failed[0]["checkpoint_count"], failed[0]["checkpoints_done"]) == (241, 240)
+        assert failed[0]["usage"]["requests"] == 4
+        assert client.retry(handle.id).result(timeout=120) == "recovered"
+        done = http.get(path, params={"checkpoint_offset": 230}).json()
+        assert done["status"] == "succeeded"
+        assert (done["checkpoint_count"], done["checkpoints_done"]) == (241, 241)
+        assert [c["result"] for c in done["checkpoints"]][-1] == "recovered"
+        page = http.get(f"/executions/{handle.id}", params={"calls": 200}).text
+        assert "Checkpoint calls 201 to 241 of 241" in page and "recovered" in page
+
+
+def test_outlines_kept_are_big_ones_and_the_least_recently_read_go_first() -> None:
+    kept = Outlines(min_calls=3, max_positions=10)
+
+    def outline(calls: int) -> Outline:
+        return Outline(tuple(str(n) for n in range(calls)), calls, Usage())
+
+    small, a, b, c, huge = (("x" + k, "succeeded", 1.0) for k in "sabch")
+    kept.put(small, outline(2))  # cheap to read again
+    kept.put(huge, outline(11))  # more than all the room there is
+    assert kept.get(small) is None and kept.get(huge) is None
+    kept.put(a, outline(4))
+    kept.put(b, outline(4))
+    assert kept.get(a) is not None  # read last: b is now the least recently read
+    kept.put(c, outline(4))
+    assert kept.get(b) is None and kept.get(a) == outline(4) and kept.get(c) == outline(4)
+    assert len(kept) == 2
+
+
 def test_usage_totals_over_executions(procs: Processes, client: tether.Client) -> None:
-    for question in ("a", "b"):
-        assert server_flows.asking.run(question).result() == f"answer to {question}"
+    asked = [server_flows.asking.run(question) for question in ("a", "b")]
+    for question, handle in zip(("a", "b"), asked, strict=True):
+        assert handle.result() == f"answer to {question}"
     server_flows.greeting.run("no model").result()
     url = procs.server()
     with httpx.Client(base_url=url) as http:
+        # An execution's usage counts every call, those outside the window of calls read too.
+        past = http.get(f"/api/v1/executions/{asked[0].id}", params={"checkpoint_offset": 1})
+        assert past.json()["checkpoints"] == []
+        assert (past.json()["usage"]["input_tokens"], past.json()["checkpoints_done"]) == (100, 1)
         totals = http.get("/api/v1/usage").json()["usage"]
         assert (totals["input_tokens"], totals["output_tokens"], totals["requests"]) == (200, 40, 2)
         assert totals["cost_usd"] == pytest.approx(1.0)

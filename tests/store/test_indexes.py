@@ -37,6 +37,7 @@ from tether.store import (
     open_store,
 )
 from tether.store._sql import CLAIM_WINDOW, EXECUTION_COLUMNS, RELEASED, to_format_style
+from tether.store._sql_checkpoints import program_order
 from tether.store.sqlite import path_from_url
 
 sqlite_only = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's query plans")
@@ -458,27 +459,41 @@ def test_sqlite_executions_list_finds_each_rows_pending_wait_by_its_execution(
     assert on_waits and all("waits_pending_input (execution_id=?)" in p for p in on_waits), plan
 
 
-def test_checkpoint_outline_and_a_window_of_calls_in_program_order(store: Store) -> None:
+def test_the_outline_of_calls_is_in_program_order_and_counts_them_all(store: Store) -> None:
     insert(store, [row("e1", "succeeded"), row("e2", "succeeded")])
     positions = ["10", "2.1", "[a].0", "0", "2", "2.0", "1"]
+    usage = '{"tether.usage": {"requests": %d}}'
     sql_store: Any = store
     with sql_store._transaction() as conn:
         sql_store._executemany(
             conn,
             "INSERT INTO checkpoints (execution_id, position, name, fingerprint, status, "
             "started_at, finished_at, metadata) VALUES (?, ?, 'step', 'f', ?, ?, ?, ?)",
-            [("e1", p, "failed" if p == "1" else "succeeded", T0, T0, f'{{"p": "{p}"}}')
-             for p in positions] + [("e2", "0", "succeeded", T0, T0, None)],
+            [("e1", p, "failed" if p == "1" else "succeeded", T0, T0,
+              usage % int(p) if p in ("2", "10") else f'{{"p": "{p}"}}')
+             for p in positions] + [("e2", "0", "succeeded", T0, T0, usage % 0)],
         )  # fmt: skip
     order = ["0", "1", "2", "2.0", "2.1", "10", "[a].0"]
     outline = store.checkpoint_outline("e1")
-    assert [p for p, _, _ in outline] == order
-    assert dict((p, s) for p, s, _ in outline)["1"] == "failed"
-    assert outline[0][2] == '{"p": "0"}'
+    assert outline.positions == order
+    # Only the metadata that holds usage is read, in program order.
+    assert (outline.succeeded, outline.usage) == (6, [usage % 2, usage % 10])
+    assert store.checkpoint_outline("e2").positions == ["0"]
+    empty = store.checkpoint_outline("nowhere")
+    assert (empty.positions, empty.succeeded, empty.usage) == ([], 0, [])
     window = store.get_checkpoints_at("e1", ["[a].0", "2.1", "10", "nowhere"])
     assert [c.position for c in window] == ["2.1", "10", "[a].0"]
     assert store.get_checkpoints_at("e1", []) == []
     assert [c.position for c in store.get_checkpoints_at("e2", order)] == ["0"]
+
+
+def test_program_order_of_the_flow_body_sorts_by_number() -> None:
+    positions = [str(n) for n in (10, 2, 0, 100, 9, 11)]
+    program_order(positions)
+    assert positions == ["0", "2", "9", "10", "11", "100"]
+    mixed = ["10", "2.1", "2", "[b].0", "[a].0", "1"]
+    program_order(mixed)
+    assert mixed == ["1", "2", "2.1", "10", "[a].0", "[b].0"]
 
 
 def test_status_counts_stop_at_the_cap(store: Store) -> None:

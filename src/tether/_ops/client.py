@@ -61,6 +61,7 @@ from ..store import (
     WaitRow,
     redact,
 )
+from . import outlines as _outlines
 from . import schedules as _schedules
 from . import tokens as _tokens
 from .recovery import Follower, Left
@@ -133,6 +134,7 @@ class Client:
 
     def __init__(self, db: str | None = None, *, readonly: bool | None = None) -> None:
         self._store: Store = store_for(db, readonly=readonly)
+        self._outlines = _outlines.Outlines()
 
     @property
     def db(self) -> str:
@@ -177,7 +179,8 @@ class Client:
         With `checkpoint_limit` (and `checkpoint_offset`), `checkpoints` holds only that
         window of the calls in program order; `checkpoint_count`, `checkpoints_done` and
         `usage` still count them all. A page for an execution with thousands of calls then
-        reads and decodes the results it shows, not every one."""
+        reads and decodes the results it shows, not every one; while the execution is
+        finished, this Client keeps the count, order and usage of its calls between pages."""
         if checkpoint_offset < 0 or (checkpoint_limit is not None and checkpoint_limit < 0):
             raise UsageError(
                 f"checkpoint_offset and checkpoint_limit are 0 or more, not "
@@ -190,9 +193,9 @@ class Client:
         events = self._store.get_events(execution_id)
         windowed = checkpoint_limit is not None or checkpoint_offset > 0
         if windowed:
-            outline = self._store.checkpoint_outline(execution_id)
+            outline = self._outline(row)
             end = None if checkpoint_limit is None else checkpoint_offset + checkpoint_limit
-            shown = [position for position, _, _ in outline[checkpoint_offset:end]]
+            shown = outline.positions[checkpoint_offset:end]
             calls = self._store.get_checkpoints_at(execution_id, shown)
         else:
             calls = self._store.get_checkpoints(execution_id)
@@ -208,10 +211,9 @@ class Client:
             return record
         return dataclasses.replace(
             record,
-            checkpoint_count=len(outline),
-            checkpoints_done=sum(1 for _, status, _ in outline if status == "succeeded"),
-            usage=_usage.total(_usage.from_metadata(m) for _, _, m in outline)
-            + _usage.forgotten(events),
+            checkpoint_count=len(outline.positions),
+            checkpoints_done=outline.succeeded,
+            usage=outline.usage + _usage.forgotten(events),
         )
 
     def summary(self, execution_id: str) -> ExecutionRecord:
@@ -898,6 +900,22 @@ class Client:
 
     def _row(self, execution_id: str) -> ExecutionRow:
         return stored_execution(self._store, execution_id)
+
+    def _outline(self, row: ExecutionRow) -> _outlines.Outline:
+        """The outline of an execution's calls; kept while it is finished (see `_outlines`)."""
+        key = (row.id, row.status, row.updated_at)
+        finished = Status(row.status).finished
+        if finished and (kept := self._outlines.get(key)) is not None:
+            return kept
+        read = self._store.checkpoint_outline(row.id)
+        outline = _outlines.Outline(
+            tuple(read.positions),
+            read.succeeded,
+            _usage.total(_usage.from_metadata(m) for m in read.usage),
+        )
+        if finished:
+            self._outlines.put(key, outline)
+        return outline
 
     def _take(self, row: ExecutionRow, now: float) -> str | None:
         """Compare-and-swap the lease to this process; the new token, or None if we lost."""

@@ -13,7 +13,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -112,6 +112,13 @@ def _answers(model: type[BaseModel], status: int = 200, *, body: bool = False) -
     return {"response_model": None, "responses": responses}
 
 
+def _plain(body: dict[str, Any]) -> JSONResponse:
+    """A body of plain JSON data (what `views` builds), sent as FastAPI would send it but
+    without its `jsonable_encoder` walk over every value: a third of the time of an
+    execution record with 100 calls went there, to change nothing."""
+    return JSONResponse(body)
+
+
 def _no_nul(request: Request) -> None:
     """Refuse a NUL character in the path or the query (400): no id, name or key holds one,
     and PostgreSQL cannot even compare text with it (its driver fails, a 500 otherwise)."""
@@ -202,10 +209,10 @@ def create_app(
         parent: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         cursor: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         statuses = [s for item in status or [] for s in item.split(",") if s] or None
         page = client.page(statuses, flow, limit, parent=parent, cursor=cursor)
-        return {"items": [views.execution_json(r) for r in page.items], "next": page.next}
+        return _plain({"items": [views.execution_json(r) for r in page.items], "next": page.next})
 
     @api.get("/executions/{execution_id}", tags=["executions"], **_answers(_s.ExecutionDetailOut))
     def get_execution(
@@ -213,7 +220,7 @@ def create_app(
         execution_id: str,
         checkpoint_offset: Annotated[int, Query(ge=0)] = 0,
         checkpoint_limit: Annotated[int, Query(ge=1, le=10_000)] = CHECKPOINT_PAGE,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """The record. `checkpoints` holds at most `checkpoint_limit` calls from
         `checkpoint_offset` on, in program order; `checkpoint_count` is how many there are,
         `checkpoints_next` the offset of the next window (null: none)."""
@@ -225,7 +232,7 @@ def create_app(
         body["checkpoint_count"] = total
         end = checkpoint_offset + checkpoint_limit
         body["checkpoints_next"] = end if end < total else None
-        return body
+        return _plain(body)
 
     @api.get("/executions/{execution_id}/logs", tags=["executions"], **_answers(_s.LogsOut))
     def logs(

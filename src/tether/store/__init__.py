@@ -6,6 +6,7 @@ import os
 
 from ..errors import ConfigurationError
 from ._base import (
+    CheckpointOutline,
     CheckpointRow,
     ChildStart,
     Claim,
@@ -26,6 +27,7 @@ from ._base import (
 from ._redact import redact
 
 __all__ = [
+    "CheckpointOutline",
     "CheckpointRow",
     "Claim",
     "ChildStart",

@@ -74,6 +74,17 @@ class CheckpointRow:
 
 
 @dataclass(slots=True)
+class CheckpointOutline:
+    """What a page of an execution's checkpoint calls says of all of them: their positions in
+    program order, how many succeeded, and the metadata of each call that recorded model
+    usage (to total it), in program order."""
+
+    positions: list[str]
+    succeeded: int
+    usage: list[str]
+
+
+@dataclass(slots=True)
 class WaitRow:
     execution_id: str
     name: str
@@ -505,9 +516,9 @@ class Store(abc.ABC):
         (the latest published value of a key: `_core.publish`), or None."""
 
     @abc.abstractmethod
-    def checkpoint_outline(self, execution_id: str) -> list[tuple[str, str, str | None]]:
-        """(position, status, metadata) of each recorded checkpoint call of an execution, in
-        program order: no result, error or attempts, so cheap for thousands of calls."""
+    def checkpoint_outline(self, execution_id: str) -> CheckpointOutline:
+        """The outline of an execution's recorded calls: no result, error or attempts, so
+        cheap for thousands of calls (`get_checkpoints_at` then reads the ones shown)."""
 
     @abc.abstractmethod
     def get_checkpoints_at(

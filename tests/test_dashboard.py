@@ -5,6 +5,7 @@ are run by a real `tether worker`. Screenshots are kept under the test's tmp dir
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ import dashboard_flows
 import tether
 from helpers import retry_until
 from server_procs import Processes
+from tether._core import serde
 from tether._core.positions import display
+from tether.store import ExecutionRow
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -200,6 +203,8 @@ def test_list_filters_by_status_and_flow_searches_by_id_and_pages(
     page.get_by_role("button", name="Show").click()
     expect(page.locator("table.executions tbody tr")).to_have_count(1)
     expect(page.locator("table.executions")).to_contain_text(planning.id)
+    expect(page.locator("#counts")).to_contain_text("all 1")  # counts follow the filters
+    expect(page.locator("#counts")).to_contain_text("queued 1")
 
     page.goto(url)
     page.evaluate("window.__sameDocument = true")
@@ -425,3 +430,64 @@ def test_a_wait_answered_on_the_execution_page_shows_its_errors_there(
         missing = http.get("/executions/nope-nope")
         assert missing.status_code == 404 and "no execution nope-nope" in missing.text
     assert tether.Client().handle(handle.id).result(timeout=60) == "t: 2 pages, formal"
+
+
+def _counts(html: str) -> dict[str, int]:
+    nav = html.split('id="counts"', 1)[1].split("</nav>", 1)[0]
+    return {s: int(n) for s, n in re.findall(r">(\w+) <b>(\d+)</b>", nav)}
+
+
+def test_list_counts_count_what_the_flow_queue_and_id_filters_select(
+    client: tether.Client, procs: Processes
+) -> None:
+    now = time.time()
+    planted = {
+        "abc-1": ("alpha", "queued", "default"),
+        "abc-2": ("alpha", "succeeded", "fast"),
+        "abd-3": ("beta", "failed", "default"),
+        "xyz-4": ("beta", "queued", "fast"),
+    }
+    for i, (execution_id, (flow, status, queue)) in enumerate(planted.items()):
+        client._store.create_execution(
+            ExecutionRow(
+                id=execution_id,
+                flow=flow,
+                import_path="planted:planted",
+                script=None,
+                args=serde.dumps({"args": [], "kwargs": {}}),
+                status=status,
+                queue=queue,
+                created_at=now + i,
+                updated_at=now + i,
+            )
+        )
+    url = procs.server()
+    cases: list[tuple[dict[str, str], dict[str, int], set[str]]] = [
+        ({}, {"all": 4, "queued": 2, "succeeded": 1, "failed": 1}, set(planted)),
+        ({"flow": "alpha"}, {"all": 2, "queued": 1, "succeeded": 1}, {"abc-1", "abc-2"}),
+        ({"queue": "fast"}, {"all": 2, "queued": 1, "succeeded": 1}, {"abc-2", "xyz-4"}),
+        # A prefix that several ids start with lists those, and counts only those.
+        (
+            {"q": "ab"},
+            {"all": 3, "queued": 1, "succeeded": 1, "failed": 1},
+            {"abc-1", "abc-2", "abd-3"},
+        ),
+        (
+            {"q": "ab", "status": "queued"},
+            {"all": 3, "queued": 1, "succeeded": 1, "failed": 1},
+            {"abc-1"},
+        ),
+        ({"flow": "beta", "queue": "fast"}, {"all": 1, "queued": 1}, {"xyz-4"}),
+    ]
+    with httpx.Client(base_url=url) as http:
+        for params, expected, ids in cases:
+            html = http.get("/", params=params).text
+            counts = {s: n for s, n in _counts(html).items() if n}
+            assert counts == expected, params
+            assert set(re.findall(r'<tr data-id="([^"]+)"', html)) == ids, params
+            # A status tab keeps the other filters, so its count is what it lists.
+            if params:
+                links = html.split('id="counts"', 1)[1].split("</nav>", 1)[0]
+                for key, value in params.items():
+                    if key != "status":
+                        assert f"{key}={value}" in links, (params, links)

@@ -651,3 +651,66 @@ def test_events_stream_resumes_from_last_event_id(procs: Processes, client: teth
         _error(http.get("/api/v1/executions/nope/events"), 404, "ExecutionNotFound")
         _error(http.get(path, headers={"Last-Event-ID": "x"}), 400, "UsageError")
         _error(http.get(path, headers={"Last-Event-ID": str(2**64)}), 400, "UsageError")
+
+
+def _plant(client: tether.Client, **rows: dict[str, Any]) -> None:
+    """Executions written straight into the store, each `id=dict(flow=, status=, ...)`."""
+    now = time.time()
+    for i, (execution_id, fields) in enumerate(rows.items()):
+        client._store.create_execution(
+            ExecutionRow(
+                id=execution_id,
+                import_path="planted:planted",
+                script=None,
+                args=serde.dumps({"args": [], "kwargs": {}}),
+                created_at=now + i,
+                updated_at=now + i,
+                **fields,
+            )
+        )
+
+
+def _selection(client: tether.Client) -> None:
+    _plant(
+        client,
+        **{
+            "abc-1": {"flow": "alpha", "status": "queued"},
+            "abc-2": {"flow": "alpha", "status": "succeeded", "queue": "fast"},
+            "abd-3": {"flow": "alpha", "status": "failed", "parent_id": "abc-1"},
+            "xyz-4": {"flow": "beta", "status": "queued", "parent_id": "abc-1"},
+            "xyz-5": {"flow": "beta", "status": "waiting", "queue": "fast"},
+        },
+    )
+
+
+def test_status_counts_count_what_the_other_filters_of_the_list_select(
+    procs: Processes, client: tether.Client
+) -> None:
+    _selection(client)
+    url = procs.server()
+    zero = {s.value: 0 for s in tether.Status}
+    cases: list[tuple[dict[str, str], dict[str, int], set[str]]] = [
+        ({}, {"queued": 2, "succeeded": 1, "failed": 1, "waiting": 1}, set()),
+        ({"flow": "alpha"}, {"queued": 1, "succeeded": 1, "failed": 1}, set()),
+        ({"parent": "abc-1"}, {"failed": 1, "queued": 1}, {"abd-3", "xyz-4"}),
+        ({"queue": "fast"}, {"succeeded": 1, "waiting": 1}, {"abc-2", "xyz-5"}),
+        ({"id_prefix": "ab"}, {"queued": 1, "succeeded": 1, "failed": 1}, set()),
+        ({"id_prefix": "abc", "flow": "alpha"}, {"queued": 1, "succeeded": 1}, set()),
+        ({"flow": "beta", "queue": "default"}, {"queued": 1}, {"xyz-4"}),
+        ({"flow": "gamma"}, {}, set()),
+    ]
+    with httpx.Client(base_url=url) as http:
+        for filters, expected, ids in cases:
+            # The status filter narrows the list, not the counts (they are its tabs).
+            body = http.get(
+                "/api/v1/executions", params={**filters, "counts": "true", "status": "queued"}
+            ).json()
+            assert body["counts"] == {**zero, **expected}, filters
+            assert body["counts_cap"] >= 10_000
+            listed = http.get("/api/v1/executions", params=filters).json()
+            assert len(listed["items"]) == sum(expected.values()), filters
+            if ids:
+                assert {item["id"] for item in listed["items"]} == ids
+            assert all(item["status"] == "queued" for item in body["items"])
+        # Without counts=true the page costs no counting, and says none.
+        assert "counts" not in http.get("/api/v1/executions").json()

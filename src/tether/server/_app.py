@@ -33,6 +33,9 @@ _INT64 = 2**63 - 1
 # Checkpoint calls in one execution record by default: their results are decoded and sent,
 # so an execution with thousands of calls is read a window at a time.
 CHECKPOINT_PAGE = 100
+# Status counts beside a list stop at this many each: exact counts of 100,000 executions
+# cost more than the page itself.
+COUNT_CAP = 10_000
 
 
 class ErrorDetail(BaseModel):
@@ -193,10 +196,33 @@ def create_app(
         parent: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         cursor: str | None = None,
+        queue: str | None = None,
+        id_prefix: str | None = None,
+        counts: bool = False,
     ) -> dict[str, Any]:
+        """Newest first. `id_prefix`: only ids that start with it. `counts=true` adds the
+        number of executions of each status among those the other filters select."""
         statuses = [s for item in status or [] for s in item.split(",") if s] or None
-        page = client.page(statuses, flow, limit, parent=parent, cursor=cursor)
-        return {"items": [views.execution_json(r) for r in page.items], "next": page.next}
+        page = client.page(
+            statuses,
+            flow,
+            limit,
+            parent=parent,
+            cursor=cursor,
+            queue=queue,
+            id_prefix=id_prefix or None,
+        )
+        body: dict[str, Any] = {
+            "items": [views.execution_json(r) for r in page.items],
+            "next": page.next,
+        }
+        if counts:
+            found = client.status_counts(
+                COUNT_CAP, flow=flow, parent=parent, queue=queue, id_prefix=id_prefix or None
+            )
+            body["counts"] = {s.value: n for s, n in found.items()}
+            body["counts_cap"] = COUNT_CAP
+        return body
 
     @api.get("/executions/{execution_id}", tags=["executions"], **_answers(_s.ExecutionDetailOut))
     def get_execution(

@@ -8,14 +8,17 @@ where the Client's blocking store calls belong.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Route
 
 from .._memory import api as memory
 from .._memory.views import memory_json
@@ -23,7 +26,7 @@ from .._ops import views
 from .._ops.client import Client
 from .._runtime.flow import Flow
 from ..errors import InputValidationError, MemoryKeyError, UsageError
-from . import _dashboard, _errors, _flows, _memories, _metrics, _stream
+from . import _dashboard, _errors, _flows, _mcp, _memories, _metrics, _stream
 from . import _schemas as _s
 from ._auth import Principal, principal
 
@@ -159,10 +162,21 @@ def create_app(
     *,
     poll: float = 0.25,
     stream_seconds: float = 300.0,
+    mcp_mode: str = "read",
 ) -> FastAPI:
-    """The API over `client`'s store; `flows` are those it may start by name."""
+    """The API over `client`'s store; `flows` are those it may start by name. `mcp_mode`:
+    the MCP tools (`/mcp`) a client without a token gets, which only a loopback client of a
+    server with no token is (`read`, or `operate`)."""
     known = dict(flows or {})
+    mcp = _mcp.McpEndpoint(client, mcp_mode)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with mcp.running():
+            yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="tether",
         summary="Durable executions: inspect, give input, start and operate them.",
         openapi_url=f"{API}/openapi.json",
@@ -427,6 +441,7 @@ def create_app(
         return memory_json(found)
 
     app.include_router(api)
+    app.router.routes.append(Route(_mcp.PATH, mcp, include_in_schema=False))
     app.include_router(_dashboard.router(client, poll=poll, stream_seconds=stream_seconds))
     app.mount("/static", StaticFiles(packages=[("tether.server", "static")]), name="static")
     return app

@@ -872,6 +872,12 @@ class Client:
         """The active token whose secret `secret` is, or None (unknown or revoked)."""
         return _tokens.check(self._store, secret)
 
+    def token_signing_keys(self) -> dict[str, tuple[TokenInfo, bytes]]:
+        """The active API tokens by name, each with a key to sign what stands for it (the
+        dashboard's session cookies): the same in every process on this store, and void
+        once the token is revoked."""
+        return _tokens.signing_keys(self._store)
+
     def events(self, execution_id: str, *, after: int = 0) -> builtins.list[Event]:
         """Everything noted on an execution (output, logs, warnings, input, retries...), in
         the order it was added; only events with an `id` above `after` (to follow it)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from .._ops.client import Client
 from .._ops.tokens import SCOPES
@@ -48,7 +48,24 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def principal(client: Client, request: Request, scope: str) -> Principal:
+def addressed_locally(request: HTTPConnection) -> bool:
+    """Whether the request names this machine (Host, and Origin when sent) as loopback.
+
+    What a tokenless server needs beyond a loopback peer: after a DNS rebinding, a page of
+    another site reaches 127.0.0.1 from the visitor's own browser, under its own name."""
+    if not is_loopback(_hostname(request.headers.get("host", ""))):
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or is_loopback(_hostname(origin.partition("://")[2]))
+
+
+def _hostname(netloc: str) -> str:
+    if netloc.startswith("["):  # [::1]:8787
+        return netloc.partition("]")[0] + "]"
+    return netloc.rsplit(":", 1)[0]
+
+
+def principal(client: Client, request: HTTPConnection, scope: str) -> Principal:
     """The principal of `request`, if it may do what needs `scope`; else AuthError."""
     header = request.headers.get("authorization")
     if header is None:

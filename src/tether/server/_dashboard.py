@@ -122,6 +122,7 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
             response.set_cookie(
                 COOKIE,
                 session.id,
+                max_age=max(0, int(session.expires - time.time())),
                 httponly=True,
                 samesite="strict",
                 secure=request.url.scheme == "https",

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from .._ops.client import Client
-from ._auth import LOCAL, AuthError, Principal, is_loopback, principal
+from ._auth import LOCAL, AuthError, Principal, addressed_locally, principal
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -85,7 +85,7 @@ class McpEndpoint:
         except AuthError as exc:
             await _error(send, exc.status, exc.kind, exc.message)
             return
-        if who.name == LOCAL and not _same_machine(request):
+        if who.name == LOCAL and not addressed_locally(request):
             # Tokenless loopback is open to this machine; a page of another site that a DNS
             # rebinding points at 127.0.0.1 sends its own name as Host, or its Origin.
             message = (
@@ -102,19 +102,6 @@ class McpEndpoint:
         if who.name == LOCAL:
             return self._mode
         return "operate" if who.allows("operate") else "read"
-
-
-def _same_machine(request: Request) -> bool:
-    host = request.headers.get("host", "")
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    if not is_loopback(name):
-        return False
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True
-    netloc = origin.partition("://")[2]
-    origin_host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
-    return is_loopback(origin_host)
 
 
 async def _error(send: Send, status: int, kind: str, message: str) -> None:

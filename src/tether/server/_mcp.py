@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from .._ops.client import Client
+from ..errors import UsageError
 from ._auth import LOCAL, AuthError, Principal, addressed_locally, principal
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class McpEndpoint:
 
     def __init__(self, client: Client, mode: str) -> None:
         if mode not in MODES:
-            raise ValueError(f"unknown MCP mode {mode!r}")
+            raise UsageError(f"unknown MCP mode {mode!r}; choose read or operate")
         self._client, self._mode = client, mode
         self._servers: dict[str, MCPServer] = {}
         self._missing: str | None = None

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from .._ops.client import Client
-from .._ops.tokens import SCOPES
+from .._ops.tokens import SCOPES, TokenInfo
 from ._auth import LOCAL, addressed_locally, is_loopback
 
 COOKIE = "tether_session"
@@ -120,13 +120,14 @@ class Sessions:
             return self._anonymous()
         if cookie.kind == _ANONYMOUS:
             return Session(request.cookies[COOKIE], cookie.nonce, cookie.expires)
-        found = self._verified(cookie)
+        found = self._verified(cookie, self._client.token_signing_keys())
         return found if found is not None else self._anonymous()
 
-    def _verified(self, cookie: _Cookie) -> Session | None:
+    def _verified(
+        self, cookie: _Cookie, keys: dict[str, tuple[TokenInfo, bytes]]
+    ) -> Session | None:
         """The signed-in session `cookie` stands for, if its token is active and it is
         signed with that token's key."""
-        keys = self._client.token_signing_keys()
         if cookie.kind != _SIGNED or cookie.name not in keys:
             return None
         token, key = keys[cookie.name]
@@ -164,7 +165,7 @@ class Sessions:
             return session
         if cookie is None or cookie.kind != _SIGNED:
             raise Refused("sign in with an API token", login=True)
-        signed = self._verified(cookie)
+        signed = self._verified(cookie, keys)
         if signed is None:
             raise Refused(
                 f"the session of token {cookie.name!r} is no longer valid (the token was "

@@ -5,6 +5,7 @@ chosen by the API token's scope."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,8 +19,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 import mcp_flows
 import tether
-from helpers import retry_until
-from server_procs import Processes
+from helpers import retry_until, spawn_python
+from server_procs import Processes, free_port
 from test_mcp import OPERATE_TOOLS, READ_TOOLS, call, call_error
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -131,3 +132,34 @@ async def test_without_tokens_loopback_gets_the_servers_mcp_mode(
     # Once a token exists, the mode no longer applies: every client needs one.
     client.create_token("late", "read")
     assert _initialize(operating).status_code == 401
+
+
+def test_without_the_sdk_mcp_says_how_to_install_it_and_the_rest_serves(
+    client: tether.Client, db_url: str
+) -> None:
+    client.list()
+    port = free_port()
+    code = (
+        "import sys\nsys.modules['mcp'] = None\nfrom tether.cli import main\n"
+        f"sys.exit(main(['server', '--port', '{port}']))"
+    )
+    server = spawn_python(["-c", code], db_url, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            if server.poll() is not None:
+                pytest.fail(f"the server exited: {server.communicate()[0]}")
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        retry_until(up, timeout=30, what="the server to answer /healthz")
+        missing = _initialize(url)
+        assert missing.status_code == 501, missing.text
+        assert "pip install -e '.[mcp]'" in missing.json()["error"]["message"]
+        assert httpx.get(f"{url}/api/v1/executions").status_code == 200
+    finally:
+        server.kill()
+        server.communicate(timeout=10)

@@ -39,7 +39,7 @@ def procs(db_url: str, tmp_path: Path) -> Iterator[Processes]:
 async def http_session(url: str, token: str | None = None) -> AsyncIterator[ClientSession]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        httpx2.AsyncClient(headers=headers, timeout=120) as http,
         streamable_http_client(f"{url}/mcp", http_client=http) as (read, write),
         ClientSession(read, write) as session,
     ):
@@ -65,7 +65,7 @@ def _initialize(url: str, **headers: str) -> httpx.Response:
         },
     }
     accept = {"Accept": "application/json, text/event-stream"}
-    return httpx.post(f"{url}/mcp", json=message, headers={**accept, **headers}, timeout=30)
+    return httpx.post(f"{url}/mcp", json=message, headers={**accept, **headers}, timeout=120)
 
 
 async def test_a_tokens_scope_chooses_the_tools_and_no_token_is_refused(

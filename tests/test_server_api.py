@@ -73,6 +73,13 @@ def test_without_tokens_loopback_is_served_and_other_hosts_are_refused(
     assert given.status_code == 200, given.text
     assert given.json()["resolved_by"] == "local"  # no token: who gave it is "local"
     assert handle.result(timeout=30) == "rejected"
+    # A page of another site that a DNS rebinding points at 127.0.0.1 names itself.
+    rebound = httpx.get(f"{url}/api/v1/executions", headers={"Host": "attacker.example:80"})
+    assert "DNS rebinding" in _error(rebound, 403, "Forbidden")["message"]
+    elsewhere = httpx.get(f"{url}/api/v1/waits", headers={"Origin": "http://attacker.example"})
+    _error(elsewhere, 403, "Forbidden")
+    local = httpx.get(f"{url}/api/v1/waits", headers={"Origin": "http://localhost:8787"})
+    assert local.status_code == 200
     refused = run_cli(db_url, "server", "--host", "0.0.0.0", "--port", str(free_port()))
     assert refused.returncode != 0
     assert "refusing to listen on 0.0.0.0" in refused.stderr

@@ -3,8 +3,9 @@ active token, any client on the loopback interface.
 
 A request's principal is the token (name and scope) it carries. Without tokens the server
 only listens on a loopback address (`serve()` refuses anything else), and a request from
-elsewhere (through a proxy, say) is still refused here: nobody off this machine gets in by
-default. Once a token exists every request needs one, loopback or not.
+elsewhere (through a proxy, say) is still refused here, as is one that names another host
+(Host, Origin): nobody off this machine gets in by default, not even through a browser on
+it that a DNS rebinding points here. Once a token exists every request needs one, loopback or not.
 """
 
 from __future__ import annotations
@@ -83,6 +84,15 @@ def principal(client: Client, request: HTTPConnection, scope: str) -> Principal:
                 "Unauthorized",
                 f"requests from {host or 'an unknown address'} need a token, and none is "
                 "configured; create one with `tether tokens create`",
+            )
+        if not addressed_locally(request):
+            raise AuthError(
+                403,
+                "Forbidden",
+                "without a token this server answers only requests addressed to localhost or "
+                "a loopback address (another name resolving here is how a page of another "
+                "site would reach it: DNS rebinding); use http://127.0.0.1:PORT or create a "
+                "token with `tether tokens create`",
             )
         return Principal(LOCAL, "admin")
     kind, _, secret = header.partition(" ")

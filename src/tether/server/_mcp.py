@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from .._ops.client import Client
 from ..errors import UsageError
-from ._auth import LOCAL, AuthError, Principal, addressed_locally, principal
+from ._auth import LOCAL, AuthError, Principal, principal
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -85,15 +85,6 @@ class McpEndpoint:
             who = await anyio.to_thread.run_sync(principal, self._client, request, "read")
         except AuthError as exc:
             await _error(send, exc.status, exc.kind, exc.message)
-            return
-        if who.name == LOCAL and not addressed_locally(request):
-            # Tokenless loopback is open to this machine; a page of another site that a DNS
-            # rebinding points at 127.0.0.1 sends its own name as Host, or its Origin.
-            message = (
-                "MCP without a token answers only clients that address this machine as "
-                "localhost or a loopback address; create a token with `tether tokens create`"
-            )
-            await _error(send, 403, "Forbidden", message)
             return
         tools = self._tools(who)
         scope = {**scope, self._giver_key: who.name}

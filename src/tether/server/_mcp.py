@@ -2,10 +2,10 @@
 serves over stdio), behind the API's Bearer tokens.
 
 A token's scope picks the tool set: `read` gets the reading tools only, `operate` and
-`admin` the operating ones too. Without a token (only while none exists, from loopback, as
-the API) the server's `--mcp-mode` decides, `read` by default. Two MCP servers are built
-once, one per tool set, and each request goes to the one its principal may use: what a
-client cannot call, it is never offered.
+`admin` the operating ones too. Without a token (only while none exists, from loopback and
+addressed as loopback, as the API) the server's `--mcp-mode` decides, `read` by default.
+Two MCP servers are built once, one per tool set, and each request goes to the one its
+principal may use: what a client cannot call, it is never offered.
 
 Stateless transport with JSON answers: every request stands alone, so any of several
 server processes behind a balancer can answer it, and a restart loses nothing. Input given
@@ -56,11 +56,13 @@ class McpEndpoint:
             )
             return
         self._giver_key = GIVER
-        # The SDK's own Host check would refuse every name but localhost's; the check below
-        # does that where it matters (no token), and tokens guard the rest.
+        # The SDK's own Host check would refuse every name but localhost's, also behind a
+        # real host name with tokens; `_auth.principal` checks the Host where it matters
+        # (no token), and tokens guard the rest.
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
         for tools in MODES:
             server = build_server(client, "operate" if tools == "operate" else "read")
+            # Called for its side effect: it creates the session manager that serves requests.
             server.streamable_http_app(
                 stateless_http=True, json_response=True, transport_security=security
             )

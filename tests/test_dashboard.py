@@ -4,7 +4,9 @@ are run by a real `tether worker`. Screenshots are kept under the test's tmp dir
 
 from __future__ import annotations
 
+import base64
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,9 @@ import dashboard_flows
 import tether
 from helpers import retry_until
 from server_procs import Processes
+from tether._core import serde
 from tether._core.positions import display
+from tether.store import ExecutionRow
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -200,6 +204,8 @@ def test_list_filters_by_status_and_flow_searches_by_id_and_pages(
     page.get_by_role("button", name="Show").click()
     expect(page.locator("table.executions tbody tr")).to_have_count(1)
     expect(page.locator("table.executions")).to_contain_text(planning.id)
+    expect(page.locator("#counts")).to_contain_text("all 1")  # counts follow the filters
+    expect(page.locator("#counts")).to_contain_text("queued 1")
 
     page.goto(url)
     page.evaluate("window.__sameDocument = true")
@@ -425,3 +431,149 @@ def test_a_wait_answered_on_the_execution_page_shows_its_errors_there(
         missing = http.get("/executions/nope-nope")
         assert missing.status_code == 404 and "no execution nope-nope" in missing.text
     assert tether.Client().handle(handle.id).result(timeout=60) == "t: 2 pages, formal"
+
+
+def _counts(html: str) -> dict[str, int]:
+    nav = html.split('id="counts"', 1)[1].split("</nav>", 1)[0]
+    return {s: int(n) for s, n in re.findall(r">(\w+) <b>(\d+)</b>", nav)}
+
+
+def test_list_counts_count_what_the_flow_queue_and_id_filters_select(
+    client: tether.Client, procs: Processes
+) -> None:
+    now = time.time()
+    planted = {
+        "abc-1": ("alpha", "queued", "default"),
+        "abc-2": ("alpha", "succeeded", "fast"),
+        "abd-3": ("beta", "failed", "default"),
+        "xyz-4": ("beta", "queued", "fast"),
+    }
+    for i, (execution_id, (flow, status, queue)) in enumerate(planted.items()):
+        client._store.create_execution(
+            ExecutionRow(
+                id=execution_id,
+                flow=flow,
+                import_path="planted:planted",
+                script=None,
+                args=serde.dumps({"args": [], "kwargs": {}}),
+                status=status,
+                queue=queue,
+                created_at=now + i,
+                updated_at=now + i,
+            )
+        )
+    url = procs.server()
+    cases: list[tuple[dict[str, str], dict[str, int], set[str]]] = [
+        ({}, {"all": 4, "queued": 2, "succeeded": 1, "failed": 1}, set(planted)),
+        ({"flow": "alpha"}, {"all": 2, "queued": 1, "succeeded": 1}, {"abc-1", "abc-2"}),
+        ({"queue": "fast"}, {"all": 2, "queued": 1, "succeeded": 1}, {"abc-2", "xyz-4"}),
+        # A prefix that several ids start with lists those, and counts only those.
+        (
+            {"q": "ab"},
+            {"all": 3, "queued": 1, "succeeded": 1, "failed": 1},
+            {"abc-1", "abc-2", "abd-3"},
+        ),
+        (
+            {"q": "ab", "status": "queued"},
+            {"all": 3, "queued": 1, "succeeded": 1, "failed": 1},
+            {"abc-1"},
+        ),
+        ({"flow": "beta", "queue": "fast"}, {"all": 1, "queued": 1}, {"xyz-4"}),
+    ]
+    with httpx.Client(base_url=url) as http:
+        for params, expected, ids in cases:
+            html = http.get("/", params=params).text
+            counts = {s: n for s, n in _counts(html).items() if n}
+            assert counts == expected, params
+            assert set(re.findall(r'<tr data-id="([^"]+)"', html)) == ids, params
+            # A status tab keeps the other filters, so its count is what it lists.
+            if params:
+                links = html.split('id="counts"', 1)[1].split("</nav>", 1)[0]
+                for key, value in params.items():
+                    if key != "status":
+                        assert f"{key}={value}" in links, (params, links)
+        # Open (no token) to this machine only, as addressed from it: after a DNS
+        # rebinding, a page of another site reaches 127.0.0.1 under its own name.
+        rebound = http.get("/", headers={"Host": "attacker.example:8787"})
+        assert rebound.status_code == 401 and "127.0.0.1" in rebound.text
+
+
+def _signed_in(url: str, secret: str) -> str:
+    """The session cookie a sign-in with `secret` gets (its value)."""
+    with httpx.Client(base_url=url) as http:
+        login = http.get("/login")
+        signed = http.post("/login", data={**_csrf_of(login.text), "token": secret, "next": "/"})
+        assert signed.status_code == 303, signed.text
+        cookie = signed.cookies.get("tether_session")
+    assert cookie
+    return cookie
+
+
+def _get(url: str, path: str, cookie: str) -> httpx.Response:
+    return httpx.get(f"{url}{path}", cookies={"tether_session": cookie}, timeout=30)
+
+
+def test_sessions_outlive_a_restart_serve_every_process_and_end_with_their_token(
+    client: tether.Client, procs: Processes
+) -> None:
+    operate = client.create_token("manager", "operate")
+    client.create_token("watcher", "read")
+    handle = dashboard_flows.approval.enqueue("restart")
+    first = procs.server()
+    procs.worker()
+    _waiting(client, handle.id)
+    cookie = _signed_in(first, operate)
+    page = _get(first, "/waits", cookie)
+    assert page.status_code == 200 and "Approve" in page.text
+
+    # Another server process on the same store takes the session; then the first one dies.
+    second = procs.server()
+    assert _get(second, "/waits", cookie).status_code == 200
+    server_proc = procs.procs[0]
+    server_proc.kill()
+    server_proc.wait(timeout=10)
+    restarted = procs.server()
+    page = _get(restarted, f"/executions/{handle.id}", cookie)
+    assert page.status_code == 200 and handle.id in page.text
+    # Its forms still carry the session's CSRF token, and still need it.
+    waits = _get(restarted, "/waits", cookie)
+    approve = f"{restarted}/waits/{handle.id}/approve"
+    with httpx.Client(cookies={"tether_session": cookie}) as http:
+        missing = http.post(approve, data={"value": "true"})
+        assert missing.status_code == 403 and "CSRF" in missing.text
+        forged = http.post(approve, data={"value": "true", "csrf": "x" * 43})
+        assert forged.status_code == 403
+        assert client.summary(handle.id).status == tether.Status.WAITING
+        given = http.post(approve, data={"value": "true", **_csrf_of(waits.text)})
+        assert given.status_code == 303, given.text
+    assert tether.Client().handle(handle.id).result(timeout=60).startswith("published")
+    assert [w.resolved_by for w in client.get(handle.id).waits] == ["manager"]
+
+    # A cookie altered in any part is refused: another name, a later expiry, another nonce.
+    version, kind, name, expires, nonce, mac = cookie.split("~")
+    watcher = base64.urlsafe_b64encode(b"watcher").rstrip(b"=").decode()
+    tampered = [
+        "~".join((version, kind, watcher, expires, nonce, mac)),
+        "~".join((version, kind, name, str(int(expires) + 3600), nonce, mac)),
+        "~".join(
+            (version, kind, name, expires, nonce[:-1] + ("A" if nonce[-1] != "A" else "B"), mac)
+        ),
+        "~".join((version, kind, name, expires, nonce, "")),
+        "~".join((version, "a", name, expires, nonce, mac)),
+        "garbage",
+    ]
+    for forged_cookie in tampered:
+        refused = _get(restarted, "/waits", forged_cookie)
+        assert refused.status_code == 303, forged_cookie
+        assert refused.headers["location"].startswith("/login?next=")
+    assert _get(restarted, "/waits", cookie).status_code == 200
+
+    # Revoking the token ends its sessions on every process, and signing out ends this one
+    # in the browser.
+    client.revoke_token("manager")
+    for url in (second, restarted):
+        refused = _get(url, "/", cookie)
+        assert refused.status_code == 303 and refused.headers["location"].startswith("/login")
+    # A new token under the old name does not revive the old sessions.
+    client.create_token("manager", "operate")
+    assert _get(restarted, "/", cookie).status_code == 303

@@ -1,10 +1,11 @@
 """The package tree is the architecture: the import-linter contracts in pyproject.toml hold,
 and no module of tether imports itself back through another.
 
-The layers, top to bottom: `cli` > `server | mcp | ai | testing` > `_ops | _memory` >
+The layers, top to bottom: `cli` > `server` > `mcp | ai | testing` > `_ops | _memory` >
 `_runtime` > `_spend` > `_core` > `store` > `errors`. A layer imports only layers below it;
-nothing imports the CLI, only the CLI imports the HTTP and MCP servers, and `import tether`
-loads neither them nor `tether.testing`.
+nothing imports the CLI, only the CLI imports the HTTP server, only the CLI and the HTTP
+server (which serves MCP at `/mcp`) import the MCP server, and `import tether` loads neither
+them nor `tether.testing`.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def test_the_layers_contract_names_every_package_of_tether() -> None:
         ("tether._ops.client", "tether.mcp._server"),  # Client knows no surface
         ("tether.mcp._server", "tether.ai._llm"),  # independent siblings
         ("tether.mcp._server", "tether.cli._common"),  # the MCP server is below the CLI
+        ("tether.mcp._server", "tether.server._auth"),  # and below the HTTP server
     ],
 )
 def test_the_layers_contract_rejects_an_import_upwards(importer: str, imported: str) -> None:

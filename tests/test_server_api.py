@@ -75,6 +75,13 @@ def test_without_tokens_loopback_is_served_and_other_hosts_are_refused(
     assert given.status_code == 200, given.text
     assert given.json()["resolved_by"] == "local"  # no token: who gave it is "local"
     assert handle.result(timeout=30) == "rejected"
+    # A page of another site that a DNS rebinding points at 127.0.0.1 names itself.
+    rebound = httpx.get(f"{url}/api/v1/executions", headers={"Host": "attacker.example:80"})
+    assert "DNS rebinding" in _error(rebound, 403, "Forbidden")["message"]
+    elsewhere = httpx.get(f"{url}/api/v1/waits", headers={"Origin": "http://attacker.example"})
+    _error(elsewhere, 403, "Forbidden")
+    local = httpx.get(f"{url}/api/v1/waits", headers={"Origin": "http://localhost:8787"})
+    assert local.status_code == 200
     refused = run_cli(db_url, "server", "--host", "0.0.0.0", "--port", str(free_port()))
     assert refused.returncode != 0
     assert "refusing to listen on 0.0.0.0" in refused.stderr
@@ -749,3 +756,66 @@ def test_schedules_listed_paused_and_resumed(
             http.post("/api/v1/schedules/daily/pause", json={}), 404, "ScheduleNotFound"
         )
         assert "schedules: nightly" in missing["message"]
+
+
+def _plant(client: tether.Client, **rows: dict[str, Any]) -> None:
+    """Executions written straight into the store, each `id=dict(flow=, status=, ...)`."""
+    now = time.time()
+    for i, (execution_id, fields) in enumerate(rows.items()):
+        client._store.create_execution(
+            ExecutionRow(
+                id=execution_id,
+                import_path="planted:planted",
+                script=None,
+                args=serde.dumps({"args": [], "kwargs": {}}),
+                created_at=now + i,
+                updated_at=now + i,
+                **fields,
+            )
+        )
+
+
+def _selection(client: tether.Client) -> None:
+    _plant(
+        client,
+        **{
+            "abc-1": {"flow": "alpha", "status": "queued"},
+            "abc-2": {"flow": "alpha", "status": "succeeded", "queue": "fast"},
+            "abd-3": {"flow": "alpha", "status": "failed", "parent_id": "abc-1"},
+            "xyz-4": {"flow": "beta", "status": "queued", "parent_id": "abc-1"},
+            "xyz-5": {"flow": "beta", "status": "waiting", "queue": "fast"},
+        },
+    )
+
+
+def test_status_counts_count_what_the_other_filters_of_the_list_select(
+    procs: Processes, client: tether.Client
+) -> None:
+    _selection(client)
+    url = procs.server()
+    zero = {s.value: 0 for s in tether.Status}
+    cases: list[tuple[dict[str, str], dict[str, int], set[str]]] = [
+        ({}, {"queued": 2, "succeeded": 1, "failed": 1, "waiting": 1}, set()),
+        ({"flow": "alpha"}, {"queued": 1, "succeeded": 1, "failed": 1}, set()),
+        ({"parent": "abc-1"}, {"failed": 1, "queued": 1}, {"abd-3", "xyz-4"}),
+        ({"queue": "fast"}, {"succeeded": 1, "waiting": 1}, {"abc-2", "xyz-5"}),
+        ({"id_prefix": "ab"}, {"queued": 1, "succeeded": 1, "failed": 1}, set()),
+        ({"id_prefix": "abc", "flow": "alpha"}, {"queued": 1, "succeeded": 1}, set()),
+        ({"flow": "beta", "queue": "default"}, {"queued": 1}, {"xyz-4"}),
+        ({"flow": "gamma"}, {}, set()),
+    ]
+    with httpx.Client(base_url=url) as http:
+        for filters, expected, ids in cases:
+            # The status filter narrows the list, not the counts (they are its tabs).
+            body = http.get(
+                "/api/v1/executions", params={**filters, "counts": "true", "status": "queued"}
+            ).json()
+            assert body["counts"] == {**zero, **expected}, filters
+            assert body["counts_cap"] >= 10_000
+            listed = http.get("/api/v1/executions", params=filters).json()
+            assert len(listed["items"]) == sum(expected.values()), filters
+            if ids:
+                assert {item["id"] for item in listed["items"]} == ids
+            assert all(item["status"] == "queued" for item in body["items"])
+        # Without counts=true the page costs no counting, and says none.
+        assert "counts" not in http.get("/api/v1/executions").json()

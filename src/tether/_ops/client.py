@@ -244,14 +244,23 @@ class Client:
         *,
         parent: str | None = None,
         cursor: str | None = None,
+        queue: str | None = None,
+        id_prefix: str | None = None,
     ) -> Page:
         """`list()` a page at a time: pass the `next` of one page as the `cursor` of the
         following one. Pages are cut by (creation time, id), so executions started meanwhile
-        never shift a page or show twice."""
+        never shift a page or show twice. `queue` and `id_prefix` (ids that start with it)
+        narrow the page further."""
         _check_limit(limit)
         statuses = None if status is None else _statuses(status)
         rows = self._store.list_executions(
-            statuses=statuses, flow=flow, limit=limit + 1, parent=parent, before=_cursor(cursor)
+            statuses=statuses,
+            flow=flow,
+            limit=limit + 1,
+            parent=parent,
+            before=_cursor(cursor),
+            queue=queue,
+            id_prefix=id_prefix,
         )
         more = len(rows) > limit
         rows = rows[:limit]
@@ -276,12 +285,29 @@ class Client:
         monitoring system or an autoscaler reads)."""
         return self._store.execution_stats()
 
-    def status_counts(self, cap: int = 10_000) -> dict[Status, int]:
+    def status_counts(
+        self,
+        cap: int = 10_000,
+        *,
+        flow: str | None = None,
+        parent: str | None = None,
+        queue: str | None = None,
+        id_prefix: str | None = None,
+    ) -> dict[Status, int]:
         """How many executions have each status, counting at most `cap` of each (a count
         equal to `cap` means "that many or more"), so its cost does not grow with the store
-        (what a page that shows the counts on every load wants; `stats()` counts exactly)."""
+        (what a page that shows the counts on every load wants; `stats()` counts exactly).
+        The filters select as `page()`'s do, so counts shown beside a filtered list add up
+        to what that list holds."""
         _check_limit(cap)
-        found = self._store.count_by_status([s.value for s in Status], cap=cap)
+        found = self._store.count_by_status(
+            [s.value for s in Status],
+            cap=cap,
+            flow=flow,
+            parent=parent,
+            queue=queue,
+            id_prefix=id_prefix,
+        )
         return {s: found.get(s.value, 0) for s in Status}
 
     def pending_waits(self, flow: str | None = None, limit: int = 100) -> builtins.list[WaitRecord]:
@@ -862,6 +888,12 @@ class Client:
     def resume_schedule(self, name: str) -> ScheduleRecord:
         """Resume a paused schedule: its next tick starts an execution again."""
         return _schedules.set_paused(self._store, name, False)
+
+    def token_signing_keys(self) -> dict[str, tuple[TokenInfo, bytes]]:
+        """The active API tokens by name, each with a key to sign what stands for it (the
+        dashboard's session cookies): the same in every process on this store, and void
+        once the token is revoked."""
+        return _tokens.signing_keys(self._store)
 
     def events(self, execution_id: str, *, after: int = 0) -> builtins.list[Event]:
         """Everything noted on an execution (output, logs, warnings, input, retries...), in

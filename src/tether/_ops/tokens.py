@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -90,3 +91,19 @@ def revoke(store: Store, name: str) -> None:
             f"no active token named {name!r} (active tokens: {active or 'none'}); "
             "`tether tokens list` shows them"
         )
+
+
+def signing_keys(store: Store) -> dict[str, tuple[TokenInfo, bytes]]:
+    """The active tokens by name, each with a key for signing what stands for it (a
+    dashboard session's cookie). The key is derived from the hash the store keeps: every
+    process on the store derives the same one, without a secret of its own to share, and
+    revoking the token (or a new token under its name) voids every signature made with it."""
+    return {
+        r.name: (TokenInfo.from_row(r), _signing_key(r))
+        for r in store.list_tokens()
+        if r.revoked_at is None
+    }
+
+
+def _signing_key(row: TokenRow) -> bytes:
+    return hmac.new(row.hash.encode(), b"tether dashboard session", hashlib.sha256).digest()

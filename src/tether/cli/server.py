@@ -30,8 +30,18 @@ def server_command(
             help="Module whose flows may be started over HTTP (repeatable), e.g. myapp.flows.",
         ),
     ] = None,
+    mcp_mode: Annotated[
+        str,
+        typer.Option(
+            "--mcp-mode",
+            metavar="read|operate",
+            help="The MCP tools (at /mcp) of a client without a token, which only a loopback "
+            "client of a server with no token is. With tokens, a token's scope decides.",
+        ),
+    ] = "read",
 ) -> None:
-    """Serve the HTTP API (`/api/v1`, OpenAPI at `/api/v1/openapi.json`) until Ctrl-C.
+    """Serve the HTTP API (`/api/v1`, OpenAPI at `/api/v1/openapi.json`), the dashboard
+    (`/`) and MCP over streamable HTTP (`/mcp`) until Ctrl-C.
 
     The server reads and records; `tether worker` processes run the executions it starts,
     resumes or gives input to.
@@ -44,4 +54,4 @@ def server_command(
                 f"tether server needs the `server` extra ({exc.name or exc} is missing): "
                 "pip install -e '.[server]' in a clone of tether"
             ) from None
-        serve(host=host, port=port, db=db, imports=imports or ())
+        serve(host=host, port=port, db=db, imports=imports or (), mcp_mode=mcp_mode)

@@ -11,7 +11,7 @@ import importlib.metadata
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
@@ -41,6 +41,21 @@ ExecutionId = Annotated[
     str, Field(description="The execution id, or a unique prefix of it (from list_executions).")
 ]
 Status = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
+
+#: Where `tether server` puts the name of the token an HTTP request carries, in the
+#: request's ASGI scope: the name that input given through that request is recorded with.
+GIVER = "tether.giver"
+_STDIO_GIVER = "mcp"  # over stdio there is no token: the assistant is whoever ran `tether mcp`
+
+
+def _giver(ctx: Context) -> str:
+    try:
+        request = ctx.request_context.request
+    except ValueError:  # no request context: called outside the SDK's dispatch
+        return _STDIO_GIVER
+    scope = getattr(request, "scope", None)
+    name = scope.get(GIVER) if isinstance(scope, dict) else None
+    return name if isinstance(name, str) else _STDIO_GIVER
 
 
 @contextlib.contextmanager
@@ -193,6 +208,7 @@ def _operating_tools(
             str | None,
             Field(description="The wait's name; may be left out when only one is pending."),
         ] = None,
+        ctx: Context | None = None,
     ) -> dict[str, Any]:
         """Answer a waiting execution's question (see list_pending_waits). The value is
         validated against the wait's JSON Schema: a mismatch is an error and records nothing.
@@ -202,7 +218,8 @@ def _operating_tools(
             full_id = client.resolve_id(execution_id)
             # Asked first: once the input is in, the execution may be running, or even done.
             then = client.continuation(full_id)
-            given = client.input(full_id, wait, value, by="mcp")
+            who = _STDIO_GIVER if ctx is None else _giver(ctx)
+            given = client.input(full_id, wait, value, by=who)
             return {
                 "wait": views.wait_json(given),
                 "continues": {"live": then.live, "message": then.message},

@@ -8,14 +8,17 @@ where the Client's blocking store calls belong.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Route
 
 from .._memory import api as memory
 from .._memory.views import memory_json
@@ -23,7 +26,7 @@ from .._ops import views
 from .._ops.client import Client
 from .._runtime.flow import Flow
 from ..errors import InputValidationError, MemoryKeyError, UsageError
-from . import _dashboard, _errors, _flows, _memories, _metrics, _stream
+from . import _dashboard, _errors, _flows, _mcp, _memories, _metrics, _stream
 from . import _schemas as _s
 from ._auth import Principal, principal
 
@@ -33,6 +36,9 @@ _INT64 = 2**63 - 1
 # Checkpoint calls in one execution record by default: their results are decoded and sent,
 # so an execution with thousands of calls is read a window at a time.
 CHECKPOINT_PAGE = 100
+# Status counts beside a list stop at this many each: exact counts of 100,000 executions
+# cost more than the page itself.
+COUNT_CAP = 10_000
 
 
 class ErrorDetail(BaseModel):
@@ -172,10 +178,21 @@ def create_app(
     *,
     poll: float = 0.25,
     stream_seconds: float = 300.0,
+    mcp_mode: str = "read",
 ) -> FastAPI:
-    """The API over `client`'s store; `flows` are those it may start by name."""
+    """The API over `client`'s store; `flows` are those it may start by name. `mcp_mode`:
+    the MCP tools (`/mcp`) a client without a token gets, which only a loopback client of a
+    server with no token is (`read`, or `operate`)."""
     known = dict(flows or {})
+    mcp = _mcp.McpEndpoint(client, mcp_mode)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with mcp.running():
+            yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="tether",
         summary="Durable executions: inspect, give input, start and operate them.",
         openapi_url=f"{API}/openapi.json",
@@ -209,10 +226,33 @@ def create_app(
         parent: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         cursor: str | None = None,
+        queue: str | None = None,
+        id_prefix: str | None = None,
+        counts: bool = False,
     ) -> JSONResponse:
+        """Newest first. `id_prefix`: only ids that start with it. `counts=true` adds the
+        number of executions of each status among those the other filters select."""
         statuses = [s for item in status or [] for s in item.split(",") if s] or None
-        page = client.page(statuses, flow, limit, parent=parent, cursor=cursor)
-        return _plain({"items": [views.execution_json(r) for r in page.items], "next": page.next})
+        page = client.page(
+            statuses,
+            flow,
+            limit,
+            parent=parent,
+            cursor=cursor,
+            queue=queue,
+            id_prefix=id_prefix or None,
+        )
+        body: dict[str, Any] = {
+            "items": [views.execution_json(r) for r in page.items],
+            "next": page.next,
+        }
+        if counts:
+            found = client.status_counts(
+                COUNT_CAP, flow=flow, parent=parent, queue=queue, id_prefix=id_prefix or None
+            )
+            body["counts"] = {s.value: n for s, n in found.items()}
+            body["counts_cap"] = COUNT_CAP
+        return _plain(body)
 
     @api.get("/executions/{execution_id}", tags=["executions"], **_answers(_s.ExecutionDetailOut))
     def get_execution(
@@ -438,6 +478,7 @@ def create_app(
         return memory_json(found)
 
     app.include_router(api)
+    app.router.routes.append(Route(_mcp.PATH, mcp, include_in_schema=False))
     app.include_router(_dashboard.router(client, poll=poll, stream_seconds=stream_seconds))
     app.mount("/static", StaticFiles(packages=[("tether.server", "static")]), name="static")
     return app

@@ -3,8 +3,9 @@ active token, any client on the loopback interface.
 
 A request's principal is the token (name and scope) it carries. Without tokens the server
 only listens on a loopback address (`serve()` refuses anything else), and a request from
-elsewhere (through a proxy, say) is still refused here: nobody off this machine gets in by
-default. Once a token exists every request needs one, loopback or not.
+elsewhere (through a proxy, say) is still refused here, as is one that names another host
+(Host, Origin): nobody off this machine gets in by default, not even through a browser on
+it that a DNS rebinding points here. Once a token exists every request needs one, loopback or not.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from .._ops.client import Client
 from .._ops.tokens import SCOPES
@@ -48,7 +49,24 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def principal(client: Client, request: Request, scope: str) -> Principal:
+def addressed_locally(request: HTTPConnection) -> bool:
+    """Whether the request names this machine (Host, and Origin when sent) as loopback.
+
+    What a tokenless server needs beyond a loopback peer: after a DNS rebinding, a page of
+    another site reaches 127.0.0.1 from the visitor's own browser, under its own name."""
+    if not is_loopback(_hostname(request.headers.get("host", ""))):
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or is_loopback(_hostname(origin.partition("://")[2]))
+
+
+def _hostname(netloc: str) -> str:
+    if netloc.startswith("["):  # [::1]:8787
+        return netloc.partition("]")[0] + "]"
+    return netloc.rsplit(":", 1)[0]
+
+
+def principal(client: Client, request: HTTPConnection, scope: str) -> Principal:
     """The principal of `request`, if it may do what needs `scope`; else AuthError."""
     header = request.headers.get("authorization")
     if header is None:
@@ -66,6 +84,15 @@ def principal(client: Client, request: Request, scope: str) -> Principal:
                 "Unauthorized",
                 f"requests from {host or 'an unknown address'} need a token, and none is "
                 "configured; create one with `tether tokens create`",
+            )
+        if not addressed_locally(request):
+            raise AuthError(
+                403,
+                "Forbidden",
+                "without a token this server answers only requests addressed to localhost or "
+                "a loopback address (another name resolving here is how a page of another "
+                "site would reach it: DNS rebinding); use http://127.0.0.1:PORT or create a "
+                "token with `tether tokens create`",
             )
         return Principal(LOCAL, "admin")
     kind, _, secret = header.partition(" ")

@@ -122,6 +122,7 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
             response.set_cookie(
                 COOKIE,
                 session.id,
+                max_age=max(0, int(session.expires - time.time())),
                 httponly=True,
                 samesite="strict",
                 secure=request.url.scheme == "https",
@@ -218,24 +219,35 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
         flow: str | None = None,
         q: str | None = None,
         cursor: str | None = None,
+        queue: str | None = None,
+        parent: str | None = None,
     ) -> Response:
         def build(session: Session) -> Response | tuple[str, dict[str, Any]]:
             notice = None
-            if q and q.strip():
+            prefix = q.strip() if q and q.strip() else None
+            if prefix:
                 try:
-                    found = client.resolve_id(q.strip())
-                except TetherError as exc:  # none, or several: say which
+                    found = client.resolve_id(prefix)
+                except TetherError as exc:  # none, or several (listed below): say which
                     notice = str(exc)
                 else:
                     return RedirectResponse(f"/executions/{found}", status_code=303)
             chosen = status if status in _STATUSES else None
-            shown_flow = flow.strip() if flow and flow.strip() else None
-            result = client.page(chosen, shown_flow, _PAGE, cursor=cursor or None)
+            selection = {
+                "flow": _given(flow),
+                "queue": _given(queue),
+                "parent": _given(parent),
+                "id_prefix": prefix,
+            }
+            result = client.page(chosen, limit=_PAGE, cursor=cursor or None, **selection)
             # Capped: exact counts of 100,000 executions cost more than the rest of the page.
-            counts = {s.value: n for s, n in client.status_counts(_COUNT_CAP).items()}
+            # They count what the other filters select: the `all` count is the list's size.
+            found_counts = client.status_counts(_COUNT_CAP, **selection)
+            counts = {s.value: n for s, n in found_counts.items()}
             capped = {s for s, n in counts.items() if n >= _COUNT_CAP}
             rows = [views.execution_json(r) for r in result.items]
-            filters = {"status": chosen, "flow": shown_flow}
+            others = {k: v for k, v in selection.items() if k != "id_prefix"}
+            filters = {"status": chosen, **others, "q": prefix}
             return "executions.html", {
                 "rows": rows,
                 "counts": counts,
@@ -246,7 +258,7 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
                 "notice": notice,
                 "next_url": _url("/", **filters, cursor=result.next) if result.next else None,
                 "first_url": _url("/", **filters) if cursor else None,
-                "status_url": lambda s: _url("/", status=s, flow=shown_flow),
+                "status_url": lambda s: _url("/", **{**filters, "status": s}),
                 "attention": {r.id: client.attention(r) for r in result.items},
             }
 
@@ -444,6 +456,10 @@ def _local(target: str) -> str:
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     return target
+
+
+def _given(value: str | None) -> str | None:
+    return value.strip() if value and value.strip() else None
 
 
 def _url(path: str, **params: Any) -> str:

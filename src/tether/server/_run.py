@@ -8,8 +8,8 @@ import uvicorn
 
 from .._core import config as _config
 from .._ops.client import Client
-from ..errors import ConfigurationError
-from . import _flows
+from ..errors import ConfigurationError, UsageError
+from . import _flows, _mcp
 from ._app import create_app
 from ._auth import is_loopback
 
@@ -22,6 +22,7 @@ def serve(
     imports: Sequence[str] = (),
     poll: float = 0.25,
     stream_seconds: float = 300.0,
+    mcp_mode: str = "read",
 ) -> None:
     """Serve the HTTP API until interrupted. The server only records and reads: it runs no
     execution itself (resume, retry, replay and started flows are queued for workers)."""
@@ -35,6 +36,8 @@ def serve(
             "can reach that address could read and operate every execution. Create one "
             "(`tether tokens create --name NAME --scope operate`) or listen on 127.0.0.1"
         )
+    if mcp_mode not in _mcp.MODES:
+        raise UsageError(f"unknown MCP mode {mcp_mode!r}; choose read or operate")
     flows = _flows.load(imports)
-    app = create_app(client, flows, poll=poll, stream_seconds=stream_seconds)
+    app = create_app(client, flows, poll=poll, stream_seconds=stream_seconds, mcp_mode=mcp_mode)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -191,6 +191,13 @@ class ExecutionDetailOut(ExecutionOut):
 class ExecutionPageOut(_Shape):
     items: list[ExecutionOut]
     next: str | None = Field(description="The cursor of the next page; null on the last.")
+    counts: dict[str, int] | None = Field(
+        default=None,
+        description="With `counts=true`: how many executions of each status the other "
+        "filters (flow, parent, queue, id_prefix) select, each counted up to `counts_cap` "
+        "(a count equal to it means that many or more).",
+    )
+    counts_cap: int | None = Field(default=None, description="The cap of `counts`.")
 
 
 class LogsOut(_Shape):

@@ -256,19 +256,32 @@ class Store(abc.ABC):
         limit: int,
         parent: str | None = None,
         before: tuple[float, str] | None = None,
+        queue: str | None = None,
+        id_prefix: str | None = None,
     ) -> list[ExecutionRow]:
         """Newest first (by `created_at`, then `id`), with `checkpoints_done` and
         `pending_wait` filled in; with `parent`, only the children of that execution; with
-        `before` (created_at, id), only those after it in that order (a keyset page)."""
+        `queue`, only those of that queue; with `id_prefix`, only ids that start with it;
+        with `before` (created_at, id), only those after it in that order (a keyset page)."""
 
     @abc.abstractmethod
     def execution_stats(self) -> ExecutionStats:
         """Counts for monitoring (see ExecutionStats)."""
 
     @abc.abstractmethod
-    def count_by_status(self, statuses: Sequence[str], *, cap: int) -> dict[str, int]:
+    def count_by_status(
+        self,
+        statuses: Sequence[str],
+        *,
+        cap: int,
+        flow: str | None = None,
+        parent: str | None = None,
+        queue: str | None = None,
+        id_prefix: str | None = None,
+    ) -> dict[str, int]:
         """How many executions have each of `statuses`, counting at most `cap` of each (a
-        count of `cap` means "cap or more"): bounded work however many there are."""
+        count of `cap` means "cap or more"): bounded work however many there are. The other
+        filters select as `list_executions`' do."""
 
     @abc.abstractmethod
     def start_child(

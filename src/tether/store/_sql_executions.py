@@ -145,24 +145,19 @@ class ExecutionsSql(SqlBase):
         limit: int,
         parent: str | None = None,
         before: tuple[float, str] | None = None,
+        queue: str | None = None,
+        id_prefix: str | None = None,
     ) -> list[ExecutionRow]:
-        where: list[str] = []
-        params: list[Any] = []
+        where, params = _selection(flow=flow, parent=parent, queue=queue, id_prefix=id_prefix)
         if before is not None:
             # Keyset: the page goes on after the last row seen, whatever was inserted since.
             # `created_at <= ?` repeats what the OR implies, as a range both databases start
             # the index scan at: with the OR alone they walk every newer row to get there.
             where.append("created_at <= ? AND (created_at < ? OR (created_at = ? AND id < ?))")
             params.extend((before[0], before[0], before[0], before[1]))
-        if parent is not None:
-            where.append("parent_id = ?")
-            params.append(parent)
         if statuses:
             where.append(f"status IN ({marks(statuses)})")
             params.extend(statuses)
-        if flow is not None:
-            where.append("flow = ?")
-            params.append(flow)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         params.append(limit)
         rows = self._all(
@@ -181,13 +176,24 @@ class ExecutionsSql(SqlBase):
             found.append(row)
         return found
 
-    def count_by_status(self, statuses: Sequence[str], *, cap: int) -> dict[str, int]:
+    def count_by_status(
+        self,
+        statuses: Sequence[str],
+        *,
+        cap: int,
+        flow: str | None = None,
+        parent: str | None = None,
+        queue: str | None = None,
+        id_prefix: str | None = None,
+    ) -> dict[str, int]:
         if not statuses:
             return {}
         for status in statuses:
             if not status.isalpha():
                 raise ValueError(f"not a status: {status!r}")
         limit = int(cap)
+        where, selected = _selection(flow=flow, parent=parent, queue=queue, id_prefix=id_prefix)
+        extra = "".join(f" AND {w}" for w in where)
         # One capped count per status, each an index range read of at most `cap` entries: a
         # GROUP BY over every execution costs as much as the table is big (tens of ms at
         # 100,000 rows), and a page that shows the counts is loaded again and again. Statuses
@@ -195,10 +201,10 @@ class ExecutionsSql(SqlBase):
         # statement to its generic plan (`status = $1 LIMIT $2`), it scanned the table.
         parts = " UNION ALL ".join(
             f"SELECT '{status}', (SELECT count(*) FROM "
-            f"(SELECT 1 FROM executions WHERE status = '{status}' LIMIT {limit}) AS s{i})"
+            f"(SELECT 1 FROM executions WHERE status = '{status}'{extra} LIMIT {limit}) AS s{i})"
             for i, status in enumerate(statuses)
         )
-        return {str(s): int(n) for s, n in self._all(parts)}
+        return {str(s): int(n) for s, n in self._all(parts, selected * len(statuses))}
 
     def execution_stats(self) -> ExecutionStats:
         with self._connection() as conn:
@@ -423,3 +429,26 @@ class ExecutionsSql(SqlBase):
                     (wake_at, now, execution_id),
                 )
             return True
+
+
+def _selection(
+    *, flow: str | None, parent: str | None, queue: str | None, id_prefix: str | None
+) -> tuple[list[str], list[Any]]:
+    """The conditions (and their parameters) that a list and its status counts share, so
+    that the counts beside a filtered list count what that list holds."""
+    where: list[str] = []
+    params: list[Any] = []
+    if parent is not None:
+        where.append("parent_id = ?")
+        params.append(parent)
+    if flow is not None:
+        where.append("flow = ?")
+        params.append(flow)
+    if queue is not None:
+        where.append("queue = ?")
+        params.append(queue)
+    if id_prefix:
+        # substr, as in execution_ids: no LIKE escaping, the same in both databases.
+        where.append("substr(id, 1, CAST(? AS INTEGER)) = ?")
+        params.extend((len(id_prefix), id_prefix))
+    return where, params

@@ -21,6 +21,7 @@ import typer
 
 from ._common import EXIT_CODES, FAILED, State, debug_traceback, out
 from .executions import executions_app
+from .launcher import launcher_command
 from .mcp_server import mcp_command
 from .memory import memory_app
 from .options import Command, Group
@@ -43,6 +44,7 @@ app.add_typer(memory_app, name="memory")
 app.add_typer(tokens_app, name="tokens")
 
 app.command("worker", cls=Command)(worker_command)
+app.command("launcher", cls=Command)(launcher_command)
 app.command("server", cls=Command)(server_command)
 app.command("mcp", cls=Command)(mcp_command)
 

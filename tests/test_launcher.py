@@ -16,7 +16,7 @@ import pytest
 
 import launcher_flows
 import tether
-from helpers import TESTS, child_env, retry_until, run_cli
+from helpers import TESTS, child_env, retry_until, run_child, run_cli
 from tether import Status
 from tether._runtime.launcher import runner_name
 
@@ -308,3 +308,10 @@ def test_a_runner_that_cannot_run_its_execution_is_started_again_after_a_pause(
     assert "--import approval_flows" in log  # the runner's own error, in the launcher's output
     record = client.get(handle.id)
     assert record.status == Status.QUEUED and record.attempt == 0
+
+
+def test_runners_take_their_lease_from_the_environment(db_url: str) -> None:
+    code = "from tether._core.config import settings; print(settings().lease_seconds)"
+    assert run_child(code, db_url, TETHER_LEASE_SECONDS="2.5").stdout.strip() == "2.5"
+    refused = run_child(code, db_url, TETHER_LEASE_SECONDS="0")
+    assert "TETHER_LEASE_SECONDS must be at least 0.1" in refused.stderr

@@ -215,13 +215,24 @@ def test_a_restarted_launcher_launches_no_second_runner(
     assert set(launchers.runners()) == {*names, wanted}
     launched = [line for line in launchers.log(1).splitlines() if "launched " in line]
     assert len(launched) == 1 and wanted in launched[0], launched
+    # Restarted again while the three run (each inside its checkpoint): a fourth execution
+    # shows the new launcher has looked, and it launched nothing else.
     gate.touch()
+    retry_until(lambda: launchers.ran()["gated-0"] == 3, timeout=60, what="three running")
+    launchers.procs[1].kill()
+    launchers.procs[1].communicate(timeout=10)
+    fourth = launcher_flows.gated.enqueue(1)
+    launchers.start("--max-running", "4")
+    last = runner_name(fourth.id, 1)
+    retry_until(lambda: last in launchers.log(2), timeout=60, what="the fourth runner")
+    launched = [line for line in launchers.log(2).splitlines() if "launched " in line]
+    assert len(launched) == 1 and last in launched[0], launched
     launchers.open_gate(0)
-    ids = [h.id for h in [*handles, third]]
-    retry_until(lambda: finished(client, ids), timeout=60, what="all three to finish")
+    ids = [h.id for h in [*handles, third, fourth]]
+    retry_until(lambda: finished(client, ids), timeout=60, what="all four to finish")
     assert all(client.get(i).status == Status.SUCCEEDED for i in ids)
     assert all(client.get(i).attempt == 1 for i in ids)
-    assert launchers.ran() == Counter({"gated-0": 3})
+    assert launchers.ran() == Counter({"gated-0": 4})
 
 
 # --- the runner: tether worker --execution ID --exit-when-idle -------------------------------

@@ -112,10 +112,11 @@ class _Launched:
 
 @dataclass
 class Launcher:
-    """Launches a runner per runnable execution, at most `max_running` at once, until stopped.
+    """Launches a runner per runnable execution, at most `max_running` at once, until stopped
+    (`tether launcher` builds one from its options; not part of the public API yet).
 
     ```python
-    tether.Launcher(ProcessBackend(...), max_running=4, imports=["myapp.agents"]).run()
+    Launcher(ProcessBackend(state_dir), max_running=4, imports=["myapp.agents"]).run()
     ```
     """
 

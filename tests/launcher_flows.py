@@ -86,3 +86,10 @@ def approval(topic: str) -> str:
     if not tether.wait("approve", schema=bool, question=draft):
         return "rejected"
     return step(f"publish-{topic}")
+
+
+@tether.flow
+def napper(seconds: float) -> str:
+    before = step("before-nap")
+    tether.sleep(seconds)  # a durable timer: the runner exits, a new one runs the rest
+    return f"{before} then {step('after-nap')}"

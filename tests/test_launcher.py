@@ -172,6 +172,23 @@ def test_a_waiting_execution_holds_no_runner_until_its_input_arrives(
     assert len(launched) == 2, launched
 
 
+def test_a_sleeping_execution_holds_no_runner_until_its_timer_is_due(
+    launchers: Launchers, client: tether.Client
+) -> None:
+    handle = launcher_flows.napper.enqueue(4.0)
+    launchers.start()
+    # The runner exits at the sleep (within a loop turn, far less than the 4 s), and the
+    # launcher starts a new one when the timer falls due.
+    retry_until(lambda: launchers.ran()["before-nap"], timeout=60, what="the first step")
+    retry_until(lambda: finished(client, [handle.id]), timeout=60, what="it to finish")
+    record = client.get(handle.id)
+    assert record.result == "before-nap then after-nap"
+    assert record.attempt == 2
+    assert launchers.ran() == Counter({"before-nap": 1, "after-nap": 1})
+    pids = {label: pid for _, _, label, pid, _ in launchers.effects_lines()}
+    assert pids["before-nap"] != pids["after-nap"]  # the first runner had exited
+
+
 def test_a_runner_killed_mid_checkpoint_is_replaced_by_a_new_attempt(
     launchers: Launchers, client: tether.Client
 ) -> None:

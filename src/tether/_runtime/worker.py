@@ -166,10 +166,17 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stop.set())
-        log.info(
-            "worker %s on %s, concurrency %d, queues: %s", self.owner, redact(self._store.url),
-            self.concurrency, ", ".join(self.queues) if self.queues is not None else "all",
-        )  # fmt: skip
+        if self.execution is not None:
+            log.info(
+                "worker %s on %s runs execution %s", self.owner, redact(self._store.url),
+                self.execution,
+            )  # fmt: skip
+        else:
+            log.info(
+                "worker %s on %s, concurrency %d, queues: %s", self.owner,
+                redact(self._store.url), self.concurrency,
+                ", ".join(self.queues) if self.queues is not None else "all",
+            )  # fmt: skip
         # While the loop runs it looks at the whole store, so the executor need not park
         # suspended executions (and poll each of them) as a plain process does.
         parking = self._executor.parking

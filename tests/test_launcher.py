@@ -343,3 +343,20 @@ def test_runners_take_their_lease_from_the_environment(db_url: str) -> None:
     assert run_child(code, db_url, TETHER_LEASE_SECONDS="2.5").stdout.strip() == "2.5"
     refused = run_child(code, db_url, TETHER_LEASE_SECONDS="0")
     assert "TETHER_LEASE_SECONDS must be at least 0.1" in refused.stderr
+
+
+def test_a_launcher_serves_only_its_queues(launchers: Launchers, client: tether.Client) -> None:
+    other = launcher_flows.parent.options(queue="other").enqueue("o")
+    mine = launcher_flows.parent.options(queue="mine").enqueue("m")
+    launchers.start("--queue", "mine")
+    retry_until(lambda: finished(client, [mine.id]), timeout=60, what="its queue's execution")
+    # The launcher's loop reached the other execution (older) before this one, and left it.
+    assert client.get(other.id).status == Status.QUEUED
+    assert runner_name(other.id, 1) not in launchers.log(0)
+
+
+def test_a_launcher_refuses_a_store_that_does_not_exist(tmp_path: Path) -> None:
+    missing = f"sqlite:///{tmp_path / 'nowhere' / 'tether.db'}"
+    done = run_cli(missing, "launcher", COLUMNS="300")
+    assert done.returncode == 2, done.stderr
+    assert "no tether database at" in done.stderr

@@ -165,19 +165,23 @@ class Launcher:
             except StoreError as exc:
                 log.warning("store unavailable, retrying: %s", exc)
                 self._stop.wait(1.0)
+            except Exception:
+                # The backend failed (the API server unreachable, a refused Job, no process
+                # slot): runners already launched run on; this one looks again.
+                log.exception("launching failed; trying again")
+                self._stop.wait(1.0)
         log.info("launcher stopped")
 
     def _idle(self) -> None:
-        timeout = 1.0 if self._store.notifies else self.poll
+        """Wait for work: a notification (PostgreSQL), the next due timer, or the poll
+        interval, whichever comes first. The poll bounds it on PostgreSQL too: a runner
+        that ends frees a slot without any notification."""
+        timeout = self.poll
         due = self._store.next_due()
         if due is not None:
             timeout = min(timeout, max(0.0, due - settings().clock()))
         if timeout > 0:
             self._store.wait_for_work(timeout)
-        if self._stop.is_set():
-            return
-        # A runner ending frees a slot without a store notification; look again soon.
-        self._stop.wait(min(self.poll, timeout) if timeout > 0 else 0)
 
     def run_once(self) -> list[str]:
         """Launch runners for what is runnable, up to the free slots. Returns the names."""

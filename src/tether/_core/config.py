@@ -161,6 +161,7 @@ def _from_env() -> Settings:
         ("TETHER_CRASH_LOOP_LIMIT", "crash_loop_limit", int, 1),
         ("TETHER_CRASH_LOOP_BACKOFF", "crash_loop_backoff", float, 0),
         ("TETHER_BUSY_TIMEOUT", "busy_timeout", float, 0.001),
+        ("TETHER_LEASE_SECONDS", "lease_seconds", float, 0.1),
         ("TETHER_MAX_VALUE_BYTES", "max_value_bytes", int, 1024),
     ):
         text = os.environ.get(name, "").strip()
@@ -301,7 +302,8 @@ def configure(
       `warning` event on its execution: a blocking call in an async checkpoint stalls every
       execution on the loop.
     - `lease_seconds`: how long a lease lasts at least without a heartbeat (default 30;
-      heartbeats keep it between 1 and 4/3 of this ahead). A write that fails for a
+      heartbeats keep it between 1 and 4/3 of this ahead; `TETHER_LEASE_SECONDS`, for worker
+      processes and launched runners). A write that fails for a
       transient store fault (busy, disk full, read-only, connection lost) is retried with
       backoff for this long; then the execution is released (never failed) and continues
       once the store is back.

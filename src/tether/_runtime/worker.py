@@ -7,6 +7,11 @@ one at a time with a compare-and-swap in the store, runs them on the embedded
 executor (sync flows on its threads, async ones as tasks on its shared event loop; same
 engine, same leases and heartbeat), and on SIGTERM
 stops claiming and hands back what it holds at the next checkpoint boundary.
+
+A worker can also be a *runner* (what a launcher starts, one per execution): given one
+execution (`execution=`), it claims only that one (taking it over once its holder is gone),
+and with `run(exit_when_idle=True)` it returns once nothing it may run is runnable or held:
+the execution finished, or waits for input or a timer, which then needs no process at all.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from collections.abc import Sequence
 from .._core import imports as _imports
 from .._core.config import configure, settings, store_for
 from .._core.status import Status
-from ..errors import StoreCorrupt, StoreError, UsageError
+from ..errors import (
+    ExecutionLocked,
+    ExecutionNotFound,
+    InvalidStateError,
+    StoreCorrupt,
+    StoreError,
+    UsageError,
+)
 from ..store import EventRow, ExecutionRow, Store, redact
 from . import queues as _queues
 from .engine import Runnable, load_flow
@@ -63,6 +75,7 @@ class Worker:
         scripts: Sequence[str] = (),
         recover_every: float = 1.0,
         queues: Sequence[Queue | str] | None = None,
+        execution: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, not {concurrency}")
@@ -89,12 +102,16 @@ class Worker:
         # Flows (import path, script) not loaded here -> until when it skips them.
         self._skip: dict[tuple[str, str | None], float] = {}
         self._last_recover = 0.0
-        # Starts the due ticks of the scheduled flows loaded here.
-        self._firer = Firer()
+        # Starts the due ticks of the scheduled flows loaded here. A runner serves its one execution: it fires no schedule (it would queue ticks for
+        # the fleet and wake up for them, while it exits once its execution is idle).
+        self._firer = Firer() if execution is None else Firer([])
         # None serves every queue; else only these names.
         self.queues = None if queues is None else [_queues.name_of(q) for q in queues]
         if self.queues is not None and not self.queues:
             raise UsageError("a worker needs at least one queue to serve (or none: all)")
+        # A runner claims only its execution (children it starts here run here too).
+        self.execution = execution
+        self._ids = None if execution is None else [execution]
         self._started_in: dict[str, str] = {}  # execution id -> queue, for per-worker limits
         # Claimed here but not yet held by the executor (it starts them after the claim
         # returns): counted as running, and not pruned, until it holds them.
@@ -141,15 +158,30 @@ class Worker:
     def owner(self) -> str:
         return self._executor.owner
 
-    def run(self, *, grace: float = 30.0) -> None:
-        """Run until `stop()` or SIGTERM/SIGINT; then hand back what is held and return."""
+    def run(self, *, grace: float = 30.0, exit_when_idle: bool = False) -> None:
+        """Run until `stop()` or SIGTERM/SIGINT; then hand back what is held and return.
+
+        `exit_when_idle`: return as well once nothing is held here and nothing this worker
+        may run is runnable (a runner's execution finished or waits). With `execution`, the
+        execution is checked first: ExecutionNotFound, InvalidStateError when it finished,
+        ExecutionLocked while a live process holds it, FlowNotFoundError when its flow is
+        not loaded here."""
+        if self.execution is not None:
+            self._check_runnable(self.execution)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stop.set())
-        log.info(
-            "worker %s on %s, concurrency %d, queues: %s", self.owner, redact(self._store.url),
-            self.concurrency, ", ".join(self.queues) if self.queues is not None else "all",
-        )  # fmt: skip
+        if self.execution is not None:
+            log.info(
+                "worker %s on %s runs execution %s", self.owner, redact(self._store.url),
+                self.execution,
+            )  # fmt: skip
+        else:
+            log.info(
+                "worker %s on %s, concurrency %d, queues: %s", self.owner,
+                redact(self._store.url), self.concurrency,
+                ", ".join(self.queues) if self.queues is not None else "all",
+            )  # fmt: skip
         # While the loop runs it looks at the whole store, so the executor need not park
         # suspended executions (and poll each of them) as a plain process does.
         parking = self._executor.parking
@@ -164,8 +196,15 @@ class Worker:
         try:
             while not self._stop.is_set():
                 try:
-                    if not self.run_once():
-                        self._idle()
+                    # Nothing held before the claims, and nothing claimed: nothing can become
+                    # runnable here any more (an execution ending here wakes its parent first).
+                    idle = self._executor.held_count() == 0
+                    if self.run_once():
+                        continue
+                    if exit_when_idle and idle:
+                        log.info("worker %s: nothing left to run, exiting", self.owner)
+                        break
+                    self._idle()
                 except StoreCorrupt:
                     # Nothing can be run from a damaged store; stop, saying why.
                     raise
@@ -261,8 +300,8 @@ class Worker:
                 skip = list(self._skip)
             claim = self._executor.claim()
             taken = self._store.claim_runnable(
-                claim, now=now, due=due, queues=self.queues, exclude_queues=full,
-                exclude_flows=skip,
+                claim, now=now, due=due, ids=self._ids, queues=self.queues,
+                exclude_queues=full, exclude_flows=skip,
             )  # fmt: skip
             if taken is None:
                 return None
@@ -280,8 +319,10 @@ class Worker:
         def runnable_here(row: ExecutionRow) -> bool:
             # As for a claim: a queue this worker serves and is not at its own limit in
             # (those taken earlier in this pass count as starting), a flow it has not given
-            # up on (not loaded here).
+            # up on (not loaded here); a runner's own execution only.
             if self.queues is not None and row.queue not in self.queues:
+                return False
+            if self._ids is not None and row.id not in self._ids:
                 return False
             with self._claiming:
                 if self._full(row.queue) or (row.import_path, row.script) in self._skip:
@@ -296,6 +337,32 @@ class Worker:
         for execution_id, token in taken:
             self._executor.start(self._store, execution_id, token, None, claimed=True)
         return [execution_id for execution_id, _ in taken]
+
+    def _check_runnable(self, execution_id: str) -> None:
+        """Refuse, saying why, to be the runner of an execution that cannot be run here."""
+        row = self._store.get_execution(execution_id)
+        if row is None:
+            raise ExecutionNotFound(
+                f"no execution {execution_id} in {redact(self._store.url)}; check the id "
+                "(`tether executions list`) and the store (--db, TETHER_DB)"
+            )
+        status = Status(row.status)
+        if status.finished:
+            raise InvalidStateError(
+                f"execution {execution_id} already {status.value}; there is nothing to run"
+            )
+        # Before any claim: a flow not loaded here is a usage error of this command (its
+        # --import), not something to hand back for other workers.
+        load_flow(row.import_path, row.script)
+        now = time.time()
+        held = row.lease_token is not None and status in (Status.RUNNING, Status.QUEUED)
+        if held and not self._executor.owner_gone(row.owner, row.lease_expires, now):
+            left = (row.lease_expires or now) - now
+            raise ExecutionLocked(
+                f"execution {execution_id} is held by {row.owner}, whose lease runs "
+                f"{left:.0f}s more; it is taken over once that process is gone or its lease "
+                "has run out (a launcher starts a new runner then)"
+            )
 
     def _importable(self, row: ExecutionRow, now: float) -> Runnable | None:
         try:

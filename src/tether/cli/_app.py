@@ -23,6 +23,7 @@ from .._core import config as _config
 from ..errors import ConfigurationError
 from ._common import EXIT_CODES, FAILED, USAGE, State, debug_traceback, err, out
 from .executions import executions_app
+from .launcher import launcher_command
 from .mcp_server import mcp_command
 from .memory import memory_app
 from .options import Command, Group
@@ -48,6 +49,7 @@ app.add_typer(schedules_app, name="schedules")
 app.add_typer(tokens_app, name="tokens")
 
 app.command("worker", cls=Command)(worker_command)
+app.command("launcher", cls=Command)(launcher_command)
 app.command("server", cls=Command)(server_command)
 app.command("mcp", cls=Command)(mcp_command)
 app.command("replay-test", cls=Command)(replay_test_command)

@@ -88,6 +88,26 @@ def worker_command(
             help="On SIGTERM, seconds to wait for executions to hand back.",
         ),
     ] = 30.0,
+    execution: Annotated[
+        str | None,
+        typer.Option(
+            "--execution",
+            metavar="ID",
+            help="Run only this execution (what `tether launcher` starts per execution): it "
+            "is taken over if its process is gone or its lease ran out, and refused while a "
+            "live process holds it (exit 1), once it finished (exit 1) or if there is no such "
+            "execution (exit 3).",
+        ),
+    ] = None,
+    exit_when_idle: Annotated[
+        bool,
+        typer.Option(
+            "--exit-when-idle",
+            help="Exit (0) once nothing this worker may run is runnable or running here: "
+            "with --execution, when it finished or waits for input or a timer (which then "
+            "holds no process); without, when the store has no runnable work for it.",
+        ),
+    ] = False,
 ) -> None:
     """Run executions from the store until SIGTERM.
 
@@ -124,9 +144,10 @@ def worker_command(
             imports=imports or (),
             scripts=[script] if script else (),
             queues=queues or None,
+            execution=execution,
         )
         # What startup made (modules, flows, the store) lives as long as the worker: out of
         # the collector's sight, so that no full collection walks it again.
         gc.collect()
         gc.freeze()
-        worker.run(grace=grace)
+        worker.run(grace=grace, exit_when_idle=exit_when_idle)

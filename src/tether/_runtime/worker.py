@@ -102,8 +102,9 @@ class Worker:
         # Flows (import path, script) not loaded here -> until when it skips them.
         self._skip: dict[tuple[str, str | None], float] = {}
         self._last_recover = 0.0
-        # Starts the due ticks of the scheduled flows loaded here. A runner serves its one execution: it fires no schedule (it would queue ticks for
-        # the fleet and wake up for them, while it exits once its execution is idle).
+        # Starts the due ticks of the scheduled flows loaded here. A runner serves its one
+        # execution: it fires no schedule (it would queue ticks for the fleet and wake up for
+        # them, while it exits once its execution is idle).
         self._firer = Firer() if execution is None else Firer([])
         # None serves every queue; else only these names.
         self.queues = None if queues is None else [_queues.name_of(q) for q in queues]

@@ -14,7 +14,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 from .._core import imports as _imports
 from .._core import serde as _serde
 from .._core.config import settings, store_for
-from .._core.context import current_frame, current_run
+from .._core.context import Run, current_frame, current_run
 from .._core.status import Status
 from .._spend import budget as _budget
 from .._spend.budget import Budget
@@ -23,7 +23,7 @@ from ..store import ExecutionRow, Store
 from . import children as _children
 from . import queues as _queues
 from . import replay as _replay
-from .handle import Handle, launch, new_execution_id
+from .handle import Handle, launch, launch_async, new_execution_id
 from .queues import Queue
 
 P = ParamSpec("P")
@@ -116,6 +116,39 @@ class Flow(Generic[P, R]):
         """Record a new execution for a `tether worker` to run; nothing runs in this process."""
         return self._start(args, kwargs, store_for(), local=False)
 
+    @overload
+    def run_async(
+        self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    @overload
+    def run_async(
+        self: Flow[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    def run_async(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Handle[Any]]:
+        """`run()` for a caller on an event loop: `handle = await flow.run_async(...)`.
+
+        Records the execution and starts it; the await returns once the execution is
+        durable, without blocking the loop meanwhile, and starts awaited concurrently
+        (`asyncio.gather`) are committed together, a few transactions for thousands of
+        starts. The arguments are checked when it is called, with the errors of `run()`.
+        In flow code it starts a child flow exactly as `run()` does there.
+        """
+        return self._start_async(args, kwargs, None)
+
+    def _start_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: _StartOptions | None
+    ) -> Coroutine[Any, Any, Handle[Any]]:
+        store, local = store_for(), settings().executor
+        row, kwargs = self._prepare(args, kwargs, options)
+        run = _in_flow_code()
+        if run is not None:
+            # A child's start takes its position now, in program order, as `run()` does.
+            fingerprint = _serde.fingerprint(args, kwargs)
+            return _ready(_children.start(run, self, row, fingerprint, local=local))
+        return launch_async(store, row, self if local else None)
+
     def _start(
         self,
         args: tuple[Any, ...],
@@ -125,6 +158,19 @@ class Flow(Generic[P, R]):
         local: bool,
         options: _StartOptions | None = None,
     ) -> Handle[Any]:
+        row, kwargs = self._prepare(args, kwargs, options)
+        run = _in_flow_code()
+        if run is not None:
+            # In flow code: a child flow, started once per call whatever the crashes.
+            fingerprint = _serde.fingerprint(args, kwargs)
+            return _children.start(run, self, row, fingerprint, local=local)
+        return launch(store, row, self if local else None)
+
+    def _prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: _StartOptions | None
+    ) -> tuple[ExecutionRow, dict[str, Any]]:
+        """The new execution's row, the start options checked; and the flow's own keyword
+        arguments (without the options given as keywords)."""
         _imports.refuse_start(self.name)
         if options is None:
             options = _StartOptions()
@@ -150,9 +196,8 @@ class Flow(Generic[P, R]):
             {"args": list(args), "kwargs": kwargs}, root=f"arguments of flow {self.name!r}"
         )
         now = time.time()
-        execution_id = new_execution_id()
         row = ExecutionRow(
-            id=execution_id,
+            id=new_execution_id(),
             flow=self.name,
             import_path=import_path,
             script=script,
@@ -166,12 +211,7 @@ class Flow(Generic[P, R]):
             dedup_key=options.key,
             options=_budget.to_options(budget),
         )
-        run = current_run.get()
-        if run is not None and current_frame.get() is None:
-            # In flow code: a child flow, started once per call whatever the crashes.
-            fingerprint = _serde.fingerprint(args, kwargs)
-            return _children.start(run, self, row, fingerprint, local=local)
-        return launch(store, row, self if local else None)
+        return row, kwargs
 
     def replay(
         self,
@@ -244,6 +284,20 @@ class Starter(Generic[P, R]):
         )
 
     @overload
+    def run_async(
+        self: Starter[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    @overload
+    def run_async(
+        self: Starter[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    def run_async(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Handle[Any]]:
+        """`Flow.run_async()` with these options."""
+        return self._flow._start_async(args, kwargs, self._options)
+
+    @overload
     def enqueue(
         self: Starter[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
     ) -> Handle[T]: ...
@@ -254,6 +308,16 @@ class Starter(Generic[P, R]):
     def enqueue(self, *args: Any, **kwargs: Any) -> Handle[Any]:
         """`Flow.enqueue()` with these options."""
         return self._flow._start(args, kwargs, store_for(), local=False, options=self._options)
+
+
+def _in_flow_code() -> Run | None:
+    """The running execution when called from its flow code (not from a checkpoint)."""
+    run = current_run.get()
+    return run if run is not None and current_frame.get() is None else None
+
+
+async def _ready(handle: Handle[Any]) -> Handle[Any]:
+    return handle
 
 
 def _parent_id() -> str | None:

@@ -242,16 +242,33 @@ def launch(
     if flow is None:
         recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
         return Handle(recorded, store)
-    # Recorded already running (its first attempt) under a lease of this process: one write
-    # starts it, and no worker can grab it between the insert and the start.
-    runner = executor()
-    claim = runner.claim()
-    row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
-    row.status, row.attempt, row.started_at = Status.RUNNING, row.attempt + 1, row.created_at
+    runner = _lease_here(row)
     recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
     if recorded == row.id:
         # The row as recorded is what the engine needs to start it: nothing to read again.
         row.has_history = bool(checkpoints or waits)
-        runner.start(store, row.id, claim.token, flow, claimed=True, row=row)
+        runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row)
     # else: the key names an existing execution; whoever holds it runs it.
     return Handle(recorded, store)
+
+
+async def launch_async(store: Store, row: ExecutionRow, flow: Runnable | None) -> Handle[Any]:
+    """`launch()` for a caller on an event loop: the insert is group committed with the
+    other starts in flight (`Store.create_execution_async`), and the loop goes on meanwhile;
+    returns once the execution is durable."""
+    runner = None if flow is None else _lease_here(row)
+    recorded = await store.create_execution_async(row)
+    if runner is not None and flow is not None and recorded == row.id:
+        runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row)
+    return Handle(recorded, store)
+
+
+def _lease_here(row: ExecutionRow) -> Executor:
+    """Make `row` recorded already running (its first attempt) under a lease of this
+    process: one write starts it, and no worker can grab it between the insert and the
+    start."""
+    runner = executor()
+    claim = runner.claim()
+    row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
+    row.status, row.attempt, row.started_at = Status.RUNNING, row.attempt + 1, row.created_at
+    return runner

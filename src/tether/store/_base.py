@@ -211,6 +211,12 @@ class Store(abc.ABC):
         that execution's id is returned."""
 
     @abc.abstractmethod
+    async def create_execution_async(self, row: ExecutionRow) -> str:
+        """`create_execution(row)` (no seeds) for a caller on an event loop: the loop is not
+        blocked on the write, and starts made concurrently are committed together; returns
+        once the row is durable."""
+
+    @abc.abstractmethod
     def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
 
     @abc.abstractmethod

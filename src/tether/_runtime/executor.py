@@ -43,6 +43,7 @@ from .adoption import (
     scan_key,
 )
 from .engine import Runnable, load_flow
+from .ids import new_token
 from .loop import SharedLoop, shared_loop
 
 log = logging.getLogger("tether.executor")
@@ -80,10 +81,6 @@ def host_prefix() -> str:
 
 def new_owner_id() -> str:
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def new_token() -> str:
-    return uuid.uuid4().hex
 
 
 def pid_alive(pid: int) -> bool:

@@ -23,7 +23,8 @@ from ..store import ExecutionRow, Store
 from . import children as _children
 from . import queues as _queues
 from . import replay as _replay
-from .handle import Handle, launch, launch_async, new_execution_id
+from .handle import Handle, launch, launch_async
+from .ids import new_execution_id
 from .queues import Queue
 
 P = ParamSpec("P")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Coroutine, Generator, Sequence
 from typing import Any, Generic, TypeVar, cast
 
@@ -35,11 +34,6 @@ _POLL_MIN = 0.005
 _POLL_MAX = 0.25
 # How often an awaiting handle reads the store anyway while this process runs the execution.
 _HELD_POLL = 1.0
-
-
-def new_execution_id() -> str:
-    # Time-ordered prefix so ids sort by creation, random suffix for uniqueness.
-    return f"{int(time.time() * 1000):011x}-{uuid.uuid4().hex[:12]}"
 
 
 class Handle(Generic[R]):

@@ -118,10 +118,21 @@ class Handle(Generic[R]):
         loop = asyncio.get_running_loop()
         runner = executor()
         pause = _POLL_MIN
+        first = True
         while True:
             # Watched before the read: an end between the two still wakes us.
             woken = runner.watch(self._store, self.id)
             try:
+                if first and woken is not None:
+                    # Held here, so not ended: its end is committed before the hold ends, and
+                    # that wakes us. No read until then (thousands of handles awaited at once
+                    # would each read the store while their executions start).
+                    first = False
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    wait = _HELD_POLL if remaining is None else max(0, min(_HELD_POLL, remaining))
+                    await asyncio.wait({woken}, timeout=wait)
+                    continue
+                first = False
                 try:
                     row = await loop.run_in_executor(None, self._row)
                 except StoreUnavailable:

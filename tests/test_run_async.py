@@ -162,3 +162,28 @@ def test_children_started_with_run_async_are_started_once_across_a_crash(
     ran = Counter(line.split()[1] for line in side_effects.read_text().splitlines())
     # The step in flight when the process died ran again; each step after it once.
     assert ran == Counter({"step-5": 2, "step-7": 2, "step-6": 1, "step-8": 1})
+
+
+def test_a_start_whose_caller_is_cancelled_while_it_commits_still_runs(
+    client: tether.Client,
+) -> None:
+    def ended() -> tether.ExecutionRecord:
+        # Recorded running under this process's lease, so nothing else may run it until the
+        # lease runs out: it ends only if it was started here.
+        (record,) = retry_until(lambda: client.list(), what="the start to be committed")
+        return retry_until(
+            lambda: client.get(record.id) if client.get(record.id).status.finished else None,
+            what="the execution to end",
+        )
+
+    async def main() -> tether.ExecutionRecord:
+        starting = asyncio.ensure_future(flows.agent.run_async(3))
+        await asyncio.sleep(0)  # one turn: the start is queued on the group commit
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        return await asyncio.to_thread(ended)  # the loop lives on meanwhile
+
+    record = asyncio.run(main())
+    assert record.status is Status.SUCCEEDED
+    assert client.handle(record.id).result(timeout=5) == 70

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Coroutine, Generator, Sequence
@@ -262,10 +263,21 @@ async def launch_async(store: Store, row: ExecutionRow, flow: Runnable | None) -
     other starts in flight (`Store.create_execution_async`), and the loop goes on meanwhile;
     returns once the execution is durable."""
     runner = None if flow is None else _lease_here(row)
-    recorded = await store.create_execution_async(row)
-    if runner is not None and flow is not None and recorded == row.id:
-        runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row)
-    return Handle(recorded, store)
+    insert = asyncio.ensure_future(store.create_execution_async(row))
+    if runner is not None and flow is not None:
+        # Started when the insert commits, whatever becomes of the caller: one cancelled
+        # meanwhile (a timeout around the await) must not leave an execution recorded as
+        # running here that nothing here runs.
+        insert.add_done_callback(functools.partial(_start_inserted, runner, store, row, flow))
+    return Handle(await asyncio.shield(insert), store)
+
+
+def _start_inserted(
+    runner: Executor, store: Store, row: ExecutionRow, flow: Runnable, insert: asyncio.Task[str]
+) -> None:
+    if insert.cancelled() or insert.exception() is not None or insert.result() != row.id:
+        return  # not recorded (the caller sees why), or the key names another execution
+    runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row)
 
 
 def _lease_here(row: ExecutionRow) -> Executor:

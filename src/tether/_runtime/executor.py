@@ -224,6 +224,13 @@ class Executor:
         with self._lock:
             return (id(store), execution_id) in self._held
 
+    def runs_live(self, store: Store, execution_id: str) -> bool:
+        """Whether this process holds the execution where it can still end: on a thread, or
+        on an event loop whose thread lives."""
+        with self._lock:
+            held = self._held.get((id(store), execution_id))
+        return held is not None and (held.loop is None or held.loop.ended is None)
+
     def will_run(self, execution_id: str) -> bool:
         """Whether this process holds the execution, or has it parked (it runs it again when
         its input, its timer or the end of its crash-loop pause comes)."""

@@ -33,8 +33,11 @@ R = TypeVar("R")
 # finished in this process wakes it at once.
 _POLL_MIN = 0.005
 _POLL_MAX = 0.25
-# How often an awaiting handle reads the store anyway while this process runs the execution.
+# How often an awaiting handle reads the store anyway while this process runs the execution
+# (a safety net: its end wakes the handle), backing off: thousands of handles awaited at once
+# would otherwise read thousands of rows a second for as long as their executions run.
 _HELD_POLL = 1.0
+_HELD_POLL_MAX = 16.0
 
 
 class Handle(Generic[R]):
@@ -120,18 +123,24 @@ class Handle(Generic[R]):
         runner = executor()
         pause = _POLL_MIN
         first = True
+        held_pause = _HELD_POLL
         while True:
             # Watched before the read: an end between the two still wakes us.
             woken = runner.watch(self._store, self.id)
             try:
-                if first and woken is not None:
-                    # Held here, so not ended: its end is committed before the hold ends, and
-                    # that wakes us. No read until then (thousands of handles awaited at once
-                    # would each read the store while their executions start).
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if (
+                    woken is not None
+                    and (remaining is None or remaining > 0)
+                    and (first or runner.runs_live(self._store, self.id))
+                ):
+                    # Held here, by a live thread or loop, so not ended: its end is committed
+                    # before the hold ends, and that wakes us. No read meanwhile: thousands of
+                    # handles awaited at once would each read the store, again and again.
                     first = False
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    wait = _HELD_POLL if remaining is None else max(0, min(_HELD_POLL, remaining))
+                    wait = held_pause if remaining is None else min(held_pause, remaining)
                     await asyncio.wait({woken}, timeout=wait)
+                    held_pause = min(held_pause * 2, _HELD_POLL_MAX)
                     continue
                 first = False
                 try:
@@ -151,8 +160,9 @@ class Handle(Generic[R]):
                     )
                 if woken is not None:
                     # Held here: its end wakes us; the store is read now and then anyway.
-                    wait = _HELD_POLL if remaining is None else min(_HELD_POLL, remaining)
+                    wait = held_pause if remaining is None else min(held_pause, remaining)
                     await asyncio.wait({woken}, timeout=wait)
+                    held_pause = min(held_pause * 2, _HELD_POLL_MAX)
                 else:
                     await asyncio.sleep(pause if remaining is None else min(pause, remaining))
                     pause = min(pause * 2, _POLL_MAX)

@@ -273,7 +273,7 @@ async def launch_async(store: Store, row: ExecutionRow, flow: Runnable | None) -
     other starts in flight (`Store.create_execution_async`), and the loop goes on meanwhile;
     returns once the execution is durable."""
     runner = None if flow is None else _lease_here(row)
-    insert = asyncio.ensure_future(store.create_execution_async(row))
+    insert = store.create_execution_async(row)
     if runner is not None and flow is not None:
         # Started when the insert commits, whatever becomes of the caller: one cancelled
         # meanwhile (a timeout around the await) must not leave an execution recorded as
@@ -283,7 +283,7 @@ async def launch_async(store: Store, row: ExecutionRow, flow: Runnable | None) -
 
 
 def _start_inserted(
-    runner: Executor, store: Store, row: ExecutionRow, flow: Runnable, insert: asyncio.Task[str]
+    runner: Executor, store: Store, row: ExecutionRow, flow: Runnable, insert: asyncio.Future[str]
 ) -> None:
     if insert.cancelled() or insert.exception() is not None or insert.result() != row.id:
         return  # not recorded (the caller sees why), or the key names another execution

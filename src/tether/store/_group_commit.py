@@ -150,6 +150,15 @@ class GroupCommit(Generic[T, R]):
             self._writer_wake.acquire()
             self._lead(gather=True, leader=None)
 
+    def submit(self, item: T) -> asyncio.Future[R]:
+        """For a caller on an event loop: queue `item`; the future (of the running loop) is
+        resolved once the item is durable. `commit_async` without its coroutine."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._inbox.append(_Waiter(item, self._key(item), future))
+        if not self._leading:
+            self._lead_if_idle()
+        return future
+
     async def commit_async(self, item: T) -> R:
         """`commit(item)` for a caller on an event loop: the loop is never blocked on the
         write; the caller resumes once its item is durable."""

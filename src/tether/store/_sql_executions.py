@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -106,7 +107,7 @@ class ExecutionsSql(SqlBase):
         ).fetchone()
         return str(existing[0])
 
-    async def create_execution_async(self, row: ExecutionRow) -> str:
+    def create_execution_async(self, row: ExecutionRow) -> asyncio.Future[str]:
         starts = self._starts
         if starts is None:
             with _STARTS_LOCK:
@@ -120,7 +121,7 @@ class ExecutionsSql(SqlBase):
                         rejoins=_never,
                     )
                 starts = self._starts
-        return await starts.commit_async(row)
+        return starts.submit(row)
 
     def _write_starts(self, batch: list[ExecutionRow]) -> list[str]:
         """A batch of starts in one transaction: the keyless rows in one `executemany`, a

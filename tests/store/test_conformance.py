@@ -7,6 +7,7 @@ need one implementation's internals sit at the end, clearly separated.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sqlite3
@@ -98,6 +99,30 @@ def test_created_execution_reads_back_field_for_field(store: Store) -> None:
     )
     store.create_execution(row)
     assert store.get_execution("e1") == row
+
+
+def test_starts_from_an_event_loop_are_written_together_with_their_keys_kept(
+    store: Store,
+) -> None:
+    # Gathered, they share batches: keyless rows and keyed ones, two of one key among them.
+    def keyed(execution_id: str, key: str | None, flow: str = "flow") -> ExecutionRow:
+        return dataclasses.replace(execution(execution_id, flow=flow), dedup_key=key)
+
+    rows = [keyed(f"e{i}", None) for i in range(50)]
+    rows += [keyed("k1", "order-1"), keyed("k2", "order-1"), keyed("k3", "order-1", "other")]
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(store.create_execution_async(r) for r in rows)))
+
+    ids = asyncio.run(main())
+    assert ids[:50] == [f"e{i}" for i in range(50)]
+    assert ids[50] == ids[51] in ("k1", "k2")  # one of the two holds the key, whichever first
+    assert ids[52] == "k3"  # a key belongs to its flow
+    for row in rows[:50]:
+        assert store.get_execution(row.id) == row
+    assert get(store, ids[50]).dedup_key == "order-1"
+    (other,) = {"k1", "k2"} - {ids[50]}
+    assert store.get_execution(other) is None  # not inserted beside the key's holder
 
 
 def test_get_of_unknown_execution_returns_none(store: Store) -> None:

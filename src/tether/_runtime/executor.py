@@ -44,6 +44,7 @@ from .adoption import (
     scan_key,
 )
 from .engine import Runnable, load_flow
+from .ids import new_token
 from .loop import SharedLoop, shared_loop
 from .schedules import Firer
 
@@ -82,10 +83,6 @@ def host_prefix() -> str:
 
 def new_owner_id() -> str:
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def new_token() -> str:
-    return uuid.uuid4().hex
 
 
 def pid_alive(pid: int) -> bool:
@@ -232,6 +229,13 @@ class Executor:
     def holds(self, store: Store, execution_id: str) -> bool:
         with self._lock:
             return (id(store), execution_id) in self._held
+
+    def runs_live(self, store: Store, execution_id: str) -> bool:
+        """Whether this process holds the execution where it can still end: on a thread, or
+        on an event loop whose thread lives."""
+        with self._lock:
+            held = self._held.get((id(store), execution_id))
+        return held is not None and (held.loop is None or held.loop.ended is None)
 
     def will_run(self, execution_id: str) -> bool:
         """Whether this process holds the execution, or has it parked (it runs it again when

@@ -241,6 +241,13 @@ class Store(abc.ABC):
         that execution's id is returned."""
 
     @abc.abstractmethod
+    def create_execution_async(self, row: ExecutionRow) -> asyncio.Future[str]:
+        """`create_execution(row)` (no seeds) for a caller on an event loop: the write is
+        queued, the loop is not blocked on it, and starts made concurrently are committed
+        together. The future (of the running loop) gives the id once the row is durable;
+        cancelling it does not take the row back."""
+
+    @abc.abstractmethod
     def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
 
     @abc.abstractmethod

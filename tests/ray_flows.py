@@ -95,3 +95,20 @@ async def killable(release: str) -> list[str]:
     before = list(await asyncio.gather(side(0), side(1)))
     held = await hold_until(release)
     return [*before, held, await step("after")]
+
+
+@tether.checkpoint(runtime="ray", resources={"num_cpus": 0.5}, timeout=10, retries=1, backoff=0.01)
+async def slow_once(marker: str) -> int:
+    # The first attempt outlives the timeout (and is cancelled on the cluster); the retry
+    # (whose time counts from its submission: a fresh Ray worker may have to start first)
+    # returns at once.
+    _note("slow_once")
+    if not os.path.exists(marker):  # noqa: ASYNC240 - a test's marker file
+        Path(marker).write_text("tried")  # noqa: ASYNC240
+        await asyncio.sleep(120)
+    return os.getpid()
+
+
+@tether.flow
+async def timed(marker: str) -> int:
+    return await slow_once(marker)

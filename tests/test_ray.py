@@ -180,6 +180,34 @@ def test_a_ray_checkpoint_runs_on_a_ray_worker_and_is_not_run_again_on_resume(
     assert len(calls["flaky"].attempts) == 2
 
 
+def test_a_ray_checkpoint_that_outlives_its_timeout_is_retried_by_tether(
+    db_url: str, effects: Path, tmp_path: Path
+) -> None:
+    handle = ray_flows.timed.run(str(tmp_path / "marker"))
+    assert handle.result(timeout=120) != os.getpid()
+    (call,) = tether.Client().get(handle.id).checkpoints
+    assert [a.error is not None for a in call.attempts] == [True, False]
+    assert "CheckpointTimeout" in str(call.attempts[0].error)
+    assert [line[-2] for line in _lines(effects)] == ["slow_once", "slow_once"]
+
+
+def test_concurrency_counts_the_ray_tasks_in_flight(
+    dispatchers: Dispatchers, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    first, second = (ray_flows.killable.enqueue(str(release)) for _ in range(2))
+    dispatchers.start("--concurrency", "1")
+
+    def holding() -> list[str]:
+        return [pid for _, label, pid in _lines(dispatchers.effects) if label == "hold"]
+
+    retry_until(holding, timeout=120, what="one execution to hold")
+    statuses = sorted([first.status(), second.status()])
+    assert statuses == sorted([Status.RUNNING, Status.QUEUED]), "one task at a time"
+    release.write_text("go")
+    assert first.result(timeout=120) == second.result(timeout=120)
+
+
 def test_sqlite_is_refused_for_a_cluster_that_is_not_one_local_node(db_url: str) -> None:
     if BACKEND == "postgres":
         pytest.skip("the refusal is of a SQLite store")

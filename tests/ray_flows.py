@@ -43,7 +43,9 @@ async def flow_pid() -> int:
     return os.getpid()
 
 
-@tether.checkpoint(runtime="ray", resources={"num_cpus": 0.5})
+# A custom resource that only the tests' cluster has (tests/test_ray.py): Ray runs the body
+# only where it is.
+@tether.checkpoint(runtime="ray", resources={"num_cpus": 0.5, "resources": {"tether_node": 0.5}})
 async def heavy(x: int) -> dict[str, int]:
     _note("heavy")
     await asyncio.sleep(0.01)

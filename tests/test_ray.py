@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,10 @@ import pytest
 import tether
 from backend import BACKEND
 from helpers import SRC, TESTS, retry_until, run_cli, spawn_python
+from tether._core.config import store_for
 from tether._core.status import Status
+from tether._runtime import ray as _ray
+from tether._runtime.executor import Executor
 
 ray = pytest.importorskip(
     "ray", reason="the `ray` extra is not installed (pip install -e '.[ray]'); CI installs it"
@@ -37,6 +41,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     os.environ["SIDE_EFFECTS"] = str(effects)
     ray.init(
         num_cpus=2,
+        resources={"tether_node": 1},
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
         logging_level="warning",
@@ -206,6 +211,25 @@ def test_concurrency_counts_the_ray_tasks_in_flight(
     assert statuses == sorted([Status.RUNNING, Status.QUEUED]), "one task at a time"
     release.write_text("go")
     assert first.result(timeout=120) == second.result(timeout=120)
+
+
+def test_a_task_started_twice_for_one_claim_runs_it_once(db_url: str, effects: Path) -> None:
+    """As if Ray ran the task again: the second finds the lease moved on and runs nothing."""
+    tether.configure(executor=False)
+    handle = ray_flows.gathered.enqueue(2)
+    store = store_for(db_url)
+    claim = Executor().claim()
+    assert store.claim_runnable(claim, now=time.time(), due=time.time()) is not None
+    spec = {
+        "execution_id": handle.id, "token": claim.token, "db": db_url,
+        "settings": _ray.task_settings(), "imports": ["ray_flows"], "scripts": [],
+    }  # fmt: skip
+    task = ray.remote(_ray.run_execution).options(max_retries=0, num_cpus=0.5)
+    first = ray.get(task.remote(spec), timeout=120)
+    second = ray.get(task.remote(spec), timeout=120)
+    assert (first, second) == ("succeeded", "lost")
+    assert len(_lines(effects)) == 2 * 2, "each call ran once"
+    assert tether.Client().get(handle.id).attempt == 1
 
 
 def test_sqlite_is_refused_for_a_cluster_that_is_not_one_local_node(db_url: str) -> None:

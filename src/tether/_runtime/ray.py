@@ -110,7 +110,8 @@ def _store_url(store: Store) -> str:
     return store.url
 
 
-def _task_settings() -> dict[str, Any]:
+def task_settings() -> dict[str, Any]:
+    """This process's settings that a task must share: how long leases last, what commits."""
     current = settings()
     return {
         "lease_seconds": current.lease_seconds,
@@ -218,7 +219,7 @@ class RayDispatcher(Executor):
             "execution_id": execution_id,
             "token": token,
             "db": _store_url(store),
-            "settings": _task_settings(),
+            "settings": task_settings(),
             "imports": self._imports,
             "scripts": self._scripts,
         }

@@ -6,9 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import tether
 from helpers import record_side_effect
+
+
+def _assigned() -> dict[str, float]:
+    """The Ray resources of the task this runs in."""
+    import ray
+
+    return dict(ray.get_runtime_context().get_assigned_resources())
 
 
 def _note(label: str) -> None:
@@ -39,6 +47,17 @@ async def gathered(n: int) -> list[str]:
 
 
 @tether.checkpoint
+def where() -> dict[str, Any]:
+    return {"pid": os.getpid(), "resources": _assigned()}
+
+
+@tether.flow(resources={"num_cpus": 0.25, "resources": {"tether_node": 0.25}})
+def sized() -> dict[str, Any]:
+    # A sync flow: run on a thread of the task's process, as a worker would.
+    return where()
+
+
+@tether.checkpoint
 async def flow_pid() -> int:
     return os.getpid()
 
@@ -46,10 +65,10 @@ async def flow_pid() -> int:
 # A custom resource that only the tests' cluster has (tests/test_ray.py): Ray runs the body
 # only where it is.
 @tether.checkpoint(runtime="ray", resources={"num_cpus": 0.5, "resources": {"tether_node": 0.5}})
-async def heavy(x: int) -> dict[str, int]:
+async def heavy(x: int) -> dict[str, Any]:
     _note("heavy")
     await asyncio.sleep(0.01)
-    return {"pid": os.getpid(), "value": x * 2}
+    return {"pid": os.getpid(), "value": x * 2, "resources": _assigned()}
 
 
 @tether.checkpoint(runtime="ray", resources={"num_cpus": 0.5}, retries=1, backoff=0.01)

@@ -115,15 +115,20 @@ def test_gathered_branches_run_to_completion_as_ray_tasks(
     dispatchers: Dispatchers, tmp_path: Path
 ) -> None:
     handles = [ray_flows.gathered.enqueue(3) for _ in range(3)]
+    sized = ray_flows.sized.enqueue()
     proc = dispatchers.start()
     for handle in handles:
         assert handle.result(timeout=120) == [f"b{i}-then-b{i}-first done done" for i in range(3)]
+    # The flow's resources= are its task's.
+    ran = sized.result(timeout=120)
+    assert ran["resources"] == {"CPU": 0.25, "tether_node": 0.25}
+    assert ran["pid"] not in (proc.pid, os.getpid())
     err = dispatchers.stop(proc)
     lines = _lines(dispatchers.effects)
     # Each branch's two calls ran once per execution, in Ray worker processes only.
     assert len(lines) == 3 * 3 * 2
     assert {pid for *_, pid in lines}.isdisjoint({str(proc.pid), str(os.getpid())})
-    assert err.count("its Ray task ended (succeeded)") == 3, err
+    assert err.count("its Ray task ended (succeeded)") == 4, err
 
 
 def test_an_execution_that_waits_ends_its_task_and_input_starts_a_new_one(
@@ -177,6 +182,7 @@ def test_a_ray_checkpoint_runs_on_a_ray_worker_and_is_not_run_again_on_resume(
     heavy = result["heavy"]
     assert heavy["value"] == 42
     assert heavy["pid"] != os.getpid(), "the body ran in a Ray worker process"
+    assert heavy["resources"] == {"CPU": 0.5, "tether_node": 0.5}
     assert result["flaky"] == "ok" and result["approved"] is True
     ran = [line[-2] for line in _lines(effects)]
     assert ran.count("heavy") == 1, "the resume after the wait returned the recorded result"

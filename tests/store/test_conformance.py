@@ -296,6 +296,21 @@ def test_claim_with_the_current_token_takes_the_lease_over(store: Store) -> None
     assert row.updated_at == T0 + 50
 
 
+def test_hand_over_moves_the_lease_without_counting_an_attempt(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    before = get(store, "e1")
+    moved = lease("tok-2", owner="host:2:b", expires=T0 + 100)
+    assert not store.hand_over("e1", "tok-other", moved, now=T0 + 5), "fenced by the token"
+    assert store.hand_over("e1", "tok-1", moved, now=T0 + 6)
+    row = get(store, "e1")
+    assert (row.owner, row.lease_token, row.lease_expires) == ("host:2:b", "tok-2", T0 + 100)
+    assert (row.attempt, row.takeovers) == (before.attempt, before.takeovers)
+    # The old holder has nothing left to hand over, and a finished execution cannot be had.
+    assert not store.hand_over("e1", "tok-1", lease("tok-3"), now=T0 + 7)
+    assert store.finish("e1", "tok-2", status="succeeded", result=None, error=None, now=T0 + 8)
+    assert not store.hand_over("e1", "tok-2", lease("tok-4"), now=T0 + 9)
+
+
 def test_claim_to_a_status_other_than_running_counts_no_attempt(store: Store) -> None:
     store.create_execution(execution("e1"))
     assert store.claim(

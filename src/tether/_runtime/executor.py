@@ -317,10 +317,14 @@ class Executor:
             store = held.store
             outcome = None
             nxt: Refill | None = None
+            moved = False
             try:
                 if flow is None:
                     flow, row = _resolve(store, execution_id, held.token, row)
                     if flow is not None and flow.is_async:
+                        # The loop task runs it under the same hold: not ended here, or its
+                        # lease would go unrenewed while it runs.
+                        moved = True
                         self._dispatch(held, execution_id, flow, claimed, row)
                         return
                 if not claimed:
@@ -338,7 +342,7 @@ class Executor:
                 if not isinstance(exc, Exception):
                     raise
             finally:
-                successor = self._ended(held, execution_id, outcome, nxt)
+                successor = None if moved else self._ended(held, execution_id, outcome, nxt)
             if nxt is None or successor is None:
                 return
             held = successor

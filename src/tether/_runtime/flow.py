@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from .._core import imports as _imports
+from .._core import remote as _remote
 from .._core import serde as _serde
 from .._core.config import settings, store_for
 from .._core.context import Run, current_frame, current_run
@@ -50,9 +51,12 @@ class Flow(Generic[P, R]):
         schedule_args: Sequence[Any] = (),
         schedule_kwargs: Mapping[str, Any] | None = None,
         catchup: _schedules.Catchup = "latest",
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__qualname__
+        # The Ray task options of its executions under `tether worker --ray`.
+        self.resources = _remote.checked_resources(resources, f"flow {self.name!r}")
         self.queue = _queues.name_of(queue)
         self.budget = _budget.checked(budget)
         if isinstance(deadline, dt.datetime):
@@ -446,6 +450,7 @@ def flow(
     schedule_args: Sequence[Any] = (),
     schedule_kwargs: Mapping[str, Any] | None = None,
     catchup: _schedules.Catchup = "latest",
+    resources: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -461,6 +466,7 @@ def flow(
     schedule_args: Sequence[Any] = (),
     schedule_kwargs: Mapping[str, Any] | None = None,
     catchup: _schedules.Catchup = "latest",
+    resources: Mapping[str, Any] | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function durable: each `.run(...)` is an execution recorded in the store.
 
@@ -492,6 +498,10 @@ def flow(
     `schedule_kwargs` (fixed; default none). `catchup` says what fires for ticks missed
     while no worker ran: `"latest"` (default) the latest one only, `"all"` every one,
     `"none"` nothing (a tick seen more than 30 s late is skipped).
+
+    `resources` (`num_cpus`, `num_gpus`, `memory` in bytes, custom ones under `resources`)
+    are the Ray resources of the task each execution runs as under `tether worker --ray`;
+    elsewhere they are not used. Unknown keys raise `tether.UsageError`.
     """
 
     def wrap(f: Callable[P, R], stacklevel: int = 2) -> Flow[P, R]:
@@ -502,6 +512,7 @@ def flow(
         made = Flow(
             f, name=name, queue=queue, budget=budget, deadline=deadline, schedule=schedule,
             schedule_args=schedule_args, schedule_kwargs=schedule_kwargs, catchup=catchup,
+            resources=resources,
         )  # fmt: skip
         _warn_if_interactive(made, stacklevel + 1)
         return made

@@ -316,6 +316,12 @@ class Store(abc.ABC):
         an attempt."""
 
     @abc.abstractmethod
+    def hand_over(self, execution_id: str, token: str, claim: Claim, *, now: float) -> bool:
+        """Move a running execution's lease from the holder of `token` to `claim` (compare
+        and swap): the same attempt, run on by another process (a Ray task taking over
+        what its dispatcher claimed). Not a takeover: no attempt or takeover is counted."""
+
+    @abc.abstractmethod
     def renew(
         self,
         execution_ids: Sequence[str],

@@ -247,4 +247,4 @@ def test_without_pydantic_evals_the_error_names_the_extra(db_url: str) -> None:
         db_url, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "pip install 'tether[evals]'" in result.stderr
+    assert "pip install -e '.[evals]' in a clone of tether" in result.stderr

@@ -93,7 +93,7 @@ def replay_test_command(
             metavar="MODULE:NAME",
             help="Score both sides with this evaluator, imported from your code: a function "
             "(Sample) -> bool | float | dict, or a pydantic-evals Evaluator (an instance, or a "
-            "class that needs no arguments; pip install 'tether[evals]'). A lower replayed "
+            "class that needs no arguments; pip install -e '.[evals]'). A lower replayed "
             "score is a regression. Repeatable.",
         ),
     ] = None,

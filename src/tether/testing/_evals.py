@@ -4,7 +4,7 @@
 An evaluator is recognised by its shape (an instance with `evaluate_async` and
 `get_default_evaluation_name`), never by importing pydantic_evals: a replay with plain
 function evaluators, or none, does not import it, and the main environment need not have it
-(`pip install 'tether[evals]'`). pydantic_evals is imported only to build the context of an
+(the `evals` extra). pydantic_evals is imported only to build the context of an
 evaluator the user already made, so it is there.
 
 Each side of a case becomes one `EvaluatorContext`: `inputs` the flow's recorded arguments
@@ -26,7 +26,7 @@ from typing import Any
 from .._core import imports as _imports
 from ..errors import UsageError
 
-INSTALL = "pip install 'tether[evals]' (in a clone of tether: pip install -e '.[evals]')"
+INSTALL = "pip install -e '.[evals]' in a clone of tether (or pip install pydantic-evals)"
 NO_SPANS = (
     "tether replay suites record no OpenTelemetry spans: span-based evaluators "
     "(HasMatchingSpan, ctx.span_tree) are not supported; score the output, inputs or metadata"

@@ -115,7 +115,7 @@ def replay(
       recording, in order.
     - `evaluators`: functions `(Sample) -> bool | float | dict[str, float]`, or
       pydantic-evals `Evaluator` instances (`EqualsExpected()`, `LLMJudge(rubric=...)`:
-      `pip install 'tether[evals]'`), scoring each side; a case whose replayed scores are
+      `pip install -e '.[evals]'`), scoring each side; a case whose replayed scores are
       all at least the recorded ones, one higher, is "improved", one lower "regressed"; a
       label (a string result) that differs makes it at least "changed". Without evaluators
       a different outcome is "changed", a failure where the recording succeeded

@@ -52,5 +52,19 @@ class Tone(Evaluator):
 
 tone = Tone()
 
+CONTEXTS: list[EvaluatorContext] = []  # what `remember` was given, in order
+
+
+@dataclass
+class Remember(Evaluator):
+    """Keeps each context it is given, to show what a replay puts in one."""
+
+    def evaluate(self, ctx: EvaluatorContext) -> bool:
+        CONTEXTS.append(ctx)
+        return True
+
+
+remember = Remember()
+
 # Asks for the span tree, which tether's replays do not record.
 made_a_model_request = HasMatchingSpan(query=SpanQuery(name_contains="model request"))

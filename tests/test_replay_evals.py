@@ -36,6 +36,7 @@ def version() -> Any:
     flows.VERSION = 1
     flows.CALLS.clear()
     judges.JUDGED.clear()
+    judges.CONTEXTS.clear()
     yield
     flows.VERSION = 1
 
@@ -160,6 +161,26 @@ def test_a_failure_is_scored_with_no_output_and_its_error(db_url: str) -> None:
     assert report.cases[0].verdict == "unchanged", str(report)
     assert broken.cases[0].verdict == "regressed", str(broken)
     assert broken.cases[0].scores == {"EqualsExpected": (1.0, 0.0)}
+
+
+def test_the_context_holds_the_arguments_results_metadata_and_error(db_url: str) -> None:
+    recorded = _record(flows.research, "acme-1")
+    flows.VERSION = 4  # the child flow (billing) raises after its charge now
+
+    report = replay(recorded, db=db_url, evaluators=[judges.remember])
+
+    assert report.cases[0].verdict == "changed", str(report)
+    before, after = judges.CONTEXTS
+    for ctx in (before, after):
+        assert ctx.name == recorded
+        assert ctx.inputs == {"args": ["acme-1"], "kwargs": {}}
+        assert ctx.expected_output == report.cases[0].recorded.result
+        assert ctx.metadata == {"customer": "acme"}
+        assert ctx.duration > 0
+    assert before.output == before.expected_output and before.attributes == {}
+    # A failure has no output; its error is an attribute.
+    assert after.output is None
+    assert "the refactor broke billing" in after.attributes["error"]
 
 
 def test_a_span_based_evaluator_is_a_case_error_that_says_why(db_url: str) -> None:

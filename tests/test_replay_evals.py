@@ -115,6 +115,15 @@ def test_an_llm_judge_passes_the_same_agent_and_fails_another_model(db_url: str)
     assert flows.CALLS == {}  # the tool was answered from the recording every time
 
 
+async def test_an_llm_judge_runs_when_replay_is_called_from_async_code(db_url: str) -> None:
+    recorded = _record(flows.weather, "weather?")
+
+    # This thread runs the test's event loop: the judge runs on tether's own.
+    report = replay(recorded, db=db_url, evaluators=[judges.reads_like_a_report])
+
+    assert report.cases[0].scores == {"LLMJudge": (1.0, 1.0)}, str(report)
+
+
 def test_an_llm_judge_with_the_expected_output_and_inputs(db_url: str) -> None:
     recorded = _record(flows.weather, "weather?")
     judge = LLMJudge(

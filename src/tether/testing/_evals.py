@@ -17,9 +17,9 @@ OpenTelemetry spans: `span_tree` raises, saying so, and the case is an error.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import math
+import threading
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -164,10 +164,22 @@ def _run(awaitable: Awaitable[Any]) -> Any:
     async def run() -> Any:
         return await awaitable
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run())
-    # `replay` called from async code: this thread's loop is busy, so a thread of our own.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, run()).result()
+    return asyncio.run_coroutine_threadsafe(run(), _loop()).result()
+
+
+_lock = threading.Lock()
+_running: asyncio.AbstractEventLoop | None = None
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    """One event loop, on a thread of its own, for every evaluator this process runs: it
+    works whether or not the caller's thread runs a loop (`replay` called from async code),
+    and the HTTP clients a judge's model keeps between calls stay on the loop they were made
+    on (a loop per call would close theirs under them)."""
+    global _running
+    with _lock:
+        if _running is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="tether-evals", daemon=True).start()
+            _running = loop
+        return _running

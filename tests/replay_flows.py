@@ -118,6 +118,8 @@ NEW_ARGS_MODEL = _weather_model("Oslo", "report")
 @tether.flow
 async def weather(question: str) -> str:
     result = await agent.run(question)
+    if VERSION == 7:
+        return result.output.upper()  # the new code shouts the agent's answer
     return result.output
 
 

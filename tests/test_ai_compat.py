@@ -23,6 +23,7 @@ FRAMEWORKS = {
     "typer",
     "rich",
     "croniter",
+    "pydantic-evals",
 }
 # Pinned too, though not declared: they come with psycopg's extras.
 EXTRAS_OF_PSYCOPG = {"psycopg-binary", "psycopg-pool"}
@@ -41,7 +42,7 @@ def _pins() -> dict[str, str]:
 def _lower_bounds() -> dict[str, set[str]]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = list(project["dependencies"])
-    for extra in ("ai", "postgres", "test"):
+    for extra in ("ai", "postgres", "test", "evals"):
         declared += project["optional-dependencies"][extra]
     bounds: dict[str, set[str]] = {}
     for text in declared:
@@ -67,9 +68,33 @@ def test_every_framework_has_one_lower_bound_and_the_floor_pins_it() -> None:
     assert set(pins) == FRAMEWORKS | EXTRAS_OF_PSYCOPG
 
 
+# Pins that hold in one of the two floor environments of scripts/test only: pydantic-evals is
+# installed in the evals run's (TETHER_FLOOR=evals), which leaves rich free (pydantic-evals
+# needs rich>=13.9.4, above tether's own floor of rich).
+ONLY_IN_RUN = {"pydantic-evals": "evals", "rich": "1"}
+
+
 @pytest.mark.skipif(
-    os.environ.get("TETHER_FLOOR") != "1", reason="only in the floor run of scripts/test"
+    os.environ.get("TETHER_FLOOR") not in ("1", "evals"),
+    reason="only in the floor and evals runs of scripts/test",
 )
 def test_the_floor_run_has_the_floor_installed() -> None:
+    run = os.environ["TETHER_FLOOR"]
     for name, pinned in _pins().items():
+        if ONLY_IN_RUN.get(name, run) != run:
+            continue
         assert version(name) == pinned, f"the floor run has {name} {version(name)}, not {pinned}"
+
+
+def test_the_main_runs_do_not_install_pydantic_evals() -> None:
+    """It pins an older Pydantic AI than the main runs test: installing it there would hold
+    Pydantic AI back for the whole suite."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for extra, requirements in extras.items():
+        named = {canonicalize_name(Requirement(text).name) for text in requirements}
+        assert extra == "evals" or "pydantic-evals" not in named, extra
+    script = (ROOT / "scripts" / "test").read_text()
+    assert "python -m pip install -q -e '.[test]'" in script
+    assert script.count("evals]") == 1  # the evals run's own environment, .venv-evals

@@ -363,5 +363,5 @@ def test_a_launcher_refuses_a_store_that_does_not_exist(tmp_path: Path) -> None:
 
 
 def test_a_runner_cannot_also_dispatch_to_ray(db_url: str) -> None:
-    with pytest.raises(tether.UsageError, match="either execution= .* or ray="):
+    with pytest.raises(tether.UsageError, match=r"either execution= .* or ray="):
         tether.Worker(execution="some-id", ray="auto")

@@ -372,6 +372,28 @@ def test_export_redacts_what_it_writes_and_the_store_keeps_it(db_url: str, tmp_p
     assert case.recorded.result["receipt"] == "***"
 
 
+def test_a_sample_has_the_logged_metadata_from_a_store_and_from_a_suite(
+    db_url: str, tmp_path: Path
+) -> None:
+    recorded = _record(db_url, flows.research, "acme-1")
+    seen: list[tuple[str, Any, float]] = []
+
+    def customer(sample: Sample) -> bool:
+        seen.append((sample.side, sample.metadata, sample.duration))
+        return sample.metadata == {"customer": "acme"}
+
+    suite = tmp_path / "suite.jsonl"
+    export(recorded, db=db_url, out=suite)
+    from_store = replay(recorded, db=db_url, evaluators=[customer])
+    from_suite = replay(suite=suite, tag="customer=acme", evaluators=[customer])
+
+    assert from_store.cases[0].scores == {"customer": (1.0, 1.0)}, str(from_store)
+    assert [c.execution_id for c in from_suite.cases] == [recorded]
+    assert from_suite.cases[0].scores == {"customer": (1.0, 1.0)}, str(from_suite)
+    assert [side for side, _, _ in seen] == ["recorded", "replayed"] * 2
+    assert all(duration > 0 for _, _, duration in seen)
+
+
 def test_a_file_that_is_not_a_suite_is_a_usage_error(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.jsonl"
     bogus.write_text('{"kind": "something"}\n')

@@ -213,6 +213,23 @@ def load_module(module_name: str, origin: str = "--import") -> None:
         ) from exc
 
 
+def load_object(spec: str, origin: str) -> Any:
+    """The object `MODULE:NAME` names (NAME may be dotted), its module imported as
+    `load_module` imports one: for what the user names on a command line (`origin`: the
+    flag), never for a path read from the store."""
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise UsageError(f"{origin} {spec!r}: give MODULE:NAME, e.g. myapp.evals:polite")
+    load_module(module_name, origin)
+    found: Any = sys.modules[module_name]
+    for part in name.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise UsageError(f"{origin} {spec}: the module {module_name} has no {name}") from None
+    return found
+
+
 def load_script(script: str) -> None:
     """Load a script the user named (`--script`) under an alias module, its `__main__` block
     not run, so that its flows are loaded. One script per process (besides its own)."""

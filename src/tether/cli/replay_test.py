@@ -86,6 +86,17 @@ def replay_test_command(
             "Pydantic AI knows (`openai:gpt-4o`).",
         ),
     ] = None,
+    evaluator_specs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--evaluator",
+            metavar="MODULE:NAME",
+            help="Score both sides with this evaluator, imported from your code: a function "
+            "(Sample) -> bool | float | dict, or a pydantic-evals Evaluator (an instance, or a "
+            "class that needs no arguments; pip install -e '.[evals]'). A lower replayed "
+            "score is a regression. Repeatable.",
+        ),
+    ] = None,
     markdown: Annotated[
         Path | None,
         typer.Option(
@@ -132,6 +143,7 @@ def replay_test_command(
     4 when the store fails.
     """
     from ..testing import export, replay
+    from ..testing._evals import load as load_evaluator
 
     chosen = list(selectors or [])
     if chosen[:1] == ["export"]:
@@ -151,6 +163,7 @@ def replay_test_command(
         if suite is None:
             client_for(db, readonly=True)  # the store must exist: nothing is created here
         load_named(imports, script)
+        evaluators = [load_evaluator(spec) for spec in evaluator_specs or ()]
         report = replay(
             *chosen,
             suite=suite,
@@ -163,6 +176,7 @@ def replay_test_command(
             limit=limit,
             tools=modes,
             model=model,
+            evaluators=evaluators or None,
         )
         if markdown is not None:
             markdown.write_text(report.to_markdown())

@@ -44,6 +44,7 @@ from .._runtime.ids import new_execution_id
 from .._spend import usage as _usage
 from ..errors import ExecutionNotFound, ReplayMiss, UsageError
 from ..store import CheckpointRow, ExecutionRow, Store, open_store
+from . import _evals
 from ._replay_report import (
     CallDiff,
     Outcome,
@@ -57,6 +58,9 @@ from ._suite import Redactor, scratch_source, write_suite
 
 ToolMode = Literal["recorded", "live"]
 Evaluator = Callable[["Sample"], "bool | float | Mapping[str, float | bool]"]
+# A plain function (Evaluator) or a pydantic-evals `Evaluator` instance: Any, because
+# pydantic-evals is an optional extra that tether's own type check does without.
+AnyEvaluator = Any
 
 # Model requests of agents (tether.ai): answered in order, whatever the messages.
 MODEL_CALLS = frozenset(
@@ -84,7 +88,7 @@ def replay(
     limit: int = 100,
     tools: ToolMode | Mapping[str, Any] = "recorded",
     model: object | None = None,
-    evaluators: Sequence[Evaluator] | Mapping[str, Evaluator] | None = None,
+    evaluators: Sequence[AnyEvaluator] | Mapping[str, AnyEvaluator] | None = None,
     timeout: float = CASE_TIMEOUT,
     suite: str | Path | None = None,
 ) -> ReplayReport:
@@ -110,11 +114,13 @@ def replay(
     - `model`: a Pydantic AI model (or a model name) that durable agents use instead of
       their own, live (`"test"`: `TestModel`); None: model requests answered from the
       recording, in order.
-    - `evaluators`: functions `(Sample) -> bool | float | dict[str, float]` scoring each
-      side; a case whose replayed scores are all at least the recorded ones, one higher, is
-      "improved", one lower "regressed". Without evaluators a different outcome is
-      "changed", a failure where the recording succeeded "regressed", the other way round
-      "improved".
+    - `evaluators`: functions `(Sample) -> bool | float | dict[str, float]`, or
+      pydantic-evals `Evaluator` instances (`EqualsExpected()`, `LLMJudge(rubric=...)`:
+      `pip install -e '.[evals]'`), scoring each side; a case whose replayed scores are
+      all at least the recorded ones, one higher, is "improved", one lower "regressed"; a
+      label (a string result) that differs makes it at least "changed". Without evaluators
+      a different outcome is "changed", a failure where the recording succeeded
+      "regressed", the other way round "improved".
 
     Returns the `ReplayReport`; raises UsageError for a bad argument, ExecutionNotFound for
     an id that names no execution.
@@ -299,7 +305,7 @@ def _run_case(
     scratch_path: Path,
     modes: Mapping[str, Any],
     model: object | None,
-    evaluators: Mapping[str, Evaluator],
+    evaluators: Mapping[str, AnyEvaluator],
     timeout: float,
 ) -> ReplayCase:
     recorded = _outcome(row)
@@ -348,6 +354,7 @@ def _run_case(
         case.problem = f"the replay did not end within {timeout:g}s"
         return case
     case.replayed = _outcome(ended)
+    case.seconds = (_seconds(row), _seconds(ended))
     case.diffs = diff_calls(root_calls, replay_calls)
     if recording.misses:
         case.problem = recording.misses[0] + (
@@ -415,28 +422,40 @@ def _error_text(stored: str | None) -> str:
     return f"{record.get('type') or 'Exception'}: {record.get('message') or ''}".rstrip(": ")
 
 
-def _verdict(case: ReplayCase, row: ExecutionRow, evaluators: Mapping[str, Evaluator]) -> Verdict:
+def _seconds(row: ExecutionRow) -> float:
+    return max(0.0, (row.finished_at or row.updated_at) - row.created_at)
+
+
+def _verdict(
+    case: ReplayCase, row: ExecutionRow, evaluators: Mapping[str, AnyEvaluator]
+) -> Verdict:
     recorded, replayed = case.recorded, case.replayed
     assert replayed is not None
     same = recorded == replayed
     if evaluators:
         inputs = as_data(row.args)
+        metadata = as_data(row.metadata) if row.metadata else None
         for name, evaluator in evaluators.items():
             try:
-                before = _scores(name, evaluator(_sample(case, inputs, recorded, "recorded")))
-                after = _scores(name, evaluator(_sample(case, inputs, replayed, "replayed")))
+                before = _judged(name, evaluator, case, inputs, metadata, "recorded")
+                after = _judged(name, evaluator, case, inputs, metadata, "replayed")
             except Exception as exc:
                 case.problem = f"evaluator {name!r} raised {type(exc).__name__}: {exc}"
                 return "error"
-            for key, value in before.items():
-                case.scores[key] = (value, after.get(key, 0.0))
-            for key, value in after.items():
+            for key, value in before.scores.items():
+                case.scores[key] = (value, after.scores.get(key, 0.0))
+            for key, value in after.scores.items():
                 case.scores.setdefault(key, (0.0, value))
+            for key in {*before.labels, *after.labels}:
+                case.labels[key] = (before.labels.get(key), after.labels.get(key))
+            for key in {*before.reasons, *after.reasons}:
+                case.reasons[key] = (before.reasons.get(key), after.reasons.get(key))
         if any(b < a for a, b in case.scores.values()):
             return "regressed"
         if any(b > a for a, b in case.scores.values()):
             return "improved"
-        return "unchanged" if same and not case.diffs else "changed"
+        relabelled = any(a != b for a, b in case.labels.values())
+        return "unchanged" if same and not case.diffs and not relabelled else "changed"
     if same:
         return "unchanged" if not case.diffs else "changed"
     if not recorded.failed and replayed.failed:
@@ -446,9 +465,26 @@ def _verdict(case: ReplayCase, row: ExecutionRow, evaluators: Mapping[str, Evalu
     return "changed"
 
 
-def _sample(case: ReplayCase, inputs: Any, side: Outcome, which: Any) -> Sample:
-    return Sample(case.execution_id, case.flow, inputs, side.result, side.error, which,
-                  case.recorded)  # fmt: skip
+def _judged(
+    name: str,
+    evaluator: AnyEvaluator,
+    case: ReplayCase,
+    inputs: Any,
+    metadata: Any,
+    which: Literal["recorded", "replayed"],
+) -> _evals.Scored:
+    side = case.recorded if which == "recorded" else case.replayed
+    assert side is not None
+    duration = case.seconds[0] if which == "recorded" else case.seconds[1]
+    if _evals.is_evaluator(evaluator):
+        return _evals.evaluate(
+            evaluator, name, case_name=case.execution_id, inputs=inputs, output=side.result,
+            error=side.error, expected=case.recorded.result, metadata=metadata,
+            duration=duration,
+        )  # fmt: skip
+    sample = Sample(case.execution_id, case.flow, inputs, side.result, side.error, which,
+                    case.recorded, metadata, duration)  # fmt: skip
+    return _evals.Scored(scores=_scores(name, evaluator(sample)))
 
 
 def _scores(name: str, value: object) -> dict[str, float]:
@@ -689,21 +725,44 @@ def _tool_modes(tools: Any) -> dict[str, Any]:
     )
 
 
-def _evaluators(evaluators: Any) -> dict[str, Evaluator]:
+def _evaluators(evaluators: Any) -> dict[str, AnyEvaluator]:
     if evaluators is None:
         return {}
     if isinstance(evaluators, Mapping):
         named = dict(evaluators)
     elif isinstance(evaluators, (list, tuple)):
-        named = {getattr(e, "__name__", f"evaluator{i}"): e for i, e in enumerate(evaluators)}
+        named = {}
+        for index, evaluator in enumerate(evaluators):
+            name = _evaluator_name(evaluator, index)
+            # Two of the same kind (two LLMJudges) keep both their scores.
+            unique, count = name, 1
+            while unique in named:
+                count += 1
+                unique = f"{name}#{count}"
+            named[unique] = evaluator
     else:
         raise UsageError(
-            f"evaluators is a list of functions (or a dict by name), not {evaluators!r}"
+            "evaluators is a list of functions or pydantic-evals evaluators (or a dict by "
+            f"name), not {evaluators!r}"
         )
     for name, evaluator in named.items():
-        if not callable(evaluator):
-            raise UsageError(f"evaluator {name!r} is not callable: {evaluator!r}")
+        if _evals.is_evaluator_class(evaluator):
+            raise UsageError(
+                f"evaluator {name!r} is the class {evaluator.__name__}: give an instance, "
+                f"{evaluator.__name__}(...)"
+            )
+        if not callable(evaluator) and not _evals.is_evaluator(evaluator):
+            raise UsageError(
+                f"evaluator {name!r} is neither a function nor a pydantic-evals evaluator: "
+                f"{evaluator!r}"
+            )
     return named
+
+
+def _evaluator_name(evaluator: Any, index: int) -> str:
+    if _evals.is_evaluator(evaluator):
+        return _evals.default_name(evaluator)
+    return str(getattr(evaluator, "__name__", f"evaluator{index}"))
 
 
 def _model(model: object | None) -> object | None:

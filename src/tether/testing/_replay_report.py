@@ -58,7 +58,8 @@ class CallDiff:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sample:
     """What an evaluator scores: one side of a case. `output` is the side's result (as data),
-    `error` its error; `recorded` is the recorded side (the reference) for both."""
+    `error` its error; `recorded` is the recorded side (the reference) for both; `metadata`
+    what the recorded flow code logged (`tether.log`), `duration` the side's seconds."""
 
     execution_id: str
     flow: str
@@ -67,6 +68,8 @@ class Sample:
     error: str | None
     side: Literal["recorded", "replayed"]
     recorded: Outcome
+    metadata: Any = None
+    duration: float = 0.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -81,6 +84,11 @@ class ReplayCase:
     diffs: list[CallDiff] = dataclasses.field(default_factory=list)
     problem: str | None = None  # why the case is an error
     scores: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    # What pydantic-evals evaluators gave besides numbers, (recorded, replayed) by name:
+    # labels (string results) and the reasons given with a score or a label.
+    labels: dict[str, tuple[str | None, str | None]] = dataclasses.field(default_factory=dict)
+    reasons: dict[str, tuple[str | None, str | None]] = dataclasses.field(default_factory=dict)
+    seconds: tuple[float, float] = (0.0, 0.0)  # how long each side ran
     answered: int = 0  # calls answered from the recording
     live: list[str] = dataclasses.field(default_factory=list)  # calls that ran live
     recorded_usage: _usage.Usage = dataclasses.field(default_factory=_usage.Usage)
@@ -97,6 +105,8 @@ class ReplayCase:
             "replayed": None if self.replayed is None else _outcome_json(self.replayed),
             "diffs": [dataclasses.asdict(d) for d in self.diffs],
             "scores": {k: {"recorded": a, "replayed": b} for k, (a, b) in self.scores.items()},
+            "labels": {k: {"recorded": a, "replayed": b} for k, (a, b) in self.labels.items()},
+            "reasons": {k: {"recorded": a, "replayed": b} for k, (a, b) in self.reasons.items()},
             "answered": self.answered,
             "live": self.live,
             "usage": {
@@ -208,11 +218,20 @@ def _details(case: ReplayCase) -> list[str]:
         lines.append(f"+ {case.replayed}")
     for name, (before, after) in case.scores.items():
         if before != after:
-            lines.append(f"~ score {name}: {before:g} -> {after:g}")
+            lines.append(f"~ score {name}: {before:g} -> {after:g}{_why(case, name)}")
+    for name, (was, now) in case.labels.items():
+        if was != now:
+            lines.append(f"~ label {name}: {short(was)} -> {short(now)}{_why(case, name)}")
     lines.extend(str(d) for d in case.diffs)
     if case.live:
         lines.append(f"  ran live: {', '.join(case.live)}")
     return lines
+
+
+def _why(case: ReplayCase, name: str) -> str:
+    """The replayed side's reason for a result that moved (an LLM judge's verdict)."""
+    reason = case.reasons.get(name, (None, None))[1]
+    return f" ({short(reason, 120).strip(chr(34))})" if reason else ""
 
 
 def _cell(text: str) -> str:

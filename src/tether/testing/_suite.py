@@ -132,6 +132,8 @@ def _lines(store: Store, row: ExecutionRow, hide: _Hider) -> Iterator[dict[str, 
     head["args"] = hide.value("args", row.args, row.id)
     head["result"] = hide.value("result", row.result, row.id)
     head["error"] = hide.error(row.error, row.id)
+    # What flow code logged (tether.log): selection by --tag and evaluators read it.
+    head["metadata"] = hide.value("metadata", row.metadata, row.id)
     yield head
     for call in store.get_checkpoints(row.id):
         if call.status not in ("succeeded", "failed"):
@@ -218,6 +220,7 @@ def _execution(line: dict[str, Any]) -> ExecutionRow:
         args=_text(line.get("args")) or '{"args":[],"kwargs":{}}',
         result=_text(line.get("result")),
         error=_text(line.get("error")),
+        metadata=_text(line.get("metadata")),
         **{k: v for k, v in fields.items() if v is not None},
     )
     return dataclasses.replace(row, created_at=float(row.created_at))

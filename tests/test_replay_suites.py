@@ -152,6 +152,9 @@ def test_failure_to_success_is_improved_and_success_to_failure_regressed(db_url:
     assert case.verdict == "regressed" and not report.ok
     assert case.replayed is not None
     assert case.replayed.error == "RuntimeError: the refactor broke billing"
+    # An evaluator that never looks at failures does not hide one.
+    judged = replay(succeeded, db=db_url, evaluators=[lambda sample: True])
+    assert judged.cases[0].verdict == "regressed" and not judged.ok
 
 
 def test_a_recorded_wait_is_answered_and_a_new_one_is_an_error(db_url: str) -> None:

@@ -118,9 +118,9 @@ def replay(
       pydantic-evals `Evaluator` instances (`EqualsExpected()`, `LLMJudge(rubric=...)`:
       `pip install -e '.[evals]'`), scoring each side; a case whose replayed scores are
       all at least the recorded ones, one higher, is "improved", one lower "regressed"; a
-      label (a string result) that differs makes it at least "changed". Without evaluators
-      a different outcome is "changed", a failure where the recording succeeded
-      "regressed", the other way round "improved".
+      label (a string result) that differs makes it at least "changed". A failure where the
+      recording succeeded is "regressed" whatever the scores; without evaluators a
+      different outcome is "changed", and a success where the recording failed "improved".
 
     Returns the `ReplayReport`; raises UsageError for a bad argument, ExecutionNotFound for
     an id that names no execution.
@@ -450,7 +450,11 @@ def _verdict(
                 case.labels[key] = (before.labels.get(key), after.labels.get(key))
             for key in {*before.reasons, *after.reasons}:
                 case.reasons[key] = (before.reasons.get(key), after.reasons.get(key))
-        if any(b < a for a, b in case.scores.values()):
+        # A run that now fails where the recording succeeded is a regression whatever the
+        # scores say: an evaluator that does not look at failures must not hide one.
+        if any(b < a for a, b in case.scores.values()) or (
+            not recorded.failed and replayed.failed
+        ):
             return "regressed"
         if any(b > a for a, b in case.scores.values()):
             return "improved"

@@ -452,9 +452,7 @@ def _verdict(
                 case.reasons[key] = (before.reasons.get(key), after.reasons.get(key))
         # A run that now fails where the recording succeeded is a regression whatever the
         # scores say: an evaluator that does not look at failures must not hide one.
-        if any(b < a for a, b in case.scores.values()) or (
-            not recorded.failed and replayed.failed
-        ):
+        if any(b < a for a, b in case.scores.values()) or (not recorded.failed and replayed.failed):
             return "regressed"
         if any(b > a for a, b in case.scores.values()):
             return "improved"

@@ -577,3 +577,31 @@ def test_sessions_outlive_a_restart_serve_every_process_and_end_with_their_token
     # A new token under the old name does not revive the old sessions.
     client.create_token("manager", "operate")
     assert _get(restarted, "/", cookie).status_code == 303
+
+
+def test_with_a_secret_the_store_alone_cannot_sign_a_session(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session keys come from the token's stored hash; `TETHER_SECRET` mixes in a key the
+    store does not hold, so someone who reads the store cannot forge a cookie."""
+    from tether._core import config
+    from tether.server._session import Sessions, _Cookie
+
+    def signed_in_cookie() -> str:
+        client = tether.Client(db_url)
+        keys = client.token_signing_keys()
+        return Sessions(client)._signed("ops", "operate", keys["ops"][1]).id
+
+    def verifies(cookie: str) -> bool:
+        client = tether.Client(db_url)
+        parsed = _Cookie.parse(cookie)
+        assert parsed is not None
+        return Sessions(client)._verified(parsed, client.token_signing_keys()) is not None
+
+    tether.Client(db_url).create_token("ops", "operate")
+    without = signed_in_cookie()  # what anyone who reads the store can make
+    monkeypatch.setenv("TETHER_SECRET", "a server secret")
+    config.reset()
+    tether.configure(db=db_url, adopt=False)
+    assert not verifies(without)
+    assert verifies(signed_in_cookie())

@@ -7,6 +7,7 @@ Real time is used where the promise is about the wall clock ("not before its dea
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import signal
@@ -278,6 +279,21 @@ def test_a_delayed_run_is_started_by_this_process_at_its_time(client: tether.Cli
     handle = flows.delayed.options(not_before=at).run("here")
     assert handle.status() is Status.QUEUED
     assert handle.result(timeout=30) == "here"
+    started = client.get(handle.id).started_at
+    assert started is not None and started >= at
+
+
+def test_a_delayed_run_async_is_started_by_this_process_at_its_time(
+    client: tether.Client,
+) -> None:
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+
+    async def start() -> tether.Handle[str]:
+        return await flows.delayed.options(not_before=at).run_async("here, async")
+
+    handle = asyncio.run(start())
+    assert handle.status() is Status.QUEUED
+    assert handle.result(timeout=30) == "here, async"
     started = client.get(handle.id).started_at
     assert started is not None and started >= at
 

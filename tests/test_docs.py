@@ -26,7 +26,7 @@ def test_pyproject_names_only_extras_and_urls_that_exist() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     project = tomllib.loads(text)["project"]
     extras = set(project["optional-dependencies"])
-    assert extras == {"test", "postgres", "ai", "bench", "server", "mcp", "kubernetes"}
+    assert extras == {"test", "postgres", "ai", "bench", "server", "mcp", "kubernetes", "ray"}
     assert "web server" not in text
     assert "example.invalid" not in text
     assert all("example." not in url for url in project.get("urls", {}).values())

@@ -360,3 +360,8 @@ def test_a_launcher_refuses_a_store_that_does_not_exist(tmp_path: Path) -> None:
     done = run_cli(missing, "launcher", COLUMNS="300")
     assert done.returncode == 2, done.stderr
     assert "no tether database at" in done.stderr
+
+
+def test_a_runner_cannot_also_dispatch_to_ray(db_url: str) -> None:
+    with pytest.raises(tether.UsageError, match="either execution= .* or ray="):
+        tether.Worker(execution="some-id", ray="auto")

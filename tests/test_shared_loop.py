@@ -23,6 +23,7 @@ from backend import BACKEND
 from helpers import retry_until, run_child
 from tether import Status
 from tether._core.config import store_for
+from tether._runtime.executor import executor
 from tether._runtime.loop import shared_loop
 from tether.store import CheckpointRow, Claim, Commit, ExecutionRow
 
@@ -227,3 +228,32 @@ def test_sigkill_with_fifty_async_executions_in_flight_then_recover(
     # No committed call ran again; every call ran at least once.
     assert all(ran[key] == 1 for key in committed)
     assert {key for key in ran} == {(e, str(p)) for e in ids for p in range(10)}
+
+
+def test_an_async_execution_resumed_without_its_flow_in_hand_stays_held_while_it_runs(
+    db_url: str,
+) -> None:
+    """A resume (a takeover, an adopted or parked execution) starts with no flow: a thread
+    looks it up and moves it to the loop. The hold, and so the lease's renewal, must go with
+    it, not end with that thread."""
+    loop_flows.gate["open"] = False
+    tether.configure(executor=False)
+    handle = loop_flows.gated.enqueue(5, 1)
+    tether.configure(executor=True)
+    store = store_for(db_url)
+    running = executor()
+    claim = running.claim()
+    assert store.claim_runnable(claim, now=time.time(), due=time.time()) is not None
+    running.start(store, handle.id, claim.token, None, claimed=True)
+    try:
+
+        def renewed() -> bool:
+            row = store.get_execution(handle.id)
+            return row is not None and (row.lease_expires or 0) > claim.expires
+
+        retry_until(renewed, timeout=10, what="the heartbeat to renew its lease")
+        assert running.holds(store, handle.id), "held while it runs on the loop"
+    finally:
+        loop_flows.gate["open"] = True
+    assert handle.result(timeout=30) == 5
+    retry_until(lambda: not running.holds(store, handle.id), what="the hold to end")

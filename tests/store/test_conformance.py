@@ -7,6 +7,7 @@ need one implementation's internals sit at the end, clearly separated.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sqlite3
@@ -98,6 +99,30 @@ def test_created_execution_reads_back_field_for_field(store: Store) -> None:
     )
     store.create_execution(row)
     assert store.get_execution("e1") == row
+
+
+def test_starts_from_an_event_loop_are_written_together_with_their_keys_kept(
+    store: Store,
+) -> None:
+    # Gathered, they share batches: keyless rows and keyed ones, two of one key among them.
+    def keyed(execution_id: str, key: str | None, flow: str = "flow") -> ExecutionRow:
+        return dataclasses.replace(execution(execution_id, flow=flow), dedup_key=key)
+
+    rows = [keyed(f"e{i}", None) for i in range(50)]
+    rows += [keyed("k1", "order-1"), keyed("k2", "order-1"), keyed("k3", "order-1", "other")]
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(store.create_execution_async(r) for r in rows)))
+
+    ids = asyncio.run(main())
+    assert ids[:50] == [f"e{i}" for i in range(50)]
+    assert ids[50] == ids[51] in ("k1", "k2")  # one of the two holds the key, whichever first
+    assert ids[52] == "k3"  # a key belongs to its flow
+    for row in rows[:50]:
+        assert store.get_execution(row.id) == row
+    assert get(store, ids[50]).dedup_key == "order-1"
+    (other,) = {"k1", "k2"} - {ids[50]}
+    assert store.get_execution(other) is None  # not inserted beside the key's holder
 
 
 def test_get_of_unknown_execution_returns_none(store: Store) -> None:
@@ -269,6 +294,21 @@ def test_claim_with_the_current_token_takes_the_lease_over(store: Store) -> None
     assert row.attempt == 2
     assert row.started_at == T0 + 1, "started_at is set by the first start only"
     assert row.updated_at == T0 + 50
+
+
+def test_hand_over_moves_the_lease_without_counting_an_attempt(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    before = get(store, "e1")
+    moved = lease("tok-2", owner="host:2:b", expires=T0 + 100)
+    assert not store.hand_over("e1", "tok-other", moved, now=T0 + 5), "fenced by the token"
+    assert store.hand_over("e1", "tok-1", moved, now=T0 + 6)
+    row = get(store, "e1")
+    assert (row.owner, row.lease_token, row.lease_expires) == ("host:2:b", "tok-2", T0 + 100)
+    assert (row.attempt, row.takeovers) == (before.attempt, before.takeovers)
+    # The old holder has nothing left to hand over, and a finished execution cannot be had.
+    assert not store.hand_over("e1", "tok-1", lease("tok-3"), now=T0 + 7)
+    assert store.finish("e1", "tok-2", status="succeeded", result=None, error=None, now=T0 + 8)
+    assert not store.hand_over("e1", "tok-2", lease("tok-4"), now=T0 + 9)
 
 
 def test_claim_to_a_status_other_than_running_counts_no_attempt(store: Store) -> None:

@@ -25,8 +25,8 @@ import random
 import threading
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
 
 from ..errors import (
     BudgetExceeded,
@@ -41,6 +41,7 @@ from ..errors import (
 )
 from ..store import CheckpointRow, Commit, EventRow
 from . import answers as _answers
+from . import remote as _remote
 from . import serde as _serde
 from .capture import MAX_LOG_BYTES, CapturedLog
 from .context import Frame, Run, current_frame, current_run
@@ -99,6 +100,8 @@ class Checkpoint(Generic[P, R]):
         backoff: float,
         retry_on: type[BaseException] | tuple[type[BaseException], ...],
         timeout: float | None,
+        runtime: str = "local",
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         if retries < 0:
             raise UsageError(f"retries must be 0 or more, not {retries}")
@@ -113,6 +116,13 @@ class Checkpoint(Generic[P, R]):
         self.retry_on = retry_on
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
+        what = f"checkpoint {self.name!r}"
+        self.runtime = _remote.checked_runtime(runtime, what)
+        self.resources = _remote.checked_resources(resources, what)
+        if self.resources and runtime != "ray":
+            raise UsageError(f"{what}: resources= goes with runtime='ray'")
+        # The body's runner on a Ray cluster; None runs it here.
+        self._ray = _remote.RayBody(fn, self, self.resources) if runtime == "ray" else None
         functools.update_wrapper(self, fn)
         code = getattr(inspect.unwrap(fn), "__code__", None)
         if isinstance(code, types.CodeType):
@@ -173,6 +183,11 @@ class Checkpoint(Generic[P, R]):
             try:
                 if call.body is not None:
                     value = cast(R, call.body())
+                elif self._ray is not None:
+                    try:
+                        value = cast(R, self._ray.call(args, kwargs, self.timeout))
+                    except TimeoutError as exc:
+                        raise self._timeout_error() from exc
                 elif self.timeout is None:
                     value = self.fn(*args, **kwargs)
                 else:
@@ -209,6 +224,8 @@ class Checkpoint(Generic[P, R]):
             return call.replay()
         # A string: no generic alias built on every call.
         fn = cast("Callable[..., Awaitable[Any]]", self.fn)
+        if self._ray is not None:
+            fn = functools.partial(_ray_call, self._ray)
         while True:
             token = current_frame.set(call)
             outside = current_branch.set(None)
@@ -294,6 +311,10 @@ class Checkpoint(Generic[P, R]):
 
     def _timeout_error(self) -> CheckpointTimeout:
         return CheckpointTimeout(f"checkpoint {self.name!r} ran longer than {self.timeout}s")
+
+
+async def _ray_call(body: _remote.RayBody, *args: Any, **kwargs: Any) -> Any:
+    return await body.call_async(args, kwargs)
 
 
 # An async checkpoint call's coroutine is one recorded call, numbered when it was called: a
@@ -639,6 +660,8 @@ def checkpoint(
     backoff: float = 1.0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     timeout: float | None = None,
+    runtime: Literal["local", "ray"] = "local",
+    resources: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[P, R]], Checkpoint[P, R]]: ...
 
 
@@ -651,6 +674,8 @@ def checkpoint(
     backoff: float = 1.0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     timeout: float | None = None,
+    runtime: Literal["local", "ray"] = "local",
+    resources: Mapping[str, Any] | None = None,
 ) -> Checkpoint[P, R] | Callable[[Callable[P, R]], Checkpoint[P, R]]:
     """Record a function's result durably when it is called inside a flow.
 
@@ -672,6 +697,13 @@ def checkpoint(
       `retry_on` names its type (`retry_on=BaseException`, say). A cancellation that asyncio
       started (a TaskGroup, a timeout) stays a cancellation and records nothing.
     - `timeout`: seconds one attempt may take (CheckpointTimeout after that).
+    - `runtime="ray"`: each attempt of the body runs as a Ray task on the cluster this
+      process is connected to (`ray.init(...)`, `RAY_ADDRESS`, or the task of a
+      `tether worker --ray` it runs in), while the flow stays here: the result comes back
+      and is recorded here, as a local checkpoint's; retries and `timeout` are this
+      checkpoint's (Ray's own retry is off). `resources`: the task's Ray resources
+      (`num_cpus`, `num_gpus`, `memory` in bytes, and custom ones under `resources`).
+      The body runs outside the flow: `tether.current()` is not available in it.
 
     Outside a flow the function runs as a plain call, nothing recorded. Called inside
     another checkpoint it runs inline, as part of the outer one.
@@ -691,8 +723,9 @@ def checkpoint(
                 "its name, and every lambda is called '<lambda>'. Or define it with `def`"
             )
         return Checkpoint(
-            f, name=name, retries=retries, backoff=backoff, retry_on=retry_on, timeout=timeout
-        )
+            f, name=name, retries=retries, backoff=backoff, retry_on=retry_on, timeout=timeout,
+            runtime=runtime, resources=resources,
+        )  # fmt: skip
 
     if fn is not None:
         return wrap(fn)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from .._core.config import settings
 from ..errors import UsageError
 from ..store import Store, TokenRow
 
@@ -97,13 +98,19 @@ def signing_keys(store: Store) -> dict[str, tuple[TokenInfo, bytes]]:
     """The active tokens by name, each with a key for signing what stands for it (a
     dashboard session's cookie). The key is derived from the hash the store keeps: every
     process on the store derives the same one, without a secret of its own to share, and
-    revoking the token (or a new token under its name) voids every signature made with it."""
+    revoking the token (or a new token under its name) voids every signature made with it.
+
+    With `TETHER_SECRET` set (the same on every server process) the key mixes it in: then
+    reading the store is not enough to forge a session, as it is not enough to use a token."""
+    secret = settings().secret or b""
     return {
-        r.name: (TokenInfo.from_row(r), _signing_key(r))
+        r.name: (TokenInfo.from_row(r), _signing_key(r, secret))
         for r in store.list_tokens()
         if r.revoked_at is None
     }
 
 
-def _signing_key(row: TokenRow) -> bytes:
-    return hmac.new(row.hash.encode(), b"tether dashboard session", hashlib.sha256).digest()
+def _signing_key(row: TokenRow, secret: bytes) -> bytes:
+    # Keyed by the token's stored hash, and by the secret too when there is one.
+    material = row.hash.encode() + (b"\0" + secret if secret else b"")
+    return hmac.new(material, b"tether dashboard session", hashlib.sha256).digest()

@@ -44,6 +44,7 @@ from .adoption import (
     scan_key,
 )
 from .engine import Runnable, load_flow
+from .ids import new_token
 from .loop import SharedLoop, shared_loop
 from .schedules import Firer
 
@@ -82,10 +83,6 @@ def host_prefix() -> str:
 
 def new_owner_id() -> str:
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def new_token() -> str:
-    return uuid.uuid4().hex
 
 
 def pid_alive(pid: int) -> bool:
@@ -233,6 +230,13 @@ class Executor:
         with self._lock:
             return (id(store), execution_id) in self._held
 
+    def runs_live(self, store: Store, execution_id: str) -> bool:
+        """Whether this process holds the execution where it can still end: on a thread, or
+        on an event loop whose thread lives."""
+        with self._lock:
+            held = self._held.get((id(store), execution_id))
+        return held is not None and (held.loop is None or held.loop.ended is None)
+
     def will_run(self, execution_id: str) -> bool:
         """Whether this process holds the execution, or has it parked (it runs it again when
         its input, its timer or the end of its crash-loop pause comes)."""
@@ -313,10 +317,14 @@ class Executor:
             store = held.store
             outcome = None
             nxt: Refill | None = None
+            moved = False
             try:
                 if flow is None:
                     flow, row = _resolve(store, execution_id, held.token, row)
                     if flow is not None and flow.is_async:
+                        # The loop task runs it under the same hold: not ended here, or its
+                        # lease would go unrenewed while it runs.
+                        moved = True
                         self._dispatch(held, execution_id, flow, claimed, row)
                         return
                 if not claimed:
@@ -334,7 +342,7 @@ class Executor:
                 if not isinstance(exc, Exception):
                     raise
             finally:
-                successor = self._ended(held, execution_id, outcome, nxt)
+                successor = None if moved else self._ended(held, execution_id, outcome, nxt)
             if nxt is None or successor is None:
                 return
             held = successor

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from .._core import imports as _imports
+from .._core import remote as _remote
 from .._core import serde as _serde
 from .._core.config import settings, store_for
-from .._core.context import current_frame, current_run
+from .._core.context import Run, current_frame, current_run
 from .._core.status import Status
 from .._spend import budget as _budget
 from .._spend.budget import Budget
@@ -26,7 +27,8 @@ from . import deadlines as _deadlines
 from . import queues as _queues
 from . import replay as _replay
 from . import schedules as _schedules
-from .handle import Handle, launch, new_execution_id
+from .handle import Handle, launch, launch_async
+from .ids import new_execution_id
 from .queues import Queue
 
 P = ParamSpec("P")
@@ -49,9 +51,12 @@ class Flow(Generic[P, R]):
         schedule_args: Sequence[Any] = (),
         schedule_kwargs: Mapping[str, Any] | None = None,
         catchup: _schedules.Catchup = "latest",
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__qualname__
+        # The Ray task options of its executions under `tether worker --ray`.
+        self.resources = _remote.checked_resources(resources, f"flow {self.name!r}")
         self.queue = _queues.name_of(queue)
         self.budget = _budget.checked(budget)
         if isinstance(deadline, dt.datetime):
@@ -205,6 +210,39 @@ class Flow(Generic[P, R]):
         """Record a new execution for a `tether worker` to run; nothing runs in this process."""
         return self._start(args, kwargs, None, local=False)
 
+    @overload
+    def run_async(
+        self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    @overload
+    def run_async(
+        self: Flow[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    def run_async(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Handle[Any]]:
+        """`run()` for a caller on an event loop: `handle = await flow.run_async(...)`.
+
+        Records the execution and starts it; the await returns once the execution is
+        durable, without blocking the loop meanwhile, and starts awaited concurrently
+        (`asyncio.gather`) are committed together, a few transactions for thousands of
+        starts. The arguments are checked when it is called, with the errors of `run()`.
+        In flow code it starts a child flow exactly as `run()` does there.
+        """
+        return self._start_async(args, kwargs, None)
+
+    def _start_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: _StartOptions | None
+    ) -> Coroutine[Any, Any, Handle[Any]]:
+        local = settings().executor
+        row, kwargs = self._prepare(args, kwargs, options, local=local)
+        run = _in_flow_code()
+        if run is not None:
+            # A child's start takes its position now, in program order, as `run()` does.
+            fingerprint = _serde.fingerprint(args, kwargs)
+            return _ready(_children.start(run, self, row, fingerprint, local=local))
+        return launch_async(store_for(), row, self if local else None)
+
     def _start(
         self,
         args: tuple[Any, ...],
@@ -217,6 +255,24 @@ class Flow(Generic[P, R]):
         """`store`: where a top-level execution is recorded (None: the configured store,
         opened only then: a child flow goes to its parent's store, and a replay test's
         scratch store must not make the configured one exist)."""
+        row, kwargs = self._prepare(args, kwargs, options, local=local)
+        run = _in_flow_code()
+        if run is not None:
+            # In flow code: a child flow, started once per call whatever the crashes.
+            fingerprint = _serde.fingerprint(args, kwargs)
+            return _children.start(run, self, row, fingerprint, local=local)
+        return launch(store_for() if store is None else store, row, self if local else None)
+
+    def _prepare(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: _StartOptions | None,
+        *,
+        local: bool,
+    ) -> tuple[ExecutionRow, dict[str, Any]]:
+        """The new execution's row, the start options checked; and the flow's own keyword
+        arguments (without the options given as keywords). `local`: this process runs it."""
         _imports.refuse_start(self.name)
         if options is None:
             options = _StartOptions()
@@ -243,9 +299,8 @@ class Flow(Generic[P, R]):
         encoded = _serde.dumps(
             {"args": list(args), "kwargs": kwargs}, root=f"arguments of flow {self.name!r}"
         )
-        execution_id = new_execution_id()
         row = ExecutionRow(
-            id=execution_id,
+            id=new_execution_id(),
             flow=self.name,
             import_path=import_path,
             script=script,
@@ -263,12 +318,7 @@ class Flow(Generic[P, R]):
         deadline = self.deadline if options.deadline is None else options.deadline
         # Inserted running (its first start is now) only by a process that runs it at once.
         _deadlines.place(row, deadline, started=local and not_before is None)
-        run = current_run.get()
-        if run is not None and current_frame.get() is None:
-            # In flow code: a child flow, started once per call whatever the crashes.
-            fingerprint = _serde.fingerprint(args, kwargs)
-            return _children.start(run, self, row, fingerprint, local=local)
-        return launch(store_for() if store is None else store, row, self if local else None)
+        return row, kwargs
 
     def replay(
         self,
@@ -344,6 +394,20 @@ class Starter(Generic[P, R]):
         )
 
     @overload
+    def run_async(
+        self: Starter[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    @overload
+    def run_async(
+        self: Starter[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    def run_async(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Handle[Any]]:
+        """`Flow.run_async()` with these options."""
+        return self._flow._start_async(args, kwargs, self._options)
+
+    @overload
     def enqueue(
         self: Starter[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
     ) -> Handle[T]: ...
@@ -354,6 +418,16 @@ class Starter(Generic[P, R]):
     def enqueue(self, *args: Any, **kwargs: Any) -> Handle[Any]:
         """`Flow.enqueue()` with these options."""
         return self._flow._start(args, kwargs, None, local=False, options=self._options)
+
+
+def _in_flow_code() -> Run | None:
+    """The running execution when called from its flow code (not from a checkpoint)."""
+    run = current_run.get()
+    return run if run is not None and current_frame.get() is None else None
+
+
+async def _ready(handle: Handle[Any]) -> Handle[Any]:
+    return handle
 
 
 def _parent_id() -> str | None:
@@ -376,6 +450,7 @@ def flow(
     schedule_args: Sequence[Any] = (),
     schedule_kwargs: Mapping[str, Any] | None = None,
     catchup: _schedules.Catchup = "latest",
+    resources: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -391,6 +466,7 @@ def flow(
     schedule_args: Sequence[Any] = (),
     schedule_kwargs: Mapping[str, Any] | None = None,
     catchup: _schedules.Catchup = "latest",
+    resources: Mapping[str, Any] | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function durable: each `.run(...)` is an execution recorded in the store.
 
@@ -422,6 +498,10 @@ def flow(
     `schedule_kwargs` (fixed; default none). `catchup` says what fires for ticks missed
     while no worker ran: `"latest"` (default) the latest one only, `"all"` every one,
     `"none"` nothing (a tick seen more than 30 s late is skipped).
+
+    `resources` (`num_cpus`, `num_gpus`, `memory` in bytes, custom ones under `resources`)
+    are the Ray resources of the task each execution runs as under `tether worker --ray`;
+    elsewhere they are not used. Unknown keys raise `tether.UsageError`.
     """
 
     def wrap(f: Callable[P, R], stacklevel: int = 2) -> Flow[P, R]:
@@ -432,6 +512,7 @@ def flow(
         made = Flow(
             f, name=name, queue=queue, budget=budget, deadline=deadline, schedule=schedule,
             schedule_args=schedule_args, schedule_kwargs=schedule_kwargs, catchup=catchup,
+            resources=resources,
         )  # fmt: skip
         _warn_if_interactive(made, stacklevel + 1)
         return made

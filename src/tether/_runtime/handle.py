@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
-import uuid
 from collections.abc import Coroutine, Generator, Sequence
 from typing import Any, Generic, TypeVar, cast
 
@@ -35,13 +35,11 @@ R = TypeVar("R")
 # finished in this process wakes it at once.
 _POLL_MIN = 0.005
 _POLL_MAX = 0.25
-# How often an awaiting handle reads the store anyway while this process runs the execution.
+# How often an awaiting handle reads the store anyway while this process runs the execution
+# (a safety net: its end wakes the handle), backing off: thousands of handles awaited at once
+# would otherwise read thousands of rows a second for as long as their executions run.
 _HELD_POLL = 1.0
-
-
-def new_execution_id() -> str:
-    # Time-ordered prefix so ids sort by creation, random suffix for uniqueness.
-    return f"{int(time.time() * 1000):011x}-{uuid.uuid4().hex[:12]}"
+_HELD_POLL_MAX = 16.0
 
 
 class Handle(Generic[R]):
@@ -126,10 +124,27 @@ class Handle(Generic[R]):
         loop = asyncio.get_running_loop()
         runner = executor()
         pause = _POLL_MIN
+        first = True
+        held_pause = _HELD_POLL
         while True:
             # Watched before the read: an end between the two still wakes us.
             woken = runner.watch(self._store, self.id)
             try:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if (
+                    woken is not None
+                    and (remaining is None or remaining > 0)
+                    and (first or runner.runs_live(self._store, self.id))
+                ):
+                    # Held here, by a live thread or loop, so not ended: its end is committed
+                    # before the hold ends, and that wakes us. No read meanwhile: thousands of
+                    # handles awaited at once would each read the store, again and again.
+                    first = False
+                    wait = held_pause if remaining is None else min(held_pause, remaining)
+                    await asyncio.wait({woken}, timeout=wait)
+                    held_pause = min(held_pause * 2, _HELD_POLL_MAX)
+                    continue
+                first = False
                 try:
                     row = await loop.run_in_executor(None, self._row)
                 except StoreUnavailable:
@@ -147,8 +162,9 @@ class Handle(Generic[R]):
                     )
                 if woken is not None:
                     # Held here: its end wakes us; the store is read now and then anyway.
-                    wait = _HELD_POLL if remaining is None else min(_HELD_POLL, remaining)
+                    wait = held_pause if remaining is None else min(held_pause, remaining)
                     await asyncio.wait({woken}, timeout=wait)
+                    held_pause = min(held_pause * 2, _HELD_POLL_MAX)
                 else:
                     await asyncio.sleep(pause if remaining is None else min(pause, remaining))
                     pause = min(pause * 2, _POLL_MAX)
@@ -257,16 +273,54 @@ def launch(
         if recorded == row.id:
             executor().park(store, row.id)
         return Handle(recorded, store)
-    # Recorded already running (its first attempt) under a lease of this process: one write
-    # starts it, and no worker can grab it between the insert and the start.
-    runner = executor()
-    claim = runner.claim()
-    row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
-    row.status, row.attempt, row.started_at = Status.RUNNING, row.attempt + 1, row.created_at
+    runner = _lease_here(row)
     recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
     if recorded == row.id:
         # The row as recorded is what the engine needs to start it: nothing to read again.
         row.has_history = bool(checkpoints or waits)
-        runner.start(store, row.id, claim.token, flow, claimed=True, row=row)
+        runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row)
     # else: the key names an existing execution; whoever holds it runs it.
     return Handle(recorded, store)
+
+
+async def launch_async(store: Store, row: ExecutionRow, flow: Runnable | None) -> Handle[Any]:
+    """`launch()` for a caller on an event loop: the insert is group committed with the
+    other starts in flight (`Store.create_execution_async`), and the loop goes on meanwhile;
+    returns once the execution is durable."""
+    delayed = flow is not None and row.not_before is not None
+    runner = None if flow is None or delayed else _lease_here(row)
+    insert = store.create_execution_async(row)
+    if runner is not None and flow is not None:
+        # Started when the insert commits, whatever becomes of the caller: one cancelled
+        # meanwhile (a timeout around the await) must not leave an execution recorded as
+        # running here that nothing here runs.
+        insert.add_done_callback(functools.partial(_start_inserted, runner, store, row, flow))
+    elif delayed:
+        # A delayed start: queued, and parked here for this process's waker (as `launch`).
+        insert.add_done_callback(functools.partial(_park_inserted, store, row))
+    return Handle(await asyncio.shield(insert), store)
+
+
+def _park_inserted(store: Store, row: ExecutionRow, insert: asyncio.Future[str]) -> None:
+    if insert.cancelled() or insert.exception() is not None or insert.result() != row.id:
+        return
+    executor().park(store, row.id)
+
+
+def _start_inserted(
+    runner: Executor, store: Store, row: ExecutionRow, flow: Runnable, insert: asyncio.Future[str]
+) -> None:
+    if insert.cancelled() or insert.exception() is not None or insert.result() != row.id:
+        return  # not recorded (the caller sees why), or the key names another execution
+    runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row)
+
+
+def _lease_here(row: ExecutionRow) -> Executor:
+    """Make `row` recorded already running (its first attempt) under a lease of this
+    process: one write starts it, and no worker can grab it between the insert and the
+    start."""
+    runner = executor()
+    claim = runner.claim()
+    row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
+    row.status, row.attempt, row.started_at = Status.RUNNING, row.attempt + 1, row.created_at
+    return runner

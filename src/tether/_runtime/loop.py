@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -73,6 +74,12 @@ class SharedLoop:
         # One bound method for every execution that runs on the loop, not one each.
         self.offload_bound = self.offload
         self._turned = time.monotonic()
+        # Starts queued by `spawn` (a deque's append is atomic), and whether a drain of them
+        # is scheduled on the loop.
+        self._spawning: collections.deque[Callable[[], Coroutine[Any, Any, Any]]] = (
+            collections.deque()
+        )
+        self._drain_due = False
         self.ended: str | None = None  # why the loop thread ended, once it has
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="tether-loop", daemon=True)
@@ -125,20 +132,31 @@ class SharedLoop:
     def spawn(self, start: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run `start()` as a new task on the loop, from any thread, in an empty context: the
         task is nobody's branch (a flow starting another execution does not lend it one)."""
-        empty = contextvars.Context()
-        if threading.get_ident() == self.thread.ident:
-            self.loop.call_soon(self._create, start, empty, context=empty)
-        else:
-            self.loop.call_soon_threadsafe(self._create, start, empty, context=empty)
+        self._spawning.append(start)
+        if self._drain_due:
+            return
+        # One wake-up of the loop for the starts that queue until it drains them: each
+        # call_soon_threadsafe writes to the loop's self-pipe, a system call that lets go of
+        # the GIL, which a starting thread beside a busy loop waits to get back.
+        self._drain_due = True
+        try:
+            if threading.get_ident() == self.thread.ident:
+                self.loop.call_soon(self._create_spawned, context=_EMPTY)
+            else:
+                self.loop.call_soon_threadsafe(self._create_spawned, context=_EMPTY)
+        except BaseException:
+            self._drain_due = False  # a closed loop: the next start tries again, and says so
+            raise
 
-    def _create(
-        self, start: Callable[[], Coroutine[Any, Any, Any]], empty: contextvars.Context
-    ) -> None:
-        # The task runs in `empty` itself, not in a copy of it: one Context less per live
-        # execution. (Its first step runs after this callback has left `empty`.)
-        task = self.loop.create_task(start(), context=empty)
-        _running.add(task)
-        task.add_done_callback(_running.discard)
+    def _create_spawned(self) -> None:
+        # Cleared before draining: a start queued after this line schedules another drain;
+        # one queued before it is taken here.
+        self._drain_due = False
+        spawning = self._spawning
+        while spawning:
+            task = self.loop.create_task(spawning.popleft()(), context=contextvars.Context())
+            _running.add(task)
+            task.add_done_callback(_running.discard)
 
     async def offload(self, fn: Callable[[], T]) -> T:
         """Run a blocking call (a store call) on a store thread; the loop goes on meanwhile."""
@@ -209,6 +227,8 @@ def _idle(frame: FrameType | None) -> bool:
 
 
 _running: set[asyncio.Future[Any]] = set()
+# The context the drain of spawned starts runs in: nobody's (it sets no variable).
+_EMPTY = contextvars.Context()
 _lock = threading.Lock()
 _shared: SharedLoop | None = None
 

@@ -38,7 +38,8 @@ from ..errors import UsageError
 from ..store import CheckpointRow, EventRow, ExecutionRow, Store, WaitRow
 from .children import PREFIX as CHILD_PREFIX
 from .engine import load_flow
-from .handle import Handle, launch, new_execution_id, stored_execution
+from .handle import Handle, launch, stored_execution
+from .ids import new_execution_id
 from .records import COPIED_FROM
 
 _FINAL_WAITS = ("resolved", "timed_out")

@@ -63,6 +63,11 @@ class Worker:
     with a warning on the execution naming the flag that would load it; nothing a stored
     row names is imported. The scheduled flows among those it loaded get their ticks
     started here, each tick once across every worker (see `_runtime/schedules.py`).
+
+    `ray`: run each execution as a task on a Ray cluster instead of in this process
+    (`"local"`: a one-node cluster started here, `"auto"`: the one running on this
+    machine or `RAY_ADDRESS`, else its address); see `_runtime/ray.py`. A SQLite store
+    is refused (ConfigurationError) unless the cluster is one node on this machine.
     """
 
     def __init__(
@@ -76,9 +81,15 @@ class Worker:
         recover_every: float = 1.0,
         queues: Sequence[Queue | str] | None = None,
         execution: str | None = None,
+        ray: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, not {concurrency}")
+        if execution is not None and ray is not None:
+            raise UsageError(
+                "a runner (execution=) runs its execution in its own process; give either "
+                "execution= (what a launcher starts) or ray= (a worker dispatching to Ray)"
+            )
         if poll <= 0:
             raise UsageError(f"poll must be a positive number of seconds, not {poll}")
         for module in imports:
@@ -97,13 +108,21 @@ class Worker:
         self.poll = poll
         self.recover_every = recover_every
         self._store: Store = store_for(db)
-        self._executor: Executor = executor()
+        self._executor: Executor
+        if ray is None:
+            self._executor = executor()
+        else:
+            # Imported here: Ray is an extra, and a worker without --ray never needs it.
+            from .ray import RayDispatcher
+
+            self._executor = RayDispatcher(ray, self._store, imports=imports, scripts=scripts)
         self._stop = threading.Event()
         # Flows (import path, script) not loaded here -> until when it skips them.
         self._skip: dict[tuple[str, str | None], float] = {}
         self._last_recover = 0.0
-        # Starts the due ticks of the scheduled flows loaded here. A runner serves its one execution: it fires no schedule (it would queue ticks for
-        # the fleet and wake up for them, while it exits once its execution is idle).
+        # Starts the due ticks of the scheduled flows loaded here. A runner serves its one
+        # execution: it fires no schedule (it would queue ticks for the fleet and wake up for
+        # them, while it exits once its execution is idle).
         self._firer = Firer() if execution is None else Firer([])
         # None serves every queue; else only these names.
         self.queues = None if queues is None else [_queues.name_of(q) for q in queues]

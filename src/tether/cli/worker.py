@@ -78,6 +78,19 @@ def worker_command(
             "empty database).",
         ),
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|local|ADDRESS",
+            help="Run each execution as a task on a Ray cluster instead of in this process: "
+            "'auto' joins the cluster running on this machine (or $RAY_ADDRESS), 'local' "
+            "starts a one-node cluster here, else the cluster's address (host:6379, "
+            "ray://host:10001). Flow resources= become the tasks' Ray resources. Needs "
+            "the ray extra (pip install -e '.[ray]'); a SQLite store only with a one-node "
+            "cluster on this machine.",
+        ),
+    ] = None,
     grace: Annotated[
         float,
         typer.Option(
@@ -145,6 +158,7 @@ def worker_command(
             scripts=[script] if script else (),
             queues=queues or None,
             execution=execution,
+            ray=ray,
         )
         # What startup made (modules, flows, the store) lives as long as the worker: out of
         # the collector's sight, so that no full collection walks it again.

@@ -241,6 +241,13 @@ class Store(abc.ABC):
         that execution's id is returned."""
 
     @abc.abstractmethod
+    def create_execution_async(self, row: ExecutionRow) -> asyncio.Future[str]:
+        """`create_execution(row)` (no seeds) for a caller on an event loop: the write is
+        queued, the loop is not blocked on it, and starts made concurrently are committed
+        together. The future (of the running loop) gives the id once the row is durable;
+        cancelling it does not take the row back."""
+
+    @abc.abstractmethod
     def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
 
     @abc.abstractmethod
@@ -307,6 +314,12 @@ class Store(abc.ABC):
         """Take the lease if the status is one of `from_statuses` and the current token is
         `expected_token` (compare and swap), and set `status`. Moving to `running` counts
         an attempt."""
+
+    @abc.abstractmethod
+    def hand_over(self, execution_id: str, token: str, claim: Claim, *, now: float) -> bool:
+        """Move a running execution's lease from the holder of `token` to `claim` (compare
+        and swap): the same attempt, run on by another process (a Ray task taking over
+        what its dispatcher claimed). Not a takeover: no attempt or takeover is counted."""
 
     @abc.abstractmethod
     def renew(

@@ -112,6 +112,8 @@ class GroupCommit(Generic[T, R]):
         # The previous batch: its size and how long it took to write.
         self._last_size = 0
         self._last_seconds = 0.0
+        #: batches written so far (a diagnostic: how well concurrent commits are grouped)
+        self.batches = 0
         # While a leader gathers: how many it waits for, and where it waits.
         self._gather = 0
         self._gathered = threading.Condition(self._lock)
@@ -210,6 +212,7 @@ class GroupCommit(Generic[T, R]):
                 keys.add(waiter.key)
             self._queue = later
         started = time.monotonic()
+        self.batches += 1
         try:
             self._write_batch(batch)
         finally:

@@ -137,6 +137,16 @@ class ClaimsSql(SqlBase):
             == 1
         )
 
+    def hand_over(self, execution_id: str, token: str, claim: Claim, *, now: float) -> bool:
+        return (
+            self._count(
+                "UPDATE executions SET owner = ?, lease_token = ?, lease_expires = ?, "
+                "updated_at = ? WHERE id = ? AND status = 'running' AND lease_token = ?",
+                [claim.owner, claim.token, claim.expires, now, execution_id, token],
+            )
+            == 1
+        )
+
     def renew(
         self,
         execution_ids: Sequence[str],

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import threading
+from collections.abc import Hashable, Sequence
 from typing import Any
 
+from ..errors import StoreCorrupt, StoreUnavailable
 from ._base import (
     CheckpointRow,
     ChildStart,
@@ -12,6 +15,7 @@ from ._base import (
     ExecutionStats,
     WaitRow,
 )
+from ._group_commit import GroupCommit
 from ._sql_common import (
     _FINISHED,
     CHECKPOINT_COLUMNS,
@@ -27,10 +31,40 @@ from ._sql_common import (
 
 # One placeholder per column of EXECUTION_COLUMNS.
 _ROW_MARKS = ", ".join("?" * len(EXECUTION_COLUMNS.split(",")))
+# A new execution; nothing when one of its flow holds its deduplication key already.
+_INSERT = (
+    f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES ({_ROW_MARKS}) "
+    "ON CONFLICT (flow, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
+)
+_STARTS_LOCK = threading.Lock()
+
+
+def _values(row: ExecutionRow) -> tuple[Any, ...]:
+    """`row` in the order of EXECUTION_COLUMNS."""
+    return (
+        row.id, row.flow, row.import_path, row.script, row.args, row.status, row.result,
+        row.error, row.owner, row.lease_token, row.lease_expires, row.attempt,
+        int(row.cancel_requested), row.created_at, row.updated_at, row.started_at,
+        row.finished_at, row.parent_id, row.replay_of, row.metadata, row.options, row.wake_at,
+        row.progress, row.queue, row.priority, row.dedup_key, row.takeovers, row.not_before,
+        row.deadline,
+    )  # fmt: skip
+
+
+def _start_key(row: ExecutionRow) -> Hashable:
+    # Two starts of one key never share a batch: the second finds the first's row.
+    return row.id if row.dedup_key is None else (row.flow, row.dedup_key)
+
+
+def _never(row: ExecutionRow) -> bool:
+    return False  # a start's caller does not come back with another item at once
 
 
 class ExecutionsSql(SqlBase):
     """The SQL store's executions: create, read, list, finish, release, cancel, suspend."""
+
+    # Starts from event loops, group committed (made on first use).
+    _starts: GroupCommit[ExecutionRow, str] | None = None
 
     def create_execution(
         self,
@@ -42,27 +76,9 @@ class ExecutionsSql(SqlBase):
         # Without seeds or a key (every plain start) one statement is its own transaction.
         atomic = bool(checkpoints or waits or row.dedup_key)
         with self._transaction() if atomic else self._connection() as conn:
-            inserted = self._run(
-                conn,
-                f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
-                f"({_ROW_MARKS}) "
-                "ON CONFLICT (flow, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING",
-                (
-                    row.id, row.flow, row.import_path, row.script, row.args, row.status,
-                    row.result, row.error, row.owner, row.lease_token, row.lease_expires,
-                    row.attempt, int(row.cancel_requested), row.created_at, row.updated_at,
-                    row.started_at, row.finished_at, row.parent_id, row.replay_of, row.metadata,
-                    row.options, row.wake_at, row.progress, row.queue, row.priority,
-                    row.dedup_key, row.takeovers, row.not_before, row.deadline,
-                ),
-            ).rowcount  # fmt: skip
-            if inserted != 1:
-                existing = self._run(
-                    conn,
-                    "SELECT id FROM executions WHERE flow = ? AND dedup_key = ?",
-                    (row.flow, row.dedup_key),
-                ).fetchone()
-                return str(existing[0])
+            found = self._insert_execution(conn, row)
+            if found != row.id:
+                return found
             if checkpoints:
                 self._executemany(
                     conn,
@@ -80,6 +96,45 @@ class ExecutionsSql(SqlBase):
                       w.resolved_at) for w in waits],
                 )  # fmt: skip
             return row.id
+
+    def _insert_execution(self, conn: Connection, row: ExecutionRow) -> str:
+        """Insert `row`; the id of the execution of its flow holding its key if one does."""
+        if self._run(conn, _INSERT, _values(row)).rowcount == 1:
+            return row.id
+        existing = self._run(
+            conn,
+            "SELECT id FROM executions WHERE flow = ? AND dedup_key = ?",
+            (row.flow, row.dedup_key),
+        ).fetchone()
+        return str(existing[0])
+
+    def create_execution_async(self, row: ExecutionRow) -> asyncio.Future[str]:
+        starts = self._starts
+        if starts is None:
+            with _STARTS_LOCK:
+                if self._starts is None:
+                    # The same group commit as checkpoints': whatever starts arrive while a
+                    # batch is written go in the next one, on the committer's thread.
+                    self._starts = GroupCommit(
+                        self._write_starts,
+                        key=_start_key,
+                        shared=(StoreUnavailable, StoreCorrupt),
+                        rejoins=_never,
+                    )
+                starts = self._starts
+        return starts.commit_async(row)
+
+    def _write_starts(self, batch: list[ExecutionRow]) -> list[str]:
+        """A batch of starts in one transaction: the keyless rows in one `executemany`, a
+        keyed one alone (its conflict names the execution that holds the key)."""
+        if len(batch) == 1:
+            return [self.create_execution(batch[0])]
+        with self._transaction() as conn:
+            self._executemany(conn, _INSERT, [_values(r) for r in batch if r.dedup_key is None])
+            return [
+                row.id if row.dedup_key is None else self._insert_execution(conn, row)
+                for row in batch
+            ]
 
     def start_child(
         self, parent_id: str, token: str, child: ExecutionRow, start: CheckpointRow
@@ -99,8 +154,7 @@ class ExecutionsSql(SqlBase):
             # parent that starts the same call again finds it here.
             inserted = self._run(
                 conn,
-                f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES "
-                f"({_ROW_MARKS}) "
+                f"INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES ({_ROW_MARKS}) "
                 "ON CONFLICT DO NOTHING",
                 (
                     child.id, child.flow, child.import_path, child.script, child.args,

@@ -39,7 +39,8 @@ from .._core.status import Status
 from .._ops.views import as_data
 from .._runtime.children import PREFIX as CHILD_PREFIX
 from .._runtime.engine import load_flow
-from .._runtime.handle import launch, new_execution_id
+from .._runtime.handle import launch
+from .._runtime.ids import new_execution_id
 from .._spend import usage as _usage
 from ..errors import ExecutionNotFound, ReplayMiss, UsageError
 from ..store import CheckpointRow, ExecutionRow, Store, open_store

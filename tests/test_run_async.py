@@ -1,0 +1,189 @@
+"""`await flow.run_async(...)`: a start for callers on an event loop, durable when the await
+returns, group committed with the starts made concurrently; in flow code a child flow."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import run_async_flows as flows
+import tether
+from helpers import retry_until, run_child, spawn_child
+from tether import Status
+from tether._core.config import store_for
+
+# Resume everything runnable until the execution has finished (the process that held it is
+# dead), then print its result.
+RECOVER = textwrap.dedent(
+    """
+    import sys, time, tether
+    import run_async_flows  # a process runs the flows it loaded
+    client = tether.Client()
+    deadline = time.monotonic() + 60
+    while not client.get(sys.argv[1]).status.finished and time.monotonic() < deadline:
+        client.recover()
+        time.sleep(0.05)
+    print(repr(client.handle(sys.argv[1]).result(timeout=5)), flush=True)
+    """
+)
+
+
+def _resume(client: tether.Client, execution_id: str, **env: str) -> str:
+    resumed = run_child(RECOVER, client.db, execution_id, **env)
+    assert resumed.returncode == 0, resumed.stderr
+    return resumed.stdout.strip()
+
+
+def test_the_execution_is_durable_when_the_await_returns(
+    client: tether.Client, tmp_path: Path
+) -> None:
+    # The starter kills itself the moment the await returns: whatever the execution had
+    # done by then, its row must be in the store, and another process finishes it.
+    code = textwrap.dedent(
+        """
+        import asyncio, os, signal, run_async_flows
+        async def main():
+            handle = await run_async_flows.agent.run_async(1)
+            print(handle.id, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        asyncio.run(main())
+        """
+    )
+    crashed = run_child(code, client.db)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    execution_id = crashed.stdout.strip()
+    record = client.get(execution_id)  # read from this process: committed, not just sent
+    assert record.flow == "agent"
+    assert _resume(client, execution_id) == "30"
+    assert client.get(execution_id).status is Status.SUCCEEDED
+
+
+def test_gathered_starts_all_finish_and_share_commits(db_url: str) -> None:
+    async def main() -> list[int]:
+        handles = await asyncio.gather(*(flows.agent.run_async(i) for i in range(200)))
+        assert len({h.id for h in handles}) == 200
+        return list(await asyncio.gather(*handles))
+
+    store = store_for()
+    assert asyncio.run(main()) == [(i + i + 1) * 10 for i in range(200)]
+    starts = store._starts  # type: ignore[attr-defined]
+    assert starts is not None and 1 <= starts.batches < 200
+    assert len(tether.Client(db_url).list(limit=500)) == 200
+
+
+def test_a_sync_flow_started_with_run_async_runs_on_a_thread(client: tether.Client) -> None:
+    async def main() -> int:
+        return await (await flows.sync_agent.run_async(1))
+
+    assert asyncio.run(main()) == 101
+
+
+def test_a_key_names_one_execution_whoever_starts_it(client: tether.Client) -> None:
+    async def main() -> list[str]:
+        first = await flows.keyed.options(key="order-1").run_async(1)
+        # Concurrent starts with one key never share a batch: each finds the first's row.
+        again = await asyncio.gather(
+            *(flows.keyed.options(key="order-1").run_async(i) for i in range(5)),
+            flows.keyed.run_async(7, key="order-2"),
+            flows.keyed.run_async(8, key="order-2"),
+        )
+        assert await first == 1
+        return [first.id, *(h.id for h in again)]
+
+    ids = asyncio.run(main())
+    assert len(set(ids[:6])) == 1
+    assert ids[6] == ids[7] != ids[0]
+    assert flows.keyed.options(key="order-1").run(9).id == ids[0]
+    assert sorted(r.id for r in client.list()) == sorted({ids[0], ids[6]})
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"),
+    [
+        ((object(),), {}, tether.SerializationError),
+        ((1,), {"key": ""}, tether.UsageError),
+        ((1,), {"priority": "high"}, tether.UsageError),
+    ],
+)
+def test_a_wrong_call_gets_the_error_run_gives(
+    client: tether.Client, args: tuple[object, ...], kwargs: dict[str, object], error: type
+) -> None:
+    with pytest.raises(error) as from_run:
+        flows.keyed.run(*args, **kwargs)
+
+    async def main() -> None:
+        await flows.keyed.run_async(*args, **kwargs)
+
+    with pytest.raises(error) as from_run_async:
+        asyncio.run(main())
+    assert str(from_run_async.value) == str(from_run.value)
+    assert client.list() == []
+
+
+def test_children_started_with_run_async_are_started_once_across_a_crash(
+    client: tether.Client, tmp_path: Path
+) -> None:
+    side_effects, gate = tmp_path / "effects.log", tmp_path / "gate"
+    starter = spawn_child(
+        "import run_async_flows\nprint(run_async_flows.started.run(5).id, flush=True)\n"
+        "import time\ntime.sleep(120)",
+        client.db,
+        SIDE_EFFECTS=str(side_effects),
+        GATE_FILE=str(gate),
+    )
+    try:
+        assert starter.stdout is not None
+        parent = starter.stdout.readline().strip()
+
+        def both_in_flight() -> bool:
+            lines = side_effects.read_text().split() if side_effects.exists() else []
+            return "step-5" in lines and "step-7" in lines
+
+        retry_until(both_in_flight, what="both children to be in their first step")
+    finally:
+        starter.send_signal(signal.SIGKILL)
+        starter.communicate(timeout=10)
+    children = client.list(parent=parent)
+    assert len(children) == 2 and {c.status for c in children} == {Status.RUNNING}
+    gate.touch()
+    assert _resume(client, parent, SIDE_EFFECTS=str(side_effects)) == "[110, 150]"
+    record = client.get(parent)
+    assert [(c.position, c.name) for c in record.checkpoints] == [
+        ("0", "child:agent"),
+        ("1", "child:agent"),
+    ]
+    assert sorted(c.result for c in record.checkpoints) == sorted(c.id for c in children)
+    assert len(client.list(parent=parent)) == 2
+    ran = Counter(line.split()[1] for line in side_effects.read_text().splitlines())
+    # The step in flight when the process died ran again; each step after it once.
+    assert ran == Counter({"step-5": 2, "step-7": 2, "step-6": 1, "step-8": 1})
+
+
+def test_a_start_whose_caller_is_cancelled_while_it_commits_still_runs(
+    client: tether.Client,
+) -> None:
+    def ended() -> tether.ExecutionRecord:
+        # Recorded running under this process's lease, so nothing else may run it until the
+        # lease runs out: it ends only if it was started here.
+        (record,) = retry_until(lambda: client.list(), what="the start to be committed")
+        return retry_until(
+            lambda: client.get(record.id) if client.get(record.id).status.finished else None,
+            what="the execution to end",
+        )
+
+    async def main() -> tether.ExecutionRecord:
+        starting = asyncio.ensure_future(flows.agent.run_async(3))
+        await asyncio.sleep(0)  # one turn: the start is queued on the group commit
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        return await asyncio.to_thread(ended)  # the loop lives on meanwhile
+
+    record = asyncio.run(main())
+    assert record.status is Status.SUCCEEDED
+    assert client.handle(record.id).result(timeout=5) == 70

@@ -116,6 +116,23 @@ def test_every_deployment_selects_its_own_pods() -> None:
         assert wanted <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
+def _pod_specs() -> list[dict[str, Any]]:
+    specs = [o["spec"]["template"]["spec"] for _, o in OBJECTS if o["kind"] == "Deployment"]
+    config_map = _one("ConfigMap", "tether-job-template")
+    specs.append(yaml.safe_load(config_map["data"]["job.yaml"])["spec"]["template"]["spec"])
+    return specs
+
+
+def test_no_pod_shares_the_nodes_hostname() -> None:
+    # An owner id is hostname:pid, and a process on the same host whose pid is gone is taken
+    # over at once: pods on the host network share the node's hostname but not its pids.
+    specs = _pod_specs()
+    assert len(specs) == 4
+    for spec in specs:
+        assert not spec.get("hostNetwork") and not spec.get("hostPID")
+        assert "hostname" not in spec
+
+
 def test_the_worker_command_parses_and_its_pod_outlives_the_grace() -> None:
     worker = _one("Deployment", "tether-worker")
     container = _container(worker)

@@ -247,14 +247,30 @@ def test_the_cli_needs_a_template_for_kubernetes_and_only_there(db_url: str) -> 
     assert done.returncode == 2 and "--backend kubernetes" in done.stderr
 
 
+def test_the_kubernetes_launcher_refuses_a_sqlite_store(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(TEMPLATE)
+    url = f"sqlite:///{tmp_path / 'tether.db'}"
+    done = run_cli(url, "launcher", "--backend", "kubernetes", "--template", str(path),
+                   COLUMNS="300")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "needs a PostgreSQL store" in done.stderr and "--backend process" in done.stderr
+    # The process backend takes it: its runners share this machine's file.
+    done = run_cli(url, "launcher", "--backend", "process", COLUMNS="300")
+    assert done.returncode == 2 and "no tether database" in done.stderr
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("kubernetes") is not None, reason="the kubernetes client is here"
 )
 def test_the_kubernetes_backend_without_its_client_says_how_to_install_it(
-    db_url: str, tmp_path: Path, client: object
+    tmp_path: Path,
 ) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(TEMPLATE)
-    done = run_cli(db_url, "launcher", "--backend", "kubernetes", "--template", str(path))
+    # A PostgreSQL URL (a Kubernetes launcher refuses SQLite): the client is looked for
+    # before the store is connected to.
+    url = "postgresql://tether@127.0.0.1:1/tether"
+    done = run_cli(url, "launcher", "--backend", "kubernetes", "--template", str(path))
     assert done.returncode == 2, done.stderr
     assert "pip install -e '.[kubernetes]'" in done.stderr

@@ -15,6 +15,7 @@ from .._runtime.kubernetes import KubernetesBackend, load_template
 from .._runtime.launcher import Backend, Launcher, ProcessBackend, default_state_dir
 from ..errors import ConfigurationError
 from ..store import exists as store_exists
+from ..store import redact
 from ._common import cli_errors, missing_store
 from .options import MAX_CONCURRENCY, MAX_POLL_SECONDS, DbOption, ScriptOption, finite
 
@@ -129,6 +130,15 @@ def launcher_command(
         if db:
             _config.configure(db=db)
         url = _config.settings().db
+        if template is not None and url.partition("://")[0] == "sqlite":
+            # Each runner is a pod, on any node: a SQLite file is one machine's (and SQLite's
+            # locking is unsafe on the network file systems a shared volume would be).
+            raise ConfigurationError(
+                f"--backend kubernetes needs a PostgreSQL store, not {redact(url)}: its runners "
+                "run in other pods, which cannot share a SQLite file. Set TETHER_DB (here and "
+                "in the Job template) to postgresql://..., or run the runners on this machine "
+                "with --backend process"
+            )
         if not store_exists(url):
             raise ConfigurationError(missing_store(url))
         chosen: Backend

@@ -124,8 +124,9 @@ def _pod_specs() -> list[dict[str, Any]]:
 
 
 def test_no_pod_shares_the_nodes_hostname() -> None:
-    # An owner id is hostname:pid, and a process on the same host whose pid is gone is taken
-    # over at once: pods on the host network share the node's hostname but not its pids.
+    # The manifests keep each pod apart from its node: its own hostname and pids. (An owner id
+    # carries a container's PID namespace too, so even pods on the host network would never
+    # read each other's pids; tests/test_processes.py covers that.)
     specs = _pod_specs()
     assert len(specs) == 4
     for spec in specs:

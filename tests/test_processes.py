@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,8 +17,9 @@ import pytest
 
 import agent_flows  # noqa: F401  (this process resumes its flows: it loads them)
 import tether
-from helpers import retry_until, run_child, run_python, spawn_child
+from helpers import child_env, retry_until, run_child, run_python, spawn_child
 from tether import Status
+from tether._runtime.executor import executor, host_prefix
 
 START = textwrap.dedent(
     """
@@ -265,3 +269,38 @@ def test_resume_of_a_flow_that_cannot_be_imported_changes_nothing(
         (execution_id, f"--script {script}")
     ]
     assert any("recover skipped it" in w for w in client.get(execution_id).warnings)
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0,
+    reason="needs util-linux's unshare and root, to start a process in a PID namespace",
+)
+def test_a_process_in_another_pid_namespace_is_never_taken_for_a_dead_pid_here(
+    db_url: str, client: tether.Client, tmp_path: Path
+) -> None:
+    """Containers that share a hostname (`hostNetwork: true` pods) each count pids from 1:
+    a pid recorded by one means nothing to the other, so its executions are left to their
+    leases, never taken over as a dead process of this host."""
+    import cli_flows
+
+    gate = tmp_path / "gate"
+    queued = cli_flows.gated.enqueue(str(gate))
+    argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "tether"]
+    argv += ["executions", "resume", queued.id, "--wait", "--import", "cli_flows"]
+    holder = subprocess.Popen(argv, env=child_env(db_url), stdout=subprocess.DEVNULL)
+    try:
+        row = retry_until(
+            lambda: (r := client._store.get_execution(queued.id)) and r.owner and r,
+            what="the process in its own PID namespace to hold the execution",
+        )
+        assert row.owner is not None and not row.owner.startswith(host_prefix())
+        now = time.time()
+        assert queued.id not in [
+            r.id for r in client._store.leased_on_host(prefix=host_prefix(), now=now)
+        ]
+        assert not executor().owner_gone(row.owner, row.lease_expires, now)
+        gate.touch()
+        assert queued.result(timeout=60) == "through"
+    finally:
+        gate.touch()
+        holder.wait(timeout=60)

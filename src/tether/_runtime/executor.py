@@ -69,7 +69,25 @@ _COMPLAIN_SECONDS = 30.0
 # times are left queued for `recover` or a worker instead of being resumed here again.
 _MAX_ESCAPES = 3
 
-_HOST = socket.gethostname()
+# The PID namespace of a machine's own processes (Linux's PROC_PID_INIT_INO).
+_INIT_PID_NAMESPACE = "4026531836"
+
+
+def _locality(host: str) -> str:
+    """Where a pid means one process: the host, and its PID namespace when that is not the
+    machine's own. Two containers may share a hostname (`hostNetwork: true` pods, a fixed
+    `hostname:`) while each has its own pids: one must never read the other's live pid as a
+    dead process of its own and take its executions over before their leases run out."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:  # not Linux, or no /proc: the host is all there is to go by
+        return host
+    namespace = link[link.find("[") + 1 : link.rfind("]")]
+    return host if namespace in ("", _INIT_PID_NAMESPACE) else f"{host}~{namespace}"
+
+
+_HOST_NAME = socket.gethostname()  # what people read ("pid 12 on web-1")
+_HOST = _locality(_HOST_NAME)  # what owner ids carry, and what "this host" means
 
 # Outcomes after which this process remembers the execution and runs it again once it is
 # runnable: a wait's input or timer, or the end of a crash loop's pause.
@@ -254,7 +272,7 @@ class Executor:
             # application's next process takes the execution over (a worker would anyway).
             store.add_event(
                 EventRow(execution_id, None, time.time(), "info", HANDBACK_EVENT,
-                         f"a delayed start: pid {os.getpid()} on {_HOST} starts it when due",
+                         f"a delayed start: pid {os.getpid()} on {_HOST_NAME} starts it when due",
                          note_data(self.owner))
             )  # fmt: skip
         except Exception:
@@ -411,7 +429,7 @@ class Executor:
         this process while it lives (it parks it), else the workers. The store keeps no
         owner for a waiting execution, and `Client.continuation` needs one to tell a
         person giving input whether anything will pick it up."""
-        pid, host = os.getpid(), _HOST
+        pid, host = os.getpid(), _HOST_NAME
         who = f"pid {pid} on {host}" if self.parking else f"a worker (pid {pid} on {host})"
         try:
             store.add_event(

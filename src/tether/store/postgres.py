@@ -479,6 +479,15 @@ class PostgresStore(SqlStore):
             with suppress(Exception):
                 self._pool.putconn(conn)  # the pool replaces a closed connection
 
+    def _json_rows(self, names: Sequence[str]) -> str:
+        columns = ", ".join(f"r ->> {i} AS {name}" for i, name in enumerate(names))
+        return f"(SELECT {columns} FROM json_array_elements(?::json) r)"
+
+    def _in_json_ids(self, column: str) -> str:
+        # An array, not a join: with a join the planner may hash the JSON rows and scan
+        # every execution (it guesses 100 rows for any set-returning function).
+        return f"{column} = ANY(ARRAY(SELECT r ->> 0 FROM json_array_elements(?::json) r))"
+
     def _lock_queue(self, conn: Connection, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tether-queue:{name}",))
 

@@ -222,6 +222,15 @@ def test_waiters_that_give_up_leave_no_entry_behind(db_url: str) -> None:
         with pytest.raises(tether.ResultTimeout):
             handle.result(timeout=0.001)
     assert runner._waiters == {}
+
+    async def give_up() -> None:
+        with pytest.raises(tether.ResultTimeout):
+            await handle.result_async(timeout=0.001)
+
+    for _ in range(20):
+        asyncio.run(give_up())
+    with runner._lock:
+        assert (id(store_for()), handle.id) not in runner._watchers
     _open_gates({1})
     assert handle.result(timeout=60) == 1
     assert runner._waiters == {}

@@ -456,6 +456,10 @@ def test_sqlite_claim_and_timer_queries_search_the_partial_indexes(
         ),
     }
     wanted.update(heartbeat_statements(store, primary_key="sqlite_autoindex_executions_1 (id=?)"))
+    renewal = sqlite_plan(store_url, *wanted["renew"][0])
+    # The JSON rows are the outer loop, read once; each finds its execution by key (the other
+    # way round reads the whole JSON parameter once per execution: quadratic).
+    assert [p.split(" ")[:2] for p in renewal] == [["SCAN", "r"], ["SEARCH", "executions"]], renewal
     for name, ((sql, params), searches) in wanted.items():
         plan = sqlite_plan(store_url, sql, params)
         on_executions = [p for p in plan if re.match(r"(SCAN|SEARCH) (e|executions)\b", p)]

@@ -154,13 +154,10 @@ class ClaimsSql(SqlBase):
         # lease_expires is indexed (the claim's expired-lease branch): an UPDATE that leaves
         # it alone stays HOT (no index writes), so it is moved only when due.
         # (A lease beyond `expires`, after the clock jumped back, is brought back to it.)
-        expiry = "?" if refresh_before is None else (
-            "CASE WHEN lease_expires IS NULL OR lease_expires < ? "
-            "OR lease_expires > ? THEN ? ELSE lease_expires END"
+        expiry = ":expires" if refresh_before is None else (
+            "CASE WHEN lease_expires IS NULL OR lease_expires < :refresh "
+            "OR lease_expires > :expires THEN :expires ELSE lease_expires END"
         )  # fmt: skip
-        params: list[Any] = [expires] if refresh_before is None else [
-            refresh_before, expires, expires,
-        ]  # fmt: skip
         # Every lease as one JSON parameter: one statement per heartbeat whatever the number
         # of leases, and each row found by primary key. Progress is written only for the
         # ids given one (`shows`), so a beat rewrites no row whose calls did not change.
@@ -168,16 +165,15 @@ class ClaimsSql(SqlBase):
             [i, token_by_id[i], "y" if i in progress else "", progress.get(i)]
             for i in execution_ids
         ]
-        rows_json = json_text(batch)
-        params += [rows_json, rows_json]
+        params = {"expires": expires, "refresh": refresh_before, "rows": json_text(batch)}
         with self._connection() as conn:
             rows = self._run(
                 conn,
                 f"UPDATE executions SET lease_expires = {expiry}, progress = CASE "
                 "WHEN b.shows = 'y' THEN b.progress ELSE executions.progress END "
-                f"FROM {self._json_rows(('id', 'token', 'shows', 'progress'))} b "
-                f"WHERE {self._in_json_ids('executions.id')} "
-                "AND executions.id = b.id AND executions.lease_token = b.token "
+                f"FROM {self._json_rows(('id', 'token', 'shows', 'progress'), 'rows')} b "
+                "WHERE executions.id = b.id AND executions.lease_token = b.token "
+                f"{self._json_keys('executions.id', 'rows')} "
                 "RETURNING executions.id, executions.cancel_requested",
                 params,
             ).fetchall()

@@ -414,6 +414,31 @@ def test_renew_reports_a_requested_cancel(store: Store) -> None:
     assert sorted(held) == [("e1", False), ("e2", True)]
 
 
+def test_renew_writes_progress_only_for_the_ids_given_one(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    start(store, "e2", token="tok-2")
+    tokens = {"e1": "tok-1", "e2": "tok-2"}
+    store.renew(["e1", "e2"], tokens, T0 + 500, {"e1": '[{"position": "1"}]', "e2": "[]"})
+    # e2's lease alone is renewed: e1's progress stays as written, e2's is cleared.
+    held = store.renew(["e2"], tokens, T0 + 600, {"e2": None})
+    assert held == [("e2", False)]
+    assert get(store, "e1").progress == '[{"position": "1"}]'
+    assert get(store, "e1").lease_expires == T0 + 500
+    assert get(store, "e2").progress is None
+    assert get(store, "e2").lease_expires == T0 + 600
+    assert store.renew([], {}, T0 + 700) == []
+
+
+def test_cancel_requests_lists_the_running_executions_asked_to_stop(store: Store) -> None:
+    start(store, "e1", token="tok-1")
+    start(store, "e2", token="tok-2")
+    assert store.cancel_requests() == []
+    store.request_cancel("e2", now=T0 + 3)
+    assert store.cancel_requests() == [("e2", "tok-2")]
+    assert store.finish("e2", "tok-2", status="cancelled", result=None, error=None, now=T0 + 4)
+    assert store.cancel_requests() == [], "an ended execution is no longer listed"
+
+
 # --- finish and release -----------------------------------------------------------------------
 
 

@@ -62,6 +62,7 @@ INDEXES = {
         "executions_lease_expiry",
         "executions_finished",
         "executions_by_parent",  # v10: children of an execution (partial: only children)
+        "executions_cancel_requests",  # v17: running ones with a cancel pending (partial)
     },
     "checkpoints": {"checkpoints_pkey"},
 }
@@ -365,6 +366,16 @@ def test_postgres_claim_reads_a_few_buffers_however_many_executions_sleep_or_run
 
 
 @postgres_only
+def test_postgres_heartbeat_statements_read_a_few_buffers_however_many_executions_run(
+    store: Store, store_url: str
+) -> None:
+    crowd(store)
+    for name, ((sql, params), _) in heartbeat_statements(store, primary_key="").items():
+        buffers = pg_buffers(store_url, sql, params, generic=False)
+        assert buffers <= 30, (name, buffers)
+
+
+@postgres_only
 def test_postgres_claim_locks_the_picked_rows_of_executions(store: Store, store_url: str) -> None:
     # FOR UPDATE SKIP LOCKED reaches the window's rows: a row another transaction holds is
     # skipped, and the next best due timer is taken instead.
@@ -383,6 +394,29 @@ def test_postgres_claim_locks_the_picked_rows_of_executions(store: Store, store_
         assert claim_next(store, 1) is None
         other.rollback()
     assert claim_next(store, 2) == "first"
+
+
+def heartbeat_statements(
+    store: Store, *, primary_key: str
+) -> dict[str, tuple[tuple[str, Any], set[str]]]:
+    """A beat's statements: the renewal (rows by primary key from its JSON parameter) and the
+    read of pending cancels (its partial index, migration 0017), with what they search."""
+    store.request_cancel("busy0002", now=NOW)
+    ids = ["busy0001", "busy0002"]
+    return {
+        "renew": (
+            captured(
+                store,
+                lambda: store.renew(ids, dict.fromkeys(ids, "tok"), NOW + 1, {"busy0001": None}),
+                "UPDATE",
+            ),
+            {primary_key},
+        ),
+        "cancel_requests": (
+            captured(store, store.cancel_requests, "SELECT"),
+            {"executions_cancel_requests"},
+        ),
+    }
 
 
 # --- plans: SQLite ----------------------------------------------------------------------------
@@ -422,6 +456,11 @@ def test_sqlite_claim_and_timer_queries_search_the_partial_indexes(
             {"executions_finished (status=? AND finished_at<?)"},
         ),
     }
+    wanted.update(heartbeat_statements(store, primary_key="sqlite_autoindex_executions_1 (id=?)"))
+    renewal = sqlite_plan(store_url, *wanted["renew"][0])
+    # The JSON rows are the outer loop, read once; each finds its execution by key (the other
+    # way round reads the whole JSON parameter once per execution: quadratic).
+    assert [p.split(" ")[:2] for p in renewal] == [["SCAN", "r"], ["SEARCH", "executions"]], renewal
     for name, ((sql, params), searches) in wanted.items():
         plan = sqlite_plan(store_url, sql, params)
         on_executions = [p for p in plan if re.match(r"(SCAN|SEARCH) (e|executions)\b", p)]
@@ -529,7 +568,7 @@ def migrations_before(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     )
 
 
-LATEST = 16  # migrations/*/0016_schedules.sql
+LATEST = 17  # migrations/*/0017_cancel_requests.sql
 
 # Columns of executions that this code writes and schemas before v11 (v15) lack. A test that has
 # this code write data into an older database adds them for the writes and drops them again

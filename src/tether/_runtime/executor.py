@@ -94,6 +94,14 @@ _HOST = _locality(_HOST_NAME)  # what owner ids carry, and what "this host" mean
 _PARKED = (_engine.Outcome.SUSPENDED, _engine.Outcome.BACKOFF)
 
 
+def lease_term() -> float:
+    """How far ahead a claim or a renewal sets a lease: 4/3 of `lease_seconds`, renewed once
+    less than `lease_seconds` (and two beats) is left, so it is always at least that far
+    ahead while its holder lives, and each lease is written once per third of a term, not
+    every beat."""
+    return settings().lease_seconds * 4 / 3
+
+
 def host_prefix() -> str:
     """The start of every owner id of this host."""
     return f"{_HOST}:"
@@ -135,11 +143,25 @@ class _Held:
     store: Store
     token: str
     runs: list[Run] = field(default_factory=list)
+    # When the lease runs out, as this process last set it (a claim gives a full term): the
+    # heartbeat renews it only once it is due (see `_due`).
+    expires: float = field(default_factory=lambda: time.time() + lease_term())
+    # The progress JSON last written for it: a beat writes it again only when it changed.
+    shown: str | None = None
     # The shared loop an async execution runs on: its lease is renewed only while that loop
     # lives and turns.
     loop: SharedLoop | None = None
     # What threw the execution out of its task (an error the engine did not handle).
     escaped: BaseException | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Waiter:
+    """The threads blocked in `result()` on one execution: set when this process stops
+    holding it, then dropped from the registry (a waiter that goes on takes a fresh one)."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    count: int = 0
 
 
 @dataclass(slots=True)
@@ -196,6 +218,9 @@ class Executor:
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
         self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
+        # Threads blocked in `result()`, per execution: made by the first to wait, dropped
+        # when the last leaves or the hold ends (which wakes that execution's alone).
+        self._waiters: dict[tuple[int, str], Waiter] = {}
         # Stores whose stranded executions this process adopts (see adoption.py), the state
         # of the waker's scans per store, executions given input in this process (claimed
         # at once), and what was adopted (handed back at exit).
@@ -208,7 +233,7 @@ class Executor:
         self._exit_hook = False
 
     def claim(self) -> Claim:
-        return Claim(self.owner, new_token(), time.time() + settings().lease_seconds)
+        return Claim(self.owner, new_token(), time.time() + lease_term())
 
     def owner_gone(self, owner: str | None, lease_expires: float | None, now: float) -> bool:
         """True when the recorded owner of a lease can no longer be running the execution."""
@@ -448,7 +473,7 @@ class Executor:
         """Move an execution recorded as queued under our lease to running (an attempt)."""
         return store.claim(
             execution_id,
-            Claim(self.owner, token, time.time() + settings().lease_seconds),
+            Claim(self.owner, token, time.time() + lease_term()),
             from_statuses=("queued",),
             expected_token=token,
             now=time.time(),
@@ -486,9 +511,14 @@ class Executor:
             else:
                 self._freed.notify_all()
             self._changed.notify_all()
-            watchers = self._watchers.pop(key, None) if key not in self._held else None
+            if key in self._held:
+                watchers, waiter = None, None
+            else:
+                watchers, waiter = self._watchers.pop(key, None), self._waiters.pop(key, None)
         if watchers:
             _wake(watchers)
+        if waiter is not None:
+            waiter.event.set()
         if outcome in _PARKED and self.parking:
             self._ensure_waker()
         elif outcome is _engine.Outcome.FAULTED:
@@ -520,16 +550,33 @@ class Executor:
         self._complained[topic] = now
         log.warning(message, *args)
 
-    def watch(self, store: Store, execution_id: str) -> asyncio.Future[None] | None:
+    def watch(self, store: Store, execution_id: str) -> asyncio.Future[None]:
         """A future (on the running loop) resolved when this process stops holding the
-        execution, or None if it does not hold it now."""
+        execution (now, or after it takes it up: a parked execution resumed here). Call
+        `unwatch` if it is not resolved."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         key = (id(store), execution_id)
         with self._lock:
-            if key not in self._held:
-                return None
             self._watchers.setdefault(key, []).append(future)
         return future
+
+    def wait_on(self, store: Store, execution_id: str) -> Waiter:
+        """Join the threads waiting for the execution to stop being held here; its event is
+        set when it does. Leave with `stop_waiting`."""
+        key = (id(store), execution_id)
+        with self._lock:
+            waiter = self._waiters.get(key)
+            if waiter is None:
+                waiter = self._waiters[key] = Waiter()
+            waiter.count += 1
+        return waiter
+
+    def stop_waiting(self, store: Store, execution_id: str, waiter: Waiter) -> None:
+        key = (id(store), execution_id)
+        with self._lock:
+            waiter.count -= 1
+            if waiter.count <= 0 and self._waiters.get(key) is waiter:
+                del self._waiters[key]
 
     def unwatch(self, store: Store, execution_id: str, future: asyncio.Future[None]) -> None:
         key = (id(store), execution_id)
@@ -909,6 +956,7 @@ class Executor:
                 entries = self._on_live_loops(entries)
                 if entries:
                     self._renew(entries)
+                    self._pass_on_cancels(entries)
             if beats % _MAINTAIN_BEATS == 0:
                 for store in stores.values():
                     try:
@@ -954,20 +1002,33 @@ class Executor:
         return kept
 
     def _renew(self, entries: list[tuple[str, _Held]]) -> None:
+        """One statement for what changed since the last beat: the leases that are due, and
+        the progress of executions whose live calls (those running for a beat at least)
+        changed. A beat with neither writes nothing."""
         store = entries[0][1].store
-        tokens = {execution_id: held.token for execution_id, held in entries}
-        progress = {execution_id: _progress(held) for execution_id, held in entries}
+        now = time.time()
+        lease = settings().lease_seconds
+        # Due once less than a lease (and two beats, for a late beat) is left: a lease is
+        # never less than `lease_seconds` ahead while its holder lives.
+        due_before = now + lease + 2 * _HEARTBEAT_SECONDS
+        shown_before = now - _HEARTBEAT_SECONDS
+        tokens: dict[str, str] = {}
+        progress: dict[str, str | None] = {}
+        sent: list[tuple[str, _Held]] = []
+        for execution_id, held in entries:
+            shows = _progress(held, shown_before)
+            changed = shows != held.shown
+            if changed:
+                progress[execution_id] = shows
+            if changed or held.expires < due_before:
+                tokens[execution_id] = held.token
+                sent.append((execution_id, held))
+        if not tokens:
+            return
+        expires = now + lease_term()
         try:
-            lease = settings().lease_seconds
-            now = time.time()
-            # Beats come every second. A lease always keeps at least `lease_seconds` ahead of
-            # it: once less is left it is extended to 4/3 of that, so about two beats in three
-            # leave the indexed expiry alone (and the row update HOT). A dead owner's lease
-            # thus runs out within 4/3 of `lease_seconds`.
             still = dict(
-                store.renew(
-                    list(tokens), tokens, now + lease * 4 / 3, progress, refresh_before=now + lease
-                )
+                store.renew(list(tokens), tokens, expires, progress, refresh_before=due_before)
             )
         except Exception as exc:
             # A busy or briefly unavailable database: try again on the next beat; the lease
@@ -981,12 +1042,37 @@ class Executor:
                 _describe(exc),
             )
             return
-        for execution_id, held in entries:
+        for execution_id, held in sent:
             cancel = still.get(execution_id)
+            if cancel is not None:
+                if held.expires < due_before:
+                    held.expires = expires
+                if execution_id in progress:
+                    held.shown = progress[execution_id]
             for run in held.runs:
                 if cancel is None:
                     run.lease_lost = True
                 elif cancel:
+                    run.cancel()
+
+    def _pass_on_cancels(self, entries: list[tuple[str, _Held]]) -> None:
+        """Tell the runs of the executions held here that another process asked to cancel:
+        one read of the (small) set of pending cancels per store per beat."""
+        store = entries[0][1].store
+        try:
+            requested = store.cancel_requests()
+        except Exception as exc:
+            self._complain(
+                f"cancels:{id(store)}", "cannot read cancel requests: %s", _describe(exc)
+            )
+            return
+        if not requested:
+            return
+        held = dict(entries)
+        for execution_id, token in requested:
+            found = held.get(execution_id)
+            if found is not None and found.token == token:
+                for run in found.runs:
                     run.cancel()
 
 
@@ -1030,13 +1116,18 @@ def _resolve_future(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _progress(held: _Held) -> str | None:
+def _progress(held: _Held, before: float) -> str | None:
+    """The checkpoint calls of an execution live since `before` (a beat ago at least), as
+    JSON: a call that ends within a beat is never written."""
+    if not any(run.live for run in held.runs):
+        return None
     live = [
         {"position": position, "name": name, "since": since}
         for run in held.runs
         for position, (name, since) in sorted(
             run.live.copy().items(), key=lambda item: sort_key(item[0])
         )
+        if since <= before
     ]
     return _serde.dumps(live) if live else None
 

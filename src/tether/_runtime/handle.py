@@ -87,27 +87,39 @@ class Handle(Generic[R]):
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _POLL_MIN
         runner = executor()
-        while True:
-            try:
-                row = self._row()
-            except StoreUnavailable:
-                # A database restart is not the execution's outcome: keep waiting.
-                if deadline is not None and time.monotonic() > deadline:
-                    raise
-                time.sleep(_POLL_MAX)
-                continue
-            if Status(row.status).finished:
-                return cast(R, _outcome(row))
-            self._check_abandoned(runner, row)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ResultTimeout(f"execution {self.id} is still {row.status} after {timeout}s")
-            wait = pause if remaining is None else min(pause, remaining)
-            if runner.holds(self._store, self.id):
-                runner.wait_for_change(wait)
-            else:
-                time.sleep(wait)
-            pause = min(pause * 2, _POLL_MAX)
+        # Joined before the read: an end between the two still wakes us. Only this
+        # execution's end sets it; another process's end is seen by reading, now and then.
+        waiter = runner.wait_on(self._store, self.id)
+        try:
+            while True:
+                if waiter.event.is_set():
+                    # Woken (and dropped from the registry): a fresh one for the next wait.
+                    runner.stop_waiting(self._store, self.id, waiter)
+                    waiter = runner.wait_on(self._store, self.id)
+                try:
+                    row = self._row()
+                except StoreUnavailable:
+                    # A database restart is not the execution's outcome: keep waiting.
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise
+                    waiter.event.wait(_POLL_MAX)
+                    continue
+                if Status(row.status).finished:
+                    return cast(R, _outcome(row))
+                self._check_abandoned(runner, row)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ResultTimeout(
+                        f"execution {self.id} is still {row.status} after {timeout}s"
+                    )
+                if runner.holds(self._store, self.id):
+                    # Held here: its end wakes us; the store is read now and then anyway.
+                    wait = _HELD_POLL
+                else:
+                    wait, pause = pause, min(pause * 2, _POLL_MAX)
+                waiter.event.wait(wait if remaining is None else min(wait, remaining))
+        finally:
+            runner.stop_waiting(self._store, self.id, waiter)
 
     def result_async(self, timeout: float | None = None) -> Coroutine[Any, Any, R]:
         """The awaitable form of `result()`; holds no thread while it waits. An execution
@@ -150,7 +162,7 @@ class Handle(Generic[R]):
                 except StoreUnavailable:
                     if deadline is not None and time.monotonic() > deadline:
                         raise
-                    await asyncio.sleep(_POLL_MAX)
+                    await asyncio.wait({woken}, timeout=_POLL_MAX)
                     continue
                 if Status(row.status).finished:
                     return cast(R, _outcome(row))
@@ -160,16 +172,18 @@ class Handle(Generic[R]):
                     raise ResultTimeout(
                         f"execution {self.id} is still {row.status} after {timeout}s"
                     )
-                if woken is not None:
+                if runner.holds(self._store, self.id):
                     # Held here: its end wakes us; the store is read now and then anyway.
-                    wait = held_pause if remaining is None else min(held_pause, remaining)
-                    await asyncio.wait({woken}, timeout=wait)
-                    held_pause = min(held_pause * 2, _HELD_POLL_MAX)
+                    wait, held_pause = held_pause, min(held_pause * 2, _HELD_POLL_MAX)
                 else:
-                    await asyncio.sleep(pause if remaining is None else min(pause, remaining))
-                    pause = min(pause * 2, _POLL_MAX)
+                    # Run elsewhere: read again, less and less often (resumed here, it
+                    # still wakes us when it ends).
+                    wait, pause = pause, min(pause * 2, _POLL_MAX)
+                await asyncio.wait(
+                    {woken}, timeout=wait if remaining is None else min(wait, remaining)
+                )
             finally:
-                if woken is not None and not woken.done():
+                if not woken.done():
                     runner.unwatch(self._store, self.id, woken)
 
     def _check_abandoned(self, runner: Executor, row: ExecutionRow) -> None:

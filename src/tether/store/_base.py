@@ -331,10 +331,16 @@ class Store(abc.ABC):
         *,
         refresh_before: float | None = None,
     ) -> list[tuple[str, bool]]:
-        """Extend the leases still held to `expires` (and record their progress JSON);
-        returns (id, cancel_requested) for each one held. With `refresh_before`, a lease
-        that runs past it (and not past `expires`) is left as it is, still checked and
-        reported: a heartbeat can beat often without rewriting every lease's expiry."""
+        """Extend the leases still held to `expires`, and record the progress JSON of the
+        ids in `progress` (the others' progress is left as it is); returns (id,
+        cancel_requested) for each one held. With `refresh_before`, a lease that runs past
+        it (and not past `expires`) is left as it is, still checked and reported: a
+        heartbeat can write progress without rewriting the lease's expiry."""
+
+    @abc.abstractmethod
+    def cancel_requests(self) -> list[tuple[str, str]]:
+        """(id, lease token) of every running execution with a cancel requested: what a
+        heartbeat reads to tell its executions, whatever their leases' terms."""
 
     @abc.abstractmethod
     def finish(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -17,8 +18,9 @@ from ._sql_common import (
     marks,
 )
 
-# Leases renewed per statement (3 parameters each: well under SQLite's parameter limit).
-_RENEW_BATCH = 200
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 # Runnable: queued and not (validly) leased, waiting and due, or running with a dead lease.
@@ -156,40 +158,46 @@ class ClaimsSql(SqlBase):
         *,
         refresh_before: float | None = None,
     ) -> list[tuple[str, bool]]:
+        if not execution_ids:
+            return []
         progress = progress or {}
         # lease_expires is indexed (the claim's expired-lease branch): an UPDATE that leaves
         # it alone stays HOT (no index writes), so it is moved only when due.
         # (A lease beyond `expires`, after the clock jumped back, is brought back to it.)
-        expiry = "lease_expires = ?" if refresh_before is None else (
-            "lease_expires = CASE WHEN lease_expires IS NULL OR lease_expires < ? "
-            "OR lease_expires > ? THEN ? ELSE lease_expires END"
+        expiry = ":expires" if refresh_before is None else (
+            "CASE WHEN lease_expires IS NULL OR lease_expires < :refresh "
+            "OR lease_expires > :expires THEN :expires ELSE lease_expires END"
         )  # fmt: skip
-        found: dict[str, bool] = {}
+        # Every lease as one JSON parameter: one statement per heartbeat whatever the number
+        # of leases, and each row found by primary key. Progress is written only for the
+        # ids given one (`shows`), so a beat rewrites no row whose calls did not change.
+        batch = [
+            [i, token_by_id[i], "y" if i in progress else "", progress.get(i)]
+            for i in execution_ids
+        ]
+        params = {"expires": expires, "refresh": refresh_before, "rows": json_text(batch)}
         with self._connection() as conn:
-            # One statement (one transaction) per batch of leases: a heartbeat costs one round
-            # trip, whatever the number of executions it holds.
-            for start in range(0, len(execution_ids), _RENEW_BATCH):
-                batch = execution_ids[start : start + _RENEW_BATCH]
-                cases = " ".join("WHEN ? THEN CAST(? AS TEXT)" for _ in batch)
-                pairs = ", ".join("(?, ?)" for _ in batch)
-                params: list[Any] = [expires] if refresh_before is None else [
-                    refresh_before, expires, expires,
-                ]  # fmt: skip
-                for execution_id in batch:
-                    params += [execution_id, progress.get(execution_id)]
-                params += batch
-                for execution_id in batch:
-                    params += [execution_id, token_by_id[execution_id]]
-                # `id IN` finds the rows by primary key; the pairs then check the tokens.
-                rows = self._run(
-                    conn,
-                    f"UPDATE executions SET {expiry}, progress = CASE id {cases} END "
-                    f"WHERE id IN ({marks(batch)}) AND (id, lease_token) IN (VALUES {pairs}) "
-                    "RETURNING id, cancel_requested",
-                    params,
-                ).fetchall()
-                found.update((str(r[0]), bool(r[1])) for r in rows)
+            rows = self._run(
+                conn,
+                f"UPDATE executions SET lease_expires = {expiry}, progress = CASE "
+                "WHEN b.shows = 'y' THEN b.progress ELSE executions.progress END "
+                f"FROM {self._json_rows(('id', 'token', 'shows', 'progress'), 'rows')} b "
+                "WHERE executions.id = b.id AND executions.lease_token = b.token "
+                f"{self._json_keys('executions.id', 'rows')} "
+                "RETURNING executions.id, executions.cancel_requested",
+                params,
+            ).fetchall()
+        found = {str(r[0]): bool(r[1]) for r in rows}
         return [(i, found[i]) for i in execution_ids if i in found]
+
+    def cancel_requests(self) -> list[tuple[str, str]]:
+        # The partial index of migration 0017 holds only these rows: a read per heartbeat
+        # costs what is cancelled, not what runs.
+        rows = self._all(
+            "SELECT id, lease_token FROM executions "
+            "WHERE status = 'running' AND cancel_requested = 1"
+        )
+        return [(str(r[0]), str(r[1])) for r in rows if r[1] is not None]
 
     def leased_on_host(self, *, prefix: str, now: float) -> list[ExecutionRow]:
         rows = self._all(

@@ -122,6 +122,19 @@ class SqlBase(Store, abc.ABC):
         """Translate `?` / `:name` placeholders to the driver's style (identity by default)."""
         return text
 
+    def _json_rows(self, names: Sequence[str], param: str) -> str:
+        """A table (a subquery) of the JSON array of arrays in the named parameter `param`:
+        element i of each array as the text column `names[i]`. One parameter whatever the
+        number of rows, so a statement over thousands of rows is still one."""
+        columns = ", ".join(f"r.value ->> {i} AS {name}" for i, name in enumerate(names))
+        return f"(SELECT {columns} FROM json_each(:{param}) r)"
+
+    def _json_keys(self, column: str, param: str) -> str:
+        """An extra condition (`AND ...`, or nothing) that `column` is the first element of one
+        of those arrays, for a database that would otherwise not find a join's rows by the
+        column's index. SQLite drives the join from the JSON rows by itself."""
+        return ""
+
     def _lock_queue(self, conn: Connection, name: str) -> None:
         """Serialize claims from one queue until the transaction ends (SQLite: its write
         transactions are serialized already)."""

@@ -479,6 +479,17 @@ class PostgresStore(SqlStore):
             with suppress(Exception):
                 self._pool.putconn(conn)  # the pool replaces a closed connection
 
+    def _json_rows(self, names: Sequence[str], param: str) -> str:
+        columns = ", ".join(f"r ->> {i} AS {name}" for i, name in enumerate(names))
+        return f"(SELECT {columns} FROM json_array_elements(:{param}::json) r)"
+
+    def _json_keys(self, column: str, param: str) -> str:
+        # The planner guesses 100 rows for any set-returning function, and may hash them and
+        # scan every execution to join; an array of the keys is found by the index.
+        return (
+            f"AND {column} = ANY(ARRAY(SELECT r ->> 0 FROM json_array_elements(:{param}::json) r))"
+        )
+
     def _lock_queue(self, conn: Connection, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tether-queue:{name}",))
 

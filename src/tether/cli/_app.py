@@ -80,8 +80,11 @@ def _main(
         except ConfigurationError as exc:
             err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(USAGE) from None
-    if not out.is_terminal and not os.environ.get("COLUMNS"):
-        out.width = 120  # piped output is not cut at Rich's default of 80 columns
+    if not out.is_terminal:
+        # Piped output is not cut at Rich's default of 80 columns; $COLUMNS still rules, read
+        # at each command (a process that runs several, as tests do, may change it).
+        columns = os.environ.get("COLUMNS", "")
+        out.width = int(columns) if columns.isdigit() and int(columns) > 0 else 120
     # Modules named by --import or $TETHER_IMPORTS resolve from the working directory too,
     # as they would for `python -m`. (What a stored row names is never imported.)
     if os.getcwd() not in sys.path:

@@ -40,6 +40,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     effects = tmp_path_factory.mktemp("ray") / "effects.log"
     os.environ["SIDE_EFFECTS"] = str(effects)
     ray.init(
+        address="local",  # its own cluster, even when another runs on this machine
         num_cpus=2,
         resources={"tether_node": 1},
         include_dashboard=False,

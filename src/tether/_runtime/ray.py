@@ -66,7 +66,9 @@ def connect(address: str) -> Any:
         raise ConfigurationError("--ray takes 'auto', 'local' or a cluster address")
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-        target = None if address == "local" else address
+        # "local" to Ray too: a new one-node cluster even when one runs on this machine
+        # (without an address Ray would join that one).
+        target = address
         try:
             ray.init(address=target, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:

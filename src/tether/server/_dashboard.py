@@ -379,6 +379,29 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
 
         return action(request, form, build)
 
+    # --- schedules --------------------------------------------------------------------------
+
+    @pages.get("/schedules", response_class=HTMLResponse)
+    def schedules(request: Request, done: str | None = None) -> Response:
+        def build(session: Session) -> tuple[str, dict[str, Any]]:
+            items = [views.schedule_json(s) for s in client.schedules()]
+            return "schedules.html", {"items": items, "notice": _SCHEDULE_DONE.get(done or "")}
+
+        return page(request, build)
+
+    @pages.post("/schedules/{name}/{verb}", response_class=HTMLResponse)
+    def operate_schedule(request: Request, name: str, verb: str, form: Form) -> Response:
+        def build(session: Session) -> Response:
+            if verb == "pause":
+                client.pause_schedule(name)
+            elif verb == "resume":
+                client.resume_schedule(name)
+            else:
+                raise UsageError(f"the dashboard has no schedule action {verb!r}")
+            return RedirectResponse(f"/schedules?done={verb}", status_code=303)
+
+        return action(request, form, build)
+
     # --- memory -----------------------------------------------------------------------------
 
     @pages.get("/memory", response_class=HTMLResponse)
@@ -491,6 +514,12 @@ _DONE = {
     "retry": "Retried: a worker runs it again.",
     "replay": "Replay started: a worker runs it from the chosen point.",
     "input": "Input given: the execution continues.",
+}
+
+
+_SCHEDULE_DONE = {
+    "pause": "Paused on every worker: its ticks pass without starting executions.",
+    "resume": "Resumed: its next tick starts an execution.",
 }
 
 

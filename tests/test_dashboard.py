@@ -694,3 +694,58 @@ def test_schedules_page_offers_no_buttons_to_a_read_token_and_forms_need_csrf(
     assert paused.status_code == 303 and paused.headers["location"] == "/schedules?done=pause"
     assert client.schedules()[0].paused
     assert 'aria-label="Resume nightly"' in _get(url, "/schedules", manager).text
+
+
+# --- deadlines and delayed starts --------------------------------------------------------------
+
+
+def _status_line(html: str) -> str:
+    line = html.split('class="status-line"', 1)[1].split("</p>", 1)[0]
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", line)).strip()
+
+
+def test_execution_pages_show_deadlines_timeouts_and_delayed_starts(
+    client: tether.Client, procs: Processes
+) -> None:
+    late = dashboard_flows.approval.options(deadline=1.5).enqueue("late")
+    timely = dashboard_flows.approval.options(deadline=3600).enqueue("timely")
+    delayed = dashboard_flows.quick.options(delay=3600, deadline=60).enqueue(1)
+    url = procs.server()
+    procs.worker()
+    _waiting(client, timely.id)
+
+    def timed_out() -> bool:
+        return client.summary(late.id).status == tether.Status.CANCELLED
+
+    retry_until(timed_out, timeout=60, what="the execution past its deadline to be cancelled")
+    with httpx.Client(base_url=url, timeout=30) as http:
+        # Waiting for input, its deadline fixed at its first start: when, and how far off.
+        page = http.get(f"/executions/{timely.id}").text
+        deadline = client.get(timely.id).deadline
+        assert deadline is not None
+        line = _status_line(page)
+        # The time of day alone when that is today (UTC), else with its date.
+        assert re.search(rf"deadline ({deadline:%Y-%m-%d} )?{deadline:%H:%M:%S}, in \S+ min", line)
+        assert f"{deadline:%Y-%m-%d %H:%M:%S}" in page  # the facts give the date too
+
+        page = http.get(f"/executions/{late.id}").text
+        assert "timed out" in _status_line(page) and "deadline" not in _status_line(page)
+        assert "passed its deadline" in page  # the recorded error says what to do
+
+        # Queued with a start an hour off (no worker takes it yet), its deadline relative.
+        page = http.get(f"/executions/{delayed.id}").text
+        line = _status_line(page)
+        not_before = client.summary(delayed.id).not_before
+        assert not_before is not None
+        assert re.search(rf"starts at ({not_before:%Y-%m-%d} )?{not_before:%H:%M:%S}, in ", line)
+        assert "deadline 60.0 s after it starts" in line
+        assert client.summary(delayed.id).status == tether.Status.QUEUED
+
+        listed = http.get("/").text
+        rows = {
+            execution_id: row
+            for execution_id, row in re.findall(r'<tr data-id="([^"]+)">(.*?)</tr>', listed, re.S)
+        }
+        assert f"starts at {not_before:%Y-%m-%d %H:%M:%S}" in rows[delayed.id]
+        assert "timed out" in rows[late.id]
+        assert "starts at" not in rows[timely.id] and "timed out" not in rows[timely.id]

@@ -605,3 +605,147 @@ def test_with_a_secret_the_store_alone_cannot_sign_a_session(
     tether.configure(db=db_url, adopt=False)
     assert not verifies(without)
     assert verifies(signed_in_cookie())
+
+
+# --- schedules -------------------------------------------------------------------------------
+
+
+def _plant_schedule(name: str, spec: str, next_tick: float) -> None:
+    """A schedule as a worker that loaded a scheduled flow leaves it in the store."""
+    from tether._core.config import store_for
+    from tether.store import ScheduleRow
+
+    store_for().ensure_schedule(ScheduleRow(name, spec, False, 0.0, next_tick, 0.0))
+
+
+def test_pausing_a_schedule_by_clicking_shows_it_paused_everywhere(
+    client: tether.Client, procs: Processes, browser: Browser
+) -> None:
+    _plant_schedule("nightly", "0 3 * * *", 10_800.0)
+    _plant_schedule("<b>digest</b>", "every 900s", 900.0)
+    url = procs.server()
+
+    page = browser.page()
+    page.goto(url)
+    page.get_by_role("link", name="Schedules").click()
+    page.wait_for_url("**/schedules")
+    row = page.locator("tr[data-schedule='nightly']")
+    expect(row).to_contain_text("0 3 * * *")
+    expect(row).to_contain_text("1970-01-01 03:00:00")
+    expect(row).to_contain_text("active")
+    expect(page.locator("tr[data-schedule]")).to_have_count(2)
+    assert page.locator("tr[data-schedule] td b").count() == 0  # a stored name is text
+    row.get_by_role("button", name="Pause nightly").click()
+    page.wait_for_url("**/schedules?done=pause")
+    expect(page.locator(".notice")).to_contain_text("Paused")
+    row = page.locator("tr[data-schedule='nightly']")
+    expect(row).to_have_attribute("data-paused", "true")
+    expect(row).to_contain_text("paused")
+    assert {s.name: s.paused for s in client.schedules()} == {
+        "nightly": True,
+        "<b>digest</b>": False,
+    }
+    browser.shot(page, "schedules-paused")
+
+    row.get_by_role("button", name="Resume nightly").click()
+    page.wait_for_url("**/schedules?done=resume")
+    expect(page.locator("tr[data-schedule='nightly']")).to_have_attribute("data-paused", "false")
+    assert not any(s.paused for s in client.schedules())
+
+
+def test_schedules_page_offers_no_buttons_to_a_read_token_and_forms_need_csrf(
+    client: tether.Client, procs: Processes
+) -> None:
+    read = client.create_token("viewer", "read")
+    operate = client.create_token("manager", "operate")
+    url = procs.server()
+    with httpx.Client(base_url=url) as http:
+        assert http.get("/schedules").status_code == 303  # tokens exist: sign in first
+    watcher = _signed_in(url, read)
+    empty = _get(url, "/schedules", watcher)
+    assert empty.status_code == 200 and "No schedules yet" in empty.text
+
+    _plant_schedule("nightly", "0 3 * * *", 10_800.0)
+    shown = _get(url, "/schedules", watcher)
+    assert 'data-schedule="nightly"' in shown.text
+    assert "<button" not in shown.text.split("<main", 1)[1]
+    assert "may only read" in shown.text
+    refused = httpx.post(
+        f"{url}/schedules/nightly/pause",
+        data=_csrf_of(shown.text),
+        cookies={"tether_session": watcher},
+    )
+    assert refused.status_code == 403 and "operate token" in refused.text
+    assert not client.schedules()[0].paused
+
+    manager = _signed_in(url, operate)
+    page = _get(url, "/schedules", manager)
+    assert 'aria-label="Pause nightly"' in page.text
+    cookies = {"tether_session": manager}
+    forged = httpx.post(f"{url}/schedules/nightly/pause", data={"csrf": "x"}, cookies=cookies)
+    assert forged.status_code == 403 and "CSRF" in forged.text
+    assert not client.schedules()[0].paused
+    csrf = _csrf_of(page.text)
+    missing = httpx.post(f"{url}/schedules/daily/pause", data=csrf, cookies=cookies)
+    assert missing.status_code == 404 and "schedules: nightly" in missing.text
+    wrong = httpx.post(f"{url}/schedules/nightly/delete", data=csrf, cookies=cookies)
+    assert wrong.status_code == 400 and "no schedule action" in wrong.text
+    paused = httpx.post(f"{url}/schedules/nightly/pause", data=csrf, cookies=cookies)
+    assert paused.status_code == 303 and paused.headers["location"] == "/schedules?done=pause"
+    assert client.schedules()[0].paused
+    assert 'aria-label="Resume nightly"' in _get(url, "/schedules", manager).text
+
+
+# --- deadlines and delayed starts --------------------------------------------------------------
+
+
+def _status_line(html: str) -> str:
+    line = html.split('class="status-line"', 1)[1].split("</p>", 1)[0]
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", line)).strip()
+
+
+def test_execution_pages_show_deadlines_timeouts_and_delayed_starts(
+    client: tether.Client, procs: Processes
+) -> None:
+    late = dashboard_flows.approval.options(deadline=1.5).enqueue("late")
+    timely = dashboard_flows.approval.options(deadline=3600).enqueue("timely")
+    delayed = dashboard_flows.quick.options(delay=3600, deadline=60).enqueue(1)
+    url = procs.server()
+    procs.worker()
+    _waiting(client, timely.id)
+
+    def timed_out() -> bool:
+        return client.summary(late.id).status == tether.Status.CANCELLED
+
+    retry_until(timed_out, timeout=60, what="the execution past its deadline to be cancelled")
+    with httpx.Client(base_url=url, timeout=30) as http:
+        # Waiting for input, its deadline fixed at its first start: when, and how far off.
+        page = http.get(f"/executions/{timely.id}").text
+        deadline = client.get(timely.id).deadline
+        assert deadline is not None
+        line = _status_line(page)
+        # The time of day alone when that is today (UTC), else with its date.
+        assert re.search(rf"deadline ({deadline:%Y-%m-%d} )?{deadline:%H:%M:%S}, in \S+ min", line)
+        assert f"{deadline:%Y-%m-%d %H:%M:%S}" in page  # the facts give the date too
+
+        page = http.get(f"/executions/{late.id}").text
+        assert "timed out" in _status_line(page) and "deadline" not in _status_line(page)
+        assert "passed its deadline" in page  # the recorded error says what to do
+
+        # Queued with a start an hour off (no worker takes it yet), its deadline relative.
+        page = http.get(f"/executions/{delayed.id}").text
+        line = _status_line(page)
+        not_before = client.summary(delayed.id).not_before
+        assert not_before is not None
+        assert re.search(rf"starts at ({not_before:%Y-%m-%d} )?{not_before:%H:%M:%S}, in ", line)
+        assert "deadline 60.0 s after it starts" in line
+        assert client.summary(delayed.id).status == tether.Status.QUEUED
+
+        listed = http.get("/").text
+        rows = {
+            execution_id: row
+            for execution_id, row in re.findall(r'<tr data-id="([^"]+)">(.*?)</tr>', listed, re.S)
+        }
+        assert f"starts at {not_before:%Y-%m-%d %H:%M:%S}" in rows[delayed.id]
+        assert "timed out" in rows[late.id]
+        assert "starts at" not in rows[timely.id] and "timed out" not in rows[timely.id]

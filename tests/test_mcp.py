@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,8 @@ from helpers import (
     run_python,
     spawn_python,
 )
+from tether._core import serde
+from tether.store import ExecutionRow
 
 READ_TOOLS = {
     "list_executions",
@@ -33,6 +36,7 @@ READ_TOOLS = {
     "read_logs",
     "list_pending_waits",
     "read_memory",
+    "list_schedules",
 }
 OPERATE_TOOLS = {
     "give_input",
@@ -40,6 +44,8 @@ OPERATE_TOOLS = {
     "resume_execution",
     "retry_execution",
     "replay_execution",
+    "pause_schedule",
+    "resume_schedule",
 }
 
 
@@ -279,3 +285,74 @@ def test_mcp_without_the_sdk_says_how_to_install_it(db_url: str) -> None:
     done = run_python(["-c", code], db_url)
     assert done.returncode == 2, done.stderr
     assert "pip install -e '.[mcp]'" in done.stderr
+
+
+async def test_schedules_are_listed_and_paused_and_resumed_in_operate_mode(db_url: str) -> None:
+    from tether.store import ScheduleRow
+
+    client = tether.Client(db_url)
+    client._store.ensure_schedule(ScheduleRow("nightly", "0 3 * * *", False, 0.0, 10_800.0, 0.0))
+    async with mcp_session(db_url, "read") as session:
+        listed = await call(session, "list_schedules")
+        refused = await session.call_tool("pause_schedule", {"name": "nightly"})
+    assert listed == {
+        "schedules": [
+            {
+                "name": "nightly", "spec": "0 3 * * *", "paused": False,
+                "last_tick": "1970-01-01T00:00:00+00:00", "next_tick": "1970-01-01T03:00:00+00:00",
+            }
+        ]
+    }  # fmt: skip
+    assert refused.is_error and not client.schedules()[0].paused
+    async with mcp_session(db_url, "operate") as session:
+        paused = await call(session, "pause_schedule", name="nightly")
+        assert paused["paused"] is True and client.schedules()[0].paused
+        shown = await call(session, "list_schedules")
+        assert shown["schedules"][0]["paused"] is True
+        resumed = await call(session, "resume_schedule", name="nightly")
+        missing = await call_error(session, "pause_schedule", name="daily")
+    assert resumed["paused"] is False and not client.schedules()[0].paused
+    assert "ScheduleNotFound" in missing and "schedules: nightly" in missing
+
+
+async def test_list_executions_filters_by_queue_and_id_prefix_and_pages(db_url: str) -> None:
+    client = tether.Client(db_url)
+    now = time.time()
+    planted = {
+        "abc-1": ("alpha", "queued", "default"),
+        "abc-2": ("alpha", "succeeded", "fast"),
+        "abd-3": ("beta", "failed", "fast"),
+        "xyz-4": ("beta", "queued", "fast"),
+    }
+    for i, (execution_id, (flow, status, queue)) in enumerate(planted.items()):
+        client._store.create_execution(
+            ExecutionRow(
+                id=execution_id,
+                flow=flow,
+                import_path="planted:planted",
+                script=None,
+                args=serde.dumps({"args": [], "kwargs": {}}),
+                status=status,
+                queue=queue,
+                created_at=now + i,
+                updated_at=now + i,
+            )
+        )
+
+    async def ids(**filters: Any) -> list[str]:
+        found = await call(session, "list_executions", **filters)
+        return [e["id"] for e in found["executions"]]
+
+    async with mcp_session(db_url, "read") as session:
+        assert await ids(queue="fast") == ["xyz-4", "abd-3", "abc-2"]
+        assert await ids(id_prefix="ab") == ["abd-3", "abc-2", "abc-1"]
+        assert await ids(id_prefix="abc", queue="fast") == ["abc-2"]
+        assert await ids(id_prefix="ab", status=["queued"]) == ["abc-1"]
+        assert await ids(queue="slow") == []
+        first = await call(session, "list_executions", queue="fast", limit=2)
+        assert [e["id"] for e in first["executions"]] == ["xyz-4", "abd-3"]
+        assert await ids(queue="fast", limit=2, cursor=first["next"]) == ["abc-2"]
+        last = await call(session, "list_executions", queue="fast", limit=2, cursor=first["next"])
+        assert last["next"] is None
+        bad = await call_error(session, "list_executions", cursor="not-a-cursor")
+    assert "cursor" in bad

@@ -91,21 +91,42 @@ def build_server(client: Client, mode: Literal["read", "operate"]) -> MCPServer:
         parent: Annotated[
             str | None, Field(description="Only the child flows this execution started.")
         ] = None,
+        queue: Annotated[str | None, Field(description="Only executions of this queue.")] = None,
+        id_prefix: Annotated[
+            str | None, Field(description="Only executions whose id starts with this.")
+        ] = None,
         limit: Annotated[int, Field(ge=1, le=1000, description="At most this many.")] = 50,
+        cursor: Annotated[
+            str | None,
+            Field(
+                description="The `next` of a previous call with the same filters: the page "
+                "after it."
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """List executions, newest first: id, flow, status, timings, how many checkpoint calls
-        succeeded, the pending wait's name, and `attention` when one looks stuck (its process
-        died or its lease expired). Use get_execution for one execution's full record."""
+        succeeded, the pending wait's name, a delayed start (`not_before`) and deadline, and
+        `attention` when one looks stuck (its process died or its lease expired). `next`,
+        when not null, is the cursor of the following page. Use get_execution for one
+        execution's full record."""
         with _tool_errors():
-            found = client.list(status=status, flow=flow, limit=limit, parent=parent)
+            found = client.page(
+                status,
+                flow,
+                limit,
+                parent=parent,
+                cursor=cursor,
+                queue=queue,
+                id_prefix=id_prefix or None,
+            )
             items = []
-            for r in found:
+            for r in found.items:
                 data = views.execution_json(r)
                 note = client.attention(r)
                 if note is not None:
                     data["attention"] = note
                 items.append(data)
-            return {"executions": items}
+            return {"executions": items, "next": found.next}
 
     @server.tool(annotations=_READ)
     def get_execution(execution_id: ExecutionId) -> dict[str, Any]:
@@ -185,6 +206,15 @@ def build_server(client: Client, mode: Literal["read", "operate"]) -> MCPServer:
                 if entry.version == version:
                     return {"found": not entry.deleted, **memory_json(entry, with_value=True)}
             return {"key": key, "found": False}
+
+    @server.tool(annotations=_READ)
+    def list_schedules() -> dict[str, Any]:
+        """The flows that run on a schedule (@tether.flow(schedule=...)), by name: the spec
+        (cron in UTC, or `every <seconds>s`), whether it is paused, and the last and next
+        tick (UTC). A schedule is listed once a worker that loaded its flow has run. Each
+        tick starts one execution of the flow (list_executions with flow=name shows them)."""
+        with _tool_errors():
+            return {"schedules": [views.schedule_json(s) for s in client.schedules()]}
 
     if mode == "operate":
         _operating_tools(server, client, record)
@@ -285,6 +315,26 @@ def _operating_tools(
                 client.resolve_id(execution_id), from_=from_step, overrides=overrides, args=args
             )
             return record(handle.id, full=False)
+
+    ScheduleName = Annotated[
+        str, Field(description="The schedule's name: its flow's name (see list_schedules).")
+    ]
+
+    @server.tool(annotations=_OPERATE)
+    def pause_schedule(name: ScheduleName) -> dict[str, Any]:
+        """Pause a schedule on every worker: its ticks pass without starting executions, and
+        resuming later does not fire the ticks that passed. Executions already started are
+        not touched. Returns the schedule as list_schedules shows it."""
+        with _tool_errors():
+            return views.schedule_json(client.pause_schedule(name))
+
+    @server.tool(annotations=_OPERATE)
+    def resume_schedule(name: ScheduleName) -> dict[str, Any]:
+        """Resume a paused schedule: its next tick starts an execution again (the ticks that
+        passed while it was paused are not fired). Returns the schedule as list_schedules
+        shows it."""
+        with _tool_errors():
+            return views.schedule_json(client.resume_schedule(name))
 
 
 def _version() -> str:

@@ -82,7 +82,17 @@ def _cost(value: Any) -> str:
     return "" if not isinstance(value, int | float) else f"${value:.4f}"
 
 
-_ENV.filters.update(json_text=_json_text, when=_when, seconds=_seconds, cost=_cost)
+def _clock(value: str | None) -> str:
+    """A moment as its time of day when that is today (UTC), else with its date."""
+    if not value:
+        return ""
+    moment = dt.datetime.fromisoformat(value).astimezone(dt.UTC)
+    if moment.date() == dt.datetime.now(dt.UTC).date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+_ENV.filters.update(json_text=_json_text, when=_when, clock=_clock, seconds=_seconds, cost=_cost)
 _ENV.globals["urlquote"] = lambda s: urllib.parse.quote(str(s), safe="")
 
 
@@ -246,6 +256,7 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
             counts = {s.value: n for s, n in found_counts.items()}
             capped = {s for s, n in counts.items() if n >= _COUNT_CAP}
             rows = [views.execution_json(r) for r in result.items]
+            now = dt.datetime.now(dt.UTC)
             others = {k: v for k, v in selection.items() if k != "id_prefix"}
             filters = {"status": chosen, **others, "q": prefix}
             return "executions.html", {
@@ -260,6 +271,7 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
                 "first_url": _url("/", **filters) if cursor else None,
                 "status_url": lambda s: _url("/", **{**filters, "status": s}),
                 "attention": {r.id: client.attention(r) for r in result.items},
+                "delayed": {r.id for r in result.items if _delayed(r, now)},
             }
 
         return page(request, build)
@@ -379,6 +391,29 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
 
         return action(request, form, build)
 
+    # --- schedules --------------------------------------------------------------------------
+
+    @pages.get("/schedules", response_class=HTMLResponse)
+    def schedules(request: Request, done: str | None = None) -> Response:
+        def build(session: Session) -> tuple[str, dict[str, Any]]:
+            items = [views.schedule_json(s) for s in client.schedules()]
+            return "schedules.html", {"items": items, "notice": _SCHEDULE_DONE.get(done or "")}
+
+        return page(request, build)
+
+    @pages.post("/schedules/{name}/{verb}", response_class=HTMLResponse)
+    def operate_schedule(request: Request, name: str, verb: str, form: Form) -> Response:
+        def build(session: Session) -> Response:
+            if verb == "pause":
+                client.pause_schedule(name)
+            elif verb == "resume":
+                client.resume_schedule(name)
+            else:
+                raise UsageError(f"the dashboard has no schedule action {verb!r}")
+            return RedirectResponse(f"/schedules?done={verb}", status_code=303)
+
+        return action(request, form, build)
+
     # --- memory -----------------------------------------------------------------------------
 
     @pages.get("/memory", response_class=HTMLResponse)
@@ -494,6 +529,12 @@ _DONE = {
 }
 
 
+_SCHEDULE_DONE = {
+    "pause": "Paused on every worker: its ticks pass without starting executions.",
+    "resume": "Resumed: its next tick starts an execution.",
+}
+
+
 def _execution_context(
     client: Client, execution_id: str, done: str | None, *, calls: int = 0
 ) -> dict[str, Any]:
@@ -548,6 +589,9 @@ def _execution_context(
         if record.lease_expires is None
         else (record.lease_expires - dt.datetime.now(dt.UTC)).total_seconds(),
         "elapsed": span if record.started_at else None,
+        "timed_out": _timed_out(shown),
+        "deadline_left": _until(record.deadline),
+        "starts_in": _until(record.not_before) if _delayed(record) else None,
         "timeline": [item for _, item in timeline] + running,
         "calls": _calls_window(record, calls),
         "events": events,
@@ -558,6 +602,29 @@ def _execution_context(
         "loaded_at": time.time(),
         "display": display,
     }
+
+
+def _until(moment: dt.datetime | None) -> float | None:
+    """Seconds from now to `moment` (negative once it passed)."""
+    return None if moment is None else (moment - dt.datetime.now(dt.UTC)).total_seconds()
+
+
+def _delayed(record: Any, now: dt.datetime | None = None) -> bool:
+    """Queued with a start time still to come (`delay=` / `not_before=`): no worker takes it
+    yet, which is no fault to flag."""
+    return (
+        record.status is Status.QUEUED
+        and record.not_before is not None
+        and record.not_before > (now or dt.datetime.now(dt.UTC))
+    )
+
+
+def _timed_out(shown: dict[str, Any]) -> bool:
+    """Cancelled because its deadline passed (its recorded error is ExecutionTimedOut)."""
+    error = shown.get("error") or {}
+    return shown["status"] == "cancelled" and str(error.get("type", "")).endswith(
+        "ExecutionTimedOut"
+    )
 
 
 def _calls_window(record: Any, offset: int) -> dict[str, Any] | None:

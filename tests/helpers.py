@@ -77,6 +77,25 @@ def spawn_child(
     return spawn_python(["-c", code], db_url, stderr=stderr, **extra)
 
 
+class ProcessPool:
+    """Processes a test starts, SIGKILLed by its fixture at teardown whatever happens; test
+    files subclass it with the ways they start theirs."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def add(self, proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            # communicate, not wait: it also drains and closes piped output.
+            proc.communicate(timeout=30)
+
+
 def retry_until(check: Callable[[], T | None], timeout: float = 20.0, what: str = "") -> T:
     """Poll `check` until it returns something truthy; fail the test after `timeout`."""
     # Imported here: child processes import this module (record_side_effect) without pytest.

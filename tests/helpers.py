@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tether
 
@@ -53,6 +55,38 @@ def run_cli(db_url: str, *args: str, **extra: str) -> subprocess.CompletedProces
     return run_python(["-m", "tether", *args], db_url, **extra)
 
 
+def run_replay_cli(db_url: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """`run_cli` for commands that replay flows (`replay-test`, `executions replay`)."""
+    # A generous guard against a hang: each command replays flows on a shared, busy machine.
+    return run_python(["-m", "tether", *args], db_url, timeout=300, **extra)
+
+
+def record(flow: Any, *args: Any) -> str:
+    """Run `flow(*args)` here to its end (a failure is an end too); its execution id."""
+    handle = flow.run(*args)
+    with contextlib.suppress(tether.ExecutionFailed):
+        handle.result(timeout=60)
+    return str(handle.id)
+
+
+def recover_until_finished(module: str) -> str:
+    """Code for a new process: load the flows of `module`, resume everything runnable until
+    the execution `sys.argv[1]` has finished (the process that held it is dead, so only a
+    recover runs it), then print its result's repr."""
+    return textwrap.dedent(
+        f"""
+        import sys, time, tether
+        import {module}  # a process runs the flows it loaded
+        client = tether.Client()
+        deadline = time.monotonic() + 60
+        while not client.get(sys.argv[1]).status.finished and time.monotonic() < deadline:
+            client.recover()
+            time.sleep(0.05)
+        print(repr(client.handle(sys.argv[1]).result(timeout=5)), flush=True)
+        """
+    )
+
+
 def spawn_python(
     argv: Sequence[str], db_url: str, *, stderr: int | None = None, **extra: str
 ) -> subprocess.Popen[str]:
@@ -75,6 +109,25 @@ def spawn_child(
 ) -> subprocess.Popen[str]:
     """Start Python code in a new process against the same store (see `spawn_python`)."""
     return spawn_python(["-c", code], db_url, stderr=stderr, **extra)
+
+
+class ProcessPool:
+    """Processes a test starts, SIGKILLed by its fixture at teardown whatever happens; test
+    files subclass it with the ways they start theirs."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def add(self, proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            # communicate, not wait: it also drains and closes piped output.
+            proc.communicate(timeout=30)
 
 
 def retry_until(check: Callable[[], T | None], timeout: float = 20.0, what: str = "") -> T:

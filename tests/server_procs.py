@@ -7,12 +7,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import TESTS, child_env, retry_until
+from helpers import TESTS, ProcessPool, child_env, retry_until
 
 
 def free_port() -> int:
@@ -21,12 +22,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Processes:
+def wait_until_serving(proc: subprocess.Popen[str], url: str, output: Callable[[], str]) -> None:
+    """Return once the server `proc` answers /healthz at `url`; fail the test with its
+    `output()` if it exits first."""
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited: {output()}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    retry_until(up, timeout=30, what="the server to answer /healthz")
+
+
+class Processes(ProcessPool):
     """A server and workers started by a test, killed (SIGKILL) at teardown."""
 
     def __init__(self, db_url: str, tmp_path: Path, flows: str, *, poll: str = "0.01") -> None:
+        super().__init__()
         self.db_url, self.tmp_path, self.flows, self.poll = db_url, tmp_path, flows, poll
-        self.procs: list[subprocess.Popen[str]] = []
 
     def _spawn(self, argv: list[str], log: str, **env: str) -> subprocess.Popen[str]:
         out = (self.tmp_path / log).open("w")
@@ -38,8 +54,7 @@ class Processes:
             text=True,
             cwd=str(TESTS),
         )
-        self.procs.append(proc)
-        return proc
+        return self.add(proc)
 
     def server(self, *extra: str, **env: str) -> str:
         port = free_port()
@@ -47,23 +62,8 @@ class Processes:
         log = f"server-{port}.log"
         proc = self._spawn(argv, log, **env)
         url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited: {(self.tmp_path / log).read_text()}")
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        retry_until(up, timeout=30, what="the server to answer /healthz")
+        wait_until_serving(proc, url, (self.tmp_path / log).read_text)
         return url
 
     def worker(self) -> None:
         self._spawn(["worker", "--import", self.flows, "--poll", self.poll], "worker.log")
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)

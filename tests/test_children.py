@@ -17,7 +17,14 @@ import pytest
 
 import child_flows
 import tether
-from helpers import child_env, retry_until, run_child, run_cli, spawn_child
+from helpers import (
+    child_env,
+    recover_until_finished,
+    retry_until,
+    run_child,
+    run_cli,
+    spawn_child,
+)
 from tether import Status
 from tether._runtime.executor import executor
 from tether.store import ExecutionRow, WaitRow, open_store
@@ -176,18 +183,7 @@ START = textwrap.dedent(
 )
 # Resume everything that is runnable until the parent has finished: the child is taken over
 # from the dead process, and the parent becomes runnable when the child ends.
-RECOVER = textwrap.dedent(
-    """
-    import sys, time, tether
-    import child_flows  # a process runs the flows it loaded
-    client = tether.Client()
-    deadline = time.monotonic() + 60
-    while not client.get(sys.argv[1]).status.finished and time.monotonic() < deadline:
-        client.recover()
-        time.sleep(0.05)
-    print(repr(client.handle(sys.argv[1]).result(timeout=5)), flush=True)
-    """
-)
+RECOVER = recover_until_finished("child_flows")
 
 
 def _parent_id(client: tether.Client, flow: str) -> str:

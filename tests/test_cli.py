@@ -118,12 +118,17 @@ def test_the_worker_command_explains_itself_and_refuses_bad_options(db_url: str)
     for option in ("--db", "--concurrency", "--import", "--queue", "--poll", "--grace"):
         assert option in shown.stdout, option
     assert "MODULE" in shown.stdout and "NAME" in shown.stdout
-    empty = cli(db_url, "worker", "--queue", " ")
-    assert empty.exit_code == 2 and "a queue name is a non-empty string" in empty.output
     assert cli(db_url, "worker", "--concurrency", "0").exit_code == 2
     assert cli(db_url, "worker", "--grace", "-1").exit_code == 2
     missing = cli(db_url, "worker", "--import", "no_such_module_here")
     assert missing.exit_code == 2 and "no_such_module_here" in missing.output
+
+
+def test_worker_and_launcher_refuse_a_blank_queue_name(db_url: str) -> None:
+    for command in ("worker", "launcher"):
+        empty = cli(db_url, command, "--queue", "main", "--queue", " ")
+        assert empty.exit_code == 2, (command, empty.output)
+        assert "--queue" in empty.output and "a queue name is a non-empty string" in empty.output
 
 
 def test_unknown_ids_exit_3_with_a_plain_message(db_url: str) -> None:

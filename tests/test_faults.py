@@ -16,7 +16,7 @@ import pytest
 
 import fault_flows
 import tether
-from helpers import retry_until, run_cli, spawn_child, spawn_python
+from helpers import ProcessPool, retry_until, run_cli, spawn_child, spawn_python
 from tether import ExecutionFailed, Status
 from tether.errors import ExecutionLocked
 from tether.store import open_store
@@ -89,31 +89,14 @@ def test_retry_on_that_names_a_base_exception_retries_it(client: tether.Client) 
     assert [a.error for a in call.attempts] == ["SystemExit: 3"] * 3
 
 
-class _Procs:
-    """Processes a test starts, SIGKILLed at teardown whatever happens."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def add(self, proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
-        self.procs.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
-
-
 @pytest.fixture
-def procs() -> Iterator[_Procs]:
-    found = _Procs()
+def procs() -> Iterator[ProcessPool]:
+    found = ProcessPool()
     yield found
     found.kill_all()
 
 
-def _worker(db_url: str, procs: _Procs, *extra: str, **env: str) -> subprocess.Popen[str]:
+def _worker(db_url: str, procs: ProcessPool, *extra: str, **env: str) -> subprocess.Popen[str]:
     argv = ["-m", "tether", "worker", "--import", "fault_flows", "--poll", "0.01", *extra]
     return procs.add(spawn_python(argv, db_url, stderr=subprocess.PIPE, **env))
 
@@ -123,7 +106,7 @@ def _finished(client: tether.Client, ids: list[str]) -> bool:
 
 
 def test_a_worker_fails_poison_after_its_tries_and_runs_the_rest(
-    db_url: str, client: tether.Client, procs: _Procs
+    db_url: str, client: tether.Client, procs: ProcessPool
 ) -> None:
     tether.configure(executor=False)
     poison = [fault_flows.poison_retried.enqueue(kind).id for kind in ("exit", "cancel")]
@@ -146,7 +129,7 @@ def test_a_worker_fails_poison_after_its_tries_and_runs_the_rest(
 
 
 def test_an_execution_that_kills_its_process_fails_after_the_limit(
-    db_url: str, client: tether.Client, procs: _Procs
+    db_url: str, client: tether.Client, procs: ProcessPool
 ) -> None:
     tether.configure(executor=False)
     limit = 3
@@ -188,7 +171,7 @@ def test_an_execution_that_kills_its_process_fails_after_the_limit(
     ],
 )
 def test_leases_stop_being_renewed_when_the_loop_thread_ends_or_hangs(
-    db_url: str, client: tether.Client, procs: _Procs, fault: str, logged: str
+    db_url: str, client: tether.Client, procs: ProcessPool, fault: str, logged: str
 ) -> None:
     # A process runs five async executions that hold their checkpoint, then one of its
     # checkpoints stops the shared event loop, or blocks it for good.
@@ -232,7 +215,7 @@ def test_leases_stop_being_renewed_when_the_loop_thread_ends_or_hangs(
 
 
 def test_a_worker_whose_loop_thread_ended_stops_at_once_on_sigterm(
-    db_url: str, client: tether.Client, procs: _Procs
+    db_url: str, client: tether.Client, procs: ProcessPool
 ) -> None:
     tether.configure(executor=False)
     parked = [fault_flows.parked_agent.enqueue(i).id for i in range(3)]
@@ -265,7 +248,7 @@ def test_a_worker_whose_loop_thread_ended_stops_at_once_on_sigterm(
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_the_cli_hands_back_what_it_runs_on_sigint_and_sigterm(
-    db_url: str, client: tether.Client, procs: _Procs, signum: signal.Signals
+    db_url: str, client: tether.Client, procs: ProcessPool, signum: signal.Signals
 ) -> None:
     tether.configure(executor=False)
     execution_id = fault_flows.ticker.enqueue(60).id

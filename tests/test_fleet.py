@@ -20,33 +20,26 @@ import pytest
 import fleet_flows
 import tether
 from backend import postgres_only
-from helpers import retry_until, run_child, spawn_python
+from helpers import ProcessPool, retry_until, run_child, spawn_python
 from tether import Status
 
 WORKER = "import sys, fleet_flows; fleet_flows.run_worker(sys.argv[1:])"
 
 
-class Fleet:
-    """Worker processes for one test; all SIGKILLed at teardown whatever happens."""
+class Fleet(ProcessPool):
+    """Worker processes for one test."""
 
     def __init__(self, db_url: str, effects: Path) -> None:
+        super().__init__()
         self.db_url = db_url
         self.effects = effects
-        self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, *queues: str) -> subprocess.Popen[str]:
         proc = spawn_python(
             ["-c", WORKER, *queues], self.db_url, stderr=subprocess.DEVNULL,
             SIDE_EFFECTS=str(self.effects),
         )  # fmt: skip
-        self.procs.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
+        return self.add(proc)
 
 
 @pytest.fixture

@@ -16,16 +16,17 @@ import pytest
 
 import launcher_flows
 import tether
-from helpers import TESTS, child_env, retry_until, run_child, run_cli
+from helpers import TESTS, ProcessPool, child_env, retry_until, run_child, run_cli
 from tether import Status
 from tether._runtime.launcher import runner_name
 
 
-class Launchers:
+class Launchers(ProcessPool):
     """Launcher processes of one test, on one state directory; at teardown they and every
     runner still alive are SIGKILLed, whatever happened."""
 
     def __init__(self, db_url: str, tmp: Path) -> None:
+        super().__init__()
         self.db_url = db_url
         self.state = tmp / "state"
         self.effects = tmp / "effects.log"
@@ -33,7 +34,6 @@ class Launchers:
         self.gates.mkdir()
         self.logs = tmp / "logs"
         self.logs.mkdir()
-        self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, *extra: str, **env: str) -> subprocess.Popen[str]:
         argv = [
@@ -49,8 +49,7 @@ class Launchers:
                     self.db_url, SIDE_EFFECTS=str(self.effects), GATE_DIR=str(self.gates), **env
                 ),
             )  # fmt: skip
-        self.procs.append(proc)
-        return proc
+        return self.add(proc)
 
     def log(self, index: int) -> str:
         return (self.logs / f"launcher-{index}.log").read_text()
@@ -90,10 +89,7 @@ class Launchers:
         return Counter(label for _, _, label, _, _ in self.effects_lines())
 
     def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=10)
+        super().kill_all()
         for pid in self.runners().values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -20,7 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 import mcp_flows
 import tether
 from helpers import retry_until, spawn_python
-from server_procs import Processes, free_port
+from server_procs import Processes, free_port, wait_until_serving
 from test_mcp import OPERATE_TOOLS, READ_TOOLS, call, call_error
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -146,16 +146,7 @@ def test_without_the_sdk_mcp_says_how_to_install_it_and_the_rest_serves(
     server = spawn_python(["-c", code], db_url, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def up() -> bool:
-            if server.poll() is not None:
-                pytest.fail(f"the server exited: {server.communicate()[0]}")
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        retry_until(up, timeout=30, what="the server to answer /healthz")
+        wait_until_serving(server, url, lambda: server.communicate()[0])
         missing = _initialize(url)
         assert missing.status_code == 501, missing.text
         assert "pip install -e '.[mcp]'" in missing.json()["error"]["message"]

@@ -8,9 +8,7 @@ these tests run in the evals run of scripts/test (.venv-evals) and skip elsewher
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 from typing import Any
 
 import pytest
@@ -25,8 +23,7 @@ from pydantic_evals.evaluators import Contains, EqualsExpected, IsInstance, LLMJ
 
 import eval_judges as judges
 import replay_flows as flows
-import tether
-from helpers import run_python
+from helpers import record, run_python, run_replay_cli
 from tether.errors import UsageError
 from tether.testing import replay
 
@@ -41,20 +38,8 @@ def version() -> Any:
     flows.VERSION = 1
 
 
-def _record(flow: Any, *args: Any) -> str:
-    handle = flow.run(*args)
-    with contextlib.suppress(tether.ExecutionFailed):
-        handle.result(timeout=60)
-    return str(handle.id)
-
-
-def _cli(db_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    # A generous guard against a hang: each command replays flows on a shared, busy machine.
-    return run_python(["-m", "tether", *args], db_url, timeout=300, **env)
-
-
 def test_builtin_evaluators_score_a_gathered_flow_with_a_child(db_url: str) -> None:
-    recorded = _record(flows.research, "o1")
+    recorded = record(flows.research, "o1")
     flows.CALLS.clear()
     evaluators = [EqualsExpected(), Contains(value="receipt"), IsInstance(type_name="dict")]
 
@@ -80,7 +65,7 @@ def test_builtin_evaluators_score_a_gathered_flow_with_a_child(db_url: str) -> N
 
 
 def test_an_llm_judge_passes_the_same_agent_and_fails_another_model(db_url: str) -> None:
-    recorded = _record(flows.weather, "weather?")
+    recorded = record(flows.weather, "weather?")
     flows.CALLS.clear()
 
     same = replay(recorded, db=db_url, evaluators=[judges.reads_like_a_report])
@@ -116,7 +101,7 @@ def test_an_llm_judge_passes_the_same_agent_and_fails_another_model(db_url: str)
 
 
 async def test_an_llm_judge_runs_when_replay_is_called_from_async_code(db_url: str) -> None:
-    recorded = _record(flows.weather, "weather?")
+    recorded = record(flows.weather, "weather?")
 
     # This thread runs the test's event loop: the judge runs on tether's own.
     report = replay(recorded, db=db_url, evaluators=[judges.reads_like_a_report])
@@ -125,7 +110,7 @@ async def test_an_llm_judge_runs_when_replay_is_called_from_async_code(db_url: s
 
 
 def test_an_llm_judge_with_the_expected_output_and_inputs(db_url: str) -> None:
-    recorded = _record(flows.weather, "weather?")
+    recorded = record(flows.weather, "weather?")
     judge = LLMJudge(
         rubric="The output answers the input",
         model=judges.JUDGE_MODEL,
@@ -144,7 +129,7 @@ def test_an_llm_judge_with_the_expected_output_and_inputs(db_url: str) -> None:
 
 
 def test_a_label_that_changes_makes_the_case_changed(db_url: str) -> None:
-    recorded = _record(flows.weather, "weather?")
+    recorded = record(flows.weather, "weather?")
 
     same = replay(recorded, db=db_url, evaluators=[judges.tone])
     other = replay(recorded, db=db_url, model=flows.OTHER_MODEL, evaluators=[judges.tone])
@@ -161,7 +146,7 @@ def test_a_label_that_changes_makes_the_case_changed(db_url: str) -> None:
 
 
 def test_a_failure_is_scored_with_no_output_and_its_error(db_url: str) -> None:
-    recorded = _record(flows.billing, "o1")
+    recorded = record(flows.billing, "o1")
 
     report = replay(recorded, db=db_url, evaluators=[EqualsExpected()])
     flows.VERSION = 4  # billing raises after the charge now
@@ -173,7 +158,7 @@ def test_a_failure_is_scored_with_no_output_and_its_error(db_url: str) -> None:
 
 
 def test_the_context_holds_the_arguments_results_metadata_and_error(db_url: str) -> None:
-    recorded = _record(flows.research, "acme-1")
+    recorded = record(flows.research, "acme-1")
     flows.VERSION = 4  # the child flow (billing) raises after its charge now
 
     report = replay(recorded, db=db_url, evaluators=[judges.remember])
@@ -193,7 +178,7 @@ def test_the_context_holds_the_arguments_results_metadata_and_error(db_url: str)
 
 
 def test_a_span_based_evaluator_is_a_case_error_that_says_why(db_url: str) -> None:
-    recorded = _record(flows.weather, "weather?")
+    recorded = record(flows.weather, "weather?")
 
     report = replay(recorded, db=db_url, evaluators=[judges.made_a_model_request])
 
@@ -204,7 +189,7 @@ def test_a_span_based_evaluator_is_a_case_error_that_says_why(db_url: str) -> No
 
 
 def test_an_evaluator_class_instead_of_an_instance_is_a_usage_error(db_url: str) -> None:
-    recorded = _record(flows.billing, "o1")
+    recorded = record(flows.billing, "o1")
     with pytest.raises(UsageError, match=r"the class EqualsExpected: give an instance"):
         replay(recorded, db=db_url, evaluators=[EqualsExpected])
     with pytest.raises(UsageError, match="neither a function nor a pydantic-evals evaluator"):
@@ -212,7 +197,7 @@ def test_an_evaluator_class_instead_of_an_instance_is_a_usage_error(db_url: str)
 
 
 def test_two_evaluators_of_one_kind_keep_both_scores(db_url: str) -> None:
-    recorded = _record(flows.research, "o1")
+    recorded = record(flows.research, "o1")
     report = replay(
         recorded, db=db_url, evaluators=[Contains(value="receipt"), Contains(value="missing")]
     )
@@ -223,9 +208,9 @@ def test_two_evaluators_of_one_kind_keep_both_scores(db_url: str) -> None:
 
 
 def test_cli_evaluators_by_module_path_gate_on_the_judge(db_url: str) -> None:
-    recorded = _record(flows.weather, "weather?")
+    recorded = record(flows.weather, "weather?")
 
-    passed = _cli(
+    passed = run_replay_cli(
         db_url, "replay-test", recorded, "--import", "replay_flows", "--json",
         "--evaluator", "eval_judges:reads_like_a_report",
         "--evaluator", "pydantic_evals.evaluators:EqualsExpected",  # a class: made here
@@ -239,7 +224,7 @@ def test_cli_evaluators_by_module_path_gate_on_the_judge(db_url: str) -> None:
 
     # The code under test shouts the agent's answer (REPLAY_FLOWS_VERSION: its VERSION): the
     # judge fails it.
-    failed = _cli(
+    failed = run_replay_cli(
         db_url, "replay-test", recorded, "--import", "replay_flows",
         "--evaluator", "eval_judges:reads_like_a_report", REPLAY_FLOWS_VERSION="7",
     )  # fmt: skip
@@ -249,7 +234,7 @@ def test_cli_evaluators_by_module_path_gate_on_the_judge(db_url: str) -> None:
 
 
 def test_cli_evaluator_usage_errors(db_url: str) -> None:
-    recorded = _record(flows.billing, "o1")
+    recorded = record(flows.billing, "o1")
 
     for spec, message in [
         ("eval_judges", "give MODULE:NAME"),
@@ -258,14 +243,14 @@ def test_cli_evaluator_usage_errors(db_url: str) -> None:
         ("pydantic_evals.evaluators:IsInstance", "needs arguments"),
         ("replay_flows:VERSION", "name a function"),
     ]:
-        result = _cli(db_url, "replay-test", recorded, "--import", "replay_flows",
+        result = run_replay_cli(db_url, "replay-test", recorded, "--import", "replay_flows",
                       "--evaluator", spec)  # fmt: skip
         assert result.returncode == 2, (spec, result.stdout, result.stderr)
         assert message in result.stderr, (spec, result.stderr)
 
 
 def test_without_pydantic_evals_the_error_names_the_extra(db_url: str) -> None:
-    recorded = _record(flows.billing, "o1")
+    recorded = record(flows.billing, "o1")
     # An environment without pydantic-evals, as the main test runs are: its import fails.
     code = (
         "import sys; sys.modules['pydantic_evals'] = None; sys.argv[0] = 'tether'; "

@@ -4,7 +4,6 @@ changed code in a scratch store, tool calls answered from the recording."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 import replay_flows as flows
 import tether
-from helpers import TESTS, retry_until, run_python
+from helpers import TESTS, record, retry_until, run_replay_cli
 from tether.errors import ExecutionNotFound, ReplayMiss, UsageError
 from tether.testing import ReplayReport, Sample, export, replay
 
@@ -30,25 +29,13 @@ def version() -> Iterator[None]:
     flows.VERSION = 1
 
 
-def _record(db_url: str, flow: Any, *args: Any) -> str:
-    handle = flow.run(*args)
-    with contextlib.suppress(tether.ExecutionFailed):
-        handle.result(timeout=60)
-    return str(handle.id)
-
-
-def _cli(db_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    # A generous guard against a hang: each command replays flows on a shared, busy machine.
-    return run_python(["-m", "tether", *args], db_url, timeout=300, **env)
-
-
 def _executions(db_url: str) -> int:
     return len(tether.Client(db_url).list(limit=1000))
 
 
 def test_unchanged_code_replays_unchanged_without_running_a_tool(db_url: str) -> None:
-    first = _record(db_url, flows.research, "o1")
-    second = _record(db_url, flows.research, "o2")
+    first = record(flows.research, "o1")
+    second = record(flows.research, "o2")
     live = dict(flows.CALLS)
     assert live == {"fetch": 4, "charge": 2}
     stored = _executions(db_url)
@@ -69,7 +56,7 @@ def test_unchanged_code_replays_unchanged_without_running_a_tool(db_url: str) ->
 
 
 def test_a_changed_flow_is_changed_with_the_checkpoint_diff(db_url: str) -> None:
-    recorded = _record(db_url, flows.research, "o1")
+    recorded = record(flows.research, "o1")
     flows.VERSION = 2
     flows.CALLS.clear()
 
@@ -87,7 +74,7 @@ def test_a_changed_flow_is_changed_with_the_checkpoint_diff(db_url: str) -> None
 
 
 def test_a_call_with_new_arguments_fails_the_case_with_a_miss(db_url: str) -> None:
-    recorded = _record(db_url, flows.billing, "o1")
+    recorded = record(flows.billing, "o1")
     flows.VERSION = 3  # charges 4300 cents now
     flows.CALLS.clear()
 
@@ -103,7 +90,7 @@ def test_a_call_with_new_arguments_fails_the_case_with_a_miss(db_url: str) -> No
 
 
 def test_a_tool_given_a_static_answer_returns_it(db_url: str) -> None:
-    recorded = _record(db_url, flows.billing, "o1")
+    recorded = record(flows.billing, "o1")
     flows.CALLS.clear()
 
     report = replay(recorded, db=db_url, tools={"charge": "receipt-static"})
@@ -118,8 +105,8 @@ def test_a_tool_given_a_static_answer_returns_it(db_url: str) -> None:
 
 
 def test_a_recorded_failure_replays_as_the_same_failure_not_none(db_url: str) -> None:
-    failed = _record(db_url, flows.declined, "o1")
-    empty = _record(db_url, flows.nothing, "o2")  # a None result, for contrast
+    failed = record(flows.declined, "o1")
+    empty = record(flows.nothing, "o2")  # a None result, for contrast
     flows.CALLS.clear()
 
     report = replay(failed, empty, db=db_url)
@@ -136,14 +123,14 @@ def test_a_recorded_failure_replays_as_the_same_failure_not_none(db_url: str) ->
 
 
 def test_failure_to_success_is_improved_and_success_to_failure_regressed(db_url: str) -> None:
-    failed = _record(db_url, flows.declined, "o1")
+    failed = record(flows.declined, "o1")
     flows.VERSION = 2  # catches the recorded error now
     report = replay(failed, db=db_url)
     assert report.cases[0].verdict == "improved"
     assert report.ok
 
     flows.VERSION = 1
-    succeeded = _record(db_url, flows.billing, "o2")
+    succeeded = record(flows.billing, "o2")
     report = replay(succeeded, db=db_url, tools={"charge": "live"})
     assert report.cases[0].verdict == "unchanged"  # live, and the same
     flows.VERSION = 4  # raises after the charge
@@ -176,7 +163,7 @@ def test_a_recorded_wait_is_answered_and_a_new_one_is_an_error(db_url: str) -> N
 
 
 def test_evaluators_decide_improved_and_regressed(db_url: str) -> None:
-    recorded = _record(db_url, flows.research, "o1")
+    recorded = record(flows.research, "o1")
     flows.VERSION = 2
 
     def shouts(sample: Sample) -> float:
@@ -195,7 +182,7 @@ def test_evaluators_decide_improved_and_regressed(db_url: str) -> None:
 
 
 def test_a_durable_agent_replays_from_its_recorded_model_and_tool_calls(db_url: str) -> None:
-    recorded = _record(db_url, flows.weather, "weather?")
+    recorded = record(flows.weather, "weather?")
     assert flows.CALLS == {"lookup": 1}
     flows.CALLS.clear()
 
@@ -219,7 +206,7 @@ def test_a_durable_agent_replays_from_its_recorded_model_and_tool_calls(db_url: 
 
 
 def test_a_live_test_model_works_offline(db_url: str) -> None:
-    recorded = _record(db_url, flows.weather, "weather?")
+    recorded = record(flows.weather, "weather?")
     flows.CALLS.clear()
 
     report = replay(recorded, db=db_url, model="test", tools={"lookup": "live"})
@@ -230,8 +217,8 @@ def test_a_live_test_model_works_offline(db_url: str) -> None:
 
 
 def test_selection_by_flow_status_and_time(db_url: str) -> None:
-    first = _record(db_url, flows.billing, "o1")
-    _record(db_url, flows.declined, "o2")
+    first = record(flows.billing, "o1")
+    record(flows.declined, "o2")
     both = replay(db=db_url, flow="billing")
     failed = replay(db=db_url, status="failed")
     later = replay(db=db_url, since=tether.Client(db_url).get(first).created_at.timestamp() + 1e6)
@@ -240,8 +227,8 @@ def test_selection_by_flow_status_and_time(db_url: str) -> None:
     assert [c.execution_id for c in both.cases] == [first]
     assert [c.flow for c in failed.cases] == ["declined"]
     assert later.cases == []
-    acme = _record(db_url, flows.research, "acme-1")
-    _record(db_url, flows.research, "globex-1")
+    acme = record(flows.research, "acme-1")
+    record(flows.research, "globex-1")
     assert [c.execution_id for c in replay(db=db_url, tag="customer=acme").cases] == [acme]
     assert len(replay(db=db_url, tag="customer").cases) == 2
     with pytest.raises(ExecutionNotFound):
@@ -261,11 +248,11 @@ def test_the_miss_error_is_typed() -> None:
 
 
 def test_cli_exit_codes_json_and_markdown(db_url: str, tmp_path: Path) -> None:
-    ok = _record(db_url, flows.research, "o1")
-    declined = _record(db_url, flows.declined, "o2")
+    ok = record(flows.research, "o1")
+    declined = record(flows.declined, "o2")
     markdown = tmp_path / "report.md"
 
-    passed = _cli(db_url, "replay-test", ok, "--import", "replay_flows", "--json")
+    passed = run_replay_cli(db_url, "replay-test", ok, "--import", "replay_flows", "--json")
     assert passed.returncode == 0, passed.stdout + passed.stderr
     data = json.loads(passed.stdout)
     assert data["ok"] and data["totals"]["unchanged"] == 1
@@ -273,7 +260,7 @@ def test_cli_exit_codes_json_and_markdown(db_url: str, tmp_path: Path) -> None:
 
     # `declined` recorded a failure; a static answer makes the replay succeed: improved.
     # `ok` with the charge refused: regressed, exit 1.
-    failed = _cli(
+    failed = run_replay_cli(
         db_url, "replay-test", ok, declined, "--import", "replay_flows",
         "--tools", "charge=live", "--tools", 'flaky="fine"', "--markdown", str(markdown),
     )  # fmt: skip
@@ -283,18 +270,18 @@ def test_cli_exit_codes_json_and_markdown(db_url: str, tmp_path: Path) -> None:
     assert "| improved | `" + declined in text
     assert "| unchanged | `" + ok in text
 
-    missing = _cli(db_url, "replay-test", "nope", "--import", "replay_flows")
+    missing = run_replay_cli(db_url, "replay-test", "nope", "--import", "replay_flows")
     assert missing.returncode == 3, missing.stderr
-    bad = _cli(db_url, "replay-test", ok, "--tools", "x=", "--import", "replay_flows")
+    bad = run_replay_cli(db_url, "replay-test", ok, "--tools", "x=", "--import", "replay_flows")
     assert bad.returncode == 2, bad.stderr
 
 
 def test_cli_exits_1_on_a_regression_and_says_so_in_markdown(db_url: str, tmp_path: Path) -> None:
-    ok = _record(db_url, flows.billing, "o1")
+    ok = record(flows.billing, "o1")
     markdown = tmp_path / "report.md"
 
     # The code under test raises after the charge now (REPLAY_FLOWS_VERSION: its VERSION).
-    result = _cli(
+    result = run_replay_cli(
         db_url, "replay-test", ok, "--import", "replay_flows", "--markdown", str(markdown),
         REPLAY_FLOWS_VERSION="4",
     )  # fmt: skip
@@ -306,7 +293,7 @@ def test_cli_exits_1_on_a_regression_and_says_so_in_markdown(db_url: str, tmp_pa
     assert "+ failed: RuntimeError: the refactor broke billing" in text
 
     # A flow this process did not load is a case error: the gate fails too.
-    unloaded = _cli(db_url, "replay-test", ok)
+    unloaded = run_replay_cli(db_url, "replay-test", ok)
     assert unloaded.returncode == 1, unloaded.stdout + unloaded.stderr
     assert "not loaded" in unloaded.stdout and "--import replay_flows" in unloaded.stdout
 
@@ -321,11 +308,13 @@ def test_report_round_trips_to_json() -> None:
 def test_an_exported_suite_replays_in_a_fresh_directory_without_a_database(
     db_url: str, tmp_path: Path
 ) -> None:
-    research = _record(db_url, flows.research, "o1")
-    declined = _record(db_url, flows.declined, "o2")
+    research = record(flows.research, "o1")
+    declined = record(flows.declined, "o2")
     suite = tmp_path / "suite.jsonl"
 
-    written = _cli(db_url, "replay-test", "export", research, declined, "--out", str(suite))
+    written = run_replay_cli(
+        db_url, "replay-test", "export", research, declined, "--out", str(suite)
+    )
     assert written.returncode == 0, written.stderr
     assert "wrote 3 execution(s)" in written.stdout  # research, its child billing, declined
     lines = [json.loads(line) for line in suite.read_text().splitlines()]
@@ -351,7 +340,7 @@ def test_an_exported_suite_replays_in_a_fresh_directory_without_a_database(
 
 
 def test_export_redacts_what_it_writes_and_the_store_keeps_it(db_url: str, tmp_path: Path) -> None:
-    recorded = _record(db_url, flows.research, "o1")
+    recorded = record(flows.research, "o1")
     suite = tmp_path / "suite.jsonl"
 
     def no_pages(what: str, value: Any) -> Any:
@@ -378,7 +367,7 @@ def test_export_redacts_what_it_writes_and_the_store_keeps_it(db_url: str, tmp_p
 def test_a_sample_has_the_logged_metadata_from_a_store_and_from_a_suite(
     db_url: str, tmp_path: Path
 ) -> None:
-    recorded = _record(db_url, flows.research, "acme-1")
+    recorded = record(flows.research, "acme-1")
     seen: list[tuple[str, Any, float]] = []
 
     def customer(sample: Sample) -> bool:
@@ -407,7 +396,7 @@ def test_a_file_that_is_not_a_suite_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_a_case_that_does_not_end_in_time_is_an_error(db_url: str) -> None:
-    recorded = _record(db_url, flows.patient, "o1")
+    recorded = record(flows.patient, "o1")
     flows.VERSION = 6
 
     report = replay(recorded, db=db_url, timeout=0.5)
@@ -418,7 +407,7 @@ def test_a_case_that_does_not_end_in_time_is_an_error(db_url: str) -> None:
 
 
 def test_an_agents_parallel_tool_calls_are_matched_by_their_arguments(db_url: str) -> None:
-    recorded = _record(db_url, flows.two_cities, "where?")
+    recorded = record(flows.two_cities, "where?")
     assert flows.CALLS == {"lookup": 2}
     flows.CALLS.clear()
 

@@ -13,24 +13,13 @@ import pytest
 
 import run_async_flows as flows
 import tether
-from helpers import retry_until, run_child, spawn_child
+from helpers import recover_until_finished, retry_until, run_child, spawn_child
 from tether import Status
 from tether._core.config import store_for
 
 # Resume everything runnable until the execution has finished (the process that held it is
 # dead), then print its result.
-RECOVER = textwrap.dedent(
-    """
-    import sys, time, tether
-    import run_async_flows  # a process runs the flows it loaded
-    client = tether.Client()
-    deadline = time.monotonic() + 60
-    while not client.get(sys.argv[1]).status.finished and time.monotonic() < deadline:
-        client.recover()
-        time.sleep(0.05)
-    print(repr(client.handle(sys.argv[1]).result(timeout=5)), flush=True)
-    """
-)
+RECOVER = recover_until_finished("run_async_flows")
 
 
 def _resume(client: tether.Client, execution_id: str, **env: str) -> str:

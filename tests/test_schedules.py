@@ -16,7 +16,7 @@ import pytest
 
 import schedule_flows
 import tether
-from helpers import FakeClock, retry_until, run_cli, spawn_python
+from helpers import FakeClock, ProcessPool, retry_until, run_cli, spawn_python
 from tether import Status
 from tether._core.config import store_for
 from tether._runtime import deadlines as _deadlines
@@ -271,11 +271,11 @@ def test_pausing_an_unknown_schedule_names_the_known_ones(db_url: str, clock: Fa
 # --- a fleet of real worker processes -----------------------------------------------------
 
 
-class Workers:
+class Workers(ProcessPool):
     def __init__(self, db_url: str, effects: Path) -> None:
+        super().__init__()
         self.db_url = db_url
         self.effects = effects
-        self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, *, cli: bool = False) -> None:
         """A `tether.Worker` in a process of its own, or with `cli` a `tether worker`."""
@@ -284,13 +284,7 @@ class Workers:
             argv if cli else ["-c", WORKER], self.db_url, stderr=subprocess.DEVNULL,
             SIDE_EFFECTS=str(self.effects),
         )  # fmt: skip
-        self.procs.append(proc)
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
+        self.add(proc)
 
 
 @pytest.fixture

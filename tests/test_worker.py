@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tether
-from helpers import retry_until, run_child, run_cli, spawn_python
+from helpers import ProcessPool, retry_until, run_child, run_cli, spawn_python
 from tether import Status
 
 
@@ -26,25 +26,18 @@ def _pids(path: Path) -> set[str]:
     return {line.split()[2] for line in path.read_text().splitlines()}
 
 
-class Workers:
-    """Worker processes started by a test, stopped (SIGKILL) at teardown whatever happens."""
+class Workers(ProcessPool):
+    """`tether worker` processes started by a test."""
 
     def __init__(self, db_url: str, **env: str) -> None:
+        super().__init__()
         self.db_url = db_url
         self.env = env
-        self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, *extra: str) -> subprocess.Popen[str]:
         argv = ["-m", "tether", "worker", "--import", "approval_flows", "--poll", "0.01", *extra]
         proc = spawn_python(argv, self.db_url, stderr=subprocess.PIPE, **self.env)
-        self.procs.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=10)
+        return self.add(proc)
 
 
 @pytest.fixture

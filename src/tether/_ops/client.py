@@ -24,7 +24,7 @@ from .._core.positions import sort_key
 from .._core.status import Status
 from .._runtime import replay as _replay
 from .._runtime.adoption import SUSPEND_EVENT
-from .._runtime.engine import Runnable, load_flow
+from .._runtime.engine import Runnable, load_flow, process_words
 from .._runtime.executor import executor, host_prefix
 from .._runtime.handle import Handle, stored_execution
 from .._runtime.records import (
@@ -334,7 +334,7 @@ class Client:
         expires = record.lease_expires.timestamp() if record.lease_expires else None
         if not executor().owner_gone(record.owner, expires, now):
             return None
-        holder = _process_words(record.owner)
+        holder = process_words(record.owner)
         if expires is not None and expires < now:
             at = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             why = (
@@ -362,7 +362,7 @@ class Client:
         runner = executor()
         if row.owner is not None:
             if not runner.owner_gone(row.owner, row.lease_expires, now):
-                return Continuation(True, f"it runs in {_process_words(row.owner)}")
+                return Continuation(True, f"it runs in {process_words(row.owner)}")
             stranded = self.attention(ExecutionRecord.from_row(row))
             if stranded is not None:
                 return Continuation(None, f"nobody runs it now: {stranded}")
@@ -372,7 +372,7 @@ class Client:
         worker = f"a `tether worker` continues it; if none runs, start one, or run {resume}"
         if not isinstance(owner, str):
             return Continuation(None, worker)
-        holder = _process_words(owner)
+        holder = process_words(owner)
         if not data.get("parked"):
             return Continuation(None, f"it was suspended by a worker ({holder}): {worker}")
         if owner == runner.owner:
@@ -717,7 +717,7 @@ class Client:
         resumed = [execution_id for execution_id, _ in taken]
         if not wait or not settings().executor:
             return Recovered(resumed, skipped.values())
-        follower = Follower(self._store, runner, resumed, loaded, _process_words)
+        follower = Follower(self._store, runner, resumed, loaded, process_words)
         left = follower.run()
         return Recovered(follower.resumed, skipped.values(), left)
 
@@ -971,13 +971,6 @@ class Continuation:
 
     live: bool | None
     message: str
-
-
-def _process_words(owner: str) -> str:
-    """`pid 123 on host-a` for an owner id (`host:pid:nonce`)."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    return f"pid {pid} on {host}" if pid.isdigit() else owner
 
 
 def _failed_child(wait: WaitRow) -> bool:

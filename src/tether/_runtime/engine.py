@@ -300,7 +300,8 @@ _HANDED_BACK = ("released", "crash_loop", "retry")
 
 
 def process_words(owner: str | None) -> str:
-    """`pid 123 on host-a` for an owner id (`host:pid:nonce`)."""
+    """`pid 123 on host host-a` for an owner id (`host:pid:nonce`), in events and in what
+    the client says about who runs an execution alike."""
     if owner is None:
         return "an unknown process"
     host, _, rest = owner.partition(":")

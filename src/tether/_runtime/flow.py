@@ -36,7 +36,69 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-class Flow(Generic[P, R]):
+class _Starts(Generic[P, R]):
+    """`run()`, `run_async()` and `enqueue()`, with their typed overloads, written once for
+    a flow (`Flow`) and a flow with start options bound (`Starter`)."""
+
+    def _target(self) -> tuple[Flow[P, R], _StartOptions | None]:
+        """The flow to start, and its bound options (None: none bound)."""
+        raise NotImplementedError
+
+    @overload
+    def run(
+        self: _Starts[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Handle[T]: ...
+
+    @overload
+    def run(self: _Starts[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
+
+    def run(self, *args: Any, **kwargs: Any) -> Handle[Any]:
+        """Record a new execution and start it in the background; returns at once.
+
+        `handle.result()` (or `await handle`) gives the flow's return value; for an async
+        flow that is the awaited value. In a client-only process
+        (`configure(executor=False)`, `TETHER_EXECUTOR=off`) this is `enqueue()`.
+        """
+        flow, options = self._target()
+        return flow._start(args, kwargs, None, local=settings().executor, options=options)
+
+    @overload
+    def enqueue(
+        self: _Starts[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Handle[T]: ...
+
+    @overload
+    def enqueue(self: _Starts[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Handle[Any]:
+        """Record a new execution for a `tether worker` to run; nothing runs in this process."""
+        flow, options = self._target()
+        return flow._start(args, kwargs, None, local=False, options=options)
+
+    @overload
+    def run_async(
+        self: _Starts[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    @overload
+    def run_async(
+        self: _Starts[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, Handle[T]]: ...
+
+    def run_async(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Handle[Any]]:
+        """`run()` for a caller on an event loop: `handle = await flow.run_async(...)`.
+
+        Records the execution and starts it; the await returns once the execution is
+        durable, without blocking the loop meanwhile, and starts awaited concurrently
+        (`asyncio.gather`) are committed together, a few transactions for thousands of
+        starts. The arguments are checked when it is called, with the errors of `run()`.
+        In flow code it starts a child flow exactly as `run()` does there.
+        """
+        flow, options = self._target()
+        return flow._start_async(args, kwargs, options)
+
+
+class Flow(_Starts[P, R]):
     """A durable function: each `run()` is an execution that survives crashes."""
 
     def __init__(
@@ -145,23 +207,6 @@ class Flow(Generic[P, R]):
         self.scheduled = _schedules.Scheduled(self.name, spec, checked, self, make_row)
         _schedules.declare(self.scheduled)
 
-    @overload
-    def run(
-        self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
-    ) -> Handle[T]: ...
-
-    @overload
-    def run(self: Flow[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
-
-    def run(self, *args: Any, **kwargs: Any) -> Handle[Any]:
-        """Record a new execution and start it in the background; returns at once.
-
-        `handle.result()` (or `await handle`) gives the flow's return value; for an async
-        flow that is the awaited value. In a client-only process
-        (`configure(executor=False)`, `TETHER_EXECUTOR=off`) this is `enqueue()`.
-        """
-        return self._start(args, kwargs, None, local=settings().executor)
-
     def options(
         self,
         *,
@@ -198,38 +243,8 @@ class Flow(Generic[P, R]):
             ),
         )  # fmt: skip
 
-    @overload
-    def enqueue(
-        self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
-    ) -> Handle[T]: ...
-
-    @overload
-    def enqueue(self: Flow[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> Handle[Any]:
-        """Record a new execution for a `tether worker` to run; nothing runs in this process."""
-        return self._start(args, kwargs, None, local=False)
-
-    @overload
-    def run_async(
-        self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
-    ) -> Coroutine[Any, Any, Handle[T]]: ...
-
-    @overload
-    def run_async(
-        self: Flow[P, T], *args: P.args, **kwargs: P.kwargs
-    ) -> Coroutine[Any, Any, Handle[T]]: ...
-
-    def run_async(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Handle[Any]]:
-        """`run()` for a caller on an event loop: `handle = await flow.run_async(...)`.
-
-        Records the execution and starts it; the await returns once the execution is
-        durable, without blocking the loop meanwhile, and starts awaited concurrently
-        (`asyncio.gather`) are committed together, a few transactions for thousands of
-        starts. The arguments are checked when it is called, with the errors of `run()`.
-        In flow code it starts a child flow exactly as `run()` does there.
-        """
-        return self._start_async(args, kwargs, None)
+    def _target(self) -> tuple[Flow[P, R], _StartOptions | None]:
+        return self, None
 
     def _start_async(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], options: _StartOptions | None
@@ -372,52 +387,15 @@ class _StartOptions:
     not_before: dt.datetime | None = None
 
 
-class Starter(Generic[P, R]):
+class Starter(_Starts[P, R]):
     """A flow with start options bound (from `Flow.options()`)."""
 
     def __init__(self, flow: Flow[P, R], options: _StartOptions) -> None:
         self._flow = flow
         self._options = options
 
-    @overload
-    def run(
-        self: Starter[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
-    ) -> Handle[T]: ...
-
-    @overload
-    def run(self: Starter[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
-
-    def run(self, *args: Any, **kwargs: Any) -> Handle[Any]:
-        """`Flow.run()` with these options."""
-        return self._flow._start(
-            args, kwargs, None, local=settings().executor, options=self._options
-        )
-
-    @overload
-    def run_async(
-        self: Starter[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
-    ) -> Coroutine[Any, Any, Handle[T]]: ...
-
-    @overload
-    def run_async(
-        self: Starter[P, T], *args: P.args, **kwargs: P.kwargs
-    ) -> Coroutine[Any, Any, Handle[T]]: ...
-
-    def run_async(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Handle[Any]]:
-        """`Flow.run_async()` with these options."""
-        return self._flow._start_async(args, kwargs, self._options)
-
-    @overload
-    def enqueue(
-        self: Starter[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
-    ) -> Handle[T]: ...
-
-    @overload
-    def enqueue(self: Starter[P, T], *args: P.args, **kwargs: P.kwargs) -> Handle[T]: ...
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> Handle[Any]:
-        """`Flow.enqueue()` with these options."""
-        return self._flow._start(args, kwargs, None, local=False, options=self._options)
+    def _target(self) -> tuple[Flow[P, R], _StartOptions | None]:
+        return self._flow, self._options
 
 
 def _in_flow_code() -> Run | None:

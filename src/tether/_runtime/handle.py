@@ -106,12 +106,7 @@ class Handle(Generic[R]):
                     continue
                 if Status(row.status).finished:
                     return cast(R, _outcome(row))
-                self._check_abandoned(runner, row)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ResultTimeout(
-                        f"execution {self.id} is still {row.status} after {timeout}s"
-                    )
+                remaining = self._still_waiting(runner, row, deadline, timeout)
                 if runner.holds(self._store, self.id):
                     # Held here: its end wakes us; the store is read now and then anyway.
                     wait = _HELD_POLL
@@ -166,12 +161,7 @@ class Handle(Generic[R]):
                     continue
                 if Status(row.status).finished:
                     return cast(R, _outcome(row))
-                self._check_abandoned(runner, row)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ResultTimeout(
-                        f"execution {self.id} is still {row.status} after {timeout}s"
-                    )
+                remaining = self._still_waiting(runner, row, deadline, timeout)
                 if runner.holds(self._store, self.id):
                     # Held here: its end wakes us; the store is read now and then anyway.
                     wait, held_pause = held_pause, min(held_pause * 2, _HELD_POLL_MAX)
@@ -185,6 +175,22 @@ class Handle(Generic[R]):
             finally:
                 if not woken.done():
                     runner.unwatch(self._store, self.id, woken)
+
+    def _still_waiting(
+        self,
+        runner: Executor,
+        row: ExecutionRow,
+        deadline: float | None,
+        timeout: float | None,
+    ) -> float | None:
+        """After a read of an unfinished execution, for `result()` and `result_async()`
+        alike: whether waiting may go on. Returns the seconds left (None: no timeout);
+        raises when waiting would never end or the timeout has passed."""
+        self._check_abandoned(runner, row)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise ResultTimeout(f"execution {self.id} is still {row.status} after {timeout}s")
+        return remaining
 
     def _check_abandoned(self, runner: Executor, row: ExecutionRow) -> None:
         """Waiting would never end when this process gave the execution up (it runs only if

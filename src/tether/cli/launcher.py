@@ -17,7 +17,14 @@ from ..errors import ConfigurationError
 from ..store import exists as store_exists
 from ..store import redact
 from ._common import cli_errors, missing_store
-from .options import MAX_CONCURRENCY, MAX_POLL_SECONDS, DbOption, ScriptOption, finite
+from .options import (
+    MAX_CONCURRENCY,
+    MAX_POLL_SECONDS,
+    DbOption,
+    ScriptOption,
+    finite,
+    queue_names,
+)
 
 
 class BackendName(StrEnum):
@@ -67,6 +74,7 @@ def launcher_command(
         typer.Option(
             "--queue",
             metavar="NAME",
+            callback=queue_names,
             help="Launch runners only for executions of this queue (repeatable); default: "
             "every queue.",
         ),
@@ -123,9 +131,6 @@ def launcher_command(
         )
     if backend is BackendName.kubernetes and state_dir is not None:
         raise typer.BadParameter("--state-dir is for --backend process", param_hint="--state-dir")
-    for name in queues or ():
-        if not name.strip():
-            raise typer.BadParameter("a queue name is a non-empty string", param_hint="--queue")
     with cli_errors():
         if db:
             _config.configure(db=db)

@@ -57,6 +57,14 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+def queue_names(names: list[str] | None) -> list[str] | None:
+    """Callback of a repeatable --queue option: a blank name would select no queue at all."""
+    for name in names or ():
+        if not name.strip():
+            raise typer.BadParameter("a queue name is a non-empty string")
+    return names
+
+
 def _no_type(ctx: Any) -> None:
     return None
 

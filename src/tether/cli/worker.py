@@ -21,6 +21,7 @@ from .options import (
     DbOption,
     ScriptOption,
     finite,
+    queue_names,
 )
 
 
@@ -53,6 +54,7 @@ def worker_command(
         typer.Option(
             "--queue",
             metavar="NAME",
+            callback=queue_names,
             help="Serve only this queue (repeatable); default: every queue. The limits of "
             "the queues served that an imported module declares (tether.Queue) are published "
             "to the store, where they hold across the fleet.",
@@ -132,9 +134,6 @@ def worker_command(
     next checkpoint boundary.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in queues or ():
-        if not name.strip():
-            raise typer.BadParameter("a queue name is a non-empty string", param_hint="--queue")
     with cli_errors():
         if db:
             _config.configure(db=db)

@@ -162,6 +162,26 @@ def marks(items: Sequence[Any]) -> str:
     return ", ".join("?" * len(items))
 
 
+def conditions(
+    equal: Sequence[tuple[str, object]], prefix: tuple[str, str | None]
+) -> tuple[list[str], list[Any]]:
+    """The conditions of a filtered read and their parameters: `column = ?` for each
+    (column, value) in `equal` whose value is not None, and for `prefix` (column, text), a
+    column that starts with a non-empty text."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in equal:
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    column, start = prefix
+    if start:
+        # substr, not LIKE: no escaping of % and _, and the same in both databases.
+        where.append(f"substr({column}, 1, CAST(? AS INTEGER)) = ?")
+        params.extend((len(start), start))
+    return where, params
+
+
 def event_params(e: EventRow) -> tuple[Any, ...]:
     return (e.execution_id, e.position, e.at, e.level, e.kind, e.message, e.data)
 

@@ -25,6 +25,7 @@ from ._sql_common import (
     Connection,
     SqlBase,
     checkpoint_values,
+    conditions,
     execution_row,
     marks,
 )
@@ -490,19 +491,4 @@ def _selection(
 ) -> tuple[list[str], list[Any]]:
     """The conditions (and their parameters) that a list and its status counts share, so
     that the counts beside a filtered list count what that list holds."""
-    where: list[str] = []
-    params: list[Any] = []
-    if parent is not None:
-        where.append("parent_id = ?")
-        params.append(parent)
-    if flow is not None:
-        where.append("flow = ?")
-        params.append(flow)
-    if queue is not None:
-        where.append("queue = ?")
-        params.append(queue)
-    if id_prefix:
-        # substr, as in execution_ids: no LIKE escaping, the same in both databases.
-        where.append("substr(id, 1, CAST(? AS INTEGER)) = ?")
-        params.extend((len(id_prefix), id_prefix))
-    return where, params
+    return conditions((("parent_id", parent), ("flow", flow), ("queue", queue)), ("id", id_prefix))

@@ -9,7 +9,7 @@ from ..errors import MemoryConflictError, StoreError
 from ._base import (
     MemoryRow,
 )
-from ._sql_common import SqlBase, marks
+from ._sql_common import SqlBase, conditions, marks
 
 MEMORY_COLUMNS = (
     "scope, scope_id, key, version, deleted, blob, base_version, items, length, size, "
@@ -134,18 +134,10 @@ class MemorySql(SqlBase):
     def list_memory(
         self, *, scope: str | None, scope_id: str | None, prefix: str | None, limit: int
     ) -> list[MemoryRow]:
-        where = ["m.deleted = 0"]
-        params: list[Any] = []
-        if scope is not None:
-            where.append("m.scope = ?")
-            params.append(scope)
-        if scope_id is not None:
-            where.append("m.scope_id = ?")
-            params.append(scope_id)
-        if prefix:
-            # substr, not LIKE: no escaping of % and _ in keys, the same in both databases.
-            where.append("substr(m.key, 1, CAST(? AS INTEGER)) = ?")
-            params.extend((len(prefix), prefix))
+        found, params = conditions(
+            (("m.scope", scope), ("m.scope_id", scope_id)), ("m.key", prefix)
+        )
+        where = ["m.deleted = 0", *found]
         params.append(limit)
         rows = self._all(
             f"SELECT {MEMORY_COLUMNS} FROM memory m WHERE {' AND '.join(where)} AND m.version = "

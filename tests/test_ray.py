@@ -470,6 +470,10 @@ def test_executions_on_a_two_node_cluster_survive_a_raylet_killed_mid_run(
                 # A new holder mid-way without a wait or sleep: a takeover from the dead node.
                 assert ran[keys[i - 1]][-1][1] == second, (execution_id, tokens)
                 taken_over += 1
-    if kill == "node":
+    if kill == "raylet":
+        # Orphaned, the dead raylet's workers finished what they ran, under their leases.
+        assert taken_over == 0, "nothing was taken over"
+        assert all(len(calls) == 1 for calls in ran.values()), "no call ran again"
+    else:
         assert victims and taken_over, "the kill hit executions in flight; they were taken over"
         assert "its Ray task failed" in (tmp_path / "dispatcher.log").read_text()

@@ -382,7 +382,7 @@ def test_a_ray_checkpoint_with_a_custom_resource_runs_on_the_node_that_has_it(
 SCALED = int(os.environ.get("TETHER_RAY_SCALE", "200"))
 
 
-@pytest.mark.parametrize("kill", ["node", "raylet"])
+@pytest.mark.parametrize("kill", ["node", "raylet", "freeze"])
 def test_executions_on_a_two_node_cluster_survive_a_raylet_killed_mid_run(
     dispatchers: Dispatchers, second_node: Any, tmp_path: Path, kill: str
 ) -> None:
@@ -390,9 +390,11 @@ def test_executions_on_a_two_node_cluster_survive_a_raylet_killed_mid_run(
     in, run as Ray tasks on both nodes; the second node's raylet is SIGKILLed while some of
     them run there: with its Ray workers (`node`, a machine that dies: what ran there is
     taken over), or alone (`raylet`: Ray gives the tasks up while their orphaned workers
-    still hold the leases and commit). Every execution finishes with its result, a call ran
-    again only if it was in flight on the dead node, and the commits of each execution come
-    from one lease holder after another, never two at once."""
+    still hold the leases and commit); or the node is frozen (SIGSTOP, a partition) until
+    its executions are taken over and then thawed, so its stale holders run on and try to
+    commit. Every execution finishes with its result, a call ran again only if it was in
+    flight on the second node, and the commits of each execution come from one lease holder
+    after another, never two at once."""
     if BACKEND != "postgres":
         pytest.skip("a cluster of two nodes needs a store every node reaches: run with "
                     "TETHER_TEST_DB=postgres")  # fmt: skip
@@ -433,10 +435,25 @@ def test_executions_on_a_two_node_cluster_survive_a_raylet_killed_mid_run(
     victims = retry_until(mid_run, timeout=300, what="executions to run on the second node")
     if kill == "node":
         kill_node(second_node)
-    else:
+    elif kill == "raylet":
         # Its workers, orphaned, are killed at the end (the cluster no longer knows them).
         dispatchers.orphans += descendants(raylet_pid(second_node))
         os.kill(raylet_pid(second_node), signal.SIGKILL)
+    else:
+        frozen = [raylet_pid(second_node), *descendants(raylet_pid(second_node))]
+        holders = {v: client.get(v).owner for v in victims}
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            retry_until(
+                lambda: all(client.get(v).owner != holders[v] for v in victims),
+                timeout=120,
+                what="the frozen node's executions to be taken over",
+            )
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def all_done() -> bool:
         answer()
@@ -454,13 +471,14 @@ def test_executions_on_a_two_node_cluster_survive_a_raylet_killed_mid_run(
         assert result["total"] == ray_flows.scaled_expected(n), execution_id
         keys = [key for key, _ in result["calls"]]
         tokens: list[str] = [token for _, token in result["calls"]]
+        committed_on: dict[str, str] = {}
         for key, token in zip(keys, tokens, strict=True):
             calls = ran[key]
             # The committed call ran once, under the lease that committed it; any other
-            # run of it was in flight on the dead node.
+            # run of it was on the second node, in flight there when it died or froze.
             assert [t for t, _ in calls].count(token) == 1, (key, calls)
-            assert calls[-1][0] == token, (key, calls)
-            assert all(node == second for _, node in calls[:-1]), (key, calls)
+            assert all(node == second for t, node in calls if t != token), (key, calls)
+            committed_on[key] = next(node for t, node in calls if t == token)
         holders = [t for i, t in enumerate(tokens) if i == 0 or t != tokens[i - 1]]
         # One holder after another: a lease that stopped committing never commits again.
         assert len(holders) == len(set(holders)), (execution_id, tokens)
@@ -468,7 +486,7 @@ def test_executions_on_a_two_node_cluster_survive_a_raylet_killed_mid_run(
         for i in range(1, len(tokens)):
             if tokens[i] != tokens[i - 1] and not suspends.get(i - 1, lambda n: False)(n):
                 # A new holder mid-way without a wait or sleep: a takeover from the dead node.
-                assert ran[keys[i - 1]][-1][1] == second, (execution_id, tokens)
+                assert committed_on[keys[i - 1]] == second, (execution_id, tokens)
                 taken_over += 1
     if kill == "raylet":
         # Orphaned, the dead raylet's workers finished what they ran, under their leases.
@@ -476,4 +494,5 @@ def test_executions_on_a_two_node_cluster_survive_a_raylet_killed_mid_run(
         assert all(len(calls) == 1 for calls in ran.values()), "no call ran again"
     else:
         assert victims and taken_over, "the kill hit executions in flight; they were taken over"
+    if kill == "node":
         assert "its Ray task failed" in (tmp_path / "dispatcher.log").read_text()

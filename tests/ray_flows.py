@@ -19,12 +19,13 @@ def _assigned() -> dict[str, float]:
     return dict(ray.get_runtime_context().get_assigned_resources())
 
 
-def _note(label: str) -> None:
-    """Append `<label> <pid>` to $SIDE_EFFECTS: a Ray body has no tether.current()."""
+def _note(label: str, *, pid: bool = True) -> None:
+    """Append `<label> <pid>` (`<label>` without `pid`) to $SIDE_EFFECTS, fsynced: a Ray
+    body has no tether.current(), and `scaled_step` writes more than a position."""
     path = os.environ.get("SIDE_EFFECTS")
     if path:
         with open(path, "a") as f:
-            f.write(f"{label} {os.getpid()}\n")
+            f.write(f"{label} {os.getpid()}\n" if pid else f"{label}\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -133,3 +134,68 @@ async def slow_once(marker: str) -> int:
 @tether.flow
 async def timed(marker: str) -> int:
     return await slow_once(marker)
+
+
+def _node() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
+
+
+# Only the tests' second node has the resource `second` (tests/test_ray.py).
+@tether.checkpoint(runtime="ray", resources={"num_cpus": 0.25, "resources": {"second": 0.5}})
+def on_second() -> str:
+    _note("on_second")
+    return _node()
+
+
+@tether.flow
+def placed() -> str:
+    return on_second()
+
+
+@tether.checkpoint
+async def scaled_step(n: int, i: int) -> dict[str, Any]:
+    # The lease token this process runs the call under is the one its commit is fenced on,
+    # so the recorded result names the lease holder that committed it. Read from tether's
+    # internals: a test's attribution, not something an application needs.
+    from tether._core.context import current_run
+
+    run = current_run.get()
+    assert run is not None
+    key = tether.current().idempotency_key
+    _note(f"{key} {run.token} {_node()}", pid=False)
+    # Long enough that a node's death finds calls in flight there.
+    await asyncio.sleep(0.1)
+    return {"value": n * 100 + i, "token": run.token, "key": key}
+
+
+SCALED_STEPS = 10
+
+
+def scaled_answer(n: int) -> int:
+    """The input the test gives to execution `n`'s wait."""
+    return n * 7
+
+
+def scaled_expected(n: int) -> int:
+    """What execution `n` of `scaled` returns."""
+    total = sum(n * 100 + i for i in range(SCALED_STEPS))
+    return total + (scaled_answer(n) if n % 3 == 0 else 0)
+
+
+@tether.flow(resources={"num_cpus": 0.25})
+async def scaled(n: int) -> dict[str, Any]:
+    # Ten calls; every third execution waits for input from the test, every other one
+    # sleeps a moment (either ends its Ray task, and a new task resumes it).
+    total = 0
+    calls = []
+    for i in range(SCALED_STEPS):
+        done = await scaled_step(n, i)
+        total += done["value"]
+        calls.append((done["key"], done["token"]))
+        if i == 3 and n % 3 == 0:
+            total += tether.wait("answer", schema=int)
+        if i == 6 and n % 2 == 0:
+            tether.sleep(0.2)
+    return {"total": total, "calls": calls}

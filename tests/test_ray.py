@@ -7,12 +7,14 @@ in Ray's own worker processes, which a test kills with SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -31,27 +33,114 @@ ray = pytest.importorskip(
 import ray_flows  # noqa: E402 - after the skip: its flows are what the Ray tasks import
 
 
+class RayCluster:
+    """A local Ray cluster of node processes: the head (2 CPUs, resource `tether_node`) and,
+    for the tests that ask for it (`second_node`), a second node (1 CPU, resource `second`)
+    with a raylet of its own that a test can SIGKILL. Small: the machine has 2 cores and is
+    shared. (A SQLite store is refused for a cluster of two nodes, so the dispatcher tests
+    on SQLite run while the head is the only node.)"""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.env = env
+        # The nodes' processes (and so Ray's worker processes) get the environment of the
+        # process that starts them: this one's.
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 2, "resources": {"tether_node": 1}, "include_dashboard": False,
+            },
+        )  # fmt: skip
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+    def add_second(self) -> Any:
+        node = self.cluster.add_node(num_cpus=1, resources={"second": 1})
+        self.cluster.wait_for_nodes()
+        return node
+
+    def remove(self, node: Any) -> None:
+        """Stop a node's processes (what is left of them after a kill) and forget it."""
+        self.cluster.remove_node(node, allow_graceful=False)
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+def raylet_pid(node: Any) -> int:
+    return int(node.all_processes["raylet"][0].process.pid)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by `pid`, their children, and so on (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (in parentheses) may hold spaces: the fields after it are
+            # state, then the parent's pid.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def kill_node(node: Any) -> list[int]:
+    """SIGKILL a node's raylet and, at the same moment, the Ray worker processes it started,
+    as when its machine dies. (A raylet killed alone leaves its workers running on for a
+    while, finishing what they run under their leases.) Returns the pids killed."""
+    raylet = raylet_pid(node)
+    victims = [raylet, *descendants(raylet)]
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return victims
+
+
 @pytest.fixture(scope="module")
-def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A local Ray cluster for the module; its tasks find the tests' modules and this tether.
-    Ray's worker processes have the environment of the process that started the cluster, so
-    the file the flows note their calls in is set here, once (see `effects`)."""
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """The module's Ray cluster (see `RayCluster`); this process is a driver of it. Ray's
+    worker processes have the environment of the process that started the nodes, so the
+    file the flows note their calls in is set here, once (see `effects`)."""
     path = os.pathsep.join([str(TESTS), str(SRC), os.environ.get("PYTHONPATH", "")])
     effects = tmp_path_factory.mktemp("ray") / "effects.log"
     os.environ["SIDE_EFFECTS"] = str(effects)
-    ray.init(
-        address="local",  # its own cluster, even when another runs on this machine
-        num_cpus=2,
-        resources={"tether_node": 1},
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
-        logging_level="warning",
-    )
+    cluster = RayCluster({"PYTHONPATH": path})
     try:
-        yield ray.get_runtime_context().gcs_address
+        ray.init(
+            address=cluster.address,
+            runtime_env={"env_vars": cluster.env},
+            logging_level="warning",
+        )
+        yield cluster
     finally:
+        # Whatever a test did: no node process of this module outlives it.
         ray.shutdown()
+        cluster.shutdown()
         del os.environ["SIDE_EFFECTS"]
+
+
+@pytest.fixture(scope="module")
+def ray_address(ray_cluster: RayCluster) -> str:
+    return ray_cluster.address
+
+
+@pytest.fixture
+def second_node(ray_cluster: RayCluster) -> Iterator[Any]:
+    """A second node process in the cluster for the test, removed after it (killed or not)."""
+    node = ray_cluster.add_second()
+    try:
+        yield node
+    finally:
+        ray_cluster.remove(node)
 
 
 @pytest.fixture
@@ -68,22 +157,32 @@ class Dispatchers:
     def __init__(self, db_url: str, address: str, effects: Path) -> None:
         self.db_url, self.address, self.effects = db_url, address, effects
         self.procs: list[subprocess.Popen[str]] = []
+        self.logs: list[IO[str]] = []
+        # Ray worker processes a test orphaned (by killing their raylet alone).
+        self.orphans: list[int] = []
 
-    def start(self, *extra: str, lease: float | None = None) -> subprocess.Popen[str]:
+    def start(
+        self, *extra: str, lease: float | None = None, concurrency: int = 2, log: Path | None = None
+    ) -> subprocess.Popen[str]:
+        """`log`: its stderr goes to that file, not a pipe (a pipe nobody reads while many
+        executions run would fill and block it)."""
         if lease is None:
             argv = ["-m", "tether", "worker", "--import", "ray_flows", "--ray", self.address]
-            argv += ["--poll", "0.05", "--concurrency", "2", *extra]
+            argv += ["--poll", "0.05", "--concurrency", str(concurrency), *extra]
         else:
             # Short leases, so that a killed task's execution is taken over soon.
             code = (
                 f"import sys, tether; tether.configure(lease_seconds={lease!r}); "
-                "tether.Worker(imports=['ray_flows'], ray=sys.argv[1], concurrency=2, "
-                "poll=0.05).run()"
+                "tether.Worker(imports=['ray_flows'], ray=sys.argv[1], "
+                f"concurrency={concurrency}, poll=0.05).run()"
             )
             argv = ["-c", code, self.address]
-        proc = spawn_python(
-            argv, self.db_url, stderr=subprocess.PIPE, SIDE_EFFECTS=str(self.effects)
-        )
+        if log is None:
+            stderr = subprocess.PIPE
+        else:
+            self.logs.append(log.open("w"))
+            stderr = self.logs[-1].fileno()
+        proc = spawn_python(argv, self.db_url, stderr=stderr, SIDE_EFFECTS=str(self.effects))
         self.procs.append(proc)
         return proc
 
@@ -97,6 +196,11 @@ class Dispatchers:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=10)
+        for log in self.logs:
+            log.close()
+        for pid in self.orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -260,3 +364,117 @@ def test_resources_are_checked_when_a_flow_or_checkpoint_is_declared() -> None:
         tether.checkpoint(runtime="spark")(ray_flows._note)  # type: ignore[call-overload]
     with pytest.raises(tether.UsageError, match="resources= goes with runtime='ray'"):
         tether.checkpoint(resources={"num_cpus": 1})(ray_flows._note)
+
+
+def test_a_ray_checkpoint_with_a_custom_resource_runs_on_the_node_that_has_it(
+    db_url: str, effects: Path, second_node: Any
+) -> None:
+    # The flow runs in this process (on the head's machine); only the second node has the
+    # resource `second` that the checkpoint's body asks for.
+    handle = ray_flows.placed.run()
+    assert handle.result(timeout=120) == second_node.node_id
+    assert second_node.node_id != ray.get_runtime_context().get_node_id()
+    assert [line[-2] for line in _lines(effects)] == ["on_second"]
+
+
+# Executions of `ray_flows.scaled` run by one dispatcher while a node dies: 200 take about a
+# minute on a 2-core machine; TETHER_RAY_SCALE makes it fewer for a quick look.
+SCALED = int(os.environ.get("TETHER_RAY_SCALE", "200"))
+
+
+@pytest.mark.parametrize("kill", ["node", "raylet"])
+def test_executions_on_a_two_node_cluster_survive_a_raylet_killed_mid_run(
+    dispatchers: Dispatchers, second_node: Any, tmp_path: Path, kill: str
+) -> None:
+    """Many executions of ten calls, with waits answered by the test and short sleeps mixed
+    in, run as Ray tasks on both nodes; the second node's raylet is SIGKILLed while some of
+    them run there: with its Ray workers (`node`, a machine that dies: what ran there is
+    taken over), or alone (`raylet`: Ray gives the tasks up while their orphaned workers
+    still hold the leases and commit). Every execution finishes with its result, a call ran
+    again only if it was in flight on the dead node, and the commits of each execution come
+    from one lease holder after another, never two at once."""
+    if BACKEND != "postgres":
+        pytest.skip("a cluster of two nodes needs a store every node reaches: run with "
+                    "TETHER_TEST_DB=postgres")  # fmt: skip
+    count = SCALED if kill == "node" else min(SCALED, 60)
+    client = tether.Client()
+    handles = {ray_flows.scaled.enqueue(n).id: n for n in range(count)}
+    dispatchers.start(lease=5.0, concurrency=8, log=tmp_path / "dispatcher.log")
+    second = second_node.node_id
+
+    def answer() -> None:
+        for wait in client.pending_waits(flow="scaled", limit=1000):
+            if wait.kind == "input":
+                client.input(
+                    wait.execution_id,
+                    wait.name,
+                    ray_flows.scaled_answer(handles[wait.execution_id]),
+                )
+
+    def running_on_second() -> set[str]:
+        """Executions running now, with calls still to make, whose latest call ran on the
+        second node."""
+        latest: dict[str, str] = {}
+        made: dict[str, set[str]] = {}
+        for key, _, node in _lines(dispatchers.effects):
+            latest[key.split(":")[0]] = node
+            made.setdefault(key.split(":")[0], set()).add(key)
+        running = {r.id for r in client.list(status=Status.RUNNING, limit=1000)}
+        return {
+            eid for eid in running
+            if latest.get(eid) == second and len(made[eid]) < ray_flows.SCALED_STEPS
+        }  # fmt: skip
+
+    def mid_run() -> set[str] | None:
+        answer()
+        done = client.status_counts(flow="scaled")[Status.SUCCEEDED]
+        return running_on_second() if done >= count // 4 else None
+
+    victims = retry_until(mid_run, timeout=300, what="executions to run on the second node")
+    if kill == "node":
+        kill_node(second_node)
+    else:
+        # Its workers, orphaned, are killed at the end (the cluster no longer knows them).
+        dispatchers.orphans += descendants(raylet_pid(second_node))
+        os.kill(raylet_pid(second_node), signal.SIGKILL)
+
+    def all_done() -> bool:
+        answer()
+        return client.status_counts(flow="scaled")[Status.SUCCEEDED] == count
+
+    retry_until(all_done, timeout=600, what=f"all {count} executions to succeed")
+    lines = _lines(dispatchers.effects)
+    ran: dict[str, list[tuple[str, str]]] = {}
+    for key, token, node in lines:
+        ran.setdefault(key, []).append((token, node))
+    suspends = {3: lambda n: n % 3 == 0, 6: lambda n: n % 2 == 0}
+    taken_over = 0
+    for execution_id, n in handles.items():
+        result = client.handle(execution_id).result(timeout=0)
+        assert result["total"] == ray_flows.scaled_expected(n), execution_id
+        keys = [key for key, _ in result["calls"]]
+        tokens: list[str] = [token for _, token in result["calls"]]
+        committed_on: dict[str, str] = {}
+        for key, token in zip(keys, tokens, strict=True):
+            calls = ran[key]
+            # The committed call ran once, under the lease that committed it; any other
+            # run of it was in flight on the dead node.
+            assert [t for t, _ in calls].count(token) == 1, (key, calls)
+            assert all(node == second for t, node in calls if t != token), (key, calls)
+            committed_on[key] = next(node for t, node in calls if t == token)
+        holders = [t for i, t in enumerate(tokens) if i == 0 or t != tokens[i - 1]]
+        # One holder after another: a lease that stopped committing never commits again.
+        assert len(holders) == len(set(holders)), (execution_id, tokens)
+        assert len(holders) <= client.get(execution_id).attempt
+        for i in range(1, len(tokens)):
+            if tokens[i] != tokens[i - 1] and not suspends.get(i - 1, lambda n: False)(n):
+                # A new holder mid-way without a wait or sleep: a takeover from the dead node.
+                assert committed_on[keys[i - 1]] == second, (execution_id, tokens)
+                taken_over += 1
+    if kill == "raylet":
+        # Orphaned, the dead raylet's workers finished what they ran, under their leases.
+        assert taken_over == 0, "nothing was taken over"
+        assert all(len(calls) == 1 for calls in ran.values()), "no call ran again"
+    else:
+        assert victims and taken_over, "the kill hit executions in flight; they were taken over"
+        assert "its Ray task failed" in (tmp_path / "dispatcher.log").read_text()

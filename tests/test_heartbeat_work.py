@@ -95,16 +95,17 @@ def test_a_beat_writes_progress_once_per_live_call_and_renews_only_due_leases(
         lambda: all(client.get(h.id).progress for h in handles[:: HELD // 10]),
         what="the heartbeat to publish the live calls",
     )
-    beats = counted.beats
+    beats, settled = counted.beats, len(counted.renewals)
     retry_until(lambda: counted.beats >= beats + 10, what="ten more beats")
     # A lease lasts 40 s (4/3 of the default 30): none came due in these beats. Each call
     # live for a beat was written once, in one statement per beat, and no beat since the
-    # calls settled wrote anything.
+    # calls settled wrote anything (but the one in flight when they were seen settled, which
+    # may have been writing the progress of calls that entered last).
     writes = counted.progress_writes()
     assert sorted(writes) == sorted(h.id for h in handles), "each live call's progress once"
     assert sorted(counted.renewed()) == sorted(writes), "no lease renewed before it was due"
     assert len(counted.renewals) <= counted.beats
-    assert len(counted.renewals) < beats + 1
+    assert len(counted.renewals) <= settled + 1
 
     # Half the leases fall due (as if a third of a term passed for them): the next beat
     # renews exactly those, in one statement, and writes no progress.

@@ -207,28 +207,32 @@ def test_replay_from_a_wait_with_wait_runs_the_fork_once_input_arrives(
     )
     assert source.returncode == 0, source.stderr
     source_id = source.stdout.split()[0]
-    replay = spawn_python(
-        ["-m", "tether", "executions", "replay", source_id, "--from", "wait approve", "--wait",
-         "--import", "approval_flows"],
-        client.db,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    said = tmp_path / "replay.err"
+    with said.open("w") as err_file:
+        replay = spawn_python(
+            ["-m", "tether", "executions", "replay", source_id, "--from", "wait approve",
+             "--wait", "--import", "approval_flows"],
+            client.db,
+            stderr=err_file.fileno(),
+        )  # fmt: skip
     try:
         fork = retry_until(
             lambda: next((r for r in client.list() if r.replay_of == source_id), None),
             what="the fork",
         )
-        retry_until(lambda: client.get(fork.id).status is Status.WAITING, what="the fork's wait")
+        # Input once the command says it waits on (given sooner, the fork may finish before
+        # the command looks, and it has nothing to say).
+        retry_until(lambda: "this process runs" in said.read_text(), what="the wait message")
+        assert client.get(fork.id).status is Status.WAITING
         given = run_cli(client.db, "executions", "input", fork.id, "--value", "false")
         assert given.returncode == 0, given.stderr
-        out, err = replay.communicate(timeout=60)
+        out, _ = replay.communicate(timeout=60)
     finally:
         if replay.poll() is None:
             replay.kill()
             replay.wait()
-    assert replay.returncode == 0, out + err
+    assert replay.returncode == 0, out + said.read_text()
     assert "rejected" in out
-    assert "this process runs" in err
     assert client.get(fork.id).status is Status.SUCCEEDED
     assert client.get(fork.id).result == "rejected"
 

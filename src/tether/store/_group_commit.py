@@ -57,9 +57,27 @@ class CheckpointCommit:
     events: tuple[EventRow, ...]
 
 
-def checkpoint_key(item: CheckpointCommit) -> tuple[str, str]:
-    """A batch writes each checkpoint row at most once."""
-    return (item.execution_id, item.row.position)
+@dataclass(slots=True)
+class Finish:
+    """One execution's end (`Store.finish`), fenced by its lease token like a checkpoint."""
+
+    execution_id: str
+    token: str
+    status: str
+    result: str | None
+    error: str | None
+    now: float
+
+
+def group_key(item: CheckpointCommit | Finish) -> tuple[str, str | None]:
+    """A batch writes each checkpoint row and each execution's end at most once."""
+    return (item.execution_id, item.row.position if isinstance(item, CheckpointCommit) else None)
+
+
+def rejoins(item: CheckpointCommit | Finish) -> bool:
+    """After a checkpoint commit the execution goes on and commits again; after its end its
+    caller does not come back, so the next batch does not wait for it."""
+    return isinstance(item, CheckpointCommit)
 
 
 class _Waiter(Generic[T, R]):

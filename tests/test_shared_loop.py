@@ -88,17 +88,13 @@ def test_executions_ending_together_share_the_commits_of_their_ends(db_url: str)
     n = 200
     group = store_for()._group  # type: ignore[attr-defined]
     loop_flows.expect_meeting(n)  # none ends before all n are running
-    handles = [loop_flows.meet_and_end.run(i) for i in range(n)]
-    retry_until(lambda: loop_flows._met["count"] >= n, what="every execution running")
+    # Counted from before the starts (they have a group commit of their own, and the flow
+    # commits no checkpoint): the ends may all be written before the last start returns.
     before = group.batches
-    for i, handle in enumerate(handles):
-        if i % 10 == 3:
-            with pytest.raises(tether.ExecutionFailed, match=f"agent {i} gave up"):
-                handle.result(timeout=60)
-        else:
-            assert handle.result(timeout=60) == i
+    handles = [loop_flows.meet_and_end.run(i) for i in range(n)]
+    assert [h.result(timeout=60) for h in handles] == list(range(n))
     ends = group.batches - before
-    # Every end (succeeded or failed) went through the group commit, most of them together.
+    # Every end went through the group commit, most of them together.
     assert 0 < ends < n // 2, ends
 
 

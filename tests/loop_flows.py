@@ -50,6 +50,18 @@ async def meeting(i: int) -> dict[str, Any]:
             "name": first["name"]}  # fmt: skip
 
 
+@tether.flow
+async def meet_and_end(i: int) -> int:
+    """Ends as soon as all the expected executions are in it: they all end together."""
+    if _met["event"] is None:
+        _met["event"] = asyncio.Event()
+    _met["count"] += 1
+    if _met["count"] >= _met["expected"]:
+        _met["event"].set()
+    await asyncio.wait_for(_met["event"].wait(), timeout=120)
+    return i
+
+
 # --- a Suspended in one gathered branch while another is mid-checkpoint ------------------
 
 calls: list[str] = []

@@ -72,6 +72,15 @@ async def async_one(i: int) -> str:
 
 
 @tether.flow
+async def async_end(i: int) -> str:
+    # No checkpoint: once the gate opens, the executions' ends are their next writes, queued
+    # together for the group commit.
+    await asyncio.to_thread(GATE["open"].wait, 60)
+    _inject(f"end {i}")
+    return f"e{i} ended"
+
+
+@tether.flow
 def one_step(label: str) -> Any:
     return step(label)[:6]
 

@@ -8,6 +8,7 @@ checkpoints table while the callers queue up behind the first one.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from backend import postgres_only
 from store._rows import NOW, start
 from tether._core.persist import persist
 from tether.errors import StoreUnavailable
-from tether.store import CheckpointRow, Commit, EventRow
+from tether.store import CheckpointRow, Commit, EventRow, _group_commit
 from tether.store._group_commit import GroupCommit
 
 # --- the mechanics ---------------------------------------------------------------------------
@@ -149,6 +150,27 @@ def test_the_next_batch_waits_only_for_callers_that_come_back() -> None:
     assert gate.batches == [[0], items]
     assert results == {item: f"done {item}" for item in [0, *items]}
     assert group._last_size == 3
+
+
+def test_callers_on_an_event_loop_wake_the_leader_that_gathers_for_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The leader would gather for a minute: only the callers' arrival can end its wait.
+    monkeypatch.setattr(_group_commit, "_MAX_GATHER_SECONDS", 60.0)
+    gate = Gate()
+    gate.open.set()
+    group: GroupCommit[int, str] = GroupCommit(gate.write, key=lambda i: i, shared=())
+    group._last_size, group._last_seconds = 3, 60.0  # as after a batch of three, slow
+
+    async def main() -> list[str]:
+        first = group.commit_async(0)
+        # Until the writer thread leads for it and gathers the two others.
+        await asyncio.to_thread(wait_for, lambda: group._gather == 3, "the leader gathering")
+        rest = [group.commit_async(1), group.commit_async(2)]
+        return await asyncio.wait_for(asyncio.gather(first, *rest), timeout=30)
+
+    assert asyncio.run(main()) == ["done 0", "done 1", "done 2"]
+    assert gate.batches == [[0, 1, 2]]
 
 
 def test_a_store_error_reaches_every_caller_of_the_batch_each_with_its_own_exception() -> None:

@@ -132,6 +132,25 @@ def test_executions_sharing_commit_batches_are_each_released_and_each_finish(
     assert store_fault_flows.RAN["n0"] == 2
 
 
+def test_executions_ending_in_a_shared_batch_on_a_full_disk_are_each_released_and_each_end(
+    on_small_disk: str, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_fault_flows.FAULT["end 0"] = lambda: fill(small_disk)
+    gate = store_fault_flows.GATE["open"] = threading.Event()
+    handles = [store_fault_flows.async_end.run(i) for i in range(8)]
+    client = tether.Client(on_small_disk)
+    retry_until(
+        lambda: all(client.get(h.id).status is Status.RUNNING for h in handles),
+        what="every execution running",
+    )
+    gate.set()  # all eight end together; the first fills the disk before its end is written
+    retry_until(lambda: "handed back for StoreFull" in caplog.text, what="an execution handed back")
+    assert all(client.get(h.id).status is not Status.FAILED for h in handles)
+    (small_disk / "filler").unlink()
+    assert [h.result(timeout=60) for h in handles] == [f"e{i} ended" for i in range(8)]
+    assert all(client.get(h.id).status is Status.SUCCEEDED for h in handles)
+
+
 def test_a_read_only_file_system_gives_store_read_only_and_nothing_is_lost(
     on_small_disk: str, small_disk: Path
 ) -> None:

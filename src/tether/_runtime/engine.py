@@ -23,7 +23,7 @@ from .._core import serde as _serde
 from .._core.config import settings
 from .._core.context import Run, current_run
 from .._core.faults import as_failure
-from .._core.persist import persist
+from .._core.persist import persist, persist_async
 from .._core.positions import current_branch, current_tasks
 from .._core.status import Status
 from .._spend import budget as _budget
@@ -186,7 +186,7 @@ async def execute_async(
                 current_run.set(None)
                 current_tasks.set(None)
                 await _cancel_leftovers(tasks)
-        outcome = await offload(functools.partial(conclude, store, attempt))
+        outcome = await conclude_async(store, attempt, offload)
         if outcome is not None:
             return outcome
         claimed, again = None, True
@@ -424,6 +424,65 @@ def conclude(store: Store, attempt: Attempt) -> Outcome | None:
         return _faulted(attempt.run, exc)
 
 
+async def conclude_async(store: Store, attempt: Attempt, offload: Offload) -> Outcome | None:
+    """`conclude` for an execution on an event loop. A plain end (succeeded, or failed by an
+    ordinary exception: nearly every end) is awaited on the loop through the store's group
+    commit, with other executions' checkpoints and ends (no thread hop, no transaction of
+    its own); anything else (a suspension, a hand-back, a cancel, a lost lease) goes to
+    `conclude` on a thread."""
+    end = _plain_end(attempt)
+    if end is None:
+        return await offload(functools.partial(conclude, store, attempt))
+    run = attempt.run
+    try:
+        # One time for every try: a retry after a lost reply recognises its first try's
+        # end by it (see PostgresStore.finish).
+        await persist_async(
+            functools.partial(
+                store.finish_async, run.execution_id, run.token,
+                status=end[0], result=end[1], error=end[2], now=settings().clock(),
+            )
+        )  # fmt: skip
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        return _faulted(run, exc)
+    return Outcome.FINISHED
+
+
+# What `_conclude` sorts out with the store rather than recording it as a failure.
+_NOT_PLAIN = (
+    Suspended, LeaseLost, Released, StoreUnavailable, StoreCorrupt, FlowNotFoundError, Cancelled,
+)  # fmt: skip
+
+
+def _plain_end(attempt: Attempt) -> tuple[str, str | None, str | None] | None:
+    """(status, result, error) when the attempt simply ended: succeeded with a storable
+    result, or failed by an ordinary exception (as `_conclude` would record it; keep the two
+    in step). None for anything else. Writes nothing, so it may run on the event loop."""
+    run = attempt.run
+    error = attempt.error
+    attempt.error = None  # no cycle through the traceback
+    if error is None:
+        if run.diverged is not None or run.cancelled or run.timed_out:
+            attempt.error = error
+            return None
+        try:
+            result = _serde.dumps(
+                attempt.value,
+                allow_pickle=run.allow_pickle,
+                root=f"result of flow {attempt.row.flow!r}",
+            )
+        except Exception as exc:
+            if isinstance(exc, _NOT_PLAIN):
+                return None
+            error = exc
+        else:
+            return (Status.SUCCEEDED, result, None)
+    elif not isinstance(error, Exception) or isinstance(error, _NOT_PLAIN):
+        attempt.error = error
+        return None
+    return (Status.FAILED, None, _serde.error_to_text(run.diverged if run.diverged else error))
+
+
 def _faulted(run: Run, error: StoreError) -> Outcome:
     if run.fault is None:
         run.fault = error
@@ -434,6 +493,15 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
     run, row = attempt.run, attempt.row
     execution_id, token = run.execution_id, run.token
     clock = settings().clock
+    end = _plain_end(attempt)
+    if end is not None:
+        status, value, text, now = *end, clock()  # one time for every try (see conclude_async)
+        persist(
+            lambda: store.finish(
+                execution_id, token, status=status, result=value, error=text, now=now
+            )
+        )
+        return Outcome.FINISHED
     try:
         if attempt.error is not None:
             raise attempt.error

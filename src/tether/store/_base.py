@@ -355,6 +355,23 @@ class Store(abc.ABC):
     ) -> bool:
         """Record the outcome and release the lease. False if the token no longer holds it."""
 
+    def finish_async(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> Awaitable[bool]:
+        """`finish` for a caller on an event loop, which awaits what this returns and is
+        never blocked on the write (by default it runs in a thread; the SQL stores group
+        commit it with other executions' checkpoints and ends)."""
+        return asyncio.to_thread(
+            self.finish, execution_id, token, status=status, result=result, error=error, now=now
+        )
+
     @abc.abstractmethod
     def release(
         self,

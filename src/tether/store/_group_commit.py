@@ -43,8 +43,6 @@ R = TypeVar("R")
 _UNSET: Any = object()
 # The longest a leader waits for the rest of the previous batch, whatever that batch took.
 _MAX_GATHER_SECONDS = 0.005
-# While gathering, how often the leader looks for callers on event loops that queued.
-_INBOX_LOOK_SECONDS = 0.0005
 
 
 @dataclass(slots=True)
@@ -57,9 +55,27 @@ class CheckpointCommit:
     events: tuple[EventRow, ...]
 
 
-def checkpoint_key(item: CheckpointCommit) -> tuple[str, str]:
-    """A batch writes each checkpoint row at most once."""
-    return (item.execution_id, item.row.position)
+@dataclass(slots=True)
+class Finish:
+    """One execution's end (`Store.finish`), fenced by its lease token like a checkpoint."""
+
+    execution_id: str
+    token: str
+    status: str
+    result: str | None
+    error: str | None
+    now: float
+
+
+def group_key(item: CheckpointCommit | Finish) -> tuple[str, str | None]:
+    """A batch writes each checkpoint row and each execution's end at most once."""
+    return (item.execution_id, item.row.position if isinstance(item, CheckpointCommit) else None)
+
+
+def rejoins(item: CheckpointCommit | Finish) -> bool:
+    """After a checkpoint commit the execution goes on and commits again; after its end its
+    caller does not come back, so the next batch does not wait for it."""
+    return isinstance(item, CheckpointCommit)
 
 
 class _Waiter(Generic[T, R]):
@@ -114,9 +130,12 @@ class GroupCommit(Generic[T, R]):
         self._last_seconds = 0.0
         #: batches written so far (a diagnostic: how well concurrent commits are grouped)
         self.batches = 0
-        # While a leader gathers: how many it waits for, and where it waits.
+        # While a leader gathers: how many it waits for, and what wakes it once they are
+        # queued. An Event, not a Condition of `_lock`: a caller on an event loop sets it
+        # without taking the lock (its own lock is held only for the instant of a set or a
+        # wait, never during a write), so the leader never has to look again and again.
         self._gather = 0
-        self._gathered = threading.Condition(self._lock)
+        self._gathered = threading.Event()
         # Leads for callers on event loops (they never lead themselves); started on first use.
         self._writer: threading.Thread | None = None
         self._writer_wake = threading.Semaphore(0)
@@ -155,9 +174,12 @@ class GroupCommit(Generic[T, R]):
         the loop is never blocked on the write; the caller resumes once its item is durable.
         (A plain function returning the future, not a coroutine: one object less per commit.)"""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._inbox.append(_Waiter(item, self._key(item), future))
+        inbox = self._inbox
+        inbox.append(_Waiter(item, self._key(item), future))
         if not self._leading:
             self._lead_if_idle()
+        elif self._gather and len(self._queue) + len(inbox) >= self._gather:
+            self._gathered.set()  # the leader waits for us (a stale count: it times out)
         return future
 
     def _lead_if_idle(self) -> None:
@@ -177,8 +199,8 @@ class GroupCommit(Generic[T, R]):
             self._queue.append(me)
             follow = self._leading
             self._leading = True
-            if self._gather and len(self._queue) >= self._gather:
-                self._gathered.notify()
+            if self._gather and len(self._queue) + len(self._inbox) >= self._gather:
+                self._gathered.set()
         if follow:
             me.wake.acquire()  # until a leader has written our item, or hands us the lead
         if not me.done:
@@ -195,13 +217,20 @@ class GroupCommit(Generic[T, R]):
             if gather and self._last_size > 1:
                 self._gather = self._last_size
                 deadline = time.monotonic() + min(self._last_seconds, _MAX_GATHER_SECONDS)
-                while len(self._queue) + len(self._inbox) < self._gather:
+                while True:
+                    # Cleared before counting: a caller that queues after the count sees
+                    # `_gather` set and sets the event, which this wait then returns on.
+                    self._gathered.clear()
+                    if len(self._queue) + len(self._inbox) >= self._gather:
+                        break
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    # Threads notify; callers on event loops do not (they take no lock), so
-                    # look again now and then.
-                    self._gathered.wait(min(left, _INBOX_LOOK_SECONDS))
+                    self._lock.release()
+                    try:
+                        self._gathered.wait(left)
+                    finally:
+                        self._lock.acquire()
                 self._gather = 0
             self._take_inbox()
             batch: list[_Waiter[T, R]] = []

@@ -24,7 +24,7 @@ import typing
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ._base import CheckpointRow, Commit, EventRow
-from ._group_commit import CheckpointCommit, GroupCommit
+from ._group_commit import CheckpointCommit, Finish, GroupCommit, group_key, rejoins
 from ._json_bytes import json_bytes as _json
 from ._redact import redact
 from ._sql import (
@@ -58,18 +58,6 @@ if TYPE_CHECKING:
 
 # pg_advisory_xact_lock key for migrations: any constant unique to tether.
 _MIGRATION_LOCK = 0x7E7E_7E01
-
-
-@dataclass(slots=True)
-class _Finish:
-    """One execution's end (SqlStore.finish)."""
-
-    execution_id: str
-    token: str
-    status: str
-    result: str | None
-    error: str | None
-    now: float
 
 
 # The stored fields of a checkpoint and of an event, in column order; a batch travels as one
@@ -137,7 +125,7 @@ def _group_statement(*, events: bool, finishes: bool) -> str:
             ", finished AS (UPDATE executions x SET status = f.status, result = f.result, "
             f"error = f.error, {RELEASED}, wake_at = NULL, finished_at = f.now, "
             "updated_at = f.now "
-            f"FROM (SELECT {_from_json(_Finish, [f.name for f in fields(_Finish)])} "
+            f"FROM (SELECT {_from_json(Finish, [f.name for f in fields(Finish)])} "
             "FROM jsonb_array_elements(%(finishes)s::jsonb) r) f "
             "WHERE x.id = f.execution_id AND x.lease_token = f.token "
             # A child's end locks its parent (migration 0010): written alone, one such lock
@@ -167,11 +155,6 @@ def _prepared_group_statement(*, events: bool, finishes: bool) -> tuple[bytes, b
     for i, key in enumerate(order, start=1):
         sql = sql.replace(f"%({key})s", f"${i}")
     return f"tether_group_{int(events)}{int(finishes)}".encode(), sql.encode(), order
-
-
-def _group_key(item: CheckpointCommit | _Finish) -> tuple[str, str | None]:
-    """A batch writes each checkpoint row and each execution's end at most once."""
-    return (item.execution_id, item.row.position if isinstance(item, CheckpointCommit) else None)
 
 
 class PostgresStore(SqlStore):
@@ -213,13 +196,11 @@ class PostgresStore(SqlStore):
         self._cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._cursors_lock = threading.Lock()
         # None: a finish to write alone (an execution with a parent, see _group_statement).
-        self._group: GroupCommit[CheckpointCommit | _Finish, Commit | None] = GroupCommit(
+        self._group: GroupCommit[CheckpointCommit | Finish, Commit | None] = GroupCommit(
             self._write_group,
-            key=_group_key,
+            key=group_key,
             shared=(StoreUnavailable, StoreCorrupt),
-            # An execution's end is its caller's last write: the next batch does not wait
-            # for it (its thread is claiming another execution meanwhile).
-            rejoins=lambda item: isinstance(item, CheckpointCommit),
+            rejoins=rejoins,
         )
         # Connection-level failures (server restart, network) mean "try again later"; every
         # driver error is classified (`classify`) before it leaves the store.
@@ -364,13 +345,34 @@ class PostgresStore(SqlStore):
     ) -> bool:
         # An execution ends in the same statement as other executions' checkpoints: one
         # commit less per execution.
-        outcome = self._group.commit(_Finish(execution_id, token, status, result, error, now))
+        item = Finish(execution_id, token, status, result, error, now)
+        return self._finished(item, self._group.commit(item))
+
+    async def finish_async(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        item = Finish(execution_id, token, status, result, error, now)
+        outcome = await self._group.commit_async(item)
+        if outcome:
+            return True  # the common case: no thread
+        return await asyncio.to_thread(self._finished, item, outcome)
+
+    def _finished(self, item: Finish, outcome: Commit | None) -> bool:
+        """Whether the group commit's `outcome` of a finish means it is recorded."""
         if outcome is None:
             # A child: its end also resolves its parent's wait and locks the parent's row;
             # written in a statement of its own (see _group_statement).
             done = super().finish(
-                execution_id, token, status=status, result=result, error=error, now=now
-            )
+                item.execution_id, item.token, status=item.status, result=item.result,
+                error=item.error, now=item.now,
+            )  # fmt: skip
         else:
             done = bool(outcome)
         if done:
@@ -379,14 +381,16 @@ class PostgresStore(SqlStore):
         # first try wrote (this status at this very time, the lease released).
         found = self._one(
             "SELECT status, finished_at, lease_token FROM executions WHERE id = ?",
-            (execution_id,),
+            (item.execution_id,),
         )
-        return found is not None and (found[0], found[1], found[2]) == (status, now, None)
+        return found is not None and (found[0], found[1], found[2]) == (
+            item.status, item.now, None,
+        )  # fmt: skip
 
-    def _write_group(self, batch: list[CheckpointCommit | _Finish]) -> list[Commit | None]:
+    def _write_group(self, batch: list[CheckpointCommit | Finish]) -> list[Commit | None]:
         commits = [c for c in batch if isinstance(c, CheckpointCommit)]
         finishes = [(f.execution_id, f.token, f.status, f.result, f.error, f.now)
-                    for f in batch if isinstance(f, _Finish)]  # fmt: skip
+                    for f in batch if isinstance(f, Finish)]  # fmt: skip
         params = {
             "rows": _json([(c.execution_id, c.token, *checkpoint_values(c.row)) for c in commits])
         }

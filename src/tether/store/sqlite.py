@@ -29,6 +29,7 @@ import urllib.parse
 import weakref
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import cache
 from typing import Any
 
 from ..errors import (
@@ -43,29 +44,67 @@ from ..errors import (
     StoreUnavailable,
 )
 from ._base import CheckpointRow, Commit, EventRow
-from ._group_commit import CheckpointCommit, GroupCommit, checkpoint_key
-from ._json_bytes import json_bytes
+from ._group_commit import CheckpointCommit, Finish, GroupCommit, group_key, rejoins
 from ._redact import redact
 from ._sql import CHECKPOINT_FIELDS, Connection, SqlStore, checkpoint_values, event_params
-from ._sql_common import INSERT_EVENT
+from ._sql_common import INSERT_EVENT, RELEASED
 from ._sql_migrations import check_opening
 
-# A batch of checkpoint commits as one statement (what `_sql_common.RECORD_CHECKPOINT` is
-# for one row; keep the two in step). The rows come as one JSON array of
-# [execution id, token, *CHECKPOINT_FIELDS]; each is fenced on its own lease token, a
-# 'retrying' row is replaced and a final one never; RETURNING names the rows written, each
-# with its execution's cancel request.
-_BATCH = (
-    f"INSERT INTO checkpoints (execution_id, {', '.join(CHECKPOINT_FIELDS)}) "
-    "SELECT json_extract(r.value, '$[0]'), "
-    + ", ".join(f"json_extract(r.value, '$[{i}]')" for i in range(2, 2 + len(CHECKPOINT_FIELDS)))
-    + " FROM json_each(?) r WHERE EXISTS (SELECT 1 FROM executions e "
-    "WHERE e.id = json_extract(r.value, '$[0]') AND e.lease_token = json_extract(r.value, '$[1]')) "
-    "ON CONFLICT (execution_id, position) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in CHECKPOINT_FIELDS if c != "position")
-    + " WHERE checkpoints.status = 'retrying' RETURNING execution_id, position, "
-    "(SELECT cancel_requested FROM executions WHERE id = checkpoints.execution_id)"
-)
+# Rows per statement of a group-commit batch (see _batch_rows): under SQLite's 32,766
+# parameters, and a batch this large is rare.
+_MOST_ROWS = 1024
+
+
+@cache
+def _checkpoints_statement(size: int) -> str:
+    """A batch of `size` checkpoint commits as one statement (what
+    `_sql_common.RECORD_CHECKPOINT` is for one row; keep the two in step). Each row is
+    [execution id, token, *CHECKPOINT_FIELDS], fenced on its own lease token; a 'retrying'
+    row is replaced and a final one never; RETURNING names the rows written, each with its
+    execution's cancel request. Bound parameters cost less per row than one JSON array
+    taken apart by json_extract (measured: benchmarks/writer_rows.py)."""
+    one = f"({', '.join('?' * (2 + len(CHECKPOINT_FIELDS)))})"
+    return (
+        f"INSERT INTO checkpoints (execution_id, {', '.join(CHECKPOINT_FIELDS)}) "
+        "SELECT v.column1, "
+        + ", ".join(f"v.column{i}" for i in range(3, 3 + len(CHECKPOINT_FIELDS)))
+        + f" FROM (VALUES {', '.join([one] * size)}) v WHERE EXISTS (SELECT 1 FROM executions e "
+        "WHERE e.id = v.column1 AND e.lease_token = v.column2) "
+        "ON CONFLICT (execution_id, position) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in CHECKPOINT_FIELDS if c != "position")
+        + " WHERE checkpoints.status = 'retrying' RETURNING execution_id, position, "
+        "(SELECT cancel_requested FROM executions WHERE id = checkpoints.execution_id)"
+    )
+
+
+@cache
+def _ends_statement(size: int) -> str:
+    """A batch of `size` executions' ends as one statement (what `SqlStore.finish` is for
+    one; keep the two in step): [execution id, token, status, result, error, now] per row,
+    each fenced on its own lease token; RETURNING names the executions ended. A child's end
+    resolves its parent's wait by the trigger of migration 0010, row by row, as for one."""
+    one = "(?, ?, ?, ?, ?, ?)"
+    return (
+        "UPDATE executions SET status = v.column3, result = v.column4, error = v.column5, "
+        f"{RELEASED}, wake_at = NULL, finished_at = v.column6, updated_at = v.column6 "
+        f"FROM (VALUES {', '.join([one] * size)}) v "
+        "WHERE executions.id = v.column1 AND executions.lease_token = v.column2 "
+        "RETURNING executions.id"
+    )
+
+
+def _batch_rows(rows: list[tuple[Any, ...]]) -> Iterator[tuple[int, list[Any]]]:
+    """(rows per statement, its parameters) for each statement of a batch. Padded with rows
+    of NULLs (the fence matches no NULL id: they write nothing) up to a power of two, so
+    that a handful of statement texts serve every batch size, each compiled once per
+    connection (sqlite3 keeps them)."""
+    for start in range(0, len(rows), _MOST_ROWS):
+        chunk = rows[start : start + _MOST_ROWS]
+        size = 1 << (len(chunk) - 1).bit_length()
+        params = [v for r in chunk for v in r]
+        params += [None] * (len(chunk[0]) * (size - len(chunk)))
+        yield size, params
+
 
 # SQLite's primary result codes (the low byte of an extended code) that say what failed.
 _BUSY, _LOCKED, _NOMEM, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _PROTOCOL, _NOTADB = (
@@ -123,11 +162,12 @@ class SQLiteStore(SqlStore):
         self._closed = False
         # Writes of this process's threads, one at a time (see the module's docstring).
         self._writing = threading.RLock()
-        # Checkpoint commits of executions on an event loop: written by one thread, many in
-        # one transaction (see record_checkpoint_async).
-        self._group: GroupCommit[CheckpointCommit, Commit] = GroupCommit(
-            self._write_checkpoints, key=checkpoint_key, shared=(StoreUnavailable, StoreCorrupt)
-        )
+        # Checkpoint commits of executions on an event loop, and executions' ends: written
+        # by one thread, many in one transaction (see record_checkpoint_async, finish).
+        self._group: GroupCommit[CheckpointCommit | Finish, Commit | bool] = GroupCommit(
+            self._write_group, key=group_key, shared=(StoreUnavailable, StoreCorrupt),
+            rejoins=rejoins,
+        )  # fmt: skip
         # Closing the last connection checkpoints the WAL and removes it: do it at exit
         # rather than leave a large -wal file behind.
         atexit.register(self.close)
@@ -286,36 +326,98 @@ class SQLiteStore(SqlStore):
         commit instead of one each); each caller resumes only once its own row is durable.
         Sync callers keep the single statement of `record_checkpoint` (a lone flow pays no
         hand-off, and threads each block on their own write anyway)."""
-        return self._group.commit_async(CheckpointCommit(execution_id, token, row, tuple(events)))
+        # The writer answers a checkpoint with a Commit, an end with a bool (see _write_group).
+        return self._group.commit_async(  # type: ignore[return-value]
+            CheckpointCommit(execution_id, token, row, tuple(events))
+        )
 
-    def _write_checkpoints(self, batch: list[CheckpointCommit]) -> list[Commit]:
-        """A batch of the group commit: one statement (a transaction with the events' insert
-        when the calls logged any), so a lost lease makes its own row LOST and no other."""
+    def finish(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        # Ends of executions on threads (several finishing at once) share a transaction too;
+        # a lone one is written at once on its own thread, as alone (see _group_commit).
+        return bool(self._group.commit(Finish(execution_id, token, status, result, error, now)))
+
+    def finish_async(
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> Awaitable[bool]:
+        """The end of an execution on an event loop, in the committer's next batch with
+        other executions' checkpoints and ends: no thread hop and no transaction of its own
+        (a burst of 10,000 ends is a few commits, not 10,000)."""
+        return self._group.commit_async(  # type: ignore[return-value]
+            Finish(execution_id, token, status, result, error, now)
+        )
+
+    def _write_group(self, batch: list[CheckpointCommit | Finish]) -> list[Commit | bool]:
+        """A batch of the group commit: one statement per kind (checkpoints, their events,
+        ends), in one transaction when there is more than one. Each row is fenced on its own
+        lease token, so a lost lease makes its own item LOST (False) and no other."""
         if len(batch) == 1:
             one = batch[0]
+            if isinstance(one, Finish):
+                return [self._finish_one(one)]
             return [self.record_checkpoint(one.execution_id, one.token, one.row, one.events)]
-        rows = json_bytes([(c.execution_id, c.token, *checkpoint_values(c.row)) for c in batch])
-        logged = any(c.events for c in batch)
-        with self._transaction() if logged else self._connection() as conn:
-            written = {
-                (r[0], r[1]): r[2] for r in self._run(conn, _BATCH, (rows.decode(),)).fetchall()
-            }
+        commits = [c for c in batch if isinstance(c, CheckpointCommit)]
+        ends = [f for f in batch if isinstance(f, Finish)]
+        logged = any(c.events for c in commits)
+        written: dict[tuple[str, str], Any] = {}
+        ended: set[str] = set()
+        # One statement is a transaction of its own; more share one.
+        alone = (
+            len(commits) <= _MOST_ROWS
+            and len(ends) <= _MOST_ROWS
+            and (bool(commits) + bool(ends) + logged == 1)
+        )
+        with self._connection() if alone else self._transaction() as conn:
+            if commits:
+                rows = [(c.execution_id, c.token, *checkpoint_values(c.row)) for c in commits]
+                for size, params in _batch_rows(rows):
+                    for r in self._run(conn, _checkpoints_statement(size), params).fetchall():
+                        written[(r[0], r[1])] = r[2]
             if logged:
                 events = [
                     event_params(e)
-                    for c in batch
+                    for c in commits
                     if (c.execution_id, c.row.position) in written
                     for e in c.events
                 ]
                 self._executemany(conn, INSERT_EVENT, events)
-        outcomes = []
-        for c in batch:
-            cancel = written.get((c.execution_id, c.row.position))
+            if ends:
+                rows = [(f.execution_id, f.token, f.status, f.result, f.error, f.now) for f in ends]
+                for size, params in _batch_rows(rows):
+                    found = self._run(conn, _ends_statement(size), params).fetchall()
+                    ended.update(r[0] for r in found)
+        outcomes: list[Commit | bool] = []
+        for item in batch:
+            if isinstance(item, Finish):
+                outcomes.append(item.execution_id in ended)
+                continue
+            cancel = written.get((item.execution_id, item.row.position))
             outcomes.append(
                 Commit.LOST if cancel is None else Commit.CANCEL_REQUESTED if cancel
                 else Commit.COMMITTED
             )  # fmt: skip
         return outcomes
+
+    def _finish_one(self, item: Finish) -> bool:
+        return SqlStore.finish(
+            self, item.execution_id, item.token, status=item.status, result=item.result,
+            error=item.error, now=item.now,
+        )  # fmt: skip
 
     def _executemany(self, conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.readonly:

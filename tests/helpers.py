@@ -248,3 +248,24 @@ def allocations_kept() -> int:
     import gc
 
     return gc.get_count()[0]
+
+
+def plant(client: tether.Client, **rows: dict[str, Any]) -> None:
+    """Executions written straight into the store, each `id=dict(flow=, status=, ...)`, one
+    second apart in creation order (lists show them newest first)."""
+    from tether._core import serde
+    from tether.store import ExecutionRow
+
+    now = time.time()
+    for i, (execution_id, fields) in enumerate(rows.items()):
+        client._store.create_execution(
+            ExecutionRow(
+                id=execution_id,
+                import_path="planted:planted",
+                script=None,
+                args=serde.dumps({"args": [], "kwargs": {}}),
+                created_at=now + i,
+                updated_at=now + i,
+                **fields,
+            )
+        )

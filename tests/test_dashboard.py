@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,9 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 import dashboard_flows
 import tether
-from helpers import retry_until
+from helpers import plant, retry_until
 from server_procs import Processes
-from tether._core import serde
 from tether._core.positions import display
-from tether.store import ExecutionRow
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -441,30 +438,22 @@ def _counts(html: str) -> dict[str, int]:
 def test_list_counts_count_what_the_flow_queue_and_id_filters_select(
     client: tether.Client, procs: Processes
 ) -> None:
-    now = time.time()
-    planted = {
-        "abc-1": ("alpha", "queued", "default"),
-        "abc-2": ("alpha", "succeeded", "fast"),
-        "abd-3": ("beta", "failed", "default"),
-        "xyz-4": ("beta", "queued", "fast"),
-    }
-    for i, (execution_id, (flow, status, queue)) in enumerate(planted.items()):
-        client._store.create_execution(
-            ExecutionRow(
-                id=execution_id,
-                flow=flow,
-                import_path="planted:planted",
-                script=None,
-                args=serde.dumps({"args": [], "kwargs": {}}),
-                status=status,
-                queue=queue,
-                created_at=now + i,
-                updated_at=now + i,
-            )
-        )
+    plant(
+        client,
+        **{
+            "abc-1": {"flow": "alpha", "status": "queued", "queue": "default"},
+            "abc-2": {"flow": "alpha", "status": "succeeded", "queue": "fast"},
+            "abd-3": {"flow": "beta", "status": "failed", "queue": "default"},
+            "xyz-4": {"flow": "beta", "status": "queued", "queue": "fast"},
+        },
+    )
     url = procs.server()
     cases: list[tuple[dict[str, str], dict[str, int], set[str]]] = [
-        ({}, {"all": 4, "queued": 2, "succeeded": 1, "failed": 1}, set(planted)),
+        (
+            {},
+            {"all": 4, "queued": 2, "succeeded": 1, "failed": 1},
+            {"abc-1", "abc-2", "abd-3", "xyz-4"},
+        ),
         ({"flow": "alpha"}, {"all": 2, "queued": 1, "succeeded": 1}, {"abc-1", "abc-2"}),
         ({"queue": "fast"}, {"all": 2, "queued": 1, "succeeded": 1}, {"abc-2", "xyz-4"}),
         # A prefix that several ids start with lists those, and counts only those.

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,14 +20,13 @@ from helpers import (
     TESTS,
     child_env,
     killed_mid_checkpoint,
+    plant,
     retry_until,
     run_child,
     run_cli,
     run_python,
     spawn_python,
 )
-from tether._core import serde
-from tether.store import ExecutionRow
 
 READ_TOOLS = {
     "list_executions",
@@ -317,27 +315,15 @@ async def test_schedules_are_listed_and_paused_and_resumed_in_operate_mode(db_ur
 
 async def test_list_executions_filters_by_queue_and_id_prefix_and_pages(db_url: str) -> None:
     client = tether.Client(db_url)
-    now = time.time()
-    planted = {
-        "abc-1": ("alpha", "queued", "default"),
-        "abc-2": ("alpha", "succeeded", "fast"),
-        "abd-3": ("beta", "failed", "fast"),
-        "xyz-4": ("beta", "queued", "fast"),
-    }
-    for i, (execution_id, (flow, status, queue)) in enumerate(planted.items()):
-        client._store.create_execution(
-            ExecutionRow(
-                id=execution_id,
-                flow=flow,
-                import_path="planted:planted",
-                script=None,
-                args=serde.dumps({"args": [], "kwargs": {}}),
-                status=status,
-                queue=queue,
-                created_at=now + i,
-                updated_at=now + i,
-            )
-        )
+    plant(
+        client,
+        **{
+            "abc-1": {"flow": "alpha", "status": "queued", "queue": "default"},
+            "abc-2": {"flow": "alpha", "status": "succeeded", "queue": "fast"},
+            "abd-3": {"flow": "beta", "status": "failed", "queue": "fast"},
+            "xyz-4": {"flow": "beta", "status": "queued", "queue": "fast"},
+        },
+    )
 
     async def ids(**filters: Any) -> list[str]:
         found = await call(session, "list_executions", **filters)

@@ -15,7 +15,7 @@ import pytest
 
 import server_flows
 import tether
-from helpers import child_env, retry_until, run_cli
+from helpers import child_env, plant, retry_until, run_cli
 from server_flows import Report
 from server_procs import Processes, free_port
 from tether._core import serde
@@ -758,25 +758,8 @@ def test_schedules_listed_paused_and_resumed(
         assert "schedules: nightly" in missing["message"]
 
 
-def _plant(client: tether.Client, **rows: dict[str, Any]) -> None:
-    """Executions written straight into the store, each `id=dict(flow=, status=, ...)`."""
-    now = time.time()
-    for i, (execution_id, fields) in enumerate(rows.items()):
-        client._store.create_execution(
-            ExecutionRow(
-                id=execution_id,
-                import_path="planted:planted",
-                script=None,
-                args=serde.dumps({"args": [], "kwargs": {}}),
-                created_at=now + i,
-                updated_at=now + i,
-                **fields,
-            )
-        )
-
-
 def _selection(client: tether.Client) -> None:
-    _plant(
+    plant(
         client,
         **{
             "abc-1": {"flow": "alpha", "status": "queued"},

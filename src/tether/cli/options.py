@@ -57,12 +57,14 @@ def finite(value: float | None) -> float | None:
     return value
 
 
-def queue_names(names: list[str] | None) -> list[str] | None:
-    """Callback of a repeatable --queue option: a blank name would select no queue at all."""
+def queue_names(names: list[str] | None) -> list[str]:
+    """Callback of a repeatable --queue option: a blank name would select no queue at all.
+    Returns a list even for no --queue: Typer 0.18 measures what a callback returns with
+    len(), and None has none (newer Typer hands None on)."""
     for name in names or ():
         if not name.strip():
             raise typer.BadParameter("a queue name is a non-empty string")
-    return names
+    return list(names or ())
 
 
 def _no_type(ctx: Any) -> None:

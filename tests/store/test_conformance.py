@@ -671,6 +671,11 @@ def test_leased_on_host_lists_live_leases_of_owners_on_that_host(store: Store) -
     assert {r.owner for r in found} == {"host:1:a"}
     assert store.leased_on_host(prefix="elsewhere:", now=T0 + 1) == []
     assert store.leased_on_host(prefix="host:", now=T0 + 10_000) == [], "expired: runnable"
+    assert store.leased_on_host(prefix="host:", now=T0 + 1, other_than="host:1:a") == []
+    assert {r.id for r in store.leased_on_host(prefix="host:", now=T0 + 1, other_than="x")} == {
+        "running",
+        "owned-queued",
+    }
 
 
 def test_a_released_execution_is_runnable_for_another_process(store: Store) -> None:

@@ -55,6 +55,7 @@ class Run:
         "clock",
         "deadline",
         "diverged",
+        "ended",
         "execution_id",
         "fault",
         "flow",
@@ -116,6 +117,9 @@ class Run:
         # heartbeat as the execution's progress.
         self.live: dict[str, tuple[str, float]] = {}
         self.diverged: DivergenceError | None = None
+        # The result (JSON text) of the success this run recorded as the execution's end,
+        # once committed: a handle of this process returns it without reading it back.
+        self.ended: tuple[str | None] | None = None
         # The store fault (still failing after the retries) that made this run hand the
         # execution back; the executor records it and resumes the execution once the store
         # is back. Every branch stops at its next boundary.

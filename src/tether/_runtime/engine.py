@@ -437,7 +437,7 @@ async def conclude_async(store: Store, attempt: Attempt, offload: Offload) -> Ou
     try:
         # One time for every try: a retry after a lost reply recognises its first try's
         # end by it (see PostgresStore.finish).
-        await persist_async(
+        finished = await persist_async(
             functools.partial(
                 store.finish_async, run.execution_id, run.token,
                 status=end[0], result=end[1], error=end[2], now=settings().clock(),
@@ -445,6 +445,8 @@ async def conclude_async(store: Store, attempt: Attempt, offload: Offload) -> Ou
         )  # fmt: skip
     except (StoreUnavailable, StoreCorrupt) as exc:
         return _faulted(run, exc)
+    if finished and end[0] == Status.SUCCEEDED:
+        run.ended = (end[1],)
     return Outcome.FINISHED
 
 
@@ -496,11 +498,13 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
     end = _plain_end(attempt)
     if end is not None:
         status, value, text, now = *end, clock()  # one time for every try (see conclude_async)
-        persist(
+        finished = persist(
             lambda: store.finish(
                 execution_id, token, status=status, result=value, error=text, now=now
             )
         )
+        if finished and status == Status.SUCCEEDED:
+            run.ended = (value,)
         return Outcome.FINISHED
     try:
         if attempt.error is not None:

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .._core import imports as _imports
 from .._core import serde as _serde
@@ -153,6 +154,50 @@ class _Held:
     loop: SharedLoop | None = None
     # What threw the execution out of its task (an error the engine did not handle).
     escaped: BaseException | None = None
+    # The handle that started it here, told the result when it succeeds (see `EndSink`).
+    sink: EndSink | None = None
+
+
+class EndSink(Protocol):
+    """Told the result of an execution that succeeded in this process, once committed (the
+    handle its start returned): it need not read back what this process just wrote."""
+
+    def succeeded_here(self, result: str | None) -> None: ...
+
+
+class _Wakes:
+    """Awaiting handles to wake, per event loop: one hand-over to a loop for however many
+    ends arrive meanwhile. Ten thousand executions ending together are a few callbacks on
+    the loop their handles wait on, not ten thousand writes to its self-pipe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+
+    def add(self, futures: list[asyncio.Future[None]]) -> None:
+        fresh = []
+        with self._lock:
+            for future in futures:
+                loop = future.get_loop()
+                due = self._due.get(loop)
+                if due is None:
+                    self._due[loop] = [future]
+                    fresh.append(loop)
+                else:
+                    due.append(future)
+        for loop in fresh:
+            try:
+                loop.call_soon_threadsafe(self._drain, loop)
+            except RuntimeError:  # a closed loop: nobody waits there
+                with self._lock:
+                    self._due.pop(loop, None)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            due = self._due.pop(loop, ())
+        for future in due:
+            if not future.done():
+                future.set_result(None)
 
 
 @dataclass(slots=True, eq=False)
@@ -218,6 +263,7 @@ class Executor:
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
         self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
+        self._wakes = _Wakes()
         # Threads blocked in `result()`, per execution: made by the first to wait, dropped
         # when the last leaves or the hold ends (which wakes that execution's alone).
         self._waiters: dict[tuple[int, str], Waiter] = {}
@@ -254,7 +300,7 @@ class Executor:
         their leases run out. Each is left `running` under a new token of this process;
         returns (execution id, token) pairs, at most `limit`."""
         taken: list[tuple[str, str]] = []
-        for row in store.leased_on_host(prefix=host_prefix(), now=now):
+        for row in store.leased_on_host(prefix=host_prefix(), now=now, other_than=self.owner):
             if len(taken) >= limit:
                 break
             if self.holds(store, row.id) or not self.owner_gone(row.owner, row.lease_expires, now):
@@ -318,11 +364,13 @@ class Executor:
         *,
         claimed: bool = False,
         row: ExecutionRow | None = None,
+        sink: EndSink | None = None,
     ) -> None:
         """Run an execution whose lease this process holds with `token`. `claimed`: it is
         already `running` under that token (else it is `queued` and moves to running here).
-        `row`: the execution as the claim returned it, if it did."""
-        held = _Held(store, token)
+        `row`: the execution as the claim returned it, if it did. `sink`: told its result
+        if it succeeds here."""
+        held = _Held(store, token, sink=sink)
         with self._lock:
             self._held[(id(store), execution_id)] = held
             self._parked.pop((id(store), execution_id), None)
@@ -515,8 +563,12 @@ class Executor:
                 watchers, waiter = None, None
             else:
                 watchers, waiter = self._watchers.pop(key, None), self._waiters.pop(key, None)
+        if held.sink is not None and outcome is _engine.Outcome.FINISHED:
+            ended = next((run.ended for run in reversed(held.runs) if run.ended), None)
+            if ended is not None:
+                held.sink.succeeded_here(ended[0])  # before the wakes: they find it
         if watchers:
-            _wake(watchers)
+            self._wakes.add(watchers)
         if waiter is not None:
             waiter.event.set()
         if outcome in _PARKED and self.parking:
@@ -1102,18 +1154,6 @@ def _fault_of(held: _Held) -> BaseException:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
-
-
-def _wake(watchers: list[asyncio.Future[None]]) -> None:
-    for future in watchers:
-        loop = future.get_loop()
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
-            loop.call_soon_threadsafe(_resolve_future, future)
-
-
-def _resolve_future(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _progress(held: _Held, before: float) -> str | None:

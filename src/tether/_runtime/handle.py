@@ -56,6 +56,12 @@ class Handle(Generic[R]):
         self._store = store
         # The execution that started this handle's execution as its child, in flow code.
         self._parent = parent
+        # Its result, when it succeeded in this process (told by the executor): a success
+        # is final, so waiting returns it without reading back the row just written.
+        self._succeeded: tuple[str | None] | None = None
+
+    def succeeded_here(self, result: str | None) -> None:
+        self._succeeded = (result,)
 
     def __repr__(self) -> str:
         return f"<tether.Handle {self.id}>"
@@ -96,6 +102,8 @@ class Handle(Generic[R]):
                     # Woken (and dropped from the registry): a fresh one for the next wait.
                     runner.stop_waiting(self._store, self.id, waiter)
                     waiter = runner.wait_on(self._store, self.id)
+                if self._succeeded is not None:
+                    return cast(R, _decoded(self._succeeded[0]))
                 try:
                     row = self._row()
                 except StoreUnavailable:
@@ -152,6 +160,8 @@ class Handle(Generic[R]):
                     held_pause = min(held_pause * 2, _HELD_POLL_MAX)
                     continue
                 first = False
+                if self._succeeded is not None:
+                    return cast(R, _decoded(self._succeeded[0]))
                 try:
                     row = await loop.run_in_executor(None, self._row)
                 except StoreUnavailable:
@@ -231,9 +241,13 @@ class Handle(Generic[R]):
         return row
 
 
+def _decoded(result: str | None) -> Any:
+    return _serde.loads(result) if result is not None else None
+
+
 def _outcome(row: ExecutionRow) -> Any:
     if row.status == Status.SUCCEEDED:
-        return _serde.loads(row.result) if row.result is not None else None
+        return _decoded(row.result)
     if row.status == Status.CANCELLED:
         if _deadlines.timed_out(row.error):
             raise ExecutionTimedOut(_serde.error_info(row.error or "{}")["message"])
@@ -295,12 +309,13 @@ def launch(
         return Handle(recorded, store)
     runner = _lease_here(row)
     recorded = store.create_execution(row, checkpoints=checkpoints, waits=waits)
-    if recorded == row.id:
-        # The row as recorded is what the engine needs to start it: nothing to read again.
-        row.has_history = bool(checkpoints or waits)
-        runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row)
-    # else: the key names an existing execution; whoever holds it runs it.
-    return Handle(recorded, store)
+    if recorded != row.id:
+        return Handle(recorded, store)  # the key names an existing execution; its holder runs it
+    # The row as recorded is what the engine needs to start it: nothing to read again.
+    row.has_history = bool(checkpoints or waits)
+    handle: Handle[Any] = Handle(recorded, store)
+    runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row, sink=handle)
+    return handle
 
 
 async def launch_async(store: Store, row: ExecutionRow, flow: Runnable | None) -> Handle[Any]:
@@ -310,15 +325,21 @@ async def launch_async(store: Store, row: ExecutionRow, flow: Runnable | None) -
     delayed = flow is not None and row.not_before is not None
     runner = None if flow is None or delayed else _lease_here(row)
     insert = store.create_execution_async(row)
+    handle: Handle[Any] = Handle(row.id, store)
     if runner is not None and flow is not None:
         # Started when the insert commits, whatever becomes of the caller: one cancelled
         # meanwhile (a timeout around the await) must not leave an execution recorded as
         # running here that nothing here runs.
-        insert.add_done_callback(functools.partial(_start_inserted, runner, store, row, flow))
+        # A new execution has nothing recorded to load: its first run reads nothing back.
+        row.has_history = False
+        insert.add_done_callback(
+            functools.partial(_start_inserted, runner, store, row, flow, handle)
+        )
     elif delayed:
         # A delayed start: queued, and parked here for this process's waker (as `launch`).
         insert.add_done_callback(functools.partial(_park_inserted, store, row))
-    return Handle(await asyncio.shield(insert), store)
+    recorded = await asyncio.shield(insert)
+    return handle if recorded == row.id else Handle(recorded, store)
 
 
 def _park_inserted(store: Store, row: ExecutionRow, insert: asyncio.Future[str]) -> None:
@@ -328,11 +349,16 @@ def _park_inserted(store: Store, row: ExecutionRow, insert: asyncio.Future[str])
 
 
 def _start_inserted(
-    runner: Executor, store: Store, row: ExecutionRow, flow: Runnable, insert: asyncio.Future[str]
+    runner: Executor,
+    store: Store,
+    row: ExecutionRow,
+    flow: Runnable,
+    handle: Handle[Any],
+    insert: asyncio.Future[str],
 ) -> None:
     if insert.cancelled() or insert.exception() is not None or insert.result() != row.id:
         return  # not recorded (the caller sees why), or the key names another execution
-    runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row)
+    runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row, sink=handle)
 
 
 def _lease_here(row: ExecutionRow) -> Executor:

@@ -39,7 +39,7 @@ from .._core.status import Status
 from ..errors import ConfigurationError, UsageError
 from ..store import EventRow, ExecutionRow, Store, redact
 from .engine import Runnable, load_flow
-from .executor import Executor, executor
+from .executor import EndSink, Executor, executor
 
 log = logging.getLogger("tether.ray")
 
@@ -214,7 +214,9 @@ class RayDispatcher(Executor):
         *,
         claimed: bool = False,
         row: ExecutionRow | None = None,
+        sink: EndSink | None = None,
     ) -> None:
+        # `sink` is not told: the execution ends in a Ray task, whose handle reads its end.
         if flow is None:
             flow = _flow_of(store, execution_id, row)
         spec = {

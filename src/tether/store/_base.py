@@ -407,10 +407,14 @@ class Store(abc.ABC):
     def set_metadata(self, execution_id: str, token: str, metadata: str, now: float) -> bool: ...
 
     @abc.abstractmethod
-    def leased_on_host(self, *, prefix: str, now: float) -> list[ExecutionRow]:
+    def leased_on_host(
+        self, *, prefix: str, now: float, other_than: str | None = None
+    ) -> list[ExecutionRow]:
         """Queued or running executions under a lease not expired at `now`, whose owner id
         starts with `prefix` (owners on one host): the ones a process on that host can find
-        dead early, by their pid. Everything else unowned or expired is in `runnable()`."""
+        dead early, by their pid. Everything else unowned or expired is in `runnable()`.
+        `other_than`: leave out this owner's (the caller's own: a process holding 10,000
+        executions must not read them all back every few rounds to find none dead)."""
 
     @abc.abstractmethod
     def suspend(

@@ -199,11 +199,14 @@ class ClaimsSql(SqlBase):
         )
         return [(str(r[0]), str(r[1])) for r in rows if r[1] is not None]
 
-    def leased_on_host(self, *, prefix: str, now: float) -> list[ExecutionRow]:
+    def leased_on_host(
+        self, *, prefix: str, now: float, other_than: str | None = None
+    ) -> list[ExecutionRow]:
         rows = self._all(
             f"SELECT {EXECUTION_COLUMNS} FROM executions WHERE status IN ('queued', 'running') "
-            "AND lease_expires >= ? AND substr(owner, 1, ?) = ? ORDER BY created_at",
-            (now, len(prefix), prefix),
+            "AND lease_expires >= ? AND substr(owner, 1, ?) = ? AND owner <> ? "
+            "ORDER BY created_at",
+            (now, len(prefix), prefix, "" if other_than is None else other_than),
         )
         return [execution_row(r) for r in rows]
 

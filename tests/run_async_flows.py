@@ -57,3 +57,9 @@ async def started(i: int) -> list[int]:
     """A parent starting two children with run_async (gathered) and awaiting each."""
     first, second = await asyncio.gather(agent.run_async(i), agent.run_async(i + 2))
     return [await first, await second]
+
+
+@tether.flow
+async def failing(i: int) -> int:
+    await step(i)
+    raise ValueError(f"failing {i}")

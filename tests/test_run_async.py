@@ -176,3 +176,49 @@ def test_a_start_whose_caller_is_cancelled_while_it_commits_still_runs(
     record = asyncio.run(main())
     assert record.status is Status.SUCCEEDED
     assert client.handle(record.id).result(timeout=5) == 70
+
+
+def test_awaiting_a_handle_whose_execution_already_ended_returns_at_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The safety-net read of an execution held here is put out of reach: a handle that waited
+    # for a wake from an execution that had already ended would wait for it (once: a second).
+    from tether._runtime import handle as _handle
+
+    monkeypatch.setattr(_handle, "_HELD_POLL", 3600.0)
+    ended = flows.agent.run(2)
+    assert ended.result(timeout=60) == 50
+    failed = flows.failing.run(1)
+    with pytest.raises(tether.ExecutionFailed):
+        failed.result(timeout=60)
+
+    async def main() -> None:
+        assert await asyncio.wait_for(ended.result_async(), 60) == 50
+        # Another handle of it (told nothing by the executor) reads the store, at once too.
+        other = tether.Client(db_url).handle(ended.id)
+        assert await asyncio.wait_for(other.result_async(), 60) == 50
+        with pytest.raises(tether.ExecutionFailed):
+            await asyncio.wait_for(failed.result_async(), 60)
+
+    asyncio.run(main())
+
+
+def test_a_handle_is_told_its_success_and_reads_nothing_back(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_for()
+    reads: list[str] = []
+    get = store.get_execution
+
+    def counting_get(execution_id: str) -> object:
+        reads.append(execution_id)
+        return get(execution_id)
+
+    monkeypatch.setattr(store, "get_execution", counting_get)
+
+    async def main() -> list[int]:
+        handles = await asyncio.gather(*(flows.agent.run_async(i) for i in range(50)))
+        return list(await asyncio.gather(*handles))
+
+    assert asyncio.run(main()) == [20 * i + 10 for i in range(50)]
+    assert reads == [], "every handle returned what its execution committed here"

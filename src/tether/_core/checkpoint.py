@@ -178,8 +178,11 @@ class Checkpoint(Generic[P, R]):
         if call.replayed:
             return cast(R, call.replay())
         while True:
-            token = current_frame.set(call)
-            outside = current_branch.set(None)
+            # Set and set back, not reset by token: a token kept across the await would be
+            # one more object per live call (tens of thousands at once on a busy loop).
+            outside = current_branch.get()
+            current_frame.set(call)
+            current_branch.set(None)
             try:
                 if call.body is not None:
                     value = cast(R, call.body())
@@ -210,8 +213,8 @@ class Checkpoint(Generic[P, R]):
                 run.boundary()
                 continue
             finally:
-                current_branch.reset(outside)
-                current_frame.reset(token)
+                current_branch.set(outside)
+                current_frame.set(None)
             call.succeeded(value)
             call.commit()
             if call.error is not None:
@@ -227,8 +230,11 @@ class Checkpoint(Generic[P, R]):
         if self._ray is not None:
             fn = functools.partial(_ray_call, self._ray)
         while True:
-            token = current_frame.set(call)
-            outside = current_branch.set(None)
+            # Set and set back, not reset by token: a token kept across the await would be
+            # one more object per live call (tens of thousands at once on a busy loop).
+            outside = current_branch.get()
+            current_frame.set(call)
+            current_branch.set(None)
             try:
                 if call.body is not None:
                     value = call.body()
@@ -256,10 +262,18 @@ class Checkpoint(Generic[P, R]):
                 run.boundary()
                 continue
             finally:
-                current_branch.reset(outside)
-                current_frame.reset(token)
+                current_branch.set(outside)
+                current_frame.set(None)
             call.succeeded(value)
-            await call.commit_async()
+            # The common commit awaited here, not in a coroutine of its own: one object less
+            # per call on a loop that runs thousands of them (see `_Call.commit_async`).
+            try:
+                outcome = await call.committing()
+            except StoreUnavailable:
+                outcome = await call.commit_retried()
+            except StoreCorrupt as exc:
+                raise run.store_fault(exc) from exc
+            call.settle(outcome)
             if call.error is not None:
                 raise call.error
             return value
@@ -322,6 +336,9 @@ async def _ray_call(body: _remote.RayBody, *args: Any, **kwargs: Any) -> Any:
 one_recorded_call(Checkpoint._call_async.__code__)
 
 
+_NO_ATTEMPTS: list[dict[str, Any]] = []
+
+
 class _Call(Frame):
     """One checkpoint call at one position: replay or live, shared by sync and async. A live
     call is the `Frame` its body runs in, and holds the commit it is about to make (`row`,
@@ -355,7 +372,9 @@ class _Call(Frame):
             if wait is not None:
                 raise run.diverge(DivergenceError(position, f"wait {wait!r}", checkpoint.name))
         self.prior = prior
-        self.attempts: list[dict[str, Any]] = []
+        # The attempts so far, when there were any: `_NO_ATTEMPTS` (shared, never appended to)
+        # until the first attempt that must be listed, so a first try allocates no list.
+        self.attempts: list[dict[str, Any]] = _NO_ATTEMPTS
         self.replayed = False
         if prior is not None:
             if prior.name != checkpoint.name:
@@ -363,7 +382,8 @@ class _Call(Frame):
             if prior.fingerprint != self.args_fp:
                 self._arguments_changed(position)
             if prior.status == _RETRYING:
-                self.attempts = _serde.loads(prior.attempts) if prior.attempts else []
+                if prior.attempts:
+                    self.attempts = _serde.loads(prior.attempts)
             else:
                 self.replayed = True
                 return  # the hot replay path needs no frame and no clock
@@ -388,7 +408,7 @@ class _Call(Frame):
             # Resuming a call whose earlier attempts failed: what they spent stays counted.
             run.spend.resume_call(self, prior.metadata)
         self.started = time.time()
-        run.live[position] = (checkpoint.name, self.started)
+        run.live[position] = self  # its name and start: the heartbeat's progress
         if _boundary is not None:
             _boundary("before", run, position, checkpoint.name)
 
@@ -435,11 +455,11 @@ class _Call(Frame):
             )
         except SerializationError as exc:
             # Not retried: the same code would produce the same unstorable value.
-            self.attempts.append(self._attempt(finished, exc))
+            self._add_attempt(finished, exc)
             self._pending(_FAILED, None, exc, finished, error=exc)
             return
         if self.attempts:
-            self.attempts.append(self._attempt(finished, None))
+            self._add_attempt(finished, None)
         self._pending(_SUCCEEDED, text, None, finished)
 
     def failed(self, exc: BaseException, raised: BaseException | None = None) -> None:
@@ -449,7 +469,7 @@ class _Call(Frame):
         attempt records its type, and `retry_on` is matched against it."""
         raised = exc if raised is None else raised
         finished = time.time()
-        self.attempts.append(self._attempt(finished, raised))
+        self._add_attempt(finished, raised)
         checkpoint = self.checkpoint
         attempt = self.attempt
         if (
@@ -466,6 +486,11 @@ class _Call(Frame):
             self.delay = float(base * random.uniform(0.5, 1.0))
             return
         self._pending(_FAILED, None, exc, finished)
+
+    def _add_attempt(self, finished: float, exc: BaseException | None) -> None:
+        if self.attempts is _NO_ATTEMPTS:
+            self.attempts = []
+        self.attempts.append(self._attempt(finished, exc))
 
     def _attempt(self, finished: float, exc: BaseException | None) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -532,41 +557,52 @@ class _Call(Frame):
             # Still failing after the retries (or damaged): not the flow's error. Unwind,
             # and let the executor release the execution, to continue once the store is back.
             raise run.store_fault(exc) from exc
-        self._settle(outcome)
+        self.settle(outcome)
 
     async def commit_async(self) -> None:
         """Write the row without blocking the event loop (the store group commits it with
         other executions' rows); resumes once it is durable."""
-        run = self.run
-        store = run.store
         try:
             try:
-                if run.inline_commits is not None and run.inline_commits():
-                    # The only execution on the loop: one statement here costs less than the
-                    # trip to the committer's thread and back, and nobody else waits on the
-                    # loop meanwhile. Retries are awaited below, never slept here.
-                    outcome = store.record_checkpoint(
-                        run.execution_id, run.token, self.row, self.events
-                    )
-                else:
-                    outcome = await store.record_checkpoint_async(
-                        run.execution_id, run.token, self.row, self.events
-                    )
+                outcome = await self.committing()
             except StoreUnavailable:
-                outcome = await persist_async(
-                    functools.partial(
-                        store.record_checkpoint_async,
-                        run.execution_id,
-                        run.token,
-                        self.row,
-                        self.events,
-                    )
+                outcome = await self.commit_retried()
+        except StoreCorrupt as exc:
+            raise self.run.store_fault(exc) from exc
+        self.settle(outcome)
+
+    def committing(self) -> Awaitable[Commit]:
+        """The first try of `commit_async`: what to await for the row to be durable (the
+        store's group commit future; no coroutine). Raises (or the awaitable does) the
+        store's error, for `commit_retried` or the run's fault."""
+        run = self.run
+        if run.inline_commits is not None and run.inline_commits():
+            # The only execution on the loop: one statement here costs less than the trip
+            # to the committer's thread and back, and nobody else waits on the loop
+            # meanwhile. Retries are awaited (`commit_retried`), never slept here.
+            return _done(
+                run.store.record_checkpoint(run.execution_id, run.token, self.row, self.events)
+            )
+        return run.store.record_checkpoint_async(run.execution_id, run.token, self.row, self.events)
+
+    async def commit_retried(self) -> Commit:
+        """The tries after a first that found the store unavailable, paused without blocking
+        the loop; the run's fault once they are spent (or the store is damaged)."""
+        run = self.run
+        try:
+            return await persist_async(
+                functools.partial(
+                    run.store.record_checkpoint_async,
+                    run.execution_id,
+                    run.token,
+                    self.row,
+                    self.events,
                 )
+            )
         except (StoreUnavailable, StoreCorrupt) as exc:
             raise run.store_fault(exc) from exc
-        self._settle(outcome)
 
-    def _settle(self, outcome: Commit) -> None:
+    def settle(self, outcome: Commit) -> None:
         run = self.run
         if not outcome:
             run.lease_lost = True
@@ -730,3 +766,10 @@ def checkpoint(
     if fn is not None:
         return wrap(fn)
     return wrap
+
+
+def _done(outcome: Commit) -> asyncio.Future[Commit]:
+    """An awaitable of an outcome already known (a commit made inline on the loop)."""
+    future: asyncio.Future[Commit] = asyncio.get_running_loop().create_future()
+    future.set_result(outcome)
+    return future

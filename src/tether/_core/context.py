@@ -45,6 +45,13 @@ class Spending(Protocol):
 _waking = threading.Lock()
 
 
+class LiveCall(Protocol):
+    """A checkpoint call running now, as the heartbeat reports it."""
+
+    name: str
+    started: float
+
+
 class Run:
     """One executor's hold on one running execution."""
 
@@ -113,9 +120,9 @@ class Run:
         self.clock: Callable[[], float] = time.time
         self.timed_out = False
         self.lease_lost = False
-        # Checkpoint calls running now, position -> (name, started): published by the
-        # heartbeat as the execution's progress.
-        self.live: dict[str, tuple[str, float]] = {}
+        # Checkpoint calls running now, by position (the call itself: its `name` and when its
+        # attempt `started`): published by the heartbeat as the execution's progress.
+        self.live: dict[str, LiveCall] = {}
         self.diverged: DivergenceError | None = None
         # The result (JSON text) of the success this run recorded as the execution's end,
         # once committed: a handle of this process returns it without reading it back.

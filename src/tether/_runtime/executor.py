@@ -143,6 +143,7 @@ class Refill:
 class _Held:
     store: Store
     token: str
+    execution_id: str
     runs: list[Run] = field(default_factory=list)
     # When the lease runs out, as this process last set it (a claim gives a full term): the
     # heartbeat renews it only once it is due (see `_due`).
@@ -370,7 +371,7 @@ class Executor:
         already `running` under that token (else it is `queued` and moves to running here).
         `row`: the execution as the claim returned it, if it did. `sink`: told its result
         if it succeeds here."""
-        held = _Held(store, token, sink=sink)
+        held = _Held(store, token, execution_id, sink=sink)
         with self._lock:
             self._held[(id(store), execution_id)] = held
             self._parked.pop((id(store), execution_id), None)
@@ -553,7 +554,7 @@ class Executor:
                 self._escapes.pop(key, None)
             if nxt is not None:
                 # The slot passes straight to the next execution: no free slot shows.
-                successor = _Held(store, nxt.token)
+                successor = _Held(store, nxt.token, nxt.execution_id)
                 self._held[(id(store), nxt.execution_id)] = successor
                 self._parked.pop((id(store), nxt.execution_id), None)
             else:
@@ -998,11 +999,18 @@ class Executor:
         beats = 0
         while not self._stopping.wait(_HEARTBEAT_SECONDS):
             beats += 1
+            # The holds themselves, not (id, hold) pairs: with 10,000 executions held, a beat
+            # that made a tuple per hold would feed the garbage collector 10,000 objects a
+            # second that live through the whole beat.
             with self._lock:
-                by_store: dict[int, list[tuple[str, _Held]]] = {}
-                for (store_key, execution_id), held in self._held.items():
-                    by_store.setdefault(store_key, []).append((execution_id, held))
-                stores = {id(h.store): h.store for h in self._held.values()}
+                by_store: dict[int, list[_Held]] = {}
+                for held in self._held.values():
+                    found = by_store.get(id(held.store))
+                    if found is None:
+                        by_store[id(held.store)] = [held]
+                    else:
+                        found.append(held)
+                stores = {key: entries[0].store for key, entries in by_store.items()}
                 stores.update({id(s): s for s in self._parked.values()})
             for entries in by_store.values():
                 entries = self._on_live_loops(entries)
@@ -1017,7 +1025,7 @@ class Executor:
                         # Escaping would end the heartbeat, and with it every lease held here.
                         log.exception("store maintenance failed; trying again later")
 
-    def _on_live_loops(self, entries: list[tuple[str, _Held]]) -> list[tuple[str, _Held]]:
+    def _on_live_loops(self, entries: list[_Held]) -> list[_Held]:
         """The holds whose leases may be renewed: sync ones, and async ones whose event loop
         lives and turns. A loop that has not turned for a whole lease is stuck (a blocking
         call that never returns, a deadlock): renewing its leases would keep every
@@ -1026,14 +1034,23 @@ class Executor:
         runs nothing more: its holds are dropped (a worker's slots free, a stop does not wait
         for them)."""
         lease = settings().lease_seconds
-        kept: list[tuple[str, _Held]] = []
-        for execution_id, held in entries:
+        # Each loop looked at once: thousands of holds share one or two loops.
+        healthy: dict[int, bool] = {}
+        for held in entries:
             loop = held.loop
-            if loop is None or loop.healthy(lease):
-                if loop is not None:
+            if loop is not None and id(loop) not in healthy:
+                healthy[id(loop)] = loop.healthy(lease)
+                if healthy[id(loop)]:
                     self._stalled.discard(id(loop))
-                kept.append((execution_id, held))
+        if all(healthy.values()):
+            return entries  # the usual beat: every hold is renewed, nothing is copied
+        kept: list[_Held] = []
+        for held in entries:
+            loop = held.loop
+            if loop is None or healthy[id(loop)]:
+                kept.append(held)
                 continue
+            execution_id = held.execution_id
             if loop.ended is not None or not loop.thread.is_alive():
                 for run in held.runs:
                     run.lease_lost = True
@@ -1053,11 +1070,11 @@ class Executor:
                 )  # fmt: skip
         return kept
 
-    def _renew(self, entries: list[tuple[str, _Held]]) -> None:
+    def _renew(self, entries: list[_Held]) -> None:
         """One statement for what changed since the last beat: the leases that are due, and
         the progress of executions whose live calls (those running for a beat at least)
         changed. A beat with neither writes nothing."""
-        store = entries[0][1].store
+        store = entries[0].store
         now = time.time()
         lease = settings().lease_seconds
         # Due once less than a lease (and two beats, for a late beat) is left: a lease is
@@ -1066,15 +1083,15 @@ class Executor:
         shown_before = now - _HEARTBEAT_SECONDS
         tokens: dict[str, str] = {}
         progress: dict[str, str | None] = {}
-        sent: list[tuple[str, _Held]] = []
-        for execution_id, held in entries:
+        sent: list[_Held] = []
+        for held in entries:
             shows = _progress(held, shown_before)
             changed = shows != held.shown
             if changed:
-                progress[execution_id] = shows
+                progress[held.execution_id] = shows
             if changed or held.expires < due_before:
-                tokens[execution_id] = held.token
-                sent.append((execution_id, held))
+                tokens[held.execution_id] = held.token
+                sent.append(held)
         if not tokens:
             return
         expires = now + lease_term()
@@ -1094,7 +1111,8 @@ class Executor:
                 _describe(exc),
             )
             return
-        for execution_id, held in sent:
+        for held in sent:
+            execution_id = held.execution_id
             cancel = still.get(execution_id)
             if cancel is not None:
                 if held.expires < due_before:
@@ -1107,10 +1125,10 @@ class Executor:
                 elif cancel:
                     run.cancel()
 
-    def _pass_on_cancels(self, entries: list[tuple[str, _Held]]) -> None:
+    def _pass_on_cancels(self, entries: list[_Held]) -> None:
         """Tell the runs of the executions held here that another process asked to cancel:
         one read of the (small) set of pending cancels per store per beat."""
-        store = entries[0][1].store
+        store = entries[0].store
         try:
             requested = store.cancel_requests()
         except Exception as exc:
@@ -1120,9 +1138,9 @@ class Executor:
             return
         if not requested:
             return
-        held = dict(entries)
         for execution_id, token in requested:
-            found = held.get(execution_id)
+            with self._lock:
+                found = self._held.get((id(store), execution_id))
             if found is not None and found.token == token:
                 for run in found.runs:
                     run.cancel()
@@ -1159,15 +1177,16 @@ def _describe(error: BaseException) -> str:
 def _progress(held: _Held, before: float) -> str | None:
     """The checkpoint calls of an execution live since `before` (a beat ago at least), as
     JSON: a call that ends within a beat is never written."""
-    if not any(run.live for run in held.runs):
+    for run in held.runs:  # a loop, not any(): no generator per hold per beat
+        if run.live:
+            break
+    else:
         return None
     live = [
-        {"position": position, "name": name, "since": since}
+        {"position": position, "name": call.name, "since": call.started}
         for run in held.runs
-        for position, (name, since) in sorted(
-            run.live.copy().items(), key=lambda item: sort_key(item[0])
-        )
-        if since <= before
+        for position, call in sorted(run.live.copy().items(), key=lambda item: sort_key(item[0]))
+        if call.started <= before
     ]
     return _serde.dumps(live) if live else None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import time
@@ -139,35 +140,28 @@ class Handle(Generic[R]):
         loop = asyncio.get_running_loop()
         runner = executor()
         pause = _POLL_MIN
-        first = True
         held_pause = _HELD_POLL
         while True:
+            if self._succeeded is not None:
+                return cast(R, _decoded(self._succeeded[0]))
             # Watched before the read: an end between the two still wakes us.
             woken = runner.watch(self._store, self.id)
             try:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if (
-                    woken is not None
-                    and (remaining is None or remaining > 0)
-                    and (first or runner.runs_live(self._store, self.id))
-                ):
+                if (remaining is None or remaining > 0) and runner.runs_live(self._store, self.id):
                     # Held here, by a live thread or loop, so not ended: its end is committed
                     # before the hold ends, and that wakes us. No read meanwhile: thousands of
                     # handles awaited at once would each read the store, again and again.
-                    first = False
                     wait = held_pause if remaining is None else min(held_pause, remaining)
-                    await asyncio.wait({woken}, timeout=wait)
+                    await _woken_or(woken, wait, loop)
                     held_pause = min(held_pause * 2, _HELD_POLL_MAX)
                     continue
-                first = False
-                if self._succeeded is not None:
-                    return cast(R, _decoded(self._succeeded[0]))
                 try:
                     row = await loop.run_in_executor(None, self._row)
                 except StoreUnavailable:
                     if deadline is not None and time.monotonic() > deadline:
                         raise
-                    await asyncio.wait({woken}, timeout=_POLL_MAX)
+                    await _woken_or(woken, _POLL_MAX, loop)
                     continue
                 if Status(row.status).finished:
                     return cast(R, _outcome(row))
@@ -179,11 +173,9 @@ class Handle(Generic[R]):
                     # Run elsewhere: read again, less and less often (resumed here, it
                     # still wakes us when it ends).
                     wait, pause = pause, min(pause * 2, _POLL_MAX)
-                await asyncio.wait(
-                    {woken}, timeout=wait if remaining is None else min(wait, remaining)
-                )
+                await _woken_or(woken, wait if remaining is None else min(wait, remaining), loop)
             finally:
-                if not woken.done():
+                if not _woken_by_end(woken):
                     runner.unwatch(self._store, self.id, woken)
 
     def _still_waiting(
@@ -239,6 +231,36 @@ class Handle(Generic[R]):
         if row is None:
             raise ExecutionNotFound(f"no execution {self.id} in {redact(self._store.url)}")
         return row
+
+
+# The context of the timers below: a shared empty one, not a copy of the caller's each time.
+_QUIET = contextvars.Context()
+
+
+def _woken_or(
+    woken: asyncio.Future[None], seconds: float, loop: asyncio.AbstractEventLoop
+) -> asyncio.Future[None]:
+    """`woken` (resolved by the executor when the execution stops being held here), resolved
+    with False after `seconds` at the latest: one timer, where `asyncio.wait` made a dozen
+    objects per wait (thousands of handles awaited at once each wait again and again)."""
+    if not woken.done():
+        timer = loop.call_later(seconds, _time_up, woken, context=_QUIET)
+        woken.add_done_callback(functools.partial(_stop_timer, timer), context=_QUIET)
+    return woken
+
+
+def _time_up(woken: asyncio.Future[Any]) -> None:
+    if not woken.done():
+        woken.set_result(False)
+
+
+def _stop_timer(timer: asyncio.TimerHandle, _: asyncio.Future[Any]) -> None:
+    timer.cancel()
+
+
+def _woken_by_end(woken: asyncio.Future[Any]) -> bool:
+    """Whether the executor resolved `woken` (it then dropped it from its watchers)."""
+    return woken.done() and not woken.cancelled() and woken.result() is not False
 
 
 def _decoded(result: str | None) -> Any:

@@ -67,9 +67,13 @@ class Finish:
     now: float
 
 
-def group_key(item: CheckpointCommit | Finish) -> tuple[str, str | None]:
-    """A batch writes each checkpoint row and each execution's end at most once."""
-    return (item.execution_id, item.row.position if isinstance(item, CheckpointCommit) else None)
+def group_key(item: CheckpointCommit | Finish) -> str:
+    """A batch writes each checkpoint row and each execution's end at most once. A string,
+    not a tuple: strings are not tracked by the garbage collector, and a busy loop commits
+    tens of thousands of these a second."""
+    if isinstance(item, CheckpointCommit):
+        return f"{item.execution_id} {item.row.position}"
+    return item.execution_id  # no space in an id: never a checkpoint's key
 
 
 def rejoins(item: CheckpointCommit | Finish) -> bool:

@@ -131,11 +131,17 @@ class ExecutionsSql(SqlBase):
         if len(batch) == 1:
             return [self.create_execution(batch[0])]
         with self._transaction() as conn:
-            self._executemany(conn, _INSERT, [_values(r) for r in batch if r.dedup_key is None])
+            self._insert_new(conn, [_values(r) for r in batch if r.dedup_key is None])
             return [
                 row.id if row.dedup_key is None else self._insert_execution(conn, row)
                 for row in batch
             ]
+
+    def _insert_new(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert keyless execution rows (in EXECUTION_COLUMNS order) in one go; a dialect
+        may do it in fewer statements."""
+        if rows:
+            self._executemany(conn, _INSERT, rows)
 
     def start_child(
         self, parent_id: str, token: str, child: ExecutionRow, start: CheckpointRow

@@ -14,7 +14,7 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .._core import capture as _capture
@@ -96,7 +96,7 @@ class Attempt:
         self.row = row
         self.run = run
         self.target: Runnable | None = None
-        self.args: list[Any] = []
+        self.args: Sequence[Any] = ()
         self.kwargs: dict[str, Any] = {}
         self.value: Any = None
         self.error: BaseException | None = None
@@ -277,7 +277,9 @@ def prepare(
     try:
         target = flow if flow is not None else load_flow(row.import_path, row.script)
         decoded = _serde.loads(row.args)
-        attempt.args, attempt.kwargs = decoded["args"], decoded["kwargs"]
+        # A tuple: of plain values, the collector stops tracking it (a list it always tracks,
+        # for as long as the execution runs).
+        attempt.args, attempt.kwargs = tuple(decoded["args"]), decoded["kwargs"]
         attempt.target = target
     except BaseException as exc:
         attempt.error = as_failure(exc, f"loading flow {row.flow!r}")

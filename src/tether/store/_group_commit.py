@@ -182,7 +182,11 @@ class GroupCommit(Generic[T, R]):
         inbox.append(_Waiter(item, self._key(item), future))
         if not self._leading:
             self._lead_if_idle()
-        elif self._gather and len(self._queue) + len(inbox) >= self._gather:
+        elif (
+            self._gather
+            and len(self._queue) + len(inbox) >= self._gather
+            and not self._gathered.is_set()  # set() takes a lock and notifies, even when set
+        ):
             self._gathered.set()  # the leader waits for us (a stale count: it times out)
         return future
 

@@ -30,7 +30,7 @@ from typing import Protocol
 from .._core import imports as _imports
 from .._core import serde as _serde
 from .._core.config import apply_gc, settings, store_for
-from .._core.context import Run
+from .._core.context import LiveCall, Run
 from .._core.positions import sort_key
 from .._core.status import Status
 from ..errors import ConfigurationError, StoreCorrupt, StoreUnavailable
@@ -1176,19 +1176,24 @@ def _describe(error: BaseException) -> str:
 
 def _progress(held: _Held, before: float) -> str | None:
     """The checkpoint calls of an execution live since `before` (a beat ago at least), as
-    JSON: a call that ends within a beat is never written."""
-    for run in held.runs:  # a loop, not any(): no generator per hold per beat
-        if run.live:
-            break
-    else:
+    JSON: a call that ends within a beat is never written. Each beat asks this of every
+    hold, and nearly every call is younger than a beat: those cost a look, no copy or sort."""
+    found: list[tuple[str, LiveCall]] | None = None
+    for run in held.runs:
+        if not run.live:
+            continue
+        # A copy taken in one step (the loop thread adds and removes calls meanwhile).
+        for position, call in tuple(run.live.items()):
+            if call.started <= before:
+                if found is None:
+                    found = []
+                found.append((position, call))
+    if found is None:
         return None
-    live = [
-        {"position": position, "name": call.name, "since": call.started}
-        for run in held.runs
-        for position, call in sorted(run.live.copy().items(), key=lambda item: sort_key(item[0]))
-        if call.started <= before
-    ]
-    return _serde.dumps(live) if live else None
+    found.sort(key=lambda item: sort_key(item[0]))
+    return _serde.dumps(
+        [{"position": at, "name": call.name, "since": call.started} for at, call in found]
+    )
 
 
 _executor_lock = threading.Lock()

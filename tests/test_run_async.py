@@ -99,6 +99,57 @@ def test_runs_started_by_threads_while_another_is_written_share_one_commit(db_ur
     assert [handles[i].result() for i in range(1, 9)] == [(i + i + 1) * 10 for i in range(1, 9)]
 
 
+def test_runs_written_together_for_threads_are_durable_when_run_returns(
+    client: tether.Client,
+) -> None:
+    # As above, in a process that kills itself the moment every run() has returned: the
+    # starts written for one another in a shared transaction are all in the store, and
+    # another process finishes them.
+    if not client.db.startswith("sqlite"):
+        pytest.skip("holds the SQLite store's write lock")
+    code = textwrap.dedent(
+        """
+        import os, signal, sys, threading, time, run_async_flows
+        from tether._core.config import store_for
+        from tether.store import _sql_executions
+
+        def until(check):
+            deadline = time.monotonic() + 30
+            while not check():
+                if time.monotonic() > deadline:
+                    sys.exit("timed out")
+                time.sleep(0.005)
+
+        store = store_for()
+        ids = {}
+
+        def start(i):
+            run = lambda: ids.__setitem__(i, run_async_flows.agent.run(i).id)
+            thread = threading.Thread(target=run)
+            thread.start()
+            return thread
+
+        with store._writing:
+            threads = [start(1)]
+            until(_sql_executions._ALONE.locked)
+            threads += [start(i) for i in range(2, 7)]
+            queued = lambda g: len(g._queue) + len(g._inbox)
+            until(lambda: store._starts is not None and store._starts.batches == 1
+                  and queued(store._starts) == 4)
+        for thread in threads:
+            thread.join()
+        print(" ".join(ids[i] for i in range(1, 7)), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    crashed = run_child(code, client.db)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    ids = crashed.stdout.split()
+    assert len(set(ids)) == 6
+    assert [client.get(i).flow for i in ids] == ["agent"] * 6  # committed, not just sent
+    assert _resume(client, ids[-1]) == "130"  # one of the four written together
+
+
 def test_a_sync_flow_started_with_run_async_runs_on_a_thread(client: tether.Client) -> None:
     async def main() -> int:
         return await (await flows.sync_agent.run_async(1))

@@ -73,9 +73,9 @@ def test_runs_started_by_threads_while_another_is_written_share_one_commit(db_ur
     # are written in one transaction, and every start returns a durable execution that runs.
     if not db_url.startswith("sqlite"):
         pytest.skip("holds the SQLite store's write lock")
-    assert flows.agent.run(0).result() == 10  # the store and its group commit exist
+    assert flows.agent.run(0).result() == 10  # the store exists
     store = store_for()
-    starts = store._starts  # type: ignore[attr-defined]
+    starts = store._start_group()  # type: ignore[attr-defined]
     handles: dict[int, tether.Handle[int]] = {}
 
     def start(i: int) -> threading.Thread:

@@ -79,7 +79,6 @@ class ExecutionsSql(SqlBase):
     ) -> str:
         if checkpoints or waits:
             return self._create_one(row, checkpoints, waits)
-        starts = self._start_group()
         # A start while no other thread's is being written (a loop of `run()` calls, one
         # thread) writes at once, without the group commit's bookkeeping; one that arrives
         # while another is written goes through the group commit, so the starts of many
@@ -89,7 +88,7 @@ class ExecutionsSql(SqlBase):
                 return self._create_one(row)
             finally:
                 _ALONE.release()
-        return starts.commit(row)
+        return self._start_group().commit(row)
 
     def _create_one(
         self,

@@ -91,6 +91,10 @@ class Handle(Generic[R]):
         run = self._in_parent()
         if run is not None:
             return self._settle(run, _waits.reserve_child_wait(run, self.id), timeout)
+        if self._succeeded is not None:
+            # Ended here already (a loop of result() over many handles mostly finds this):
+            # nothing to register, wait for or read.
+            return cast(R, _decoded(self._succeeded[0]))
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _POLL_MIN
         runner = executor()
@@ -99,12 +103,12 @@ class Handle(Generic[R]):
         waiter = runner.wait_on(self._store, self.id)
         try:
             while True:
+                if self._succeeded is not None:
+                    return cast(R, _decoded(self._succeeded[0]))
                 if waiter.event.is_set():
                     # Woken (and dropped from the registry): a fresh one for the next wait.
                     runner.stop_waiting(self._store, self.id, waiter)
                     waiter = runner.wait_on(self._store, self.id)
-                if self._succeeded is not None:
-                    return cast(R, _decoded(self._succeeded[0]))
                 try:
                     row = self._row()
                 except StoreUnavailable:

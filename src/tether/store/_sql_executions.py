@@ -152,8 +152,8 @@ class ExecutionsSql(SqlBase):
         return starts
 
     def _write_starts(self, batch: list[ExecutionRow]) -> list[str]:
-        """A batch of starts in one transaction: the keyless rows in one `executemany`, a
-        keyed one alone (its conflict names the execution that holds the key)."""
+        """A batch of starts in one transaction: the keyless rows together (`_insert_new`),
+        a keyed one alone (its conflict names the execution that holds the key)."""
         if len(batch) == 1:
             return [self._create_one(batch[0])]
         with self._transaction() as conn:

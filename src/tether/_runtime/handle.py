@@ -39,7 +39,7 @@ _POLL_MAX = 0.25
 # How often an awaiting handle reads the store anyway while this process runs the execution
 # (a safety net: its end wakes the handle), backing off: thousands of handles awaited at once
 # would otherwise read thousands of rows a second for as long as their executions run.
-_HELD_POLL = 1.0
+_HELD_POLL = 4.0
 _HELD_POLL_MAX = 16.0
 
 

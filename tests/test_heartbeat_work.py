@@ -261,3 +261,47 @@ def test_a_waiter_returns_when_another_process_ends_the_execution(
     waiter.join(timeout=120)
     assert done == [6]
     assert _executor.executor()._waiters == {}
+
+
+def test_an_awaiting_handle_whose_hold_vanished_without_a_wake_is_woken_by_a_beat(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, fast_beats: None
+) -> None:
+    # An awaiting handle waits on its execution's end with no timer while the execution is
+    # held here. Should a hold ever end without waking its watchers (a bug), the heartbeat
+    # wakes them: the handle then reads the store (finds it still running) and polls it.
+    monkeypatch.setattr(_handle, "_HELD_POLL", 3600.0)
+    store = store_for()
+    runner = _executor.executor()
+    _gates.clear()
+    handle = parked.run(7)
+    retry_until(lambda: 7 in _gates, what="the execution to enter its call")
+    reads = _count_reads(store, monkeypatch)
+
+    async def main() -> int:
+        waiting = asyncio.ensure_future(handle.result_async())
+        key = (id(store), handle.id)
+
+        async def until(check: Any, what: str) -> None:
+            for _ in range(4000):
+                if check():
+                    return
+                await asyncio.sleep(0.005)
+            raise AssertionError(f"timed out waiting for {what}")
+
+        def watched() -> bool:
+            with runner._lock:
+                return bool(runner._watchers.get(key))
+
+        await until(watched, "the handle to watch its execution")
+        assert reads == {}, "held here: the handle waits without reading"
+        with runner._lock:
+            held = runner._held.pop(key)  # the hold ends, and nobody is told
+        try:
+            await until(lambda: reads.get(handle.id), "a beat to wake the handle, which reads")
+            _open_gates({7})
+            return await asyncio.wait_for(waiting, 60)
+        finally:
+            with runner._lock:
+                runner._held.setdefault(key, held)
+
+    assert asyncio.run(main()) == 7

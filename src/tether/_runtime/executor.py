@@ -386,6 +386,17 @@ class Executor(Heartbeat, Waker):
             if waiter.count <= 0 and self._waiters.get(key) is waiter:
                 del self._waiters[key]
 
+    def _wake_strays(self) -> None:
+        """The heartbeat's safety net for awaiting handles, which wait on their execution's
+        end with no timer of their own while it is held here (ten thousand timers were a
+        tenth of the awaiting loop's work): whoever watches an execution no longer held here
+        is woken, and reads the store."""
+        with self._lock:
+            stray = [key for key in self._watchers if key not in self._held]
+            futures = [future for key in stray for future in self._watchers.pop(key)]
+        if futures:
+            self._wakes.add(futures)
+
     def unwatch(self, store: Store, execution_id: str, future: asyncio.Future[None]) -> None:
         key = (id(store), execution_id)
         with self._lock:

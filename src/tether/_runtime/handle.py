@@ -156,8 +156,12 @@ class Handle(Generic[R]):
                     # Held here, by a live thread or loop, so not ended: its end is committed
                     # before the hold ends, and that wakes us. No read meanwhile: thousands of
                     # handles awaited at once would each read the store, again and again.
-                    wait = held_pause if remaining is None else min(held_pause, remaining)
-                    await _woken_or(woken, wait, loop)
+                    # No timer either, unless a timeout needs one: the heartbeat wakes a
+                    # watcher whose execution is no longer held here (`_wake_strays`).
+                    if remaining is None:
+                        await woken
+                        continue
+                    await _woken_or(woken, min(held_pause, remaining), loop)
                     held_pause = min(held_pause * 2, _HELD_POLL_MAX)
                     continue
                 try:

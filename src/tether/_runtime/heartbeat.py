@@ -61,6 +61,7 @@ class Heartbeat(Holds):
                 if entries:
                     self._renew(entries)
                     self._pass_on_cancels(entries)
+            self._wake_strays()
             if beats % _MAINTAIN_BEATS == 0:
                 for store in stores.values():
                     try:

@@ -215,6 +215,9 @@ class Holds:
     ) -> _Held | None:
         raise NotImplementedError
 
+    def _wake_strays(self) -> None:
+        raise NotImplementedError
+
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"

@@ -111,6 +111,8 @@ class Checkpoint(Generic[P, R]):
             raise UsageError(f"timeout must be a positive number of seconds, not {timeout}")
         self.fn = fn
         self.name = name or fn.__qualname__
+        # What an unstorable result is called in its error: made once, not on every commit.
+        self._result_root = f"result of checkpoint {self.name!r}"
         self.retries = retries
         self.backoff = backoff
         self.retry_on = retry_on
@@ -449,9 +451,7 @@ class _Call(Frame):
         checkpoint = self.checkpoint
         try:
             text = _serde.dumps(
-                value,
-                allow_pickle=self.run.allow_pickle,
-                root=f"result of checkpoint {checkpoint.name!r}",
+                value, allow_pickle=self.run.allow_pickle, root=checkpoint._result_root
             )
         except SerializationError as exc:
             # Not retried: the same code would produce the same unstorable value.
@@ -519,17 +519,20 @@ class _Call(Frame):
         metadata = frame.metadata
         if frame.usage is not None and run.spend is not None:
             metadata = run.spend.commit_call(frame, metadata)
+        attempts = self.attempts
+        # Positional (position, name, fingerprint, status, result, error, attempts, started_at,
+        # finished_at, metadata): keywords would build a dict on every commit.
         self.row: CheckpointRow = CheckpointRow(
-            position=frame.position,
-            name=frame.name,
-            fingerprint=self.args_fp,
-            status=status,
-            result=result,
-            error=_serde.error_to_text(exc) if exc else None,
-            attempts=_serde.dumps(self.attempts) if self.attempts else None,
-            started_at=self.attempts[0]["started_at"] if self.attempts else self.started,
-            finished_at=finished,
-            metadata=_serde.dumps(metadata) if metadata else None,
+            frame.position,
+            frame.name,
+            self.args_fp,
+            status,
+            result,
+            _serde.error_to_text(exc) if exc else None,
+            _serde.dumps(attempts) if attempts else None,
+            attempts[0]["started_at"] if attempts else self.started,
+            finished,
+            _serde.dumps(metadata) if metadata else None,
         )
         self.events = _log_events(run, frame) if frame.log is not None else ()
         self.error = error

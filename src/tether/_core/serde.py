@@ -80,14 +80,15 @@ def dumps(value: Any, *, allow_pickle: bool | None = None, root: str = "value") 
     """Encode `value` as stored text. Raises SerializationError with the path on failure,
     or when the value is nested too deep or its text is over `max_value_bytes`.
     `allow_pickle`: the pickle fallback (default: the process setting)."""
+    settings = _config.settings()
     if _plain(value, 0):
         data = json_bytes(value)
     else:
         if allow_pickle is None:
-            allow_pickle = _config.settings().pickle
+            allow_pickle = settings.pickle
         data = json_bytes(_Encoder(allow_pickle).encode(value, root))
-    if len(data) > _config.settings().max_value_bytes:
-        raise too_large(root, len(data), _config.settings().max_value_bytes)
+    if len(data) > settings.max_value_bytes:
+        raise too_large(root, len(data), settings.max_value_bytes)
     return data.decode()
 
 
@@ -205,10 +206,13 @@ def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     else:
         text = _encode_json(_canonical([list(args), kwargs]))
         data = text.encode("utf-8", "surrogatepass")
-    return _blake2b(data, digest_size=8).hexdigest()
+    # A copy of an empty hasher: the constructor's keyword argument costs as much again.
+    hasher = _FINGERPRINT.copy()
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
-_blake2b = hashlib.blake2b
+_FINGERPRINT = hashlib.blake2b(digest_size=8)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -266,7 +270,11 @@ def _plain(value: Any, depth: int) -> bool:
                 return False
         return True
     if t is list:
-        return all(_plain(v, depth + 1) for v in value)
+        # A loop, not all(generator): no generator object per list on the commit path.
+        for v in value:  # noqa: SIM110
+            if not _plain(v, depth + 1):
+                return False
+        return True
     return False
 
 

@@ -57,6 +57,8 @@ _MAX_BACKOFF = 60.0
 _SUCCEEDED = CheckpointStatus.SUCCEEDED.value
 _FAILED = CheckpointStatus.FAILED.value
 _RETRYING = CheckpointStatus.RETRYING.value
+# A member read off an Enum class goes through its metaclass's attribute hook: once here.
+_CANCEL_REQUESTED = Commit.CANCEL_REQUESTED
 
 # Test hook: called after each committed checkpoint with (run, position). Lets crash tests
 # kill a process exactly between a commit and the code that follows it.
@@ -268,9 +270,12 @@ class Checkpoint(Generic[P, R]):
                 current_frame.set(None)
             call.succeeded(value)
             # The common commit awaited here, not in a coroutine of its own: one object less
-            # per call on a loop that runs thousands of them (see `_Call.commit_async`).
+            # per call on a loop that runs thousands of them (see `_Call.commit_async`); and
+            # made at once when this execution is alone on the loop (nothing to await).
             try:
-                outcome = await call.committing()
+                outcome = call.commit_inline()
+                if outcome is None:
+                    outcome = await call.committing()
             except StoreUnavailable:
                 outcome = await call.commit_retried()
             except StoreCorrupt as exc:
@@ -567,25 +572,31 @@ class _Call(Frame):
         other executions' rows); resumes once it is durable."""
         try:
             try:
-                outcome = await self.committing()
+                outcome = self.commit_inline()
+                if outcome is None:
+                    outcome = await self.committing()
             except StoreUnavailable:
                 outcome = await self.commit_retried()
         except StoreCorrupt as exc:
             raise self.run.store_fault(exc) from exc
         self.settle(outcome)
 
-    def committing(self) -> Awaitable[Commit]:
-        """The first try of `commit_async`: what to await for the row to be durable (the
-        store's group commit future; no coroutine). Raises (or the awaitable does) the
-        store's error, for `commit_retried` or the run's fault."""
+    def commit_inline(self) -> Commit | None:
+        """The first try of `commit_async` when this is the only execution on the loop: one
+        statement here costs less than the trip to the committer's thread and back, and
+        nobody else waits on the loop meanwhile. None when the row must go to the group
+        commit (`committing`). Raises the store's error, for `commit_retried` (retries are
+        awaited, never slept here) or the run's fault."""
         run = self.run
         if run.inline_commits is not None and run.inline_commits():
-            # The only execution on the loop: one statement here costs less than the trip
-            # to the committer's thread and back, and nobody else waits on the loop
-            # meanwhile. Retries are awaited (`commit_retried`), never slept here.
-            return _done(
-                run.store.record_checkpoint(run.execution_id, run.token, self.row, self.events)
-            )
+            return run.store.record_checkpoint(run.execution_id, run.token, self.row, self.events)
+        return None
+
+    def committing(self) -> Awaitable[Commit]:
+        """The first try of `commit_async` with other executions on the loop: what to await
+        for the row to be durable (the store's group commit future; no coroutine). Raises
+        (or the awaitable does) the store's error, for `commit_retried` or the run's fault."""
+        run = self.run
         return run.store.record_checkpoint_async(run.execution_id, run.token, self.row, self.events)
 
     async def commit_retried(self) -> Commit:
@@ -610,7 +621,7 @@ class _Call(Frame):
         if not outcome:
             run.lease_lost = True
             raise LeaseLost(run.execution_id)
-        if outcome is Commit.CANCEL_REQUESTED:
+        if outcome is _CANCEL_REQUESTED:
             run.cancel()
         if _after_commit is not None:
             _after_commit(run, self.row.position)
@@ -769,10 +780,3 @@ def checkpoint(
     if fn is not None:
         return wrap(fn)
     return wrap
-
-
-def _done(outcome: Commit) -> asyncio.Future[Commit]:
-    """An awaitable of an outcome already known (a commit made inline on the loop)."""
-    future: asyncio.Future[Commit] = asyncio.get_running_loop().create_future()
-    future.set_result(outcome)
-    return future

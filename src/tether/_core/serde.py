@@ -264,15 +264,20 @@ def _plain(value: Any, depth: int) -> bool:
         return math.isfinite(value)
     if depth > _MAX_PLAIN_DEPTH:
         return False
+    # Strings and integers in a container are checked in its loop, not by a call each: this
+    # walk runs on every commit.
     if t is dict:
         for k, v in value.items():
-            if type(k) is not str or k == TAG or not _plain(v, depth + 1):
+            if type(k) is not str or k == TAG:
+                return False
+            t = type(v)
+            if t is not str and t is not int and not _plain(v, depth + 1):
                 return False
         return True
     if t is list:
-        # A loop, not all(generator): no generator object per list on the commit path.
-        for v in value:  # noqa: SIM110
-            if not _plain(v, depth + 1):
+        for v in value:
+            t = type(v)
+            if t is not str and t is not int and not _plain(v, depth + 1):
                 return False
         return True
     return False

@@ -27,6 +27,9 @@ from ._sql_common import (
     plain_values,
 )
 
+# A member read off an Enum class goes through its metaclass's attribute hook: once here.
+_COMMITTED = Commit.COMMITTED
+
 # Positions per statement of get_checkpoints_at: well under either database's parameter limit.
 _POSITIONS_PER_READ = 500
 
@@ -118,7 +121,7 @@ class CheckpointsSql(SqlBase):
         if not events:
             # The hot path: one statement, its own transaction, told apart by its row count.
             if self._count(statement, given):
-                return Commit.COMMITTED
+                return _COMMITTED
         else:
             with self._transaction() as conn:
                 if self._run(conn, statement, given).rowcount:

@@ -146,15 +146,17 @@ class Checkpoint(Generic[P, R]):
         if run is None or current_frame.get() is not None:
             # Outside a flow, or nested in another checkpoint: a plain call.
             return self.fn(*args, **kwargs)
-        position = run.take_position()
+        # `run.take_position()`, written out: this runs on every call.
+        position = (current_branch.get() or run.root).take()
         if self.is_async:
-            call = cast(
-                "types.CoroutineType[Any, Any, Any]", self._call_async(run, position, args, kwargs)
+            # Annotated rather than cast(): a cast is a function call, on every call.
+            call: types.CoroutineType[Any, Any, Any] = self._call_async(  # type: ignore[assignment]
+                run, position, args, kwargs
             )
             # Named for the checkpoint, not `Checkpoint._call_async`: a missing `await` then
             # reads "coroutine 'fetch' was never awaited", and a SerializationError names it.
             call.__qualname__ = self.name
-            return cast(R, call)
+            return call  # type: ignore[return-value]
         return self._call_sync(run, position, args, kwargs)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
@@ -229,8 +231,8 @@ class Checkpoint(Generic[P, R]):
         call = _Call(self, run, position, args, kwargs)
         if call.replayed:
             return call.replay()
-        # A string: no generic alias built on every call.
-        fn = cast("Callable[..., Awaitable[Any]]", self.fn)
+        # Annotated rather than cast(): no call (and no generic alias) on every call.
+        fn: Callable[..., Awaitable[Any]] = self.fn  # type: ignore[assignment]
         if self._ray is not None:
             fn = functools.partial(_ray_call, self._ray)
         while True:

@@ -63,6 +63,7 @@ MAX_DEPTH = 100
 # surrogates) lives with the store, which sends such trees to PostgreSQL itself; the json
 # module is the decoder's fallback too.
 _from_json = pydantic_core.from_json
+_to_json = pydantic_core.to_json
 
 
 def _encode_json(tree: Any) -> str:
@@ -82,7 +83,10 @@ def dumps(value: Any, *, allow_pickle: bool | None = None, root: str = "value") 
     `allow_pickle`: the pickle fallback (default: the process setting)."""
     settings = _config.settings()
     if _plain(value, 0):
-        data = json_bytes(value)
+        try:
+            data = _to_json(value)
+        except ValueError:  # what Rust strings cannot hold (lone surrogates): the fallback
+            data = json_bytes(value)
     else:
         if allow_pickle is None:
             allow_pickle = settings.pickle
@@ -201,7 +205,15 @@ def _as_data(value: Any, depth: int) -> Any:
 
 def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """A short stable hash of call arguments: a resumed call with other arguments is noted."""
-    if not kwargs and _plain_args(args):
+    # Scalars only: their repr is stable across processes and runs (the common case: ids,
+    # prompts, counters), and far cheaper than a canonical JSON walk.
+    plain = not kwargs
+    if plain:
+        for arg in args:
+            if type(arg) not in _SCALARS:
+                plain = False
+                break
+    if plain:
         data = repr(args).encode("utf-8", "surrogatepass")
     else:
         text = _encode_json(_canonical([list(args), kwargs]))
@@ -214,15 +226,6 @@ def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
 _FINGERPRINT = hashlib.blake2b(digest_size=8)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _plain_args(args: tuple[Any, ...]) -> bool:
-    # Scalars only: their repr is stable across processes and runs (the common case: ids,
-    # prompts, counters), and far cheaper than a canonical JSON walk.
-    for arg in args:  # noqa: SIM110 - a plain loop beats all(genexpr) on 1-3 args
-        if type(arg) not in _SCALARS:
-            return False
-    return True
 
 
 def _canonical(obj: Any, depth: int = 0) -> Any:

@@ -325,7 +325,8 @@ class SQLiteStore(SqlStore):
         # until its rows are read.
         conn = self._conn()
         try:
-            if not _writes(sql):
+            writes = _kinds.get(sql)
+            if not (_writes(sql) if writes is None else writes):
                 cursor = conn.execute(sql, params)
             elif self.readonly:
                 raise self._refuse_write()

@@ -185,10 +185,9 @@ class Checkpoint(Generic[P, R]):
             return cast(R, call.replay())
         while True:
             # Set and set back, not reset by token: a token kept across the await would be
-            # one more object per live call (tens of thousands at once on a busy loop).
-            outside = current_branch.get()
+            # one more object per live call (tens of thousands at once on a busy loop). The
+            # branch stays: while a call is current, nothing is recorded in it (`positions`).
             current_frame.set(call)
-            current_branch.set(None)
             try:
                 if call.body is not None:
                     value = cast(R, call.body())
@@ -219,7 +218,6 @@ class Checkpoint(Generic[P, R]):
                 run.boundary()
                 continue
             finally:
-                current_branch.set(outside)
                 current_frame.set(None)
             call.succeeded(value)
             call.commit()
@@ -237,10 +235,9 @@ class Checkpoint(Generic[P, R]):
             fn = functools.partial(_ray_call, self._ray)
         while True:
             # Set and set back, not reset by token: a token kept across the await would be
-            # one more object per live call (tens of thousands at once on a busy loop).
-            outside = current_branch.get()
+            # one more object per live call (tens of thousands at once on a busy loop). The
+            # branch stays: while a call is current, nothing is recorded in it (`positions`).
             current_frame.set(call)
-            current_branch.set(None)
             try:
                 if call.body is not None:
                     value = call.body()
@@ -268,7 +265,6 @@ class Checkpoint(Generic[P, R]):
                 run.boundary()
                 continue
             finally:
-                current_branch.set(outside)
                 current_frame.set(None)
             call.succeeded(value)
             # The common commit awaited here, not in a coroutine of its own: one object less

@@ -24,7 +24,6 @@ from ._sql_common import (
     checkpoint_values,
     event_params,
     marks,
-    plain_values,
 )
 
 # A member read off an Enum class goes through its metaclass's attribute hook: once here.
@@ -114,7 +113,10 @@ class CheckpointsSql(SqlBase):
     ) -> Commit:
         if row.error is None and row.attempts is None and row.metadata is None:
             statement = RECORD_PLAIN_CHECKPOINT
-            given = (execution_id, *plain_values(row), execution_id, token)
+            given = (
+                execution_id, row.position, row.name, row.fingerprint, row.status, row.result,
+                row.started_at, row.finished_at, execution_id, token,
+            )  # fmt: skip
         else:
             statement = RECORD_CHECKPOINT_UNCANCELLED
             given = (execution_id, *checkpoint_values(row), execution_id, token)

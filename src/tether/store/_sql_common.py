@@ -75,13 +75,10 @@ RECORD_CHECKPOINT_UNCANCELLED = _RECORD.format(" AND cancel_requested = 0")
 # The same for the most common row, a first attempt's success without metadata, with its
 # NULLs written in: sqlite3 binds None only after failing to find an adapter for it (two
 # attribute lookups that raise), a cost of a third of the statement's own binding. Its
-# parameters are `plain_values`' (execution id, position, name, fingerprint, status,
-# result, started_at, finished_at), then the execution id and the token.
+# parameters: execution id, position, name, fingerprint, status, result, started_at,
+# finished_at, then the execution id and the token.
 RECORD_PLAIN_CHECKPOINT = RECORD_CHECKPOINT_UNCANCELLED.replace(
     "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?", "SELECT ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, NULL", 1
-)
-plain_values = operator.attrgetter(
-    "position", "name", "fingerprint", "status", "result", "started_at", "finished_at"
 )
 
 INSERT_EVENT = (

@@ -214,7 +214,9 @@ def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
                 plain = False
                 break
     if plain:
-        data = repr(args).encode("utf-8", "surrogatepass")
+        # "(x,)" is a one-item tuple's repr without the tuple's recursion guard; a repr
+        # holds no lone surrogate (it escapes them), so the plain encode is the same bytes.
+        data = (f"({args[0]!r},)" if len(args) == 1 else repr(args)).encode()
     else:
         text = _encode_json(_canonical([list(args), kwargs]))
         data = text.encode("utf-8", "surrogatepass")

@@ -66,11 +66,11 @@ RECORD_CHECKPOINT = (
     _RECORD.format("")
     + "RETURNING (SELECT cancel_requested FROM executions WHERE id = checkpoints.execution_id)\n"
 )
-# The common case of the same write, for a database whose RETURNING costs more than the
-# write itself (SQLite builds a scratch table for it: about a third of a lone checkpoint's
-# CPU). It writes only while no cancel is pending either, so its row count alone says
-# COMMITTED; when it writes nothing, RECORD_CHECKPOINT (the fence alone) tells a pending
-# cancel from a lost lease or a final row, and is the write then.
+# The common case of the same write without RETURNING, which is dear on SQLite (it builds a
+# scratch table for it: about a third of a lone checkpoint's CPU). It writes only while no
+# cancel is pending either, so its row count alone says COMMITTED; when it writes nothing,
+# RECORD_CHECKPOINT (the fence alone) tells a pending cancel from a lost lease or a final
+# row, and is the write then.
 RECORD_CHECKPOINT_UNCANCELLED = _RECORD.format(" AND cancel_requested = 0")
 # The same for the most common row, a first attempt's success without metadata, with its
 # NULLs written in: sqlite3 binds None only after failing to find an adapter for it (two

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -738,3 +739,69 @@ def test_execution_pages_show_deadlines_timeouts_and_delayed_starts(
         assert f"starts at {not_before:%Y-%m-%d %H:%M:%S}" in rows[delayed.id]
         assert "timed out" in rows[late.id]
         assert "starts at" not in rows[timely.id] and "timed out" not in rows[timely.id]
+
+
+def test_countdowns_count_down_on_an_open_page_and_show_when_they_passed(
+    client: tether.Client, procs: Processes, browser: Browser
+) -> None:
+    now = time.time()
+    # Nobody runs them (no worker): only time changes what their pages should say.
+    plant(
+        client,
+        **{
+            "cd-deadline": {"flow": "alpha", "status": "waiting", "deadline": now + 95},
+            "cd-start": {"flow": "beta", "status": "queued", "not_before": now + 95},
+            "cd-passed": {"flow": "gamma", "status": "waiting", "deadline": now - 5},
+        },
+    )
+    url = procs.server()
+    with httpx.Client(base_url=url, timeout=30) as http:
+        # Without JavaScript the server's rendering says it all, the passed state included.
+        response = http.get("/executions/cd-passed")
+        assert re.search(r"deadline \S+, passed \d+\.\d s ago", _status_line(response.text))
+        assert 'class="deadline warn"' in response.text
+        # The counting is dashboard.js, from /static: the policy still refuses inline scripts.
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "script-src" not in policy
+        assert re.search(r"starts at \S+ \S+, .*>in \d+\.\d s<", http.get("/").text)
+
+    page = browser.page()
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
+    # The page's clock runs as ever until the test moves it ahead (`fast_forward`).
+    page.clock.install()
+
+    def counts_down(countdown: Any, passed: str) -> None:
+        seen: list[str] = []
+
+        def moved() -> str | None:
+            # The same element, its text changed in place: not the server's new rendering
+            # of the region (the live updates replace it whole, as they do once on load).
+            text, same = countdown.evaluate("e => [e.textContent, e.__seen === true]")
+            if not same:
+                countdown.evaluate("e => { e.__seen = true; }")
+                seen[:] = [text]
+                return None
+            return str(text) if text != seen[0] else None
+
+        later = retry_until(moved, what="the countdown to move on an open page")
+        first = seen[0]
+        assert re.fullmatch(r"in \d+\.\d s", first), first
+        assert re.fullmatch(r"in \d+\.\d s", later), later
+        assert float(later.split()[1]) < float(first.split()[1])
+        page.clock.fast_forward("02:00")  # two minutes on: past the moment
+        expect(countdown).to_have_text(re.compile(passed))
+
+    page.goto(f"{url}/executions/cd-deadline")
+    page.evaluate("window.__sameDocument = true")
+    counts_down(page.locator("#head .deadline .countdown"), r"^passed \d+\.\d s ago$")
+    expect(page.locator("#head .deadline")).to_have_class(re.compile(r"\bwarn\b"))
+    assert page.evaluate("window.__sameDocument") is True  # counted here, never reloaded
+
+    page.goto(f"{url}/executions/cd-start")
+    counts_down(page.locator("#head .delayed .countdown"), r"^due$")
+    expect(page.locator("#head .delayed")).to_contain_text("starts at")
+
+    page.goto(f"{url}/")
+    counts_down(page.locator("tr[data-id='cd-start'] .delayed .countdown"), r"^due$")
+    assert refused == []

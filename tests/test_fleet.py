@@ -333,7 +333,7 @@ def test_a_worker_takes_over_dead_local_owners_only_in_the_queues_it_serves(
     db_url: str,
 ) -> None:
     from tether._core.config import store_for
-    from tether._runtime.executor import host_prefix
+    from tether._runtime.owners import host_prefix
     from tether.store import ExecutionRow
 
     client_only()
@@ -359,7 +359,7 @@ def test_a_worker_takes_over_dead_local_owners_only_in_the_queues_it_serves(
 
 def test_take_overs_count_against_a_queues_per_worker_limit(db_url: str) -> None:
     from tether._core.config import store_for
-    from tether._runtime.executor import host_prefix
+    from tether._runtime.owners import host_prefix
     from tether.store import ExecutionRow
 
     client_only()

@@ -16,6 +16,7 @@ from helpers import retry_until, spawn_child
 from tether._core.config import store_for
 from tether._runtime import executor as _executor
 from tether._runtime import handle as _handle
+from tether._runtime import heartbeat as _heartbeat
 from tether.store import Store
 
 HELD = 1_000
@@ -76,7 +77,7 @@ class _Counted:
 
 @pytest.fixture
 def fast_beats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(_executor, "_HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(_heartbeat, "_HEARTBEAT_SECONDS", 0.05)
     yield
     _open_gates()
 

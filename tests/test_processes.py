@@ -19,7 +19,8 @@ import agent_flows  # noqa: F401  (this process resumes its flows: it loads them
 import tether
 from helpers import child_env, retry_until, run_child, run_python, spawn_child
 from tether import Status
-from tether._runtime.executor import executor, host_prefix
+from tether._runtime.executor import executor
+from tether._runtime.owners import host_prefix
 
 START = textwrap.dedent(
     """

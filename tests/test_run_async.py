@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import textwrap
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import tether
 from helpers import recover_until_finished, retry_until, run_child, spawn_child
 from tether import Status
 from tether._core.config import store_for
+from tether.store import _sql_executions
 
 # Resume everything runnable until the execution has finished (the process that held it is
 # dead), then print its result.
@@ -63,6 +65,89 @@ def test_gathered_starts_all_finish_and_share_commits(db_url: str) -> None:
     starts = store._starts  # type: ignore[attr-defined]
     assert starts is not None and 1 <= starts.batches < 200
     assert len(tether.Client(db_url).list(limit=500)) == 200
+
+
+def test_runs_started_by_threads_while_another_is_written_share_one_commit(db_url: str) -> None:
+    # Held at SQLite's write lock here: a first start writes on its own (and waits), a second
+    # leads the group commit of starts (and waits), six more queue behind it. Let go, the six
+    # are written in one transaction, and every start returns a durable execution that runs.
+    if not db_url.startswith("sqlite"):
+        pytest.skip("holds the SQLite store's write lock")
+    assert flows.agent.run(0).result() == 10  # the store exists
+    store = store_for()
+    starts = store._start_group()  # type: ignore[attr-defined]
+    handles: dict[int, tether.Handle[int]] = {}
+
+    def start(i: int) -> threading.Thread:
+        thread = threading.Thread(target=lambda: handles.__setitem__(i, flows.agent.run(i)))
+        thread.start()
+        return thread
+
+    with store._writing:  # type: ignore[attr-defined]
+        threads = [start(1)]
+        retry_until(_sql_executions._ALONE.locked, what="a start written on its own")
+        before = starts.batches
+        threads.append(start(2))
+        # Counted once its leader took it out of the queue: whoever comes now waits.
+        retry_until(lambda: starts.batches == before + 1, what="a start leading the group")
+        threads += [start(i) for i in range(3, 9)]
+        retry_until(lambda: len(starts._queue) + len(starts._inbox) == 6, what="six queued")
+    for thread in threads:
+        thread.join()
+    assert starts.batches == before + 2  # the leader's, then the six together
+    assert sorted(handles) == list(range(1, 9))
+    assert [handles[i].result() for i in range(1, 9)] == [(i + i + 1) * 10 for i in range(1, 9)]
+
+
+def test_runs_written_together_for_threads_are_durable_when_run_returns(
+    client: tether.Client,
+) -> None:
+    # As above, in a process that kills itself the moment every run() has returned: the
+    # starts written for one another in a shared transaction are all in the store, and
+    # another process finishes them.
+    if not client.db.startswith("sqlite"):
+        pytest.skip("holds the SQLite store's write lock")
+    code = textwrap.dedent(
+        """
+        import os, signal, sys, threading, time, run_async_flows
+        from tether._core.config import store_for
+        from tether.store import _sql_executions
+
+        def until(check):
+            deadline = time.monotonic() + 30
+            while not check():
+                if time.monotonic() > deadline:
+                    sys.exit("timed out")
+                time.sleep(0.005)
+
+        store = store_for()
+        ids = {}
+
+        def start(i):
+            run = lambda: ids.__setitem__(i, run_async_flows.agent.run(i).id)
+            thread = threading.Thread(target=run)
+            thread.start()
+            return thread
+
+        with store._writing:
+            threads = [start(1)]
+            until(_sql_executions._ALONE.locked)
+            threads += [start(i) for i in range(2, 7)]
+            queued = lambda g: len(g._queue) + len(g._inbox)
+            until(lambda: store._starts is not None and store._starts.batches == 1
+                  and queued(store._starts) == 4)
+        for thread in threads:
+            thread.join()
+        print(" ".join(ids[i] for i in range(1, 7)), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    crashed = run_child(code, client.db)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    ids = crashed.stdout.split()
+    assert len(set(ids)) == 6
+    assert [client.get(i).flow for i in ids] == ["agent"] * 6  # committed, not just sent
+    assert _resume(client, ids[-1]) == "130"  # one of the four written together
 
 
 def test_a_sync_flow_started_with_run_async_runs_on_a_thread(client: tether.Client) -> None:

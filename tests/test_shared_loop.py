@@ -166,6 +166,132 @@ def test_a_stale_holders_end_in_a_shared_batch_is_refused_and_the_others_commit(
     assert [c.position for c in store.get_checkpoints("e1")] == ["0"]
 
 
+def _held_rows(store: Any, ids: list[str]) -> dict[str, str]:
+    tokens = {}
+    for eid in ids:
+        row = ExecutionRow(id=eid, flow="f", import_path="m:f", script=None, args="{}",
+                           status="running", created_at=1.0, updated_at=1.0)  # fmt: skip
+        row.owner, row.lease_token, row.lease_expires = "me", f"token-{eid}", time.time() + 60
+        store.create_execution(row)
+        tokens[eid] = f"token-{eid}"
+    return tokens
+
+
+def _one_sqlite_batch(
+    store: Any, path: str, first: Any, rest: list[Any]
+) -> tuple[list[Any], list[int]]:
+    """Await `first` (a commit), then the commits of `rest` queued while the writer is held
+    on the file's lock, so that `rest` is one batch; their outcomes and the batch sizes."""
+    batches: list[int] = []
+    write = store._write_group
+
+    def spy(batch: list[Any]) -> list[Any]:
+        batches.append(len(batch))
+        return write(batch)  # type: ignore[no-any-return]
+
+    store._group._write = spy
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the writer's first batch waits
+
+    async def main() -> list[Any]:
+        group = store._group
+        head = asyncio.ensure_future(first())
+        deadline = time.monotonic() + 10
+        while group._queue or group._inbox or not group._leading:  # the writer is blocked
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        tail = [asyncio.ensure_future(make()) for make in rest]
+        while len(group._queue) + len(group._inbox) < len(tail):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        blocker.execute("ROLLBACK")
+        return list(await asyncio.gather(head, *tail))
+
+    try:
+        return asyncio.run(main()), batches
+    finally:
+        blocker.close()
+
+
+def _ckpt(position: str, status: str = "succeeded", result: str = "1") -> CheckpointRow:
+    return CheckpointRow(position=position, name="step", fingerprint="fp", status=status,
+                         result=result, started_at=1.0, finished_at=2.0)  # fmt: skip
+
+
+@pytest.mark.skipif(BACKEND == "postgres", reason="the SQLite group commit")
+def test_a_sqlite_batch_answers_each_checkpoint_commit_on_its_own(db_url: str) -> None:
+    # One batch of checkpoint commits that cannot all be written: a stale token, a call
+    # already final, a retrying row to replace, a cancel request, and plain ones. Each caller
+    # learns its own outcome, and only what may be written is.
+    store: Any = store_for()
+    path = db_url.partition("///")[2]
+    tokens = _held_rows(store, ["e0", "e1", "e2", "e3", "e4", "e5"])
+    assert store.claim(
+        "e2", Claim("other", "stolen", time.time() + 60), from_statuses=("running",),
+        expected_token="token-e2", now=time.time(),
+    )  # fmt: skip
+    assert store.record_checkpoint("e4", tokens["e4"], _ckpt("0", result="final"))
+    assert store.record_checkpoint("e5", tokens["e5"], _ckpt("0", "retrying", None))
+    assert store.request_cancel("e3", now=time.time()) is not None
+
+    def commit(eid: str, result: str) -> Any:
+        return lambda: store.record_checkpoint_async(eid, tokens[eid], _ckpt("0", result=result))
+
+    results, batches = _one_sqlite_batch(
+        store, path, commit("e0", "a"),
+        [commit("e1", "b"), commit("e2", "c"), commit("e3", "d"), commit("e4", "e"),
+         commit("e5", "f")],
+    )  # fmt: skip
+    assert results == [
+        Commit.COMMITTED, Commit.COMMITTED, Commit.LOST, Commit.CANCEL_REQUESTED, Commit.LOST,
+        Commit.COMMITTED,
+    ]  # fmt: skip
+    assert batches == [1, 5]
+    found = {eid: [(c.status, c.result) for c in store.get_checkpoints(eid)] for eid in tokens}
+    assert found == {
+        "e0": [("succeeded", "a")], "e1": [("succeeded", "b")], "e2": [],
+        "e3": [("succeeded", "d")], "e4": [("succeeded", "final")], "e5": [("succeeded", "f")],
+    }  # fmt: skip
+
+
+@pytest.mark.skipif(BACKEND == "postgres", reason="the SQLite group commit")
+def test_a_sqlite_batch_written_whole_is_one_pass_and_still_tells_each_its_cancel(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every row can be written: the batch takes the one-step path (no row-by-row answer),
+    # and a cancel request still reaches its own caller only.
+    from tether.store import sqlite as _sqlite
+
+    store: Any = store_for()
+    path = db_url.partition("///")[2]
+    tokens = _held_rows(store, ["e0", "e1", "e2", "e3"])
+    assert store.request_cancel("e2", now=time.time()) is not None
+    answered_each: list[int] = []
+    each = _sqlite.SQLiteStore._write_each
+
+    def spy_each(self: Any, batch: list[Any]) -> Any:
+        answered_each.append(len(batch))
+        return each(self, batch)
+
+    monkeypatch.setattr(_sqlite.SQLiteStore, "_write_each", spy_each)
+
+    def commit(eid: str) -> Any:
+        return lambda: store.record_checkpoint_async(eid, tokens[eid], _ckpt("0"))
+
+    def end(eid: str) -> Any:
+        return lambda: store.finish_async(eid, tokens[eid], status="succeeded", result='"r"',
+                                          error=None, now=5.0)  # fmt: skip
+
+    results, batches = _one_sqlite_batch(
+        store, path, commit("e0"), [commit("e1"), commit("e2"), end("e3")]
+    )
+    assert results == [Commit.COMMITTED, Commit.COMMITTED, Commit.CANCEL_REQUESTED, True]
+    assert batches == [1, 3]
+    assert answered_each == [], "a batch written whole is not written again row by row"
+    assert store.get_execution("e3").status == "succeeded"
+    assert [c.result for c in store.get_checkpoints("e2")] == ["1"]
+
+
 @pytest.mark.skipif(BACKEND == "postgres", reason="the SQLite group commit")
 def test_sqlite_group_commit_releases_each_caller_once_its_row_is_durable(db_url: str) -> None:
     store = store_for()

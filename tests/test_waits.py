@@ -458,9 +458,10 @@ def test_an_old_holders_cleanup_leaves_the_next_holder_alone(
     from tether._core.config import store_for
     from tether._runtime import engine as _engine
     from tether._runtime import executor as _executor
+    from tether._runtime import heartbeat as _heartbeat
 
     tether.configure(lease_seconds=1.0)
-    monkeypatch.setattr(_executor, "_HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(_heartbeat, "_HEARTBEAT_SECONDS", 0.1)
     held_up.clear()
     let_go.clear()
     suspended, cleanup = threading.Event(), threading.Event()

@@ -125,6 +125,26 @@ def test_starts_from_an_event_loop_are_written_together_with_their_keys_kept(
     assert store.get_execution(other) is None  # not inserted beside the key's holder
 
 
+def test_starts_from_many_threads_are_all_recorded_with_their_keys_kept(store: Store) -> None:
+    # Threads starting at once share the group commit of starts (one of them writes for the
+    # others): each gets its own id back, or the key holder's.
+    got: dict[str, str] = {}
+
+    def contend(i: int) -> None:
+        for j in range(10):
+            key = "shared" if j == 0 else None  # every thread's first start has one key
+            row = dataclasses.replace(execution(f"t{i}-{j}"), dedup_key=key)
+            got[row.id] = store.create_execution(row)
+
+    race(8, contend)
+    holders = {got[f"t{i}-0"] for i in range(8)}
+    assert len(holders) == 1 and get(store, holders.pop()).dedup_key == "shared"
+    for i in range(8):
+        for j in range(1, 10):
+            assert got[f"t{i}-{j}"] == f"t{i}-{j}"
+            assert get(store, f"t{i}-{j}").id == f"t{i}-{j}"
+
+
 def test_get_of_unknown_execution_returns_none(store: Store) -> None:
     assert store.get_execution("nope") is None
 

@@ -25,8 +25,9 @@ from .._core.status import Status
 from .._runtime import replay as _replay
 from .._runtime.adoption import SUSPEND_EVENT
 from .._runtime.engine import Runnable, load_flow, process_words
-from .._runtime.executor import executor, host_prefix
+from .._runtime.executor import executor
 from .._runtime.handle import Handle, stored_execution
+from .._runtime.owners import host_prefix
 from .._runtime.records import (
     OUTPUT_KINDS,
     Event,

@@ -14,7 +14,7 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .._core import capture as _capture
@@ -96,7 +96,7 @@ class Attempt:
         self.row = row
         self.run = run
         self.target: Runnable | None = None
-        self.args: list[Any] = []
+        self.args: Sequence[Any] = ()
         self.kwargs: dict[str, Any] = {}
         self.value: Any = None
         self.error: BaseException | None = None
@@ -277,7 +277,9 @@ def prepare(
     try:
         target = flow if flow is not None else load_flow(row.import_path, row.script)
         decoded = _serde.loads(row.args)
-        attempt.args, attempt.kwargs = decoded["args"], decoded["kwargs"]
+        # A tuple: of plain values, the collector stops tracking it (a list it always tracks,
+        # for as long as the execution runs).
+        attempt.args, attempt.kwargs = tuple(decoded["args"]), decoded["kwargs"]
         attempt.target = target
     except BaseException as exc:
         attempt.error = as_failure(exc, f"loading flow {row.flow!r}")
@@ -391,12 +393,12 @@ def _crash_loop(store: Store, row: ExecutionRow, token: str) -> Outcome | None:
         )
         text = _serde.error_to_text(error)
         log.error("execution %s: %s", row.id, error)
-        persist(
+        failed = persist(
             lambda: store.finish(
                 row.id, token, status=Status.FAILED, result=None, error=text, now=now
             )
         )
-        return Outcome.FINISHED
+        return Outcome.FINISHED if failed else Outcome.LOST
     if row.not_before is not None:
         return None  # the backoff of this takeover was served: run it
     delay = min(_MAX_CRASH_BACKOFF, config.crash_loop_backoff * 2 ** (count - 2))
@@ -445,7 +447,11 @@ async def conclude_async(store: Store, attempt: Attempt, offload: Offload) -> Ou
         )  # fmt: skip
     except (StoreUnavailable, StoreCorrupt) as exc:
         return _faulted(run, exc)
-    if finished and end[0] == Status.SUCCEEDED:
+    if not finished:
+        # The fenced end was refused: the lease was taken over meanwhile, and the execution
+        # is its new holder's. This process recorded no end, so it reports none.
+        return Outcome.LOST
+    if end[0] == Status.SUCCEEDED:
         run.ended = (end[1],)
     return Outcome.FINISHED
 
@@ -503,7 +509,9 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
                 execution_id, token, status=status, result=value, error=text, now=now
             )
         )
-        if finished and status == Status.SUCCEEDED:
+        if not finished:
+            return Outcome.LOST  # taken over meanwhile (see conclude_async)
+        if status == Status.SUCCEEDED:
             run.ended = (value,)
         return Outcome.FINISHED
     try:
@@ -550,12 +558,12 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
         if run.timed_out and run.deadline is not None:
             ended = _deadlines.time_out(store, execution_id, token, run.deadline)
             return Outcome.FINISHED if ended else Outcome.LOST
-        persist(
+        cancelled = persist(
             lambda: store.finish(
                 execution_id, token, status=Status.CANCELLED, result=None, error=None, now=clock()
             )
         )
-        return Outcome.FINISHED
+        return Outcome.FINISHED if cancelled else Outcome.LOST
     except Exception as exc:
         return _fail(store, run, run.diverged if run.diverged is not None else exc)
     except BaseException:
@@ -565,17 +573,17 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
         raise
     finally:
         attempt.error = None  # no cycle through the traceback
-    persist(
+    succeeded = persist(
         lambda: store.finish(
             execution_id, token, status=Status.SUCCEEDED, result=result, error=None, now=clock()
         )
     )
-    return Outcome.FINISHED
+    return Outcome.FINISHED if succeeded else Outcome.LOST
 
 
 def _fail(store: Store, run: Run, error: BaseException) -> Outcome:
     text = _serde.error_to_text(error)
-    persist(
+    failed = persist(
         lambda: store.finish(
             run.execution_id,
             run.token,
@@ -585,4 +593,4 @@ def _fail(store: Store, run: Run, error: BaseException) -> Outcome:
             now=settings().clock(),
         )
     )
-    return Outcome.FINISHED
+    return Outcome.FINISHED if failed else Outcome.LOST

@@ -141,6 +141,7 @@ class Flow(_Starts[P, R]):
         # a parameter of that name itself (then use .options()).
         params = inspect.signature(fn).parameters
         self._reserved = tuple(k for k in _START_OPTIONS if k not in params)
+        self._fixed_parts: _Fixed | None = None
         # The flow's schedule (`schedule=`), declared to this process's workers.
         self.scheduled: _schedules.Scheduled | None = None
         if schedule is not None:
@@ -289,51 +290,66 @@ class Flow(_Starts[P, R]):
         """The new execution's row, the start options checked; and the flow's own keyword
         arguments (without the options given as keywords). `local`: this process runs it."""
         _imports.refuse_start(self.name)
-        if options is None:
-            options = _StartOptions()
-            if self._reserved and any(k in kwargs for k in self._reserved):
-                kwargs = dict(kwargs)
-                options = _StartOptions(**{k: kwargs.pop(k) for k in self._reserved if k in kwargs})
-        if options.key is not None and (not isinstance(options.key, str) or not options.key):
-            raise UsageError(f"a deduplication key is a non-empty string, not {options.key!r}")
-        if isinstance(options.priority, bool) or not isinstance(options.priority, int):
-            raise UsageError(f"priority is a whole number, not {options.priority!r}")
-        if not -(2**31) <= options.priority < 2**31:  # a 32-bit column in PostgreSQL
-            raise UsageError(
-                f"priority {options.priority} is out of range: give one from -2**31 to 2**31-1"
-            )
-        budget = self.budget if options.budget is None else _budget.checked(options.budget)
+        if options is None and self._reserved and any(k in kwargs for k in self._reserved):
+            kwargs = dict(kwargs)
+            options = _StartOptions(**{k: kwargs.pop(k) for k in self._reserved if k in kwargs})
         now = time.time()
-        not_before = _deadlines.not_before(options.delay, options.not_before, now)
-        import_path, script = _imports.path_of(self.fn)
-        if "<locals>" in import_path:
-            raise UsageError(
-                f"flow {self.name!r} is defined inside a function; define flows at module level "
-                "so that another process can find them to resume"
-            )
-        encoded = _serde.dumps(
-            {"args": list(args), "kwargs": kwargs}, root=f"arguments of flow {self.name!r}"
-        )
+        if options is None:
+            # The common start, with no options: what depends only on the flow is worked out
+            # once (`_fixed`), as a loop of thousands of starts would repeat it for each.
+            fixed = self._fixed()
+            queue, priority, key, budget_options, not_before = (
+                self.queue, 0, None, fixed.budget_options, None
+            )  # fmt: skip
+        else:
+            _check(options)
+            budget = None if options.budget is None else _budget.checked(options.budget)
+            not_before = _deadlines.not_before(options.delay, options.not_before, now)
+            fixed = self._fixed()
+            queue = self.queue if options.queue is None else _queues.name_of(options.queue)
+            priority, key = options.priority, options.key
+            budget_options = fixed.budget_options if budget is None else _budget.to_options(budget)
+        encoded = _serde.dumps({"args": list(args), "kwargs": kwargs}, root=fixed.root)
         row = ExecutionRow(
             id=new_execution_id(),
             flow=self.name,
-            import_path=import_path,
-            script=script,
+            import_path=fixed.import_path,
+            script=fixed.script,
             args=encoded,
             status=Status.QUEUED,
             created_at=now,
             updated_at=now,
             parent_id=_parent_id(),
-            queue=self.queue if options.queue is None else _queues.name_of(options.queue),
-            priority=options.priority,
-            dedup_key=options.key,
-            options=_budget.to_options(budget),
+            queue=queue,
+            priority=priority,
+            dedup_key=key,
+            options=budget_options,
             not_before=not_before,
         )
-        deadline = self.deadline if options.deadline is None else options.deadline
+        deadline = (
+            self.deadline if options is None or options.deadline is None else options.deadline
+        )
         # Inserted running (its first start is now) only by a process that runs it at once.
         _deadlines.place(row, deadline, started=local and not_before is None)
         return row, kwargs
+
+    def _fixed(self) -> _Fixed:
+        """What every start of this flow records the same: worked out at its first start (a
+        flow defined inside a function is refused then, not when decorated), and again if
+        the flow's budget is replaced."""
+        fixed = self._fixed_parts
+        if fixed is None or fixed.budget is not self.budget:
+            import_path, script = _imports.path_of(self.fn)
+            if "<locals>" in import_path:
+                raise UsageError(
+                    f"flow {self.name!r} is defined inside a function; define flows at module "
+                    "level so that another process can find them to resume"
+                )
+            fixed = self._fixed_parts = _Fixed(
+                import_path, script, self.budget, _budget.to_options(self.budget),
+                f"arguments of flow {self.name!r}",
+            )  # fmt: skip
+        return fixed
 
     def replay(
         self,
@@ -374,6 +390,28 @@ class Flow(_Starts[P, R]):
 
 
 _START_OPTIONS = ("queue", "key", "priority", "budget")
+
+
+def _check(options: _StartOptions) -> None:
+    if options.key is not None and (not isinstance(options.key, str) or not options.key):
+        raise UsageError(f"a deduplication key is a non-empty string, not {options.key!r}")
+    if isinstance(options.priority, bool) or not isinstance(options.priority, int):
+        raise UsageError(f"priority is a whole number, not {options.priority!r}")
+    if not -(2**31) <= options.priority < 2**31:  # a 32-bit column in PostgreSQL
+        raise UsageError(
+            f"priority {options.priority} is out of range: give one from -2**31 to 2**31-1"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    """The parts of a new execution's row that depend only on its flow (see Flow._fixed)."""
+
+    import_path: str
+    script: str | None
+    budget: Budget | None  # the flow's budget these were worked out for
+    budget_options: str | None
+    root: str  # how a value that cannot be stored is named in the error
 
 
 @dataclass(frozen=True)

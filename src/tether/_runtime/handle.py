@@ -39,7 +39,7 @@ _POLL_MAX = 0.25
 # How often an awaiting handle reads the store anyway while this process runs the execution
 # (a safety net: its end wakes the handle), backing off: thousands of handles awaited at once
 # would otherwise read thousands of rows a second for as long as their executions run.
-_HELD_POLL = 1.0
+_HELD_POLL = 4.0
 _HELD_POLL_MAX = 16.0
 
 
@@ -91,6 +91,10 @@ class Handle(Generic[R]):
         run = self._in_parent()
         if run is not None:
             return self._settle(run, _waits.reserve_child_wait(run, self.id), timeout)
+        if self._succeeded is not None:
+            # Ended here already (a loop of result() over many handles mostly finds this):
+            # nothing to register, wait for or read.
+            return cast(R, _decoded(self._succeeded[0]))
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = _POLL_MIN
         runner = executor()
@@ -99,12 +103,12 @@ class Handle(Generic[R]):
         waiter = runner.wait_on(self._store, self.id)
         try:
             while True:
+                if self._succeeded is not None:
+                    return cast(R, _decoded(self._succeeded[0]))
                 if waiter.event.is_set():
                     # Woken (and dropped from the registry): a fresh one for the next wait.
                     runner.stop_waiting(self._store, self.id, waiter)
                     waiter = runner.wait_on(self._store, self.id)
-                if self._succeeded is not None:
-                    return cast(R, _decoded(self._succeeded[0]))
                 try:
                     row = self._row()
                 except StoreUnavailable:
@@ -346,41 +350,52 @@ async def launch_async(store: Store, row: ExecutionRow, flow: Runnable | None) -
     returns once the execution is durable."""
     delayed = flow is not None and row.not_before is not None
     runner = None if flow is None or delayed else _lease_here(row)
-    insert = store.create_execution_async(row)
-    handle: Handle[Any] = Handle(row.id, store)
-    if runner is not None and flow is not None:
-        # Started when the insert commits, whatever becomes of the caller: one cancelled
-        # meanwhile (a timeout around the await) must not leave an execution recorded as
-        # running here that nothing here runs.
+    if runner is not None:
         # A new execution has nothing recorded to load: its first run reads nothing back.
         row.has_history = False
-        insert.add_done_callback(
-            functools.partial(_start_inserted, runner, store, row, flow, handle)
-        )
-    elif delayed:
-        # A delayed start: queued, and parked here for this process's waker (as `launch`).
-        insert.add_done_callback(functools.partial(_park_inserted, store, row))
-    recorded = await asyncio.shield(insert)
+    insert = store.create_execution_async(row)
+    handle: Handle[Any] = Handle(row.id, store)
+    waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    insert.add_done_callback(
+        functools.partial(_inserted, runner, store, row, flow, delayed, handle, waiter)
+    )
+    recorded = await waiter
     return handle if recorded == row.id else Handle(recorded, store)
 
 
-def _park_inserted(store: Store, row: ExecutionRow, insert: asyncio.Future[str]) -> None:
-    if insert.cancelled() or insert.exception() is not None or insert.result() != row.id:
-        return
-    executor().park(store, row.id)
-
-
-def _start_inserted(
-    runner: Executor,
+def _inserted(
+    runner: Executor | None,
     store: Store,
     row: ExecutionRow,
-    flow: Runnable,
+    flow: Runnable | None,
+    delayed: bool,
     handle: Handle[Any],
+    waiter: asyncio.Future[str],
     insert: asyncio.Future[str],
 ) -> None:
-    if insert.cancelled() or insert.exception() is not None or insert.result() != row.id:
-        return  # not recorded (the caller sees why), or the key names another execution
-    runner.start(store, row.id, row.lease_token or "", flow, claimed=True, row=row, sink=handle)
+    """Once the insert is committed, whatever became of the caller: start the execution here
+    (a caller cancelled meanwhile, by a timeout around the await, must not leave an
+    execution recorded as running here that nothing here runs), or park a delayed start for
+    this process's waker (as `launch`); then tell the caller. The caller awaits `waiter`,
+    not `insert`, so its cancellation cancels only its wait: what `asyncio.shield` does,
+    without the closures it made per start."""
+    try:
+        if not insert.cancelled() and insert.exception() is None and insert.result() == row.id:
+            if runner is not None and flow is not None:
+                runner.start(
+                    store, row.id, row.lease_token or "", flow, claimed=True, row=row, sink=handle
+                )
+            elif delayed:
+                executor().park(store, row.id)
+        # else: not recorded (the caller sees why), or the key names another execution
+    finally:
+        if not waiter.done():
+            if insert.cancelled():
+                waiter.cancel()
+            elif insert.exception() is not None:
+                waiter.set_exception(cast(BaseException, insert.exception()))
+            else:
+                waiter.set_result(insert.result())
 
 
 def _lease_here(row: ExecutionRow) -> Executor:

@@ -39,7 +39,7 @@ from .._core.config import settings, store_for
 from .._core.status import Status
 from ..errors import StoreCorrupt, StoreError, UsageError
 from ..store import ExecutionRow, Store, redact
-from .executor import host_prefix, pid_alive
+from .owners import host_prefix, pid_alive
 
 log = logging.getLogger("tether.launcher")
 

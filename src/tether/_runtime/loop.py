@@ -156,7 +156,8 @@ class SharedLoop:
         while spawning:
             task = self.loop.create_task(spawning.popleft()(), context=contextvars.Context())
             _running.add(task)
-            task.add_done_callback(_running.discard)
+            # A module function, not `_running.discard`: that makes a bound method per task.
+            task.add_done_callback(_forget)
 
     async def offload(self, fn: Callable[[], T]) -> T:
         """Run a blocking call (a store call) on a store thread; the loop goes on meanwhile."""
@@ -227,6 +228,12 @@ def _idle(frame: FrameType | None) -> bool:
 
 
 _running: set[asyncio.Future[Any]] = set()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _running.discard(task)
+
+
 # The context the drain of spawned starts runs in: nobody's (it sets no variable).
 _EMPTY = contextvars.Context()
 _lock = threading.Lock()

@@ -39,7 +39,8 @@ from .._core.status import Status
 from ..errors import ConfigurationError, UsageError
 from ..store import EventRow, ExecutionRow, Store, redact
 from .engine import Runnable, load_flow
-from .executor import EndSink, Executor, executor
+from .executor import Executor, executor
+from .holds import EndSink
 
 log = logging.getLogger("tether.ray")
 

@@ -36,7 +36,8 @@ from ..errors import (
 from ..store import EventRow, ExecutionRow, Store, redact
 from . import queues as _queues
 from .engine import Runnable, load_flow
-from .executor import Executor, Refill, executor
+from .executor import Executor, executor
+from .holds import Refill
 from .queues import Queue
 from .schedules import Firer
 

@@ -92,7 +92,16 @@ def _clock(value: str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-_ENV.filters.update(json_text=_json_text, when=_when, clock=_clock, seconds=_seconds, cost=_cost)
+def _epoch(value: str | None) -> str:
+    """A moment as epoch seconds: what dashboard.js counts down to (see `countdown`)."""
+    if not value:
+        return ""
+    return f"{dt.datetime.fromisoformat(value).timestamp():.3f}"
+
+
+_ENV.filters.update(
+    json_text=_json_text, when=_when, clock=_clock, seconds=_seconds, cost=_cost, epoch=_epoch
+)
 _ENV.globals["urlquote"] = lambda s: urllib.parse.quote(str(s), safe="")
 
 
@@ -271,7 +280,11 @@ def router(client: Client, *, poll: float, stream_seconds: float) -> APIRouter:
                 "first_url": _url("/", **filters) if cursor else None,
                 "status_url": lambda s: _url("/", **{**filters, "status": s}),
                 "attention": {r.id: client.attention(r) for r in result.items},
-                "delayed": {r.id for r in result.items if _delayed(r, now)},
+                # Seconds to the start of each execution that waits for one.
+                "delayed": {
+                    r.id: _until(r.not_before, now) for r in result.items if _delayed(r, now)
+                },
+                "loaded_at": now.timestamp(),
             }
 
         return page(request, build)
@@ -546,7 +559,8 @@ def _execution_context(
     for log in client.logs(record.id):
         logs.setdefault(log.position, []).append(views.log_json(log))
     start = record.started_at or record.created_at
-    end = record.finished_at or dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    end = record.finished_at or now
     span = max((end - start).total_seconds(), 1e-6)
 
     def bar(begin: dt.datetime | None, finish: dt.datetime | None) -> dict[str, float]:
@@ -590,8 +604,9 @@ def _execution_context(
         else (record.lease_expires - dt.datetime.now(dt.UTC)).total_seconds(),
         "elapsed": span if record.started_at else None,
         "timed_out": _timed_out(shown),
-        "deadline_left": _until(record.deadline),
-        "starts_in": _until(record.not_before) if _delayed(record) else None,
+        # One instant for the countdowns and the clock dashboard.js counts them on from.
+        "deadline_left": _until(record.deadline, now),
+        "starts_in": _until(record.not_before, now) if _delayed(record, now) else None,
         "timeline": [item for _, item in timeline] + running,
         "calls": _calls_window(record, calls),
         "events": events,
@@ -599,14 +614,14 @@ def _execution_context(
         "replay": {"errors": [], "form": {}},
         "answers": {},
         "notice": _DONE.get(done or ""),
-        "loaded_at": time.time(),
+        "loaded_at": now.timestamp(),
         "display": display,
     }
 
 
-def _until(moment: dt.datetime | None) -> float | None:
-    """Seconds from now to `moment` (negative once it passed)."""
-    return None if moment is None else (moment - dt.datetime.now(dt.UTC)).total_seconds()
+def _until(moment: dt.datetime | None, now: dt.datetime) -> float | None:
+    """Seconds from `now` to `moment` (negative once it passed)."""
+    return None if moment is None else (moment - now).total_seconds()
 
 
 def _delayed(record: Any, now: dt.datetime | None = None) -> bool:

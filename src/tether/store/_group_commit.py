@@ -142,7 +142,12 @@ class GroupCommit(Generic[T, R]):
         self._gathered = threading.Event()
         # Leads for callers on event loops (they never lead themselves); started on first use.
         self._writer: threading.Thread | None = None
-        self._writer_wake = threading.Semaphore(0)
+        # Released to wake it, acquired by it to sleep: a plain lock, not a Semaphore (a
+        # Condition in Python, whose release cost the loop thread a lock and a notify on every
+        # hand-over). Released only with `_lock` held and only while held, so a wake is
+        # never lost and never doubled.
+        self._writer_wake = _thread.allocate_lock()
+        self._writer_wake.acquire()
         # Callers on event loops queue here without the lock (a deque's append is atomic):
         # the loop thread must not wait on a lock a writing thread holds. Moved into the
         # queue, in order, by whoever takes the lock next.
@@ -166,7 +171,8 @@ class GroupCommit(Generic[T, R]):
                 target=self._write_forever, name="tether-group-commit", daemon=True
             )
             self._writer.start()
-        self._writer_wake.release()
+        if self._writer_wake.locked():
+            self._writer_wake.release()
 
     def _write_forever(self) -> None:
         while True:
@@ -182,7 +188,11 @@ class GroupCommit(Generic[T, R]):
         inbox.append(_Waiter(item, self._key(item), future))
         if not self._leading:
             self._lead_if_idle()
-        elif self._gather and len(self._queue) + len(inbox) >= self._gather:
+        elif (
+            self._gather
+            and len(self._queue) + len(inbox) >= self._gather
+            and not self._gathered.is_set()  # set() takes a lock and notifies, even when set
+        ):
             self._gathered.set()  # the leader waits for us (a stale count: it times out)
         return future
 

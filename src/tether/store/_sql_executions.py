@@ -38,6 +38,9 @@ _INSERT = (
     "ON CONFLICT (flow, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING"
 )
 _STARTS_LOCK = threading.Lock()
+# Held while a thread writes a start of its own, outside the group commit (see
+# create_execution). One for the process, not per store: it only picks a path.
+_ALONE = threading.Lock()
 
 
 def _values(row: ExecutionRow) -> tuple[Any, ...]:
@@ -64,13 +67,32 @@ def _never(row: ExecutionRow) -> bool:
 class ExecutionsSql(SqlBase):
     """The SQL store's executions: create, read, list, finish, release, cancel, suspend."""
 
-    # Starts from event loops, group committed (made on first use).
+    # Starts without seeds, group committed (made on first use).
     _starts: GroupCommit[ExecutionRow, str] | None = None
 
     def create_execution(
         self,
         row: ExecutionRow,
         *,
+        checkpoints: Sequence[CheckpointRow] = (),
+        waits: Sequence[WaitRow] = (),
+    ) -> str:
+        if checkpoints or waits:
+            return self._create_one(row, checkpoints, waits)
+        # A start while no other thread's is being written (a loop of `run()` calls, one
+        # thread) writes at once, without the group commit's bookkeeping; one that arrives
+        # while another is written goes through the group commit, so the starts of many
+        # threads share transactions instead of queuing on the write lock for one each.
+        if _ALONE.acquire(blocking=False):
+            try:
+                return self._create_one(row)
+            finally:
+                _ALONE.release()
+        return self._start_group().commit(row)
+
+    def _create_one(
+        self,
+        row: ExecutionRow,
         checkpoints: Sequence[CheckpointRow] = (),
         waits: Sequence[WaitRow] = (),
     ) -> str:
@@ -110,12 +132,16 @@ class ExecutionsSql(SqlBase):
         return str(existing[0])
 
     def create_execution_async(self, row: ExecutionRow) -> asyncio.Future[str]:
+        return self._start_group().commit_async(row)
+
+    def _start_group(self) -> GroupCommit[ExecutionRow, str]:
         starts = self._starts
         if starts is None:
             with _STARTS_LOCK:
                 if self._starts is None:
                     # The same group commit as checkpoints': whatever starts arrive while a
-                    # batch is written go in the next one, on the committer's thread.
+                    # batch is written go in the next one, written by a waiting thread or,
+                    # for callers on event loops, the committer's own.
                     self._starts = GroupCommit(
                         self._write_starts,
                         key=_start_key,
@@ -123,19 +149,25 @@ class ExecutionsSql(SqlBase):
                         rejoins=_never,
                     )
                 starts = self._starts
-        return starts.commit_async(row)
+        return starts
 
     def _write_starts(self, batch: list[ExecutionRow]) -> list[str]:
-        """A batch of starts in one transaction: the keyless rows in one `executemany`, a
-        keyed one alone (its conflict names the execution that holds the key)."""
+        """A batch of starts in one transaction: the keyless rows together (`_insert_new`),
+        a keyed one alone (its conflict names the execution that holds the key)."""
         if len(batch) == 1:
-            return [self.create_execution(batch[0])]
+            return [self._create_one(batch[0])]
         with self._transaction() as conn:
-            self._executemany(conn, _INSERT, [_values(r) for r in batch if r.dedup_key is None])
+            self._insert_new(conn, [_values(r) for r in batch if r.dedup_key is None])
             return [
                 row.id if row.dedup_key is None else self._insert_execution(conn, row)
                 for row in batch
             ]
+
+    def _insert_new(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert keyless execution rows (in EXECUTION_COLUMNS order) in one go; a dialect
+        may do it in fewer statements."""
+        if rows:
+            self._executemany(conn, _INSERT, rows)
 
     def start_child(
         self, parent_id: str, token: str, child: ExecutionRow, start: CheckpointRow

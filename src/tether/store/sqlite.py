@@ -47,23 +47,32 @@ from ._base import CheckpointRow, Commit, EventRow
 from ._group_commit import CheckpointCommit, Finish, GroupCommit, group_key, rejoins
 from ._redact import redact
 from ._sql import CHECKPOINT_FIELDS, Connection, SqlStore, checkpoint_values, event_params
-from ._sql_common import INSERT_EVENT, RELEASED
+from ._sql_common import EXECUTION_COLUMNS, INSERT_EVENT, RELEASED
 from ._sql_migrations import check_opening
 
 # Rows per statement of a group-commit batch (see _batch_rows): under SQLite's 32,766
 # parameters, and a batch this large is rare.
 _MOST_ROWS = 1024
+# Execution rows have 29 columns: 1024 of them stay under SQLite's 32,766 bound parameters.
+_MOST_STARTS = 1024
 
 
 @cache
-def _checkpoints_statement(size: int) -> str:
+def _checkpoints_statement(size: int, *, returning: bool = True) -> str:
     """A batch of `size` checkpoint commits as one statement (what
     `_sql_common.RECORD_CHECKPOINT` is for one row; keep the two in step). Each row is
     [execution id, token, *CHECKPOINT_FIELDS], fenced on its own lease token; a 'retrying'
     row is replaced and a final one never; RETURNING names the rows written, each with its
-    execution's cancel request. Bound parameters cost less per row than one JSON array
-    taken apart by json_extract (measured: benchmarks/writer_rows.py)."""
+    execution's cancel request (without `returning`, the row count says whether all were).
+    Bound parameters cost less per row than one JSON array taken apart by json_extract
+    (measured: benchmarks/writer_rows.py)."""
     one = f"({', '.join('?' * (2 + len(CHECKPOINT_FIELDS)))})"
+    tail = (
+        " RETURNING execution_id, position, "
+        "(SELECT cancel_requested FROM executions WHERE id = checkpoints.execution_id)"
+        if returning
+        else ""
+    )
     return (
         f"INSERT INTO checkpoints (execution_id, {', '.join(CHECKPOINT_FIELDS)}) "
         "SELECT v.column1, "
@@ -72,25 +81,54 @@ def _checkpoints_statement(size: int) -> str:
         "WHERE e.id = v.column1 AND e.lease_token = v.column2) "
         "ON CONFLICT (execution_id, position) DO UPDATE SET "
         + ", ".join(f"{c} = excluded.{c}" for c in CHECKPOINT_FIELDS if c != "position")
-        + " WHERE checkpoints.status = 'retrying' RETURNING execution_id, position, "
-        "(SELECT cancel_requested FROM executions WHERE id = checkpoints.execution_id)"
+        + " WHERE checkpoints.status = 'retrying'"
+        + tail
     )
 
 
 @cache
-def _ends_statement(size: int) -> str:
+def _ends_statement(size: int, *, returning: bool = True) -> str:
     """A batch of `size` executions' ends as one statement (what `SqlStore.finish` is for
     one; keep the two in step): [execution id, token, status, result, error, now] per row,
-    each fenced on its own lease token; RETURNING names the executions ended. A child's end
-    resolves its parent's wait by the trigger of migration 0010, row by row, as for one."""
+    each fenced on its own lease token; RETURNING names the executions ended (without
+    `returning`, the row count says whether all were). A child's end resolves its parent's
+    wait by the trigger of migration 0010, row by row, as for one."""
     one = "(?, ?, ?, ?, ?, ?)"
     return (
         "UPDATE executions SET status = v.column3, result = v.column4, error = v.column5, "
         f"{RELEASED}, wake_at = NULL, finished_at = v.column6, updated_at = v.column6 "
         f"FROM (VALUES {', '.join([one] * size)}) v "
-        "WHERE executions.id = v.column1 AND executions.lease_token = v.column2 "
-        "RETURNING executions.id"
+        "WHERE executions.id = v.column1 AND executions.lease_token = v.column2"
+        + (" RETURNING executions.id" if returning else "")
     )
+
+
+@cache
+def _starts_statement(size: int) -> str:
+    """`size` new keyless executions as one statement: rows of NULLs pad it to a power of two
+    (as `_batch_rows` does) and are left out. One step for the whole batch, where
+    `executemany` stepped (and let go of the GIL) once per row."""
+    count = len(EXECUTION_COLUMNS.split(", "))
+    one = f"({', '.join('?' * count)})"
+    return (
+        f"INSERT INTO executions ({EXECUTION_COLUMNS}) SELECT "
+        + ", ".join(f"v.column{i}" for i in range(1, count + 1))
+        + f" FROM (VALUES {', '.join([one] * size)}) v WHERE v.column1 IS NOT NULL"
+    )
+
+
+class _NotAll(Exception):
+    """A fast batch statement wrote fewer rows than it was given: the batch is rolled back
+    and written again, row by row answered (see `SQLiteStore._write_group`)."""
+
+
+def _flat_rows(chunk: list[tuple[Any, ...]]) -> tuple[int, list[Any]]:
+    """One statement's (row count, parameters) for at most `_MOST_ROWS` rows (padded as
+    `_batch_rows` does)."""
+    size = 1 << (len(chunk) - 1).bit_length()
+    params = [v for r in chunk for v in r]
+    params += [None] * (len(chunk[0]) * (size - len(chunk)))
+    return size, params
 
 
 def _batch_rows(rows: list[tuple[Any, ...]]) -> Iterator[tuple[int, list[Any]]]:
@@ -391,6 +429,73 @@ class SQLiteStore(SqlStore):
             if isinstance(one, Finish):
                 return [self._finish_one(one)]
             return [self.record_checkpoint(one.execution_id, one.token, one.row, one.events)]
+        try:
+            return self._write_all(batch)
+        except _NotAll:
+            return self._write_each(batch)
+
+    def _insert_new(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        for start in range(0, len(rows), _MOST_STARTS):
+            size, params = _flat_rows(rows[start : start + _MOST_STARTS])
+            self._run(conn, _starts_statement(size), params)
+
+    def _write_all(self, batch: list[CheckpointCommit | Finish]) -> list[Commit | bool]:
+        """The usual batch, where every row is written (every lease held, no final row in
+        the way): each statement runs to its end in one step, where RETURNING made SQLite
+        hand back each row in a step of its own, and each step lets go of the GIL. This
+        thread then waited to get it back from a busy event loop once per row (up to the
+        5 ms switch interval each time): the writer, not the database, was the bottleneck of
+        10,000 agents. Raises _NotAll (rolled back) when a statement wrote fewer rows."""
+        commits: list[CheckpointCommit] = []
+        ends: list[Finish] = []
+        for item in batch:
+            (commits if isinstance(item, CheckpointCommit) else ends).append(item)  # type: ignore[arg-type]
+        cancelled: set[str] = set()
+        with self._transaction() as conn:
+            if commits:
+                for start in range(0, len(commits), _MOST_ROWS):
+                    chunk = commits[start : start + _MOST_ROWS]
+                    size, params = _flat_rows(
+                        [(c.execution_id, c.token, *checkpoint_values(c.row)) for c in chunk]
+                    )
+                    done = self._run(conn, _checkpoints_statement(size, returning=False), params)
+                    if done.rowcount != len(chunk):
+                        raise _NotAll
+                events = [event_params(e) for c in commits for e in c.events]
+                if events:
+                    self._executemany(conn, INSERT_EVENT, events)
+                # A cancel request is rare: one read of the (indexed, usually empty) set.
+                cancelled = {
+                    r[0]
+                    for r in self._run(
+                        conn,
+                        "SELECT id FROM executions WHERE status = 'running' "
+                        "AND cancel_requested = 1",
+                    ).fetchall()
+                }
+            for start in range(0, len(ends), _MOST_ROWS):
+                chunk_ends = ends[start : start + _MOST_ROWS]
+                size, params = _flat_rows(
+                    [
+                        (f.execution_id, f.token, f.status, f.result, f.error, f.now)
+                        for f in chunk_ends
+                    ]
+                )
+                done = self._run(conn, _ends_statement(size, returning=False), params)
+                if done.rowcount != len(chunk_ends):
+                    raise _NotAll
+        return [
+            True
+            if isinstance(item, Finish)
+            else Commit.CANCEL_REQUESTED
+            if item.execution_id in cancelled
+            else Commit.COMMITTED
+            for item in batch
+        ]
+
+    def _write_each(self, batch: list[CheckpointCommit | Finish]) -> list[Commit | bool]:
+        """A batch in which some row is not written (a lease lost, a call already final):
+        RETURNING names the rows that were, so each item gets its own answer."""
         commits = [c for c in batch if isinstance(c, CheckpointCommit)]
         ends = [f for f in batch if isinstance(f, Finish)]
         logged = any(c.events for c in commits)

@@ -1,0 +1,89 @@
+"""An execution's end that the store refused (the lease was taken over while the flow ran
+its last lines) is not this process's end: nothing here may report or act on it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import tether
+from helpers import retry_until
+from tether._core import serde as _serde
+from tether._core.config import store_for
+from tether._runtime import engine as _engine
+from tether._runtime.executor import executor
+from tether.store import Claim
+
+entered = threading.Event()
+let_go = threading.Event()
+
+
+@tether.flow
+def ends_late_sync(topic: str) -> str:
+    entered.set()
+    let_go.wait(timeout=30)
+    return f"stale {topic}"
+
+
+@tether.flow
+async def ends_late_async(topic: str) -> str:
+    entered.set()
+    await asyncio.to_thread(let_go.wait, 30)
+    return f"stale {topic}"
+
+
+@pytest.mark.parametrize("flow", [ends_late_sync, ends_late_async], ids=["sync", "async"])
+def test_an_end_refused_after_a_takeover_is_lost_not_finished(
+    db_url: str, flow: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes: list[_engine.Outcome] = []
+    real_execute, real_execute_async = _engine.execute, _engine.execute_async
+
+    # Spies that pass the real outcome on: how this process concluded the attempt.
+    def execute(*args: Any, **kwargs: Any) -> _engine.Outcome:
+        outcome = real_execute(*args, **kwargs)
+        outcomes.append(outcome)
+        return outcome
+
+    async def execute_async(*args: Any, **kwargs: Any) -> _engine.Outcome:
+        outcome = await real_execute_async(*args, **kwargs)
+        outcomes.append(outcome)
+        return outcome
+
+    monkeypatch.setattr(_engine, "execute", execute)
+    monkeypatch.setattr(_engine, "execute_async", execute_async)
+    entered.clear()
+    let_go.clear()
+    store = store_for()
+    try:
+        handle = flow.run("leases")
+        retry_until(entered.is_set, what="the flow to start")
+        row = store.get_execution(handle.id)
+        assert row is not None and row.status == "running" and row.lease_token
+        # Another process takes it over (as after a lapsed lease) while the flow still runs.
+        assert store.claim(
+            handle.id, Claim("host-b:4242:other", "taken", time.time() + 600),
+            from_statuses=("running",), expected_token=row.lease_token, now=time.time(),
+        )  # fmt: skip
+    finally:
+        let_go.set()
+    retry_until(lambda: outcomes, what="the old holder to conclude")
+    assert outcomes == [_engine.Outcome.LOST]
+    retry_until(lambda: not executor().holds(store, handle.id), what="the hold to end")
+    after = store.get_execution(handle.id)
+    assert after is not None
+    assert (after.status, after.lease_token, after.result) == ("running", "taken", None)
+    # Its handle here does not return the end the store refused...
+    with pytest.raises(tether.ResultTimeout):
+        handle.result(timeout=0.5)
+    # ...but the end its new holder records.
+    assert store.finish(
+        handle.id, "taken", status=tether.Status.SUCCEEDED, result=_serde.dumps("theirs"),
+        error=None, now=time.time(),
+    )  # fmt: skip
+    assert handle.result(timeout=30) == "theirs"
+    assert asyncio.run(handle.result_async(timeout=30)) == "theirs"

@@ -327,6 +327,44 @@ def test_cancel_stops_at_the_next_checkpoint_boundary(client: tether.Client) -> 
     assert client.cancel(handle.id) is Status.CANCELLED  # idempotent
 
 
+@tether.checkpoint
+async def held(i: int) -> int:
+    calls["held"] += 1
+    await asyncio.to_thread(gate.wait, 10)
+    return i
+
+
+@tether.flow
+async def gathered_cancellable(n: int) -> str:
+    async def line(i: int) -> None:
+        await held(i)
+        await adouble(i)
+
+    await asyncio.gather(*(line(i) for i in range(n)))
+    return "finished"
+
+
+def test_a_cancel_reaches_gathered_branches_through_their_commits(
+    client: tether.Client,
+) -> None:
+    # Three branches inside a call each when the cancel comes: a call that ends then is still
+    # recorded (the cancel is told by its commit), and no branch starts another call.
+    handle = gathered_cancellable.run(3)
+    from helpers import retry_until
+
+    retry_until(lambda: calls["held"] == 3, what="the three branches to be inside `held`")
+    assert client.cancel(handle.id) is Status.RUNNING
+    gate.set()
+    with pytest.raises(tether.ExecutionCancelled):
+        handle.result(timeout=10)
+    record = client.get(handle.id)
+    assert record.status is Status.CANCELLED
+    assert record.checkpoints, "the first call to end was recorded"
+    assert {(c.name, c.status.value) for c in record.checkpoints} == {("held", "succeeded")}
+    assert {c.position for c in record.checkpoints} <= {"0.0", "1.0", "2.0"}
+    assert calls["adouble"] == 0
+
+
 def test_resume_of_a_finished_execution_is_refused(client: tether.Client) -> None:
     handle = sync_flow.run(1)
     handle.result(timeout=10)

@@ -854,6 +854,50 @@ def test_record_checkpoint_reports_a_requested_cancel(store: Store) -> None:
     assert [c.position for c in store.get_checkpoints("e1")] == ["0", "1"]
 
 
+def _logged(position: str) -> list[EventRow]:
+    return [EventRow("e1", position, T0, "info", "output", "printed", '{"attempt":1}')]
+
+
+def test_record_checkpoint_with_events_reports_a_requested_cancel(store: Store) -> None:
+    # A cancel pending at the commit: the row and what the call printed are still written.
+    token = start(store)
+    assert store.request_cancel("e1", now=T0 + 2) == "running"
+    row = checkpoint("0", error='"e"', attempts='[{"attempt":1}]')
+    assert store.record_checkpoint("e1", token, row, _logged("0")) == Commit.CANCEL_REQUESTED
+    assert store.get_checkpoints("e1") == [row]
+    assert [(e.position, e.message) for e in store.get_events("e1")] == [("0", "printed")]
+
+
+def test_record_checkpoint_with_a_cancel_pending_and_a_stale_token_writes_nothing(
+    store: Store,
+) -> None:
+    token = start(store)
+    assert store.record_checkpoint("e1", token, checkpoint("0"))
+    assert store.request_cancel("e1", now=T0 + 2) == "running"
+    before = snapshot(store, "e1")
+    assert store.record_checkpoint("e1", "stale", checkpoint("1")) == Commit.LOST
+    assert store.record_checkpoint("e1", "stale", checkpoint("2"), _logged("2")) == Commit.LOST
+    # A final row stays final with a cancel pending too, and keeps no events of the refusal.
+    assert store.record_checkpoint("e1", token, checkpoint("0", result='"x"')) == Commit.LOST
+    again = checkpoint("0", result='"y"')
+    assert store.record_checkpoint("e1", token, again, _logged("0")) == Commit.LOST
+    assert snapshot(store, "e1") == before
+
+
+@pytest.mark.parametrize("result", ['"v"', "null", None])
+def test_recorded_checkpoint_reads_back_with_every_optional_field_empty_or_set(
+    store: Store, result: str | None
+) -> None:
+    token = start(store)
+    bare = dataclasses.replace(checkpoint("0", result=result), metadata=None)
+    full = dataclasses.replace(
+        checkpoint("1", result=result, error='"e"', attempts="[]"), metadata='{"k":1}'
+    )
+    assert store.record_checkpoint("e1", token, bare) == Commit.COMMITTED
+    assert store.record_checkpoint("e1", token, full, _logged("1")) == Commit.COMMITTED
+    assert store.get_checkpoints("e1") == [bare, full]
+
+
 # --- retry -----------------------------------------------------------------------------------
 
 

@@ -57,6 +57,8 @@ _MAX_BACKOFF = 60.0
 _SUCCEEDED = CheckpointStatus.SUCCEEDED.value
 _FAILED = CheckpointStatus.FAILED.value
 _RETRYING = CheckpointStatus.RETRYING.value
+# A member read off an Enum class goes through its metaclass's attribute hook: once here.
+_CANCEL_REQUESTED = Commit.CANCEL_REQUESTED
 
 # Test hook: called after each committed checkpoint with (run, position). Lets crash tests
 # kill a process exactly between a commit and the code that follows it.
@@ -111,6 +113,8 @@ class Checkpoint(Generic[P, R]):
             raise UsageError(f"timeout must be a positive number of seconds, not {timeout}")
         self.fn = fn
         self.name = name or fn.__qualname__
+        # What an unstorable result is called in its error: made once, not on every commit.
+        self._result_root = f"result of checkpoint {self.name!r}"
         self.retries = retries
         self.backoff = backoff
         self.retry_on = retry_on
@@ -142,15 +146,17 @@ class Checkpoint(Generic[P, R]):
         if run is None or current_frame.get() is not None:
             # Outside a flow, or nested in another checkpoint: a plain call.
             return self.fn(*args, **kwargs)
-        position = run.take_position()
+        # `run.take_position()`, written out: this runs on every call.
+        position = (current_branch.get() or run.root).take()
         if self.is_async:
-            call = cast(
-                "types.CoroutineType[Any, Any, Any]", self._call_async(run, position, args, kwargs)
+            # Annotated rather than cast(): a cast is a function call, on every call.
+            call: types.CoroutineType[Any, Any, Any] = self._call_async(  # type: ignore[assignment]
+                run, position, args, kwargs
             )
             # Named for the checkpoint, not `Checkpoint._call_async`: a missing `await` then
             # reads "coroutine 'fetch' was never awaited", and a SerializationError names it.
             call.__qualname__ = self.name
-            return cast(R, call)
+            return call  # type: ignore[return-value]
         return self._call_sync(run, position, args, kwargs)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
@@ -179,10 +185,9 @@ class Checkpoint(Generic[P, R]):
             return cast(R, call.replay())
         while True:
             # Set and set back, not reset by token: a token kept across the await would be
-            # one more object per live call (tens of thousands at once on a busy loop).
-            outside = current_branch.get()
+            # one more object per live call (tens of thousands at once on a busy loop). The
+            # branch stays: while a call is current, nothing is recorded in it (`positions`).
             current_frame.set(call)
-            current_branch.set(None)
             try:
                 if call.body is not None:
                     value = cast(R, call.body())
@@ -213,7 +218,6 @@ class Checkpoint(Generic[P, R]):
                 run.boundary()
                 continue
             finally:
-                current_branch.set(outside)
                 current_frame.set(None)
             call.succeeded(value)
             call.commit()
@@ -225,16 +229,15 @@ class Checkpoint(Generic[P, R]):
         call = _Call(self, run, position, args, kwargs)
         if call.replayed:
             return call.replay()
-        # A string: no generic alias built on every call.
-        fn = cast("Callable[..., Awaitable[Any]]", self.fn)
+        # Annotated rather than cast(): no call (and no generic alias) on every call.
+        fn: Callable[..., Awaitable[Any]] = self.fn  # type: ignore[assignment]
         if self._ray is not None:
             fn = functools.partial(_ray_call, self._ray)
         while True:
             # Set and set back, not reset by token: a token kept across the await would be
-            # one more object per live call (tens of thousands at once on a busy loop).
-            outside = current_branch.get()
+            # one more object per live call (tens of thousands at once on a busy loop). The
+            # branch stays: while a call is current, nothing is recorded in it (`positions`).
             current_frame.set(call)
-            current_branch.set(None)
             try:
                 if call.body is not None:
                     value = call.body()
@@ -262,13 +265,15 @@ class Checkpoint(Generic[P, R]):
                 run.boundary()
                 continue
             finally:
-                current_branch.set(outside)
                 current_frame.set(None)
             call.succeeded(value)
             # The common commit awaited here, not in a coroutine of its own: one object less
-            # per call on a loop that runs thousands of them (see `_Call.commit_async`).
+            # per call on a loop that runs thousands of them (see `_Call.commit_async`); and
+            # made at once when this execution is alone on the loop (nothing to await).
             try:
-                outcome = await call.committing()
+                outcome = call.commit_inline()
+                if outcome is None:
+                    outcome = await call.committing()
             except StoreUnavailable:
                 outcome = await call.commit_retried()
             except StoreCorrupt as exc:
@@ -449,9 +454,7 @@ class _Call(Frame):
         checkpoint = self.checkpoint
         try:
             text = _serde.dumps(
-                value,
-                allow_pickle=self.run.allow_pickle,
-                root=f"result of checkpoint {checkpoint.name!r}",
+                value, allow_pickle=self.run.allow_pickle, root=checkpoint._result_root
             )
         except SerializationError as exc:
             # Not retried: the same code would produce the same unstorable value.
@@ -519,17 +522,20 @@ class _Call(Frame):
         metadata = frame.metadata
         if frame.usage is not None and run.spend is not None:
             metadata = run.spend.commit_call(frame, metadata)
+        attempts = self.attempts
+        # Positional (position, name, fingerprint, status, result, error, attempts, started_at,
+        # finished_at, metadata): keywords would build a dict on every commit.
         self.row: CheckpointRow = CheckpointRow(
-            position=frame.position,
-            name=frame.name,
-            fingerprint=self.args_fp,
-            status=status,
-            result=result,
-            error=_serde.error_to_text(exc) if exc else None,
-            attempts=_serde.dumps(self.attempts) if self.attempts else None,
-            started_at=self.attempts[0]["started_at"] if self.attempts else self.started,
-            finished_at=finished,
-            metadata=_serde.dumps(metadata) if metadata else None,
+            frame.position,
+            frame.name,
+            self.args_fp,
+            status,
+            result,
+            _serde.error_to_text(exc) if exc else None,
+            _serde.dumps(attempts) if attempts else None,
+            attempts[0]["started_at"] if attempts else self.started,
+            finished,
+            _serde.dumps(metadata) if metadata else None,
         )
         self.events = _log_events(run, frame) if frame.log is not None else ()
         self.error = error
@@ -564,25 +570,31 @@ class _Call(Frame):
         other executions' rows); resumes once it is durable."""
         try:
             try:
-                outcome = await self.committing()
+                outcome = self.commit_inline()
+                if outcome is None:
+                    outcome = await self.committing()
             except StoreUnavailable:
                 outcome = await self.commit_retried()
         except StoreCorrupt as exc:
             raise self.run.store_fault(exc) from exc
         self.settle(outcome)
 
-    def committing(self) -> Awaitable[Commit]:
-        """The first try of `commit_async`: what to await for the row to be durable (the
-        store's group commit future; no coroutine). Raises (or the awaitable does) the
-        store's error, for `commit_retried` or the run's fault."""
+    def commit_inline(self) -> Commit | None:
+        """The first try of `commit_async` when this is the only execution on the loop: one
+        statement here costs less than the trip to the committer's thread and back, and
+        nobody else waits on the loop meanwhile. None when the row must go to the group
+        commit (`committing`). Raises the store's error, for `commit_retried` (retries are
+        awaited, never slept here) or the run's fault."""
         run = self.run
         if run.inline_commits is not None and run.inline_commits():
-            # The only execution on the loop: one statement here costs less than the trip
-            # to the committer's thread and back, and nobody else waits on the loop
-            # meanwhile. Retries are awaited (`commit_retried`), never slept here.
-            return _done(
-                run.store.record_checkpoint(run.execution_id, run.token, self.row, self.events)
-            )
+            return run.store.record_checkpoint(run.execution_id, run.token, self.row, self.events)
+        return None
+
+    def committing(self) -> Awaitable[Commit]:
+        """The first try of `commit_async` with other executions on the loop: what to await
+        for the row to be durable (the store's group commit future; no coroutine). Raises
+        (or the awaitable does) the store's error, for `commit_retried` or the run's fault."""
+        run = self.run
         return run.store.record_checkpoint_async(run.execution_id, run.token, self.row, self.events)
 
     async def commit_retried(self) -> Commit:
@@ -607,7 +619,7 @@ class _Call(Frame):
         if not outcome:
             run.lease_lost = True
             raise LeaseLost(run.execution_id)
-        if outcome is Commit.CANCEL_REQUESTED:
+        if outcome is _CANCEL_REQUESTED:
             run.cancel()
         if _after_commit is not None:
             _after_commit(run, self.row.position)
@@ -766,10 +778,3 @@ def checkpoint(
     if fn is not None:
         return wrap(fn)
     return wrap
-
-
-def _done(outcome: Commit) -> asyncio.Future[Commit]:
-    """An awaitable of an outcome already known (a commit made inline on the loop)."""
-    future: asyncio.Future[Commit] = asyncio.get_running_loop().create_future()
-    future.set_result(outcome)
-    return future

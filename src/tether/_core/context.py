@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..store import CheckpointRow, EventRow, Store, WaitRow
 from . import serde as _serde
-from .positions import Branch, current_branch
+from .positions import Branch, current_branch, current_call
 
 
 class Spending(Protocol):
@@ -164,8 +164,12 @@ class Run:
             wake.wait(seconds)
 
     def take_position(self) -> str:
-        """The next position of the branch the caller runs in (see `positions`)."""
-        return (current_branch.get() or self.root).take()
+        """The next position of the branch the caller runs in (see `positions`); of the
+        flow body's inside a checkpoint body, as when one ran with no branch set."""
+        branch = current_branch.get()
+        if branch is None or current_call.get() is not None:
+            branch = self.root
+        return branch.take()
 
     def boundary(self) -> None:
         """Checked at every checkpoint call: stop here if cancelled or no longer the owner."""
@@ -231,7 +235,8 @@ class Frame:
 
 
 current_run: ContextVar[Run | None] = ContextVar("tether_run", default=None)
-current_frame: ContextVar[Frame | None] = ContextVar("tether_frame", default=None)
+# The variable itself lives in `positions`, which reads it too (see `current_call`).
+current_frame: ContextVar[Frame | None] = current_call
 
 
 @dataclass(frozen=True, slots=True)

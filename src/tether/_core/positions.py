@@ -40,6 +40,7 @@ __all__ = [
     "Branch",
     "before",
     "branch",
+    "current_call",
     "current_tasks",
     "display",
     "install",
@@ -149,12 +150,17 @@ def _new_named(base: Branch, key: str) -> Branch:
 
 
 # The branch running code records its calls in: set to the root by the engine for the flow
-# body, to a child by the task factory for each task flow code creates, and to None while a
-# checkpoint body runs (tasks a body creates are part of that one call and take no slot: on
-# resume the body does not run, so neither would they). None outside a flow.
+# body, to a child by the task factory for each task flow code creates. None outside a flow.
 current_branch: contextvars.ContextVar[Branch | None] = contextvars.ContextVar(
     "tether_branch", default=None
 )
+
+# The checkpoint call whose body runs now (`context.current_frame`, a `Frame`; defined here
+# so that this module can read it). While it is set, code records nothing in its branch:
+# tasks a body creates are part of that one call and take no slot, since on resume the body
+# does not run, so neither would they. (One variable set per call, not a branch cleared
+# and restored as well: a checkpoint call is the hot path.)
+current_call: contextvars.ContextVar[Any] = contextvars.ContextVar("tether_frame", default=None)
 
 
 @contextlib.contextmanager
@@ -186,8 +192,8 @@ def branch(key: str | int) -> Iterator[None]:
     if not text:
         raise UsageError("a branch key is a non-empty string")
     here = current_branch.get()
-    if here is None:  # outside a flow, or inside a checkpoint: nothing is recorded here
-        yield
+    if here is None or current_call.get() is not None:
+        yield  # outside a flow, or inside a checkpoint: nothing is recorded here
         return
     named = here.named(text)
     me = _me()
@@ -269,6 +275,7 @@ class _Factory:
         parent = current_branch.get()
         if (
             parent is not None
+            and current_call.get() is None
             and not _is_pinned()
             and getattr(coro, "cr_code", None) not in _one_call
         ):

@@ -63,6 +63,7 @@ MAX_DEPTH = 100
 # surrogates) lives with the store, which sends such trees to PostgreSQL itself; the json
 # module is the decoder's fallback too.
 _from_json = pydantic_core.from_json
+_to_json = pydantic_core.to_json
 
 
 def _encode_json(tree: Any) -> str:
@@ -80,14 +81,18 @@ def dumps(value: Any, *, allow_pickle: bool | None = None, root: str = "value") 
     """Encode `value` as stored text. Raises SerializationError with the path on failure,
     or when the value is nested too deep or its text is over `max_value_bytes`.
     `allow_pickle`: the pickle fallback (default: the process setting)."""
+    settings = _config.settings()
     if _plain(value, 0):
-        data = json_bytes(value)
+        try:
+            data = _to_json(value)
+        except ValueError:  # what Rust strings cannot hold (lone surrogates): the fallback
+            data = json_bytes(value)
     else:
         if allow_pickle is None:
-            allow_pickle = _config.settings().pickle
+            allow_pickle = settings.pickle
         data = json_bytes(_Encoder(allow_pickle).encode(value, root))
-    if len(data) > _config.settings().max_value_bytes:
-        raise too_large(root, len(data), _config.settings().max_value_bytes)
+    if len(data) > settings.max_value_bytes:
+        raise too_large(root, len(data), settings.max_value_bytes)
     return data.decode()
 
 
@@ -200,25 +205,29 @@ def _as_data(value: Any, depth: int) -> Any:
 
 def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """A short stable hash of call arguments: a resumed call with other arguments is noted."""
-    if not kwargs and _plain_args(args):
-        data = repr(args).encode("utf-8", "surrogatepass")
+    # Scalars only: their repr is stable across processes and runs (the common case: ids,
+    # prompts, counters), and far cheaper than a canonical JSON walk.
+    plain = not kwargs
+    if plain:
+        for arg in args:
+            if type(arg) not in _SCALARS:
+                plain = False
+                break
+    if plain:
+        # "(x,)" is a one-item tuple's repr without the tuple's recursion guard; a repr
+        # holds no lone surrogate (it escapes them), so the plain encode is the same bytes.
+        data = (f"({args[0]!r},)" if len(args) == 1 else repr(args)).encode()
     else:
         text = _encode_json(_canonical([list(args), kwargs]))
         data = text.encode("utf-8", "surrogatepass")
-    return _blake2b(data, digest_size=8).hexdigest()
+    # A copy of an empty hasher: the constructor's keyword argument costs as much again.
+    hasher = _FINGERPRINT.copy()
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
-_blake2b = hashlib.blake2b
+_FINGERPRINT = hashlib.blake2b(digest_size=8)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _plain_args(args: tuple[Any, ...]) -> bool:
-    # Scalars only: their repr is stable across processes and runs (the common case: ids,
-    # prompts, counters), and far cheaper than a canonical JSON walk.
-    for arg in args:  # noqa: SIM110 - a plain loop beats all(genexpr) on 1-3 args
-        if type(arg) not in _SCALARS:
-            return False
-    return True
 
 
 def _canonical(obj: Any, depth: int = 0) -> Any:
@@ -260,13 +269,22 @@ def _plain(value: Any, depth: int) -> bool:
         return math.isfinite(value)
     if depth > _MAX_PLAIN_DEPTH:
         return False
+    # Strings and integers in a container are checked in its loop, not by a call each: this
+    # walk runs on every commit.
     if t is dict:
         for k, v in value.items():
-            if type(k) is not str or k == TAG or not _plain(v, depth + 1):
+            if type(k) is not str or k == TAG:
+                return False
+            t = type(v)
+            if t is not str and t is not int and not _plain(v, depth + 1):
                 return False
         return True
     if t is list:
-        return all(_plain(v, depth + 1) for v in value)
+        for v in value:
+            t = type(v)
+            if t is not str and t is not int and not _plain(v, depth + 1):
+                return False
+        return True
     return False
 
 

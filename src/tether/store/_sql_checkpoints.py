@@ -17,12 +17,17 @@ from ._sql_common import (
     CHECKPOINT_COLUMNS,
     INSERT_EVENT,
     RECORD_CHECKPOINT,
+    RECORD_CHECKPOINT_UNCANCELLED,
+    RECORD_PLAIN_CHECKPOINT,
     RELEASED,
     SqlBase,
     checkpoint_values,
     event_params,
     marks,
 )
+
+# A member read off an Enum class goes through its metaclass's attribute hook: once here.
+_COMMITTED = Commit.COMMITTED
 
 # Positions per statement of get_checkpoints_at: well under either database's parameter limit.
 _POSITIONS_PER_READ = 500
@@ -106,17 +111,40 @@ class CheckpointsSql(SqlBase):
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
     ) -> Commit:
-        params = (execution_id, *checkpoint_values(row), execution_id, token)
+        if row.error is None and row.attempts is None and row.metadata is None:
+            statement = RECORD_PLAIN_CHECKPOINT
+            given = (
+                execution_id, row.position, row.name, row.fingerprint, row.status, row.result,
+                row.started_at, row.finished_at, execution_id, token,
+            )  # fmt: skip
+        else:
+            statement = RECORD_CHECKPOINT_UNCANCELLED
+            given = (execution_id, *checkpoint_values(row), execution_id, token)
         if not events:
-            # The hot path: one statement, its own transaction.
-            found = self._one(RECORD_CHECKPOINT, params)
+            # The hot path: one statement, its own transaction, told apart by its row count.
+            if self._count(statement, given):
+                return _COMMITTED
         else:
             with self._transaction() as conn:
-                found = self._run(conn, RECORD_CHECKPOINT, params).fetchone()
-                if found is not None:
+                if self._run(conn, statement, given).rowcount:
                     self._executemany(conn, INSERT_EVENT, [event_params(e) for e in events])
-        if found is None:
-            return Commit.LOST
+                    return Commit.COMMITTED
+        return self._record_checkpoint_again(
+            (execution_id, *checkpoint_values(row), execution_id, token), events
+        )
+
+    def _record_checkpoint_again(
+        self, params: tuple[Any, ...], events: Sequence[EventRow]
+    ) -> Commit:
+        """The write when the common statement wrote nothing: a cancel is pending (the row is
+        still written, and the holder told), the lease is lost, or the row is final already
+        (LOST for both). Fenced on its own, so what changed in between cannot slip past it."""
+        with self._transaction() as conn:
+            found = self._run(conn, RECORD_CHECKPOINT, params).fetchone()
+            if found is None:
+                return Commit.LOST
+            if events:
+                self._executemany(conn, INSERT_EVENT, [event_params(e) for e in events])
         return Commit.CANCEL_REQUESTED if found[0] else Commit.COMMITTED
 
     def reset_for_retry(

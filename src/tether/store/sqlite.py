@@ -356,6 +356,26 @@ class SQLiteStore(SqlStore):
             cursor = conn.execute(sql, params)
             return _Done(cursor.fetchall(), cursor.rowcount)
 
+    def _count(self, sql: str, params: Any = ()) -> int:
+        # The path of every lone checkpoint commit (`record_checkpoint`): what `_run` does for
+        # a write, without the borrowed-connection and finished-cursor objects. Run to its end
+        # under the lock, as there: a statement with RETURNING would hold its transaction open
+        # until its rows are read.
+        conn = self._conn()
+        try:
+            writes = _kinds.get(sql)
+            if not (_writes(sql) if writes is None else writes):
+                cursor = conn.execute(sql, params)
+            elif self.readonly:
+                raise self._refuse_write()
+            else:
+                with self._writing:
+                    cursor = conn.execute(sql, params)
+                    cursor.fetchall()
+            return int(cursor.rowcount)
+        except sqlite3.Error as exc:
+            raise classify(exc, self) from exc
+
     def record_checkpoint_async(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
     ) -> Awaitable[Commit]:

@@ -60,7 +60,8 @@ _MOST_STARTS = 1024
 @cache
 def _checkpoints_statement(size: int, *, returning: bool = True) -> str:
     """A batch of `size` checkpoint commits as one statement (what
-    `_sql_common.RECORD_CHECKPOINT` is for one row; keep the two in step). Each row is
+    `_sql_common.RECORD_CHECKPOINT` is for one row: the same fence and conflict rule; keep
+    the two in step). Each row is
     [execution id, token, *CHECKPOINT_FIELDS], fenced on its own lease token; a 'retrying'
     row is replaced and a final one never; RETURNING names the rows written, each with its
     execution's cancel request (without `returning`, the row count says whether all were).

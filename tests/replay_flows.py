@@ -168,3 +168,27 @@ OTHER_PAIR_MODEL = _two_cities_model("together")
 async def two_cities(question: str) -> str:
     result = await pair_agent.run(question)
     return result.output
+
+
+# An agent built with the durability capability itself (not through `durable(agent)`), and a
+# flow that picks the model of each run: both ways a model reaches a durable agent's run.
+built_agent = tether.ai.durable(
+    Agent(
+        _weather_model("Paris", "report"),
+        tools=[lookup],
+        name="built",
+        capabilities=[tether.ai.TetherDurability()],
+    )
+)
+
+
+@tether.flow
+async def built_weather(question: str) -> str:
+    result = await built_agent.run(question)
+    return result.output
+
+
+@tether.flow
+async def weather_on(question: str, other: bool) -> str:
+    result = await agent.run(question, model=OTHER_MODEL if other else None)
+    return result.output

@@ -205,6 +205,34 @@ def test_a_durable_agent_replays_from_its_recorded_model_and_tool_calls(db_url: 
     assert flows.CALLS == {}  # no live tool call in any of them
 
 
+def test_a_replay_model_answers_an_agent_built_with_the_durability_capability(
+    db_url: str,
+) -> None:
+    recorded = record(flows.built_weather, "weather?")
+    flows.CALLS.clear()
+
+    report = replay(recorded, db=db_url, model=flows.OTHER_MODEL)
+
+    (case,) = report.cases
+    assert case.replayed is not None and case.replayed.result == "forecast: sunny in Paris"
+    assert len(case.live) == 2 and all(line.endswith(" model_request") for line in case.live)
+    assert flows.CALLS == {}
+
+
+def test_a_replay_leaves_the_agent_as_it_was(db_url: str) -> None:
+    recorded = record(flows.weather_on, "weather?", False)
+    report = replay(recorded, db=db_url, model=flows.OTHER_MODEL)
+    assert report.cases[0].replayed is not None
+    assert report.cases[0].replayed.result == "forecast: sunny in Paris", str(report)
+
+    # Outside the replay the agent accepts only the models it was made with: the replay's
+    # model was not registered with its durability capability behind its back.
+    handle = flows.weather_on.run("weather?", True)
+    with pytest.raises(tether.ExecutionFailed, match="not registered"):
+        handle.result(timeout=60)
+    assert flows.weather_on.run("weather?", False).result(timeout=60) == "report: sunny in Paris"
+
+
 def test_a_live_test_model_works_offline(db_url: str) -> None:
     recorded = record(flows.weather, "weather?")
     flows.CALLS.clear()

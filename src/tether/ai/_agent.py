@@ -8,8 +8,9 @@ from typing import Any
 
 from pydantic_ai import AgentRun
 from pydantic_ai.agent import AbstractAgent, WrapperAgent
-from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.capabilities import AbstractCapability, ResolveModelId
 from pydantic_ai.messages import UserContent
+from pydantic_ai.models import Model, ModelResolutionContext
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.tools import AgentDepsT
 
@@ -71,17 +72,7 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 async with self.wrapped.iter(user_prompt, **kwargs) as run:
                     yield run
             else:
-                # Inside a flow the durable capability takes only models registered with it
-                # (`models=`): the replay's model is registered under a key of its own, and
-                # left there (a replay test's process; one entry per model object).
-                key = f"tether-replay-{id(replacement)}"
-                for registry in (
-                    getattr(self._durability, "_extra_models", None),  # copied into each run's
-                    getattr(self._durability, "_models_by_id", None),
-                ):
-                    if isinstance(registry, dict):
-                        registry.setdefault(key, replacement)
-                kwargs["model"] = replacement
+                kwargs.update(_replay_selection(replacement, kwargs.get("capabilities")))
                 async with self.wrapped.iter(user_prompt, **kwargs) as run:
                     yield run
         except BaseExceptionGroup as group:
@@ -104,6 +95,34 @@ def _replay_model() -> Any:
         return None
     answers = _answers.of(run.store)
     return None if answers is None else answers.model
+
+
+# The name a replay's model instance is selected by. Not a model name `infer_model` knows, so
+# no other resolver builds a model for it.
+_REPLAY_MODEL_ID = "tether-replay:model"
+
+
+def _replay_selection(replacement: object, capabilities: Any) -> dict[str, Any]:
+    """The `model=` and `capabilities=` of a run made with a replay test's model.
+
+    Inside a flow the durable capability sends a request only to a model it can find again
+    inside the checkpoint: the agent's own, one registered in its `models=`, or one selected
+    by a name that the run's `resolve_model_id` chain resolves (Pydantic AI's documented
+    escape hatch). A model instance is selected by a name of tether's here, which a
+    `ResolveModelId` of this run resolves to it; the agent's capability stays untouched. A
+    model name (`"openai:gpt-4o"`) is passed as is: Pydantic AI builds it, in the checkpoint
+    too.
+    """
+    if not isinstance(replacement, Model):
+        return {"model": replacement}
+
+    def resolve(_ctx: ModelResolutionContext[Any], model_id: str) -> Model | None:
+        return replacement if model_id == _REPLAY_MODEL_ID else None
+
+    return {
+        "model": _REPLAY_MODEL_ID,
+        "capabilities": [*(capabilities or ()), ResolveModelId(resolve)],
+    }
 
 
 def _bound_durability(capability: AbstractCapability[AgentDepsT]) -> TetherDurability[AgentDepsT]:

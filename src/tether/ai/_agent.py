@@ -67,14 +67,11 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         if self._run_capability is not None:
             kwargs["capabilities"] = [*(kwargs.get("capabilities") or ()), self._run_capability]
         replacement = _replay_model()
+        if replacement is not None:
+            kwargs.update(_replay_selection(replacement, kwargs.get("capabilities")))
         try:
-            if replacement is None:
-                async with self.wrapped.iter(user_prompt, **kwargs) as run:
-                    yield run
-            else:
-                kwargs.update(_replay_selection(replacement, kwargs.get("capabilities")))
-                async with self.wrapped.iter(user_prompt, **kwargs) as run:
-                    yield run
+            async with self.wrapped.iter(user_prompt, **kwargs) as run:
+                yield run
         except BaseExceptionGroup as group:
             # A wait or a cancellation unwinds the flow from inside the agent's task groups;
             # hand the flow the bare signal, which its engine knows how to treat.

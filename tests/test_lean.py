@@ -20,13 +20,14 @@ from tether._core.config import OWNED_GC_THRESHOLD
 from tether._runtime.loop import shared_loop
 from tether.errors import ConfigurationError
 
-# Upper bounds, above what is measured (27-28, 33-34 and 32 on SQLite and PostgreSQL; the
-# margin is the noise of one-off caches and other threads) and below where they were before
-# issue 24 (52, 60 and 48). A live async execution: its task, coroutines, Run, branch, row and
-# handle; inside a call, the call's own objects on top.
-MAX_OBJECTS_PER_PARKED_EXECUTION = 36
-MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 40
-MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 38
+# Upper bounds, above what is measured (23.4, 28.4 and 30.0 on SQLite, 25.0, 29.0 and 27.5
+# on PostgreSQL; the margin is the
+# noise of one-off caches and other threads) and below where they were before issue 24 (52,
+# 60 and 48) and before its second round (27-28, 33-34 and 32). A live async execution: its
+# task, coroutines, Run, branch, row and handle; inside a call, the call's own objects on top.
+MAX_OBJECTS_PER_PARKED_EXECUTION = 30
+MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 33
+MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 35
 # What a call leaves behind once it has returned: nothing, on average (a fraction: the store's
 # statement cache and the like warm up).
 MAX_KEPT_PER_CALL = 0.6

@@ -107,7 +107,7 @@ def _ends_statement(size: int, *, returning: bool = True) -> str:
 @cache
 def _starts_statement(size: int) -> str:
     """`size` new keyless executions as one statement: rows of NULLs pad it to a power of two
-    (as `_batch_rows` does) and are left out. One step for the whole batch, where
+    (see `_batch_rows`) and are left out. One step for the whole batch, where
     `executemany` stepped (and let go of the GIL) once per row."""
     count = len(EXECUTION_COLUMNS.split(", "))
     one = f"({', '.join('?' * count)})"
@@ -123,26 +123,30 @@ class _NotAll(Exception):
     and written again, row by row answered (see `SQLiteStore._write_group`)."""
 
 
-def _flat_rows(chunk: list[tuple[Any, ...]]) -> tuple[int, list[Any]]:
-    """One statement's (row count, parameters) for at most `_MOST_ROWS` rows (padded as
-    `_batch_rows` does)."""
-    size = 1 << (len(chunk) - 1).bit_length()
-    params = [v for r in chunk for v in r]
-    params += [None] * (len(chunk[0]) * (size - len(chunk)))
-    return size, params
-
-
-def _batch_rows(rows: list[tuple[Any, ...]]) -> Iterator[tuple[int, list[Any]]]:
-    """(rows per statement, its parameters) for each statement of a batch. Padded with rows
-    of NULLs (the fence matches no NULL id: they write nothing) up to a power of two, so
-    that a handful of statement texts serve every batch size, each compiled once per
-    connection (sqlite3 keeps them)."""
-    for start in range(0, len(rows), _MOST_ROWS):
-        chunk = rows[start : start + _MOST_ROWS]
+def _batch_rows(
+    rows: list[tuple[Any, ...]], most: int = _MOST_ROWS
+) -> Iterator[tuple[int, list[Any], int]]:
+    """(rows per statement, its parameters, the real rows among them) for each statement of
+    a batch, at most `most` real rows each. Padded with rows of NULLs (the fence, or a
+    start's `WHERE`, matches no NULL id: they write nothing) up to a power of two, so that a
+    handful of statement texts serve every batch size, each compiled once per connection
+    (sqlite3 keeps them)."""
+    for start in range(0, len(rows), most):
+        chunk = rows[start : start + most]
         size = 1 << (len(chunk) - 1).bit_length()
         params = [v for r in chunk for v in r]
         params += [None] * (len(chunk[0]) * (size - len(chunk)))
-        yield size, params
+        yield size, params, len(chunk)
+
+
+def _commit_rows(commits: list[CheckpointCommit]) -> list[tuple[Any, ...]]:
+    """The rows of `_checkpoints_statement`: [execution id, token, *CHECKPOINT_FIELDS]."""
+    return [(c.execution_id, c.token, *checkpoint_values(c.row)) for c in commits]
+
+
+def _end_rows(ends: list[Finish]) -> list[tuple[Any, ...]]:
+    """The rows of `_ends_statement`."""
+    return [(f.execution_id, f.token, f.status, f.result, f.error, f.now) for f in ends]
 
 
 # SQLite's primary result codes (the low byte of an extended code) that say what failed.
@@ -436,8 +440,7 @@ class SQLiteStore(SqlStore):
             return self._write_each(batch)
 
     def _insert_new(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        for start in range(0, len(rows), _MOST_STARTS):
-            size, params = _flat_rows(rows[start : start + _MOST_STARTS])
+        for size, params, _ in _batch_rows(rows, _MOST_STARTS):
             self._run(conn, _starts_statement(size), params)
 
     def _write_all(self, batch: list[CheckpointCommit | Finish]) -> list[Commit | bool]:
@@ -447,20 +450,14 @@ class SQLiteStore(SqlStore):
         thread then waited to get it back from a busy event loop once per row (up to the
         5 ms switch interval each time): the writer, not the database, was the bottleneck of
         10,000 agents. Raises _NotAll (rolled back) when a statement wrote fewer rows."""
-        commits: list[CheckpointCommit] = []
-        ends: list[Finish] = []
-        for item in batch:
-            (commits if isinstance(item, CheckpointCommit) else ends).append(item)  # type: ignore[arg-type]
+        commits = [c for c in batch if isinstance(c, CheckpointCommit)]
+        ends = [f for f in batch if isinstance(f, Finish)]
         cancelled: set[str] = set()
         with self._transaction() as conn:
             if commits:
-                for start in range(0, len(commits), _MOST_ROWS):
-                    chunk = commits[start : start + _MOST_ROWS]
-                    size, params = _flat_rows(
-                        [(c.execution_id, c.token, *checkpoint_values(c.row)) for c in chunk]
-                    )
+                for size, params, count in _batch_rows(_commit_rows(commits)):
                     done = self._run(conn, _checkpoints_statement(size, returning=False), params)
-                    if done.rowcount != len(chunk):
+                    if done.rowcount != count:
                         raise _NotAll
                 events = [event_params(e) for c in commits for e in c.events]
                 if events:
@@ -474,16 +471,9 @@ class SQLiteStore(SqlStore):
                         "AND cancel_requested = 1",
                     ).fetchall()
                 }
-            for start in range(0, len(ends), _MOST_ROWS):
-                chunk_ends = ends[start : start + _MOST_ROWS]
-                size, params = _flat_rows(
-                    [
-                        (f.execution_id, f.token, f.status, f.result, f.error, f.now)
-                        for f in chunk_ends
-                    ]
-                )
+            for size, params, count in _batch_rows(_end_rows(ends)):
                 done = self._run(conn, _ends_statement(size, returning=False), params)
-                if done.rowcount != len(chunk_ends):
+                if done.rowcount != count:
                     raise _NotAll
         return [
             True
@@ -510,8 +500,7 @@ class SQLiteStore(SqlStore):
         )
         with self._connection() if alone else self._transaction() as conn:
             if commits:
-                rows = [(c.execution_id, c.token, *checkpoint_values(c.row)) for c in commits]
-                for size, params in _batch_rows(rows):
+                for size, params, _ in _batch_rows(_commit_rows(commits)):
                     for r in self._run(conn, _checkpoints_statement(size), params).fetchall():
                         written[(r[0], r[1])] = r[2]
             if logged:
@@ -523,8 +512,7 @@ class SQLiteStore(SqlStore):
                 ]
                 self._executemany(conn, INSERT_EVENT, events)
             if ends:
-                rows = [(f.execution_id, f.token, f.status, f.result, f.error, f.now) for f in ends]
-                for size, params in _batch_rows(rows):
+                for size, params, _ in _batch_rows(_end_rows(ends)):
                     found = self._run(conn, _ends_statement(size), params).fetchall()
                     ended.update(r[0] for r in found)
         outcomes: list[Commit | bool] = []

@@ -98,74 +98,6 @@ def test_executions_ending_together_share_the_commits_of_their_ends(db_url: str)
     assert 0 < ends < n // 2, ends
 
 
-@pytest.mark.skipif(BACKEND == "postgres", reason="the SQLite group commit")
-def test_a_stale_holders_end_in_a_shared_batch_is_refused_and_the_others_commit(
-    db_url: str,
-) -> None:
-    store = store_for()
-    path = db_url.partition("///")[2]
-    tokens = {}
-    for eid in ("e0", "e1", "e2", "e3", "e4"):
-        row = ExecutionRow(id=eid, flow="f", import_path="m:f", script=None, args="{}",
-                           status="running", created_at=1.0, updated_at=1.0)  # fmt: skip
-        row.owner, row.lease_token, row.lease_expires = "me", f"token-{eid}", time.time() + 60
-        store.create_execution(row)
-        tokens[eid] = f"token-{eid}"
-    # e2 was taken over by another process: its end, from the old holder, must write nothing.
-    assert store.claim(
-        "e2", Claim("other", "stolen", time.time() + 60), from_statuses=("running",),
-        expected_token="token-e2", now=time.time(),
-    )  # fmt: skip
-    batches: list[int] = []
-    write = store._write_group  # type: ignore[attr-defined]
-
-    def spy(batch: list[Any]) -> list[Any]:
-        batches.append(len(batch))
-        return write(batch)  # type: ignore[no-any-return]
-
-    store._group._write = spy  # type: ignore[attr-defined]
-    row0 = CheckpointRow(position="0", name="step", fingerprint="fp", status="succeeded",
-                         result="1", started_at=1.0, finished_at=2.0)  # fmt: skip
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the writer's first batch waits
-
-    def end(eid: str, status: str = "succeeded") -> Any:
-        return store.finish_async(eid, tokens[eid], status=status, result='"r"', error=None,
-                                  now=5.0)  # fmt: skip
-
-    async def main() -> list[Any]:
-        group = store._group  # type: ignore[attr-defined]
-        first = asyncio.ensure_future(store.record_checkpoint_async("e0", tokens["e0"], row0))
-        deadline = time.monotonic() + 10
-        while group._queue or group._inbox or not group._leading:  # the writer is blocked
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.001)
-        rest = [
-            asyncio.ensure_future(store.record_checkpoint_async("e1", tokens["e1"], row0)),
-            asyncio.ensure_future(end("e1")),  # its last checkpoint, then its end
-            asyncio.ensure_future(end("e2")),
-            asyncio.ensure_future(end("e3", "failed")),
-            asyncio.ensure_future(end("e4")),
-        ]
-        while len(group._queue) + len(group._inbox) < len(rest):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.001)
-        blocker.execute("ROLLBACK")
-        return list(await asyncio.gather(first, *rest))
-
-    results = asyncio.run(main())
-    blocker.close()
-    assert results == [Commit.COMMITTED, Commit.COMMITTED, True, False, True, True]
-    assert batches == [1, 5]  # the five queued meanwhile shared one transaction
-    found = {eid: store.get_execution(eid) for eid in tokens}
-    assert {eid: (r.status, r.lease_token) for eid, r in found.items() if r} == {
-        "e0": ("running", "token-e0"), "e1": ("succeeded", None), "e2": ("running", "stolen"),
-        "e3": ("failed", None), "e4": ("succeeded", None),
-    }  # fmt: skip
-    assert (found["e1"].result, found["e1"].finished_at) == ('"r"', 5.0)  # type: ignore[union-attr]
-    assert [c.position for c in store.get_checkpoints("e1")] == ["0"]
-
-
 def _held_rows(store: Any, ids: list[str]) -> dict[str, str]:
     tokens = {}
     for eid in ids:
@@ -216,6 +148,44 @@ def _one_sqlite_batch(
 def _ckpt(position: str, status: str = "succeeded", result: str = "1") -> CheckpointRow:
     return CheckpointRow(position=position, name="step", fingerprint="fp", status=status,
                          result=result, started_at=1.0, finished_at=2.0)  # fmt: skip
+
+
+@pytest.mark.skipif(BACKEND == "postgres", reason="the SQLite group commit")
+def test_a_stale_holders_end_in_a_shared_batch_is_refused_and_the_others_commit(
+    db_url: str,
+) -> None:
+    store: Any = store_for()
+    path = db_url.partition("///")[2]
+    tokens = _held_rows(store, ["e0", "e1", "e2", "e3", "e4"])
+    # e2 was taken over by another process: its end, from the old holder, must write nothing.
+    assert store.claim(
+        "e2", Claim("other", "stolen", time.time() + 60), from_statuses=("running",),
+        expected_token="token-e2", now=time.time(),
+    )  # fmt: skip
+    row0 = CheckpointRow(position="0", name="step", fingerprint="fp", status="succeeded",
+                         result="1", started_at=1.0, finished_at=2.0)  # fmt: skip
+
+    def commit(eid: str) -> Any:
+        return lambda: store.record_checkpoint_async(eid, tokens[eid], row0)
+
+    def end(eid: str, status: str = "succeeded") -> Any:
+        return lambda: store.finish_async(eid, tokens[eid], status=status, result='"r"',
+                                          error=None, now=5.0)  # fmt: skip
+
+    results, batches = _one_sqlite_batch(
+        store, path, commit("e0"),
+        # e1's last checkpoint, then its end
+        [commit("e1"), end("e1"), end("e2"), end("e3", "failed"), end("e4")],
+    )  # fmt: skip
+    assert results == [Commit.COMMITTED, Commit.COMMITTED, True, False, True, True]
+    assert batches == [1, 5]  # the five queued meanwhile shared one transaction
+    found = {eid: store.get_execution(eid) for eid in tokens}
+    assert {eid: (r.status, r.lease_token) for eid, r in found.items() if r} == {
+        "e0": ("running", "token-e0"), "e1": ("succeeded", None), "e2": ("running", "stolen"),
+        "e3": ("failed", None), "e4": ("succeeded", None),
+    }  # fmt: skip
+    assert (found["e1"].result, found["e1"].finished_at) == ('"r"', 5.0)
+    assert [c.position for c in store.get_checkpoints("e1")] == ["0"]
 
 
 @pytest.mark.skipif(BACKEND == "postgres", reason="the SQLite group commit")

@@ -25,6 +25,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Awaitable, Iterator, Sequence
@@ -137,6 +138,26 @@ def _batch_rows(
         params = [v for r in chunk for v in r]
         params += [None] * (len(chunk[0]) * (size - len(chunk)))
         yield size, params, len(chunk)
+
+
+def _into_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Put the file in WAL mode, which it keeps. Asked only when it is not in it already:
+    the switch needs the file to itself and SQLite refuses it at once (SQLITE_BUSY, no busy
+    handler) while another connection writes, so a connection opening beside a busy writer
+    of another process failed. Two processes opening a new file at once both switch: the
+    refused one tries again, within the busy timeout."""
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != _BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def _commit_rows(commits: list[CheckpointCommit]) -> list[tuple[Any, ...]]:
@@ -304,7 +325,7 @@ class SQLiteStore(SqlStore):
                     # Belt and braces over mode=ro: not even a temporary table is written.
                     conn.execute("PRAGMA query_only = 1")
                 else:
-                    conn.execute("PRAGMA journal_mode = WAL")
+                    _into_wal(conn, self.busy_timeout)
                     conn.execute(f"PRAGMA synchronous = {self._synchronous}")
                     conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
             except sqlite3.Error as exc:

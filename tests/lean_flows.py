@@ -17,7 +17,7 @@ kept: list[int] = []
 
 
 def reset() -> None:
-    _gate.update(event=None, arrived=0)
+    _gate.update(event=None, arrived=0, free=False)
     _gate["thread_gate"] = threading.Event()
 
 
@@ -31,7 +31,22 @@ def open_gate(loop: asyncio.AbstractEventLoop | None) -> None:
     _gate["thread_gate"].set()
 
 
+def next_step(loop: asyncio.AbstractEventLoop) -> None:
+    """Let the executions parked at the gate go on, to park at a new gate (`stepping`)."""
+    event = _gate["event"]
+    _gate.update(event=None, arrived=0)
+    loop.call_soon_threadsafe(event.set)
+
+
+def free_all(loop: asyncio.AbstractEventLoop) -> None:
+    """Let every execution through the gate, now and at every step to come."""
+    _gate["free"] = True
+    open_gate(loop)
+
+
 async def _wait_at_gate() -> None:
+    if _gate.get("free"):
+        return
     # Made on the loop that awaits it, by the first execution to arrive.
     if _gate["event"] is None:
         _gate["event"] = asyncio.Event()
@@ -76,6 +91,15 @@ async def inside_call(i: int) -> int:
     await think(i)
     await asyncio.gather(_branch(1), _branch(2))
     return await held_in_call(i)
+
+
+@tether.flow
+async def stepping(i: int) -> int:
+    """Three calls one after another, each parked at the gate inside its body (where a model
+    call would await), until `next_step`."""
+    for step in range(3):
+        await held_in_call(step)
+    return i
 
 
 @tether.flow

@@ -14,7 +14,14 @@ import pytest
 
 import lean_flows
 import tether
-from helpers import retry_until, run_child, run_cli, spawn_python, tracked_per_unit
+from helpers import (
+    alive_and_new_per_unit,
+    retry_until,
+    run_child,
+    run_cli,
+    spawn_python,
+    tracked_per_unit,
+)
 from tether import Status
 from tether._core.config import OWNED_GC_THRESHOLD
 from tether._runtime.loop import shared_loop
@@ -31,6 +38,14 @@ MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 35
 # What a call leaves behind once it has returned: nothing, on average (a fraction: the store's
 # statement cache and the like warm up).
 MAX_KEPT_PER_CALL = 0.6
+
+# Objects made by one step of an execution (a checkpoint call, from inside one body to inside
+# the next) and alive across the body's await, where a model call waits: long enough to be
+# promoted to the oldest generation, whose full collections walk every live execution. 8.0
+# measured: tether's call object and the coroutine of its call, and six of the body's own
+# (its coroutines, its future, the future's iterator and wake-up; asyncio.sleep would make
+# as many). Was 10.0 while each call set a context variable (its new mapping, two objects).
+MAX_NEW_OBJECTS_ALIVE_PER_STEP = 8.5
 
 K = 100  # executions alive at once for a count
 
@@ -70,6 +85,30 @@ def _count_parked(flow: Any, k: int) -> float:
 def test_a_live_async_execution_holds_few_objects(db_url: str, flow: Any, bound: int) -> None:
     per_execution = _count_parked(flow, K)
     assert 0 < per_execution <= bound, f"{per_execution:.1f} GC-tracked objects per execution"
+
+
+def test_a_step_leaves_few_new_objects_alive_across_its_await(db_url: str) -> None:
+    lean_flows.reset()
+    loop = shared_loop().loop
+    handles = [lean_flows.stepping.run(i) for i in range(K)]
+
+    def all_parked() -> None:
+        retry_until(lambda: lean_flows.arrived() >= K, what=f"{K} executions at the gate")
+
+    def one_step() -> object:
+        lean_flows.next_step(loop)
+        all_parked()
+        return None
+
+    try:
+        all_parked()  # inside the first call, which sets up what the execution keeps
+        one_step()  # inside the second
+        # From there to inside the third.
+        per_step = alive_and_new_per_unit(K, one_step, MAX_NEW_OBJECTS_ALIVE_PER_STEP)
+    finally:
+        lean_flows.free_all(loop)
+    assert [h.result(timeout=60) for h in handles] == list(range(K))
+    assert 0 < per_step <= MAX_NEW_OBJECTS_ALIVE_PER_STEP, f"{per_step:.2f} objects per step"
 
 
 def test_a_live_sync_execution_holds_few_objects(db_url: str) -> None:

@@ -47,7 +47,15 @@ from .capture import MAX_LOG_BYTES, CapturedLog
 from .context import Frame, Run, current_frame, current_run
 from .faults import as_failure
 from .persist import persist, persist_async
-from .positions import current_branch, one_recorded_call
+from .positions import (
+    current_branch,
+    frozen_context,
+    one_recorded_call,
+    own_slot,
+    owned_slot,
+    running_task,
+    set_call,
+)
 from .status import CheckpointStatus
 
 P = ParamSpec("P")
@@ -166,10 +174,12 @@ class Checkpoint(Generic[P, R]):
                 f"{self.name} is async; use asyncio.gather() or a TaskGroup instead of .submit()"
             )
         run = current_run.get()
-        context = contextvars.copy_context()
         if run is None or current_frame.get() is not None:
+            # Inside a call: the thread may outlive it, so it sees the call of now.
+            context = frozen_context()
             return _submit_pool().submit(context.run, self.fn, *args, **kwargs)  # type: ignore[arg-type]
         position = run.take_position()
+        context = contextvars.copy_context()
         return _submit_pool().submit(context.run, self._call_sync, run, position, args, kwargs)
 
     def map(self, *iterables: Iterable[Any]) -> list[R]:
@@ -183,11 +193,14 @@ class Checkpoint(Generic[P, R]):
         call = _Call(self, run, position, args, kwargs)
         if call.replayed:
             return cast(R, call.replay())
+        # A sync call in async flow code (on the loop's thread) writes its task's slot, if it
+        # has one: setting the variable would replace the slot (see `_call_async`).
+        slot = owned_slot(running_task())
         while True:
-            # Set and set back, not reset by token: a token kept across the await would be
-            # one more object per live call (tens of thousands at once on a busy loop). The
-            # branch stays: while a call is current, nothing is recorded in it (`positions`).
-            current_frame.set(call)
+            if slot is None:
+                set_call(call)
+            else:
+                slot.call = call
             try:
                 if call.body is not None:
                     value = cast(R, call.body())
@@ -218,7 +231,10 @@ class Checkpoint(Generic[P, R]):
                 run.boundary()
                 continue
             finally:
-                current_frame.set(None)
+                if slot is None:
+                    set_call(None)
+                else:
+                    slot.call = None
             call.succeeded(value)
             call.commit()
             if call.error is not None:
@@ -233,11 +249,17 @@ class Checkpoint(Generic[P, R]):
         fn: Callable[..., Awaitable[Any]] = self.fn  # type: ignore[assignment]
         if self._ray is not None:
             fn = functools.partial(_ray_call, self._ray)
+        # The call is made current by writing its task's slot, not by setting the variable:
+        # a set builds two objects that would live across the body's await, long enough to
+        # reach the oldest generation, on every call of every execution (see
+        # `positions._calls`); a slot is made once per task. The branch stays: while a call
+        # is current, nothing is recorded in it (`positions`).
+        slot = own_slot(running_task())
         while True:
-            # Set and set back, not reset by token: a token kept across the await would be
-            # one more object per live call (tens of thousands at once on a busy loop). The
-            # branch stays: while a call is current, nothing is recorded in it (`positions`).
-            current_frame.set(call)
+            if slot is None:
+                set_call(call)
+            else:
+                slot.call = call
             try:
                 if call.body is not None:
                     value = call.body()
@@ -265,7 +287,10 @@ class Checkpoint(Generic[P, R]):
                 run.boundary()
                 continue
             finally:
-                current_frame.set(None)
+                if slot is None:
+                    set_call(None)
+                else:
+                    slot.call = None
             call.succeeded(value)
             # The common commit awaited here, not in a coroutine of its own: one object less
             # per call on a loop that runs thousands of them (see `_Call.commit_async`); and
@@ -300,7 +325,7 @@ class Checkpoint(Generic[P, R]):
             frame.usage,
         )
         context = contextvars.copy_context()
-        context.run(current_frame.set, attempt)
+        context.run(set_call, attempt)
         outcome = _Outcome()
         thread = threading.Thread(
             target=context.run,

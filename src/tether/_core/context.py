@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..store import CheckpointRow, EventRow, Store, WaitRow
 from . import serde as _serde
-from .positions import Branch, current_branch, current_call
+from .positions import Branch, current_branch, current_call, set_call
 
 
 class Spending(Protocol):
@@ -169,7 +169,7 @@ class Run:
         """The next position of the branch the caller runs in (see `positions`); of the
         flow body's inside a checkpoint body, as when one ran with no branch set."""
         branch = current_branch.get()
-        if branch is None or current_call.get() is not None:
+        if branch is None or current_call() is not None:
             branch = self.root
         return branch.take()
 
@@ -237,8 +237,22 @@ class Frame:
 
 
 current_run: ContextVar[Run | None] = ContextVar("tether_run", default=None)
-# The variable itself lives in `positions`, which reads it too (see `current_call`).
-current_frame: ContextVar[Frame | None] = current_call
+
+
+class CurrentFrame:
+    """`current_frame.get()`: the checkpoint call whose body runs now, or None. Not a context
+    variable of its own: the variable lives in `positions` (which reads it too), and what it
+    holds may be a task's slot for its calls (see `positions._calls`)."""
+
+    __slots__ = ("get", "set")
+
+    def __init__(self) -> None:
+        # Plain attributes, not methods: a read is one call, with no bound method made.
+        self.get: Callable[[], Frame | None] = current_call
+        self.set: Callable[[Frame | None], None] = set_call
+
+
+current_frame = CurrentFrame()
 
 
 @dataclass(frozen=True, slots=True)

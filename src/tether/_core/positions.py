@@ -38,9 +38,15 @@ from ..store._positions import before, display, escape_key, is_position, parse, 
 
 __all__ = [
     "Branch",
+    "CallSlot",
     "before",
     "branch",
     "current_call",
+    "frozen_context",
+    "own_slot",
+    "owned_slot",
+    "running_task",
+    "set_call",
     "current_tasks",
     "display",
     "install",
@@ -155,12 +161,91 @@ current_branch: contextvars.ContextVar[Branch | None] = contextvars.ContextVar(
     "tether_branch", default=None
 )
 
-# The checkpoint call whose body runs now (`context.current_frame`, a `Frame`; defined here
-# so that this module can read it). While it is set, code records nothing in its branch:
+# The checkpoint call whose body runs now (`context.current_frame`, a `Frame`; kept here so
+# that this module can read it). While there is one, code records nothing in its branch:
 # tasks a body creates are part of that one call and take no slot, since on resume the body
-# does not run, so neither would they. (One variable set per call, not a branch cleared
-# and restored as well: a checkpoint call is the hot path.)
-current_call: contextvars.ContextVar[Any] = contextvars.ContextVar("tether_frame", default=None)
+# does not run, so neither would they.
+#
+# The variable holds the call itself, or None, or a task's `CallSlot` whose `call` says.
+# Setting a context variable builds a new mapping for the context (two GC-tracked objects),
+# and the one set for a call lives as long as the call: across a model call's await, long
+# enough to be promoted to the oldest generation, whose full collections walk every object
+# of every live execution. So a task that makes calls one after another gets a slot, set
+# once, and each call writes the slot instead (`own_slot`). Only its task writes it; code
+# that shares the task's context (a thread it awaits, a copy) reads it as it is now, while
+# tasks created through the loop's task factory are given the value of the moment they
+# were created (`_Factory`), as a copied context would have given them.
+_calls: contextvars.ContextVar[Any] = contextvars.ContextVar("tether_frame", default=None)
+
+
+class CallSlot:
+    """A task's own cell for its current checkpoint call (see `_calls`)."""
+
+    __slots__ = ("call", "owner")
+
+    def __init__(self, owner: int) -> None:
+        self.call: Any = None
+        # `id()` of the task: a reference to the task would be a cycle through its context,
+        # and the task would outlive its end until a collection found it.
+        self.owner = owner
+
+
+def current_call() -> Any:
+    """The checkpoint call whose body runs now, or None."""
+    value = _calls.get()
+    if value.__class__ is CallSlot:
+        return value.call
+    return value
+
+
+def set_call(call: Any) -> None:
+    """Make `call` current in this context (or none, with None) by setting the variable:
+    for a context that is not a task's (a thread's) and for a task that makes one call."""
+    _calls.set(call)
+
+
+def own_slot(task: asyncio.Task[Any] | None) -> CallSlot | None:
+    """The slot of `task` (the running task) to write its calls in: its own, or made and set
+    now, once for every call it makes. None where the caller sets the variable instead: with
+    no task (a thread), or for a task made to run a single call, which would use a slot
+    once (and, like any slot, keep it for its life)."""
+    if task is None:
+        return None
+    value = _calls.get()
+    if value.__class__ is CallSlot and value.owner == id(task):
+        return value
+    if getattr(task.get_coro(), "cr_code", None) in _one_call:
+        return None
+    slot = CallSlot(id(task))
+    _calls.set(slot)
+    return slot
+
+
+def owned_slot(task: asyncio.Task[Any] | None) -> CallSlot | None:
+    """The slot of `task` if it has one already; None otherwise (nothing is made)."""
+    value = _calls.get()
+    if task is not None and value.__class__ is CallSlot and value.owner == id(task):
+        return value
+    return None
+
+
+def running_task() -> asyncio.Task[Any] | None:
+    """The task running this code, or None in a thread without a running loop."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def frozen_context(context: contextvars.Context | None = None) -> contextvars.Context:
+    """A copy of `context` (default: the current one) that sees the current call as it is
+    now, not as a slot it shares reads it later: for work handed to another task or thread
+    that may outlive the call."""
+    copied = context.copy() if context is not None else contextvars.copy_context()
+    value = copied.get(_calls)
+    if value.__class__ is CallSlot:
+        copied.run(_calls.set, value.call)
+    return copied
 
 
 @contextlib.contextmanager
@@ -192,7 +277,7 @@ def branch(key: str | int) -> Iterator[None]:
     if not text:
         raise UsageError("a branch key is a non-empty string")
     here = current_branch.get()
-    if here is None or current_call.get() is not None:
+    if here is None or current_call() is not None:
         yield  # outside a flow, or inside a checkpoint: nothing is recorded here
         return
     named = here.named(text)
@@ -273,18 +358,23 @@ class _Factory:
         self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Future[Any]:
         parent = current_branch.get()
-        if (
-            parent is not None
-            and current_call.get() is None
-            and not _is_pinned()
-            and getattr(coro, "cr_code", None) not in _one_call
-        ):
+        one_call = getattr(coro, "cr_code", None) in _one_call
+        given = kwargs.get("context")
+        inherited = given.get(_calls) if given is not None else _calls.get()
+        # A task would read its creator's slot as the creator's later calls write it: it is
+        # given the call of now instead, as a copy of the context used to give it. (A task
+        # that runs a single call sets its own first and reads nothing before: no copy.)
+        freeze = inherited.__class__ is CallSlot and not one_call
+        if parent is not None and current_call() is None and not _is_pinned() and not one_call:
             # Runs in the creator's context, so this is the creator's branch and the slot is
             # taken in the creator's program order. The task runs in a copy of the context
             # (what asyncio does anyway) in which its own branch is current.
-            given = kwargs.get("context")
             context = given.copy() if given is not None else contextvars.copy_context()
-            context.run(current_branch.set, parent.child())
+            context.run(_enter_branch, parent.child(), inherited.call if freeze else _KEEP)
+            kwargs["context"] = context
+        elif freeze:
+            context = given.copy() if given is not None else contextvars.copy_context()
+            context.run(_calls.set, inherited.call)
             kwargs["context"] = context
         if self.previous is not None:
             task: asyncio.Future[Any] = self.previous(loop, coro, **kwargs)
@@ -295,6 +385,16 @@ class _Factory:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         return task
+
+
+_KEEP = object()  # the task keeps what its context holds
+
+
+def _enter_branch(branch: Branch, call: Any) -> None:
+    current_branch.set(branch)
+    if call is not _KEEP:
+        # In the same context as the branch: of the two mappings built, one stays.
+        _calls.set(call)
 
 
 def _is_pinned() -> bool:

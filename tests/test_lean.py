@@ -30,8 +30,8 @@ from tether.errors import ConfigurationError
 # Upper bounds, above what is measured (23.4, 28.4 and 30.0 on SQLite; 25.0, 29.0 and 27.5 on
 # PostgreSQL; the margin is the noise of one-off caches and other threads) and below where
 # they were before issue 24 (52, 60 and 48) and before its second round (27-28, 33-34, 32).
-# A live async execution: its task, coroutines, Run, branch, row and handle; inside a call,
-# the call's own objects on top.
+# A live async execution: its task, coroutines, Run, branch, row, handle and the call slot
+# its task writes its calls in; inside a call, the call's own objects on top.
 MAX_OBJECTS_PER_PARKED_EXECUTION = 30
 MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 33
 MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 35

@@ -250,10 +250,9 @@ class Checkpoint(Generic[P, R]):
         if self._ray is not None:
             fn = functools.partial(_ray_call, self._ray)
         # The call is made current by writing its task's slot, not by setting the variable:
-        # a set builds two objects that would live across the body's await, long enough to
-        # reach the oldest generation, on every call of every execution (see
-        # `positions._calls`); a slot is made once per task. The branch stays: while a call
-        # is current, nothing is recorded in it (`positions`).
+        # a set builds two objects that would live across the body's await and be promoted,
+        # on every call of every execution (see `positions._calls`); a slot is made once per
+        # task. The branch stays: while a call is current, nothing is recorded in it.
         slot = own_slot(running_task())
         while True:
             if slot is None:

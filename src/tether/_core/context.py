@@ -249,6 +249,8 @@ class CurrentFrame:
     def __init__(self) -> None:
         # Plain attributes, not methods: a read is one call, with no bound method made.
         self.get: Callable[[], Frame | None] = current_call
+        # Sets the variable itself (a task's slot, if any, is replaced in this context): for
+        # a context of its own, as a timed attempt's thread has.
         self.set: Callable[[Frame | None], None] = set_call
 
 

@@ -169,9 +169,9 @@ current_branch: contextvars.ContextVar[Branch | None] = contextvars.ContextVar(
 # The variable holds the call itself, or None, or a task's `CallSlot` whose `call` says.
 # Setting a context variable builds a new mapping for the context (two GC-tracked objects),
 # and the one set for a call lives as long as the call: across a model call's await, long
-# enough to be promoted to the oldest generation, whose full collections walk every object
-# of every live execution. So a task that makes calls one after another gets a slot, set
-# once, and each call writes the slot instead (`own_slot`). Only its task writes it; code
+# enough to be promoted out of the young generations, on every call of every execution.
+# So a task that makes calls one after another gets a slot, set once, and each call writes
+# the slot instead (`own_slot`). Only its task writes it; code
 # that shares the task's context (a thread it awaits, a copy) reads it as it is now, while
 # tasks created through the loop's task factory are given the value of the moment they
 # were created (`_Factory`), as a copied context would have given them.
@@ -237,11 +237,11 @@ def running_task() -> asyncio.Task[Any] | None:
         return None
 
 
-def frozen_context(context: contextvars.Context | None = None) -> contextvars.Context:
-    """A copy of `context` (default: the current one) that sees the current call as it is
-    now, not as a slot it shares reads it later: for work handed to another task or thread
-    that may outlive the call."""
-    copied = context.copy() if context is not None else contextvars.copy_context()
+def frozen_context() -> contextvars.Context:
+    """A copy of the current context that sees the current call as it is now (not a slot
+    that the task's later calls write): for work handed to a thread that may outlive the
+    call."""
+    copied = contextvars.copy_context()
     value = copied.get(_calls)
     if value.__class__ is CallSlot:
         copied.run(_calls.set, value.call)

@@ -40,7 +40,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ._base import CheckpointRow, Commit, EventRow
-from ._group_commit import CheckpointCommit, Finish, GroupCommit, group_key, rejoins
+from ._group_commit import CheckpointCommit, Finish, GroupCommit, rejoins
 from ._json_bytes import json_bytes as _json
 from ._redact import redact
 from ._sql import (
@@ -125,7 +125,7 @@ def _group_statement(*, events: bool, finishes: bool) -> str:
             ", finished AS (UPDATE executions x SET status = f.status, result = f.result, "
             f"error = f.error, {RELEASED}, wake_at = NULL, finished_at = f.now, "
             "updated_at = f.now "
-            f"FROM (SELECT {_from_json(Finish, [f.name for f in fields(Finish)])} "
+            f"FROM (SELECT {_from_json(Finish, Finish.COLUMNS)} "
             "FROM jsonb_array_elements(%(finishes)s::jsonb) r) f "
             "WHERE x.id = f.execution_id AND x.lease_token = f.token "
             # A child's end locks its parent (migration 0010): written alone, one such lock
@@ -198,7 +198,7 @@ class PostgresStore(SqlStore):
         # None: a finish to write alone (an execution with a parent, see _group_statement).
         self._group: GroupCommit[CheckpointCommit | Finish, Commit | None] = GroupCommit(
             self._write_group,
-            key=group_key,
+            key=None,
             shared=(StoreUnavailable, StoreCorrupt),
             rejoins=rejoins,
         )

@@ -45,7 +45,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ._base import CheckpointRow, Commit, EventRow
-from ._group_commit import CheckpointCommit, Finish, GroupCommit, group_key, rejoins
+from ._group_commit import CheckpointCommit, Finish, GroupCommit, rejoins
 from ._redact import redact
 from ._sql import CHECKPOINT_FIELDS, Connection, SqlStore, checkpoint_values, event_params
 from ._sql_common import EXECUTION_COLUMNS, INSERT_EVENT, RELEASED
@@ -229,7 +229,7 @@ class SQLiteStore(SqlStore):
         # Checkpoint commits of executions on an event loop, and executions' ends: written
         # by one thread, many in one transaction (see record_checkpoint_async, finish).
         self._group: GroupCommit[CheckpointCommit | Finish, Commit | bool] = GroupCommit(
-            self._write_group, key=group_key, shared=(StoreUnavailable, StoreCorrupt),
+            self._write_group, key=None, shared=(StoreUnavailable, StoreCorrupt),
             rejoins=rejoins,
         )  # fmt: skip
         # Closing the last connection checkpoints the WAL and removes it: do it at exit

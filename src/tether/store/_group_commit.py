@@ -81,6 +81,7 @@ class CheckpointCommit(Waiting):
 
     __slots__ = ("events", "execution_id", "row", "token")
 
+    key: str
     execution_id: str
     token: str
     row: CheckpointRow
@@ -109,6 +110,7 @@ class Finish(Waiting):
     # Its fields in the order a batch statement takes them (the PostgreSQL statement types
     # each after the annotation below).
     COLUMNS = ("execution_id", "token", "status", "result", "error", "now")
+    key: str
     execution_id: str
     token: str
     status: str

@@ -207,7 +207,8 @@ class GroupCommit(Generic[T, R]):
     def _items(self, batch: list[Waiting]) -> list[T]:
         if self._key is None:
             return cast(list[T], batch)
-        return [cast(_Boxed[T], w).item for w in batch]
+        boxed: list[Any] = batch
+        return [w.item for w in boxed]
 
     def _take_inbox(self) -> None:
         """With the lock held: the callers on event loops join the queue."""
@@ -241,7 +242,8 @@ class GroupCommit(Generic[T, R]):
         (A plain function returning the future, not a coroutine: one object less per commit.)"""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         key = self._key
-        me = cast(Waiting, item) if key is None else _Boxed(item, key(item))
+        # Typed Any, not cast(): a cast is a call, on the loop thread, for every commit.
+        me: Any = item if key is None else _Boxed(item, key(item))
         me.future = future
         inbox = self._inbox
         inbox.append(me)
@@ -380,8 +382,9 @@ class GroupCommit(Generic[T, R]):
 
 def _settle(waiters: list[Waiting]) -> None:
     """On the waiters' event loop: resolve their futures (a cancelled caller is gone)."""
+    waiter: Any  # its future is set: it waits on a loop
     for waiter in waiters:
-        future = cast(asyncio.Future[Any], waiter.future)
+        future = waiter.future
         if future.done():
             continue
         if waiter.raised is not None:

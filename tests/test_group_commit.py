@@ -63,7 +63,7 @@ class Calls:
 
 
 def queued(group: GroupCommit[Any, Any]) -> int:
-    return len(group._queue)
+    return len(group._queue) + len(group._inbox)  # the inbox: callers on event loops
 
 
 class Gate:
@@ -342,6 +342,30 @@ def test_a_stale_token_in_a_batch_is_lost_while_the_others_commit(
         store, store_url,
         [("a", "tok-a", ckpt(0), []), ("b", "stale", ckpt(0), []), ("c", "tok-c", ckpt(0), [])],
     )  # fmt: skip
+    assert sizes == [1, 3]
+    assert outcomes == [Commit.COMMITTED, Commit.LOST, Commit.COMMITTED]
+    assert [len(store.get_checkpoints(eid)) for eid in ("a", "b", "c")] == [1, 0, 1]
+
+
+@postgres_only
+def test_commits_awaited_on_event_loops_get_their_own_answers_lost_ones_read_back(
+    store: Any, store_url: str
+) -> None:
+    # The writer reads back what a LOST commit found (the caller on a loop awaits only the
+    # batch's future): a stale token is LOST, and a retry of a commit already written under
+    # the lease (as after a lost reply) is COMMITTED, each without touching the others.
+    for eid in ("a", "b", "c"):
+        start(store, eid, f"tok-{eid}")
+    assert store.record_checkpoint("c", "tok-c", ckpt(0)) is Commit.COMMITTED
+
+    async def commit(eid: str, token: str) -> Commit:
+        return await store.record_checkpoint_async(eid, token, ckpt(0))  # type: ignore[no-any-return]
+
+    outcomes, sizes = one_batch(store, store_url, [], calls=[
+        lambda: asyncio.run(commit("a", "tok-a")),
+        lambda: asyncio.run(commit("b", "stale")),
+        lambda: asyncio.run(commit("c", "tok-c")),
+    ])  # fmt: skip
     assert sizes == [1, 3]
     assert outcomes == [Commit.COMMITTED, Commit.LOST, Commit.COMMITTED]
     assert [len(store.get_checkpoints(eid)) for eid in ("a", "b", "c")] == [1, 0, 1]

@@ -6,8 +6,10 @@ here."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import signal
+import threading
 from typing import Any
 
 import pytest
@@ -22,10 +24,12 @@ from helpers import (
     spawn_python,
     tracked_per_unit,
 )
+from store._rows import start
 from tether import Status
-from tether._core.config import OWNED_GC_THRESHOLD
+from tether._core.config import OWNED_GC_THRESHOLD, store_for
 from tether._runtime.loop import shared_loop
 from tether.errors import ConfigurationError
+from tether.store import CheckpointRow, Commit
 
 # Upper bounds, above what is measured (23.4, 28.4 and 30.0 on SQLite; 25.0, 29.0 and 27.5 on
 # PostgreSQL; the margin is the noise of one-off caches and other threads) and below where
@@ -38,6 +42,10 @@ MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 35
 # What a call leaves behind once it has returned: nothing, on average (a fraction: the store's
 # statement cache and the like warm up).
 MAX_KEPT_PER_CALL = 0.6
+# An async checkpoint commit awaited until its batch is durable: the item (its own waiter),
+# its future and the future's iterator (3.0 on both stores; 4 on SQLite and 6 on PostgreSQL,
+# where a coroutine wrapped it, before the item carried its waiter).
+MAX_OBJECTS_PER_COMMIT_IN_FLIGHT = 3.2
 
 # Objects made by one step of an execution (a checkpoint call, from inside one body to inside
 # the next) and alive across the body's await, where a model call waits: long enough to be
@@ -138,6 +146,77 @@ def test_a_checkpoint_call_keeps_nothing(
         gc.enable()
     per_call = lean_flows.kept[-1] / calls
     assert per_call <= MAX_KEPT_PER_CALL, f"{per_call:.2f} GC-tracked objects kept per call"
+
+
+# --- a checkpoint commit in flight: what it keeps alive until its batch is durable -----------
+
+
+def _await_step(awaitable: Any, steps: list[Any], futures: list[Any]) -> None:
+    """Step `awaitable` as the awaiting coroutine of a call would, up to where it suspends:
+    its iterator to `steps`, the future it waits on to `futures`."""
+    steps.append(awaitable.__await__())
+    futures.append(next(steps[-1]))
+
+
+def test_a_commit_in_flight_holds_few_objects(db_url: str) -> None:
+    """Ten thousand executions each awaiting a commit keep this many objects each alive
+    until their batch is durable (two batches' worth, one written, one gathering), and each
+    collection meanwhile walks them. The writer is held (its first batch waits on an event
+    of this test) while `K` commits queue behind it, so none is resolved while counted."""
+    store: Any = store_for()
+    tokens = {f"e{i}": start(store, f"e{i}", f"tok{i}") for i in range(K + 1)}
+    ids = list(tokens)
+    group = store._group
+    write = group._write
+    held, entered = threading.Event(), threading.Event()
+
+    def held_write(batch: list[Any]) -> list[Any]:
+        entered.set()
+        assert held.wait(60), "the test never let the writer go"
+        return write(batch)  # type: ignore[no-any-return]
+
+    def row(position: str) -> CheckpointRow:
+        return CheckpointRow(position=position, name="step", fingerprint="f", status="succeeded",
+                             result="1", started_at=1.0, finished_at=2.0)  # fmt: skip
+
+    async def main() -> tuple[float, list[Any]]:
+        group._write = held_write
+        try:
+            first = asyncio.ensure_future(
+                store.record_checkpoint_async(ids[K], tokens[ids[K]], row("0"), ())
+            )
+            await asyncio.to_thread(entered.wait, 60)
+            rows = [row("1") for _ in range(K)]
+            gc.collect()
+            gc.disable()
+            try:
+                steps: list[Any] = []
+                futures: list[Any] = []
+                before = len(gc.get_objects())
+                for i, e in enumerate(ids[:K]):
+                    _await_step(
+                        store.record_checkpoint_async(e, tokens[e], rows[i], ()), steps, futures
+                    )
+                gc.collect()
+                per_commit = (len(gc.get_objects()) - before) / K
+            finally:
+                gc.enable()
+            held.set()
+            await asyncio.gather(first, *futures)
+        finally:
+            group._write = write
+        outcomes = []
+        for step in steps:
+            with pytest.raises(StopIteration) as done:
+                step.send(None)
+            outcomes.append(done.value.value)
+        return per_commit, outcomes
+
+    per_commit, outcomes = asyncio.run(main())
+    assert outcomes == [Commit.COMMITTED] * K
+    assert 0 < per_commit <= MAX_OBJECTS_PER_COMMIT_IN_FLIGHT, (
+        f"{per_commit:.2f} GC-tracked objects per commit in flight"
+    )
 
 
 # --- the collector's thresholds: a setting, applied in processes tether owns ---------------

@@ -32,8 +32,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from ..errors import StoreUnavailable
 from ._base import CheckpointRow, EventRow
@@ -45,20 +44,73 @@ _UNSET: Any = object()
 _MAX_GATHER_SECONDS = 0.005
 
 
-@dataclass(slots=True)
-class CheckpointCommit:
+class Waiting:
+    """A caller's place in the group commit: its item's key, what it waits on, and its
+    answer. An item of the store's own group commits (`CheckpointCommit`, `Finish`) is a
+    `Waiting` itself, so a commit allocates one object besides its future rather than an
+    item and a waiter: with ten thousand executions on one loop, every object a commit keeps
+    alive until its batch is durable is walked by each collection meanwhile."""
+
+    __slots__ = ("future", "key", "outcome", "raised", "wake")
+
+    key: Hashable
+    # A caller on an event loop waits on its future; a thread, on its lock: held from the
+    # start, released once, when its item is written or it is made the leader.
+    future: asyncio.Future[Any] | None
+    wake: Any
+    # What the write answered for the item (_UNSET until then), or what it raised.
+    outcome: Any
+    raised: BaseException | None
+
+
+class _Boxed(Waiting, Generic[T]):
+    """The waiter of an item that is not a `Waiting` (a start's row, a test's value)."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: T, key: Hashable) -> None:
+        self.item = item
+        self.key = key
+        self.future = self.wake = None
+        self.outcome = _UNSET
+        self.raised = None
+
+
+class CheckpointCommit(Waiting):
     """One checkpoint commit of a batch, with the events logged during the call."""
 
+    __slots__ = ("events", "execution_id", "row", "token")
+
+    key: str
     execution_id: str
     token: str
     row: CheckpointRow
     events: tuple[EventRow, ...]
 
+    def __init__(
+        self, execution_id: str, token: str, row: CheckpointRow, events: tuple[EventRow, ...]
+    ) -> None:
+        self.execution_id = execution_id
+        self.token = token
+        self.row = row
+        self.events = events
+        # A batch writes each checkpoint row at most once. A string, not a tuple: strings are
+        # not tracked by the garbage collector.
+        self.key = f"{execution_id} {row.position}"
+        self.future = self.wake = None
+        self.outcome = _UNSET
+        self.raised = None
 
-@dataclass(slots=True)
-class Finish:
+
+class Finish(Waiting):
     """One execution's end (`Store.finish`), fenced by its lease token like a checkpoint."""
 
+    __slots__ = ("error", "execution_id", "now", "result", "status", "token")
+
+    # Its fields in the order a batch statement takes them (the PostgreSQL statement types
+    # each after the annotation below).
+    COLUMNS = ("execution_id", "token", "status", "result", "error", "now")
+    key: str
     execution_id: str
     token: str
     status: str
@@ -66,38 +118,31 @@ class Finish:
     error: str | None
     now: float
 
-
-def group_key(item: CheckpointCommit | Finish) -> str:
-    """A batch writes each checkpoint row and each execution's end at most once. A string,
-    not a tuple: strings are not tracked by the garbage collector, and a busy loop commits
-    tens of thousands of these a second."""
-    if isinstance(item, CheckpointCommit):
-        return f"{item.execution_id} {item.row.position}"
-    return item.execution_id  # no space in an id: never a checkpoint's key
+    def __init__(
+        self,
+        execution_id: str,
+        token: str,
+        status: str,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> None:
+        self.execution_id = execution_id
+        self.token = token
+        self.status = status
+        self.result = result
+        self.error = error
+        self.now = now
+        self.key = execution_id  # no space in an id: never a checkpoint's key
+        self.future = self.wake = None
+        self.outcome = _UNSET
+        self.raised = None
 
 
 def rejoins(item: CheckpointCommit | Finish) -> bool:
     """After a checkpoint commit the execution goes on and commits again; after its end its
     caller does not come back, so the next batch does not wait for it."""
-    return isinstance(item, CheckpointCommit)
-
-
-class _Waiter(Generic[T, R]):
-    __slots__ = ("done", "error", "future", "item", "key", "result", "wake")
-
-    def __init__(self, item: T, key: Hashable, future: asyncio.Future[R] | None = None) -> None:
-        self.item = item
-        self.key = key
-        # A caller on an event loop waits on its future; a thread, on its lock: held from the
-        # start, released once, when the waiter is done or made the leader.
-        self.future = future
-        self.wake: Any = None
-        if future is None:
-            self.wake = _thread.allocate_lock()
-            self.wake.acquire()
-        self.done = False
-        self.result: R = _UNSET
-        self.error: BaseException | None = None
+    return type(item) is CheckpointCommit
 
 
 class GroupCommit(Generic[T, R]):
@@ -105,20 +150,22 @@ class GroupCommit(Generic[T, R]):
     submitted concurrently with `commit(item)`.
 
     `key(item)`: items with equal keys never share a batch (a later one waits for the next),
-    so a batch never writes the same row twice. `rejoins(item)`: whether the caller of this
-    item is expected back with another item right after it is written (a checkpoint commit:
-    the execution goes on; its end: it does not); only those are waited for when gathering
-    the next batch (default: every caller). `shared`: errors that concern the whole batch
-    (the database is unreachable) and are raised to every caller in it; any other error is
-    taken to concern one item, so each item of the failed batch is written again alone and
-    only the faulty one fails.
+    so a batch never writes the same row twice; None when the items are `Waiting` objects,
+    which carry their key and are their own waiters (each is committed once). `rejoins(item)`:
+    whether the caller of this item is expected back with another item right after it is
+    written (a checkpoint commit: the execution goes on; its end: it does not); only those
+    are waited for when gathering the next batch (default: every caller). `shared`: errors
+    that concern the whole batch (the database is unreachable) and are raised to every
+    caller in it; any other error is taken to concern one item, so each item of the failed
+    batch is written again alone and only the faulty one fails. `write` may also set an
+    item's `raised` itself (a `Waiting` item's own fault), which its caller then raises.
     """
 
     def __init__(
         self,
         write: Callable[[list[T]], list[R]],
         *,
-        key: Callable[[T], Hashable],
+        key: Callable[[T], Hashable] | None,
         shared: tuple[type[BaseException], ...],
         rejoins: Callable[[T], bool] | None = None,
     ) -> None:
@@ -127,7 +174,7 @@ class GroupCommit(Generic[T, R]):
         self._rejoins = rejoins
         self._shared = shared
         self._lock = threading.Lock()
-        self._queue: list[_Waiter[T, R]] = []
+        self._queue: list[Waiting] = []
         self._leading = False
         # The previous batch: its size and how long it took to write.
         self._last_size = 0
@@ -151,7 +198,17 @@ class GroupCommit(Generic[T, R]):
         # Callers on event loops queue here without the lock (a deque's append is atomic):
         # the loop thread must not wait on a lock a writing thread holds. Moved into the
         # queue, in order, by whoever takes the lock next.
-        self._inbox: collections.deque[_Waiter[T, R]] = collections.deque()
+        self._inbox: collections.deque[Waiting] = collections.deque()
+
+    def _waiting(self, item: T) -> Waiting:
+        key = self._key
+        return cast(Waiting, item) if key is None else _Boxed(item, key(item))
+
+    def _items(self, batch: list[Waiting]) -> list[T]:
+        if self._key is None:
+            return cast(list[T], batch)
+        boxed: list[Any] = batch
+        return [w.item for w in boxed]
 
     def _take_inbox(self) -> None:
         """With the lock held: the callers on event loops join the queue."""
@@ -184,8 +241,12 @@ class GroupCommit(Generic[T, R]):
         the loop is never blocked on the write; the caller resumes once its item is durable.
         (A plain function returning the future, not a coroutine: one object less per commit.)"""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        key = self._key
+        # Typed Any, not cast(): a cast is a call, on the loop thread, for every commit.
+        me: Any = item if key is None else _Boxed(item, key(item))
+        me.future = future
         inbox = self._inbox
-        inbox.append(_Waiter(item, self._key(item), future))
+        inbox.append(me)
         if not self._leading:
             self._lead_if_idle()
         elif (
@@ -207,7 +268,9 @@ class GroupCommit(Generic[T, R]):
 
     def commit(self, item: T) -> R:
         """Write `item` (with whatever else is queued) and return its result once durable."""
-        me: _Waiter[T, R] = _Waiter(item, self._key(item))
+        me = self._waiting(item)
+        me.wake = _thread.allocate_lock()
+        me.wake.acquire()
         with self._lock:
             self._take_inbox()
             self._queue.append(me)
@@ -217,13 +280,13 @@ class GroupCommit(Generic[T, R]):
                 self._gathered.set()
         if follow:
             me.wake.acquire()  # until a leader has written our item, or hands us the lead
-        if not me.done:
+        if me.outcome is _UNSET and me.raised is None:
             self._lead(gather=not follow, leader=me)
-        if me.error is not None:
-            raise me.error
-        return me.result
+        if me.raised is not None:
+            raise me.raised
+        return cast(R, me.outcome)
 
-    def _lead(self, *, gather: bool, leader: _Waiter[T, R] | None) -> None:
+    def _lead(self, *, gather: bool, leader: Waiting | None) -> None:
         # A leading caller is always first in the queue: the queue is empty when nobody
         # leads, and a leader hands over to the first caller still queued. The writer thread
         # (`leader` None) leads for a first caller that waits on an event loop.
@@ -247,13 +310,17 @@ class GroupCommit(Generic[T, R]):
                         self._lock.acquire()
                 self._gather = 0
             self._take_inbox()
-            batch: list[_Waiter[T, R]] = []
-            later: list[_Waiter[T, R]] = []
-            keys: set[Hashable] = set()
-            for waiter in self._queue:
-                (later if waiter.key in keys else batch).append(waiter)
-                keys.add(waiter.key)
-            self._queue = later
+            batch = self._queue
+            keys = {w.key for w in batch}
+            if len(keys) < len(batch):
+                later: list[Waiting] = []
+                batch, keys = [], set()
+                for waiter in self._queue:
+                    (later if waiter.key in keys else batch).append(waiter)
+                    keys.add(waiter.key)
+                self._queue = later
+            else:
+                self._queue = []  # the usual batch: every key once, all of it written now
         started = time.monotonic()
         self.batches += 1
         try:
@@ -261,18 +328,25 @@ class GroupCommit(Generic[T, R]):
         finally:
             rejoins = self._rejoins
             self._last_size = (
-                len(batch) if rejoins is None else sum(1 for w in batch if rejoins(w.item))
+                len(batch)
+                if rejoins is None
+                else sum(1 for item in self._items(batch) if rejoins(item))
             )
             self._last_seconds = time.monotonic() - started
-            on_loops: dict[asyncio.AbstractEventLoop, list[_Waiter[T, R]]] = {}
+            # One hand-over per loop: usually every caller of a batch is on the one loop.
+            on_loops: dict[asyncio.AbstractEventLoop, list[Waiting]] = {}
             for waiter in batch:
-                if waiter.result is _UNSET and waiter.error is None:
+                if waiter.outcome is _UNSET and waiter.raised is None:
                     # The leader was interrupted (not by the database) and re-raises that;
                     # whether these items were written is unknown: the store did not answer.
-                    waiter.error = StoreUnavailable("a group commit was interrupted")
-                waiter.done = True
-                if waiter.future is not None:
-                    on_loops.setdefault(waiter.future.get_loop(), []).append(waiter)
+                    waiter.raised = StoreUnavailable("a group commit was interrupted")
+                future = waiter.future
+                if future is not None:
+                    loop = future.get_loop()
+                    waiters = on_loops.get(loop)
+                    if waiters is None:
+                        on_loops[loop] = waiters = []
+                    waiters.append(waiter)
                 elif waiter is not leader:
                     waiter.wake.release()
             for loop, waiters in on_loops.items():
@@ -287,45 +361,48 @@ class GroupCommit(Generic[T, R]):
             if self._inbox and not self._leading:
                 self._lead_if_idle()  # appended while we let go
 
-    def _write_batch(self, batch: list[_Waiter[T, R]]) -> None:
+    def _write_batch(self, batch: list[Waiting]) -> None:
         try:
-            results = self._write([w.item for w in batch])
+            results = self._write(self._items(batch))
         except self._shared as exc:
             _fail(batch, exc)
             return
         except Exception as exc:
             if len(batch) == 1:
-                batch[0].error = exc
+                batch[0].raised = exc
                 return
             # Nothing of the batch was written: find the faulty item by writing each alone.
             for waiter in batch:
+                waiter.raised = None
                 self._write_batch([waiter])
             return
         for waiter, result in zip(batch, results, strict=True):
-            waiter.result = result
+            waiter.outcome = result
 
 
-def _settle(waiters: list[_Waiter[T, R]]) -> None:
+def _settle(waiters: list[Waiting]) -> None:
     """On the waiters' event loop: resolve their futures (a cancelled caller is gone)."""
+    waiter: Any  # its future is set: it waits on a loop
     for waiter in waiters:
         future = waiter.future
-        if future is None or future.done():
+        if future.done():
             continue
-        if waiter.error is not None:
-            future.set_exception(waiter.error)
+        if waiter.raised is not None:
+            future.set_exception(waiter.raised)
         else:
-            future.set_result(waiter.result)
+            future.set_result(waiter.outcome)
 
 
-def _fail(batch: list[_Waiter[T, R]], exc: BaseException) -> None:
+def _fail(batch: list[Waiting], exc: BaseException) -> None:
     """Every caller raises its own copy: one exception object raised in several threads at
     once would collect all their tracebacks."""
     for i, waiter in enumerate(batch):
         if i == 0:
-            waiter.error = exc
+            waiter.raised = exc
             continue
         try:
-            waiter.error = copy.copy(exc)
-            waiter.error.__cause__ = exc
+            raised = copy.copy(exc)
+            raised.__cause__ = exc
+            waiter.raised = raised
         except Exception:
-            waiter.error = exc
+            waiter.raised = exc

@@ -22,11 +22,11 @@ import threading
 import time
 import typing
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import fields
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import (
     CommitUnknown,
@@ -40,7 +40,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ._base import CheckpointRow, Commit, EventRow
-from ._group_commit import CheckpointCommit, Finish, GroupCommit, group_key, rejoins
+from ._group_commit import CheckpointCommit, Finish, GroupCommit, rejoins
 from ._json_bytes import json_bytes as _json
 from ._redact import redact
 from ._sql import (
@@ -125,7 +125,7 @@ def _group_statement(*, events: bool, finishes: bool) -> str:
             ", finished AS (UPDATE executions x SET status = f.status, result = f.result, "
             f"error = f.error, {RELEASED}, wake_at = NULL, finished_at = f.now, "
             "updated_at = f.now "
-            f"FROM (SELECT {_from_json(Finish, [f.name for f in fields(Finish)])} "
+            f"FROM (SELECT {_from_json(Finish, Finish.COLUMNS)} "
             "FROM jsonb_array_elements(%(finishes)s::jsonb) r) f "
             "WHERE x.id = f.execution_id AND x.lease_token = f.token "
             # A child's end locks its parent (migration 0010): written alone, one such lock
@@ -198,7 +198,7 @@ class PostgresStore(SqlStore):
         # None: a finish to write alone (an execution with a parent, see _group_statement).
         self._group: GroupCommit[CheckpointCommit | Finish, Commit | None] = GroupCommit(
             self._write_group,
-            key=group_key,
+            key=None,
             shared=(StoreUnavailable, StoreCorrupt),
             rejoins=rejoins,
         )
@@ -300,22 +300,22 @@ class PostgresStore(SqlStore):
     def record_checkpoint(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
     ) -> Commit:
-        outcome = self._group.commit(CheckpointCommit(execution_id, token, row, tuple(events)))
-        assert outcome is not None  # only a finish is left to write alone
-        return outcome or self._read_back(execution_id, token, row)
+        # The writer read back what a LOST commit found (see _write_group).
+        return cast(
+            Commit, self._group.commit(CheckpointCommit(execution_id, token, row, tuple(events)))
+        )
 
-    async def record_checkpoint_async(
+    def record_checkpoint_async(
         self, execution_id: str, token: str, row: CheckpointRow, events: Sequence[EventRow] = ()
-    ) -> Commit:
-        # The same batches: a caller on an event loop queues its row and resumes when the
-        # batch that wrote it is durable; the committer's thread writes for it.
-        outcome = await self._group.commit_async(
+    ) -> Awaitable[Commit]:
+        """The same batches: a caller on an event loop queues its row and resumes when the
+        batch that wrote it is durable; the committer's thread writes for it. The future
+        itself, not a coroutine around it: what a LOST commit found is read back by the
+        writer (see _write_group), so nothing is left to do on the loop."""
+        # The writer answers a checkpoint with a Commit (None only for a finish).
+        return self._group.commit_async(  # type: ignore[return-value]
             CheckpointCommit(execution_id, token, row, tuple(events))
         )
-        assert outcome is not None  # only a finish is left to write alone
-        if outcome:
-            return outcome
-        return await asyncio.to_thread(self._read_back, execution_id, token, row)
 
     def _read_back(self, execution_id: str, token: str, row: CheckpointRow) -> Commit:
         """What a fenced commit that wrote nothing (LOST) really found. After a commit whose
@@ -403,7 +403,7 @@ class PostgresStore(SqlStore):
         # Autocommit: the statement is its own transaction. The group committer's connection
         # is kept rather than checked out of the pool for every batch.
         try:
-            rows = self._execute_prepared(name, sql, [params[key] for key in order])
+            written = self._execute_prepared(name, sql, [params[key] for key in order])
         except self._unavailable as exc:
             if getattr(exc, "sqlstate", None):
                 # The server answered with an error (a lock timeout, say): nothing committed.
@@ -418,29 +418,40 @@ class PostgresStore(SqlStore):
             ) from exc
         except self._driver_error as exc:
             raise self._down(exc) from exc
-        # Text results: (execution id, position or NULL for a finish ('' for one to write
-        # alone), cancel_requested).
-        written = {(r[0], r[1]): r[2] not in (None, "0") for r in rows}
         outcomes: list[Commit | None] = []
         for item in batch:
-            position = str(item.row.position) if isinstance(item, CheckpointCommit) else None
-            if position is None and (item.execution_id, "") in written:
+            if type(item) is Finish and item.key + " " in written:
                 outcomes.append(None)
                 continue
-            cancel = written.get((item.execution_id, position))
-            outcomes.append(
-                Commit.LOST if cancel is None else Commit.CANCEL_REQUESTED if cancel
-                else Commit.COMMITTED
-            )  # fmt: skip
+            cancel = written.get(item.key)
+            if cancel is None:
+                outcomes.append(self._lost(item) if type(item) is CheckpointCommit else Commit.LOST)
+            else:
+                outcomes.append(Commit.CANCEL_REQUESTED if cancel else Commit.COMMITTED)
         return outcomes
 
-    def _execute_prepared(self, name: bytes, sql: bytes, params: list[bytes]) -> list[list[Any]]:
+    def _lost(self, item: CheckpointCommit) -> Commit:
+        """What a LOST checkpoint commit of a batch really found (`_read_back`), read here on
+        the writer's thread so that its caller on a loop awaits the batch's future alone. A
+        read that fails is this item's fault alone: its caller raises it (and retries)."""
+        try:
+            return self._read_back(item.execution_id, item.token, item.row)
+        except Exception as exc:
+            item.raised = exc
+            return Commit.LOST
+
+    def _execute_prepared(self, name: bytes, sql: bytes, params: list[bytes]) -> dict[str, bool]:
         """Run the committer's statement on its kept connection through libpq directly: the
         statement is prepared once per connection, and each batch is one blocking call (the
         GIL is released while it waits) with text parameters and text results. That skips
         psycopg's per-call machinery (cursor, query conversion, adaptation, row making),
         which costs more client CPU than the call itself. Errors are raised as psycopg
-        raises them: OperationalError when the connection is lost."""
+        raises them: OperationalError when the connection is lost.
+
+        Returns the rows as {key: cancel requested}, the key a `Waiting` item's (see
+        `_group_statement` for the rows): `execution id position` for a checkpoint written,
+        the execution id for an end, the id and a space for an end to write alone. Strings
+        and bools only: no object per row for the collector to walk."""
         conn = self._commit_conn
         try:
             if conn is None or conn.closed:
@@ -458,11 +469,17 @@ class PostgresStore(SqlStore):
             params = [p.decode().encode(encoding) for p in params]
         result = pgconn.exec_prepared(name, params)
         self._check(result, pgconn, encoding)
-        rows = []
+        written: dict[str, bool] = {}
+        value = result.get_value
         for i in range(result.ntuples):
-            values = [result.get_value(i, j) for j in range(result.nfields)]
-            rows.append([None if v is None else v.decode(encoding) for v in values])
-        return rows
+            execution_id = value(i, 0).decode(encoding)
+            position = value(i, 1)
+            key = (
+                execution_id if position is None else f"{execution_id} {position.decode(encoding)}"
+            )
+            # cancel_requested as text: NULL for an end, '0' or '1' for a checkpoint.
+            written[key] = value(i, 2) not in (None, b"0")
+        return written
 
     def _check(self, result: Any, pgconn: Any, encoding: str) -> None:
         """Raise what psycopg would for a failed libpq call."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import operator
 import os
 import re
 import sqlite3
@@ -28,10 +29,10 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..errors import (
     ConfigurationError,
@@ -45,7 +46,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ._base import CheckpointRow, Commit, EventRow
-from ._group_commit import CheckpointCommit, Finish, GroupCommit, group_key, rejoins
+from ._group_commit import CheckpointCommit, Finish, GroupCommit, rejoins
 from ._redact import redact
 from ._sql import CHECKPOINT_FIELDS, Connection, SqlStore, checkpoint_values, event_params
 from ._sql_common import EXECUTION_COLUMNS, INSERT_EVENT, RELEASED
@@ -56,6 +57,7 @@ from ._sql_migrations import check_opening
 _MOST_ROWS = 1024
 # Execution rows have 29 columns: 1024 of them stay under SQLite's 32,766 bound parameters.
 _MOST_STARTS = 1024
+X = TypeVar("X")
 
 
 @cache
@@ -125,19 +127,27 @@ class _NotAll(Exception):
 
 
 def _batch_rows(
-    rows: list[tuple[Any, ...]], most: int = _MOST_ROWS
+    items: Sequence[X],
+    width: int,
+    flat: Callable[[Sequence[X]], list[Any]],
+    most: int = _MOST_ROWS,
 ) -> Iterator[tuple[int, list[Any], int]]:
     """(rows per statement, its parameters, the real rows among them) for each statement of
-    a batch, at most `most` real rows each. Padded with rows of NULLs (the fence, or a
+    a batch of `items`, each a row of `width` values, at most `most` real rows each; `flat`
+    gives a chunk's values, row after row. Padded with rows of NULLs (the fence, or a
     start's `WHERE`, matches no NULL id: they write nothing) up to a power of two, so that a
     handful of statement texts serve every batch size, each compiled once per connection
     (sqlite3 keeps them)."""
-    for start in range(0, len(rows), most):
-        chunk = rows[start : start + most]
+    for start in range(0, len(items), most):
+        chunk = items[start : start + most]
         size = 1 << (len(chunk) - 1).bit_length()
-        params = [v for r in chunk for v in r]
-        params += [None] * (len(chunk[0]) * (size - len(chunk)))
+        params = flat(chunk)
+        params += [None] * (width * (size - len(chunk)))
         yield size, params, len(chunk)
+
+
+def _flat(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+    return [v for r in rows for v in r]
 
 
 def _into_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
@@ -160,14 +170,32 @@ def _into_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
             pause = min(pause * 2, 0.05)
 
 
-def _commit_rows(commits: list[CheckpointCommit]) -> list[tuple[Any, ...]]:
-    """The rows of `_checkpoints_statement`: [execution id, token, *CHECKPOINT_FIELDS]."""
-    return [(c.execution_id, c.token, *checkpoint_values(c.row)) for c in commits]
+def _commit_params(commits: Sequence[CheckpointCommit]) -> list[Any]:
+    """The parameters of `_checkpoints_statement`, row after row: [execution id, token,
+    *CHECKPOINT_FIELDS] each. Straight into one list: a tuple per row would be a thousand
+    objects alive through a statement of a thousand rows, walked by any collection the loop
+    thread runs meanwhile."""
+    params: list[Any] = []
+    for c in commits:
+        params += (c.execution_id, c.token)
+        params += checkpoint_values(c.row)
+    return params
 
 
-def _end_rows(ends: list[Finish]) -> list[tuple[Any, ...]]:
-    """The rows of `_ends_statement`."""
-    return [(f.execution_id, f.token, f.status, f.result, f.error, f.now) for f in ends]
+_end_values = operator.attrgetter(*Finish.COLUMNS)
+
+
+def _end_params(ends: Sequence[Finish]) -> list[Any]:
+    """The parameters of `_ends_statement`, row after row."""
+    params: list[Any] = []
+    for f in ends:
+        params += _end_values(f)
+    return params
+
+
+# The values of a row of each batch statement.
+_COMMIT_WIDTH = 2 + len(CHECKPOINT_FIELDS)
+_END_WIDTH = len(Finish.COLUMNS)
 
 
 # SQLite's primary result codes (the low byte of an extended code) that say what failed.
@@ -229,7 +257,7 @@ class SQLiteStore(SqlStore):
         # Checkpoint commits of executions on an event loop, and executions' ends: written
         # by one thread, many in one transaction (see record_checkpoint_async, finish).
         self._group: GroupCommit[CheckpointCommit | Finish, Commit | bool] = GroupCommit(
-            self._write_group, key=group_key, shared=(StoreUnavailable, StoreCorrupt),
+            self._write_group, key=None, shared=(StoreUnavailable, StoreCorrupt),
             rejoins=rejoins,
         )  # fmt: skip
         # Closing the last connection checkpoints the WAL and removes it: do it at exit
@@ -461,7 +489,9 @@ class SQLiteStore(SqlStore):
             return self._write_each(batch)
 
     def _insert_new(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        for size, params, _ in _batch_rows(rows, _MOST_STARTS):
+        if not rows:
+            return
+        for size, params, _ in _batch_rows(rows, len(rows[0]), _flat, _MOST_STARTS):
             self._run(conn, _starts_statement(size), params)
 
     def _write_all(self, batch: list[CheckpointCommit | Finish]) -> list[Commit | bool]:
@@ -471,16 +501,18 @@ class SQLiteStore(SqlStore):
         thread then waited to get it back from a busy event loop once per row (up to the
         5 ms switch interval each time): the writer, not the database, was the bottleneck of
         10,000 agents. Raises _NotAll (rolled back) when a statement wrote fewer rows."""
-        commits = [c for c in batch if isinstance(c, CheckpointCommit)]
-        ends = [f for f in batch if isinstance(f, Finish)]
+        ends = [f for f in batch if type(f) is Finish]
+        commits = cast(list[CheckpointCommit], batch if not ends else [
+            c for c in batch if type(c) is CheckpointCommit
+        ])  # fmt: skip
         cancelled: set[str] = set()
         with self._transaction() as conn:
             if commits:
-                for size, params, count in _batch_rows(_commit_rows(commits)):
+                for size, params, count in _batch_rows(commits, _COMMIT_WIDTH, _commit_params):
                     done = self._run(conn, _checkpoints_statement(size, returning=False), params)
                     if done.rowcount != count:
                         raise _NotAll
-                events = [event_params(e) for c in commits for e in c.events]
+                events = [event_params(e) for c in commits if c.events for e in c.events]
                 if events:
                     self._executemany(conn, INSERT_EVENT, events)
                 # A cancel request is rare: one read of the (indexed, usually empty) set.
@@ -492,13 +524,16 @@ class SQLiteStore(SqlStore):
                         "AND cancel_requested = 1",
                     ).fetchall()
                 }
-            for size, params, count in _batch_rows(_end_rows(ends)):
-                done = self._run(conn, _ends_statement(size, returning=False), params)
-                if done.rowcount != count:
-                    raise _NotAll
+            if ends:
+                for size, params, count in _batch_rows(ends, _END_WIDTH, _end_params):
+                    done = self._run(conn, _ends_statement(size, returning=False), params)
+                    if done.rowcount != count:
+                        raise _NotAll
+        if not ends and not cancelled:
+            return [Commit.COMMITTED] * len(batch)  # the usual batch: no lookup per item
         return [
             True
-            if isinstance(item, Finish)
+            if type(item) is Finish
             else Commit.CANCEL_REQUESTED
             if item.execution_id in cancelled
             else Commit.COMMITTED
@@ -521,7 +556,7 @@ class SQLiteStore(SqlStore):
         )
         with self._connection() if alone else self._transaction() as conn:
             if commits:
-                for size, params, _ in _batch_rows(_commit_rows(commits)):
+                for size, params, _ in _batch_rows(commits, _COMMIT_WIDTH, _commit_params):
                     for r in self._run(conn, _checkpoints_statement(size), params).fetchall():
                         written[(r[0], r[1])] = r[2]
             if logged:
@@ -533,7 +568,7 @@ class SQLiteStore(SqlStore):
                 ]
                 self._executemany(conn, INSERT_EVENT, events)
             if ends:
-                for size, params, _ in _batch_rows(_end_rows(ends)):
+                for size, params, _ in _batch_rows(ends, _END_WIDTH, _end_params):
                     found = self._run(conn, _ends_statement(size), params).fetchall()
                     ended.update(r[0] for r in found)
         outcomes: list[Commit | bool] = []

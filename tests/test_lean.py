@@ -20,14 +20,16 @@ from tether._core.config import OWNED_GC_THRESHOLD
 from tether._runtime.loop import shared_loop
 from tether.errors import ConfigurationError
 
-# Upper bounds, above what is measured (23.4, 28.4 and 30.0 on SQLite; 25.0, 29.0 and 27.5 on
+# Upper bounds, above what is measured (20.5, 24.3 and 28.0 on SQLite; 20.0, 24.0 and 26.0 on
 # PostgreSQL; the margin is the noise of one-off caches and other threads) and below where
-# they were before issue 24 (52, 60 and 48) and before its second round (27-28, 33-34, 32).
-# A live async execution: its task, coroutines, Run, branch, row and handle; inside a call,
-# the call's own objects on top.
-MAX_OBJECTS_PER_PARKED_EXECUTION = 30
-MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 33
-MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 35
+# they were before issue 24 (52, 60 and 48), before its second round (27-28, 33-34, 32) and
+# before its third (24-25, 28-29, 30-31: a second coroutine per task, the row kept for the
+# whole run, a list of runs per hold, a spend slot per run without a budget).
+# A live async execution: its task, its coroutine and the flow's, Run, branch, attempt, hold
+# and handle; inside a call, the call's own objects on top.
+MAX_OBJECTS_PER_PARKED_EXECUTION = 22
+MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 26
+MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 30
 # What a call leaves behind once it has returned: nothing, on average (a fraction: the store's
 # statement cache and the like warm up).
 MAX_KEPT_PER_CALL = 0.6

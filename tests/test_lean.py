@@ -20,15 +20,17 @@ from tether._core.config import OWNED_GC_THRESHOLD
 from tether._runtime.loop import shared_loop
 from tether.errors import ConfigurationError
 
-# Upper bounds, above what is measured (20.5, 24.3 and 28.0 on SQLite; 20.0, 24.0 and 26.0 on
-# PostgreSQL; the margin is the noise of one-off caches and other threads) and below where
-# they were before issue 24 (52, 60 and 48), before its second round (27-28, 33-34, 32) and
-# before its third (24-25, 28-29, 30-31: a second coroutine per task, the row kept for the
-# whole run, a list of runs per hold, a spend slot per run without a budget).
-# A live async execution: its task, its coroutine and the flow's, Run, branch, attempt, hold
-# and handle; inside a call, the call's own objects on top.
-MAX_OBJECTS_PER_PARKED_EXECUTION = 22
-MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 26
+# Upper bounds, above what is measured (16.6-18.8, 20.7-22.4 and 27.6-28.0 on SQLite; 18.0,
+# 22.0 and 26.0 on PostgreSQL; the margin is the noise of one-off caches and other threads,
+# and of the context's hash trie: its three variables share a node or not, by hash seed)
+# and below where they were before issue 24 (52, 60 and 48), before its second round (27-28,
+# 33-34, 32) and before its third (24-25, 28-29, 30-31: a second coroutine per task, the row
+# and the attempt kept for the whole run, a list of runs per hold, a spend slot per run
+# without a budget, a copy of the context with the task's done callback).
+# A live async execution: its task, its coroutine and the flow's, Run, branch, hold and
+# handle; inside a call, the call's own objects on top.
+MAX_OBJECTS_PER_PARKED_EXECUTION = 20
+MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 24
 MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 30
 # What a call leaves behind once it has returned: nothing, on average (a fraction: the store's
 # statement cache and the like warm up).

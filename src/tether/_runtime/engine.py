@@ -128,13 +128,12 @@ class AsyncHost(Protocol[H_contra]):
 class Attempt:
     """One attempt at running an execution: what `prepare` loaded and built, and how the
     flow body ended (`value`, or `error`). Shared by the sync and async paths; only the
-    body call differs. It keeps the flow's name, not the execution's row: a row per live
-    execution was one more object for every full collection to walk."""
+    body call differs. It keeps no row: a row per live execution was one more object for
+    every full collection to walk."""
 
-    __slots__ = ("args", "error", "flow", "kwargs", "run", "target", "value")
+    __slots__ = ("args", "error", "kwargs", "run", "target", "value")
 
-    def __init__(self, flow: str, run: Run) -> None:
-        self.flow = flow
+    def __init__(self, run: Run) -> None:
         self.run = run
         self.target: Runnable | None = None
         self.args: Sequence[Any] = ()
@@ -159,7 +158,7 @@ def execute(hold: Hold, flow: Runnable | None, claimed: ExecutionRow | None = No
                 attempt.run.boundary()
                 attempt.value = attempt.target.fn(*attempt.args, **attempt.kwargs)
             except BaseException as exc:
-                attempt.error = as_failure(exc, f"flow {attempt.flow!r}")
+                attempt.error = as_failure(exc, f"flow {attempt.run.flow!r}")
             finally:
                 current_branch.reset(branch_token)
                 current_run.reset(run_token)
@@ -208,18 +207,26 @@ async def execute_async(
                 current_tasks.set(tasks)
                 current_run.set(run)
                 current_branch.set(run.root)
+                value: Any = None
+                error: BaseException | None = None
                 try:
                     run.boundary()
-                    attempt.value = await attempt.target.fn(*attempt.args, **attempt.kwargs)
+                    body = attempt.target.fn(*attempt.args, **attempt.kwargs)
+                    # Not kept while the body runs (one object less per live execution): the
+                    # body has what it needs, and its end gets an attempt of its own.
+                    del attempt
+                    value = await body
                 except BaseException as exc:
                     # Here, where the task is known: a CancelledError that asyncio did not
                     # start is the flow's failure, not a cancellation.
-                    attempt.error = as_failure(exc, f"flow {attempt.flow!r}")
+                    error = as_failure(exc, f"flow {run.flow!r}")
                 finally:
                     current_branch.set(None)
                     current_run.set(None)
                     current_tasks.set(None)
                     await _cancel_leftovers(tasks)
+                attempt = Attempt(run)
+                attempt.value, attempt.error = value, error
             outcome = await conclude_async(hold.store, attempt, offload)
             if outcome is not None:
                 break
@@ -307,7 +314,7 @@ def prepare(
     hold.run = run
     if row.cancel_requested:
         run.cancel()
-    attempt = Attempt(row.flow, run)
+    attempt = Attempt(run)
     try:
         target = flow if flow is not None else load_flow(row.import_path, row.script)
         decoded = _serde.loads(row.args)
@@ -511,7 +518,7 @@ def _plain_end(attempt: Attempt) -> tuple[str, str | None, str | None] | None:
             result = _serde.dumps(
                 attempt.value,
                 allow_pickle=run.allow_pickle,
-                root=f"result of flow {attempt.flow!r}",
+                root=f"result of flow {run.flow!r}",
             )
         except Exception as exc:
             if isinstance(exc, _NOT_PLAIN):
@@ -556,7 +563,7 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
         if run.cancelled or run.timed_out:
             raise Cancelled(execution_id)
         result = _serde.dumps(
-            attempt.value, allow_pickle=run.allow_pickle, root=f"result of flow {attempt.flow!r}"
+            attempt.value, allow_pickle=run.allow_pickle, root=f"result of flow {run.flow!r}"
         )
     except Suspended as signal:
         if run.diverged is not None:

@@ -213,7 +213,7 @@ class Executor(Heartbeat, Waker):
     # --- the executor's part of an async execution, run in its task by the engine --------
 
     async def enter_async(self, held: _Held) -> _engine.Offload:
-        loop = held.loop or shared_loop()
+        loop = held.loop = held.loop or shared_loop()
         if self._async_slots is None or self._slots_loop is not loop:
             # A loop of its own: the one before ended (see SharedLoop), with its tasks.
             self._async_slots = asyncio.Semaphore(settings().max_async)
@@ -258,11 +258,15 @@ class Executor(Heartbeat, Waker):
     def _leave(
         self, held: _Held, outcome: _engine.Outcome | None, nxt: Refill | None
     ) -> _Held | None:
+        # The slot taken in `enter_async` is given back only if it is still the loop's: a loop
+        # that ended took its slots with it (a new loop counts afresh).
+        ours = held.loop is self._slots_loop
         try:
-            self._async_running -= 1
+            if ours:
+                self._async_running -= 1
             return self._ended(held, held.execution_id, outcome, nxt)
         finally:
-            if self._async_slots is not None:
+            if ours and self._async_slots is not None:
                 self._async_slots.release()
 
     def _note_suspended(self, store: Store, execution_id: str) -> None:

@@ -136,7 +136,8 @@ class Run:
         # The flow body's branch; the engine makes it current when flow code starts.
         self.root = Branch("")
         # What the execution spends on model calls, and its budget: the spending layer's
-        # (tether._spend.budget.RunSpend); None when nothing keeps track (a bare Run in tests).
+        # (tether._spend.budget: a RunSpend with a budget, else one slot that every run without
+        # one shares); None when nothing keeps track (a bare Run in tests).
         self.spend = spend
         # On a shared event loop: whether a commit may block the loop right now (this is the
         # only execution on it, so nobody else would wait); None: never (see `_Call`).

@@ -176,3 +176,23 @@ async def limited(i: int) -> int:
     await asyncio.to_thread(slot_gate.wait, 60)
     slots_seen["inside"] -= 1
     return i
+
+
+# --- tasks a flow body leaves behind ------------------------------------------------------
+
+left_behind: list[str] = []
+
+
+async def _outlives_its_flow(i: int) -> None:
+    try:
+        await asyncio.Event().wait()  # nobody sets it: only a cancel ends this task
+    except asyncio.CancelledError:
+        left_behind.append(f"{i} cancelled")
+        raise
+
+
+@tether.flow
+async def leaves_a_task(i: int) -> int:
+    asyncio.get_running_loop().create_task(_outlives_its_flow(i))
+    await double(i)
+    return i

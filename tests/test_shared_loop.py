@@ -105,6 +105,18 @@ def test_async_executions_beyond_max_async_wait_for_a_slot_and_then_run(db_url: 
     assert done.stdout.strip() == "[0, 1, 2, 3, 4] 2"
 
 
+def test_a_task_the_flow_body_leaves_behind_is_cancelled_before_the_execution_ends(
+    db_url: str,
+) -> None:
+    """The run notes the body's tasks in a set it makes at the first one; what is left when
+    the body returns is cancelled and awaited before the end is recorded, for each of many
+    executions at once (and a body that makes none keeps no set)."""
+    loop_flows.left_behind.clear()
+    handles = [loop_flows.leaves_a_task.run(i) for i in range(20)]
+    assert [h.result(timeout=60) for h in handles] == list(range(20))
+    assert sorted(loop_flows.left_behind) == sorted(f"{i} cancelled" for i in range(20))
+
+
 def test_awaiting_many_handles_holds_no_thread_each(db_url: str) -> None:
     async def main() -> list[int]:
         loop_flows.gate["open"] = True

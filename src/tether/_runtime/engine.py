@@ -200,11 +200,11 @@ async def execute_async(
             run = attempt.run
             run.inline_commits = host.alone
             if attempt.target is not None:
-                tasks: set[asyncio.Future[Any]] = set()
                 # This task runs in a context of its own that held none of these (see
                 # `SharedLoop.spawn`): they are set back to None rather than reset by token,
-                # so a live execution keeps no tokens.
-                current_tasks.set(tasks)
+                # so a live execution keeps no tokens. The run notes the body's tasks itself
+                # (`Run.tasks`), in a set made only when it creates one.
+                current_tasks.set(run)
                 current_run.set(run)
                 current_branch.set(run.root)
                 value: Any = None
@@ -224,7 +224,8 @@ async def execute_async(
                     current_branch.set(None)
                     current_run.set(None)
                     current_tasks.set(None)
-                    await _cancel_leftovers(tasks)
+                    if run.tasks is not None:
+                        await _cancel_leftovers(run.tasks)
                 attempt = Attempt(run)
                 attempt.value, attempt.error = value, error
             outcome = await conclude_async(hold.store, attempt, offload)

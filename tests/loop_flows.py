@@ -160,3 +160,39 @@ def _kill_after_commits(run: Any, position: str) -> None:
 
 if os.environ.get("KILL_AFTER_COMMITS"):
     _checkpoint._after_commit = _kill_after_commits
+
+
+# --- max_async: executions beyond it wait for a slot ---------------------------------------
+
+# How many executions of `limited` are in its body now, and the most that were at once.
+slots_seen = {"inside": 0, "peak": 0}
+slot_gate = threading.Event()
+
+
+@tether.flow
+async def limited(i: int) -> int:
+    slots_seen["inside"] += 1
+    slots_seen["peak"] = max(slots_seen["peak"], slots_seen["inside"])
+    await asyncio.to_thread(slot_gate.wait, 60)
+    slots_seen["inside"] -= 1
+    return i
+
+
+# --- tasks a flow body leaves behind ------------------------------------------------------
+
+left_behind: list[str] = []
+
+
+async def _outlives_its_flow(i: int) -> None:
+    try:
+        await asyncio.Event().wait()  # nobody sets it: only a cancel ends this task
+    except asyncio.CancelledError:
+        left_behind.append(f"{i} cancelled")
+        raise
+
+
+@tether.flow
+async def leaves_a_task(i: int) -> int:
+    asyncio.get_running_loop().create_task(_outlives_its_flow(i))
+    await double(i)
+    return i

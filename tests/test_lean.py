@@ -31,14 +31,18 @@ from tether._runtime.loop import shared_loop
 from tether.errors import ConfigurationError
 from tether.store import CheckpointRow, Commit
 
-# Upper bounds, above what is measured (23.4, 28.4 and 30.0 on SQLite; 25.0, 29.0 and 27.5 on
-# PostgreSQL; the margin is the noise of one-off caches and other threads) and below where
-# they were before issue 24 (52, 60 and 48) and before its second round (27-28, 33-34, 32).
-# A live async execution: its task, coroutines, Run, branch, row, handle and the call slot
-# its task writes its calls in; inside a call, the call's own objects on top.
-MAX_OBJECTS_PER_PARKED_EXECUTION = 30
-MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 33
-MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 35
+# Upper bounds, above what is measured (16.6-18.8, 20.7-22.4 and 27.6-28.0 on SQLite; 18.0,
+# 22.0 and 26.0 on PostgreSQL; the margin is the noise of one-off caches and other threads,
+# and of the context's hash trie, whose variables share a node or not by hash seed) and
+# below where they were before issue 24 (52, 60 and 48), before its second
+# round (27-28, 33-34, 32) and before its third (24-25, 28-29, 30-31: a second coroutine per
+# task, the row and the attempt kept for the whole run, a list of runs per hold, a spend
+# slot per run without a budget, a copy of the context with the task's done callback).
+# A live async execution: its task, its coroutine and the flow's, Run, branch, hold, handle
+# and the call slot its task writes its calls in; inside a call, the call's own objects on top.
+MAX_OBJECTS_PER_PARKED_EXECUTION = 21
+MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 25
+MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 31
 # What a call leaves behind once it has returned: nothing, on average (a fraction: the store's
 # statement cache and the like warm up).
 MAX_KEPT_PER_CALL = 0.6

@@ -40,22 +40,22 @@ async def ends_late_async(topic: str) -> str:
 def test_an_end_refused_after_a_takeover_is_lost_not_finished(
     db_url: str, flow: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outcomes: list[_engine.Outcome] = []
-    real_execute, real_execute_async = _engine.execute, _engine.execute_async
+    outcomes: list[_engine.Outcome | None] = []
+    real_conclude, real_conclude_async = _engine.conclude, _engine.conclude_async
 
     # Spies that pass the real outcome on: how this process concluded the attempt.
-    def execute(*args: Any, **kwargs: Any) -> _engine.Outcome:
-        outcome = real_execute(*args, **kwargs)
+    def conclude(*args: Any, **kwargs: Any) -> _engine.Outcome | None:
+        outcome = real_conclude(*args, **kwargs)
         outcomes.append(outcome)
         return outcome
 
-    async def execute_async(*args: Any, **kwargs: Any) -> _engine.Outcome:
-        outcome = await real_execute_async(*args, **kwargs)
+    async def conclude_async(*args: Any, **kwargs: Any) -> _engine.Outcome | None:
+        outcome = await real_conclude_async(*args, **kwargs)
         outcomes.append(outcome)
         return outcome
 
-    monkeypatch.setattr(_engine, "execute", execute)
-    monkeypatch.setattr(_engine, "execute_async", execute_async)
+    monkeypatch.setattr(_engine, "conclude", conclude)
+    monkeypatch.setattr(_engine, "conclude_async", conclude_async)
     entered.clear()
     let_go.clear()
     store = store_for()

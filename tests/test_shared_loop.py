@@ -71,6 +71,52 @@ def test_cancel_of_one_execution_among_many(db_url: str, client: tether.Client) 
             assert handle.result(timeout=30) == 3 * i
 
 
+_LIMITED = """
+import loop_flows
+from helpers import retry_until
+from tether._runtime.executor import executor
+
+handles = [loop_flows.limited.run(i) for i in range(5)]
+runner = executor()
+
+
+def two_run_and_three_wait() -> bool:
+    with runner._lock:
+        unprepared = sum(1 for held in runner._held.values() if held.run is None)
+    slots = runner._async_slots
+    return (
+        loop_flows.slots_seen["inside"] == 2
+        and slots is not None and slots.locked() and unprepared == 3
+    )
+
+
+retry_until(two_run_and_three_wait, what="two executions in their bodies, three waiting for a slot")
+loop_flows.slot_gate.set()
+print([h.result(timeout=60) for h in handles], loop_flows.slots_seen["peak"])
+"""
+
+
+def test_async_executions_beyond_max_async_wait_for_a_slot_and_then_run(db_url: str) -> None:
+    """The slots are taken and given back in the execution's own task, around the engine's
+    work: the executions past `max_async` wait (leases kept, nothing prepared) and run as
+    slots free, and every slot comes back."""
+    done = run_child(_LIMITED, db_url, TETHER_MAX_ASYNC="2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 1, 2, 3, 4] 2"
+
+
+def test_a_task_the_flow_body_leaves_behind_is_cancelled_before_the_execution_ends(
+    db_url: str,
+) -> None:
+    """The run notes the body's tasks in a set it makes at the first one; what is left when
+    the body returns is cancelled and awaited before the end is recorded, for each of many
+    executions at once (and a body that makes none keeps no set)."""
+    loop_flows.left_behind.clear()
+    handles = [loop_flows.leaves_a_task.run(i) for i in range(20)]
+    assert [h.result(timeout=60) for h in handles] == list(range(20))
+    assert sorted(loop_flows.left_behind) == sorted(f"{i} cancelled" for i in range(20))
+
+
 def test_awaiting_many_handles_holds_no_thread_each(db_url: str) -> None:
     async def main() -> list[int]:
         loop_flows.gate["open"] = True

@@ -9,6 +9,7 @@ call the same position on every run, whatever the scheduling.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class Run:
         "spend",
         "store",
         "strict",
+        "tasks",
         "timed_out",
         "token",
         "wait_names",
@@ -136,11 +138,28 @@ class Run:
         # The flow body's branch; the engine makes it current when flow code starts.
         self.root = Branch("")
         # What the execution spends on model calls, and its budget: the spending layer's
-        # (tether._spend.budget.RunSpend); None when nothing keeps track (a bare Run in tests).
+        # (tether._spend.budget: a RunSpend with a budget, else one slot that every run without
+        # one shares); None when nothing keeps track (a bare Run in tests).
         self.spend = spend
+        # Tasks created while the flow body runs on an event loop (noted by the task factory:
+        # the engine makes the run `positions.current_tasks`), cancelled if left when it ends.
+        # Made by the first task: a body that creates none keeps no set alive.
+        self.tasks: set[asyncio.Future[Any]] | None = None
         # On a shared event loop: whether a commit may block the loop right now (this is the
         # only execution on it, so nobody else would wait); None: never (see `_Call`).
         self.inline_commits: Callable[[], bool] | None = None
+
+    def add(self, task: asyncio.Future[Any], /) -> None:
+        """Note a task the flow body created (`positions.TaskSet`)."""
+        tasks = self.tasks
+        if tasks is None:
+            tasks = self.tasks = set()
+        tasks.add(task)
+
+    def discard(self, task: asyncio.Future[Any], /) -> None:
+        """Forget a task that ended (`positions.TaskSet`)."""
+        if self.tasks is not None:
+            self.tasks.discard(task)
 
     def cancel(self) -> None:
         """Stop at the next boundary, and cut short a pause between attempts."""

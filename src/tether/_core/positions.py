@@ -31,7 +31,7 @@ import contextvars
 import itertools
 import threading
 from collections.abc import Coroutine, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import BranchKeyInUse, UsageError
 from ..store._positions import before, display, escape_key, is_position, parse, sort_key
@@ -291,10 +291,19 @@ def branch(key: str | int) -> Iterator[None]:
         named.release(me)
 
 
+class TaskSet(Protocol):
+    """Where the task factory notes the tasks it creates (see `current_tasks`): a set, or
+    the run, which makes its set only when the first task comes."""
+
+    def add(self, task: asyncio.Future[Any], /) -> None: ...
+
+    def discard(self, task: asyncio.Future[Any], /) -> None: ...
+
+
 # The tasks created while an execution's flow body runs (by flow code and by checkpoint
 # bodies alike), set by the engine on a shared event loop: whatever is left of them when the
 # body ends is cancelled, as `asyncio.run` did when every execution had a loop of its own.
-current_tasks: contextvars.ContextVar[set[asyncio.Future[Any]] | None] = contextvars.ContextVar(
+current_tasks: contextvars.ContextVar[TaskSet | None] = contextvars.ContextVar(
     "tether_tasks", default=None
 )
 

@@ -85,15 +85,55 @@ def load_flow(import_path: str, script: str | None) -> Runnable:
     return found
 
 
+class Hold(Protocol):
+    """The executor's hold on one execution, as the engine sees it: the store, the lease
+    token, and the run the engine builds for each attempt (`run`: the current one, which
+    the executor's heartbeat tells of cancels and lost leases)."""
+
+    store: Store
+    execution_id: str
+    token: str
+    run: Run | None
+
+
+H = TypeVar("H", bound=Hold)
+H_contra = TypeVar("H_contra", bound=Hold, contravariant=True)
+
+
+class AsyncHost(Protocol[H_contra]):
+    """The executor's part of an async execution, which `execute_async` runs in the
+    execution's own task: a slot before, the claim, the bookkeeping after. Hooks rather than
+    a coroutine of the executor's awaiting the engine's: each live coroutine and its frame
+    are objects that every full collection walks, ten thousand times over."""
+
+    # Whether this is the only execution on the loop right now (see `Run.inline_commits`).
+    alone: Callable[[], bool]
+
+    async def enter_async(self, hold: H_contra) -> Offload:
+        """Wait for a slot (`max_async`); how to run a blocking call off the loop."""
+
+    def claim_started(self, store: Store, execution_id: str, token: str) -> bool:
+        """Move the execution, recorded as queued under this lease, to running."""
+
+    def escaped(self, hold: H_contra, error: BaseException) -> Outcome:
+        """An error the engine did not handle: said, and its outcome (FAULTED)."""
+
+    def leave(self, hold: H_contra, outcome: Outcome | None) -> None:
+        """The bookkeeping when the execution stops running here; the slot is freed."""
+
+    async def leave_async(self, hold: H_contra, outcome: Outcome | None, offload: Offload) -> None:
+        """What comes after the outcome (notes, the next execution), then `leave`."""
+
+
 class Attempt:
     """One attempt at running an execution: what `prepare` loaded and built, and how the
     flow body ended (`value`, or `error`). Shared by the sync and async paths; only the
-    body call differs."""
+    body call differs. It keeps no row: a row per live execution was one more object for
+    every full collection to walk."""
 
-    __slots__ = ("args", "error", "kwargs", "row", "run", "target", "value")
+    __slots__ = ("args", "error", "kwargs", "run", "target", "value")
 
-    def __init__(self, row: ExecutionRow, run: Run) -> None:
-        self.row = row
+    def __init__(self, run: Run) -> None:
         self.run = run
         self.target: Runnable | None = None
         self.args: Sequence[Any] = ()
@@ -102,19 +142,12 @@ class Attempt:
         self.error: BaseException | None = None
 
 
-def execute(
-    store: Store,
-    execution_id: str,
-    token: str,
-    flow: Runnable | None,
-    runs: list[Run],
-    claimed: ExecutionRow | None = None,
-) -> Outcome:
-    """Run the execution this token holds, to its end or to the point where it must stop.
+def execute(hold: Hold, flow: Runnable | None, claimed: ExecutionRow | None = None) -> Outcome:
+    """Run the execution `hold` holds, to its end or to the point where it must stop.
     `claimed`: the row as the claim that took it returned it (saves reading it again)."""
     again = False
     while True:
-        attempt = prepare(store, execution_id, token, flow, runs, claimed, again=again)
+        attempt = prepare(hold, flow, claimed, again=again)
         if isinstance(attempt, Outcome):
             return attempt
         if attempt.target is not None:
@@ -125,11 +158,11 @@ def execute(
                 attempt.run.boundary()
                 attempt.value = attempt.target.fn(*attempt.args, **attempt.kwargs)
             except BaseException as exc:
-                attempt.error = as_failure(exc, f"flow {attempt.row.flow!r}")
+                attempt.error = as_failure(exc, f"flow {attempt.run.flow!r}")
             finally:
                 current_branch.reset(branch_token)
                 current_run.reset(run_token)
-        outcome = conclude(store, attempt)
+        outcome = conclude(hold.store, attempt)
         if outcome is not None:
             return outcome
         # The wait it suspended on got its input while suspending: run again, now.
@@ -137,59 +170,74 @@ def execute(
 
 
 async def execute_async(
-    store: Store,
-    execution_id: str,
-    token: str,
-    flow: Runnable | None,
-    runs: list[Run],
-    claimed: ExecutionRow | None,
-    offload: Offload,
-    alone: Callable[[], bool] | None = None,
-) -> Outcome:
-    """`execute` for an async flow, as a task on a shared event loop: the same `prepare`
-    and `conclude`, run through `offload` (a thread, so that the loop never waits on the
+    host: AsyncHost[H], hold: H, flow: Runnable, claimed: bool, row: ExecutionRow | None
+) -> None:
+    """An async execution, as a task on a shared event loop, in this one coroutine: the
+    executor's part around it (`host`), and `execute`'s loop with the same `prepare` and
+    `conclude`, run through the host's offload (a thread, so that the loop never waits on the
     database), around the awaited body. Tasks the body leaves behind are cancelled when it
-    ends, as `asyncio.run` would have. `alone`: whether it is the only execution on the
-    loop right now (its commits may then block the loop; see `Run.inline_commits`)."""
-    again = False
-    while True:
-        if flow is not None and _nothing_to_load(claimed, token):
-            # A first run whose row is in hand: preparing reads nothing; no thread needed.
-            attempt = prepare(store, execution_id, token, flow, runs, claimed)
-        else:
-            attempt = await offload(
-                functools.partial(
-                    prepare, store, execution_id, token, flow, runs, claimed, again=again
-                )
+    ends, as `asyncio.run` would have. `claimed`: already running under the hold's token
+    (else it is queued, and moves to running here). `row`: as the claim or the start
+    returned it, if in hand."""
+    offload = await host.enter_async(hold)
+    outcome: Outcome | None = None
+    try:
+        if not claimed:
+            claimed = await offload(
+                functools.partial(host.claim_started, hold.store, hold.execution_id, hold.token)
             )
-        if isinstance(attempt, Outcome):
-            return attempt
-        attempt.run.inline_commits = alone
-        if attempt.target is not None:
+        again = False
+        while claimed:
+            if _nothing_to_load(row, hold.token):
+                # A first run whose row is in hand: preparing reads nothing; no thread needed.
+                attempt = prepare(hold, flow, row)
+            else:
+                attempt = await offload(functools.partial(prepare, hold, flow, row, again=again))
+            row = None  # used: not kept by this frame for as long as the execution runs
+            if isinstance(attempt, Outcome):
+                outcome = attempt
+                break
             run = attempt.run
-            tasks: set[asyncio.Future[Any]] = set()
-            # This task runs in a context of its own that held none of these (see
-            # `SharedLoop.spawn`): they are set back to None rather than reset by token, so a
-            # live execution keeps no tokens.
-            current_tasks.set(tasks)
-            current_run.set(run)
-            current_branch.set(run.root)
-            try:
-                run.boundary()
-                attempt.value = await attempt.target.fn(*attempt.args, **attempt.kwargs)
-            except BaseException as exc:
-                # Here, where the task is known: a CancelledError that asyncio did not start
-                # is the flow's failure, not a cancellation.
-                attempt.error = as_failure(exc, f"flow {attempt.row.flow!r}")
-            finally:
-                current_branch.set(None)
-                current_run.set(None)
-                current_tasks.set(None)
-                await _cancel_leftovers(tasks)
-        outcome = await conclude_async(store, attempt, offload)
-        if outcome is not None:
-            return outcome
-        claimed, again = None, True
+            run.inline_commits = host.alone
+            if attempt.target is not None:
+                # This task runs in a context of its own that held none of these (see
+                # `SharedLoop.spawn`): they are set back to None rather than reset by token,
+                # so a live execution keeps no tokens. The run notes the body's tasks itself
+                # (`Run.tasks`), in a set made only when it creates one.
+                current_tasks.set(run)
+                current_run.set(run)
+                current_branch.set(run.root)
+                value: Any = None
+                error: BaseException | None = None
+                try:
+                    run.boundary()
+                    body = attempt.target.fn(*attempt.args, **attempt.kwargs)
+                    # Not kept while the body runs (one object less per live execution): the
+                    # body has what it needs, and its end gets an attempt of its own.
+                    del attempt
+                    value = await body
+                except BaseException as exc:
+                    # Here, where the task is known: a CancelledError that asyncio did not
+                    # start is the flow's failure, not a cancellation.
+                    error = as_failure(exc, f"flow {run.flow!r}")
+                finally:
+                    current_branch.set(None)
+                    current_run.set(None)
+                    current_tasks.set(None)
+                    if run.tasks is not None:
+                        await _cancel_leftovers(run.tasks)
+                attempt = Attempt(run)
+                attempt.value, attempt.error = value, error
+            outcome = await conclude_async(hold.store, attempt, offload)
+            if outcome is not None:
+                break
+            again = True  # see `execute`
+    except BaseException as exc:
+        outcome = host.escaped(hold, exc)
+        if not isinstance(exc, Exception):
+            host.leave(hold, outcome)
+            raise
+    await host.leave_async(hold, outcome, offload)
 
 
 def _nothing_to_load(claimed: ExecutionRow | None, token: str) -> bool:
@@ -216,19 +264,13 @@ async def _cancel_leftovers(tasks: set[asyncio.Future[Any]]) -> None:
 
 
 def prepare(
-    store: Store,
-    execution_id: str,
-    token: str,
-    flow: Runnable | None,
-    runs: list[Run],
-    claimed: ExecutionRow | None,
-    *,
-    again: bool = False,
+    hold: Hold, flow: Runnable | None, claimed: ExecutionRow | None, *, again: bool = False
 ) -> Attempt | Outcome:
     """Load what is recorded and build the run (blocking: the store is read). An Outcome
     when there is nothing to run; an Attempt whose `target` is None when the flow cannot
     be entered (its `error` says why, for `conclude`). `again`: the same holder runs it
     once more at once (its wait was answered while it unwound), no new entry."""
+    store, execution_id, token = hold.store, hold.execution_id, hold.token
     row = claimed if claimed is not None and claimed.lease_token == token else None
     if row is None:
         row = store.get_execution(execution_id)
@@ -267,13 +309,13 @@ def prepare(
         strict=config.strict,
         metadata=_serde.loads(row.metadata) if row.metadata else None,
         waits=waits,
-        spend=_budget.RunSpend(_budget.from_options(row.options)),
+        spend=_budget.spend_for(row.options),
     )
     run.deadline, run.clock = row.deadline, config.clock
-    runs.append(run)
+    hold.run = run
     if row.cancel_requested:
         run.cancel()
-    attempt = Attempt(row, run)
+    attempt = Attempt(run)
     try:
         target = flow if flow is not None else load_flow(row.import_path, row.script)
         decoded = _serde.loads(row.args)
@@ -477,7 +519,7 @@ def _plain_end(attempt: Attempt) -> tuple[str, str | None, str | None] | None:
             result = _serde.dumps(
                 attempt.value,
                 allow_pickle=run.allow_pickle,
-                root=f"result of flow {attempt.row.flow!r}",
+                root=f"result of flow {run.flow!r}",
             )
         except Exception as exc:
             if isinstance(exc, _NOT_PLAIN):
@@ -498,7 +540,7 @@ def _faulted(run: Run, error: StoreError) -> Outcome:
 
 
 def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
-    run, row = attempt.run, attempt.row
+    run = attempt.run
     execution_id, token = run.execution_id, run.token
     clock = settings().clock
     end = _plain_end(attempt)
@@ -522,7 +564,7 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
         if run.cancelled or run.timed_out:
             raise Cancelled(execution_id)
         result = _serde.dumps(
-            attempt.value, allow_pickle=run.allow_pickle, root=f"result of flow {row.flow!r}"
+            attempt.value, allow_pickle=run.allow_pickle, root=f"result of flow {run.flow!r}"
         )
     except Suspended as signal:
         if run.diverged is not None:

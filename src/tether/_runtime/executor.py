@@ -99,7 +99,7 @@ class Executor(Heartbeat, Waker):
         self._slots_loop: SharedLoop | None = None
         self._async_running = 0  # read and written on the loop thread only
         # One bound method for every run that asks (`Run.inline_commits`), not one each.
-        self._alone = self._alone_on_loop
+        self.alone = self._alone_on_loop
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
         self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
@@ -158,7 +158,9 @@ class Executor(Heartbeat, Waker):
         known yet (a resume: the thread finds it out), to a thread."""
         if flow is not None and flow.is_async:
             loop = held.loop = shared_loop()
-            loop.spawn(functools.partial(self._run_async, held, execution_id, flow, claimed, row))
+            # The task's one coroutine is the engine's; the executor's part runs in it as hooks
+            # (`enter_async`, `leave_async`).
+            loop.spawn(functools.partial(_engine.execute_async, self, held, flow, claimed, row))
         else:
             self._pool.submit(self._run, held, execution_id, flow, claimed, row)
 
@@ -185,9 +187,9 @@ class Executor(Heartbeat, Waker):
                         self._dispatch(held, execution_id, flow, claimed, row)
                         return
                 if not claimed:
-                    claimed = self._claim_started(store, execution_id, held.token)
+                    claimed = self.claim_started(store, execution_id, held.token)
                 if claimed:
-                    outcome = _engine.execute(store, execution_id, held.token, flow, held.runs, row)
+                    outcome = _engine.execute(held, flow, row)
                 if outcome is _engine.Outcome.SUSPENDED:
                     self._note_suspended(store, execution_id)
                 nxt = self._next(store)
@@ -208,60 +210,64 @@ class Executor(Heartbeat, Waker):
                 self._dispatch(held, execution_id, flow, claimed, row)
                 return
 
-    async def _run_async(
-        self,
-        held: _Held,
-        execution_id: str,
-        flow: Runnable,
-        claimed: bool,
-        row: ExecutionRow | None,
-    ) -> None:
-        """An async execution, as a task on the shared loop: store calls go to its store
-        threads, the flow body runs here."""
-        loop = held.loop or shared_loop()
+    # --- the executor's part of an async execution, run in its task by the engine --------
+
+    async def enter_async(self, held: _Held) -> _engine.Offload:
+        loop = held.loop = held.loop or shared_loop()
         if self._async_slots is None or self._slots_loop is not loop:
             # A loop of its own: the one before ended (see SharedLoop), with its tasks.
             self._async_slots = asyncio.Semaphore(settings().max_async)
             self._slots_loop = loop
             self._async_running = 0
-        offload = loop.offload_bound
+        # Acquired and released by hand (see `leave`): `async with` would keep a bound
+        # `__aexit__` for as long as the execution lives.
+        await self._async_slots.acquire()
+        self._async_running += 1
+        return loop.offload_bound
+
+    def escaped(self, held: _Held, error: BaseException) -> _engine.Outcome:
+        log.exception(
+            "execution %s: its task on the event loop failed", held.execution_id, exc_info=error
+        )
+        held.escaped = error
+        return _engine.Outcome.FAULTED
+
+    async def leave_async(
+        self, held: _Held, outcome: _engine.Outcome | None, offload: _engine.Offload
+    ) -> None:
         store = held.store
-        outcome = None
         nxt: Refill | None = None
-        # Acquired and released by hand: `async with` would keep a bound `__aexit__` for as
-        # long as the execution lives.
-        slots = self._async_slots
-        await slots.acquire()
         try:
-            self._async_running += 1
-            try:
-                # Partials, not lambdas: a lambda here would make a cell of each name it
-                # uses, kept for as long as the execution lives.
-                if not claimed:
-                    claimed = await offload(
-                        functools.partial(self._claim_started, store, execution_id, held.token)
-                    )
-                if claimed:
-                    outcome = await _engine.execute_async(
-                        store, execution_id, held.token, flow, held.runs, row, offload,
-                        self._alone,
-                    )  # fmt: skip
-                if outcome is _engine.Outcome.SUSPENDED:
-                    await offload(functools.partial(self._note_suspended, store, execution_id))
-                if self.refill is not None:
-                    nxt = await offload(functools.partial(self._next, store))
-            except BaseException as exc:
-                log.exception("execution %s: its task on the event loop failed", execution_id)
-                held.escaped, outcome = exc, _engine.Outcome.FAULTED
-                if not isinstance(exc, Exception):
-                    raise
-            finally:
-                self._async_running -= 1
-                successor = self._ended(held, execution_id, outcome, nxt)
-        finally:
-            slots.release()
+            # Partials, not lambdas: a lambda makes a cell of each name it uses.
+            if outcome is _engine.Outcome.SUSPENDED:
+                await offload(functools.partial(self._note_suspended, store, held.execution_id))
+            if self.refill is not None:
+                nxt = await offload(functools.partial(self._next, store))
+        except BaseException as exc:
+            outcome = self.escaped(held, exc)
+            if not isinstance(exc, Exception):
+                self.leave(held, outcome)
+                raise
+        successor = self._leave(held, outcome, nxt)
         if nxt is not None and successor is not None:
             self._dispatch(successor, nxt.execution_id, nxt.flow, True, nxt.row)
+
+    def leave(self, held: _Held, outcome: _engine.Outcome | None) -> None:
+        self._leave(held, outcome, None)
+
+    def _leave(
+        self, held: _Held, outcome: _engine.Outcome | None, nxt: Refill | None
+    ) -> _Held | None:
+        # The slot taken in `enter_async` is given back only if it is still the loop's: a loop
+        # that ended took its slots with it (a new loop counts afresh).
+        ours = held.loop is self._slots_loop
+        try:
+            if ours:
+                self._async_running -= 1
+            return self._ended(held, held.execution_id, outcome, nxt)
+        finally:
+            if ours and self._async_slots is not None:
+                self._async_slots.release()
 
     def _note_suspended(self, store: Store, execution_id: str) -> None:
         """Record who will continue a suspended execution when its input or timer arrives:
@@ -283,7 +289,7 @@ class Executor(Heartbeat, Waker):
     def _alone_on_loop(self) -> bool:
         return self._async_running == 1
 
-    def _claim_started(self, store: Store, execution_id: str, token: str) -> bool:
+    def claim_started(self, store: Store, execution_id: str, token: str) -> bool:
         """Move an execution recorded as queued under our lease to running (an attempt)."""
         return store.claim(
             execution_id,
@@ -330,7 +336,7 @@ class Executor(Heartbeat, Waker):
             else:
                 watchers, waiter = self._watchers.pop(key, None), self._waiters.pop(key, None)
         if held.sink is not None and outcome is _engine.Outcome.FINISHED:
-            ended = next((run.ended for run in reversed(held.runs) if run.ended), None)
+            ended = held.run.ended if held.run is not None else None
             if ended is not None:
                 held.sink.succeeded_here(ended[0])  # before the wakes: they find it
         if watchers:
@@ -426,14 +432,14 @@ class Executor(Heartbeat, Waker):
             held = self._held.get((id(store), execution_id))
         if held is None:
             return False
-        for run in held.runs:
-            run.cancel()
+        if held.run is not None:
+            held.run.cancel()
         return True
 
     def release_all(self) -> None:
         """Ask every execution running here to hand itself back at its next boundary."""
         with self._lock:
-            runs = [run for held in self._held.values() for run in held.runs]
+            runs = [held.run for held in self._held.values() if held.run is not None]
         for run in runs:
             run.release()
 
@@ -467,9 +473,8 @@ def _resolve(
 def _fault_of(held: _Held) -> BaseException:
     if held.escaped is not None:
         return held.escaped
-    for run in reversed(held.runs):
-        if run.fault is not None:
-            return run.fault
+    if held.run is not None and held.run.fault is not None:
+        return held.run.fault
     return RuntimeError("an unknown fault")  # not reached: FAULTED always has a cause
 
 

@@ -97,8 +97,8 @@ class Heartbeat(Holds):
                 continue
             execution_id = held.execution_id
             if loop.ended is not None or not loop.thread.is_alive():
-                for run in held.runs:
-                    run.lease_lost = True
+                if held.run is not None:
+                    held.run.lease_lost = True
                 log.error(
                     "execution %s: abandoned here, its lease no longer renewed, because the "
                     "event loop it ran on ended (%s); another process takes it over",
@@ -164,11 +164,13 @@ class Heartbeat(Holds):
                     held.expires = expires
                 if execution_id in progress:
                     held.shown = progress[execution_id]
-            for run in held.runs:
-                if cancel is None:
-                    run.lease_lost = True
-                elif cancel:
-                    run.cancel()
+            run = held.run
+            if run is None:
+                continue
+            if cancel is None:
+                run.lease_lost = True
+            elif cancel:
+                run.cancel()
 
     def _pass_on_cancels(self, entries: list[_Held]) -> None:
         """Tell the runs of the executions held here that another process asked to cancel:
@@ -186,9 +188,8 @@ class Heartbeat(Holds):
         for execution_id, token in requested:
             with self._lock:
                 found = self._held.get((id(store), execution_id))
-            if found is not None and found.token == token:
-                for run in found.runs:
-                    run.cancel()
+            if found is not None and found.token == token and found.run is not None:
+                found.run.cancel()
 
 
 def _progress(held: _Held, before: float) -> str | None:
@@ -196,15 +197,15 @@ def _progress(held: _Held, before: float) -> str | None:
     JSON: a call that ends within a beat is never written. Each beat asks this of every
     hold, and nearly every call is younger than a beat: those cost a look, no copy or sort."""
     found: list[tuple[str, LiveCall]] | None = None
-    for run in held.runs:
-        if not run.live:
-            continue
-        # A copy taken in one step (the loop thread adds and removes calls meanwhile).
-        for position, call in tuple(run.live.items()):
-            if call.started <= before:
-                if found is None:
-                    found = []
-                found.append((position, call))
+    run = held.run
+    if run is None or not run.live:
+        return None
+    # A copy taken in one step (the loop thread adds and removes calls meanwhile).
+    for position, call in tuple(run.live.items()):
+        if call.started <= before:
+            if found is None:
+                found = []
+            found.append((position, call))
     if found is None:
         return None
     found.sort(key=lambda item: sort_key(item[0]))

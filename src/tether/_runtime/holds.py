@@ -49,7 +49,10 @@ class _Held:
     store: Store
     token: str
     execution_id: str
-    runs: list[Run] = field(default_factory=list)
+    # Its current run (an execution suspended and answered at once runs again under the same
+    # hold: the run before it has ended). One slot, not a list of them: a list per execution
+    # was one more object for every full collection to walk.
+    run: Run | None = None
     # When the lease runs out, as this process last set it (a claim gives a full term): the
     # heartbeat renews it only once it is due (see `_due`).
     expires: float = field(default_factory=lambda: time.time() + lease_term())

@@ -157,7 +157,9 @@ class SharedLoop:
             task = self.loop.create_task(spawning.popleft()(), context=contextvars.Context())
             _running.add(task)
             # A module function, not `_running.discard`: that makes a bound method per task.
-            task.add_done_callback(_forget)
+            # And the empty context given, not none: without one, asyncio keeps a copy of the
+            # current context with the callback, one more object per live execution.
+            task.add_done_callback(_forget, context=_EMPTY)
 
     async def offload(self, fn: Callable[[], T]) -> T:
         """Run a blocking call (a store call) on a store thread; the loop goes on meanwhile."""

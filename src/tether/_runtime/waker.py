@@ -109,7 +109,7 @@ class Waker(Holds):
         after the grace is left to its lease (a takeover then counts, as for a crash)."""
         with self._lock:
             keys = [key for key in self._adopted if key in self._held]
-            runs = [run for key in keys for run in self._held[key].runs]
+            runs = [run for key in keys if (run := self._held[key].run) is not None]
         if not keys:
             return
         for run in runs:

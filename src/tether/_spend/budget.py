@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core import serde as _serde
-from .._core.context import Frame, Run, current_frame, current_run
+from .._core.context import Frame, Run, Spending, current_frame, current_run
 from ..errors import BudgetExceeded, UsageError
 from . import usage as _usage
 from .prices import cost_of
@@ -113,8 +113,8 @@ def from_options(text: str | None) -> Budget | None:
 
 
 class RunSpend:
-    """What one run spends, in its `spend` slot (`tether._core.context.Spending`): the
-    budget, and the usage it is checked against: of the calls recorded before this run
+    """What one run with a budget spends, in its `spend` slot (`tether._core.context.Spending`):
+    the budget, and the usage it is checked against: of the calls recorded before this run
     (decoded only when a budget asks), committed by this run per position, and of calls a
     retry forgot."""
 
@@ -133,6 +133,31 @@ class RunSpend:
         usage: _usage.Usage = frame.usage
         self.committed_usage[frame.position] = usage
         return _usage.with_usage(metadata, usage)
+
+
+class _Unbudgeted:
+    """The spend slot of every run without a budget, one for the process: its calls' usage is
+    stored with them, and nothing reads it back during the run (only a budget's check adds it
+    up), so there is nothing to keep per run. A `RunSpend` each was one more object per live
+    execution for every full collection to walk."""
+
+    __slots__ = ()
+
+    def resume_call(self, frame: Frame, prior_metadata: str | None) -> None:
+        frame.usage = _usage.from_metadata(prior_metadata)
+
+    def commit_call(self, frame: Frame, metadata: dict[str, Any]) -> dict[str, Any]:
+        usage: _usage.Usage = frame.usage
+        return _usage.with_usage(metadata, usage)
+
+
+_UNBUDGETED = _Unbudgeted()
+
+
+def spend_for(options: str | None) -> Spending:
+    """The spend slot of a run whose execution has these options (the stored JSON text)."""
+    budget = from_options(options)
+    return _UNBUDGETED if budget is None else RunSpend(budget)
 
 
 def _spend_of(run: Run | None) -> RunSpend | None:

@@ -272,6 +272,8 @@ def _worker_tether(args: argparse.Namespace) -> dict[str, Any]:
     start = _start_clock()
     deadline = time.monotonic() + args.timeout
     handles = [flows.agent.run(i) for i in range(n)]
+    # The loop of starts apart from the wait for results: where a run() row's time goes.
+    starts_s = time.perf_counter() - start.wall
     results: list[Any] = []
     for handle in handles:
         remaining = deadline - time.monotonic()
@@ -281,7 +283,9 @@ def _worker_tether(args: argparse.Namespace) -> dict[str, Any]:
             results.append(handle.result(timeout=remaining))
         except tether.ResultTimeout:
             _outcome(n, start, None, _tether_finished(path))
-    return _tether_done(tether, path, _outcome(n, start, results, n))
+    out = _outcome(n, start, results, n)
+    out["starts_s"] = starts_s
+    return _tether_done(tether, path, out)
 
 
 def _worker_tether_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -655,12 +659,18 @@ def _run_one(ctx: Context, engine: Engine, n: int) -> Result:
             ctx,
             f"[{engine.key} N={n}] {result.wall_s:.2f} s ({ratio:.1f}x the ideal {IDEAL_S} s),"
             f" {result.kb_per_agent:.1f} KB/agent, {result.status}"
+            f"{_starts_note(result)}"
             f"{': ' + result.reason if result.reason else ''} (process {child.wall_s:.1f} s)",
         )
     else:
         detail = f"\n{child.stderr.strip()[-2000:]}" if result.status == "error" else ""
         log(ctx, f"[{engine.key} N={n}] {result.status}: {result.reason}{detail}")
     return result
+
+
+def _starts_note(result: Result) -> str:
+    starts_s = (result.data or {}).get("starts_s")
+    return "" if starts_s is None else f", its starts {starts_s:.2f} s"
 
 
 # --- output ---------------------------------------------------------------------------------------

@@ -99,6 +99,37 @@ def test_runs_started_by_threads_while_another_is_written_share_one_commit(db_ur
     assert [handles[i].result() for i in range(1, 9)] == [(i + i + 1) * 10 for i in range(1, 9)]
 
 
+def test_a_loop_of_run_on_one_thread_is_durable_the_moment_each_run_returns(
+    client: tether.Client,
+) -> None:
+    # A loop of run() on one thread writes each start alone, at once (no group commit), with
+    # and without a deduplication key; the process kills itself the moment the last run()
+    # returns, and every execution is in the store for another process to finish.
+    code = textwrap.dedent(
+        """
+        import os, signal, run_async_flows
+        from tether._core.config import store_for
+        handles = [
+            (run_async_flows.agent.options(key=f"k{i}") if i % 3 == 0 else run_async_flows.agent)
+            .run(i)
+            for i in range(30)
+        ]
+        print(store_for()._starts is None, " ".join(h.id for h in handles), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    crashed = run_child(code, client.db)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    alone, *ids = crashed.stdout.split()
+    assert alone == "True"  # each start was written by its own thread, not handed over
+    assert len(set(ids)) == 30
+    assert [client.get(i).flow for i in ids] == ["agent"] * 30  # committed, not just sent
+    assert _resume(client, ids[-1]) == str((29 + 30) * 10)
+    assert [client.handle(i).result(timeout=30) for i in ids] == [
+        (i + i + 1) * 10 for i in range(30)
+    ]
+
+
 def test_runs_written_together_for_threads_are_durable_when_run_returns(
     client: tether.Client,
 ) -> None:

@@ -52,6 +52,9 @@ class Handle(Generic[R]):
     parent.
     """
 
+    # A loop of `run()` keeps one handle per execution started: no per-instance dict.
+    __slots__ = ("_parent", "_store", "_succeeded", "id")
+
     def __init__(self, execution_id: str, store: Store, *, parent: str | None = None) -> None:
         self.id = execution_id
         self._store = store

@@ -85,6 +85,12 @@ class ExecutionsSql(SqlBase):
         # threads share transactions instead of queuing on the write lock for one each.
         if _ALONE.acquire(blocking=False):
             try:
+                if row.dedup_key is None:
+                    # One statement, its own transaction: no connection or result wrapper
+                    # to build for it (a loop of `run()` pays this once per start). Without
+                    # a key nothing can make it insert nothing: an id taken raises.
+                    self._count(_INSERT, _values(row))
+                    return row.id
                 return self._create_one(row)
             finally:
                 _ALONE.release()

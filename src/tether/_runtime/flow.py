@@ -290,7 +290,13 @@ class Flow(_Starts[P, R]):
         """The new execution's row, the start options checked; and the flow's own keyword
         arguments (without the options given as keywords). `local`: this process runs it."""
         _imports.refuse_start(self.name)
-        if options is None and self._reserved and any(k in kwargs for k in self._reserved):
+        # `kwargs` first: a start without keywords (most) builds no generator to look.
+        if (
+            options is None
+            and kwargs
+            and self._reserved
+            and any(k in kwargs for k in self._reserved)
+        ):
             kwargs = dict(kwargs)
             options = _StartOptions(**{k: kwargs.pop(k) for k in self._reserved if k in kwargs})
         now = time.time()

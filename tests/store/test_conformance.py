@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _rows import LEASE, T0, execution, get, lease, race, start
 
-from tether.errors import ConfigurationError, StoreError
+from tether.errors import ConfigurationError, StoreError, StoreOpenedReadOnly
 from tether.store import (
     CheckpointRow,
     Claim,
@@ -143,6 +143,22 @@ def test_starts_from_many_threads_are_all_recorded_with_their_keys_kept(store: S
         for j in range(1, 10):
             assert got[f"t{i}-{j}"] == f"t{i}-{j}"
             assert get(store, f"t{i}-{j}").id == f"t{i}-{j}"
+
+
+def test_a_store_opened_read_only_refuses_a_start_and_writes_nothing(
+    store: Store, store_url: str
+) -> None:
+    # A lone start (one thread, nothing else being written) takes the store's shortest write
+    # path; read-only, it is refused as every other write is, keyed or not.
+    reader = open_store(store_url, readonly=True)
+    try:
+        for key in (None, "order-1"):
+            row = dataclasses.replace(execution(f"e-{key}"), dedup_key=key)
+            with pytest.raises(StoreOpenedReadOnly):
+                reader.create_execution(row)
+            assert store.get_execution(row.id) is None
+    finally:
+        reader.close()
 
 
 def test_get_of_unknown_execution_returns_none(store: Store) -> None:

@@ -173,6 +173,51 @@ def test_callers_on_an_event_loop_wake_the_leader_that_gathers_for_them(
     assert gate.batches == [[0, 1, 2]]
 
 
+def test_callers_on_threads_wake_the_leader_that_gathers_for_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_group_commit, "_MAX_GATHER_SECONDS", 60.0)
+    gate = Gate()
+    gate.open.set()
+    group: GroupCommit[int, str] = GroupCommit(gate.write, key=lambda i: i, shared=())
+    group._last_size, group._last_seconds = 3, 60.0
+    calls = Calls(group)
+    calls.start(0)  # leads on its own thread, and gathers
+    wait_for(lambda: group._gather == 3, "the leader gathering")
+    calls.start(1)
+    calls.start(2)
+    assert calls.join() == {0: "done 0", 1: "done 1", 2: "done 2"}
+    assert gate.batches == [[0, 1, 2]]
+
+
+def test_no_wake_of_a_gathering_leader_is_lost_whenever_its_callers_arrive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each round the writer thread gathers for a minute, and the callers arrive before it
+    # offers its wake, while it counts, or while it waits: a lost wake would hold a round
+    # for the minute, past the 30 s this allows it.
+    monkeypatch.setattr(_group_commit, "_MAX_GATHER_SECONDS", 60.0)
+    gate = Gate()
+    gate.open.set()
+    group: GroupCommit[int, str] = GroupCommit(gate.write, key=lambda i: i, shared=())
+
+    async def main() -> None:
+        for round_ in range(300):
+            group._last_size, group._last_seconds = 3, 60.0
+            items = [3 * round_ + i for i in range(3)]
+            first = group.commit_async(items[0])
+            if round_ % 3 == 1:
+                await asyncio.sleep(0)  # let the writer thread get at the lock meanwhile
+            elif round_ % 3 == 2:
+                await asyncio.to_thread(wait_for, lambda: group._gather == 3, "gathering")
+            rest = [group.commit_async(item) for item in items[1:]]
+            done = await asyncio.wait_for(asyncio.gather(first, *rest), timeout=30)
+            assert done == [f"done {item}" for item in items]
+
+    asyncio.run(main())
+    assert all(len(batch) == 3 for batch in gate.batches)
+
+
 def test_a_store_error_reaches_every_caller_of_the_batch_each_with_its_own_exception() -> None:
     def fail(items: list[Any]) -> None:
         raise StoreUnavailable("the database went away")

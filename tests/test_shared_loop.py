@@ -83,10 +83,9 @@ runner = executor()
 def two_run_and_three_wait() -> bool:
     with runner._lock:
         unprepared = sum(1 for held in runner._held.values() if held.run is None)
-    slots = runner._async_slots
     return (
         loop_flows.slots_seen["inside"] == 2
-        and slots is not None and slots.locked() and unprepared == 3
+        and runner._async_running == 2 and len(runner._slot_waiters) == 3 and unprepared == 3
     )
 
 
@@ -103,6 +102,33 @@ def test_async_executions_beyond_max_async_wait_for_a_slot_and_then_run(db_url: 
     done = run_child(_LIMITED, db_url, TETHER_MAX_ASYNC="2")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0, 1, 2, 3, 4] 2"
+
+
+def test_a_slot_handed_to_an_execution_cancelled_meanwhile_passes_to_the_next() -> None:
+    """The slot goes to a waiting execution's task before it runs again; if that task is
+    cancelled in between (its loop shutting down), the slot is not lost with it."""
+    runner = executor()
+
+    async def main() -> tuple[int, int]:
+        saved = (runner._async_running, runner._async_limit, runner._slot_waiters)
+        runner._async_running, runner._async_limit = 1, 1
+        runner._slot_waiters = type(saved[2])()
+        try:
+            first = asyncio.create_task(runner._wait_for_slot())
+            second = asyncio.create_task(runner._wait_for_slot())
+            await asyncio.sleep(0)  # one turn of the loop: both tasks run to their wait
+            assert len(runner._slot_waiters) == 2
+            runner._free_slot()  # to `first`, whose task is cancelled before it resumes
+            first.cancel()
+            await asyncio.wait_for(second, timeout=30)
+            assert first.cancelled()
+            taken = runner._async_running
+            runner._free_slot()
+            return taken, runner._async_running
+        finally:
+            runner._async_running, runner._async_limit, runner._slot_waiters = saved
+
+    assert asyncio.run(main()) == (1, 0)
 
 
 def test_a_task_the_flow_body_leaves_behind_is_cancelled_before_the_execution_ends(

@@ -12,6 +12,7 @@ application's process, adopts stranded ones (waker.py; `launch()`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -94,10 +95,14 @@ class Executor(Heartbeat, Waker):
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings().max_workers, thread_name_prefix="tether-exec"
         )
-        # Async executions at once (`max_async`): made on the loop, on first use.
-        self._async_slots: asyncio.Semaphore | None = None
+        # Async executions at once (`max_async`), counted per loop, on its thread only: the
+        # slots taken, the limit, and the executions waiting for one (each its future,
+        # resolved when a slot passes to it). Not an asyncio.Semaphore: its acquire is a
+        # coroutine and its test for a free slot a generator, per execution, on the loop.
         self._slots_loop: SharedLoop | None = None
-        self._async_running = 0  # read and written on the loop thread only
+        self._async_running = 0
+        self._async_limit = 0
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # One bound method for every run that asks (`Run.inline_commits`), not one each.
         self.alone = self._alone_on_loop
         # Awaiting handles of executions held here: woken on the loop they wait on when the
@@ -214,16 +219,43 @@ class Executor(Heartbeat, Waker):
 
     async def enter_async(self, held: _Held) -> _engine.Offload:
         loop = held.loop = held.loop or shared_loop()
-        if self._async_slots is None or self._slots_loop is not loop:
+        if self._slots_loop is not loop:
             # A loop of its own: the one before ended (see SharedLoop), with its tasks.
-            self._async_slots = asyncio.Semaphore(settings().max_async)
             self._slots_loop = loop
             self._async_running = 0
-        # Acquired and released by hand (see `leave`): `async with` would keep a bound
-        # `__aexit__` for as long as the execution lives.
-        await self._async_slots.acquire()
-        self._async_running += 1
+            self._async_limit = settings().max_async
+            self._slot_waiters = collections.deque()
+        # Waiting executions keep their order: a newcomer takes a free slot only when none
+        # waits (and one waits only while every slot is taken).
+        if self._async_running < self._async_limit and not self._slot_waiters:
+            self._async_running += 1
+        else:
+            await self._wait_for_slot()
         return loop.offload_bound
+
+    async def _wait_for_slot(self) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._slot_waiters
+        waiters.append(future)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self._free_slot()  # handed a slot as it was cancelled: the next one takes it
+            else:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(future)
+            raise
+
+    def _free_slot(self) -> None:
+        """A slot given back: it passes to the first execution waiting, else it is free."""
+        waiters = self._slot_waiters
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self._async_running -= 1
 
     def escaped(self, held: _Held, error: BaseException) -> _engine.Outcome:
         log.exception(
@@ -260,14 +292,11 @@ class Executor(Heartbeat, Waker):
     ) -> _Held | None:
         # The slot taken in `enter_async` is given back only if it is still the loop's: a loop
         # that ended took its slots with it (a new loop counts afresh).
-        ours = held.loop is self._slots_loop
         try:
-            if ours:
-                self._async_running -= 1
             return self._ended(held, held.execution_id, outcome, nxt)
         finally:
-            if ours and self._async_slots is not None:
-                self._async_slots.release()
+            if held.loop is self._slots_loop:
+                self._free_slot()
 
     def _note_suspended(self, store: Store, execution_id: str) -> None:
         """Record who will continue a suspended execution when its input or timer arrives:
@@ -311,7 +340,7 @@ class Executor(Heartbeat, Waker):
         store = held.store
         key = (id(store), execution_id)
         successor = None
-        with self._changed:
+        with self._lock:
             # Only our own entry: once it suspended (or lost its lease), another
             # thread may have claimed it again and hold it under this key now.
             if self._held.get(key) is held:
@@ -328,9 +357,10 @@ class Executor(Heartbeat, Waker):
                 successor = _Held(store, nxt.token, nxt.execution_id)
                 self._held[(id(store), nxt.execution_id)] = successor
                 self._parked.pop((id(store), nxt.execution_id), None)
-            else:
+            elif self._free_waiters:
                 self._freed.notify_all()
-            self._changed.notify_all()
+            if self._change_waiters:
+                self._changed.notify_all()
             if key in self._held:
                 watchers, waiter = None, None
             else:

@@ -111,6 +111,11 @@ class Holds:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._freed = threading.Condition(self._lock)
+        # Threads blocked on each (with the lock held): an execution's end notifies only
+        # when one is, since a Condition's notify costs the thread that ends it (the event
+        # loop's, for an async execution) a lock and a look at its waiters.
+        self._change_waiters = 0
+        self._free_waiters = 0
         self._heartbeat: threading.Thread | None = None
         self._waker: threading.Thread | None = None
         self._poke = threading.Event()
@@ -175,13 +180,21 @@ class Holds:
     def wait_for_change(self, timeout: float) -> None:
         """Block until some execution of this process finishes or parks, or `timeout` passes."""
         with self._changed:
-            self._changed.wait(timeout)
+            self._change_waiters += 1
+            try:
+                self._changed.wait(timeout)
+            finally:
+                self._change_waiters -= 1
 
     def wait_for_free(self, timeout: float) -> None:
         """Block until an execution of this process ends without a successor taking its thread
         (one fewer held), or `timeout` passes."""
         with self._freed:
-            self._freed.wait(timeout)
+            self._free_waiters += 1
+            try:
+                self._freed.wait(timeout)
+            finally:
+                self._free_waiters -= 1
 
     def _complain(self, topic: str, message: str, *args: object) -> None:
         """Log a failure that may repeat every round (a store that stays down) at most once

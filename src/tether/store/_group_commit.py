@@ -181,12 +181,15 @@ class GroupCommit(Generic[T, R]):
         self._last_seconds = 0.0
         #: batches written so far (a diagnostic: how well concurrent commits are grouped)
         self.batches = 0
-        # While a leader gathers: how many it waits for, and what wakes it once they are
-        # queued. An Event, not a Condition of `_lock`: a caller on an event loop sets it
-        # without taking the lock (its own lock is held only for the instant of a set or a
-        # wait, never during a write), so the leader never has to look again and again.
+        # While a leader gathers: how many it waits for, and the lock it sleeps on until they
+        # are queued (held from the start; at most one in the list). The caller that
+        # completes the count pops it and releases it: a pop is atomic, so exactly one caller
+        # releases each lock, once, and a caller on an event loop wakes the leader with two
+        # calls into C, taking neither `_lock` nor a Condition's lock and notify (an Event's
+        # set) on the loop thread. A fresh lock per wait: one popped after the leader stopped
+        # waiting is released with nobody on it, which wakes no later wait.
         self._gather = 0
-        self._gathered = threading.Event()
+        self._gather_wakes: list[_thread.LockType] = []
         # Leads for callers on event loops (they never lead themselves); started on first use.
         self._writer: threading.Thread | None = None
         # Released to wake it, acquired by it to sleep: a plain lock, not a Semaphore (a
@@ -249,13 +252,16 @@ class GroupCommit(Generic[T, R]):
         inbox.append(me)
         if not self._leading:
             self._lead_if_idle()
-        elif (
-            self._gather
-            and len(self._queue) + len(inbox) >= self._gather
-            and not self._gathered.is_set()  # set() takes a lock and notifies, even when set
-        ):
-            self._gathered.set()  # the leader waits for us (a stale count: it times out)
+        elif self._gather_wakes and len(self._queue) + len(inbox) >= self._gather:
+            self._wake_gatherer()  # the leader waits for us
         return future
+
+    def _wake_gatherer(self) -> None:
+        try:
+            wake = self._gather_wakes.pop()
+        except IndexError:  # another caller took it first, or the leader stopped waiting
+            return
+        wake.release()
 
     def _lead_if_idle(self) -> None:
         # Whoever clears `_leading` looks at the inbox after it, so an item appended while
@@ -276,8 +282,8 @@ class GroupCommit(Generic[T, R]):
             self._queue.append(me)
             follow = self._leading
             self._leading = True
-            if self._gather and len(self._queue) + len(self._inbox) >= self._gather:
-                self._gathered.set()
+            if self._gather_wakes and len(self._queue) + len(self._inbox) >= self._gather:
+                self._wake_gatherer()
         if follow:
             me.wake.acquire()  # until a leader has written our item, or hands us the lead
         if me.outcome is _UNSET and me.raised is None:
@@ -294,21 +300,28 @@ class GroupCommit(Generic[T, R]):
             if gather and self._last_size > 1:
                 self._gather = self._last_size
                 deadline = time.monotonic() + min(self._last_seconds, _MAX_GATHER_SECONDS)
-                while True:
-                    # Cleared before counting: a caller that queues after the count sees
-                    # `_gather` set and sets the event, which this wait then returns on.
-                    self._gathered.clear()
-                    if len(self._queue) + len(self._inbox) >= self._gather:
-                        break
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._lock.release()
-                    try:
-                        self._gathered.wait(left)
-                    finally:
-                        self._lock.acquire()
-                self._gather = 0
+                wakes = self._gather_wakes
+                try:
+                    while True:
+                        wake = _thread.allocate_lock()
+                        wake.acquire()
+                        # Offered before counting: a caller that queues after the count finds
+                        # it and releases it, which this wait then returns on (no lost wake).
+                        wakes.append(wake)
+                        if len(self._queue) + len(self._inbox) >= self._gather:
+                            break
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._lock.release()
+                        try:
+                            wake.acquire(True, left)
+                        finally:
+                            self._lock.acquire()
+                        wakes.clear()
+                finally:
+                    wakes.clear()
+                    self._gather = 0
             self._take_inbox()
             batch = self._queue
             keys = {w.key for w in batch}

@@ -478,15 +478,24 @@ async def conclude_async(store: Store, attempt: Attempt, offload: Offload) -> Ou
     if end is None:
         return await offload(functools.partial(conclude, store, attempt))
     run = attempt.run
+    # One time for every try: a retry after a lost reply recognises its first try's end by
+    # it (see PostgresStore.finish).
+    now = settings().clock()
     try:
-        # One time for every try: a retry after a lost reply recognises its first try's
-        # end by it (see PostgresStore.finish).
-        finished = await persist_async(
-            functools.partial(
-                store.finish_async, run.execution_id, run.token,
-                status=end[0], result=end[1], error=end[2], now=settings().clock(),
+        try:
+            # Tried once as it is: the retrying wrapper (a coroutine, a partial and a clock
+            # read more per execution, on the loop) takes over only once the store has failed
+            # (its first try at once, then with backoff).
+            finished = await store.finish_async(
+                run.execution_id, run.token, status=end[0], result=end[1], error=end[2], now=now
             )
-        )  # fmt: skip
+        except StoreUnavailable:
+            finished = await persist_async(
+                functools.partial(
+                    store.finish_async, run.execution_id, run.token,
+                    status=end[0], result=end[1], error=end[2], now=now,
+                )
+            )  # fmt: skip
     except (StoreUnavailable, StoreCorrupt) as exc:
         return _faulted(run, exc)
     if not finished:

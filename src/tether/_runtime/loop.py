@@ -153,8 +153,11 @@ class SharedLoop:
         # one queued before it is taken here.
         self._drain_due = False
         spawning = self._spawning
+        loop = self.loop
         while spawning:
-            task = self.loop.create_task(spawning.popleft()(), context=contextvars.Context())
+            # Made directly, not through the loop's task factory (`install`): a spawned task
+            # is nobody's branch, which the factory would find out per task, on the loop.
+            task = asyncio.Task(spawning.popleft()(), loop=loop, context=contextvars.Context())
             _running.add(task)
             # A module function, not `_running.discard`: that makes a bound method per task.
             # And the empty context given, not none: without one, asyncio keeps a copy of the

@@ -397,13 +397,15 @@ def _settle(waiters: list[Waiting]) -> None:
     """On the waiters' event loop: resolve their futures (a cancelled caller is gone)."""
     waiter: Any  # its future is set: it waits on a loop
     for waiter in waiters:
-        future = waiter.future
-        if future.done():
-            continue
-        if waiter.raised is not None:
-            future.set_exception(waiter.raised)
-        else:
-            future.set_result(waiter.outcome)
+        # Set without asking first whether it is done: a cancelled caller is rare, and a call
+        # per commit is not.
+        try:
+            if waiter.raised is None:
+                waiter.future.set_result(waiter.outcome)
+            else:
+                waiter.future.set_exception(waiter.raised)
+        except asyncio.InvalidStateError:
+            pass
 
 
 def _fail(batch: list[Waiting], exc: BaseException) -> None:

@@ -104,6 +104,27 @@ def test_async_executions_beyond_max_async_wait_for_a_slot_and_then_run(db_url: 
     assert done.stdout.strip() == "[0, 1, 2, 3, 4] 2"
 
 
+@pytest.mark.skipif(
+    BACKEND == "postgres",
+    reason="on PostgreSQL a checkpoint's own statement is a batch of the group commit too",
+)
+def test_a_lone_async_execution_commits_its_checkpoints_itself_and_many_share_batches(
+    db_url: str,
+) -> None:
+    """Alone on the loop, an execution writes each checkpoint on the loop thread (one
+    statement costs less than the trip to the committer's thread and back): only its end
+    goes through the group commit. Among others, its checkpoints go there too."""
+    loop_flows.gate["open"] = True
+    group: Any = store_for(db_url)._group  # type: ignore[attr-defined]
+    before = group.batches
+    assert loop_flows.gated.run(1, 5).result(timeout=60) == 5
+    assert group.batches - before == 1  # the end
+    before = group.batches
+    handles = [loop_flows.gated.run(i, 5) for i in range(20)]
+    assert [h.result(timeout=60) for h in handles] == [5 * i for i in range(20)]
+    assert group.batches - before > 1  # their ends alone would be one batch, or a few
+
+
 def test_a_slot_handed_to_an_execution_cancelled_meanwhile_passes_to_the_next() -> None:
     """The slot goes to a waiting execution's task before it runs again; if that task is
     cancelled in between (its loop shutting down), the slot is not lost with it."""

@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import operator
 import os
 import threading
 import time
@@ -103,8 +104,11 @@ class Executor(Heartbeat, Waker):
         self._async_running = 0
         self._async_limit = 0
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        # One bound method for every run that asks (`Run.inline_commits`), not one each.
-        self.alone = self._alone_on_loop
+        # Whether one async execution holds a slot (kept with `_async_running`), and one
+        # callable for every run that asks (`Run.inline_commits`, at every checkpoint commit):
+        # a partial of an attrgetter runs in C, where a method would be a Python frame.
+        self._alone = False
+        self.alone: Callable[[], bool] = functools.partial(operator.attrgetter("_alone"), self)
         # Awaiting handles of executions held here: woken on the loop they wait on when the
         # hold ends (see `watch`).
         self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
@@ -223,12 +227,14 @@ class Executor(Heartbeat, Waker):
             # A loop of its own: the one before ended (see SharedLoop), with its tasks.
             self._slots_loop = loop
             self._async_running = 0
+            self._alone = False
             self._async_limit = settings().max_async
             self._slot_waiters = collections.deque()
         # Waiting executions keep their order: a newcomer takes a free slot only when none
         # waits (and one waits only while every slot is taken).
         if self._async_running < self._async_limit and not self._slot_waiters:
             self._async_running += 1
+            self._alone = self._async_running == 1
         else:
             await self._wait_for_slot()
         return loop.offload_bound
@@ -256,6 +262,7 @@ class Executor(Heartbeat, Waker):
                 future.set_result(None)
                 return
         self._async_running -= 1
+        self._alone = self._async_running == 1
 
     def escaped(self, held: _Held, error: BaseException) -> _engine.Outcome:
         log.exception(
@@ -314,9 +321,6 @@ class Executor(Heartbeat, Waker):
         except Exception:
             # Advisory only: the execution is suspended whatever happens to this note.
             log.debug("execution %s: could not note its suspension", execution_id, exc_info=True)
-
-    def _alone_on_loop(self) -> bool:
-        return self._async_running == 1
 
     def claim_started(self, store: Store, execution_id: str, token: str) -> bool:
         """Move an execution recorded as queued under our lease to running (an attempt)."""

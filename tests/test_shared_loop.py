@@ -104,6 +104,29 @@ def test_async_executions_beyond_max_async_wait_for_a_slot_and_then_run(db_url: 
     assert done.stdout.strip() == "[0, 1, 2, 3, 4] 2"
 
 
+def test_a_thread_waiting_for_a_change_or_a_free_slot_is_woken_by_an_end(db_url: str) -> None:
+    """An end notifies only while a thread waits (`Holds._change_waiters`): one that does is
+    woken by it, not by its minute's timeout."""
+    runner = executor()
+    loop_flows.gate["open"] = False
+    handle = loop_flows.gated.run(1, 1)
+    retry_until(lambda: handle.status() == Status.RUNNING, what="the execution running")
+    waiters = [
+        threading.Thread(target=runner.wait_for_change, args=(60,)),
+        threading.Thread(target=runner.wait_for_free, args=(60,)),
+    ]
+    for thread in waiters:
+        thread.start()
+    retry_until(
+        lambda: runner._change_waiters >= 1 and runner._free_waiters >= 1, what="both waiting"
+    )
+    loop_flows.gate["open"] = True
+    assert handle.result(timeout=30) == 1
+    for thread in waiters:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "not woken by the end"
+
+
 @pytest.mark.skipif(
     BACKEND == "postgres",
     reason="on PostgreSQL a checkpoint's own statement is a batch of the group commit too",

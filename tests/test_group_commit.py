@@ -152,15 +152,22 @@ def test_the_next_batch_waits_only_for_callers_that_come_back() -> None:
     assert group._last_size == 3
 
 
-def test_callers_on_an_event_loop_wake_the_leader_that_gathers_for_them(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The leader would gather for a minute: only the callers' arrival can end its wait.
+def _gathering(monkeypatch: pytest.MonkeyPatch) -> tuple[Gate, GroupCommit[int, str]]:
+    """An open gate and a group commit as after a slow batch of three: its next leader
+    gathers for up to a minute, unless the callers it waits for wake it first."""
     monkeypatch.setattr(_group_commit, "_MAX_GATHER_SECONDS", 60.0)
     gate = Gate()
     gate.open.set()
     group: GroupCommit[int, str] = GroupCommit(gate.write, key=lambda i: i, shared=())
-    group._last_size, group._last_seconds = 3, 60.0  # as after a batch of three, slow
+    group._last_size, group._last_seconds = 3, 60.0
+    return gate, group
+
+
+def test_callers_on_an_event_loop_wake_the_leader_that_gathers_for_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The leader would gather for a minute: only the callers' arrival can end its wait.
+    gate, group = _gathering(monkeypatch)
 
     async def main() -> list[str]:
         first = group.commit_async(0)
@@ -176,11 +183,7 @@ def test_callers_on_an_event_loop_wake_the_leader_that_gathers_for_them(
 def test_callers_on_threads_wake_the_leader_that_gathers_for_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_group_commit, "_MAX_GATHER_SECONDS", 60.0)
-    gate = Gate()
-    gate.open.set()
-    group: GroupCommit[int, str] = GroupCommit(gate.write, key=lambda i: i, shared=())
-    group._last_size, group._last_seconds = 3, 60.0
+    gate, group = _gathering(monkeypatch)
     calls = Calls(group)
     calls.start(0)  # leads on its own thread, and gathers
     wait_for(lambda: group._gather == 3, "the leader gathering")
@@ -196,10 +199,7 @@ def test_no_wake_of_a_gathering_leader_is_lost_whenever_its_callers_arrive(
     # Each round the writer thread gathers for a minute, and the callers arrive before it
     # offers its wake, while it counts, or while it waits: a lost wake would hold a round
     # for the minute, past the 30 s this allows it.
-    monkeypatch.setattr(_group_commit, "_MAX_GATHER_SECONDS", 60.0)
-    gate = Gate()
-    gate.open.set()
-    group: GroupCommit[int, str] = GroupCommit(gate.write, key=lambda i: i, shared=())
+    gate, group = _gathering(monkeypatch)
 
     async def main() -> None:
         for round_ in range(300):

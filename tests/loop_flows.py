@@ -125,6 +125,77 @@ async def blocks_the_loop(seconds: float) -> str:
     return await sleeps_blocking(seconds)
 
 
+@tether.checkpoint
+def sleeps_blocking_sync(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+@tether.flow
+async def blocks_the_loop_sync(seconds: float) -> str:
+    """A sync checkpoint called from an async flow runs on the loop thread: it blocks it."""
+    return sleeps_blocking_sync(seconds)
+
+
+@tether.checkpoint
+async def awaits_briefly(i: int) -> int:
+    await asyncio.sleep(0.01)
+    return i
+
+
+async def _blocks_in_a_branch(seconds: float) -> list[Any]:
+    return list(await asyncio.gather(awaits_briefly(2), sleeps_blocking(seconds)))
+
+
+@tether.flow
+async def blocks_in_a_nested_branch(seconds: float) -> list[Any]:
+    """The blocking call in a nested gathered branch, beside siblings that really await."""
+    return list(await asyncio.gather(awaits_briefly(1), _blocks_in_a_branch(seconds)))
+
+
+def _step(n: int) -> int:
+    return n + 1
+
+
+@tether.checkpoint
+async def burns_cpu(seconds: float) -> int:
+    # Pure Python the whole time, no C call that waits: the code the watchdog sees changes
+    # at every sample (this loop, `_step`), the checkpoint's call stays the same.
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n = _step(n)
+    return n
+
+
+@tether.flow
+async def burns_the_loop(seconds: float) -> int:
+    return await burns_cpu(seconds)
+
+
+@tether.checkpoint
+async def short_burst(i: int, seconds: float) -> int:
+    # A short CPU burst, then a real await: alone it blocks nothing, but hundreds of them
+    # ready at once make one long turn of the loop.
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+    await asyncio.sleep(0)
+    return i
+
+
+async def _bursts(first: int, n: int, seconds: float) -> int:
+    return sum(await asyncio.gather(*(short_burst(i, seconds) for i in range(first, first + n))))
+
+
+@tether.flow
+async def many_bursts(n: int, seconds: float) -> int:
+    """`n` gathered branches in two nested gathers, each a short burst: a busy loop."""
+    half = n // 2
+    parts = await asyncio.gather(_bursts(0, half, seconds), _bursts(half, n - half, seconds))
+    return sum(parts)
+
+
 # --- a process killed with many executions in flight ----------------------------------
 
 STEADY_STEPS = 10

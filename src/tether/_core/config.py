@@ -297,10 +297,12 @@ def configure(
     - `max_async`: async executions this process runs at once (default 10,000;
       `TETHER_MAX_ASYNC`). They run as tasks on one shared event loop thread (`tether-loop`),
       not a thread each; more wait for a free slot, their leases kept.
-    - `slow_callback_seconds`: when the shared event loop has not turned for this long
-      (default 0.5), a warning names the checkpoint whose code blocks it, in the log and as a
-      `warning` event on its execution: a blocking call in an async checkpoint stalls every
-      execution on the loop.
+    - `slow_callback_seconds`: when the same call has kept the shared event loop from
+      turning for this long (default 0.5), a warning names the checkpoint whose code blocks
+      it, in the log and as a `warning` event on its execution: a blocking call in an async
+      checkpoint stalls every execution on the loop. A loop late as long only because it
+      runs many short callbacks (thousands of executions at once) blames nobody: an INFO
+      line in the `tether.loop` log says it is saturated.
     - `lease_seconds`: how long a lease lasts at least without a heartbeat (default 30;
       heartbeats keep it between 1 and 4/3 of this ahead; `TETHER_LEASE_SECONDS`, for worker
       processes and launched runners). A write that fails for a

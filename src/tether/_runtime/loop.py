@@ -7,9 +7,14 @@ small pool of store threads (`tether-store`, see `offload`), and checkpoint comm
 group committed by the store's writer thread (`Store.record_checkpoint_async`).
 
 A call that blocks inside an async checkpoint (`time.sleep`, a sync HTTP client) stalls
-every execution on the loop. A watchdog thread notices when the loop has not turned for
-`settings().slow_callback_seconds` and names the checkpoint whose code is running on the
-loop thread, in the log and as a `warning` event on its execution.
+every execution on the loop. A watchdog thread notices when the loop is late to turn and,
+while it is, reads the loop thread's stack every 50 ms. Only when every one of those samples,
+over at least `settings().slow_callback_seconds`, saw the same call still running (the same
+frame objects) does it name that call: the checkpoint whose code it is, in the log and as a
+`warning` event on its execution. A loop that is late because one turn runs thousands of
+short callbacks (many executions starting or resuming at once, garbage collection) blocks
+on nothing: whatever a single sample caught there is innocent, so that is logged once per
+stall, at INFO, as a saturated loop, and no execution is accused.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -41,6 +46,10 @@ T = TypeVar("T")
 _STORE_THREADS = 4
 # How often the loop marks that it turns, and the watchdog looks.
 _TICK_SECONDS = 0.05
+# How long without a turn makes the loop late: its tick has missed its time by a whole
+# period. Only then does the watchdog read the loop thread's stack (and hold its frames): a
+# loop that turns normally costs it a clock read every 50 ms.
+_LATE_SECONDS = 2 * _TICK_SECONDS
 
 # Set when the interpreter starts to exit: from then on the main thread tears the process
 # down (holding the GIL for long stretches) and a loop that does not turn is no stall.
@@ -171,21 +180,73 @@ class SharedLoop:
     # --- slow callbacks -----------------------------------------------------------------
 
     def _watch(self) -> None:
-        reported = 0.0  # the loop's last turn before the stall already reported
+        stall: _Stall | None = None  # what was seen since the loop became late
         while self.ended is None:
             time.sleep(_TICK_SECONDS)
             turned = self._turned
-            stalled = time.monotonic() - turned
-            if stalled < settings().slow_callback_seconds or turned == reported or _exiting:
+            if stall is not None and (stall.turned != turned or _exiting):
+                # The loop turned: the stall is over, and the frames it held are let go.
+                with _logged_failure():
+                    self._stall_ended(stall, turned)
+                stall = None
+            if time.monotonic() - turned < _LATE_SECONDS or _exiting:
                 continue
-            reported = turned
-            try:
-                self._report(stalled)
-            except Exception:
-                log.exception("could not report a stalled event loop")
+            if stall is None:
+                stall = _Stall(turned)
+            with _logged_failure():
+                self._sample(stall)
 
-    def _report(self, stalled: float) -> None:
+    def _sample(self, stall: _Stall) -> None:
+        """Read the loop thread's stack once more during `stall`, and name the call that has
+        been running at every sample for `slow_callback_seconds`, if one has."""
+        if stall.reported:
+            return  # once per stall
         frame = sys._current_frames().get(self.thread.ident or 0)
+        now = time.monotonic()
+        stack = _stack(frame)
+        if self._turned != stall.turned:
+            return  # the loop turned while the stack was read: this sample is of no stall
+        if stall.held is None:
+            stall.held, stall.since = stack, now
+        else:
+            same = _same_prefix(stall.held, stack)
+            if same <= _turn_depth(stall.held):
+                # Not one frame inside the loop's turn is the one the earlier samples saw: the
+                # loop went on to other callbacks (or another turn) in between, so nothing
+                # has been running all along. Watch what runs now from here.
+                stall.held, stall.since = stack, now
+            else:
+                del stall.held[same:]
+        held = stall.held
+        ran = now - stall.since
+        if _turn_depth(held) >= len(held) or ran < settings().slow_callback_seconds:
+            return
+        stall.reported = True
+        self._report(ran, held[-1])
+
+    def _stall_ended(self, stall: _Stall, turned: float) -> None:
+        # How late the tick ran that ended the stall: the time the loop spent in turns.
+        late = turned - stall.turned - _TICK_SECONDS
+        threshold = settings().slow_callback_seconds
+        if stall.reported or late < threshold or _exiting:
+            return
+        # INFO, not a warning: no code is at fault, only more work is ready at once than
+        # one thread turns through within the threshold (thousands of executions starting
+        # or resuming together, garbage collection pauses); a warning would accuse whatever
+        # a sample caught, and page someone for a process running at capacity. Not DEBUG
+        # either: whoever asks why steps were late should find this without a debug log.
+        log.info(
+            "the tether event loop is saturated: its timers ran %.1fs late, and no single "
+            "call ran for slow_callback_seconds (%.1fs) of it: the loop was busy with many "
+            "ready callbacks (executions starting or resuming at once, garbage collection); "
+            "nothing blocks it, but every async execution of this process waited meanwhile "
+            "(spread the executions over more processes if that latency matters)",
+            late, threshold,
+        )  # fmt: skip
+
+    def _report(self, stalled: float, frame: FrameType | None) -> None:
+        """Name the code that has blocked the loop for `stalled` seconds: `frame` is the
+        innermost frame that every sample of the stall saw running."""
         found = _checkpoint.blocking_call(frame)
         if found is None and _idle(frame):
             # The loop was waiting for I/O or a timer, not running anything: its select
@@ -221,6 +282,79 @@ class SharedLoop:
             return
         log.warning("execution %s, position %s: %s", run.execution_id, position, message)
         run.warn(position, message, {"checkpoint": name, "stalled_seconds": round(stalled, 3)})
+
+
+class _Stall:
+    """What the watchdog saw of the loop thread since the loop became late (the loop's last
+    turn was at `turned`)."""
+
+    __slots__ = ("held", "reported", "since", "turned")
+
+    def __init__(self, turned: float) -> None:
+        self.turned = turned
+        # The loop thread's frames, outermost first, that every sample since `since` saw:
+        # the same frame objects, compared by identity. A frame is one call (a new call
+        # makes a new one) and a reference keeps it from being freed, so its address cannot
+        # be reused by another call, as an id() could. Held only while the loop is late.
+        self.held: list[FrameType] | None = None
+        self.since = 0.0
+        self.reported = False
+
+
+@contextlib.contextmanager
+def _logged_failure() -> Iterator[None]:
+    # The watchdog thread goes on whatever one look at the loop raised.
+    try:
+        yield
+    except Exception:
+        log.exception("could not report a stalled event loop")
+
+
+def _stack(frame: FrameType | None) -> list[FrameType]:
+    """`frame` and the frames it was called from, outermost first."""
+    stack = []
+    while frame is not None:
+        stack.append(frame)
+        frame = frame.f_back
+    stack.reverse()
+    return stack
+
+
+def _same_prefix(held: list[FrameType], stack: list[FrameType]) -> int:
+    """How many frames, from the outermost, `held` and `stack` share (the same objects)."""
+    n = 0
+    for a, b in zip(held, stack, strict=False):
+        if a is not b:
+            break
+        n += 1
+    return n
+
+
+# The frames that run the loop itself: the same objects for as long as the loop runs
+# (`_serve`, `run_forever`) or for one turn (`_run_once`, which runs a turn's callbacks one
+# after another). A frame inside them, the same at every sample, is one callback's that
+# has been running all along (or the selector's wait, an idle loop).
+_LOOP_CODES = frozenset(
+    code
+    for code in (
+        SharedLoop._serve.__code__,
+        getattr(asyncio.BaseEventLoop.run_forever, "__code__", None),
+        getattr(getattr(asyncio.BaseEventLoop, "_run_once", None), "__code__", None),
+    )
+    if code is not None
+)
+
+
+def _turn_depth(stack: list[FrameType]) -> int:
+    """How many of `stack`'s frames (outermost first) run the thread and the loop, not a
+    callback: the frames up to the innermost one of `_LOOP_CODES`. All of them when none is
+    there: a stack read while the loop thread moved on can end early (a caller finished or
+    suspended meanwhile), and such a sample vouches for no call."""
+    depth = len(stack)
+    for i, frame in enumerate(stack):
+        if frame.f_code in _LOOP_CODES:
+            depth = i + 1
+    return depth
 
 
 def _idle(frame: FrameType | None) -> bool:

@@ -267,3 +267,11 @@ async def leaves_a_task(i: int) -> int:
     asyncio.get_running_loop().create_task(_outlives_its_flow(i))
     await double(i)
     return i
+
+
+@tether.flow
+async def blocks_after_bursts(seconds: float) -> list[Any]:
+    """A turn busy with 150 short bursts first, then a blocking call in the same turn: the
+    watch that found the loop busy still finds the call that blocks it."""
+    bursts = [short_burst(i, 0.002) for i in range(150)]
+    return list(await asyncio.gather(*bursts, sleeps_blocking(seconds)))

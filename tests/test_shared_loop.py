@@ -454,8 +454,9 @@ def _warnings(client: tether.Client, execution_id: str) -> list[Any]:
         loop_flows.blocks_the_loop,
         loop_flows.blocks_the_loop_sync,
         loop_flows.blocks_in_a_nested_branch,
+        loop_flows.blocks_after_bursts,
     ],
-    ids=["async-checkpoint", "sync-checkpoint", "nested-gathered-branch"],
+    ids=["async-checkpoint", "sync-checkpoint", "nested-gathered-branch", "after-busy-branches"],
 )
 def test_a_blocking_call_in_a_checkpoint_is_named_in_a_warning(
     db_url: str, client: tether.Client, flow: Any

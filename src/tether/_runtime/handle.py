@@ -221,7 +221,7 @@ class Handle(Generic[R]):
     def __await__(self) -> Generator[Any, None, R]:
         # In flow code a child's result takes its position here, when awaited (as
         # `result_async()` does when called), not at the generator's first step.
-        run = self._in_parent()
+        run = None if self._parent is None else self._in_parent()
         if run is not None:
             position = _waits.reserve_child_wait(run, self.id)
             return self._settle_async(run, position, None).__await__()
@@ -244,7 +244,9 @@ class Handle(Generic[R]):
                 woken._asyncio_future_blocking = True
                 yield woken
             finally:
-                if not _woken_by_end(woken):  # cancelled, or closed
+                # Not woken by the end (which dropped it from the watchers): cancelled, or
+                # closed. (No timer here resolves it with False, as in `_wait_async`.)
+                if not woken.done() or woken.cancelled():
                     runner.unwatch(self._store, self.id, woken)
             # Woken: the hold ended. A success here is told before the wake; anything else
             # is read by `_wait_async`, at the next turn.

@@ -240,6 +240,53 @@ def test_waiters_that_give_up_leave_no_entry_behind(db_url: str) -> None:
     assert runner._waiters == {}
 
 
+def _watching(runner: _executor.Executor, key: tuple[int, str]) -> int:
+    """How many awaiting handles watch the execution (one is kept without a list)."""
+    with runner._lock:
+        found = runner._watchers.get(key)
+    return 0 if found is None else len(found) if isinstance(found, list) else 1
+
+
+def test_handles_awaited_together_are_all_woken_and_cancelled_ones_leave_no_entry(
+    db_url: str,
+) -> None:
+    runner = _executor.executor()
+    _gates.clear()
+    handle = parked.run(3)
+    retry_until(lambda: 3 in _gates, what="the call to start")
+    key = (id(store_for()), handle.id)
+
+    async def main() -> list[int]:
+        async def watched_by(n: int) -> None:
+            for _ in range(4000):
+                if _watching(runner, key) == n:
+                    return
+                await asyncio.sleep(0.005)
+            raise AssertionError(f"{_watching(runner, key)} watchers, not {n}")
+
+        for _ in range(5):  # one awaiting, cancelled: its entry goes with it
+            alone: asyncio.Future[int] = asyncio.ensure_future(handle)
+            await watched_by(1)
+            alone.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await alone
+            assert _watching(runner, key) == 0
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(handle, 0.01)
+        kept: list[asyncio.Future[int]] = [asyncio.ensure_future(handle) for _ in range(3)]
+        dropped: asyncio.Future[int] = asyncio.ensure_future(handle)
+        await watched_by(4)
+        dropped.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        assert _watching(runner, key) == 3
+        _open_gates({3})
+        return list(await asyncio.wait_for(asyncio.gather(*kept), 60))
+
+    assert asyncio.run(main()) == [3, 3, 3]
+    assert _watching(runner, key) == 0
+
+
 def test_a_waiter_returns_when_another_process_ends_the_execution(
     db_url: str, client: tether.Client
 ) -> None:
@@ -263,8 +310,9 @@ def test_a_waiter_returns_when_another_process_ends_the_execution(
     assert _executor.executor()._waiters == {}
 
 
+@pytest.mark.parametrize("awaited", ["result_async", "await_handle"])
 def test_an_awaiting_handle_whose_hold_vanished_without_a_wake_is_woken_by_a_beat(
-    db_url: str, monkeypatch: pytest.MonkeyPatch, fast_beats: None
+    db_url: str, monkeypatch: pytest.MonkeyPatch, fast_beats: None, awaited: str
 ) -> None:
     # An awaiting handle waits on its execution's end with no timer while the execution is
     # held here. Should a hold ever end without waking its watchers (a bug), the heartbeat
@@ -278,7 +326,9 @@ def test_an_awaiting_handle_whose_hold_vanished_without_a_wake_is_woken_by_a_bea
     reads = _count_reads(store, monkeypatch)
 
     async def main() -> int:
-        waiting = asyncio.ensure_future(handle.result_async())
+        waiting = asyncio.ensure_future(
+            handle.result_async() if awaited == "result_async" else handle
+        )
         key = (id(store), handle.id)
 
         async def until(check: Any, what: str) -> None:
@@ -288,11 +338,7 @@ def test_an_awaiting_handle_whose_hold_vanished_without_a_wake_is_woken_by_a_bea
                 await asyncio.sleep(0.005)
             raise AssertionError(f"timed out waiting for {what}")
 
-        def watched() -> bool:
-            with runner._lock:
-                return bool(runner._watchers.get(key))
-
-        await until(watched, "the handle to watch its execution")
+        await until(lambda: _watching(runner, key), "the handle to watch its execution")
         assert reads == {}, "held here: the handle waits without reading"
         with runner._lock:
             # The hold ends, and nobody is told. (Not put back: the executor is the process's,

@@ -21,7 +21,8 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TypeAlias
 
 from .._core import imports as _imports
 from .._core import serde as _serde
@@ -44,6 +45,14 @@ log = logging.getLogger("tether.executor")
 _PARKED = (_engine.Outcome.SUSPENDED, _engine.Outcome.BACKOFF)
 
 
+# The awaiting handles of one execution: one future, or a list of several (see `_watchers`).
+_Watchers: TypeAlias = asyncio.Future[None] | list[asyncio.Future[None]]
+
+
+def _futures(watchers: _Watchers) -> list[asyncio.Future[None]] | tuple[asyncio.Future[None]]:
+    return watchers if isinstance(watchers, list) else (watchers,)
+
+
 class _Wakes:
     """Awaiting handles to wake, per event loop: one hand-over to a loop for however many
     ends arrive meanwhile. Ten thousand executions ending together are a few callbacks on
@@ -53,7 +62,7 @@ class _Wakes:
         self._lock = threading.Lock()
         self._due: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
 
-    def add(self, futures: list[asyncio.Future[None]]) -> None:
+    def add(self, futures: Iterable[asyncio.Future[None]]) -> None:
         fresh = []
         with self._lock:
             for future in futures:
@@ -110,8 +119,11 @@ class Executor(Heartbeat, Waker):
         self._alone = False
         self.alone: Callable[[], bool] = functools.partial(operator.attrgetter("_alone"), self)
         # Awaiting handles of executions held here: woken on the loop they wait on when the
-        # hold ends (see `watch`).
-        self._watchers: dict[tuple[int, str], list[asyncio.Future[None]]] = {}
+        # hold ends (see `watch`). One watcher (the usual case: one handle awaited per
+        # execution) is its future alone, several a list: ten thousand handles awaited at
+        # once were ten thousand lists, walked by every full collection for as long as their
+        # executions ran.
+        self._watchers: dict[tuple[int, str], _Watchers] = {}
         self._wakes = _Wakes()
         # Threads blocked in `result()`, per execution: made by the first to wait, dropped
         # when the last leaves or the hold ends (which wakes that execution's alone).
@@ -373,8 +385,8 @@ class Executor(Heartbeat, Waker):
             ended = held.run.ended if held.run is not None else None
             if ended is not None:
                 held.sink.succeeded_here(ended[0])  # before the wakes: they find it
-        if watchers:
-            self._wakes.add(watchers)
+        if watchers is not None:
+            self._wakes.add(_futures(watchers))
         if waiter is not None:
             waiter.event.set()
         if outcome in _PARKED and self.parking:
@@ -403,10 +415,32 @@ class Executor(Heartbeat, Waker):
         execution (now, or after it takes it up: a parked execution resumed here). Call
         `unwatch` if it is not resolved."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._add_watcher((id(store), execution_id), future)
+        return future
+
+    def watch_live(self, store: Store, execution_id: str) -> asyncio.Future[None] | None:
+        """`watch`, if this process holds the execution where it can still end (`runs_live`),
+        asked and registered under one hold of the lock (an awaited handle asks once per
+        wait); else None, watching nothing."""
         key = (id(store), execution_id)
         with self._lock:
-            self._watchers.setdefault(key, []).append(future)
+            held = self._held.get(key)
+            if held is None or (held.loop is not None and held.loop.ended is not None):
+                return None
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._add_watcher(key, future)
         return future
+
+    def _add_watcher(self, key: tuple[int, str], future: asyncio.Future[None]) -> None:
+        """Under the lock."""
+        found = self._watchers.get(key)
+        if found is None:
+            self._watchers[key] = future
+        elif isinstance(found, list):
+            found.append(future)
+        else:
+            self._watchers[key] = [found, future]
 
     def wait_on(self, store: Store, execution_id: str) -> Waiter:
         """Join the threads waiting for the execution to stop being held here; its event is
@@ -433,7 +467,7 @@ class Executor(Heartbeat, Waker):
         is woken, and reads the store."""
         with self._lock:
             stray = [key for key in self._watchers if key not in self._held]
-            futures = [future for key in stray for future in self._watchers.pop(key)]
+            futures = [future for key in stray for future in _futures(self._watchers.pop(key))]
         if futures:
             self._wakes.add(futures)
 
@@ -441,7 +475,9 @@ class Executor(Heartbeat, Waker):
         key = (id(store), execution_id)
         with self._lock:
             found = self._watchers.get(key)
-            if found is not None:
+            if found is future:
+                del self._watchers[key]
+            elif isinstance(found, list):
                 with contextlib.suppress(ValueError):
                     found.remove(future)
                 if not found:

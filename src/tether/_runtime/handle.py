@@ -219,7 +219,38 @@ class Handle(Generic[R]):
             )
 
     def __await__(self) -> Generator[Any, None, R]:
-        return self.result_async().__await__()
+        # In flow code a child's result takes its position here, when awaited (as
+        # `result_async()` does when called), not at the generator's first step.
+        run = None if self._parent is None else self._in_parent()
+        if run is not None:
+            position = _waits.reserve_child_wait(run, self.id)
+            return self._settle_async(run, position, None).__await__()
+        return self._awaited()
+
+    def _awaited(self) -> Generator[Any, None, R]:
+        """`await handle`: `result_async()` with no timeout, as one generator while this
+        process holds the execution (the common case: ten thousand handles gathered while
+        their executions run here), where a coroutine and its wrapper, and an iterator per
+        future awaited, stayed alive per handle for as long as its execution ran. Anything
+        else (run elsewhere, or not live here any more) is `_wait_async`'s."""
+        runner = executor()
+        while self._succeeded is None:
+            woken = runner.watch_live(self._store, self.id)
+            if woken is None:
+                return (yield from self._wait_async(None).__await__())
+            try:
+                # Awaited as `yield from woken` would, without the iterator it makes: the
+                # task awaiting us sees a blocking future and resumes us once it is done.
+                woken._asyncio_future_blocking = True
+                yield woken
+            finally:
+                # Not woken by the end (which dropped it from the watchers): cancelled, or
+                # closed. (No timer here resolves it with False, as in `_wait_async`.)
+                if not woken.done() or woken.cancelled():
+                    runner.unwatch(self._store, self.id, woken)
+            # Woken: the hold ended. A success here is told before the wake; anything else
+            # is read by `_wait_async`, at the next turn.
+        return cast(R, _decoded(self._succeeded[0]))
 
     def _in_parent(self) -> Run | None:
         """The run of this handle's parent when called from its flow code, else None."""

@@ -362,6 +362,9 @@ class GroupCommit(Generic[T, R]):
                     waiters.append(waiter)
                 elif waiter is not leader:
                     waiter.wake.release()
+            # The loops' lists hold the items from here: `_settle` drops each as it wakes
+            # its caller (this thread may still be here while it does).
+            batch.clear()
             for loop, waiters in on_loops.items():
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
                     loop.call_soon_threadsafe(_settle, waiters)
@@ -393,10 +396,17 @@ class GroupCommit(Generic[T, R]):
             waiter.outcome = result
 
 
-def _settle(waiters: list[Waiting]) -> None:
+def _settle(waiters: list[Any]) -> None:
     """On the waiters' event loop: resolve their futures (a cancelled caller is gone)."""
     waiter: Any  # its future is set: it waits on a loop
-    for waiter in waiters:
+    for i in range(len(waiters)):
+        # Each item is freed as its caller is woken, not all of them after: waking a caller
+        # allocates (the loop's handle for its task), and frees that come after a burst of
+        # allocations are lost to the collector's young-generation count (it stops at zero),
+        # so a batch of n would count n allocations towards the next collection; freed in
+        # step, it counts none.
+        waiter = waiters[i]
+        waiters[i] = None
         # Set without asking first whether it is done: a cancelled caller is rare, and a call
         # per commit is not.
         try:

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from typing import Any
 
 import tether
@@ -196,3 +197,17 @@ async def leaves_a_task(i: int) -> int:
     asyncio.get_running_loop().create_task(_outlives_its_flow(i))
     await double(i)
     return i
+
+
+# --- an execution waiting on what nothing else holds ----------------------------------------
+
+# The futures `unreferenced_wait` awaits, held only weakly here (asyncio holds tasks only
+# weakly too): the execution's task, and so its future, must be kept alive by tether itself.
+unheld: weakref.WeakValueDictionary[int, asyncio.Future[int]] = weakref.WeakValueDictionary()
+
+
+@tether.flow
+async def unreferenced_wait(i: int) -> int:
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    unheld[i] = future
+    return await future

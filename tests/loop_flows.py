@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from typing import Any
 
 import tether
@@ -275,3 +276,17 @@ async def blocks_after_bursts(seconds: float) -> list[Any]:
     watch that found the loop busy still finds the call that blocks it."""
     bursts = [short_burst(i, 0.002) for i in range(150)]
     return list(await asyncio.gather(*bursts, sleeps_blocking(seconds)))
+
+
+# --- an execution waiting on what nothing else holds ----------------------------------------
+
+# The futures `unreferenced_wait` awaits, held only weakly here (asyncio holds tasks only
+# weakly too): the execution's task, and so its future, must be kept alive by tether itself.
+unheld: weakref.WeakValueDictionary[int, asyncio.Future[int]] = weakref.WeakValueDictionary()
+
+
+@tether.flow
+async def unreferenced_wait(i: int) -> int:
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    unheld[i] = future
+    return await future

@@ -4,6 +4,7 @@ group commit, crashes, and the slow-callback warning."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sqlite3
@@ -185,6 +186,25 @@ def test_a_task_the_flow_body_leaves_behind_is_cancelled_before_the_execution_en
     handles = [loop_flows.leaves_a_task.run(i) for i in range(20)]
     assert [h.result(timeout=60) for h in handles] == list(range(20))
     assert sorted(loop_flows.left_behind) == sorted(f"{i} cancelled" for i in range(20))
+
+
+def test_an_execution_waiting_on_what_nothing_else_holds_survives_a_full_collection(
+    db_url: str,
+) -> None:
+    """asyncio keeps tasks only weakly: a task awaiting a future that nothing else refers to
+    is garbage to the collector unless tether keeps it while the execution is held (its
+    hold does). Collected, the executions would never end, and their futures would be gone."""
+    n = 20
+    handles = [loop_flows.unreferenced_wait.run(i) for i in range(n)]
+    retry_until(lambda: len(loop_flows.unheld) == n, what=f"{n} executions awaiting a future")
+    gc.collect()
+    futures = dict(loop_flows.unheld)
+    assert sorted(futures) == list(range(n)), "tasks of live executions were collected"
+    loop = shared_loop().loop
+    for i, future in futures.items():
+        loop.call_soon_threadsafe(future.set_result, i * 3)
+    del futures
+    assert [h.result(timeout=60) for h in handles] == [i * 3 for i in range(n)]
 
 
 def test_awaiting_many_handles_holds_no_thread_each(db_url: str) -> None:

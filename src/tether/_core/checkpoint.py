@@ -155,7 +155,7 @@ class Checkpoint(Generic[P, R]):
             # Outside a flow, or nested in another checkpoint: a plain call.
             return self.fn(*args, **kwargs)
         # `run.take_position()`, written out: this runs on every call.
-        position = (current_branch.get() or run.root).take()
+        position = (current_branch.get() or run).take()
         if self.is_async:
             # Annotated rather than cast(): a cast is a function call, on every call.
             call: types.CoroutineType[Any, Any, Any] = self._call_async(  # type: ignore[assignment]
@@ -253,7 +253,7 @@ class Checkpoint(Generic[P, R]):
         # a set builds two objects that would live across the body's await and be promoted,
         # on every call of every execution (see `positions._calls`); a slot is made once per
         # task. The branch stays: while a call is current, nothing is recorded in it.
-        slot = own_slot(running_task())
+        slot = own_slot(running_task(), run)
         while True:
             if slot is None:
                 set_call(call)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ..errors import (
     Cancelled,
@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..store import CheckpointRow, EventRow, Store, WaitRow
 from . import serde as _serde
-from .positions import Branch, current_branch, current_call, set_call
+from .positions import Root, current_branch, current_call, current_root, set_call
 
 
 class Spending(Protocol):
@@ -53,8 +53,10 @@ class LiveCall(Protocol):
     started: float
 
 
-class Run:
-    """One executor's hold on one running execution."""
+class Run(Root):
+    """One executor's hold on one running execution; and the flow body's branch (the root
+    of its positions, prefix ""): one object for both, as ten thousand live executions
+    each kept two for every full collection to walk."""
 
     __slots__ = (
         "_wake",
@@ -73,7 +75,6 @@ class Run:
         "metadata",
         "recorded",
         "released",
-        "root",
         "spend",
         "store",
         "strict",
@@ -99,6 +100,7 @@ class Run:
         waits: list[WaitRow] | None = None,
         spend: Spending | None = None,
     ) -> None:
+        super().__init__("")
         self.store = store
         self.execution_id = execution_id
         self.flow = flow
@@ -135,14 +137,12 @@ class Run:
         # execution back; the executor records it and resumes the execution once the store
         # is back. Every branch stops at its next boundary.
         self.fault: StoreError | None = None
-        # The flow body's branch; the engine makes it current when flow code starts.
-        self.root = Branch("")
         # What the execution spends on model calls, and its budget: the spending layer's
         # (tether._spend.budget: a RunSpend with a budget, else one slot that every run without
         # one shares); None when nothing keeps track (a bare Run in tests).
         self.spend = spend
         # Tasks created while the flow body runs on an event loop (noted by the task factory:
-        # the engine makes the run `positions.current_tasks`), cancelled if left when it ends.
+        # the current run is `positions.current_root`), cancelled if left when it ends.
         # Made by the first task: a body that creates none keeps no set alive.
         self.tasks: set[asyncio.Future[Any]] | None = None
         # On a shared event loop: whether a commit may block the loop right now (this is the
@@ -150,14 +150,14 @@ class Run:
         self.inline_commits: Callable[[], bool] | None = None
 
     def add(self, task: asyncio.Future[Any], /) -> None:
-        """Note a task the flow body created (`positions.TaskSet`)."""
+        """Note a task the flow body created (`positions.Root`)."""
         tasks = self.tasks
         if tasks is None:
             tasks = self.tasks = set()
         tasks.add(task)
 
     def discard(self, task: asyncio.Future[Any], /) -> None:
-        """Forget a task that ended (`positions.TaskSet`)."""
+        """Forget a task that ended (`positions.Root`)."""
         if self.tasks is not None:
             self.tasks.discard(task)
 
@@ -189,7 +189,7 @@ class Run:
         flow body's inside a checkpoint body, as when one ran with no branch set."""
         branch = current_branch.get()
         if branch is None or current_call() is not None:
-            branch = self.root
+            branch = self
         return branch.take()
 
     def boundary(self) -> None:
@@ -255,7 +255,9 @@ class Frame:
     detached: bool = False
 
 
-current_run: ContextVar[Run | None] = ContextVar("tether_run", default=None)
+# The running execution. One variable with `positions.current_root` (the flow body's branch,
+# in which the task factory notes the body's tasks), which is defined there, below this module.
+current_run = cast("ContextVar[Run | None]", current_root)
 
 
 class CurrentFrame:

@@ -28,10 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import itertools
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import BranchKeyInUse, UsageError
 from ..store._positions import before, display, escape_key, is_position, parse, sort_key
@@ -47,7 +47,7 @@ __all__ = [
     "owned_slot",
     "running_task",
     "set_call",
-    "current_tasks",
+    "current_root",
     "display",
     "install",
     "is_position",
@@ -61,38 +61,61 @@ __all__ = [
 
 _Holder = asyncio.Task[Any] | threading.Thread
 
+# Every branch numbers its slots from this range (see `Branch.take`): more than any flow takes.
+_SLOTS = range(sys.maxsize)
 
-class Branch:
+
+class CallSlot:
+    """A task's own cell for its current checkpoint call (see `_calls`). Every branch is one
+    too, though only the run (the flow body's branch) serves as one: the slot of the task
+    that runs the flow body (`own_slot`), one object less per live execution."""
+
+    __slots__ = ("call", "owner")
+
+    def __init__(self, owner: int | None) -> None:
+        self.call: Any = None
+        # `id()` of the task: a reference to the task would be a cycle through its context,
+        # and the task would outlive its end until a collection found it. None: no task's.
+        self.owner = owner
+
+
+class Branch(CallSlot):
     """One line of recorded calls: a position prefix and its own sequence counter."""
 
-    __slots__ = ("_counter", "_holder", "_holds", "_named", "base", "prefix")
+    __slots__ = ("_base", "_holder", "_holds", "_named", "_sequence", "prefix")
 
     def __init__(self, prefix: str, base: Branch | None = None) -> None:
+        self.call: Any = None
+        self.owner: int | None = None
         self.prefix = prefix  # "" for the flow body, "3.1." for a branch
         # The nearest named branch (or the root) that `tether.branch(key)` nests under: an
-        # unnamed branch's own number depends on creation order, so keys skip over it.
-        self.base: Branch = self if base is None else base
-        # itertools.count's next() is atomic under the GIL: safe across threads sharing
-        # one branch (a to_thread awaited in place).
-        self._counter = itertools.count()
+        # unnamed branch's own number depends on creation order, so keys skip over it. None
+        # for a branch that is its own base: a reference to itself would be a cycle, which
+        # only a collection frees, once per execution.
+        self._base = base
+        # The branch's slot numbers: an iterator over a range, whose `next()` is atomic under
+        # the GIL (safe across threads sharing one branch: a to_thread awaited in place) and
+        # which, unlike an itertools.count, the collector does not track (one object less
+        # for every full collection to walk, per live execution).
+        self._sequence = iter(_SLOTS)
         self._named: dict[str, Branch] | None = None
         # The task (or thread) inside `tether.branch(key)` for a named branch, and how many
-        # times it entered it: a second live holder would share the sequence (see `hold`).
+        # times it entered it: a second live holder would share the sequence (see `enter`).
         self._holder: _Holder | None = None
         self._holds = 0
 
     def take(self) -> str:
         """The next position in this branch."""
-        return f"{self.prefix}{next(self._counter)}"
+        return f"{self.prefix}{next(self._sequence)}"
 
     def child(self) -> Branch:
         """A new branch created here, numbered by this branch's next slot."""
-        return Branch(f"{self.take()}.", self.base)
+        return Branch(f"{self.take()}.", self._base or self)
 
     def named(self, key: str) -> Branch:
         """The branch `tether.branch(key)` opens here; the same object for the same key, so
         a key entered again continues its sequence."""
-        base = self.base
+        base = self._base or self
         if base._named is None:
             base._named = {}
         found = base._named.get(key)
@@ -100,7 +123,7 @@ class Branch:
             found = base._named.setdefault(key, _new_named(base, key))
         return found
 
-    def hold(self, holder: _Holder, key: str) -> None:
+    def enter(self, holder: _Holder, key: str) -> None:
         """Enter this named branch as `holder`; BranchKeyInUse while another live holder is
         inside. Two tasks in one key would take its slots in whatever order they run, so on
         resume (recorded calls return at once, the order changes) they could swap results.
@@ -122,7 +145,7 @@ class Branch:
                 self._holder, self._holds = holder, 0
             self._holds += 1
 
-    def release(self, holder: _Holder) -> None:
+    def leave(self, holder: _Holder) -> None:
         with _holding:
             if self._holder is holder:
                 self._holds -= 1
@@ -155,8 +178,9 @@ def _new_named(base: Branch, key: str) -> Branch:
     return Branch(f"{base.prefix}[{escape_key(key)}].")
 
 
-# The branch running code records its calls in: set to the root by the engine for the flow
-# body, to a child by the task factory for each task flow code creates. None outside a flow.
+# The branch running code records its calls in: set to a child by the task factory for each
+# task flow code creates, to a named branch inside `tether.branch(key)`. None outside a flow
+# and in the flow body itself, whose branch is the run (`current_root`).
 current_branch: contextvars.ContextVar[Branch | None] = contextvars.ContextVar(
     "tether_branch", default=None
 )
@@ -178,22 +202,10 @@ current_branch: contextvars.ContextVar[Branch | None] = contextvars.ContextVar(
 _calls: contextvars.ContextVar[Any] = contextvars.ContextVar("tether_frame", default=None)
 
 
-class CallSlot:
-    """A task's own cell for its current checkpoint call (see `_calls`)."""
-
-    __slots__ = ("call", "owner")
-
-    def __init__(self, owner: int) -> None:
-        self.call: Any = None
-        # `id()` of the task: a reference to the task would be a cycle through its context,
-        # and the task would outlive its end until a collection found it.
-        self.owner = owner
-
-
 def current_call() -> Any:
     """The checkpoint call whose body runs now, or None."""
     value = _calls.get()
-    if value.__class__ is CallSlot:
+    if isinstance(value, CallSlot):
         return value.call
     return value
 
@@ -204,19 +216,23 @@ def set_call(call: Any) -> None:
     _calls.set(call)
 
 
-def own_slot(task: asyncio.Task[Any] | None) -> CallSlot | None:
+def own_slot(task: asyncio.Task[Any] | None, root: CallSlot) -> CallSlot | None:
     """The slot of `task` (the running task) to write its calls in: its own, or made and set
-    now, once for every call it makes. None where the caller sets the variable instead: with
-    no task (a thread), or for a task made to run a single call, which would use a slot
-    once (and, like any slot, keep it for its life)."""
+    now, once for every call it makes; `root` (the run) for the task that runs the flow body,
+    whose `owner` the engine set. None where the caller sets the variable instead: with no
+    task (a thread), or for a task made to run a single call, which would use a slot once
+    (and, like any slot, keep it for its life)."""
     if task is None:
         return None
     value = _calls.get()
-    if value.__class__ is CallSlot and value.owner == id(task):
+    if isinstance(value, CallSlot) and value.owner == id(task):
         return value
-    if getattr(task.get_coro(), "cr_code", None) in _one_call:
+    if root.owner == id(task):
+        slot = root
+    elif getattr(task.get_coro(), "cr_code", None) in _one_call:
         return None
-    slot = CallSlot(id(task))
+    else:
+        slot = CallSlot(id(task))
     _calls.set(slot)
     return slot
 
@@ -224,7 +240,7 @@ def own_slot(task: asyncio.Task[Any] | None) -> CallSlot | None:
 def owned_slot(task: asyncio.Task[Any] | None) -> CallSlot | None:
     """The slot of `task` if it has one already; None otherwise (nothing is made)."""
     value = _calls.get()
-    if task is not None and value.__class__ is CallSlot and value.owner == id(task):
+    if task is not None and isinstance(value, CallSlot) and value.owner == id(task):
         return value
     return None
 
@@ -243,7 +259,7 @@ def frozen_context() -> contextvars.Context:
     call."""
     copied = contextvars.copy_context()
     value = copied.get(_calls)
-    if value.__class__ is CallSlot:
+    if isinstance(value, CallSlot):
         copied.run(_calls.set, value.call)
     return copied
 
@@ -276,35 +292,46 @@ def branch(key: str | int) -> Iterator[None]:
     text = str(key)
     if not text:
         raise UsageError("a branch key is a non-empty string")
-    here = current_branch.get()
+    here = current_branch.get() or current_root.get()
     if here is None or current_call() is not None:
         yield  # outside a flow, or inside a checkpoint: nothing is recorded here
         return
     named = here.named(text)
     me = _me()
-    named.hold(me, text)
+    named.enter(me, text)
     token = current_branch.set(named)
     try:
         yield
     finally:
         current_branch.reset(token)
-        named.release(me)
+        named.leave(me)
 
 
-class TaskSet(Protocol):
-    """Where the task factory notes the tasks it creates (see `current_tasks`): a set, or
-    the run, which makes its set only when the first task comes."""
+class Root(Branch):
+    """The flow body's branch, which is the execution's run (`context.Run`, the only
+    subclass): besides numbering the body's calls, it notes the tasks the body creates."""
 
-    def add(self, task: asyncio.Future[Any], /) -> None: ...
+    __slots__ = ()
 
-    def discard(self, task: asyncio.Future[Any], /) -> None: ...
+    def add(self, task: asyncio.Future[Any], /) -> None:
+        """Note a task created while the flow body runs."""
+        raise NotImplementedError
+
+    def discard(self, task: asyncio.Future[Any], /) -> None:
+        """Forget a task that ended."""
+        raise NotImplementedError
 
 
-# The tasks created while an execution's flow body runs (by flow code and by checkpoint
-# bodies alike), set by the engine on a shared event loop: whatever is left of them when the
-# body ends is cancelled, as `asyncio.run` did when every execution had a loop of its own.
-current_tasks: contextvars.ContextVar[TaskSet | None] = contextvars.ContextVar(
-    "tether_tasks", default=None
+# The running execution's root branch: its run (`context.current_run` is this variable, typed
+# as the run; it is defined here, below that module). Where no branch is current
+# (`current_branch` None: the task that runs the flow body, a thread it hands work to) code
+# records its calls in it: the engine sets no branch for the body, two mappings fewer built
+# per execution and one key fewer in its context. On a shared event loop the task factory
+# notes in it the tasks created while the body runs (by flow code and checkpoint bodies
+# alike): whatever is left of them when the body ends is cancelled, as `asyncio.run` did when
+# every execution had a loop of its own.
+current_root: contextvars.ContextVar[Root | None] = contextvars.ContextVar(
+    "tether_run", default=None
 )
 
 
@@ -366,14 +393,15 @@ class _Factory:
     def __call__(
         self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Future[Any]:
-        parent = current_branch.get()
+        root = current_root.get()
+        parent = current_branch.get() or root
         one_call = getattr(coro, "cr_code", None) in _one_call
         given = kwargs.get("context")
         inherited = given.get(_calls) if given is not None else _calls.get()
         # A task would read its creator's slot as the creator's later calls write it: it is
         # given the call of now instead, as a copy of the context used to give it. (A task
         # that runs a single call sets its own first and reads nothing before: no copy.)
-        freeze = inherited.__class__ is CallSlot and not one_call
+        freeze = isinstance(inherited, CallSlot) and not one_call
         if parent is not None and current_call() is None and not _is_pinned() and not one_call:
             # Runs in the creator's context, so this is the creator's branch and the slot is
             # taken in the creator's program order. The task runs in a copy of the context
@@ -389,10 +417,9 @@ class _Factory:
             task: asyncio.Future[Any] = self.previous(loop, coro, **kwargs)
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)
-        tasks = current_tasks.get()
-        if tasks is not None:
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        if root is not None:
+            root.add(task)
+            task.add_done_callback(root.discard)
         return task
 
 

@@ -24,7 +24,6 @@ from .._core.config import settings
 from .._core.context import Run, current_run
 from .._core.faults import as_failure
 from .._core.persist import persist, persist_async
-from .._core.positions import current_branch, current_tasks
 from .._core.status import Status
 from .._spend import budget as _budget
 from ..errors import (
@@ -151,16 +150,14 @@ def execute(hold: Hold, flow: Runnable | None, claimed: ExecutionRow | None = No
         if isinstance(attempt, Outcome):
             return attempt
         if attempt.target is not None:
-            # Flow code runs with its run current, in the run's root branch.
+            # Flow code runs with its run current, in the run's own branch (no branch set).
             run_token = current_run.set(attempt.run)
-            branch_token = current_branch.set(attempt.run.root)
             try:
                 attempt.run.boundary()
                 attempt.value = attempt.target.fn(*attempt.args, **attempt.kwargs)
             except BaseException as exc:
                 attempt.error = as_failure(exc, f"flow {attempt.run.flow!r}")
             finally:
-                current_branch.reset(branch_token)
                 current_run.reset(run_token)
         outcome = conclude(hold.store, attempt)
         if outcome is not None:
@@ -204,9 +201,11 @@ async def execute_async(
                 # `SharedLoop.spawn`): they are set back to None rather than reset by token,
                 # so a live execution keeps no tokens. The run notes the body's tasks itself
                 # (`Run.tasks`), in a set made only when it creates one.
-                current_tasks.set(run)
+                # The run is the body's branch too (`positions.current_root`: no branch set)
+                # and notes the body's tasks.
                 current_run.set(run)
-                current_branch.set(run.root)
+                # The run is this task's call slot too, set by its first call (`own_slot`).
+                run.owner = id(asyncio.current_task())
                 value: Any = None
                 error: BaseException | None = None
                 try:
@@ -221,9 +220,7 @@ async def execute_async(
                     # start is the flow's failure, not a cancellation.
                     error = as_failure(exc, f"flow {run.flow!r}")
                 finally:
-                    current_branch.set(None)
                     current_run.set(None)
-                    current_tasks.set(None)
                     if run.tasks is not None:
                         await _cancel_leftovers(run.tasks)
                 attempt = Attempt(run)
@@ -278,7 +275,8 @@ def prepare(
             return Outcome.LOST  # cancelled or taken over before it started
     if not _deadlines.fix(store, row, token):
         return Outcome.LOST
-    if row.deadline is not None and settings().clock() >= row.deadline:
+    config = settings()  # read once per attempt
+    if row.deadline is not None and config.clock() >= row.deadline:
         # Claimed at (or after) its deadline: a parked execution's wake_at brought it here,
         # or it was queued past it. Nothing more runs.
         ended = _deadlines.time_out(store, row.id, token, row.deadline)
@@ -297,7 +295,6 @@ def prepare(
         waits = store.get_waits(execution_id)
     if not again and (recorded or waits or row.attempt > 1):
         _note_entry(store, row, waits)
-    config = settings()
     _capture.install()
     run = Run(
         store,

@@ -157,7 +157,12 @@ class Executor(Heartbeat, Waker):
         already `running` under that token (else it is `queued` and moves to running here).
         `row`: the execution as the claim returned it, if it did. `sink`: told its result
         if it succeeds here."""
-        held = _Held(store, token, execution_id, sink=sink)
+        if row is not None and row.lease_token == token and row.lease_expires is not None:
+            # The lease as the claim or the start recorded it: what the heartbeat must renew
+            # before (no clock read, no settings read per start).
+            held = _Held(store, token, execution_id, expires=row.lease_expires, sink=sink)
+        else:
+            held = _Held(store, token, execution_id, sink=sink)
         with self._lock:
             self._held[(id(store), execution_id)] = held
             self._parked.pop((id(store), execution_id), None)
@@ -234,6 +239,8 @@ class Executor(Heartbeat, Waker):
     # --- the executor's part of an async execution, run in its task by the engine --------
 
     async def enter_async(self, held: _Held) -> _engine.Offload:
+        # The task is kept by its hold from its first step on (see `SharedLoop.spawn`).
+        held.task = asyncio.current_task()
         loop = held.loop = held.loop or shared_loop()
         if self._slots_loop is not loop:
             # A loop of its own: the one before ended (see SharedLoop), with its tasks.

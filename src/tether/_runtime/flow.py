@@ -317,7 +317,7 @@ class Flow(_Starts[P, R]):
             budget_options = fixed.budget_options if budget is None else _budget.to_options(budget)
         encoded = _serde.dumps({"args": list(args), "kwargs": kwargs}, root=fixed.root)
         row = ExecutionRow(
-            id=new_execution_id(),
+            id=new_execution_id(now),  # one clock read per start
             flow=self.name,
             import_path=fixed.import_path,
             script=fixed.script,

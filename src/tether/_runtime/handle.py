@@ -441,7 +441,9 @@ def _lease_here(row: ExecutionRow) -> Executor:
     process: one write starts it, and no worker can grab it between the insert and the
     start."""
     runner = executor()
-    claim = runner.claim()
+    # From the start's own time (read once per start): the lease runs from a moment no later
+    # than the insert that records it, so this process renews it early rather than late.
+    claim = runner.claim(row.created_at)
     row.owner, row.lease_token, row.lease_expires = claim.owner, claim.token, claim.expires
     row.status, row.attempt, row.started_at = Status.RUNNING, row.attempt + 1, row.created_at
     return runner

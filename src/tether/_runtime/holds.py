@@ -10,12 +10,13 @@ mixins of one object, so that the code of each reads and locks the same state di
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._core.context import Run
 from ..store import Claim, ExecutionRow, Store
@@ -61,6 +62,10 @@ class _Held:
     # The shared loop an async execution runs on: its lease is renewed only while that loop
     # lives and turns.
     loop: SharedLoop | None = None
+    # The task an async execution runs in, kept here while it is held (asyncio keeps tasks
+    # only weakly; see `SharedLoop.spawn`). A cycle through the task's coroutine while it
+    # runs, broken when the coroutine returns: the hold is then dropped, and the task with it.
+    task: asyncio.Task[Any] | None = None
     # What threw the execution out of its task (an error the engine did not handle).
     escaped: BaseException | None = None
     # The handle that started it here, told the result when it succeeds (see `EndSink`).
@@ -132,8 +137,9 @@ class Holds:
         self._adopted: set[tuple[int, str]] = set()
         self._exit_hook = False
 
-    def claim(self) -> Claim:
-        return Claim(self.owner, new_token(), time.time() + lease_term())
+    def claim(self, now: float | None = None) -> Claim:
+        """A new lease of this process, running from `now` (default: the clock's now)."""
+        return Claim(self.owner, new_token(), (time.time() if now is None else now) + lease_term())
 
     def owner_gone(self, owner: str | None, lease_expires: float | None, now: float) -> bool:
         """True when the recorded owner of a lease can no longer be running the execution."""

@@ -19,9 +19,11 @@ _random = random.Random()
 os.register_at_fork(after_in_child=_random.seed)
 
 
-def new_execution_id() -> str:
+def new_execution_id(now: float | None = None) -> str:
+    """`now`: the creation time, when the caller has read the clock already."""
     # Time-ordered prefix so ids sort by creation, random suffix for uniqueness.
-    return f"{int(time.time() * 1000):011x}-{_random.getrandbits(48):012x}"
+    at = time.time() if now is None else now
+    return f"{int(at * 1000):011x}-{_random.getrandbits(48):012x}"
 
 
 def new_token() -> str:

@@ -140,7 +140,14 @@ class SharedLoop:
 
     def spawn(self, start: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run `start()` as a new task on the loop, from any thread, in an empty context: the
-        task is nobody's branch (a flow starting another execution does not lend it one)."""
+        task is nobody's branch (a flow starting another execution does not lend it one).
+
+        Nothing here keeps the task: asyncio holds tasks only weakly, so what `start()` runs
+        makes its own task reachable while it waits, from its first step (the loop's queue
+        holds it until then) to its end. An async execution's task is kept by its hold, in
+        the executor's table of held executions (`Executor.enter_async`): a set of running
+        tasks here had to be told of each end by a done callback, a scheduled call per
+        execution on the loop."""
         self._spawning.append(start)
         if self._drain_due:
             return
@@ -166,12 +173,7 @@ class SharedLoop:
         while spawning:
             # Made directly, not through the loop's task factory (`install`): a spawned task
             # is nobody's branch, which the factory would find out per task, on the loop.
-            task = asyncio.Task(spawning.popleft()(), loop=loop, context=contextvars.Context())
-            _running.add(task)
-            # A module function, not `_running.discard`: that makes a bound method per task.
-            # And the empty context given, not none: without one, asyncio keeps a copy of the
-            # current context with the callback, one more object per live execution.
-            task.add_done_callback(_forget, context=_EMPTY)
+            asyncio.Task(spawning.popleft()(), loop=loop, context=contextvars.Context())
 
     async def offload(self, fn: Callable[[], T]) -> T:
         """Run a blocking call (a store call) on a store thread; the loop goes on meanwhile."""
@@ -366,13 +368,6 @@ def _idle(frame: FrameType | None) -> bool:
     )
 
 
-_running: set[asyncio.Future[Any]] = set()
-
-
-def _forget(task: asyncio.Future[Any]) -> None:
-    _running.discard(task)
-
-
 # The context the drain of spawned starts runs in: nobody's (it sets no variable).
 _EMPTY = contextvars.Context()
 _lock = threading.Lock()
@@ -395,7 +390,6 @@ def _after_fork() -> None:
     # A forked child has none of its parent's threads: it starts a loop of its own if needed.
     global _shared
     _shared = None
-    _running.clear()
     with contextlib.suppress(Exception):
         _lock.release()
 

@@ -385,7 +385,14 @@ def test_ctrl_c_hands_back_what_runs_here(
         db_url, output, "executions", "resume", queued.id, "--wait", "--import", "cli_flows"
     )
     try:
-        retry_until(lambda: "greeting gate" in output.read_text(), what="the first step")
+        # Ctrl-C once the second step runs (published by the heartbeat). The first step's
+        # output comes before its boundary: a signal sent on seeing it can land there on a
+        # loaded machine, and the execution is then handed back after one step, not two.
+        def gate_running() -> bool:
+            record = cli_json(db_url, "executions", "get", queued.id)
+            return [call["name"] for call in record["running"]] == ["through_gate"]
+
+        retry_until(gate_running, what="the second step")
         resumer.send_signal(signal.SIGINT)
         retry_until(lambda: "interrupted" in output.read_text(), what="the interrupt")
         gate.touch()  # the step in flight finishes; the next boundary hands the execution back

@@ -35,6 +35,7 @@ import json
 import math
 import pathlib
 import pickle
+import sys
 import traceback as tb
 import uuid
 from typing import Any
@@ -74,7 +75,29 @@ def _decode_json(text: str) -> Any:
     try:
         return _from_json(text)
     except ValueError:
-        return json.loads(text)
+        value = json.loads(text)
+    # pydantic_core refuses text nested deeper than ~200 levels (a dict with int keys, stored
+    # 100 deep, is 300), so the json module reads what it refused. On 3.11 the json module
+    # counted its levels against the recursion limit and raised RecursionError past it; from
+    # 3.12 its C decoder has a limit of its own, higher (3.12 reads 1,200 levels, 3.13
+    # 10,000), and would hand back a row no recursive code can then walk. Python's recursion
+    # limit stays the bound on every version: deeper is a row tether did not write.
+    if _deeper_than(value, sys.getrecursionlimit()):
+        raise RecursionError("stored JSON nested deeper than the recursion limit")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """`value` holds lists or dicts nested more than `limit` deep (walked with a stack of its
+    own: a recursive walk would fail on the very rows it looks for)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if type(value) in (dict, list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if type(node) is dict else node
+        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
+    return False
 
 
 def dumps(value: Any, *, allow_pickle: bool | None = None, root: str = "value") -> str:

@@ -294,18 +294,11 @@ class Checkpoint(Generic[P, R]):
             call.succeeded(value)
             # The common commit awaited here, not in a coroutine of its own: one object less
             # per call on a loop that runs thousands of them (see `_Call.commit_async`); and
-            # made at once when this execution is alone on the loop (nothing to await). Its
-            # two tries (`commit_inline`, `committing`) written out: two calls less per call.
-            inline = run.inline_commits
+            # made at once when this execution is alone on the loop (nothing to await).
             try:
-                if inline is not None and inline():
-                    outcome = run.store.record_checkpoint(
-                        run.execution_id, run.token, call.row, call.events
-                    )
-                else:
-                    outcome = await run.store.record_checkpoint_async(
-                        run.execution_id, run.token, call.row, call.events
-                    )
+                outcome = call.commit_inline()
+                if outcome is None:
+                    outcome = await call.committing()
             except StoreUnavailable:
                 outcome = await call.commit_retried()
             except StoreCorrupt as exc:
@@ -601,29 +594,35 @@ class _Call(Frame):
 
     async def commit_async(self) -> None:
         """Write the row without blocking the event loop (the store group commits it with
-        other executions' rows); resumes once it is durable. When this is the only execution
-        on the loop the row is written at once instead: one statement here costs less than
-        the trip to the committer's thread and back, and nobody else waits on the loop
-        meanwhile. A first try that finds the store unavailable is retried, paused without
-        blocking the loop (`commit_retried`). `Checkpoint._call_async` writes the same out
-        for a call's common commit."""
-        run = self.run
-        inline = run.inline_commits
+        other executions' rows); resumes once it is durable."""
         try:
             try:
-                if inline is not None and inline():
-                    outcome = run.store.record_checkpoint(
-                        run.execution_id, run.token, self.row, self.events
-                    )
-                else:
-                    outcome = await run.store.record_checkpoint_async(
-                        run.execution_id, run.token, self.row, self.events
-                    )
+                outcome = self.commit_inline()
+                if outcome is None:
+                    outcome = await self.committing()
             except StoreUnavailable:
                 outcome = await self.commit_retried()
         except StoreCorrupt as exc:
-            raise run.store_fault(exc) from exc
+            raise self.run.store_fault(exc) from exc
         self.settle(outcome)
+
+    def commit_inline(self) -> Commit | None:
+        """The first try of `commit_async` when this is the only execution on the loop: one
+        statement here costs less than the trip to the committer's thread and back, and
+        nobody else waits on the loop meanwhile. None when the row must go to the group
+        commit (`committing`). Raises the store's error, for `commit_retried` (retries are
+        awaited, never slept here) or the run's fault."""
+        run = self.run
+        if run.inline_commits is not None and run.inline_commits():
+            return run.store.record_checkpoint(run.execution_id, run.token, self.row, self.events)
+        return None
+
+    def committing(self) -> Awaitable[Commit]:
+        """The first try of `commit_async` with other executions on the loop: what to await
+        for the row to be durable (the store's group commit future; no coroutine). Raises
+        (or the awaitable does) the store's error, for `commit_retried` or the run's fault."""
+        run = self.run
+        return run.store.record_checkpoint_async(run.execution_id, run.token, self.row, self.events)
 
     async def commit_retried(self) -> Commit:
         """The tries after a first that found the store unavailable, paused without blocking

@@ -87,3 +87,72 @@ def test_an_end_refused_after_a_takeover_is_lost_not_finished(
     )  # fmt: skip
     assert handle.result(timeout=30) == "theirs"
     assert asyncio.run(handle.result_async(timeout=30)) == "theirs"
+
+
+# --- a checkpoint's commit refused after a takeover ----------------------------------------
+
+after_step: list[str] = []
+companion_go = threading.Event()
+
+
+@tether.checkpoint
+async def step_during_takeover(topic: str) -> str:
+    entered.set()
+    await asyncio.to_thread(let_go.wait, 30)
+    return topic
+
+
+@tether.flow
+async def steps_on_after_a_takeover(topic: str) -> str:
+    await step_during_takeover(topic)
+    after_step.append(topic)  # the commit above was refused: this line must never run
+    return topic
+
+
+@tether.flow
+async def companion() -> None:
+    await asyncio.to_thread(companion_go.wait, 30)
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "with-another-on-the-loop"])
+def test_a_checkpoint_commit_refused_after_a_takeover_stops_the_flow_there(
+    db_url: str, alone: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone on the loop the call writes its row itself; with another execution there it goes
+    through the group commit. Either way a LOST commit ends the attempt at the call (the
+    async call settles only outcomes other than a plain commit: this one must be)."""
+    outcomes: list[_engine.Outcome | None] = []
+    real_conclude_async = _engine.conclude_async
+
+    async def conclude_async(*args: Any, **kwargs: Any) -> _engine.Outcome | None:
+        outcome = await real_conclude_async(*args, **kwargs)
+        outcomes.append(outcome)
+        return outcome
+
+    monkeypatch.setattr(_engine, "conclude_async", conclude_async)
+    entered.clear()
+    let_go.clear()
+    companion_go.clear()
+    after_step.clear()
+    store = store_for()
+    other = None if alone else companion.run()
+    try:
+        handle = steps_on_after_a_takeover.run("fenced")
+        retry_until(entered.is_set, what="the checkpoint's body to start")
+        row = store.get_execution(handle.id)
+        assert row is not None and row.lease_token
+        assert store.claim(
+            handle.id, Claim("host-b:4242:other", "taken", time.time() + 600),
+            from_statuses=("running",), expected_token=row.lease_token, now=time.time(),
+        )  # fmt: skip
+    finally:
+        let_go.set()
+    try:
+        retry_until(lambda: outcomes, what="the old holder to conclude")
+        assert outcomes == [_engine.Outcome.LOST]
+        assert after_step == []
+        assert store.get_checkpoints(handle.id) == []
+    finally:
+        companion_go.set()
+        if other is not None:
+            other.result(timeout=30)

@@ -567,7 +567,12 @@ def test_fingerprint_differs_for_different_arguments(
 
 @pytest.mark.parametrize(
     "args",
-    [(), (12,), ("é \ud800 \x00 \U0001f600",), (1.5,), (None,), (True, "two", 3.0), (10**30,)],
+    [
+        *[(), (12,), ("é \ud800 \x00 \U0001f600",), (1.5,), (None,), (True, "two", 3.0)],
+        (10**30,),
+        # Two arguments, written out without the tuple's repr (see `fingerprint`).
+        *[(7, 3), ("it's \ud800", -0.0), (None, False), (float("nan"), "x\ny")],
+    ],
 )
 def test_fingerprint_of_scalar_arguments_is_the_stored_format(args: tuple[Any, ...]) -> None:
     # What executions recorded by earlier versions hold: a resume compares against it, so a

@@ -67,6 +67,7 @@ _FAILED = CheckpointStatus.FAILED.value
 _RETRYING = CheckpointStatus.RETRYING.value
 # A member read off an Enum class goes through its metaclass's attribute hook: once here.
 _CANCEL_REQUESTED = Commit.CANCEL_REQUESTED
+_COMMITTED = Commit.COMMITTED
 
 # Test hook: called after each committed checkpoint with (run, position). Lets crash tests
 # kill a process exactly between a commit and the code that follows it.
@@ -302,7 +303,9 @@ class Checkpoint(Generic[P, R]):
                 outcome = await call.commit_retried()
             except StoreCorrupt as exc:
                 raise run.store_fault(exc) from exc
-            call.settle(outcome)
+            # `settle` has nothing to do for a plain commit outside a crash test.
+            if outcome is not _COMMITTED or _after_commit is not None or _boundary is not None:
+                call.settle(outcome)
             if call.error is not None:
                 raise call.error
             return value

@@ -104,7 +104,8 @@ def dumps(value: Any, *, allow_pickle: bool | None = None, root: str = "value") 
     """Encode `value` as stored text. Raises SerializationError with the path on failure,
     or when the value is nested too deep or its text is over `max_value_bytes`.
     `allow_pickle`: the pickle fallback (default: the process setting)."""
-    settings = _config.settings()
+    # The settings in force, read without a call when they are loaded (every commit gets here).
+    settings = _config._settings or _config.settings()
     if _plain(value, 0):
         try:
             data = _to_json(value)
@@ -237,9 +238,17 @@ def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
                 plain = False
                 break
     if plain:
-        # "(x,)" is a one-item tuple's repr without the tuple's recursion guard; a repr
-        # holds no lone surrogate (it escapes them), so the plain encode is the same bytes.
-        data = (f"({args[0]!r},)" if len(args) == 1 else repr(args)).encode()
+        # "(x,)" and "(x, y)" are a tuple's repr without the tuple's recursion guard and its
+        # writer (a third of the repr's cost, measured); a repr holds no lone surrogate (it
+        # escapes them), so the plain encode is the same bytes.
+        n = len(args)
+        if n == 2:
+            text = f"({args[0]!r}, {args[1]!r})"
+        elif n == 1:
+            text = f"({args[0]!r},)"
+        else:
+            text = repr(args)
+        data = text.encode()
     else:
         text = _encode_json(_canonical([list(args), kwargs]))
         data = text.encode("utf-8", "surrogatepass")
@@ -295,8 +304,11 @@ def _plain(value: Any, depth: int) -> bool:
     # Strings and integers in a container are checked in its loop, not by a call each: this
     # walk runs on every commit.
     if t is dict:
+        # The tag's key looked up once, not compared with every key.
+        if TAG in value:
+            return False
         for k, v in value.items():
-            if type(k) is not str or k == TAG:
+            if type(k) is not str:
                 return False
             t = type(v)
             if t is not str and t is not int and not _plain(v, depth + 1):

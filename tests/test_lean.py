@@ -7,10 +7,12 @@ here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -226,35 +228,59 @@ def _await_step(awaitable: Any, steps: list[Any], futures: list[Any]) -> None:
     futures.append(next(steps[-1]))
 
 
+class _HeldWriter:
+    """`K + 1` started executions, and the store's group commit with its writer held: the
+    first batch waits on `held` (the test sets it) while the test queues `K` commits."""
+
+    def __init__(self) -> None:
+        self.store: Any = store_for()
+        self.tokens = {f"e{i}": start(self.store, f"e{i}", f"tok{i}") for i in range(K + 1)}
+        self.ids = list(self.tokens)
+        self.held, self.entered = threading.Event(), threading.Event()
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        group = self.store._group
+        write = group._write
+
+        def held_write(batch: list[Any]) -> list[Any]:
+            self.entered.set()
+            assert self.held.wait(60), "the test never let the writer go"
+            return write(batch)  # type: ignore[no-any-return]
+
+        group._write = held_write
+        try:
+            yield
+        finally:
+            group._write = write
+
+
+def _row(position: str) -> CheckpointRow:
+    return CheckpointRow(position=position, name="step", fingerprint="f", status="succeeded",
+                         result="1", started_at=1.0, finished_at=2.0)  # fmt: skip
+
+
 def test_a_commit_in_flight_holds_few_objects(db_url: str) -> None:
     """Ten thousand executions each awaiting a commit keep this many objects each alive
     until their batch is durable (two batches' worth, one written, one gathering), and each
     collection meanwhile walks them. The writer is held (its first batch waits on an event
     of this test) while `K` commits queue behind it, so none is resolved while counted."""
-    store: Any = store_for()
-    tokens = {f"e{i}": start(store, f"e{i}", f"tok{i}") for i in range(K + 1)}
-    ids = list(tokens)
-    group = store._group
-    write = group._write
-    held, entered = threading.Event(), threading.Event()
-
-    def held_write(batch: list[Any]) -> list[Any]:
-        entered.set()
-        assert held.wait(60), "the test never let the writer go"
-        return write(batch)  # type: ignore[no-any-return]
-
-    def row(position: str) -> CheckpointRow:
-        return CheckpointRow(position=position, name="step", fingerprint="f", status="succeeded",
-                             result="1", started_at=1.0, finished_at=2.0)  # fmt: skip
+    writer = _HeldWriter()
+    store, tokens, ids, held, entered = (
+        writer.store,
+        writer.tokens,
+        writer.ids,
+        writer.held,
+        writer.entered,
+    )
 
     async def main() -> tuple[float, list[Any]]:
-        group._write = held_write
-        try:
+        with writer.holding():
             first = asyncio.ensure_future(
-                store.record_checkpoint_async(ids[K], tokens[ids[K]], row("0"), ())
+                store.record_checkpoint_async(ids[K], tokens[ids[K]], _row("0"), ())
             )
             await asyncio.to_thread(entered.wait, 60)
-            rows = [row("1") for _ in range(K)]
+            rows = [_row("1") for _ in range(K)]
             gc.collect()
             gc.disable()
             try:
@@ -271,8 +297,6 @@ def test_a_commit_in_flight_holds_few_objects(db_url: str) -> None:
                 gc.enable()
             held.set()
             await asyncio.gather(first, *futures)
-        finally:
-            group._write = write
         outcomes = []
         for step in steps:
             with pytest.raises(StopIteration) as done:
@@ -297,35 +321,29 @@ def test_a_durable_batch_frees_each_commit_as_it_wakes_its_caller(
     as its caller is woken instead. Counted across the hand-over to the loop (`_settle`) of
     `K` commits queued behind a held writer, with the count held far above zero so that no
     free is lost while counting."""
-    store: Any = store_for()
-    tokens = {f"e{i}": start(store, f"e{i}", f"tok{i}") for i in range(K + 1)}
-    ids = list(tokens)
-    group = store._group
-    write = group._write
-    held, entered = threading.Event(), threading.Event()
+    writer = _HeldWriter()
+    store, tokens, ids, held, entered = (
+        writer.store,
+        writer.tokens,
+        writer.ids,
+        writer.held,
+        writer.entered,
+    )
     settle = _group_commit._settle
     counted: list[tuple[int, int]] = []
-
-    def held_write(batch: list[Any]) -> list[Any]:
-        entered.set()
-        assert held.wait(60), "the test never let the writer go"
-        return write(batch)  # type: ignore[no-any-return]
 
     def counting_settle(waiters: list[Any]) -> None:
         size, before = len(waiters), gc.get_count()[0]
         settle(waiters)
         counted.append((size, gc.get_count()[0] - before))
 
-    def row(position: str) -> CheckpointRow:
-        return CheckpointRow(position=position, name="step", fingerprint="f", status="succeeded",
-                             result="1", started_at=1.0, finished_at=2.0)  # fmt: skip
-
     async def commit(execution_id: str) -> Commit:
-        return await store.record_checkpoint_async(execution_id, tokens[execution_id], row("1"), ())
+        return await store.record_checkpoint_async(
+            execution_id, tokens[execution_id], _row("1"), ()
+        )
 
     async def main() -> list[Commit]:
-        group._write = held_write
-        try:
+        with writer.holding():
             first = asyncio.ensure_future(commit(ids[K]))
             await asyncio.to_thread(entered.wait, 60)
             callers = [asyncio.ensure_future(commit(e)) for e in ids[:K]]
@@ -340,8 +358,6 @@ def test_a_durable_batch_frees_each_commit_as_it_wakes_its_caller(
                 gc.enable()
             del ballast
             return outcomes
-        finally:
-            group._write = write
 
     monkeypatch.setattr(_group_commit, "_settle", counting_settle)
     assert asyncio.run(main()) == [Commit.COMMITTED] * (K + 1)

@@ -36,6 +36,15 @@ async def ends_late_async(topic: str) -> str:
     return f"stale {topic}"
 
 
+def _take_over(store: Any, execution_id: str, token: str) -> None:
+    """Another process takes the execution over (as after a lapsed lease) while its flow
+    still runs here."""
+    assert store.claim(
+        execution_id, Claim("host-b:4242:other", "taken", time.time() + 600),
+        from_statuses=("running",), expected_token=token, now=time.time(),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("flow", [ends_late_sync, ends_late_async], ids=["sync", "async"])
 def test_an_end_refused_after_a_takeover_is_lost_not_finished(
     db_url: str, flow: Any, monkeypatch: pytest.MonkeyPatch
@@ -64,11 +73,7 @@ def test_an_end_refused_after_a_takeover_is_lost_not_finished(
         retry_until(entered.is_set, what="the flow to start")
         row = store.get_execution(handle.id)
         assert row is not None and row.status == "running" and row.lease_token
-        # Another process takes it over (as after a lapsed lease) while the flow still runs.
-        assert store.claim(
-            handle.id, Claim("host-b:4242:other", "taken", time.time() + 600),
-            from_statuses=("running",), expected_token=row.lease_token, now=time.time(),
-        )  # fmt: skip
+        _take_over(store, handle.id, row.lease_token)
     finally:
         let_go.set()
     retry_until(lambda: outcomes, what="the old holder to conclude")
@@ -141,10 +146,7 @@ def test_a_checkpoint_commit_refused_after_a_takeover_stops_the_flow_there(
         retry_until(entered.is_set, what="the checkpoint's body to start")
         row = store.get_execution(handle.id)
         assert row is not None and row.lease_token
-        assert store.claim(
-            handle.id, Claim("host-b:4242:other", "taken", time.time() + 600),
-            from_statuses=("running",), expected_token=row.lease_token, now=time.time(),
-        )  # fmt: skip
+        _take_over(store, handle.id, row.lease_token)
     finally:
         let_go.set()
     try:

@@ -137,10 +137,16 @@ class Handle(Generic[R]):
         running in this process wakes it when it ends; one run elsewhere is polled for. In
         flow code, a child's result takes its position when this is called (in program
         order)."""
+        child = self._as_child_async(timeout)
+        return self._wait_async(timeout) if child is None else child
+
+    def _as_child_async(self, timeout: float | None) -> Coroutine[Any, Any, R] | None:
+        """In the flow code of this handle's parent: the child's result as a recorded call,
+        its position taken now (in program order). Else None."""
         run = self._in_parent()
-        if run is not None:
-            return self._settle_async(run, _waits.reserve_child_wait(run, self.id), timeout)
-        return self._wait_async(timeout)
+        if run is None:
+            return None
+        return self._settle_async(run, _waits.reserve_child_wait(run, self.id), timeout)
 
     async def _wait_async(self, timeout: float | None) -> R:  # noqa: ASYNC109
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -221,11 +227,8 @@ class Handle(Generic[R]):
     def __await__(self) -> Generator[Any, None, R]:
         # In flow code a child's result takes its position here, when awaited (as
         # `result_async()` does when called), not at the generator's first step.
-        run = None if self._parent is None else self._in_parent()
-        if run is not None:
-            position = _waits.reserve_child_wait(run, self.id)
-            return self._settle_async(run, position, None).__await__()
-        return self._awaited()
+        child = self._as_child_async(None)
+        return self._awaited() if child is None else child.__await__()
 
     def _awaited(self) -> Generator[Any, None, R]:
         """`await handle`: `result_async()` with no timeout, as one generator while this

@@ -264,21 +264,22 @@ def test_handles_awaited_together_are_all_woken_and_cancelled_ones_leave_no_entr
                 await asyncio.sleep(0.005)
             raise AssertionError(f"{_watching(runner, key)} watchers, not {n}")
 
+        async def cancelled(awaiting: asyncio.Future[int]) -> None:
+            awaiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await awaiting
+
         for _ in range(5):  # one awaiting, cancelled: its entry goes with it
             alone: asyncio.Future[int] = asyncio.ensure_future(handle)
             await watched_by(1)
-            alone.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await alone
+            await cancelled(alone)
             assert _watching(runner, key) == 0
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(handle, 0.01)
         kept: list[asyncio.Future[int]] = [asyncio.ensure_future(handle) for _ in range(3)]
         dropped: asyncio.Future[int] = asyncio.ensure_future(handle)
         await watched_by(4)
-        dropped.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await dropped
+        await cancelled(dropped)
         assert _watching(runner, key) == 3
         _open_gates({3})
         return list(await asyncio.wait_for(asyncio.gather(*kept), 60))

@@ -238,6 +238,9 @@ class _HeldWriter:
         self.ids = list(self.tokens)
         self.held, self.entered = threading.Event(), threading.Event()
 
+    def parts(self) -> tuple[Any, dict[str, str], list[str], threading.Event, threading.Event]:
+        return self.store, self.tokens, self.ids, self.held, self.entered
+
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
         group = self.store._group
@@ -265,14 +268,7 @@ def test_a_commit_in_flight_holds_few_objects(db_url: str) -> None:
     until their batch is durable (two batches' worth, one written, one gathering), and each
     collection meanwhile walks them. The writer is held (its first batch waits on an event
     of this test) while `K` commits queue behind it, so none is resolved while counted."""
-    writer = _HeldWriter()
-    store, tokens, ids, held, entered = (
-        writer.store,
-        writer.tokens,
-        writer.ids,
-        writer.held,
-        writer.entered,
-    )
+    store, tokens, ids, held, entered = (writer := _HeldWriter()).parts()
 
     async def main() -> tuple[float, list[Any]]:
         with writer.holding():
@@ -321,14 +317,7 @@ def test_a_durable_batch_frees_each_commit_as_it_wakes_its_caller(
     as its caller is woken instead. Counted across the hand-over to the loop (`_settle`) of
     `K` commits queued behind a held writer, with the count held far above zero so that no
     free is lost while counting."""
-    writer = _HeldWriter()
-    store, tokens, ids, held, entered = (
-        writer.store,
-        writer.tokens,
-        writer.ids,
-        writer.held,
-        writer.entered,
-    )
+    store, tokens, ids, held, entered = (writer := _HeldWriter()).parts()
     settle = _group_commit._settle
     counted: list[tuple[int, int]] = []
 

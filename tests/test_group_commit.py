@@ -9,6 +9,7 @@ checkpoints table while the callers queue up behind the first one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import uuid
@@ -216,6 +217,49 @@ def test_no_wake_of_a_gathering_leader_is_lost_whenever_its_callers_arrive(
 
     asyncio.run(main())
     assert all(len(batch) == 3 for batch in gate.batches)
+
+
+def test_what_follows_a_write_on_a_loop_runs_for_every_caller_before_it_wakes() -> None:
+    # The first write is held until all four are queued, so the last three share a batch: 2's
+    # caller is cancelled meanwhile, 3's write fails, and 1's follow-up raises.
+    def fail(items: list[Any]) -> None:
+        if 3 in items:
+            raise ValueError("item 3 cannot be stored")
+
+    gate = Gate(fail)
+    group: GroupCommit[int, str] = GroupCommit(gate.write, key=lambda i: i, shared=())
+    followed: list[tuple[int, str | None, bool]] = []
+    reported: list[BaseException] = []
+
+    async def main() -> list[Any]:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: reported.append(context["exception"])
+        )
+        futures: list[asyncio.Future[str]] = []
+
+        def then(item: int, outcome: str | None) -> None:
+            followed.append((item, outcome, futures[item].done()))
+            if item == 1:
+                raise RuntimeError("the follow-up of 1 failed")
+
+        for item in range(4):
+            futures.append(group.commit_async(item, functools.partial(then, item)))
+            if item == 0:
+                await asyncio.to_thread(gate.entered.wait, 30)
+        futures[2].cancel()
+        await asyncio.to_thread(wait_for, lambda: queued(group) == 3, "every caller queued")
+        gate.open.set()
+        return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout=30)
+
+    results = asyncio.run(main())
+    assert results[:2] == ["done 0", "done 1"]
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert isinstance(results[3], ValueError)
+    # Each ran once, on the loop, before its caller was answered; the cancelled caller's too.
+    assert sorted(followed) == [
+        (0, "done 0", False), (1, "done 1", False), (2, "done 2", True), (3, None, False)
+    ]  # fmt: skip
+    assert [str(exc) for exc in reported] == ["the follow-up of 1 failed"]
 
 
 def test_a_store_error_reaches_every_caller_of_the_batch_each_with_its_own_exception() -> None:

@@ -419,11 +419,15 @@ class _Factory:
             task = asyncio.Task(coro, loop=loop, **kwargs)
         if root is not None:
             root.add(task)
-            task.add_done_callback(root.discard)
+            # Run in an empty context, not a copy of the creator's (asyncio's default): the
+            # note reads no variable, and a copy is one object more per live branch.
+            task.add_done_callback(root.discard, context=_QUIET)
         return task
 
 
 _KEEP = object()  # the task keeps what its context holds
+# The context of the done callback that forgets a branch's task: one, shared, with nothing set.
+_QUIET = contextvars.Context()
 
 
 def _enter_branch(branch: Branch, call: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
@@ -241,11 +241,15 @@ class Store(abc.ABC):
         that execution's id is returned."""
 
     @abc.abstractmethod
-    def create_execution_async(self, row: ExecutionRow) -> asyncio.Future[str]:
+    def create_execution_async(
+        self, row: ExecutionRow, *, then: Callable[[str | None], None] | None = None
+    ) -> asyncio.Future[str]:
         """`create_execution(row)` (no seeds) for a caller on an event loop: the write is
         queued, the loop is not blocked on it, and starts made concurrently are committed
         together. The future (of the running loop) gives the id once the row is durable;
-        cancelling it does not take the row back."""
+        cancelling it does not take the row back. `then`: called on that loop once the
+        write is answered, before the future is resolved and even if it was cancelled, with
+        the id (None when the row was not written, or its write failed)."""
 
     @abc.abstractmethod
     def get_execution(self, execution_id: str) -> ExecutionRow | None: ...

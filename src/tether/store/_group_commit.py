@@ -19,7 +19,9 @@ Callers on an event loop (`commit_async`) cannot lead: blocking the loop on the 
 stall every task on it. Their items queue like the others; when no thread leads, a writer
 thread of the committer's own (started on first use) leads instead, and each such caller's
 future is resolved on its loop once its item is durable (one hand-over per loop per batch).
-A batch may mix both kinds of callers.
+A batch may mix both kinds of callers. Such a caller may also leave something to do on its
+loop once its item is written (`then`), which runs there whatever became of the caller, in
+the same hand-over: no callback of its own on the future, and no second future to wake it.
 """
 
 from __future__ import annotations
@@ -64,9 +66,13 @@ class Waiting:
 
 
 class _Boxed(Waiting, Generic[T]):
-    """The waiter of an item that is not a `Waiting` (a start's row, a test's value)."""
+    """The waiter of an item that is not a `Waiting` (a start's row, a test's value). `then`:
+    what its caller on an event loop left to do there once the item is written (see
+    `GroupCommit.commit_async`)."""
 
-    __slots__ = ("item",)
+    __slots__ = ("item", "then")
+
+    then: Callable[[Any], None] | None
 
     def __init__(self, item: T, key: Hashable) -> None:
         self.item = item
@@ -74,6 +80,7 @@ class _Boxed(Waiting, Generic[T]):
         self.future = self.wake = None
         self.outcome = _UNSET
         self.raised = None
+        self.then = None
 
 
 class CheckpointCommit(Waiting):
@@ -239,15 +246,27 @@ class GroupCommit(Generic[T, R]):
             self._writer_wake.acquire()
             self._lead(gather=True, leader=None)
 
-    def commit_async(self, item: T) -> asyncio.Future[R]:
+    def commit_async(
+        self, item: T, then: Callable[[R | None], None] | None = None
+    ) -> asyncio.Future[R]:
         """`commit(item)` for a caller on an event loop, which awaits the future returned:
         the loop is never blocked on the write; the caller resumes once its item is durable.
-        (A plain function returning the future, not a coroutine: one object less per commit.)"""
+        (A plain function returning the future, not a coroutine: one object less per commit.)
+
+        `then` (with a `key`: items that are not `Waiting`): called on the loop once the
+        write is answered, before the future is resolved and whether or not the caller
+        still waits (cancelling the future cancels only the wait), with the item's result,
+        or None when it was not written or its write failed. What must follow a write
+        even when its caller is gone (an execution recorded as running here must run here)
+        goes there, rather than in a done callback of the future that resolves another
+        future for the caller: two callbacks and two objects more on the loop per write."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         key = self._key
         # Typed Any, not cast(): a cast is a call, on the loop thread, for every commit.
         me: Any = item if key is None else _Boxed(item, key(item))
         me.future = future
+        if then is not None:
+            me.then = then
         inbox = self._inbox
         inbox.append(me)
         if not self._leading:
@@ -365,9 +384,12 @@ class GroupCommit(Generic[T, R]):
             # The loops' lists hold the items from here: `_settle` drops each as it wakes
             # its caller (this thread may still be here while it does).
             batch.clear()
+            # Boxed items may carry a `then`; the store's own (checkpoints, ends) never do,
+            # and their resolution asks nothing more per commit.
+            settle = _settle if self._key is None else _settle_boxed
             for loop, waiters in on_loops.items():
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
-                    loop.call_soon_threadsafe(_settle, waiters)
+                    loop.call_soon_threadsafe(settle, waiters)
             with self._lock:
                 self._take_inbox()
                 if self._queue:
@@ -416,6 +438,24 @@ def _settle(waiters: list[Any]) -> None:
                 waiter.future.set_exception(waiter.raised)
         except asyncio.InvalidStateError:
             pass
+
+
+def _settle_boxed(waiters: list[Any]) -> None:
+    """`_settle` for boxed items: each item's `then` first, then every future. A `then` that
+    raises is reported as asyncio reports a callback that raises, and the batch goes on: the
+    other callers, and this one, are still answered."""
+    for waiter in waiters:
+        then = waiter.then
+        if then is None:
+            continue
+        waiter.then = None
+        try:
+            then(waiter.outcome if waiter.raised is None else None)
+        except Exception as exc:
+            waiter.future.get_loop().call_exception_handler(
+                {"message": f"the follow-up of a group commit raised: {exc!r}", "exception": exc}
+            )
+    _settle(waiters)
 
 
 def _fail(batch: list[Waiting], exc: BaseException) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from ..errors import StoreCorrupt, StoreUnavailable
@@ -137,8 +137,10 @@ class ExecutionsSql(SqlBase):
         ).fetchone()
         return str(existing[0])
 
-    def create_execution_async(self, row: ExecutionRow) -> asyncio.Future[str]:
-        return self._start_group().commit_async(row)
+    def create_execution_async(
+        self, row: ExecutionRow, *, then: Callable[[str | None], None] | None = None
+    ) -> asyncio.Future[str]:
+        return self._start_group().commit_async(row, then)
 
     def _start_group(self) -> GroupCommit[ExecutionRow, str]:
         starts = self._starts

@@ -210,11 +210,11 @@ _WAL_LIMIT = 64 * 1024 * 1024
 # WAL pages a commit may leave before it checkpoints them into the file (SQLite's default is
 # 1,000). A checkpoint runs inside the commit that crosses the line, under `_writing`, and
 # syncs the WAL and the file (two fdatasyncs) whatever its size, while every other writer of
-# the process waits: a loop of 10,000 `run()` starts beside their running agents (about
-# 100,000 WAL frames, each start's autocommit writing one per B-tree it enters) made about
-# 150 checkpoints, 1.3 s of fdatasync. Ten times fewer, each copying pages that were written
-# again and again only once: 17, 0.3 s. 10,000 pages (40 MiB at the 4 KiB page size) stays
-# under `_WAL_LIMIT`, and the durability of a commit does not depend on it.
+# the process waits: a loop of 10,000 `run()` starts beside their running agents (150,000 to
+# 200,000 WAL frames, each start's autocommit writing one per B-tree its row enters) made
+# about 150 checkpoints, 1.3-1.5 s of fdatasync. Ten times fewer, each copying pages that
+# were written again and again only once: 17-20, 0.3-0.4 s. 10,000 pages (40 MiB at the
+# 4 KiB page size) stays under `_WAL_LIMIT`; the durability of a commit does not depend on it.
 _WAL_CHECKPOINT_PAGES = 10_000
 
 

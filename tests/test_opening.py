@@ -26,7 +26,7 @@ from backend import BACKEND, postgres_only
 from helpers import child_env, retry_until, run_child, run_cli, spawn_python, tmpfs
 from tether._core import config as _config
 from tether.errors import NotATetherStore, StoreOpenedReadOnly, StoreVersionError
-from tether.store import open_store
+from tether.store import ExecutionRow, open_store
 from tether.store.sqlite import path_from_url
 
 sqlite_only = pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite files and mounts")
@@ -443,3 +443,33 @@ def execute(url: str, sql: str) -> list[tuple[object, ...]]:
 def tables(url: str) -> set[str]:
     found = execute(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     return {str(name) for (name,) in found}
+
+
+# --- the WAL's checkpoints ----------------------------------------------------------------------
+
+
+@sqlite_only
+def test_a_burst_of_commits_stays_in_the_wal_past_sqlites_thousand_pages(tmp_path: Path) -> None:
+    """A checkpoint runs inside the commit that crosses `wal_autocheckpoint`, under the store's
+    write lock, and syncs twice while every writer of the process waits: the store's
+    connections leave 10,000 pages to the WAL, not SQLite's 1,000."""
+    path = tmp_path / "tether.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        # Each start is a commit of its own, a WAL frame for each B-tree its row enters.
+        for i in range(400):
+            store.create_execution(
+                ExecutionRow(
+                    id=f"e{i:04d}", flow="flow", import_path="agents:flow", script=None,
+                    args='{"args":[],"kwargs":{}}', status="queued", created_at=1.0 + i,
+                    updated_at=1.0 + i,
+                )
+            )  # fmt: skip
+        with closing(sqlite3.connect(path)) as conn:
+            # (busy, frames in the WAL, frames checkpointed by this call)
+            frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    finally:
+        store.close()
+    # With SQLite's default the WAL would have been checkpointed and started again from the
+    # beginning every 1,000 frames.
+    assert frames > 2_000

@@ -34,7 +34,7 @@ from tether._runtime.loop import shared_loop
 from tether.errors import ConfigurationError
 from tether.store import CheckpointRow, Commit, _group_commit
 
-# Upper bounds, above what is measured (15.4-16.2, 18.2 and 24.8 on SQLite; 16.0,
+# Upper bounds, above what is measured (14.3-16.4, 18.2-19.0 and 24.6-25.3 on SQLite; 16.0,
 # 19.0 and 23.0 on PostgreSQL; the margin is the noise of one-off caches and other threads,
 # and of the context's hash trie, whose variables share a node or not by hash seed) and
 # below where they were before issue 24 (52, 60 and 48), before its second
@@ -44,13 +44,13 @@ from tether.store import CheckpointRow, Commit, _group_commit
 # before the per-execution round (18.2-18.9, 19.9-22.7 and 28.0 on SQLite; 19, 23 and 26 on
 # PostgreSQL: the flow body's branch an object of its own beside the run, its counter, a
 # call slot beside the run, one more context variable), and before the run's map of its live
-# calls held the calls themselves (19.4-20.0 inside a call, 25.2-26.0 sync: a dict that holds
-# a tracked object is tracked, one more per execution in a call).
+# calls held the calls themselves (19.2-20.0 inside a call on SQLite, 20.0 on PostgreSQL: a
+# dict that holds a tracked object is tracked, one more per execution in a call).
 # A live async execution: its task, its coroutine and the flow's, Run (also the flow body's
 # branch and its task's call slot), hold and handle; inside a call, the call's own objects.
 MAX_OBJECTS_PER_PARKED_EXECUTION = 18
 MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 21
-MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 28
+MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 29
 # What a call leaves behind once it has returned: nothing, on average (a fraction: the store's
 # statement cache and the like warm up).
 MAX_KEPT_PER_CALL = 0.6

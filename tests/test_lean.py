@@ -34,8 +34,8 @@ from tether._runtime.loop import shared_loop
 from tether.errors import ConfigurationError
 from tether.store import CheckpointRow, Commit, _group_commit
 
-# Upper bounds, above what is measured (15.4-15.6, 19.6-20.0 and 25.9-26.0 on SQLite; 16.0,
-# 20.0 and 24.0 on PostgreSQL; the margin is the noise of one-off caches and other threads,
+# Upper bounds, above what is measured (14.3-16.4, 18.2-19.0 and 24.6-25.3 on SQLite; 16.0,
+# 19.0 and 23.0 on PostgreSQL; the margin is the noise of one-off caches and other threads,
 # and of the context's hash trie, whose variables share a node or not by hash seed) and
 # below where they were before issue 24 (52, 60 and 48), before its second
 # round (27-28, 33-34, 32), before its third (24-25, 28-29, 30-31: a second coroutine per
@@ -43,11 +43,13 @@ from tether.store import CheckpointRow, Commit, _group_commit
 # slot per run without a budget, a copy of the context with the task's done callback) and
 # before the per-execution round (18.2-18.9, 19.9-22.7 and 28.0 on SQLite; 19, 23 and 26 on
 # PostgreSQL: the flow body's branch an object of its own beside the run, its counter, a
-# call slot beside the run, one more context variable).
+# call slot beside the run, one more context variable), and before the run's map of its live
+# calls held the calls themselves (19.2-20.0 inside a call on SQLite, 20.0 on PostgreSQL: a
+# dict that holds a tracked object is tracked, one more per execution in a call).
 # A live async execution: its task, its coroutine and the flow's, Run (also the flow body's
 # branch and its task's call slot), hold and handle; inside a call, the call's own objects.
 MAX_OBJECTS_PER_PARKED_EXECUTION = 18
-MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 22
+MAX_OBJECTS_PER_EXECUTION_INSIDE_A_CALL = 21
 MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION = 29
 # What a call leaves behind once it has returned: nothing, on average (a fraction: the store's
 # statement cache and the like warm up).

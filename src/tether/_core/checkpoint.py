@@ -440,7 +440,10 @@ class _Call(Frame):
             # Resuming a call whose earlier attempts failed: what they spent stays counted.
             run.spend.resume_call(self, prior.metadata)
         self.started = time.time()
-        run.live[position] = self  # its name and start: the heartbeat's progress
+        # Its name and start, for the heartbeat's progress (the name first: a start found
+        # there always has its name).
+        run.live[position] = checkpoint.name
+        run.live_since[position] = self.started
         if _boundary is not None:
             _boundary("before", run, position, checkpoint.name)
 
@@ -511,7 +514,7 @@ class _Call(Frame):
         ):
             self._pending(_RETRYING, None, exc, finished)
             self.attempt = attempt + 1
-            self.started = time.time()
+            self.started = self.run.live_since[self.position] = time.time()
             base = min(_MAX_BACKOFF, checkpoint.backoff * 2 ** (attempt - 1))
             self.delay = float(base * random.uniform(0.5, 1.0))
             return
@@ -568,6 +571,8 @@ class _Call(Frame):
         self.error = error
         self.delay = None
         if status != _RETRYING:
+            # The start first: a name found without one is skipped, as ended.
+            run.live_since.pop(frame.position, None)
             run.live.pop(frame.position, None)
 
     def commit(self) -> None:

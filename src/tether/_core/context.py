@@ -46,13 +46,6 @@ class Spending(Protocol):
 _waking = threading.Lock()
 
 
-class LiveCall(Protocol):
-    """A checkpoint call running now, as the heartbeat reports it."""
-
-    name: str
-    started: float
-
-
 class Run(Root):
     """One executor's hold on one running execution; and the flow body's branch (the root
     of its positions, prefix ""): one object for both, as ten thousand live executions
@@ -72,6 +65,7 @@ class Run(Root):
         "inline_commits",
         "lease_lost",
         "live",
+        "live_since",
         "metadata",
         "recorded",
         "released",
@@ -126,9 +120,13 @@ class Run(Root):
         self.clock: Callable[[], float] = time.time
         self.timed_out = False
         self.lease_lost = False
-        # Checkpoint calls running now, by position (the call itself: its `name` and when its
-        # attempt `started`): published by the heartbeat as the execution's progress.
-        self.live: dict[str, LiveCall] = {}
+        # Checkpoint calls running now, by position: their names, and when their attempts
+        # started (`live_since`), published by the heartbeat as the execution's progress. Two
+        # maps of strings and floats, not one of the calls themselves: a dict that holds an
+        # object the collector tracks is tracked from then on, one more object per live
+        # execution for every full collection to walk; these two never are.
+        self.live: dict[str, str] = {}
+        self.live_since: dict[str, float] = {}
         self.diverged: DivergenceError | None = None
         # The result (JSON text) of the success this run recorded as the execution's end,
         # once committed: a handle of this process returns it without reading it back.

@@ -14,7 +14,6 @@ import time
 
 from .._core import serde as _serde
 from .._core.config import settings
-from .._core.context import LiveCall
 from .._core.positions import sort_key
 from .holds import Holds, _describe, _Held
 from .owners import lease_term
@@ -196,19 +195,24 @@ def _progress(held: _Held, before: float) -> str | None:
     """The checkpoint calls of an execution live since `before` (a beat ago at least), as
     JSON: a call that ends within a beat is never written. Each beat asks this of every
     hold, and nearly every call is younger than a beat: those cost a look, no copy or sort."""
-    found: list[tuple[str, LiveCall]] | None = None
+    found: list[tuple[str, str, float]] | None = None
     run = held.run
-    if run is None or not run.live:
+    if run is None or not run.live_since:
         return None
-    # A copy taken in one step (the loop thread adds and removes calls meanwhile).
-    for position, call in tuple(run.live.items()):
-        if call.started <= before:
+    # A copy taken in one step (the loop thread adds and removes calls meanwhile); a call's
+    # name is added before its start and removed after it, so a start copied here has a name
+    # unless the call ended since (then it is not live any more).
+    for position, started in tuple(run.live_since.items()):
+        if started <= before:
+            name = run.live.get(position)
+            if name is None:
+                continue
             if found is None:
                 found = []
-            found.append((position, call))
+            found.append((position, name, started))
     if found is None:
         return None
     found.sort(key=lambda item: sort_key(item[0]))
     return _serde.dumps(
-        [{"position": at, "name": call.name, "since": call.started} for at, call in found]
+        [{"position": at, "name": name, "since": started} for at, name, started in found]
     )

@@ -575,3 +575,35 @@ def test_a_suspension_parked_as_cancelled_says_nobody_continues_it(
     assert "suspend" not in [e.kind for e in client.events(handle.id)]
     said = client.continuation(handle.id)
     assert (said.live, said.message) == (True, f"execution {handle.id} already cancelled")
+
+
+@pytest.mark.parametrize("flow", [approval, async_approval], ids=["sync", "async"])
+def test_a_suspension_whose_reply_was_lost_is_parked_here_as_its_note_says(
+    client: tether.Client, flow: tether.Flow[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store committed the suspension, its note with it, but the reply was lost: the
+    retry finds the lease gone. The note says this process continues it, so this process
+    must park it, not drop it as taken over by another."""
+    from tether._core.config import store_for
+    from tether._runtime.executor import executor
+
+    store = store_for()
+    real_suspend = store.suspend
+    lost: list[str] = []
+
+    def suspend(execution_id: str, token: str, **kwargs: Any) -> bool:
+        parked = real_suspend(execution_id, token, **kwargs)
+        if not lost:
+            lost.append(execution_id)
+            raise tether.CommitUnknown("the reply to the suspension was lost (test)")
+        return parked
+
+    monkeypatch.setattr(store, "suspend", suspend)
+    handle = waiting(flow.run("lost replies"))
+    retry_until(lambda: not executor().holds(store, handle.id), what="the hold to end")
+    assert lost == [handle.id]
+    assert executor().will_run(handle.id), "parked here, as its note says"
+    said = client.continuation(handle.id)
+    assert (said.live, said.message) == (True, "this process continues it")
+    client.input(handle.id, "approve", True)
+    assert handle.result(timeout=30) == "published draft on lost replies"

@@ -603,7 +603,13 @@ def _conclude(store: Store, attempt: Attempt, host: Host) -> Outcome | None:
         ):
             return Outcome.SUSPENDED
         fresh = persist(lambda: store.get_execution(execution_id))
-        return None if fresh is not None and fresh.lease_token == token else Outcome.LOST
+        if fresh is not None and fresh.lease_token == token:
+            return None
+        if fresh is not None and fresh.status == Status.WAITING and _noted(store, note):
+            # A try whose reply was lost committed this suspension (the retry found the lease
+            # gone): it is parked as its note says, and this process must honour that note.
+            return Outcome.SUSPENDED
+        return Outcome.LOST
     except LeaseLost:
         return Outcome.LOST
     except Released:
@@ -646,6 +652,12 @@ def _conclude(store: Store, attempt: Attempt, host: Host) -> Outcome | None:
         )
     )
     return Outcome.FINISHED if succeeded else Outcome.LOST
+
+
+def _noted(store: Store, note: EventRow) -> bool:
+    """Whether `note` is the execution's latest of its kind, as this try wrote it."""
+    latest = persist(lambda: store.get_events(note.execution_id, kinds=(note.kind,)))[-1:]
+    return any(e.at == note.at and e.data == note.data for e in latest)
 
 
 def _fail(store: Store, run: Run, error: BaseException) -> Outcome:

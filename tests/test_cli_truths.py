@@ -149,10 +149,9 @@ def test_input_to_a_live_process_says_it_continues_there(db_url: str) -> None:
     import cli_flows
 
     handle = cli_flows.approval.run("tides")
-    # The note of who continues it is written just after the status turns to waiting: input
-    # given in between hears "a worker continues it" (no note yet), so wait for the note.
-    client = tether.Client(db_url)
-    retry_until(lambda: any(e.kind == "suspend" for e in client.events(handle.id)), what="the wait")
+    # The note of who continues it is recorded with the suspension: input given the moment
+    # the execution waits hears who continues it.
+    retry_until(lambda: handle.status() is tether.Status.WAITING, what="the wait")
     given = cli(db_url, "executions", "input", handle.id, "--value", "true", "--json")
     assert given.exit_code == 0, given.output
     assert json.loads(given.stdout)["continues"] == {

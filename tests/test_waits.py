@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 import tether
 from helpers import FakeClock, retry_until
 from tether import Status
+from tether.store import EventRow
 
 ran: Counter[str] = Counter()
 
@@ -515,3 +517,93 @@ def test_an_old_holders_cleanup_leaves_the_next_holder_alone(
         let_go.set()
     assert handle.result(timeout=10) == "draft on leases"
     assert ran == Counter({"draft": 1, "hold": 1})
+
+
+# --- who continues it: the note recorded with the suspension --------------------------------
+
+
+@pytest.mark.parametrize("flow", [approval, async_approval], ids=["sync", "async"])
+def test_input_given_as_soon_as_it_waits_hears_this_process_continues_it(
+    client: tether.Client, flow: tether.Flow[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`continuation` says who continues a waiting execution from its suspension's note. A
+    note written apart from the suspension, after it, leaves a moment in which the execution
+    waits with no note, and input given then hears "a `tether worker` continues it". Any
+    such separate write is held here until the question was asked: the moment is made
+    certain, not left to luck."""
+    from tether._core.config import store_for
+
+    store = store_for()
+    real_add_event = store.add_event
+    asked = threading.Event()
+
+    def add_event(event: EventRow) -> None:
+        if event.kind == "suspend":
+            asked.wait(timeout=30)
+        real_add_event(event)
+
+    monkeypatch.setattr(store, "add_event", add_event)
+    try:
+        handle = waiting(flow.run("notes"))
+        said = client.continuation(handle.id)
+    finally:
+        asked.set()
+    assert (said.live, said.message) == (True, "this process continues it")
+    assert [e.kind for e in client.events(handle.id)].count("suspend") == 1
+    client.input(handle.id, "approve", True)
+    assert handle.result(timeout=30) == "published draft on notes"
+
+
+@tether.flow
+def cancelled_on_its_way_to_wait(topic: str) -> str:
+    from tether._core.config import store_for
+
+    text = draft(topic)
+    # Flagged in the store alone, as a cancel from another process is: the run hears of it
+    # at its next heartbeat, after it has suspended, and the store parks it as cancelled.
+    store_for().request_cancel(tether.current().execution_id, now=time.time())
+    return str(tether.wait("approve", schema=bool, question=text))
+
+
+def test_a_suspension_parked_as_cancelled_says_nobody_continues_it(
+    client: tether.Client,
+) -> None:
+    handle = cancelled_on_its_way_to_wait.run("cancelled")
+    with pytest.raises(tether.ExecutionCancelled):
+        handle.result(timeout=30)
+    # No note that this process continues it: nothing does.
+    assert "suspend" not in [e.kind for e in client.events(handle.id)]
+    said = client.continuation(handle.id)
+    assert (said.live, said.message) == (True, f"execution {handle.id} already cancelled")
+
+
+@pytest.mark.parametrize("flow", [approval, async_approval], ids=["sync", "async"])
+def test_a_suspension_whose_reply_was_lost_is_parked_here_as_its_note_says(
+    client: tether.Client, flow: tether.Flow[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store committed the suspension, its note with it, but the reply was lost: the
+    retry finds the lease gone. The note says this process continues it, so this process
+    must park it, not drop it as taken over by another."""
+    from tether._core.config import store_for
+    from tether._runtime.executor import executor
+
+    store = store_for()
+    real_suspend = store.suspend
+    lost: list[str] = []
+
+    def suspend(execution_id: str, token: str, **kwargs: Any) -> bool:
+        parked = real_suspend(execution_id, token, **kwargs)
+        if not lost:
+            lost.append(execution_id)
+            raise tether.CommitUnknown("the reply to the suspension was lost (test)")
+        return parked
+
+    monkeypatch.setattr(store, "suspend", suspend)
+    handle = waiting(flow.run("lost replies"))
+    retry_until(lambda: not executor().holds(store, handle.id), what="the hold to end")
+    assert lost == [handle.id]
+    assert executor().will_run(handle.id), "parked here, as its note says"
+    said = client.continuation(handle.id)
+    assert (said.live, said.message) == (True, "this process continues it")
+    client.input(handle.id, "approve", True)
+    assert handle.result(timeout=30) == "published draft on lost replies"

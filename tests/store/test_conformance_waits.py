@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from _rows import LEASE, NOW, T0, execution, get, lease, race, start
 
-from tether.store import CheckpointRow, Claim, ExecutionRow, Store, WaitRow
+from tether.errors import UsageError
+from tether.store import CheckpointRow, Claim, EventRow, ExecutionRow, Store, WaitRow
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -308,6 +309,99 @@ def test_suspend_and_resolve_racing_never_leave_a_resolved_wait_parked(store: St
         else:
             # The input came first: the holder keeps the lease and must run on.
             assert (row.status, row.lease_token) == ("running", token)
+
+
+# --- suspend: the note of who continues it ---------------------------------------------------
+
+
+def suspend_note(execution_id: str = "e1", owner: str = "host:1:a") -> EventRow:
+    return EventRow(
+        execution_id, None, T0 + 3, "info", "suspend", "suspended; pid 1 continues it",
+        f'{{"owner": "{owner}", "parked": true}}',
+    )  # fmt: skip
+
+
+def notes(store: Store, execution_id: str = "e1") -> list[EventRow]:
+    return store.get_events(execution_id, kinds=("suspend",))
+
+
+def test_suspend_records_its_note_with_the_status(store: Store) -> None:
+    token = start(store)
+    assert store.create_wait(token, wait_row())
+    assert store.suspend("e1", token, wait="w", wake_at=None, now=T0 + 3, note=suspend_note())
+    assert get(store).status == "waiting"
+    [note] = notes(store)
+    assert (note.kind, note.message, note.data) == (
+        "suspend", "suspended; pid 1 continues it", '{"owner": "host:1:a", "parked": true}'
+    )  # fmt: skip
+    # Each suspension records its own: the latest note is the latest suspension's.
+    assert store.resolve_wait("e1", "w", status="resolved", value="true", by="ann", now=T0 + 4)
+    again = store.claim_runnable(lease("tok-2"), now=T0 + 5, due=T0 + 5)
+    assert again is not None and again.id == "e1"
+    assert store.create_wait("tok-2", wait_row(name="second", position="1"))
+    second = suspend_note(owner="host:2:b")
+    assert store.suspend("e1", "tok-2", wait="second", wake_at=None, now=T0 + 6, note=second)
+    assert [n.data for n in notes(store)] == [note.data, second.data]
+
+
+def test_a_refused_suspension_records_no_note(store: Store) -> None:
+    token = start(store)
+    assert store.create_wait(token, wait_row())
+    # The lease is not this token's.
+    assert not store.suspend("e1", "stale", wait="w", wake_at=None, now=T0 + 3, note=suspend_note())
+    # The wait got its input first: the holder runs the flow again.
+    assert store.resolve_wait("e1", "w", status="resolved", value="true", by="ann", now=T0 + 3)
+    assert not store.suspend("e1", token, wait="w", wake_at=None, now=T0 + 4, note=suspend_note())
+    assert notes(store) == []
+    assert get(store).status == "running"
+    # Ended meanwhile.
+    assert store.finish("e1", token, status="succeeded", result="1", error=None, now=T0 + 5)
+    assert not store.suspend("e1", token, wait="w", wake_at=None, now=T0 + 6, note=suspend_note())
+    assert notes(store) == []
+
+
+def test_a_suspension_parked_as_cancelled_records_no_note(store: Store) -> None:
+    """Nothing continues a cancelled execution: a note saying a process will would mislead
+    whoever reads it (the timeline, adoption)."""
+    token = start(store)
+    assert store.create_wait(token, wait_row())
+    assert store.request_cancel("e1", now=T0 + 3) == "running"
+    assert store.suspend("e1", token, wait="w", wake_at=None, now=T0 + 4, note=suspend_note())
+    assert get(store).status == "cancelled"
+    assert notes(store) == []
+
+
+def test_a_note_for_another_execution_is_refused_and_changes_nothing(store: Store) -> None:
+    token = start(store)
+    assert store.create_wait(token, wait_row())
+    before = snapshot(store, "e1")
+    with pytest.raises(UsageError, match="the execution being suspended"):
+        store.suspend("e1", token, wait="w", wake_at=None, now=T0 + 3, note=suspend_note("e2"))
+    assert snapshot(store, "e1") == before
+    assert notes(store) == [] and notes(store, "e2") == []
+
+
+def test_suspend_racing_input_records_a_note_exactly_when_it_parks(store: Store) -> None:
+    """A reader that sees the execution parked sees its note; a refused suspension (the
+    input won) leaves none behind."""
+    for n in range(20):
+        eid = f"e{n}"
+        token = start(store, eid, f"tok-{n}")
+        assert store.create_wait(token, wait_row(eid))
+        outcome: dict[str, bool] = {}
+
+        def contend(i: int, eid: str = eid, token: str = token, out: dict = outcome) -> None:
+            if i == 0:
+                out["suspend"] = store.suspend(
+                    eid, token, wait="w", wake_at=None, now=T0 + 3, note=suspend_note(eid)
+                )
+            else:
+                out["resolve"] = store.resolve_wait(
+                    eid, "w", status="resolved", value='"v"', by="ann", now=T0 + 3
+                )
+
+        race(2, contend)
+        assert len(notes(store, eid)) == (1 if outcome["suspend"] else 0)
 
 
 # --- resolve_wait -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ restarted after a crash picks its work back up with no `recover` run by hand:
 - `running` on a lease that ran out, or held by a process on this host that is gone (the
   claim counts each such takeover, so a crash loop is bounded as for any takeover);
 - `queued`, or `waiting` with its timer due, when the last process that said it would
-  continue the execution (the `suspend` note the executor writes when it parks one, or
+  continue the execution (the `suspend` note recorded with each suspension, or
   the `handback` note of a process that handed back its adopted work at exit) is gone:
   on this host, its pid is dead; elsewhere, it left the execution runnable for over a
   lease (a live parker claims its woken execution within a waker round).

@@ -99,7 +99,16 @@ H = TypeVar("H", bound=Hold)
 H_contra = TypeVar("H_contra", bound=Hold, contravariant=True)
 
 
-class AsyncHost(Protocol[H_contra]):
+class Host(Protocol):
+    """What the engine asks of the executor for any execution, sync or async."""
+
+    def suspend_note(self, execution_id: str) -> EventRow:
+        """The `suspend` event that the suspension records in its own transaction (see
+        `Store.suspend`): which process continues the execution once its input or timer
+        arrives, which the row cannot say (a waiting execution has no owner)."""
+
+
+class AsyncHost(Host, Protocol[H_contra]):
     """The executor's part of an async execution, which `execute_async` runs in the
     execution's own task: a slot before, the claim, the bookkeeping after. Hooks rather than
     a coroutine of the executor's awaiting the engine's: each live coroutine and its frame
@@ -141,7 +150,9 @@ class Attempt:
         self.error: BaseException | None = None
 
 
-def execute(hold: Hold, flow: Runnable | None, claimed: ExecutionRow | None = None) -> Outcome:
+def execute(
+    host: Host, hold: Hold, flow: Runnable | None, claimed: ExecutionRow | None = None
+) -> Outcome:
     """Run the execution `hold` holds, to its end or to the point where it must stop.
     `claimed`: the row as the claim that took it returned it (saves reading it again)."""
     again = False
@@ -159,7 +170,7 @@ def execute(hold: Hold, flow: Runnable | None, claimed: ExecutionRow | None = No
                 attempt.error = as_failure(exc, f"flow {attempt.run.flow!r}")
             finally:
                 current_run.reset(run_token)
-        outcome = conclude(hold.store, attempt)
+        outcome = conclude(hold.store, attempt, host)
         if outcome is not None:
             return outcome
         # The wait it suspended on got its input while suspending: run again, now.
@@ -225,7 +236,7 @@ async def execute_async(
                         await _cancel_leftovers(run.tasks)
                 attempt = Attempt(run)
                 attempt.value, attempt.error = value, error
-            outcome = await conclude_async(hold.store, attempt, offload)
+            outcome = await conclude_async(hold.store, attempt, offload, host)
             if outcome is not None:
                 break
             again = True  # see `execute`
@@ -381,7 +392,8 @@ def _note_entry(store: Store, row: ExecutionRow, waits: list[WaitRow]) -> None:
         data = _serde.dumps({"owner": row.owner, "previous": previous})
         store.add_event(EventRow(row.id, None, time.time(), level, kind, message, data))
     except Exception:
-        # Advisory, like the suspension note: the attempt runs whatever happens to it.
+        # Advisory (unlike the suspension note, recorded with the suspension): the attempt
+        # runs whatever happens to it.
         log.debug("execution %s: could not note how it was entered", row.id, exc_info=True)
 
 
@@ -454,18 +466,20 @@ def _crash_loop(store: Store, row: ExecutionRow, token: str) -> Outcome | None:
     return Outcome.BACKOFF if released else Outcome.LOST
 
 
-def conclude(store: Store, attempt: Attempt) -> Outcome | None:
+def conclude(store: Store, attempt: Attempt, host: Host) -> Outcome | None:
     """Record how the attempt ended (blocking: the store is written): finished (succeeded,
     failed, cancelled), suspended, handed back, lost, or faulted (the store kept failing).
     None: run it again at once (the wait it suspended on got its input meanwhile)."""
     try:
-        return _conclude(store, attempt)
+        return _conclude(store, attempt, host)
     except (StoreUnavailable, StoreCorrupt) as exc:
         # The outcome could not be written, even after the retries: it is not the flow's.
         return _faulted(attempt.run, exc)
 
 
-async def conclude_async(store: Store, attempt: Attempt, offload: Offload) -> Outcome | None:
+async def conclude_async(
+    store: Store, attempt: Attempt, offload: Offload, host: Host
+) -> Outcome | None:
     """`conclude` for an execution on an event loop. A plain end (succeeded, or failed by an
     ordinary exception: nearly every end) is awaited on the loop through the store's group
     commit, with other executions' checkpoints and ends (no thread hop, no transaction of
@@ -473,7 +487,7 @@ async def conclude_async(store: Store, attempt: Attempt, offload: Offload) -> Ou
     `conclude` on a thread."""
     end = _plain_end(attempt)
     if end is None:
-        return await offload(functools.partial(conclude, store, attempt))
+        return await offload(functools.partial(conclude, store, attempt, host))
     run = attempt.run
     # One time for every try: a retry after a lost reply recognises its first try's end by
     # it (see PostgresStore.finish).
@@ -545,7 +559,7 @@ def _faulted(run: Run, error: StoreError) -> Outcome:
     return Outcome.FAULTED
 
 
-def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
+def _conclude(store: Store, attempt: Attempt, host: Host) -> Outcome | None:
     run = attempt.run
     execution_id, token = run.execution_id, run.token
     clock = settings().clock
@@ -579,12 +593,23 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
         if run.deadline is not None and (wake_at is None or run.deadline < wake_at):
             # Woken at its deadline by whoever claims due timers, to be ended there.
             wake_at = run.deadline
+        # Written with the suspension, not after it: input given the moment the execution
+        # reads `waiting` is told who continues it, and no older note stands in for it.
+        note = host.suspend_note(execution_id)
         if persist(
-            lambda: store.suspend(execution_id, token, wait=wait, wake_at=wake_at, now=clock())
+            lambda: store.suspend(
+                execution_id, token, wait=wait, wake_at=wake_at, now=clock(), note=note
+            )
         ):
             return Outcome.SUSPENDED
         fresh = persist(lambda: store.get_execution(execution_id))
-        return None if fresh is not None and fresh.lease_token == token else Outcome.LOST
+        if fresh is not None and fresh.lease_token == token:
+            return None
+        if fresh is not None and fresh.status == Status.WAITING and _noted(store, note):
+            # A try whose reply was lost committed this suspension (the retry found the lease
+            # gone): it is parked as its note says, and this process must honour that note.
+            return Outcome.SUSPENDED
+        return Outcome.LOST
     except LeaseLost:
         return Outcome.LOST
     except Released:
@@ -627,6 +652,12 @@ def _conclude(store: Store, attempt: Attempt) -> Outcome | None:
         )
     )
     return Outcome.FINISHED if succeeded else Outcome.LOST
+
+
+def _noted(store: Store, note: EventRow) -> bool:
+    """Whether `note` is the execution's latest of its kind, as this try wrote it."""
+    latest = persist(lambda: store.get_events(note.execution_id, kinds=(note.kind,)))[-1:]
+    return any(e.at == note.at and e.data == note.data for e in latest)
 
 
 def _fail(store: Store, run: Run, error: BaseException) -> Outcome:

@@ -215,9 +215,7 @@ class Executor(Heartbeat, Waker):
                 if not claimed:
                     claimed = self.claim_started(store, execution_id, held.token)
                 if claimed:
-                    outcome = _engine.execute(held, flow, row)
-                if outcome is _engine.Outcome.SUSPENDED:
-                    self._note_suspended(store, execution_id)
+                    outcome = _engine.execute(self, held, flow, row)
                 nxt = self._next(store)
             except BaseException as exc:
                 # Nobody reads the pool's futures: say so here, and hand the execution back
@@ -296,9 +294,7 @@ class Executor(Heartbeat, Waker):
         store = held.store
         nxt: Refill | None = None
         try:
-            # Partials, not lambdas: a lambda makes a cell of each name it uses.
-            if outcome is _engine.Outcome.SUSPENDED:
-                await offload(functools.partial(self._note_suspended, store, held.execution_id))
+            # A partial, not a lambda: a lambda makes a cell of each name it uses.
             if self.refill is not None:
                 nxt = await offload(functools.partial(self._next, store))
         except BaseException as exc:
@@ -324,22 +320,19 @@ class Executor(Heartbeat, Waker):
             if held.loop is self._slots_loop:
                 self._free_slot()
 
-    def _note_suspended(self, store: Store, execution_id: str) -> None:
-        """Record who will continue a suspended execution when its input or timer arrives:
-        this process while it lives (it parks it), else the workers. The store keeps no
-        owner for a waiting execution, and `Client.continuation` needs one to tell a
-        person giving input whether anything will pick it up."""
+    def suspend_note(self, execution_id: str) -> EventRow:
+        """Who will continue a suspended execution when its input or timer arrives: this
+        process while it lives (it parks it), else the workers. The store keeps no owner
+        for a waiting execution, and `Client.continuation` needs one to tell a person
+        giving input whether anything will pick it up. Recorded by `Store.suspend` in the
+        suspension's own transaction (see `engine._conclude`)."""
         pid, host = os.getpid(), _HOST_NAME
         who = f"pid {pid} on {host}" if self.parking else f"a worker (pid {pid} on {host})"
-        try:
-            store.add_event(
-                EventRow(execution_id, None, time.time(), "info", SUSPEND_EVENT,
-                         f"suspended; {who} continues it when its input or timer arrives",
-                         _serde.dumps({"owner": self.owner, "parked": self.parking}))
-            )  # fmt: skip
-        except Exception:
-            # Advisory only: the execution is suspended whatever happens to this note.
-            log.debug("execution %s: could not note its suspension", execution_id, exc_info=True)
+        return EventRow(
+            execution_id, None, time.time(), "info", SUSPEND_EVENT,
+            f"suspended; {who} continues it when its input or timer arrives",
+            _serde.dumps({"owner": self.owner, "parked": self.parking}),
+        )  # fmt: skip
 
     def claim_started(self, store: Store, execution_id: str, token: str) -> bool:
         """Move an execution recorded as queued under our lease to running (an attempt)."""

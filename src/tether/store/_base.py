@@ -422,12 +422,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def suspend(
-        self, execution_id: str, token: str, *, wait: str, wake_at: float | None, now: float
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        wait: str,
+        wake_at: float | None,
+        now: float,
+        note: EventRow | None = None,
     ) -> bool:
         """Park the execution (`waiting`, no owner) until input or `wake_at`, in one atomic
         step that is refused (False) if the lease is gone or if `wait` got its input in the
         meantime: then the holder must run the flow again instead. If a cancel was requested
-        while it ran, it is parked as `cancelled` (its pending waits too)."""
+        while it ran, it is parked as `cancelled` (its pending waits too).
+
+        `note`: an event of this execution recorded in that same step, only when it is
+        parked as `waiting` (not when refused, nor when parked as `cancelled`: nothing
+        continues it then). The row keeps no owner while it waits, so this note (who
+        continues it: `Client.continuation`, adoption) must never be missing from, or
+        older than, the suspension a reader sees."""
 
     @abc.abstractmethod
     def claim_runnable(

@@ -7,10 +7,11 @@ import threading
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from ..errors import StoreCorrupt, StoreUnavailable
+from ..errors import StoreCorrupt, StoreUnavailable, UsageError
 from ._base import (
     CheckpointRow,
     ChildStart,
+    EventRow,
     ExecutionRow,
     ExecutionStats,
     WaitRow,
@@ -20,12 +21,14 @@ from ._sql_common import (
     _FINISHED,
     CHECKPOINT_COLUMNS,
     EXECUTION_COLUMNS,
+    INSERT_EVENT,
     RELEASED,
     WAIT_COLUMNS,
     Connection,
     SqlBase,
     checkpoint_values,
     conditions,
+    event_params,
     execution_row,
     marks,
 )
@@ -485,8 +488,20 @@ class ExecutionsSql(SqlBase):
         )
 
     def suspend(
-        self, execution_id: str, token: str, *, wait: str, wake_at: float | None, now: float
+        self,
+        execution_id: str,
+        token: str,
+        *,
+        wait: str,
+        wake_at: float | None,
+        now: float,
+        note: EventRow | None = None,
     ) -> bool:
+        if note is not None and note.execution_id != execution_id:
+            raise UsageError(
+                f"the note of suspending execution {execution_id} names execution "
+                f"{note.execution_id}: build it for the execution being suspended"
+            )
         # Lock the execution row first, then read the wait with a fresh statement: input
         # (resolve_wait) takes the same lock, so one of the two always sees the other. A
         # single UPDATE ... NOT EXISTS would read the wait from a snapshot that can predate
@@ -523,6 +538,9 @@ class ExecutionsSql(SqlBase):
                     "updated_at = ? WHERE id = ?",
                     (wake_at, now, execution_id),
                 )
+                if note is not None:
+                    # In this transaction: no reader ever sees it waiting without its note.
+                    self._run(conn, INSERT_EVENT, event_params(note))
             return True
 
 

@@ -283,7 +283,9 @@ def test_suspend_on_one_pending_wait_is_not_blocked_by_another_resolved_wait(
 
 
 def test_suspend_and_resolve_racing_never_leave_a_resolved_wait_parked(store: Store) -> None:
-    """The lost wake-up: input arriving while the holder suspends must never be missed."""
+    """The lost wake-up: input arriving while the holder suspends must never be missed. And
+    a reader that sees the execution parked sees its note; a refused suspension (the input
+    won) leaves none behind."""
     rounds = 40
     for n in range(rounds):
         eid = f"e{n}"
@@ -293,7 +295,9 @@ def test_suspend_and_resolve_racing_never_leave_a_resolved_wait_parked(store: St
 
         def contend(i: int, eid: str = eid, token: str = token, out: dict = outcome) -> None:
             if i == 0:
-                out["suspend"] = store.suspend(eid, token, wait="w", wake_at=None, now=T0 + 3)
+                out["suspend"] = store.suspend(
+                    eid, token, wait="w", wake_at=None, now=T0 + 3, note=suspend_note(eid)
+                )
             else:
                 out["resolve"] = store.resolve_wait(
                     eid, "w", status="resolved", value='"v"', by="ann", now=T0 + 3
@@ -302,6 +306,7 @@ def test_suspend_and_resolve_racing_never_leave_a_resolved_wait_parked(store: St
         race(2, contend)
         assert outcome["resolve"] is True
         assert wait_named(store, eid, "w").status == "resolved"
+        assert len(notes(store, eid)) == (1 if outcome["suspend"] else 0)
         row = get(store, eid)
         if outcome["suspend"]:
             # Parked first, then woken by the input.
@@ -379,29 +384,6 @@ def test_a_note_for_another_execution_is_refused_and_changes_nothing(store: Stor
         store.suspend("e1", token, wait="w", wake_at=None, now=T0 + 3, note=suspend_note("e2"))
     assert snapshot(store, "e1") == before
     assert notes(store) == [] and notes(store, "e2") == []
-
-
-def test_suspend_racing_input_records_a_note_exactly_when_it_parks(store: Store) -> None:
-    """A reader that sees the execution parked sees its note; a refused suspension (the
-    input won) leaves none behind."""
-    for n in range(20):
-        eid = f"e{n}"
-        token = start(store, eid, f"tok-{n}")
-        assert store.create_wait(token, wait_row(eid))
-        outcome: dict[str, bool] = {}
-
-        def contend(i: int, eid: str = eid, token: str = token, out: dict = outcome) -> None:
-            if i == 0:
-                out["suspend"] = store.suspend(
-                    eid, token, wait="w", wake_at=None, now=T0 + 3, note=suspend_note(eid)
-                )
-            else:
-                out["resolve"] = store.resolve_wait(
-                    eid, "w", status="resolved", value='"v"', by="ann", now=T0 + 3
-                )
-
-        race(2, contend)
-        assert len(notes(store, eid)) == (1 if outcome["suspend"] else 0)
 
 
 # --- resolve_wait -----------------------------------------------------------------------------

@@ -525,20 +525,13 @@ class SQLiteStore(SqlStore):
                 events = [event_params(e) for c in commits if c.events for e in c.events]
                 if events:
                     self._executemany(conn, INSERT_EVENT, events)
-                # A cancel request is rare: one read of the (indexed, usually empty) set.
-                cancelled = {
-                    r[0]
-                    for r in self._run(
-                        conn,
-                        "SELECT id FROM executions WHERE status = 'running' "
-                        "AND cancel_requested = 1",
-                    ).fetchall()
-                }
             if ends:
                 for size, params, count in _batch_rows(ends, _END_WIDTH, _end_params):
                     done = self._run(conn, _ends_statement(size, returning=False), params)
                     if done.rowcount != count:
                         raise _NotAll
+        if commits:
+            cancelled = self._cancels_after()
         if not ends and not cancelled:
             return [Commit.COMMITTED] * len(batch)  # the usual batch: no lookup per item
         return [
@@ -549,6 +542,29 @@ class SQLiteStore(SqlStore):
             else Commit.COMMITTED
             for item in batch
         ]
+
+    def _cancels_after(self) -> set[str]:
+        """The executions with a cancel requested, read once the batch is committed: a plain
+        WAL read, outside the transaction and `_writing`. Inside, its step let go of the GIL
+        and then waited for it behind the busy loop thread with the lock held, while every
+        other writer of the process (a `run()` start) waited on the lock. It sees every
+        request committed before the batch (what the read inside saw: nothing commits while
+        the batch holds the file's write lock) and any committed since, which the caller
+        would otherwise learn at its next commit. A read that fails here does not undo the
+        durable batch: its commits answer COMMITTED, and the heartbeat, which reads the
+        cancel requests too (`cancel_requests`), tells their executions."""
+        try:
+            with self._connection() as conn:
+                # A cancel request is rare: one read of the (indexed, usually empty) set.
+                return {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM executions WHERE status = 'running' "
+                        "AND cancel_requested = 1"
+                    ).fetchall()
+                }
+        except (StoreError, sqlite3.Error):
+            return set()
 
     def _write_each(self, batch: list[CheckpointCommit | Finish]) -> list[Commit | bool]:
         """A batch in which some row is not written (a lease lost, a call already final):

@@ -88,26 +88,35 @@ K = 100  # executions alive at once for a count
 
 def _count_parked(flow: Any, k: int) -> float:
     """Objects per execution, with `k` executions of `flow` parked at its gate (after `k`
-    others have warmed up the process: loop, threads and their connections, caches)."""
-    handles: list[tether.Handle[Any]] = []
+    others have warmed up the process: loop, threads and their connections, caches).
 
-    def make_live() -> object:
-        handles.extend(flow.run(i) for i in range(k))
-        retry_until(lambda: lean_flows.arrived() >= k, what=f"{k} executions at the gate")
-        return None
-
+    A before/after difference: in a whole suite, what earlier tests left (their executions
+    ending on other threads) can be freed meanwhile and make it go negative; then it is
+    counted again, up to twice (a count too high is never counted again)."""
     lean_flows.reset()
     warm_up = [flow.run(i) for i in range(k)]
     retry_until(lambda: lean_flows.arrived() >= k, what="the warm-up at the gate")
     loop = shared_loop().loop if flow.is_async else None
     lean_flows.open_gate(loop)
     assert [h.result(timeout=60) for h in warm_up] == list(range(k))
-    lean_flows.reset()
-    try:
-        return tracked_per_unit(k, make_live)
-    finally:
-        lean_flows.open_gate(loop)
-        assert [h.result(timeout=60) for h in handles] == list(range(len(handles)))
+    per_execution = 0.0
+    for _ in range(3):
+        handles: list[tether.Handle[Any]] = []
+
+        def make_live(handles: list[tether.Handle[Any]] = handles) -> object:
+            handles.extend(flow.run(i) for i in range(k))
+            retry_until(lambda: lean_flows.arrived() >= k, what=f"{k} executions at the gate")
+            return None
+
+        lean_flows.reset()
+        try:
+            per_execution = tracked_per_unit(k, make_live)
+        finally:
+            lean_flows.open_gate(loop)
+            assert [h.result(timeout=60) for h in handles] == list(range(len(handles)))
+        if per_execution > 0:
+            break
+    return per_execution
 
 
 @pytest.mark.parametrize(
@@ -194,8 +203,7 @@ def test_an_awaited_handle_holds_few_objects(db_url: str) -> None:
 def test_a_live_sync_execution_holds_few_objects(db_url: str) -> None:
     k = 24  # one thread each (of `max_workers`, 32)
     per_execution = _count_parked(lean_flows.sync_between_calls, k)
-    # No lower bound here: what earlier tests left to threads can be freed meanwhile.
-    assert per_execution <= MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION, (
+    assert 0 < per_execution <= MAX_OBJECTS_PER_PARKED_SYNC_EXECUTION, (
         f"{per_execution:.1f} GC-tracked objects per execution"
     )
 
